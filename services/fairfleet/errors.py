@@ -1,0 +1,36 @@
+"""One root exception type for everything fairfleet raises on purpose.
+
+Messages name the bad value (STYLE.md 8): "Sampling rate must be in [0, 1]. Found 1.5."
+"""
+
+
+class FairfleetError(Exception):
+    """Root of every error fairfleet raises deliberately."""
+
+
+class ConfigError(FairfleetError, ValueError):
+    """A configuration value or argument is invalid; the message names it and its value."""
+
+
+class BrokerError(FairfleetError):
+    """The local Kafka broker could not be resolved, started, reached or stopped."""
+
+
+class BusError(FairfleetError):
+    """Publishing, consuming or committing on the bus failed."""
+
+
+class PayloadError(FairfleetError):
+    """A tensor payload or a chunk of one is missing, corrupted or malformed."""
+
+
+class SchemaError(FairfleetError, ValueError):
+    """A message does not match its schema (type, version or fields)."""
+
+
+class PrivacyError(FairfleetError):
+    """A privacy parameter is invalid or a release is not covered by a grant."""
+
+
+class BudgetExceededError(PrivacyError):
+    """A reservation would take a ledger past its policy's epsilon."""

@@ -1,0 +1,1 @@
+"""fairfleet.site_agent."""
