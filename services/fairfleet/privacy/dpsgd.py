@@ -1,0 +1,254 @@
+"""DP-SGD at the site, wired through Opacus, with the privacy event it spends.
+
+One DP-SGD step on n local examples (Abadi et al. 2016; Opacus):
+
+1. Poisson sampling: every example joins the batch B_t independently with probability q
+   (the *explicit* ``sampling_rate``; never inferred from a data loader, STYLE.md 9).
+2. Per-example clipping: g_i <- g_i * min(1, C / ||g_i||_2).
+3. Gaussian noise on the sum: g~ = (sum_{i in B_t} g_i + N(0, sigma^2 C^2 I)) / (q n),
+   i.e. normalised by the *expected* batch size q n (a constant, so the sensitivity stays C).
+
+T such steps are ``SelfComposedDpEvent(PoissonSampledDpEvent(q, GaussianDpEvent(sigma)), T)``
+under add/remove-one-observation neighbours; everything computed from the noisy gradients
+(the released model delta) is post-processing.
+
+Opacus does steps 1-3: ``UniformWithReplacementSampler`` (sample_rate given explicitly),
+``GradSampleModule`` for per-example gradients and ``DPOptimizer`` for clip + noise. The only
+thing added here is that the per-example norms of each step are kept (for the
+``update_norm`` / ``clipped_fraction`` metrics) without computing them twice.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+import dp_accounting
+import torch
+from opacus import GradSampleModule
+from opacus.optimizers import DPOptimizer
+from opacus.utils.uniform_sampler import UniformWithReplacementSampler
+
+from fairfleet.errors import ConfigError
+from fairfleet.privacy.mechanisms import secure_generator
+
+# Opacus' backward hooks fire on the first layer although the input needs no gradient; torch warns
+# about that on every step. It is expected here, so only this one message is silenced.
+warnings.filterwarnings(
+    "ignore",
+    message="Full backward hook is firing when gradients are computed",
+    category=UserWarning,
+)
+
+GradSampleMode = Literal["hooks", "functorch", "ew"]
+GRAD_SAMPLE_MODES: tuple[str, ...] = ("hooks", "functorch", "ew")
+# Measured by bench/training.py (per-example gradients of the built-in models on 2 CPU cores):
+# the hook-based GradSampleModule was the fastest correct mode; see docs/models.md.
+DEFAULT_GRAD_SAMPLE_MODE: GradSampleMode = "hooks"
+
+
+def validate_sampling_rate(sampling_rate: float | None) -> float:
+    """Return q if it is a finite number in (0, 1]; else raise ConfigError naming it."""
+    if sampling_rate is None:
+        raise ConfigError(
+            "DP-SGD needs an explicit Poisson sampling rate (sampling_rate); it is never "
+            "inferred from the data. Found None."
+        )
+    if not (isinstance(sampling_rate, int | float) and math.isfinite(sampling_rate)) or not (
+        0.0 < float(sampling_rate) <= 1.0
+    ):
+        raise ConfigError(f"Sampling rate must be in (0, 1]. Found {sampling_rate}.")
+    return float(sampling_rate)
+
+
+def validate_noise_multiplier(noise_multiplier: float) -> float:
+    if not math.isfinite(noise_multiplier) or noise_multiplier < 0:
+        raise ConfigError(f"Noise multiplier must be finite and >= 0. Found {noise_multiplier}.")
+    return float(noise_multiplier)
+
+
+def validate_clip_norm(clip_norm: float) -> float:
+    if not math.isfinite(clip_norm) or clip_norm <= 0:
+        raise ConfigError(f"Clip norm must be finite and > 0. Found {clip_norm}.")
+    return float(clip_norm)
+
+
+def steps_per_epoch(sampling_rate: float) -> int:
+    """Poisson 'epoch' length used by Opacus' sampler: floor(1/q) steps (at least 1)."""
+    return max(1, int(1.0 / validate_sampling_rate(sampling_rate)))
+
+
+def dpsgd_event(sampling_rate: float, noise_multiplier: float, steps: int) -> dp_accounting.DpEvent:
+    """The event T DP-SGD steps spend: SelfComposed(PoissonSampled(q, Gaussian(sigma)), T).
+
+    sigma = 0 releases un-noised gradients: ``NonPrivateDpEvent`` (as the update mechanism does).
+    """
+    q = validate_sampling_rate(sampling_rate)
+    sigma = validate_noise_multiplier(noise_multiplier)
+    if steps < 1:
+        raise ConfigError(f"DP-SGD steps must be >= 1. Found {steps}.")
+    if sigma == 0:
+        return dp_accounting.NonPrivateDpEvent()
+    return dp_accounting.SelfComposedDpEvent(
+        dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma)), int(steps)
+    )
+
+
+def make_generator(seed: int, secure: bool) -> torch.Generator:
+    """A CPU torch.Generator: seeded for reproducibility, or from the OS CSPRNG when secure.
+
+    torchcsprng (what Opacus' secure_mode used) is unmaintained; seeding from the OS CSPRNG makes
+    the stream unpredictable to an observer, and Opacus' secure_mode sampler (sum of 4 Gaussians)
+    closes the floating-point attack on the noise itself.
+    """
+    if secure:
+        return secure_generator()
+    generator = torch.Generator(device="cpu")
+    generator.manual_seed(int(seed))
+    return generator
+
+
+class _NormRecordingDPOptimizer(DPOptimizer):
+    """DPOptimizer that keeps the per-example gradient norms it computes for clipping.
+
+    Same maths as ``DPOptimizer.clip_and_accumulate`` (Opacus 1.6); re-stated here only so the
+    norms are stored instead of being computed a second time for the metrics.
+    """
+
+    last_norms: torch.Tensor | None = None
+
+    def clip_and_accumulate(self) -> None:
+        if len(self.grad_samples[0]) == 0:
+            norms = torch.zeros((0,), device=self.grad_samples[0].device)
+        else:
+            per_param = [g.reshape(len(g), -1).norm(2, dim=-1) for g in self.grad_samples]
+            norms = torch.stack(per_param, dim=1).norm(2, dim=1)
+        self.last_norms = norms.detach()
+        clip_factor = (self.max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
+        for p in self.params:
+            grad_sample = self._get_flat_grad_sample(p).to(p.dtype)
+            grad = torch.einsum("i,i...", clip_factor.to(grad_sample.dtype), grad_sample)
+            p.summed_grad = grad if p.summed_grad is None else p.summed_grad + grad
+            p.grad_sample = None  # consumed; frees memory before the next step
+
+
+@dataclass
+class DpSgdStats:
+    """What the steps so far did (observations of the site's own data: never released)."""
+
+    steps: int = 0
+    examples_seen: int = 0
+    grad_norm_sum: float = 0.0
+    clipped: int = 0
+
+    @property
+    def mean_grad_norm(self) -> float:
+        return self.grad_norm_sum / self.examples_seen if self.examples_seen else 0.0
+
+    @property
+    def clipped_fraction(self) -> float:
+        return self.clipped / self.examples_seen if self.examples_seen else 0.0
+
+
+class DpSgd:
+    """Per-example clip + Gaussian noise around a plain torch optimizer (Opacus underneath).
+
+    Usage per step: ``zero_grad()``; forward ``module`` on the Poisson batch; backward the *sum*
+    of per-example losses; ``privatise_grads()`` leaves p.grad = noisy mean gradient (normalised
+    by q n); then add any data-independent gradient term (e.g. FedProx) and step the inner
+    optimizer.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        *,
+        n_examples: int,
+        sampling_rate: float,
+        noise_multiplier: float,
+        clip_norm: float,
+        noise_generator: torch.Generator,
+        secure_mode: bool = False,
+        grad_sample_mode: GradSampleMode = DEFAULT_GRAD_SAMPLE_MODE,
+    ) -> None:
+        if n_examples < 1:
+            raise ConfigError(f"DP-SGD needs at least one example. Found n_examples={n_examples}.")
+        if grad_sample_mode not in GRAD_SAMPLE_MODES:
+            raise ConfigError(
+                f"Unknown grad_sample_mode {grad_sample_mode!r}; known: {list(GRAD_SAMPLE_MODES)}."
+            )
+        self.sampling_rate = validate_sampling_rate(sampling_rate)
+        self.noise_multiplier = validate_noise_multiplier(noise_multiplier)
+        self.clip_norm = validate_clip_norm(clip_norm)
+        self.n_examples = int(n_examples)
+        self.expected_batch_size = self.sampling_rate * self.n_examples
+        self.module: torch.nn.Module
+        if grad_sample_mode == "ew":
+            from opacus.grad_sample import GradSampleModuleExpandedWeights
+
+            self.module = GradSampleModuleExpandedWeights(
+                model, batch_first=True, loss_reduction="sum"
+            )
+        else:
+            self.module = GradSampleModule(
+                model,
+                batch_first=True,
+                loss_reduction="sum",
+                force_functorch=grad_sample_mode == "functorch",
+            )
+        self.optimizer = _NormRecordingDPOptimizer(
+            optimizer,
+            noise_multiplier=self.noise_multiplier,
+            max_grad_norm=self.clip_norm,
+            expected_batch_size=None,
+            loss_reduction="sum",
+            generator=noise_generator,
+            secure_mode=secure_mode,
+        )
+        self.stats = DpSgdStats()
+
+    @property
+    def noise_std_per_step(self) -> float:
+        """Per-coordinate std of the noise in one privatised mean gradient: sigma C / (q n)."""
+        return self.noise_multiplier * self.clip_norm / self.expected_batch_size
+
+    def poisson_batches(self, steps: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
+        """``steps`` Poisson batches of example indices (each example in with probability q)."""
+        sampler = UniformWithReplacementSampler(
+            num_samples=self.n_examples, sample_rate=self.sampling_rate, generator=generator,
+            steps=steps,
+        )
+        for indices in sampler:
+            yield torch.as_tensor(indices, dtype=torch.long)
+
+    def zero_grad(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def privatise_grads(self) -> None:
+        """Clip per-example grads, add N(0, sigma^2 C^2) to the sum, divide by q n (in p.grad)."""
+        opt = self.optimizer
+        opt.clip_and_accumulate()
+        opt.add_noise()
+        for p in opt.params:
+            p.grad /= self.expected_batch_size
+            p.summed_grad = None
+        norms = opt.last_norms
+        if norms is not None:
+            self.stats.examples_seen += int(norms.numel())
+            self.stats.grad_norm_sum += float(norms.sum())
+            self.stats.clipped += int((norms > self.clip_norm).sum())
+        self.stats.steps += 1
+
+    def event(self) -> dp_accounting.DpEvent:
+        """What the steps taken so far spent (raises ConfigError if none were taken)."""
+        return dpsgd_event(self.sampling_rate, self.noise_multiplier, self.stats.steps)
+
+    def close(self) -> None:
+        """Remove the Opacus hooks from the wrapped model."""
+        remove = getattr(self.module, "_close", None)
+        if callable(remove):
+            remove()
