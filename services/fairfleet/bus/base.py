@@ -1,0 +1,173 @@
+"""The bus interface: one small contract, two backends (Kafka and in-process).
+
+Semantics both backends share (tested by one contract suite, tests/contract/):
+- ``Producer.publish`` is asynchronous and returns a :class:`Delivery`; ``flush`` waits for all
+  outstanding deliveries and raises BusError if any failed. Records with the same key land in
+  the same partition, in order.
+- Consumers join a consumer group, read from committed offsets (or the earliest offset when the
+  group has none), and only see records of committed transactions (read_committed).
+  ``commit`` stores offsets synchronously.
+- Transactions: ``begin_transaction``; publish; ``send_offsets_to_transaction(consumer)``
+  (the consumer's current positions); ``commit_transaction`` makes the records and the offsets
+  visible together, ``abort_transaction`` makes neither visible.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from fairfleet.bus.topics import TopicSpec
+from fairfleet.errors import BusError
+
+Headers = dict[str, bytes]
+Key = bytes | str | None
+
+
+def key_bytes(key: Key) -> bytes | None:
+    return key.encode() if isinstance(key, str) else key
+
+
+@dataclass(frozen=True)
+class Record:
+    """One consumed record."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+    headers: Headers = field(default_factory=dict)
+    timestamp_ms: int = 0
+
+    def header(self, name: str) -> str | None:
+        raw = self.headers.get(name)
+        return raw.decode() if raw is not None else None
+
+
+class Delivery:
+    """Delivery confirmation of one published record (filled in by the backend)."""
+
+    def __init__(self, poller: Callable[[float], object] | None = None) -> None:
+        self._poller = poller  # serves the backend's delivery callbacks while waiting
+        self._done = threading.Event()
+        self.partition: int | None = None
+        self.offset: int | None = None
+        self.error: str | None = None
+
+    def _resolve(self, partition: int | None, offset: int | None, error: str | None) -> None:
+        self.partition, self.offset, self.error = partition, offset, error
+        self._done.set()
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def wait(self, timeout: float = 30.0) -> tuple[int, int]:
+        """Block until delivered; return (partition, offset) or raise BusError."""
+        deadline = time.monotonic() + timeout
+        while self._poller is not None and not self._done.is_set() and time.monotonic() < deadline:
+            self._poller(0.05)
+        if not self._done.wait(max(0.0, deadline - time.monotonic())):
+            raise BusError(f"No delivery confirmation within {timeout} s.")
+        if self.error is not None or self.partition is None or self.offset is None:
+            raise BusError(f"Delivery failed: {self.error}")
+        return self.partition, self.offset
+
+
+class Producer(ABC):
+    @abstractmethod
+    def publish(
+        self, topic: str, value: bytes, key: Key = None, headers: Mapping[str, bytes] | None = None
+    ) -> Delivery: ...
+
+    @abstractmethod
+    def flush(self, timeout: float = 60.0) -> None: ...
+
+    @abstractmethod
+    def begin_transaction(self) -> None: ...
+
+    @abstractmethod
+    def send_offsets_to_transaction(
+        self, consumer: Consumer, offsets: Mapping[tuple[str, int], int] | None = None
+    ) -> None:
+        """Add the consumer group's offsets (default: its current positions) to the transaction."""
+
+    @abstractmethod
+    def commit_transaction(self) -> None: ...
+
+    @abstractmethod
+    def abort_transaction(self) -> None: ...
+
+    def close(self) -> None:
+        self.flush()
+
+
+class Consumer(ABC):
+    @abstractmethod
+    def poll(self, timeout: float = 1.0) -> Record | None: ...
+
+    def consume(self, max_records: int = 500, timeout: float = 1.0) -> list[Record]:
+        """Up to ``max_records``; waits at most ``timeout`` for the first one."""
+        first = self.poll(timeout)
+        if first is None:
+            return []
+        out = [first]
+        while len(out) < max_records:
+            rec = self.poll(0.0)
+            if rec is None:
+                break
+            out.append(rec)
+        return out
+
+    @abstractmethod
+    def commit(
+        self,
+        records: Sequence[Record] | None = None,
+        offsets: Mapping[tuple[str, int], int] | None = None,
+    ) -> None:
+        """Commit past ``records``, or the given next-offsets, or the current positions."""
+
+    @abstractmethod
+    def positions(self) -> dict[tuple[str, int], int]:
+        """Next offset to read per assigned (topic, partition)."""
+
+    @abstractmethod
+    def committed(self) -> dict[tuple[str, int], int]:
+        """The group's committed offsets for the assigned partitions."""
+
+    @abstractmethod
+    def seek_to_committed(self) -> None:
+        """Rewind every assigned partition to the group's committed offset (after an abort)."""
+
+    @abstractmethod
+    def lag(self) -> int:
+        """Records available but not yet read, summed over the assignment."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+
+class Bus(ABC):
+    """A backend: makes producers and consumers and manages topics."""
+
+    @abstractmethod
+    def producer(self, transactional_id: str | None = None) -> Producer: ...
+
+    @abstractmethod
+    def consumer(
+        self, group_id: str, topics: Sequence[str], from_beginning: bool = True
+    ) -> Consumer: ...
+
+    @abstractmethod
+    def create_topics(self, specs: Sequence[TopicSpec]) -> None:
+        """Create topics that do not exist yet (existing ones are left as they are)."""
+
+    @abstractmethod
+    def topic_config(self, topic: str) -> dict[str, str]: ...
+
+    def close(self) -> None:
+        return None

@@ -1,0 +1,281 @@
+"""Kafka bus backend on confluent-kafka (librdkafka).
+
+Producers are idempotent (``enable.idempotence``: acks=all, no duplicates on retry); consumers
+never auto-commit and read only committed transactional data (``isolation.level=read_committed``).
+Size limits are raised explicitly so that chunks of up to MAX_MESSAGE_BYTES pass end to end.
+Security settings (SASL/SCRAM, TLS) come in ``client_config`` and are passed to every client.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from confluent_kafka import (
+    OFFSET_INVALID,
+    Consumer as CKConsumer,
+    KafkaError,
+    KafkaException,
+    Producer as CKProducer,
+    TopicPartition,
+)
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
+
+from fairfleet.bus.base import Bus, Consumer, Delivery, Key, Producer, Record, key_bytes
+from fairfleet.bus.topics import MAX_MESSAGE_BYTES, TopicSpec
+from fairfleet.errors import BusError
+
+_FETCH_MAX = 4 * MAX_MESSAGE_BYTES
+
+
+class KafkaBus(Bus):
+    """Clients for one Kafka cluster."""
+
+    def __init__(self, bootstrap: str, client_config: Mapping[str, Any] | None = None) -> None:
+        self.bootstrap = bootstrap
+        self.client_config = {"bootstrap.servers": bootstrap, **dict(client_config or {})}
+        self._admin = AdminClient(dict(self.client_config))
+
+    def producer(self, transactional_id: str | None = None) -> KafkaProducer:
+        return KafkaProducer(self.client_config, transactional_id)
+
+    def consumer(self, group_id: str, topics: Sequence[str], from_beginning: bool = True) -> KafkaConsumer:
+        return KafkaConsumer(self.client_config, group_id, list(topics), from_beginning)
+
+    def create_topics(self, specs: Sequence[TopicSpec]) -> None:
+        existing = set(self._admin.list_topics(timeout=10).topics)
+        new = [
+            NewTopic(s.name, num_partitions=s.partitions, replication_factor=1, config=dict(s.config))
+            for s in specs
+            if s.name not in existing
+        ]
+        if not new:
+            return
+        for name, future in self._admin.create_topics(new, operation_timeout=30).items():
+            try:
+                future.result()
+            except KafkaException as exc:
+                if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                    raise BusError(f"Creating topic '{name}' failed: {exc}") from exc
+        self._wait_for_topics([t.topic for t in new])
+
+    def _wait_for_topics(self, names: list[str], timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            topics = self._admin.list_topics(timeout=10).topics
+            if all(n in topics and topics[n].error is None for n in names):
+                return
+            time.sleep(0.1)
+        raise BusError(f"Topics {names} did not become available within {timeout} s.")
+
+    def topic_config(self, topic: str) -> dict[str, str]:
+        resource = ConfigResource(ResourceType.TOPIC, topic)
+        result = self._admin.describe_configs([resource])[resource].result(timeout=10)
+        return {name: entry.value for name, entry in result.items()}
+
+    def delete_topics(self, names: Sequence[str]) -> None:
+        for future in self._admin.delete_topics(list(names), operation_timeout=30).values():
+            future.result()
+
+
+class KafkaProducer(Producer):
+    def __init__(self, client_config: Mapping[str, Any], transactional_id: str | None) -> None:
+        conf: dict[str, Any] = {
+            **client_config,
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": 5,
+            "message.max.bytes": MAX_MESSAGE_BYTES + 65536,
+            "compression.type": "none",  # DP-noised float32 barely compresses (notes/kafka.md)
+        }
+        if transactional_id is not None:
+            conf["transactional.id"] = transactional_id
+            conf["transaction.timeout.ms"] = 120000
+        self._producer = CKProducer(conf)
+        self.transactional_id = transactional_id
+        if transactional_id is not None:
+            self._call(self._producer.init_transactions, 60)
+
+    @staticmethod
+    def _call(fn: Any, *args: Any) -> Any:
+        """Retry retriable transactional errors; surface the rest as BusError."""
+        for attempt in range(5):
+            try:
+                return fn(*args)
+            except KafkaException as exc:
+                err = exc.args[0]
+                if err.retriable() and attempt < 4:
+                    time.sleep(0.5 * (attempt + 1))
+                    continue
+                raise BusError(f"{getattr(fn, '__name__', 'kafka call')} failed: {err}") from exc
+        raise AssertionError("unreachable")
+
+    def publish(self, topic: str, value: bytes, key: Key = None, headers: Mapping[str, bytes] | None = None) -> Delivery:
+        delivery = Delivery(self._producer.poll)
+        if not isinstance(value, bytes):
+            value = bytes(value)  # librdkafka takes read-only bytes only (one memcpy per chunk)
+
+        def on_delivery(err: KafkaError | None, msg: Any) -> None:
+            if err is not None:
+                delivery._resolve(None, None, str(err))
+            else:
+                delivery._resolve(msg.partition(), msg.offset(), None)
+
+        while True:
+            try:
+                self._producer.produce(
+                    topic, value=value, key=key_bytes(key),
+                    headers=list((headers or {}).items()), on_delivery=on_delivery,
+                )
+                break
+            except BufferError:
+                self._producer.poll(0.1)  # local queue full: serve deliveries, then retry
+            except KafkaException as exc:
+                raise BusError(f"Publishing to '{topic}' failed: {exc}") from exc
+        self._producer.poll(0)
+        return delivery
+
+    def flush(self, timeout: float = 60.0) -> None:
+        remaining = self._producer.flush(timeout)
+        if remaining:
+            raise BusError(f"{remaining} records were not delivered within {timeout} s.")
+
+    def begin_transaction(self) -> None:
+        self._call(self._producer.begin_transaction)
+
+    def send_offsets_to_transaction(
+        self, consumer: Consumer, offsets: Mapping[tuple[str, int], int] | None = None
+    ) -> None:
+        if not isinstance(consumer, KafkaConsumer):
+            raise BusError("send_offsets_to_transaction needs a KafkaConsumer.")
+        chosen = offsets if offsets is not None else consumer.positions()
+        tps = [TopicPartition(t, p, o) for (t, p), o in chosen.items() if o >= 0]
+        self._call(
+            self._producer.send_offsets_to_transaction,
+            tps, consumer._consumer.consumer_group_metadata(), 30,
+        )
+
+    def commit_transaction(self) -> None:
+        self._call(self._producer.commit_transaction, 60)
+
+    def abort_transaction(self) -> None:
+        self._call(self._producer.abort_transaction, 60)
+
+
+class KafkaConsumer(Consumer):
+    def __init__(
+        self, client_config: Mapping[str, Any], group_id: str, topics: list[str], from_beginning: bool
+    ) -> None:
+        conf: dict[str, Any] = {
+            **client_config,
+            "group.id": group_id,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "isolation.level": "read_committed",
+            "auto.offset.reset": "earliest" if from_beginning else "latest",
+            "fetch.max.bytes": _FETCH_MAX,
+            "max.partition.fetch.bytes": MAX_MESSAGE_BYTES + 65536,
+            "receive.message.max.bytes": _FETCH_MAX + 2 * 1024 * 1024,
+            "session.timeout.ms": 10000,
+            "heartbeat.interval.ms": 1000,
+        }
+        self._consumer = CKConsumer(conf)
+        self._consumer.subscribe(topics)
+        self.group_id = group_id
+        self.topics = topics
+
+    def poll(self, timeout: float = 1.0) -> Record | None:
+        deadline = time.monotonic() + max(timeout, 0.0)
+        while True:
+            msg = self._consumer.poll(max(0.0, deadline - time.monotonic()))
+            if msg is None:
+                return None
+            err = msg.error()
+            if err is None:
+                return _record(msg)
+            if err.code() == KafkaError._PARTITION_EOF or err.retriable():
+                if time.monotonic() >= deadline:
+                    return None
+                continue
+            raise BusError(f"Consuming {self.topics} failed: {err}")
+
+    def consume(self, max_records: int = 500, timeout: float = 1.0) -> list[Record]:
+        out: list[Record] = []
+        for msg in self._consumer.consume(max_records, timeout):
+            err = msg.error()
+            if err is None:
+                out.append(_record(msg))
+            elif not (err.code() == KafkaError._PARTITION_EOF or err.retriable()):
+                raise BusError(f"Consuming {self.topics} failed: {err}")
+        return out
+
+    def commit(
+        self,
+        records: Sequence[Record] | None = None,
+        offsets: Mapping[tuple[str, int], int] | None = None,
+    ) -> None:
+        try:
+            if records is None:
+                chosen = offsets if offsets is not None else self.positions()
+                tps = [TopicPartition(t, p, o) for (t, p), o in chosen.items() if o >= 0]
+            else:
+                best: dict[tuple[str, int], int] = {}
+                for rec in records:
+                    tp = (rec.topic, rec.partition)
+                    best[tp] = max(best.get(tp, 0), rec.offset + 1)
+                tps = [TopicPartition(t, p, o) for (t, p), o in best.items()]
+            if tps:
+                self._consumer.commit(offsets=tps, asynchronous=False)
+        except KafkaException as exc:
+            raise BusError(f"Committing offsets failed: {exc}") from exc
+
+    def positions(self) -> dict[tuple[str, int], int]:
+        assignment = self._consumer.assignment()
+        if not assignment:
+            return {}
+        return {
+            (tp.topic, tp.partition): tp.offset
+            for tp in self._consumer.position(assignment)
+            if tp.offset != OFFSET_INVALID
+        }
+
+    def committed(self) -> dict[tuple[str, int], int]:
+        assignment = self._consumer.assignment()
+        if not assignment:
+            return {}
+        return {
+            (tp.topic, tp.partition): max(tp.offset, 0)
+            for tp in self._consumer.committed(assignment, timeout=10)
+        }
+
+    def seek_to_committed(self) -> None:
+        for tp in self._consumer.committed(self._consumer.assignment(), timeout=10):
+            if tp.offset == OFFSET_INVALID:
+                low, _ = self._consumer.get_watermark_offsets(tp, timeout=10)
+                tp.offset = low
+            self._consumer.seek(tp)
+
+    def lag(self) -> int:
+        total = 0
+        positions = self.positions()
+        for tp in self._consumer.assignment():
+            _, high = self._consumer.get_watermark_offsets(tp, timeout=5, cached=False)
+            pos = positions.get((tp.topic, tp.partition))
+            if pos is None:
+                committed = self.committed().get((tp.topic, tp.partition), 0)
+                pos = committed
+            total += max(0, high - pos)
+        return total
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
+def _record(msg: Any) -> Record:
+    headers = {k: (v if v is not None else b"") for k, v in (msg.headers() or [])}
+    _, ts = msg.timestamp()
+    return Record(
+        topic=msg.topic(), partition=msg.partition(), offset=msg.offset(),
+        key=msg.key(), value=msg.value() or b"", headers=headers, timestamp_ms=int(ts),
+    )

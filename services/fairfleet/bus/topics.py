@@ -1,0 +1,71 @@
+"""Topic names and their explicit configurations (DESIGN.md section 2).
+
+Every topic is created with explicit partitions, retention, cleanup policy and maximum message
+size; nothing relies on broker auto-creation (the local broker disables it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+DEFAULT_PREFIX = "fairfleet."
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024  # per Kafka message; larger payloads are chunked
+WEEK_MS = 7 * 24 * 3600 * 1000
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """One topic: logical name, partitions and the broker-side config map."""
+
+    name: str
+    partitions: int = 1
+    config: dict[str, str] = field(default_factory=dict)
+
+
+def _base(retention_ms: int = WEEK_MS) -> dict[str, str]:
+    return {
+        "cleanup.policy": "delete",
+        "retention.ms": str(retention_ms),
+        "max.message.bytes": str(MAX_MESSAGE_BYTES),
+    }
+
+
+LOGICAL_TOPICS = (
+    "rounds", "models", "updates", "stats",
+    "privacy.requests", "privacy.grants", "privacy.events", "deadletter",
+)
+
+
+def topic_name(logical: str, prefix: str = DEFAULT_PREFIX) -> str:
+    if logical not in LOGICAL_TOPICS:
+        from fairfleet.errors import ConfigError
+
+        raise ConfigError(f"Unknown topic '{logical}'; known: {list(LOGICAL_TOPICS)}")
+    return f"{prefix}{logical}"
+
+
+def default_topics(prefix: str = DEFAULT_PREFIX, partitions: int = 3) -> list[TopicSpec]:
+    """The fleet's topics with their configs.
+
+    - ``models`` is compacted by model id (readers want the latest version), with a short
+      segment time so compaction can run promptly;
+    - ``privacy.events`` is the accountant's replayable ledger log: kept forever;
+    - ``updates`` is partitioned by site key for throughput.
+    """
+    compacted = {
+        "cleanup.policy": "compact",
+        "max.message.bytes": str(MAX_MESSAGE_BYTES),
+        "segment.ms": str(3600 * 1000),
+        "min.cleanable.dirty.ratio": "0.1",
+    }
+    forever = {**_base(), "retention.ms": "-1", "retention.bytes": "-1"}
+    return [
+        TopicSpec(f"{prefix}rounds", 1, _base()),
+        TopicSpec(f"{prefix}models", 1, compacted),
+        TopicSpec(f"{prefix}updates", partitions, _base()),
+        TopicSpec(f"{prefix}stats", partitions, _base()),
+        TopicSpec(f"{prefix}privacy.requests", partitions, _base()),
+        TopicSpec(f"{prefix}privacy.grants", partitions, _base()),
+        TopicSpec(f"{prefix}privacy.events", 1, forever),
+        TopicSpec(f"{prefix}deadletter", 1, {**_base(), "retention.ms": str(4 * WEEK_MS)}),
+    ]

@@ -1,0 +1,299 @@
+"""Every message the services exchange, as pydantic models: the single source of truth.
+
+Compatibility contract (STYLE.md 2, after dp_accounting's dp_event.py): schemas only grow.
+Never remove a field or change its meaning; new fields are optional with a default; a new kind
+of message is a new type. ``schemas/`` holds the generated JSON Schema of each type and version
+(`make schemas`); a test fails when the files and these models disagree.
+
+Tensors are never fields here: a message that carries weights has ``payload_sha256`` and
+``payload_bytes`` and the safetensors bytes travel after the JSON block (see fairfleet.bus.codec).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from fairfleet.errors import SchemaError
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+class Message(BaseModel):
+    """Base of every bus message: type tag, schema version, id, creation time."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    TYPE: ClassVar[str] = ""
+    VERSIONS: ClassVar[tuple[int, ...]] = (1,)
+
+    schema_version: int = 1
+    message_id: str = Field(default_factory=new_id)
+    created_at: float = Field(default_factory=time.time)
+
+    @field_validator("schema_version")
+    @classmethod
+    def _known_version(cls, value: int) -> int:
+        if value not in cls.VERSIONS:
+            raise ValueError(
+                f"schema_version {value} is not one this build reads for '{cls.TYPE}' "
+                f"(known: {list(cls.VERSIONS)})"
+            )
+        return value
+
+
+NonNegFloat = Annotated[float, Field(ge=0.0)]
+PosInt = Annotated[int, Field(ge=1)]
+
+
+class ModelSpec(BaseModel):
+    """Which model to build from the registry, with its parameters."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    task: Literal["regression", "classification"] = "classification"
+
+
+class LocalTrainingPlan(BaseModel):
+    """What the aggregator asks sites to do locally in a round."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    epochs: PosInt = 1
+    batch_size: PosInt = 32
+    lr: Annotated[float, Field(gt=0.0)] = 0.05
+    prox_mu: NonNegFloat = 0.0
+
+
+class PrivacyPlan(BaseModel):
+    """The release mechanism a round uses and the bounds the aggregator will enforce."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    mechanism: Literal["dpsgd", "update", "off"] = "update"
+    unit: Literal["observation", "site"] = "site"
+    noise_multiplier: NonNegFloat = 1.0
+    clip_norm: Annotated[float, Field(gt=0.0)] = 1.0
+    sampling_rate: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
+    loss_bound: Annotated[float, Field(gt=0.0)] = 5.0
+    loss_noise_multiplier: NonNegFloat = 1.0
+
+
+class NoisyStat(BaseModel):
+    """A DP-noised bounded mean: value = clip(mean, lo, hi) + N(0, noise_std²), over m items."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    value: float
+    noise_std: NonNegFloat
+    m: PosInt
+    lo: float = 0.0
+    hi: float
+
+
+class RoundAnnouncement(Message):
+    """Opens round ``round`` of ``model_id`` (topic ``rounds``, key model_id)."""
+
+    TYPE: ClassVar[str] = "round"
+    type: Literal["round"] = "round"
+    model_id: str
+    round: Annotated[int, Field(ge=0)]
+    model_version: Annotated[int, Field(ge=0)]
+    mode: Literal["sync", "async"] = "sync"
+    deadline_s: Annotated[float, Field(gt=0.0)] = 60.0
+    min_sites: PosInt = 1
+    quorum: PosInt = 1
+    model_spec: ModelSpec
+    training: LocalTrainingPlan = Field(default_factory=LocalTrainingPlan)
+    privacy: PrivacyPlan = Field(default_factory=PrivacyPlan)
+    strategy: str = "fedavg"
+    opened_at: float = Field(default_factory=time.time)
+
+
+class ModelRelease(Message):
+    """A global model version (topic ``models``, compacted, key model_id); weights as payload."""
+
+    TYPE: ClassVar[str] = "model"
+    type: Literal["model"] = "model"
+    model_id: str
+    version: Annotated[int, Field(ge=0)]
+    round: Annotated[int, Field(ge=0)]
+    model_spec: ModelSpec
+    payload_sha256: str
+    payload_bytes: Annotated[int, Field(ge=0)]
+
+
+class UpdatePrivacy(BaseModel):
+    """How the update was privatised; ``enabled`` False is stated loudly, never implied."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    enabled: bool
+    mechanism: Literal["dpsgd", "update", "off"]
+    unit: Literal["observation", "site"]
+    noise_multiplier: NonNegFloat
+    clip_norm: NonNegFloat
+    noise_std: NonNegFloat
+    sampling_rate: float | None = None
+    steps: Annotated[int, Field(ge=0)] = 0
+    epsilon_spent: NonNegFloat | None = None
+
+
+class SiteUpdate(Message):
+    """A site's privatised model delta for one round (topic ``updates``, key site)."""
+
+    TYPE: ClassVar[str] = "update"
+    type: Literal["update"] = "update"
+    site: str
+    site_class: str
+    model_id: str
+    round: Annotated[int, Field(ge=0)]
+    base_version: Annotated[int, Field(ge=0)]
+    n_examples: PosInt
+    privacy: UpdatePrivacy
+    loss: NoisyStat | None = None
+    payload_sha256: str
+    payload_bytes: Annotated[int, Field(ge=0)]
+    key_id: str = ""
+    signature: str = ""
+
+
+class SiteStatistics(Message):
+    """A site's DP-noised held-out loss of a global model version (topic ``stats``)."""
+
+    TYPE: ClassVar[str] = "stats"
+    type: Literal["stats"] = "stats"
+    site: str
+    site_class: str
+    model_id: str
+    round: Annotated[int, Field(ge=0)]
+    model_version: Annotated[int, Field(ge=0)]
+    loss: NoisyStat
+    key_id: str = ""
+    signature: str = ""
+
+
+class WindowRange(BaseModel):
+    """Inclusive range of training-window ids a release touched."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    first: Annotated[int, Field(ge=0)]
+    last: Annotated[int, Field(ge=0)]
+
+
+class PrivacyReservationRequest(Message):
+    """Asks the accountant to reserve budget for a release (topic ``privacy.requests``, key site).
+
+    ``dp_event`` is a dp_accounting DpEvent as JSON (see fairfleet.privacy.events).
+    """
+
+    TYPE: ClassVar[str] = "privacy.request"
+    type: Literal["privacy.request"] = "privacy.request"
+    event_id: str
+    site: str
+    site_class: str = ""
+    source: str
+    unit: Literal["observation", "site"]
+    model_id: str
+    round: Annotated[int, Field(ge=0)] = 0
+    windows: WindowRange
+    dp_event: dict[str, Any]
+    reply_topic: str = ""
+
+
+class PrivacyGrant(Message):
+    """The accountant's answer to a reservation (topic ``privacy.grants``, key site)."""
+
+    TYPE: ClassVar[str] = "privacy.grant"
+    type: Literal["privacy.grant"] = "privacy.grant"
+    event_id: str
+    site: str
+    granted: bool
+    reason: str = ""
+    epsilon_if_committed: NonNegFloat | None = None
+    epsilon_limit: NonNegFloat | None = None
+    delta: NonNegFloat | None = None
+
+
+class PrivacyEventMessage(Message):
+    """One entry of the replayable ledger log (topic ``privacy.events``, key site).
+
+    ``action``: ``commit`` (a reserved release happened), ``cancel`` (it did not), or
+    ``release`` (a release accounted without a prior reservation).
+    """
+
+    TYPE: ClassVar[str] = "privacy.event"
+    type: Literal["privacy.event"] = "privacy.event"
+    event_id: str
+    action: Literal["commit", "cancel", "release"]
+    site: str
+    site_class: str = ""
+    source: str
+    unit: Literal["observation", "site"]
+    model_id: str
+    round: Annotated[int, Field(ge=0)] = 0
+    windows: WindowRange
+    dp_event: dict[str, Any] = Field(default_factory=dict)
+
+
+class DeadLetter(Message):
+    """A rejected input with its reason (topic ``deadletter``, key = original key)."""
+
+    TYPE: ClassVar[str] = "deadletter"
+    type: Literal["deadletter"] = "deadletter"
+    service: str
+    reason: str
+    detail: str = ""
+    source_topic: str = ""
+    source_partition: int | None = None
+    source_offset: int | None = None
+    original_type: str = ""
+    original_message_id: str = ""
+    site: str = ""
+    model_id: str = ""
+    round: int | None = None
+
+
+MESSAGE_TYPES: dict[str, type[Message]] = {
+    cls.TYPE: cls
+    for cls in (
+        RoundAnnouncement,
+        ModelRelease,
+        SiteUpdate,
+        SiteStatistics,
+        PrivacyReservationRequest,
+        PrivacyGrant,
+        PrivacyEventMessage,
+        DeadLetter,
+    )
+}
+
+
+def message_class(type_name: str) -> type[Message]:
+    try:
+        return MESSAGE_TYPES[type_name]
+    except KeyError:
+        raise SchemaError(
+            f"Unknown message type '{type_name}'; known: {sorted(MESSAGE_TYPES)}"
+        ) from None
+
+
+def json_schemas() -> dict[str, dict[str, Any]]:
+    """File name -> JSON Schema for every message type at its current version."""
+    out: dict[str, dict[str, Any]] = {}
+    for type_name, cls in MESSAGE_TYPES.items():
+        version = max(cls.VERSIONS)
+        schema = cls.model_json_schema()
+        schema["$id"] = f"fairfleet/{type_name}/v{version}"
+        schema["x-fairfleet-type"] = type_name
+        schema["x-fairfleet-version"] = version
+        out[f"{type_name}.v{version}.json"] = schema
+    return out

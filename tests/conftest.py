@@ -1,0 +1,46 @@
+"""Shared fixtures. The Kafka fixtures use a REAL broker: the one `make test` started
+(FAIRFLEET_BOOTSTRAP) or, when run bare, one this session starts with the same code as
+`make broker` (fairfleet.broker). If it cannot start, the tests fail; they never skip.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from fairfleet import broker
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Bootstrap address of a live local Kafka broker (KRaft, single node)."""
+    given = os.environ.get("FAIRFLEET_BOOTSTRAP")
+    if given:
+        broker.wait_ready(given, timeout_s=60)
+        yield given
+        return
+    state: Path = tmp_path_factory.mktemp("kafka-broker")
+    info = broker.start(state)
+    try:
+        yield info.bootstrap
+    finally:
+        broker.stop(state)
+
+
+@pytest.fixture
+def topic_prefix() -> str:
+    """A unique topic prefix so tests never see each other's records."""
+    return f"t{uuid.uuid4().hex[:10]}."
+
+
+@pytest.fixture
+def kafka_topics(kafka_bootstrap: str, topic_prefix: str) -> str:
+    """Creates the fleet's default topics under a fresh prefix on the real broker; returns it."""
+    from fairfleet.bus import connect, default_topics
+
+    connect(kafka_bootstrap).create_topics(default_topics(topic_prefix))
+    return topic_prefix
