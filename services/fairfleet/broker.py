@@ -13,6 +13,7 @@ from ``deploy/kafka/pom.xml`` into a cache folder once; the broker then runs as 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -268,10 +269,8 @@ def _kill(pid: int, sig: int) -> None:
     try:
         os.killpg(pid, sig)
     except (ProcessLookupError, PermissionError):
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, sig)
-        except ProcessLookupError:
-            pass
 
 
 def stop(state_dir: Path | None = None, timeout_s: float = 30.0) -> bool:

@@ -81,7 +81,7 @@ class Delivery:
 class Producer(ABC):
     @abstractmethod
     def publish(
-        self, topic: str, value: bytes, key: Key = None, headers: Mapping[str, bytes] | None = None
+        self, topic: str, value: bytes | memoryview, key: Key = None, headers: Mapping[str, bytes] | None = None
     ) -> Delivery: ...
 
     @abstractmethod

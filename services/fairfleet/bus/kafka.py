@@ -14,11 +14,15 @@ from typing import Any
 
 from confluent_kafka import (
     OFFSET_INVALID,
-    Consumer as CKConsumer,
     KafkaError,
     KafkaException,
-    Producer as CKProducer,
     TopicPartition,
+)
+from confluent_kafka import (
+    Consumer as CKConsumer,
+)
+from confluent_kafka import (
+    Producer as CKProducer,
 )
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
 
@@ -111,7 +115,7 @@ class KafkaProducer(Producer):
                 raise BusError(f"{getattr(fn, '__name__', 'kafka call')} failed: {err}") from exc
         raise AssertionError("unreachable")
 
-    def publish(self, topic: str, value: bytes, key: Key = None, headers: Mapping[str, bytes] | None = None) -> Delivery:
+    def publish(self, topic: str, value: bytes | memoryview, key: Key = None, headers: Mapping[str, bytes] | None = None) -> Delivery:
         delivery = Delivery(self._producer.poll)
         if not isinstance(value, bytes):
             value = bytes(value)  # librdkafka takes read-only bytes only (one memcpy per chunk)

@@ -113,7 +113,7 @@ class MemoryProducer(Producer):
         self._txn: list[tuple[str, bytes | None, bytes, dict[str, bytes], Delivery]] | None = None
         self._txn_offsets: list[tuple[str, dict[tuple[str, int], int]]] = []
 
-    def publish(self, topic: str, value: bytes, key: Key = None, headers: Mapping[str, bytes] | None = None) -> Delivery:
+    def publish(self, topic: str, value: bytes | memoryview, key: Key = None, headers: Mapping[str, bytes] | None = None) -> Delivery:
         delivery = Delivery()
         hdrs = dict(headers or {})
         with self._bus._lock:

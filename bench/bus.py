@@ -1,0 +1,127 @@
+"""Bus throughput: fairfleet Publisher/Reader versus raw confluent-kafka, same broker, same run.
+
+For update sizes of 4 MB and 64 MB: publish N updates (flush included) and consume them all
+(decoded, reassembled and checksummed for fairfleet; raw records for confluent-kafka). The raw
+baseline sends the same bytes in the same chunk sizes (a 64 MB value cannot be one Kafka record
+under the topic limit). Throughput = bytes / (publish seconds + consume seconds).
+Writes bench/results/bus.json with `ratio` = fairfleet / raw for each size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from confluent_kafka import Consumer, Producer
+
+from fairfleet.bus import Publisher, Reader, connect
+from fairfleet.bus.codec import DEFAULT_CHUNK_BYTES
+from fairfleet.bus.kafka import KafkaBus
+from fairfleet.bus.topics import MAX_MESSAGE_BYTES, TopicSpec
+from fairfleet.messages import SiteUpdate, UpdatePrivacy
+
+OUT = Path(__file__).resolve().parent / "results" / "bus.json"
+MB = 1024 * 1024
+
+
+def _topic(bus: KafkaBus) -> str:
+    name = f"bench.{uuid.uuid4().hex[:8]}"
+    bus.create_topics([TopicSpec(name, 1, {"max.message.bytes": str(MAX_MESSAGE_BYTES), "retention.ms": "600000"})])
+    return name
+
+
+def _fairfleet(bus: KafkaBus, payload: bytes, n: int) -> tuple[float, float]:
+    topic = _topic(bus)
+    producer = bus.producer()
+    publisher = Publisher(producer)
+    privacy = UpdatePrivacy(enabled=True, mechanism="update", unit="site", noise_multiplier=1.0, clip_norm=1.0, noise_std=1.0)
+    digest = hashlib.sha256(payload).hexdigest()  # computed by the site when it signs, not the bus
+    msgs = [SiteUpdate(site=f"s{i}", site_class="a", model_id="m", round=0, base_version=0, n_examples=1,
+                       privacy=privacy, payload_sha256=digest, payload_bytes=len(payload)) for i in range(n)]
+    t0 = time.perf_counter()
+    for i, msg in enumerate(msgs):
+        publisher.send(topic, msg, payload, key=f"s{i}")
+    producer.flush(300)
+    t1 = time.perf_counter()
+    reader = Reader(bus.consumer(f"g{uuid.uuid4().hex[:6]}", [topic]), "bench")
+    got = 0
+    t2 = time.perf_counter()
+    while got < n:
+        if reader.poll(5.0) is not None:
+            got += 1
+    t3 = time.perf_counter()
+    reader.consumer.close()
+    return t1 - t0, t3 - t2
+
+
+def _raw(bootstrap: str, bus: KafkaBus, payload: bytes, n: int) -> tuple[float, float]:
+    topic = _topic(bus)
+    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5,
+                         "message.max.bytes": MAX_MESSAGE_BYTES + 65536})
+    chunks = [payload[i:i + DEFAULT_CHUNK_BYTES] for i in range(0, len(payload), DEFAULT_CHUNK_BYTES)]
+    t0 = time.perf_counter()
+    for i in range(n):
+        for chunk in chunks:
+            while True:
+                try:
+                    producer.produce(topic, chunk, key=f"s{i}".encode())
+                    break
+                except BufferError:
+                    producer.poll(0.1)
+        producer.poll(0)
+    producer.flush(300)
+    t1 = time.perf_counter()
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"g{uuid.uuid4().hex[:6]}",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False,
+                         "fetch.max.bytes": 4 * MAX_MESSAGE_BYTES,
+                         "max.partition.fetch.bytes": MAX_MESSAGE_BYTES + 65536,
+                         "receive.message.max.bytes": 4 * MAX_MESSAGE_BYTES + 2 * MB})
+    consumer.subscribe([topic])
+    want, got = n * len(chunks), 0
+    t2 = time.perf_counter()
+    while got < want:
+        for msg in consumer.consume(min(100, want - got), 1.0):
+            if msg.error() is None:
+                got += 1
+    t3 = time.perf_counter()
+    consumer.close()
+    return t1 - t0, t3 - t2
+
+
+def main() -> dict[str, Any]:
+    bootstrap = os.environ.get("FAIRFLEET_BOOTSTRAP")
+    if not bootstrap:
+        raise SystemExit("FAIRFLEET_BOOTSTRAP is not set: run through `make bench`.")
+    bus = connect(bootstrap)
+    assert isinstance(bus, KafkaBus)
+    rng = np.random.default_rng(0)
+    result: dict[str, Any] = {"broker": "local single-node KRaft (Maven jars)", "chunk_bytes": DEFAULT_CHUNK_BYTES, "sizes": {}}
+    for size_mb, n in ((4, 24), (64, 4)):
+        payload = rng.standard_normal(size_mb * MB // 4, dtype=np.float32).tobytes()
+        _raw(bootstrap, bus, payload, 1)  # warm-up both paths
+        _fairfleet(bus, payload, 1)
+        rows = {}
+        for name, fn in (("fairfleet", lambda p=payload, k=n: _fairfleet(bus, p, k)),
+                         ("raw", lambda p=payload, k=n: _raw(bootstrap, bus, p, k))):
+            pub, con = fn()
+            total = n * len(payload) / MB
+            rows[name] = {"publish_mb_s": total / pub, "consume_mb_s": total / con, "mb_s": total / (pub + con)}
+        result["sizes"][f"{size_mb}MB"] = {
+            **rows, "updates": n,
+            "ratio": rows["fairfleet"]["mb_s"] / rows["raw"]["mb_s"],
+            "ratio_publish": rows["fairfleet"]["publish_mb_s"] / rows["raw"]["publish_mb_s"],
+            "ratio_consume": rows["fairfleet"]["consume_mb_s"] / rows["raw"]["consume_mb_s"],
+        }
+    OUT.parent.mkdir(exist_ok=True)
+    OUT.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    print(json.dumps(main(), indent=2))
