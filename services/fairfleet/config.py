@@ -1,0 +1,254 @@
+"""One configuration for a fleet deployment: a YAML file plus environment overrides.
+
+Every service reads the same file (`deploy/fairfleet.example.yaml` is the commented example).
+Environment variables override it with the prefix ``FAIRFLEET_`` and ``__`` between levels,
+e.g. ``FAIRFLEET_KAFKA__BOOTSTRAP=kafka:9092`` (pydantic-settings). ``load_config`` names every
+bad field and value in one ConfigError.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from fairfleet.errors import ConfigError
+from fairfleet.messages import LocalTrainingPlan, ModelSpec, PrivacyPlan
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class KafkaConfig(_Strict):
+    """Connection to the fleet's Kafka cluster (plaintext, SASL/SCRAM, TLS)."""
+
+    bootstrap: str = "127.0.0.1:9092"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN"] | None = None
+    sasl_username: str | None = None
+    sasl_password: str | None = None
+    ssl_ca_location: str | None = None
+    ssl_certificate_location: str | None = None
+    ssl_key_location: str | None = None
+    topic_prefix: str = "fairfleet."
+    partitions: Annotated[int, Field(ge=1)] = 3
+    chunk_bytes: Annotated[int, Field(ge=1024, le=16 * 1024 * 1024)] = 8 * 1024 * 1024
+
+    @model_validator(mode="after")
+    def _sasl_complete(self) -> KafkaConfig:
+        if self.security_protocol.startswith("SASL") and not (
+            self.sasl_mechanism and self.sasl_username and self.sasl_password
+        ):
+            raise ValueError(
+                f"security_protocol {self.security_protocol} needs sasl_mechanism, sasl_username "
+                "and sasl_password"
+            )
+        return self
+
+    def client_config(self) -> dict[str, str]:
+        """librdkafka settings for security (the bootstrap is passed separately)."""
+        conf = {"security.protocol": self.security_protocol}
+        for key, value in (
+            ("sasl.mechanisms", self.sasl_mechanism),
+            ("sasl.username", self.sasl_username),
+            ("sasl.password", self.sasl_password),
+            ("ssl.ca.location", self.ssl_ca_location),
+            ("ssl.certificate.location", self.ssl_certificate_location),
+            ("ssl.key.location", self.ssl_key_location),
+        ):
+            if value is not None:
+                conf[key] = value
+        return conf
+
+
+class StrategyConfig(_Strict):
+    name: str = "fedavg"
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class RoundsConfig(_Strict):
+    mode: Literal["sync", "async"] = "sync"
+    rounds: Annotated[int, Field(ge=1)] = 10
+    deadline_s: Annotated[float, Field(gt=0)] = 60.0
+    min_sites: Annotated[int, Field(ge=1)] = 1
+    quorum: Annotated[int, Field(ge=1)] = 1
+    async_buffer: Annotated[int, Field(ge=1)] = 10
+    staleness_exponent: Annotated[float, Field(ge=0)] = 0.5
+
+
+class ModelConfig(_Strict):
+    """One model the fleet trains; one aggregator per model."""
+
+    id: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")]
+    model: ModelSpec
+    strategy: StrategyConfig = Field(default_factory=StrategyConfig)
+    rounds: RoundsConfig = Field(default_factory=RoundsConfig)
+    training: LocalTrainingPlan = Field(default_factory=LocalTrainingPlan)
+    privacy: PrivacyPlan = Field(default_factory=PrivacyPlan)
+    gamma: Annotated[float, Field(ge=0)] = 0.1
+    metrics_port: Annotated[int, Field(ge=0, le=65535)] = 9201
+
+
+class PolicyConfig(_Strict):
+    """Privacy policy: the ledger may not exceed epsilon_max at delta for this unit."""
+
+    epsilon_max: Annotated[float, Field(gt=0)] = 8.0
+    delta: Annotated[float, Field(gt=0, lt=1)] = 1e-5
+    unit: Literal["observation", "site"] = "site"
+
+
+class PoliciesConfig(_Strict):
+    """Defaults, overridden per site class, overridden per site (most specific wins)."""
+
+    defaults: PolicyConfig = Field(default_factory=PolicyConfig)
+    classes: dict[str, PolicyConfig] = Field(default_factory=dict)
+    sites: dict[str, PolicyConfig] = Field(default_factory=dict)
+
+
+class ConnectorConfig(_Strict):
+    type: str = "simulator"
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class WindowConfig(_Strict):
+    """Tumbling training windows: by observation count or by event time (seconds)."""
+
+    by: Literal["count", "time"] = "count"
+    size: Annotated[float, Field(gt=0)] = 256
+
+
+class SiteConfig(_Strict):
+    id: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")]
+    site_class: str = Field(alias="class")
+    public_key: Annotated[str, Field(pattern=r"^[0-9a-fA-F]{64}$")]
+    private_key_file: str | None = None
+    data_source: str = "default"
+    connector: ConnectorConfig = Field(default_factory=ConnectorConfig)
+    window: WindowConfig = Field(default_factory=WindowConfig)
+    models: list[str] = Field(default_factory=list)
+    metrics_port: Annotated[int, Field(ge=0, le=65535)] = 0
+    state_dir: str | None = None
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class AccountantConfig(_Strict):
+    db: str = ".fairfleet/accountant/ledger.sqlite"
+    metrics_port: Annotated[int, Field(ge=0, le=65535)] = 9100
+    reported_accountant: Literal["pld", "rdp"] = "pld"
+    grant_timeout_s: Annotated[float, Field(gt=0)] = 30.0
+
+
+class FleetConfig(BaseSettings):
+    """The whole deployment."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="FAIRFLEET_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    fleet: str = "fleet"
+    kafka: KafkaConfig = Field(default_factory=KafkaConfig)
+    models: list[ModelConfig] = Field(default_factory=list)
+    policies: PoliciesConfig = Field(default_factory=PoliciesConfig)
+    sites: list[SiteConfig] = Field(default_factory=list)
+    accountant: AccountantConfig = Field(default_factory=AccountantConfig)
+    state_dir: str = ".fairfleet/state"
+
+    @model_validator(mode="after")
+    def _references(self) -> FleetConfig:
+        model_ids = [m.id for m in self.models]
+        dupes = {m for m in model_ids if model_ids.count(m) > 1}
+        if dupes:
+            raise ValueError(f"duplicate model ids {sorted(dupes)}")
+        site_ids = [s.id for s in self.sites]
+        dupes = {s for s in site_ids if site_ids.count(s) > 1}
+        if dupes:
+            raise ValueError(f"duplicate site ids {sorted(dupes)}")
+        for site in self.sites:
+            unknown = [m for m in site.models if m not in model_ids]
+            if unknown:
+                raise ValueError(f"site '{site.id}' serves unknown models {unknown} (known: {model_ids})")
+        unknown_sites = set(self.policies.sites) - set(site_ids)
+        if unknown_sites:
+            raise ValueError(f"policies.sites names unknown sites {sorted(unknown_sites)}")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment overrides the file (the file's content arrives as init kwargs).
+        return env_settings, init_settings
+
+    # -- lookups used by the services ------------------------------------------------------------
+    def model(self, model_id: str) -> ModelConfig:
+        for m in self.models:
+            if m.id == model_id:
+                return m
+        raise ConfigError(f"Unknown model '{model_id}'; configured: {[m.id for m in self.models]}")
+
+    def site(self, site_id: str) -> SiteConfig:
+        for s in self.sites:
+            if s.id == site_id:
+                return s
+        raise ConfigError(f"Unknown site '{site_id}'; configured: {[s.id for s in self.sites]}")
+
+    def policy_for(self, site_id: str, site_class: str | None = None) -> PolicyConfig:
+        """Most specific policy: per site, else per class, else the defaults."""
+        if site_id in self.policies.sites:
+            return self.policies.sites[site_id]
+        if site_class is None:
+            site_class = next((s.site_class for s in self.sites if s.id == site_id), None)
+        if site_class is not None and site_class in self.policies.classes:
+            return self.policies.classes[site_class]
+        return self.policies.defaults
+
+    def public_keys(self) -> dict[str, str]:
+        return {s.id: s.public_key for s in self.sites}
+
+    def site_classes(self) -> dict[str, str]:
+        return {s.id: s.site_class for s in self.sites}
+
+    def bus_url(self) -> str:
+        return f"kafka://{self.kafka.bootstrap}"
+
+
+def _format(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        value = err.get("input")
+        shown = repr(value) if not isinstance(value, dict | list) else type(value).__name__
+        lines.append(f"  {loc}: {err['msg']} (got {shown[:80]})")
+    return "\n".join(lines)
+
+
+def parse_config(data: dict[str, Any], source: str = "config") -> FleetConfig:
+    """Validate a config mapping (env overrides apply); ConfigError lists every problem."""
+    try:
+        return FleetConfig(**data)
+    except ValidationError as exc:
+        raise ConfigError(f"{source} is invalid ({exc.error_count()} problems):\n{_format(exc)}") from exc
+
+
+def load_config(path: str | Path) -> FleetConfig:
+    """Read and validate a fleet YAML file."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"Config file not found: '{p}'")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p} must hold a mapping at the top level, found {type(data).__name__}")
+    return parse_config(data, str(p))
