@@ -51,7 +51,7 @@ class KafkaConfig(_Strict):
 
     def client_config(self) -> dict[str, str]:
         """librdkafka settings for security (the bootstrap is passed separately)."""
-        conf = {"security.protocol": self.security_protocol}
+        conf: dict[str, str] = {"security.protocol": self.security_protocol}
         for key, value in (
             ("sasl.mechanisms", self.sasl_mechanism),
             ("sasl.username", self.sasl_username),

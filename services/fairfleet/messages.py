@@ -7,6 +7,23 @@ of message is a new type. ``schemas/`` holds the generated JSON Schema of each t
 
 Tensors are never fields here: a message that carries weights has ``payload_sha256`` and
 ``payload_bytes`` and the safetensors bytes travel after the JSON block (see fairfleet.bus.codec).
+
+Privacy reservation protocol (site agent <-> accountant), fail closed:
+1. The agent publishes a PrivacyReservationRequest to ``privacy.requests`` (key = site) with a
+   deterministic ``event_id`` (derived from site, model, round and release), the data source,
+   the windows touched and the dp_event covering ALL releases of that round (update + loss).
+2. The accountant answers a PrivacyGrant on ``privacy.grants`` (key = site, same event_id):
+   granted with the ε the ledger would reach, or denied with the reason. A request for an
+   event_id that is already reserved returns the same answer again; one that is already
+   committed returns granted=True with reason "already committed" (so a restarted agent
+   learns that its release already happened and does not publish twice).
+   No answer within the timeout = denied: the agent skips the round and says why.
+3. The agent publishes its update (and statistics) AND a PrivacyEventMessage(action="commit")
+   to ``privacy.events`` in ONE Kafka transaction (transactional.id derived from the site id),
+   so the release and its ledger entry become visible together or not at all. On failure it
+   publishes action="cancel". The accountant applies ``privacy.events`` (the replayable ledger
+   log, read_committed) to its durable ledger; reservations not committed or cancelled within
+   a timeout stay counted against the budget (never under-count).
 """
 
 from __future__ import annotations

@@ -1,1 +1,49 @@
-"""fairfleet.fairness."""
+"""fairfleet.fairness: aggregation strategies, noise-aware estimators, strategy state (pure math).
+
+Public API::
+
+    SiteUpdate, NoisyStat, AggregateResult          (types)
+    Strategy, WeightedUpdateStrategy                (base classes)
+    build_strategy(name, **params), available_strategies(), register_strategy(name, cls)
+    StrategyState, state_to_bytes, state_from_bytes
+    estimators: class_risk_estimates, shrink_toward_mean, debiased_range, debiased_squared_norm
+    staleness_weight, staleness_weights             (buffered async)
+"""
+
+from fairfleet.fairness.base import Strategy, WeightedUpdateStrategy
+from fairfleet.fairness.estimators import (
+    ClassEstimate,
+    ClassRiskReport,
+    GapEstimate,
+    class_risk_estimates,
+    debiased_range,
+    debiased_squared_norm,
+    shrink_toward_mean,
+)
+from fairfleet.fairness.registry import available_strategies, build_strategy, register_strategy
+from fairfleet.fairness.staleness import staleness_weight, staleness_weights
+from fairfleet.fairness.state import StrategyState, state_from_bytes, state_to_bytes
+from fairfleet.fairness.types import AggregateResult, NoisyStat, SiteUpdate
+
+__all__ = [
+    "AggregateResult",
+    "ClassEstimate",
+    "ClassRiskReport",
+    "GapEstimate",
+    "NoisyStat",
+    "SiteUpdate",
+    "Strategy",
+    "StrategyState",
+    "WeightedUpdateStrategy",
+    "available_strategies",
+    "build_strategy",
+    "class_risk_estimates",
+    "debiased_range",
+    "debiased_squared_norm",
+    "register_strategy",
+    "shrink_toward_mean",
+    "staleness_weight",
+    "staleness_weights",
+    "state_from_bytes",
+    "state_to_bytes",
+]

@@ -234,8 +234,7 @@ def local_train(
             total = config.epochs * dpsgd.steps_per_epoch(q)
             for idx in engine.poisson_batches(total, sample_gen):
                 engine.zero_grad()
-                per_example_loss(engine.module(x[idx]), y[idx], task).sum().backward()
-                engine.privatise_grads()
+                engine.backward(per_example_loss(engine.module(x[idx]), y[idx], task))
                 _add_prox_grad(params, anchors, config.prox_mu)
                 optimizer.step()
         finally:

@@ -24,7 +24,7 @@ import math
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import dp_accounting
 import torch
@@ -43,8 +43,8 @@ warnings.filterwarnings(
     category=UserWarning,
 )
 
-GradSampleMode = Literal["hooks", "functorch", "ew"]
-GRAD_SAMPLE_MODES: tuple[str, ...] = ("hooks", "functorch", "ew")
+GradSampleMode = Literal["hooks", "functorch", "ew", "ghost"]
+GRAD_SAMPLE_MODES: tuple[str, ...] = ("hooks", "functorch", "ew", "ghost")
 # Measured by bench/training.py (per-example gradients of the built-in models on 2 CPU cores):
 # the hook-based GradSampleModule was the fastest correct mode; see docs/models.md.
 DEFAULT_GRAD_SAMPLE_MODE: GradSampleMode = "hooks"
@@ -156,10 +156,14 @@ class DpSgdStats:
 class DpSgd:
     """Per-example clip + Gaussian noise around a plain torch optimizer (Opacus underneath).
 
-    Usage per step: ``zero_grad()``; forward ``module`` on the Poisson batch; backward the *sum*
-    of per-example losses; ``privatise_grads()`` leaves p.grad = noisy mean gradient (normalised
-    by q n); then add any data-independent gradient term (e.g. FedProx) and step the inner
-    optimizer.
+    Per step: ``zero_grad()``; forward ``module`` on the Poisson batch; ``backward(losses)`` with
+    the vector of per-example losses leaves p.grad = (sum_i clip(g_i) + N(0, sigma^2 C^2 I)) / (q n);
+    then add any data-independent gradient term (e.g. FedProx) and step the inner optimizer.
+
+    grad_sample_mode: ``hooks`` (Opacus GradSampleModule, per-example grads from module hooks),
+    ``functorch`` (the same through torch.func vmap), ``ew`` (torch ExpandedWeights) or ``ghost``
+    (Opacus fast gradient clipping: per-example *norms* without per-example gradients, then a
+    second backward of sum_i c_i l_i with c_i = min(1, C/||g_i||); Li et al. 2022, Bu et al. 2023).
     """
 
     def __init__(
@@ -186,7 +190,28 @@ class DpSgd:
         self.clip_norm = validate_clip_norm(clip_norm)
         self.n_examples = int(n_examples)
         self.expected_batch_size = self.sampling_rate * self.n_examples
+        self.grad_sample_mode = grad_sample_mode
+        self.stats = DpSgdStats()
         self.module: torch.nn.Module
+        self.optimizer: DPOptimizer
+        dp_args: dict[str, Any] = {
+            "noise_multiplier": self.noise_multiplier,
+            "max_grad_norm": self.clip_norm,
+            "expected_batch_size": None,
+            "loss_reduction": "sum",
+            "generator": noise_generator,
+            "secure_mode": secure_mode,
+        }
+        if grad_sample_mode == "ghost":
+            from opacus.grad_sample import GradSampleModuleFastGradientClipping
+            from opacus.optimizers import DPOptimizerFastGradientClipping
+
+            self.module = GradSampleModuleFastGradientClipping(
+                model, batch_first=True, loss_reduction="sum", max_grad_norm=self.clip_norm,
+                use_ghost_clipping=True,
+            )
+            self.optimizer = DPOptimizerFastGradientClipping(optimizer, **dp_args)
+            return
         if grad_sample_mode == "ew":
             from opacus.grad_sample import GradSampleModuleExpandedWeights
 
@@ -195,21 +220,10 @@ class DpSgd:
             )
         else:
             self.module = GradSampleModule(
-                model,
-                batch_first=True,
-                loss_reduction="sum",
+                model, batch_first=True, loss_reduction="sum",
                 force_functorch=grad_sample_mode == "functorch",
             )
-        self.optimizer = _NormRecordingDPOptimizer(
-            optimizer,
-            noise_multiplier=self.noise_multiplier,
-            max_grad_norm=self.clip_norm,
-            expected_batch_size=None,
-            loss_reduction="sum",
-            generator=noise_generator,
-            secure_mode=secure_mode,
-        )
-        self.stats = DpSgdStats()
+        self.optimizer = _NormRecordingDPOptimizer(optimizer, **dp_args)
 
     @property
     def noise_std_per_step(self) -> float:
@@ -228,20 +242,44 @@ class DpSgd:
     def zero_grad(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
 
-    def privatise_grads(self) -> None:
-        """Clip per-example grads, add N(0, sigma^2 C^2) to the sum, divide by q n (in p.grad)."""
+    def backward(self, per_example_losses: torch.Tensor) -> None:
+        """Backward the batch, clip per example, add N(0, sigma^2 C^2) to the sum, divide by q n.
+
+        The result is in p.grad of the wrapped model's parameters.
+        """
         opt = self.optimizer
-        opt.clip_and_accumulate()
+        if self.grad_sample_mode == "ghost":
+            norms = self._ghost_backward(per_example_losses)
+            opt.accumulate()
+        else:
+            per_example_losses.sum().backward()
+            opt.clip_and_accumulate()
+            norms = opt.last_norms
         opt.add_noise()
         for p in opt.params:
             p.grad /= self.expected_batch_size
             p.summed_grad = None
-        norms = opt.last_norms
         if norms is not None:
             self.stats.examples_seen += int(norms.numel())
             self.stats.grad_norm_sum += float(norms.sum())
             self.stats.clipped += int((norms > self.clip_norm).sum())
         self.stats.steps += 1
+
+    def _ghost_backward(self, losses: torch.Tensor) -> torch.Tensor:
+        """Opacus' DPTensorFastGradientClipping.backward, with the norms kept for the metrics."""
+        module = self.module
+        losses.sum().backward(retain_graph=True)  # hooks store per-example norms only
+        self.optimizer.zero_grad(set_to_none=True)
+        if losses.numel() == 0:
+            return torch.zeros(0)
+        norms: torch.Tensor = module.get_norm_sample().detach()
+        coef = (self.clip_norm / (norms + 1e-6)).clamp(max=1.0)
+        module.disable_hooks()
+        try:
+            (coef * losses).sum().backward()  # = sum_i clip(g_i), in p.grad
+        finally:
+            module.enable_hooks()
+        return norms
 
     def event(self) -> dp_accounting.DpEvent:
         """What the steps taken so far spent (raises ConfigError if none were taken)."""
