@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from fairfleet.errors import ConfigError
@@ -157,6 +157,10 @@ class FleetConfig(BaseSettings):
     sites: list[SiteConfig] = Field(default_factory=list)
     accountant: AccountantConfig = Field(default_factory=AccountantConfig)
     state_dir: str = ".fairfleet/state"
+    metrics_host: str = "127.0.0.1"
+    """Interface the services' /metrics servers bind (0.0.0.0 in containers)."""
+
+    _base_dir: Path | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")
     def _references(self) -> FleetConfig:
@@ -221,6 +225,16 @@ class FleetConfig(BaseSettings):
     def bus_url(self) -> str:
         return f"kafka://{self.kafka.bootstrap}"
 
+    @property
+    def base_dir(self) -> Path:
+        """Folder of the config file (the working directory when built from a mapping)."""
+        return self._base_dir if self._base_dir is not None else Path.cwd()
+
+    def resolve_path(self, value: str | Path) -> Path:
+        """An absolute path as is; a relative one (key file, db, state dir) against base_dir."""
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else self.base_dir / path
+
 
 def _format(exc: ValidationError) -> str:
     lines = []
@@ -251,4 +265,6 @@ def load_config(path: str | Path) -> FleetConfig:
         raise ConfigError(f"{p} is not valid YAML: {exc}") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"{p} must hold a mapping at the top level, found {type(data).__name__}")
-    return parse_config(data, str(p))
+    cfg = parse_config(data, str(p))
+    cfg._base_dir = p.parent.resolve()
+    return cfg

@@ -8,6 +8,7 @@ Prometheus conventions: ``fairfleet_`` prefix, base units in the name, ``_total`
 from __future__ import annotations
 
 import json
+import os
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -38,10 +39,16 @@ class MetricsServer:
 def serve(
     registry: CollectorRegistry,
     port: int = 0,
-    host: str = "127.0.0.1",
+    host: str | None = None,
     routes: dict[str, JsonRoute] | None = None,
 ) -> MetricsServer:
-    """Serve ``registry`` on ``host:port`` (0 picks a free port) in a daemon thread."""
+    """Serve ``registry`` on ``host:port`` (0 picks a free port) in a daemon thread.
+
+    ``host`` defaults to ``FAIRFLEET_METRICS_HOST`` (the config's ``metrics_host``; compose sets
+    0.0.0.0 so Prometheus can scrape across containers), else 127.0.0.1.
+    """
+    if host is None:
+        host = os.environ.get("FAIRFLEET_METRICS_HOST", "127.0.0.1")
     json_routes = dict(routes or {})
 
     class Handler(BaseHTTPRequestHandler):
