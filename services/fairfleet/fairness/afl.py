@@ -1,0 +1,131 @@
+"""Agnostic Federated Learning (Mohri, Sivek, Suresh, ICML 2019): min_w max_{λ∈Δ} Σ_g λ_g L_g(w).
+
+Per round, with mixture weights λ over groups g (sites, or site classes with ``over="class"``):
+
+    w^{t+1} = w^t + η_w Σ_k λ_{g(k)} · (n_k / Σ_{j∈g(k)} n_j) · Δ_k      (descent on w)
+    λ ← Proj_Δ(λ + η_λ L̂)                                                (projected ascent)
+
+Only groups present in the round take part: their λ are renormalised to sum 1 for the w-step, and
+only they get an ascent step (a stochastic gradient of the mixture loss). L̂_g are the noisy loss
+releases shrunk toward the fleet mean with their known noise variance (the group value is the
+mean of its sites'). A new group enters with λ = 1/(number of groups) before the projection.
+``track_average`` keeps the running average of the iterates, which is the model AFL's guarantee
+is about (kept in the state as ``w_avg``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+
+from fairfleet.errors import ConfigError
+from fairfleet.fairness.base import WeightedUpdateStrategy, check_positive, noisy_losses
+from fairfleet.fairness.estimators import shrunk_site_losses
+from fairfleet.fairness.kernels import project_simplex
+from fairfleet.fairness.staleness import FEDBUFF_EXPONENT
+from fairfleet.fairness.state import StrategyState
+from fairfleet.fairness.types import SiteUpdate
+
+
+class AgnosticFL(WeightedUpdateStrategy):
+    """AFL with sort-based simplex projection of the mixture weights."""
+
+    name: ClassVar[str] = "afl"
+    requires_losses: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        lambda_lr: float = 0.1,
+        over: str = "site",
+        shrink_losses: bool = True,
+        track_average: bool = False,
+        server_lr: float = 1.0,
+        staleness_exponent: float = FEDBUFF_EXPONENT,
+    ) -> None:
+        super().__init__(server_lr=server_lr, staleness_exponent=staleness_exponent)
+        self.lambda_lr = check_positive("lambda_lr", lambda_lr)
+        if over not in ("site", "class"):
+            raise ConfigError(f"AFL 'over' must be 'site' or 'class'. Found {over!r}.")
+        self.over = over
+        self.shrink_losses = bool(shrink_losses)
+        self.track_average = bool(track_average)
+
+    def params(self) -> dict[str, Any]:
+        return {
+            **super().params(),
+            "lambda_lr": self.lambda_lr,
+            "over": self.over,
+            "shrink_losses": self.shrink_losses,
+            "track_average": self.track_average,
+        }
+
+    def initial_state(self) -> StrategyState:
+        return StrategyState(self.name, arrays={"lambda": np.zeros(0)}, scalars={"groups": []})
+
+    def _group(self, u: SiteUpdate) -> str:
+        return u.site if self.over == "site" else u.site_class
+
+    def coefficients(
+        self, updates: Sequence[SiteUpdate], state: StrategyState
+    ) -> tuple[np.ndarray, StrategyState, dict[str, Any]]:
+        groups = list(state.scalars.get("groups", []))
+        lam = np.asarray(state.arrays.get("lambda", np.zeros(0)), dtype=np.float64)
+        round_groups = [self._group(u) for u in updates]
+        new = sorted(set(round_groups) - set(groups))
+        if new:
+            lam = np.concatenate([lam, np.full(len(new), 1.0 / (len(groups) + len(new)))])
+            groups += new
+            lam = project_simplex(lam)
+        index = {g: i for i, g in enumerate(groups)}
+        present = sorted(set(round_groups), key=index.__getitem__)
+        present_idx = np.array([index[g] for g in present])
+        lam_present = lam[present_idx]
+        total = lam_present.sum()
+        lam_present = (
+            lam_present / total if total > 0 else np.full(len(present), 1.0 / len(present))
+        )
+        share = dict(zip(present, lam_present, strict=True))
+
+        n = np.array([max(u.n_examples, 0) for u in updates], dtype=np.float64)
+        group_n: dict[str, float] = {}
+        group_count: dict[str, int] = {}
+        for g, nk in zip(round_groups, n, strict=True):
+            group_n[g] = group_n.get(g, 0.0) + nk
+            group_count[g] = group_count.get(g, 0) + 1
+        coeffs = np.array(
+            [
+                share[g] * (nk / group_n[g] if group_n[g] > 0 else 1.0 / group_count[g])
+                for g, nk in zip(round_groups, n, strict=True)
+            ]
+        )
+
+        losses = noisy_losses(updates)
+        f = (
+            shrunk_site_losses(losses)
+            if self.shrink_losses
+            else np.array([s.value for s in losses])
+        )
+        group_loss = {
+            g: float(np.mean(f[[i for i, h in enumerate(round_groups) if h == g]])) for g in present
+        }
+        ascent = np.zeros_like(lam)
+        ascent[present_idx] = [group_loss[g] for g in present]
+        lam_next = project_simplex(lam + self.lambda_lr * ascent)
+        new_state = state.replace(arrays={"lambda": lam_next}, scalars={"groups": groups})
+        diagnostics = {"lambda": {g: float(lam_next[index[g]]) for g in groups}}
+        return coeffs, new_state, diagnostics
+
+    def server_step(
+        self, global_vec: np.ndarray, pseudo_gradient: np.ndarray, state: StrategyState
+    ) -> tuple[np.ndarray, StrategyState]:
+        new, state = super().server_step(global_vec, pseudo_gradient, state)
+        if not self.track_average:
+            return new, state
+        count = int(state.scalars.get("avg_count", 0))
+        avg = state.arrays.get("w_avg")
+        avg = new.copy() if avg is None or count == 0 else avg + (new - avg) / np.float32(count + 1)
+        return new, state.replace(
+            arrays={"w_avg": avg.astype(np.float32)}, scalars={"avg_count": count + 1}
+        )

@@ -1,0 +1,150 @@
+"""The strategy interface: small hook classes in the spirit of Flower's ``Strategy``.
+
+A :class:`Strategy` turns the global vector and a round's :class:`SiteUpdate` s into the next
+global vector, threading an explicit, serialisable :class:`StrategyState` (no hidden mutable
+state on the instance, so a restarted aggregator that restores the state continues exactly).
+
+Most strategies are *coefficient* strategies (:class:`WeightedUpdateStrategy`):
+
+    w^{t+1} = ServerStep(w^t, g),   g = Σ_k a_k · s(τ_k) · Δ_k
+
+where a_k comes from :meth:`WeightedUpdateStrategy.coefficients` (p_k for FedAvg, fairness
+weights otherwise), s(τ) is the staleness discount and ServerStep is ``w + η·g`` (server SGD) or
+an adaptive optimiser (FedAdam/FedYogi). The O(K·d) work is one weighted sum (kernels.py).
+
+Strategies do not validate update contents (NaN/Inf, norm bounds, signatures): the aggregator
+does that before an update reaches a strategy. They check shapes and that losses are present.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+
+from fairfleet.errors import ConfigError
+from fairfleet.fairness.kernels import weighted_sum
+from fairfleet.fairness.staleness import FEDBUFF_EXPONENT, check_exponent, staleness_weights
+from fairfleet.fairness.state import StrategyState
+from fairfleet.fairness.types import AggregateResult, NoisyStat, SiteUpdate
+
+
+class Strategy(ABC):
+    """Base class. Subclasses set ``name`` and implement :meth:`aggregate`."""
+
+    name: ClassVar[str] = ""
+    requires_losses: ClassVar[bool] = False
+    """True if every update must carry its noisy loss release."""
+
+    def initial_state(self) -> StrategyState:
+        """State before the first round."""
+        return StrategyState(strategy=self.name)
+
+    @abstractmethod
+    def aggregate(
+        self, global_vec: np.ndarray, updates: Sequence[SiteUpdate], state: StrategyState
+    ) -> AggregateResult:
+        """Next global model from this round's updates; must not mutate its inputs."""
+
+    def params(self) -> dict[str, Any]:
+        """The constructor parameters, JSON-ready (for run configs and logs)."""
+        return {}
+
+    def check_inputs(
+        self, global_vec: np.ndarray, updates: Sequence[SiteUpdate], state: StrategyState
+    ) -> None:
+        if not isinstance(global_vec, np.ndarray) or global_vec.ndim != 1:
+            raise ConfigError(
+                f"global_vec must be a 1-D numpy array. Found {getattr(global_vec, 'shape', None)}."
+            )
+        if len(updates) == 0:
+            raise ConfigError(f"Strategy '{self.name}' needs at least one update. Found 0.")
+        if state.strategy != self.name:
+            raise ConfigError(f"State belongs to strategy {state.strategy!r}, not {self.name!r}.")
+        seen: set[str] = set()
+        for u in updates:
+            if u.dim != global_vec.shape[0]:
+                raise ConfigError(
+                    f"Update from site {u.site!r} has {u.dim} parameters; "
+                    f"the model has {global_vec.shape[0]}."
+                )
+            if u.site in seen:
+                raise ConfigError(f"Site {u.site!r} appears twice in one aggregation.")
+            seen.add(u.site)
+            if self.requires_losses and u.loss is None:
+                raise ConfigError(
+                    f"Strategy '{self.name}' needs a noisy loss from site {u.site!r}. Found None."
+                )
+
+
+def example_weights(updates: Sequence[SiteUpdate], weighting: str = "examples") -> np.ndarray:
+    """p_k ∝ n_k ("examples") or uniform ("uniform"), normalised over this round's updates."""
+    if weighting == "uniform":
+        return np.full(len(updates), 1.0 / len(updates))
+    n = np.array([u.n_examples for u in updates], dtype=np.float64)
+    total = n.sum()
+    return n / total if total > 0 else np.full(len(updates), 1.0 / len(updates))
+
+
+def noisy_losses(updates: Sequence[SiteUpdate]) -> list[NoisyStat]:
+    """The loss releases (callers checked ``requires_losses``)."""
+    return [u.loss for u in updates if u.loss is not None]
+
+
+def check_weighting(weighting: str) -> str:
+    if weighting not in ("examples", "uniform"):
+        raise ConfigError(f"weighting must be 'examples' or 'uniform'. Found {weighting!r}.")
+    return weighting
+
+
+def check_positive(name: str, value: float, allow_zero: bool = False) -> float:
+    ok = math.isfinite(value) and (value >= 0 if allow_zero else value > 0)
+    if not ok:
+        raise ConfigError(
+            f"{name} must be finite and {'>= 0' if allow_zero else '> 0'}. Found {value}."
+        )
+    return float(value)
+
+
+class WeightedUpdateStrategy(Strategy):
+    """``w^{t+1} = ServerStep(w^t, Σ_k a_k s(τ_k) Δ_k)``; subclasses supply the a_k."""
+
+    def __init__(
+        self, server_lr: float = 1.0, staleness_exponent: float = FEDBUFF_EXPONENT
+    ) -> None:
+        self.server_lr = check_positive("server_lr", server_lr)
+        self.staleness_exponent = check_exponent(staleness_exponent)
+
+    def params(self) -> dict[str, Any]:
+        return {"server_lr": self.server_lr, "staleness_exponent": self.staleness_exponent}
+
+    @abstractmethod
+    def coefficients(
+        self, updates: Sequence[SiteUpdate], state: StrategyState
+    ) -> tuple[np.ndarray, StrategyState, dict[str, Any]]:
+        """(a_k per update, new state, diagnostics)."""
+
+    def server_step(
+        self, global_vec: np.ndarray, pseudo_gradient: np.ndarray, state: StrategyState
+    ) -> tuple[np.ndarray, StrategyState]:
+        """Server SGD: ``w + η g``."""
+        new = global_vec.astype(np.float32, copy=True)
+        new += np.float32(self.server_lr) * pseudo_gradient
+        return new, state
+
+    def aggregate(
+        self, global_vec: np.ndarray, updates: Sequence[SiteUpdate], state: StrategyState
+    ) -> AggregateResult:
+        self.check_inputs(global_vec, updates, state)
+        coeffs, state, diagnostics = self.coefficients(updates, state)
+        coeffs = coeffs * staleness_weights(updates, self.staleness_exponent)
+        pseudo_gradient = weighted_sum([u.delta for u in updates], coeffs)
+        new_global, state = self.server_step(global_vec, pseudo_gradient, state)
+        diagnostics["coefficients"] = {
+            u.site: float(c) for u, c in zip(updates, coeffs, strict=True)
+        }
+        diagnostics["n_updates"] = len(updates)
+        return AggregateResult(new_global=new_global, new_state=state, diagnostics=diagnostics)

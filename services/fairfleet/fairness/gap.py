@@ -1,0 +1,132 @@
+"""Gap-constrained reweighting over site classes (DESIGN.md §1), with noise-aware duals.
+
+Constraint R_c(θ) − R(θ) ≤ γ for every class c; Lagrangian
+``L(θ, λ) = R(θ) + Σ_c λ_c (R_c(θ) − R(θ) − γ)`` with R = Σ_k p_k R_k and R_c the mean of R_k
+over class c. The coefficient of R_k in L gives the θ-step as a reweighting of site updates:
+
+    w_k(λ) ∝ [p_k + λ_{c(k)}/|c(k)| − p_k Σ_c λ_c]_+ ,   renormalised to sum 1,
+
+and the dual step is projected ascent on the DP-noised estimates:
+
+    λ_c ← [λ_c + η (R̂_c − R̂ − γ)]_+ .
+
+R̂_c are class estimates from :func:`class_risk_estimates` (shrunk toward the fleet estimate with
+the known noise variances when ``shrink=True``); R̂ = Σ_k p_k F̃_k. Both sums run over the classes
+present in the round (|c| counts the round's sites of class c); a class absent from a round keeps
+its λ. The weights use λ before the dual step (simultaneous primal–dual updates).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+
+from fairfleet.errors import ConfigError
+from fairfleet.fairness.base import (
+    WeightedUpdateStrategy,
+    check_positive,
+    example_weights,
+    noisy_losses,
+)
+from fairfleet.fairness.estimators import class_risk_estimates
+from fairfleet.fairness.staleness import FEDBUFF_EXPONENT
+from fairfleet.fairness.state import StrategyState
+from fairfleet.fairness.types import SiteUpdate
+
+
+def gap_weights(
+    p: np.ndarray, site_classes: Sequence[str], multipliers: dict[str, float]
+) -> np.ndarray:
+    """``[p_k + λ_{c(k)}/|c(k)| − p_k Σ_c λ_c]_+`` renormalised (falls back to p if all vanish)."""
+    present = sorted(set(site_classes))
+    counts = {c: sum(1 for s in site_classes if s == c) for c in present}
+    lam_total = sum(multipliers.get(c, 0.0) for c in present)
+    raw = np.array(
+        [
+            pk + multipliers.get(c, 0.0) / counts[c] - pk * lam_total
+            for pk, c in zip(p, site_classes, strict=True)
+        ]
+    )
+    raw = np.maximum(raw, 0.0)
+    total = raw.sum()
+    return raw / total if total > 0 else p / p.sum()
+
+
+class GapConstrained(WeightedUpdateStrategy):
+    """Primal–dual reweighting that keeps every class within γ of the fleet risk."""
+
+    name: ClassVar[str] = "gap"
+    requires_losses: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        gamma: float = 0.05,
+        dual_lr: float = 0.5,
+        class_weighting: str = "sites",
+        shrink: bool = True,
+        include_between_site: bool = True,
+        server_lr: float = 1.0,
+        staleness_exponent: float = FEDBUFF_EXPONENT,
+    ) -> None:
+        super().__init__(server_lr=server_lr, staleness_exponent=staleness_exponent)
+        if not math.isfinite(gamma):
+            raise ConfigError(f"gamma must be finite. Found {gamma}.")
+        self.gamma = float(gamma)
+        self.dual_lr = check_positive("dual_lr", dual_lr)
+        if class_weighting not in ("sites", "examples"):
+            raise ConfigError(
+                f"class_weighting must be 'sites' or 'examples'. Found {class_weighting!r}."
+            )
+        self.class_weighting = class_weighting
+        self.shrink = bool(shrink)
+        self.include_between_site = bool(include_between_site)
+
+    def params(self) -> dict[str, Any]:
+        return {
+            **super().params(),
+            "gamma": self.gamma,
+            "dual_lr": self.dual_lr,
+            "class_weighting": self.class_weighting,
+            "shrink": self.shrink,
+            "include_between_site": self.include_between_site,
+        }
+
+    def initial_state(self) -> StrategyState:
+        return StrategyState(self.name, arrays={"lambda": np.zeros(0)}, scalars={"classes": []})
+
+    @staticmethod
+    def multipliers(state: StrategyState) -> dict[str, float]:
+        """The current λ_c by class name."""
+        lam = np.asarray(state.arrays.get("lambda", np.zeros(0)), dtype=np.float64)
+        return {c: float(v) for c, v in zip(state.scalars.get("classes", []), lam, strict=True)}
+
+    def coefficients(
+        self, updates: Sequence[SiteUpdate], state: StrategyState
+    ) -> tuple[np.ndarray, StrategyState, dict[str, Any]]:
+        lam = self.multipliers(state)
+        p = example_weights(updates, "examples")
+        site_classes = [u.site_class for u in updates]
+        weights = gap_weights(p, site_classes, lam)
+
+        report = class_risk_estimates(
+            noisy_losses(updates),
+            site_classes,
+            weights=p,
+            class_weighting=self.class_weighting,
+            include_between_site=self.include_between_site,
+        )
+        violation = {}
+        for c, est in report.classes.items():
+            r_c = est.shrunk if self.shrink else est.raw
+            violation[c] = r_c - report.fleet - self.gamma
+            lam[c] = max(0.0, lam.get(c, 0.0) + self.dual_lr * violation[c])
+        classes = sorted(lam)
+        new_state = state.replace(
+            arrays={"lambda": np.array([lam[c] for c in classes], dtype=np.float64)},
+            scalars={"classes": classes},
+        )
+        diagnostics = {"lambda": dict(lam), "violation": violation, "estimates": report.to_json()}
+        return weights, new_state, diagnostics
