@@ -1,0 +1,400 @@
+"""`fairfleet config check|keygen`: validate the fleet config, make site keys.
+
+``check`` goes beyond the schema (which :func:`fairfleet.config.load_config` enforces): it also
+resolves every name against the registries (model, strategy, connector), checks that each
+site's key file holds the private half of its registered public key, that metrics ports do not
+collide, and that privacy plans are coherent (a whole-update Gaussian cannot protect a single
+observation). Every problem names the field path and the bad value; all are listed at once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import typer
+
+config_app = typer.Typer(help="Validate the fleet configuration; generate site keys.", no_args_is_help=True)
+
+
+@dataclass
+class CheckReport:
+    """Outcome of a config check: problems (invalid), warnings (valid but suspicious), summary."""
+
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    summary: dict[str, Any] | None = None
+
+    @property
+    def valid(self) -> bool:
+        return not self.problems
+
+
+def _loc(parts: Iterable[Any]) -> str:
+    out = ""
+    for part in parts:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def _shown(value: Any) -> str:
+    text = repr(value) if not isinstance(value, dict | list) else json.dumps(value, default=str)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _schema_problems(exc: Any) -> list[tuple[str, str]]:
+    """(location, 'loc: message (got value)') for every pydantic error."""
+    out = []
+    for err in exc.errors():
+        loc = _loc(err["loc"])
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        out.append((loc, f"{loc}: {msg} (got {_shown(err.get('input'))})"))
+    return out
+
+
+def _unknown_keys(raw: Any, model: Any, where: str) -> list[str]:
+    """Keys a lenient (extra='ignore') message model would silently drop: typos."""
+    if not isinstance(raw, dict):
+        return []
+    known = set(model.model_fields)
+    return [
+        f"{where}.{key}: unknown field (got {_shown(raw[key])}; known: {', '.join(sorted(known))})"
+        for key in raw
+        if key not in known
+    ]
+
+
+def _check_model(i: int, raw: dict[str, Any], report: CheckReport) -> None:
+    """Semantic checks of models[i] (its schema already validated)."""
+    from fairfleet.config import ModelConfig
+    from fairfleet.errors import ConfigError
+    from fairfleet.fairness.registry import build_strategy
+    from fairfleet.learning.models import available_models, build_model
+
+    where = f"models[{i}]"
+    m = ModelConfig.model_validate(raw)
+    if m.model.name not in available_models():
+        report.problems.append(
+            f"{where}.model.name: unknown model {m.model.name!r} (available: {', '.join(available_models())})"
+        )
+    else:
+        try:
+            build_model(m.model.name, **m.model.params)
+        except (ConfigError, TypeError, ValueError) as exc:
+            report.problems.append(f"{where}.model.params: {exc} (got {_shown(m.model.params)})")
+    try:
+        build_strategy(m.strategy.name, **m.strategy.params)
+    except ConfigError as exc:
+        loc = "name" if "Unknown strategy" in str(exc) or "does not name" in str(exc) else "params"
+        got = m.strategy.name if loc == "name" else m.strategy.params
+        report.problems.append(f"{where}.strategy.{loc}: {exc} (got {_shown(got)})")
+    except (TypeError, ValueError) as exc:
+        report.problems.append(f"{where}.strategy.params: {exc} (got {_shown(m.strategy.params)})")
+    p = m.privacy
+    if p.mechanism == "dpsgd" and p.sampling_rate is None:
+        report.problems.append(
+            f"{where}.privacy.sampling_rate: DP-SGD needs an explicit Poisson sampling rate (got None)"
+        )
+    if p.mechanism == "update" and p.unit == "observation":
+        report.problems.append(
+            f"{where}.privacy.unit: the whole-update Gaussian mechanism protects a site, not one "
+            "observation; use unit: site or mechanism: dpsgd (got 'observation')"
+        )
+    if p.mechanism == "dpsgd" and p.unit == "site":
+        report.warnings.append(f"{where}.privacy.unit: DP-SGD protects observations; 'site' undersells it")
+    if p.mechanism == "off":
+        report.warnings.append(f"{where}.privacy.mechanism: PRIVACY IS OFF for model '{m.id}'")
+    elif p.noise_multiplier == 0:
+        report.warnings.append(f"{where}.privacy.noise_multiplier: 0 adds no noise (model '{m.id}')")
+    if m.rounds.quorum < m.rounds.min_sites:
+        report.problems.append(
+            f"{where}.rounds.quorum: must be >= min_sites ({m.rounds.min_sites}) (got {m.rounds.quorum})"
+        )
+    gamma_param = m.strategy.params.get("gamma")
+    if gamma_param is not None and gamma_param != m.gamma:
+        report.warnings.append(
+            f"{where}.gamma: {m.gamma} differs from strategy.params.gamma {gamma_param}; dashboards "
+            "and alerts use gamma"
+        )
+
+
+def _check_site(i: int, raw: dict[str, Any], base_dir: Path, report: CheckReport) -> None:
+    """Semantic checks of sites[i]: key pair, connector type."""
+    from fairfleet.config import SiteConfig
+    from fairfleet.errors import ConfigError
+    from fairfleet.signing import load_private, load_public
+
+    where = f"sites[{i}]"
+    s = SiteConfig.model_validate(raw)
+    try:
+        load_public(s.public_key)
+    except ConfigError:
+        report.problems.append(f"{where}.public_key: not an Ed25519 public key (got {_shown(s.public_key)})")
+        return
+    if s.private_key_file:
+        path = Path(s.private_key_file).expanduser()
+        path = path if path.is_absolute() else base_dir / path
+        if not path.is_file():
+            report.warnings.append(
+                f"{where}.private_key_file: {str(path)!r} not found here (site agent '{s.id}' needs it on its machine)"
+            )
+        else:
+            from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+            try:
+                key = load_private(str(path))
+            except ConfigError:
+                report.problems.append(f"{where}.private_key_file: {str(path)!r} holds no hex Ed25519 key")
+            else:
+                public = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw).hex()
+                if public != s.public_key.lower():
+                    report.problems.append(
+                        f"{where}.private_key_file: {str(path)!r} is not the private key of public_key "
+                        f"{s.public_key[:16]}... (it belongs to {public[:16]}...)"
+                    )
+    available = _available_connectors()
+    if available is not None and s.connector.type not in available:
+        report.problems.append(
+            f"{where}.connector.type: unknown connector {s.connector.type!r} (available: {', '.join(available)})"
+        )
+
+
+def _available_connectors() -> list[str] | None:
+    """Names the connector registry knows, or None while no registry exists."""
+    import importlib
+
+    try:
+        module = importlib.import_module("fairfleet.connectors")
+    except ImportError:
+        return None
+    lister: Callable[[], Iterable[str]] | None = getattr(module, "available_connectors", None)
+    return sorted(lister()) if lister is not None else None
+
+
+def _raw_items(data: dict[str, Any], key: str) -> list[dict[str, Any]]:
+    items = data.get(key)
+    return [x if isinstance(x, dict) else {} for x in items] if isinstance(items, list) else []
+
+
+def _check_fleet(data: dict[str, Any], models: dict[int, Any], sites: dict[int, Any], report: CheckReport) -> None:
+    """Cross-references: ids, site.models, policies, ports, quorum vs serving sites.
+
+    Ids and references are read from the raw mapping, so an entry with an unrelated schema
+    error still counts as defined (no knock-on "unknown model" lines).
+    """
+    from fairfleet.messages import LocalTrainingPlan, ModelSpec, PrivacyPlan
+
+    raw_models, raw_sites = _raw_items(data, "models"), _raw_items(data, "sites")
+    model_ids = [m.get("id") for m in raw_models]
+    for i, raw in enumerate(raw_models):
+        if model_ids.count(raw.get("id")) > 1 and raw.get("id") is not None:
+            report.problems.append(f"models[{i}].id: duplicate model id (got {raw.get('id')!r})")
+        for key, cls in (("model", ModelSpec), ("training", LocalTrainingPlan), ("privacy", PrivacyPlan)):
+            report.problems += _unknown_keys(raw.get(key), cls, f"models[{i}].{key}")
+    site_ids = [s.get("id") for s in raw_sites]
+    for i, raw in enumerate(raw_sites):
+        if site_ids.count(raw.get("id")) > 1 and raw.get("id") is not None:
+            report.problems.append(f"sites[{i}].id: duplicate site id (got {raw.get('id')!r})")
+        refs = raw.get("models")
+        for j, ref in enumerate(refs if isinstance(refs, list) else []):
+            if ref not in model_ids:
+                report.problems.append(f"sites[{i}].models[{j}]: unknown model {ref!r} (known: {model_ids})")
+    keys = [s.public_key.lower() for s in sites.values()]
+    for i, s in sites.items():
+        if keys.count(s.public_key.lower()) > 1:
+            report.problems.append(f"sites[{i}].public_key: shared with another site (site {s.id!r})")
+    classes = {s.site_class for s in sites.values()}
+    policies = data.get("policies") if isinstance(data.get("policies"), dict) else {}
+    for sid in (policies or {}).get("sites") or {}:
+        if sid not in site_ids:
+            report.problems.append(f"policies.sites.{sid}: no such site (known: {site_ids})")
+    for cls in (policies or {}).get("classes") or {}:
+        if cls not in classes:
+            report.warnings.append(f"policies.classes.{cls}: no site has class {cls!r} (classes: {sorted(classes)})")
+    for i, m in models.items():
+        serving = [s for s in sites.values() if not s.models or m.id in s.models]
+        if sites and m.rounds.min_sites > len(serving):
+            report.problems.append(
+                f"models[{i}].rounds.min_sites: only {len(serving)} sites train '{m.id}' (got {m.rounds.min_sites})"
+            )
+        elif sites and m.rounds.quorum > len(serving):
+            report.warnings.append(
+                f"models[{i}].rounds.quorum: {m.rounds.quorum} > {len(serving)} sites training '{m.id}'; "
+                "every round waits for its deadline"
+            )
+    ports: dict[int, list[str]] = {}
+    acc = data.get("accountant") if isinstance(data.get("accountant"), dict) else None
+    acc_port = (acc or {}).get("metrics_port", 9100)
+    if isinstance(acc_port, int):
+        ports.setdefault(acc_port, []).append("accountant.metrics_port")
+    for i, m in models.items():
+        ports.setdefault(m.metrics_port, []).append(f"models[{i}].metrics_port")
+    for i, s in sites.items():
+        ports.setdefault(s.metrics_port, []).append(f"sites[{i}].metrics_port")
+    for port, users in ports.items():
+        if port and len(users) > 1:
+            for loc in users[1:]:
+                report.problems.append(f"{loc}: metrics port {port} already used by {users[0]} (got {port})")
+
+
+def _summary(cfg: Any) -> dict[str, Any]:
+    from fairfleet.bus import default_topics
+
+    topics = [t.name for t in default_topics(cfg.kafka.topic_prefix, cfg.kafka.partitions)]
+    return {
+        "fleet": cfg.fleet,
+        "kafka": {
+            "bootstrap": cfg.kafka.bootstrap,
+            "security_protocol": cfg.kafka.security_protocol,
+            "sasl_mechanism": cfg.kafka.sasl_mechanism,
+            "topics": topics,
+        },
+        "models": [
+            {
+                "id": m.id, "model": m.model.name, "task": m.model.task, "strategy": m.strategy.name,
+                "mode": m.rounds.mode, "rounds": m.rounds.rounds, "privacy": m.privacy.mechanism,
+                "unit": m.privacy.unit, "noise_multiplier": m.privacy.noise_multiplier,
+                "clip_norm": m.privacy.clip_norm, "gamma": m.gamma, "metrics_port": m.metrics_port,
+            }
+            for m in cfg.models
+        ],
+        "sites": [
+            {
+                "id": s.id, "class": s.site_class, "connector": s.connector.type,
+                "data_source": s.data_source, "models": list(s.models) or [m.id for m in cfg.models],
+                "epsilon_max": cfg.policy_for(s.id).epsilon_max, "delta": cfg.policy_for(s.id).delta,
+                "metrics_port": s.metrics_port,
+            }
+            for s in cfg.sites
+        ],
+        "accountant": {"db": cfg.accountant.db, "metrics_port": cfg.accountant.metrics_port},
+        "env_overrides": sorted(k for k in os.environ if k.startswith("FAIRFLEET_") and k != "FAIRFLEET_BOOTSTRAP"),
+    }
+
+
+def check_mapping(data: dict[str, Any], base_dir: Path, source: str = "config") -> CheckReport:
+    """Validate a config mapping: schema (with env overrides) plus semantic checks; never raises."""
+    from pydantic import ValidationError
+
+    from fairfleet.config import FleetConfig, ModelConfig, SiteConfig
+
+    report = CheckReport()
+    full: FleetConfig | None = None
+    schema: list[tuple[str, str]] = []
+    try:
+        full = FleetConfig(**data)
+    except ValidationError as exc:
+        schema = _schema_problems(exc)
+    models: dict[int, Any] = {}
+    sites: dict[int, Any] = {}
+    for key, cls, into in (("models", ModelConfig, models), ("sites", SiteConfig, sites)):
+        items = data.get(key)
+        for i, raw in enumerate(items if isinstance(items, list) else []):
+            try:
+                into[i] = cls.model_validate(raw)
+            except ValidationError:
+                continue  # already in the schema problems
+    for i in models:
+        _check_model(i, data["models"][i], report)
+    for i in sites:
+        _check_site(i, data["sites"][i], base_dir, report)
+    _check_fleet(data, models, sites, report)
+    semantic = list(report.problems)
+    # The whole-fleet validator repeats cross-reference problems as one top-level line.
+    report.problems = [line for loc, line in schema if not (loc == "(top level)" and semantic)] + semantic
+    if full is not None and report.valid:
+        report.summary = _summary(full)
+    return report
+
+
+def check_file(path: str | Path) -> CheckReport:
+    """:func:`check_mapping` on a YAML file (relative paths resolve against its folder)."""
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        return CheckReport(problems=[f"{p}: config file not found"])
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        return CheckReport(problems=[f"{p}: not valid YAML: {exc}"])
+    if not isinstance(data, dict):
+        return CheckReport(problems=[f"{p}: the top level must be a mapping (got {type(data).__name__})"])
+    return check_mapping(data, p.parent.resolve(), str(p))
+
+
+def _print_summary(s: dict[str, Any]) -> None:
+    k = s["kafka"]
+    sasl = f" ({k['sasl_mechanism']})" if k["sasl_mechanism"] else ""
+    typer.echo(f"fleet {s['fleet']!r}: kafka {k['bootstrap']} {k['security_protocol']}{sasl}, {len(k['topics'])} topics "
+               f"({k['topics'][0]} ...)")
+    typer.echo(f"models ({len(s['models'])}):")
+    for m in s["models"]:
+        typer.echo(f"  {m['id']:<12} {m['model']}/{m['task']}, strategy {m['strategy']}, {m['mode']} x{m['rounds']}, "
+                   f"privacy {m['privacy']} ({m['unit']}, sigma={m['noise_multiplier']}, C={m['clip_norm']}), "
+                   f"gamma={m['gamma']}, metrics :{m['metrics_port']}")
+    typer.echo(f"sites ({len(s['sites'])}):")
+    for site in s["sites"]:
+        typer.echo(f"  {site['id']:<12} class {site['class']}, connector {site['connector']}, source "
+                   f"{site['data_source']}, models {','.join(site['models'])}, eps_max={site['epsilon_max']} "
+                   f"delta={site['delta']}, metrics :{site['metrics_port']}")
+    a = s["accountant"]
+    typer.echo(f"accountant: db {a['db']}, metrics :{a['metrics_port']}")
+    if s["env_overrides"]:
+        typer.echo(f"environment overrides: {', '.join(s['env_overrides'])}")
+
+
+@config_app.command("check")
+def check_cmd(
+    file: Path = typer.Argument(..., help="The fleet YAML file."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object on stdout."),
+) -> None:
+    """Validate FILE: list every bad field and value (exit 1), else print a summary."""
+    report = check_file(file)
+    if as_json:
+        typer.echo(json.dumps({"file": str(file), "valid": report.valid, "problems": report.problems,
+                               "warnings": report.warnings, "summary": report.summary}, default=str))
+    else:
+        if report.valid and report.summary is not None:
+            typer.echo(f"{file}: valid")
+            _print_summary(report.summary)
+        else:
+            typer.echo(f"{file}: {len(report.problems)} problem(s)", err=True)
+            for line in report.problems:
+                typer.echo(f"  {line}", err=True)
+        for line in report.warnings:
+            typer.echo(f"  warning: {line}", err=True)
+    if not report.valid:
+        raise typer.Exit(1)
+
+
+@config_app.command("keygen")
+def keygen_cmd(
+    out: Path = typer.Option(..., "--out", help="File for the PRIVATE key (hex, mode 0600)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing file."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Generate a site's Ed25519 key pair: private key to --out, public key printed for the config."""
+    from fairfleet.signing import generate_keypair, key_id
+
+    if out.exists() and not force:
+        typer.echo(f"error: {out} exists; pass --force to overwrite", err=True)
+        raise typer.Exit(1)
+    private, public = generate_keypair()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(private + "\n")
+    if as_json:
+        typer.echo(json.dumps({"private_key_file": str(out), "public_key": public, "key_id": key_id(public)}))
+    else:
+        typer.echo(f"private key written to {out} (keep it on the site; never commit it)")
+        typer.echo(f"public_key: {public}")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(config_app, name="config")
