@@ -33,6 +33,7 @@ def _base(retention_ms: int = WEEK_MS) -> dict[str, str]:
 LOGICAL_TOPICS = (
     "rounds", "models", "updates", "stats",
     "privacy.requests", "privacy.grants", "privacy.events", "deadletter",
+    "checkpoints",
 )
 
 
@@ -50,7 +51,9 @@ def default_topics(prefix: str = DEFAULT_PREFIX, partitions: int = 3) -> list[To
     - ``models`` is compacted by model id (readers want the latest version), with a short
       segment time so compaction can run promptly;
     - ``privacy.events`` is the accountant's replayable ledger log: kept forever;
-    - ``updates`` is partitioned by site key for throughput.
+    - ``updates`` is partitioned by site key for throughput;
+    - ``checkpoints`` is the aggregators' private changelog (compacted; one key per model and
+      chunk index, see fairfleet.aggregator.checkpoint), written in their round transactions.
     """
     compacted = {
         "cleanup.policy": "compact",
@@ -68,4 +71,5 @@ def default_topics(prefix: str = DEFAULT_PREFIX, partitions: int = 3) -> list[To
         TopicSpec(f"{prefix}privacy.grants", partitions, _base()),
         TopicSpec(f"{prefix}privacy.events", 1, forever),
         TopicSpec(f"{prefix}deadletter", 1, {**_base(), "retention.ms": str(4 * WEEK_MS)}),
+        TopicSpec(f"{prefix}checkpoints", 1, compacted),
     ]
