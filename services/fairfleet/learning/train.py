@@ -234,7 +234,10 @@ def local_train(
             total = config.epochs * dpsgd.steps_per_epoch(q)
             for idx in engine.poisson_batches(total, sample_gen):
                 engine.zero_grad()
-                engine.backward(per_example_loss(engine.module(x[idx]), y[idx], task))
+                if idx.numel() == 0:  # empty Poisson batch: noise only, still one step
+                    engine.backward(torch.zeros(0))
+                else:
+                    engine.backward(per_example_loss(engine.module(x[idx]), y[idx], task))
                 _add_prox_grad(params, anchors, config.prox_mu)
                 optimizer.step()
         finally:

@@ -36,18 +36,46 @@ from fairfleet.errors import ConfigError
 from fairfleet.privacy.mechanisms import secure_generator
 
 # Opacus' backward hooks fire on the first layer although the input needs no gradient; torch warns
-# about that on every step. It is expected here, so only this one message is silenced.
-warnings.filterwarnings(
-    "ignore",
-    message="Full backward hook is firing when gradients are computed",
-    category=UserWarning,
-)
+# about that on every step. It is expected here, so only this one message is silenced, and only
+# around our own backward passes.
+_HOOK_WARNING = "Full backward hook is firing when gradients are computed"
 
-GradSampleMode = Literal["hooks", "functorch", "ew", "ghost"]
-GRAD_SAMPLE_MODES: tuple[str, ...] = ("hooks", "functorch", "ew", "ghost")
-# Measured by bench/training.py (per-example gradients of the built-in models on 2 CPU cores):
-# the hook-based GradSampleModule was the fastest correct mode; see docs/models.md.
-DEFAULT_GRAD_SAMPLE_MODE: GradSampleMode = "hooks"
+GradSampleMode = Literal["auto", "hooks", "functorch", "ew", "ghost"]
+GRAD_SAMPLE_MODES: tuple[str, ...] = ("auto", "hooks", "functorch", "ew", "ghost")
+# "auto" picks among the Opacus modes by what bench/training.py measured (docs/models.md):
+# - "ghost" (fast gradient clipping) when every parametrised layer is Linear/Embedding and the
+#   per-example gradients would be large (expected batch x parameters >= GHOST_MIN_FLOATS):
+#   it never materialises them (MLP 32-64-64-1 at B=256: 5.3x vs 8.6x for "ew");
+# - else "ew" (torch ExpandedWeights) when all parametrised layers support it: the least
+#   per-op overhead for small models and for Conv1d (MLP at B=64: 4.3x vs 5.7x "hooks");
+# - else "hooks" (Opacus GradSampleModule; functorch fallback for layers it does not know).
+DEFAULT_GRAD_SAMPLE_MODE: GradSampleMode = "auto"
+GHOST_MIN_FLOATS = 1 << 20
+_EW_LAYERS: tuple[type[torch.nn.Module], ...] = (
+    torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.Embedding,
+    torch.nn.GroupNorm, torch.nn.LayerNorm, torch.nn.InstanceNorm1d, torch.nn.InstanceNorm2d,
+    torch.nn.InstanceNorm3d,
+)
+_GHOST_LAYERS: tuple[type[torch.nn.Module], ...] = (torch.nn.Linear, torch.nn.Embedding)
+
+
+def resolve_grad_sample_mode(
+    model: torch.nn.Module, mode: str, expected_batch_size: float = 1.0
+) -> GradSampleMode:
+    """Validate ``mode``; resolve "auto" by layer types and per-example gradient size."""
+    if mode not in GRAD_SAMPLE_MODES:
+        raise ConfigError(f"Unknown grad_sample_mode {mode!r}; known: {list(GRAD_SAMPLE_MODES)}.")
+    if mode != "auto":
+        return mode  # type: ignore[return-value]
+    layer_types = {
+        type(m) for m in model.modules() if any(True for _ in m.parameters(recurse=False))
+    }
+    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    if layer_types <= set(_GHOST_LAYERS) and expected_batch_size * n_params >= GHOST_MIN_FLOATS:
+        return "ghost"
+    if layer_types <= set(_EW_LAYERS):
+        return "ew"
+    return "hooks"
 
 
 def validate_sampling_rate(sampling_rate: float | None) -> float:
@@ -181,15 +209,14 @@ class DpSgd:
     ) -> None:
         if n_examples < 1:
             raise ConfigError(f"DP-SGD needs at least one example. Found n_examples={n_examples}.")
-        if grad_sample_mode not in GRAD_SAMPLE_MODES:
-            raise ConfigError(
-                f"Unknown grad_sample_mode {grad_sample_mode!r}; known: {list(GRAD_SAMPLE_MODES)}."
-            )
         self.sampling_rate = validate_sampling_rate(sampling_rate)
         self.noise_multiplier = validate_noise_multiplier(noise_multiplier)
         self.clip_norm = validate_clip_norm(clip_norm)
         self.n_examples = int(n_examples)
         self.expected_batch_size = self.sampling_rate * self.n_examples
+        grad_sample_mode = resolve_grad_sample_mode(
+            model, grad_sample_mode, self.expected_batch_size
+        )
         self.grad_sample_mode = grad_sample_mode
         self.stats = DpSgdStats()
         self.module: torch.nn.Module
@@ -245,10 +272,20 @@ class DpSgd:
     def backward(self, per_example_losses: torch.Tensor) -> None:
         """Backward the batch, clip per example, add N(0, sigma^2 C^2) to the sum, divide by q n.
 
-        The result is in p.grad of the wrapped model's parameters.
+        The result is in p.grad of the wrapped model's parameters. An empty Poisson batch (no
+        forward needed: pass an empty tensor) still adds the noise: the step is accounted for.
         """
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=_HOOK_WARNING, category=UserWarning)
+            self._backward(per_example_losses)
+
+    def _backward(self, per_example_losses: torch.Tensor) -> None:
         opt = self.optimizer
-        if self.grad_sample_mode == "ghost":
+        if per_example_losses.numel() == 0:
+            for p in opt.params:
+                p.summed_grad = torch.zeros_like(p)
+            norms: torch.Tensor | None = None
+        elif self.grad_sample_mode == "ghost":
             norms = self._ghost_backward(per_example_losses)
             opt.accumulate()
         else:
@@ -267,11 +304,9 @@ class DpSgd:
 
     def _ghost_backward(self, losses: torch.Tensor) -> torch.Tensor:
         """Opacus' DPTensorFastGradientClipping.backward, with the norms kept for the metrics."""
-        module = self.module
+        module: Any = self.module  # a GradSampleModuleFastGradientClipping (untyped Opacus)
         losses.sum().backward(retain_graph=True)  # hooks store per-example norms only
         self.optimizer.zero_grad(set_to_none=True)
-        if losses.numel() == 0:
-            return torch.zeros(0)
         norms: torch.Tensor = module.get_norm_sample().detach()
         coef = (self.clip_norm / (norms + 1e-6)).clamp(max=1.0)
         module.disable_hooks()
