@@ -79,27 +79,20 @@ class AgnosticFL(WeightedUpdateStrategy):
             groups += new
             lam = project_simplex(lam)
         index = {g: i for i, g in enumerate(groups)}
-        present = sorted(set(round_groups), key=index.__getitem__)
-        present_idx = np.array([index[g] for g in present])
+        member = np.array([index[g] for g in round_groups])  # group index of each update
+        present_idx = np.unique(member)
         lam_present = lam[present_idx]
         total = lam_present.sum()
-        lam_present = (
-            lam_present / total if total > 0 else np.full(len(present), 1.0 / len(present))
+        share = np.zeros_like(lam)
+        share[present_idx] = (
+            lam_present / total if total > 0 else np.full(present_idx.size, 1.0 / present_idx.size)
         )
-        share = dict(zip(present, lam_present, strict=True))
-
         n = np.array([max(u.n_examples, 0) for u in updates], dtype=np.float64)
-        group_n: dict[str, float] = {}
-        group_count: dict[str, int] = {}
-        for g, nk in zip(round_groups, n, strict=True):
-            group_n[g] = group_n.get(g, 0.0) + nk
-            group_count[g] = group_count.get(g, 0) + 1
-        coeffs = np.array(
-            [
-                share[g] * (nk / group_n[g] if group_n[g] > 0 else 1.0 / group_count[g])
-                for g, nk in zip(round_groups, n, strict=True)
-            ]
-        )
+        group_n = np.bincount(member, weights=n, minlength=lam.size)
+        group_count = np.bincount(member, minlength=lam.size).astype(np.float64)
+        within = np.where(group_n[member] > 0, n / np.maximum(group_n[member], 1e-300), 0.0)
+        within = np.where(group_n[member] > 0, within, 1.0 / group_count[member])
+        coeffs = share[member] * within
 
         losses = noisy_losses(updates)
         f = (
@@ -107,11 +100,11 @@ class AgnosticFL(WeightedUpdateStrategy):
             if self.shrink_losses
             else np.array([s.value for s in losses])
         )
-        group_loss = {
-            g: float(np.mean(f[[i for i, h in enumerate(round_groups) if h == g]])) for g in present
-        }
         ascent = np.zeros_like(lam)
-        ascent[present_idx] = [group_loss[g] for g in present]
+        ascent[present_idx] = (
+            np.bincount(member, weights=f, minlength=lam.size)[present_idx]
+            / group_count[present_idx]
+        )
         lam_next = project_simplex(lam + self.lambda_lr * ascent)
         new_state = state.replace(arrays={"lambda": lam_next}, scalars={"groups": groups})
         diagnostics = {"lambda": {g: float(lam_next[index[g]]) for g in groups}}

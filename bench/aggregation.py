@@ -1,0 +1,127 @@
+"""Aggregation cost: strategies vs a plain numpy weighted sum of the same arrays, same run.
+
+K updates of d = 1M float32 parameters (K = 100 and 1,000; 1,000 × 1M × 4 B = 4 GB, held once:
+the updates are the rows of one (K, d) matrix, as an aggregator that decodes updates into
+``fairfleet.fairness.kernels.allocate_update_matrix`` would hold them). Baseline: ``a @ V`` with
+a the example weights (one BLAS pass over the matrix, memory-bandwidth bound). Each strategy's
+``aggregate`` is timed end to end (validation, coefficients, weighted sum, server step, state).
+Reported: median seconds over repeats and ``ratio_vs_numpy`` = strategy median / baseline median.
+For K = 100 the general path (updates as separate arrays) is also reported as ``fedavg_separate``.
+
+Run: ``nice .venv/bin/python bench/aggregation.py`` (writes bench/results/aggregation.json).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+
+from fairfleet.fairness import NoisyStat, SiteUpdate, build_strategy
+from fairfleet.fairness.kernels import allocate_update_matrix
+
+DIM = 1_000_000
+SIZES = (100, 1000)
+REPEATS = 5
+STRATEGIES = {
+    "fedavg": {},
+    "fedadam": {},
+    "qffl": {"q": 1.0, "local_lr": 0.1},
+    "afl": {},
+    "term": {"tilt": 1.0},
+    "gap": {"gamma": 0.05},
+}
+
+
+def _time(fn: Callable[[], object], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _updates(rng: np.random.Generator, rows: list[np.ndarray]) -> list[SiteUpdate]:
+    k = len(rows)
+    n = rng.integers(50, 5000, size=k)
+    return [
+        SiteUpdate(
+            site=f"site-{i:04d}",
+            site_class="large" if n[i] > 2500 else "small",
+            delta=rows[i],
+            n_examples=int(n[i]),
+            noise_std=1e-3,
+            loss=NoisyStat(float(rng.uniform(0.5, 2.0)), 0.05, 100),
+        )
+        for i in range(k)
+    ]
+
+
+def _bench_size(k: int, rng: np.random.Generator, base_row: np.ndarray) -> tuple[dict, float]:
+    matrix = allocate_update_matrix(k, DIM)
+    for i in range(k):  # touch every page (np.empty is lazy) with distinct values
+        np.multiply(base_row, np.float32(1 + 1e-3 * i), out=matrix[i])
+    updates = _updates(rng, [matrix[i] for i in range(k)])
+    weights = np.array([u.n_examples for u in updates], dtype=np.float32)
+    weights /= weights.sum()
+    global_vec = np.zeros(DIM, dtype=np.float32)
+    repeats = REPEATS if k <= 100 else 3
+    baseline = _time(partial(np.matmul, weights, matrix), repeats)
+    out: dict[str, dict[str, float]] = {}
+    for name, params in STRATEGIES.items():
+        strategy = build_strategy(name, **params)
+        run = partial(strategy.aggregate, global_vec, updates, strategy.initial_state())
+        seconds = _time(run, repeats)
+        out[name] = {"seconds": seconds, "ratio_vs_numpy": seconds / baseline}
+        print(f"K={k} {name}: {seconds:.4f}s ratio {seconds / baseline:.2f}", file=sys.stderr)
+    if k <= 100:  # the general path: separate arrays (a second copy; only affordable at K=100)
+        separate = [SiteUpdate(u.site, u.site_class, u.delta.copy(), u.n_examples) for u in updates]
+        fedavg = build_strategy("fedavg")
+        run = partial(fedavg.aggregate, global_vec, separate, fedavg.initial_state())
+        seconds = _time(run, repeats)
+        out["fedavg_separate"] = {"seconds": seconds, "ratio_vs_numpy": seconds / baseline}
+    return out, baseline
+
+
+def main() -> dict[str, object]:
+    rng = np.random.default_rng(0)
+    results: dict[str, dict[str, object]] = {}
+    baselines: dict[str, float] = {}
+    base_row = rng.standard_normal(DIM, dtype=np.float32) * 1e-2
+    for k in SIZES:
+        per_strategy, baselines[str(k)] = _bench_size(k, rng, base_row)
+        for name, entry in per_strategy.items():
+            results.setdefault(name, {})[str(k)] = entry
+    return {
+        **results,
+        "baseline_numpy_seconds": baselines,
+        "meta": {
+            "dim": DIM,
+            "dtype": "float32",
+            "sizes": list(SIZES),
+            "repeats": {"100": REPEATS, "1000": 3},
+            "statistic": "median seconds of Strategy.aggregate; baseline = weights @ matrix",
+            "layout": "updates are rows of one C-contiguous (K, d) matrix (one copy)",
+            "goal": "fedavg within 1.5x of the numpy weighted sum",
+            "cpu_count": os.cpu_count(),
+            "machine": platform.machine(),
+            "python": platform.python_version(),
+            "numpy": np.__version__,
+        },
+    }
+
+
+if __name__ == "__main__":
+    out = Path(__file__).resolve().parent / "results" / "aggregation.json"
+    document = main()
+    out.write_text(json.dumps(document, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in document.items() if k != "meta"}, indent=1))
