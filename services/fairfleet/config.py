@@ -121,6 +121,18 @@ class WindowConfig(_Strict):
     size: Annotated[float, Field(gt=0)] = 256
 
 
+class SiteAgentConfig(_Strict):
+    """How a site agent uses its windows (site_agent; docs/site-agent.md)."""
+
+    train_windows: Annotated[int, Field(ge=1)] = 4  # most recent closed windows a round trains on
+    retain_windows: Annotated[int, Field(ge=1)] = 64  # closed windows kept in memory
+    holdout_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2  # held out for the loss release
+    secure_noise: bool = True  # OS-CSPRNG noise (False: seeded, reproducible; tests only)
+    model_timeout_s: Annotated[float, Field(gt=0)] = 30.0  # wait for the announced ModelRelease
+    poll_interval_s: Annotated[float, Field(gt=0)] = 0.5
+    reject_file: str | None = None  # default: <state_dir>/rejects.jsonl
+
+
 class SiteConfig(_Strict):
     id: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")]
     site_class: str = Field(alias="class")
@@ -132,6 +144,7 @@ class SiteConfig(_Strict):
     models: list[str] = Field(default_factory=list)
     metrics_port: Annotated[int, Field(ge=0, le=65535)] = 0
     state_dir: str | None = None
+    agent: SiteAgentConfig = Field(default_factory=SiteAgentConfig)
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

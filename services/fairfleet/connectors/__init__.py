@@ -1,1 +1,27 @@
-"""fairfleet.connectors."""
+"""Site connectors: the plugin API (base), the built-ins, validation and training windows.
+
+    from fairfleet.connectors import build_connector, ConnectorContext, SiteStream
+"""
+
+from fairfleet.connectors.base import (
+    ENTRY_POINT_GROUP,
+    Connector,
+    ConnectorContext,
+    FieldSpec,
+    ObservationSchema,
+    Progress,
+    Row,
+    available_connectors,
+    build_connector,
+    register_connector,
+)
+from fairfleet.connectors.stream import SiteStream, TrainingData
+from fairfleet.connectors.validate import Observation, RejectFile, Rejection, RowValidator
+from fairfleet.connectors.windows import Window, Windower
+
+__all__ = [
+    "ENTRY_POINT_GROUP", "Connector", "ConnectorContext", "FieldSpec", "Observation",
+    "ObservationSchema", "Progress", "RejectFile", "Rejection", "Row", "RowValidator",
+    "SiteStream", "TrainingData", "Window", "Windower", "available_connectors",
+    "build_connector", "register_connector",
+]

@@ -1,0 +1,86 @@
+"""`fairfleet site run|keygen|connectors`: the site agent service and its helpers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+site_app = typer.Typer(help="The site agent: connectors, local training, private releases.", no_args_is_help=True)
+
+
+@site_app.command("run")
+def run_cmd(
+    config: Path = typer.Option(..., "--config", help="The fleet config (YAML)."),
+    site: str = typer.Option(..., "--site", help="Site id (sites[].id in the config)."),
+    metrics_port: int | None = typer.Option(None, "--metrics-port", help="0 = a free port; default from config."),
+) -> None:
+    """Serve one site until SIGTERM/SIGINT."""
+    import logging
+    import signal
+    import threading
+
+    from fairfleet.config import load_config
+    from fairfleet.log import configure, event
+    from fairfleet.metrics import serve
+    from fairfleet.site_agent import SiteAgent
+
+    configure("site_agent")
+    logger = logging.getLogger("fairfleet.site_agent")
+    cfg = load_config(config)
+    agent = SiteAgent(cfg, site)
+    port = cfg.site(site).metrics_port if metrics_port is None else metrics_port
+    server = serve(agent.metrics.registry, port, routes={"/rounds": lambda _: agent.rounds_json()})
+    event(logger, "metrics listening", port=server.port)
+    stop = threading.Event()
+
+    def _stop(signum: int, _frame: object) -> None:
+        event(logger, "stopping", signal=signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    try:
+        agent.run(stop)
+    finally:
+        server.close()
+
+
+@site_app.command("keygen")
+def keygen_cmd(
+    out: Path | None = typer.Option(None, "--out", help="Write the private key (hex) to this file (mode 600)."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Print a fresh Ed25519 keypair (public key for the config, private key for the site)."""
+    from fairfleet.signing import generate_keypair, key_id
+
+    private, public = generate_keypair()
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.touch(mode=0o600)
+        out.write_text(private + "\n")
+    result = {"public_key": public, "key_id": key_id(public)}
+    result.update({"private_key_file": str(out)} if out is not None else {"private_key": private})
+    if as_json:
+        typer.echo(json.dumps(result))
+    else:
+        for name, value in result.items():
+            typer.echo(f"{name}: {value}")
+
+
+@site_app.command("connectors")
+def connectors_cmd(as_json: bool = typer.Option(False, "--json")) -> None:
+    """List the connector types (built-ins and installed plugins)."""
+    from fairfleet.connectors import available_connectors
+
+    known = {name: f"{cls.__module__}.{cls.__qualname__}" for name, cls in available_connectors().items()}
+    if as_json:
+        typer.echo(json.dumps(known))
+    else:
+        for name, where in known.items():
+            typer.echo(f"{name}\t{where}")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(site_app, name="site")

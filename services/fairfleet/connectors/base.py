@@ -1,0 +1,237 @@
+"""The connector plugin API: how a site's data reaches its agent.
+
+A connector does three things and nothing else:
+
+1. declares the observation schema (:class:`ObservationSchema`: field names and dtypes, which
+   fields may be NaN, the feature and target fields, the event-time field);
+2. returns the raw rows that arrived since the last call (:meth:`Connector.read`), in a
+   deterministic order, so that a restarted agent replaying from the start cuts the same windows;
+3. reports its progress (:meth:`Connector.progress`).
+
+Validation (missing fields, wrong types, NaN where not allowed), reject files and windowing are
+done once, outside the connectors (:mod:`fairfleet.connectors.validate`,
+:mod:`fairfleet.connectors.windows`), so a plugin cannot get them wrong.
+
+Connectors are found by name in a registry: the built-ins plus every entry point of the group
+``fairfleet.connectors`` (``importlib.metadata.entry_points``), whose object is a
+:class:`Connector` subclass. A subclass with a ``name`` is registered when it is defined
+(STYLE.md 6: a small base class plus a registry).
+"""
+
+from __future__ import annotations
+
+import inspect
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from fairfleet.errors import ConfigError
+
+ENTRY_POINT_GROUP = "fairfleet.connectors"
+
+Dtype = Literal["float", "int", "str", "bool"]
+DTYPES: tuple[str, ...] = ("float", "int", "str", "bool")
+Row = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """One observation field: its dtype and whether NaN (or a missing value) is allowed."""
+
+    name: str
+    dtype: Dtype = "float"
+    nan_ok: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise ConfigError("A schema field needs a non-empty name. Found ''.")
+        if self.dtype not in DTYPES:
+            raise ConfigError(
+                f"Field '{self.name}' has unknown dtype {self.dtype!r}; known: {list(DTYPES)}."
+            )
+
+
+@dataclass(frozen=True)
+class ObservationSchema:
+    """What an observation looks like: ``x`` = the feature fields, ``y`` = the target field(s).
+
+    ``event_time`` names a field holding the event time (epoch seconds, or an ISO-8601 string);
+    without it the event time is the order of arrival, which only count windows can use.
+    """
+
+    fields: tuple[FieldSpec, ...]
+    features: tuple[str, ...]
+    targets: tuple[str, ...]
+    event_time: str | None = None
+
+    def __post_init__(self) -> None:
+        names = [f.name for f in self.fields]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ConfigError(f"Schema declares fields more than once: {dupes}.")
+        if not self.features:
+            raise ConfigError("Schema needs at least one feature field. Found none.")
+        if not self.targets:
+            raise ConfigError("Schema needs at least one target field. Found none.")
+        for role, wanted in (("feature", self.features), ("target", self.targets)):
+            unknown = [n for n in wanted if n not in names]
+            if unknown:
+                raise ConfigError(f"Schema {role} fields {unknown} are not declared (fields: {names}).")
+            bad = [n for n in wanted if self.field(n).dtype == "str"]
+            if bad:
+                raise ConfigError(f"Schema {role} fields must be numeric. Found str fields {bad}.")
+        if self.event_time is not None and self.event_time not in names:
+            raise ConfigError(f"Event-time field '{self.event_time}' is not declared (fields: {names}).")
+        if self.event_time is not None and self.event_time in (*self.features, *self.targets):
+            raise ConfigError(
+                f"Event-time field '{self.event_time}' cannot also be a feature or target."
+            )
+
+    def field(self, name: str) -> FieldSpec:
+        for f in self.fields:
+            if f.name == name:
+                return f
+        raise ConfigError(f"Unknown field '{name}'.")
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> ObservationSchema:
+        """Build from connector params: ``{fields: {name: dtype | {dtype, nan_ok}}, features: [...],
+        target: name | [names], event_time: name}``; ``features`` defaults to every numeric
+        field that is neither a target nor the event time."""
+        raw = params.get("fields")
+        if not isinstance(raw, Mapping) or not raw:
+            raise ConfigError(
+                f"Connector params need 'fields' (a mapping name -> dtype). Found {raw!r}."
+            )
+        specs = []
+        for name, spec in raw.items():
+            if isinstance(spec, str):
+                specs.append(FieldSpec(str(name), spec))  # type: ignore[arg-type]
+            elif isinstance(spec, Mapping):
+                specs.append(FieldSpec(str(name), spec.get("dtype", "float"), bool(spec.get("nan_ok", False))))
+            else:
+                raise ConfigError(f"Field '{name}' must be a dtype or a mapping. Found {spec!r}.")
+        target = params.get("target", params.get("targets"))
+        targets = (target,) if isinstance(target, str) else tuple(target or ())
+        event_time = params.get("event_time")
+        features = params.get("features")
+        if features is None:
+            features = [
+                f.name for f in specs
+                if f.name not in targets and f.name != event_time and f.dtype != "str"
+            ]
+        return cls(tuple(specs), tuple(features), targets, event_time)
+
+
+@dataclass
+class Progress:
+    """Where a connector is: rows handed out, a human-readable position, whether it is done.
+
+    ``finished`` is True only for bounded sources that will never produce another row (then
+    the last, partial window may be closed).
+    """
+
+    rows_read: int = 0
+    position: str = ""
+    finished: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ConnectorContext:
+    """What the agent tells a connector about where it runs."""
+
+    site: str
+    state_dir: Path
+    seed: int = 0
+
+
+class Connector(ABC):
+    """Base class of every connector. Subclasses set ``name`` and implement the three methods.
+
+    ``__init__(params, context)`` validates ``params`` (raise ConfigError naming the bad value).
+    """
+
+    name: ClassVar[str] = ""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.name and not inspect.isabstract(cls):
+            register_connector(cls.name, cls)
+
+    def __init__(self, params: Mapping[str, Any], context: ConnectorContext) -> None:
+        self.params = dict(params)
+        self.context = context
+
+    @abstractmethod
+    def schema(self) -> ObservationSchema:
+        """The observation schema (constant over the connector's life)."""
+
+    @abstractmethod
+    def read(self, max_rows: int = 10_000) -> Sequence[Row]:
+        """Rows that arrived since the last call (at most ``max_rows``; empty if none). Never blocks
+        for long. Rows are dicts field -> value; an unreadable source unit (a corrupt file) is
+        reported as a row ``{"__reject__": reason, "__detail__": text}`` and skipped."""
+
+    def progress(self) -> Progress:
+        """Rows handed out so far and the position in the source."""
+        return Progress()
+
+    def close(self) -> None:
+        """Release files, connections, consumers."""
+        return None
+
+
+# --------------------------------------------------------------------------- registry
+
+_REGISTRY: dict[str, type[Connector]] = {}
+_entry_points_loaded = False
+
+
+def register_connector(name: str, cls: type[Connector], *, replace: bool = False) -> None:
+    """Register ``cls`` under ``name`` (done automatically for named subclasses)."""
+    if not (isinstance(cls, type) and issubclass(cls, Connector)):
+        raise ConfigError(f"Connector '{name}' must be a Connector subclass. Found {cls!r}.")
+    if name in _REGISTRY and _REGISTRY[name] is not cls and not replace:
+        raise ConfigError(f"Connector '{name}' is already registered by {_REGISTRY[name].__module__}.")
+    _REGISTRY[name] = cls
+
+
+def _load_builtins() -> None:
+    # Imported for their registration side effect (each defines a named Connector subclass).
+    from fairfleet.connectors import files, kafka, simulator, sql  # noqa: F401
+
+
+def load_entry_points(force: bool = False) -> None:
+    """Import every ``fairfleet.connectors`` entry point (once; ``force`` re-scans)."""
+    global _entry_points_loaded
+    if _entry_points_loaded and not force:
+        return
+    _entry_points_loaded = True
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        obj = ep.load()
+        if not (inspect.isclass(obj) and issubclass(obj, Connector)):
+            raise ConfigError(
+                f"Entry point '{ep.name}' in group '{ENTRY_POINT_GROUP}' is not a Connector "
+                f"subclass: {obj!r}."
+            )
+        register_connector(ep.name, obj, replace=True)
+
+
+def available_connectors() -> dict[str, type[Connector]]:
+    """Name -> class of every connector: built-ins and installed plugins."""
+    _load_builtins()
+    load_entry_points()
+    return dict(sorted(_REGISTRY.items()))
+
+
+def build_connector(name: str, params: Mapping[str, Any], context: ConnectorContext) -> Connector:
+    """Instantiate the connector registered as ``name``."""
+    known = available_connectors()
+    if name not in known:
+        raise ConfigError(f"Unknown connector type '{name}'; known: {sorted(known)}.")
+    return known[name](params, context)
+

@@ -1,0 +1,379 @@
+"""The site agent: for each announced round of a model it serves, reserve, train, privatise, publish.
+
+Per RoundAnnouncement (model M, round r, version v) — the order is the protocol of
+fairfleet.messages (fail closed at every step):
+
+1. dedupe: a terminal local state for (M, r) ends here; ``committing`` is resolved from
+   ``privacy.events`` (was our commit written?) before anything else;
+2. check: not expired, the announced model spec and privacy plan equal the site's config (the
+   platform cannot lower a site's privacy), closed windows exist, ModelRelease(M, v) arrives;
+3. reserve: PrivacyReservationRequest (event_id = "<site>/<M>/<r>", dp_event covering the update
+   AND the held-out loss) -> wait for the PrivacyGrant; denied / no answer -> skip;
+   "already committed" -> the release happened before a restart: mark published, do nothing;
+4. train (``local_train``) and privatise; release the held-out loss (``noisy_bounded_mean``);
+5. sign, then ONE Kafka transaction: SiteUpdate + SiteStatistics + PrivacyEventMessage(commit)
+   + the rounds consumer's offset (transactional.id = "site-<site>"); on failure: cancel event.
+
+Local state is written ahead of each step (see site_agent.state). Privacy ``off`` is logged as a
+WARNING every round, exported as fairfleet_site_privacy_enabled = 0 and stated in the message.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from fairfleet.bus import Bus, Publisher, Reader, connect, topic_name
+from fairfleet.bus.topics import LOGICAL_TOPICS
+from fairfleet.config import FleetConfig
+from fairfleet.connectors import ConnectorContext, RejectFile, SiteStream, Windower, build_connector
+from fairfleet.errors import BusError, ConfigError, FairfleetError
+from fairfleet.learning.tensors import sha256_hex
+from fairfleet.log import event
+from fairfleet.messages import (
+    DeadLetter,
+    Message,
+    ModelRelease,
+    PrivacyEventMessage,
+    PrivacyGrant,
+    PrivacyReservationRequest,
+    RoundAnnouncement,
+    SiteStatistics,
+    SiteUpdate,
+    WindowRange,
+)
+from fairfleet.privacy.events import dp_event_to_json
+from fairfleet.signing import load_private, sign
+from fairfleet.site_agent import release as rel
+from fairfleet.site_agent.metrics import SiteMetrics
+from fairfleet.site_agent.state import TERMINAL, RoundStateStore
+
+logger = logging.getLogger(__name__)
+SERVICE = "site_agent"
+
+
+class Skip(Exception):
+    """A round is not joined; ``reason`` is the metric label, the message the detail."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+def event_id_for(site: str, model_id: str, round_: int) -> str:
+    """The deterministic reservation id of one round's releases (update + loss)."""
+    return f"{site}/{model_id}/{round_}"
+
+
+class SiteAgent:
+    """One site's agent. ``run(stop_event)`` serves until stopped; ``step()`` does one poll."""
+
+    def __init__(
+        self, config: FleetConfig, site_id: str, bus: Bus | None = None,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        self.config = config
+        self.site = config.site(site_id)
+        self.opts = self.site.agent
+        if not self.site.private_key_file:
+            raise ConfigError(f"Site '{site_id}' needs private_key_file to sign its updates. Found none.")
+        self.key = load_private(self.site.private_key_file)
+        self.state_dir = Path(self.site.state_dir or Path(config.state_dir) / "sites" / site_id)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.metrics = SiteMetrics(site_id, registry)
+        self.store = RoundStateStore(self.state_dir / "rounds.json")
+        connector = build_connector(
+            self.site.connector.type, self.site.connector.params,
+            ConnectorContext(site_id, self.state_dir),
+        )
+        self.stream = SiteStream(
+            connector, Windower(self.site.window.by, self.site.window.size, self.opts.retain_windows),
+            RejectFile(Path(self.opts.reject_file or self.state_dir / "rejects.jsonl"), site_id),
+            self.metrics.on_read, self.metrics.on_reject, self.metrics.on_window,
+        )
+        self.models = {m: config.model(m) for m in self.site.models}
+        for model_id, model in self.models.items():
+            self.metrics.privacy_enabled.labels(site_id, model_id).set(0 if model.privacy.mechanism == "off" else 1)
+        self.topics = {t: topic_name(t, config.kafka.topic_prefix) for t in LOGICAL_TOPICS}
+        self.bus = bus if bus is not None else connect(config.bus_url(), config.kafka.client_config())
+        chunk = config.kafka.chunk_bytes
+        self.tx = Publisher(self.bus.producer(transactional_id=f"site-{site_id}"), chunk)
+        self.plain = Publisher(self.bus.producer(), chunk)
+        self.rounds = self._reader(f"site-{site_id}-rounds", "rounds")
+        self.model_reader = self._reader(f"site-{site_id}-models", "models")  # never committed
+        self.grants = self._reader(f"site-{site_id}-grants", "privacy.grants")
+        self._releases: dict[tuple[str, int], tuple[ModelRelease, bytes]] = {}
+        self._latest_round: dict[str, int] = {}
+        self._windows: dict[str, WindowRange] = {}
+        self._lag_at = 0.0
+        event(logger, "site agent ready", site=site_id, models=list(self.models),
+              connector=self.site.connector.type, state_dir=str(self.state_dir))
+
+    # ------------------------------------------------------------------ plumbing
+    def _reader(self, group: str, logical: str) -> Reader:
+        return Reader(self.bus.consumer(group, [self.topics[logical]]), SERVICE, self._dead_letter)
+
+    def _dead_letter(self, dl: DeadLetter) -> None:
+        try:
+            self.plain.send(self.topics["deadletter"], dl.model_copy(update={"site": self.site.id}), key=self.site.id)
+        except FairfleetError as exc:
+            event(logger, "dead letter not published", logging.ERROR, error=str(exc))
+
+    def run(self, stop: threading.Event) -> None:
+        """Serve until ``stop`` is set; errors are logged and the loop continues."""
+        while not stop.is_set():
+            try:
+                self.step()
+            except FairfleetError as exc:
+                event(logger, "step failed", logging.ERROR, error=str(exc))
+                stop.wait(1.0)
+            except Exception:
+                logger.exception("unexpected error in site agent step")
+                stop.wait(1.0)
+        self.close()
+
+    def step(self, timeout: float | None = None) -> None:
+        """Read new data and models; handle at most one round announcement."""
+        self.stream.poll()
+        self._poll_models(0.0)
+        env = self.rounds.poll(self.opts.poll_interval_s if timeout is None else timeout)
+        if env is not None and isinstance(env.message, RoundAnnouncement):
+            self.handle(env.message)
+        elif env is not None:
+            self.rounds.consumer.commit(offsets=self.rounds.safe_offsets())
+        if time.monotonic() - self._lag_at > 10:
+            self._lag_at = time.monotonic()
+            self.metrics.lag.labels(SERVICE, self.topics["rounds"]).set(self.rounds.consumer.lag())
+
+    def rounds_json(self) -> dict[str, Any]:
+        """Local per-round state (for the /rounds route): "model/round" -> status and reason."""
+        return {k: {"status": v.status, "reason": v.reason} for k, v in self.store.all().items()}
+
+    def close(self) -> None:
+        for reader in (self.rounds, self.model_reader, self.grants):
+            reader.consumer.close()
+        for pub in (self.tx, self.plain):
+            pub.producer.close()
+        self.stream.connector.close()
+
+    def _poll_models(self, timeout: float) -> None:
+        env = self.model_reader.poll(timeout)
+        while env is not None:
+            msg = env.message
+            if isinstance(msg, ModelRelease) and msg.model_id in self.models:
+                self._releases[(msg.model_id, msg.version)] = (msg, bytes(env.payload))
+                old = sorted(v for (m, v) in self._releases if m == msg.model_id)[:-4]
+                for v in old:
+                    del self._releases[(msg.model_id, v)]
+            env = self.model_reader.poll(0.0)
+
+    def _model(self, model_id: str, version: int) -> tuple[ModelRelease, bytes]:
+        deadline = time.monotonic() + self.opts.model_timeout_s
+        while (model_id, version) not in self._releases:
+            if time.monotonic() > deadline:
+                raise Skip("model_unavailable", f"ModelRelease {model_id} v{version} did not arrive "
+                                                f"within {self.opts.model_timeout_s} s")
+            self._poll_models(0.2)
+        return self._releases[(model_id, version)]
+
+    # ------------------------------------------------------------------ one round
+    def handle(self, ann: RoundAnnouncement) -> None:
+        """Run the protocol for one announcement (see the module docstring)."""
+        site, model_id, rnd = self.site.id, ann.model_id, ann.round
+        if model_id not in self.models:
+            self.rounds.consumer.commit(offsets=self.rounds.safe_offsets())
+            return
+        eid = event_id_for(site, model_id, rnd)
+        state = self.store.get(model_id, rnd)
+        if state is not None and state.status == "committing":
+            state = self._resolve_committing(model_id, rnd, eid)
+        if state is not None and state.status in TERMINAL:
+            self.rounds.consumer.commit(offsets=self.rounds.safe_offsets())
+            return
+        try:
+            self._join(ann, eid)
+        except Skip as skip:
+            before = self.store.get(model_id, rnd)
+            if before is not None and before.status in ("reserving", "granted"):
+                self._cancel(ann, eid)  # free a reservation that will not be committed
+            self.store.set(model_id, rnd, "skipped", eid, f"{skip.reason}: {skip}")
+            self.metrics.skip(model_id, skip.reason)
+            event(logger, "round skipped", logging.WARNING, site=site, model=model_id, round=rnd,
+                  reason=skip.reason, detail=str(skip))
+            self.rounds.consumer.commit(offsets=self.rounds.safe_offsets())
+
+    def _join(self, ann: RoundAnnouncement, eid: str) -> None:
+        site, model_id, rnd = self.site.id, ann.model_id, ann.round
+        cfg = self.models[model_id]
+        plan = cfg.privacy
+        if rnd < self._latest_round.get(model_id, -1):
+            raise Skip("superseded", f"round {rnd} is older than round {self._latest_round[model_id]}")
+        self._latest_round[model_id] = rnd
+        if time.time() > ann.opened_at + ann.deadline_s:
+            raise Skip("expired", f"deadline passed {time.time() - ann.opened_at - ann.deadline_s:.1f} s ago")
+        if ann.privacy != plan or ann.model_spec != cfg.model:
+            raise Skip("plan_mismatch", f"announced {ann.model_spec}/{ann.privacy} differs from the site's "
+                                        f"config {cfg.model}/{plan}")
+        if plan.mechanism == "off":
+            event(logger, "PRIVACY IS OFF: this round's update and loss leave the site UN-NOISED",
+                  logging.WARNING, site=site, model=model_id, round=rnd)
+        self.stream.drain()
+        data = self.stream.training_data(self.opts.train_windows)
+        if data is None:
+            raise Skip("no_data", "no closed training window yet")
+        split = rel.split_holdout(data.x, data.y, self.opts.holdout_fraction)
+        if len(split[0]) < 1 or len(split[2]) < 1:
+            raise Skip("no_data", f"{data.n} observations are too few to hold out a fraction")
+        release, payload = self._model(model_id, ann.model_version)
+        if release.model_spec != cfg.model:
+            raise Skip("plan_mismatch", f"ModelRelease spec {release.model_spec} != config {cfg.model}")
+        windows = WindowRange(first=data.first_window, last=data.last_window)
+        self._windows[eid] = windows
+        epsilon = None
+        if plan.mechanism != "off":
+            dp_event = rel.round_event(plan, ann.training, len(split[2]))
+            grant = self._reserve(ann, eid, windows, dp_event_to_json(dp_event))
+            if grant.granted and grant.reason == "already committed":
+                self.store.set(model_id, rnd, "published", eid, "already committed (found after restart)")
+                event(logger, "round already published before a restart", site=site, model=model_id, round=rnd)
+                self.rounds.consumer.commit(offsets=self.rounds.safe_offsets())
+                return
+            if not grant.granted:
+                raise Skip("denied", grant.reason or "denied by the accountant")
+            epsilon = grant.epsilon_if_committed
+            self.store.set(model_id, rnd, "granted", eid)
+        started = time.perf_counter()
+        try:
+            model = rel.load_model(cfg.model, payload)
+            out = rel.prepare_release(
+                model, cfg.model, plan, ann.training, split,
+                rel.round_seed(site, model_id, rnd), self.opts.secure_noise, epsilon,
+            )
+        except FairfleetError as exc:
+            raise Skip("training_failed", str(exc)) from exc
+        self.metrics.training_seconds.labels(site, model_id).observe(time.perf_counter() - started)
+        self.metrics.update_norm.labels(site, model_id).set(out.update_norm)
+        self.metrics.clipped.labels(site, model_id).set(out.clipped_fraction)
+        if epsilon is not None:
+            self.metrics.epsilon.labels(site, model_id).set(epsilon)
+        self._publish(ann, eid, windows, out)
+
+    def _reserve(self, ann: RoundAnnouncement, eid: str, windows: WindowRange, dp_event: dict[str, Any]) -> PrivacyGrant:
+        self.store.set(ann.model_id, ann.round, "reserving", eid)
+        request = PrivacyReservationRequest(
+            event_id=eid, site=self.site.id, site_class=self.site.site_class, source=self.site.data_source,
+            unit=rel.privacy_unit(self.models[ann.model_id].privacy).value, model_id=ann.model_id,
+            round=ann.round, windows=windows, dp_event=dp_event,
+        )
+        self.plain.send_sync(self.topics["privacy.requests"], request, key=self.site.id)
+        timeout = self.config.accountant.grant_timeout_s
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            env = self.grants.poll(0.2)
+            if env is None:
+                continue
+            msg = env.message
+            if isinstance(msg, PrivacyGrant) and msg.event_id == eid and msg.site == self.site.id:
+                self.grants.consumer.commit(offsets=self.grants.safe_offsets())
+                return msg
+        raise Skip("no_grant", f"no answer from the accountant within {timeout} s (fail closed)")
+
+    def _event(self, ann: RoundAnnouncement, eid: str, windows: WindowRange, action: str, dp_event: dict[str, Any]) -> PrivacyEventMessage:
+        return PrivacyEventMessage.model_validate(dict(
+            event_id=eid, action=action, site=self.site.id, site_class=self.site.site_class,
+            source=self.site.data_source, unit=rel.privacy_unit(self.models[ann.model_id].privacy).value,
+            model_id=ann.model_id, round=ann.round, windows=windows, dp_event=dp_event,
+        ))
+
+    def _cancel(self, ann: RoundAnnouncement, eid: str) -> None:
+        if self.models[ann.model_id].privacy.mechanism == "off":
+            return
+        windows = self._windows.get(eid, WindowRange(first=0, last=0))
+        producer = self.tx.producer
+        try:
+            producer.begin_transaction()
+            self.tx.send(self.topics["privacy.events"], self._event(ann, eid, windows, "cancel", {}), key=self.site.id)
+            producer.commit_transaction()
+        except FairfleetError as exc:
+            event(logger, "cancel not published", logging.ERROR, event_id=eid, error=str(exc))
+
+    def _publish(self, ann: RoundAnnouncement, eid: str, windows: WindowRange, out: rel.Release) -> None:
+        site, model_id, rnd = self.site.id, ann.model_id, ann.round
+        update = sign(SiteUpdate(
+            site=site, site_class=self.site.site_class, model_id=model_id, round=rnd,
+            base_version=ann.model_version, n_examples=out.n_examples, privacy=out.privacy, loss=out.loss,
+            payload_sha256=sha256_hex(out.payload), payload_bytes=len(out.payload),
+        ), self.key)
+        stats = sign(SiteStatistics(
+            site=site, site_class=self.site.site_class, model_id=model_id, round=rnd,
+            model_version=ann.model_version, loss=out.loss,
+        ), self.key)
+        sends: list[tuple[str, Message, bytes]] = [
+            (self.topics["updates"], update, out.payload), (self.topics["stats"], stats, b""),
+        ]
+        if out.dp_event is not None:
+            commit = self._event(ann, eid, windows, "commit", dp_event_to_json(out.dp_event))
+            sends.append((self.topics["privacy.events"], commit, b""))
+        producer = self.tx.producer
+        try:
+            producer.begin_transaction()
+            for topic, msg, payload in sends:
+                self.tx.send(topic, msg, payload, key=site)
+            offsets = self.rounds.safe_offsets()
+            if offsets:
+                producer.send_offsets_to_transaction(self.rounds.consumer, offsets)
+            self.store.set(model_id, rnd, "committing", eid)
+            producer.commit_transaction()
+        except BusError as exc:
+            try:
+                producer.abort_transaction()
+            except BusError:
+                event(logger, "publish outcome unknown; resolved on the next announcement",
+                      logging.ERROR, event_id=eid, error=str(exc))
+                return
+            self.store.set(model_id, rnd, "granted", eid)
+            raise Skip("publish_failed", str(exc)) from exc
+        self.store.set(model_id, rnd, "published", eid)
+        self.metrics.joined.labels(site, model_id).inc()
+        event(logger, "round published", site=site, model=model_id, round=rnd, n_examples=out.n_examples,
+              noise_std=out.privacy.noise_std, privacy_enabled=out.privacy.enabled,
+              epsilon_spent=out.privacy.epsilon_spent, windows=[windows.first, windows.last])
+
+    def _resolve_committing(self, model_id: str, rnd: int, eid: str) -> Any:
+        """After a crash during commit: was our commit event written? Read privacy.events to the end.
+
+        The new transactional producer (init_transactions) has already aborted any open
+        transaction of the previous incarnation, so read_committed to the end is definitive.
+        """
+        consumer = self.bus.consumer(f"site-{self.site.id}-resolve-{uuid.uuid4().hex[:8]}",
+                                     [self.topics["privacy.events"]])
+        reader = Reader(consumer, SERVICE)
+        found, quiet, deadline = False, 0, time.monotonic() + 30
+        try:
+            while time.monotonic() < deadline and quiet < 3:
+                env = reader.poll(0.5)
+                if env is None:
+                    quiet = quiet + 1 if consumer.positions() and consumer.lag() == 0 else 0
+                    continue
+                msg = env.message
+                if isinstance(msg, PrivacyEventMessage) and msg.event_id == eid and msg.action == "commit":
+                    found = True
+                    break
+        finally:
+            consumer.close()
+        if found:
+            self.store.set(model_id, rnd, "published", eid, "commit found in privacy.events after restart")
+        elif quiet >= 3:
+            self.store.set(model_id, rnd, "granted", eid, "commit not found after restart; retrying")
+        else:
+            self.store.set(model_id, rnd, "skipped", eid, "unresolved: privacy.events unreadable (fail closed)")
+            self.metrics.skip(model_id, "unresolved")
+        event(logger, "resolved an interrupted publish", site=self.site.id, model=model_id, round=rnd,
+              committed=found)
+        return self.store.get(model_id, rnd)

@@ -1,0 +1,69 @@
+"""The agent's durable per-round state: what it did for each (model, round), in its state dir.
+
+States of one (site, model, round), written *before* the step they announce (write-ahead):
+
+    reserving  -> the reservation request is (being) sent
+    granted    -> the accountant granted it; training / publishing may be under way
+    committing -> the publish transaction is about to commit (its outcome is unknown after a
+                  crash; it is resolved by reading ``privacy.events`` for the event id)
+    published  -> the update and the commit event are on the bus (terminal)
+    skipped    -> not published, with a reason (terminal)
+
+A restart therefore never publishes twice: terminal states are final, ``committing`` is resolved
+from the bus itself, and every earlier state repeats the reservation with the same deterministic
+event id (which the accountant answers idempotently, never charging twice).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+Status = Literal["reserving", "granted", "committing", "published", "skipped"]
+TERMINAL: frozenset[str] = frozenset({"published", "skipped"})
+
+
+@dataclass(frozen=True)
+class RoundState:
+    status: Status
+    event_id: str = ""
+    reason: str = ""
+    updated_at: float = 0.0
+
+
+class RoundStateStore:
+    """A small JSON file (atomically replaced, fsynced) mapping "model/round" -> RoundState."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._states: dict[str, RoundState] = {}
+        if path.exists():
+            raw = json.loads(path.read_text() or "{}")
+            self._states = {k: RoundState(**v) for k, v in raw.items()}
+
+    @staticmethod
+    def key(model_id: str, round_: int) -> str:
+        return f"{model_id}/{round_}"
+
+    def get(self, model_id: str, round_: int) -> RoundState | None:
+        return self._states.get(self.key(model_id, round_))
+
+    def set(self, model_id: str, round_: int, status: Status, event_id: str = "", reason: str = "") -> None:
+        with self._lock:
+            self._states[self.key(model_id, round_)] = RoundState(status, event_id, reason, time.time())
+            tmp = self.path.with_suffix(".tmp")
+            with tmp.open("w") as fh:
+                json.dump({k: asdict(v) for k, v in self._states.items()}, fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.path)
+
+    def all(self) -> dict[str, RoundState]:
+        return dict(self._states)
