@@ -1,0 +1,182 @@
+"""The aggregator's checkpoint: everything a restart needs, as one safetensors blob.
+
+The checkpoint is the aggregator's private changelog (like a Kafka Streams changelog topic), not
+a message between services, so it is not a pydantic bus message. Its bytes are one safetensors
+file:
+
+* tensors ``model.<name>`` — the global model (float32, the model's own names and shapes);
+* tensor ``strategy_state`` — ``fairfleet.fairness.state_to_bytes`` of the strategy state
+  (multipliers, optimiser moments), as uint8;
+* metadata ``fairfleet.checkpoint`` — JSON: format version, model id, version, open round,
+  announcement, accepted (site, round) ids, per-round history.
+
+It travels on the compacted ``checkpoints`` topic inside the round transaction. A compacted
+topic keeps only the newest record per *key*, so chunks must not share one key: a checkpoint
+that fits in one record has key ``<model>``; a chunked one has key ``<model>#<index>`` per chunk
+(chunked with fairfleet.bus.codec, reassembled with its Reassembler). Stale chunks of older,
+larger checkpoints never complete and are ignored; the newest complete checkpoint wins.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from safetensors import SafetensorError
+from safetensors.numpy import load as st_load
+from safetensors.numpy import save as st_save
+
+from fairfleet.bus import codec
+from fairfleet.bus.base import Bus, Delivery, Producer, Record
+from fairfleet.errors import PayloadError
+from fairfleet.fairness import StrategyState, state_from_bytes, state_to_bytes
+from fairfleet.messages import RoundAnnouncement, new_id
+
+FORMAT_VERSION = 1
+META_KEY = "fairfleet.checkpoint"
+H_MODEL = "ff-model"
+CHECKPOINT_TYPE = b"aggregator.checkpoint"
+HISTORY_LIMIT = 200
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """Committed aggregator state after a round closed (or at bootstrap).
+
+    ``round`` is the round that is open after this checkpoint (its announcement is
+    ``announcement``); ``version`` the latest published model version; ``accepted`` the
+    (site, round) ids accepted in rounds still inside the dedupe window; ``history`` one entry
+    per closed round: ``{"round", "version", "sites", "staleness"}``; ``finished`` is True after
+    the last configured round (no round is open then).
+    """
+
+    model_id: str
+    version: int
+    round: int
+    weights: dict[str, np.ndarray]
+    strategy_state: StrategyState
+    announcement: RoundAnnouncement | None
+    accepted: tuple[tuple[str, int], ...] = ()
+    history: tuple[dict[str, Any], ...] = ()
+    finished: bool = False
+    created_at: float = field(default_factory=time.time)
+
+    def to_bytes(self) -> bytes:
+        meta = {
+            "format": FORMAT_VERSION,
+            "model_id": self.model_id,
+            "version": self.version,
+            "round": self.round,
+            "announcement": (
+                self.announcement.model_dump(mode="json") if self.announcement else None
+            ),
+            "accepted": [list(a) for a in self.accepted],
+            "history": list(self.history[-HISTORY_LIMIT:]),
+            "finished": self.finished,
+            "created_at": self.created_at,
+        }
+        tensors = {f"model.{k}": np.ascontiguousarray(v) for k, v in self.weights.items()}
+        tensors["strategy_state"] = np.frombuffer(
+            state_to_bytes(self.strategy_state), dtype=np.uint8
+        ).copy()
+        return bytes(st_save(tensors, metadata={META_KEY: json.dumps(meta, sort_keys=True)}))
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Checkpoint:
+        """Parse :meth:`to_bytes` output; anything malformed raises PayloadError."""
+        try:
+            tensors = dict(st_load(bytes(data)))
+            header_len = int.from_bytes(bytes(data[:8]), "little")
+            header = json.loads(bytes(data[8 : 8 + header_len]))
+            meta = json.loads(header["__metadata__"][META_KEY])
+        except (SafetensorError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+            raise PayloadError(f"Not a valid aggregator checkpoint ({len(data)} bytes): {exc}") from exc
+        if meta.get("format") != FORMAT_VERSION:
+            raise PayloadError(
+                f"Checkpoint format must be {FORMAT_VERSION}. Found {meta.get('format')!r}."
+            )
+        state_bytes = tensors.pop("strategy_state").tobytes()
+        announcement = meta.get("announcement")
+        return cls(
+            model_id=meta["model_id"],
+            version=int(meta["version"]),
+            round=int(meta["round"]),
+            weights={k.removeprefix("model."): v for k, v in tensors.items()},
+            strategy_state=state_from_bytes(state_bytes),
+            announcement=RoundAnnouncement.model_validate(announcement) if announcement else None,
+            accepted=tuple((str(s), int(r)) for s, r in meta["accepted"]),
+            history=tuple(meta["history"]),
+            finished=bool(meta["finished"]),
+            created_at=float(meta["created_at"]),
+        )
+
+
+def publish_checkpoint(
+    producer: Producer, topic: str, checkpoint: Checkpoint, chunk_bytes: int
+) -> list[Delivery]:
+    """Publish (inside the caller's transaction); chunks get one compaction key each."""
+    value = checkpoint.to_bytes()
+    headers = {codec.H_TYPE: CHECKPOINT_TYPE, H_MODEL: checkpoint.model_id.encode()}
+    if len(value) <= chunk_bytes:
+        return [producer.publish(topic, value, key=checkpoint.model_id, headers=headers)]
+    return [
+        producer.publish(
+            topic, chunk.data, key=f"{checkpoint.model_id}#{i}", headers={**headers, **chunk.headers}
+        )
+        for i, chunk in enumerate(codec.split(value, chunk_bytes, new_id()))
+    ]
+
+
+def latest_checkpoint(records: Sequence[Record], model_id: str) -> Checkpoint | None:
+    """The newest complete, valid checkpoint of ``model_id`` among ``records`` (topic order)."""
+    reassembler = codec.Reassembler(timeout_s=float("inf"))
+    best: Checkpoint | None = None
+    for record in records:
+        if record.header(H_MODEL) != model_id:
+            continue
+        value: bytes | None = record.value
+        if codec.is_chunk(record):
+            try:
+                assembled = reassembler.add(record)
+            except PayloadError:
+                continue
+            value = assembled.value if assembled is not None else None
+        if value is None:
+            continue
+        try:
+            candidate = Checkpoint.from_bytes(value)
+        except PayloadError:
+            continue
+        if best is None or candidate.version >= best.version:
+            best = candidate
+    return best
+
+
+def read_checkpoint(
+    bus: Bus, topic: str, model_id: str, timeout_s: float = 30.0, group_prefix: str = ""
+) -> Checkpoint | None:
+    """Read the whole (compacted) checkpoint topic and return the newest checkpoint of a model.
+
+    Uses a throw-away consumer group that never commits; reads until the consumer has caught up
+    with the end of the topic (read_committed: aborted checkpoints are never seen).
+    """
+    consumer = bus.consumer(f"{group_prefix}checkpoint-restore-{new_id()[:12]}", [topic])
+    records: list[Record] = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            batch = consumer.consume(500, 0.2)
+            records.extend(batch)
+            if not batch and consumer.committed() and consumer.lag() == 0:
+                break
+        else:
+            raise PayloadError(
+                f"Could not read checkpoint topic '{topic}' to its end within {timeout_s} s."
+            )
+    finally:
+        consumer.close()
+    return latest_checkpoint(records, model_id)

@@ -1,0 +1,521 @@
+"""The aggregator service for one model: rounds, validation, fair aggregation, exactly-once.
+
+Commit order of a closing round (the single commit authority, after quix-streams'
+checkpointing/checkpoint.py; docs/aggregator.md has the full argument):
+
+1. aggregate the round's accepted updates, sorted by site (pure, deterministic, no side effects);
+2. ``begin_transaction``;
+3. produce the ModelRelease (``models``, key = model id, weights as safetensors payload);
+4. produce the next RoundAnnouncement (``rounds``, key = model id), unless training is finished;
+5. produce the checkpoint (``checkpoints``: model, strategy state, open round, dedupe ids);
+6. ``send_offsets_to_transaction(consumer, reader.safe_offsets())`` — the update offsets;
+7. ``commit_transaction`` — the commit point: all of 3–6 become visible together or not at all;
+8. only then swap the in-memory state to the new checkpoint and clear the round buffer.
+
+A failure in 2–7 aborts, rewinds the consumer to its committed offsets and drops the round
+buffer (the round's updates are read again). A crash anywhere leaves the last committed
+checkpoint and offsets, which agree; the restart re-reads the open round's updates from there.
+Nothing is committed while a round is open, so no transaction spans a long round.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from fairfleet.aggregator.budgets import BudgetClient
+from fairfleet.aggregator.checkpoint import Checkpoint, publish_checkpoint, read_checkpoint
+from fairfleet.aggregator.metrics import SERVICE, AggregatorMetrics
+from fairfleet.aggregator.validation import (
+    Rejection,
+    check_identity,
+    check_payload,
+    check_privacy,
+)
+from fairfleet.bus import Bus, Envelope, Publisher, Reader, connect, dead_letter_for, default_topics
+from fairfleet.bus.base import Consumer
+from fairfleet.config import FleetConfig
+from fairfleet.errors import BusError, ConfigError
+from fairfleet.fairness import NoisyStat, SiteUpdate, build_strategy, class_risk_estimates
+from fairfleet.fairness.registry import strategy_class
+from fairfleet.learning.models import build_model
+from fairfleet.learning.tensors import (
+    flatten,
+    sha256_hex,
+    shapes_of,
+    to_safetensors_bytes,
+    unflatten,
+)
+from fairfleet.log import event
+from fairfleet.messages import DeadLetter, ModelRelease, RoundAnnouncement
+from fairfleet.messages import SiteUpdate as SiteUpdateMessage
+from fairfleet.metrics import MetricsServer, serve
+
+logger = logging.getLogger(__name__)
+
+CRASH_ENV = "FAIRFLEET_AGGREGATOR_CRASH_AT"
+"""Test hook: ``point:round[:n]`` kills the process with SIGKILL at that point (tests only)."""
+
+
+@dataclass(frozen=True)
+class AggregatorOptions:
+    """Service knobs that are not part of the fleet config."""
+
+    seed: int = 0
+    """Seed of the initial weights (torch.manual_seed before build_model)."""
+    poll_timeout_s: float = 0.2
+    max_staleness: int = 10
+    """Async: oldest round (in versions behind) still accepted; also the dedupe window."""
+    budgets_url: str | None = None
+    """The accountant's read-only /budgets JSON endpoint; None skips the budget check."""
+    metrics_port: int | None = None
+    """Serve /metrics, /healthz and /status on this port (0 = free port); None = don't serve."""
+    stop_when_finished: bool = True
+    restore_timeout_s: float = 60.0
+    crash_at: str | None = None
+
+
+def _strategy_params(config_params: dict[str, Any], name: str, gamma: float, exponent: float) -> dict[str, Any]:
+    """Config params, plus the model's γ and the rounds' staleness exponent where accepted."""
+    params = dict(config_params)
+    accepted = inspect.signature(strategy_class(name).__init__).parameters
+    if "gamma" in accepted:
+        params.setdefault("gamma", gamma)
+    if "staleness_exponent" in accepted:
+        params.setdefault("staleness_exponent", exponent)
+    return params
+
+
+class Aggregator:
+    """The aggregator of one model. ``run(stop_event)`` or ``start()`` + ``step()`` + ``close()``."""
+
+    def __init__(
+        self,
+        config: FleetConfig,
+        model_id: str,
+        bus: Bus | None = None,
+        options: AggregatorOptions | None = None,
+    ) -> None:
+        self.config = config
+        self.model_cfg = config.model(model_id)
+        self.model_id = model_id
+        self.options = options or AggregatorOptions()
+        rounds = self.model_cfg.rounds
+        if rounds.quorum < rounds.min_sites:
+            raise ConfigError(
+                f"rounds.quorum must be >= rounds.min_sites ({rounds.min_sites}) for model "
+                f"'{model_id}'. Found {rounds.quorum}."
+            )
+        self.strategy = build_strategy(
+            self.model_cfg.strategy.name,
+            **_strategy_params(self.model_cfg.strategy.params, self.model_cfg.strategy.name,
+                               self.model_cfg.gamma, rounds.staleness_exponent),
+        )
+        self.bus = bus if bus is not None else connect(config.bus_url(), config.kafka.client_config())
+        prefix = config.kafka.topic_prefix
+        self.topics = {name: f"{prefix}{name}" for name in
+                       ("rounds", "models", "updates", "deadletter", "checkpoints")}
+        self.group_id = f"{prefix}aggregator.{model_id}"
+        self.public_keys = config.public_keys()
+        self.site_classes = config.site_classes()
+        self.metrics = AggregatorMetrics(model_id, self.model_cfg.gamma)
+        self.budgets = BudgetClient(self.options.budgets_url) if self.options.budgets_url else None
+        self._template = self._initial_weights()
+        self._shapes = shapes_of(self._template)
+        self._crash = self._parse_crash(self.options.crash_at or os.environ.get(CRASH_ENV))
+        self._started = False
+        self._buffer: dict[tuple[str, int], SiteUpdate] = {}
+        self._server: MetricsServer | None = None
+        self._last_lag = 0.0
+
+    # -- set-up ---------------------------------------------------------------------------------
+    def _initial_weights(self) -> dict[str, torch.Tensor]:
+        spec = self.model_cfg.model
+        with torch.random.fork_rng():
+            torch.manual_seed(self.options.seed)
+            model = build_model(spec.name, **spec.params)
+        return {k: v.detach().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
+
+    def _make_consumer(self) -> Consumer:
+        from fairfleet.bus.kafka import KafkaBus, KafkaConsumer
+
+        if isinstance(self.bus, KafkaBus):
+            # Static membership: a restarted aggregator gets its partitions back at once instead
+            # of after the dead member's session timeout (and fences a stray second instance).
+            conf = {**self.bus.client_config, "group.instance.id": self.group_id}
+            return KafkaConsumer(conf, self.group_id, [self.topics["updates"]], True)
+        return self.bus.consumer(self.group_id, [self.topics["updates"]])
+
+    def start(self) -> None:
+        """Create topics, fence older instances, restore the checkpoint (or bootstrap)."""
+        if self._started:
+            return
+        prefix = self.config.kafka.topic_prefix
+        self.bus.create_topics(default_topics(prefix, self.config.kafka.partitions))
+        # Fences any earlier incarnation and aborts its open transaction before we read state.
+        self.producer = self.bus.producer(transactional_id=self.group_id)
+        self.publisher = Publisher(self.producer, self.config.kafka.chunk_bytes)
+        self._dl_producer = self.bus.producer()
+        self._dl_publisher = Publisher(self._dl_producer, self.config.kafka.chunk_bytes)
+        restored = read_checkpoint(self.bus, self.topics["checkpoints"], self.model_id,
+                                   self.options.restore_timeout_s, group_prefix=prefix)
+        self.consumer = self._make_consumer()
+        self.reader = Reader(self.consumer, SERVICE, on_dead_letter=self._reader_dead_letter)
+        if restored is None:
+            self.ckpt = self._bootstrap()
+        else:
+            self._check_restored(restored)
+            self.ckpt = restored
+            event(logger, "restored checkpoint", model=self.model_id, version=restored.version,
+                  round=restored.round, finished=restored.finished)
+        self._theta = self._flat(self.ckpt.weights)
+        self._state = self.ckpt.strategy_state
+        if self.options.metrics_port is not None:
+            self._server = serve(self.metrics.registry, self.options.metrics_port,
+                                 routes={"/status": lambda _q: self.status()})
+            event(logger, "metrics listening", port=self._server.port)
+        self._update_gauges()
+        self._started = True
+
+    def _check_restored(self, ckpt: Checkpoint) -> None:
+        got = {k: (tuple(v.shape), str(v.dtype)) for k, v in ckpt.weights.items()}
+        want = {k: (s, d) for k, (s, d) in self._shapes.items()}
+        if got != want:
+            raise ConfigError(
+                f"Checkpoint of model '{self.model_id}' has tensors {got}; the configured model "
+                f"has {want}. Use a new model id for a new architecture."
+            )
+        if ckpt.strategy_state.strategy != self.strategy.name:
+            raise ConfigError(
+                f"Checkpoint of model '{self.model_id}' belongs to strategy "
+                f"'{ckpt.strategy_state.strategy}'; configured: '{self.strategy.name}'."
+            )
+
+    def _flat(self, weights: dict[str, np.ndarray]) -> np.ndarray:
+        return np.concatenate([np.asarray(weights[k], np.float32).reshape(-1) for k in self._shapes])
+
+    def _weights(self, theta: np.ndarray) -> dict[str, np.ndarray]:
+        return {k: v.numpy() for k, v in unflatten(torch.from_numpy(theta), self._template).items()}
+
+    def _announcement(self, round_: int, version: int) -> RoundAnnouncement:
+        cfg, rounds = self.model_cfg, self.model_cfg.rounds
+        return RoundAnnouncement(
+            model_id=self.model_id, round=round_, model_version=version, mode=rounds.mode,
+            deadline_s=rounds.deadline_s, min_sites=rounds.min_sites, quorum=rounds.quorum,
+            model_spec=cfg.model, training=cfg.training, privacy=cfg.privacy,
+            strategy=self.strategy.name,
+        )
+
+    def _bootstrap(self) -> Checkpoint:
+        weights = {k: v.numpy() for k, v in self._template.items()}
+        ckpt = Checkpoint(
+            model_id=self.model_id, version=0, round=0, weights=weights,
+            strategy_state=self.strategy.initial_state(), announcement=self._announcement(0, 0),
+        )
+        self._commit(ckpt, send_offsets=False)
+        event(logger, "bootstrapped model", model=self.model_id, version=0)
+        return ckpt
+
+    # -- the loop -------------------------------------------------------------------------------
+    @property
+    def finished(self) -> bool:
+        return self._started and self.ckpt.finished
+
+    def run(self, stop_event: threading.Event | None = None) -> None:
+        """Serve until ``stop_event`` is set (or training is finished, if so configured)."""
+        stop = stop_event or threading.Event()
+        self.start()
+        try:
+            while not stop.is_set():
+                if self.finished and self.options.stop_when_finished:
+                    event(logger, "training finished", model=self.model_id, version=self.ckpt.version)
+                    break
+                self.step()
+        finally:
+            self.close()
+
+    def step(self) -> None:
+        """Read at most one message, then close the round if it is due."""
+        self.start()
+        env = self.reader.poll(self.options.poll_timeout_s)
+        if env is not None:
+            self._handle(env)
+        if not self.ckpt.finished and self._round_due():
+            self._close_round()
+        self._update_gauges()
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        if not self._started:
+            return
+        for closer in (self._dl_producer.flush, self.consumer.close):
+            try:
+                closer()
+            except BusError as exc:
+                event(logger, "error while closing", logging.WARNING, error=str(exc))
+        self._started = False
+
+    # -- validation -----------------------------------------------------------------------------
+    def _reader_dead_letter(self, dead: DeadLetter) -> None:
+        self.metrics.reject(dead.reason)
+        self._publish_dead_letter(dead.model_copy(update={"model_id": self.model_id}))
+
+    def _publish_dead_letter(self, dead: DeadLetter) -> None:
+        try:
+            self._dl_publisher.send(self.topics["deadletter"], dead, key=dead.site or None)
+        except BusError as exc:
+            event(logger, "dead letter not published", logging.ERROR, error=str(exc))
+
+    def _reject(self, env: Envelope, msg: SiteUpdateMessage | None, rejection: Rejection) -> None:
+        self.metrics.reject(rejection.reason)
+        if rejection.reason == "late":
+            self.metrics.late.labels(self.model_id).inc()
+        fields: dict[str, object] = {"model_id": self.model_id}
+        if msg is not None:
+            fields.update(site=msg.site, round=msg.round)
+        event(logger, "update rejected", logging.WARNING, reason=rejection.reason,
+              detail=rejection.detail[:300], **fields)
+        self._publish_dead_letter(
+            dead_letter_for(SERVICE, rejection.reason, rejection.detail, env.record, **fields)
+        )
+
+    def _handle(self, env: Envelope) -> None:
+        msg = env.message
+        if not isinstance(msg, SiteUpdateMessage):
+            self._reject(env, None, Rejection("wrong_type", f"Expected an update, got '{msg.TYPE}'."))
+            return
+        if msg.model_id != self.model_id:
+            return  # another model's aggregator handles it
+        result = self._validate(msg, env)
+        if isinstance(result, Rejection):
+            self._reject(env, msg, result)
+            return
+        self._buffer[(msg.site, msg.round)] = result
+        self.metrics.accepted.labels(self.model_id).inc()
+        event(logger, "update accepted", site=msg.site, round=msg.round, buffered=len(self._buffer))
+        self._maybe_crash("accepted", len(self._buffer))
+
+    def _check_round(self, msg: SiteUpdateMessage, ann: RoundAnnouncement) -> Rejection | int:
+        """Round/version checks; returns the staleness τ when the update may be used."""
+        if self.ckpt.finished or msg.round < ann.round - (
+            self.options.max_staleness if ann.mode == "async" else 0
+        ):
+            return Rejection("late", f"Update for round {msg.round}; the open round is "
+                             f"{'none (finished)' if self.ckpt.finished else ann.round}.")
+        if msg.round > ann.round:
+            return Rejection("round_not_open", f"Round {msg.round} is not open (open: {ann.round}).")
+        if ann.mode == "sync":
+            if msg.base_version != ann.model_version:
+                return Rejection("base_version", f"Trained from version {msg.base_version}; round "
+                                 f"{ann.round} announced version {ann.model_version}.")
+            staleness = 0
+        else:
+            staleness = ann.model_version - msg.base_version
+            if not 0 <= staleness <= self.options.max_staleness:
+                return Rejection("base_version", f"Base version {msg.base_version} is outside "
+                                 f"[{ann.model_version - self.options.max_staleness}, {ann.model_version}].")
+        key = (msg.site, msg.round)
+        if key in self._buffer or key in set(self.ckpt.accepted):
+            return Rejection("duplicate", f"Site '{msg.site}' already has an accepted update for "
+                             f"model '{self.model_id}' round {msg.round}.")
+        if any(site == msg.site for site, _ in self._buffer):
+            return Rejection("site_buffered", f"Site '{msg.site}' already has an update in the "
+                             "current buffer.")
+        return staleness
+
+    def _validate(self, msg: SiteUpdateMessage, env: Envelope) -> SiteUpdate | Rejection:
+        ann = self.ckpt.announcement
+        problem = check_identity(msg, self.public_keys, self.site_classes)
+        if problem is not None:
+            return problem
+        if ann is None:
+            return Rejection("late", "Training is finished; no round is open.")
+        staleness = self._check_round(msg, ann)
+        if isinstance(staleness, Rejection):
+            return staleness
+        problem = check_privacy(msg, ann.privacy)
+        if problem is not None:
+            return problem
+        if self.budgets is not None and self.budgets.is_spent(msg.site):
+            return Rejection("budget_spent", f"The accountant reports the budget of '{msg.site}' spent.")
+        checked = check_payload(msg, env.payload, self._shapes, ann)
+        if isinstance(checked, Rejection):
+            return checked
+        if self.strategy.requires_losses and msg.loss is None:
+            return Rejection("missing_loss", f"Strategy '{self.strategy.name}' needs the noisy "
+                             f"loss release; site '{msg.site}' sent none.")
+        loss = NoisyStat(msg.loss.value, msg.loss.noise_std, msg.loss.m) if msg.loss else None
+        return SiteUpdate(
+            site=msg.site, site_class=self.site_classes[msg.site], delta=checked.vector,
+            n_examples=msg.n_examples,
+            noise_std=msg.privacy.noise_std if msg.privacy.enabled else 0.0,
+            loss=loss, staleness=staleness,
+        )
+
+    # -- closing a round ------------------------------------------------------------------------
+    def _round_due(self) -> bool:
+        ann = self.ckpt.announcement
+        if ann is None:
+            return False
+        n = len(self._buffer)
+        if ann.mode == "async":
+            return n >= self.model_cfg.rounds.async_buffer
+        if n >= max(ann.quorum, ann.min_sites):
+            return True
+        return n >= ann.min_sites and time.time() - ann.opened_at >= ann.deadline_s
+
+    def _close_round(self) -> None:
+        ann = self.ckpt.announcement
+        assert ann is not None
+        updates = sorted(self._buffer.values(), key=lambda u: u.site)
+        result = self.strategy.aggregate(self._theta, updates, self._state)
+        new_theta = np.asarray(result.new_global, dtype=np.float32)
+        version, round_ = self.ckpt.version + 1, ann.round + 1
+        finished = round_ >= self.model_cfg.rounds.rounds
+        window = round_ - self.options.max_staleness
+        accepted: tuple[tuple[str, int], ...] = ()
+        if ann.mode == "async":
+            accepted = tuple(sorted(k for k in {*self.ckpt.accepted, *self._buffer} if k[1] >= window))
+        entry = {"round": ann.round, "version": version, "sites": [u.site for u in updates],
+                 "staleness": [u.staleness for u in updates], "closed_at": time.time()}
+        ckpt = Checkpoint(
+            model_id=self.model_id, version=version, round=round_, weights=self._weights(new_theta),
+            strategy_state=result.new_state,
+            announcement=None if finished else self._announcement(round_, version),
+            accepted=accepted, history=(*self.ckpt.history, entry), finished=finished,
+        )
+        try:
+            self._commit(ckpt, send_offsets=True)
+        except BusError as exc:
+            event(logger, "round commit failed; rewinding to the last checkpoint", logging.ERROR,
+                  round=ann.round, error=str(exc))
+            self._rewind()
+            return
+        self.ckpt, self._theta, self._state = ckpt, new_theta, result.new_state
+        self._buffer = {}
+        self._round_metrics(ann, updates, result.diagnostics)
+        event(logger, "round closed", model=self.model_id, round=ann.round, version=version,
+              participants=len(updates), finished=finished)
+
+    def _commit(self, ckpt: Checkpoint, send_offsets: bool) -> None:
+        """One transaction: model release, next announcement, checkpoint, consumer offsets."""
+        payload = to_safetensors_bytes({k: torch.from_numpy(v) for k, v in ckpt.weights.items()})
+        release = ModelRelease(
+            model_id=self.model_id, version=ckpt.version, round=ckpt.round,
+            model_spec=self.model_cfg.model, payload_sha256=sha256_hex(payload),
+            payload_bytes=len(payload),
+        )
+        self.producer.begin_transaction()
+        try:
+            self.publisher.send(self.topics["models"], release, payload, key=self.model_id)
+            if ckpt.announcement is not None:
+                self.publisher.send(self.topics["rounds"], ckpt.announcement, key=self.model_id)
+            publish_checkpoint(self.producer, self.topics["checkpoints"], ckpt,
+                               self.config.kafka.chunk_bytes)
+            if send_offsets:
+                self.producer.send_offsets_to_transaction(self.consumer, self.reader.safe_offsets())
+            self._maybe_crash("before_commit", ckpt.round - 1)
+            self.producer.commit_transaction()
+        except BaseException:
+            try:
+                self.producer.abort_transaction()
+            except BusError as exc:
+                event(logger, "abort failed", logging.ERROR, error=str(exc))
+            raise
+        self._maybe_crash("after_commit", ckpt.round - 1)
+
+    def _rewind(self) -> None:
+        """After an aborted commit: back to the committed offsets and checkpoint."""
+        self.consumer.seek_to_committed()
+        self.reader = Reader(self.consumer, SERVICE, on_dead_letter=self._reader_dead_letter)
+        self._buffer = {}
+
+    # -- metrics & status -----------------------------------------------------------------------
+    def _round_metrics(self, ann: RoundAnnouncement, updates: list[SiteUpdate], diagnostics: dict[str, Any]) -> None:
+        m, model = self.metrics, self.model_id
+        m.rounds.labels(model).inc()
+        m.participants.labels(model).set(len(updates))
+        m.duration.labels(model).observe(max(0.0, time.time() - ann.opened_at))
+        for u in updates:
+            m.staleness.labels(model).observe(u.staleness)
+        with_loss = [u for u in updates if u.loss is not None]
+        report = None
+        if with_loss:
+            report = class_risk_estimates(
+                [u.loss for u in with_loss if u.loss is not None],
+                [u.site_class for u in with_loss],
+                weights=[u.n_examples for u in with_loss],
+            ).to_json()
+        m.fairness(report, diagnostics.get("lambda", {}))
+        self.last_report = report
+
+    def _update_gauges(self) -> None:
+        m, model, ann = self.metrics, self.model_id, self.ckpt.announcement
+        m.model_version.labels(model).set(self.ckpt.version)
+        m.current_round.labels(model).set(self.ckpt.round)
+        if ann is not None:
+            m.open_seconds.labels(model).set(max(0.0, time.time() - ann.opened_at))
+            m.deadline_seconds.labels(model).set(ann.deadline_s)
+        else:
+            m.open_seconds.labels(model).set(0.0)
+        if time.monotonic() - self._last_lag > 5.0:
+            self._last_lag = time.monotonic()
+            try:
+                m.lag.labels(SERVICE, self.topics["updates"]).set(self.consumer.lag())
+            except Exception as exc:  # lag is best-effort telemetry; never stop the loop for it
+                event(logger, "lag unavailable", logging.DEBUG, error=str(exc))
+
+    def status(self) -> dict[str, Any]:
+        """JSON for /status: the committed state and the open round's buffer."""
+        return {
+            "model": self.model_id, "version": self.ckpt.version, "round": self.ckpt.round,
+            "finished": self.ckpt.finished, "buffered": sorted(s for s, _ in self._buffer),
+            "strategy": self.strategy.name, "history": list(self.ckpt.history[-10:]),
+        }
+
+    def global_vector(self) -> np.ndarray:
+        """A copy of the current global model as one flat float32 vector."""
+        return self._theta.copy()
+
+    def global_state_dict(self) -> dict[str, torch.Tensor]:
+        return unflatten(torch.from_numpy(self._theta.copy()), self._template)
+
+    # -- test hook ------------------------------------------------------------------------------
+    @staticmethod
+    def _parse_crash(spec: str | None) -> tuple[str, int, int] | None:
+        if not spec:
+            return None
+        parts = spec.split(":")
+        if parts[0] not in ("accepted", "before_commit", "after_commit") or len(parts) not in (2, 3):
+            raise ConfigError(f"{CRASH_ENV} must be 'accepted|before_commit|after_commit:round[:n]'. "
+                              f"Found {spec!r}.")
+        return parts[0], int(parts[1]), int(parts[2]) if len(parts) == 3 else 1
+
+    def _maybe_crash(self, point: str, count_or_round: int) -> None:
+        if self._crash is None:
+            return
+        where, round_, n = self._crash
+        current = self.ckpt.round if point == "accepted" else count_or_round
+        if where == point and round_ == current and (point != "accepted" or count_or_round == n):
+            event(logger, "crash hook: SIGKILL", point=point, round=round_)
+            logging.shutdown()
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def flat_weights(state: dict[str, torch.Tensor]) -> np.ndarray:
+    """Flat float32 vector of a state dict (key order), e.g. of a received ModelRelease."""
+    return flatten(state).numpy()
+
+
+__all__ = ["CRASH_ENV", "Aggregator", "AggregatorOptions", "flat_weights"]

@@ -1,0 +1,179 @@
+"""Validation of site updates before they reach a strategy (no I/O; the service wires it).
+
+Every check returns a :class:`Rejection` (a reason from :data:`REASONS` plus a detail naming the
+bad value) or passes. Order: cheap header checks first (signature, class, round, duplicate,
+privacy plan), then the payload (shape, dtype, NaN/Inf, norm, loss).
+
+The norm bound. A site releases ``Δ̃ = clip_C(Δ) + N(0, s² I_d)``. The clipped part has norm at
+most ``C``; the noise norm ``‖z‖`` is a 1-Lipschitz function of a standard Gaussian vector
+scaled by ``s``, so by Gaussian concentration ``P(‖z‖ ≥ s(√d + t)) ≤ exp(−t²/2)``
+(E‖z‖ ≤ s√d). With ``t = 6`` an honest update is rejected with probability ≤ e^{−18} ≈ 1.5e-8,
+so we reject when ``‖Δ̃‖ > C + s(√d + 6)``: a site cannot hide an over-norm update in the noise.
+For DP-SGD the clip applies per example and per step: the clipped part of the delta is at most
+``lr · C · Σ_t |B_t| / (q n)``; ``Σ_t |B_t| ~ Binomial(T n, q)`` is below ``T q n + 6√(T q n)``
+except with negligible probability, so its bound is ``lr C T (1 + 6/√(T q n))``, and the noise
+std in the delta is ``lr σ C √T / (q n)`` (the FedProx shrink only lowers both).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from fairfleet.errors import PayloadError
+from fairfleet.learning.tensors import flatten, from_safetensors_bytes, shapes_of
+from fairfleet.messages import LocalTrainingPlan, PrivacyPlan, RoundAnnouncement, SiteUpdate
+from fairfleet.signing import verify
+
+NOISE_TAIL_SIGMAS = 6.0
+
+REASONS = (
+    "unknown_site",       # site not in the fleet config
+    "bad_signature",      # unsigned, wrong key id, or signature does not verify
+    "schema_version",     # a schema version this build does not read (counted from the Reader)
+    "schema",             # malformed message (from the Reader)
+    "payload",            # payload framing / safetensors / chunk problems
+    "wrong_type",         # not a SiteUpdate on the updates topic
+    "site_class",         # the class in the message is not the site's configured class
+    "late",               # for a round that has closed (also counted in late_updates_total)
+    "round_not_open",     # for a round that was never opened (future or unknown)
+    "base_version",       # trained from another model version than the round announced
+    "duplicate",          # (site, model, round) already accepted
+    "site_buffered",      # async: the site already has an update in the current buffer
+    "privacy_plan",       # privacy settings weaker than the announced plan
+    "budget_spent",       # the accountant's ledger says the site's budget is spent
+    "shape",              # tensor names or shapes differ from the global model
+    "dtype",              # tensor dtypes differ from the global model
+    "non_finite",         # NaN or Inf in the delta or the loss
+    "norm",               # ‖Δ̃‖ above the announced clip bound plus the noise allowance
+    "missing_loss",       # the strategy needs the noisy loss release and there is none
+)
+
+
+@dataclass(frozen=True)
+class Rejection:
+    reason: str
+    detail: str
+
+    def __post_init__(self) -> None:
+        if self.reason not in REASONS:
+            raise ValueError(f"Unknown rejection reason {self.reason!r}; known: {REASONS}.")
+
+
+def noise_std_for(plan: PrivacyPlan, training: LocalTrainingPlan, n_examples: int) -> float:
+    """Per-coordinate noise std the announced plan puts into a site's delta."""
+    if plan.mechanism == "off":
+        return 0.0
+    if plan.mechanism == "update":
+        return plan.noise_multiplier * plan.clip_norm
+    q = plan.sampling_rate or 1.0
+    steps = training.epochs * max(1, math.floor(1.0 / q))
+    return training.lr * plan.noise_multiplier * plan.clip_norm * math.sqrt(steps) / (q * n_examples)
+
+
+def norm_bound(plan: PrivacyPlan, training: LocalTrainingPlan, n_examples: int, dim: int) -> float:
+    """Largest ‖Δ̃‖ an honest site produces under ``plan`` (module docstring); inf if DP is off."""
+    if plan.mechanism == "off":
+        return math.inf
+    noise = noise_std_for(plan, training, n_examples) * (math.sqrt(dim) + NOISE_TAIL_SIGMAS)
+    if plan.mechanism == "update":
+        return plan.clip_norm + noise
+    q = plan.sampling_rate or 1.0
+    steps = training.epochs * max(1, math.floor(1.0 / q))
+    expected = steps * q * n_examples
+    clipped = training.lr * plan.clip_norm * steps * (1.0 + NOISE_TAIL_SIGMAS / math.sqrt(expected))
+    return clipped + noise
+
+
+def check_identity(
+    msg: SiteUpdate, public_keys: dict[str, str], site_classes: dict[str, str]
+) -> Rejection | None:
+    """Known site, valid Ed25519 signature, configured class."""
+    problem = verify(msg, public_keys)
+    if problem is not None:
+        reason = "unknown_site" if problem.startswith("unknown site") else "bad_signature"
+        return Rejection(reason, f"Update from site '{msg.site}': {problem}.")
+    expected = site_classes.get(msg.site)
+    if expected is not None and msg.site_class != expected:
+        return Rejection(
+            "site_class",
+            f"Site '{msg.site}' is configured as class '{expected}'. Found '{msg.site_class}'.",
+        )
+    return None
+
+
+def check_privacy(msg: SiteUpdate, plan: PrivacyPlan) -> Rejection | None:
+    """The update was privatised at least as strongly as the announced plan asks."""
+    got = msg.privacy
+    if plan.mechanism == "off":
+        return None
+    tol = 1e-9
+    problems = []
+    if not got.enabled:
+        problems.append("privacy disabled")
+    if got.mechanism != plan.mechanism:
+        problems.append(f"mechanism {got.mechanism!r} (announced {plan.mechanism!r})")
+    if got.noise_multiplier < plan.noise_multiplier - tol:
+        problems.append(
+            f"noise_multiplier {got.noise_multiplier} < announced {plan.noise_multiplier}"
+        )
+    if got.clip_norm > plan.clip_norm + tol:
+        problems.append(f"clip_norm {got.clip_norm} > announced {plan.clip_norm}")
+    if problems:
+        return Rejection("privacy_plan", f"Update from '{msg.site}': {'; '.join(problems)}.")
+    return None
+
+
+@dataclass(frozen=True)
+class CheckedDelta:
+    """A decoded, validated delta as one flat float32 vector."""
+
+    vector: np.ndarray
+    norm: float
+
+
+def check_payload(
+    msg: SiteUpdate,
+    payload: bytes | memoryview,
+    expected_shapes: dict[str, tuple[tuple[int, ...], str]],
+    announcement: RoundAnnouncement,
+) -> CheckedDelta | Rejection:
+    """Decode the safetensors delta; check names/shapes, dtypes, finiteness and the norm bound."""
+    try:
+        delta = from_safetensors_bytes(bytes(payload))
+    except PayloadError as exc:
+        return Rejection("payload", str(exc))
+    got = shapes_of(delta)
+    if set(got) != set(expected_shapes) or any(
+        got[k][0] != expected_shapes[k][0] for k in expected_shapes
+    ):
+        diff = {k: got.get(k, (None,))[0] for k in sorted(set(got) | set(expected_shapes))
+                if got.get(k, (None,))[0] != expected_shapes.get(k, (None,))[0]}
+        expected = {k: expected_shapes.get(k, (None,))[0] for k in diff}
+        return Rejection("shape", f"Delta from '{msg.site}' has shapes {diff}; the model has {expected}.")
+    wrong_dtype = {k: got[k][1] for k in expected_shapes if got[k][1] != expected_shapes[k][1]}
+    if wrong_dtype:
+        return Rejection(
+            "dtype",
+            f"Delta from '{msg.site}' has dtypes {wrong_dtype}; the model's are "
+            f"{ {k: expected_shapes[k][1] for k in wrong_dtype} }.",
+        )
+    ordered = {k: delta[k] for k in expected_shapes}
+    bad = [k for k, t in ordered.items() if not bool(torch.isfinite(t).all())]
+    if bad:
+        return Rejection("non_finite", f"Delta from '{msg.site}' has NaN/Inf in {bad}.")
+    if msg.loss is not None and not math.isfinite(msg.loss.value):
+        return Rejection("non_finite", f"Loss release from '{msg.site}' is {msg.loss.value}.")
+    vector = flatten(ordered).numpy().astype(np.float32, copy=False)
+    norm = float(np.linalg.norm(vector.astype(np.float64)))
+    bound = norm_bound(announcement.privacy, announcement.training, msg.n_examples, vector.size)
+    if norm > bound:
+        return Rejection(
+            "norm",
+            f"‖Δ̃‖ of '{msg.site}' is {norm:.6g}, above the bound {bound:.6g} "
+            f"(clip {announcement.privacy.clip_norm} plus the noise allowance for d={vector.size}).",
+        )
+    return CheckedDelta(vector, norm)

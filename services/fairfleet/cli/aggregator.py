@@ -1,0 +1,48 @@
+"""`fairfleet aggregator run`: the aggregator service of one model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+aggregator_app = typer.Typer(help="The aggregator of one model (rounds, fair aggregation).",
+                             no_args_is_help=True)
+
+
+@aggregator_app.command("run")
+def run_cmd(
+    config: Path = typer.Option(..., "--config", help="The fleet config file."),
+    model: str = typer.Option(..., "--model", help="Model id from the config."),
+    metrics_port: int | None = typer.Option(
+        None, "--metrics-port", help="Port for /metrics (0 = free port; default: the model's)."
+    ),
+    budgets_url: str | None = typer.Option(
+        None, "--budgets-url", help="The accountant's /budgets JSON URL (optional check)."
+    ),
+    seed: int = typer.Option(0, help="Seed of the initial weights."),
+    keep_running: bool = typer.Option(
+        False, "--keep-running", help="Stay up after the last configured round."
+    ),
+) -> None:
+    """Run until SIGTERM/SIGINT (or until the configured rounds are done)."""
+    import signal
+    import threading
+
+    from fairfleet.aggregator import Aggregator, AggregatorOptions
+    from fairfleet.config import load_config
+    from fairfleet.log import configure
+
+    configure("aggregator")
+    cfg = load_config(config)
+    port = cfg.model(model).metrics_port if metrics_port is None else metrics_port
+    options = AggregatorOptions(seed=seed, metrics_port=port, budgets_url=budgets_url,
+                                stop_when_finished=not keep_running)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    Aggregator(cfg, model, options=options).run(stop)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(aggregator_app, name="aggregator")
