@@ -1,0 +1,97 @@
+"""Grafana provisioning and dashboards: consistent with compose, generated, and complete."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import yaml
+from deploykit import DASHBOARDS, DEPLOY, REPO, compose
+
+PROVISIONING = DEPLOY / "grafana" / "provisioning"
+
+
+def _mount_target(service: str, host_path: str) -> str:
+    for vol in compose()["services"][service]["volumes"]:
+        src, _, rest = vol.partition(":")
+        if src.rstrip("/") == host_path.rstrip("/"):
+            return rest.split(":")[0]
+    raise AssertionError(f"{service} does not mount {host_path}")
+
+
+def test_datasource_points_at_the_compose_prometheus() -> None:
+    files = sorted((PROVISIONING / "datasources").glob("*.yaml"))
+    assert files
+    data = yaml.safe_load(files[0].read_text())
+    assert data["apiVersion"] == 1
+    (ds,) = data["datasources"]
+    assert ds["type"] == "prometheus" and ds["uid"] == "prometheus"
+    prom = compose()["services"]["prometheus"]
+    assert ds["url"] == f"http://prometheus:{prom['ports'][0].split(':')[-1]}"
+    assert _mount_target("grafana", "./deploy/grafana/provisioning") == "/etc/grafana/provisioning"
+
+
+def test_dashboard_provider_reads_the_mounted_folder() -> None:
+    files = sorted((PROVISIONING / "dashboards").glob("*.yaml"))
+    assert files
+    (provider,) = yaml.safe_load(files[0].read_text())["providers"]
+    assert provider["type"] == "file"
+    assert provider["options"]["path"] == _mount_target("grafana", "./deploy/grafana/dashboards")
+    home = compose()["services"]["grafana"]["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert home.startswith(provider["options"]["path"] + "/")
+    assert (DASHBOARDS / home.rsplit("/", 1)[1]).is_file()
+
+
+def test_dashboards_are_generated_and_current() -> None:
+    res = subprocess.run([sys.executable, str(DEPLOY / "grafana" / "generate_dashboards.py"), "--check"],
+                         capture_output=True, text=True, check=False)
+    assert res.returncode == 0, res.stderr
+
+
+def test_dashboards_are_well_formed() -> None:
+    uids = set()
+    for path in sorted(DASHBOARDS.glob("*.json")):
+        board = json.loads(path.read_text())
+        assert board["uid"] not in uids
+        uids.add(board["uid"])
+        ids = [p["id"] for p in board["panels"]]
+        assert len(ids) == len(set(ids)), path.name
+        variables = {v["name"] for v in board["templating"]["list"]}
+        for panel in board["panels"]:
+            pos = panel["gridPos"]
+            assert 0 <= pos["x"] and pos["x"] + pos["w"] <= 24, (path.name, panel["title"])
+            if panel["type"] == "row":
+                continue
+            assert panel["datasource"] == {"type": "prometheus", "uid": "prometheus"}
+            assert panel["targets"], (path.name, panel["title"])
+            for target in panel["targets"]:
+                for var in ("$model", "$site", "$class"):
+                    if var in target["expr"]:
+                        assert var[1:] in variables, (path.name, panel["title"], var)
+    assert len(uids) == 4
+
+
+def _titles(name: str) -> str:
+    board = json.loads((DASHBOARDS / name).read_text())
+    return " | ".join(p["title"].lower() for p in board["panels"])
+
+
+def test_dashboards_show_what_the_issue_asks_for() -> None:
+    overview = _titles("fleet-overview.json")
+    for word in ("round", "participants", "model version"):
+        assert word in overview
+    fairness = json.loads((DASHBOARDS / "fairness.json").read_text())
+    titles = _titles("fairness.json")
+    assert "gamma" in titles and "multipliers" in titles
+    band = next(p for p in fairness["panels"] if "band" in p["title"])
+    assert band["repeat"] == "class" and len(band["targets"]) == 3
+    props = [p for o in band["fieldConfig"]["overrides"] for p in o["properties"]]
+    assert {"id": "custom.fillBelowTo", "value": "lower 95%"} in props
+    privacy = _titles("privacy.json")
+    for word in ("policy limit", "burn rate", "projected exhaustion", "budget used"):
+        assert word in privacy
+    pipeline = _titles("pipeline-health.json")
+    for word in ("lag", "rejected", "training time", "round open"):
+        assert word in pipeline
+    assert (REPO / "docs" / "operations.md").read_text().count("dashboard") >= 4
