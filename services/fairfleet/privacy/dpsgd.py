@@ -31,6 +31,7 @@ import torch
 from opacus import GradSampleModule
 from opacus.optimizers import DPOptimizer
 from opacus.utils.uniform_sampler import UniformWithReplacementSampler
+from opacus.validators import ModuleValidator
 
 from fairfleet.errors import ConfigError
 from fairfleet.privacy.mechanisms import secure_generator
@@ -212,6 +213,14 @@ class DpSgd:
         self.sampling_rate = validate_sampling_rate(sampling_rate)
         self.noise_multiplier = validate_noise_multiplier(noise_multiplier)
         self.clip_norm = validate_clip_norm(clip_norm)
+        incompatible = ModuleValidator.validate(model, strict=False)
+        if incompatible:
+            raise ConfigError(
+                f"Model {type(model).__name__} cannot be trained with DP-SGD: "
+                + "; ".join(str(err).split(".")[0] for err in incompatible)
+                + ". Replace the layers (e.g. opacus.layers.DPGRU for nn.GRU, GroupNorm for "
+                "BatchNorm; opacus.validators.ModuleValidator.fix does both)."
+            )
         self.n_examples = int(n_examples)
         self.expected_batch_size = self.sampling_rate * self.n_examples
         grad_sample_mode = resolve_grad_sample_mode(
@@ -287,7 +296,9 @@ class DpSgd:
             norms: torch.Tensor | None = None
         elif self.grad_sample_mode == "ghost":
             norms = self._ghost_backward(per_example_losses)
-            opt.accumulate()
+            for p in opt.params:  # Opacus' accumulate() deep-copies p.grad; it is ours to take
+                p.summed_grad = p.grad if p.grad is not None else torch.zeros_like(p)
+                p.grad = None
         else:
             per_example_losses.sum().backward()
             opt.clip_and_accumulate()

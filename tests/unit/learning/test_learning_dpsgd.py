@@ -13,6 +13,7 @@ import dp_accounting
 import pytest
 import torch
 from learning_testkit import flat, regression_data, std_tolerance
+from opacus.layers import DPGRU
 from torch import nn
 
 from fairfleet.errors import ConfigError
@@ -189,3 +190,23 @@ def test_secure_rng_is_not_reproducible_but_has_the_same_event() -> None:
     b = local_train(model, x, y, "regression", config, seed=0)
     assert not torch.equal(flat(a.delta), flat(b.delta))
     assert a.dp_event == b.dp_event
+
+
+def test_layers_dp_sgd_cannot_handle_are_rejected_up_front() -> None:
+    x, y = torch.randn(16, 5, 3), torch.randn(16)
+
+    class GruHead(nn.Module):
+        def __init__(self, gru: nn.Module) -> None:
+            super().__init__()
+            self.gru, self.head = gru, nn.Linear(4, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.gru(x)[0][:, -1])
+
+    with pytest.raises(ConfigError, match="GRU"):
+        local_train(GruHead(nn.GRU(3, 4, batch_first=True)), x, y, "regression", DP, seed=0)
+    ok = local_train(GruHead(DPGRU(3, 4, batch_first=True)), x, y, "regression", DP, seed=0)
+    assert ok.steps == 4  # opacus' DP-compatible GRU trains (auto -> hooks)
+    with pytest.raises(ConfigError, match="BatchNorm"):
+        local_train(nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 1)),
+                    x[:, 0], y, "regression", DP, seed=0)
