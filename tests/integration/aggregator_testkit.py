@@ -14,10 +14,12 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import yaml
 
 from fairfleet.bus import Bus, Publisher, Reader
 from fairfleet.config import FleetConfig, parse_config
@@ -70,6 +72,12 @@ def fleet_config(
         "sites": [{"id": s, "class": c, "public_key": keys[s][1], "models": [MODEL]} for s, c, _ in sites],
     }
     return parse_config(data), {s: k[0] for s, k in keys.items()}
+
+
+def write_config(cfg: FleetConfig, path: Path) -> Path:
+    """The config as a YAML file (for subprocess services)."""
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json", by_alias=True)))
+    return path
 
 
 @dataclass
