@@ -25,9 +25,11 @@ Privacy modes (the released delta = w_local - w_g is already privatised):
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import dp_accounting
 import torch
@@ -98,6 +100,34 @@ class LocalTrainConfig:
                 f"grad_sample_mode must be one of {list(dpsgd.GRAD_SAMPLE_MODES)}. "
                 f"Found {self.grad_sample_mode!r}."
             )
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> LocalTrainConfig:
+        """Build from a config mapping (YAML/JSON); unknown keys raise ConfigError naming them."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"Unknown training config keys {unknown}. Known: {sorted(known)}.")
+        return cls(**dict(values))
+
+    def planned_dp_event(self) -> dp_accounting.DpEvent | None:
+        """The event one ``local_train`` call with this config will spend, known *before* training
+        (the site reserves it with the accountant first). Equal to ``LocalTrainResult.dp_event``.
+        """
+        if self.privacy == "off":
+            return None
+        if self.privacy == "dpsgd":
+            q = dpsgd.validate_sampling_rate(self.sampling_rate)
+            return dpsgd.dpsgd_event(q, self.noise_multiplier,
+                                     self.epochs * dpsgd.steps_per_epoch(q))
+        return GaussianUpdateMechanism(self.clip_norm, self.noise_multiplier).dp_event()
+
+    @property
+    def privacy_unit(self) -> PrivacyUnit | None:
+        """observation (dpsgd), site (update) or None (off)."""
+        return {"off": None, "dpsgd": PrivacyUnit.OBSERVATION, "update": PrivacyUnit.SITE}[
+            self.privacy
+        ]
 
 
 @dataclass

@@ -163,3 +163,28 @@ def test_evaluate_metrics() -> None:
     assert m["mae"] == pytest.approx(float(yr.abs().mean()), rel=1e-6)
     assert m["rmse"] == pytest.approx(float(yr.pow(2).mean().sqrt()), rel=1e-6)
     assert m["loss"] == pytest.approx(float(yr.pow(2).mean()), rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [LocalTrainConfig(), DP, dataclasses.replace(DP, epochs=3, sampling_rate=0.3),
+     dataclasses.replace(DP, noise_multiplier=0.0),
+     LocalTrainConfig(privacy="update", noise_multiplier=2.0),
+     LocalTrainConfig(privacy="update", noise_multiplier=0.0)],
+)
+def test_planned_event_is_what_training_spends(config: LocalTrainConfig) -> None:
+    """The site reserves config.planned_dp_event() before training; it must be exact."""
+    model = build_model("linear", in_features=8)
+    x, y = regression_data(n=64)
+    result = local_train(model, x, y, "regression", config, seed=0)
+    assert config.planned_dp_event() == result.dp_event
+    assert config.privacy_unit == result.privacy_unit
+
+
+def test_from_mapping() -> None:
+    config = LocalTrainConfig.from_mapping(
+        {"privacy": "dpsgd", "sampling_rate": 0.1, "noise_multiplier": 1.0}
+    )
+    assert config == dataclasses.replace(DP, lr=0.05, sampling_rate=0.1)
+    with pytest.raises(ConfigError, match="noise_multipler"):
+        LocalTrainConfig.from_mapping({"noise_multipler": 1.0})
