@@ -1,0 +1,301 @@
+"""Reports people look at: PNG plots and an HTML page with a plain-language reading.
+
+``write_report(doc, out_dir)`` takes the document of :func:`fairfleet.sim.decompose.decompose`
+and writes ``terms.png`` (the four terms stacked per risk, with 95% CIs), ``class_risk.png``
+(each class's risk under each configuration), ``sweep.png`` (how each term moves with ε and γ,
+when swept), ``rounds.png`` (class gap and ε spent per round), ``decomposition.json`` and
+``index.html``. ``write_demo_report`` does the same for a ``fairfleet demo`` run.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+TERM_LABELS = {
+    "statistical": "statistical + heterogeneity",
+    "privacy": "privacy cost",
+    "fairness": "fairness tax",
+    "interaction": "privacy × fairness",
+}
+TERM_COLOURS = {
+    "statistical": "#7f8c8d",
+    "privacy": "#2e86de",
+    "fairness": "#e67e22",
+    "interaction": "#8e44ad",
+}
+CONFIG_LABELS = {
+    "oracle": "oracle θ*",
+    "theta00": "θ00 plain",
+    "theta10": "θ10 private",
+    "theta01": "θ01 fair",
+    "theta11": "θ11 private+fair",
+}
+CONFIG_COLOURS = {
+    "oracle": "#2c3e50",
+    "theta00": "#95a5a6",
+    "theta10": "#2e86de",
+    "theta01": "#e67e22",
+    "theta11": "#8e44ad",
+}
+
+
+def _plt() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update({"font.size": 11, "axes.spines.top": False, "axes.spines.right": False})
+    return plt
+
+
+def _err(stat: dict[str, Any]) -> tuple[float, float]:
+    """(lower, upper) error-bar lengths from a {mean, ci_low, ci_high} (0 without a CI)."""
+    if stat.get("ci_low") is None:
+        return 0.0, 0.0
+    return stat["mean"] - stat["ci_low"], stat["ci_high"] - stat["mean"]
+
+
+def risk_order(doc: dict[str, Any]) -> list[str]:
+    return ["fleet", "worst_class", *doc["classes"]]
+
+
+def risk_label(risk: str) -> str:
+    return {"fleet": "fleet", "worst_class": "worst class"}.get(risk, f"class {risk}")
+
+
+def plot_terms(doc: dict[str, Any], path: Path) -> None:
+    """Stacked bars: the four terms per risk (positive up, negative down), CI whiskers, total."""
+    plt = _plt()
+    risks = risk_order(doc)
+    fig, ax = plt.subplots(figsize=(max(7.0, 1.6 * len(risks) + 2), 5.2))
+    for i, risk in enumerate(risks):
+        up = down = 0.0
+        for term in TERM_LABELS:
+            stat = doc["terms"][risk][term]
+            value = stat["mean"]
+            base = up if value >= 0 else down
+            ax.bar(i, value, 0.6, bottom=base, color=TERM_COLOURS[term],
+                   label=TERM_LABELS[term] if i == 0 else None, edgecolor="white")
+            top = base + value
+            lo, hi = _err(stat)
+            if lo or hi:
+                # One whisker per term, side by side inside the bar, at the segment's end.
+                offset = 0.2 * (list(TERM_LABELS).index(term) - 1.5) / 1.5
+                ax.errorbar(i + offset, top, yerr=[[lo], [hi]], fmt="none",
+                            ecolor=TERM_COLOURS[term], elinewidth=1.5, capsize=3, alpha=0.9)
+            if value >= 0:
+                up = top
+            else:
+                down = top
+        total = sum(doc["terms"][risk][t]["mean"] for t in TERM_LABELS)
+        ax.plot(i + 0.38, total, marker="<", color="black", markersize=8, linestyle="none",
+                label="total J(θ11) − J(θ*)" if i == 0 else None, zorder=5)
+        ax.annotate(f"{total:+.3g}", (i + 0.38, total), textcoords="offset points",
+                    xytext=(6, -4), fontsize=9)
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_xticks(range(len(risks)), [risk_label(r) for r in risks])
+    ax.set_ylabel("excess risk over the oracle (test loss)")
+    ax.set_xlim(-0.6, len(risks) - 0.2)
+    ax.set_title(
+        f"Where the excess risk comes from — {doc['fleet']}, ε={doc['epsilon']:g}, "
+        f"γ={doc['gamma']:g}, {len(doc['seeds'])} seeds (95% CIs)"
+    )
+    ax.legend(loc="upper left", fontsize=9, frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_class_risk(doc: dict[str, Any], path: Path) -> None:
+    """Grouped bars: each risk under each of the five configurations, with 95% CIs."""
+    plt = _plt()
+    risks = risk_order(doc)
+    configs = list(CONFIG_LABELS)
+    width = 0.8 / len(configs)
+    fig, ax = plt.subplots(figsize=(max(7.0, 1.7 * len(risks) + 2), 5.0))
+    for j, config in enumerate(configs):
+        xs = [i + (j - (len(configs) - 1) / 2) * width for i in range(len(risks))]
+        stats = [doc["risks"][r][config] for r in risks]
+        errs = list(zip(*[_err(s) for s in stats], strict=True))
+        ax.bar(xs, [s["mean"] for s in stats], width, color=CONFIG_COLOURS[config],
+               label=CONFIG_LABELS[config], yerr=errs, capsize=2, error_kw={"elinewidth": 1})
+    ax.set_xticks(range(len(risks)), [risk_label(r) for r in risks])
+    ax.set_ylabel("test loss (lower is better)")
+    ax.set_title("Risk of each site class under each configuration")
+    ax.legend(ncol=3, fontsize=9, frameon=False, loc="upper left")
+    top = max(doc["risks"][r][c]["mean"] for r in risks for c in configs)
+    ax.set_ylim(0, top * 1.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_sweep(doc: dict[str, Any], path: Path) -> bool:
+    """Terms against ε (at the first γ) and against γ (at the first ε); False if nothing swept."""
+    epsilons = sorted({p["epsilon"] for p in doc["sweep"]})
+    gammas = sorted({p["gamma"] for p in doc["sweep"]})
+    axes_spec = []
+    if len(epsilons) > 1:
+        axes_spec.append(("epsilon", "privacy budget ε (log scale)", doc["gamma"], "gamma"))
+    if len(gammas) > 1:
+        axes_spec.append(("gamma", "fairness bound γ", doc["epsilon"], "epsilon"))
+    if not axes_spec:
+        return False
+    plt = _plt()
+    fig, axes = plt.subplots(len(axes_spec), 2, figsize=(12, 4.2 * len(axes_spec)), squeeze=False)
+    for row, (key, xlabel, fixed, fixed_key) in enumerate(axes_spec):
+        points = sorted((p for p in doc["sweep"] if p[fixed_key] == fixed), key=lambda p: p[key])
+        xs = [p[key] for p in points]
+        for col, risk in enumerate(("fleet", "worst_class")):
+            ax = axes[row][col]
+            for term in TERM_LABELS:
+                stats = [p["terms"][risk][term] for p in points]
+                means = [s["mean"] for s in stats]
+                ax.plot(xs, means, marker="o", color=TERM_COLOURS[term], label=TERM_LABELS[term])
+                if all(s["ci_low"] is not None for s in stats):
+                    ax.fill_between(xs, [s["ci_low"] for s in stats], [s["ci_high"] for s in stats],
+                                    color=TERM_COLOURS[term], alpha=0.15)
+            if key == "epsilon":
+                from matplotlib.ticker import FixedLocator, NullLocator
+
+                ax.set_xscale("log")
+                ax.xaxis.set_major_locator(FixedLocator(xs))
+                ax.xaxis.set_minor_locator(NullLocator())
+                ax.set_xticks(xs, [f"{x:g}" for x in xs])
+            ax.axhline(0, color="black", linewidth=0.8)
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel("term (excess test loss)")
+            other = f"γ={fixed:g}" if key == "epsilon" else f"ε={fixed:g}"
+            ax.set_title(f"{risk_label(risk)} risk: terms vs {key} ({other})")
+            ax.legend(fontsize=8, frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def plot_rounds(doc: dict[str, Any], path: Path) -> None:
+    """Per round: max−min class risk gap of each configuration, and ε spent per site."""
+    plt = _plt()
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.4))
+    for config, hist in doc["history"].items():
+        rounds = [h["round"] for h in hist["rounds"]]
+        ax1.plot(rounds, [h["gap"] for h in hist["rounds"]], color=CONFIG_COLOURS[config],
+                 label=CONFIG_LABELS[config], marker="." if len(rounds) < 40 else None)
+        if hist["noise_multiplier"] > 0:
+            ax2.plot(rounds, hist["epsilon_spent"], color=CONFIG_COLOURS[config],
+                     label=f"{CONFIG_LABELS[config]} (z={hist['noise_multiplier']:.2f}, "
+                     f"{hist['releases_per_round']} releases/round)")
+    ax1.set_xlabel("round")
+    ax1.set_ylabel("worst − best class risk")
+    ax1.set_title("Gap between site classes, per round (mean over seeds)")
+    ax1.legend(fontsize=9, frameon=False)
+    ax2.axhline(doc["epsilon"], color="red", linestyle="--", linewidth=1, label=f"budget ε={doc['epsilon']:g}")
+    ax2.set_xlabel("round")
+    ax2.set_ylabel(f"ε spent per site (δ={doc['delta']:g})")
+    ax2.set_title("Privacy spent by every site, per round")
+    ax2.legend(fontsize=9, frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _fmt(stat: dict[str, Any]) -> str:
+    if stat.get("ci_low") is None:
+        return f"{stat['mean']:+.4f}"
+    return f"{stat['mean']:+.4f} [{stat['ci_low']:+.4f}, {stat['ci_high']:+.4f}]"
+
+
+def reading(doc: dict[str, Any]) -> list[str]:
+    """The plain-language reading of a decomposition, one sentence per paragraph."""
+    fleet, worst = doc["terms"]["fleet"], doc["terms"]["worst_class"]
+    risks = doc["risks"]
+    total = sum(fleet[t]["mean"] for t in TERM_LABELS)
+    dom = doc["dominant"]["fleet"]
+    share = abs(fleet[dom]["mean"]) / max(sum(abs(fleet[t]["mean"]) for t in TERM_LABELS), 1e-12)
+    worst_cls = max(doc["classes"], key=lambda c: risks[c]["theta00"]["mean"])
+    out = [
+        f"The model trained with both privacy (ε={doc['epsilon']:g}, δ={doc['delta']:g}) and the "
+        f"fairness bound (γ={doc['gamma']:g}) has a fleet test loss of "
+        f"{risks['fleet']['theta11']['mean']:.4f}; a model trained on all data pooled in one place, "
+        f"with neither, reaches {risks['fleet']['oracle']['mean']:.4f}. The difference, "
+        f"{total:+.4f}, splits into four parts (bars in the first figure).",
+        f"The largest part is the <b>{TERM_LABELS[dom]}</b> ({fleet[dom]['mean']:+.4f}, "
+        f"{share:.0%} of the absolute total).",
+        f"Without privacy or fairness the worst-off class is <b>{worst_cls}</b> "
+        f"({risks[worst_cls]['theta00']['mean']:.4f} vs {risks['fleet']['theta00']['mean']:.4f} for "
+        f"the fleet). The fairness tax on the fleet is {fleet['fairness']['mean']:+.4f}; on the "
+        f"worst class it is {worst['fairness']['mean']:+.4f} (negative means fairness helped it).",
+        f"Privacy costs {fleet['privacy']['mean']:+.4f} on the fleet and "
+        f"{worst['privacy']['mean']:+.4f} on the worst class. The interaction "
+        f"({fleet['interaction']['mean']:+.4f} on the fleet) is what privacy and fairness cost "
+        "together beyond their separate costs: the fairness weights are steered by noisy loss "
+        "releases, and those releases share the privacy budget with the model updates.",
+        "A term whose interval contains 0 is not distinguishable from no effect with this many "
+        "seeds; run more seeds to narrow the intervals.",
+    ]
+    return out
+
+
+def _terms_table(doc: dict[str, Any]) -> str:
+    head = "".join(f"<th>{html.escape(TERM_LABELS[t])}</th>" for t in TERM_LABELS)
+    rows = []
+    for risk in risk_order(doc):
+        cells = "".join(f"<td>{_fmt(doc['terms'][risk][t])}</td>" for t in TERM_LABELS)
+        dom = TERM_LABELS[doc["dominant"][risk]]
+        rows.append(f"<tr><th>{html.escape(risk_label(risk))}</th>{cells}<td>{html.escape(dom)}</td></tr>")
+    return f"<table><tr><th>risk</th>{head}<th>dominant</th></tr>{''.join(rows)}</table>"
+
+
+CSS = (
+    "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;"
+    "color:#222;line-height:1.5}img{max-width:100%;border:1px solid #ddd;margin:.5em 0}"
+    "table{border-collapse:collapse;font-size:14px}td,th{border:1px solid #ccc;padding:4px 8px;"
+    "text-align:right}th{background:#f4f4f4}code{background:#f4f4f4;padding:1px 4px}"
+)
+
+
+def _page(title: str, body: Sequence[str]) -> str:
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>{''.join(body)}</body></html>"
+    )
+
+
+def write_report(doc: dict[str, Any], out_dir: str | Path) -> Path:
+    """Write the plots, the JSON and index.html for a decomposition; returns index.html."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "decomposition.json").write_text(json.dumps(doc, indent=1))
+    plot_terms(doc, out / "terms.png")
+    plot_class_risk(doc, out / "class_risk.png")
+    plot_rounds(doc, out / "rounds.png")
+    swept = plot_sweep(doc, out / "sweep.png")
+    train = doc["config"]["train"]
+    body = [
+        f"<p>Fleet <b>{html.escape(doc['fleet'])}</b>: {doc['n_sites']} sites in classes "
+        f"{', '.join(html.escape(c) for c in doc['classes'])}; task {doc['task']}; "
+        f"{len(doc['seeds'])} seeds, {train['rounds']} rounds of {train['local_steps']} local steps. "
+        "Five models are trained on the same data: the <i>oracle</i> (all data pooled, no privacy), "
+        "and federated models with privacy off/on × fairness off/on.</p>",
+        "<h2>Reading</h2>",
+        *[f"<p>{p}</p>" for p in reading(doc)],
+        "<h2>The four terms</h2><img src='terms.png' alt='four terms'>",
+        "<p>Each cell: mean over seeds [95% confidence interval]. Units: test loss "
+        "(cross-entropy for classification, squared error for regression).</p>",
+        _terms_table(doc),
+        "<h2>Risk per class and configuration</h2><img src='class_risk.png' alt='class risk'>",
+        "<h2>Per round</h2><img src='rounds.png' alt='per round'>",
+    ]
+    if swept:
+        body += ["<h2>Sweeps</h2><p>How each term moves when the privacy budget ε or the fairness "
+                 "bound γ changes (shaded: 95% CI).</p><img src='sweep.png' alt='sweep'>"]
+    body += [f"<p><small>Raw numbers: <code>decomposition.json</code>. Took {doc['seconds']:.1f} s.</small></p>"]
+    index = out / "index.html"
+    index.write_text(_page(f"Risk decomposition — {doc['fleet']}", body))
+    return index
