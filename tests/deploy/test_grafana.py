@@ -60,7 +60,7 @@ def test_dashboards_are_well_formed() -> None:
         variables = {v["name"] for v in board["templating"]["list"]}
         for panel in board["panels"]:
             pos = panel["gridPos"]
-            assert 0 <= pos["x"] and pos["x"] + pos["w"] <= 24, (path.name, panel["title"])
+            assert pos["x"] >= 0 and pos["x"] + pos["w"] <= 24, (path.name, panel["title"])
             if panel["type"] == "row":
                 continue
             assert panel["datasource"] == {"type": "prometheus", "uid": "prometheus"}

@@ -163,6 +163,43 @@ def _check_site(i: int, raw: dict[str, Any], base_dir: Path, report: CheckReport
         )
 
 
+def _connector_features(s: Any) -> list[str] | None:
+    """Feature names the site's connector will deliver (ConfigError if its params are bad)."""
+    from fairfleet.connectors.base import ObservationSchema
+
+    params = s.connector.params
+    if s.connector.type == "simulator":
+        from fairfleet.sim.fleet import load_fleet
+
+        fleet = load_fleet(str(params.get("fleet", "demo")))
+        fleet.site(str(params.get("site", s.id)))
+        return list(fleet.feature_names)
+    if "fields" in params or s.connector.type in ("files", "sql"):
+        return list(ObservationSchema.from_params(params).features)
+    return None
+
+
+def _check_connector(i: int, s: Any, models: dict[str, Any], report: CheckReport) -> None:
+    """The connector's params describe a usable schema whose width fits every model it feeds."""
+    from fairfleet.errors import ConfigError
+
+    try:
+        features = _connector_features(s)
+    except (ConfigError, OSError) as exc:
+        report.problems.append(f"sites[{i}].connector.params: {exc} (got {_shown(s.connector.params)})")
+        return
+    if features is None:
+        return
+    for model_id in s.models or list(models):
+        m = models.get(model_id)
+        width = m.model.params.get("in_features") if m is not None else None
+        if isinstance(width, int) and width != len(features):
+            report.problems.append(
+                f"sites[{i}].connector: delivers {len(features)} features but model '{model_id}' has "
+                f"in_features {width} (got {features})"
+            )
+
+
 def _available_connectors() -> list[str] | None:
     """Names the connector registry knows, or None while no registry exists."""
     import importlib
@@ -300,8 +337,10 @@ def check_mapping(data: dict[str, Any], base_dir: Path, source: str = "config") 
                 continue  # already in the schema problems
     for i in models:
         _check_model(i, data["models"][i], report)
+    by_id = {m.id: m for m in models.values()}
     for i in sites:
         _check_site(i, data["sites"][i], base_dir, report)
+        _check_connector(i, sites[i], by_id, report)
     _check_fleet(data, models, sites, report)
     semantic = list(report.problems)
     # The whole-fleet validator repeats cross-reference problems as one top-level line.
