@@ -15,7 +15,15 @@ from typing import Any
 
 import pytest
 import yaml
-from deploykit import COMPOSE, CONFIG_IN_CONTAINER, EXAMPLE, PROM_CONFIG, REPO, compose, example_config
+from deploykit import (
+    COMPOSE,
+    CONFIG_IN_CONTAINER,
+    EXAMPLE,
+    PROM_CONFIG,
+    REPO,
+    compose,
+    example_config,
+)
 from typer.testing import CliRunner
 
 from fairfleet.cli import app
