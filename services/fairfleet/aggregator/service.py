@@ -133,6 +133,8 @@ class Aggregator:
         self._shapes = shapes_of(self._template)
         self._crash = self._parse_crash(self.options.crash_at or os.environ.get(CRASH_ENV))
         self._started = False
+        self._closed = False
+        self.last_report: dict[str, Any] | None = None
         self._buffer: dict[tuple[str, int], SiteUpdate] = {}
         self._server: MetricsServer | None = None
         self._last_lag = 0.0
@@ -246,6 +248,8 @@ class Aggregator:
     def step(self) -> None:
         """Read at most one message, then close the round if it is due."""
         self.start()
+        if self._closed:
+            raise BusError("The aggregator is closed.")
         env = self.reader.poll(self.options.poll_timeout_s)
         if env is not None:
             self._handle(env)
@@ -257,14 +261,14 @@ class Aggregator:
         if self._server is not None:
             self._server.close()
             self._server = None
-        if not self._started:
+        if not self._started or self._closed:
             return
+        self._closed = True
         for closer in (self._dl_producer.flush, self.consumer.close):
             try:
                 closer()
             except BusError as exc:
                 event(logger, "error while closing", logging.WARNING, error=str(exc))
-        self._started = False
 
     # -- validation -----------------------------------------------------------------------------
     def _reader_dead_letter(self, dead: DeadLetter) -> None:
