@@ -183,15 +183,13 @@ def test_configuration_doc_names_every_field() -> None:
             if f"`{path}`" not in doc:
                 missing.append(path)
             ann = info.annotation
-            inner = getattr(ann, "__args__", (ann,))
-            for arg in (*inner, ann):
-                sub = getattr(arg, "__args__", None)
-                candidates = [arg, *(sub or ())]
-                for cand in candidates:
-                    if isinstance(cand, type) and issubclass(cand, BaseModel):
-                        sep = "[]." if path in {"models", "sites"} else "."
-                        walk(cand, f"{path}{sep}")
-                        break
+            for cand in (ann, *getattr(ann, "__args__", ())):
+                if isinstance(cand, type) and issubclass(cand, BaseModel):
+                    # list items: models[].id; mapping values: policies.classes.<name>.delta
+                    sep = "[]." if getattr(ann, "__origin__", None) is list else "."
+                    sep = ".<name>." if getattr(ann, "__origin__", None) is dict else sep
+                    walk(cand, f"{path}{sep}")
+                    break
 
     walk(FleetConfig, "")
     assert not missing, f"docs/configuration.md lacks: {missing}"
