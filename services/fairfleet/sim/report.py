@@ -43,7 +43,7 @@ CONFIG_COLOURS = {
 }
 
 
-def _plt() -> Any:
+def pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -70,7 +70,7 @@ def risk_label(risk: str) -> str:
 
 def plot_terms(doc: dict[str, Any], path: Path) -> None:
     """Stacked bars: the four terms per risk (positive up, negative down), CI whiskers, total."""
-    plt = _plt()
+    plt = pyplot()
     risks = risk_order(doc)
     fig, ax = plt.subplots(figsize=(max(7.0, 1.6 * len(risks) + 2), 5.2))
     for i, risk in enumerate(risks):
@@ -113,7 +113,7 @@ def plot_terms(doc: dict[str, Any], path: Path) -> None:
 
 def plot_class_risk(doc: dict[str, Any], path: Path) -> None:
     """Grouped bars: each risk under each of the five configurations, with 95% CIs."""
-    plt = _plt()
+    plt = pyplot()
     risks = risk_order(doc)
     configs = list(CONFIG_LABELS)
     width = 0.8 / len(configs)
@@ -146,7 +146,7 @@ def plot_sweep(doc: dict[str, Any], path: Path) -> bool:
         axes_spec.append(("gamma", "fairness bound γ", doc["epsilon"], "epsilon"))
     if not axes_spec:
         return False
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(len(axes_spec), 2, figsize=(12, 4.2 * len(axes_spec)), squeeze=False)
     for row, (key, xlabel, fixed, fixed_key) in enumerate(axes_spec):
         points = sorted((p for p in doc["sweep"] if p[fixed_key] == fixed), key=lambda p: p[key])
@@ -181,7 +181,7 @@ def plot_sweep(doc: dict[str, Any], path: Path) -> bool:
 
 def plot_rounds(doc: dict[str, Any], path: Path) -> None:
     """Per round: max−min class risk gap of each configuration, and ε spent per site."""
-    plt = _plt()
+    plt = pyplot()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.4))
     for config, hist in doc["history"].items():
         rounds = [h["round"] for h in hist["rounds"]]
@@ -260,7 +260,7 @@ CSS = (
 )
 
 
-def _page(title: str, body: Sequence[str]) -> str:
+def page(title: str, body: Sequence[str]) -> str:
     return (
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
         f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>{''.join(body)}</body></html>"
@@ -297,5 +297,5 @@ def write_report(doc: dict[str, Any], out_dir: str | Path) -> Path:
                  "bound γ changes (shaded: 95% CI).</p><img src='sweep.png' alt='sweep'>"]
     body += [f"<p><small>Raw numbers: <code>decomposition.json</code>. Took {doc['seconds']:.1f} s.</small></p>"]
     index = out / "index.html"
-    index.write_text(_page(f"Risk decomposition — {doc['fleet']}", body))
+    index.write_text(page(f"Risk decomposition — {doc['fleet']}", body))
     return index

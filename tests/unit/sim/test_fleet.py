@@ -105,7 +105,9 @@ def test_rows_are_time_ordered_and_missing_fields_are_absent() -> None:
     # 500 Hz cannot see the bearing band: the field is never present.
     assert all("bearing_band" not in r for r in rows)
     # 20% missing per field: about 0.2 * 40 * 7 other fields absent (5 standard errors).
-    n_missing = sum(len(fleet.feature_names) - 1 - sum(f in r for f in fleet.feature_names) for r in rows)
+    n_missing = sum(
+        len(fleet.feature_names) - 1 - sum(f in r for f in fleet.feature_names) for r in rows
+    )
     expected, sd = 0.2 * 280, math.sqrt(280 * 0.2 * 0.8)
     assert abs(n_missing - expected) < 5 * sd
     assert all(r["failure_within_horizon"] in (0, 1) and r["rul_days"] >= 0 for r in rows)
