@@ -1,25 +1,26 @@
-"""``simulator``: one site of a simulated fleet (demo and tests).
+"""``simulator``: one site of a simulated fleet (fairfleet.sim.fleet), for the demo and tests.
 
 Params::
 
-    rows: 2000            # observations this site produces (bounded: finished afterwards)
-    features: 8           # feature count
-    task: classification  # or regression
-    seed: 0               # fleet seed; the site's stream is seeded by (seed, site id)
-    shift: 0.0            # per-site covariate shift scale (heterogeneity)
-    start_time: 1.7e9     # event time of the first row (epoch s); one row per `interval_s`
-    interval_s: 1.0
-    chunk: 500            # rows handed out per read (a stream, not one block)
+    fleet: demo           # a preset name or a fleet YAML file (fairfleet.sim.fleet.load_fleet)
+    site: plant-a         # the fleet's site id (default: the agent's site id)
+    seed: 0               # replication seed (default: the fleet's seed)
+    standardise: true     # features centred/scaled by the fleet's PUBLIC constants
+                          # (fairfleet.sim.arrays.standardisation: no site data used)
+    missing: impute       # a missing reading (dropped sensor) -> 0 after standardising, i.e. the
+                          # public centre, as fairfleet.sim.arrays does; "reject": the row is
+                          # rejected (missing_field) like a real connector would
+    chunk: 500            # rows handed out per read: a stream, not one block
+    limit: null           # only the first N rows of the stream
 
-Rows are ``x0..x{d-1}``, ``y`` and ``ts``. The generator: a fleet-wide weight vector
-w ~ N(0, I_d) (seeded by ``seed``), a site mean shift v_k ~ N(0, shift² I_d) (seeded by
-(seed, site)), x ~ N(v_k, I_d); classification y = 1[x·w + ε > 0], regression y = x·w + ε,
-ε ~ N(0, 0.25). Deterministic for given params, so a replay cuts the same windows.
+Rows carry the fleet's feature names, its targets (the first is the task target) and
+``event_time``; the stream is sorted by event time and deterministic for given params, so a
+replay cuts the same windows. The source is bounded: it reports ``finished`` at the end.
 """
 
 from __future__ import annotations
 
-import hashlib
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -36,57 +37,50 @@ from fairfleet.connectors.base import (
 from fairfleet.errors import ConfigError
 
 
-def _site_seed(seed: int, site: str) -> int:
-    return int.from_bytes(hashlib.sha256(f"{seed}/{site}".encode()).digest()[:8], "big")
-
-
-def generate_site(
-    site: str, rows: int, features: int, task: str, seed: int, shift: float,
-    start_time: float, interval_s: float,
-) -> list[Row]:
-    """The site's whole stream as rows (see the module docstring for the model)."""
-    w = np.random.default_rng(seed).normal(size=features)
-    rng = np.random.default_rng(_site_seed(seed, site))
-    v = rng.normal(scale=shift, size=features) if shift > 0 else np.zeros(features)
-    x = rng.normal(size=(rows, features)) + v
-    score = x @ w + rng.normal(scale=0.5, size=rows)
-    y = (score > 0).astype(float) if task == "classification" else score
-    out: list[Row] = []
-    for i in range(rows):
-        row: Row = {f"x{j}": float(x[i, j]) for j in range(features)}
-        row["y"] = float(y[i])
-        row["ts"] = start_time + i * interval_s
-        out.append(row)
-    return out
-
-
 class SimulatorConnector(Connector):
-    """A bounded, seeded synthetic stream for one site."""
+    """A bounded, seeded stream of one fleet-simulator site."""
 
     name = "simulator"
 
     def __init__(self, params: Mapping[str, Any], context: ConnectorContext) -> None:
         super().__init__(params, context)
-        self.rows = int(params.get("rows", 2000))
-        self.features = int(params.get("features", 8))
-        self.task = str(params.get("task", "classification"))
+        from fairfleet.sim.arrays import standardisation
+        from fairfleet.sim.fleet import generate_site, load_fleet
+
+        fleet = load_fleet(str(params.get("fleet", "demo")))
+        site = str(params.get("site", context.site))
+        seed = params.get("seed")
         self.chunk = int(params.get("chunk", 500))
-        if self.rows < 0 or self.features < 1 or self.chunk < 1:
-            raise ConfigError(
-                f"simulator needs rows >= 0, features >= 1, chunk >= 1. Found rows={self.rows}, "
-                f"features={self.features}, chunk={self.chunk}."
-            )
-        if self.task not in ("classification", "regression"):
-            raise ConfigError(f"simulator task must be classification or regression. Found {self.task!r}.")
-        self._rows = generate_site(
-            str(params.get("site", context.site)), self.rows, self.features, self.task,
-            int(params.get("seed", context.seed)), float(params.get("shift", 0.0)),
-            float(params.get("start_time", 1.7e9)), float(params.get("interval_s", 1.0)),
-        )
-        fields = tuple(FieldSpec(f"x{j}") for j in range(self.features))
+        self.missing = str(params.get("missing", "impute"))
+        if self.chunk < 1:
+            raise ConfigError(f"simulator chunk must be >= 1. Found {self.chunk}.")
+        if self.missing not in ("impute", "reject"):
+            raise ConfigError(f"simulator missing must be 'impute' or 'reject'. Found {self.missing!r}.")
+        obs = generate_site(fleet, site, None if seed is None else int(seed))
+        features = obs.features.astype(np.float64)
+        if bool(params.get("standardise", True)):
+            centre, scale = standardisation(fleet)
+            features = (features - centre) / scale
+        limit = params.get("limit")
+        n = len(obs) if limit is None else min(len(obs), int(limit))
+        names = list(obs.feature_names)
+        self._rows: list[Row] = []
+        for i in range(n):
+            row: Row = {"event_time": float(obs.event_time[i])}
+            for j, name in enumerate(names):
+                value = float(features[i, j])
+                if math.isnan(value):
+                    if self.missing == "reject":
+                        continue
+                    value = 0.0
+                row[name] = value
+            for target, values in obs.targets.items():
+                row[target] = float(values[i])
+            self._rows.append(row)
+        targets = list(fleet.target_names)
         self._schema = ObservationSchema(
-            fields=(*fields, FieldSpec("y"), FieldSpec("ts")),
-            features=tuple(f.name for f in fields), targets=("y",), event_time="ts",
+            fields=(*(FieldSpec(n) for n in names), *(FieldSpec(t) for t in targets), FieldSpec("event_time")),
+            features=tuple(names), targets=(targets[0],), event_time="event_time",
         )
         self._next = 0
 

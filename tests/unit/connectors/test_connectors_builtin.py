@@ -171,7 +171,7 @@ def test_sql_query_bounded_source_finishes_and_closes_the_last_window(tmp_path: 
 
 
 def test_count_windows_are_stable_across_a_replay(tmp_path: Path) -> None:
-    params = {"rows": 50, "features": 3, "seed": 7, "chunk": 7}
+    params = {"fleet": "demo", "site": "plant-a", "chunk": 7, "limit": 50}
     ids = []
     for _ in range(2):
         stream, _ = stream_for(build_connector("simulator", params, ctx(tmp_path)), tmp_path, size=10)
@@ -207,3 +207,20 @@ def test_windower_retains_only_the_most_recent_closed_windows() -> None:
     assert [x.window_id for x in w.closed_windows(2)] == [8, 9]
     with pytest.raises(ConfigError, match="count window size must be an integer"):
         Windower("count", 2.5)
+
+
+def test_simulator_site_matches_the_fleet_and_can_reject_missing_readings(tmp_path: Path) -> None:
+    from fairfleet.sim.fleet import generate_site
+
+    expected = generate_site("demo", "plant-e")
+    imputed = build_connector("simulator", {"fleet": "demo", "site": "plant-e"}, ctx(tmp_path))
+    stream, counts = stream_for(imputed, tmp_path, by="time", size=86_400)
+    stream.drain()
+    assert stream.read_total == len(expected) and counts == {}
+    assert imputed.schema().targets == ("failure_within_horizon",)
+    # plant-e samples at 1 kHz: the bearing band is never observed, so every row misses it
+    rejecting = build_connector("simulator", {"fleet": "demo", "site": "plant-e", "missing": "reject"},
+                                ctx(tmp_path))
+    stream, counts = stream_for(rejecting, tmp_path / "r", by="time", size=86_400)
+    stream.drain()
+    assert counts == {"missing_field": len(expected)}

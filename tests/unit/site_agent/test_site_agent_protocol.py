@@ -1,0 +1,186 @@
+"""The site agent's round protocol on the in-process bus (the grant side is a protocol double;
+tests/integration/test_site_agent_fleet.py runs the real accountant on the real broker)."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from dp_accounting import dp_event
+
+from fairfleet.bus import connect, default_topics
+from fairfleet.learning.tensors import from_safetensors_bytes
+from fairfleet.messages import PrivacyEventMessage, PrivacyPlan, PrivacyReservationRequest, SiteStatistics, SiteUpdate
+from fairfleet.privacy.events import dp_event_from_json
+from fairfleet.signing import verify
+from fairfleet.site_agent import SiteAgent, event_id_for
+from site_agent_testkit import Announcer, GrantDouble, fleet, model_entry, read_all, site_entry
+
+
+def csv_folder(tmp: Path, rows: int = 80) -> Path:
+    folder = tmp / "csv"
+    folder.mkdir(exist_ok=True)
+    lines = ["x0,x1,y"] + [f"{(i % 7) / 7:.3f},{(i % 5) / 5:.3f},{i % 2}" for i in range(rows)]
+    (folder / "part-000.csv").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def files_connector(folder: Path) -> dict[str, Any]:
+    return {"type": "files", "params": {"path": str(folder), "fields": {"x0": "float", "x1": "float", "y": "int"},
+                                        "target": "y"}}
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> Any:
+    prefix = f"u{uuid.uuid4().hex[:6]}."
+    bus = connect(f"memory://{uuid.uuid4().hex}")
+    bus.create_topics(default_topics(prefix, partitions=2))
+
+    def make(models: list[dict[str, Any]] | None = None, grant_timeout_s: float = 5.0, **agent: Any) -> Any:
+        models = models or [model_entry("m1")]
+        site = site_entry(tmp_path, "s1", files_connector(csv_folder(tmp_path)), [m["id"] for m in models], **agent)
+        config = fleet("127.0.0.1:1", prefix, [site], models, grant_timeout_s, tmp=tmp_path)
+        return config, bus, prefix
+
+    return make
+
+
+def run_until(agent: SiteAgent, model: str, round_: int, steps: int = 50) -> str:
+    for _ in range(steps):
+        agent.step(0.05)
+        state = agent.store.get(model, round_)
+        if state is not None and state.status in ("published", "skipped"):
+            return state.status + (f":{state.reason.split(':')[0]}" if state.status == "skipped" else "")
+    raise AssertionError(f"round {round_} not finished: {agent.store.get(model, round_)}")
+
+
+def metric(agent: SiteAgent, name: str, **labels: str) -> float:
+    value = agent.metrics.registry.get_sample_value(name, labels)
+    return 0.0 if value is None else value
+
+
+def test_a_round_is_reserved_trained_signed_noised_and_committed_once(setup: Any) -> None:
+    config, bus, prefix = setup()
+    ann = Announcer(bus, config)
+    with GrantDouble(bus, prefix) as accountant:
+        agent = SiteAgent(config, "s1", bus=bus)
+        ann.release("m1", 0)
+        ann.announce("m1", 0, 0)
+        assert run_until(agent, "m1", 0) == "published"
+        agent.close()
+        # a restarted agent that sees the same announcement again publishes nothing
+        again = SiteAgent(config, "s1", bus=bus)
+        ann.announce("m1", 0, 0)
+        for _ in range(10):
+            again.step(0.05)
+        again.close()
+    updates = [m for m, _ in read_all(bus, prefix, "updates") if isinstance(m, SiteUpdate)]
+    assert len(updates) == 1
+    update = updates[0]
+    assert verify(update, config.public_keys()) is None
+    assert update.privacy.enabled and update.privacy.mechanism == "update" and update.privacy.unit == "site"
+    assert update.privacy.noise_std == pytest.approx(1.0)  # σ·C = 1·1
+    assert update.loss is not None and update.loss.noise_std == pytest.approx(1.0 * 2.0 / update.loss.m)
+    assert update.n_examples + update.loss.m == 80
+    payload = next(p for m, p in read_all(bus, prefix, "updates") if isinstance(m, SiteUpdate))
+    assert set(from_safetensors_bytes(payload)) == {"weight", "bias"}
+    stats = [m for m, _ in read_all(bus, prefix, "stats") if isinstance(m, SiteStatistics)]
+    assert len(stats) == 1 and stats[0].loss == update.loss and verify(stats[0], config.public_keys()) is None
+    requests = [m for m, _ in read_all(bus, prefix, "privacy.requests") if isinstance(m, PrivacyReservationRequest)]
+    eid = event_id_for("s1", "m1", 0)
+    assert {r.event_id for r in requests} == {eid}
+    assert requests[0].windows.first == 0 and requests[0].windows.last == 3 and requests[0].source == "main"
+    expected = dp_event.ComposedDpEvent([dp_event.GaussianDpEvent(1.0), dp_event.GaussianDpEvent(1.0 / update.loss.m)])
+    assert dp_event_from_json(requests[0].dp_event) == expected
+    assert accountant.commits == {eid: 1}
+
+
+def test_restart_in_the_committing_state_resolves_from_the_bus(setup: Any) -> None:
+    config, bus, prefix = setup()
+    ann = Announcer(bus, config)
+    with GrantDouble(bus, prefix) as accountant:
+        agent = SiteAgent(config, "s1", bus=bus)
+        ann.release("m1", 0)
+        ann.announce("m1", 0, 0)
+        assert run_until(agent, "m1", 0) == "published"
+        # crash after commit_transaction, before the local "published" was written
+        agent.store.set("m1", 0, "committing", event_id_for("s1", "m1", 0))
+        # crash before commit_transaction of round 1 (nothing on the bus)
+        agent.store.set("m1", 1, "committing", event_id_for("s1", "m1", 1))
+        agent.close()
+        again = SiteAgent(config, "s1", bus=bus)
+        ann.announce("m1", 0, 0)
+        ann.announce("m1", 1, 0)
+        assert run_until(again, "m1", 0) == "published"
+        assert run_until(again, "m1", 1) == "published"
+        again.close()
+    rounds = sorted(m.round for m, _ in read_all(bus, prefix, "updates") if isinstance(m, SiteUpdate))
+    assert rounds == [0, 1]
+    assert accountant.commits == {event_id_for("s1", "m1", 0): 1, event_id_for("s1", "m1", 1): 1}
+
+
+def test_denied_and_unanswered_reservations_skip_the_round(setup: Any) -> None:
+    config, bus, prefix = setup(grant_timeout_s=0.5)
+    ann = Announcer(bus, config)
+    agent = SiteAgent(config, "s1", bus=bus)
+    ann.release("m1", 0)
+    ann.announce("m1", 0, 0)
+    assert run_until(agent, "m1", 0) == "skipped:no_grant"  # no accountant: fail closed
+    with GrantDouble(bus, prefix, max_grants=1):
+        ann.announce("m1", 1, 0)
+        ann.announce("m1", 2, 0)
+        assert run_until(agent, "m1", 1) == "published"
+        assert run_until(agent, "m1", 2) == "skipped:denied"
+    agent.close()
+    assert metric(agent, "fairfleet_site_rounds_skipped_total", site="s1", model="m1", reason="no_grant") == 1
+    assert metric(agent, "fairfleet_site_rounds_skipped_total", site="s1", model="m1", reason="denied") == 1
+    assert metric(agent, "fairfleet_site_rounds_joined_total", site="s1", model="m1") == 1
+    events = [m for m, _ in read_all(bus, prefix, "privacy.events") if isinstance(m, PrivacyEventMessage)]
+    assert sorted((e.round, e.action) for e in events) == [(0, "cancel"), (1, "commit"), (2, "cancel")]
+    assert [m.round for m, _ in read_all(bus, prefix, "updates")] == [1]
+
+
+def test_the_platform_cannot_lower_a_sites_privacy(setup: Any) -> None:
+    config, bus, prefix = setup()
+    ann = Announcer(bus, config)
+    agent = SiteAgent(config, "s1", bus=bus)
+    ann.release("m1", 0)
+    ann.announce("m1", 0, 0, privacy=PrivacyPlan(mechanism="off"))
+    assert run_until(agent, "m1", 0) == "skipped:plan_mismatch"
+    agent.close()
+    assert read_all(bus, prefix, "updates", wait_s=1) == []
+
+
+def test_privacy_off_is_loud(setup: Any, caplog: pytest.LogCaptureFixture) -> None:
+    config, bus, prefix = setup(models=[model_entry("m1", privacy={"mechanism": "off"})])
+    ann = Announcer(bus, config)
+    agent = SiteAgent(config, "s1", bus=bus)
+    assert metric(agent, "fairfleet_site_privacy_enabled", site="s1", model="m1") == 0
+    ann.release("m1", 0)
+    ann.announce("m1", 0, 0)
+    with caplog.at_level(logging.WARNING):
+        assert run_until(agent, "m1", 0) == "published"
+    agent.close()
+    assert any("PRIVACY IS OFF" in r.getMessage() for r in caplog.records)
+    update = next(m for m, _ in read_all(bus, prefix, "updates") if isinstance(m, SiteUpdate))
+    assert update.privacy.enabled is False and update.privacy.noise_std == 0.0
+    assert read_all(bus, prefix, "privacy.requests", wait_s=1) == []
+
+
+def test_two_models_on_one_data_source_both_charge_its_ledger(setup: Any) -> None:
+    config, bus, prefix = setup(models=[model_entry("m1"), model_entry("m2")])
+    ann = Announcer(bus, config)
+    with GrantDouble(bus, prefix):
+        agent = SiteAgent(config, "s1", bus=bus)
+        for m in ("m1", "m2"):
+            ann.release(m, 0)
+            ann.announce(m, 0, 0)
+        assert run_until(agent, "m1", 0) == "published"
+        assert run_until(agent, "m2", 0) == "published"
+        agent.close()
+    requests = [m for m, _ in read_all(bus, prefix, "privacy.requests") if isinstance(m, PrivacyReservationRequest)]
+    assert sorted(r.model_id for r in requests) == ["m1", "m2"]
+    assert {(r.site, r.source, r.unit, r.windows.first, r.windows.last) for r in requests} == {("s1", "main", "site", 0, 3)}
