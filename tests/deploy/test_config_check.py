@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import json
 import shutil
-import stat
 from pathlib import Path
 from typing import Any
 
@@ -151,20 +150,6 @@ def test_missing_and_non_mapping_files(tmp_path: Path) -> None:
     assert "mapping" in check_file(tmp_path / "list.yaml").problems[0]
     (tmp_path / "bad.yaml").write_text("a: [1,\n")
     assert "YAML" in check_file(tmp_path / "bad.yaml").problems[0]
-
-
-def test_keygen_writes_a_private_key_only_the_owner_reads(tmp_path: Path) -> None:
-    out = tmp_path / "keys" / "plant-z.key"
-    res = CliRunner().invoke(app, ["config", "keygen", "--out", str(out), "--json"])
-    assert res.exit_code == 0, res.output
-    info = json.loads(res.stdout)
-    assert stat.S_IMODE(out.stat().st_mode) == 0o600
-    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-
-    public = load_private(str(out)).public_key().public_bytes(Encoding.Raw, PublicFormat.Raw).hex()
-    assert info["public_key"] == public
-    again = CliRunner().invoke(app, ["config", "keygen", "--out", str(out)])
-    assert again.exit_code == 1  # never overwrites a key silently
 
 
 def test_configuration_doc_names_every_field() -> None:

@@ -1,4 +1,4 @@
-"""`fairfleet config check|keygen`: validate the fleet config, make site keys.
+"""`fairfleet config check`: validate the fleet config (site keys: `fairfleet site keygen`).
 
 ``check`` goes beyond the schema (which :func:`fairfleet.config.load_config` enforces): it also
 resolves every name against the registries (model, strategy, connector), checks that each
@@ -18,7 +18,7 @@ from typing import Any
 
 import typer
 
-config_app = typer.Typer(help="Validate the fleet configuration; generate site keys.", no_args_is_help=True)
+config_app = typer.Typer(help="Validate the fleet configuration.", no_args_is_help=True)
 
 
 @dataclass
@@ -409,30 +409,6 @@ def check_cmd(
             typer.echo(f"  warning: {line}", err=True)
     if not report.valid:
         raise typer.Exit(1)
-
-
-@config_app.command("keygen")
-def keygen_cmd(
-    out: Path = typer.Option(..., "--out", help="File for the PRIVATE key (hex, mode 0600)."),
-    force: bool = typer.Option(False, "--force", help="Overwrite an existing file."),
-    as_json: bool = typer.Option(False, "--json"),
-) -> None:
-    """Generate a site's Ed25519 key pair: private key to --out, public key printed for the config."""
-    from fairfleet.signing import generate_keypair, key_id
-
-    if out.exists() and not force:
-        typer.echo(f"error: {out} exists; pass --force to overwrite", err=True)
-        raise typer.Exit(1)
-    private, public = generate_keypair()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(private + "\n")
-    if as_json:
-        typer.echo(json.dumps({"private_key_file": str(out), "public_key": public, "key_id": key_id(public)}))
-    else:
-        typer.echo(f"private key written to {out} (keep it on the site; never commit it)")
-        typer.echo(f"public_key: {public}")
 
 
 def register(app: typer.Typer) -> None:
