@@ -66,7 +66,7 @@ class Service:
             return None
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{ports[-1]}/status", timeout=2) as r:
-                return json.loads(r.read())  # type: ignore[no-any-return]
+                return json.loads(r.read())
         except OSError:
             return None
 
@@ -136,7 +136,7 @@ def test_kill9_at_any_point_gives_the_uninterrupted_model(kafka_bootstrap: str, 
         if service.dead():
             service.start(crash_at=crash_plan.pop(0) if crash_plan else None)
 
-    def on_round(r: int, updates: list, pub: Publisher) -> None:  # type: ignore[type-arg]
+    def on_round(r: int, updates: list, pub: Publisher) -> None:
         if r != 3:
             for msg, payload in updates:
                 publish(pub, prefix, msg, payload)

@@ -125,7 +125,7 @@ def test_each_reason_is_dead_lettered_and_never_changes_the_model(
         for msg, payload in bad.values():
             publish(pub, prefix, msg, payload)  # type: ignore[arg-type]
         stats = SiteStatistics(site="old-0", site_class="old", model_id=MODEL, round=0,
-                               model_version=0, loss=ok_msg.loss)  # type: ignore[arg-type]
+                               model_version=0, loss=ok_msg.loss)
         pub.send_sync(f"{prefix}updates", stats, key="old-0")
         future = ok_msg.model_dump(mode="json") | {"schema_version": 99}
         pub.producer.publish(f"{prefix}updates", raw_value(future, ok_payload), key="old-0",

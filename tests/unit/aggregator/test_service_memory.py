@@ -1,0 +1,220 @@
+"""The aggregator on the in-process bus: async buffers and staleness, deadlines, a failed
+commit that rewinds, restart from the checkpoint, chunked checkpoints, config checks."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from fairfleet.aggregator import Aggregator, AggregatorOptions, Checkpoint, read_checkpoint
+from fairfleet.aggregator.checkpoint import latest_checkpoint, publish_checkpoint
+from fairfleet.bus import Publisher, Reader, connect
+from fairfleet.bus.memory import MemoryBus
+from fairfleet.config import FleetConfig, parse_config
+from fairfleet.errors import BusError, ConfigError
+from fairfleet.fairness import SiteUpdate as FairUpdate
+from fairfleet.fairness import StrategyState, build_strategy
+from fairfleet.learning.tensors import sha256_hex, to_safetensors_bytes
+from fairfleet.messages import DeadLetter, NoisyStat, RoundAnnouncement, SiteUpdate, UpdatePrivacy
+from fairfleet.signing import generate_keypair, load_private, sign
+
+SITES = ("a0", "a1", "b0", "b1")
+KEYS = {s: generate_keypair() for s in SITES}
+
+
+def config(**rounds: Any) -> FleetConfig:
+    return parse_config({
+        "kafka": {"topic_prefix": f"u{uuid.uuid4().hex[:6]}.", "chunk_bytes": 1024},
+        "models": [{"id": "m", "model": {"name": "linear", "params": {"in_features": 3}},
+                    "strategy": {"name": "fedavg"},
+                    "rounds": {"rounds": 3, "quorum": 2, "min_sites": 2, **rounds},
+                    "privacy": {"mechanism": "off"}}],
+        "sites": [{"id": s, "class": s[0], "public_key": KEYS[s][1]} for s in SITES],
+    })
+
+
+def update(site: str, ann: RoundAnnouncement, value: float, base: int | None = None) -> tuple[SiteUpdate, bytes]:
+    payload = to_safetensors_bytes({"weight": torch.full((1, 3), value), "bias": torch.full((1,), value)})
+    msg = SiteUpdate(
+        site=site, site_class=site[0], model_id="m", round=ann.round,
+        base_version=ann.model_version if base is None else base, n_examples=10,
+        privacy=UpdatePrivacy(enabled=False, mechanism="off", unit="site", noise_multiplier=0,
+                              clip_norm=0, noise_std=0),
+        loss=NoisyStat(value=0.5, noise_std=0.0, m=10, hi=1.0),
+        payload_sha256=sha256_hex(payload), payload_bytes=len(payload),
+    )
+    return sign(msg, load_private(KEYS[site][0])), payload
+
+
+class Fleet:
+    def __init__(self, cfg: FleetConfig, bus: MemoryBus | None = None, **options: Any) -> None:
+        self.cfg, self.bus = cfg, bus or MemoryBus()
+        self.agg = Aggregator(cfg, "m", bus=self.bus, options=AggregatorOptions(poll_timeout_s=0, **options))
+        self.agg.start()
+        self.pub = Publisher(self.bus.producer())
+        self.prefix = cfg.kafka.topic_prefix
+
+    def send(self, site: str, value: float, base: int | None = None, ann: RoundAnnouncement | None = None) -> None:
+        announcement = ann or self.agg.ckpt.announcement
+        assert announcement is not None
+        msg, payload = update(site, announcement, value, base)
+        self.pub.send_sync(f"{self.prefix}updates", msg, payload, key=site)
+
+    def pump(self, n: int = 20) -> None:
+        for _ in range(n):
+            self.agg.step()
+
+    def dead_reasons(self) -> list[str]:
+        reader = Reader(self.bus.consumer(uuid.uuid4().hex, [f"{self.prefix}deadletter"]), "t")
+        out = []
+        while (env := reader.poll(0)) is not None:
+            assert isinstance(env.message, DeadLetter)
+            out.append(env.message.reason)
+        return out
+
+
+def test_async_buffer_applies_fedbuff_staleness_and_dedupes_across_buffers() -> None:
+    fleet = Fleet(config(mode="async", async_buffer=2, rounds=5, quorum=1, min_sites=1))
+    ann0 = fleet.agg.ckpt.announcement
+    assert ann0 is not None and ann0.mode == "async"
+    theta0 = fleet.agg.global_vector()
+    fleet.send("a0", 0.1)
+    fleet.send("a0", 0.1)  # duplicate of (a0, round 0)
+    fleet.send("b0", 0.3)
+    fleet.pump()
+    assert fleet.agg.ckpt.version == 1
+    ann1 = fleet.agg.ckpt.announcement
+    fleet.send("a0", 0.1, ann=ann0)  # re-sent after its buffer was aggregated: still a duplicate
+    fleet.send("a1", 0.2, ann=ann0)  # computed on version 0, arrives at version 1: staleness 1
+    fleet.send("b1", 0.4, ann=ann1)
+    fleet.pump()
+    assert fleet.agg.ckpt.version == 2
+    assert [h["staleness"] for h in fleet.agg.ckpt.history] == [[0, 0], [1, 0]]
+    strategy = build_strategy("fedavg")
+    state = strategy.initial_state()
+
+    def vec(v: float) -> np.ndarray:
+        return np.full(4, v, dtype=np.float32)
+
+    step1 = strategy.aggregate(theta0, [FairUpdate("a0", "a", vec(0.1), 10), FairUpdate("b0", "b", vec(0.3), 10)], state)
+    step2 = strategy.aggregate(step1.new_global, [FairUpdate("a1", "a", vec(0.2), 10, staleness=1),
+                                                  FairUpdate("b1", "b", vec(0.4), 10)], state)
+    assert np.array_equal(fleet.agg.global_vector(), step2.new_global)
+    assert fleet.dead_reasons() == ["duplicate", "duplicate"]
+    assert fleet.agg.metrics.staleness.labels("m")._sum.get() == 1
+
+
+def test_sync_round_waits_for_min_sites_past_the_deadline_then_closes() -> None:
+    fleet = Fleet(config(quorum=4, min_sites=2, deadline_s=0.05))
+    fleet.send("a0", 0.1)
+    fleet.pump()
+    import time
+
+    time.sleep(0.1)
+    fleet.pump(3)
+    assert fleet.agg.ckpt.version == 0  # past the deadline but below min_sites: stays open
+    m = fleet.agg.metrics
+    assert m.open_seconds.labels("m")._value.get() > m.deadline_seconds.labels("m")._value.get()
+    fleet.send("b0", 0.2)
+    fleet.pump()
+    assert fleet.agg.ckpt.version == 1
+    assert fleet.agg.ckpt.history[-1]["sites"] == ["a0", "b0"]
+    fleet.send("a1", 0.2, ann=RoundAnnouncement.model_validate(
+        {**fleet.agg.ckpt.announcement.model_dump(), "round": 0, "model_version": 0}))  # type: ignore[union-attr]
+    fleet.send("b1", 0.2, base=0)  # round 1 but trained from version 0
+    fleet.pump()
+    assert sorted(fleet.dead_reasons()) == ["base_version", "late"]  # two partitions
+    assert m.late.labels("m")._value.get() == 1
+
+
+class FlakyCommit:
+    """Wraps a producer; the first commit_transaction fails like a lost coordinator would."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner, self.failures = inner, 1
+
+    def commit_transaction(self) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise BusError("injected commit failure")
+        self.inner.commit_transaction()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def test_failed_commit_rewinds_and_rereads_the_round() -> None:
+    cfg = config()
+    ref = Fleet(cfg, bus=MemoryBus())
+    for site, v in (("a0", 0.1), ("b0", 0.3)):
+        ref.send(site, v)
+    ref.pump()
+    flaky = Fleet(cfg, bus=MemoryBus())
+    flaky.agg.producer = FlakyCommit(flaky.agg.producer)  # type: ignore[assignment]
+    flaky.agg.publisher.producer = flaky.agg.producer
+    for site, v in (("a0", 0.1), ("b0", 0.3)):
+        flaky.send(site, v)
+    flaky.pump()
+    assert flaky.agg.ckpt.version == 1 and flaky.agg.producer.failures == 0  # type: ignore[attr-defined]
+    assert np.array_equal(flaky.agg.global_vector(), ref.agg.global_vector())
+    assert flaky.agg.ckpt.history[-1]["sites"] == ["a0", "b0"]  # each once, after the retry
+    assert flaky.dead_reasons() == []
+
+
+def test_restart_resumes_the_open_round_from_the_checkpoint() -> None:
+    cfg, bus = config(), MemoryBus()
+    first = Fleet(cfg, bus=bus)
+    first.send("a0", 0.1)
+    first.send("b0", 0.3)
+    first.pump()
+    first.send("a1", 0.2)  # round 1, accepted in memory only
+    first.pump()
+    assert first.agg.status()["buffered"] == ["a1"]
+    first.agg.close()
+    second = Fleet(cfg, bus=bus)
+    assert second.agg.ckpt.version == 1 and second.agg.ckpt.round == 1
+    second.send("b1", 0.4)
+    second.pump()
+    assert second.agg.ckpt.history[-1] == {**second.agg.ckpt.history[-1], "round": 1, "sites": ["a1", "b1"]}
+
+
+def test_restart_with_another_strategy_or_architecture_is_refused() -> None:
+    cfg, bus = config(), MemoryBus()
+    Fleet(cfg, bus=bus).agg.close()
+    other = cfg.model_copy(update={"models": [cfg.models[0].model_copy(
+        update={"strategy": cfg.models[0].strategy.model_copy(update={"name": "fedadam"})})]})
+    with pytest.raises(ConfigError, match="fedadam"):
+        Aggregator(other, "m", bus=bus).start()
+    with pytest.raises(ConfigError, match="quorum"):
+        Aggregator(config(quorum=1, min_sites=2), "m", bus=bus)
+
+
+def test_chunked_checkpoint_keys_survive_compaction_and_stale_chunks_are_ignored() -> None:
+    bus = connect("memory://")
+    from fairfleet.bus.topics import TopicSpec
+
+    bus.create_topics([TopicSpec("ck", 1)])
+    producer = bus.producer()
+    weights = {"w": np.arange(3000, dtype=np.float32)}
+    state = StrategyState("gap", arrays={"lambda": np.array([0.5, 0.0])}, scalars={"classes": ["a", "b"]})
+    old = Checkpoint("m", 1, 1, weights, state, None)
+    new = Checkpoint("m", 2, 2, {"w": weights["w"] * 2}, state, None, accepted=(("a0", 2),))
+    deliveries = publish_checkpoint(producer, "ck", old, chunk_bytes=4096)
+    assert len(deliveries) > 1
+    publish_checkpoint(producer, "ck", new, chunk_bytes=4096)[0].wait()  # only a prefix: stale
+    consumer = bus.consumer("g", ["ck"])
+    records = consumer.consume(1000, 0)
+    keys = {r.key for r in records}
+    assert keys >= {b"m#0", b"m#1"}  # one compaction key per chunk index
+    partial = records[: len(deliveries) + 1]  # the new checkpoint's first chunk only
+    got = latest_checkpoint(partial, "m")
+    assert got is not None and got.version == 1 and np.array_equal(got.weights["w"], weights["w"])
+    publish_checkpoint(producer, "ck", new, chunk_bytes=4096)
+    latest = read_checkpoint(bus, "ck", "m", timeout_s=5)
+    assert latest is not None and latest.version == 2 and latest.accepted == (("a0", 2),)
+    assert latest.strategy_state.scalars == {"classes": ["a", "b"]}
+    assert np.array_equal(latest.strategy_state.arrays["lambda"], [0.5, 0.0])
