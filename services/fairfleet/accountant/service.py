@@ -1,0 +1,309 @@
+"""The privacy accountant service: thin wiring of the ledger to Kafka, SQLite and HTTP.
+
+One consumer reads ``privacy.requests`` (reservations) and ``privacy.events`` (commit / cancel /
+release). For every message, in this order (the one commit authority, STYLE.md 11):
+
+1. apply it to the in-memory :class:`~fairfleet.privacy.ledger.Ledger`;
+2. write the changed ledger rows AND the message's next offset in one SQLite transaction;
+3. only then answer a reservation on ``privacy.grants`` (flushed);
+4. now and then, commit the consumer group's offsets to Kafka (an optimisation only: records
+   below the offsets stored in SQLite are skipped, and every action is idempotent by event id).
+
+A crash anywhere (kill -9 included) leaves SQLite with a message either fully applied or not at
+all, so a restart loses nothing and charges nothing twice. Fail closed: an error before step 3
+sends no grant (the site agent, hearing nothing, does not release); a release that cannot be
+accounted is charged as non-private. Admission and the live gauges use the RDP accountant; the
+``/budgets`` endpoint can also report PLD (``?accountant=pld``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dp_accounting import dp_event
+from pydantic import ValidationError
+
+from fairfleet.accountant.metrics import AccountantMetrics
+from fairfleet.accountant.store import LedgerStore, Row
+from fairfleet.bus import Bus, Envelope, Publisher, Reader, topic_name
+from fairfleet.errors import FairfleetError
+from fairfleet.log import event
+from fairfleet.messages import (
+    DeadLetter,
+    PrivacyEventMessage,
+    PrivacyGrant,
+    PrivacyReservationRequest,
+)
+from fairfleet.metrics import MetricsServer, serve
+from fairfleet.privacy.events import LedgerKey, PrivacyRecord
+from fairfleet.privacy.ledger import Decision, EventState
+from fairfleet.privacy.policy import PolicySet
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AccountantOptions:
+    prefix: str = "fairfleet."
+    group_id: str = "fairfleet-accountant"
+    metrics_port: int | None = 0  # None: no HTTP server
+    metrics_host: str = "127.0.0.1"
+    kafka_commit_interval_s: float = 1.0
+    lag_interval_s: float = 2.0
+    consume_requests: bool = True  # False: replay privacy.events only (rebuild)
+
+
+class AccountantService:
+    """The ledger behind the reservation protocol; ``run`` until ``stop`` is set."""
+
+    def __init__(
+        self,
+        bus: Bus,
+        db: str | Path,
+        policies: PolicySet,
+        options: AccountantOptions | None = None,
+    ) -> None:
+        self.options = options or AccountantOptions()
+        prefix = self.options.prefix
+        self.topics = {
+            name: topic_name(name, prefix)
+            for name in ("privacy.requests", "privacy.events", "privacy.grants", "deadletter")
+        }
+        self.store = LedgerStore(db)
+        self.ledger = self.store.load(policies)
+        self.applied = self.store.offsets()
+        self.metrics = AccountantMetrics()
+        inputs = [self.topics["privacy.events"]]
+        if self.options.consume_requests:
+            inputs.insert(0, self.topics["privacy.requests"])
+        consumer = bus.consumer(self.options.group_id, inputs)
+        self.publisher = Publisher(bus.producer())
+        self.reader = Reader(consumer, "accountant", on_dead_letter=self._dead_letter)
+        self.http: MetricsServer | None = None
+        self._last_kafka_commit = 0.0
+        self._last_lag = 0.0
+        for key in self.ledger.ledger_keys():
+            self._refresh(key)
+        event(
+            logger,
+            "ledger loaded",
+            db=str(db),
+            ledgers=len(self.ledger.ledger_keys()),
+            offsets={f"{t}:{p}": o for (t, p), o in self.applied.items()},
+        )
+
+    # ------------------------------------------------------------------ HTTP
+    def start_http(self) -> MetricsServer | None:
+        if self.options.metrics_port is None:
+            return None
+        self.http = serve(
+            self.metrics.registry,
+            self.options.metrics_port,
+            self.options.metrics_host,
+            routes={"/budgets": self.budgets_json},
+        )
+        return self.http
+
+    def budgets_json(self, params: dict[str, str]) -> dict[str, Any]:
+        """Read-only: every ledger (or one site's) with spent, limit and remaining ε."""
+        accountant = params.get("accountant", "rdp")
+        if accountant not in ("rdp", "pld"):
+            raise ValueError(f"accountant must be rdp or pld. Found {accountant!r}.")
+        return {
+            "accountant": accountant,
+            "budgets": self.ledger.budgets(site=params.get("site") or None, accountant=accountant),
+            "applied_offsets": {f"{t}:{p}": o for (t, p), o in sorted(self.applied.items())},
+        }
+
+    # ------------------------------------------------------------------ loop
+    def run(self, stop: threading.Event) -> None:
+        self.start_http()
+        try:
+            while not stop.is_set():
+                self.step(0.5)
+        finally:
+            self.close()
+
+    def step(self, timeout: float = 0.5) -> bool:
+        """Process at most one message; True if one was read."""
+        env = self.reader.poll(timeout)
+        now = time.monotonic()
+        if env is not None:
+            self._handle(env)
+        if now - self._last_kafka_commit >= self.options.kafka_commit_interval_s:
+            self._last_kafka_commit = now
+            self._commit_kafka()
+        if env is None or now - self._last_lag >= self.options.lag_interval_s:
+            self._last_lag = now
+            self._update_lag()
+        return env is not None
+
+    def _next_offsets(self, env: Envelope) -> dict[tuple[str, int], int]:
+        out: dict[tuple[str, int], int] = {}
+        for rec in env.records:
+            tp = (rec.topic, rec.partition)
+            out[tp] = max(out.get(tp, 0), rec.offset + 1)
+        return out
+
+    def _handle(self, env: Envelope) -> None:
+        offsets = self._next_offsets(env)
+        if all(offset <= self.applied.get(tp, 0) for tp, offset in offsets.items()):
+            return  # applied before a restart (SQLite is ahead of Kafka's committed offsets)
+        msg = env.message
+        rows: list[Row] = []
+        decision: Decision | None = None
+        request: PrivacyReservationRequest | None = None
+        if isinstance(msg, PrivacyReservationRequest):
+            request = msg
+            decision, rows = self._reserve(msg, env)
+        elif isinstance(msg, PrivacyEventMessage):
+            rows = self._apply_event(msg, env)
+            self.metrics.events_applied.inc()
+        self.store.save(rows, offsets)
+        self.applied.update(offsets)
+        if request is not None and decision is not None:
+            self._answer(request, decision)
+        for key in {row[2].key for row in rows}:
+            self._refresh(key)
+
+    def _reserve(self, msg: PrivacyReservationRequest, env: Envelope) -> tuple[Decision, list[Row]]:
+        try:
+            record = PrivacyRecord.from_message(msg)
+        except (ValidationError, FairfleetError) as exc:
+            self._dead_letter_env(env, "invalid_request", str(exc))
+            return Decision(msg.event_id, False, f"invalid: {exc}", "invalid"), []
+        decision = self.ledger.reserve(record)
+        rows: list[Row] = []
+        if decision.granted and not decision.repeated:
+            rows = [(record.event_id, EventState.RESERVED, record)]
+        return decision, rows
+
+    def _apply_event(self, msg: PrivacyEventMessage, env: Envelope) -> list[Row]:
+        if msg.action == "cancel":
+            record = self._record(msg, dp_event.NoOpDpEvent())
+            outcome = self.ledger.cancel(msg.event_id, record)
+            if not outcome.applied:
+                return []
+            return [(msg.event_id, outcome.state, record)]  # type: ignore[list-item]
+        try:
+            record = PrivacyRecord.from_message(msg)
+        except (ValidationError, FairfleetError) as exc:
+            # it was released: charge it as non-private rather than lose it (fail closed)
+            self._dead_letter_env(env, "unaccountable_release", str(exc))
+            record = self._record(msg, dp_event.NonPrivateDpEvent())
+        outcome = self.ledger.commit(record)
+        if outcome.note:
+            event(
+                logger, "release charged", logging.WARNING, event_id=msg.event_id, note=outcome.note
+            )
+        if not outcome.applied:
+            return []
+        return [(record.event_id, outcome.state, record)]  # type: ignore[list-item]
+
+    @staticmethod
+    def _record(msg: PrivacyEventMessage, replacement: dp_event.DpEvent) -> PrivacyRecord:
+        fields = msg.model_dump(
+            include={"event_id", "site", "site_class", "source", "unit", "model_id", "round"}
+        )
+        fields["windows"] = {
+            "first": msg.windows.first,
+            "last": max(msg.windows.first, msg.windows.last),
+        }
+        fields["neighbouring"] = getattr(msg, "neighbouring", "add_or_remove")
+        return PrivacyRecord.model_validate({**fields, "dp_event": replacement})
+
+    def _answer(self, msg: PrivacyReservationRequest, decision: Decision) -> None:
+        grant = PrivacyGrant(
+            event_id=msg.event_id,
+            site=msg.site,
+            granted=decision.granted,
+            reason=decision.reason,
+            epsilon_if_committed=decision.epsilon_if_committed,
+            epsilon_limit=decision.epsilon_limit,
+            delta=decision.delta,
+        )
+        topic = msg.reply_topic or self.topics["privacy.grants"]
+        self.publisher.send(topic, grant, key=msg.site)
+        self.publisher.producer.flush(30.0)
+        if decision.granted:
+            self.metrics.grants.labels(msg.site).inc()
+        else:
+            self.metrics.denials.labels(msg.site, decision.code or "denied").inc()
+        event(
+            logger,
+            "reservation answered",
+            event_id=msg.event_id,
+            site=msg.site,
+            granted=decision.granted,
+            reason=decision.reason,
+            epsilon_if_committed=decision.epsilon_if_committed,
+        )
+
+    # ------------------------------------------------------------------ metrics, offsets, dead letters
+    def _refresh(self, key: LedgerKey) -> None:
+        policy = self.ledger.policy_for(key)
+        spent = self.ledger.epsilon(key, policy.delta if policy else None)
+        self.metrics.set_ledger(key, spent, policy.epsilon_max if policy else None)
+
+    def _commit_kafka(self) -> None:
+        positions = self.reader.safe_offsets()
+        safe = {tp: min(pos, self.applied.get(tp, 0)) for tp, pos in positions.items()}
+        safe = {tp: o for tp, o in safe.items() if o > 0}
+        if safe:
+            try:
+                self.reader.consumer.commit(offsets=safe)
+            except FairfleetError as exc:  # harmless: SQLite holds the truth
+                event(logger, "kafka offset commit failed", logging.WARNING, error=str(exc))
+
+    def _update_lag(self) -> None:
+        try:
+            lag = self.reader.consumer.lag()
+        except FairfleetError:
+            return
+        self.metrics.ledger_lag.set(lag)
+        self.metrics.consumer_lag.labels("accountant", self.topics["privacy.events"]).set(lag)
+
+    def _dead_letter(self, letter: DeadLetter) -> None:
+        self.publisher.send(self.topics["deadletter"], letter)
+
+    def _dead_letter_env(self, env: Envelope, reason: str, detail: str) -> None:
+        from fairfleet.bus import dead_letter_for
+
+        self._dead_letter(dead_letter_for("accountant", reason, detail, env.record))
+
+    def close(self) -> None:
+        if self.http is not None:
+            self.http.close()
+        try:
+            self.publisher.producer.flush(10.0)
+        finally:
+            self.reader.consumer.close()
+            self.store.close()
+
+
+def rebuild(
+    bus: Bus, db: str | Path, policies: PolicySet, prefix: str = "fairfleet.", idle_s: float = 3.0
+) -> AccountantService:
+    """A fresh ledger at ``db`` from ``privacy.events`` read from offset 0 to its end."""
+    import uuid
+
+    if Path(db).exists():
+        raise FileExistsError(f"Refusing to rebuild into an existing database: {db}")
+    options = AccountantOptions(
+        prefix=prefix,
+        group_id=f"fairfleet-accountant-rebuild-{uuid.uuid4().hex[:8]}",
+        metrics_port=None,
+        consume_requests=False,
+    )
+    service = AccountantService(bus, db, policies, options)
+    quiet_since = time.monotonic()
+    while True:
+        if service.step(0.5):
+            quiet_since = time.monotonic()
+        elif time.monotonic() - quiet_since >= idle_s and service.reader.consumer.lag() == 0:
+            return service

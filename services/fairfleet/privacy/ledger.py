@@ -1,0 +1,422 @@
+"""The privacy ledger: exact composition of every release per (unit, site, data source).
+
+Pure state and composition logic (no I/O; the durable store is fairfleet.accountant.store).
+
+Semantics, for one ledger key (unit, site, source):
+
+* A release touching windows [first, last] composes into exactly those windows. Different
+  models fed by the same windows compose sequentially there.
+* Observation unit: windows are disjoint sets of observations, so releases on disjoint windows
+  compose in parallel and the source's ε is the max over windows of the composition of every
+  release that touched that window. Windows are kept as maximal segments with identical
+  release sets, so the cost grows with the number of distinct window boundaries, not windows.
+* Site unit: one whole site is the neighbouring unit, and removing it removes every window of
+  every source at once — parallel composition does not apply. All site-level releases of a
+  site compose sequentially; admission is checked against that site-wide total, while each
+  source's own share is still reported.
+* Units never mix (they are different keys); one neighbouring relation per ledger.
+
+Two-phase protocol, idempotent by event id, serialised by one lock (no over-spend ever):
+``reserve`` is the dry run — the composition of committed + pending + this event on every
+window it touches, at the policy's δ, must stay ≤ ε_max, else it is denied with the reason;
+a granted reservation counts against the budget until ``commit`` (it happened) or ``cancel``
+(it did not). A commit for an unknown, cancelled or differing reservation is applied as the
+release it reports (a release that happened is always charged). An event that cannot be
+accounted is charged as non-private (ε = ∞): the ledger fails closed.
+
+Admission uses the RDP accountant (fast, running curves); ``epsilon(key, accountant="pld")``
+gives the tighter PLD figure for reports.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import numpy as np
+
+from fairfleet.privacy.accounting import PldAccountant, RdpAccountant
+from fairfleet.privacy.algebra import NON_PRIVATE, Leaves, Unsupported, reduce_event
+from fairfleet.privacy.events import LedgerKey, PrivacyRecord, PrivacyUnit
+from fairfleet.privacy.policy import Policy, PolicySet
+from fairfleet.privacy.rdp import epsilon_from_rdp
+from fairfleet.privacy.segments import SourceLedger
+
+REPORT_DELTA = 1e-5  # δ used to report a ledger that has no policy (it cannot be granted anyway)
+
+
+class EventState(StrEnum):
+    RESERVED = "reserved"
+    COMMITTED = "committed"
+    CANCELLED = "cancelled"
+
+
+class DenyReason(StrEnum):
+    OVER_BUDGET = "over_budget"
+    NO_POLICY = "no_policy"
+    UNSUPPORTED = "unsupported_event"
+    RELATION = "neighbouring_mismatch"
+    CANCELLED = "cancelled"
+    CONFLICT = "conflict"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The answer to a reservation. ``code`` is the DenyReason value ('' when granted)."""
+
+    event_id: str
+    granted: bool
+    reason: str = ""
+    code: str = ""
+    epsilon_if_committed: float | None = None
+    epsilon_limit: float | None = None
+    delta: float | None = None
+    repeated: bool = False
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a commit or cancel did."""
+
+    event_id: str
+    applied: bool
+    state: EventState | None
+    note: str = ""
+
+
+@dataclass
+class _Entry:
+    record: PrivacyRecord
+    state: EventState
+    leaves: Leaves
+
+
+class Ledger:
+    """Every ledger of a fleet, with the reserve / commit / cancel protocol."""
+
+    def __init__(self, policies: PolicySet) -> None:
+        self.policies = policies
+        self._lock = threading.RLock()
+        self._sources: dict[LedgerKey, SourceLedger] = {}
+        self._events: dict[str, _Entry] = {}
+        self._rdp = RdpAccountant()  # its curve cache is shared by all ledgers
+        self._pld_cache: dict[tuple[Any, ...], float] = {}
+
+    # ------------------------------------------------------------------ helpers
+    def _leaves(self, record: PrivacyRecord) -> Leaves | Unsupported:
+        return reduce_event(record.dp_event, 1, record.neighbouring)
+
+    def _eps(self, leaves: Leaves, delta: float) -> float:
+        if not leaves:
+            return 0.0
+        eps, _ = epsilon_from_rdp(self._rdp.curve(leaves), self._rdp.orders, delta)
+        return float(eps[0])
+
+    def _site_unit_total(self, site: str, pending: bool = True) -> Leaves:
+        total: Leaves = Counter()
+        for key, source in self._sources.items():
+            if key.unit is PrivacyUnit.SITE and key.site == site:
+                for seg in source.segments:
+                    total.update(seg.committed)
+                    if pending:
+                        total.update(seg.pending)
+        return total
+
+    def policy_for(self, key: LedgerKey, site_class: str = "") -> Policy | None:
+        source = self._sources.get(key)
+        klass = site_class or (source.site_class if source else "")
+        return self.policies.resolve(key.unit, key.site, klass)
+
+    def _deny(self, record: PrivacyRecord, code: DenyReason, detail: str, **kw: Any) -> Decision:
+        return Decision(record.event_id, False, f"{code.value}: {detail}", code.value, **kw)
+
+    def _worst_if(
+        self, source: SourceLedger | None, record: PrivacyRecord, leaves: Leaves, delta: float
+    ) -> float:
+        """ε after adding ``leaves`` (with everything committed and pending) where it lands."""
+        if record.unit is PrivacyUnit.SITE:
+            return self._eps(self._site_unit_total(record.site) + leaves, delta)
+        if source is None:
+            return self._eps(leaves, delta)
+        return max(self._eps(c + p + leaves, delta) for c, p in source.touched(record))
+
+    def _source(self, record: PrivacyRecord) -> SourceLedger:
+        source = self._sources.get(record.key)
+        if source is None:
+            source = self._sources[record.key] = SourceLedger(record.key, record.neighbouring)
+        if record.site_class:
+            source.site_class = record.site_class
+        return source
+
+    # ------------------------------------------------------------------ protocol
+    def reserve(self, record: PrivacyRecord) -> Decision:
+        """Dry-run the release and hold its budget if it fits the policy."""
+        with self._lock:
+            existing = self._events.get(record.event_id)
+            if existing is not None:
+                if existing.record != record:
+                    return self._deny(
+                        record,
+                        DenyReason.CONFLICT,
+                        f"event id {record.event_id!r} was used for a different release",
+                    )
+                if existing.state is EventState.CANCELLED:
+                    return self._deny(
+                        record, DenyReason.CANCELLED, f"event id {record.event_id!r} was cancelled"
+                    )
+                policy = self.policy_for(record.key, record.site_class)
+                delta = policy.delta if policy else REPORT_DELTA
+                return Decision(
+                    record.event_id,
+                    True,
+                    epsilon_if_committed=self.epsilon(record.key, delta, pending=True),
+                    epsilon_limit=policy.epsilon_max if policy else None,
+                    delta=delta,
+                    repeated=True,
+                    reason=f"already {existing.state.value}",
+                )
+            policy = self.policy_for(record.key, record.site_class)
+            if policy is None:
+                return self._deny(
+                    record,
+                    DenyReason.NO_POLICY,
+                    f"no policy for {record.key} (class {record.site_class!r})",
+                )
+            leaves = self._leaves(record)
+            if isinstance(leaves, Unsupported):
+                return self._deny(record, DenyReason.UNSUPPORTED, str(leaves))
+            source = self._sources.get(record.key)
+            if source is not None and source.relation is not record.neighbouring:
+                return self._deny(
+                    record,
+                    DenyReason.RELATION,
+                    f"ledger {record.key} uses {source.relation.value}, event uses {record.neighbouring.value}",
+                )
+            eps_if = self._worst_if(source, record, leaves, policy.delta)
+            limits: dict[str, Any] = {
+                "epsilon_if_committed": eps_if,
+                "epsilon_limit": policy.epsilon_max,
+                "delta": policy.delta,
+            }
+            if not eps_if <= policy.epsilon_max:
+                scope = (
+                    f"site {record.site} (site unit)"
+                    if record.unit is PrivacyUnit.SITE
+                    else f"{record.key} windows [{record.windows.first}, {record.windows.last}]"
+                )
+                return self._deny(
+                    record,
+                    DenyReason.OVER_BUDGET,
+                    f"would reach ε={eps_if:.6g} > ε_max={policy.epsilon_max:g} at δ={policy.delta:g} on {scope}",
+                    **limits,
+                )
+            self._source(record).hold(record, leaves)
+            self._events[record.event_id] = _Entry(record, EventState.RESERVED, leaves)
+            return Decision(
+                record.event_id,
+                True,
+                epsilon_if_committed=eps_if,
+                epsilon_limit=policy.epsilon_max,
+                delta=policy.delta,
+            )
+
+    def commit(self, record: PrivacyRecord) -> Outcome:
+        """The release happened: charge it (moving its reservation, if any, to committed)."""
+        with self._lock:
+            existing = self._events.get(record.event_id)
+            if existing is not None and existing.state is EventState.COMMITTED:
+                return Outcome(record.event_id, False, EventState.COMMITTED, "already committed")
+            note = ""
+            if existing is not None and existing.state is EventState.RESERVED:
+                source = self._source(existing.record)
+                if existing.record == record:
+                    source.apply(record, existing.leaves, pending=existing.leaves)
+                    existing.state = EventState.COMMITTED
+                    return Outcome(record.event_id, True, EventState.COMMITTED)
+                source.hold(existing.record, existing.leaves, release=True)
+                note = "differs from its reservation; charged as released"
+            elif existing is not None:
+                note = "was cancelled; charged as released"
+            else:
+                note = "no reservation; charged as released"
+            leaves, why = self._charge(record)
+            note += why
+            source = self._source(record)
+            source.apply(record, leaves)
+            self._events[record.event_id] = _Entry(record, EventState.COMMITTED, leaves)
+            return Outcome(record.event_id, True, EventState.COMMITTED, note)
+
+    def _charge(self, record: PrivacyRecord) -> tuple[Leaves, str]:
+        """What a release that happened costs: its leaves, or ∞ if it cannot be accounted."""
+        leaves = self._leaves(record)
+        if isinstance(leaves, Unsupported):
+            return Counter(
+                {NON_PRIVATE: 1}
+            ), f"; cannot be accounted ({leaves}): charged as non-private"
+        source = self._sources.get(record.key)
+        if source is not None and source.relation is not record.neighbouring:
+            return Counter(
+                {NON_PRIVATE: 1}
+            ), "; neighbouring relation differs from the ledger's: charged as non-private"
+        return leaves, ""
+
+    def restore(self, record: PrivacyRecord, state: EventState) -> None:
+        """Re-enter a stored final state, without policy checks (loading the durable store)."""
+        with self._lock:
+            if state is EventState.CANCELLED:
+                self._events[record.event_id] = _Entry(record, state, Counter())
+                return
+            leaves, _ = self._charge(record)
+            source = self._source(record)
+            if state is EventState.RESERVED:
+                source.hold(record, leaves)
+            else:
+                source.apply(record, leaves)
+            self._events[record.event_id] = _Entry(record, state, leaves)
+
+    def cancel(self, event_id: str, record: PrivacyRecord | None = None) -> Outcome:
+        """The release did not happen: free its reservation; the id can never be reserved again."""
+        with self._lock:
+            existing = self._events.get(event_id)
+            if existing is None:
+                if record is not None:
+                    self._events[event_id] = _Entry(record, EventState.CANCELLED, Counter())
+                    return Outcome(
+                        event_id, True, EventState.CANCELLED, "tombstone: no reservation seen"
+                    )
+                return Outcome(event_id, False, None, "unknown event id")
+            if existing.state is EventState.COMMITTED:
+                return Outcome(
+                    event_id,
+                    False,
+                    EventState.COMMITTED,
+                    "already committed; a release cannot be undone",
+                )
+            if existing.state is EventState.CANCELLED:
+                return Outcome(event_id, False, EventState.CANCELLED, "already cancelled")
+            self._sources[existing.record.key].hold(existing.record, existing.leaves, release=True)
+            existing.state = EventState.CANCELLED
+            return Outcome(event_id, True, EventState.CANCELLED)
+
+    # ------------------------------------------------------------------ reads (never mutate)
+    def state(self, event_id: str) -> EventState | None:
+        with self._lock:
+            entry = self._events.get(event_id)
+            return entry.state if entry else None
+
+    def ledger_keys(self) -> list[LedgerKey]:
+        with self._lock:
+            return sorted(self._sources, key=str)
+
+    def epsilon(
+        self,
+        key: LedgerKey,
+        delta: float | None = None,
+        accountant: str = "rdp",
+        pending: bool = False,
+    ) -> float:
+        """ε of a ledger: max over its windows (site unit: its whole composition) at δ."""
+        with self._lock:
+            source = self._sources.get(key)
+            if source is None:
+                return 0.0
+            if delta is None:
+                policy = self.policy_for(key)
+                delta = policy.delta if policy else REPORT_DELTA
+            segments = [
+                seg.committed + seg.pending if pending else seg.committed for seg in source.segments
+            ]
+            if accountant == "pld":
+                return max((self._pld(leaves, delta) for leaves in segments), default=0.0)
+            return max((self._eps(leaves, delta) for leaves in segments), default=0.0)
+
+    def _pld(self, leaves: Leaves, delta: float) -> float:
+        if not leaves:
+            return 0.0
+        key = (delta, *sorted(leaves.items()))
+        if key not in self._pld_cache:
+            acc = PldAccountant()
+            acc.compose_leaves(leaves)
+            self._pld_cache[key] = acc.get_epsilon(delta)
+        return self._pld_cache[key]
+
+    def budgets(self, site: str | None = None, accountant: str = "rdp") -> list[dict[str, Any]]:
+        """One row per ledger: spent (committed), reserved (with pending), limit, remaining."""
+        with self._lock:
+            rows = []
+            for key in self.ledger_keys():
+                if site is not None and key.site != site:
+                    continue
+                source = self._sources[key]
+                policy = self.policy_for(key)
+                delta = policy.delta if policy else REPORT_DELTA
+                spent = self.epsilon(key, delta, accountant)
+                with_pending = self.epsilon(key, delta, "rdp", pending=True)
+                limit = policy.epsilon_max if policy else None
+                row: dict[str, Any] = {
+                    "unit": key.unit.value,
+                    "site": key.site,
+                    "source": key.source,
+                    "site_class": source.site_class,
+                    "accountant": accountant,
+                    "epsilon_spent": spent,
+                    "epsilon_reserved": with_pending,
+                    "epsilon_limit": limit,
+                    "epsilon_remaining": None if limit is None else limit - spent,
+                    "budget_used_ratio": None if limit is None else spent / limit,
+                    "delta": delta,
+                    "windows": source.window_range(),
+                    "segments": len(source.segments),
+                    "events_committed": sum(
+                        1
+                        for e in self._events.values()
+                        if e.record.key == key and e.state is EventState.COMMITTED
+                    ),
+                    "events_reserved": sum(
+                        1
+                        for e in self._events.values()
+                        if e.record.key == key and e.state is EventState.RESERVED
+                    ),
+                }
+                if key.unit is PrivacyUnit.SITE:
+                    row["site_total_epsilon"] = self._eps(
+                        self._site_unit_total(key.site, pending=False), delta
+                    )
+                rows.append(row)
+            return rows
+
+    def snapshot(self) -> dict[str, Any]:
+        """A canonical, comparable view of the whole ledger (for replay checks)."""
+        with self._lock:
+            return {
+                "events": {
+                    eid: (e.state.value, e.record.model_dump_json())
+                    for eid, e in sorted(self._events.items())
+                },
+                "ledgers": {
+                    str(key): [
+                        (s.start, s.end, sorted(s.committed.items()), sorted(s.pending.items()))
+                        for s in self._sources[key].segments
+                    ]
+                    for key in self.ledger_keys()
+                },
+            }
+
+    def epsilons(self, delta_of: dict[LedgerKey, float]) -> dict[LedgerKey, float]:
+        """Committed ε of many ledgers at once (one vectorised conversion per δ)."""
+        with self._lock:
+            out: dict[LedgerKey, float] = {}
+            by_delta: dict[float, list[tuple[LedgerKey, np.ndarray]]] = {}
+            for key, delta in delta_of.items():
+                source = self._sources.get(key)
+                for seg in source.segments if source else []:
+                    by_delta.setdefault(delta, []).append((key, self._rdp.curve(seg.committed)))
+                out[key] = 0.0
+            for delta, items in by_delta.items():
+                eps, _ = epsilon_from_rdp(np.stack([c for _, c in items]), self._rdp.orders, delta)
+                for (key, _), value in zip(items, eps, strict=True):
+                    out[key] = max(out[key], float(value))
+            return out
