@@ -1,0 +1,205 @@
+"""`fairfleet privacy epsilon|noise` (the privacy calculator) and `fairfleet budget` (the live ledger).
+
+    fairfleet privacy epsilon --sampling-rate 0.04 --noise-multiplier 1.5 --steps 2250 --delta 1e-5
+    fairfleet privacy epsilon --events plan.json --delta 1e-6 --accountant pld --json
+    fairfleet privacy noise --epsilon 8 --delta 1e-5 --sampling-rate 0.04 --steps 2250
+    fairfleet budget --site plant-7 --url http://127.0.0.1:9100
+
+An events file is a JSON list (or ``{"events": [...]}``) composed sequentially on one dataset;
+each item is a dp_accounting DpEvent as JSON (``{"class_name": "GaussianDpEvent", ...}``), a
+privacy record with a ``dp_event`` field, or a DP-SGD plan ``{"sampling_rate", "noise_multiplier",
+"steps"}``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from fairfleet.errors import ConfigError
+
+privacy_app = typer.Typer(
+    help="Privacy calculator: ε of a plan, or the noise for a target ε.", no_args_is_help=True
+)
+
+ACCOUNTANT = typer.Option("rdp", "--accountant", help="rdp (opacus-compatible) or pld (tighter).")
+JSON_OUT = typer.Option(False, "--json", help="One JSON object on stdout.")
+
+
+def _events_from_file(path: Path) -> list[Any]:
+    from fairfleet.privacy.events import dp_event_from_json, dpsgd_event
+
+    if not path.is_file():
+        raise ConfigError(f"Events file not found: '{path}'.")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path} is not valid JSON: {exc}") from exc
+    items = data.get("events") if isinstance(data, dict) else data
+    if not isinstance(items, list) or not items:
+        raise ConfigError(
+            f"{path} must hold a non-empty JSON list of events. Found {type(items).__name__}."
+        )
+    events = []
+    for n, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise ConfigError(f"Event {n} in {path} must be an object. Found {item!r}.")
+        if "class_name" in item:
+            events.append(dp_event_from_json(item))
+        elif "dp_event" in item:
+            events.append(dp_event_from_json(item["dp_event"]))
+        elif {"sampling_rate", "noise_multiplier", "steps"} <= item.keys():
+            events.append(
+                dpsgd_event(
+                    float(item["sampling_rate"]),
+                    float(item["noise_multiplier"]),
+                    int(item["steps"]),
+                )
+            )
+        else:
+            raise ConfigError(
+                f"Event {n} in {path} is neither a DpEvent (class_name), a record (dp_event) nor a "
+                f"plan (sampling_rate, noise_multiplier, steps). Found keys {sorted(item)}."
+            )
+    return events
+
+
+@privacy_app.command("epsilon")
+def epsilon_cmd(
+    delta: float = typer.Option(..., "--delta", help="Target δ."),
+    sampling_rate: float | None = typer.Option(None, "--sampling-rate", help="Poisson rate q."),
+    noise_multiplier: float | None = typer.Option(None, "--noise-multiplier", help="σ."),
+    steps: int | None = typer.Option(None, "--steps", help="Number of steps T."),
+    events: Path | None = typer.Option(None, "--events", help="JSON file of events to compose."),
+    accountant: str = ACCOUNTANT,
+    as_json: bool = JSON_OUT,
+) -> None:
+    """ε at δ of T steps of the Poisson-subsampled Gaussian (DP-SGD), or of an events file."""
+    from fairfleet.privacy.accounting import RdpAccountant, make_accountant
+    from fairfleet.privacy.events import dpsgd_event
+
+    plan = (sampling_rate, noise_multiplier, steps)
+    if events is None and None in plan:
+        raise ConfigError("Give --sampling-rate, --noise-multiplier and --steps, or --events FILE.")
+    if events is not None and any(v is not None for v in plan):
+        raise ConfigError(
+            "Give either a plan (--sampling-rate/--noise-multiplier/--steps) or --events, not both."
+        )
+    to_compose = (
+        _events_from_file(events)
+        if events is not None
+        else [dpsgd_event(float(sampling_rate), float(noise_multiplier), int(steps))]  # type: ignore[arg-type]
+    )
+    acc = make_accountant(accountant)
+    for ev in to_compose:
+        acc.compose(ev)
+    eps = acc.get_epsilon(delta)
+    out: dict[str, Any] = {"epsilon": eps, "delta": delta, "accountant": accountant}
+    if events is not None:
+        out["events_file"] = str(events)
+        out["events"] = len(to_compose)
+    else:
+        out.update(sampling_rate=sampling_rate, noise_multiplier=noise_multiplier, steps=steps)
+    if isinstance(acc, RdpAccountant):
+        out["optimal_order"] = acc.optimal_order(delta)
+    if as_json:
+        typer.echo(json.dumps(out))
+        return
+    what = (
+        f"{len(to_compose)} events from {events}"
+        if events is not None
+        else (f"q={sampling_rate:g}, σ={noise_multiplier:g}, T={steps}")
+    )
+    order = f", optimal order {out['optimal_order']:g}" if "optimal_order" in out else ""
+    typer.echo(f"ε = {eps:.6g} at δ = {delta:g} ({accountant.upper()}{order}) for {what}")
+
+
+@privacy_app.command("noise")
+def noise_cmd(
+    epsilon: float = typer.Option(..., "--epsilon", help="Target ε."),
+    delta: float = typer.Option(..., "--delta", help="Target δ."),
+    sampling_rate: float = typer.Option(..., "--sampling-rate", help="Poisson rate q."),
+    steps: int = typer.Option(..., "--steps", help="Number of steps T."),
+    accountant: str = ACCOUNTANT,
+    as_json: bool = JSON_OUT,
+) -> None:
+    """Smallest noise multiplier σ that meets (ε, δ) for T steps at rate q."""
+    from fairfleet.privacy.accounting import calibrate_noise_multiplier
+    from fairfleet.privacy.accounting import epsilon as epsilon_of
+    from fairfleet.privacy.events import dpsgd_event
+
+    sigma = calibrate_noise_multiplier(epsilon, delta, sampling_rate, steps, accountant)
+    achieved = epsilon_of(dpsgd_event(sampling_rate, sigma, steps), delta, accountant)
+    out = {
+        "noise_multiplier": sigma,
+        "epsilon": achieved,
+        "target_epsilon": epsilon,
+        "delta": delta,
+        "sampling_rate": sampling_rate,
+        "steps": steps,
+        "accountant": accountant,
+    }
+    if as_json:
+        typer.echo(json.dumps(out))
+        return
+    typer.echo(
+        f"σ = {sigma:.6g} gives ε = {achieved:.6g} ≤ {epsilon:g} at δ = {delta:g} "
+        f"({accountant.upper()}) for q={sampling_rate:g}, T={steps}"
+    )
+
+
+def budget_cmd(
+    site: str | None = typer.Option(None, "--site", help="Only this site's ledgers."),
+    url: str = typer.Option(
+        "http://127.0.0.1:9100", "--url", help="The accountant's HTTP address."
+    ),
+    accountant: str = ACCOUNTANT,
+    as_json: bool = JSON_OUT,
+) -> None:
+    """The live ledger from the accountant's /budgets endpoint."""
+    import httpx
+
+    params = {"accountant": accountant, **({"site": site} if site else {})}
+    endpoint = url.rstrip("/") + ("" if url.rstrip("/").endswith("/budgets") else "/budgets")
+    try:
+        response = httpx.get(endpoint, params=params, timeout=30.0)
+    except httpx.HTTPError as exc:
+        raise ConfigError(f"Cannot reach the accountant at {endpoint}: {exc}") from exc
+    if response.status_code != 200:
+        raise ConfigError(f"The accountant answered {response.status_code}: {response.text[:300]}")
+    data = response.json()
+    if as_json:
+        typer.echo(json.dumps(data))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"privacy budgets ({data.get('accountant', accountant).upper()})")
+    for col in ("unit", "site", "source", "windows", "ε spent", "ε reserved", "ε max", "δ", "used"):
+        table.add_column(col, justify="right" if col.startswith(("ε", "δ", "used")) else "left")
+
+    def num(v: Any, fmt: str = ".4g") -> str:
+        return "-" if v is None else format(v, fmt)
+
+    for row in data.get("budgets", []):
+        windows = row.get("windows")
+        table.add_row(
+            row["unit"],
+            row["site"],
+            row["source"],
+            "all" if windows is None else f"{windows[0]}-{windows[1]}",
+            num(row.get("epsilon_spent")),
+            num(row.get("epsilon_reserved")),
+            num(row.get("epsilon_limit")),
+            num(row.get("delta"), "g"),
+            num(row.get("budget_used_ratio"), ".0%"),
+        )
+    Console().print(table)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(privacy_app, name="privacy")
+    app.command("budget")(budget_cmd)
