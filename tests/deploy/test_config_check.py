@@ -186,9 +186,14 @@ def test_connector_params_and_widths_are_checked(tmp_path: Path) -> None:
     data["sites"][3]["connector"]["params"]["target"] = ["failure_within_horizonx"]
     data["sites"][4]["connector"]["type"] = "ftp"                             # no such connector
     data["models"][1]["model"]["params"]["in_features"] = 9                   # sites deliver 8
+    data["sites"][5]["models"] = ["rul", "failure"]     # a regression fleet feeding a classifier
+    data["sites"][6]["connector"] = {"type": "files", "params": {                # two targets, one output
+        "path": "/x", "fields": {"a": "float", "y1": "float", "y2": "float"}, "target": ["y1", "y2"]}}
     report = check_mapping(yaml.safe_load(_write(tmp_path, data).read_text()), tmp_path)
     assert _locations(report.problems) == {
         "sites[2].connector.params", "sites[3].connector.params", "sites[4].connector.type",
         "sites[0].connector", "sites[1].connector",
+        "sites[5].connector", "sites[5].connector.params",  # in_features 9, and the task mismatch
+        "sites[6].connector", "sites[6].connector.params.target",  # 1 feature, 2 targets
     }, report.problems
     assert any("plant-z" in p for p in report.problems) and any("'ftp'" in p for p in report.problems)

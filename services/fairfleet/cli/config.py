@@ -163,8 +163,11 @@ def _check_site(i: int, raw: dict[str, Any], base_dir: Path, report: CheckReport
         )
 
 
-def _connector_features(s: Any) -> list[str] | None:
-    """Feature names the site's connector will deliver (ConfigError if its params are bad)."""
+def _connector_schema(s: Any) -> tuple[list[str], list[str], str | None] | None:
+    """(features, targets, task of the targets if known) the site's connector delivers.
+
+    Raises ConfigError if its params are bad; None when the connector declares no schema here.
+    """
     from fairfleet.connectors.base import ObservationSchema
 
     params = s.connector.params
@@ -173,30 +176,50 @@ def _connector_features(s: Any) -> list[str] | None:
 
         fleet = load_fleet(str(params.get("fleet", "demo")))
         fleet.site(str(params.get("site", s.id)))
-        return list(fleet.feature_names)
+        # the simulator connector delivers the fleet's task target only
+        return list(fleet.feature_names), list(fleet.target_names[:1]), str(fleet.task)
     if "fields" in params or s.connector.type in ("files", "sql"):
-        return list(ObservationSchema.from_params(params).features)
+        schema = ObservationSchema.from_params(params)
+        return list(schema.features), list(schema.targets), None
     return None
 
 
 def _check_connector(i: int, s: Any, models: dict[str, Any], report: CheckReport) -> None:
-    """The connector's params describe a usable schema whose width fits every model it feeds."""
+    """The connector's params describe a usable schema that fits every model it feeds.
+
+    The site agent trains every model a site serves on the connector's targets, so their count
+    must match the model (one label for classification, out_features values for regression).
+    """
     from fairfleet.errors import ConfigError
 
     try:
-        features = _connector_features(s)
+        schema = _connector_schema(s)
     except (ConfigError, OSError) as exc:
         report.problems.append(f"sites[{i}].connector.params: {exc} (got {_shown(s.connector.params)})")
         return
-    if features is None:
+    if schema is None:
         return
+    features, targets, task = schema
     for model_id in s.models or list(models):
         m = models.get(model_id)
-        width = m.model.params.get("in_features") if m is not None else None
+        if m is None:
+            continue
+        width = m.model.params.get("in_features")
         if isinstance(width, int) and width != len(features):
             report.problems.append(
                 f"sites[{i}].connector: delivers {len(features)} features but model '{model_id}' has "
                 f"in_features {width} (got {features})"
+            )
+        if task is not None and task != m.model.task:
+            report.problems.append(
+                f"sites[{i}].connector.params: fleet {s.connector.params.get('fleet', 'demo')!r} has a "
+                f"{task} target {targets} but model '{model_id}' is {m.model.task} (got {_shown(s.connector.params)})"
+            )
+        outputs = 1 if m.model.task == "classification" else m.model.params.get("out_features", 1)
+        if len(targets) != outputs:
+            report.problems.append(
+                f"sites[{i}].connector.params.target: {len(targets)} target(s) but model '{model_id}' "
+                f"({m.model.task}) trains on {outputs} (got {targets})"
             )
 
 
