@@ -131,29 +131,42 @@ def publish_checkpoint(
     ]
 
 
-def latest_checkpoint(records: Sequence[Record], model_id: str) -> Checkpoint | None:
-    """The newest complete, valid checkpoint of ``model_id`` among ``records`` (topic order)."""
-    reassembler = codec.Reassembler(timeout_s=float("inf"))
-    best: Checkpoint | None = None
-    for record in records:
-        if record.header(H_MODEL) != model_id:
-            continue
-        value: bytes | None = record.value
-        if codec.is_chunk(record):
-            try:
-                assembled = reassembler.add(record)
-            except PayloadError:
-                continue
-            value = assembled.value if assembled is not None else None
-        if value is None:
-            continue
+class CheckpointScanner:
+    """Feed the checkpoint topic in order; keeps only the newest complete value of one model.
+
+    The topic has one partition and one writer per model, so topic order is commit order and
+    the last complete value is the newest checkpoint (compaction keeps offsets in order). Only
+    that value is held in memory, so scanning a topic of many large checkpoints stays cheap.
+    """
+
+    def __init__(self, model_id: str) -> None:
+        self.model_id = model_id
+        self._reassembler = codec.Reassembler(timeout_s=float("inf"))
+        self._last: bytes | None = None
+
+    def add(self, record: Record) -> None:
+        if record.header(H_MODEL) != self.model_id:
+            return
+        if not codec.is_chunk(record):
+            self._last = record.value
+            return
         try:
-            candidate = Checkpoint.from_bytes(value)
+            assembled = self._reassembler.add(record)
         except PayloadError:
-            continue
-        if best is None or candidate.version >= best.version:
-            best = candidate
-    return best
+            return  # a corrupted chunk set of some checkpoint: not the one we can restore from
+        if assembled is not None:
+            self._last = assembled.value
+
+    def result(self) -> Checkpoint | None:
+        return None if self._last is None else Checkpoint.from_bytes(self._last)
+
+
+def latest_checkpoint(records: Sequence[Record], model_id: str) -> Checkpoint | None:
+    """The newest complete checkpoint of ``model_id`` among ``records`` (in topic order)."""
+    scanner = CheckpointScanner(model_id)
+    for record in records:
+        scanner.add(record)
+    return scanner.result()
 
 
 def read_checkpoint(
@@ -162,15 +175,18 @@ def read_checkpoint(
     """Read the whole (compacted) checkpoint topic and return the newest checkpoint of a model.
 
     Uses a throw-away consumer group that never commits; reads until the consumer has caught up
-    with the end of the topic (read_committed: aborted checkpoints are never seen).
+    with the end of the topic (read_committed: aborted checkpoints are never seen). A newest
+    checkpoint that does not parse raises PayloadError: restoring an older one would silently
+    undo committed rounds.
     """
     consumer = bus.consumer(f"{group_prefix}checkpoint-restore-{new_id()[:12]}", [topic])
-    records: list[Record] = []
+    scanner = CheckpointScanner(model_id)
     deadline = time.monotonic() + timeout_s
     try:
         while time.monotonic() < deadline:
             batch = consumer.consume(500, 0.2)
-            records.extend(batch)
+            for record in batch:
+                scanner.add(record)
             if not batch and consumer.committed() and consumer.lag() == 0:
                 break
         else:
@@ -179,4 +195,4 @@ def read_checkpoint(
             )
     finally:
         consumer.close()
-    return latest_checkpoint(records, model_id)
+    return scanner.result()

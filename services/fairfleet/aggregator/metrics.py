@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from fairfleet import __version__
+from fairfleet.fairness import SiteUpdate, class_risk_estimates
 
 SERVICE = "aggregator"
 
@@ -95,3 +97,24 @@ class AggregatorMetrics:
             self.class_loss_stderr.labels(self.model, cls).set(est["se"])
             self.worst_class.labels(self.model, cls).set(1 if cls == estimates["worst_class"] else 0)
         self.gap.labels(self.model).set(estimates["gap"]["debiased"])
+
+    def round_closed(
+        self, opened_at: float, updates: Sequence[SiteUpdate], diagnostics: Mapping[str, Any]
+    ) -> dict[str, Any] | None:
+        """Per-round metrics, and per-class estimates from the round's noisy loss releases
+        (``class_risk_estimates``, p ∝ n_k); returns that report (None without losses)."""
+        model = self.model
+        self.rounds.labels(model).inc()
+        self.participants.labels(model).set(len(updates))
+        self.duration.labels(model).observe(max(0.0, time.time() - opened_at))
+        for u in updates:
+            self.staleness.labels(model).observe(u.staleness)
+        losses = [(u.loss, u.site_class, u.n_examples) for u in updates if u.loss is not None]
+        report = None
+        if losses:
+            report = class_risk_estimates(
+                [loss for loss, _, _ in losses], [c for _, c, _ in losses],
+                weights=[n for _, _, n in losses],
+            ).to_json()
+        self.fairness(report, diagnostics.get("lambda", {}))
+        return report

@@ -20,10 +20,8 @@ Nothing is committed while a round is open, so no transaction spans a long round
 
 from __future__ import annotations
 
-import inspect
 import logging
 import os
-import signal
 import threading
 import time
 from dataclasses import dataclass
@@ -34,36 +32,37 @@ import torch
 
 from fairfleet.aggregator.budgets import BudgetClient
 from fairfleet.aggregator.checkpoint import Checkpoint, publish_checkpoint, read_checkpoint
+from fairfleet.aggregator.crash import CRASH_ENV, CrashHook
 from fairfleet.aggregator.metrics import SERVICE, AggregatorMetrics
+from fairfleet.aggregator.rounds import announcement, round_due, strategy_params
 from fairfleet.aggregator.validation import (
     Rejection,
     check_identity,
     check_payload,
     check_privacy,
+    check_round,
 )
 from fairfleet.bus import Bus, Envelope, Publisher, Reader, connect, dead_letter_for, default_topics
 from fairfleet.bus.base import Consumer
 from fairfleet.config import FleetConfig
 from fairfleet.errors import BusError, ConfigError
-from fairfleet.fairness import NoisyStat, SiteUpdate, build_strategy, class_risk_estimates
-from fairfleet.fairness.registry import strategy_class
+from fairfleet.fairness import NoisyStat, SiteUpdate, build_strategy
 from fairfleet.learning.models import build_model
 from fairfleet.learning.tensors import (
-    flatten,
     sha256_hex,
     shapes_of,
     to_safetensors_bytes,
     unflatten,
 )
 from fairfleet.log import event
-from fairfleet.messages import DeadLetter, ModelRelease, RoundAnnouncement
+from fairfleet.messages import DeadLetter, ModelRelease
 from fairfleet.messages import SiteUpdate as SiteUpdateMessage
 from fairfleet.metrics import MetricsServer, serve
 
 logger = logging.getLogger(__name__)
 
-CRASH_ENV = "FAIRFLEET_AGGREGATOR_CRASH_AT"
-"""Test hook: ``point:round[:n]`` kills the process with SIGKILL at that point (tests only)."""
+MAX_COMMIT_FAILURES = 3
+"""Consecutive failed round commits after which the service exits (a restart re-reads state)."""
 
 
 @dataclass(frozen=True)
@@ -82,17 +81,6 @@ class AggregatorOptions:
     stop_when_finished: bool = True
     restore_timeout_s: float = 60.0
     crash_at: str | None = None
-
-
-def _strategy_params(config_params: dict[str, Any], name: str, gamma: float, exponent: float) -> dict[str, Any]:
-    """Config params, plus the model's γ and the rounds' staleness exponent where accepted."""
-    params = dict(config_params)
-    accepted = inspect.signature(strategy_class(name).__init__).parameters
-    if "gamma" in accepted:
-        params.setdefault("gamma", gamma)
-    if "staleness_exponent" in accepted:
-        params.setdefault("staleness_exponent", exponent)
-    return params
 
 
 class Aggregator:
@@ -115,11 +103,7 @@ class Aggregator:
                 f"rounds.quorum must be >= rounds.min_sites ({rounds.min_sites}) for model "
                 f"'{model_id}'. Found {rounds.quorum}."
             )
-        self.strategy = build_strategy(
-            self.model_cfg.strategy.name,
-            **_strategy_params(self.model_cfg.strategy.params, self.model_cfg.strategy.name,
-                               self.model_cfg.gamma, rounds.staleness_exponent),
-        )
+        self.strategy = build_strategy(self.model_cfg.strategy.name, **strategy_params(self.model_cfg))
         self.bus = bus if bus is not None else connect(config.bus_url(), config.kafka.client_config())
         prefix = config.kafka.topic_prefix
         self.topics = {name: f"{prefix}{name}" for name in
@@ -131,9 +115,10 @@ class Aggregator:
         self.budgets = BudgetClient(self.options.budgets_url) if self.options.budgets_url else None
         self._template = self._initial_weights()
         self._shapes = shapes_of(self._template)
-        self._crash = self._parse_crash(self.options.crash_at or os.environ.get(CRASH_ENV))
+        self._crash = CrashHook.parse(self.options.crash_at or os.environ.get(CRASH_ENV))
         self._started = False
         self._closed = False
+        self._commit_failures = 0
         self.last_report: dict[str, Any] | None = None
         self._buffer: dict[tuple[str, int], SiteUpdate] = {}
         self._server: MetricsServer | None = None
@@ -208,20 +193,11 @@ class Aggregator:
     def _weights(self, theta: np.ndarray) -> dict[str, np.ndarray]:
         return {k: v.numpy() for k, v in unflatten(torch.from_numpy(theta), self._template).items()}
 
-    def _announcement(self, round_: int, version: int) -> RoundAnnouncement:
-        cfg, rounds = self.model_cfg, self.model_cfg.rounds
-        return RoundAnnouncement(
-            model_id=self.model_id, round=round_, model_version=version, mode=rounds.mode,
-            deadline_s=rounds.deadline_s, min_sites=rounds.min_sites, quorum=rounds.quorum,
-            model_spec=cfg.model, training=cfg.training, privacy=cfg.privacy,
-            strategy=self.strategy.name,
-        )
-
     def _bootstrap(self) -> Checkpoint:
         weights = {k: v.numpy() for k, v in self._template.items()}
         ckpt = Checkpoint(
             model_id=self.model_id, version=0, round=0, weights=weights,
-            strategy_state=self.strategy.initial_state(), announcement=self._announcement(0, 0),
+            strategy_state=self.strategy.initial_state(), announcement=announcement(self.model_cfg, self.strategy.name, 0, 0),
         )
         self._commit(ckpt, send_offsets=False)
         event(logger, "bootstrapped model", model=self.model_id, version=0)
@@ -253,7 +229,8 @@ class Aggregator:
         env = self.reader.poll(self.options.poll_timeout_s)
         if env is not None:
             self._handle(env)
-        if not self.ckpt.finished and self._round_due():
+        due = round_due(self.ckpt.announcement, len(self._buffer), self.model_cfg.rounds.async_buffer)
+        if not self.ckpt.finished and due:
             self._close_round()
         self._update_gauges()
 
@@ -308,35 +285,8 @@ class Aggregator:
         self._buffer[(msg.site, msg.round)] = result
         self.metrics.accepted.labels(self.model_id).inc()
         event(logger, "update accepted", site=msg.site, round=msg.round, buffered=len(self._buffer))
-        self._maybe_crash("accepted", len(self._buffer))
-
-    def _check_round(self, msg: SiteUpdateMessage, ann: RoundAnnouncement) -> Rejection | int:
-        """Round/version checks; returns the staleness τ when the update may be used."""
-        if self.ckpt.finished or msg.round < ann.round - (
-            self.options.max_staleness if ann.mode == "async" else 0
-        ):
-            return Rejection("late", f"Update for round {msg.round}; the open round is "
-                             f"{'none (finished)' if self.ckpt.finished else ann.round}.")
-        if msg.round > ann.round:
-            return Rejection("round_not_open", f"Round {msg.round} is not open (open: {ann.round}).")
-        if ann.mode == "sync":
-            if msg.base_version != ann.model_version:
-                return Rejection("base_version", f"Trained from version {msg.base_version}; round "
-                                 f"{ann.round} announced version {ann.model_version}.")
-            staleness = 0
-        else:
-            staleness = ann.model_version - msg.base_version
-            if not 0 <= staleness <= self.options.max_staleness:
-                return Rejection("base_version", f"Base version {msg.base_version} is outside "
-                                 f"[{ann.model_version - self.options.max_staleness}, {ann.model_version}].")
-        key = (msg.site, msg.round)
-        if key in self._buffer or key in set(self.ckpt.accepted):
-            return Rejection("duplicate", f"Site '{msg.site}' already has an accepted update for "
-                             f"model '{self.model_id}' round {msg.round}.")
-        if any(site == msg.site for site, _ in self._buffer):
-            return Rejection("site_buffered", f"Site '{msg.site}' already has an update in the "
-                             "current buffer.")
-        return staleness
+        if self._crash is not None:
+            self._crash.maybe("accepted", self.ckpt.round, len(self._buffer))
 
     def _validate(self, msg: SiteUpdateMessage, env: Envelope) -> SiteUpdate | Rejection:
         ann = self.ckpt.announcement
@@ -345,7 +295,10 @@ class Aggregator:
             return problem
         if ann is None:
             return Rejection("late", "Training is finished; no round is open.")
-        staleness = self._check_round(msg, ann)
+        staleness = check_round(
+            msg, ann, self.ckpt.finished, set(self._buffer), set(self.ckpt.accepted),
+            self.options.max_staleness,
+        )
         if isinstance(staleness, Rejection):
             return staleness
         problem = check_privacy(msg, ann.privacy)
@@ -368,17 +321,6 @@ class Aggregator:
         )
 
     # -- closing a round ------------------------------------------------------------------------
-    def _round_due(self) -> bool:
-        ann = self.ckpt.announcement
-        if ann is None:
-            return False
-        n = len(self._buffer)
-        if ann.mode == "async":
-            return n >= self.model_cfg.rounds.async_buffer
-        if n >= max(ann.quorum, ann.min_sites):
-            return True
-        return n >= ann.min_sites and time.time() - ann.opened_at >= ann.deadline_s
-
     def _close_round(self) -> None:
         ann = self.ckpt.announcement
         assert ann is not None
@@ -396,19 +338,23 @@ class Aggregator:
         ckpt = Checkpoint(
             model_id=self.model_id, version=version, round=round_, weights=self._weights(new_theta),
             strategy_state=result.new_state,
-            announcement=None if finished else self._announcement(round_, version),
+            announcement=None if finished else announcement(self.model_cfg, self.strategy.name, round_, version),
             accepted=accepted, history=(*self.ckpt.history, entry), finished=finished,
         )
         try:
             self._commit(ckpt, send_offsets=True)
         except BusError as exc:
+            self._commit_failures += 1
             event(logger, "round commit failed; rewinding to the last checkpoint", logging.ERROR,
-                  round=ann.round, error=str(exc))
+                  round=ann.round, error=str(exc), failures=self._commit_failures)
+            if self._commit_failures >= MAX_COMMIT_FAILURES:
+                raise  # e.g. fenced by a newer instance: exit, the restart re-reads the state
             self._rewind()
             return
+        self._commit_failures = 0
         self.ckpt, self._theta, self._state = ckpt, new_theta, result.new_state
         self._buffer = {}
-        self._round_metrics(ann, updates, result.diagnostics)
+        self.last_report = self.metrics.round_closed(ann.opened_at, updates, result.diagnostics)
         event(logger, "round closed", model=self.model_id, round=ann.round, version=version,
               participants=len(updates), finished=finished)
 
@@ -429,7 +375,8 @@ class Aggregator:
                                self.config.kafka.chunk_bytes)
             if send_offsets:
                 self.producer.send_offsets_to_transaction(self.consumer, self.reader.safe_offsets())
-            self._maybe_crash("before_commit", ckpt.round - 1)
+            if self._crash is not None:
+                self._crash.maybe("before_commit", ckpt.round - 1)
             self.producer.commit_transaction()
         except BaseException:
             try:
@@ -437,7 +384,8 @@ class Aggregator:
             except BusError as exc:
                 event(logger, "abort failed", logging.ERROR, error=str(exc))
             raise
-        self._maybe_crash("after_commit", ckpt.round - 1)
+        if self._crash is not None:
+            self._crash.maybe("after_commit", ckpt.round - 1)
 
     def _rewind(self) -> None:
         """After an aborted commit: back to the committed offsets and checkpoint."""
@@ -446,24 +394,6 @@ class Aggregator:
         self._buffer = {}
 
     # -- metrics & status -----------------------------------------------------------------------
-    def _round_metrics(self, ann: RoundAnnouncement, updates: list[SiteUpdate], diagnostics: dict[str, Any]) -> None:
-        m, model = self.metrics, self.model_id
-        m.rounds.labels(model).inc()
-        m.participants.labels(model).set(len(updates))
-        m.duration.labels(model).observe(max(0.0, time.time() - ann.opened_at))
-        for u in updates:
-            m.staleness.labels(model).observe(u.staleness)
-        with_loss = [u for u in updates if u.loss is not None]
-        report = None
-        if with_loss:
-            report = class_risk_estimates(
-                [u.loss for u in with_loss if u.loss is not None],
-                [u.site_class for u in with_loss],
-                weights=[u.n_examples for u in with_loss],
-            ).to_json()
-        m.fairness(report, diagnostics.get("lambda", {}))
-        self.last_report = report
-
     def _update_gauges(self) -> None:
         m, model, ann = self.metrics, self.model_id, self.ckpt.announcement
         m.model_version.labels(model).set(self.ckpt.version)
@@ -494,32 +424,3 @@ class Aggregator:
 
     def global_state_dict(self) -> dict[str, torch.Tensor]:
         return unflatten(torch.from_numpy(self._theta.copy()), self._template)
-
-    # -- test hook ------------------------------------------------------------------------------
-    @staticmethod
-    def _parse_crash(spec: str | None) -> tuple[str, int, int] | None:
-        if not spec:
-            return None
-        parts = spec.split(":")
-        if parts[0] not in ("accepted", "before_commit", "after_commit") or len(parts) not in (2, 3):
-            raise ConfigError(f"{CRASH_ENV} must be 'accepted|before_commit|after_commit:round[:n]'. "
-                              f"Found {spec!r}.")
-        return parts[0], int(parts[1]), int(parts[2]) if len(parts) == 3 else 1
-
-    def _maybe_crash(self, point: str, count_or_round: int) -> None:
-        if self._crash is None:
-            return
-        where, round_, n = self._crash
-        current = self.ckpt.round if point == "accepted" else count_or_round
-        if where == point and round_ == current and (point != "accepted" or count_or_round == n):
-            event(logger, "crash hook: SIGKILL", point=point, round=round_)
-            logging.shutdown()
-            os.kill(os.getpid(), signal.SIGKILL)
-
-
-def flat_weights(state: dict[str, torch.Tensor]) -> np.ndarray:
-    """Flat float32 vector of a state dict (key order), e.g. of a received ModelRelease."""
-    return flatten(state).numpy()
-
-
-__all__ = ["CRASH_ENV", "Aggregator", "AggregatorOptions", "flat_weights"]

@@ -105,6 +105,43 @@ def check_identity(
     return None
 
 
+def check_round(
+    msg: SiteUpdate,
+    ann: RoundAnnouncement,
+    finished: bool,
+    buffered: set[tuple[str, int]],
+    accepted: set[tuple[str, int]],
+    max_staleness: int,
+) -> Rejection | int:
+    """Round, version and duplicate checks; the staleness τ when the update may be used.
+
+    Sync: only the open round, trained from its announced version (τ = 0). Async: rounds and
+    base versions up to ``max_staleness`` behind, τ = announced version − base version.
+    ``buffered``/``accepted`` are the (site, round) ids of the open buffer / the checkpoint.
+    """
+    window = max_staleness if ann.mode == "async" else 0
+    if finished or msg.round < ann.round - window:
+        open_round = "none (finished)" if finished else ann.round
+        return Rejection("late", f"Update for round {msg.round}; the open round is {open_round}.")
+    if msg.round > ann.round:
+        return Rejection("round_not_open", f"Round {msg.round} is not open (open: {ann.round}).")
+    staleness = ann.model_version - msg.base_version
+    if ann.mode == "sync" and staleness != 0:
+        return Rejection("base_version", f"Trained from version {msg.base_version}; round "
+                         f"{ann.round} announced version {ann.model_version}.")
+    if not 0 <= staleness <= window:
+        return Rejection("base_version", f"Base version {msg.base_version} is outside "
+                         f"[{ann.model_version - window}, {ann.model_version}].")
+    key = (msg.site, msg.round)
+    if key in buffered or key in accepted:
+        return Rejection("duplicate", f"Site '{msg.site}' already has an accepted update for "
+                         f"model '{msg.model_id}' round {msg.round}.")
+    if any(site == msg.site for site, _ in buffered):
+        return Rejection("site_buffered", f"Site '{msg.site}' already has an update in the "
+                         "current buffer.")
+    return staleness
+
+
 def check_privacy(msg: SiteUpdate, plan: PrivacyPlan) -> Rejection | None:
     """The update was privatised at least as strongly as the announced plan asks."""
     got = msg.privacy

@@ -1,0 +1,68 @@
+"""Round policy and the round/duplicate checks (pure functions)."""
+
+from __future__ import annotations
+
+import pytest
+
+from fairfleet.aggregator.crash import CrashHook
+from fairfleet.aggregator.rounds import round_due
+from fairfleet.aggregator.validation import Rejection, check_round
+from fairfleet.errors import ConfigError
+from fairfleet.messages import ModelSpec, RoundAnnouncement, SiteUpdate, UpdatePrivacy
+
+SPEC = ModelSpec(name="linear", params={"in_features": 2})
+
+
+def ann(mode: str = "sync", **kw: object) -> RoundAnnouncement:
+    base = {"model_id": "m", "round": 4, "model_version": 4, "mode": mode, "model_spec": SPEC,
+            "opened_at": 1000.0, "deadline_s": 60.0, "min_sites": 2, "quorum": 5}
+    return RoundAnnouncement.model_validate(base | kw)
+
+
+def msg(round_: int, base: int, site: str = "s") -> SiteUpdate:
+    return SiteUpdate(site=site, site_class="a", model_id="m", round=round_, base_version=base,
+                      n_examples=1, payload_sha256="", payload_bytes=0,
+                      privacy=UpdatePrivacy(enabled=False, mechanism="off", unit="site",
+                                            noise_multiplier=0, clip_norm=0, noise_std=0))
+
+
+@pytest.mark.parametrize(
+    ("buffered", "now", "due"),
+    [(5, 1001.0, True), (4, 1001.0, False), (4, 1060.0, True), (1, 5000.0, False), (2, 1059.9, False)],
+)
+def test_sync_closes_at_quorum_or_at_the_deadline_with_min_sites(buffered: int, now: float, due: bool) -> None:
+    assert round_due(ann(), buffered, async_buffer=99, now=now) is due
+
+
+def test_async_closes_every_k_and_a_finished_model_never() -> None:
+    assert round_due(ann("async"), 3, async_buffer=3, now=0.0)
+    assert not round_due(ann("async"), 2, async_buffer=3, now=1e9)
+    assert not round_due(None, 100, async_buffer=1)
+
+
+@pytest.mark.parametrize(
+    ("mode", "round_", "base", "expected"),
+    [("sync", 4, 4, 0), ("sync", 3, 3, "late"), ("sync", 5, 4, "round_not_open"),
+     ("sync", 4, 3, "base_version"), ("async", 2, 2, 2), ("async", 1, 1, "late"),
+     ("async", 4, 5, "base_version")],
+)
+def test_round_checks(mode: str, round_: int, base: int, expected: object) -> None:
+    got = check_round(msg(round_, base), ann(mode), False, set(), set(), max_staleness=2)
+    assert (got.reason if isinstance(got, Rejection) else got) == expected
+
+
+def test_duplicates_and_one_update_per_site_per_buffer() -> None:
+    a = ann("async")
+    dup = check_round(msg(3, 3), a, False, set(), {("s", 3)}, 2)
+    assert isinstance(dup, Rejection) and dup.reason == "duplicate"
+    again = check_round(msg(4, 4), a, False, {("s", 3)}, set(), 2)
+    assert isinstance(again, Rejection) and again.reason == "site_buffered"
+    done = check_round(msg(4, 4), a, True, set(), set(), 2)
+    assert isinstance(done, Rejection) and done.reason == "late"
+
+
+def test_crash_hook_spec_is_validated() -> None:
+    assert CrashHook.parse("accepted:3:2") == CrashHook("accepted", 3, 2)
+    assert CrashHook.parse(None) is None
+    with pytest.raises(ConfigError, match="Found 'explode:1'"):
+        CrashHook.parse("explode:1")
