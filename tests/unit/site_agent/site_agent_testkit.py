@@ -47,9 +47,10 @@ def site_entry(tmp: Path, site_id: str, connector: dict[str, Any], models: list[
     }
 
 
-def fleet(bootstrap: str, prefix: str, sites: list[dict[str, Any]], models: list[dict[str, Any]],
-          grant_timeout_s: float = 10.0, policies: dict[str, Any] | None = None, tmp: Path | None = None) -> FleetConfig:
-    return parse_config({
+def fleet_dict(bootstrap: str, prefix: str, sites: list[dict[str, Any]], models: list[dict[str, Any]],
+               grant_timeout_s: float = 10.0, policies: dict[str, Any] | None = None,
+               tmp: Path | None = None) -> dict[str, Any]:
+    return {
         "fleet": "test",
         "kafka": {"bootstrap": bootstrap, "topic_prefix": prefix},
         "models": models,
@@ -57,7 +58,12 @@ def fleet(bootstrap: str, prefix: str, sites: list[dict[str, Any]], models: list
         "policies": policies or {"defaults": {"epsilon_max": 50.0, "delta": 1e-5, "unit": "site"}},
         "accountant": {"grant_timeout_s": grant_timeout_s,
                        "db": str((tmp or Path("/tmp")) / f"ledger-{uuid.uuid4().hex[:6]}.sqlite")},
-    })
+    }
+
+
+def fleet(bootstrap: str, prefix: str, sites: list[dict[str, Any]], models: list[dict[str, Any]],
+          grant_timeout_s: float = 10.0, policies: dict[str, Any] | None = None, tmp: Path | None = None) -> FleetConfig:
+    return parse_config(fleet_dict(bootstrap, prefix, sites, models, grant_timeout_s, policies, tmp))
 
 
 def model_entry(model_id: str, privacy: dict[str, Any] | None = None, **training: Any) -> dict[str, Any]:
@@ -117,8 +123,9 @@ class GrantDouble:
     repeats the same answer for a repeated id; "already committed" once a commit event is seen.
     Counts commits per event id (so tests can check nothing is charged twice)."""
 
-    def __init__(self, bus: Bus, prefix: str, max_grants: int = 100) -> None:
+    def __init__(self, bus: Bus, prefix: str, max_grants: int = 100, limits: dict[str, int] | None = None) -> None:
         self.bus, self.prefix, self.max_grants = bus, prefix, max_grants
+        self.limits = limits or {}
         self.answers: dict[str, PrivacyGrant] = {}
         self.commits: dict[str, int] = {}
         self.cancels: dict[str, int] = {}
@@ -135,8 +142,8 @@ class GrantDouble:
         self.thread.join(10)
 
     def _run(self) -> None:
-        requests = Reader(self.bus.consumer("double-req", [topic_name("privacy.requests", self.prefix)]), "double")
-        events = Reader(self.bus.consumer("double-ev", [topic_name("privacy.events", self.prefix)]), "double")
+        requests = Reader(self.bus.consumer(f"{self.prefix}double-req", [topic_name("privacy.requests", self.prefix)]), "double")
+        events = Reader(self.bus.consumer(f"{self.prefix}double-ev", [topic_name("privacy.events", self.prefix)]), "double")
         pub = Publisher(self.bus.producer())
         while not self.stop.is_set():
             env = events.poll(0.05)
@@ -156,7 +163,7 @@ class GrantDouble:
             else:
                 granted = sum(1 for a in self.answers.values()
                               if a.site == req.site and a.granted and a.event_id not in self.cancels)
-                ok = granted < self.max_grants
+                ok = granted < self.limits.get(req.site, self.max_grants)
                 answer = PrivacyGrant(event_id=req.event_id, site=req.site, granted=ok,
                                       reason="" if ok else "budget exhausted",
                                       epsilon_if_committed=float(granted + 1))

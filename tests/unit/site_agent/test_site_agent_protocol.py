@@ -10,14 +10,20 @@ from typing import Any
 
 import pytest
 from dp_accounting import dp_event
+from site_agent_testkit import Announcer, GrantDouble, fleet, model_entry, read_all, site_entry
 
 from fairfleet.bus import connect, default_topics
 from fairfleet.learning.tensors import from_safetensors_bytes
-from fairfleet.messages import PrivacyEventMessage, PrivacyPlan, PrivacyReservationRequest, SiteStatistics, SiteUpdate
+from fairfleet.messages import (
+    PrivacyEventMessage,
+    PrivacyPlan,
+    PrivacyReservationRequest,
+    SiteStatistics,
+    SiteUpdate,
+)
 from fairfleet.privacy.events import dp_event_from_json
 from fairfleet.signing import verify
 from fairfleet.site_agent import SiteAgent, event_id_for
-from site_agent_testkit import Announcer, GrantDouble, fleet, model_entry, read_all, site_entry
 
 
 def csv_folder(tmp: Path, rows: int = 80) -> Path:

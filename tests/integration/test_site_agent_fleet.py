@@ -1,0 +1,231 @@
+"""Three site agents with different connectors (files, SQL, simulator) and an accountant on the
+REAL broker, driven through several rounds by a test round-announcer; plus a site agent process
+killed with SIGKILL mid-round and restarted.
+
+Checks: updates arrive signed and noised; the ledger holds exactly one commit per (site, model,
+round) and the spend; a site whose policy is exhausted stops publishing (skipped, "denied"); the
+killed-and-restarted agent neither publishes twice nor is charged twice.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit" / "site_agent"))
+
+from site_agent_testkit import (  # noqa: E402
+    Announcer,
+    GrantDouble,
+    fleet_dict,
+    model_entry,
+    read_all,
+    site_entry,
+)
+
+from fairfleet.bus import connect  # noqa: E402
+from fairfleet.config import parse_config  # noqa: E402
+from fairfleet.connectors import ConnectorContext, build_connector  # noqa: E402
+from fairfleet.messages import PrivacyEventMessage, SiteStatistics, SiteUpdate  # noqa: E402
+from fairfleet.signing import verify  # noqa: E402
+from fairfleet.site_agent import SiteAgent, event_id_for  # noqa: E402
+
+pytestmark = pytest.mark.kafka
+
+FEATURES = ["load", "speed_rpm", "operating_hours", "vibration_rms", "vibration_peak", "bearing_band",
+            "temperature_c", "current_a"]
+TARGET = "failure_within_horizon"
+SCHEMA = {"fields": {**{f: "float" for f in FEATURES}, TARGET: "int", "event_time": "float"},
+          "features": FEATURES, "target": TARGET, "event_time": "event_time"}
+SPEC = {"name": "logistic", "params": {"in_features": 8}, "task": "classification"}
+# Site unit: the held-out loss over m = 32 values has sensitivity B, so its noise multiplier
+# relative to that sensitivity is loss_noise_multiplier / m = 40 / 32 = 1.25.
+PRIVACY = {"mechanism": "update", "unit": "site", "noise_multiplier": 1.0, "clip_norm": 1.0,
+           "loss_bound": 2.0, "loss_noise_multiplier": 40.0}
+ROUNDS = 3
+
+
+def fleet_rows(site: str, limit: int) -> list[dict[str, Any]]:
+    """Standardised rows of a demo-fleet site (what a site's ETL would have written)."""
+    conn = build_connector("simulator", {"fleet": "demo", "site": site, "limit": limit},
+                           ConnectorContext(site, Path("/tmp")))
+    return list(conn.read(10**6))
+
+
+def write_csv_folder(folder: Path, rows: list[dict[str, Any]]) -> None:
+    folder.mkdir(parents=True)
+    for part, chunk in enumerate((rows[: len(rows) // 2], rows[len(rows) // 2 :])):
+        with (folder / f"part-{part:03d}.csv").open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=[*FEATURES, TARGET, "event_time"], extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(chunk)
+    with (folder / "part-002.csv").open("w") as fh:  # two bad rows: rejected, never fatal
+        fh.write(",".join([*FEATURES, TARGET, "event_time"]) + "\n")
+        fh.write(",".join(["abc"] * 8 + ["1", "1767225600"]) + "\n")
+        fh.write(",".join(["nan"] * 8 + ["1", "1767225601"]) + "\n")
+
+
+def write_sqlite(path: Path, rows: list[dict[str, Any]]) -> None:
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(f"sqlite:///{path}")
+    cols = ", ".join(f"{c} REAL" for c in [*FEATURES, TARGET, "event_time"])
+    with engine.begin() as conn:
+        conn.execute(sa.text(f"CREATE TABLE readings (id INTEGER PRIMARY KEY, {cols})"))
+        for i, row in enumerate(rows):
+            conn.execute(
+                sa.text(f"INSERT INTO readings VALUES (:id, {', '.join(':' + c for c in [*FEATURES, TARGET, 'event_time'])})"),
+                {"id": i, **{c: row[c] for c in [*FEATURES, TARGET, "event_time"]}},
+            )
+    engine.dispose()
+
+
+@pytest.fixture
+def fleet_setup(tmp_path: Path, kafka_bootstrap: str, kafka_topics: str) -> dict[str, Any]:
+    tag = uuid.uuid4().hex[:6]
+    ids = {k: f"{k}-{tag}" for k in ("files", "sql", "sim", "killed")}
+    write_csv_folder(tmp_path / "csv", fleet_rows("plant-b", 200))
+    write_sqlite(tmp_path / "site.db", fleet_rows("plant-c", 200))
+    write_csv_folder(tmp_path / "csv-killed", fleet_rows("plant-d", 200))
+    window = {"by": "count", "size": 40}
+    models = [
+        {"id": "m", "model": SPEC, "privacy": PRIVACY, "training": {"epochs": 1, "batch_size": 16, "lr": 0.1}},
+        # served only by the killed site: long enough training that SIGKILL lands mid-round
+        {"id": "mslow", "model": SPEC, "privacy": PRIVACY, "training": {"epochs": 20, "batch_size": 4, "lr": 0.01}},
+    ]
+    sites = [
+        site_entry(tmp_path, ids["files"], {"type": "files", "params": {"path": str(tmp_path / "csv"), **SCHEMA}},
+                   ["m"], window, site_class="modern"),
+        site_entry(tmp_path, ids["sql"], {"type": "sql", "params": {"path": str(tmp_path / "site.db"), "table": "readings",
+                                                                     "order_by": "id", **SCHEMA}},
+                   ["m"], window, site_class="retrofit"),
+        site_entry(tmp_path, ids["sim"], {"type": "simulator", "params": {"fleet": "demo", "site": "plant-a", "limit": 200}},
+                   ["m"], window, site_class="modern"),
+        site_entry(tmp_path, ids["killed"], {"type": "files", "params": {"path": str(tmp_path / "csv-killed"), **SCHEMA}},
+                   ["mslow"], window, site_class="legacy"),
+    ]
+    policies = {"defaults": {"epsilon_max": 100.0, "delta": 1e-5, "unit": "site"},
+                "sites": {ids["sql"]: {"epsilon_max": 7.0, "delta": 1e-5, "unit": "site"}}}
+    raw = fleet_dict(kafka_bootstrap, kafka_topics, sites, models, grant_timeout_s=20.0, policies=policies, tmp=tmp_path)
+    config_file = tmp_path / "fleet.yaml"
+    config_file.write_text(yaml.safe_dump(raw))
+    return {"config": parse_config(raw), "file": config_file, "ids": ids, "prefix": kafka_topics, "tmp": tmp_path}
+
+
+@pytest.fixture
+def accountant(fleet_setup: dict[str, Any], kafka_bootstrap: str) -> Iterator[GrantDouble]:
+    # Grant-protocol double: the sql site's policy admits one round (the real accountant's
+    # PLD epsilon of one round here is ~5.8 < 7 and of two rounds > 7).
+    bus = connect(kafka_bootstrap)
+    with GrantDouble(bus, fleet_setup["prefix"], limits={fleet_setup["ids"]["sql"]: 1}) as double:
+        yield double
+
+
+def state_of(tmp: Path, site: str, model: str, round_: int) -> dict[str, Any] | None:
+    path = tmp / "state" / site / "rounds.json"
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text()).get(f"{model}/{round_}")
+    except ValueError:
+        return None  # being replaced right now
+
+
+def wait_for(predicate: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def agent_process(config_file: Path, site: str, log: Path) -> subprocess.Popen[bytes]:
+    exe = Path(sys.executable).parent / "fairfleet"
+    return subprocess.Popen([str(exe), "site", "run", "--config", str(config_file), "--site", site,
+                             "--metrics-port", "0"], stdout=subprocess.DEVNULL, stderr=log.open("ab"))
+
+
+def test_three_sites_through_rounds_and_a_killed_agent(fleet_setup: dict[str, Any], accountant: GrantDouble,
+                                                     kafka_bootstrap: str) -> None:
+    config, ids, tmp, prefix = fleet_setup["config"], fleet_setup["ids"], fleet_setup["tmp"], fleet_setup["prefix"]
+    bus = connect(kafka_bootstrap)
+    announcer = Announcer(bus, config)
+    killed_log = tmp / "killed.log"
+    proc = agent_process(fleet_setup["file"], ids["killed"], killed_log)
+    stop = threading.Event()
+    agents = [SiteAgent(config, ids[k]) for k in ("files", "sql", "sim")]
+    threads = [threading.Thread(target=a.run, args=(stop,), daemon=True) for a in agents]
+    for t in threads:
+        t.start()
+    try:
+        announcer.release("mslow", 0)
+        announcer.announce("mslow", 0, 0, deadline_s=120)
+        for r in range(ROUNDS):  # announced up front: each agent works through them in order
+            announcer.release("m", r)
+            announcer.announce("m", r, r, deadline_s=120)
+        # SIGKILL the process agent while it trains mslow round 0 (granted, not yet published)
+        wait_for(lambda: (state_of(tmp, ids["killed"], "mslow", 0) or {}).get("status") == "granted",
+                 90, "the process agent to be granted")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        state = state_of(tmp, ids["killed"], "mslow", 0)
+        assert state is not None and state["status"] == "granted", f"the kill missed the round: {state}"
+        proc = agent_process(fleet_setup["file"], ids["killed"], killed_log)
+        for r in range(ROUNDS):
+            for k in ("files", "sql", "sim"):
+                wait_for(lambda k=k, r=r: (state_of(tmp, ids[k], "m", r) or {}).get("status") in ("published", "skipped"),
+                         60, f"{k} round {r}")
+        wait_for(lambda: (state_of(tmp, ids["killed"], "mslow", 0) or {}).get("status") in ("published", "skipped"),
+                 90, "the restarted agent to finish mslow round 0")
+        # a SIGTERM stops the process agent cleanly
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
+        if proc.poll() is None:
+            proc.kill()
+
+    updates = [m for m, _ in read_all(bus, prefix, "updates") if isinstance(m, SiteUpdate)]
+    by_site: dict[str, list[int]] = {}
+    for u in updates:
+        by_site.setdefault(f"{u.site}:{u.model_id}", []).append(u.round)
+        assert verify(u, config.public_keys()) is None, u.site
+        assert u.privacy.enabled and u.privacy.noise_std == pytest.approx(1.0) and u.privacy.noise_std > 0
+        assert u.loss is not None and u.loss.noise_std > 0 and u.n_examples == 128
+    assert sorted(by_site[f"{ids['files']}:m"]) == list(range(ROUNDS))
+    assert sorted(by_site[f"{ids['sim']}:m"]) == list(range(ROUNDS))
+    assert sorted(by_site[f"{ids['sql']}:m"]) == [0]  # exhausted after one round: stops publishing
+    assert by_site[f"{ids['killed']}:mslow"] == [0]   # killed mid-round, restarted: published once
+    for r in (1, 2):
+        state = state_of(tmp, ids["sql"], "m", r)
+        assert state is not None and state["status"] == "skipped" and state["reason"].startswith("denied")
+    sql_agent = agents[1]
+    assert sql_agent.metrics.registry.get_sample_value(
+        "fairfleet_site_rounds_skipped_total", {"site": ids["sql"], "model": "m", "reason": "denied"}) == 2
+    stats = [m for m, _ in read_all(bus, prefix, "stats") if isinstance(m, SiteStatistics)]
+    assert len(stats) == len(updates)
+    # the ledger: exactly one commit per published (site, model, round), nothing charged twice
+    events = [m for m, _ in read_all(bus, prefix, "privacy.events") if isinstance(m, PrivacyEventMessage)]
+    commits = sorted(e.event_id for e in events if e.action == "commit")
+    expected = sorted(event_id_for(u.site, u.model_id, u.round) for u in updates)
+    assert commits == expected
+    assert accountant.commits == {eid: 1 for eid in expected}
+    # the files site rejected its two bad rows and said so
+    files_agent = agents[0]
+    assert files_agent.stream.rejected == {"wrong_type": 1, "nan_not_allowed": 1}
+    assert len((tmp / "state" / ids["files"] / "rejects.jsonl").read_text().splitlines()) == 2
