@@ -197,7 +197,8 @@ class AccountantService:
             self._dead_letter_env(env, "unaccountable_release", str(exc))
             record = self._record(msg, dp_event.NonPrivateDpEvent())
         outcome = self.ledger.commit(record)
-        if outcome.note:
+        expected = msg.action == "release" and outcome.note.startswith("no reservation")
+        if outcome.note and not expected:
             event(
                 logger, "release charged", logging.WARNING, event_id=msg.event_id, note=outcome.note
             )
