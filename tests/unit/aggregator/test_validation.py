@@ -123,7 +123,34 @@ def test_unknown_reason_is_a_programming_error() -> None:
         {"ledgers": [{"site": "a", "source": "x", "exhausted": True}, {"site": "b", "remaining": 0.5}]},
         [{"site": "a", "remaining": -0.1}, {"site": "b", "remaining": 3}],
         {"a": [{"epsilon_remaining": 1.0}, {"epsilon_remaining": 0.0}], "b": {"epsilon_remaining": 1}},
+        # the accountant's /budgets (fairfleet.accountant.service.budgets_json)
+        {"accountant": "rdp", "applied_offsets": {"t:0": 4}, "budgets": [
+            {"site": "a", "source": "s1", "epsilon_spent": 8.0, "epsilon_limit": 8.0,
+             "epsilon_remaining": 0.0},
+            {"site": "b", "source": "s1", "epsilon_spent": 2.0, "epsilon_limit": None,
+             "epsilon_remaining": None}]},
     ],
 )
 def test_budget_shapes_the_accountant_may_serve(body: object) -> None:
     assert spent_sites(body) == {"a"}
+
+
+def test_honest_dpsgd_deltas_from_local_train_pass_the_bound() -> None:
+    """Real DP-SGD local training (Opacus) with a large lr so the clip binds every step."""
+    from fairfleet.learning.models import build_model
+    from fairfleet.learning.tensors import flatten
+    from fairfleet.learning.train import LocalTrainConfig, local_train
+
+    plan = PrivacyPlan(mechanism="dpsgd", noise_multiplier=0.7, clip_norm=0.5, sampling_rate=0.25)
+    training = LocalTrainingPlan(epochs=2, lr=0.5)
+    cfg = LocalTrainConfig(epochs=2, lr=0.5, privacy="dpsgd", noise_multiplier=0.7, clip_norm=0.5,
+                           sampling_rate=0.25)
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(64, 3, generator=gen) * 10
+    y = (x.sum(dim=1, keepdim=True) > 0).float()
+    model = build_model("logistic", in_features=3)
+    for seed in range(5):
+        result = local_train(model, x, y, "classification", cfg, seed=seed)
+        norm = float(flatten(result.delta).norm())
+        assert result.noise_std == pytest.approx(noise_std_for(plan, training, 64))
+        assert norm <= norm_bound(plan, training, 64, 4)
