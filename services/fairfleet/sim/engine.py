@@ -54,6 +54,8 @@ class TrainConfig:
     loss_bound: float | None = None
     gamma: float | None = None
     dual_lr: float = 2.0
+    track_history: bool = True
+    """Evaluate every site's test risk after every round (the report's per-round curves)."""
 
     def __post_init__(self) -> None:
         for name in ("rounds", "local_steps", "batch_size"):
@@ -126,14 +128,14 @@ class Packed:
         return w, theta[..., self.o * self.d :]
 
     def losses(self, theta: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        """Per-example loss of one global θ."""
+        """Per-example loss of one global θ (logits as (o, n): reductions over o run along rows)."""
         w, b = self.split(theta)
-        out = x @ w.T + b
+        out = w @ x.T + b[:, None]
         if self.task == "regression":
-            return np.asarray((out[:, 0] - y) ** 2)
-        top = out.max(axis=1, keepdims=True)
-        lse = top[:, 0] + np.log(np.exp(out - top).sum(axis=1))
-        return np.asarray(lse - out[np.arange(len(y)), y])
+            return np.asarray((out[0] - y) ** 2)
+        top = out.max(axis=0)
+        lse = top + np.log(np.exp(out - top).sum(axis=0))
+        return np.asarray(lse - out[y, np.arange(y.shape[0])])
 
     def site_means(self, values: np.ndarray, offsets: np.ndarray, counts: np.ndarray) -> np.ndarray:
         return np.add.reduceat(values, offsets) / counts
@@ -152,26 +154,38 @@ class Packed:
     def local_sgd(
         self, theta: np.ndarray, steps: int, batch: int, lr: float, rng: np.random.Generator
     ) -> np.ndarray:
-        """Δ_k for every site k: ``steps`` SGD steps from θ on its own data, batched over k."""
-        k = len(self.n_train)
-        w, b = self.split(np.broadcast_to(theta, (k, self.dim)).copy())
-        w, b = w.copy(), b.copy()
+        """Δ_k for every site k: ``steps`` SGD steps from θ on its own data, batched over k.
+
+        Shapes: W (k, o, d), a batch X (k, B, d), logits (k, o, B). Reductions over the o
+        outputs are written as o−1 elementwise ops (numpy reduces a short inner axis slowly).
+        """
+        k, o, d = len(self.n_train), self.o, self.d
+        w = np.repeat(theta[: o * d].reshape(1, o, d), k, axis=0)
+        b = np.repeat(theta[o * d :].reshape(1, o), k, axis=0)
+        sizes = self.n_train[:, None].astype(np.float64)
         for _ in range(steps):
-            idx = self.off_train[:, None] + (rng.random((k, batch)) * self.n_train[:, None]).astype(
-                np.int64
-            )
+            idx = self.off_train[:, None] + (rng.random((k, batch)) * sizes).astype(np.int64)
             xb, yb = self.x_train[idx], self.y_train[idx]  # (k, B, d), (k, B)
-            out = np.einsum("kbd,kod->kbo", xb, w) + b[:, None, :]
+            out = np.matmul(w, xb.transpose(0, 2, 1))
+            out += b[:, :, None]
             if self.task == "regression":
-                g = 2.0 * (out - yb[..., None])
-            else:
-                out -= out.max(axis=2, keepdims=True)
-                g = np.exp(out)
-                g /= g.sum(axis=2, keepdims=True)
-                np.put_along_axis(g, yb[..., None], np.take_along_axis(g, yb[..., None], 2) - 1, 2)
-            g /= batch
-            w -= lr * np.einsum("kbo,kbd->kod", g, xb)
-            b -= lr * g.sum(axis=1)
+                out -= yb[:, None, :]
+                out *= 2.0
+            else:  # softmax − one-hot, the gradient of cross-entropy w.r.t. the logits
+                top = out[:, 0:1].copy()
+                for j in range(1, o):
+                    np.maximum(top, out[:, j : j + 1], out=top)
+                out -= top
+                np.exp(out, out=out)
+                total = out[:, 0:1].copy()
+                for j in range(1, o):
+                    total += out[:, j : j + 1]
+                out /= total
+                for j in range(o):  # minus the one-hot label (cheaper than a fancy-index write)
+                    out[:, j] -= yb == j
+            out *= lr / batch
+            w -= np.matmul(out, xb)
+            b -= out.sum(axis=2)
         new = np.concatenate([w.reshape(k, -1), b], axis=1)
         return (new - theta).astype(np.float32)
 
@@ -234,6 +248,10 @@ def train_federated(
         ]
         result = strategy.aggregate(theta, updates, state)
         theta, state = result.new_global.astype(np.float32), result.new_state
+        if progress is not None:
+            progress(t + 1, cfg.rounds)
+        if not cfg.track_history:
+            continue
         risk = packed.test_risk(theta)
         by_class = class_risks(risk, packed.classes)
         entry: dict[str, Any] = {
@@ -245,8 +263,6 @@ def train_federated(
         if "lambda" in result.diagnostics:
             entry["lambda"] = result.diagnostics["lambda"]
         history.append(entry)
-        if progress is not None:
-            progress(t + 1, cfg.rounds)
     return RunResult(theta, packed.test_risk(theta), z, history)
 
 
