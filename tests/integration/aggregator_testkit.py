@@ -119,10 +119,10 @@ def class_risks(model: torch.nn.Module) -> dict[str, float]:
 
 def site_update(
     site: SimSite, ann: RoundAnnouncement, model: torch.nn.Module, private_hex: str,
-    **overrides: Any,
+    seed_offset: int = 0, **overrides: Any,
 ) -> tuple[SiteUpdate, bytes]:
     """The signed update of ``site`` for ``ann`` (seeded by site and round) and its payload."""
-    seed = 1000 * ann.round + site.index
+    seed = 1000 * ann.round + site.index + seed_offset
     plan = ann.privacy
     with torch.no_grad():
         losses = ((model(site.x_held) - site.y_held) ** 2).mean(dim=1)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -46,7 +47,7 @@ class Service:
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
-    def start(self, crash_at: str | None = None) -> None:
+    def start(self, crash_at: str | None = None, keep_running: bool = False) -> None:
         env = {k: v for k, v in os.environ.items() if k != CRASH_ENV}
         if crash_at:
             env[CRASH_ENV] = crash_at
@@ -54,7 +55,8 @@ class Service:
         with open(self.log, "ab") as err:
             self.proc = subprocess.Popen(
                 [FAIRFLEET, "aggregator", "run", "--config", str(self.config), "--model", MODEL,
-                 "--metrics-port", "0"], stdout=subprocess.DEVNULL, stderr=err, env=env,
+                 "--metrics-port", "0", *(["--keep-running"] if keep_running else [])],
+                stdout=subprocess.DEVNULL, stderr=err, env=env,
             )
 
     def dead(self) -> bool:
@@ -153,14 +155,16 @@ def test_kill9_at_any_point_gives_the_uninterrupted_model(kafka_bootstrap: str, 
             restart()
             time.sleep(0.1)
         service.kill9()
-        service.start()
+        service.start(keep_running=True)
         publish(pub, prefix, *updates[0])  # a site re-sends: must not count twice
         for msg, payload in updates[3:]:
             publish(pub, prefix, msg, payload)
 
     try:
         final = drive(bus, prefix, keys, on_round=on_round, restart=restart)
-        service.proc.wait(60)  # type: ignore[union-attr]
+        assert service.proc is not None and service.proc.poll() is None  # --keep-running
+        service.proc.send_signal(signal.SIGTERM)
+        assert service.proc.wait(30) == 0  # clean shutdown
     finally:
         if service.proc and not service.dead():
             service.kill9()
