@@ -113,6 +113,7 @@ def main() -> dict[str, object]:
             "layout": "updates are rows of one C-contiguous (K, d) matrix (one copy)",
             "goal": "fedavg within 1.5x of the numpy weighted sum",
             "cpu_count": os.cpu_count(),
+            "loadavg_1min_at_end": os.getloadavg()[0],
             "machine": platform.machine(),
             "python": platform.python_version(),
             "numpy": np.__version__,

@@ -38,6 +38,9 @@ def simulate_cmd(
     epsilon: float | None = typer.Option(None, help="Per-site ε over the whole run (site unit)."),
     delta: float = typer.Option(1e-5, help="δ of the per-site guarantee."),
     clients_per_round: int | None = typer.Option(None, help="Sites per round (default: all)."),
+    sampling: str = typer.Option(
+        "uniform", help="Client sampling: 'uniform' or 'proportional' (∝ n_k, as q-FFL)."
+    ),
     local_epochs: int = typer.Option(1, help="Local epochs per round."),
     local_steps: int | None = typer.Option(None, help="Cap on local SGD steps per round."),
     lr: float = typer.Option(0.1, help="Local learning rate."),
@@ -73,6 +76,7 @@ def simulate_cmd(
         epsilon=epsilon,
         delta=delta,
         clients_per_round=clients_per_round,
+        sampling=sampling,
         local_epochs=local_epochs,
         local_steps=local_steps,
         lr=lr,

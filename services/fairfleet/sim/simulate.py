@@ -2,6 +2,9 @@
 
 One round t (clients chosen uniformly without replacement when ``clients_per_round`` < K):
 
+Sites are chosen uniformly, or (``sampling="proportional"``, q-FFL's protocol) with probability
+∝ n_k without replacement; then strategies that take ``weighting`` average uniformly.
+
 1. each selected site k evaluates the global model on its training data and releases its mean
    loss F̃_k (under DP: per-example losses clipped to [0, B], Gaussian noise std z·B — the site
    unit, sensitivity B, i.e. ``GaussianDpEvent(z)``);
@@ -25,6 +28,7 @@ seconds. tests/unit/sim/test_simulate.py checks that both engines give the same 
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
 from collections.abc import Callable
@@ -35,6 +39,7 @@ import numpy as np
 
 from fairfleet.errors import ConfigError
 from fairfleet.fairness import SiteUpdate, build_strategy
+from fairfleet.fairness.registry import strategy_class
 from fairfleet.fairness.types import NoisyStat
 from fairfleet.sim.synthetic import FederatedDataset, SiteData, synthetic
 
@@ -57,6 +62,7 @@ class SimulationConfig:
     epsilon: float | None = None
     delta: float = 1e-5
     clients_per_round: int | None = None
+    sampling: str = "uniform"
     local_epochs: int = 1
     local_steps: int | None = None
     lr: float = 0.1
@@ -87,6 +93,10 @@ class SimulationConfig:
             raise ConfigError(f"delta must be in (0, 1). Found {self.delta}.")
         if self.engine not in ("fast", "torch"):
             raise ConfigError(f"engine must be 'fast' or 'torch'. Found {self.engine!r}.")
+        if self.sampling not in ("uniform", "proportional"):
+            raise ConfigError(
+                f"sampling must be 'uniform' or 'proportional'. Found {self.sampling!r}."
+            )
         if self.local_steps is not None and self.local_steps < 1:
             raise ConfigError(f"local_steps must be >= 1. Found {self.local_steps}.")
         if self.local_steps is not None and self.engine == "torch":
@@ -114,19 +124,23 @@ def calibrate_noise_multiplier(epsilon: float, delta: float, releases: int) -> f
     return hi
 
 
-def _softmax_ce(theta: np.ndarray, x: np.ndarray, y: np.ndarray, n_classes: int) -> np.ndarray:
-    """Per-example softmax cross-entropy of the logistic model θ = [W (c×d) row-major, b (c)]."""
+def _logits_t(theta: np.ndarray, x: np.ndarray, n_classes: int) -> np.ndarray:
+    """Logits as (classes, n): reductions over the 10 classes then run along rows (fast)."""
     d = x.shape[1]
     w = theta[: n_classes * d].reshape(n_classes, d)
-    logits = x @ w.T + theta[n_classes * d :]
-    top = logits.max(axis=1, keepdims=True)
-    lse = top[:, 0] + np.log(np.exp(logits - top).sum(axis=1))
-    return lse - logits[np.arange(len(y)), y]
+    return np.asarray(w @ x.T + theta[n_classes * d :, None])
+
+
+def _softmax_ce(theta: np.ndarray, x: np.ndarray, y: np.ndarray, n_classes: int) -> np.ndarray:
+    """Per-example softmax cross-entropy of the logistic model θ = [W (c×d) row-major, b (c)]."""
+    logits = _logits_t(theta, x, n_classes)
+    top = logits.max(axis=0)
+    lse = top + np.log(np.exp(logits - top).sum(axis=0))
+    return np.asarray(lse - logits[y, np.arange(y.shape[0])])
 
 
 def _predict(theta: np.ndarray, x: np.ndarray, n_classes: int) -> np.ndarray:
-    d = x.shape[1]
-    return np.argmax(x @ theta[: n_classes * d].reshape(n_classes, d).T + theta[n_classes * d :], 1)
+    return np.asarray(np.argmax(_logits_t(theta, x, n_classes), axis=0))
 
 
 def _local_sgd_fast(
@@ -236,8 +250,11 @@ def run_simulation(
     data = dataset or synthetic(cfg.alpha, cfg.beta, cfg.sites, seed=cfg.seed, iid=cfg.iid)
     n_classes = data.n_classes
     params = dict(cfg.strategy_params)
-    if cfg.strategy in ("qffl", "qfedavg", "q-ffl"):
+    accepted = inspect.signature(strategy_class(cfg.strategy).__init__).parameters
+    if "local_lr" in accepted:
         params.setdefault("local_lr", cfg.lr)
+    if cfg.sampling == "proportional" and "weighting" in accepted:
+        params.setdefault("weighting", "uniform")  # sampling ∝ n_k already weights by p_k
     strategy = build_strategy(cfg.strategy, **params)
     state = strategy.initial_state()
     dim = n_classes * data.n_features + n_classes
@@ -251,12 +268,16 @@ def run_simulation(
     local_sgd = _local_sgd_fast if cfg.engine == "fast" else _local_sgd_torch
     select_rng = np.random.default_rng(_seed_for(cfg.seed, 0xC11E))
     k_sites = len(data.sites)
+    sizes = np.array([s.n_train for s in data.sites], dtype=np.float64)
+    select_p = sizes / sizes.sum() if cfg.sampling == "proportional" else None
     history = []
     for t in range(cfg.rounds):
         chosen = (
             np.arange(k_sites)
             if cfg.clients_per_round is None
-            else np.sort(select_rng.choice(k_sites, cfg.clients_per_round, replace=False))
+            else np.sort(
+                select_rng.choice(k_sites, cfg.clients_per_round, replace=False, p=select_p)
+            )
         )
         updates = []
         for k in chosen:

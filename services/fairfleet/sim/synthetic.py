@@ -9,7 +9,8 @@ sibling), with one numpy Generator instead of the global RNG:
     v_k ~ N(B_k, 1)^{60},  Σ = diag(j^{−1.2}), j = 1..60
     x ~ N(v_k, Σ),  y = argmax softmax(x W_k + b_k) = argmax (x W_k + b_k)
 
-IID variant: one global W, b ~ N(0, 1) for all devices and v_k = 0. Each device's examples are
+IID variant: one global W, b ~ N(0, 1) for all devices and v_k = B_k·1 (the original script;
+v_k = 0 for Synthetic-IID, which uses β = 0). Each device's examples are
 shuffled and split 90/10 into train/test (train = int(0.9 n_k)), as in the original script.
 Site classes default to data size: "small"/"large" split at the median of n_k (sites with
 n_k > median are "large").
@@ -94,7 +95,9 @@ def synthetic(
     b_shift = rng.normal(0, beta, n_sites)
     std_x = np.power(np.arange(1, d + 1, dtype=np.float64), -1.2 / 2)  # sqrt of diag(j^-1.2)
     if iid:
-        mean_x = np.zeros((n_sites, d))
+        mean_x = np.outer(
+            b_shift, np.ones(d)
+        )  # the original: B_k·1, i.e. 0 for Synthetic-IID (β = 0)
         w_global = rng.normal(0, 1, (d, c))
         b_global = rng.normal(0, 1, c)
     else:
