@@ -368,7 +368,7 @@ class Aggregator:
         )
         self.producer.begin_transaction()
         try:
-            self.publisher.send(self.topics["models"], release, payload, key=self.model_id)
+            self.publisher.send(self.topics["models"], release, payload, key=self.model_id, compacted=True)
             if ckpt.announcement is not None:
                 self.publisher.send(self.topics["rounds"], ckpt.announcement, key=self.model_id)
             publish_checkpoint(self.producer, self.topics["checkpoints"], ckpt,

@@ -26,16 +26,29 @@ class Publisher:
         self.producer = producer
         self.chunk_bytes = chunk_bytes
 
-    def send(self, topic: str, msg: Message, payload: bytes | memoryview = b"", key: Key = None) -> list[Delivery]:
-        """Publish; returns one Delivery per Kafka record (wait on them, or flush the producer)."""
+    def send(
+        self,
+        topic: str,
+        msg: Message,
+        payload: bytes | memoryview = b"",
+        key: Key = None,
+        compacted: bool = False,
+    ) -> list[Delivery]:
+        """Publish; returns one Delivery per Kafka record (wait on them, or flush the producer).
+
+        ``compacted``: the topic keeps only the newest record per key, so the chunks of a large
+        value get one key each (``<key>#<index>``) or compaction would drop all but the last.
+        """
         value = codec.encode(msg, payload)
         headers = codec.headers_for(msg)
         if len(value) <= self.chunk_bytes:
             return [self.producer.publish(topic, value, key=key, headers=headers)]
+        base = key.decode() if isinstance(key, bytes) else key
         deliveries = []
-        for chunk in codec.split(value, self.chunk_bytes, msg.message_id):
+        for i, chunk in enumerate(codec.split(value, self.chunk_bytes, msg.message_id)):
+            chunk_key = f"{base}#{i}" if compacted and base is not None else key
             deliveries.append(
-                self.producer.publish(topic, chunk.data, key=key, headers={**headers, **chunk.headers})
+                self.producer.publish(topic, chunk.data, key=chunk_key, headers={**headers, **chunk.headers})
             )
         return deliveries
 

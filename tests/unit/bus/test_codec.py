@@ -91,3 +91,15 @@ def test_reader_dead_letters_bad_input_and_keeps_reading() -> None:
     dead = Reader(bus.consumer("g2", ["dlq"]), "test").poll(0.1)
     assert dead is not None and isinstance(dead.message, DeadLetter)
     assert dead.message.source_offset == 0 and "bad magic" in dead.message.detail
+
+
+def test_chunks_on_a_compacted_topic_get_one_key_each() -> None:
+    bus = connect("memory://")
+    bus.create_topics([TopicSpec("models", 1)])
+    payload = b"w" * 3500
+    Publisher(bus.producer(), chunk_bytes=1000).send("models", _release(payload), payload, key="m", compacted=True)
+    records = bus.consumer("g", ["models"]).consume(10, 0.1)
+    assert [r.key for r in records] == [b"m#0", b"m#1", b"m#2", b"m#3"]
+    reader = Reader(bus.consumer("g2", ["models"]), "test")
+    env = reader.poll(0.1)
+    assert env is not None and bytes(env.payload) == payload
