@@ -346,6 +346,7 @@ class Ledger:
     def budgets(self, site: str | None = None, accountant: str = "rdp") -> list[dict[str, Any]]:
         """One row per ledger: spent (committed), reserved (with pending), limit, remaining."""
         with self._lock:
+            counts = Counter((e.record.key, e.state) for e in self._events.values())
             rows = []
             for key in self.ledger_keys():
                 if site is not None and key.site != site:
@@ -370,16 +371,8 @@ class Ledger:
                     "delta": delta,
                     "windows": source.window_range(),
                     "segments": len(source.segments),
-                    "events_committed": sum(
-                        1
-                        for e in self._events.values()
-                        if e.record.key == key and e.state is EventState.COMMITTED
-                    ),
-                    "events_reserved": sum(
-                        1
-                        for e in self._events.values()
-                        if e.record.key == key and e.state is EventState.RESERVED
-                    ),
+                    "events_committed": counts[(key, EventState.COMMITTED)],
+                    "events_reserved": counts[(key, EventState.RESERVED)],
                 }
                 if key.unit is PrivacyUnit.SITE:
                     row["site_total_epsilon"] = self._eps(

@@ -17,6 +17,7 @@ from fairfleet.privacy.accounting import (
     FleetAccountant,
     PldAccountant,
     RdpAccountant,
+    batch_epsilons,
     calibrate_noise_multiplier,
     epsilon,
     make_accountant,
@@ -247,3 +248,22 @@ def test_unsupported_events_name_the_sub_event() -> None:
 def test_validation_names_the_value(call, match: str) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(ConfigError, match=match):
         call()
+
+
+def test_batch_epsilons_equal_one_accountant_per_ledger() -> None:
+    rng = np.random.default_rng(9)
+    pairs = []
+    for n in range(60):
+        event = dpsgd_event(
+            float(rng.uniform(0.001, 0.1)), float(rng.uniform(0.8, 3)), int(rng.integers(1, 500))
+        )
+        pairs.append((f"source-{n % 7}", event))
+    pairs.append(("source-8", dp_event.NonPrivateDpEvent()))
+    batch = batch_epsilons(pairs, 1e-5)
+    for ledger in {ledger for ledger, _ in pairs}:
+        acc = RdpAccountant()
+        for other, event in pairs:
+            if other == ledger:
+                acc.compose(event)
+        assert batch[ledger] == pytest.approx(acc.get_epsilon(1e-5), rel=1e-12)
+    assert math.isinf(batch["source-8"])
