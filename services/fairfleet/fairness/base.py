@@ -130,10 +130,15 @@ class WeightedUpdateStrategy(Strategy):
     def server_step(
         self, global_vec: np.ndarray, pseudo_gradient: np.ndarray, state: StrategyState
     ) -> tuple[np.ndarray, StrategyState]:
-        """Server SGD: ``w + η g``."""
-        new = global_vec.astype(np.float32, copy=True)
-        new += np.float32(self.server_lr) * pseudo_gradient
-        return new, state
+        """Server SGD: ``w + η g``.
+
+        ``pseudo_gradient`` is a fresh array owned by the strategy (from :func:`weighted_sum`), so
+        it is updated in place: one pass over d when η = 1, no temporary.
+        """
+        if self.server_lr != 1.0:
+            pseudo_gradient *= np.float32(self.server_lr)
+        pseudo_gradient += global_vec
+        return pseudo_gradient, state
 
     def aggregate(
         self, global_vec: np.ndarray, updates: Sequence[SiteUpdate], state: StrategyState

@@ -33,13 +33,17 @@ BOOTSTRAP_SEED = 20260601
 """Fixed so that replays are deterministic (exactly-once aggregator state)."""
 
 
-def debiased_squared_norm(squared_norm: float, dim: int, noise_std: float) -> float:
-    """``max(0, ‖Δ̃‖² − d·σ²)``: unbiased for ‖Δ‖² before the clip at 0 (noise independent of Δ)."""
+def debiased_squared_norm(
+    squared_norm: float, dim: int, noise_std: float, clip_norm: float | None = None
+) -> float:
+    """``min(C², max(0, ‖Δ̃‖² − d·σ²))``: unbiased for ‖Δ‖² before the clips (noise independent
+    of Δ); the cap C² applies when the update was clipped to C before noising."""
     if dim < 0 or noise_std < 0:
         raise ConfigError(
             f"dim and noise_std must be >= 0. Found dim={dim}, noise_std={noise_std}."
         )
-    return max(0.0, float(squared_norm) - dim * noise_std**2)
+    value = max(0.0, float(squared_norm) - dim * noise_std**2)
+    return value if clip_norm is None else min(value, clip_norm**2)
 
 
 @dataclass(frozen=True)

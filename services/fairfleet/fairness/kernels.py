@@ -75,9 +75,15 @@ def weighted_sum(vectors: Sequence[np.ndarray], coefficients: np.ndarray) -> np.
     return out
 
 
-def squared_norms(vectors: Sequence[np.ndarray]) -> np.ndarray:
-    """``‖v_k‖²`` for each vector, as float64."""
-    return np.array([float(np.dot(v, v)) for v in vectors], dtype=np.float64)
+def squared_norms(
+    vectors: Sequence[np.ndarray], known: Sequence[float | None] | None = None
+) -> np.ndarray:
+    """``‖v_k‖²`` for each vector, as float64; entries of ``known`` that are not None are used."""
+    given = known if known is not None else [None] * len(vectors)
+    return np.array(
+        [float(np.dot(v, v)) if k is None else k for v, k in zip(vectors, given, strict=True)],
+        dtype=np.float64,
+    )
 
 
 def project_simplex(v: np.ndarray) -> np.ndarray:

@@ -12,7 +12,9 @@ p_k weights above are the same estimator, and q = 0 gives exactly FedAvg (a_k = 
 (``weighting="uniform"`` reproduces the paper's uniform average over sampled sites.)
 
 Under DP, F_k is the noisy release F̃_k and the delta carries N(0, s_k²) per coordinate, so
-E‖Δ̃w_k‖² = L²(‖Δ_k‖² + d s_k²): the norm term uses L² max(0, ‖Δ̃_k‖² − d s_k²). F̃_k is shrunk
+E‖Δ̃w_k‖² = L²(‖Δ_k‖² + d s_k²): the norm term uses L² max(0, ‖Δ̃_k‖² − d s_k²), capped at
+L² C_k² when the site reports its clip bound C_k (the estimate's std is √(2d)·s_k², far above C²
+at useful privacy levels, and the true value is known to be ≤ C²). F̃_k is shrunk
 toward the fleet mean with its known noise variance (identity without noise) and floored at
 ``loss_floor`` so that F^q and F^{q−1} stay finite.
 """
@@ -83,11 +85,14 @@ class QFedAvg(WeightedUpdateStrategy):
         f = shrunk_site_losses(losses) if self.shrink_losses else raw
         f = np.maximum(f, self.loss_floor)
         big_l = 1.0 / self.local_lr
-        sq = squared_norms([u.delta for u in updates])
+        sq = squared_norms([u.delta for u in updates], [u.squared_norm for u in updates])
         if self.debias:
             dims = np.array([u.dim for u in updates], dtype=np.float64)
             noise = np.array([u.noise_std for u in updates]) ** 2
             sq = np.maximum(0.0, sq - dims * noise)
+            # the site clipped to C before noising, so ‖Δ‖² ≤ C²: cap the (high-variance) estimate
+            caps = np.array([np.inf if u.clip_norm is None else u.clip_norm**2 for u in updates])
+            sq = np.minimum(sq, caps)
         f_q = np.power(f, self.q)
         h = self.q * np.power(f, self.q - 1.0) * big_l**2 * sq + big_l * f_q
         coeffs = big_l * p * f_q / float(p @ h)

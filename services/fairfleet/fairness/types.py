@@ -61,6 +61,10 @@ class SiteUpdate:
     ``E‖delta‖² = ‖true delta‖² + d·noise_std²``. ``loss`` is the noised loss of the *global*
     model on the site's held-out data (needed by q-FFL, AFL, TERM and the gap constraint).
     ``staleness`` is the number of global versions the update lags (buffered async).
+    ``squared_norm`` is ‖delta‖² if the caller already computed it (the aggregator's norm-bound
+    validation does); strategies that need it (q-FFL) then skip a pass over the vector.
+    ``clip_norm`` is the bound C the site clipped to before adding noise (None: not clipped), so
+    the true ‖delta‖ ≤ C — a hard bound the noise-aware estimators use.
     """
 
     site: str
@@ -70,6 +74,8 @@ class SiteUpdate:
     noise_std: float = 0.0
     loss: NoisyStat | None = None
     staleness: int = 0
+    squared_norm: float | None = None
+    clip_norm: float | None = None
 
     def __post_init__(self) -> None:
         if not self.site:
@@ -87,6 +93,18 @@ class SiteUpdate:
             )
         if self.staleness < 0:
             raise ConfigError(f"SiteUpdate staleness must be >= 0. Found {self.staleness}.")
+        if self.squared_norm is not None and not (
+            math.isfinite(self.squared_norm) and self.squared_norm >= 0
+        ):
+            raise ConfigError(
+                f"SiteUpdate squared_norm must be finite and >= 0. Found {self.squared_norm}."
+            )
+        if self.clip_norm is not None and not (
+            math.isfinite(self.clip_norm) and self.clip_norm > 0
+        ):
+            raise ConfigError(
+                f"SiteUpdate clip_norm must be finite and > 0. Found {self.clip_norm}."
+            )
 
     @property
     def dim(self) -> int:

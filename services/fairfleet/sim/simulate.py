@@ -15,8 +15,8 @@ Sites are chosen uniformly, or (``sampling="proportional"``, q-FFL's protocol) w
 
 Privacy: every site is charged 2 Gaussian releases per round for all R rounds (no amplification
 by the server's client sampling, which a site cannot verify), so z is calibrated so that
-``SelfComposed(GaussianDpEvent(z), 2R)`` is (ε, δ)-DP: dp_accounting's RDP accountant with a
-bisection on z (fairfleet.privacy had no calibration function when this was written).
+``SelfComposed(GaussianDpEvent(z), 2R)`` is (ε, δ)-DP under the RDP accountant, calibrated by
+``fairfleet.privacy.accounting.calibrate_noise_multiplier`` (dp_accounting underneath).
 
 Engines. ``torch`` calls ``fairfleet.learning.train.local_train`` per site (the reference).
 ``fast`` (default) runs the same algorithm for the multinomial logistic model in numpy: same
@@ -104,24 +104,14 @@ class SimulationConfig:
 
 
 def calibrate_noise_multiplier(epsilon: float, delta: float, releases: int) -> float:
-    """Smallest z (to 0.1%) with ``SelfComposed(GaussianDpEvent(z), releases)`` (ε, δ)-DP (RDP)."""
-    import dp_accounting
-    from dp_accounting.rdp import RdpAccountant
+    """Smallest z with ``SelfComposed(GaussianDpEvent(z), releases)`` (ε, δ)-DP (RDP accountant).
 
-    def eps_of(z: float) -> float:
-        acc = RdpAccountant()
-        acc.compose(dp_accounting.SelfComposedDpEvent(dp_accounting.GaussianDpEvent(z), releases))
-        return float(acc.get_epsilon(delta))
+    A Gaussian release without sampling is DP-SGD's event at sampling rate 1, so this is
+    fairfleet.privacy.accounting's calibration (dp_accounting's Brent search) with q = 1.
+    """
+    from fairfleet.privacy.accounting import calibrate_noise_multiplier as calibrate_dpsgd
 
-    lo, hi = 1e-3, 1.0
-    while eps_of(hi) > epsilon:
-        lo, hi = hi, hi * 2
-        if hi > 1e6:
-            raise ConfigError(f"No noise multiplier reaches epsilon={epsilon} at delta={delta}.")
-    while hi - lo > 1e-3 * hi:
-        mid = (lo + hi) / 2
-        lo, hi = (lo, mid) if eps_of(mid) <= epsilon else (mid, hi)
-    return hi
+    return calibrate_dpsgd(epsilon, delta, sampling_rate=1.0, steps=releases, accountant="rdp")
 
 
 def _logits_t(theta: np.ndarray, x: np.ndarray, n_classes: int) -> np.ndarray:
@@ -287,7 +277,7 @@ def run_simulation(
             if mechanism is None:
                 loss = NoisyStat(float(losses.mean()), 0.0, site.n_train)
                 delta = local_sgd(theta, site, cfg, n_classes, seed)
-                noise_std = 0.0
+                noise_std, clip = 0.0, None
             else:
                 rng = np.random.default_rng(seed)
                 released = noisy_bounded_mean(
@@ -299,9 +289,11 @@ def run_simulation(
 
                 private = mechanism.privatise(raw, make_generator(seed + 1, secure=False))
                 delta = private.values.numpy().astype(np.float32)
-                noise_std = private.noise_std
+                noise_std, clip = private.noise_std, cfg.clip_norm
             updates.append(
-                SiteUpdate(site.site, site.site_class, delta, site.n_train, noise_std, loss)
+                SiteUpdate(
+                    site.site, site.site_class, delta, site.n_train, noise_std, loss, clip_norm=clip
+                )
             )
         result = strategy.aggregate(theta, updates, state)
         theta, state = result.new_global, result.new_state
@@ -350,7 +342,7 @@ def run_simulation(
             "releases_per_site": 2 * cfg.rounds,
             "update_noise_std": z * cfg.clip_norm,
             "loss_noise_std": z * cfg.loss_bound,
-            "accountant": "dp_accounting RdpAccountant, bisection on z",
+            "accountant": "rdp (fairfleet.privacy.accounting calibration, dp_accounting)",
         },
     }
     return {

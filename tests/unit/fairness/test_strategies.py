@@ -231,3 +231,28 @@ def test_inputs_are_not_mutated() -> None:
         np.testing.assert_array_equal(g, [0.5, 0.5])
         np.testing.assert_array_equal(ups[0].delta, [1, 0])
         assert state_to_bytes(st) == state_to_bytes(s.initial_state())
+
+
+def test_qffl_uses_a_given_squared_norm() -> None:
+    from dataclasses import replace
+
+    ups = [make_update("s1", [1, 0], loss=2.0), make_update("s2", [0, 1], loss=1.0)]
+    s = build_strategy("qffl", q=1.0, local_lr=0.5)
+    given = [replace(u, squared_norm=1.0) for u in ups]
+    a = s.aggregate(G0, ups, s.initial_state()).new_global
+    b = s.aggregate(G0, given, s.initial_state()).new_global
+    np.testing.assert_array_equal(a, b)
+    wrong = [replace(ups[0], squared_norm=4.0), ups[1]]  # the given value is what is used
+    assert s.aggregate(G0, wrong, s.initial_state()).diagnostics["coefficients"]["s1"] < 2 / 7
+
+
+def test_qffl_caps_the_debiased_norm_at_the_clip_bound() -> None:
+    from dataclasses import replace
+
+    # a noise-dominated delta: ‖Δ̃‖² - d s² = 25 - 2·0.5 = 24 > C² = 1, so the cap binds and the
+    # site is treated as the hand case's ‖Δ‖² = 1.
+    noisy = make_update("s1", [3, 4], loss=2.0, noise_std=np.sqrt(0.5))
+    ups = [replace(noisy, clip_norm=1.0), make_update("s2", [0, 1], loss=1.0)]
+    s = build_strategy("qffl", q=1.0, local_lr=0.5, shrink_losses=False)
+    res = s.aggregate(G0, ups, s.initial_state())
+    assert res.diagnostics["coefficients"]["s1"] == pytest.approx(2 / 7)
