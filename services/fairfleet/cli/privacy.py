@@ -146,7 +146,7 @@ def noise_cmd(
         typer.echo(json.dumps(out))
         return
     typer.echo(
-        f"σ = {sigma:.6g} gives ε = {achieved:.6g} ≤ {epsilon:g} at δ = {delta:g} "
+        f"σ = {sigma:.6g} gives ε = {achieved:.9g} ≤ {epsilon:g} at δ = {delta:g} "
         f"({accountant.upper()}) for q={sampling_rate:g}, T={steps}"
     )
 
@@ -197,7 +197,10 @@ def budget_cmd(
             num(row.get("delta"), "g"),
             num(row.get("budget_used_ratio"), ".0%"),
         )
-    Console().print(table)
+    console = Console()
+    if not console.is_terminal:  # piped: do not squeeze the table into 80 columns
+        console = Console(width=140)
+    console.print(table)
 
 
 def register(app: typer.Typer) -> None:
