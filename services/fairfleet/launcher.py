@@ -2,10 +2,9 @@
 
 ``launch(config_path)`` starts, in this order, the accountant (``fairfleet accountant run``), one
 aggregator per model (``fairfleet aggregator run --model M``) and every site agent (``fairfleet
-site run --site S``), each with ``--metrics-port 0`` so that several fleets can share a machine.
-Each service logs JSON lines on stderr; the launcher sends them to ``<log_dir>/<name>.log`` and
-reads the bound port from the ``{"msg": "metrics listening", "port": N}`` line, then waits until
-its ``/metrics`` answers. The returned :class:`Fleet` scrapes metrics and stops everything:
+site run --site S``), each on a free metrics port the launcher picks (``--metrics-port N``), so
+that several fleets can share a machine. Each service logs JSON lines on stderr; the launcher
+sends them to ``<log_dir>/<name>.log`` and waits until every ``/metrics`` answers. The returned :class:`Fleet` scrapes metrics and stops everything:
 SIGTERM to sites first, then aggregators, then the accountant (so that nothing publishes to a
 service that has gone), SIGKILL after a grace period.
 
@@ -110,8 +109,9 @@ def scrape(url: str, timeout: float = 2.0) -> dict[str, list[tuple[dict[str, str
     return out
 
 
-def metric_value(samples: dict[str, list[tuple[dict[str, str], float]]], name: str,
-                 **labels: str) -> float | None:
+def metric_value(
+    samples: dict[str, list[tuple[dict[str, str], float]]], name: str, **labels: str
+) -> float | None:
     """The first sample of ``name`` whose labels include ``labels`` (None if absent)."""
     for sample_labels, value in samples.get(name, []):
         if all(sample_labels.get(k) == v for k, v in labels.items()):
@@ -152,8 +152,16 @@ class Fleet:
         for s in self.services:
             code = s.returncode()
             state = "running" if code is None else ("exited" if code == 0 else f"failed ({code})")
-            rows.append({"name": s.name, "kind": s.kind, "pid": s.process.pid if s.process else None,
-                         "port": s.port, "state": state, "log": str(s.log_path)})
+            rows.append(
+                {
+                    "name": s.name,
+                    "kind": s.kind,
+                    "pid": s.process.pid if s.process else None,
+                    "port": s.port,
+                    "state": state,
+                    "log": str(s.log_path),
+                }
+            )
         return rows
 
     def stop(self, grace_s: float = 15.0) -> None:
@@ -185,8 +193,12 @@ def _start(service: Service, env: dict[str, str]) -> None:
     log = service.log_path.open("wb")
     try:
         service.process = subprocess.Popen(
-            service.args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            env=env, start_new_session=True,
+            service.args,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
         )
     finally:
         log.close()  # the child keeps its own descriptor
@@ -213,33 +225,90 @@ def _wait_ready(services: Sequence[Service], timeout_s: float) -> None:
                 pass
         if pending and time.monotonic() > deadline:
             names = ", ".join(s.name for s in pending)
-            raise LaunchError(f"No /metrics from {names} within {timeout_s:g} s. Logs in {pending[0].log_path.parent}.")
+            raise LaunchError(
+                f"No /metrics from {names} within {timeout_s:g} s. Logs in {pending[0].log_path.parent}."
+            )
         if pending:
             time.sleep(0.2)
 
 
-def plan(config_path: str | Path, log_dir: Path, extra_args: dict[str, list[str]] | None = None) -> list[Service]:
-    """The services of a config, in start order (accountant, aggregators, sites)."""
+def free_port() -> int:
+    """A TCP port that is free now (the child binds it a moment later; fine on one machine)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _cli_options(module: str) -> set[str]:
+    """Parameter names of ``fairfleet.cli.<module>.run_cmd`` (empty if it is missing)."""
+    import importlib
+    import inspect
+
+    try:
+        run_cmd = importlib.import_module(f"fairfleet.cli.{module}").run_cmd
+    except (ImportError, AttributeError):
+        return set()
+    return set(inspect.signature(run_cmd).parameters)
+
+
+def accountant_args(config: str, cfg: Any) -> list[str]:
+    """``accountant run --config FILE`` (the contract), or the older explicit options."""
+    options = _cli_options("accountant")
+    if "config" in options or not options:
+        return ["accountant", "run", "--config", config]
+    args = ["accountant", "run", "--bootstrap", cfg.kafka.bootstrap, "--policy", config]
+    if "db" in options:
+        db = Path(cfg.accountant.db)
+        if not db.is_absolute():
+            db = Path(config).parent / db
+        args += ["--db", str(db)]
+    if "prefix" in options:
+        args += ["--prefix", cfg.kafka.topic_prefix]
+    return args
+
+
+def plan(
+    config_path: str | Path, log_dir: Path, extra_args: dict[str, list[str]] | None = None
+) -> list[Service]:
+    """The services of a config, in start order (accountant, aggregators, sites).
+
+    Every service gets a free metrics port chosen here (``--metrics-port N``), so fleets never
+    collide and the launcher knows each port without waiting for a log line.
+    """
     from fairfleet.config import load_config
 
     cfg = load_config(config_path)
     base = fairfleet_command()
     config = str(Path(config_path).resolve())
     extra = extra_args or {}
-    services = [Service("accountant", "accountant",
-                        [*base, "accountant", "run", "--config", config, "--metrics-port", "0",
-                         *extra.get("accountant", [])],
-                        log_dir / "accountant.log")]
+
+    def service(kind: str, name: str, args: list[str]) -> Service:
+        port = free_port()
+        return Service(
+            kind,
+            name,
+            [*base, *args, "--metrics-port", str(port), *extra.get(kind, [])],
+            log_dir / f"{name}.log",
+            port=port,
+        )
+
+    services = [service("accountant", "accountant", accountant_args(config, cfg))]
     for model in cfg.models:
-        services.append(Service("aggregator", f"aggregator-{model.id}",
-                                [*base, "aggregator", "run", "--config", config, "--model", model.id,
-                                 "--metrics-port", "0", *extra.get("aggregator", [])],
-                                log_dir / f"aggregator-{model.id}.log"))
+        services.append(
+            service(
+                "aggregator",
+                f"aggregator-{model.id}",
+                ["aggregator", "run", "--config", config, "--model", model.id],
+            )
+        )
     for site in cfg.sites:
-        services.append(Service("site", f"site-{site.id}",
-                                [*base, "site", "run", "--config", config, "--site", site.id,
-                                 "--metrics-port", "0", *extra.get("site", [])],
-                                log_dir / f"site-{site.id}.log"))
+        services.append(
+            service(
+                "site", f"site-{site.id}", ["site", "run", "--config", config, "--site", site.id]
+            )
+        )
     return services
 
 
@@ -265,7 +334,11 @@ def launch(
         for kind in ("aggregator", "site"):
             group = fleet.of_kind(kind)
             for s in group:
-                if kind == "aggregator" and "--budgets-url" not in s.args and _accepts_budgets_url():
+                if (
+                    kind == "aggregator"
+                    and "--budgets-url" not in s.args
+                    and _accepts_budgets_url()
+                ):
                     s.args += ["--budgets-url", f"{accountant.url}/budgets"]
                 _start(s, child_env)
             _wait_ready(group, ready_timeout_s)

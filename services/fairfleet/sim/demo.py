@@ -11,7 +11,8 @@ stream); stop everything it started.
 
 The privacy plan is the update-level Gaussian mechanism (site unit) with the noisy loss release
 the gap-constrained strategy needs; the noise multiplier z is calibrated so that the 2·rounds
-releases of a site compose to the target ε (RDP), and the sites' policy allows 25% more.
+releases of a site compose to the target ε (RDP), and the sites' policy allows 25% more (the
+accountant reports PLD or RDP; both stay below the RDP target).
 """
 
 from __future__ import annotations
@@ -49,12 +50,18 @@ class DemoSettings:
 
 def demo_config(work_dir: Path, bootstrap: str, settings: DemoSettings) -> dict[str, Any]:
     """The fleet config dict (keys written under ``work_dir/keys``)."""
+    from fairfleet.config import SiteAgentConfig
     from fairfleet.signing import generate_keypair
     from fairfleet.sim.fleet import load_fleet
     from fairfleet.sim.simulate import calibrate_noise_multiplier
 
     fleet = load_fleet(settings.fleet)
     z = calibrate_noise_multiplier(settings.epsilon, settings.delta, 2 * settings.rounds)
+    # Site unit: the loss release costs Gaussian(σ_loss/m) for m held-out rows (release.py), so
+    # σ_loss = z·m_max makes it cost at most Gaussian(z); m_max = every k-th row of the most
+    # training windows a round uses.
+    agent = SiteAgentConfig()
+    m_max = (agent.train_windows * settings.window) // max(2, round(1 / agent.holdout_fraction))
     keys = work_dir / "keys"
     keys.mkdir(parents=True, exist_ok=True)
     sites = []
@@ -90,7 +97,7 @@ def demo_config(work_dir: Path, bootstrap: str, settings: DemoSettings) -> dict[
             "training": {"epochs": 1, "batch_size": 32, "lr": settings.lr},
             "privacy": {"mechanism": "update", "unit": "site", "noise_multiplier": z,
                         "clip_norm": settings.clip_norm, "loss_bound": settings.loss_bound,
-                        "loss_noise_multiplier": z},
+                        "loss_noise_multiplier": z * m_max},
             "gamma": settings.gamma,
             "metrics_port": 0,
         }],
@@ -118,8 +125,8 @@ def create_topics(config_path: Path) -> None:
     bus.create_topics(default_topics(cfg.kafka.topic_prefix, cfg.kafka.partitions))
 
 
-def read_models(config_path: Path, model_id: str = MODEL_ID, idle_s: float = 3.0) -> list[tuple[int, int, Any]]:
-    """Every (version, round, state dict) of ``model_id`` still on the ``models`` topic."""
+def read_models(config_path: Path, model_id: str = MODEL_ID, idle_s: float = 3.0) -> list[tuple[int, int, Any, Any]]:
+    """Every (version, round, model spec, state dict) of ``model_id`` on the ``models`` topic."""
     import uuid
 
     from fairfleet.bus import Reader, connect, topic_name
@@ -132,7 +139,7 @@ def read_models(config_path: Path, model_id: str = MODEL_ID, idle_s: float = 3.0
     consumer = bus.consumer(f"demo-reader-{uuid.uuid4().hex[:8]}",
                             [topic_name("models", cfg.kafka.topic_prefix)], from_beginning=True)
     reader = Reader(consumer, "demo")
-    versions: dict[int, tuple[int, int, Any]] = {}
+    versions: dict[int, tuple[int, int, Any, Any]] = {}
     last = time.monotonic()
     try:
         while time.monotonic() - last < idle_s:
@@ -142,32 +149,30 @@ def read_models(config_path: Path, model_id: str = MODEL_ID, idle_s: float = 3.0
             last = time.monotonic()
             msg = env.message
             if isinstance(msg, ModelRelease) and msg.model_id == model_id:
-                versions[msg.version] = (msg.version, msg.round, from_safetensors_bytes(bytes(env.payload)))
+                state = from_safetensors_bytes(bytes(env.payload))
+                versions[msg.version] = (msg.version, msg.round, msg.model_spec, state)
     finally:
         consumer.close()
     return [versions[v] for v in sorted(versions)]
 
 
-def evaluate(state: Any, fleet: str, seed: int) -> dict[str, Any]:
-    """Cross-entropy and accuracy of a logistic state dict on every site's held-out future."""
+def evaluate(spec: Any, state: Any, fleet: str, seed: int) -> dict[str, Any]:
+    """Loss and accuracy of a released model on every site's held-out future, per class."""
     import numpy as np
     import torch
 
+    from fairfleet.learning.models import build_model
+    from fairfleet.learning.train import evaluate as evaluate_model
     from fairfleet.sim.arrays import fleet_data
 
+    model = build_model(spec.name, **spec.params)
+    model.load_state_dict(state)
     data = fleet_data(fleet, seed)
-    weight = state["linear.weight"] if "linear.weight" in state else next(
-        v for k, v in state.items() if k.endswith("weight"))
-    bias = state["linear.bias"] if "linear.bias" in state else next(
-        v for k, v in state.items() if k.endswith("bias"))
-    w, b = weight.detach().double().numpy(), bias.detach().double().numpy()
     sites: list[dict[str, Any]] = []
     for s in data.sites:
-        logits = s.x_test.astype(np.float64) @ w.T + b
-        loss = torch.nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(s.y_test))
-        acc = float(np.mean(np.argmax(logits, axis=1) == s.y_test))
+        metrics = evaluate_model(model, torch.from_numpy(s.x_test), torch.from_numpy(s.y_test), spec.task)
         sites.append({"site": s.site, "class": s.site_class, "n_test": s.n_test,
-                      "loss": float(loss), "accuracy": acc})
+                      "loss": metrics["loss"], "accuracy": metrics.get("accuracy")})
     n = np.array([s["n_test"] for s in sites], dtype=np.float64)
     fleet_loss = float(np.dot([s["loss"] for s in sites], n) / n.sum())
     classes: dict[str, dict[str, Any]] = {}
@@ -205,6 +210,28 @@ class DemoRecorder:
         self.rounds.append({"round": closed, "gap_estimate": gap[0] if gap else None,
                             "class_loss_estimate": class_loss, "epsilon_spent": eps,
                             "time": time.time()})
+
+
+def epsilon_by_round(fleet: Any) -> dict[str, list[dict[str, float]]]:
+    """Per site, the ε it reported after each published round (its "round published" log lines)."""
+    out: dict[str, list[dict[str, float]]] = {}
+    for site in fleet.of_kind("site"):
+        rows = []
+        try:
+            lines = site.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            lines = []
+        for line in lines:
+            if '"round published"' not in line:
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if record.get("epsilon_spent") is not None:
+                rows.append({"round": int(record["round"]) + 1, "epsilon": float(record["epsilon_spent"])})
+        out[site.name.removeprefix("site-")] = rows
+    return out
 
 
 def fetch_budgets(fleet: Any) -> Any:
@@ -270,17 +297,18 @@ def run_demo(
                     closed = now
                     recorder.observe(fleet, closed)
                     say(closed, settings.rounds, f"round {closed} closed")
-                time.sleep(1.0)
+                time.sleep(0.5)
             budgets = fetch_budgets(fleet)
         finally:
             say(settings.rounds, settings.rounds, "stopping the services")
             fleet.stop()
+        epsilon_history = epsilon_by_round(fleet)
         models = read_models(config)
     finally:
         if started_broker:
             broker.stop(broker_dir)
-    per_version = [{"version": v, "round": r, **evaluate(state, settings.fleet, settings.seed)}
-                   for v, r, state in models]
+    per_version = [{"version": v, "round": r, **evaluate(spec, state, settings.fleet, settings.seed)}
+                   for v, r, spec, state in models]
     final = per_version[-1] if per_version else None
     summary = {
         "settings": settings.__dict__,
@@ -291,6 +319,7 @@ def run_demo(
         "final": final,
         "budgets": budgets,
         "epsilon_spent": recorder.rounds[-1]["epsilon_spent"] if recorder.rounds else {},
+        "epsilon_by_round": epsilon_history,
         "seconds": round(time.time() - started, 1),
         "logs": str(work / "logs"),
     }

@@ -39,7 +39,8 @@ def plot_demo_classes(summary: dict[str, Any], path: Path) -> None:
     ax2.axhline(limit, color="red", linestyle="--", linewidth=1, label=f"policy ε_max {limit:g}")
     ax2.set_ylabel(f"ε spent (δ={summary['settings']['delta']:g})")
     ax2.set_title("Privacy spent per site (colour = class)")
-    ax2.legend(frameon=False)
+    ax2.set_ylim(0, limit * 1.2)
+    ax2.legend(frameon=False, loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -56,19 +57,21 @@ def plot_demo_rounds(summary: dict[str, Any], path: Path) -> None:
         ax1.plot(rounds, [m["classes"][c]["loss"] for m in models], marker="o",
                  color=CLASS_COLOURS[i], label=c)
     ax1.plot(rounds, [m["gap"] for m in models], color="black", linestyle=":", label="gap (max − min)")
-    ax1.set_xlabel("round (model version released after it)")
+    ax1.set_xlabel("model version (0 = the initial model, v = after round v)")
     ax1.set_ylabel("held-out cross-entropy")
     ax1.set_title("Class loss and class gap per round")
     ax1.legend(frameon=False, fontsize=9)
-    rec = summary["rounds"]
-    sites = sorted({s for r in rec for s in r["epsilon_spent"]})
-    for s in sites:
-        ax2.plot([r["round"] for r in rec], [r["epsilon_spent"].get(s, 0.0) for r in rec], marker=".", label=s)
+    history = summary.get("epsilon_by_round", {})
+    for s in sorted(history):
+        rows = history[s]
+        ax2.plot([r["round"] for r in rows], [r["epsilon"] for r in rows], marker=".", label=s)
     ax2.axhline(1.25 * summary["settings"]["epsilon"], color="red", linestyle="--", linewidth=1,
                 label="policy ε_max")
-    ax2.set_xlabel("rounds closed")
+    ax2.set_xlabel("round")
     ax2.set_ylabel("ε spent")
-    ax2.set_title("ε spent per site (from the site agents' metrics)")
+    ax2.set_title("ε spent per site after each round it joined")
+    for ax in (ax1, ax2):
+        ax.xaxis.get_major_locator().set_params(integer=True)
     ax2.legend(frameon=False, fontsize=8, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -12,7 +12,7 @@ from fairfleet import launcher
 from fairfleet.launcher import LaunchError, launch, metric_value, scrape
 from fairfleet.sim.demo import DemoSettings, write_demo_config
 
-FAKE = r'''
+FAKE = r"""
 import json, signal, sys, threading, time
 from prometheus_client import CollectorRegistry, Counter
 from fairfleet.metrics import serve
@@ -26,14 +26,14 @@ if kind == "site" and name == "plant-f" and os.environ.get("FAKE_FAIL"):
     sys.exit(3)
 reg = CollectorRegistry()
 Counter("fairfleet_aggregator_rounds", "rounds", ["model"], registry=reg).labels(model=name).inc(2)
-server = serve(reg, 0)
+server = serve(reg, int(args[args.index("--metrics-port") + 1]))
 print(json.dumps({"msg": "metrics listening", "port": server.port}), file=sys.stderr, flush=True)
 stop = threading.Event()
 signal.signal(signal.SIGTERM, lambda *a: stop.set())
 stop.wait(60)
 with open(out, "a") as f:
     f.write(f"{time.monotonic()} {kind} {name}\n")
-'''
+"""
 
 
 @pytest.fixture()
@@ -55,11 +55,14 @@ def test_launch_waits_for_metrics_and_stops_sites_then_aggregator_then_accountan
         assert all(s.running() and s.port for s in fleet.services)
         samples = scrape(fleet.aggregator("failure").url)
         assert metric_value(samples, "fairfleet_aggregator_rounds_total", model="failure") == 2.0
-        assert fleet.service("site-plant-a").args[-4:] == ["--site", "plant-a", "--metrics-port", "0"]
+        site = fleet.service("site-plant-a")
+        assert site.args[-4:] == ["--site", "plant-a", "--metrics-port", str(site.port)]
     finally:
         fleet.stop()
     assert all(s.returncode() == 0 for s in fleet.services)
-    events = [line.split() for line in (fake.parent / (fake.name + ".events")).read_text().splitlines()]
+    events = [
+        line.split() for line in (fake.parent / (fake.name + ".events")).read_text().splitlines()
+    ]
     kinds = [e[1] for e in sorted(events, key=lambda e: float(e[0]))]
     assert kinds == ["site"] * 6 + ["aggregator", "accountant"]
 
