@@ -11,7 +11,12 @@ and the dual step is projected ascent on the DP-noised estimates:
     λ_c ← [λ_c + η (R̂_c − R̂ − γ)]_+ .
 
 R̂_c are class estimates from :func:`class_risk_estimates` (shrunk toward the fleet estimate with
-the known noise variances when ``shrink=True``); R̂ = Σ_k p_k F̃_k. Both sums run over the classes
+the known noise variances when ``shrink=True``); R̂ = Σ_k p_k F̃_k. The dual ascends on a lower
+confidence bound of the violation, ``R̂_c − R̂ − γ − κ·σ_c`` with σ_c² = Σ_k ω_k² s_k² the class
+estimate's *privacy-noise* variance (κ = ``noise_margin``): a constraint the noisy releases cannot
+resolve is not enforced (λ decays and the weights fall back to p_k) instead of chasing noise —
+with two classes the shrinkage alone cannot tame it (one degree of freedom for the prior). Without
+privacy noise σ_c = 0 and this is the plain dual step. Both sums run over the classes
 present in the round (|c| counts the round's sites of class c); a class absent from a round keeps
 its λ. The weights use λ before the dual step (simultaneous primal–dual updates).
 """
@@ -67,6 +72,7 @@ class GapConstrained(WeightedUpdateStrategy):
         dual_lr: float = 0.5,
         class_weighting: str = "sites",
         shrink: bool = True,
+        noise_margin: float = 1.0,
         include_between_site: bool = True,
         server_lr: float = 1.0,
         staleness_exponent: float = FEDBUFF_EXPONENT,
@@ -82,6 +88,7 @@ class GapConstrained(WeightedUpdateStrategy):
             )
         self.class_weighting = class_weighting
         self.shrink = bool(shrink)
+        self.noise_margin = check_positive("noise_margin", noise_margin, allow_zero=True)
         self.include_between_site = bool(include_between_site)
 
     def params(self) -> dict[str, Any]:
@@ -91,6 +98,7 @@ class GapConstrained(WeightedUpdateStrategy):
             "dual_lr": self.dual_lr,
             "class_weighting": self.class_weighting,
             "shrink": self.shrink,
+            "noise_margin": self.noise_margin,
             "include_between_site": self.include_between_site,
         }
 
@@ -121,7 +129,9 @@ class GapConstrained(WeightedUpdateStrategy):
         violation = {}
         for c, est in report.classes.items():
             r_c = est.shrunk if self.shrink else est.raw
-            violation[c] = r_c - report.fleet - self.gamma
+            # ascend on a lower confidence bound: κ privacy-noise standard errors below the estimate
+            margin = self.noise_margin * float(np.sqrt(est.noise_var))
+            violation[c] = r_c - report.fleet - self.gamma - margin
             lam[c] = max(0.0, lam.get(c, 0.0) + self.dual_lr * violation[c])
         classes = sorted(lam)
         new_state = state.replace(

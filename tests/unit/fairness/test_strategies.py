@@ -256,3 +256,22 @@ def test_qffl_caps_the_debiased_norm_at_the_clip_bound() -> None:
     s = build_strategy("qffl", q=1.0, local_lr=0.5, shrink_losses=False)
     res = s.aggregate(G0, ups, s.initial_state())
     assert res.diagnostics["coefficients"]["s1"] == pytest.approx(2 / 7)
+
+
+def test_gap_does_not_chase_privacy_noise() -> None:
+    # an apparent violation of 0.4 measured with noise std 2 per site (class noise std √2): the
+    # lower confidence bound 0.4 - √2 < 0 leaves λ at 0; without the margin λ would jump.
+    def round_(noise: float) -> list:
+        return [
+            make_update("a1", [1, 0], loss=2.0, site_class="A", loss_noise=noise),
+            make_update("a2", [1, 0], loss=2.0, site_class="A", loss_noise=noise),
+            make_update("b1", [0, 1], loss=1.0, site_class="B", loss_noise=noise),
+            make_update("b2", [0, 1], loss=1.0, site_class="B", loss_noise=noise),
+        ]
+
+    careful = build_strategy("gap", gamma=0.1, dual_lr=0.5, shrink=False)
+    naive = build_strategy("gap", gamma=0.1, dual_lr=0.5, shrink=False, noise_margin=0.0)
+    st_c = careful.aggregate(G0, round_(2.0), careful.initial_state()).new_state
+    st_n = naive.aggregate(G0, round_(2.0), naive.initial_state()).new_state
+    assert careful.multipliers(st_c)["A"] == 0.0
+    assert naive.multipliers(st_n)["A"] == pytest.approx(0.2)
