@@ -26,21 +26,20 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit" / "site_agent"))
 
-from site_agent_testkit import (  # noqa: E402
+from site_agent_testkit import (
     Announcer,
-    GrantDouble,
+    RealAccountant,
     fleet_dict,
-    model_entry,
     read_all,
     site_entry,
 )
 
-from fairfleet.bus import connect  # noqa: E402
-from fairfleet.config import parse_config  # noqa: E402
-from fairfleet.connectors import ConnectorContext, build_connector  # noqa: E402
-from fairfleet.messages import PrivacyEventMessage, SiteStatistics, SiteUpdate  # noqa: E402
-from fairfleet.signing import verify  # noqa: E402
-from fairfleet.site_agent import SiteAgent, event_id_for  # noqa: E402
+from fairfleet.bus import connect
+from fairfleet.config import parse_config
+from fairfleet.connectors import ConnectorContext, build_connector
+from fairfleet.messages import PrivacyEventMessage, SiteStatistics, SiteUpdate
+from fairfleet.signing import verify
+from fairfleet.site_agent import SiteAgent, event_id_for
 
 pytestmark = pytest.mark.kafka
 
@@ -116,6 +115,7 @@ def fleet_setup(tmp_path: Path, kafka_bootstrap: str, kafka_topics: str) -> dict
         site_entry(tmp_path, ids["killed"], {"type": "files", "params": {"path": str(tmp_path / "csv-killed"), **SCHEMA}},
                    ["mslow"], window, site_class="legacy"),
     ]
+    # the sql site's policy admits one round (ε 6.30) but not two (9.51)
     policies = {"defaults": {"epsilon_max": 100.0, "delta": 1e-5, "unit": "site"},
                 "sites": {ids["sql"]: {"epsilon_max": 7.0, "delta": 1e-5, "unit": "site"}}}
     raw = fleet_dict(kafka_bootstrap, kafka_topics, sites, models, grant_timeout_s=20.0, policies=policies, tmp=tmp_path)
@@ -125,12 +125,10 @@ def fleet_setup(tmp_path: Path, kafka_bootstrap: str, kafka_topics: str) -> dict
 
 
 @pytest.fixture
-def accountant(fleet_setup: dict[str, Any], kafka_bootstrap: str) -> Iterator[GrantDouble]:
-    # Grant-protocol double: the sql site's policy admits one round (the real accountant's
-    # PLD epsilon of one round here is ~5.8 < 7 and of two rounds > 7).
-    bus = connect(kafka_bootstrap)
-    with GrantDouble(bus, fleet_setup["prefix"], limits={fleet_setup["ids"]["sql"]: 1}) as double:
-        yield double
+def accountant(fleet_setup: dict[str, Any], kafka_bootstrap: str) -> Iterator[RealAccountant]:
+    raw = yaml.safe_load(fleet_setup["file"].read_text())
+    with RealAccountant(connect(kafka_bootstrap), raw, fleet_setup["tmp"]) as service:
+        yield service
 
 
 def state_of(tmp: Path, site: str, model: str, round_: int) -> dict[str, Any] | None:
@@ -158,7 +156,7 @@ def agent_process(config_file: Path, site: str, log: Path) -> subprocess.Popen[b
                              "--metrics-port", "0"], stdout=subprocess.DEVNULL, stderr=log.open("ab"))
 
 
-def test_three_sites_through_rounds_and_a_killed_agent(fleet_setup: dict[str, Any], accountant: GrantDouble,
+def test_three_sites_through_rounds_and_a_killed_agent(fleet_setup: dict[str, Any], accountant: RealAccountant,
                                                      kafka_bootstrap: str) -> None:
     config, ids, tmp, prefix = fleet_setup["config"], fleet_setup["ids"], fleet_setup["tmp"], fleet_setup["prefix"]
     bus = connect(kafka_bootstrap)
@@ -224,7 +222,16 @@ def test_three_sites_through_rounds_and_a_killed_agent(fleet_setup: dict[str, An
     commits = sorted(e.event_id for e in events if e.action == "commit")
     expected = sorted(event_id_for(u.site, u.model_id, u.round) for u in updates)
     assert commits == expected
-    assert accountant.commits == {eid: 1 for eid in expected}
+    # the accountant's ledger: one committed release per published update, and the spend
+    # (RDP at δ = 1e-5 of k rounds of Composed(Gaussian(1), Gaussian(40/32)): 6.30, 9.51, 12.18)
+    for k, n in (("files", ROUNDS), ("sim", ROUNDS), ("sql", 1), ("killed", 1)):
+        accountant.wait_committed(ids[k], n)
+    spent = {k: accountant.budgets(ids[k]) for k in ids}
+    assert {k: [b["events_committed"] for b in v] for k, v in spent.items()} == {
+        "files": [ROUNDS], "sim": [ROUNDS], "sql": [1], "killed": [1]}
+    assert spent["files"][0]["epsilon_spent"] == pytest.approx(12.18, abs=0.02)
+    assert spent["sql"][0]["epsilon_spent"] == pytest.approx(6.30, abs=0.02) and spent["sql"][0]["epsilon_limit"] == 7.0
+    assert spent["killed"][0]["epsilon_spent"] == pytest.approx(6.30, abs=0.02)  # charged once
     # the files site rejected its two bad rows and said so
     files_agent = agents[0]
     assert files_agent.stream.rejected == {"wrong_type": 1, "nan_not_allowed": 1}

@@ -94,16 +94,39 @@ class SiteStream:
         clean = {k: v for k, v in row.items() if not k.startswith("__")}
         self.rejects.write(reason, detail, clean or None)
         if self.rejected[reason] in (1, 10, 100, 1000) or self.rejected[reason] % 10000 == 0:
-            event(logger, "rejected rows", logging.WARNING, reason=reason, count=self.rejected[reason],
-                  detail=detail[:200], reject_file=str(self.rejects.path))
+            event(
+                logger,
+                "rejected rows",
+                logging.WARNING,
+                reason=reason,
+                count=self.rejected[reason],
+                detail=detail[:200],
+                reject_file=str(self.rejects.path),
+            )
 
-    def training_data(self, last_windows: int | None) -> TrainingData | None:
-        """The most recent ``last_windows`` closed windows, or None if there are none."""
-        windows = [w for w in self.windower.closed_windows(last_windows) if len(w) > 0]
+    def training_data(
+        self, last_windows: int | None, window_range: tuple[int, int] | None = None
+    ) -> TrainingData | None:
+        """The most recent ``last_windows`` closed windows, or None if there are none.
+
+        With ``window_range`` = (first, last): exactly the closed windows in that range, or None
+        unless both end windows are still retained (a retry must read what it reserved).
+        """
+        if window_range is not None:
+            first, last = window_range
+            windows = [
+                w for w in self.windower.closed_windows() if first <= w.window_id <= last and len(w)
+            ]
+            if not windows or windows[0].window_id != first or windows[-1].window_id != last:
+                return None
+        else:
+            windows = [w for w in self.windower.closed_windows(last_windows) if len(w) > 0]
         if not windows:
             return None
         xs, ys = zip(*(w.arrays() for w in windows), strict=True)
         return TrainingData(
-            x=np.concatenate(xs), y=np.concatenate(ys),
-            first_window=windows[0].window_id, last_window=windows[-1].window_id,
+            x=np.concatenate(xs),
+            y=np.concatenate(ys),
+            first_window=windows[0].window_id,
+            last_window=windows[-1].window_id,
         )

@@ -75,33 +75,46 @@ class SiteAgent:
     """One site's agent. ``run(stop_event)`` serves until stopped; ``step()`` does one poll."""
 
     def __init__(
-        self, config: FleetConfig, site_id: str, bus: Bus | None = None,
+        self,
+        config: FleetConfig,
+        site_id: str,
+        bus: Bus | None = None,
         registry: CollectorRegistry | None = None,
     ) -> None:
         self.config = config
         self.site = config.site(site_id)
         self.opts = self.site.agent
         if not self.site.private_key_file:
-            raise ConfigError(f"Site '{site_id}' needs private_key_file to sign its updates. Found none.")
-        self.key = load_private(self.site.private_key_file)
+            raise ConfigError(
+                f"Site '{site_id}' needs private_key_file to sign its updates. Found none."
+            )
+        self.key = load_private(str(config.resolve_path(self.site.private_key_file)))
         self.state_dir = Path(self.site.state_dir or Path(config.state_dir) / "sites" / site_id)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.metrics = SiteMetrics(site_id, registry)
         self.store = RoundStateStore(self.state_dir / "rounds.json")
         connector = build_connector(
-            self.site.connector.type, self.site.connector.params,
+            self.site.connector.type,
+            self.site.connector.params,
             ConnectorContext(site_id, self.state_dir),
         )
         self.stream = SiteStream(
-            connector, Windower(self.site.window.by, self.site.window.size, self.opts.retain_windows),
+            connector,
+            Windower(self.site.window.by, self.site.window.size, self.opts.retain_windows),
             RejectFile(Path(self.opts.reject_file or self.state_dir / "rejects.jsonl"), site_id),
-            self.metrics.on_read, self.metrics.on_reject, self.metrics.on_window,
+            self.metrics.on_read,
+            self.metrics.on_reject,
+            self.metrics.on_window,
         )
         self.models = {m: config.model(m) for m in self.site.models}
         for model_id, model in self.models.items():
-            self.metrics.privacy_enabled.labels(site_id, model_id).set(0 if model.privacy.mechanism == "off" else 1)
+            self.metrics.privacy_enabled.labels(site_id, model_id).set(
+                0 if model.privacy.mechanism == "off" else 1
+            )
         self.topics = {t: topic_name(t, config.kafka.topic_prefix) for t in LOGICAL_TOPICS}
-        self.bus = bus if bus is not None else connect(config.bus_url(), config.kafka.client_config())
+        self.bus = (
+            bus if bus is not None else connect(config.bus_url(), config.kafka.client_config())
+        )
         chunk = config.kafka.chunk_bytes
         self.tx = Publisher(self.bus.producer(transactional_id=f"site-{site_id}"), chunk)
         self.plain = Publisher(self.bus.producer(), chunk)
@@ -112,8 +125,14 @@ class SiteAgent:
         self._latest_round: dict[str, int] = {}
         self._windows: dict[str, WindowRange] = {}
         self._lag_at = 0.0
-        event(logger, "site agent ready", site=site_id, models=list(self.models),
-              connector=self.site.connector.type, state_dir=str(self.state_dir))
+        event(
+            logger,
+            "site agent ready",
+            site=site_id,
+            models=list(self.models),
+            connector=self.site.connector.type,
+            state_dir=str(self.state_dir),
+        )
 
     # ------------------------------------------------------------------ plumbing
     def _reader(self, group: str, logical: str) -> Reader:
@@ -121,7 +140,11 @@ class SiteAgent:
 
     def _dead_letter(self, dl: DeadLetter) -> None:
         try:
-            self.plain.send(self.topics["deadletter"], dl.model_copy(update={"site": self.site.id}), key=self.site.id)
+            self.plain.send(
+                self.topics["deadletter"],
+                dl.model_copy(update={"site": self.site.id}),
+                key=self.site.id,
+            )
         except FairfleetError as exc:
             event(logger, "dead letter not published", logging.ERROR, error=str(exc))
 
@@ -177,8 +200,11 @@ class SiteAgent:
         deadline = time.monotonic() + self.opts.model_timeout_s
         while (model_id, version) not in self._releases:
             if time.monotonic() > deadline:
-                raise Skip("model_unavailable", f"ModelRelease {model_id} v{version} did not arrive "
-                                                f"within {self.opts.model_timeout_s} s")
+                raise Skip(
+                    "model_unavailable",
+                    f"ModelRelease {model_id} v{version} did not arrive "
+                    f"within {self.opts.model_timeout_s} s",
+                )
             self._poll_models(0.2)
         return self._releases[(model_id, version)]
 
@@ -204,8 +230,16 @@ class SiteAgent:
                 self._cancel(ann, eid)  # free a reservation that will not be committed
             self.store.set(model_id, rnd, "skipped", eid, f"{skip.reason}: {skip}")
             self.metrics.skip(model_id, skip.reason)
-            event(logger, "round skipped", logging.WARNING, site=site, model=model_id, round=rnd,
-                  reason=skip.reason, detail=str(skip))
+            event(
+                logger,
+                "round skipped",
+                logging.WARNING,
+                site=site,
+                model=model_id,
+                round=rnd,
+                reason=skip.reason,
+                detail=str(skip),
+            )
             self.rounds.consumer.commit(offsets=self.rounds.safe_offsets())
 
     def _join(self, ann: RoundAnnouncement, eid: str) -> None:
@@ -213,18 +247,38 @@ class SiteAgent:
         cfg = self.models[model_id]
         plan = cfg.privacy
         if rnd < self._latest_round.get(model_id, -1):
-            raise Skip("superseded", f"round {rnd} is older than round {self._latest_round[model_id]}")
+            raise Skip(
+                "superseded", f"round {rnd} is older than round {self._latest_round[model_id]}"
+            )
         self._latest_round[model_id] = rnd
         if time.time() > ann.opened_at + ann.deadline_s:
-            raise Skip("expired", f"deadline passed {time.time() - ann.opened_at - ann.deadline_s:.1f} s ago")
+            raise Skip(
+                "expired",
+                f"deadline passed {time.time() - ann.opened_at - ann.deadline_s:.1f} s ago",
+            )
         if ann.privacy != plan or ann.model_spec != cfg.model:
-            raise Skip("plan_mismatch", f"announced {ann.model_spec}/{ann.privacy} differs from the site's "
-                                        f"config {cfg.model}/{plan}")
+            raise Skip(
+                "plan_mismatch",
+                f"announced {ann.model_spec}/{ann.privacy} differs from the site's "
+                f"config {cfg.model}/{plan}",
+            )
         if plan.mechanism == "off":
-            event(logger, "PRIVACY IS OFF: this round's update and loss leave the site UN-NOISED",
-                  logging.WARNING, site=site, model=model_id, round=rnd)
+            event(
+                logger,
+                "PRIVACY IS OFF: this round's update and loss leave the site UN-NOISED",
+                logging.WARNING,
+                site=site,
+                model=model_id,
+                round=rnd,
+            )
         self.stream.drain()
-        data = self.stream.training_data(self.opts.train_windows)
+        prior = self.store.get(model_id, rnd)
+        reserved = prior.windows if prior is not None else None
+        data = self.stream.training_data(self.opts.train_windows, reserved)
+        if data is None and reserved is not None:
+            raise Skip(
+                "data_changed", f"the reserved windows {list(reserved)} are no longer available"
+            )
         if data is None:
             raise Skip("no_data", "no closed training window yet")
         split = rel.split_holdout(data.x, data.y, self.opts.holdout_fraction)
@@ -232,7 +286,9 @@ class SiteAgent:
             raise Skip("no_data", f"{data.n} observations are too few to hold out a fraction")
         release, payload = self._model(model_id, ann.model_version)
         if release.model_spec != cfg.model:
-            raise Skip("plan_mismatch", f"ModelRelease spec {release.model_spec} != config {cfg.model}")
+            raise Skip(
+                "plan_mismatch", f"ModelRelease spec {release.model_spec} != config {cfg.model}"
+            )
         windows = WindowRange(first=data.first_window, last=data.last_window)
         self._windows[eid] = windows
         epsilon = None
@@ -240,8 +296,16 @@ class SiteAgent:
             dp_event = rel.round_event(plan, ann.training, len(split[2]))
             grant = self._reserve(ann, eid, windows, dp_event_to_json(dp_event))
             if grant.granted and grant.reason == "already committed":
-                self.store.set(model_id, rnd, "published", eid, "already committed (found after restart)")
-                event(logger, "round already published before a restart", site=site, model=model_id, round=rnd)
+                self.store.set(
+                    model_id, rnd, "published", eid, "already committed (found after restart)"
+                )
+                event(
+                    logger,
+                    "round already published before a restart",
+                    site=site,
+                    model=model_id,
+                    round=rnd,
+                )
                 self.rounds.consumer.commit(offsets=self.rounds.safe_offsets())
                 return
             if not grant.granted:
@@ -252,8 +316,14 @@ class SiteAgent:
         try:
             model = rel.load_model(cfg.model, payload)
             out = rel.prepare_release(
-                model, cfg.model, plan, ann.training, split,
-                rel.round_seed(site, model_id, rnd), self.opts.secure_noise, epsilon,
+                model,
+                cfg.model,
+                plan,
+                ann.training,
+                split,
+                rel.round_seed(site, model_id, rnd),
+                self.opts.secure_noise,
+                epsilon,
             )
         except FairfleetError as exc:
             raise Skip("training_failed", str(exc)) from exc
@@ -264,12 +334,24 @@ class SiteAgent:
             self.metrics.epsilon.labels(site, model_id).set(epsilon)
         self._publish(ann, eid, windows, out)
 
-    def _reserve(self, ann: RoundAnnouncement, eid: str, windows: WindowRange, dp_event: dict[str, Any]) -> PrivacyGrant:
-        self.store.set(ann.model_id, ann.round, "reserving", eid)
+    def _reserve(
+        self, ann: RoundAnnouncement, eid: str, windows: WindowRange, dp_event: dict[str, Any]
+    ) -> PrivacyGrant:
+        # A retry after a restart must send the identical request (the accountant answers a
+        # repeated event id only if nothing differs), so the window range is stored first.
+        self.store.set(
+            ann.model_id, ann.round, "reserving", eid, windows=(windows.first, windows.last)
+        )
         request = PrivacyReservationRequest(
-            event_id=eid, site=self.site.id, site_class=self.site.site_class, source=self.site.data_source,
-            unit=rel.privacy_unit(self.models[ann.model_id].privacy).value, model_id=ann.model_id,
-            round=ann.round, windows=windows, dp_event=dp_event,
+            event_id=eid,
+            site=self.site.id,
+            site_class=self.site.site_class,
+            source=self.site.data_source,
+            unit=rel.privacy_unit(self.models[ann.model_id].privacy).value,
+            model_id=ann.model_id,
+            round=ann.round,
+            windows=windows,
+            dp_event=dp_event,
         )
         self.plain.send_sync(self.topics["privacy.requests"], request, key=self.site.id)
         timeout = self.config.accountant.grant_timeout_s
@@ -284,38 +366,83 @@ class SiteAgent:
                 return msg
         raise Skip("no_grant", f"no answer from the accountant within {timeout} s (fail closed)")
 
-    def _event(self, ann: RoundAnnouncement, eid: str, windows: WindowRange, action: str, dp_event: dict[str, Any]) -> PrivacyEventMessage:
-        return PrivacyEventMessage.model_validate(dict(
-            event_id=eid, action=action, site=self.site.id, site_class=self.site.site_class,
-            source=self.site.data_source, unit=rel.privacy_unit(self.models[ann.model_id].privacy).value,
-            model_id=ann.model_id, round=ann.round, windows=windows, dp_event=dp_event,
-        ))
+    def _event(
+        self,
+        ann: RoundAnnouncement,
+        eid: str,
+        windows: WindowRange,
+        action: str,
+        dp_event: dict[str, Any],
+    ) -> PrivacyEventMessage:
+        return PrivacyEventMessage.model_validate(
+            dict(
+                event_id=eid,
+                action=action,
+                site=self.site.id,
+                site_class=self.site.site_class,
+                source=self.site.data_source,
+                unit=rel.privacy_unit(self.models[ann.model_id].privacy).value,
+                model_id=ann.model_id,
+                round=ann.round,
+                windows=windows,
+                dp_event=dp_event,
+            )
+        )
 
     def _cancel(self, ann: RoundAnnouncement, eid: str) -> None:
         if self.models[ann.model_id].privacy.mechanism == "off":
             return
-        windows = self._windows.get(eid, WindowRange(first=0, last=0))
+        state = self.store.get(ann.model_id, ann.round)
+        windows = self._windows.get(eid) or (
+            WindowRange(first=state.windows[0], last=state.windows[1])
+            if state is not None and state.windows
+            else WindowRange(first=0, last=0)
+        )
         producer = self.tx.producer
         try:
             producer.begin_transaction()
-            self.tx.send(self.topics["privacy.events"], self._event(ann, eid, windows, "cancel", {}), key=self.site.id)
+            self.tx.send(
+                self.topics["privacy.events"],
+                self._event(ann, eid, windows, "cancel", {}),
+                key=self.site.id,
+            )
             producer.commit_transaction()
         except FairfleetError as exc:
             event(logger, "cancel not published", logging.ERROR, event_id=eid, error=str(exc))
 
-    def _publish(self, ann: RoundAnnouncement, eid: str, windows: WindowRange, out: rel.Release) -> None:
+    def _publish(
+        self, ann: RoundAnnouncement, eid: str, windows: WindowRange, out: rel.Release
+    ) -> None:
         site, model_id, rnd = self.site.id, ann.model_id, ann.round
-        update = sign(SiteUpdate(
-            site=site, site_class=self.site.site_class, model_id=model_id, round=rnd,
-            base_version=ann.model_version, n_examples=out.n_examples, privacy=out.privacy, loss=out.loss,
-            payload_sha256=sha256_hex(out.payload), payload_bytes=len(out.payload),
-        ), self.key)
-        stats = sign(SiteStatistics(
-            site=site, site_class=self.site.site_class, model_id=model_id, round=rnd,
-            model_version=ann.model_version, loss=out.loss,
-        ), self.key)
+        update = sign(
+            SiteUpdate(
+                site=site,
+                site_class=self.site.site_class,
+                model_id=model_id,
+                round=rnd,
+                base_version=ann.model_version,
+                n_examples=out.n_examples,
+                privacy=out.privacy,
+                loss=out.loss,
+                payload_sha256=sha256_hex(out.payload),
+                payload_bytes=len(out.payload),
+            ),
+            self.key,
+        )
+        stats = sign(
+            SiteStatistics(
+                site=site,
+                site_class=self.site.site_class,
+                model_id=model_id,
+                round=rnd,
+                model_version=ann.model_version,
+                loss=out.loss,
+            ),
+            self.key,
+        )
         sends: list[tuple[str, Message, bytes]] = [
-            (self.topics["updates"], update, out.payload), (self.topics["stats"], stats, b""),
+            (self.topics["updates"], update, out.payload),
+            (self.topics["stats"], stats, b""),
         ]
         if out.dp_event is not None:
             commit = self._event(ann, eid, windows, "commit", dp_event_to_json(out.dp_event))
@@ -334,16 +461,30 @@ class SiteAgent:
             try:
                 producer.abort_transaction()
             except BusError:
-                event(logger, "publish outcome unknown; resolved on the next announcement",
-                      logging.ERROR, event_id=eid, error=str(exc))
+                event(
+                    logger,
+                    "publish outcome unknown; resolved on the next announcement",
+                    logging.ERROR,
+                    event_id=eid,
+                    error=str(exc),
+                )
                 return
             self.store.set(model_id, rnd, "granted", eid)
             raise Skip("publish_failed", str(exc)) from exc
         self.store.set(model_id, rnd, "published", eid)
         self.metrics.joined.labels(site, model_id).inc()
-        event(logger, "round published", site=site, model=model_id, round=rnd, n_examples=out.n_examples,
-              noise_std=out.privacy.noise_std, privacy_enabled=out.privacy.enabled,
-              epsilon_spent=out.privacy.epsilon_spent, windows=[windows.first, windows.last])
+        event(
+            logger,
+            "round published",
+            site=site,
+            model=model_id,
+            round=rnd,
+            n_examples=out.n_examples,
+            noise_std=out.privacy.noise_std,
+            privacy_enabled=out.privacy.enabled,
+            epsilon_spent=out.privacy.epsilon_spent,
+            windows=[windows.first, windows.last],
+        )
 
     def _resolve_committing(self, model_id: str, rnd: int, eid: str) -> Any:
         """After a crash during commit: was our commit event written? Read privacy.events to the end.
@@ -351,8 +492,9 @@ class SiteAgent:
         The new transactional producer (init_transactions) has already aborted any open
         transaction of the previous incarnation, so read_committed to the end is definitive.
         """
-        consumer = self.bus.consumer(f"site-{self.site.id}-resolve-{uuid.uuid4().hex[:8]}",
-                                     [self.topics["privacy.events"]])
+        consumer = self.bus.consumer(
+            f"site-{self.site.id}-resolve-{uuid.uuid4().hex[:8]}", [self.topics["privacy.events"]]
+        )
         reader = Reader(consumer, SERVICE)
         found, quiet, deadline = False, 0, time.monotonic() + 30
         try:
@@ -362,18 +504,34 @@ class SiteAgent:
                     quiet = quiet + 1 if consumer.positions() and consumer.lag() == 0 else 0
                     continue
                 msg = env.message
-                if isinstance(msg, PrivacyEventMessage) and msg.event_id == eid and msg.action == "commit":
+                if (
+                    isinstance(msg, PrivacyEventMessage)
+                    and msg.event_id == eid
+                    and msg.action == "commit"
+                ):
                     found = True
                     break
         finally:
             consumer.close()
         if found:
-            self.store.set(model_id, rnd, "published", eid, "commit found in privacy.events after restart")
+            self.store.set(
+                model_id, rnd, "published", eid, "commit found in privacy.events after restart"
+            )
         elif quiet >= 3:
-            self.store.set(model_id, rnd, "granted", eid, "commit not found after restart; retrying")
+            self.store.set(
+                model_id, rnd, "granted", eid, "commit not found after restart; retrying"
+            )
         else:
-            self.store.set(model_id, rnd, "skipped", eid, "unresolved: privacy.events unreadable (fail closed)")
+            self.store.set(
+                model_id, rnd, "skipped", eid, "unresolved: privacy.events unreadable (fail closed)"
+            )
             self.metrics.skip(model_id, "unresolved")
-        event(logger, "resolved an interrupted publish", site=self.site.id, model=model_id, round=rnd,
-              committed=found)
+        event(
+            logger,
+            "resolved an interrupted publish",
+            site=self.site.id,
+            model=model_id,
+            round=rnd,
+            committed=found,
+        )
         return self.store.get(model_id, rnd)

@@ -34,6 +34,7 @@ class RoundState:
     event_id: str = ""
     reason: str = ""
     updated_at: float = 0.0
+    windows: tuple[int, int] | None = None  # the window range the reservation named
 
 
 class RoundStateStore:
@@ -46,7 +47,10 @@ class RoundStateStore:
         self._states: dict[str, RoundState] = {}
         if path.exists():
             raw = json.loads(path.read_text() or "{}")
-            self._states = {k: RoundState(**v) for k, v in raw.items()}
+            self._states = {
+                k: RoundState(**{**v, "windows": tuple(v["windows"]) if v.get("windows") else None})
+                for k, v in raw.items()
+            }
 
     @staticmethod
     def key(model_id: str, round_: int) -> str:
@@ -55,9 +59,22 @@ class RoundStateStore:
     def get(self, model_id: str, round_: int) -> RoundState | None:
         return self._states.get(self.key(model_id, round_))
 
-    def set(self, model_id: str, round_: int, status: Status, event_id: str = "", reason: str = "") -> None:
+    def set(
+        self,
+        model_id: str,
+        round_: int,
+        status: Status,
+        event_id: str = "",
+        reason: str = "",
+        windows: tuple[int, int] | None = None,
+    ) -> None:
+        """Record a state (write-ahead); ``windows`` is kept from the previous state if not given."""
         with self._lock:
-            self._states[self.key(model_id, round_)] = RoundState(status, event_id, reason, time.time())
+            key = self.key(model_id, round_)
+            previous = self._states.get(key)
+            if windows is None and previous is not None:
+                windows = previous.windows
+            self._states[key] = RoundState(status, event_id, reason, time.time(), windows)
             tmp = self.path.with_suffix(".tmp")
             with tmp.open("w") as fh:
                 json.dump({k: asdict(v) for k, v in self._states.items()}, fh)

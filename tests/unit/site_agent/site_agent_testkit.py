@@ -1,6 +1,5 @@
-"""Helpers for site-agent tests: fleet configs, a test round-announcer, a bus reader, and a
-minimal accountant double that speaks ONLY the grant protocol (for the memory-bus unit tests;
-the integration tests use the real accountant service).
+"""Helpers for site-agent tests: fleet configs, a test round-announcer, a bus reader, and the
+real accountant service run in a thread.
 """
 
 from __future__ import annotations
@@ -11,6 +10,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from fairfleet.bus import Bus, Publisher, Reader, topic_name
 from fairfleet.config import FleetConfig, parse_config
 from fairfleet.learning.models import build_model
@@ -20,17 +21,17 @@ from fairfleet.messages import (
     Message,
     ModelRelease,
     ModelSpec,
-    PrivacyEventMessage,
-    PrivacyGrant,
     PrivacyPlan,
-    PrivacyReservationRequest,
     RoundAnnouncement,
 )
 from fairfleet.signing import generate_keypair
 
 SPEC = {"name": "logistic", "params": {"in_features": 2}, "task": "classification"}
+# Site unit: the held-out loss over m = 16 values has sensitivity B, so its noise multiplier
+# relative to that sensitivity is loss_noise_multiplier / m = 20 / 16 = 1.25. One round is then
+# Composed(Gaussian(1), Gaussian(1.25)): RDP ε ≈ 6.30 (1 round), 9.51 (2), 12.18 (3) at δ = 1e-5.
 PRIVACY = {"mechanism": "update", "unit": "site", "noise_multiplier": 1.0, "clip_norm": 1.0,
-           "loss_bound": 2.0, "loss_noise_multiplier": 1.0}
+           "loss_bound": 2.0, "loss_noise_multiplier": 20.0}
 
 
 def site_entry(tmp: Path, site_id: str, connector: dict[str, Any], models: list[str],
@@ -118,56 +119,41 @@ def read_all(bus: Bus, prefix: str, logical: str, wait_s: float = 10.0) -> list[
     return out
 
 
-class GrantDouble:
-    """Answers reservations: grants up to ``max_grants`` distinct event ids per site, then denies;
-    repeats the same answer for a repeated id; "already committed" once a commit event is seen.
-    Counts commits per event id (so tests can check nothing is charged twice)."""
+class RealAccountant:
+    """The accountant service (fairfleet.accountant) in a thread, policies from the fleet config."""
 
-    def __init__(self, bus: Bus, prefix: str, max_grants: int = 100, limits: dict[str, int] | None = None) -> None:
-        self.bus, self.prefix, self.max_grants = bus, prefix, max_grants
-        self.limits = limits or {}
-        self.answers: dict[str, PrivacyGrant] = {}
-        self.commits: dict[str, int] = {}
-        self.cancels: dict[str, int] = {}
+    def __init__(self, bus: Bus, config: dict[str, Any], tmp: Path) -> None:
+        from fairfleet.accountant.policies import load_policies
+        from fairfleet.accountant.service import AccountantOptions, AccountantService
+
+        prefix = config["kafka"]["topic_prefix"]
+        config_file = tmp / f"accountant-{uuid.uuid4().hex[:6]}.yaml"
+        config_file.write_text(yaml.safe_dump(config))
+        self.service = AccountantService(
+            bus, tmp / f"ledger-{uuid.uuid4().hex[:6]}.sqlite", load_policies(config_file),
+            AccountantOptions(prefix=prefix, group_id=f"{prefix}accountant", metrics_port=None),
+        )
         self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread = threading.Thread(target=self.service.run, args=(self.stop,), daemon=True)
 
-    def __enter__(self) -> GrantDouble:
+    def __enter__(self) -> RealAccountant:
         self.thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        time.sleep(0.3)  # let the last commit/cancel events be counted
         self.stop.set()
-        self.thread.join(10)
+        self.thread.join(30)
 
-    def _run(self) -> None:
-        requests = Reader(self.bus.consumer(f"{self.prefix}double-req", [topic_name("privacy.requests", self.prefix)]), "double")
-        events = Reader(self.bus.consumer(f"{self.prefix}double-ev", [topic_name("privacy.events", self.prefix)]), "double")
-        pub = Publisher(self.bus.producer())
-        while not self.stop.is_set():
-            env = events.poll(0.05)
-            while env is not None:
-                if isinstance(env.message, PrivacyEventMessage):
-                    counter = self.commits if env.message.action == "commit" else self.cancels
-                    counter[env.message.event_id] = counter.get(env.message.event_id, 0) + 1
-                env = events.poll(0.0)
-            env = requests.poll(0.05)
-            if env is None or not isinstance(env.message, PrivacyReservationRequest):
-                continue
-            req = env.message
-            if req.event_id in self.commits:
-                answer = PrivacyGrant(event_id=req.event_id, site=req.site, granted=True, reason="already committed")
-            elif req.event_id in self.answers:
-                answer = self.answers[req.event_id]
-            else:
-                granted = sum(1 for a in self.answers.values()
-                              if a.site == req.site and a.granted and a.event_id not in self.cancels)
-                ok = granted < self.limits.get(req.site, self.max_grants)
-                answer = PrivacyGrant(event_id=req.event_id, site=req.site, granted=ok,
-                                      reason="" if ok else "budget exhausted",
-                                      epsilon_if_committed=float(granted + 1))
-                self.answers[req.event_id] = answer
-            pub.send_sync(topic_name("privacy.grants", self.prefix), answer, key=req.site)
-        requests.consumer.close()
-        events.consumer.close()
+    def wait_committed(self, site: str, n: int, timeout: float = 20.0) -> None:
+        """Wait until the ledger holds ``n`` committed releases of ``site`` (reads are thread-safe;
+        the service's consumer is never touched from here)."""
+        deadline = time.monotonic() + timeout
+        while self.committed(site) < n and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert self.committed(site) == n, f"{site}: {self.committed(site)} committed, expected {n}"
+
+    def budgets(self, site: str) -> list[dict[str, Any]]:
+        return self.service.ledger.budgets(site=site)
+
+    def committed(self, site: str) -> int:
+        return sum(int(b["events_committed"]) for b in self.budgets(site))

@@ -1,5 +1,5 @@
-"""The site agent's round protocol on the in-process bus (the grant side is a protocol double;
-tests/integration/test_site_agent_fleet.py runs the real accountant on the real broker)."""
+"""The site agent's round protocol on the in-process bus with the real accountant service
+(tests/integration/test_site_agent_fleet.py does the same on the real broker)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,17 @@ from typing import Any
 
 import pytest
 from dp_accounting import dp_event
-from site_agent_testkit import Announcer, GrantDouble, fleet, model_entry, read_all, site_entry
+from site_agent_testkit import (
+    Announcer,
+    RealAccountant,
+    fleet_dict,
+    model_entry,
+    read_all,
+    site_entry,
+)
 
 from fairfleet.bus import connect, default_topics
+from fairfleet.config import parse_config
 from fairfleet.learning.tensors import from_safetensors_bytes
 from fairfleet.messages import (
     PrivacyEventMessage,
@@ -45,11 +53,14 @@ def setup(tmp_path: Path) -> Any:
     bus = connect(f"memory://{uuid.uuid4().hex}")
     bus.create_topics(default_topics(prefix, partitions=2))
 
-    def make(models: list[dict[str, Any]] | None = None, grant_timeout_s: float = 5.0, **agent: Any) -> Any:
+    def make(models: list[dict[str, Any]] | None = None, grant_timeout_s: float = 5.0,
+             epsilon_max: float = 50.0, **agent: Any) -> Any:
         models = models or [model_entry("m1")]
         site = site_entry(tmp_path, "s1", files_connector(csv_folder(tmp_path)), [m["id"] for m in models], **agent)
-        config = fleet("127.0.0.1:1", prefix, [site], models, grant_timeout_s, tmp=tmp_path)
-        return config, bus, prefix
+        policies = {"defaults": {"epsilon_max": epsilon_max, "delta": 1e-5, "unit": "site"}}
+        raw = fleet_dict("127.0.0.1:1", prefix, [site], models, grant_timeout_s, policies, tmp_path)
+        accountant = RealAccountant(bus, raw, tmp_path)
+        return parse_config(raw), bus, prefix, accountant
 
     return make
 
@@ -69,9 +80,9 @@ def metric(agent: SiteAgent, name: str, **labels: str) -> float:
 
 
 def test_a_round_is_reserved_trained_signed_noised_and_committed_once(setup: Any) -> None:
-    config, bus, prefix = setup()
+    config, bus, prefix, accountant = setup()
     ann = Announcer(bus, config)
-    with GrantDouble(bus, prefix) as accountant:
+    with accountant:
         agent = SiteAgent(config, "s1", bus=bus)
         ann.release("m1", 0)
         ann.announce("m1", 0, 0)
@@ -83,14 +94,17 @@ def test_a_round_is_reserved_trained_signed_noised_and_committed_once(setup: Any
         for _ in range(10):
             again.step(0.05)
         again.close()
+        accountant.wait_committed("s1", 1)
     updates = [m for m, _ in read_all(bus, prefix, "updates") if isinstance(m, SiteUpdate)]
     assert len(updates) == 1
     update = updates[0]
     assert verify(update, config.public_keys()) is None
     assert update.privacy.enabled and update.privacy.mechanism == "update" and update.privacy.unit == "site"
     assert update.privacy.noise_std == pytest.approx(1.0)  # σ·C = 1·1
-    assert update.loss is not None and update.loss.noise_std == pytest.approx(1.0 * 2.0 / update.loss.m)
+    assert update.loss is not None and update.loss.m == 16
+    assert update.loss.noise_std == pytest.approx(20.0 * 2.0 / 16)  # σ_loss·B/m
     assert update.n_examples + update.loss.m == 80
+    assert update.privacy.epsilon_spent == pytest.approx(6.298, abs=0.01)  # RDP, see the testkit
     payload = next(p for m, p in read_all(bus, prefix, "updates") if isinstance(m, SiteUpdate))
     assert set(from_safetensors_bytes(payload)) == {"weight", "bias"}
     stats = [m for m, _ in read_all(bus, prefix, "stats") if isinstance(m, SiteStatistics)]
@@ -99,15 +113,17 @@ def test_a_round_is_reserved_trained_signed_noised_and_committed_once(setup: Any
     eid = event_id_for("s1", "m1", 0)
     assert {r.event_id for r in requests} == {eid}
     assert requests[0].windows.first == 0 and requests[0].windows.last == 3 and requests[0].source == "main"
-    expected = dp_event.ComposedDpEvent([dp_event.GaussianDpEvent(1.0), dp_event.GaussianDpEvent(1.0 / update.loss.m)])
+    expected = dp_event.ComposedDpEvent([dp_event.GaussianDpEvent(1.0), dp_event.GaussianDpEvent(20.0 / 16)])
     assert dp_event_from_json(requests[0].dp_event) == expected
-    assert accountant.commits == {eid: 1}
+    (budget,) = accountant.budgets("s1")
+    assert budget["events_committed"] == 1 and budget["epsilon_spent"] == pytest.approx(6.298, abs=0.01)
+    assert metric(agent, "fairfleet_site_epsilon_spent", site="s1", model="m1") == pytest.approx(6.298, abs=0.01)
 
 
 def test_restart_in_the_committing_state_resolves_from_the_bus(setup: Any) -> None:
-    config, bus, prefix = setup()
+    config, bus, prefix, accountant = setup()
     ann = Announcer(bus, config)
-    with GrantDouble(bus, prefix) as accountant:
+    with accountant:
         agent = SiteAgent(config, "s1", bus=bus)
         ann.release("m1", 0)
         ann.announce("m1", 0, 0)
@@ -123,34 +139,50 @@ def test_restart_in_the_committing_state_resolves_from_the_bus(setup: Any) -> No
         assert run_until(again, "m1", 0) == "published"
         assert run_until(again, "m1", 1) == "published"
         again.close()
+        accountant.wait_committed("s1", 2)
     rounds = sorted(m.round for m, _ in read_all(bus, prefix, "updates") if isinstance(m, SiteUpdate))
     assert rounds == [0, 1]
-    assert accountant.commits == {event_id_for("s1", "m1", 0): 1, event_id_for("s1", "m1", 1): 1}
+    events = [m for m, _ in read_all(bus, prefix, "privacy.events") if isinstance(m, PrivacyEventMessage)]
+    assert sorted((e.round, e.action) for e in events) == [(0, "commit"), (1, "commit")]
 
 
-def test_denied_and_unanswered_reservations_skip_the_round(setup: Any) -> None:
-    config, bus, prefix = setup(grant_timeout_s=0.5)
+def test_an_unanswered_reservation_skips_the_round(setup: Any) -> None:
+    config, bus, prefix, _ = setup(grant_timeout_s=0.5)  # no accountant running: fail closed
     ann = Announcer(bus, config)
     agent = SiteAgent(config, "s1", bus=bus)
     ann.release("m1", 0)
     ann.announce("m1", 0, 0)
-    assert run_until(agent, "m1", 0) == "skipped:no_grant"  # no accountant: fail closed
-    with GrantDouble(bus, prefix, max_grants=1):
-        ann.announce("m1", 1, 0)
-        ann.announce("m1", 2, 0)
-        assert run_until(agent, "m1", 1) == "published"
-        assert run_until(agent, "m1", 2) == "skipped:denied"
+    assert run_until(agent, "m1", 0) == "skipped:no_grant"
     agent.close()
     assert metric(agent, "fairfleet_site_rounds_skipped_total", site="s1", model="m1", reason="no_grant") == 1
-    assert metric(agent, "fairfleet_site_rounds_skipped_total", site="s1", model="m1", reason="denied") == 1
-    assert metric(agent, "fairfleet_site_rounds_joined_total", site="s1", model="m1") == 1
     events = [m for m, _ in read_all(bus, prefix, "privacy.events") if isinstance(m, PrivacyEventMessage)]
-    assert sorted((e.round, e.action) for e in events) == [(0, "cancel"), (1, "commit"), (2, "cancel")]
-    assert [m.round for m, _ in read_all(bus, prefix, "updates")] == [1]
+    assert [(e.round, e.action) for e in events] == [(0, "cancel")]
+    assert read_all(bus, prefix, "updates", wait_s=1) == []
+
+
+def test_an_exhausted_policy_denies_and_the_site_stops_publishing(setup: Any) -> None:
+    config, bus, prefix, accountant = setup(epsilon_max=8.0)  # one round fits (6.30), two do not (9.51)
+    ann = Announcer(bus, config)
+    with accountant:
+        agent = SiteAgent(config, "s1", bus=bus)
+        ann.release("m1", 0)
+        for r in range(3):
+            ann.announce("m1", r, 0)
+        assert run_until(agent, "m1", 0) == "published"
+        assert run_until(agent, "m1", 1) == "skipped:denied"
+        assert run_until(agent, "m1", 2) == "skipped:denied"
+        agent.close()
+        accountant.wait_committed("s1", 1)
+    assert "over_budget" in (agent.store.get("m1", 1) or agent.store.get("m1", 2)).reason  # type: ignore[union-attr]
+    assert metric(agent, "fairfleet_site_rounds_skipped_total", site="s1", model="m1", reason="denied") == 2
+    assert metric(agent, "fairfleet_site_rounds_joined_total", site="s1", model="m1") == 1
+    assert [m.round for m, _ in read_all(bus, prefix, "updates")] == [0]
+    (budget,) = accountant.budgets("s1")
+    assert budget["events_committed"] == 1 and budget["epsilon_spent"] <= 8.0
 
 
 def test_the_platform_cannot_lower_a_sites_privacy(setup: Any) -> None:
-    config, bus, prefix = setup()
+    config, bus, prefix, _ = setup()
     ann = Announcer(bus, config)
     agent = SiteAgent(config, "s1", bus=bus)
     ann.release("m1", 0)
@@ -161,7 +193,7 @@ def test_the_platform_cannot_lower_a_sites_privacy(setup: Any) -> None:
 
 
 def test_privacy_off_is_loud(setup: Any, caplog: pytest.LogCaptureFixture) -> None:
-    config, bus, prefix = setup(models=[model_entry("m1", privacy={"mechanism": "off"})])
+    config, bus, prefix, _ = setup(models=[model_entry("m1", privacy={"mechanism": "off"})])
     ann = Announcer(bus, config)
     agent = SiteAgent(config, "s1", bus=bus)
     assert metric(agent, "fairfleet_site_privacy_enabled", site="s1", model="m1") == 0
@@ -176,10 +208,10 @@ def test_privacy_off_is_loud(setup: Any, caplog: pytest.LogCaptureFixture) -> No
     assert read_all(bus, prefix, "privacy.requests", wait_s=1) == []
 
 
-def test_two_models_on_one_data_source_both_charge_its_ledger(setup: Any) -> None:
-    config, bus, prefix = setup(models=[model_entry("m1"), model_entry("m2")])
+def test_two_models_on_one_data_source_compose_on_its_ledger(setup: Any) -> None:
+    config, bus, prefix, accountant = setup(models=[model_entry("m1"), model_entry("m2")])
     ann = Announcer(bus, config)
-    with GrantDouble(bus, prefix):
+    with accountant:
         agent = SiteAgent(config, "s1", bus=bus)
         for m in ("m1", "m2"):
             ann.release(m, 0)
@@ -187,6 +219,26 @@ def test_two_models_on_one_data_source_both_charge_its_ledger(setup: Any) -> Non
         assert run_until(agent, "m1", 0) == "published"
         assert run_until(agent, "m2", 0) == "published"
         agent.close()
+        accountant.wait_committed("s1", 2)
     requests = [m for m, _ in read_all(bus, prefix, "privacy.requests") if isinstance(m, PrivacyReservationRequest)]
     assert sorted(r.model_id for r in requests) == ["m1", "m2"]
     assert {(r.site, r.source, r.unit, r.windows.first, r.windows.last) for r in requests} == {("s1", "main", "site", 0, 3)}
+    (budget,) = accountant.budgets("s1")  # one ledger for the one data source, both releases on it
+    assert budget["events_committed"] == 2 and budget["epsilon_spent"] == pytest.approx(9.508, abs=0.01)
+
+
+def test_a_retry_after_a_restart_reserves_the_same_windows(setup: Any) -> None:
+    config, bus, prefix, accountant = setup()
+    ann = Announcer(bus, config)
+    with accountant:
+        agent = SiteAgent(config, "s1", bus=bus)
+        ann.release("m1", 0)
+        # crashed after reserving windows [1, 2] (more data has arrived since)
+        agent.store.set("m1", 0, "granted", event_id_for("s1", "m1", 0), windows=(1, 2))
+        ann.announce("m1", 0, 0)
+        assert run_until(agent, "m1", 0) == "published"
+        agent.close()
+    (request,) = [m for m, _ in read_all(bus, prefix, "privacy.requests") if isinstance(m, PrivacyReservationRequest)]
+    assert (request.windows.first, request.windows.last) == (1, 2)
+    update = next(m for m, _ in read_all(bus, prefix, "updates") if isinstance(m, SiteUpdate))
+    assert update.n_examples + (update.loss.m if update.loss else 0) == 40
