@@ -20,6 +20,7 @@ import yaml
 from fairfleet.accountant.service import AccountantOptions, AccountantService, rebuild
 from fairfleet.accountant.store import LedgerStore
 from fairfleet.bus import Publisher, Reader, connect, topic_name
+from fairfleet.errors import BusError
 from fairfleet.messages import (
     PrivacyEventMessage,
     PrivacyGrant,
@@ -247,3 +248,48 @@ def test_kill_9_mid_stream_then_restart_equals_a_replay_from_zero(
     assert live.budgets() == expected.budgets()
     ids = {m.event_id for m in stream}
     assert {i: live.state(i) for i in ids} == {i: expected.state(i) for i in ids}
+
+
+def test_a_fresh_database_reads_from_zero_and_a_stale_one_fails_closed(
+    kafka_bootstrap: str, kafka_topics: str, tmp_path: Path
+) -> None:
+    prefix = kafka_topics
+    policies = PolicySet(default=Policy(epsilon_max=1000.0, delta=DELTA))
+    bus = connect(f"kafka://{kafka_bootstrap}")
+    publisher = Publisher(bus.producer())
+    for n in range(5):
+        msg = PrivacyEventMessage(action="commit", **_fields(f"e{n}", "m1", first=n, last=n))
+        publisher.send(topic_name("privacy.events", prefix), msg, key="plant-1")
+    publisher.producer.flush()
+
+    def drain(service: AccountantService) -> None:
+        deadline = time.monotonic() + 60
+        while sum(service.applied.values()) < 5 and time.monotonic() < deadline:
+            service.step(0.5)
+        service._commit_kafka()
+
+    first = AccountantService(
+        bus, tmp_path / "a.sqlite", policies, AccountantOptions(prefix=prefix, metrics_port=None)
+    )
+    drain(first)
+    group = f"{prefix}accountant-{first.store.instance_id}"
+    first.close()
+    # a new database gets its own group: it reads privacy.events from offset 0
+    second = AccountantService(
+        bus, tmp_path / "b.sqlite", policies, AccountantOptions(prefix=prefix, metrics_port=None)
+    )
+    drain(second)
+    assert sum(row["events_committed"] for row in second.ledger.budgets()) == 5
+    second.close()
+    # a database behind its group's committed offsets refuses to run instead of skipping records
+    stale = AccountantService(
+        bus,
+        tmp_path / "c.sqlite",
+        policies,
+        AccountantOptions(prefix=prefix, group_id=group, metrics_port=None),
+    )
+    with pytest.raises(BusError, match="beyond what the ledger database applied"):
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            stale.step(0.5)
+    stale.close()

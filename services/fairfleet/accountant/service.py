@@ -31,7 +31,7 @@ from pydantic import ValidationError
 from fairfleet.accountant.metrics import AccountantMetrics
 from fairfleet.accountant.store import LedgerStore, Row
 from fairfleet.bus import Bus, Envelope, Publisher, Reader, topic_name
-from fairfleet.errors import FairfleetError
+from fairfleet.errors import BusError, FairfleetError
 from fairfleet.log import event
 from fairfleet.messages import (
     DeadLetter,
@@ -50,7 +50,7 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class AccountantOptions:
     prefix: str = "fairfleet."
-    group_id: str = "fairfleet-accountant"
+    group_id: str | None = None  # default: "<prefix>accountant-<database instance id>"
     metrics_port: int | None = 0  # None: no HTTP server
     metrics_host: str = "127.0.0.1"
     kafka_commit_interval_s: float = 1.0
@@ -81,7 +81,9 @@ class AccountantService:
         inputs = [self.topics["privacy.events"]]
         if self.options.consume_requests:
             inputs.insert(0, self.topics["privacy.requests"])
-        consumer = bus.consumer(self.options.group_id, inputs)
+        group_id = self.options.group_id or f"{prefix}accountant-{self.store.instance_id}"
+        consumer = bus.consumer(group_id, inputs)
+        self._offsets_checked = False
         self.publisher = Publisher(bus.producer())
         self.reader = Reader(consumer, "accountant", on_dead_letter=self._dead_letter)
         self.http: MetricsServer | None = None
@@ -132,6 +134,8 @@ class AccountantService:
     def step(self, timeout: float = 0.5) -> bool:
         """Process at most one message; True if one was read."""
         env = self.reader.poll(timeout)
+        if not self._offsets_checked:
+            self._check_group_offsets()
         now = time.monotonic()
         if env is not None:
             self._handle(env)
@@ -246,6 +250,24 @@ class AccountantService:
         )
 
     # ------------------------------------------------------------------ metrics, offsets, dead letters
+    def _check_group_offsets(self) -> None:
+        """Fail closed if the consumer group is ahead of this database (records would be lost).
+
+        That happens when a database is replaced by an older copy while its group lives on;
+        the remedy is ``fairfleet accountant rebuild`` or a fresh group.
+        """
+        committed = self.reader.consumer.committed()
+        if not committed:
+            return  # no partitions assigned yet
+        self._offsets_checked = True
+        ahead = {tp: c for tp, c in committed.items() if c > self.applied.get(tp, 0)}
+        if ahead:
+            raise BusError(
+                f"The consumer group has committed offsets {ahead} beyond what the ledger database "
+                f"applied {self.applied}; refusing to skip those records. Rebuild the ledger "
+                "(fairfleet accountant rebuild) or start with a new --group-id."
+            )
+
     def _refresh(self, key: LedgerKey) -> None:
         policy = self.ledger.policy_for(key)
         spent = self.ledger.epsilon(key, policy.delta if policy else None)

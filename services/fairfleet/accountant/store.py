@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
@@ -28,6 +29,10 @@ CREATE TABLE IF NOT EXISTS ledger_events (
     state TEXT NOT NULL CHECK (state IN ('reserved', 'committed', 'cancelled')),
     record TEXT NOT NULL,
     seq INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (
+    name TEXT PRIMARY KEY,
+    value TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS applied_offsets (
     topic TEXT NOT NULL,
@@ -58,6 +63,14 @@ class LedgerStore:
         self._seq = int(
             self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM ledger_events").fetchone()[0]
         )
+        self._db.execute(
+            "INSERT OR IGNORE INTO meta(name, value) VALUES ('instance_id', ?)", (uuid.uuid4().hex,)
+        )
+        # created with the database; names its consumer group, so a new database never
+        # inherits another database's Kafka offsets
+        self.instance_id: str = self._db.execute(
+            "SELECT value FROM meta WHERE name = 'instance_id'"
+        ).fetchone()[0]
 
     def save(self, rows: Sequence[Row], offsets: Mapping[tuple[str, int], int]) -> None:
         """Upsert ``rows`` and advance ``offsets`` atomically."""

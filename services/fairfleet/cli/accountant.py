@@ -6,42 +6,79 @@ from pathlib import Path
 
 import typer
 
-accountant_app = typer.Typer(help="The privacy accountant (the ledger of every site's budget).",
-                             no_args_is_help=True)
+accountant_app = typer.Typer(
+    help="The privacy accountant (the ledger of every site's budget).", no_args_is_help=True
+)
 
 BOOTSTRAP = typer.Option(..., "--bootstrap", help="Kafka bootstrap host:port.")
-DB = typer.Option(Path(".fairfleet/accountant/ledger.sqlite"), "--db", help="SQLite ledger file.")
 POLICY = typer.Option(..., "--policy", help="Policy file or fleet config (YAML).")
 PREFIX = typer.Option("fairfleet.", "--prefix", help="Topic name prefix.")
 
 
 @accountant_app.command("run")
 def run_cmd(
-    bootstrap: str = BOOTSTRAP,
-    db: Path = DB,
-    policy: Path = POLICY,
-    metrics_port: int = typer.Option(9100, "--metrics-port", help="/metrics, /healthz, /budgets."),
-    metrics_host: str = typer.Option("127.0.0.1", "--metrics-host"),
-    prefix: str = PREFIX,
-    group_id: str = typer.Option("fairfleet-accountant", "--group-id"),
+    config: Path | None = typer.Option(
+        None, "--config", help="Fleet config: bootstrap, security, prefix, db, port and policies."
+    ),
+    bootstrap: str | None = typer.Option(None, "--bootstrap", help="Kafka bootstrap host:port."),
+    db: Path | None = typer.Option(None, "--db", help="SQLite ledger file."),
+    policy: Path | None = typer.Option(
+        None, "--policy", help="Policy file or fleet config (YAML)."
+    ),
+    metrics_port: int | None = typer.Option(
+        None, "--metrics-port", help="/metrics, /healthz, /budgets."
+    ),
+    metrics_host: str | None = typer.Option(None, "--metrics-host"),
+    prefix: str | None = typer.Option(None, "--prefix", help="Topic name prefix."),
+    group_id: str | None = typer.Option(
+        None, "--group-id", help="Consumer group (default: derived from the database's id)."
+    ),
 ) -> None:
-    """Answer reservations and apply privacy events until SIGTERM/SIGINT."""
+    """Answer reservations and apply privacy events until SIGTERM/SIGINT.
+
+    Either ``--config FLEET.yaml`` (everything from the fleet config; options given explicitly
+    win) or ``--bootstrap``, ``--policy`` and the other options.
+    """
     import signal
     import threading
 
     from fairfleet.accountant.policies import load_policies
     from fairfleet.accountant.service import AccountantOptions, AccountantService
     from fairfleet.bus import connect
+    from fairfleet.errors import ConfigError
     from fairfleet.log import configure
 
     configure("accountant")
+    client_config: dict[str, str] = {}
+    if config is not None:
+        from fairfleet.config import load_config
+
+        cfg = load_config(config)
+        bootstrap = bootstrap or cfg.kafka.bootstrap
+        client_config = cfg.kafka.client_config()
+        prefix = prefix or cfg.kafka.topic_prefix
+        if db is None:
+            db = Path(cfg.accountant.db)
+            db = db if db.is_absolute() else config.parent / db
+        metrics_port = cfg.accountant.metrics_port if metrics_port is None else metrics_port
+        metrics_host = metrics_host or cfg.metrics_host
+        policy = policy or config
+    if bootstrap is None or policy is None:
+        raise ConfigError("Give --config FLEET.yaml, or --bootstrap and --policy.")
     policies = load_policies(policy)
-    options = AccountantOptions(prefix=prefix, group_id=group_id, metrics_port=metrics_port,
-                                metrics_host=metrics_host)
+    options = AccountantOptions(
+        prefix=prefix or "fairfleet.",
+        group_id=group_id,
+        metrics_port=9100 if metrics_port is None else metrics_port,
+        metrics_host=metrics_host or "127.0.0.1",
+    )
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    service = AccountantService(connect(f"kafka://{bootstrap}"), db, policies, options)
+    bus = connect(f"kafka://{bootstrap}", client_config)
+    service = AccountantService(
+        bus, db or Path(".fairfleet/accountant/ledger.sqlite"), policies, options
+    )
     service.run(stop)
 
 
