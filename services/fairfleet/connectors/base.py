@@ -147,6 +147,12 @@ class ConnectorContext:
     site: str
     state_dir: Path
     seed: int = 0
+    base_dir: Path = field(default_factory=Path.cwd)  # relative paths in params resolve here
+
+    def resolve(self, value: str | Path) -> Path:
+        """``value`` as is if absolute, else relative to ``base_dir`` (the config's folder)."""
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else self.base_dir / path
 
 
 class Connector(ABC):

@@ -2,7 +2,7 @@
 
 Params::
 
-    path: /data/line-3          # the folder (required)
+    path: /data/line-3          # the folder (required; relative: to the config file's folder)
     pattern: "*"                # glob of file names; .csv, .csv.gz and .parquet are read
     settle_s: 0.0               # a file is read once its mtime is this old (writers that do not
                                 # rename atomically into the folder should set ~1-2 s)
@@ -55,7 +55,7 @@ class FilesConnector(Connector):
         super().__init__(params, context)
         if "path" not in params:
             raise ConfigError("The files connector needs 'path' (a folder). Found none.")
-        self.folder = Path(str(params["path"])).expanduser()
+        self.folder = context.resolve(str(params["path"]))
         self.pattern = str(params.get("pattern", "*"))
         self.settle_s = float(params.get("settle_s", 0.0))
         if self.settle_s < 0:

@@ -3,7 +3,7 @@
 Params::
 
     url: sqlite:///site.db        # any SQLAlchemy URL; or
-    path: site.db                 # shorthand for a SQLite file (relative to the state dir)
+    path: site.db                 # shorthand for a SQLite file (relative: to the config's folder)
     table: readings               # or
     query: "SELECT ... FROM ..."  # must expose the declared fields
     order_by: id                  # a column that increases with new rows (required): rows are
@@ -39,8 +39,7 @@ class SqlConnector(Connector):
             path = params.get("path")
             if path is None:
                 raise ConfigError("The sql connector needs 'url' or 'path' (a SQLite file). Found neither.")
-            full = (context.state_dir / str(path)) if not str(path).startswith("/") else str(path)
-            url = f"sqlite:///{full}"
+            url = f"sqlite:///{context.resolve(str(path))}"
         table, query = params.get("table"), params.get("query")
         if (table is None) == (query is None):
             raise ConfigError(

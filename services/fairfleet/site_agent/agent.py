@@ -23,21 +23,18 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from fairfleet.bus import Bus, Publisher, Reader, connect, topic_name
-from fairfleet.bus.topics import LOGICAL_TOPICS
+from fairfleet.bus import Bus, connect
 from fairfleet.config import FleetConfig
 from fairfleet.connectors import ConnectorContext, RejectFile, SiteStream, Windower, build_connector
 from fairfleet.errors import BusError, ConfigError, FairfleetError
 from fairfleet.learning.tensors import sha256_hex
 from fairfleet.log import event
 from fairfleet.messages import (
-    DeadLetter,
     Message,
     ModelRelease,
     PrivacyEventMessage,
@@ -51,11 +48,11 @@ from fairfleet.messages import (
 from fairfleet.privacy.events import dp_event_to_json
 from fairfleet.signing import load_private, sign
 from fairfleet.site_agent import release as rel
+from fairfleet.site_agent.bus_side import SERVICE, AgentBus, Interrupted, OutcomeUnknown
 from fairfleet.site_agent.metrics import SiteMetrics
 from fairfleet.site_agent.state import TERMINAL, RoundStateStore
 
 logger = logging.getLogger(__name__)
-SERVICE = "site_agent"
 
 
 class Skip(Exception):
@@ -89,19 +86,24 @@ class SiteAgent:
                 f"Site '{site_id}' needs private_key_file to sign its updates. Found none."
             )
         self.key = load_private(str(config.resolve_path(self.site.private_key_file)))
-        self.state_dir = Path(self.site.state_dir or Path(config.state_dir) / "sites" / site_id)
+        self.state_dir = config.resolve_path(
+            self.site.state_dir or Path(config.state_dir) / "sites" / site_id
+        )
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.metrics = SiteMetrics(site_id, registry)
         self.store = RoundStateStore(self.state_dir / "rounds.json")
         connector = build_connector(
             self.site.connector.type,
             self.site.connector.params,
-            ConnectorContext(site_id, self.state_dir),
+            ConnectorContext(site_id, self.state_dir, base_dir=config.base_dir),
         )
         self.stream = SiteStream(
             connector,
             Windower(self.site.window.by, self.site.window.size, self.opts.retain_windows),
-            RejectFile(Path(self.opts.reject_file or self.state_dir / "rejects.jsonl"), site_id),
+            RejectFile(
+                config.resolve_path(self.opts.reject_file or self.state_dir / "rejects.jsonl"),
+                site_id,
+            ),
             self.metrics.on_read,
             self.metrics.on_reject,
             self.metrics.on_window,
@@ -111,19 +113,14 @@ class SiteAgent:
             self.metrics.privacy_enabled.labels(site_id, model_id).set(
                 0 if model.privacy.mechanism == "off" else 1
             )
-        self.topics = {t: topic_name(t, config.kafka.topic_prefix) for t in LOGICAL_TOPICS}
         self.bus = (
             bus if bus is not None else connect(config.bus_url(), config.kafka.client_config())
         )
-        chunk = config.kafka.chunk_bytes
-        self.tx = Publisher(self.bus.producer(transactional_id=f"site-{site_id}"), chunk)
-        self.plain = Publisher(self.bus.producer(), chunk)
-        self.rounds = self._reader(f"site-{site_id}-rounds", "rounds")
-        self.model_reader = self._reader(f"site-{site_id}-models", "models")  # never committed
-        self.grants = self._reader(f"site-{site_id}-grants", "privacy.grants")
+        self.io = AgentBus(self.bus, site_id, config.kafka.topic_prefix, config.kafka.chunk_bytes)
         self._releases: dict[tuple[str, int], tuple[ModelRelease, bytes]] = {}
         self._latest_round: dict[str, int] = {}
         self._windows: dict[str, WindowRange] = {}
+        self._stop = threading.Event()
         self._lag_at = 0.0
         event(
             logger,
@@ -135,24 +132,14 @@ class SiteAgent:
         )
 
     # ------------------------------------------------------------------ plumbing
-    def _reader(self, group: str, logical: str) -> Reader:
-        return Reader(self.bus.consumer(group, [self.topics[logical]]), SERVICE, self._dead_letter)
-
-    def _dead_letter(self, dl: DeadLetter) -> None:
-        try:
-            self.plain.send(
-                self.topics["deadletter"],
-                dl.model_copy(update={"site": self.site.id}),
-                key=self.site.id,
-            )
-        except FairfleetError as exc:
-            event(logger, "dead letter not published", logging.ERROR, error=str(exc))
-
     def run(self, stop: threading.Event) -> None:
         """Serve until ``stop`` is set; errors are logged and the loop continues."""
+        self._stop = stop
         while not stop.is_set():
             try:
                 self.step()
+            except Interrupted:
+                event(logger, "stopped mid-round; a restart resumes it", site=self.site.id)
             except FairfleetError as exc:
                 event(logger, "step failed", logging.ERROR, error=str(exc))
                 stop.wait(1.0)
@@ -165,28 +152,25 @@ class SiteAgent:
         """Read new data and models; handle at most one round announcement."""
         self.stream.poll()
         self._poll_models(0.0)
-        env = self.rounds.poll(self.opts.poll_interval_s if timeout is None else timeout)
+        env = self.io.rounds.poll(self.opts.poll_interval_s if timeout is None else timeout)
         if env is not None and isinstance(env.message, RoundAnnouncement):
             self.handle(env.message)
         elif env is not None:
-            self.rounds.consumer.commit(offsets=self.rounds.safe_offsets())
+            self.io.commit_rounds()
         if time.monotonic() - self._lag_at > 10:
             self._lag_at = time.monotonic()
-            self.metrics.lag.labels(SERVICE, self.topics["rounds"]).set(self.rounds.consumer.lag())
+            self.metrics.lag.labels(SERVICE, self.io.topics["rounds"]).set(self.io.rounds_lag())
 
     def rounds_json(self) -> dict[str, Any]:
         """Local per-round state (for the /rounds route): "model/round" -> status and reason."""
         return {k: {"status": v.status, "reason": v.reason} for k, v in self.store.all().items()}
 
     def close(self) -> None:
-        for reader in (self.rounds, self.model_reader, self.grants):
-            reader.consumer.close()
-        for pub in (self.tx, self.plain):
-            pub.producer.close()
+        self.io.close()
         self.stream.connector.close()
 
     def _poll_models(self, timeout: float) -> None:
-        env = self.model_reader.poll(timeout)
+        env = self.io.models.poll(timeout)
         while env is not None:
             msg = env.message
             if isinstance(msg, ModelRelease) and msg.model_id in self.models:
@@ -194,11 +178,13 @@ class SiteAgent:
                 old = sorted(v for (m, v) in self._releases if m == msg.model_id)[:-4]
                 for v in old:
                     del self._releases[(msg.model_id, v)]
-            env = self.model_reader.poll(0.0)
+            env = self.io.models.poll(0.0)
 
     def _model(self, model_id: str, version: int) -> tuple[ModelRelease, bytes]:
         deadline = time.monotonic() + self.opts.model_timeout_s
         while (model_id, version) not in self._releases:
+            if self._stop.is_set():
+                raise Interrupted()
             if time.monotonic() > deadline:
                 raise Skip(
                     "model_unavailable",
@@ -213,14 +199,14 @@ class SiteAgent:
         """Run the protocol for one announcement (see the module docstring)."""
         site, model_id, rnd = self.site.id, ann.model_id, ann.round
         if model_id not in self.models:
-            self.rounds.consumer.commit(offsets=self.rounds.safe_offsets())
+            self.io.commit_rounds()
             return
         eid = event_id_for(site, model_id, rnd)
         state = self.store.get(model_id, rnd)
         if state is not None and state.status == "committing":
             state = self._resolve_committing(model_id, rnd, eid)
         if state is not None and state.status in TERMINAL:
-            self.rounds.consumer.commit(offsets=self.rounds.safe_offsets())
+            self.io.commit_rounds()
             return
         try:
             self._join(ann, eid)
@@ -240,7 +226,7 @@ class SiteAgent:
                 reason=skip.reason,
                 detail=str(skip),
             )
-            self.rounds.consumer.commit(offsets=self.rounds.safe_offsets())
+            self.io.commit_rounds()
 
     def _join(self, ann: RoundAnnouncement, eid: str) -> None:
         site, model_id, rnd = self.site.id, ann.model_id, ann.round
@@ -306,7 +292,7 @@ class SiteAgent:
                     model=model_id,
                     round=rnd,
                 )
-                self.rounds.consumer.commit(offsets=self.rounds.safe_offsets())
+                self.io.commit_rounds()
                 return
             if not grant.granted:
                 raise Skip("denied", grant.reason or "denied by the accountant")
@@ -353,18 +339,13 @@ class SiteAgent:
             windows=windows,
             dp_event=dp_event,
         )
-        self.plain.send_sync(self.topics["privacy.requests"], request, key=self.site.id)
         timeout = self.config.accountant.grant_timeout_s
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            env = self.grants.poll(0.2)
-            if env is None:
-                continue
-            msg = env.message
-            if isinstance(msg, PrivacyGrant) and msg.event_id == eid and msg.site == self.site.id:
-                self.grants.consumer.commit(offsets=self.grants.safe_offsets())
-                return msg
-        raise Skip("no_grant", f"no answer from the accountant within {timeout} s (fail closed)")
+        grant = self.io.request_grant(request, timeout, self._stop)
+        if grant is None:
+            raise Skip(
+                "no_grant", f"no answer from the accountant within {timeout} s (fail closed)"
+            )
+        return grant
 
     def _event(
         self,
@@ -398,17 +379,7 @@ class SiteAgent:
             if state is not None and state.windows
             else WindowRange(first=0, last=0)
         )
-        producer = self.tx.producer
-        try:
-            producer.begin_transaction()
-            self.tx.send(
-                self.topics["privacy.events"],
-                self._event(ann, eid, windows, "cancel", {}),
-                key=self.site.id,
-            )
-            producer.commit_transaction()
-        except FairfleetError as exc:
-            event(logger, "cancel not published", logging.ERROR, event_id=eid, error=str(exc))
+        self.io.cancel(self._event(ann, eid, windows, "cancel", {}))
 
     def _publish(
         self, ann: RoundAnnouncement, eid: str, windows: WindowRange, out: rel.Release
@@ -441,34 +412,26 @@ class SiteAgent:
             self.key,
         )
         sends: list[tuple[str, Message, bytes]] = [
-            (self.topics["updates"], update, out.payload),
-            (self.topics["stats"], stats, b""),
+            ("updates", update, out.payload),
+            ("stats", stats, b""),
         ]
         if out.dp_event is not None:
             commit = self._event(ann, eid, windows, "commit", dp_event_to_json(out.dp_event))
-            sends.append((self.topics["privacy.events"], commit, b""))
-        producer = self.tx.producer
+            sends.append(("privacy.events", commit, b""))
         try:
-            producer.begin_transaction()
-            for topic, msg, payload in sends:
-                self.tx.send(topic, msg, payload, key=site)
-            offsets = self.rounds.safe_offsets()
-            if offsets:
-                producer.send_offsets_to_transaction(self.rounds.consumer, offsets)
-            self.store.set(model_id, rnd, "committing", eid)
-            producer.commit_transaction()
-        except BusError as exc:
-            try:
-                producer.abort_transaction()
-            except BusError:
-                event(
-                    logger,
-                    "publish outcome unknown; resolved on the next announcement",
-                    logging.ERROR,
-                    event_id=eid,
-                    error=str(exc),
-                )
-                return
+            self.io.publish_atomically(
+                sends, lambda: self.store.set(model_id, rnd, "committing", eid)
+            )
+        except OutcomeUnknown as exc:
+            event(
+                logger,
+                "publish outcome unknown; resolved on the next announcement",
+                logging.ERROR,
+                event_id=eid,
+                error=str(exc),
+            )
+            return
+        except BusError as exc:  # aborted: nothing is visible
             self.store.set(model_id, rnd, "granted", eid)
             raise Skip("publish_failed", str(exc)) from exc
         self.store.set(model_id, rnd, "published", eid)
@@ -487,37 +450,13 @@ class SiteAgent:
         )
 
     def _resolve_committing(self, model_id: str, rnd: int, eid: str) -> Any:
-        """After a crash during commit: was our commit event written? Read privacy.events to the end.
-
-        The new transactional producer (init_transactions) has already aborted any open
-        transaction of the previous incarnation, so read_committed to the end is definitive.
-        """
-        consumer = self.bus.consumer(
-            f"site-{self.site.id}-resolve-{uuid.uuid4().hex[:8]}", [self.topics["privacy.events"]]
-        )
-        reader = Reader(consumer, SERVICE)
-        found, quiet, deadline = False, 0, time.monotonic() + 30
-        try:
-            while time.monotonic() < deadline and quiet < 3:
-                env = reader.poll(0.5)
-                if env is None:
-                    quiet = quiet + 1 if consumer.positions() and consumer.lag() == 0 else 0
-                    continue
-                msg = env.message
-                if (
-                    isinstance(msg, PrivacyEventMessage)
-                    and msg.event_id == eid
-                    and msg.action == "commit"
-                ):
-                    found = True
-                    break
-        finally:
-            consumer.close()
+        """After a crash during commit: was our commit event written? (AgentBus.find_commit)"""
+        found = self.io.find_commit(eid)
         if found:
             self.store.set(
                 model_id, rnd, "published", eid, "commit found in privacy.events after restart"
             )
-        elif quiet >= 3:
+        elif found is False:
             self.store.set(
                 model_id, rnd, "granted", eid, "commit not found after restart; retrying"
             )

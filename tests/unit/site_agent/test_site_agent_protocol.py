@@ -242,3 +242,37 @@ def test_a_retry_after_a_restart_reserves_the_same_windows(setup: Any) -> None:
     assert (request.windows.first, request.windows.last) == (1, 2)
     update = next(m for m, _ in read_all(bus, prefix, "updates") if isinstance(m, SiteUpdate))
     assert update.n_examples + (update.loss.m if update.loss else 0) == 40
+
+
+def test_dpsgd_rounds_reserve_the_subsampled_gaussian_at_the_observation_unit(tmp_path: Path) -> None:
+    prefix = f"u{uuid.uuid4().hex[:6]}."
+    bus = connect(f"memory://{uuid.uuid4().hex}")
+    bus.create_topics(default_topics(prefix, partitions=2))
+    privacy = {"mechanism": "dpsgd", "unit": "observation", "noise_multiplier": 1.1, "clip_norm": 1.0,
+               "sampling_rate": 0.25, "loss_bound": 2.0, "loss_noise_multiplier": 2.0}
+    site = site_entry(tmp_path, "s1", files_connector(csv_folder(tmp_path)), ["m1"])
+    policies = {"defaults": {"epsilon_max": 20.0, "delta": 1e-5, "unit": "observation"}}
+    raw = fleet_dict("127.0.0.1:1", prefix, [site], [model_entry("m1", privacy=privacy, epochs=2)], 5.0,
+                     policies, tmp_path)
+    config = parse_config(raw)
+    with RealAccountant(bus, raw, tmp_path) as accountant:
+        agent = SiteAgent(config, "s1", bus=bus)
+        ann = Announcer(bus, config)
+        ann.release("m1", 0)
+        ann.announce("m1", 0, 0)
+        assert run_until(agent, "m1", 0) == "published"
+        agent.close()
+        accountant.wait_committed("s1", 1)
+    (request,) = [m for m, _ in read_all(bus, prefix, "privacy.requests") if isinstance(m, PrivacyReservationRequest)]
+    assert request.unit == "observation"
+    steps = 2 * 4  # epochs · ⌊1/q⌋
+    expected = dp_event.ComposedDpEvent([
+        dp_event.SelfComposedDpEvent(dp_event.PoissonSampledDpEvent(0.25, dp_event.GaussianDpEvent(1.1)), steps),
+        dp_event.GaussianDpEvent(2.0),
+    ])
+    assert dp_event_from_json(request.dp_event) == expected
+    update = next(m for m, _ in read_all(bus, prefix, "updates") if isinstance(m, SiteUpdate))
+    assert update.privacy.mechanism == "dpsgd" and update.privacy.unit == "observation"
+    assert update.privacy.steps == steps and update.privacy.sampling_rate == 0.25 and update.privacy.noise_std > 0
+    (budget,) = accountant.budgets("s1")
+    assert budget["unit"] == "observation" and 0 < budget["epsilon_spent"] <= 20.0

@@ -1,0 +1,167 @@
+"""The site agent's bus clients and the bus half of the reservation protocol.
+
+- ``rounds`` (group ``site-<id>-rounds``, offsets committed with each round's transaction),
+  ``models`` (group ``site-<id>-models``, never committed: every start reads the compacted topic
+  from the beginning), ``privacy.grants`` (group ``site-<id>-grants``);
+- a transactional producer (``transactional.id = "site-<id>"``: a new incarnation fences the
+  old one and aborts its open transaction) and a plain one (requests, dead letters).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+
+from fairfleet.bus import Bus, Publisher, Reader, topic_name
+from fairfleet.bus.topics import LOGICAL_TOPICS
+from fairfleet.errors import BusError, FairfleetError
+from fairfleet.log import event
+from fairfleet.messages import (
+    DeadLetter,
+    Message,
+    PrivacyEventMessage,
+    PrivacyGrant,
+    PrivacyReservationRequest,
+)
+
+logger = logging.getLogger(__name__)
+SERVICE = "site_agent"
+
+
+class Interrupted(Exception):
+    """The agent is stopping mid-round; the round's state stays non-terminal (a restart resumes)."""
+
+
+class OutcomeUnknown(Exception):
+    """A transaction failed and could not be aborted: whether it committed is unknown."""
+
+
+class AgentBus:
+    """Readers, publishers and the protocol steps that touch the bus for one site."""
+
+    def __init__(self, bus: Bus, site_id: str, prefix: str, chunk_bytes: int) -> None:
+        self.bus = bus
+        self.site_id = site_id
+        self.topics = {t: topic_name(t, prefix) for t in LOGICAL_TOPICS}
+        self.tx = Publisher(bus.producer(transactional_id=f"site-{site_id}"), chunk_bytes)
+        self.plain = Publisher(bus.producer(), chunk_bytes)
+        self.rounds = self._reader(f"site-{site_id}-rounds", "rounds")
+        self.models = self._reader(f"site-{site_id}-models", "models")
+        self.grants = self._reader(f"site-{site_id}-grants", "privacy.grants")
+
+    def _reader(self, group: str, logical: str) -> Reader:
+        return Reader(self.bus.consumer(group, [self.topics[logical]]), SERVICE, self.dead_letter)
+
+    def dead_letter(self, letter: DeadLetter) -> None:
+        try:
+            self.plain.send(
+                self.topics["deadletter"],
+                letter.model_copy(update={"site": self.site_id}),
+                key=self.site_id,
+            )
+        except FairfleetError as exc:
+            event(logger, "dead letter not published", logging.ERROR, error=str(exc))
+
+    def commit_rounds(self) -> None:
+        """Store the rounds consumer's position (an announcement handled without a transaction)."""
+        self.rounds.consumer.commit(offsets=self.rounds.safe_offsets())
+
+    def request_grant(
+        self, request: PrivacyReservationRequest, timeout: float, stop: threading.Event
+    ) -> PrivacyGrant | None:
+        """Send the reservation and wait for its answer; None if none came within ``timeout``."""
+        self.plain.send_sync(self.topics["privacy.requests"], request, key=self.site_id)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if stop.is_set():
+                raise Interrupted()
+            env = self.grants.poll(0.2)
+            msg = env.message if env is not None else None
+            if (
+                isinstance(msg, PrivacyGrant)
+                and msg.event_id == request.event_id
+                and msg.site == self.site_id
+            ):
+                self.grants.consumer.commit(offsets=self.grants.safe_offsets())
+                return msg
+        return None
+
+    def publish_atomically(
+        self, sends: Sequence[tuple[str, Message, bytes]], before_commit: Callable[[], None]
+    ) -> None:
+        """One transaction: every (logical topic, message, payload) plus the rounds offset.
+
+        ``before_commit`` runs right before ``commit_transaction`` (the write-ahead state).
+        Raises BusError if the transaction failed and was aborted (nothing visible), or
+        OutcomeUnknown if it could not even be aborted.
+        """
+        producer = self.tx.producer
+        try:
+            producer.begin_transaction()
+            for logical, msg, payload in sends:
+                self.tx.send(self.topics[logical], msg, payload, key=self.site_id)
+            offsets = self.rounds.safe_offsets()
+            if offsets:
+                producer.send_offsets_to_transaction(self.rounds.consumer, offsets)
+            before_commit()
+            producer.commit_transaction()
+        except BusError as exc:
+            try:
+                producer.abort_transaction()
+            except BusError:
+                raise OutcomeUnknown(str(exc)) from exc
+            raise
+
+    def cancel(self, msg: PrivacyEventMessage) -> None:
+        """Publish a cancel event (in its own transaction); failures are logged, not raised."""
+        producer = self.tx.producer
+        try:
+            producer.begin_transaction()
+            self.tx.send(self.topics["privacy.events"], msg, key=self.site_id)
+            producer.commit_transaction()
+        except FairfleetError as exc:
+            event(
+                logger, "cancel not published", logging.ERROR, event_id=msg.event_id, error=str(exc)
+            )
+
+    def find_commit(self, event_id: str, timeout: float = 30.0) -> bool | None:
+        """Is a commit of ``event_id`` in ``privacy.events``? None if the topic could not be read
+        to its end within ``timeout``.
+
+        Definitive after this incarnation's transactional producer was created: its
+        init_transactions aborted any open transaction of the previous one, and the reader is
+        read_committed.
+        """
+        consumer = self.bus.consumer(
+            f"site-{self.site_id}-resolve-{uuid.uuid4().hex[:8]}", [self.topics["privacy.events"]]
+        )
+        reader = Reader(consumer, SERVICE)
+        quiet, deadline = 0, time.monotonic() + timeout
+        try:
+            while time.monotonic() < deadline and quiet < 3:
+                env = reader.poll(0.5)
+                if env is None:
+                    quiet = quiet + 1 if consumer.positions() and consumer.lag() == 0 else 0
+                    continue
+                msg = env.message
+                if (
+                    isinstance(msg, PrivacyEventMessage)
+                    and msg.event_id == event_id
+                    and msg.action == "commit"
+                ):
+                    return True
+        finally:
+            consumer.close()
+        return False if quiet >= 3 else None
+
+    def rounds_lag(self) -> int:
+        return self.rounds.consumer.lag()
+
+    def close(self) -> None:
+        for reader in (self.rounds, self.models, self.grants):
+            reader.consumer.close()
+        for pub in (self.tx, self.plain):
+            pub.producer.close()
