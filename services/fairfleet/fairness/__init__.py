@@ -8,6 +8,7 @@ Public API::
     StrategyState, state_to_bytes, state_from_bytes
     estimators: class_risk_estimates, shrink_toward_mean, debiased_range, debiased_squared_norm
     staleness_weight, staleness_weights             (buffered async)
+    weighted_sum, allocate_update_matrix, project_simplex   (kernels)
 """
 
 from fairfleet.fairness.base import Strategy, WeightedUpdateStrategy
@@ -20,6 +21,7 @@ from fairfleet.fairness.estimators import (
     debiased_squared_norm,
     shrink_toward_mean,
 )
+from fairfleet.fairness.kernels import allocate_update_matrix, project_simplex, weighted_sum
 from fairfleet.fairness.registry import available_strategies, build_strategy, register_strategy
 from fairfleet.fairness.staleness import staleness_weight, staleness_weights
 from fairfleet.fairness.state import StrategyState, state_from_bytes, state_to_bytes
@@ -35,15 +37,18 @@ __all__ = [
     "Strategy",
     "StrategyState",
     "WeightedUpdateStrategy",
+    "allocate_update_matrix",
     "available_strategies",
     "build_strategy",
     "class_risk_estimates",
     "debiased_range",
     "debiased_squared_norm",
+    "project_simplex",
     "register_strategy",
     "shrink_toward_mean",
     "staleness_weight",
     "staleness_weights",
     "state_from_bytes",
     "state_to_bytes",
+    "weighted_sum",
 ]
