@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -25,8 +26,10 @@ def test_reduced_demo_prints_the_class_table_and_writes_the_report(
     )
     assert result.exit_code == 0, result.output
     out = result.output
-    for text in ("modern", "retrofit", "legacy", "gap to fleet", "ε spent per site", "plant-a"):
+    for text in ("modern", "retrofit", "legacy", "gap to", "ε spent"):
         assert text in out
+    for site in ("plant-a", "plant-c", "plant-f"):  # ε spent per site, in the class table
+        assert re.search(rf"{site} \d+\.\d\d", out), site
     for name in ("index.html", "classes.png", "rounds.png", "demo.json"):
         assert (report / name).stat().st_size > 500, name
     summary = json.loads((report / "demo.json").read_text())
@@ -38,4 +41,8 @@ def test_reduced_demo_prints_the_class_table_and_writes_the_report(
     logs = Path(summary["logs"])
     assert sorted(p.name for p in logs.glob("*.log"))[0] == "accountant.log"
     for log in logs.glob("*.log"):
-        assert "Traceback" not in log.read_text(), log.name
+        text = log.read_text()
+        # A scrape that gave up mid-response shows as BrokenPipe in the metrics server thread
+        # (fairfleet.metrics); any other traceback is a real failure.
+        benign = text.count("BrokenPipeError: ") + text.count("ConnectionResetError: ")
+        assert text.count("Traceback (most recent call last)") == benign, log.name

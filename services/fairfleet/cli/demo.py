@@ -41,8 +41,8 @@ def demo_cmd(
     for column in ("class", "sites", "loss", "accuracy", "gap to fleet", "ε spent per site"):
         table.add_column(column, justify="left" if column in ("class", "sites", "ε spent per site") else "right")
     for row in class_rows(summary):
-        eps = ", ".join(f"{s} {v:.2f}" if v is not None else f"{s} ?" for s, v in row["epsilon"].items())
-        table.add_row(row["class"], ", ".join(row["sites"]), f"{row['loss']:.4f}", f"{row['accuracy']:.1%}",
+        eps = "\n".join(f"{s} {v:.2f}" if v is not None else f"{s} ?" for s, v in row["epsilon"].items())
+        table.add_row(row["class"], "\n".join(row["sites"]), f"{row['loss']:.4f}", f"{row['accuracy']:.1%}",
                       f"{row['gap_to_fleet']:+.4f}", eps)
     table.add_row("fleet", "", f"{final['fleet_loss']:.4f}", "", f"gap {final['gap']:.4f}", "")
     console.print(table)

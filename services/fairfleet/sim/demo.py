@@ -195,11 +195,11 @@ class DemoRecorder:
     def observe(self, fleet: Any, closed: int) -> None:
         from fairfleet.launcher import scrape
 
-        agg = scrape(fleet.aggregator(MODEL_ID).url)
+        agg = scrape(fleet.aggregator(MODEL_ID).url, timeout=10.0)
         eps: dict[str, float] = {}
         for site in fleet.of_kind("site"):
             try:
-                samples = scrape(site.url)
+                samples = scrape(site.url, timeout=10.0)
             except Exception:  # a busy site answers next round
                 continue
             values = [v for _, v in samples.get("fairfleet_site_epsilon_spent", [])]
@@ -289,7 +289,8 @@ def run_demo(
                 if time.monotonic() > deadline:
                     raise LaunchError(f"Only {closed} of {settings.rounds} rounds closed within {limit:.0f} s.")
                 try:
-                    value = metric_value(scrape(fleet.aggregator(MODEL_ID).url), "fairfleet_aggregator_rounds_total")
+                    value = metric_value(scrape(fleet.aggregator(MODEL_ID).url, timeout=10.0),
+                                         "fairfleet_aggregator_rounds_total")
                 except Exception:
                     value = None
                 now = int(value or 0)
