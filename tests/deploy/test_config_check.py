@@ -197,3 +197,24 @@ def test_connector_params_and_widths_are_checked(tmp_path: Path) -> None:
         "sites[6].connector", "sites[6].connector.params.target",  # 1 feature, 2 targets
     }, report.problems
     assert any("plant-z" in p for p in report.problems) and any("'ftp'" in p for p in report.problems)
+
+
+def test_policy_unit_must_match_the_models_privacy_unit(tmp_path: Path) -> None:
+    """The accountant keeps site- and observation-level budgets apart: a DP-SGD (observation)
+    model at a site whose policy is per site would have every reservation denied."""
+    data = _example()
+    data["policies"]["classes"]["retrofit"]["unit"] = "site"
+    report = check_mapping(yaml.safe_load(_write(tmp_path, data).read_text()), tmp_path)
+    assert _locations(report.problems) == {"policies.classes.retrofit.unit"}, report.problems
+    assert "plant-b" in report.problems[0] and "'failure'" in report.problems[0]
+
+
+def test_budget_projection_warns_when_the_rounds_cannot_fit(tmp_path: Path) -> None:
+    data = _example()
+    data["models"][1]["privacy"]["loss_noise_multiplier"] = 1.0  # ε ≈ 4.7 per loss release alone
+    report = check_mapping(yaml.safe_load(_write(tmp_path, data).read_text()), tmp_path)
+    assert report.valid, report.problems
+    warned = {w.split(":", 1)[0] for w in report.warnings}
+    # exactly the four sites of the failure model; the rul sites are unaffected
+    assert warned == {"sites[0]", "sites[1]", "sites[2]", "sites[3]"}, report.warnings
+    assert check_file(EXAMPLE).warnings == []

@@ -105,11 +105,15 @@ def _check_model(i: int, raw: dict[str, Any], report: CheckReport) -> None:
             "observation; use unit: site or mechanism: dpsgd (got 'observation')"
         )
     if p.mechanism == "dpsgd" and p.unit == "site":
-        report.warnings.append(f"{where}.privacy.unit: DP-SGD protects observations; 'site' undersells it")
+        report.warnings.append(
+            f"{where}.privacy.unit: DP-SGD protects observations; 'site' undersells it"
+        )
     if p.mechanism == "off":
         report.warnings.append(f"{where}.privacy.mechanism: PRIVACY IS OFF for model '{m.id}'")
     elif p.noise_multiplier == 0:
-        report.warnings.append(f"{where}.privacy.noise_multiplier: 0 adds no noise (model '{m.id}')")
+        report.warnings.append(
+            f"{where}.privacy.noise_multiplier: 0 adds no noise (model '{m.id}')"
+        )
     if m.rounds.quorum < m.rounds.min_sites:
         report.problems.append(
             f"{where}.rounds.quorum: must be >= min_sites ({m.rounds.min_sites}) (got {m.rounds.quorum})"
@@ -133,7 +137,9 @@ def _check_site(i: int, raw: dict[str, Any], base_dir: Path, report: CheckReport
     try:
         load_public(s.public_key)
     except ConfigError:
-        report.problems.append(f"{where}.public_key: not an Ed25519 public key (got {_shown(s.public_key)})")
+        report.problems.append(
+            f"{where}.public_key: not an Ed25519 public key (got {_shown(s.public_key)})"
+        )
         return
     if s.private_key_file:
         path = Path(s.private_key_file).expanduser()
@@ -148,7 +154,9 @@ def _check_site(i: int, raw: dict[str, Any], base_dir: Path, report: CheckReport
             try:
                 key = load_private(str(path))
             except ConfigError:
-                report.problems.append(f"{where}.private_key_file: {str(path)!r} holds no hex Ed25519 key")
+                report.problems.append(
+                    f"{where}.private_key_file: {str(path)!r} holds no hex Ed25519 key"
+                )
             else:
                 public = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw).hex()
                 if public != s.public_key.lower():
@@ -195,7 +203,9 @@ def _check_connector(i: int, s: Any, models: dict[str, Any], report: CheckReport
     try:
         schema = _connector_schema(s)
     except (ConfigError, OSError) as exc:
-        report.problems.append(f"sites[{i}].connector.params: {exc} (got {_shown(s.connector.params)})")
+        report.problems.append(
+            f"sites[{i}].connector.params: {exc} (got {_shown(s.connector.params)})"
+        )
         return
     if schema is None:
         return
@@ -240,7 +250,9 @@ def _raw_items(data: dict[str, Any], key: str) -> list[dict[str, Any]]:
     return [x if isinstance(x, dict) else {} for x in items] if isinstance(items, list) else []
 
 
-def _check_fleet(data: dict[str, Any], models: dict[int, Any], sites: dict[int, Any], report: CheckReport) -> None:
+def _check_fleet(
+    data: dict[str, Any], models: dict[int, Any], sites: dict[int, Any], report: CheckReport
+) -> None:
     """Cross-references: ids, site.models, policies, ports, quorum vs serving sites.
 
     Ids and references are read from the raw mapping, so an entry with an unrelated schema
@@ -253,7 +265,11 @@ def _check_fleet(data: dict[str, Any], models: dict[int, Any], sites: dict[int, 
     for i, raw in enumerate(raw_models):
         if model_ids.count(raw.get("id")) > 1 and raw.get("id") is not None:
             report.problems.append(f"models[{i}].id: duplicate model id (got {raw.get('id')!r})")
-        for key, cls in (("model", ModelSpec), ("training", LocalTrainingPlan), ("privacy", PrivacyPlan)):
+        for key, cls in (
+            ("model", ModelSpec),
+            ("training", LocalTrainingPlan),
+            ("privacy", PrivacyPlan),
+        ):
             report.problems += _unknown_keys(raw.get(key), cls, f"models[{i}].{key}")
     site_ids = [s.get("id") for s in raw_sites]
     for i, raw in enumerate(raw_sites):
@@ -262,11 +278,15 @@ def _check_fleet(data: dict[str, Any], models: dict[int, Any], sites: dict[int, 
         refs = raw.get("models")
         for j, ref in enumerate(refs if isinstance(refs, list) else []):
             if ref not in model_ids:
-                report.problems.append(f"sites[{i}].models[{j}]: unknown model {ref!r} (known: {model_ids})")
+                report.problems.append(
+                    f"sites[{i}].models[{j}]: unknown model {ref!r} (known: {model_ids})"
+                )
     keys = [s.public_key.lower() for s in sites.values()]
     for i, s in sites.items():
         if keys.count(s.public_key.lower()) > 1:
-            report.problems.append(f"sites[{i}].public_key: shared with another site (site {s.id!r})")
+            report.problems.append(
+                f"sites[{i}].public_key: shared with another site (site {s.id!r})"
+            )
     classes = {s.site_class for s in sites.values()}
     policies = data.get("policies") if isinstance(data.get("policies"), dict) else {}
     for sid in (policies or {}).get("sites") or {}:
@@ -274,7 +294,9 @@ def _check_fleet(data: dict[str, Any], models: dict[int, Any], sites: dict[int, 
             report.problems.append(f"policies.sites.{sid}: no such site (known: {site_ids})")
     for cls in (policies or {}).get("classes") or {}:
         if cls not in classes:
-            report.warnings.append(f"policies.classes.{cls}: no site has class {cls!r} (classes: {sorted(classes)})")
+            report.warnings.append(
+                f"policies.classes.{cls}: no site has class {cls!r} (classes: {sorted(classes)})"
+            )
     for i, m in models.items():
         serving = [s for s in sites.values() if not s.models or m.id in s.models]
         if sites and m.rounds.min_sites > len(serving):
@@ -298,7 +320,66 @@ def _check_fleet(data: dict[str, Any], models: dict[int, Any], sites: dict[int, 
     for port, users in ports.items():
         if port and len(users) > 1:
             for loc in users[1:]:
-                report.problems.append(f"{loc}: metrics port {port} already used by {users[0]} (got {port})")
+                report.problems.append(
+                    f"{loc}: metrics port {port} already used by {users[0]} (got {port})"
+                )
+
+
+def _check_policy_units(cfg: Any, report: CheckReport) -> None:
+    """The accountant keys budgets by privacy unit: each site's policy must have the unit of
+    every model it trains, or every reservation of that model is denied (no_policy)."""
+    for s in cfg.sites:
+        if s.id in cfg.policies.sites:
+            loc = f"policies.sites.{s.id}"
+        elif s.site_class in cfg.policies.classes:
+            loc = f"policies.classes.{s.site_class}"
+        else:
+            loc = "policies.defaults"
+        policy = cfg.policy_for(s.id)
+        for model_id in s.models or [m.id for m in cfg.models]:
+            plan = cfg.model(model_id).privacy
+            if plan.mechanism != "off" and plan.unit != policy.unit:
+                report.problems.append(
+                    f"{loc}.unit: site '{s.id}' trains '{model_id}' with unit {plan.unit}, but its policy "
+                    f"is per {policy.unit}: the accountant would deny every reservation (got {policy.unit!r})"
+                )
+
+
+def _check_budgets(cfg: Any, report: CheckReport) -> None:
+    """Warn when a site's configured rounds would spend more than its policy allows.
+
+    Projection: every round of every model the site trains releases on the same windows (the
+    worst case), each round's event is the site agent's own ``round_event`` with the largest
+    held-out count m a round can have; ε by RDP at the policy's δ (an upper bound of PLD).
+    Sites with time windows and a site-level loss release (whose ε depends on m) are skipped.
+    """
+    import dp_accounting
+
+    from fairfleet.privacy.accounting import epsilon
+    from fairfleet.site_agent.release import round_event
+
+    for s in cfg.sites:
+        policy = cfg.policy_for(s.id)
+        events = []
+        for model_id in s.models or [m.id for m in cfg.models]:
+            m = cfg.model(model_id)
+            if m.privacy.mechanism == "off":
+                continue
+            if s.window.by == "time" and m.privacy.unit == "site":
+                break
+            m_max = max(1, int(s.agent.holdout_fraction * s.agent.train_windows * s.window.size))
+            event = round_event(m.privacy, m.training, m_max)
+            events.append(dp_accounting.SelfComposedDpEvent(event, m.rounds.rounds))
+        else:
+            if not events:
+                continue
+            projected = epsilon(events, policy.delta, accountant="rdp")
+            if projected > policy.epsilon_max:
+                report.warnings.append(
+                    f"sites[{cfg.sites.index(s)}]: the configured rounds would spend ε ≈ {projected:.2f} > "
+                    f"epsilon_max {policy.epsilon_max} at site '{s.id}' (worst case, same windows every "
+                    "round): the accountant will deny its later rounds"
+                )
 
 
 def _summary(cfg: Any) -> dict[str, Any]:
@@ -315,24 +396,38 @@ def _summary(cfg: Any) -> dict[str, Any]:
         },
         "models": [
             {
-                "id": m.id, "model": m.model.name, "task": m.model.task, "strategy": m.strategy.name,
-                "mode": m.rounds.mode, "rounds": m.rounds.rounds, "privacy": m.privacy.mechanism,
-                "unit": m.privacy.unit, "noise_multiplier": m.privacy.noise_multiplier,
-                "clip_norm": m.privacy.clip_norm, "gamma": m.gamma, "metrics_port": m.metrics_port,
+                "id": m.id,
+                "model": m.model.name,
+                "task": m.model.task,
+                "strategy": m.strategy.name,
+                "mode": m.rounds.mode,
+                "rounds": m.rounds.rounds,
+                "privacy": m.privacy.mechanism,
+                "unit": m.privacy.unit,
+                "noise_multiplier": m.privacy.noise_multiplier,
+                "clip_norm": m.privacy.clip_norm,
+                "gamma": m.gamma,
+                "metrics_port": m.metrics_port,
             }
             for m in cfg.models
         ],
         "sites": [
             {
-                "id": s.id, "class": s.site_class, "connector": s.connector.type,
-                "data_source": s.data_source, "models": list(s.models) or [m.id for m in cfg.models],
-                "epsilon_max": cfg.policy_for(s.id).epsilon_max, "delta": cfg.policy_for(s.id).delta,
+                "id": s.id,
+                "class": s.site_class,
+                "connector": s.connector.type,
+                "data_source": s.data_source,
+                "models": list(s.models) or [m.id for m in cfg.models],
+                "epsilon_max": cfg.policy_for(s.id).epsilon_max,
+                "delta": cfg.policy_for(s.id).delta,
                 "metrics_port": s.metrics_port,
             }
             for s in cfg.sites
         ],
         "accountant": {"db": cfg.accountant.db, "metrics_port": cfg.accountant.metrics_port},
-        "env_overrides": sorted(k for k in os.environ if k.startswith("FAIRFLEET_") and k != "FAIRFLEET_BOOTSTRAP"),
+        "env_overrides": sorted(
+            k for k in os.environ if k.startswith("FAIRFLEET_") and k != "FAIRFLEET_BOOTSTRAP"
+        ),
     }
 
 
@@ -367,7 +462,13 @@ def check_mapping(data: dict[str, Any], base_dir: Path, source: str = "config") 
     _check_fleet(data, models, sites, report)
     semantic = list(report.problems)
     # The whole-fleet validator repeats cross-reference problems as one top-level line.
-    report.problems = [line for loc, line in schema if not (loc == "(top level)" and semantic)] + semantic
+    report.problems = [
+        line for loc, line in schema if not (loc == "(top level)" and semantic)
+    ] + semantic
+    if full is not None and report.valid:
+        _check_policy_units(full, report)
+    if full is not None and report.valid:
+        _check_budgets(full, report)
     if full is not None and report.valid:
         report.summary = _summary(full)
     return report
@@ -385,25 +486,33 @@ def check_file(path: str | Path) -> CheckReport:
     except yaml.YAMLError as exc:
         return CheckReport(problems=[f"{p}: not valid YAML: {exc}"])
     if not isinstance(data, dict):
-        return CheckReport(problems=[f"{p}: the top level must be a mapping (got {type(data).__name__})"])
+        return CheckReport(
+            problems=[f"{p}: the top level must be a mapping (got {type(data).__name__})"]
+        )
     return check_mapping(data, p.parent.resolve(), str(p))
 
 
 def _print_summary(s: dict[str, Any]) -> None:
     k = s["kafka"]
     sasl = f" ({k['sasl_mechanism']})" if k["sasl_mechanism"] else ""
-    typer.echo(f"fleet {s['fleet']!r}: kafka {k['bootstrap']} {k['security_protocol']}{sasl}, {len(k['topics'])} topics "
-               f"({k['topics'][0]} ...)")
+    typer.echo(
+        f"fleet {s['fleet']!r}: kafka {k['bootstrap']} {k['security_protocol']}{sasl}, {len(k['topics'])} topics "
+        f"({k['topics'][0]} ...)"
+    )
     typer.echo(f"models ({len(s['models'])}):")
     for m in s["models"]:
-        typer.echo(f"  {m['id']:<12} {m['model']}/{m['task']}, strategy {m['strategy']}, {m['mode']} x{m['rounds']}, "
-                   f"privacy {m['privacy']} ({m['unit']}, sigma={m['noise_multiplier']}, C={m['clip_norm']}), "
-                   f"gamma={m['gamma']}, metrics :{m['metrics_port']}")
+        typer.echo(
+            f"  {m['id']:<12} {m['model']}/{m['task']}, strategy {m['strategy']}, {m['mode']} x{m['rounds']}, "
+            f"privacy {m['privacy']} ({m['unit']}, sigma={m['noise_multiplier']}, C={m['clip_norm']}), "
+            f"gamma={m['gamma']}, metrics :{m['metrics_port']}"
+        )
     typer.echo(f"sites ({len(s['sites'])}):")
     for site in s["sites"]:
-        typer.echo(f"  {site['id']:<12} class {site['class']}, connector {site['connector']}, source "
-                   f"{site['data_source']}, models {','.join(site['models'])}, eps_max={site['epsilon_max']} "
-                   f"delta={site['delta']}, metrics :{site['metrics_port']}")
+        typer.echo(
+            f"  {site['id']:<12} class {site['class']}, connector {site['connector']}, source "
+            f"{site['data_source']}, models {','.join(site['models'])}, eps_max={site['epsilon_max']} "
+            f"delta={site['delta']}, metrics :{site['metrics_port']}"
+        )
     a = s["accountant"]
     typer.echo(f"accountant: db {a['db']}, metrics :{a['metrics_port']}")
     if s["env_overrides"]:
@@ -418,8 +527,18 @@ def check_cmd(
     """Validate FILE: list every bad field and value (exit 1), else print a summary."""
     report = check_file(file)
     if as_json:
-        typer.echo(json.dumps({"file": str(file), "valid": report.valid, "problems": report.problems,
-                               "warnings": report.warnings, "summary": report.summary}, default=str))
+        typer.echo(
+            json.dumps(
+                {
+                    "file": str(file),
+                    "valid": report.valid,
+                    "problems": report.problems,
+                    "warnings": report.warnings,
+                    "summary": report.summary,
+                },
+                default=str,
+            )
+        )
     else:
         if report.valid and report.summary is not None:
             typer.echo(f"{file}: valid")

@@ -1,0 +1,212 @@
+"""Live: the real broker, the services as processes (`fairfleet up`'s launcher) and a REAL
+Prometheus server scraping them with the shipped alert rules; after a few rounds, Prometheus's
+HTTP API holds the class gap, the ε spent per site and the round counters, with sane values.
+
+The fleet is the example's `failure` model and its three simulated plants (one per site class),
+with fewer rounds and a shorter deadline; ports, topics, keys and the ledger are per test.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+pytestmark = [pytest.mark.kafka, pytest.mark.prometheus, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLE = REPO / "deploy" / "fairfleet.example.yaml"
+RULES = REPO / "deploy" / "prometheus" / "rules" / "fairfleet.yml"
+MODEL = "failure"
+SITES = ("plant-a", "plant-b", "plant-c")  # classes modern, retrofit, legacy
+ROUNDS_WANTED = 3
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _fleet_config(tmp_path: Path, prefix: str) -> Path:
+    """The example, cut down to one model and its three simulated sites."""
+    data: dict[str, Any] = yaml.safe_load(EXAMPLE.read_text())
+    model = next(m for m in data["models"] if m["id"] == MODEL)
+    # quorum = all three sites closes each round as soon as they reported; the long deadline
+    # covers the sites' start-up on a loaded machine (the aggregator opens round 0 first)
+    model["rounds"] = {"mode": "sync", "rounds": 20, "deadline_s": 120, "min_sites": 2, "quorum": 3}
+    data["models"] = [model]
+    data["sites"] = [s for s in data["sites"] if s["id"] in SITES]
+    data["policies"]["sites"] = {k: v for k, v in data["policies"]["sites"].items() if k in SITES}
+    data["kafka"]["topic_prefix"] = prefix
+    data["accountant"]["db"] = str(tmp_path / "ledger.sqlite")
+    data["state_dir"] = str(tmp_path / "state")
+    shutil.copytree(REPO / "deploy" / "keys", tmp_path / "keys")  # DEMO-ONLY keys of the example
+    for site in data["sites"]:  # relative to the config file; the temp config sits next to keys/
+        assert site["private_key_file"] == f"keys/{site['id']}.key"
+    path = tmp_path / "fleet.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+class PromAPI:
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        r = httpx.get(f"{self.url}/api/v1/query", params={"query": expr}, timeout=5)
+        r.raise_for_status()
+        body = r.json()
+        assert body["status"] == "success", body
+        return list(body["data"]["result"])
+
+    def values(self, expr: str, label: str) -> dict[str, float]:
+        return {s["metric"].get(label, ""): float(s["value"][1]) for s in self.query(expr)}
+
+    def scalar(self, expr: str) -> float | None:
+        result = self.query(expr)
+        return float(result[0]["value"][1]) if result else None
+
+
+@contextlib.contextmanager
+def _prometheus(tmp_path: Path, fleet: Any) -> Iterator[PromAPI]:
+    exe = shutil.which("prometheus")
+    assert exe, "prometheus not found on PATH: install Debian's prometheus package (make system-deps)"
+    jobs = {"accountant": "fairfleet-accountant", "aggregator": "fairfleet-aggregator", "site": "fairfleet-site-agent"}
+    scrape = [
+        {"job_name": job, "static_configs": [{"targets": [f"127.0.0.1:{s.port}" for s in fleet.of_kind(kind)]}]}
+        for kind, job in jobs.items()
+    ]
+    conf = {"global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+            "rule_files": [str(RULES)], "scrape_configs": scrape}
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(conf))
+    port = _free_port()
+    log = (tmp_path / "prometheus.log").open("wb")
+    proc = subprocess.Popen(
+        [exe, f"--config.file={tmp_path / 'prometheus.yml'}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+         f"--web.listen-address=127.0.0.1:{port}"],
+        stdout=log, stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, (tmp_path / "prometheus.log").read_text()[-3000:]
+            try:
+                if httpx.get(f"{url}/-/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "Prometheus did not become ready in 60 s"
+            time.sleep(0.3)
+        yield PromAPI(url)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+        log.close()
+
+
+@pytest.fixture
+def live(tmp_path: Path, kafka_bootstrap: str) -> Iterator[tuple[Any, PromAPI, Any]]:
+    from fairfleet.bus import connect, default_topics
+    from fairfleet.config import load_config
+    from fairfleet.launcher import launch
+
+    prefix = f"live{uuid.uuid4().hex[:8]}."
+    config = _fleet_config(tmp_path, prefix)
+    cfg = load_config(config)
+    connect(f"kafka://{kafka_bootstrap}").create_topics(default_topics(prefix, cfg.kafka.partitions))
+    env = {"FAIRFLEET_KAFKA__BOOTSTRAP": kafka_bootstrap}
+    fleet = launch(config, log_dir=tmp_path / "logs", env=env, extra_args={"aggregator": ["--keep-running"]})
+    try:
+        with _prometheus(tmp_path, fleet) as prom:
+            yield fleet, prom, cfg
+    finally:
+        fleet.stop()
+
+
+def _wait_for_rounds(prom: PromAPI, fleet: Any, timeout_s: float = 300) -> float:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        failed = fleet.failed()
+        assert not failed, "\n\n".join(f"{s.name} failed:\n{s.log_tail(30)}" for s in failed)
+        closed = prom.scalar(f'sum(fairfleet_aggregator_rounds_total{{model="{MODEL}"}})')
+        if closed is not None and closed >= ROUNDS_WANTED:
+            time.sleep(2.5)  # two more scrapes, so every service's latest values are in
+            return closed
+        if time.monotonic() > deadline:
+            logs = "\n\n".join(f"{s.name}:\n{s.log_tail(20)}" for s in fleet.services)
+            pytest.fail(f"only {closed} rounds closed in {timeout_s:g} s\n{logs}")
+        time.sleep(1)
+
+
+def test_prometheus_sees_rounds_fairness_and_privacy(live: tuple[Any, PromAPI, Any]) -> None:
+    fleet, prom, cfg = live
+    closed = _wait_for_rounds(prom, fleet)
+
+    # every service is scraped and up
+    up = prom.query('up{job=~"fairfleet-.*"}')
+    assert len(up) == 1 + 1 + len(SITES)
+    assert all(s["value"][1] == "1" for s in up), up
+
+    # round counters: closed rounds, the open round and the model version move together
+    assert closed >= ROUNDS_WANTED
+    current = prom.scalar(f'fairfleet_aggregator_current_round{{model="{MODEL}"}}')
+    version = prom.scalar(f'fairfleet_aggregator_model_version{{model="{MODEL}"}}')
+    participants = prom.scalar(f'fairfleet_aggregator_round_participants{{model="{MODEL}"}}')
+    assert current is not None and current >= closed - 1
+    assert version is not None and 1 <= version <= current + 1
+    assert participants is not None and 2 <= participants <= len(SITES)
+    joined = prom.values(f'fairfleet_site_rounds_joined_total{{model="{MODEL}"}}', "site")
+    assert set(joined) == set(SITES) and sum(joined.values()) >= 2 * ROUNDS_WANTED
+
+    # fairness: a noisy and a debiased loss per class; the gap is the bias-corrected range of the
+    # noisy class estimates, max(0, range - bias), so 0 <= gap <= range; the bound is gamma
+    noisy = prom.values(f'fairfleet_fairness_class_loss{{model="{MODEL}",estimate="noisy"}}', "class")
+    debiased = prom.values(f'fairfleet_fairness_class_loss{{model="{MODEL}",estimate="debiased"}}', "class")
+    stderr = prom.values(f'fairfleet_fairness_class_loss_stderr{{model="{MODEL}"}}', "class")
+    assert set(noisy) == set(debiased) == set(stderr) == {"modern", "retrofit", "legacy"}, noisy
+    assert all(math.isfinite(v) for v in [*noisy.values(), *debiased.values()])
+    assert all(v > 0 for v in stderr.values())
+    gap = prom.scalar(f'fairfleet_fairness_gap{{model="{MODEL}"}}')
+    assert gap is not None and math.isfinite(gap)
+    assert 0 <= gap <= max(noisy.values()) - min(noisy.values()) + 1e-9
+    worst = prom.values(f'fairfleet_fairness_worst_class{{model="{MODEL}"}} == 1', "class")
+    assert len(worst) == 1, worst
+    assert prom.scalar(f'fairfleet_fairness_gap_bound{{model="{MODEL}"}}') == pytest.approx(cfg.model(MODEL).gamma)
+
+    # privacy: every site has spent some epsilon, within its policy, and the ratio is spent/limit
+    spent = prom.values("fairfleet_privacy_epsilon_spent", "site")
+    limit = prom.values("fairfleet_privacy_epsilon_limit", "site")
+    assert set(SITES) <= set(spent), spent
+    for site in SITES:
+        assert limit[site] == pytest.approx(cfg.policy_for(site).epsilon_max)
+        assert 0 < spent[site] <= limit[site]
+    ratio_error = prom.scalar("max(abs(fairfleet_privacy_budget_used_ratio - fairfleet_privacy_epsilon_spent "
+                              "/ fairfleet_privacy_epsilon_limit))")
+    assert ratio_error is not None and ratio_error < 1e-9
+    assert prom.values(f'fairfleet_site_privacy_enabled{{model="{MODEL}"}}', "site") == dict.fromkeys(SITES, 1.0)
+    site_side = prom.values(f'fairfleet_site_epsilon_spent{{model="{MODEL}"}}', "site")
+    assert set(site_side) == set(SITES) and all(0 < v <= limit[k] for k, v in site_side.items())
+
+    # the shipped rules load in a real server, and none of the "broken" alerts fire
+    rules = httpx.get(f"{prom.url}/api/v1/rules", timeout=5).json()["data"]["groups"]
+    loaded = {r["name"]: r["health"] for g in rules for r in g["rules"]}
+    assert {"ServiceDown", "FairnessGapAboveBound", "PrivacyBudgetExhausted"} <= set(loaded)
+    assert set(loaded.values()) == {"ok"}, loaded
+    firing = prom.query('ALERTS{alertname=~"ServiceDown|SitePrivacyDisabled|PrivacyBudgetExhausted"}')
+    assert firing == [], firing
+
+    fleet.stop()
+    assert fleet.failed() == [], [s.name for s in fleet.failed()]  # clean SIGTERM exits
