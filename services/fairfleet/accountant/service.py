@@ -169,7 +169,7 @@ class AccountantService:
             rows = self._apply_event(msg, env)
             self.metrics.events_applied.inc()
         self.store.save(rows, offsets)
-        self.applied.update(offsets)
+        self.applied = {**self.applied, **offsets}  # replaced, never mutated: HTTP reads it
         if request is not None and decision is not None:
             self._answer(request, decision)
         for key in {row[2].key for row in rows}:

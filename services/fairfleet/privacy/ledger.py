@@ -344,7 +344,12 @@ class Ledger:
         return self._pld_cache[key]
 
     def budgets(self, site: str | None = None, accountant: str = "rdp") -> list[dict[str, Any]]:
-        """One row per ledger: spent (committed), reserved (with pending), limit, remaining."""
+        """One row per ledger: spent (committed), reserved (with pending), limit, remaining.
+
+        With ``accountant="pld"`` the PLD figures are computed after the lock is released (from
+        copies), so a slow report never delays a reservation.
+        """
+        pld_jobs: list[tuple[dict[str, Any], list[Leaves], float]] = []
         with self._lock:
             counts = Counter((e.record.key, e.state) for e in self._events.values())
             rows = []
@@ -354,7 +359,7 @@ class Ledger:
                 source = self._sources[key]
                 policy = self.policy_for(key)
                 delta = policy.delta if policy else REPORT_DELTA
-                spent = self.epsilon(key, delta, accountant)
+                spent = self.epsilon(key, delta, "rdp")
                 with_pending = self.epsilon(key, delta, "rdp", pending=True)
                 limit = policy.epsilon_max if policy else None
                 row: dict[str, Any] = {
@@ -379,7 +384,15 @@ class Ledger:
                         self._site_unit_total(key.site, pending=False), delta
                     )
                 rows.append(row)
-            return rows
+                if accountant == "pld":
+                    pld_jobs.append((row, [Counter(g.committed) for g in source.segments], delta))
+        for row, segments, delta in pld_jobs:
+            spent = max((self._pld(leaves, delta) for leaves in segments), default=0.0)
+            limit = row["epsilon_limit"]
+            row["epsilon_spent"] = spent
+            row["epsilon_remaining"] = None if limit is None else limit - spent
+            row["budget_used_ratio"] = None if limit is None else spent / limit
+        return rows
 
     def snapshot(self) -> dict[str, Any]:
         """A canonical, comparable view of the whole ledger (for replay checks)."""

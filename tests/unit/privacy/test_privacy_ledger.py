@@ -284,3 +284,16 @@ def test_replaying_the_same_log_gives_the_same_ledger() -> None:
         EventState.COMMITTED: 24,
         EventState.CANCELLED: 6,
     }
+
+
+def test_pld_report_is_tighter_than_rdp_admission() -> None:
+    ledger = Ledger(GENEROUS)
+    for n in range(3):
+        r = rec(f"e{n}", n, n + 1, event=dpsgd_event(0.04, 1.5, 750))
+        ledger.reserve(r)
+        ledger.commit(r)
+    rdp_row, pld_row = ledger.budgets()[0], ledger.budgets(accountant="pld")[0]
+    assert pld_row["accountant"] == "pld"
+    assert 0 < pld_row["epsilon_spent"] < rdp_row["epsilon_spent"]
+    assert pld_row["epsilon_remaining"] == pytest.approx(1e6 - pld_row["epsilon_spent"])
+    assert pld_row["epsilon_spent"] == pytest.approx(ledger.epsilon(key(), DELTA, "pld"), rel=1e-12)
