@@ -7,14 +7,18 @@ from pathlib import Path
 
 import typer
 
-site_app = typer.Typer(help="The site agent: connectors, local training, private releases.", no_args_is_help=True)
+site_app = typer.Typer(
+    help="The site agent: connectors, local training, private releases.", no_args_is_help=True
+)
 
 
 @site_app.command("run")
 def run_cmd(
     config: Path = typer.Option(..., "--config", help="The fleet config (YAML)."),
     site: str = typer.Option(..., "--site", help="Site id (sites[].id in the config)."),
-    metrics_port: int | None = typer.Option(None, "--metrics-port", help="0 = a free port; default from config."),
+    metrics_port: int | None = typer.Option(
+        None, "--metrics-port", help="0 = a free port; default from config."
+    ),
 ) -> None:
     """Serve one site until SIGTERM/SIGINT."""
     import logging
@@ -31,7 +35,11 @@ def run_cmd(
     cfg = load_config(config)
     agent = SiteAgent(cfg, site)
     port = cfg.site(site).metrics_port if metrics_port is None else metrics_port
-    server = serve(agent.metrics.registry, port, routes={"/rounds": lambda _: agent.rounds_json()})
+    server = serve(
+        agent.metrics.registry,
+        port,
+        routes={"/rounds": lambda _: agent.rounds_json(), "/data": lambda _: agent.data_json()},
+    )
     event(logger, "metrics listening", port=server.port)
     stop = threading.Event()
 
@@ -49,7 +57,9 @@ def run_cmd(
 
 @site_app.command("keygen")
 def keygen_cmd(
-    out: Path | None = typer.Option(None, "--out", help="Write the private key (hex) to this file (mode 600)."),
+    out: Path | None = typer.Option(
+        None, "--out", help="Write the private key (hex) to this file (mode 600)."
+    ),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Print a fresh Ed25519 keypair (public key for the config, private key for the site)."""
@@ -74,7 +84,9 @@ def connectors_cmd(as_json: bool = typer.Option(False, "--json")) -> None:
     """List the connector types (built-ins and installed plugins)."""
     from fairfleet.connectors import available_connectors
 
-    known = {name: f"{cls.__module__}.{cls.__qualname__}" for name, cls in available_connectors().items()}
+    known = {
+        name: f"{cls.__module__}.{cls.__qualname__}" for name, cls in available_connectors().items()
+    }
     if as_json:
         typer.echo(json.dumps(known))
     else:

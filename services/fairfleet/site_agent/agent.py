@@ -165,6 +165,21 @@ class SiteAgent:
         """Local per-round state (for the /rounds route): "model/round" -> status and reason."""
         return {k: {"status": v.status, "reason": v.reason} for k, v in self.store.all().items()}
 
+    def data_json(self) -> dict[str, Any]:
+        """The data side (for the /data route): connector progress, windows, rejects by reason."""
+        progress = self.stream.connector.progress()
+        closed = self.stream.windower.closed_windows()
+        return {
+            "connector": self.site.connector.type,
+            "rows_read": progress.rows_read,
+            "position": progress.position,
+            "finished": progress.finished,
+            "accepted": self.stream.windower.accepted,
+            "rejected": dict(self.stream.rejected),
+            "windows_closed": self.stream.windower.closed_count,
+            "windows_retained": [w.window_id for w in closed],
+        }
+
     def close(self) -> None:
         self.io.close()
         self.stream.connector.close()

@@ -118,6 +118,11 @@ def test_a_round_is_reserved_trained_signed_noised_and_committed_once(setup: Any
     (budget,) = accountant.budgets("s1")
     assert budget["events_committed"] == 1 and budget["epsilon_spent"] == pytest.approx(6.298, abs=0.01)
     assert metric(agent, "fairfleet_site_epsilon_spent", site="s1", model="m1") == pytest.approx(6.298, abs=0.01)
+    data = agent.data_json()
+    assert data["accepted"] == 80 and data["windows_retained"] == [0, 1, 2, 3] and data["rejected"] == {}
+    assert metric(agent, "fairfleet_site_observations_read_total", site="s1") == 80
+    assert metric(agent, "fairfleet_site_windows_total", site="s1") == 4
+    assert agent.rounds_json() == {"m1/0": {"status": "published", "reason": ""}}
 
 
 def test_restart_in_the_committing_state_resolves_from_the_bus(setup: Any) -> None:
