@@ -31,7 +31,7 @@ from pydantic import ValidationError
 from fairfleet.accountant.metrics import AccountantMetrics
 from fairfleet.accountant.store import LedgerStore, Row
 from fairfleet.bus import Bus, Envelope, Publisher, Reader, topic_name
-from fairfleet.errors import BusError, FairfleetError
+from fairfleet.errors import BusError, ConfigError, FairfleetError
 from fairfleet.log import event
 from fairfleet.messages import (
     DeadLetter,
@@ -41,7 +41,7 @@ from fairfleet.messages import (
 )
 from fairfleet.metrics import MetricsServer, serve
 from fairfleet.privacy.events import LedgerKey, PrivacyRecord
-from fairfleet.privacy.ledger import Decision, EventState
+from fairfleet.privacy.ledger import REPORT_DELTA, Decision, EventState
 from fairfleet.privacy.policy import PolicySet
 
 logger = logging.getLogger(__name__)
@@ -56,6 +56,13 @@ class AccountantOptions:
     kafka_commit_interval_s: float = 1.0
     lag_interval_s: float = 2.0
     consume_requests: bool = True  # False: replay privacy.events only (rebuild)
+    reported_accountant: str = "rdp"  # gauges and /budgets default; "pld" refreshes in background
+
+    def __post_init__(self) -> None:
+        if self.reported_accountant not in ("rdp", "pld"):
+            raise ConfigError(
+                f"reported_accountant must be rdp or pld. Found {self.reported_accountant!r}."
+            )
 
 
 class AccountantService:
@@ -87,6 +94,16 @@ class AccountantService:
         self.publisher = Publisher(bus.producer())
         self.reader = Reader(consumer, "accountant", on_dead_letter=self._dead_letter)
         self.http: MetricsServer | None = None
+        self._dirty: set[LedgerKey] = set()
+        self._dirty_lock = threading.Lock()
+        self._dirty_event = threading.Event()
+        self._closing = threading.Event()
+        self._reporter: threading.Thread | None = None
+        if self.options.reported_accountant == "pld":
+            self._reporter = threading.Thread(
+                target=self._report_loop, name="pld-report", daemon=True
+            )
+            self._reporter.start()
         self._last_kafka_commit = 0.0
         self._last_lag = 0.0
         for key in self.ledger.ledger_keys():
@@ -113,7 +130,7 @@ class AccountantService:
 
     def budgets_json(self, params: dict[str, str]) -> dict[str, Any]:
         """Read-only: every ledger (or one site's) with spent, limit and remaining ε."""
-        accountant = params.get("accountant", "rdp")
+        accountant = params.get("accountant", self.options.reported_accountant)
         if accountant not in ("rdp", "pld"):
             raise ValueError(f"accountant must be rdp or pld. Found {accountant!r}.")
         return {
@@ -269,9 +286,33 @@ class AccountantService:
             )
 
     def _refresh(self, key: LedgerKey) -> None:
+        """Gauges of one ledger: RDP at once (an upper bound); PLD later if that is reported."""
         policy = self.ledger.policy_for(key)
         spent = self.ledger.epsilon(key, policy.delta if policy else None)
         self.metrics.set_ledger(key, spent, policy.epsilon_max if policy else None)
+        if self.options.reported_accountant == "pld":
+            with self._dirty_lock:
+                self._dirty.add(key)
+            self._dirty_event.set()
+
+    def _report_loop(self) -> None:
+        """Background: recompute the PLD figure of changed ledgers (never blocks the protocol)."""
+        while not self._closing.is_set():
+            self._dirty_event.wait(1.0)
+            self._dirty_event.clear()
+            with self._dirty_lock:
+                keys, self._dirty = self._dirty, set()
+            for key in keys:
+                policy = self.ledger.policy_for(key)
+                delta = policy.delta if policy else REPORT_DELTA
+                try:
+                    spent = self.ledger.reported_epsilon(key, delta, "pld")
+                except Exception as exc:  # a report must never kill the service
+                    event(
+                        logger, "PLD report failed", logging.WARNING, key=str(key), error=str(exc)
+                    )
+                    continue
+                self.metrics.set_ledger(key, spent, policy.epsilon_max if policy else None)
 
     def _commit_kafka(self) -> None:
         positions = self.reader.safe_offsets()
@@ -300,6 +341,10 @@ class AccountantService:
         self._dead_letter(dead_letter_for("accountant", reason, detail, env.record))
 
     def close(self) -> None:
+        self._closing.set()
+        self._dirty_event.set()
+        if self._reporter is not None:
+            self._reporter.join(30)
         if self.http is not None:
             self.http.close()
         try:

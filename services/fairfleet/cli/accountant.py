@@ -30,6 +30,11 @@ def run_cmd(
     ),
     metrics_host: str | None = typer.Option(None, "--metrics-host"),
     prefix: str | None = typer.Option(None, "--prefix", help="Topic name prefix."),
+    reported_accountant: str | None = typer.Option(
+        None,
+        "--reported-accountant",
+        help="rdp or pld for the gauges and /budgets (config default).",
+    ),
     group_id: str | None = typer.Option(
         None, "--group-id", help="Consumer group (default: derived from the database's id)."
     ),
@@ -50,6 +55,7 @@ def run_cmd(
 
     configure("accountant")
     client_config: dict[str, str] = {}
+    reported = "rdp"
     if config is not None:
         from fairfleet.config import load_config
 
@@ -63,6 +69,7 @@ def run_cmd(
         metrics_port = cfg.accountant.metrics_port if metrics_port is None else metrics_port
         metrics_host = metrics_host or cfg.metrics_host
         policy = policy or config
+        reported = cfg.accountant.reported_accountant
     if bootstrap is None or policy is None:
         raise ConfigError("Give --config FLEET.yaml, or --bootstrap and --policy.")
     policies = load_policies(policy)
@@ -71,6 +78,7 @@ def run_cmd(
         group_id=group_id,
         metrics_port=9100 if metrics_port is None else metrics_port,
         metrics_host=metrics_host or "127.0.0.1",
+        reported_accountant=reported_accountant or reported,
     )
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -333,6 +333,15 @@ class Ledger:
                 return max((self._pld(leaves, delta) for leaves in segments), default=0.0)
             return max((self._eps(leaves, delta) for leaves in segments), default=0.0)
 
+    def reported_epsilon(self, key: LedgerKey, delta: float, accountant: str = "pld") -> float:
+        """Committed ε of a ledger for reports; PLD is computed from copies outside the lock."""
+        if accountant != "pld":
+            return self.epsilon(key, delta, accountant)
+        with self._lock:
+            source = self._sources.get(key)
+            segments = [Counter(seg.committed) for seg in source.segments] if source else []
+        return max((self._pld(leaves, delta) for leaves in segments), default=0.0)
+
     def _pld(self, leaves: Leaves, delta: float) -> float:
         if not leaves:
             return 0.0
@@ -388,6 +397,7 @@ class Ledger:
                     pld_jobs.append((row, [Counter(g.committed) for g in source.segments], delta))
         for row, segments, delta in pld_jobs:
             spent = max((self._pld(leaves, delta) for leaves in segments), default=0.0)
+            row["epsilon_spent_rdp"] = row["epsilon_spent"]
             limit = row["epsilon_limit"]
             row["epsilon_spent"] = spent
             row["epsilon_remaining"] = None if limit is None else limit - spent

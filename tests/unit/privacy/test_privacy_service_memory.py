@@ -1,0 +1,103 @@
+"""The accountant service over the in-process bus: protocol, metrics, PLD reporting, fail closed."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from fairfleet.accountant.service import AccountantOptions, AccountantService
+from fairfleet.bus import Publisher, Reader, connect, default_topics, topic_name
+from fairfleet.errors import ConfigError
+from fairfleet.messages import (
+    PrivacyEventMessage,
+    PrivacyGrant,
+    PrivacyReservationRequest,
+    WindowRange,
+)
+from fairfleet.privacy.accounting import epsilon
+from fairfleet.privacy.events import dp_event_to_json, dpsgd_event
+from fairfleet.privacy.policy import Policy, PolicySet
+
+PLAN = dpsgd_event(0.04, 1.5, 750)
+LABELS = {"site": "s1", "source": "line", "unit": "observation"}
+
+
+def fields(event_id: str, **extra: object) -> dict[str, object]:
+    return {
+        "event_id": event_id,
+        "site": "s1",
+        "source": "line",
+        "unit": "observation",
+        "model_id": "m",
+        "windows": WindowRange(first=0, last=2),
+        "dp_event": dp_event_to_json(PLAN),
+        **extra,
+    }
+
+
+def run_until(service: AccountantService, done, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not done() and time.monotonic() < deadline:
+        service.step(0.05)
+    assert done()
+
+
+def test_service_protocol_metrics_and_pld_report(tmp_path: Path) -> None:
+    bus = connect(f"memory://{uuid.uuid4().hex}")
+    bus.create_topics(default_topics())
+    one = epsilon(PLAN, 1e-5)
+    policies = PolicySet(default=Policy(epsilon_max=one * 1.05, delta=1e-5))
+    service = AccountantService(
+        bus,
+        tmp_path / "l.sqlite",
+        policies,
+        AccountantOptions(metrics_port=None, reported_accountant="pld"),
+    )
+    publisher = Publisher(bus.producer())
+    grants = Reader(bus.consumer("t", [topic_name("privacy.grants")]), "t")
+    for eid in ("a", "b"):
+        publisher.send(topic_name("privacy.requests"), PrivacyReservationRequest(**fields(eid)))
+    publisher.send(
+        topic_name("privacy.requests"),
+        PrivacyReservationRequest(**fields("bad", dp_event={"class_name": "Nope"})),
+    )
+    answers: dict[str, PrivacyGrant] = {}
+
+    def collect() -> bool:
+        env = grants.poll(0.0)
+        if env is not None and isinstance(env.message, PrivacyGrant):
+            answers[env.message.event_id] = env.message
+        return len(answers) == 3
+
+    run_until(service, collect)
+    assert answers["a"].granted and not answers["b"].granted
+    assert answers["b"].reason.startswith("over_budget") and answers["bad"].reason.startswith(
+        "invalid"
+    )
+    publisher.send(
+        topic_name("privacy.events"), PrivacyEventMessage(action="commit", **fields("a"))
+    )
+    sample = service.metrics.registry.get_sample_value
+    run_until(service, lambda: sample("fairfleet_privacy_events_applied_total") == 1)
+    # the RDP figure is set at once; the background reporter replaces it with the tighter PLD one
+    pld = epsilon(PLAN, 1e-5, "pld")
+    deadline = time.monotonic() + 30
+    while sample("fairfleet_privacy_epsilon_spent", LABELS) != pytest.approx(pld, rel=1e-9):
+        assert time.monotonic() < deadline, sample("fairfleet_privacy_epsilon_spent", LABELS)
+        time.sleep(0.1)
+    assert pld < one
+    assert sample("fairfleet_privacy_denials_total", {"site": "s1", "reason": "over_budget"}) == 1
+    assert sample("fairfleet_privacy_denials_total", {"site": "s1", "reason": "invalid"}) == 1
+    budgets = service.budgets_json({})
+    assert budgets["accountant"] == "pld" and budgets["budgets"][0][
+        "epsilon_spent"
+    ] == pytest.approx(pld)
+    service.close()
+
+
+def test_options_validate() -> None:
+    with pytest.raises(ConfigError, match="Found 'gdp'"):
+        AccountantOptions(reported_accountant="gdp")
