@@ -71,7 +71,7 @@ def decompose_cmd(
     table = Table(title=f"{doc['fleet']}: J(θ11) − J(θ*) = four terms (mean [95% CI] over {seeds} seeds)")
     table.add_column("risk")
     for t in TERMS:
-        table.add_column(TERM_LABELS[t], justify="right")
+        table.add_column(t, justify="right")
     table.add_column("dominant")
     for risk in risk_order(doc):
         cells = []

@@ -160,6 +160,10 @@ def plot_sweep(doc: dict[str, Any], path: Path) -> bool:
                 if all(s["ci_low"] is not None for s in stats):
                     ax.fill_between(xs, [s["ci_low"] for s in stats], [s["ci_high"] for s in stats],
                                     color=TERM_COLOURS[term], alpha=0.15)
+            values = [abs(p["terms"][risk][t]["mean"]) for p in points for t in TERM_LABELS]
+            if max(values) > 0.5 and max(values) > 20 * sorted(values)[len(values) // 2]:
+                # One sweep point dwarfs the rest: linear near 0, logarithmic beyond.
+                ax.set_yscale("symlog", linthresh=0.02, linscale=0.7)
             if key == "epsilon":
                 from matplotlib.ticker import FixedLocator, NullLocator
 
@@ -169,7 +173,8 @@ def plot_sweep(doc: dict[str, Any], path: Path) -> bool:
                 ax.set_xticks(xs, [f"{x:g}" for x in xs])
             ax.axhline(0, color="black", linewidth=0.8)
             ax.set_xlabel(xlabel)
-            ax.set_ylabel("term (excess test loss)")
+            scale = " — symlog scale" if ax.get_yscale() == "symlog" else ""
+            ax.set_ylabel(f"term (excess test loss{scale})")
             other = f"γ={fixed:g}" if key == "epsilon" else f"ε={fixed:g}"
             ax.set_title(f"{risk_label(risk)} risk: terms vs {key} ({other})")
             ax.legend(fontsize=8, frameon=False)
