@@ -273,12 +273,17 @@ def run_simulation(
         for k in chosen:
             site = data.sites[int(k)]
             seed = _seed_for(cfg.seed, t, int(k)) % (2**62)
-            losses = _softmax_ce(theta, site.x_train, site.y_train, n_classes)
             if mechanism is None:
-                loss = NoisyStat(float(losses.mean()), 0.0, site.n_train)
+                loss = None
+                if strategy.requires_losses:  # without DP nothing is released unless used
+                    losses = _softmax_ce(theta, site.x_train, site.y_train, n_classes)
+                    loss = NoisyStat(float(losses.mean()), 0.0, site.n_train)
                 delta = local_sgd(theta, site, cfg, n_classes, seed)
                 noise_std, clip = 0.0, None
             else:
+                # under DP both releases happen every round, whatever the strategy uses, so every
+                # strategy runs under the same calibrated z (the 2×2 factorial compares like this)
+                losses = _softmax_ce(theta, site.x_train, site.y_train, n_classes)
                 rng = np.random.default_rng(seed)
                 released = noisy_bounded_mean(
                     losses, 0.0, cfg.loss_bound, z * site.n_train, rng, m=site.n_train
