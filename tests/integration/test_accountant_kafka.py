@@ -293,3 +293,54 @@ def test_a_fresh_database_reads_from_zero_and_a_stale_one_fails_closed(
         while time.monotonic() < deadline:
             stale.step(0.5)
     stale.close()
+
+
+def test_operator_cancel_frees_a_stale_reservation(
+    kafka_bootstrap: str, kafka_topics: str, tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from fairfleet.cli import app
+    from fairfleet.privacy.ledger import EventState
+
+    prefix = kafka_topics
+    policies = PolicySet(default=Policy(epsilon_max=_single_eps(1) * 1.01, delta=DELTA))
+    bus = connect(f"kafka://{kafka_bootstrap}")
+    service = AccountantService(
+        bus, tmp_path / "l.sqlite", policies, AccountantOptions(prefix=prefix, metrics_port=None)
+    )
+    publisher = Publisher(bus.producer())
+    publisher.send(
+        topic_name("privacy.requests", prefix), PrivacyReservationRequest(**_fields("gone", "m1"))
+    )
+    publisher.producer.flush()
+    deadline = time.monotonic() + 60
+    while service.ledger.state("gone") is not EventState.RESERVED and time.monotonic() < deadline:
+        service.step(0.2)
+    result = CliRunner().invoke(
+        app,
+        [
+            "accountant",
+            "cancel",
+            "--event-id",
+            "gone",
+            "--site",
+            "plant-1",
+            "--source",
+            "line-a",
+            "--unit",
+            "observation",
+            "--bootstrap",
+            kafka_bootstrap,
+            "--prefix",
+            prefix,
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    while service.ledger.state("gone") is not EventState.CANCELLED and time.monotonic() < deadline:
+        service.step(0.2)
+    assert service.ledger.state("gone") is EventState.CANCELLED
+    assert service.ledger.reserve(
+        PrivacyRecord.from_message(PrivacyReservationRequest(**_fields("next", "m2")))
+    ).granted
+    service.close()

@@ -117,5 +117,40 @@ def rebuild_cmd(
         typer.echo(f"rebuilt {len(budgets)} ledgers into {db}")
 
 
+@accountant_app.command("cancel")
+def cancel_cmd(
+    event_id: str = typer.Option(..., "--event-id", help="The reservation to free."),
+    site: str = typer.Option(..., "--site"),
+    source: str = typer.Option(..., "--source"),
+    unit: str = typer.Option(..., "--unit", help="observation or site"),
+    bootstrap: str = BOOTSTRAP,
+    prefix: str = PREFIX,
+) -> None:
+    """Free a reservation whose release will never happen (e.g. a site agent that is gone).
+
+    Publishes a ``cancel`` to privacy.events, so it is in the replayable log. Safe: if the
+    release did happen after all, its commit is still charged.
+    """
+    from fairfleet.bus import Publisher, connect, topic_name
+    from fairfleet.errors import ConfigError
+    from fairfleet.messages import PrivacyEventMessage, WindowRange
+
+    if unit not in ("observation", "site"):
+        raise ConfigError(f"Unit must be observation or site. Found {unit!r}.")
+
+    message = PrivacyEventMessage(
+        event_id=event_id,
+        action="cancel",
+        site=site,
+        source=source,
+        unit=unit,
+        model_id="",
+        windows=WindowRange(first=0, last=0),
+    )
+    publisher = Publisher(connect(f"kafka://{bootstrap}").producer())
+    publisher.send_sync(topic_name("privacy.events", prefix), message, key=site)
+    typer.echo(f"cancel of {event_id} published to {topic_name('privacy.events', prefix)}")
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(accountant_app, name="accountant")
