@@ -121,6 +121,7 @@ class Packed:
         self.y_test = np.concatenate([s.y_test for s in data.sites])
         self.n_test = np.array([s.n_test for s in data.sites])
         self.off_test = np.concatenate([[0], np.cumsum(self.n_test)[:-1]])
+        self._xy: np.ndarray | None = None
 
     def split(self, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(W (…, o, d), b (…, o)) views of a flat θ (or a stack of them)."""
@@ -160,14 +161,19 @@ class Packed:
         outputs are written as o−1 elementwise ops (numpy reduces a short inner axis slowly).
         """
         k, o, d = len(self.n_train), self.o, self.d
-        w = np.repeat(theta[: o * d].reshape(1, o, d), k, axis=0)
-        b = np.repeat(theta[o * d :].reshape(1, o), k, axis=0)
-        sizes = self.n_train[:, None].astype(np.float64)
+        if self._xy is None:  # [x, 1, y] per row: one gather per step brings features, bias, label
+            self._xy = np.concatenate(
+                [self.x_train, np.ones((len(self.y_train), 1), np.float32),
+                 self.y_train.astype(np.float32)[:, None]], axis=1)
+        wb = np.empty((k, o, d + 1), dtype=np.float32)
+        wb[:, :, :d] = theta[: o * d].reshape(o, d)
+        wb[:, :, d] = theta[o * d :]
+        low = self.off_train[:, None]
+        high = low + self.n_train[:, None]
         for _ in range(steps):
-            idx = self.off_train[:, None] + (rng.random((k, batch)) * sizes).astype(np.int64)
-            xb, yb = self.x_train[idx], self.y_train[idx]  # (k, B, d), (k, B)
-            out = np.matmul(w, xb.transpose(0, 2, 1))
-            out += b[:, :, None]
+            rows = self._xy[rng.integers(low, high, size=(k, batch))]  # (k, B, d + 2)
+            xb, yb = rows[:, :, : d + 1], rows[:, :, d + 1]
+            out = np.matmul(wb, xb.transpose(0, 2, 1))  # (k, o, B)
             if self.task == "regression":
                 out -= yb[:, None, :]
                 out *= 2.0
@@ -184,9 +190,8 @@ class Packed:
                 for j in range(o):  # minus the one-hot label (cheaper than a fancy-index write)
                     out[:, j] -= yb == j
             out *= lr / batch
-            w -= np.matmul(out, xb)
-            b -= out.sum(axis=2)
-        new = np.concatenate([w.reshape(k, -1), b], axis=1)
+            wb -= np.matmul(out, xb)
+        new = np.concatenate([wb[:, :, :d].reshape(k, -1), wb[:, :, d]], axis=1)
         return (new - theta).astype(np.float32)
 
 

@@ -15,11 +15,13 @@ def packed() -> Packed:
     return Packed(fleet_data("demo", seed=0))
 
 
-def _reference_sgd(packed: Packed, theta: np.ndarray, steps: int, batch: int, lr: float,
-                   rng: np.random.Generator) -> np.ndarray:
+def _reference_sgd(
+    packed: Packed, theta: np.ndarray, steps: int, batch: int, lr: float, rng: np.random.Generator
+) -> np.ndarray:
     """Site by site, example by example gradients of the mean cross-entropy (no batching)."""
     k_sites, o, d = len(packed.n_train), packed.o, packed.d
-    draws = [rng.random((k_sites, batch)) for _ in range(steps)]
+    low = packed.off_train[:, None]
+    draws = [rng.integers(low, low + packed.n_train[:, None], size=(k_sites, batch)) for _ in range(steps)]
     out = []
     for k in range(k_sites):
         w = theta[: o * d].reshape(o, d).astype(np.float64).copy()
@@ -27,7 +29,7 @@ def _reference_sgd(packed: Packed, theta: np.ndarray, steps: int, batch: int, lr
         for u in draws:
             gw, gb = np.zeros_like(w), np.zeros_like(b)
             for j in range(batch):
-                i = packed.off_train[k] + int(u[k, j] * packed.n_train[k])
+                i = int(u[k, j])
                 x, y = packed.x_train[i].astype(np.float64), int(packed.y_train[i])
                 logits = w @ x + b
                 p = np.exp(logits - logits.max())
@@ -72,7 +74,9 @@ def test_history_has_class_risks_and_gap(packed: Packed) -> None:
     result = train_federated(packed, TrainConfig(rounds=2, local_steps=2, gamma=0.0), seed=0)
     last = result.history[-1]
     assert set(last["classes"]) == {"modern", "retrofit", "legacy"}
-    assert last["gap"] == pytest.approx(max(last["classes"].values()) - min(last["classes"].values()))
+    assert last["gap"] == pytest.approx(
+        max(last["classes"].values()) - min(last["classes"].values())
+    )
     assert "lambda" in last
 
 
