@@ -27,7 +27,9 @@ FAST = TrainConfig(rounds=4, local_steps=5)
 
 @pytest.fixture(scope="module")
 def doc() -> dict:
-    cfg = DecomposeConfig("demo", epsilons=(1.0, 16.0), gammas=(0.05,), seeds=4, train=FAST, workers=1)
+    cfg = DecomposeConfig(
+        "demo", epsilons=(1.0, 16.0), gammas=(0.05,), seeds=4, train=FAST, workers=1
+    )
     return decompose(cfg)
 
 
@@ -37,11 +39,17 @@ def test_terms_sum_to_theta11_minus_oracle_per_seed(doc: dict) -> None:
             r = seed["risks"]
             for risk in ["fleet", "worst_class", *doc["classes"]]:
                 terms = four_terms({c: r[c][risk] for c in CONFIGS})
-                assert sum(terms.values()) == pytest.approx(r["theta11"][risk] - r["oracle"][risk], abs=1e-12)
+                assert sum(terms.values()) == pytest.approx(
+                    r["theta11"][risk] - r["oracle"][risk], abs=1e-12
+                )
         # and the reported means are the means of the per-seed terms
-        per_seed = [four_terms({c: s["risks"][c]["fleet"] for c in CONFIGS}) for s in point["per_seed"]]
+        per_seed = [
+            four_terms({c: s["risks"][c]["fleet"] for c in CONFIGS}) for s in point["per_seed"]
+        ]
         for term in TERMS:
-            assert point["terms"]["fleet"][term]["mean"] == pytest.approx(np.mean([p[term] for p in per_seed]))
+            assert point["terms"]["fleet"][term]["mean"] == pytest.approx(
+                np.mean([p[term] for p in per_seed])
+            )
 
 
 def test_privacy_cost_grows_as_epsilon_shrinks(doc: dict) -> None:
@@ -66,7 +74,9 @@ def test_document_has_every_risk_term_and_a_dominant_term(doc: dict) -> None:
         assert doc["dominant"][risk] == max(TERMS, key=lambda t: abs(doc["terms"][risk][t]["mean"]))
     assert len(doc["per_seed"]) == 4 and set(doc["per_seed"][0]["risks"]) == set(CONFIGS)
     hist = doc["history"]["theta11"]
-    assert len(hist["rounds"]) == FAST.rounds and hist["epsilon_spent"][-1] == pytest.approx(1.0, rel=0.01)
+    assert len(hist["rounds"]) == FAST.rounds and hist["epsilon_spent"][-1] == pytest.approx(
+        1.0, rel=0.01
+    )
     json.dumps(doc)  # JSON-ready
 
 
@@ -93,9 +103,27 @@ def test_cli_writes_json_and_report(tmp_path) -> None:
     out = tmp_path / "d.json"
     result = CliRunner().invoke(
         app,
-        ["decompose", "--fleet", "demo", "--seeds", "2", "--rounds", "2", "--local-steps", "2",
-         "--epsilon", "4", "--gamma", "0.05,0.1", "--workers", "2", "--json", str(out),
-         "--report", str(tmp_path / "report")],
+        [
+            "decompose",
+            "--fleet",
+            "demo",
+            "--seeds",
+            "2",
+            "--rounds",
+            "2",
+            "--local-steps",
+            "2",
+            "--epsilon",
+            "4",
+            "--gamma",
+            "0.05,0.1",
+            "--workers",
+            "2",
+            "--json",
+            str(out),
+            "--report",
+            str(tmp_path / "report"),
+        ],
     )
     assert result.exit_code == 0, result.output
     doc = json.loads(out.read_text())
