@@ -55,7 +55,9 @@ broker-status:
 demo: install system-deps jars
 	$(FF) demo --report demo-report
 
+# Flower is a benchmark-only comparison; its pins clash with ours, so it goes in without deps.
 bench: install jars
+	$(PY) -m pip install --quiet --no-deps -r bench/requirements-flower.txt
 	scripts/with-broker.sh $(PY) -m bench.run
 
 clean:

@@ -70,11 +70,14 @@ def serve(
                 self._send(404, "application/json", b'{"error": "not found"}')
 
         def _send(self, code: int, content_type: str, body: bytes) -> None:
-            self.send_response(code)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            try:
+                self.send_response(code)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+            except (BrokenPipeError, ConnectionResetError):
+                return  # the scraper gave up (timeout); nothing to answer
 
         def log_message(self, format: str, *args: Any) -> None:  # quiet: services log JSON
             return
