@@ -107,7 +107,7 @@ def test_semantic_errors_are_all_listed(tmp_path: Path) -> None:
     data["sites"][0]["private_key_file"] = "keys/plant-b.key"           # not plant-a's key
     data["sites"][1]["metrics_port"] = 9301                              # collides with plant-a
     del data["models"][1]["privacy"]["sampling_rate"]                    # DP-SGD needs q
-    data["models"][0]["privacy"]["unit"] = "observation"                 # update-level is site-level
+    data["models"][0]["privacy"].update(mechanism="update", unit="observation")  # update = site-level
     data["models"][0]["model"]["params"]["hiden"] = [8]                  # model factory rejects it
     data["models"][1]["rounds"]["min_sites"] = 9                         # only 4 sites train it
     data["models"][1]["rounds"]["quorum"] = 9
