@@ -11,27 +11,26 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import typer
 
+from fairfleet.cli._config_checks import (
+    CheckReport,
+    check_budgets,
+    check_connector,
+    check_fleet,
+    check_model,
+    check_policy_units,
+    check_site,
+    shown,
+)
+
+__all__ = ["CheckReport", "check_file", "check_mapping"]
+
 config_app = typer.Typer(help="Validate the fleet configuration.", no_args_is_help=True)
-
-
-@dataclass
-class CheckReport:
-    """Outcome of a config check: problems (invalid), warnings (valid but suspicious), summary."""
-
-    problems: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-    summary: dict[str, Any] | None = None
-
-    @property
-    def valid(self) -> bool:
-        return not self.problems
 
 
 def _loc(parts: Iterable[Any]) -> str:
@@ -41,345 +40,14 @@ def _loc(parts: Iterable[Any]) -> str:
     return out or "(top level)"
 
 
-def _shown(value: Any) -> str:
-    text = repr(value) if not isinstance(value, dict | list) else json.dumps(value, default=str)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
 def _schema_problems(exc: Any) -> list[tuple[str, str]]:
     """(location, 'loc: message (got value)') for every pydantic error."""
     out = []
     for err in exc.errors():
         loc = _loc(err["loc"])
         msg = str(err["msg"]).removeprefix("Value error, ")
-        out.append((loc, f"{loc}: {msg} (got {_shown(err.get('input'))})"))
+        out.append((loc, f"{loc}: {msg} (got {shown(err.get('input'))})"))
     return out
-
-
-def _unknown_keys(raw: Any, model: Any, where: str) -> list[str]:
-    """Keys a lenient (extra='ignore') message model would silently drop: typos."""
-    if not isinstance(raw, dict):
-        return []
-    known = set(model.model_fields)
-    return [
-        f"{where}.{key}: unknown field (got {_shown(raw[key])}; known: {', '.join(sorted(known))})"
-        for key in raw
-        if key not in known
-    ]
-
-
-def _check_model(i: int, raw: dict[str, Any], report: CheckReport) -> None:
-    """Semantic checks of models[i] (its schema already validated)."""
-    from fairfleet.config import ModelConfig
-    from fairfleet.errors import ConfigError
-    from fairfleet.fairness.registry import build_strategy
-    from fairfleet.learning.models import available_models, build_model
-
-    where = f"models[{i}]"
-    m = ModelConfig.model_validate(raw)
-    if m.model.name not in available_models():
-        report.problems.append(
-            f"{where}.model.name: unknown model {m.model.name!r} (available: {', '.join(available_models())})"
-        )
-    else:
-        try:
-            build_model(m.model.name, **m.model.params)
-        except (ConfigError, TypeError, ValueError) as exc:
-            report.problems.append(f"{where}.model.params: {exc} (got {_shown(m.model.params)})")
-    try:
-        build_strategy(m.strategy.name, **m.strategy.params)
-    except ConfigError as exc:
-        loc = "name" if "Unknown strategy" in str(exc) or "does not name" in str(exc) else "params"
-        got = m.strategy.name if loc == "name" else m.strategy.params
-        report.problems.append(f"{where}.strategy.{loc}: {exc} (got {_shown(got)})")
-    except (TypeError, ValueError) as exc:
-        report.problems.append(f"{where}.strategy.params: {exc} (got {_shown(m.strategy.params)})")
-    p = m.privacy
-    if p.mechanism == "dpsgd" and p.sampling_rate is None:
-        report.problems.append(
-            f"{where}.privacy.sampling_rate: DP-SGD needs an explicit Poisson sampling rate (got None)"
-        )
-    if p.mechanism == "update" and p.unit == "observation":
-        report.problems.append(
-            f"{where}.privacy.unit: the whole-update Gaussian mechanism protects a site, not one "
-            "observation; use unit: site or mechanism: dpsgd (got 'observation')"
-        )
-    if p.mechanism == "dpsgd" and p.unit == "site":
-        report.warnings.append(
-            f"{where}.privacy.unit: DP-SGD protects observations; 'site' undersells it"
-        )
-    if p.mechanism == "off":
-        report.warnings.append(f"{where}.privacy.mechanism: PRIVACY IS OFF for model '{m.id}'")
-    elif p.noise_multiplier == 0:
-        report.warnings.append(
-            f"{where}.privacy.noise_multiplier: 0 adds no noise (model '{m.id}')"
-        )
-    if m.rounds.quorum < m.rounds.min_sites:
-        report.problems.append(
-            f"{where}.rounds.quorum: must be >= min_sites ({m.rounds.min_sites}) (got {m.rounds.quorum})"
-        )
-    gamma_param = m.strategy.params.get("gamma")
-    if gamma_param is not None and gamma_param != m.gamma:
-        report.warnings.append(
-            f"{where}.gamma: {m.gamma} differs from strategy.params.gamma {gamma_param}; dashboards "
-            "and alerts use gamma"
-        )
-
-
-def _check_site(i: int, raw: dict[str, Any], base_dir: Path, report: CheckReport) -> None:
-    """Semantic checks of sites[i]: key pair, connector type."""
-    from fairfleet.config import SiteConfig
-    from fairfleet.errors import ConfigError
-    from fairfleet.signing import load_private, load_public
-
-    where = f"sites[{i}]"
-    s = SiteConfig.model_validate(raw)
-    try:
-        load_public(s.public_key)
-    except ConfigError:
-        report.problems.append(
-            f"{where}.public_key: not an Ed25519 public key (got {_shown(s.public_key)})"
-        )
-        return
-    if s.private_key_file:
-        path = Path(s.private_key_file).expanduser()
-        path = path if path.is_absolute() else base_dir / path
-        if not path.is_file():
-            report.warnings.append(
-                f"{where}.private_key_file: {str(path)!r} not found here (site agent '{s.id}' needs it on its machine)"
-            )
-        else:
-            from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-
-            try:
-                key = load_private(str(path))
-            except ConfigError:
-                report.problems.append(
-                    f"{where}.private_key_file: {str(path)!r} holds no hex Ed25519 key"
-                )
-            else:
-                public = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw).hex()
-                if public != s.public_key.lower():
-                    report.problems.append(
-                        f"{where}.private_key_file: {str(path)!r} is not the private key of public_key "
-                        f"{s.public_key[:16]}... (it belongs to {public[:16]}...)"
-                    )
-    available = _available_connectors()
-    if available is not None and s.connector.type not in available:
-        report.problems.append(
-            f"{where}.connector.type: unknown connector {s.connector.type!r} (available: {', '.join(available)})"
-        )
-
-
-def _connector_schema(s: Any) -> tuple[list[str], list[str], str | None] | None:
-    """(features, targets, task of the targets if known) the site's connector delivers.
-
-    Raises ConfigError if its params are bad; None when the connector declares no schema here.
-    """
-    from fairfleet.connectors.base import ObservationSchema
-
-    params = s.connector.params
-    if s.connector.type == "simulator":
-        from fairfleet.sim.fleet import load_fleet
-
-        fleet = load_fleet(str(params.get("fleet", "demo")))
-        fleet.site(str(params.get("site", s.id)))
-        # the simulator connector delivers the fleet's task target only
-        return list(fleet.feature_names), list(fleet.target_names[:1]), str(fleet.task)
-    if "fields" in params or s.connector.type in ("files", "sql"):
-        schema = ObservationSchema.from_params(params)
-        return list(schema.features), list(schema.targets), None
-    return None
-
-
-def _check_connector(i: int, s: Any, models: dict[str, Any], report: CheckReport) -> None:
-    """The connector's params describe a usable schema that fits every model it feeds.
-
-    The site agent trains every model a site serves on the connector's targets, so their count
-    must match the model (one label for classification, out_features values for regression).
-    """
-    from fairfleet.errors import ConfigError
-
-    try:
-        schema = _connector_schema(s)
-    except (ConfigError, OSError) as exc:
-        report.problems.append(
-            f"sites[{i}].connector.params: {exc} (got {_shown(s.connector.params)})"
-        )
-        return
-    if schema is None:
-        return
-    features, targets, task = schema
-    for model_id in s.models or list(models):
-        m = models.get(model_id)
-        if m is None:
-            continue
-        width = m.model.params.get("in_features")
-        if isinstance(width, int) and width != len(features):
-            report.problems.append(
-                f"sites[{i}].connector: delivers {len(features)} features but model '{model_id}' has "
-                f"in_features {width} (got {features})"
-            )
-        if task is not None and task != m.model.task:
-            report.problems.append(
-                f"sites[{i}].connector.params: fleet {s.connector.params.get('fleet', 'demo')!r} has a "
-                f"{task} target {targets} but model '{model_id}' is {m.model.task} (got {_shown(s.connector.params)})"
-            )
-        outputs = 1 if m.model.task == "classification" else m.model.params.get("out_features", 1)
-        if len(targets) != outputs:
-            report.problems.append(
-                f"sites[{i}].connector.params.target: {len(targets)} target(s) but model '{model_id}' "
-                f"({m.model.task}) trains on {outputs} (got {targets})"
-            )
-
-
-def _available_connectors() -> list[str] | None:
-    """Names the connector registry knows, or None while no registry exists."""
-    import importlib
-
-    try:
-        module = importlib.import_module("fairfleet.connectors")
-    except ImportError:
-        return None
-    lister: Callable[[], Iterable[str]] | None = getattr(module, "available_connectors", None)
-    return sorted(lister()) if lister is not None else None
-
-
-def _raw_items(data: dict[str, Any], key: str) -> list[dict[str, Any]]:
-    items = data.get(key)
-    return [x if isinstance(x, dict) else {} for x in items] if isinstance(items, list) else []
-
-
-def _check_fleet(
-    data: dict[str, Any], models: dict[int, Any], sites: dict[int, Any], report: CheckReport
-) -> None:
-    """Cross-references: ids, site.models, policies, ports, quorum vs serving sites.
-
-    Ids and references are read from the raw mapping, so an entry with an unrelated schema
-    error still counts as defined (no knock-on "unknown model" lines).
-    """
-    from fairfleet.messages import LocalTrainingPlan, ModelSpec, PrivacyPlan
-
-    raw_models, raw_sites = _raw_items(data, "models"), _raw_items(data, "sites")
-    model_ids = [m.get("id") for m in raw_models]
-    for i, raw in enumerate(raw_models):
-        if model_ids.count(raw.get("id")) > 1 and raw.get("id") is not None:
-            report.problems.append(f"models[{i}].id: duplicate model id (got {raw.get('id')!r})")
-        for key, cls in (
-            ("model", ModelSpec),
-            ("training", LocalTrainingPlan),
-            ("privacy", PrivacyPlan),
-        ):
-            report.problems += _unknown_keys(raw.get(key), cls, f"models[{i}].{key}")
-    site_ids = [s.get("id") for s in raw_sites]
-    for i, raw in enumerate(raw_sites):
-        if site_ids.count(raw.get("id")) > 1 and raw.get("id") is not None:
-            report.problems.append(f"sites[{i}].id: duplicate site id (got {raw.get('id')!r})")
-        refs = raw.get("models")
-        for j, ref in enumerate(refs if isinstance(refs, list) else []):
-            if ref not in model_ids:
-                report.problems.append(
-                    f"sites[{i}].models[{j}]: unknown model {ref!r} (known: {model_ids})"
-                )
-    keys = [s.public_key.lower() for s in sites.values()]
-    for i, s in sites.items():
-        if keys.count(s.public_key.lower()) > 1:
-            report.problems.append(
-                f"sites[{i}].public_key: shared with another site (site {s.id!r})"
-            )
-    classes = {s.site_class for s in sites.values()}
-    policies = data.get("policies") if isinstance(data.get("policies"), dict) else {}
-    for sid in (policies or {}).get("sites") or {}:
-        if sid not in site_ids:
-            report.problems.append(f"policies.sites.{sid}: no such site (known: {site_ids})")
-    for cls in (policies or {}).get("classes") or {}:
-        if cls not in classes:
-            report.warnings.append(
-                f"policies.classes.{cls}: no site has class {cls!r} (classes: {sorted(classes)})"
-            )
-    for i, m in models.items():
-        serving = [s for s in sites.values() if not s.models or m.id in s.models]
-        if sites and m.rounds.min_sites > len(serving):
-            report.problems.append(
-                f"models[{i}].rounds.min_sites: only {len(serving)} sites train '{m.id}' (got {m.rounds.min_sites})"
-            )
-        elif sites and m.rounds.quorum > len(serving):
-            report.warnings.append(
-                f"models[{i}].rounds.quorum: {m.rounds.quorum} > {len(serving)} sites training '{m.id}'; "
-                "every round waits for its deadline"
-            )
-    ports: dict[int, list[str]] = {}
-    acc = data.get("accountant") if isinstance(data.get("accountant"), dict) else None
-    acc_port = (acc or {}).get("metrics_port", 9100)
-    if isinstance(acc_port, int):
-        ports.setdefault(acc_port, []).append("accountant.metrics_port")
-    for i, m in models.items():
-        ports.setdefault(m.metrics_port, []).append(f"models[{i}].metrics_port")
-    for i, s in sites.items():
-        ports.setdefault(s.metrics_port, []).append(f"sites[{i}].metrics_port")
-    for port, users in ports.items():
-        if port and len(users) > 1:
-            for loc in users[1:]:
-                report.problems.append(
-                    f"{loc}: metrics port {port} already used by {users[0]} (got {port})"
-                )
-
-
-def _check_policy_units(cfg: Any, report: CheckReport) -> None:
-    """The accountant keys budgets by privacy unit: each site's policy must have the unit of
-    every model it trains, or every reservation of that model is denied (no_policy)."""
-    for s in cfg.sites:
-        if s.id in cfg.policies.sites:
-            loc = f"policies.sites.{s.id}"
-        elif s.site_class in cfg.policies.classes:
-            loc = f"policies.classes.{s.site_class}"
-        else:
-            loc = "policies.defaults"
-        policy = cfg.policy_for(s.id)
-        for model_id in s.models or [m.id for m in cfg.models]:
-            plan = cfg.model(model_id).privacy
-            if plan.mechanism != "off" and plan.unit != policy.unit:
-                report.problems.append(
-                    f"{loc}.unit: site '{s.id}' trains '{model_id}' with unit {plan.unit}, but its policy "
-                    f"is per {policy.unit}: the accountant would deny every reservation (got {policy.unit!r})"
-                )
-
-
-def _check_budgets(cfg: Any, report: CheckReport) -> None:
-    """Warn when a site's configured rounds would spend more than its policy allows.
-
-    Projection: every round of every model the site trains releases on the same windows (the
-    worst case), each round's event is the site agent's own ``round_event`` with the largest
-    held-out count m a round can have; ε by RDP at the policy's δ (an upper bound of PLD).
-    Sites with time windows and a site-level loss release (whose ε depends on m) are skipped.
-    """
-    import dp_accounting
-
-    from fairfleet.privacy.accounting import epsilon
-    from fairfleet.site_agent.release import round_event
-
-    for s in cfg.sites:
-        policy = cfg.policy_for(s.id)
-        events = []
-        for model_id in s.models or [m.id for m in cfg.models]:
-            m = cfg.model(model_id)
-            if m.privacy.mechanism == "off":
-                continue
-            if s.window.by == "time" and m.privacy.unit == "site":
-                break
-            m_max = max(1, int(s.agent.holdout_fraction * s.agent.train_windows * s.window.size))
-            event = round_event(m.privacy, m.training, m_max)
-            events.append(dp_accounting.SelfComposedDpEvent(event, m.rounds.rounds))
-        else:
-            if not events:
-                continue
-            projected = epsilon(events, policy.delta, accountant="rdp")
-            if projected > policy.epsilon_max:
-                report.warnings.append(
-                    f"sites[{cfg.sites.index(s)}]: the configured rounds would spend ε ≈ {projected:.2f} > "
-                    f"epsilon_max {policy.epsilon_max} at site '{s.id}' (worst case, same windows every "
-                    "round): the accountant will deny its later rounds"
-                )
 
 
 def _summary(cfg: Any) -> dict[str, Any]:
@@ -454,21 +122,21 @@ def check_mapping(data: dict[str, Any], base_dir: Path, source: str = "config") 
             except ValidationError:
                 continue  # already in the schema problems
     for i in models:
-        _check_model(i, data["models"][i], report)
+        check_model(i, data["models"][i], report)
     by_id = {m.id: m for m in models.values()}
     for i in sites:
-        _check_site(i, data["sites"][i], base_dir, report)
-        _check_connector(i, sites[i], by_id, report)
-    _check_fleet(data, models, sites, report)
+        check_site(i, data["sites"][i], base_dir, report)
+        check_connector(i, sites[i], by_id, report)
+    check_fleet(data, models, sites, report)
     semantic = list(report.problems)
     # The whole-fleet validator repeats cross-reference problems as one top-level line.
     report.problems = [
         line for loc, line in schema if not (loc == "(top level)" and semantic)
     ] + semantic
     if full is not None and report.valid:
-        _check_policy_units(full, report)
+        check_policy_units(full, report)
     if full is not None and report.valid:
-        _check_budgets(full, report)
+        check_budgets(full, report)
     if full is not None and report.valid:
         report.summary = _summary(full)
     return report
