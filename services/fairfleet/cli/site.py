@@ -60,15 +60,27 @@ def keygen_cmd(
     out: Path | None = typer.Option(
         None, "--out", help="Write the private key (hex) to this file (mode 600)."
     ),
+    force: bool = typer.Option(
+        False, "--force", help="Overwrite an existing --out file (its old key is lost)."
+    ),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Print a fresh Ed25519 keypair (public key for the config, private key for the site)."""
+    import os
+
+    from fairfleet.errors import ConfigError
     from fairfleet.signing import generate_keypair, key_id
 
+    if out is not None and out.exists() and not force:
+        # A site's key is its identity: overwriting it silently locks the site out of the fleet.
+        raise ConfigError(
+            f"Key file already exists: '{out}'. Refusing to overwrite it; pass --force to replace it."
+        )
     private, public = generate_keypair()
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.touch(mode=0o600)
+        os.chmod(out, 0o600)  # touch keeps the mode of an existing file (--force)
         out.write_text(private + "\n")
     result = {"public_key": public, "key_id": key_id(public)}
     result.update({"private_key_file": str(out)} if out is not None else {"private_key": private})

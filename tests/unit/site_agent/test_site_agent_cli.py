@@ -34,6 +34,20 @@ def test_keygen_writes_the_private_key_to_a_private_file(tmp_path: Path) -> None
     load_private(str(key_file))  # a valid key
 
 
+def test_keygen_refuses_to_overwrite_a_key_file_unless_forced(tmp_path: Path) -> None:
+    key_file = tmp_path / "s.key"
+    key_file.write_text("old key\n")
+    out = CliRunner().invoke(app, ["site", "keygen", "--out", str(key_file), "--json"])
+    assert out.exit_code != 0
+    assert str(key_file) in str(out.exception) and "--force" in str(out.exception)
+    assert key_file.read_text() == "old key\n"
+    forced = CliRunner().invoke(app, ["site", "keygen", "--out", str(key_file), "--force", "--json"])
+    assert forced.exit_code == 0, forced.output
+    assert key_file.read_text() != "old key\n"
+    assert key_file.stat().st_mode & 0o077 == 0
+    load_private(str(key_file))
+
+
 def test_connectors_lists_the_builtins() -> None:
     out = CliRunner().invoke(app, ["site", "connectors", "--json"])
     assert out.exit_code == 0, out.output
