@@ -260,10 +260,7 @@ def accountant_args(config: str, cfg: Any) -> list[str]:
         return ["accountant", "run", "--config", config]
     args = ["accountant", "run", "--bootstrap", cfg.kafka.bootstrap, "--policy", config]
     if "db" in options:
-        db = Path(cfg.accountant.db)
-        if not db.is_absolute():
-            db = Path(config).parent / db
-        args += ["--db", str(db)]
+        args += ["--db", str(cfg.resolve_path(cfg.accountant.db))]
     if "prefix" in options:
         args += ["--prefix", cfg.kafka.topic_prefix]
     return args

@@ -64,8 +64,7 @@ def run_cmd(
         client_config = cfg.kafka.client_config()
         prefix = prefix or cfg.kafka.topic_prefix
         if db is None:
-            db = Path(cfg.accountant.db)
-            db = db if db.is_absolute() else config.parent / db
+            db = cfg.resolve_path(cfg.accountant.db)  # relative to the config's folder
         metrics_port = cfg.accountant.metrics_port if metrics_port is None else metrics_port
         metrics_host = metrics_host or cfg.metrics_host
         policy = policy or config
