@@ -1,10 +1,12 @@
 """`fairfleet up`: run a whole fleet config as local processes.
 
-``launch(config_path)`` starts, in this order, the accountant (``fairfleet accountant run``), one
-aggregator per model (``fairfleet aggregator run --model M``) and every site agent (``fairfleet
-site run --site S``), each on a free metrics port the launcher picks (``--metrics-port N``), so
-that several fleets can share a machine. Each service logs JSON lines on stderr; the launcher
-sends them to ``<log_dir>/<name>.log`` and waits until every ``/metrics`` answers. The returned :class:`Fleet` scrapes metrics and stops everything:
+``launch(config_path)`` creates the topics (``fairfleet topics create``, idempotent), then
+starts, in this order, the accountant (``fairfleet accountant run``), one aggregator per model
+(``fairfleet aggregator run --model M``) and every site agent (``fairfleet site run --site S``),
+each on a free metrics port the launcher picks (``--metrics-port N``), so that several fleets can
+share a machine. Each service logs JSON lines on stderr; the launcher sends them to
+``<log_dir>/<name>.log`` and waits until every ``/metrics`` answers. The returned :class:`Fleet`
+scrapes metrics and stops everything:
 SIGTERM to sites first, then aggregators, then the accountant (so that nothing publishes to a
 service that has gone), SIGKILL after a grace period.
 
@@ -316,7 +318,7 @@ def launch(
     env: dict[str, str] | None = None,
     extra_args: dict[str, list[str]] | None = None,
 ) -> Fleet:
-    """Start every service of the config and wait for their /metrics; stop all on failure.
+    """Create the topics, start every service and wait for their /metrics; stop all on failure.
 
     ``extra_args`` adds options per kind (``{"aggregator": ["--keep-running"]}``).
     """
@@ -324,6 +326,7 @@ def launch(
     logs = Path(log_dir) if log_dir is not None else path.resolve().parent / "logs"
     fleet = Fleet(path, logs, plan(path, logs, extra_args))
     child_env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
+    create_topics(path, logs, child_env, ready_timeout_s)
     try:
         accountant = fleet.accountant
         _start(accountant, child_env)
@@ -343,6 +346,33 @@ def launch(
         fleet.stop(grace_s=5.0)
         raise
     return fleet
+
+
+def create_topics(config_path: Path, log_dir: Path, env: dict[str, str], timeout_s: float) -> None:
+    """``fairfleet topics create --config FILE`` as a child, so it sees the services' environment
+    (``FAIRFLEET_*`` overrides passed to :func:`launch`); LaunchError if it fails."""
+    creator = Service(
+        "topics",
+        "topics",
+        [
+            *fairfleet_command(),
+            *["topics", "create", "--config", str(config_path.resolve())],
+            *["--wait-s", f"{timeout_s:g}"],
+        ],
+        log_dir / "topics.log",
+    )
+    _start(creator, env)
+    assert creator.process is not None
+    try:
+        code = creator.process.wait(timeout=timeout_s + 30.0)
+    except subprocess.TimeoutExpired:
+        creator.process.kill()
+        code = creator.process.wait()
+    if code != 0:
+        raise LaunchError(
+            f"Creating the topics failed (code {code}). Last log lines ({creator.log_path}):\n"
+            f"{creator.log_tail()}"
+        )
 
 
 def _accepts_budgets_url() -> bool:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import typer
@@ -20,27 +19,12 @@ def create_cmd(
     """Create every default topic under the config's prefix (existing topics are kept as they are)."""
     from rich.console import Console
 
-    from fairfleet.bus import connect, default_topics
     from fairfleet.config import load_config
-    from fairfleet.errors import BusError
+    from fairfleet.topics import create_fleet_topics
 
     cfg = load_config(config)
-    specs = default_topics(cfg.kafka.topic_prefix, cfg.kafka.partitions)
-    deadline = time.monotonic() + wait_s
-    attempt = 0
-    with Console(stderr=True).status(f"creating {len(specs)} topics on {cfg.kafka.bootstrap}..."):
-        while True:
-            attempt += 1
-            try:
-                connect(cfg.bus_url(), cfg.kafka.client_config()).create_topics(specs)
-                break
-            except Exception as exc:  # the broker may still be starting: retry until the deadline
-                if time.monotonic() >= deadline:
-                    raise BusError(
-                        f"Could not create topics on {cfg.kafka.bootstrap} after {attempt} attempts: {exc}"
-                    ) from exc
-                time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
-    names = [s.name for s in specs]
+    with Console(stderr=True).status(f"creating the topics on {cfg.kafka.bootstrap}..."):
+        names = create_fleet_topics(cfg, wait_s)
     if as_json:
         typer.echo(json.dumps({"bootstrap": cfg.kafka.bootstrap, "topics": names}))
     else:

@@ -116,15 +116,6 @@ def write_demo_config(work_dir: Path, bootstrap: str, settings: DemoSettings) ->
     return path
 
 
-def create_topics(config_path: Path) -> None:
-    from fairfleet.bus import connect, default_topics
-    from fairfleet.config import load_config
-
-    cfg = load_config(config_path)
-    bus = connect(cfg.bus_url(), cfg.kafka.client_config())
-    bus.create_topics(default_topics(cfg.kafka.topic_prefix, cfg.kafka.partitions))
-
-
 def read_models(config_path: Path, model_id: str = MODEL_ID, idle_s: float = 3.0) -> list[tuple[int, int, Any, Any]]:
     """Every (version, round, model spec, state dict) of ``model_id`` on the ``models`` topic."""
     import uuid
@@ -274,7 +265,6 @@ def run_demo(
             bootstrap = broker.start(broker_dir).bootstrap
         assert bootstrap is not None
         config = write_demo_config(work, bootstrap, settings)
-        create_topics(config)
         say(0, settings.rounds, "starting the accountant, the aggregator and 6 site agents")
         fleet = launch(config, log_dir=work / "logs", extra_args={"aggregator": ["--keep-running"]})
         recorder = DemoRecorder()

@@ -22,6 +22,12 @@ name = args[args.index("--site") + 1] if "--site" in args else (
     args[args.index("--model") + 1] if "--model" in args else kind)
 out = sys.argv[0] + ".events"
 import os
+if kind == "topics":  # `fairfleet topics create --config FILE --wait-s S`
+    with open(sys.argv[0] + ".topics", "a") as f:
+        f.write(" ".join(args) + "\n")
+    sys.exit(5 if os.environ.get("FAKE_TOPICS_FAIL") else 0)
+if not os.path.exists(sys.argv[0] + ".topics"):
+    sys.exit(4)  # started before the topics were created
 if kind == "site" and name == "plant-f" and os.environ.get("FAKE_FAIL"):
     sys.exit(3)
 reg = CollectorRegistry()
@@ -78,3 +84,23 @@ def test_a_service_that_dies_fails_the_launch_and_the_rest_is_stopped(
     assert time.monotonic() - started < 60
     events = (fake.parent / (fake.name + ".events")).read_text().split("\n")
     assert sum("accountant" in e for e in events) == 1  # stopped cleanly, not left running
+
+
+def test_launch_creates_the_topics_before_any_service(tmp_path: Path, fake: Path) -> None:
+    config = write_demo_config(tmp_path / "work", "127.0.0.1:1", DemoSettings(rounds=2))
+    fleet = launch(config, log_dir=tmp_path / "logs", ready_timeout_s=60)
+    fleet.stop()
+    assert all(s.returncode() == 0 for s in fleet.services)  # none found the topics missing
+    calls = (fake.parent / (fake.name + ".topics")).read_text().splitlines()
+    assert len(calls) == 1
+    assert calls[0].startswith(f"topics create --config {config.resolve()} --wait-s ")
+
+
+def test_failing_topic_creation_fails_the_launch_before_any_service(
+    tmp_path: Path, fake: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAKE_TOPICS_FAIL", "1")
+    config = write_demo_config(tmp_path / "work", "127.0.0.1:1", DemoSettings(rounds=2))
+    with pytest.raises(LaunchError, match="Creating the topics failed \\(code 5\\)"):
+        launch(config, log_dir=tmp_path / "logs", ready_timeout_s=60)
+    assert not (tmp_path / "logs" / "accountant.log").exists()
