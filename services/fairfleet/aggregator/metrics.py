@@ -52,6 +52,11 @@ class AggregatorMetrics:
             "fairfleet_aggregator_round_open_seconds", "Seconds since the open round opened.",
             m, registry=r,
         )
+        self.extensions = Counter(
+            "fairfleet_aggregator_round_extensions",
+            "Re-announcements of an open sync round whose deadline passed below min_sites.",
+            m, registry=r,
+        )
         self.deadline_seconds = Gauge(
             "fairfleet_aggregator_round_deadline_seconds", "Announced deadline (s).", m, registry=r
         )
@@ -78,7 +83,7 @@ class AggregatorMetrics:
         info = Gauge("fairfleet_service_info", "Service info.", ["service", "version"], registry=r)
         info.labels(SERVICE, __version__).set(1)
         self.gap_bound.labels(model).set(gamma)
-        for metric in (self.rounds, self.accepted, self.late):
+        for metric in (self.rounds, self.accepted, self.late, self.extensions):
             metric.labels(model)
 
     def reject(self, reason: str) -> None:

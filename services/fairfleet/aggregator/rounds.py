@@ -2,8 +2,10 @@
 
 Sync: close at ``max(quorum, min_sites)`` accepted updates, or at the deadline with at least
 ``min_sites``; below ``min_sites`` the round stays open past its deadline (the stall alert
-watches ``round_open_seconds > round_deadline_seconds``). Async: close every ``async_buffer``
-accepted updates.
+watches ``round_open_seconds > round_deadline_seconds``) and is re-announced every
+``deadline_s`` (same round and model version, fresh ``opened_at``; :func:`reannounce_due`) so
+that sites which skipped it as expired, or started late, can still join. Async: close every
+``async_buffer`` accepted updates.
 """
 
 from __future__ import annotations
@@ -29,6 +31,17 @@ def round_due(
         return True
     now = time.time() if now is None else now
     return buffered >= ann.min_sites and now - ann.opened_at >= ann.deadline_s
+
+
+def reannounce_due(
+    ann: RoundAnnouncement | None, buffered: int, announced_at: float, now: float | None = None
+) -> bool:
+    """Whether the open sync round ``ann``, last (re-)announced at ``announced_at``, is stalled:
+    a deadline has passed since then with fewer than ``min_sites`` accepted updates."""
+    if ann is None or ann.mode != "sync" or buffered >= ann.min_sites:
+        return False
+    now = time.time() if now is None else now
+    return now - announced_at >= ann.deadline_s
 
 
 def announcement(model: ModelConfig, strategy: str, round_: int, version: int) -> RoundAnnouncement:

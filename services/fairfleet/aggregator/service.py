@@ -16,6 +16,11 @@ A failure in 2–7 aborts, rewinds the consumer to its committed offsets and dro
 buffer (the round's updates are read again). A crash anywhere leaves the last committed
 checkpoint and offsets, which agree; the restart re-reads the open round's updates from there.
 Nothing is committed while a round is open, so no transaction spans a long round.
+
+A sync round whose deadline passes below ``min_sites`` is re-announced (``_reannounce``): the
+checkpoint's announcement with a fresh ``opened_at``, sent by the plain producer outside any
+transaction. It changes no committed state (the checkpoint keeps the first announcement, which
+still decides when the round may close), so a replay after a crash only re-announces again.
 """
 
 from __future__ import annotations
@@ -34,7 +39,12 @@ from fairfleet.aggregator.budgets import BudgetClient
 from fairfleet.aggregator.checkpoint import Checkpoint, publish_checkpoint, read_checkpoint
 from fairfleet.aggregator.crash import CRASH_ENV, CrashHook
 from fairfleet.aggregator.metrics import SERVICE, AggregatorMetrics
-from fairfleet.aggregator.rounds import announcement, round_due, strategy_params
+from fairfleet.aggregator.rounds import (
+    announcement,
+    reannounce_due,
+    round_due,
+    strategy_params,
+)
 from fairfleet.aggregator.validation import (
     Rejection,
     check_identity,
@@ -55,7 +65,7 @@ from fairfleet.learning.tensors import (
     unflatten,
 )
 from fairfleet.log import event
-from fairfleet.messages import DeadLetter, ModelRelease
+from fairfleet.messages import DeadLetter, ModelRelease, new_id
 from fairfleet.messages import SiteUpdate as SiteUpdateMessage
 from fairfleet.metrics import MetricsServer, serve
 
@@ -123,6 +133,7 @@ class Aggregator:
         self._buffer: dict[tuple[str, int], SiteUpdate] = {}
         self._server: MetricsServer | None = None
         self._last_lag = 0.0
+        self._announced_at = 0.0  # when the open round was last (re-)announced
 
     # -- set-up ---------------------------------------------------------------------------------
     def _initial_weights(self) -> dict[str, torch.Tensor]:
@@ -166,6 +177,7 @@ class Aggregator:
                   round=restored.round, finished=restored.finished)
         self._theta = self._flat(self.ckpt.weights)
         self._state = self.ckpt.strategy_state
+        self._announced_at = self.ckpt.announcement.opened_at if self.ckpt.announcement else 0.0
         if self.options.metrics_port is not None:
             self._server = serve(self.metrics.registry, self.options.metrics_port,
                                  routes={"/status": lambda _q: self.status()})
@@ -232,6 +244,10 @@ class Aggregator:
         due = round_due(self.ckpt.announcement, len(self._buffer), self.model_cfg.rounds.async_buffer)
         if not self.ckpt.finished and due:
             self._close_round()
+        elif not self.ckpt.finished and reannounce_due(
+            self.ckpt.announcement, len(self._buffer), self._announced_at
+        ):
+            self._reannounce()
         self._update_gauges()
 
     def close(self) -> None:
@@ -354,9 +370,33 @@ class Aggregator:
         self._commit_failures = 0
         self.ckpt, self._theta, self._state = ckpt, new_theta, result.new_state
         self._buffer = {}
+        self._announced_at = ckpt.announcement.opened_at if ckpt.announcement else 0.0
         self.last_report = self.metrics.round_closed(ann.opened_at, updates, result.diagnostics)
         event(logger, "round closed", model=self.model_id, round=ann.round, version=version,
               participants=len(updates), finished=finished)
+
+    def _reannounce(self) -> None:
+        """Announce the stalled open round again (same round and version, fresh opened_at).
+
+        Outside the round transaction (plain producer), so committed state is untouched; sites
+        dedupe by (site, model, round), so one that already published ignores it.
+        """
+        ann = self.ckpt.announcement
+        assert ann is not None
+        now = time.time()
+        self._announced_at = now  # also after a failure: retry after another deadline
+        again = ann.model_copy(update={"opened_at": now, "created_at": now, "message_id": new_id()})
+        try:
+            self._dl_publisher.send_sync(self.topics["rounds"], again, key=self.model_id)
+        except BusError as exc:
+            event(logger, "round re-announcement failed", logging.ERROR, model=self.model_id,
+                  round=ann.round, error=str(exc))
+            return
+        self.metrics.extensions.labels(self.model_id).inc()
+        event(logger, "round re-announced: deadline passed below min_sites", logging.WARNING,
+              model=self.model_id, round=ann.round, version=ann.model_version,
+              buffered=len(self._buffer), min_sites=ann.min_sites, deadline_s=ann.deadline_s,
+              first_opened_at=ann.opened_at)
 
     def _commit(self, ckpt: Checkpoint, send_offsets: bool) -> None:
         """One transaction: model release, next announcement, checkpoint, consumer offsets."""

@@ -3,7 +3,9 @@
 Per RoundAnnouncement (model M, round r, version v) — the order is the protocol of
 fairfleet.messages (fail closed at every step):
 
-1. dedupe: a terminal local state for (M, r) ends here; ``committing`` is resolved from
+1. dedupe: a final local state for (M, r) ends here (published, or skipped — except a skip
+   before any reservation for a passing reason such as ``expired``, which a re-announcement of
+   the round retries; see site_agent.state); ``committing`` is resolved from
    ``privacy.events`` (was our commit written?) before anything else;
 2. check: not expired, the announced model spec and privacy plan equal the site's config (the
    platform cannot lower a site's privacy), closed windows exist, ModelRelease(M, v) arrives;
@@ -50,7 +52,7 @@ from fairfleet.signing import load_private, sign
 from fairfleet.site_agent import release as rel
 from fairfleet.site_agent.bus_side import SERVICE, AgentBus, Interrupted, OutcomeUnknown
 from fairfleet.site_agent.metrics import SiteMetrics
-from fairfleet.site_agent.state import TERMINAL, RoundStateStore
+from fairfleet.site_agent.state import RoundStateStore, is_final
 
 logger = logging.getLogger(__name__)
 
@@ -152,6 +154,7 @@ class SiteAgent:
         """Read new data and models; handle at most one round announcement."""
         self.stream.poll()
         self._poll_models(0.0)
+        self.io.keep_alive()
         env = self.io.rounds.poll(self.opts.poll_interval_s if timeout is None else timeout)
         if env is not None and isinstance(env.message, RoundAnnouncement):
             self.handle(env.message)
@@ -220,9 +223,12 @@ class SiteAgent:
         state = self.store.get(model_id, rnd)
         if state is not None and state.status == "committing":
             state = self._resolve_committing(model_id, rnd, eid)
-        if state is not None and state.status in TERMINAL:
+        if is_final(state):
             self.io.commit_rounds()
             return
+        if state is not None and state.status == "skipped":
+            event(logger, "joining a re-announced round skipped before", site=site,
+                  model=model_id, round=rnd, skipped_for=state.reason)
         try:
             self._join(ann, eid)
         except Skip as skip:

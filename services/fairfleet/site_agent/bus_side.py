@@ -69,6 +69,18 @@ class AgentBus:
         """Store the rounds consumer's position (an announcement handled without a transaction)."""
         self.rounds.consumer.commit(offsets=self.rounds.safe_offsets())
 
+    def keep_alive(self) -> None:
+        """Poll the grants consumer between rounds so it stays in its group.
+
+        It is otherwise polled only while a reservation waits; a round that stalls for longer
+        than librdkafka's max.poll.interval.ms (300 s) made it leave the group (MAXPOLL). A grant
+        read here answers an earlier request (a new one is always sent before its answer is
+        awaited), so it is dropped.
+        """
+        while (env := self.grants.poll(0.0)) is not None:
+            event(logger, "stale grant dropped", logging.DEBUG,
+                  event_id=getattr(env.message, "event_id", ""))
+
     def request_grant(
         self, request: PrivacyReservationRequest, timeout: float, stop: threading.Event
     ) -> PrivacyGrant | None:

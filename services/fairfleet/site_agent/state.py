@@ -7,11 +7,17 @@ States of one (site, model, round), written *before* the step they announce (wri
     committing -> the publish transaction is about to commit (its outcome is unknown after a
                   crash; it is resolved by reading ``privacy.events`` for the event id)
     published  -> the update and the commit event are on the bus (terminal)
-    skipped    -> not published, with a reason (terminal)
+    skipped    -> not published, with a reason (terminal, except a retryable skip below)
 
 A restart therefore never publishes twice: terminal states are final, ``committing`` is resolved
 from the bus itself, and every earlier state repeats the reservation with the same deterministic
 event id (which the accountant answers idempotently, never charging twice).
+
+Retryable skips: a round skipped *before any reservation was sent* (no window range stored) for
+a passing reason (:data:`RETRYABLE_SKIPS`: its deadline had passed, no data yet, the model had
+not arrived) is joined if the aggregator re-announces the round (a stalled sync round is
+re-announced with a fresh deadline). Nothing of it reached the bus, so joining later cannot
+publish twice; every other skip, and ``published``, stays final.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from typing import Literal
 
 Status = Literal["reserving", "granted", "committing", "published", "skipped"]
 TERMINAL: frozenset[str] = frozenset({"published", "skipped"})
+RETRYABLE_SKIPS: frozenset[str] = frozenset({"expired", "no_data", "model_unavailable"})
 
 
 @dataclass(frozen=True)
@@ -35,6 +42,16 @@ class RoundState:
     reason: str = ""
     updated_at: float = 0.0
     windows: tuple[int, int] | None = None  # the window range the reservation named
+
+
+def is_final(state: RoundState | None) -> bool:
+    """Whether nothing more may happen for this round (published, or a non-retryable skip)."""
+    if state is None or state.status not in TERMINAL:
+        return False
+    if state.status == "published":
+        return True
+    label = state.reason.split(":", 1)[0]
+    return state.windows is not None or label not in RETRYABLE_SKIPS
 
 
 class RoundStateStore:

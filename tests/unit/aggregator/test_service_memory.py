@@ -131,6 +131,68 @@ def test_sync_round_waits_for_min_sites_past_the_deadline_then_closes() -> None:
     assert m.late.labels("m")._value.get() == 1
 
 
+def announcements(fleet: Fleet) -> list[RoundAnnouncement]:
+    reader = Reader(fleet.bus.consumer(uuid.uuid4().hex, [f"{fleet.prefix}rounds"]), "t")
+    out = []
+    while (env := reader.poll(0)) is not None:
+        assert isinstance(env.message, RoundAnnouncement)
+        out.append(env.message)
+    return out
+
+
+def test_stalled_sync_round_is_reannounced_with_a_fresh_deadline_and_committed_state_unchanged() -> None:
+    import time
+
+    fleet = Fleet(config(quorum=4, min_sites=2, deadline_s=0.3))
+    first = fleet.agg.ckpt.announcement
+    assert first is not None
+    fleet.send("a0", 0.1)
+    fleet.pump()
+    assert [a.round for a in announcements(fleet)] == [0]  # before the deadline: nothing new
+    time.sleep(0.35)
+    fleet.pump(3)  # one deadline passed below min_sites: exactly one re-announcement
+    anns = announcements(fleet)
+    assert len(anns) == 2
+    again = anns[1]
+    assert (again.round, again.model_version, again.deadline_s) == (0, 0, first.deadline_s)
+    assert again.opened_at >= first.opened_at + 0.3
+    assert again.message_id != first.message_id  # a new message (chunks are keyed by its id)
+    assert again.model_dump(exclude={"opened_at", "message_id", "created_at"}) == first.model_dump(
+        exclude={"opened_at", "message_id", "created_at"})
+    m = fleet.agg.metrics
+    assert m.extensions.labels("m")._value.get() == 1
+    # Committed state is untouched: same checkpoint, first announcement, nothing aggregated.
+    assert fleet.agg.ckpt.version == 0 and fleet.agg.ckpt.announcement == first
+    assert m.open_seconds.labels("m")._value.get() > m.deadline_seconds.labels("m")._value.get()
+    time.sleep(0.35)
+    fleet.pump(3)  # still stalled after another deadline: announced again
+    assert len(announcements(fleet)) == 3 and m.extensions.labels("m")._value.get() == 2
+    fleet.send("a1", 0.2, ann=again)  # a late site joins through the re-announcement
+    fleet.pump()
+    assert fleet.agg.ckpt.version == 1
+    assert fleet.agg.ckpt.history[-1]["sites"] == ["a0", "a1"]
+    assert [a.round for a in announcements(fleet)] == [0, 0, 0, 1]
+    time.sleep(0.35)
+    fleet.pump(3)  # round 1 has no update either: its own deadline counts from its announcement
+    assert [a.round for a in announcements(fleet)] == [0, 0, 0, 1, 1]
+
+
+def test_restarted_aggregator_reannounces_a_stalled_round_it_restored() -> None:
+    import time
+
+    cfg = config(quorum=4, min_sites=2, deadline_s=0.2)
+    fleet = Fleet(cfg)
+    fleet.send("a0", 0.1)
+    fleet.pump()
+    fleet.agg.close()
+    time.sleep(0.25)
+    restarted = Fleet(cfg, bus=fleet.bus)
+    restarted.pump(3)
+    anns = announcements(restarted)
+    assert [a.round for a in anns] == [0, 0]
+    assert restarted.agg.metrics.extensions.labels("m")._value.get() == 1
+
+
 class FlakyCommit:
     """Wraps a producer; the first commit_transaction fails like a lost coordinator would."""
 

@@ -186,6 +186,68 @@ def test_an_exhausted_policy_denies_and_the_site_stops_publishing(setup: Any) ->
     assert budget["events_committed"] == 1 and budget["epsilon_spent"] <= 8.0
 
 
+def test_a_round_skipped_as_expired_is_joined_when_reannounced_and_published_once(setup: Any) -> None:
+    import time
+
+    config, bus, prefix, accountant = setup()
+    ann = Announcer(bus, config)
+    with accountant:
+        agent = SiteAgent(config, "s1", bus=bus)
+        ann.release("m1", 0)
+        ann.announce("m1", 0, 0, deadline_s=0.01)
+        time.sleep(0.05)  # the site comes late: the deadline has passed
+        assert run_until(agent, "m1", 0) == "skipped:expired"
+        ann.announce("m1", 0, 0, deadline_s=60.0)  # the aggregator re-announces the stalled round
+        for _ in range(50):
+            agent.step(0.05)
+            if agent.store.get("m1", 0).status == "published":  # type: ignore[union-attr]
+                break
+        assert agent.store.get("m1", 0).status == "published"  # type: ignore[union-attr]
+        agent.close()
+        again = SiteAgent(config, "s1", bus=bus)  # another re-announcement, after a restart too
+        ann.announce("m1", 0, 0, deadline_s=60.0)
+        for _ in range(10):
+            again.step(0.05)
+        again.close()
+        accountant.wait_committed("s1", 1)
+    assert [m.round for m, _ in read_all(bus, prefix, "updates")] == [0]
+    assert metric(agent, "fairfleet_site_rounds_skipped_total", site="s1", model="m1", reason="expired") == 1
+    assert metric(agent, "fairfleet_site_rounds_joined_total", site="s1", model="m1") == 1
+    (budget,) = accountant.budgets("s1")
+    assert budget["events_committed"] == 1
+
+
+def test_only_skips_before_any_reservation_for_a_passing_reason_are_retried() -> None:
+    from fairfleet.site_agent.state import RoundState, is_final
+
+    assert not is_final(None)
+    assert not is_final(RoundState("granted", "e"))
+    assert is_final(RoundState("published", "e"))
+    for reason in ("expired", "no_data", "model_unavailable"):
+        assert not is_final(RoundState("skipped", "e", f"{reason}: detail"))
+        # a reservation was sent (windows stored): its skip is final
+        assert is_final(RoundState("skipped", "e", f"{reason}: detail", windows=(0, 3)))
+    for reason in ("denied", "no_grant", "plan_mismatch", "superseded", "unresolved", "training_failed"):
+        assert is_final(RoundState("skipped", "e", f"{reason}: detail"))
+
+
+def test_the_grants_consumer_is_polled_between_rounds(setup: Any) -> None:
+    config, bus, _, _ = setup()
+    agent = SiteAgent(config, "s1", bus=bus)
+    polls: list[float] = []
+    inner = agent.io.grants.poll
+
+    def counting(timeout: float) -> Any:
+        polls.append(timeout)
+        return inner(timeout)
+
+    agent.io.grants.poll = counting  # type: ignore[method-assign]
+    for _ in range(3):
+        agent.step(0.01)
+    agent.close()
+    assert len(polls) >= 3  # every idle step polls it: no MAXPOLL eviction during a long stall
+
+
 def test_the_platform_cannot_lower_a_sites_privacy(setup: Any) -> None:
     config, bus, prefix, _ = setup()
     ann = Announcer(bus, config)
