@@ -51,12 +51,13 @@ class DemoSettings:
 def demo_config(work_dir: Path, bootstrap: str, settings: DemoSettings) -> dict[str, Any]:
     """The fleet config dict (keys written under ``work_dir/keys``)."""
     from fairfleet.config import SiteAgentConfig
+    from fairfleet.privacy.accounting import calibrate_noise_multiplier
     from fairfleet.signing import generate_keypair
     from fairfleet.sim.fleet import load_fleet
-    from fairfleet.sim.simulate import calibrate_noise_multiplier
 
     fleet = load_fleet(settings.fleet)
-    z = calibrate_noise_multiplier(settings.epsilon, settings.delta, 2 * settings.rounds)
+    # 2R Gaussian releases per site (update and loss), no sampling: DP-SGD's event at q = 1
+    z = calibrate_noise_multiplier(settings.epsilon, settings.delta, 1.0, 2 * settings.rounds)
     # Site unit: the loss release costs Gaussian(σ_loss/m) for m held-out rows (release.py), so
     # σ_loss = z·m_max makes it cost at most Gaussian(z); m_max = every k-th row of the most
     # training windows a round uses.

@@ -1,43 +1,325 @@
-"""Fast in-process federated training on a :class:`FleetData`, vectorised over sites.
+"""The in-process federated core for linear/softmax models, vectorised over sites.
 
-Model: a linear model θ = [W (o×d) row-major, b (o)] (the layout of fairfleet.learning's
-``logistic``/``linear`` models after ``flatten``). Loss per example: softmax cross-entropy
-(classification, o labels) or squared error (regression, o = 1).
+Model: θ = [W (o×d) row-major, b (o)] (the layout of fairfleet.learning's ``logistic``/``linear``
+models after ``flatten``). Loss per example: softmax cross-entropy (classification, o labels) or
+squared error (regression, o = 1). Both `fairfleet decompose` (:func:`train_federated`, below) and
+`fairfleet simulate` (sim/simulate.py) are wiring over :func:`run_rounds`.
 
-One round t (every site participates):
+One round t, for the participating sites P_t (all, or a sample chosen by the caller):
 
-1. site k releases its mean training loss at the global model w^t, clipped to [0, B]; under
-   privacy plus N(0, (zB)²) (site unit, ``noisy_bounded_mean`` with sensitivity B) — only when
-   the strategy needs losses (the gap constraint);
-2. it runs ``local_steps`` mini-batch SGD steps (batches of ``batch_size`` drawn uniformly with
-   replacement) and releases Δ_k = w̄_k − w^t, under privacy clipped to ‖Δ_k‖ ≤ C plus
-   N(0, z²C²I) (the update-level Gaussian mechanism, ``GaussianDpEvent(z)`` per release);
-3. the strategy from fairfleet.fairness (FedAvg or the gap constraint) aggregates.
+1. if losses are released, site k ∈ P_t releases its mean training loss at w^t: per-example
+   losses clipped to [0, B] plus N(0, (zB)²) (``noisy_bounded_mean``, site unit, sensitivity B;
+   without privacy z = 0, and ``loss_bound=None`` releases the raw mean);
+2. it runs local mini-batch SGD from w^t (the caller's batch schedule: :meth:`Packed.local_sgd`
+   draws batches uniformly with replacement, sim/simulate.py replays ``local_train``'s shuffled
+   epochs) and releases Δ_k = w̄_k − w^t, under privacy clipped to ‖Δ_k‖ ≤ C plus N(0, z²C²I)
+   (``GaussianUpdateMechanism.privatise``, ``GaussianDpEvent(z)`` per release);
+3. the strategy from fairfleet.fairness aggregates the :class:`SiteUpdate` s into w^{t+1}.
 
-Privacy is site-level and composes over the run without amplification: z is calibrated by
-``calibrate_noise_multiplier`` (sim/simulate.py) so that all of a site's releases — R updates,
-plus R loss releases when the strategy needs them — are (ε, δ)-DP together.
+Privacy is site-level and composes over the run without amplification: z is the smallest value
+with ``SelfComposed(GaussianDpEvent(z), R·r)`` (ε, δ)-DP, r releases per round, calibrated by
+``fairfleet.privacy.accounting.calibrate_noise_multiplier`` (a Gaussian release without sampling
+is DP-SGD's event at q = 1). Noise seeds are per (run seed, round, site).
 
-Why not ``simulate.run_simulation`` or ``learning.train.local_train``: the decomposition needs
-regression and binary targets, the final model for the oracle comparison and per-class risks every
-round; and local_train costs ~10 ms per site-round (a 100-site, 5-seed, 5-configuration run is
-~10⁵ site-rounds). Here the local steps of all sites are batched numpy ops (a leading site axis),
-the same math; tests/unit/sim/test_engine.py checks one site against a per-site reference loop.
+Why not ``learning.train.local_train``: it costs ~10 ms per site-round (model copy, optimiser and
+autograd set-up for a tiny model), and a decomposition is ~10⁵ site-rounds. Here the local steps
+of all sites are batched numpy ops (a leading site axis), the same math;
+tests/unit/sim/test_engine.py checks the batch against a per-site loop and
+tests/unit/sim/test_simulate.py against local_train.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from fairfleet.errors import ConfigError
 from fairfleet.sim.arrays import FleetData
 
+if TYPE_CHECKING:
+    from fairfleet.fairness import Strategy
+
 ProgressFn = Callable[[int, int], None]
+Batch = tuple[np.ndarray, "np.ndarray | float"]
+"""One local step of every site: global train rows (k, B) and per-row weights (k, B) or 1/B."""
+LocalFn = Callable[[np.ndarray, np.ndarray, int], np.ndarray]
+"""(w^t, participating site indices, round) → raw Δ_k, one row per participant."""
+
+
+def check_config(
+    cfg: Any, counts: Sequence[str], positives: Sequence[str], epsilon: float | None, delta: float
+) -> None:
+    """ConfigErrors naming the value: ``counts`` ≥ 1, ``positives`` finite > 0, ε > 0, δ ∈ (0, 1)."""
+    for name in counts:
+        if getattr(cfg, name) < 1:
+            raise ConfigError(f"{name} must be >= 1. Found {getattr(cfg, name)}.")
+    for name in positives:
+        value = getattr(cfg, name)
+        if not (math.isfinite(value) and value > 0):
+            raise ConfigError(f"{name} must be finite and > 0. Found {value}.")
+    if epsilon is not None and not (math.isfinite(epsilon) and epsilon > 0):
+        raise ConfigError(f"epsilon must be finite and > 0. Found {epsilon}.")
+    if not 0 < delta < 1:
+        raise ConfigError(f"delta must be in (0, 1). Found {delta}.")
+
+
+def seed_for(*parts: int) -> int:
+    """A 62-bit seed from integers (run seed, round, site...) via numpy's SeedSequence."""
+    return int(np.random.SeedSequence(list(parts)).generate_state(1)[0]) % (2**62)
+
+
+def output_losses(task: str, out: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """ℓ per example from outputs f (o, n): (f − y)² or log Σ_j e^{f_j} − f_y (cross-entropy)."""
+    if task == "regression":
+        return np.asarray((out[0] - y) ** 2)
+    top = out.max(axis=0)
+    lse = top + np.log(np.exp(out - top).sum(axis=0))
+    return np.asarray(lse - out[np.asarray(y, dtype=np.int64), np.arange(y.shape[0])])
+
+
+def output_gradient(task: str, out: np.ndarray, y: np.ndarray) -> None:
+    """∂ℓ/∂f in place of outputs f (k, o, B), targets y (k, B): 2(f − y) or softmax(f) − e_y.
+
+    Reductions over the o outputs are written as o−1 elementwise ops (numpy reduces a short
+    inner axis slowly).
+    """
+    if task == "regression":
+        out -= y[:, None, :]
+        out *= 2.0
+        return
+    o = out.shape[1]
+    top = out[:, 0:1].copy()
+    for j in range(1, o):
+        np.maximum(top, out[:, j : j + 1], out=top)
+    out -= top
+    np.exp(out, out=out)
+    total = out[:, 0:1].copy()
+    for j in range(1, o):
+        total += out[:, j : j + 1]
+    out /= total
+    for j in range(o):  # minus the one-hot label (cheaper than a fancy-index write)
+        out[:, j] -= y == j
+
+
+class Packed:
+    """A fleet's sites concatenated, with offsets, for batched gathers and per-site means."""
+
+    def __init__(self, data: FleetData) -> None:
+        self.data = data
+        self.task = data.task
+        self.d = data.n_features
+        self.o = data.n_outputs if data.task == "classification" else 1
+        self.dim = self.o * self.d + self.o
+        self.classes = [s.site_class for s in data.sites]
+        self.x_train = np.concatenate([s.x_train for s in data.sites]).astype(np.float32)
+        self.y_train = np.concatenate([s.y_train for s in data.sites])
+        self.n_train = np.array([s.n_train for s in data.sites])
+        self.off_train = np.concatenate([[0], np.cumsum(self.n_train)[:-1]])
+        self.x_test = np.concatenate([s.x_test for s in data.sites]).astype(np.float32)
+        self.y_test = np.concatenate([s.y_test for s in data.sites])
+        self.n_test = np.array([s.n_test for s in data.sites])
+        self.off_test = np.concatenate([[0], np.cumsum(self.n_test)[:-1]])
+        self._xy: np.ndarray | None = None
+
+    def split(self, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(W (…, o, d), b (…, o)) views of a flat θ (or a stack of them)."""
+        w = theta[..., : self.o * self.d].reshape(*theta.shape[:-1], self.o, self.d)
+        return w, theta[..., self.o * self.d :]
+
+    def outputs(self, theta: np.ndarray, x: np.ndarray) -> np.ndarray:
+        """Logits (or the prediction) as (o, n): reductions over o then run along rows (fast)."""
+        w, b = self.split(theta)
+        return np.asarray(w @ x.T + b[:, None])
+
+    def losses(self, theta: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Per-example loss of one global θ on rows ``x`` with targets ``y``."""
+        return output_losses(self.task, self.outputs(theta, x), y)
+
+    def site_means(self, values: np.ndarray, offsets: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        return np.add.reduceat(values, offsets) / counts
+
+    def test_risk(self, theta: np.ndarray) -> np.ndarray:
+        """R_k(θ): mean test loss of every site."""
+        return self.site_means(
+            self.losses(theta, self.x_test, self.y_test), self.off_test, self.n_test
+        )
+
+    def test_accuracy(self, theta: np.ndarray) -> np.ndarray:
+        """Share of every site's test examples whose argmax label is right (classification)."""
+        hits = np.argmax(self.outputs(theta, self.x_test), axis=0) == self.y_test
+        return self.site_means(hits.astype(np.float64), self.off_test, self.n_test)
+
+    def train_loss(self, theta: np.ndarray) -> np.ndarray:
+        return self.site_means(
+            self.losses(theta, self.x_train, self.y_train), self.off_train, self.n_train
+        )
+
+    def site_train_losses(self, theta: np.ndarray, sites: np.ndarray) -> list[np.ndarray]:
+        """Per-example training losses of the global θ on each of ``sites``."""
+        if len(sites) == len(self.n_train):  # everyone: one pass over the pooled data
+            pooled = self.losses(theta, self.x_train, self.y_train)
+            return [pooled[s : s + n] for s, n in zip(self.off_train, self.n_train, strict=True)]
+        spans = [(int(self.off_train[k]), int(self.off_train[k] + self.n_train[k])) for k in sites]
+        return [self.losses(theta, self.x_train[a:b], self.y_train[a:b]) for a, b in spans]
+
+    def local_sgd(
+        self, theta: np.ndarray, steps: int, batch: int, lr: float, rng: np.random.Generator
+    ) -> np.ndarray:
+        """Δ_k for every site k: ``steps`` SGD steps on batches drawn uniformly with replacement."""
+        low = self.off_train[:, None]
+        high = low + self.n_train[:, None]
+        draws = (rng.integers(low, high, size=(len(low), batch)) for _ in range(steps))
+        return self.sgd(theta, ((rows, 1.0 / batch) for rows in draws), len(low), lr)
+
+    def sgd(self, theta: np.ndarray, batches: Iterable[Batch], k: int, lr: float) -> np.ndarray:
+        """Δ for k sites from θ: w ← w − lr Σ_i a_i ∇ℓ(w; x_i, y_i) per step (rows i, weights a_i).
+
+        The gradient w.r.t. the logits is softmax − one-hot (cross-entropy) or 2(f − y) (squared
+        error). Weights 1/|batch| give the mean loss; weight 0 pads sites with fewer steps.
+        Shapes: W (k, o, d), a batch X (k, B, d), logits (k, o, B).
+        """
+        o, d = self.o, self.d
+        if self._xy is None:  # [x, 1, y] per row: one gather per step brings features, bias, label
+            self._xy = np.concatenate(
+                [
+                    self.x_train,
+                    np.ones((len(self.y_train), 1), np.float32),
+                    self.y_train.astype(np.float32)[:, None],
+                ],
+                axis=1,
+            )
+        wb = np.empty((k, o, d + 1), dtype=np.float32)
+        wb[:, :, :d] = theta[: o * d].reshape(o, d)
+        wb[:, :, d] = theta[o * d :]
+        for rows, weight in batches:
+            gathered = np.take(self._xy, rows, axis=0)  # (k, B, d + 2); 3× faster than [rows]
+            xb, yb = gathered[:, :, : d + 1], gathered[:, :, d + 1]
+            out = np.matmul(wb, xb.transpose(0, 2, 1))  # (k, o, B)
+            output_gradient(self.task, out, yb)
+            if isinstance(weight, float):
+                out *= lr * weight
+            else:
+                out *= (lr * weight)[:, None, :].astype(np.float32)
+            wb -= np.matmul(out, xb)
+        new = np.concatenate([wb[:, :, :d].reshape(k, -1), wb[:, :, d]], axis=1)
+        return (new - theta).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Privacy:
+    """Site-level DP over a run: (ε, δ), update clip C, loss bound B, releases per round."""
+
+    epsilon: float
+    delta: float
+    clip_norm: float
+    loss_bound: float
+    releases_per_round: int
+
+    def noise_multiplier(self, rounds: int) -> float:
+        """z with ``SelfComposed(GaussianDpEvent(z), rounds · releases_per_round)`` (ε, δ)-DP."""
+        from fairfleet.privacy.accounting import calibrate_noise_multiplier
+
+        return calibrate_noise_multiplier(
+            self.epsilon,
+            self.delta,
+            sampling_rate=1.0,
+            steps=rounds * self.releases_per_round,
+            accountant="rdp",
+        )
+
+
+@dataclass
+class Round:
+    """What :func:`run_rounds` hands the caller after round ``t`` (1-based)."""
+
+    t: int
+    theta: np.ndarray
+    participants: int
+    diagnostics: dict[str, Any]
+
+
+def run_rounds(
+    packed: Packed,
+    strategy: Strategy,
+    rounds: int,
+    seed: int,
+    local: LocalFn,
+    *,
+    choose: Callable[[int], np.ndarray] | None = None,
+    release_losses: bool = False,
+    loss_bound: float | None = None,
+    privacy: Privacy | None = None,
+    on_round: Callable[[Round], None] | None = None,
+    progress: ProgressFn | None = None,
+) -> tuple[np.ndarray, float]:
+    """Run ``rounds`` federated rounds (module docstring) from θ = 0; returns (θ_R, z).
+
+    ``choose(t)`` gives the participating site indices of round t (default: all sites);
+    ``local(θ, sites, t)`` their raw deltas; ``loss_bound`` the clip bound B of plain loss
+    releases (None: the raw mean; under ``privacy`` its own bound is used).
+    """
+    import torch
+
+    from fairfleet.fairness import NoisyStat, SiteUpdate
+    from fairfleet.privacy.dpsgd import make_generator
+    from fairfleet.privacy.mechanisms import GaussianUpdateMechanism, noisy_bounded_mean
+
+    z = 0.0 if privacy is None else privacy.noise_multiplier(rounds)
+    mechanism = None if privacy is None else GaussianUpdateMechanism(privacy.clip_norm, z)
+    bound = loss_bound if privacy is None else privacy.loss_bound
+    every = np.arange(len(packed.n_train))
+    plain = np.random.default_rng(0)  # z = 0: noisy_bounded_mean only clips and averages
+    sites = packed.data.sites
+    theta = np.zeros(packed.dim, dtype=np.float32)
+    state = strategy.initial_state()
+    for t in range(rounds):
+        chosen = every if choose is None else choose(t)
+        seeds = [seed_for(seed, t, int(k)) for k in chosen] if privacy is not None else []
+        losses: list[NoisyStat | None] = [None] * len(chosen)
+        if release_losses:
+            for i, values in enumerate(packed.site_train_losses(theta, chosen)):
+                m = values.shape[0]
+                if bound is None:
+                    losses[i] = NoisyStat(float(values.mean()), 0.0, m)
+                else:  # site unit: sensitivity B, so noise multiplier z·m on the B/m scale
+                    rng = np.random.default_rng(seeds[i]) if seeds else plain
+                    release = noisy_bounded_mean(values, 0.0, bound, z * m, rng, m=m)
+                    losses[i] = NoisyStat(release.value, release.noise_std, m)
+        deltas = local(theta, chosen, t)
+        noise_std, clip = 0.0, None
+        if mechanism is not None:
+            for i in range(len(chosen)):
+                private = mechanism.privatise(
+                    torch.from_numpy(deltas[i]), make_generator(seeds[i] + 1, secure=False)
+                )
+                deltas[i] = private.values.numpy()
+            noise_std, clip = mechanism.noise_std, mechanism.clip_norm
+        updates = [
+            SiteUpdate(
+                sites[k].site,
+                sites[k].site_class,
+                deltas[i],
+                sites[k].n_train,
+                noise_std,
+                losses[i],
+                clip_norm=clip,
+            )
+            for i, k in enumerate(chosen)
+        ]
+        result = strategy.aggregate(theta, updates, state)
+        theta, state = result.new_global.astype(np.float32), result.new_state
+        if on_round is not None:
+            on_round(Round(t + 1, theta, len(updates), result.diagnostics))
+        if progress is not None:
+            progress(t + 1, rounds)
+    return theta, z
+
+
+# --- the decomposition's runs (sim/decompose.py): FedAvg or the gap constraint, every site ---
 
 
 @dataclass(frozen=True)
@@ -58,17 +340,13 @@ class TrainConfig:
     """Evaluate every site's test risk after every round (the report's per-round curves)."""
 
     def __post_init__(self) -> None:
-        for name in ("rounds", "local_steps", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1. Found {getattr(self, name)}.")
-        for name in ("lr", "clip_norm", "dual_lr"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value > 0):
-                raise ConfigError(f"{name} must be finite and > 0. Found {value}.")
-        if self.epsilon is not None and not (math.isfinite(self.epsilon) and self.epsilon > 0):
-            raise ConfigError(f"epsilon must be finite and > 0. Found {self.epsilon}.")
-        if not 0 < self.delta < 1:
-            raise ConfigError(f"delta must be in (0, 1). Found {self.delta}.")
+        check_config(
+            self,
+            ("rounds", "local_steps", "batch_size"),
+            ("lr", "clip_norm", "dual_lr"),
+            self.epsilon,
+            self.delta,
+        )
         if self.gamma is not None and not (math.isfinite(self.gamma) and self.gamma >= 0):
             raise ConfigError(f"gamma must be finite and >= 0. Found {self.gamma}.")
         if self.loss_bound is not None and not self.loss_bound > 0:
@@ -103,99 +381,7 @@ class RunResult:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
-class Packed:
-    """A fleet's sites concatenated, with offsets, for batched gathers and per-site means."""
-
-    def __init__(self, data: FleetData) -> None:
-        self.data = data
-        self.task = data.task
-        self.d = data.n_features
-        self.o = data.n_outputs if data.task == "classification" else 1
-        self.dim = self.o * self.d + self.o
-        self.classes = [s.site_class for s in data.sites]
-        self.x_train = np.concatenate([s.x_train for s in data.sites]).astype(np.float32)
-        self.y_train = np.concatenate([s.y_train for s in data.sites])
-        self.n_train = np.array([s.n_train for s in data.sites])
-        self.off_train = np.concatenate([[0], np.cumsum(self.n_train)[:-1]])
-        self.x_test = np.concatenate([s.x_test for s in data.sites]).astype(np.float32)
-        self.y_test = np.concatenate([s.y_test for s in data.sites])
-        self.n_test = np.array([s.n_test for s in data.sites])
-        self.off_test = np.concatenate([[0], np.cumsum(self.n_test)[:-1]])
-        self._xy: np.ndarray | None = None
-
-    def split(self, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(W (…, o, d), b (…, o)) views of a flat θ (or a stack of them)."""
-        w = theta[..., : self.o * self.d].reshape(*theta.shape[:-1], self.o, self.d)
-        return w, theta[..., self.o * self.d :]
-
-    def losses(self, theta: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        """Per-example loss of one global θ (logits as (o, n): reductions over o run along rows)."""
-        w, b = self.split(theta)
-        out = w @ x.T + b[:, None]
-        if self.task == "regression":
-            return np.asarray((out[0] - y) ** 2)
-        top = out.max(axis=0)
-        lse = top + np.log(np.exp(out - top).sum(axis=0))
-        return np.asarray(lse - out[y, np.arange(y.shape[0])])
-
-    def site_means(self, values: np.ndarray, offsets: np.ndarray, counts: np.ndarray) -> np.ndarray:
-        return np.add.reduceat(values, offsets) / counts
-
-    def test_risk(self, theta: np.ndarray) -> np.ndarray:
-        """R_k(θ): mean test loss of every site."""
-        return self.site_means(
-            self.losses(theta, self.x_test, self.y_test), self.off_test, self.n_test
-        )
-
-    def train_loss(self, theta: np.ndarray) -> np.ndarray:
-        return self.site_means(
-            self.losses(theta, self.x_train, self.y_train), self.off_train, self.n_train
-        )
-
-    def local_sgd(
-        self, theta: np.ndarray, steps: int, batch: int, lr: float, rng: np.random.Generator
-    ) -> np.ndarray:
-        """Δ_k for every site k: ``steps`` SGD steps from θ on its own data, batched over k.
-
-        Shapes: W (k, o, d), a batch X (k, B, d), logits (k, o, B). Reductions over the o
-        outputs are written as o−1 elementwise ops (numpy reduces a short inner axis slowly).
-        """
-        k, o, d = len(self.n_train), self.o, self.d
-        if self._xy is None:  # [x, 1, y] per row: one gather per step brings features, bias, label
-            self._xy = np.concatenate(
-                [self.x_train, np.ones((len(self.y_train), 1), np.float32),
-                 self.y_train.astype(np.float32)[:, None]], axis=1)
-        wb = np.empty((k, o, d + 1), dtype=np.float32)
-        wb[:, :, :d] = theta[: o * d].reshape(o, d)
-        wb[:, :, d] = theta[o * d :]
-        low = self.off_train[:, None]
-        high = low + self.n_train[:, None]
-        for _ in range(steps):
-            rows = self._xy[rng.integers(low, high, size=(k, batch))]  # (k, B, d + 2)
-            xb, yb = rows[:, :, : d + 1], rows[:, :, d + 1]
-            out = np.matmul(wb, xb.transpose(0, 2, 1))  # (k, o, B)
-            if self.task == "regression":
-                out -= yb[:, None, :]
-                out *= 2.0
-            else:  # softmax − one-hot, the gradient of cross-entropy w.r.t. the logits
-                top = out[:, 0:1].copy()
-                for j in range(1, o):
-                    np.maximum(top, out[:, j : j + 1], out=top)
-                out -= top
-                np.exp(out, out=out)
-                total = out[:, 0:1].copy()
-                for j in range(1, o):
-                    total += out[:, j : j + 1]
-                out /= total
-                for j in range(o):  # minus the one-hot label (cheaper than a fancy-index write)
-                    out[:, j] -= yb == j
-            out *= lr / batch
-            wb -= np.matmul(out, xb)
-        new = np.concatenate([wb[:, :, :d].reshape(k, -1), wb[:, :, d]], axis=1)
-        return (new - theta).astype(np.float32)
-
-
-def class_risks(site_risk: np.ndarray, classes: list[str]) -> dict[str, float]:
+def class_risks(site_risk: np.ndarray, classes: Sequence[str]) -> dict[str, float]:
     """R_c: the unweighted mean of R_k over the sites of class c (DESIGN.md §1)."""
     labels = np.asarray(classes)
     return {c: float(site_risk[labels == c].mean()) for c in sorted(set(classes))}
@@ -209,10 +395,8 @@ def fleet_risk(site_risk: np.ndarray, n: np.ndarray) -> float:
 def train_federated(
     packed: Packed, cfg: TrainConfig, seed: int, progress: ProgressFn | None = None
 ) -> RunResult:
-    """Run ``cfg`` on the packed fleet (see the module docstring)."""
-    from fairfleet.fairness import NoisyStat, SiteUpdate, build_strategy
-    from fairfleet.privacy.mechanisms import GaussianUpdateMechanism, noisy_bounded_mean
-    from fairfleet.sim.simulate import calibrate_noise_multiplier
+    """FedAvg (or the gap constraint, ``cfg.gamma``) over every site, batches with replacement."""
+    from fairfleet.fairness import build_strategy
 
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0xF1EE7]))
     strategy = (
@@ -220,54 +404,40 @@ def train_federated(
         if cfg.fair
         else build_strategy("fedavg")
     )
-    state = strategy.initial_state()
     bound = cfg.loss_bound or default_loss_bound(packed.task, packed.o)
-    z = 0.0
+    privacy = None
     if cfg.epsilon is not None:
-        z = calibrate_noise_multiplier(cfg.epsilon, cfg.delta, cfg.rounds * cfg.releases_per_round)
-    noise_std = GaussianUpdateMechanism(cfg.clip_norm, z).noise_std
-    theta = np.zeros(packed.dim, dtype=np.float32)
-    sites = packed.data.sites
-    history = []
-    for t in range(cfg.rounds):
-        losses: list[NoisyStat | None] = [None] * len(sites)
-        if cfg.fair:
-            per_example = packed.losses(theta, packed.x_train, packed.y_train)
-            for k, start in enumerate(packed.off_train):
-                m = int(packed.n_train[k])
-                values = per_example[start : start + m]
-                if z > 0:
-                    # Site unit: sensitivity B, so noise_multiplier z·m on the B/m scale.
-                    release = noisy_bounded_mean(values, 0.0, bound, z * m, rng, m=m)
-                    losses[k] = NoisyStat(release.value, release.noise_std, m)
-                else:
-                    losses[k] = NoisyStat(float(np.clip(values, 0.0, bound).mean()), 0.0, m)
-        deltas = packed.local_sgd(theta, cfg.local_steps, cfg.batch_size, cfg.lr, rng)
-        if z > 0:
-            norms = np.linalg.norm(deltas.astype(np.float64), axis=1, keepdims=True)
-            deltas = deltas * np.minimum(1.0, cfg.clip_norm / np.maximum(norms, 1e-12))
-            deltas = (deltas + noise_std * rng.standard_normal(deltas.shape)).astype(np.float32)
-        updates = [
-            SiteUpdate(s.site, s.site_class, deltas[k], s.n_train, noise_std, losses[k])
-            for k, s in enumerate(sites)
-        ]
-        result = strategy.aggregate(theta, updates, state)
-        theta, state = result.new_global.astype(np.float32), result.new_state
-        if progress is not None:
-            progress(t + 1, cfg.rounds)
-        if not cfg.track_history:
-            continue
-        risk = packed.test_risk(theta)
+        privacy = Privacy(cfg.epsilon, cfg.delta, cfg.clip_norm, bound, cfg.releases_per_round)
+    history: list[dict[str, Any]] = []
+
+    def local(theta: np.ndarray, _sites: np.ndarray, _t: int) -> np.ndarray:
+        return packed.local_sgd(theta, cfg.local_steps, cfg.batch_size, cfg.lr, rng)
+
+    def record(r: Round) -> None:
+        risk = packed.test_risk(r.theta)
         by_class = class_risks(risk, packed.classes)
         entry: dict[str, Any] = {
-            "round": t + 1,
+            "round": r.t,
             "fleet": fleet_risk(risk, packed.n_test),
             "classes": by_class,
             "gap": max(by_class.values()) - min(by_class.values()),
         }
-        if "lambda" in result.diagnostics:
-            entry["lambda"] = result.diagnostics["lambda"]
+        if "lambda" in r.diagnostics:
+            entry["lambda"] = r.diagnostics["lambda"]
         history.append(entry)
+
+    theta, z = run_rounds(
+        packed,
+        strategy,
+        cfg.rounds,
+        seed,
+        local,
+        release_losses=cfg.fair,
+        loss_bound=bound,
+        privacy=privacy,
+        on_round=record if cfg.track_history else None,
+        progress=progress,
+    )
     return RunResult(theta, packed.test_risk(theta), z, history)
 
 
@@ -283,20 +453,11 @@ def train_oracle(packed: Packed, l2: float = 1e-4) -> np.ndarray:
     n = x.shape[0]
 
     def objective(theta: np.ndarray) -> tuple[float, np.ndarray]:
-        w, b = packed.split(theta)
-        out = x @ w.T + b
-        if packed.task == "regression":
-            r = out[:, 0] - y
-            g = (2.0 * r / n)[:, None]
-            value = float(np.mean(r**2))
-        else:
-            out = out - out.max(axis=1, keepdims=True)
-            p = np.exp(out)
-            p /= p.sum(axis=1, keepdims=True)
-            value = float(-np.mean(np.log(p[np.arange(n), y] + 1e-300)))
-            p[np.arange(n), y] -= 1.0
-            g = p / n
-        grad = np.concatenate([(g.T @ x).ravel(), g.sum(axis=0)]) + l2 * theta
+        out = packed.outputs(theta, x)  # (o, n)
+        value = float(output_losses(packed.task, out, y).mean())
+        output_gradient(packed.task, out[None], y[None])  # in place: ∂ℓ/∂f per example
+        g = out / n
+        grad = np.concatenate([(g @ x).ravel(), g.sum(axis=1)]) + l2 * theta
         return value + 0.5 * l2 * float(theta @ theta), grad
 
     res = minimize(

@@ -1,29 +1,22 @@
-"""In-process federated simulation: sites train locally, privatise, a strategy aggregates.
+"""`fairfleet simulate`: an in-process federated run on Synthetic(α, β), any strategy, any DP.
 
-One round t (clients chosen uniformly without replacement when ``clients_per_round`` < K):
+Wiring over the engine's round loop (:func:`fairfleet.sim.engine.run_rounds`, which has the
+round, the loss and update releases and the calibration): this module picks the participants,
+replays ``local_train``'s batch order and reports per-site accuracy.
 
-Sites are chosen uniformly, or (``sampling="proportional"``, q-FFL's protocol) with probability
-∝ n_k without replacement; then strategies that take ``weighting`` average uniformly.
+Participants: every site, or ``clients_per_round`` of them chosen uniformly without replacement
+(``sampling="proportional"``, q-FFL's protocol: with probability ∝ n_k; then strategies that take
+``weighting`` average uniformly). Local training: ``local_epochs`` of mini-batch SGD (capped at
+``local_steps``), each epoch in the order of a ``torch.randperm`` seeded per (seed, round, site).
 
-1. each selected site k evaluates the global model on its training data and releases its mean
-   loss F̃_k (under DP: per-example losses clipped to [0, B], Gaussian noise std z·B — the site
-   unit, sensitivity B, i.e. ``GaussianDpEvent(z)``);
-2. it runs ``local_epochs`` of mini-batch SGD from the global model (shuffled, ``batch_size``,
-   ``lr``) and releases Δ_k = w̄_k − w^t (under DP: clipped to norm C plus N(0, z²C²I), the
-   update-level Gaussian mechanism of fairfleet.privacy.mechanisms, ``GaussianDpEvent(z)``);
-3. the strategy aggregates the :class:`SiteUpdate` s into w^{t+1}.
+Privacy: every site is charged 2 Gaussian releases (loss and update) per round for all R rounds,
+whatever the strategy uses (no amplification by the server's client sampling, which a site cannot
+verify), so every strategy runs under the same z: ``SelfComposed(GaussianDpEvent(z), 2R)``.
 
-Privacy: every site is charged 2 Gaussian releases per round for all R rounds (no amplification
-by the server's client sampling, which a site cannot verify), so z is calibrated so that
-``SelfComposed(GaussianDpEvent(z), 2R)`` is (ε, δ)-DP under the RDP accountant, calibrated by
-``fairfleet.privacy.accounting.calibrate_noise_multiplier`` (dp_accounting underneath).
-
-Engines. ``torch`` calls ``fairfleet.learning.train.local_train`` per site (the reference).
-``fast`` (default) runs the same algorithm for the multinomial logistic model in numpy: same
-batch order (the same seeded ``torch.randperm``), same update mechanism call, same float32 math.
-It exists because local_train costs ~10 ms per call (model deepcopy, optimiser and autograd set-up
-for a 610-parameter model), i.e. minutes for 100 sites × 100 rounds; the fast engine does it in
-seconds. tests/unit/sim/test_simulate.py checks that both engines give the same model.
+Engines. ``fast`` (default) runs the local steps of the round's sites batched in numpy
+(``Packed.sgd``: the same batches, the same float32 math); ``torch`` calls
+``fairfleet.learning.train.local_train`` per site (the reference, ~10 ms per call: minutes for
+100 sites × 100 rounds). tests/unit/sim/test_simulate.py checks that both give the same model.
 """
 
 from __future__ import annotations
@@ -31,19 +24,25 @@ from __future__ import annotations
 import inspect
 import math
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
 from fairfleet.errors import ConfigError
-from fairfleet.fairness import SiteUpdate, build_strategy
+from fairfleet.fairness import build_strategy
 from fairfleet.fairness.registry import strategy_class
-from fairfleet.fairness.types import NoisyStat
-from fairfleet.sim.synthetic import FederatedDataset, SiteData, synthetic
-
-ProgressFn = Callable[[int, int], None]
+from fairfleet.sim.engine import (
+    Batch,
+    Packed,
+    Privacy,
+    ProgressFn,
+    Round,
+    check_config,
+    run_rounds,
+    seed_for,
+)
+from fairfleet.sim.synthetic import FederatedDataset, synthetic
 
 
 @dataclass(frozen=True)
@@ -75,22 +74,18 @@ class SimulationConfig:
     def __post_init__(self) -> None:
         if self.dataset != "synthetic":
             raise ConfigError(f"dataset must be 'synthetic'. Found {self.dataset!r}.")
-        for name in ("sites", "rounds", "local_epochs", "batch_size", "eval_every"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1. Found {getattr(self, name)}.")
+        check_config(
+            self,
+            ("sites", "rounds", "local_epochs", "batch_size", "eval_every"),
+            ("lr", "clip_norm", "loss_bound"),
+            self.epsilon,
+            self.delta,
+        )
         if self.clients_per_round is not None and not 1 <= self.clients_per_round <= self.sites:
             raise ConfigError(
                 f"clients_per_round must be in [1, sites={self.sites}]. "
                 f"Found {self.clients_per_round}."
             )
-        for name in ("lr", "clip_norm", "loss_bound"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value > 0):
-                raise ConfigError(f"{name} must be finite and > 0. Found {value}.")
-        if self.epsilon is not None and not (math.isfinite(self.epsilon) and self.epsilon > 0):
-            raise ConfigError(f"epsilon must be finite and > 0. Found {self.epsilon}.")
-        if not 0 < self.delta < 1:
-            raise ConfigError(f"delta must be in (0, 1). Found {self.delta}.")
         if self.engine not in ("fast", "torch"):
             raise ConfigError(f"engine must be 'fast' or 'torch'. Found {self.engine!r}.")
         if self.sampling not in ("uniform", "proportional"):
@@ -103,98 +98,64 @@ class SimulationConfig:
             raise ConfigError("local_steps needs engine='fast' (local_train runs whole epochs).")
 
 
-def calibrate_noise_multiplier(epsilon: float, delta: float, releases: int) -> float:
-    """Smallest z with ``SelfComposed(GaussianDpEvent(z), releases)`` (ε, δ)-DP (RDP accountant).
+def _epoch_batches(packed: Packed, sites: np.ndarray, cfg: SimulationConfig, t: int) -> list[Batch]:
+    """local_train's batches for every site of the round, padded to the longest (weight 0).
 
-    A Gaussian release without sampling is DP-SGD's event at sampling rate 1, so this is
-    fairfleet.privacy.accounting's calibration (dp_accounting's Brent search) with q = 1.
+    Site k's epochs are ``torch.randperm(n_k)`` from a generator seeded (seed, t, k), cut into
+    batches of ``batch_size`` (the last one shorter), at most ``local_steps`` in all.
     """
-    from fairfleet.privacy.accounting import calibrate_noise_multiplier as calibrate_dpsgd
-
-    return calibrate_dpsgd(epsilon, delta, sampling_rate=1.0, steps=releases, accountant="rdp")
-
-
-def _logits_t(theta: np.ndarray, x: np.ndarray, n_classes: int) -> np.ndarray:
-    """Logits as (classes, n): reductions over the 10 classes then run along rows (fast)."""
-    d = x.shape[1]
-    w = theta[: n_classes * d].reshape(n_classes, d)
-    return np.asarray(w @ x.T + theta[n_classes * d :, None])
-
-
-def _softmax_ce(theta: np.ndarray, x: np.ndarray, y: np.ndarray, n_classes: int) -> np.ndarray:
-    """Per-example softmax cross-entropy of the logistic model θ = [W (c×d) row-major, b (c)]."""
-    logits = _logits_t(theta, x, n_classes)
-    top = logits.max(axis=0)
-    lse = top + np.log(np.exp(logits - top).sum(axis=0))
-    return np.asarray(lse - logits[y, np.arange(y.shape[0])])
-
-
-def _predict(theta: np.ndarray, x: np.ndarray, n_classes: int) -> np.ndarray:
-    return np.asarray(np.argmax(_logits_t(theta, x, n_classes), axis=0))
-
-
-def _local_sgd_fast(
-    theta: np.ndarray, site: SiteData, cfg: SimulationConfig, n_classes: int, seed: int
-) -> np.ndarray:
-    """Mini-batch SGD on mean cross-entropy, batches from local_train's seeded randperm."""
     import torch
 
     from fairfleet.privacy.dpsgd import make_generator
 
-    d = site.x_train.shape[1]
-    w = theta[: n_classes * d].reshape(n_classes, d).copy()
-    b = theta[n_classes * d :].copy()
-    n = site.n_train
-    gen = make_generator(seed, secure=False)
-    lr = np.float32(cfg.lr)
     budget = cfg.local_steps if cfg.local_steps is not None else math.inf
-    steps = 0
-    for _ in range(cfg.local_epochs):
-        order = torch.randperm(n, generator=gen).numpy()
-        for start in range(0, n, cfg.batch_size):
-            if steps >= budget:
-                break
-            steps += 1
-            idx = order[start : start + cfg.batch_size]
-            xb = site.x_train[idx]
-            logits = xb @ w.T + b
-            logits -= logits.max(axis=1, keepdims=True)
-            p = np.exp(logits)
-            p /= p.sum(axis=1, keepdims=True)
-            p[np.arange(len(idx)), site.y_train[idx]] -= 1.0
-            p /= np.float32(len(idx))
-            w -= lr * (p.T @ xb)
-            b -= lr * p.sum(axis=0)
-    return np.concatenate([w.ravel(), b]) - theta
+    plans: list[list[np.ndarray]] = []
+    for k in sites:
+        n = int(packed.n_train[k])
+        gen = make_generator(seed_for(cfg.seed, t, int(k)), secure=False)
+        plan: list[np.ndarray] = []
+        for _ in range(cfg.local_epochs):
+            order = torch.randperm(n, generator=gen).numpy()
+            for start in range(0, n, cfg.batch_size):
+                if len(plan) < budget:
+                    plan.append(order[start : start + cfg.batch_size])
+        plans.append(plan)
+    steps = max(len(plan) for plan in plans)
+    rows = np.zeros((steps, len(sites), cfg.batch_size), dtype=np.int64)
+    weights = np.zeros((steps, len(sites), cfg.batch_size), dtype=np.float32)
+    for i, plan in enumerate(plans):
+        for s, idx in enumerate(plan):
+            rows[s, i, : len(idx)] = packed.off_train[sites[i]] + idx
+            weights[s, i, : len(idx)] = np.float32(1.0) / np.float32(len(idx))
+    return [(rows[s], weights[s]) for s in range(steps)]
 
 
-def _local_sgd_torch(
-    theta: np.ndarray, site: SiteData, cfg: SimulationConfig, n_classes: int, seed: int
+def _local_train(
+    packed: Packed, theta: np.ndarray, sites: np.ndarray, cfg: SimulationConfig, t: int
 ) -> np.ndarray:
+    """The reference engine: ``fairfleet.learning.train.local_train`` per site."""
     import torch
 
     from fairfleet.learning.models import build_model
     from fairfleet.learning.tensors import flatten, unflatten
     from fairfleet.learning.train import LocalTrainConfig, local_train
 
-    model = build_model("logistic", in_features=site.x_train.shape[1], n_classes=n_classes)
-    model.load_state_dict(unflatten(torch.from_numpy(theta), model.state_dict()))
     config = LocalTrainConfig(epochs=cfg.local_epochs, batch_size=cfg.batch_size, lr=cfg.lr)
-    result = local_train(
-        model,
-        torch.from_numpy(site.x_train),
-        torch.from_numpy(site.y_train),
-        "classification",
-        config,
-        seed,
-    )
-    return flatten(result.delta).numpy().astype(np.float32)
-
-
-def _site_metrics(theta: np.ndarray, site: SiteData, n_classes: int) -> tuple[float, float]:
-    loss = float(_softmax_ce(theta, site.x_test, site.y_test, n_classes).mean())
-    acc = float(np.mean(_predict(theta, site.x_test, n_classes) == site.y_test))
-    return acc, loss
+    out = []
+    for k in sites:
+        site = packed.data.sites[int(k)]
+        model = build_model("logistic", in_features=packed.d, n_classes=packed.o)
+        model.load_state_dict(unflatten(torch.from_numpy(theta), model.state_dict()))
+        result = local_train(
+            model,
+            torch.from_numpy(site.x_train),
+            torch.from_numpy(site.y_train),
+            "classification",
+            config,
+            seed_for(cfg.seed, t, int(k)),
+        )
+        out.append(flatten(result.delta).numpy().astype(np.float32))
+    return np.stack(out)
 
 
 def summarise(accuracies: np.ndarray) -> dict[str, float]:
@@ -222,23 +183,19 @@ def _class_table(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     return table
 
 
-def _seed_for(*parts: int) -> int:
-    return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
-
-
 def run_simulation(
     cfg: SimulationConfig,
     dataset: FederatedDataset | None = None,
     progress: ProgressFn | None = None,
 ) -> dict[str, Any]:
     """Run ``cfg`` and return the result document (see ``fairfleet simulate --help``)."""
-    import torch
-
-    from fairfleet.privacy.mechanisms import GaussianUpdateMechanism, noisy_bounded_mean
+    from fairfleet.sim.arrays import FleetData
 
     started = time.perf_counter()
     data = dataset or synthetic(cfg.alpha, cfg.beta, cfg.sites, seed=cfg.seed, iid=cfg.iid)
-    n_classes = data.n_classes
+    packed = Packed(
+        FleetData(data.name, "classification", data.n_features, data.n_classes, data.sites)
+    )
     params = dict(cfg.strategy_params)
     accepted = inspect.signature(strategy_class(cfg.strategy).__init__).parameters
     if "local_lr" in accepted:
@@ -246,84 +203,60 @@ def run_simulation(
     if cfg.sampling == "proportional" and "weighting" in accepted:
         params.setdefault("weighting", "uniform")  # sampling ∝ n_k already weights by p_k
     strategy = build_strategy(cfg.strategy, **params)
-    state = strategy.initial_state()
-    dim = n_classes * data.n_features + n_classes
-    theta = np.zeros(dim, dtype=np.float32)
-
-    z = 0.0
-    mechanism = None
+    privacy = None
     if cfg.epsilon is not None:
-        z = calibrate_noise_multiplier(cfg.epsilon, cfg.delta, 2 * cfg.rounds)
-        mechanism = GaussianUpdateMechanism(cfg.clip_norm, z)
-    local_sgd = _local_sgd_fast if cfg.engine == "fast" else _local_sgd_torch
-    select_rng = np.random.default_rng(_seed_for(cfg.seed, 0xC11E))
+        privacy = Privacy(cfg.epsilon, cfg.delta, cfg.clip_norm, cfg.loss_bound, 2)
+
+    select_rng = np.random.default_rng(seed_for(cfg.seed, 0xC11E))
     k_sites = len(data.sites)
-    sizes = np.array([s.n_train for s in data.sites], dtype=np.float64)
-    select_p = sizes / sizes.sum() if cfg.sampling == "proportional" else None
-    history = []
-    for t in range(cfg.rounds):
-        chosen = (
-            np.arange(k_sites)
-            if cfg.clients_per_round is None
-            else np.sort(
-                select_rng.choice(k_sites, cfg.clients_per_round, replace=False, p=select_p)
-            )
-        )
-        updates = []
-        for k in chosen:
-            site = data.sites[int(k)]
-            seed = _seed_for(cfg.seed, t, int(k)) % (2**62)
-            if mechanism is None:
-                loss = None
-                if strategy.requires_losses:  # without DP nothing is released unless used
-                    losses = _softmax_ce(theta, site.x_train, site.y_train, n_classes)
-                    loss = NoisyStat(float(losses.mean()), 0.0, site.n_train)
-                delta = local_sgd(theta, site, cfg, n_classes, seed)
-                noise_std, clip = 0.0, None
-            else:
-                # under DP both releases happen every round, whatever the strategy uses, so every
-                # strategy runs under the same calibrated z (the 2×2 factorial compares like this)
-                losses = _softmax_ce(theta, site.x_train, site.y_train, n_classes)
-                rng = np.random.default_rng(seed)
-                released = noisy_bounded_mean(
-                    losses, 0.0, cfg.loss_bound, z * site.n_train, rng, m=site.n_train
-                )
-                loss = NoisyStat(released.value, released.noise_std, site.n_train)
-                raw = torch.from_numpy(local_sgd(theta, site, cfg, n_classes, seed))
-                from fairfleet.privacy.dpsgd import make_generator
+    select_p = packed.n_train / packed.n_train.sum() if cfg.sampling == "proportional" else None
 
-                private = mechanism.privatise(raw, make_generator(seed + 1, secure=False))
-                delta = private.values.numpy().astype(np.float32)
-                noise_std, clip = private.noise_std, cfg.clip_norm
-            updates.append(
-                SiteUpdate(
-                    site.site, site.site_class, delta, site.n_train, noise_std, loss, clip_norm=clip
-                )
-            )
-        result = strategy.aggregate(theta, updates, state)
-        theta, state = result.new_global, result.new_state
-        if (t + 1) % cfg.eval_every == 0 or t + 1 == cfg.rounds:
-            accs = np.array([_site_metrics(theta, s, n_classes)[0] for s in data.sites])
-            entry: dict[str, Any] = {"round": t + 1, "participants": len(updates)}
-            entry.update(summarise(accs))
+    def choose(_t: int) -> np.ndarray:
+        if cfg.clients_per_round is None:
+            return np.arange(k_sites)
+        return np.sort(select_rng.choice(k_sites, cfg.clients_per_round, replace=False, p=select_p))
+
+    def local(theta: np.ndarray, sites: np.ndarray, t: int) -> np.ndarray:
+        if cfg.engine == "torch":
+            return _local_train(packed, theta, sites, cfg, t)
+        return packed.sgd(theta, _epoch_batches(packed, sites, cfg, t), len(sites), cfg.lr)
+
+    history: list[dict[str, Any]] = []
+
+    def record(r: Round) -> None:
+        if r.t % cfg.eval_every == 0 or r.t == cfg.rounds:
+            entry: dict[str, Any] = {"round": r.t, "participants": r.participants}
+            entry.update(summarise(packed.test_accuracy(r.theta)))
             for key in ("lambda", "step_scale"):
-                if key in result.diagnostics:
-                    entry[key] = result.diagnostics[key]
+                if key in r.diagnostics:
+                    entry[key] = r.diagnostics[key]
             history.append(entry)
-        if progress is not None:
-            progress(t + 1, cfg.rounds)
 
+    # without DP nothing is released unless used; under DP both releases happen every round,
+    # whatever the strategy uses, so every strategy runs under the same calibrated z
+    theta, z = run_rounds(
+        packed,
+        strategy,
+        cfg.rounds,
+        cfg.seed,
+        local,
+        choose=choose,
+        release_losses=strategy.requires_losses or privacy is not None,
+        privacy=privacy,
+        on_round=record,
+        progress=progress,
+    )
+    accuracy, loss = packed.test_accuracy(theta), packed.test_risk(theta)
     rows = []
-    for s in data.sites:
-        acc, loss_value = _site_metrics(theta, s, n_classes)
+    for k, s in enumerate(data.sites):
         rows.append(
             {
                 "site": s.site,
                 "class": s.site_class,
                 "n_train": s.n_train,
                 "n_test": s.n_test,
-                "accuracy": acc,
-                "loss": loss_value,
+                "accuracy": float(accuracy[k]),
+                "loss": float(loss[k]),
             }
         )
     classes = _class_table(rows)
@@ -338,7 +271,7 @@ def run_simulation(
         "strategy_params": strategy.params(),
         "dataset_name": data.name,
         "privacy": None
-        if mechanism is None
+        if privacy is None
         else {
             "unit": "site",
             "epsilon": cfg.epsilon,

@@ -21,7 +21,10 @@ def _reference_sgd(
     """Site by site, example by example gradients of the mean cross-entropy (no batching)."""
     k_sites, o, d = len(packed.n_train), packed.o, packed.d
     low = packed.off_train[:, None]
-    draws = [rng.integers(low, low + packed.n_train[:, None], size=(k_sites, batch)) for _ in range(steps)]
+    draws = [
+        rng.integers(low, low + packed.n_train[:, None], size=(k_sites, batch))
+        for _ in range(steps)
+    ]
     out = []
     for k in range(k_sites):
         w = theta[: o * d].reshape(o, d).astype(np.float64).copy()
@@ -62,10 +65,10 @@ def test_same_seed_same_run_and_privacy_noise_is_calibrated(packed: Packed) -> N
     a, b = train_federated(packed, cfg, seed=3), train_federated(packed, cfg, seed=3)
     np.testing.assert_array_equal(a.theta, b.theta)
     assert a.noise_multiplier > 0
-    from fairfleet.sim.simulate import calibrate_noise_multiplier
+    from fairfleet.privacy.accounting import calibrate_noise_multiplier
 
-    # The gap strategy releases a loss and an update per round: 2R releases share ε.
-    assert a.noise_multiplier == pytest.approx(calibrate_noise_multiplier(4.0, 1e-5, 6))
+    # The gap strategy releases a loss and an update per round: 2R releases share ε (q = 1).
+    assert a.noise_multiplier == pytest.approx(calibrate_noise_multiplier(4.0, 1e-5, 1.0, 6))
     c = train_federated(packed, cfg, seed=4)
     assert not np.array_equal(a.theta, c.theta)
 

@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 
 from fairfleet.cli import app
 from fairfleet.errors import ConfigError
-from fairfleet.sim.simulate import SimulationConfig, calibrate_noise_multiplier, run_simulation
+from fairfleet.privacy.accounting import calibrate_noise_multiplier
+from fairfleet.sim.simulate import SimulationConfig, run_simulation
 from fairfleet.sim.synthetic import synthetic
 
 
@@ -74,7 +75,7 @@ def test_cli_names_an_unknown_strategy() -> None:
 
 
 def test_calibration_meets_epsilon_tightly() -> None:
-    z = calibrate_noise_multiplier(2.0, 1e-5, 40)
+    z = calibrate_noise_multiplier(2.0, 1e-5, sampling_rate=1.0, steps=40)  # the engine's call
     assert _epsilon(z, 40, 1e-5) <= 2.0
     assert _epsilon(z * 0.99, 40, 1e-5) > 2.0
 
