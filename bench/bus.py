@@ -3,7 +3,7 @@
 For update sizes of 4 MB and 64 MB: publish N updates (flush included) and consume them all
 (decoded, reassembled and checksummed for fairfleet; raw records for confluent-kafka). The raw
 baseline sends the same bytes in the same chunk sizes (a 64 MB value cannot be one Kafka record
-under the topic limit). Throughput = bytes / (publish seconds + consume seconds).
+under the topic limit). Throughput = bytes / (publish seconds + consume seconds), median of interleaved repeats.
 Writes bench/results/bus.json with `ratio` = fairfleet / raw for each size.
 """
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import statistics
 import time
 import uuid
 from pathlib import Path
@@ -28,6 +29,7 @@ from fairfleet.messages import SiteUpdate, UpdatePrivacy
 
 OUT = Path(__file__).resolve().parent / "results" / "bus.json"
 MB = 1024 * 1024
+REPEATS = 5
 
 
 def _topic(bus: KafkaBus) -> str:
@@ -36,8 +38,17 @@ def _topic(bus: KafkaBus) -> str:
     return name
 
 
+def _joined(consumer: Any) -> None:
+    """Poll an empty topic until the group assignment arrives, so joining is not timed."""
+    deadline = time.monotonic() + 30
+    while not consumer.assignment() and time.monotonic() < deadline:
+        consumer.poll(0.05)
+
+
 def _fairfleet(bus: KafkaBus, payload: bytes, n: int) -> tuple[float, float]:
     topic = _topic(bus)
+    reader = Reader(bus.consumer(f"g{uuid.uuid4().hex[:6]}", [topic]), "bench")
+    _joined(reader.consumer._consumer)  # type: ignore[attr-defined]
     producer = bus.producer()
     publisher = Publisher(producer)
     privacy = UpdatePrivacy(enabled=True, mechanism="update", unit="site", noise_multiplier=1.0, clip_norm=1.0, noise_std=1.0)
@@ -49,7 +60,6 @@ def _fairfleet(bus: KafkaBus, payload: bytes, n: int) -> tuple[float, float]:
         publisher.send(topic, msg, payload, key=f"s{i}")
     producer.flush(300)
     t1 = time.perf_counter()
-    reader = Reader(bus.consumer(f"g{uuid.uuid4().hex[:6]}", [topic]), "bench")
     got = 0
     t2 = time.perf_counter()
     while got < n:
@@ -62,6 +72,13 @@ def _fairfleet(bus: KafkaBus, payload: bytes, n: int) -> tuple[float, float]:
 
 def _raw(bootstrap: str, bus: KafkaBus, payload: bytes, n: int) -> tuple[float, float]:
     topic = _topic(bus)
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"g{uuid.uuid4().hex[:6]}",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False,
+                         "fetch.max.bytes": 4 * MAX_MESSAGE_BYTES,
+                         "max.partition.fetch.bytes": MAX_MESSAGE_BYTES + 65536,
+                         "receive.message.max.bytes": 4 * MAX_MESSAGE_BYTES + 2 * MB})
+    consumer.subscribe([topic])
+    _joined(consumer)
     producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5,
                          "message.max.bytes": MAX_MESSAGE_BYTES + 65536})
     chunks = [payload[i:i + DEFAULT_CHUNK_BYTES] for i in range(0, len(payload), DEFAULT_CHUNK_BYTES)]
@@ -77,17 +94,11 @@ def _raw(bootstrap: str, bus: KafkaBus, payload: bytes, n: int) -> tuple[float, 
         producer.poll(0)
     producer.flush(300)
     t1 = time.perf_counter()
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"g{uuid.uuid4().hex[:6]}",
-                         "auto.offset.reset": "earliest", "enable.auto.commit": False,
-                         "fetch.max.bytes": 4 * MAX_MESSAGE_BYTES,
-                         "max.partition.fetch.bytes": MAX_MESSAGE_BYTES + 65536,
-                         "receive.message.max.bytes": 4 * MAX_MESSAGE_BYTES + 2 * MB})
-    consumer.subscribe([topic])
     want, got = n * len(chunks), 0
     t2 = time.perf_counter()
     while got < want:
         for msg in consumer.consume(min(100, want - got), 1.0):
-            if msg.error() is None:
+            if msg.error() is None and len(msg.value()) > 0:  # a consumer reads the bytes too
                 got += 1
     t3 = time.perf_counter()
     consumer.close()
@@ -102,18 +113,31 @@ def main() -> dict[str, Any]:
     assert isinstance(bus, KafkaBus)
     rng = np.random.default_rng(0)
     result: dict[str, Any] = {"broker": "local single-node KRaft (Maven jars)", "chunk_bytes": DEFAULT_CHUNK_BYTES, "sizes": {}}
+    # Throughput on a shared 2-core machine swings 2-3x between identical runs (broker log
+    # flushes, other processes), so each side runs REPEATS times, interleaved with alternating
+    # order, and the medians are compared.
     for size_mb, n in ((4, 24), (64, 4)):
         payload = rng.standard_normal(size_mb * MB // 4, dtype=np.float32).tobytes()
         _raw(bootstrap, bus, payload, 1)  # warm-up both paths
         _fairfleet(bus, payload, 1)
+        runs: dict[str, list[tuple[float, float]]] = {"fairfleet": [], "raw": []}
+        for rep in range(REPEATS):
+            order = ["fairfleet", "raw"] if rep % 2 == 0 else ["raw", "fairfleet"]
+            for name in order:
+                if name == "fairfleet":
+                    runs[name].append(_fairfleet(bus, payload, n))
+                else:
+                    runs[name].append(_raw(bootstrap, bus, payload, n))
+        total = n * len(payload) / MB
         rows = {}
-        for name, fn in (("fairfleet", lambda p=payload, k=n: _fairfleet(bus, p, k)),
-                         ("raw", lambda p=payload, k=n: _raw(bootstrap, bus, p, k))):
-            pub, con = fn()
-            total = n * len(payload) / MB
-            rows[name] = {"publish_mb_s": total / pub, "consume_mb_s": total / con, "mb_s": total / (pub + con)}
+        for name, times in runs.items():
+            pub = statistics.median(t[0] for t in times)
+            con = statistics.median(t[1] for t in times)
+            both = statistics.median(t[0] + t[1] for t in times)
+            rows[name] = {"publish_mb_s": total / pub, "consume_mb_s": total / con, "mb_s": total / both,
+                          "runs_mb_s": [round(total / (t[0] + t[1]), 1) for t in times]}
         result["sizes"][f"{size_mb}MB"] = {
-            **rows, "updates": n,
+            **rows, "updates": n, "repeats": REPEATS,
             "ratio": rows["fairfleet"]["mb_s"] / rows["raw"]["mb_s"],
             "ratio_publish": rows["fairfleet"]["publish_mb_s"] / rows["raw"]["publish_mb_s"],
             "ratio_consume": rows["fairfleet"]["consume_mb_s"] / rows["raw"]["consume_mb_s"],
