@@ -26,6 +26,10 @@ autograd set-up for a tiny model), and a decomposition is ~10⁵ site-rounds. He
 of all sites are batched numpy ops (a leading site axis), the same math;
 tests/unit/sim/test_engine.py checks the batch against a per-site loop and
 tests/unit/sim/test_simulate.py against local_train.
+
+Over 400 lines on purpose: the core plus the decomposition's run (``TrainConfig``,
+``train_federated``, ``train_oracle``), which decompose, its CLI, the bench and tests import from
+here; simulate's wiring lives in sim/simulate.py.
 """
 
 from __future__ import annotations
