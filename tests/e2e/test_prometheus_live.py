@@ -63,9 +63,15 @@ def _fleet_config(tmp_path: Path, prefix: str) -> Path:
 class PromAPI:
     def __init__(self, url: str) -> None:
         self.url = url
+        # The fleet keeps running while the test reads: queries that compare series evaluate at
+        # one fixed instant (``at``), or they could see two different rounds.
+        self.at: float | None = None
 
     def query(self, expr: str) -> list[dict[str, Any]]:
-        r = httpx.get(f"{self.url}/api/v1/query", params={"query": expr}, timeout=5)
+        params: dict[str, str | float] = {"query": expr}
+        if self.at is not None:
+            params["time"] = self.at
+        r = httpx.get(f"{self.url}/api/v1/query", params=params, timeout=5)
         r.raise_for_status()
         body = r.json()
         assert body["status"] == "success", body
@@ -153,7 +159,10 @@ def _wait_for_rounds(prom: PromAPI, fleet: Any, timeout_s: float = 300) -> float
 
 def test_prometheus_sees_rounds_fairness_and_privacy(live: tuple[Any, PromAPI, Any]) -> None:
     fleet, prom, cfg = live
-    closed = _wait_for_rounds(prom, fleet)
+    _wait_for_rounds(prom, fleet)
+    prom.at = time.time()  # every comparison below reads one consistent instant
+    closed = prom.scalar(f'sum(fairfleet_aggregator_rounds_total{{model="{MODEL}"}})')
+    assert closed is not None
 
     # every service is scraped and up
     up = prom.query('up{job=~"fairfleet-.*"}')
