@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import weakref
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -17,6 +18,23 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 JsonRoute = Callable[[dict[str, str]], Any]
+
+_UPDATE_LOCKS: weakref.WeakKeyDictionary[CollectorRegistry, threading.RLock] = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+
+
+def update_lock(registry: CollectorRegistry) -> threading.RLock:
+    """The lock that makes a group of related updates atomic for scrapers of ``registry``.
+
+    ``/metrics`` renders under this lock, so a service that sets several gauges that must agree
+    (per-class losses and the gap computed from them) holds it while setting them and no scrape
+    ever sees half of a round.
+    """
+    with _LOCKS_GUARD:
+        lock = _UPDATE_LOCKS.get(registry)
+        if lock is None:
+            lock = _UPDATE_LOCKS[registry] = threading.RLock()
+        return lock
 
 
 class MetricsServer:
@@ -56,7 +74,9 @@ def serve(
             path, _, query = self.path.partition("?")
             params = dict(p.split("=", 1) for p in query.split("&") if "=" in p)
             if path == "/metrics":
-                self._send(200, CONTENT_TYPE_LATEST, generate_latest(registry))
+                with update_lock(registry):
+                    body = generate_latest(registry)
+                self._send(200, CONTENT_TYPE_LATEST, body)
             elif path == "/healthz":
                 self._send(200, "application/json", b'{"status": "ok"}')
             elif path in json_routes:

@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from fairfleet import __version__
 from fairfleet.fairness import SiteUpdate, class_risk_estimates
+from fairfleet.metrics import update_lock
 
 SERVICE = "aggregator"
 
@@ -109,11 +110,6 @@ class AggregatorMetrics:
         """Per-round metrics, and per-class estimates from the round's noisy loss releases
         (``class_risk_estimates``, p ∝ n_k); returns that report (None without losses)."""
         model = self.model
-        self.rounds.labels(model).inc()
-        self.participants.labels(model).set(len(updates))
-        self.duration.labels(model).observe(max(0.0, time.time() - opened_at))
-        for u in updates:
-            self.staleness.labels(model).observe(u.staleness)
         losses = [(u.loss, u.site_class, u.n_examples) for u in updates if u.loss is not None]
         report = None
         if losses:
@@ -121,5 +117,11 @@ class AggregatorMetrics:
                 [loss for loss, _, _ in losses], [c for _, c, _ in losses],
                 weights=[n for _, _, n in losses],
             ).to_json()
-        self.fairness(report, diagnostics.get("lambda", {}))
+        with update_lock(self.registry):  # a scrape sees the whole round or none of it
+            self.rounds.labels(model).inc()
+            self.participants.labels(model).set(len(updates))
+            self.duration.labels(model).observe(max(0.0, time.time() - opened_at))
+            for u in updates:
+                self.staleness.labels(model).observe(u.staleness)
+            self.fairness(report, diagnostics.get("lambda", {}))
         return report
