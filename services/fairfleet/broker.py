@@ -9,6 +9,13 @@ from ``deploy/kafka/pom.xml`` into a cache folder once; the broker then runs as 
     <state_dir>/server.properties   the generated broker config
     <state_dir>/logs/server.log     the broker's own log (log4j2)
     <state_dir>/data/               KRaft metadata and topic data
+
+``start(..., scram_users={"alice": "secret"})`` makes the client listener SASL_PLAINTEXT with
+SCRAM-SHA-256 instead: the credentials are written into the KRaft metadata at format time
+(``StorageTool format --add-scram``), inter-broker traffic stays on a separate PLAINTEXT listener
+on 127.0.0.1, and ``BrokerInfo.security_protocol`` says which protocol clients must speak. This is
+how tests/integration/test_kafka_sasl.py checks KafkaConfig's SASL/SCRAM settings against a real
+broker.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from fairfleet.errors import BrokerError
 
 KAFKA_VERSION = "4.1.1"
 DEFAULT_HEAP = "512m"
+SCRAM_MECHANISM = "SCRAM-SHA-256"
 
 
 def repo_root() -> Path:
@@ -54,6 +62,7 @@ class BrokerInfo:
     controller_port: int
     pid: int
     state_dir: str
+    security_protocol: str = "PLAINTEXT"
 
     @property
     def log_file(self) -> Path:
@@ -158,6 +167,45 @@ def _properties(data_dir: Path, port: int, cport: int) -> str:
     ])
 
 
+def _sasl_properties(data_dir: Path, port: int, cport: int, iport: int) -> str:
+    """The default config with the client listener on SASL_PLAINTEXT (SCRAM-SHA-256).
+
+    Inter-broker traffic uses a separate PLAINTEXT listener ``INTERNAL`` on 127.0.0.1.
+    """
+    plain = _properties(data_dir, port, cport)
+    mech = SCRAM_MECHANISM.lower()
+    replaced = {
+        "listeners": f"CLIENT://127.0.0.1:{port},INTERNAL://127.0.0.1:{iport},CONTROLLER://127.0.0.1:{cport}",
+        "advertised.listeners": f"CLIENT://127.0.0.1:{port},INTERNAL://127.0.0.1:{iport}",
+        "inter.broker.listener.name": "INTERNAL",
+        "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,INTERNAL:PLAINTEXT,CLIENT:SASL_PLAINTEXT",
+    }
+    lines = [
+        f"{key}={replaced[key]}" if (key := line.split("=", 1)[0]) in replaced else line
+        for line in plain.splitlines()
+    ]
+    lines += [
+        f"sasl.enabled.mechanisms={SCRAM_MECHANISM}",
+        f"listener.name.client.{mech}.sasl.jaas.config="
+        "org.apache.kafka.common.security.scram.ScramLoginModule required;",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _scram_args(scram_users: dict[str, str]) -> list[str]:
+    """``--add-scram`` arguments for StorageTool format, one per user."""
+    args: list[str] = []
+    for name, password in scram_users.items():
+        for value, what in ((name, "user name"), (password, "password")):
+            if not value or any(c in value for c in ',=[]"'):
+                raise BrokerError(
+                    f"A SCRAM {what} must be non-empty without any of , = [ ] \". Found {value!r}."
+                )
+        args += ["--add-scram", f"{SCRAM_MECHANISM}=[name={name},password={password}]"]
+    return args
+
+
 _LOG4J2 = """\
 status = warn
 appender.file.type = File
@@ -180,8 +228,12 @@ def start(
     port: int = 0,
     heap: str = DEFAULT_HEAP,
     timeout_s: float = 90.0,
+    scram_users: dict[str, str] | None = None,
 ) -> BrokerInfo:
     """Start a broker in ``state_dir`` and wait until its admin API answers.
+
+    With ``scram_users`` (user name -> password) the client listener is SASL_PLAINTEXT with
+    SCRAM-SHA-256 and these users; readiness is then checked as the first of them.
 
     Raises BrokerError if one is already running there, or if it does not come up in time
     (the error includes the tail of the broker's log).
@@ -206,7 +258,23 @@ def start(
     while cport == port:
         cport = free_port()
     props = state / "server.properties"
-    props.write_text(_properties(data_dir, port, cport))
+    extra: list[str] = []
+    client_config: dict[str, str] | None = None
+    if scram_users is None:
+        props.write_text(_properties(data_dir, port, cport))
+    else:
+        if not scram_users:
+            raise BrokerError("scram_users must name at least one user. Found an empty mapping.")
+        extra = _scram_args(scram_users)
+        iport = free_port()
+        while iport in (port, cport):
+            iport = free_port()
+        props.write_text(_sasl_properties(data_dir, port, cport, iport))
+        user, password = next(iter(scram_users.items()))
+        client_config = {
+            "security.protocol": "SASL_PLAINTEXT", "sasl.mechanisms": SCRAM_MECHANISM,
+            "sasl.username": user, "sasl.password": password,
+        }
     log4j = state / "log4j2.properties"
     log4j.write_text(_LOG4J2.format(log=logs_dir / "server.log"))
     classpath = f"{libs}/*"
@@ -216,7 +284,7 @@ def start(
     ]
     fmt = subprocess.run(
         [*common, "kafka.tools.StorageTool", "format", "--config", str(props),
-         "--cluster-id", uuid.uuid4().hex[:22], "--standalone", "--ignore-formatted"],
+         "--cluster-id", uuid.uuid4().hex[:22], "--standalone", "--ignore-formatted", *extra],
         capture_output=True, text=True,
     )
     if fmt.returncode != 0:
@@ -231,9 +299,10 @@ def start(
     info = BrokerInfo(
         bootstrap=f"127.0.0.1:{port}", port=port, controller_port=cport, pid=proc.pid,
         state_dir=str(state),
+        security_protocol="PLAINTEXT" if scram_users is None else "SASL_PLAINTEXT",
     )
     try:
-        wait_ready(info.bootstrap, timeout_s, proc)
+        wait_ready(info.bootstrap, timeout_s, proc, client_config)
     except BrokerError:
         _kill(proc.pid, signal.SIGKILL)
         raise
@@ -241,8 +310,16 @@ def start(
     return info
 
 
-def wait_ready(bootstrap: str, timeout_s: float, proc: subprocess.Popen[bytes] | None = None) -> None:
-    """Poll the TCP port, then the admin API, until the broker answers or time runs out."""
+def wait_ready(
+    bootstrap: str,
+    timeout_s: float,
+    proc: subprocess.Popen[bytes] | None = None,
+    client_config: dict[str, str] | None = None,
+) -> None:
+    """Poll the TCP port, then the admin API, until the broker answers or time runs out.
+
+    ``client_config`` holds extra librdkafka settings (e.g. SASL) for the admin client.
+    """
     from confluent_kafka.admin import AdminClient
 
     host, port = bootstrap.rsplit(":", 1)
@@ -257,7 +334,7 @@ def wait_ready(bootstrap: str, timeout_s: float, proc: subprocess.Popen[bytes] |
             time.sleep(0.3)
             continue
         try:
-            admin = AdminClient({"bootstrap.servers": bootstrap})
+            admin = AdminClient({"bootstrap.servers": bootstrap, **(client_config or {})})
             admin.list_topics(timeout=5)
             return
         except Exception:
