@@ -62,10 +62,6 @@ class Delivery:
         self.partition, self.offset, self.error = partition, offset, error
         self._done.set()
 
-    @property
-    def done(self) -> bool:
-        return self._done.is_set()
-
     def wait(self, timeout: float = 30.0) -> tuple[int, int]:
         """Block until delivered; return (partition, offset) or raise BusError."""
         deadline = time.monotonic() + timeout

@@ -18,6 +18,7 @@ raises PayloadError; an incomplete one expires with PayloadError naming what is 
 from __future__ import annotations
 
 import hashlib
+import json
 import struct
 import time
 from collections.abc import Iterator
@@ -66,8 +67,6 @@ def decode(value: bytes | memoryview) -> tuple[Message, memoryview]:
         raise PayloadError(f"Truncated message: header says {n} JSON bytes, {len(view) - 8} present.")
     raw = bytes(view[8 : 8 + n])
     try:
-        import json
-
         data = json.loads(raw)
         type_name = str(data.get("type", ""))
     except (ValueError, AttributeError) as exc:

@@ -78,10 +78,6 @@ class KafkaBus(Bus):
         result = self._admin.describe_configs([resource])[resource].result(timeout=10)
         return {name: entry.value for name, entry in result.items()}
 
-    def delete_topics(self, names: Sequence[str]) -> None:
-        for future in self._admin.delete_topics(list(names), operation_timeout=30).values():
-            future.result()
-
 
 class KafkaProducer(Producer):
     def __init__(self, client_config: Mapping[str, Any], transactional_id: str | None) -> None:
@@ -263,12 +259,14 @@ class KafkaConsumer(Consumer):
     def lag(self) -> int:
         total = 0
         positions = self.positions()
+        committed: dict[tuple[str, int], int] | None = None  # fetched once, only if needed
         for tp in self._consumer.assignment():
             _, high = self._consumer.get_watermark_offsets(tp, timeout=5, cached=False)
             pos = positions.get((tp.topic, tp.partition))
             if pos is None:
-                committed = self.committed().get((tp.topic, tp.partition), 0)
-                pos = committed
+                if committed is None:
+                    committed = self.committed()
+                pos = committed.get((tp.topic, tp.partition), 0)
             total += max(0, high - pos)
         return total
 
