@@ -86,8 +86,8 @@ def _summary(cfg: Any) -> dict[str, Any]:
                 "connector": s.connector.type,
                 "data_source": s.data_source,
                 "models": list(s.models) or [m.id for m in cfg.models],
-                "epsilon_max": cfg.policy_for(s.id).epsilon_max,
-                "delta": cfg.policy_for(s.id).delta,
+                "epsilon_max": (policy := cfg.policy_for(s.id)).epsilon_max,
+                "delta": policy.delta,
                 "metrics_port": s.metrics_port,
             }
             for s in cfg.sites
