@@ -11,7 +11,7 @@ Two formats are accepted:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from pydantic import ValidationError
@@ -19,11 +19,12 @@ from pydantic import ValidationError
 from fairfleet.errors import ConfigError
 from fairfleet.privacy.policy import Policy, PolicySet
 
+if TYPE_CHECKING:
+    from fairfleet.config import FleetConfig
 
-def _from_fleet(path: Path) -> PolicySet:
-    from fairfleet.config import load_config
 
-    cfg = load_config(path)
+def policies_from_config(cfg: FleetConfig) -> PolicySet:
+    """The PolicySet of an already loaded fleet config (its ``policies`` and site classes)."""
     pol = cfg.policies
 
     def conv(p: Any) -> Policy:
@@ -49,7 +50,9 @@ def load_policies(path: str | Path) -> PolicySet:
     if not isinstance(data, dict):
         raise ConfigError(f"{p} must hold a mapping. Found {type(data).__name__}.")
     if "policies" in data:
-        return _from_fleet(p)
+        from fairfleet.config import parse_config
+
+        return policies_from_config(parse_config(data, str(p)))  # the mapping read above
     if "defaults" in data and "default" not in data:
         data["default"] = data.pop("defaults")
     try:

@@ -30,7 +30,7 @@ from pydantic import ValidationError
 
 from fairfleet.accountant.metrics import AccountantMetrics
 from fairfleet.accountant.store import LedgerStore, Row
-from fairfleet.bus import Bus, Envelope, Publisher, Reader, topic_name
+from fairfleet.bus import Bus, Envelope, Publisher, Reader, dead_letter_for, topic_name
 from fairfleet.errors import BusError, ConfigError, FairfleetError
 from fairfleet.log import event
 from fairfleet.messages import (
@@ -336,8 +336,6 @@ class AccountantService:
         self.publisher.send(self.topics["deadletter"], letter)
 
     def _dead_letter_env(self, env: Envelope, reason: str, detail: str) -> None:
-        from fairfleet.bus import dead_letter_for
-
         self._dead_letter(dead_letter_for("accountant", reason, detail, env.record))
 
     def close(self) -> None:

@@ -47,15 +47,17 @@ def run_cmd(
     import signal
     import threading
 
-    from fairfleet.accountant.policies import load_policies
+    from fairfleet.accountant.policies import load_policies, policies_from_config
     from fairfleet.accountant.service import AccountantOptions, AccountantService
     from fairfleet.bus import connect
     from fairfleet.errors import ConfigError
     from fairfleet.log import configure
+    from fairfleet.privacy.policy import PolicySet
 
     configure("accountant")
     client_config: dict[str, str] = {}
     reported = "rdp"
+    policies: PolicySet | None = None
     if config is not None:
         from fairfleet.config import load_config
 
@@ -67,11 +69,13 @@ def run_cmd(
             db = cfg.resolve_path(cfg.accountant.db)  # relative to the config's folder
         metrics_port = cfg.accountant.metrics_port if metrics_port is None else metrics_port
         metrics_host = metrics_host or cfg.metrics_host
-        policy = policy or config
+        if policy is None:
+            policies = policies_from_config(cfg)  # the config already loaded, not read again
         reported = cfg.accountant.reported_accountant
-    if bootstrap is None or policy is None:
+    if policy is not None:
+        policies = load_policies(policy)
+    if bootstrap is None or policies is None:
         raise ConfigError("Give --config FLEET.yaml, or --bootstrap and --policy.")
-    policies = load_policies(policy)
     options = AccountantOptions(
         prefix=prefix or "fairfleet.",
         group_id=group_id,

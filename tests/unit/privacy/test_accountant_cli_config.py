@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 import fairfleet.accountant.service as accountant_service
 import fairfleet.bus as bus_module
+from fairfleet.accountant.policies import load_policies
 from fairfleet.cli import app
 
 
@@ -19,9 +20,11 @@ class _Recorder:
     """Stands in for AccountantService: records the db it was given and returns at once."""
 
     db: Path | None = None
+    policies: Any = None
 
     def __init__(self, bus: Any, db: str | Path, policies: Any, options: Any) -> None:
         _Recorder.db = Path(db)
+        _Recorder.policies = policies
 
     def run(self, stop: threading.Event) -> None:
         return None
@@ -47,6 +50,9 @@ def _run_with(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, db: str) -> Path:
     )
     assert out.exit_code == 0, out.output
     assert _Recorder.db is not None
+    # the policies come from the same config file
+    assert _Recorder.policies == load_policies(conf_dir / "fleet.yaml")
+    assert _Recorder.policies.resolve("site", "any-site").epsilon_max == 5.0
     return _Recorder.db
 
 
