@@ -33,7 +33,7 @@ from fairfleet.fairness.base import (
     example_weights,
     noisy_losses,
 )
-from fairfleet.fairness.estimators import shrunk_site_losses
+from fairfleet.fairness.estimators import debiased_squared_norm, shrunk_site_losses
 from fairfleet.fairness.kernels import squared_norms
 from fairfleet.fairness.staleness import FEDBUFF_EXPONENT
 from fairfleet.fairness.state import StrategyState
@@ -87,12 +87,13 @@ class QFedAvg(WeightedUpdateStrategy):
         big_l = 1.0 / self.local_lr
         sq = squared_norms([u.delta for u in updates], [u.squared_norm for u in updates])
         if self.debias:
-            dims = np.array([u.dim for u in updates], dtype=np.float64)
-            noise = np.array([u.noise_std for u in updates]) ** 2
-            sq = np.maximum(0.0, sq - dims * noise)
             # the site clipped to C before noising, so ‖Δ‖² ≤ C²: cap the (high-variance) estimate
-            caps = np.array([np.inf if u.clip_norm is None else u.clip_norm**2 for u in updates])
-            sq = np.minimum(sq, caps)
+            sq = np.array(
+                [
+                    debiased_squared_norm(s, u.dim, u.noise_std, u.clip_norm)
+                    for s, u in zip(sq, updates, strict=True)
+                ]
+            )
         f_q = np.power(f, self.q)
         h = self.q * np.power(f, self.q - 1.0) * big_l**2 * sq + big_l * f_q
         coeffs = big_l * p * f_q / float(p @ h)
