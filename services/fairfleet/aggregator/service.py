@@ -312,7 +312,7 @@ class Aggregator:
         if ann is None:
             return Rejection("late", "Training is finished; no round is open.")
         staleness = check_round(
-            msg, ann, self.ckpt.finished, set(self._buffer), set(self.ckpt.accepted),
+            msg, ann, self.ckpt.finished, self._buffer.keys(), self.ckpt.accepted,
             self.options.max_staleness,
         )
         if isinstance(staleness, Rejection):
@@ -333,7 +333,7 @@ class Aggregator:
             site=msg.site, site_class=self.site_classes[msg.site], delta=checked.vector,
             n_examples=msg.n_examples,
             noise_std=msg.privacy.noise_std if msg.privacy.enabled else 0.0,
-            loss=loss, staleness=staleness,
+            loss=loss, staleness=staleness, squared_norm=checked.norm**2,
         )
 
     # -- closing a round ------------------------------------------------------------------------

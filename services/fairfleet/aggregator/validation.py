@@ -18,6 +18,7 @@ std in the delta is ``lr σ C √T / (q n)`` (the FedProx shrink only lowers bot
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import numpy as np
@@ -109,8 +110,8 @@ def check_round(
     msg: SiteUpdate,
     ann: RoundAnnouncement,
     finished: bool,
-    buffered: set[tuple[str, int]],
-    accepted: set[tuple[str, int]],
+    buffered: Collection[tuple[str, int]],
+    accepted: Collection[tuple[str, int]],
     max_staleness: int,
 ) -> Rejection | int:
     """Round, version and duplicate checks; the staleness τ when the update may be used.
