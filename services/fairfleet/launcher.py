@@ -334,11 +334,7 @@ def launch(
         for kind in ("aggregator", "site"):
             group = fleet.of_kind(kind)
             for s in group:
-                if (
-                    kind == "aggregator"
-                    and "--budgets-url" not in s.args
-                    and _accepts_budgets_url()
-                ):
+                if kind == "aggregator" and "--budgets-url" not in s.args:
                     s.args += ["--budgets-url", f"{accountant.url}/budgets"]
                 _start(s, child_env)
             _wait_ready(group, ready_timeout_s)
@@ -373,14 +369,3 @@ def create_topics(config_path: Path, log_dir: Path, env: dict[str, str], timeout
             f"Creating the topics failed (code {code}). Last log lines ({creator.log_path}):\n"
             f"{creator.log_tail()}"
         )
-
-
-def _accepts_budgets_url() -> bool:
-    """Whether ``fairfleet aggregator run`` takes --budgets-url (it is optional)."""
-    import inspect
-
-    try:
-        from fairfleet.cli.aggregator import run_cmd
-    except ImportError:
-        return False
-    return "budgets_url" in inspect.signature(run_cmd).parameters

@@ -50,10 +50,6 @@ class StrategyState:
             scalars={**self.scalars, **(scalars or {})},
         )
 
-    def to_dict(self) -> dict[str, np.ndarray]:
-        """Arrays only, for callers that store a ``dict[str, np.ndarray]`` (scalars dropped)."""
-        return dict(self.arrays)
-
 
 def state_to_bytes(state: StrategyState) -> bytes:
     """Serialise to safetensors bytes; scalars must be JSON-serialisable."""

@@ -157,11 +157,6 @@ class Packed:
         hits = np.argmax(self.outputs(theta, self.x_test), axis=0) == self.y_test
         return self.site_means(hits.astype(np.float64), self.off_test, self.n_test)
 
-    def train_loss(self, theta: np.ndarray) -> np.ndarray:
-        return self.site_means(
-            self.losses(theta, self.x_train, self.y_train), self.off_train, self.n_train
-        )
-
     def site_train_losses(self, theta: np.ndarray, sites: np.ndarray) -> list[np.ndarray]:
         """Per-example training losses of the global θ on each of ``sites``."""
         if len(sites) == len(self.n_train):  # everyone: one pass over the pooled data

@@ -47,7 +47,6 @@ def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     script = tmp_path / "fake_service.py"
     script.write_text(FAKE)
     monkeypatch.setattr(launcher, "fairfleet_command", lambda: [sys.executable, str(script)])
-    monkeypatch.setattr(launcher, "_accepts_budgets_url", lambda: False)
     return script
 
 
