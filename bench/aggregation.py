@@ -75,6 +75,10 @@ def _updates(rng: np.random.Generator, rows: list[np.ndarray]) -> list[SiteUpdat
     ]
 
 
+def _result(seconds: float, baseline: float) -> dict[str, float]:
+    return {"seconds": seconds, "numpy_seconds": baseline, "ratio_vs_numpy": seconds / baseline}
+
+
 def _bench_size(k: int, rng: np.random.Generator, base_row: np.ndarray) -> tuple[dict, float]:
     matrix = allocate_update_matrix(k, DIM)
     for i in range(k):  # touch every page (np.empty is lazy) with distinct values
@@ -92,32 +96,20 @@ def _bench_size(k: int, rng: np.random.Generator, base_row: np.ndarray) -> tuple
         run = partial(strategy.aggregate, global_vec, updates, strategy.initial_state())
         seconds, baseline = _time_pair(run, numpy_sum, repeats)
         baselines.append(baseline)
-        out[name] = {
-            "seconds": seconds,
-            "numpy_seconds": baseline,
-            "ratio_vs_numpy": seconds / baseline,
-        }
+        out[name] = _result(seconds, baseline)
         print(f"K={k} {name}: {seconds:.4f}s ratio {seconds / baseline:.2f}", file=sys.stderr)
     # q-FFL when the aggregator's norm-bound validation already computed ‖Δ_k‖² (one pass fewer)
     normed = [replace(u, squared_norm=float(np.dot(u.delta, u.delta))) for u in updates]
     qffl = build_strategy("qffl", **STRATEGIES["qffl"])
     run = partial(qffl.aggregate, global_vec, normed, qffl.initial_state())
     seconds, baseline = _time_pair(run, numpy_sum, repeats)
-    out["qffl_norms_given"] = {
-        "seconds": seconds,
-        "numpy_seconds": baseline,
-        "ratio_vs_numpy": seconds / baseline,
-    }
+    out["qffl_norms_given"] = _result(seconds, baseline)
     if k <= 100:  # the general path: separate arrays (a second copy; only affordable at K=100)
         separate = [SiteUpdate(u.site, u.site_class, u.delta.copy(), u.n_examples) for u in updates]
         fedavg = build_strategy("fedavg")
         run = partial(fedavg.aggregate, global_vec, separate, fedavg.initial_state())
         seconds, baseline = _time_pair(run, numpy_sum, repeats)
-        out["fedavg_separate"] = {
-            "seconds": seconds,
-            "numpy_seconds": baseline,
-            "ratio_vs_numpy": seconds / baseline,
-        }
+        out["fedavg_separate"] = _result(seconds, baseline)
     return out, statistics.median(baselines)
 
 
