@@ -52,7 +52,7 @@ from fairfleet.signing import load_private, sign
 from fairfleet.site_agent import release as rel
 from fairfleet.site_agent.bus_side import SERVICE, AgentBus, Interrupted, OutcomeUnknown
 from fairfleet.site_agent.metrics import SiteMetrics
-from fairfleet.site_agent.state import RoundStateStore, is_final
+from fairfleet.site_agent.state import RoundState, RoundStateStore, is_final
 
 logger = logging.getLogger(__name__)
 
@@ -121,7 +121,6 @@ class SiteAgent:
         self.io = AgentBus(self.bus, site_id, config.kafka.topic_prefix, config.kafka.chunk_bytes)
         self._releases: dict[tuple[str, int], tuple[ModelRelease, bytes]] = {}
         self._latest_round: dict[str, int] = {}
-        self._windows: dict[str, WindowRange] = {}
         self._stop = threading.Event()
         self._lag_at = 0.0
         event(
@@ -297,7 +296,6 @@ class SiteAgent:
                 "plan_mismatch", f"ModelRelease spec {release.model_spec} != config {cfg.model}"
             )
         windows = WindowRange(first=data.first_window, last=data.last_window)
-        self._windows[eid] = windows
         epsilon = None
         if plan.mechanism != "off":
             dp_event = rel.round_event(plan, ann.training, len(split[2]))
@@ -349,7 +347,20 @@ class SiteAgent:
         self.store.set(
             ann.model_id, ann.round, "reserving", eid, windows=(windows.first, windows.last)
         )
-        request = PrivacyReservationRequest(
+        request = PrivacyReservationRequest(**self._privacy_fields(ann, eid, windows, dp_event))
+        timeout = self.config.accountant.grant_timeout_s
+        grant = self.io.request_grant(request, timeout, self._stop)
+        if grant is None:
+            raise Skip(
+                "no_grant", f"no answer from the accountant within {timeout} s (fail closed)"
+            )
+        return grant
+
+    def _privacy_fields(
+        self, ann: RoundAnnouncement, eid: str, windows: WindowRange, dp_event: dict[str, Any]
+    ) -> dict[str, Any]:
+        """The fields a reservation request and its commit / cancel event share."""
+        return dict(
             event_id=eid,
             site=self.site.id,
             site_class=self.site.site_class,
@@ -360,13 +371,6 @@ class SiteAgent:
             windows=windows,
             dp_event=dp_event,
         )
-        timeout = self.config.accountant.grant_timeout_s
-        grant = self.io.request_grant(request, timeout, self._stop)
-        if grant is None:
-            raise Skip(
-                "no_grant", f"no answer from the accountant within {timeout} s (fail closed)"
-            )
-        return grant
 
     def _event(
         self,
@@ -377,25 +381,15 @@ class SiteAgent:
         dp_event: dict[str, Any],
     ) -> PrivacyEventMessage:
         return PrivacyEventMessage.model_validate(
-            dict(
-                event_id=eid,
-                action=action,
-                site=self.site.id,
-                site_class=self.site.site_class,
-                source=self.site.data_source,
-                unit=rel.privacy_unit(self.models[ann.model_id].privacy).value,
-                model_id=ann.model_id,
-                round=ann.round,
-                windows=windows,
-                dp_event=dp_event,
-            )
+            dict(action=action, **self._privacy_fields(ann, eid, windows, dp_event))
         )
 
     def _cancel(self, ann: RoundAnnouncement, eid: str) -> None:
         if self.models[ann.model_id].privacy.mechanism == "off":
             return
+        # the range _reserve stored (write-ahead) before the request went out
         state = self.store.get(ann.model_id, ann.round)
-        windows = self._windows.get(eid) or (
+        windows = (
             WindowRange(first=state.windows[0], last=state.windows[1])
             if state is not None and state.windows
             else WindowRange(first=0, last=0)
@@ -470,7 +464,7 @@ class SiteAgent:
             windows=[windows.first, windows.last],
         )
 
-    def _resolve_committing(self, model_id: str, rnd: int, eid: str) -> Any:
+    def _resolve_committing(self, model_id: str, rnd: int, eid: str) -> RoundState | None:
         """After a crash during commit: was our commit event written? (AgentBus.find_commit)"""
         found = self.io.find_commit(eid)
         if found:

@@ -162,6 +162,7 @@ def test_an_unanswered_reservation_skips_the_round(setup: Any) -> None:
     assert metric(agent, "fairfleet_site_rounds_skipped_total", site="s1", model="m1", reason="no_grant") == 1
     events = [m for m, _ in read_all(bus, prefix, "privacy.events") if isinstance(m, PrivacyEventMessage)]
     assert [(e.round, e.action) for e in events] == [(0, "cancel")]
+    assert (events[0].windows.first, events[0].windows.last) == (0, 3)  # the range it reserved
     assert read_all(bus, prefix, "updates", wait_s=1) == []
 
 
