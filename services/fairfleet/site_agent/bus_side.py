@@ -120,7 +120,7 @@ class AgentBus:
                 producer.send_offsets_to_transaction(self.rounds.consumer, offsets)
             before_commit()
             producer.commit_transaction()
-        except BusError as exc:
+        except BaseException as exc:  # any failure (not only the bus's) must not leave it open
             try:
                 producer.abort_transaction()
             except BusError:
@@ -138,6 +138,10 @@ class AgentBus:
             event(
                 logger, "cancel not published", logging.ERROR, event_id=msg.event_id, error=str(exc)
             )
+            try:  # an open transaction would make the next begin_transaction fail
+                producer.abort_transaction()
+            except BusError as abort_exc:
+                event(logger, "abort failed", logging.ERROR, error=str(abort_exc))
 
     def find_commit(self, event_id: str, timeout: float = 30.0) -> bool | None:
         """Is a commit of ``event_id`` in ``privacy.events``? None if the topic could not be read
