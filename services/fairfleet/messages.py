@@ -11,7 +11,8 @@ Tensors are never fields here: a message that carries weights has ``payload_sha2
 Privacy reservation protocol (site agent <-> accountant), fail closed:
 1. The agent publishes a PrivacyReservationRequest to ``privacy.requests`` (key = site) with a
    deterministic ``event_id`` (derived from site, model, round and release), the data source,
-   the windows touched and the dp_event covering ALL releases of that round (update + loss).
+   the windows touched (``windows``, their hull, plus ``window_ranges`` when they are not
+   contiguous) and the dp_event covering ALL releases of that round (update + loss).
 2. The accountant answers a PrivacyGrant on ``privacy.grants`` (key = site, same event_id):
    granted with the ε the ledger would reach, or denied with the reason. A request for an
    event_id that is already reserved returns the same answer again; one that is already
@@ -35,6 +36,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from fairfleet.errors import SchemaError
+from fairfleet.privacy.windows import WindowRange as WindowRange  # the one window-range type
 
 
 def new_id() -> str:
@@ -197,15 +199,6 @@ class SiteStatistics(Message):
     signature: str = ""
 
 
-class WindowRange(BaseModel):
-    """Inclusive range of training-window ids a release touched."""
-
-    model_config = ConfigDict(frozen=True, extra="ignore")
-
-    first: Annotated[int, Field(ge=0)]
-    last: Annotated[int, Field(ge=0)]
-
-
 class PrivacyReservationRequest(Message):
     """Asks the accountant to reserve budget for a release (topic ``privacy.requests``, key site).
 
@@ -224,6 +217,12 @@ class PrivacyReservationRequest(Message):
     windows: WindowRange
     dp_event: dict[str, Any]
     reply_topic: str = ""
+    window_ranges: list[WindowRange] | None = Field(
+        default=None,
+        description="The exact windows touched when they are not one contiguous range; "
+        "``windows`` is then their hull (a reader that ignores this field over-counts, never "
+        "under-counts).",
+    )
 
 
 class PrivacyGrant(Message):
@@ -259,6 +258,11 @@ class PrivacyEventMessage(Message):
     round: Annotated[int, Field(ge=0)] = 0
     windows: WindowRange
     dp_event: dict[str, Any] = Field(default_factory=dict)
+    window_ranges: list[WindowRange] | None = Field(
+        default=None,
+        description="The exact windows touched when they are not one contiguous range; "
+        "``windows`` is then their hull.",
+    )
 
 
 class DeadLetter(Message):

@@ -10,7 +10,16 @@ import pytest
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from fairfleet.connectors import ConnectorContext, RejectFile, SiteStream, Windower, build_connector
+from fairfleet.connectors import (
+    ConnectorContext,
+    Position,
+    RejectFile,
+    SiteStream,
+    Windower,
+    build_connector,
+)
+from fairfleet.connectors.windows import count_window_id
+from fairfleet.privacy.windows import ranges_of
 
 pytestmark = pytest.mark.kafka
 
@@ -45,7 +54,8 @@ def test_kafka_connector_reads_json_rows_rejects_bad_records_and_replays(kafka_b
     assert first.read_total == 12 and rejected == {"unreadable": 1, "wrong_type": 1}
     data = first.training_data(None)
     assert data is not None and data.x[:, 0].tolist() == [20.0 + i for i in range(10)]
-    assert (data.first_window, data.last_window) == (0, 1)
+    # windows by (partition, offset): offsets 0-4 and 5-9 of partition 0
+    assert data.windows == ranges_of(count_window_id(Position("0", o), 5) for o in (0, 5))
     first.connector.close()
     # a restarted agent re-reads the topic from the beginning: the same windows again
     again, _ = read_all()

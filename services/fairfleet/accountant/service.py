@@ -232,10 +232,9 @@ class AccountantService:
         fields = msg.model_dump(
             include={"event_id", "site", "site_class", "source", "unit", "model_id", "round"}
         )
-        fields["windows"] = {
-            "first": msg.windows.first,
-            "last": max(msg.windows.first, msg.windows.last),
-        }
+        # every window the message names, as one range (a malformed set over-counts, fail closed)
+        ends = [(r.first, r.last) for r in (msg.windows, *(msg.window_ranges or ()))]
+        fields["windows"] = {"first": min(min(e) for e in ends), "last": max(max(e) for e in ends)}
         fields["neighbouring"] = getattr(msg, "neighbouring", "add_or_remove")
         return PrivacyRecord.model_validate({**fields, "dp_event": replacement})
 

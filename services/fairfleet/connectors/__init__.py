@@ -9,10 +9,13 @@ from fairfleet.connectors.base import (
     ConnectorContext,
     FieldSpec,
     ObservationSchema,
+    Position,
     Progress,
     Row,
     available_connectors,
     build_connector,
+    position_of,
+    positioned,
     register_connector,
 )
 from fairfleet.connectors.stream import SiteStream, TrainingData
@@ -21,7 +24,7 @@ from fairfleet.connectors.windows import Window, Windower
 
 __all__ = [
     "ENTRY_POINT_GROUP", "Connector", "ConnectorContext", "FieldSpec", "Observation",
-    "ObservationSchema", "Progress", "RejectFile", "Rejection", "Row", "RowValidator",
+    "ObservationSchema", "Position", "Progress", "RejectFile", "Rejection", "Row", "RowValidator",
     "SiteStream", "TrainingData", "Window", "Windower", "available_connectors",
-    "build_connector", "register_connector",
+    "build_connector", "position_of", "positioned", "register_connector",
 ]

@@ -4,9 +4,20 @@ A connector does three things and nothing else:
 
 1. declares the observation schema (:class:`ObservationSchema`: field names and dtypes, which
    fields may be NaN, the feature and target fields, the event-time field);
-2. returns the raw rows that arrived since the last call (:meth:`Connector.read`), in a
-   deterministic order, so that a restarted agent replaying from the start cuts the same windows;
+2. returns the raw rows that arrived since the last call (:meth:`Connector.read`), each with its
+   **position** in the source (:func:`positioned`): a stream name (a file, a partition; "" for a
+   single stream) and the row's index in that stream. The position must be immutable — the
+   same row gets the same position after a restart, whatever else arrived and in whatever
+   order — because count windows are cut by position (fairfleet.connectors.windows), and the
+   privacy ledger composes releases per window. Within one stream, rows arrive in increasing
+   index order; the last row of a stream that will never grow may say so (``last=True``);
 3. reports its progress (:meth:`Connector.progress`).
+
+A connector that cannot give stable positions sets ``stable_positions = False``: its count
+windows are then numbered by arrival, and every release from them is charged to *all* windows of
+the source (sound, but its privacy budget composes sequentially). A connector that claims stable
+positions and returns a row without one is an error (raised, naming the connector). Time
+windows need no position: their id is the event time's window, stable under any order.
 
 Validation (missing fields, wrong types, NaN where not allowed), reject files and windowing are
 done once, outside the connectors (:mod:`fairfleet.connectors.validate`,
@@ -35,6 +46,38 @@ ENTRY_POINT_GROUP = "fairfleet.connectors"
 Dtype = Literal["float", "int", "str", "bool"]
 DTYPES: tuple[str, ...] = ("float", "int", "str", "bool")
 Row = dict[str, Any]
+
+
+STREAM_KEY, INDEX_KEY, LAST_KEY = "__stream__", "__index__", "__last__"
+NO_POSITION_KEY = "__no_position__"  # why a row has no position (named in the error)
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where a row sits in its source: ``stream`` (file name, partition, "" for a single
+    stream), ``index`` (>= 0, the row's immutable index there), ``last`` (the stream ends here)."""
+
+    stream: str
+    index: int
+    last: bool = False
+
+
+def positioned(row: Row, stream: str, index: int, *, last: bool = False) -> Row:
+    """``row`` with its position attached (the reserved keys ``__stream__``/``__index__``)."""
+    if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+        raise ConfigError(f"A row's position index must be an integer >= 0. Found {index!r}.")
+    row[STREAM_KEY] = str(stream)
+    row[INDEX_KEY] = index
+    if last:
+        row[LAST_KEY] = True
+    return row
+
+
+def position_of(row: Row) -> Position | None:
+    """The position a connector attached to ``row``, or None."""
+    if INDEX_KEY not in row:
+        return None
+    return Position(str(row.get(STREAM_KEY, "")), int(row[INDEX_KEY]), bool(row.get(LAST_KEY)))
 
 
 @dataclass(frozen=True)
@@ -162,6 +205,9 @@ class Connector(ABC):
     """
 
     name: ClassVar[str] = ""
+    # Every row carries a stable position (see the module doc); False: arrival order only, and
+    # a release from count windows is charged to every window of the source.
+    stable_positions: bool = True
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -179,8 +225,9 @@ class Connector(ABC):
     @abstractmethod
     def read(self, max_rows: int = 10_000) -> Sequence[Row]:
         """Rows that arrived since the last call (at most ``max_rows``; empty if none). Never blocks
-        for long. Rows are dicts field -> value; an unreadable source unit (a corrupt file) is
-        reported as a row ``{"__reject__": reason, "__detail__": text}`` and skipped."""
+        for long. Rows are dicts field -> value, each with its position (:func:`positioned`);
+        an unreadable source unit (a corrupt file) is reported as a row
+        ``{"__reject__": reason, "__detail__": text}`` and skipped."""
 
     def progress(self) -> Progress:
         """Rows handed out so far and the position in the source."""

@@ -10,8 +10,13 @@ Params::
     target: y
     event_time: ts              # optional
 
-Files are read whole, in name order (so a replay after a restart cuts the same windows), each
-exactly once. Names starting with "." or ending in ".tmp"/".part" are ignored (write there, then
+Files are read whole, in name order, each exactly once. A row's position is (file name, row
+index in the file), so its count window depends only on which file it is in and where — not on
+the order files arrived in or on what other files exist (fairfleet.connectors.windows); all
+windows of a file close once the file has been read whole. A settled file is therefore
+**immutable**: never rewrite or append to a file the connector has read (new data goes into a
+new file); rows added to a read file are never read, and a rewritten file's rows would reuse
+its windows' ids. Names starting with "." or ending in ".tmp"/".part" are ignored (write there, then
 rename). CSV columns are read as text and converted by the schema, so a stray "abc" in a number
 column rejects that row only, not the file. An unreadable file is reported as one rejected unit.
 """
@@ -24,7 +29,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from fairfleet.connectors.base import Connector, ConnectorContext, ObservationSchema, Progress, Row
+from fairfleet.connectors.base import (
+    Connector,
+    ConnectorContext,
+    ObservationSchema,
+    Progress,
+    Row,
+    positioned,
+)
 from fairfleet.errors import ConfigError
 
 _IGNORED_SUFFIXES = (".tmp", ".part", ".partial")
@@ -93,7 +105,11 @@ class FilesConnector(Connector):
                 self._files_read += 1
                 self._last_file = path.name
                 try:
-                    self._pending.extend(_read_file(path, self._schema))
+                    rows = _read_file(path, self._schema)
+                    self._pending.extend(
+                        positioned(row, path.name, i, last=i == len(rows) - 1)
+                        for i, row in enumerate(rows)
+                    )
                 except Exception as exc:  # any parse failure is one rejected unit, never fatal
                     self._pending.append(
                         {"__reject__": "unreadable", "__detail__": f"{path.name}: {exc}"[:500]}

@@ -8,9 +8,11 @@ Params::
     fields / target / event_time  # the observation schema
 
 The connector assigns itself every partition from the beginning and never commits offsets: the
-agent re-reads the stream after a restart, so windows are cut again identically. With count
-windows use a single-partition topic (ordering across partitions is not defined); time windows
-work with any number of partitions. A record that is not a JSON object is one rejected unit.
+agent re-reads the stream after a restart. A record's position is (partition, offset), so count
+windows are cut per partition by offset and their ids do not depend on how partitions
+interleave (any number of partitions works); time windows work too. Offsets are immutable, gaps
+(compaction, transaction markers) only leave a window with fewer rows. A record that is not a
+JSON object is one rejected unit.
 """
 
 from __future__ import annotations
@@ -19,7 +21,14 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from fairfleet.connectors.base import Connector, ConnectorContext, ObservationSchema, Progress, Row
+from fairfleet.connectors.base import (
+    Connector,
+    ConnectorContext,
+    ObservationSchema,
+    Progress,
+    Row,
+    positioned,
+)
 from fairfleet.errors import ConfigError
 
 
@@ -78,7 +87,7 @@ class KafkaConnector(Connector):
             except (ValueError, TypeError) as exc:
                 row = {"__reject__": "unreadable",
                        "__detail__": f"{self.topic}[{msg.partition()}]@{msg.offset()}: {exc}"[:500]}
-            rows.append(row)
+            rows.append(positioned(row, str(msg.partition()), msg.offset()))
         self._rows_read += len(rows)
         return rows
 

@@ -14,8 +14,9 @@ Params::
     limit: null           # only the first N rows of the stream
 
 Rows carry the fleet's feature names, its targets (the first is the task target) and
-``event_time``; the stream is sorted by event time and deterministic for given params, so a
-replay cuts the same windows. The source is bounded: it reports ``finished`` at the end.
+``event_time``; the stream is sorted by event time and deterministic for given params. A row's
+position is its index in that deterministic sequence (one stream), so count windows are the
+same in every replay. The source is bounded: it reports ``finished`` at the end.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from fairfleet.connectors.base import (
     ObservationSchema,
     Progress,
     Row,
+    positioned,
 )
 from fairfleet.errors import ConfigError
 
@@ -76,7 +78,7 @@ class SimulatorConnector(Connector):
                 row[name] = value
             for target, values in obs.targets.items():
                 row[target] = float(values[i])
-            self._rows.append(row)
+            self._rows.append(positioned(row, "", i))
         targets = list(fleet.target_names)
         self._schema = ObservationSchema(
             fields=(*(FieldSpec(n) for n in names), *(FieldSpec(t) for t in targets), FieldSpec("event_time")),
@@ -89,7 +91,7 @@ class SimulatorConnector(Connector):
 
     def read(self, max_rows: int = 10_000) -> Sequence[Row]:
         n = min(max_rows, self.chunk, len(self._rows) - self._next)
-        out = self._rows[self._next : self._next + n]
+        out = [dict(row) for row in self._rows[self._next : self._next + n]]
         self._next += n
         return out
 

@@ -6,14 +6,18 @@ Params::
     path: site.db                 # shorthand for a SQLite file (relative: to the config's folder)
     table: readings               # or
     query: "SELECT ... FROM ..."  # must expose the declared fields
-    order_by: id                  # a column that increases with new rows (required): rows are
-                                  # read in this order, and later reads continue after the last
-                                  # value seen (new rows are picked up)
+    order_by: id                  # a key column that increases with new rows (required): rows
+                                  # are read in this order, and later reads continue after the
+                                  # last value seen (new rows are picked up)
     follow: true                  # false: the source is bounded and reports finished once read
     batch_rows: 5000
     fields / target / event_time  # the observation schema
 
-Reading in ``order_by`` order makes a replay after a restart cut the same windows.
+A row's position is its ``order_by`` value (one stream), so count windows are key ranges
+[k·size, (k+1)·size) and the same in every replay whatever order rows were inserted in. Count
+windows therefore need an ``order_by`` column of integers >= 0 (an INTEGER PRIMARY KEY, a
+sequence); a row with another value is an error naming it. Time windows (``event_time``) work
+with any ``order_by`` column. Keys must not be reused: a deleted key never comes back.
 """
 
 from __future__ import annotations
@@ -21,7 +25,15 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from fairfleet.connectors.base import Connector, ConnectorContext, ObservationSchema, Progress, Row
+from fairfleet.connectors.base import (
+    NO_POSITION_KEY,
+    Connector,
+    ConnectorContext,
+    ObservationSchema,
+    Progress,
+    Row,
+    positioned,
+)
 from fairfleet.errors import ConfigError
 
 
@@ -86,6 +98,12 @@ class SqlConnector(Connector):
             if "no such table" in str(exc).lower():
                 return []
             raise
+        for row in rows:
+            key = row[self.order_by]
+            if isinstance(key, int) and not isinstance(key, bool) and key >= 0:
+                positioned(row, "", key)
+            else:
+                row[NO_POSITION_KEY] = f"order_by '{self.order_by}' value {key!r} is not an integer >= 0"
         if rows:
             self._last = rows[-1][self.order_by]
         elif not self.follow:

@@ -1,6 +1,7 @@
 """A site's data stream: connector -> validation -> windows, with reject file and counters.
 
-This is what the agent holds; it owns no privacy logic. Counters are reported through
+This is what the agent holds; it owns no privacy logic beyond one rule: which windows a release
+from its data is charged to (:meth:`SiteStream.charged`). Counters are reported through
 callbacks so the caller decides where metrics live.
 """
 
@@ -12,22 +13,29 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fairfleet.connectors.base import Connector
+from fairfleet.connectors.base import INDEX_KEY, NO_POSITION_KEY, Connector, position_of
 from fairfleet.connectors.validate import Observation, RejectFile, RowValidator
-from fairfleet.connectors.windows import Windower
+from fairfleet.connectors.windows import Window, Windower
+from fairfleet.errors import ConfigError
 from fairfleet.log import event
+from fairfleet.privacy.windows import EVERY_WINDOW, WindowRanges, ranges_of
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class TrainingData:
-    """Observations of the windows [first_window, last_window] (x: (n, d), y: (n, k))."""
+    """Observations of some closed windows (x: (n, d), y: (n, k)).
+
+    ``windows``: the ids of the windows read; ``charged``: the windows a release trained on
+    this data must be charged to (the same ranges, or every window for a source without
+    stable positions).
+    """
 
     x: np.ndarray
     y: np.ndarray
-    first_window: int
-    last_window: int
+    windows: WindowRanges
+    charged: WindowRanges
 
     @property
     def n(self) -> int:
@@ -51,8 +59,6 @@ class SiteStream:
         self.rejects = rejects
         self.validator = RowValidator(connector.schema())
         if windower.by == "time" and connector.schema().event_time is None:
-            from fairfleet.errors import ConfigError
-
             raise ConfigError(
                 f"Time windows need an event-time field; connector '{connector.name}' declares none."
             )
@@ -65,12 +71,16 @@ class SiteStream:
         rows = self.connector.read(max_rows)
         closed_before = self.windower.closed_count
         for row in rows:
+            self._check_position(row)
             checked = self.validator.check(row)
             if isinstance(checked, Observation):
                 if self.windower.add(checked):
                     continue
-                self._reject("late", "row belongs to an already closed time window", row)
+                self._reject("late", "row belongs to an already closed window", row)
             else:
+                position = position_of(row)
+                if position is not None:  # a rejected row still moves its stream on
+                    self.windower.advance(position)
                 self._reject(checked.reason, checked.detail, row)
         if rows:
             self.read_total += len(rows)
@@ -81,6 +91,30 @@ class SiteStream:
         if closed:
             self.on_window(closed)
         return len(rows)
+
+    @property
+    def stable(self) -> bool:
+        """Whether window ids are stable (time windows, or a connector with stable positions)."""
+        return self.windower.by == "time" or self.connector.stable_positions
+
+    def charged(self, windows: WindowRanges) -> WindowRanges:
+        """The windows a release that read ``windows`` is charged to: those windows if their ids
+        are stable, else every window of the source (arrival ids name nothing durable)."""
+        return windows if self.stable else (EVERY_WINDOW,)
+
+    def _check_position(self, row: dict[str, object]) -> None:
+        if self.windower.by != "count":
+            return
+        if not self.connector.stable_positions:
+            row.pop(INDEX_KEY, None)  # arrival order: a position would not be stable anyway
+        elif INDEX_KEY not in row and "__reject__" not in row:
+            why = f" ({row[NO_POSITION_KEY]})" if NO_POSITION_KEY in row else ""
+            raise ConfigError(
+                f"Connector '{self.connector.name or type(self.connector).__name__}' returned a "
+                f"row without a position{why}; count windows need one. Attach the row's immutable "
+                "position with fairfleet.connectors.positioned(row, stream, index), or declare "
+                "stable_positions = False (then every release is charged to all windows)."
+            )
 
     def drain(self, max_rounds: int = 1000) -> None:
         """Poll until the connector has nothing more right now."""
@@ -105,28 +139,27 @@ class SiteStream:
             )
 
     def training_data(
-        self, last_windows: int | None, window_range: tuple[int, int] | None = None
+        self, last_windows: int | None, reserved: WindowRanges | None = None
     ) -> TrainingData | None:
-        """The most recent ``last_windows`` closed windows, or None if there are none.
+        """The most recently closed ``last_windows`` windows, or None if there are none.
 
-        With ``window_range`` = (first, last): exactly the closed windows in that range, or None
-        unless both end windows are still retained (a retry must read what it reserved).
+        With ``reserved`` (the window ranges a reservation named): exactly the closed windows
+        in those ranges, or None unless every one of them is still retained (a retry must read
+        what it reserved).
         """
-        if window_range is not None:
-            first, last = window_range
-            windows = [
-                w for w in self.windower.closed_windows() if first <= w.window_id <= last and len(w)
-            ]
-            if not windows or windows[0].window_id != first or windows[-1].window_id != last:
+        closed = [w for w in self.windower.closed_windows() if len(w)]
+        windows: list[Window]
+        if reserved is not None:
+            windows = [w for w in closed if any(w.window_id in r for r in reserved)]
+            wanted = sum(r.last - r.first + 1 for r in reserved)
+            if len({w.window_id for w in windows}) != wanted:
                 return None
         else:
-            windows = [w for w in self.windower.closed_windows(last_windows) if len(w) > 0]
+            windows = closed if last_windows is None else closed[-last_windows:]
         if not windows:
             return None
         xs, ys = zip(*(w.arrays() for w in windows), strict=True)
+        ranges = ranges_of(w.window_id for w in windows)
         return TrainingData(
-            x=np.concatenate(xs),
-            y=np.concatenate(ys),
-            first_window=windows[0].window_id,
-            last_window=windows[-1].window_id,
+            x=np.concatenate(xs), y=np.concatenate(ys), windows=ranges, charged=self.charged(ranges)
         )

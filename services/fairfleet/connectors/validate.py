@@ -25,18 +25,20 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from fairfleet.connectors.base import FieldSpec, ObservationSchema, Row
+from fairfleet.connectors.base import FieldSpec, ObservationSchema, Position, Row, position_of
 
 REASONS = ("missing_field", "wrong_type", "nan_not_allowed", "bad_event_time", "unreadable", "late")
 
 
 @dataclass(frozen=True)
 class Observation:
-    """One accepted observation: feature values, target values, event time (None = arrival)."""
+    """One accepted observation: feature values, target values, event time (None = arrival),
+    and its position in the source (None: the connector gave none)."""
 
     x: tuple[float, ...]
     y: tuple[float, ...]
     event_time: float | None
+    position: Position | None = None
 
 
 @dataclass(frozen=True)
@@ -135,6 +137,7 @@ class RowValidator:
             x=tuple(float(values[n]) for n in self.schema.features),
             y=tuple(float(values[n]) for n in self.schema.targets),
             event_time=event_time,
+            position=position_of(row),
         )
 
 

@@ -9,8 +9,10 @@ DpEvent with what the ledger needs to place it:
   the site) or ``site`` (the whole site's contribution). The two never compose in one ledger.
 * ``neighbouring``: ``add_or_remove`` (default; what Poisson-sampled DP-SGD is analysed under) or
   ``replace_one``. One ledger holds one relation.
-* ``site``, ``source`` (the site's data source / stream) and the inclusive window range
-  [first, last] of training windows the release read; ``model_id``; ``round``.
+* ``site``, ``source`` (the site's data source / stream) and the training windows the release
+  read: ``windows`` = one inclusive range [first, last] (the hull), and, when the windows are
+  not contiguous, ``window_ranges`` = the exact ranges (fairfleet.privacy.windows); the ledger
+  composes the release into exactly their union. ``model_id``; ``round``.
 * ``event_id``: the idempotency key. Reserving, committing or cancelling the same id twice is a
   no-op.
 
@@ -41,6 +43,7 @@ from pydantic import (
 )
 
 from fairfleet.errors import ConfigError, PrivacyError
+from fairfleet.privacy.windows import WindowRange, WindowRanges, describe, hull, normalise
 
 _DP_EVENT_MODULE = "dp_accounting.dp_event"
 
@@ -208,26 +211,6 @@ DpEventField = Annotated[
 ]
 
 
-class Windows(BaseModel):
-    """Inclusive range [first, last] of training-window ids a release touched."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    first: Annotated[int, Field(ge=0)]
-    last: Annotated[int, Field(ge=0)]
-
-    @model_validator(mode="after")
-    def _ordered(self) -> Windows:
-        if self.last < self.first:
-            raise ValueError(
-                f"Window range must have first <= last. Found [{self.first}, {self.last}]."
-            )
-        return self
-
-    def overlaps(self, other: Windows) -> bool:
-        return self.first <= other.last and other.first <= self.last
-
-
 class LedgerKey(BaseModel):
     """One ledger: privacy unit + site + data source (+ the neighbouring relation it uses)."""
 
@@ -250,12 +233,32 @@ class PrivacyRecord(BaseModel):
     unit: PrivacyUnit
     site: Annotated[str, Field(min_length=1)]
     source: Annotated[str, Field(min_length=1)]
-    windows: Windows
+    windows: WindowRange
     model_id: str = ""
     round: Annotated[int, Field(ge=0)] = 0
     site_class: str = ""
     neighbouring: Neighbouring = Neighbouring.ADD_OR_REMOVE
     dp_event: DpEventField
+    window_ranges: WindowRanges = ()
+
+    @model_validator(mode="after")
+    def _check_windows(self) -> PrivacyRecord:
+        self.windows.ordered()
+        if not self.window_ranges:
+            return self
+        exact = normalise(self.window_ranges)
+        if hull(exact) != self.windows:
+            raise ValueError(
+                f"windows {self.windows} must be the hull of window_ranges {describe(exact)}."
+            )
+        # canonical: one contiguous range is stated by ``windows`` alone
+        object.__setattr__(self, "window_ranges", () if exact == (self.windows,) else exact)
+        return self
+
+    @property
+    def charged(self) -> WindowRanges:
+        """The windows this release composes into: ``window_ranges``, or the one ``windows``."""
+        return self.window_ranges or (self.windows,)
 
     @property
     def key(self) -> LedgerKey:
@@ -268,13 +271,13 @@ class PrivacyRecord(BaseModel):
     @classmethod
     def from_message(cls, message: Any) -> PrivacyRecord:
         """Build from a PrivacyReservationRequest / PrivacyEventMessage (duck-typed)."""
-        windows = message.windows
         return cls(
             event_id=message.event_id,
             unit=PrivacyUnit(message.unit),
             site=message.site,
             source=message.source,
-            windows=Windows(first=windows.first, last=windows.last),
+            windows=message.windows,
+            window_ranges=tuple(getattr(message, "window_ranges", None) or ()),
             model_id=message.model_id,
             round=getattr(message, "round", 0),
             site_class=getattr(message, "site_class", ""),

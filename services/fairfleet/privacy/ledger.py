@@ -4,8 +4,9 @@ Pure state and composition logic (no I/O; the durable store is fairfleet.account
 
 Semantics, for one ledger key (unit, site, source):
 
-* A release touching windows [first, last] composes into exactly those windows. Different
-  models fed by the same windows compose sequentially there.
+* A release composes into exactly the windows it touched: the union of its window ranges,
+  which need not be contiguous (fairfleet.privacy.windows). Different models fed by the same
+  windows compose sequentially there.
 * Observation unit: windows are disjoint sets of observations, so releases on disjoint windows
   compose in parallel and the source's ε is the max over windows of the composition of every
   release that touched that window. Windows are kept as maximal segments with identical
@@ -44,6 +45,7 @@ from fairfleet.privacy.events import LedgerKey, PrivacyRecord, PrivacyUnit
 from fairfleet.privacy.policy import Policy, PolicySet
 from fairfleet.privacy.rdp import epsilon_from_rdp
 from fairfleet.privacy.segments import SourceLedger
+from fairfleet.privacy.windows import describe
 
 REPORT_DELTA = 1e-5  # δ used to report a ledger that has no policy (it cannot be granted anyway)
 
@@ -205,7 +207,7 @@ class Ledger:
                 scope = (
                     f"site {record.site} (site unit)"
                     if record.unit is PrivacyUnit.SITE
-                    else f"{record.key} windows [{record.windows.first}, {record.windows.last}]"
+                    else f"{record.key} windows {describe(record.charged)}"
                 )
                 return self._deny(
                     record,

@@ -1,6 +1,7 @@
 """Window segments of one ledger key: where each release composes (pure).
 
-A release touching windows [first, last] adds its Gaussian leaves to exactly those windows.
+A release adds its Gaussian leaves to exactly the windows it touched: the union of its window
+ranges (``PrivacyRecord.charged``), which need not be contiguous.
 Windows with identical release sets are kept as one maximal segment [start, end], so memory
 and time grow with the number of distinct window boundaries, not with the number of windows.
 Site-unit ledgers are not windowed (one segment spanning everything): the unit is the whole
@@ -15,8 +16,9 @@ from dataclasses import dataclass, field
 
 from fairfleet.privacy.algebra import Leaves
 from fairfleet.privacy.events import LedgerKey, Neighbouring, PrivacyRecord, PrivacyUnit
+from fairfleet.privacy.windows import EVERY_WINDOW
 
-ALL_WINDOWS = (0, 2**62)
+ALL_WINDOWS = (EVERY_WINDOW.first, EVERY_WINDOW.last)
 
 
 @dataclass
@@ -39,24 +41,29 @@ class SourceLedger:
         self.segments: list[Segment] = []
         self.site_class = ""
 
-    def _range(self, record: PrivacyRecord) -> tuple[int, int]:
+    def _ranges(self, record: PrivacyRecord) -> list[tuple[int, int]]:
+        """The disjoint, sorted window ranges the record composes into."""
         if not self.windowed:
-            return ALL_WINDOWS
-        return record.windows.first, record.windows.last
+            return [ALL_WINDOWS]
+        return [(r.first, r.last) for r in record.charged]
 
     def touched(self, record: PrivacyRecord) -> Iterator[tuple[Leaves, Leaves]]:
         """(committed, pending) of every segment the record touches; gaps yield empty ones."""
-        first, last = self._range(record)
-        cursor = first
-        for seg in self.segments:
-            if seg.end < first or seg.start > last:
-                continue
-            if seg.start > cursor:
+        for first, last in self._ranges(record):
+            cursor = first
+            for seg in self.segments:
+                if seg.end < first or seg.start > last:
+                    continue
+                if seg.start > cursor:
+                    yield Counter(), Counter()
+                yield seg.committed, seg.pending
+                cursor = seg.end + 1
+            if cursor <= last:
                 yield Counter(), Counter()
-            yield seg.committed, seg.pending
-            cursor = seg.end + 1
-        if cursor <= last:
-            yield Counter(), Counter()
+
+    def _split_all(self, record: PrivacyRecord) -> list[Segment]:
+        """Segments exactly covering every range of the record (ranges are disjoint)."""
+        return [seg for first, last in self._ranges(record) for seg in self._split(first, last)]
 
     def _split(self, first: int, last: int) -> list[Segment]:
         """Segments exactly covering [first, last], created or split as needed."""
@@ -91,8 +98,7 @@ class SourceLedger:
 
     def apply(self, record: PrivacyRecord, leaves: Leaves, pending: Leaves | None = None) -> None:
         """Add ``leaves`` as committed and subtract ``pending`` from pending, on the record's range."""
-        first, last = self._range(record)
-        for seg in self._split(first, last):
+        for seg in self._split_all(record):
             seg.committed.update(leaves)
             if pending:
                 seg.pending.subtract(pending)
@@ -101,8 +107,7 @@ class SourceLedger:
 
     def hold(self, record: PrivacyRecord, leaves: Leaves, release: bool = False) -> None:
         """Add (or with ``release`` remove) ``leaves`` as pending on the record's range."""
-        first, last = self._range(record)
-        for seg in self._split(first, last):
+        for seg in self._split_all(record):
             if release:
                 seg.pending.subtract(leaves)
                 seg.pending = +seg.pending

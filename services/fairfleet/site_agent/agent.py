@@ -45,9 +45,9 @@ from fairfleet.messages import (
     RoundAnnouncement,
     SiteStatistics,
     SiteUpdate,
-    WindowRange,
 )
 from fairfleet.privacy.events import dp_event_to_json
+from fairfleet.privacy.windows import WindowRange, WindowRanges, describe, hull
 from fairfleet.signing import load_private, sign
 from fairfleet.site_agent import release as rel
 from fairfleet.site_agent.bus_side import SERVICE, AgentBus, Interrupted, OutcomeUnknown
@@ -283,7 +283,7 @@ class SiteAgent:
         data = self.stream.training_data(self.opts.train_windows, reserved)
         if data is None and reserved is not None:
             raise Skip(
-                "data_changed", f"the reserved windows {list(reserved)} are no longer available"
+                "data_changed", f"the reserved windows {describe(reserved)} are no longer available"
             )
         if data is None:
             raise Skip("no_data", "no closed training window yet")
@@ -295,7 +295,7 @@ class SiteAgent:
             raise Skip(
                 "plan_mismatch", f"ModelRelease spec {release.model_spec} != config {cfg.model}"
             )
-        windows = WindowRange(first=data.first_window, last=data.last_window)
+        windows = data.windows
         epsilon = None
         if plan.mechanism != "off":
             dp_event = rel.round_event(plan, ann.training, len(split[2]))
@@ -340,13 +340,11 @@ class SiteAgent:
         self._publish(ann, eid, windows, out)
 
     def _reserve(
-        self, ann: RoundAnnouncement, eid: str, windows: WindowRange, dp_event: dict[str, Any]
+        self, ann: RoundAnnouncement, eid: str, windows: WindowRanges, dp_event: dict[str, Any]
     ) -> PrivacyGrant:
         # A retry after a restart must send the identical request (the accountant answers a
-        # repeated event id only if nothing differs), so the window range is stored first.
-        self.store.set(
-            ann.model_id, ann.round, "reserving", eid, windows=(windows.first, windows.last)
-        )
+        # repeated event id only if nothing differs), so the windows read are stored first.
+        self.store.set(ann.model_id, ann.round, "reserving", eid, windows=windows)
         request = PrivacyReservationRequest(**self._privacy_fields(ann, eid, windows, dp_event))
         timeout = self.config.accountant.grant_timeout_s
         grant = self.io.request_grant(request, timeout, self._stop)
@@ -357,10 +355,17 @@ class SiteAgent:
         return grant
 
     def _privacy_fields(
-        self, ann: RoundAnnouncement, eid: str, windows: WindowRange, dp_event: dict[str, Any]
+        self, ann: RoundAnnouncement, eid: str, windows: WindowRanges, dp_event: dict[str, Any]
     ) -> dict[str, Any]:
-        """The fields a reservation request and its commit / cancel event share."""
+        """The fields a reservation request and its commit / cancel event share.
+
+        ``windows`` are the windows the data was read from; the release is charged to
+        ``SiteStream.charged(windows)``: their hull in ``windows`` and, when they are not one
+        contiguous range, the exact ranges in ``window_ranges``.
+        """
+        charged = self.stream.charged(windows)
         return dict(
+            window_ranges=list(charged) if len(charged) > 1 else None,
             event_id=eid,
             site=self.site.id,
             site_class=self.site.site_class,
@@ -368,7 +373,7 @@ class SiteAgent:
             unit=rel.privacy_unit(self.models[ann.model_id].privacy).value,
             model_id=ann.model_id,
             round=ann.round,
-            windows=windows,
+            windows=hull(charged),
             dp_event=dp_event,
         )
 
@@ -376,7 +381,7 @@ class SiteAgent:
         self,
         ann: RoundAnnouncement,
         eid: str,
-        windows: WindowRange,
+        windows: WindowRanges,
         action: str,
         dp_event: dict[str, Any],
     ) -> PrivacyEventMessage:
@@ -390,14 +395,14 @@ class SiteAgent:
         # the range _reserve stored (write-ahead) before the request went out
         state = self.store.get(ann.model_id, ann.round)
         windows = (
-            WindowRange(first=state.windows[0], last=state.windows[1])
+            state.windows
             if state is not None and state.windows
-            else WindowRange(first=0, last=0)
+            else (WindowRange(first=0, last=0),)
         )
         self.io.cancel(self._event(ann, eid, windows, "cancel", {}))
 
     def _publish(
-        self, ann: RoundAnnouncement, eid: str, windows: WindowRange, out: rel.Release
+        self, ann: RoundAnnouncement, eid: str, windows: WindowRanges, out: rel.Release
     ) -> None:
         site, model_id, rnd = self.site.id, ann.model_id, ann.round
         update = sign(
@@ -461,7 +466,7 @@ class SiteAgent:
             noise_std=out.privacy.noise_std,
             privacy_enabled=out.privacy.enabled,
             epsilon_spent=out.privacy.epsilon_spent,
-            windows=[windows.first, windows.last],
+            windows=describe(windows),
         )
 
     def _resolve_committing(self, model_id: str, rnd: int, eid: str) -> RoundState | None:

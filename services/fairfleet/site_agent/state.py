@@ -28,7 +28,9 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
+
+from fairfleet.privacy.windows import WindowRange, WindowRanges
 
 Status = Literal["reserving", "granted", "committing", "published", "skipped"]
 TERMINAL: frozenset[str] = frozenset({"published", "skipped"})
@@ -41,7 +43,20 @@ class RoundState:
     event_id: str = ""
     reason: str = ""
     updated_at: float = 0.0
-    windows: tuple[int, int] | None = None  # the window range the reservation named
+    windows: WindowRanges | None = None  # the windows the reservation's data was read from
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["windows"] = None if self.windows is None else [[r.first, r.last] for r in self.windows]
+        return out
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> RoundState:
+        windows = raw.get("windows")
+        if windows and isinstance(windows[0], int):  # written before window sets: [first, last]
+            windows = [windows]
+        ranges = tuple(WindowRange(first=f, last=lst) for f, lst in windows) if windows else None
+        return cls(**{**raw, "windows": ranges})
 
 
 def is_final(state: RoundState | None) -> bool:
@@ -64,10 +79,7 @@ class RoundStateStore:
         self._states: dict[str, RoundState] = {}
         if path.exists():
             raw = json.loads(path.read_text() or "{}")
-            self._states = {
-                k: RoundState(**{**v, "windows": tuple(v["windows"]) if v.get("windows") else None})
-                for k, v in raw.items()
-            }
+            self._states = {k: RoundState.from_json(v) for k, v in raw.items()}
 
     @staticmethod
     def key(model_id: str, round_: int) -> str:
@@ -83,7 +95,7 @@ class RoundStateStore:
         status: Status,
         event_id: str = "",
         reason: str = "",
-        windows: tuple[int, int] | None = None,
+        windows: WindowRanges | None = None,
     ) -> None:
         """Record a state (write-ahead); ``windows`` is kept from the previous state if not given."""
         with self._lock:
@@ -94,7 +106,7 @@ class RoundStateStore:
             self._states[key] = RoundState(status, event_id, reason, time.time(), windows)
             tmp = self.path.with_suffix(".tmp")
             with tmp.open("w") as fh:
-                json.dump({k: asdict(v) for k, v in self._states.items()}, fh)
+                json.dump({k: v.to_json() for k, v in self._states.items()}, fh)
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, self.path)

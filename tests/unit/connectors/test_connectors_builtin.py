@@ -21,8 +21,11 @@ from fairfleet.connectors import (
     available_connectors,
     build_connector,
 )
+from fairfleet.connectors.base import Position
 from fairfleet.connectors.validate import Observation, Rejection, RowValidator
+from fairfleet.connectors.windows import count_window_id
 from fairfleet.errors import ConfigError
+from fairfleet.privacy.windows import WindowRange, ranges_of
 
 SCHEMA_PARAMS: dict[str, Any] = {
     "fields": {"a": "float", "b": {"dtype": "float", "nan_ok": True}, "y": "int", "ts": "float"},
@@ -98,16 +101,19 @@ def test_files_connector_reads_csv_and_parquet_and_picks_up_new_files(tmp_path: 
     conn = build_connector("files", {"path": str(folder), **SCHEMA_PARAMS}, ctx(tmp_path))
     stream, counts = stream_for(conn, tmp_path)
     stream.drain()
-    assert stream.read_total == 6 and stream.windower.closed_count == 1
+    # windows are cut per file by row index, and all of a file's windows close once it is read
+    assert stream.read_total == 6 and [len(w) for w in stream.windower.closed_windows()] == [4, 2]
     assert stream.drain() is None and stream.read_total == 6  # nothing new: nothing read twice
     # a file that arrives later (parquet this time) is picked up; a .tmp file is not
     pq.write_table(pa.table({"a": [6.0, 7.0], "b": [0.0, 0.0], "y": [0, 1], "ts": [6.0, 7.0]}),
                    folder / "002.parquet")
     (folder / "003.csv.tmp").write_text("a,b,y,ts\n1,1,1,1\n")
     stream.drain()
-    assert stream.read_total == 8 and stream.windower.closed_count == 2
+    assert stream.read_total == 8 and stream.windower.closed_count == 3
     data = stream.training_data(None)
-    assert data is not None and (data.first_window, data.last_window) == (0, 1)
+    ids = [count_window_id(Position("001.csv", i), 4) for i in (0, 4)]
+    ids.append(count_window_id(Position("002.parquet", 0), 4))
+    assert data is not None and data.windows == ranges_of(ids) and data.charged == data.windows
     assert data.x[:, 0].tolist() == [0, 1, 2, 3, 4, 5, 6, 7]
     assert counts == {}
 
@@ -143,12 +149,16 @@ def test_sql_connector_reads_in_order_and_picks_up_new_rows(tmp_path: Path) -> N
     stream, counts = stream_for(connector, tmp_path, size=2)
     stream.drain()
     assert stream.read_total == 6 and counts == {"missing_field": 1}
+    # windows are key ranges: key 5 (rejected) still closes window 2 = {4, 5}
+    data = stream.training_data(None)
+    assert data is not None and data.x[:, 0].tolist() == [0, 1, 2, 3, 4]
     with engine.begin() as conn:
         conn.execute(sa.text("INSERT INTO readings VALUES (6, 6.0, 0, 0, 6)"))
+        conn.execute(sa.text("INSERT INTO readings VALUES (7, 7.0, 0, 0, 7)"))
     stream.drain()
     data = stream.training_data(None)
-    assert data is not None and data.x[:, 0].tolist() == [0, 1, 2, 3, 4, 6]
-    assert (data.first_window, data.last_window) == (0, 2)
+    assert data is not None and data.x[:, 0].tolist() == [0, 1, 2, 3, 4, 6, 7]
+    assert data.windows == (WindowRange(first=0, last=3),)
     with pytest.raises(ConfigError, match="exactly one of 'table' or 'query'"):
         build_connector("sql", {"url": "sqlite://", "order_by": "id", **SCHEMA_PARAMS}, ctx(tmp_path))
 
@@ -167,7 +177,23 @@ def test_sql_query_bounded_source_finishes_and_closes_the_last_window(tmp_path: 
     stream, _ = stream_for(build_connector("sql", params, ctx(tmp_path)), tmp_path, size=3)
     stream.drain()
     stream.poll()
-    assert [len(w) for w in stream.windower.closed_windows()] == [3, 1]
+    # key windows of 3: {1, 2} (key 0 is not in the query) and {3, 4}, closed by the finish
+    assert [len(w) for w in stream.windower.closed_windows()] == [2, 2]
+
+
+def test_sql_count_windows_need_an_integer_key_and_say_which_value(tmp_path: Path) -> None:
+    import sqlalchemy as sa
+
+    db = tmp_path / "k.db"
+    with sa.create_engine(f"sqlite:///{db}").begin() as conn:
+        conn.execute(sa.text("CREATE TABLE t (k TEXT, a REAL, b REAL, y INTEGER, ts REAL)"))
+        conn.execute(sa.text("INSERT INTO t VALUES ('x1', 1, 0, 1, 1)"))
+    params = {"path": str(db), "table": "t", "order_by": "k", **SCHEMA_PARAMS}
+    stream, _ = stream_for(build_connector("sql", params, ctx(tmp_path)), tmp_path)
+    with pytest.raises(ConfigError, match="order_by 'k' value 'x1' is not an integer"):
+        stream.poll()
+    timed, _ = stream_for(build_connector("sql", params, ctx(tmp_path)), tmp_path, by="time", size=10)
+    assert timed.poll() == 1  # time windows need no position
 
 
 def test_count_windows_are_stable_across_a_replay(tmp_path: Path) -> None:

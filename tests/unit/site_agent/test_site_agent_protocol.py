@@ -21,6 +21,8 @@ from site_agent_testkit import (
 
 from fairfleet.bus import connect, default_topics
 from fairfleet.config import parse_config
+from fairfleet.connectors import Position
+from fairfleet.connectors.windows import count_window_id
 from fairfleet.learning.tensors import from_safetensors_bytes
 from fairfleet.messages import (
     PrivacyEventMessage,
@@ -30,6 +32,7 @@ from fairfleet.messages import (
     SiteUpdate,
 )
 from fairfleet.privacy.events import dp_event_from_json
+from fairfleet.privacy.windows import WindowRange
 from fairfleet.signing import verify
 from fairfleet.site_agent import SiteAgent, event_id_for
 
@@ -40,6 +43,10 @@ def csv_folder(tmp: Path, rows: int = 80) -> Path:
     lines = ["x0,x1,y"] + [f"{(i % 7) / 7:.3f},{(i % 5) / 5:.3f},{i % 2}" for i in range(rows)]
     (folder / "part-000.csv").write_text("\n".join(lines) + "\n")
     return folder
+
+
+# window k of the one file (count windows of 20): its id is the file's stream code and k
+W0 = count_window_id(Position("part-000.csv", 0), 20)
 
 
 def files_connector(folder: Path) -> dict[str, Any]:
@@ -112,14 +119,14 @@ def test_a_round_is_reserved_trained_signed_noised_and_committed_once(setup: Any
     requests = [m for m, _ in read_all(bus, prefix, "privacy.requests") if isinstance(m, PrivacyReservationRequest)]
     eid = event_id_for("s1", "m1", 0)
     assert {r.event_id for r in requests} == {eid}
-    assert requests[0].windows.first == 0 and requests[0].windows.last == 3 and requests[0].source == "main"
+    assert requests[0].windows.first == W0 and requests[0].windows.last == W0 + 3 and requests[0].source == "main"
     expected = dp_event.ComposedDpEvent([dp_event.GaussianDpEvent(1.0), dp_event.GaussianDpEvent(20.0 / 16)])
     assert dp_event_from_json(requests[0].dp_event) == expected
     (budget,) = accountant.budgets("s1")
     assert budget["events_committed"] == 1 and budget["epsilon_spent"] == pytest.approx(6.298, abs=0.01)
     assert metric(agent, "fairfleet_site_epsilon_spent", site="s1", model="m1") == pytest.approx(6.298, abs=0.01)
     data = agent.data_json()
-    assert data["accepted"] == 80 and data["windows_retained"] == [0, 1, 2, 3] and data["rejected"] == {}
+    assert data["accepted"] == 80 and data["windows_retained"] == [W0, W0 + 1, W0 + 2, W0 + 3] and data["rejected"] == {}
     assert metric(agent, "fairfleet_site_observations_read_total", site="s1") == 80
     assert metric(agent, "fairfleet_site_windows_total", site="s1") == 4
     assert agent.rounds_json() == {"m1/0": {"status": "published", "reason": ""}}
@@ -162,7 +169,7 @@ def test_an_unanswered_reservation_skips_the_round(setup: Any) -> None:
     assert metric(agent, "fairfleet_site_rounds_skipped_total", site="s1", model="m1", reason="no_grant") == 1
     events = [m for m, _ in read_all(bus, prefix, "privacy.events") if isinstance(m, PrivacyEventMessage)]
     assert [(e.round, e.action) for e in events] == [(0, "cancel")]
-    assert (events[0].windows.first, events[0].windows.last) == (0, 3)  # the range it reserved
+    assert (events[0].windows.first, events[0].windows.last) == (W0, W0 + 3)  # the range it reserved
     assert read_all(bus, prefix, "updates", wait_s=1) == []
 
 
@@ -227,7 +234,7 @@ def test_only_skips_before_any_reservation_for_a_passing_reason_are_retried() ->
     for reason in ("expired", "no_data", "model_unavailable"):
         assert not is_final(RoundState("skipped", "e", f"{reason}: detail"))
         # a reservation was sent (windows stored): its skip is final
-        assert is_final(RoundState("skipped", "e", f"{reason}: detail", windows=(0, 3)))
+        assert is_final(RoundState("skipped", "e", f"{reason}: detail", windows=(WindowRange(first=0, last=3),)))
     for reason in ("denied", "no_grant", "plan_mismatch", "superseded", "unresolved", "training_failed"):
         assert is_final(RoundState("skipped", "e", f"{reason}: detail"))
 
@@ -290,7 +297,7 @@ def test_two_models_on_one_data_source_compose_on_its_ledger(setup: Any) -> None
         accountant.wait_committed("s1", 2)
     requests = [m for m, _ in read_all(bus, prefix, "privacy.requests") if isinstance(m, PrivacyReservationRequest)]
     assert sorted(r.model_id for r in requests) == ["m1", "m2"]
-    assert {(r.site, r.source, r.unit, r.windows.first, r.windows.last) for r in requests} == {("s1", "main", "site", 0, 3)}
+    assert {(r.site, r.source, r.unit, r.windows.first, r.windows.last) for r in requests} == {("s1", "main", "site", W0, W0 + 3)}
     (budget,) = accountant.budgets("s1")  # one ledger for the one data source, both releases on it
     assert budget["events_committed"] == 2 and budget["epsilon_spent"] == pytest.approx(9.508, abs=0.01)
 
@@ -301,13 +308,14 @@ def test_a_retry_after_a_restart_reserves_the_same_windows(setup: Any) -> None:
     with accountant:
         agent = SiteAgent(config, "s1", bus=bus)
         ann.release("m1", 0)
-        # crashed after reserving windows [1, 2] (more data has arrived since)
-        agent.store.set("m1", 0, "granted", event_id_for("s1", "m1", 0), windows=(1, 2))
+        # crashed after reserving windows 1 and 2 (more data has arrived since)
+        reserved = (WindowRange(first=W0 + 1, last=W0 + 2),)
+        agent.store.set("m1", 0, "granted", event_id_for("s1", "m1", 0), windows=reserved)
         ann.announce("m1", 0, 0)
         assert run_until(agent, "m1", 0) == "published"
         agent.close()
     (request,) = [m for m, _ in read_all(bus, prefix, "privacy.requests") if isinstance(m, PrivacyReservationRequest)]
-    assert (request.windows.first, request.windows.last) == (1, 2)
+    assert (request.windows.first, request.windows.last) == (W0 + 1, W0 + 2)
     update = next(m for m, _ in read_all(bus, prefix, "updates") if isinstance(m, SiteUpdate))
     assert update.n_examples + (update.loss.m if update.loss else 0) == 40
 

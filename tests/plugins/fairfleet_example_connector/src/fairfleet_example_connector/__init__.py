@@ -17,6 +17,7 @@ from fairfleet.connectors import (
     ObservationSchema,
     Progress,
     Row,
+    positioned,
 )
 from fairfleet.errors import ConfigError
 
@@ -45,7 +46,8 @@ class RampConnector(Connector):
         out = []
         for i in range(self._next, end):
             x = i / max(self.rows, 1)
-            out.append({"x": x, "y": self.slope * x + 0.1 * (i % 2), "ts": float(i)})
+            # the row's immutable position: one stream, row i (count windows are cut by it)
+            out.append(positioned({"x": x, "y": self.slope * x + 0.1 * (i % 2), "ts": float(i)}, "", i))
         self._next = end
         return out
 
