@@ -65,7 +65,8 @@ def fleet_rows(site: str, limit: int) -> list[dict[str, Any]]:
 
 def write_csv_folder(folder: Path, rows: list[dict[str, Any]]) -> None:
     folder.mkdir(parents=True)
-    for part, chunk in enumerate((rows[: len(rows) // 2], rows[len(rows) // 2 :])):
+    # count windows are cut per file (row // 40): parts of 120 and 80 rows make 5 full windows
+    for part, chunk in enumerate((rows[:120], rows[120:])):
         with (folder / f"part-{part:03d}.csv").open("w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=[*FEATURES, TARGET, "event_time"], extrasaction="ignore")
             writer.writeheader()
