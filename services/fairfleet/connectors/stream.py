@@ -143,7 +143,7 @@ class SiteStream:
     ) -> TrainingData | None:
         """The most recently closed ``last_windows`` windows, or None if there are none.
 
-        With ``reserved`` (the window ranges a reservation named): exactly the closed windows
+        With ``reserved`` (the windows a reservation was read from): exactly the closed windows
         in those ranges, or None unless every one of them is still retained (a retry must read
         what it reserved).
         """
