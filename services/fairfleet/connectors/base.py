@@ -16,8 +16,9 @@ A connector does three things and nothing else:
 A connector that cannot give stable positions sets ``stable_positions = False``: its count
 windows are then numbered by arrival, and every release from them is charged to *all* windows of
 the source (sound, but its privacy budget composes sequentially). A connector that claims stable
-positions and returns a row without one is an error (raised, naming the connector). Time
-windows need no position: their id is the event time's window, stable under any order.
+positions and returns a row without one has that row rejected (reason ``no_position``, the
+detail naming the connector). Time windows need no position: their id is the event time's
+window, stable under any order.
 
 Validation (missing fields, wrong types, NaN where not allowed), reject files and windowing are
 done once, outside the connectors (:mod:`fairfleet.connectors.validate`,

@@ -16,7 +16,7 @@ Params::
 A row's position is its ``order_by`` value (one stream), so count windows are key ranges
 [k·size, (k+1)·size) and the same in every replay whatever order rows were inserted in. Count
 windows therefore need an ``order_by`` column of integers >= 0 (an INTEGER PRIMARY KEY, a
-sequence); a row with another value is an error naming it. Time windows (``event_time``) work
+sequence); a row with another value is rejected (``no_position``, naming the value). Time windows (``event_time``) work
 with any ``order_by`` column. Keys must not be reused: a deleted key never comes back.
 """
 

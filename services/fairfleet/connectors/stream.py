@@ -71,7 +71,10 @@ class SiteStream:
         rows = self.connector.read(max_rows)
         closed_before = self.windower.closed_count
         for row in rows:
-            self._check_position(row)
+            problem = self._position_problem(row)
+            if problem:
+                self._reject("no_position", problem, row)
+                continue
             checked = self.validator.check(row)
             if isinstance(checked, Observation):
                 if self.windower.add(checked):
@@ -102,19 +105,22 @@ class SiteStream:
         are stable, else every window of the source (arrival ids name nothing durable)."""
         return windows if self.stable else (EVERY_WINDOW,)
 
-    def _check_position(self, row: dict[str, object]) -> None:
+    def _position_problem(self, row: dict[str, object]) -> str:
+        """Why ``row`` cannot be windowed by position ('' if it can)."""
         if self.windower.by != "count":
-            return
+            return ""
         if not self.connector.stable_positions:
             row.pop(INDEX_KEY, None)  # arrival order: a position would not be stable anyway
-        elif INDEX_KEY not in row and "__reject__" not in row:
-            why = f" ({row[NO_POSITION_KEY]})" if NO_POSITION_KEY in row else ""
-            raise ConfigError(
-                f"Connector '{self.connector.name or type(self.connector).__name__}' returned a "
-                f"row without a position{why}; count windows need one. Attach the row's immutable "
-                "position with fairfleet.connectors.positioned(row, stream, index), or declare "
-                "stable_positions = False (then every release is charged to all windows)."
-            )
+            return ""
+        if INDEX_KEY in row or "__reject__" in row:
+            return ""
+        why = f" ({row[NO_POSITION_KEY]})" if NO_POSITION_KEY in row else ""
+        return (
+            f"connector '{self.connector.name or type(self.connector).__name__}' gave a row "
+            f"without a position{why}; count windows need one: attach the row's immutable "
+            "position with fairfleet.connectors.positioned(row, stream, index), or declare "
+            "stable_positions = False (then every release is charged to all windows)"
+        )
 
     def drain(self, max_rounds: int = 1000) -> None:
         """Poll until the connector has nothing more right now."""

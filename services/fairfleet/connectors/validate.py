@@ -8,7 +8,9 @@ dtype, and is not NaN unless the field allows it. Otherwise it is rejected with 
 - ``nan_not_allowed``: NaN / ±Inf in a field that does not allow it;
 - ``bad_event_time``: the event time is not epoch seconds >= 0 or an ISO-8601 time;
 - ``unreadable``: a whole source unit (a corrupt file, a bad JSON record) could not be parsed;
-- ``late``: (from the windower) the row belongs to a time window that is already closed.
+- ``late``: (from the windower) the row belongs to a window that is already closed;
+- ``no_position``: (count windows) the connector gave the row no position in its source
+  (fairfleet.connectors.base); the detail names the connector and, if known, the value.
 
 Rejected rows are skipped, counted by reason and appended to a JSON-lines reject file; a bad
 row is never fatal.
@@ -27,7 +29,10 @@ from typing import Any
 
 from fairfleet.connectors.base import FieldSpec, ObservationSchema, Position, Row, position_of
 
-REASONS = ("missing_field", "wrong_type", "nan_not_allowed", "bad_event_time", "unreadable", "late")
+REASONS = (
+    "missing_field", "wrong_type", "nan_not_allowed", "bad_event_time", "unreadable", "late",
+    "no_position",
+)
 
 
 @dataclass(frozen=True)

@@ -181,7 +181,7 @@ def test_sql_query_bounded_source_finishes_and_closes_the_last_window(tmp_path: 
     assert [len(w) for w in stream.windower.closed_windows()] == [2, 2]
 
 
-def test_sql_count_windows_need_an_integer_key_and_say_which_value(tmp_path: Path) -> None:
+def test_sql_count_windows_need_an_integer_key_and_name_the_value(tmp_path: Path) -> None:
     import sqlalchemy as sa
 
     db = tmp_path / "k.db"
@@ -189,9 +189,11 @@ def test_sql_count_windows_need_an_integer_key_and_say_which_value(tmp_path: Pat
         conn.execute(sa.text("CREATE TABLE t (k TEXT, a REAL, b REAL, y INTEGER, ts REAL)"))
         conn.execute(sa.text("INSERT INTO t VALUES ('x1', 1, 0, 1, 1)"))
     params = {"path": str(db), "table": "t", "order_by": "k", **SCHEMA_PARAMS}
-    stream, _ = stream_for(build_connector("sql", params, ctx(tmp_path)), tmp_path)
-    with pytest.raises(ConfigError, match="order_by 'k' value 'x1' is not an integer"):
-        stream.poll()
+    stream, counts = stream_for(build_connector("sql", params, ctx(tmp_path)), tmp_path)
+    stream.poll()
+    assert counts == {"no_position": 1}
+    (line,) = [json.loads(x) for x in (tmp_path / "rejects.jsonl").read_text().splitlines()]
+    assert "order_by 'k' value 'x1' is not an integer >= 0" in line["detail"]
     timed, _ = stream_for(build_connector("sql", params, ctx(tmp_path)), tmp_path, by="time", size=10)
     assert timed.poll() == 1  # time windows need no position
 

@@ -7,7 +7,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -26,7 +25,6 @@ from fairfleet.connectors import (
 )
 from fairfleet.connectors.validate import Observation
 from fairfleet.connectors.windows import count_window_id, stream_code
-from fairfleet.errors import ConfigError
 from fairfleet.privacy.windows import EVERY_WINDOW, MAX_WINDOW_ID, WindowRange
 from fairfleet.site_agent.state import RoundStateStore
 
@@ -109,11 +107,14 @@ def _stream(connector: Connector, tmp: Path, by: str = "count") -> SiteStream:
     return SiteStream(connector, Windower(by, 2), RejectFile(tmp / "r.jsonl", "s"))  # type: ignore[arg-type]
 
 
-def test_a_plugin_row_without_a_position_is_an_error_naming_the_way_out(tmp_path: Path) -> None:
+def test_a_plugin_row_without_a_position_is_rejected_naming_the_way_out(tmp_path: Path) -> None:
     ctx = ConnectorContext("s", tmp_path)
     stream = _stream(_Listed({"rows": [{"obs": 1.0, "y": 0}]}, ctx), tmp_path)
-    with pytest.raises(ConfigError, match=r"'_Listed' returned a row without a position.*positioned"):
-        stream.poll()
+    stream.poll()
+    assert stream.rejected == {"no_position": 1} and stream.windower.accepted == 0
+    (line,) = [json.loads(x) for x in (tmp_path / "r.jsonl").read_text().splitlines()]
+    assert "'_Listed' gave a row without a position" in line["detail"]
+    assert "positioned(row, stream, index)" in line["detail"]
     rows = [positioned({"obs": float(i), "y": 0}, "", i) for i in range(4)]
     stream = _stream(_Listed({"rows": rows}, ctx), tmp_path)
     stream.poll()
