@@ -104,7 +104,7 @@ class Service:
             start_new_session=True,
         )
         assert self.process.stdout is not None
-        self._pump = self._sink.pump(self.process.stdout)
+        self._pump = self._sink.pump(self.process.stdout, self.name)
         self.started_at = time.time()
         self.stop_requested, self.finished, self.health = False, False, ""
         self.state, self.restart_at = "starting", None

@@ -43,13 +43,22 @@ class LogSink:
         record = {"ts": round(time.time(), 3), "level": level, "service": "up", "msg": msg, **fields}
         self.write(json.dumps(record, default=str))
 
-    def pump(self, stream: IO[bytes]) -> threading.Thread:
-        """Copy ``stream`` line by line into this log in a daemon thread, until end of file."""
+    def pump(self, stream: IO[bytes], service: str) -> threading.Thread:
+        """Copy ``stream`` line by line into this log in a daemon thread, until end of file.
+
+        The services' own lines are JSON already; anything else a child prints (a traceback
+        before logging was configured, a library writing to stderr) is wrapped into a JSON line
+        (``"stream": "output"``), so that every line of the file parses.
+        """
 
         def run() -> None:
             with stream:
                 for raw in iter(stream.readline, b""):
-                    self.write(raw.decode("utf-8", errors="replace"))
+                    line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
+                    if not line.startswith("{"):
+                        line = json.dumps({"ts": round(time.time(), 3), "level": "info",
+                                           "service": service, "stream": "output", "msg": line})
+                    self.write(line)
 
         thread = threading.Thread(target=run, name=f"log-{self.path.stem}", daemon=True)
         thread.start()
@@ -114,6 +123,9 @@ def follow(path: Path, stop: threading.Event, poll_s: float = 0.25) -> Iterator[
         except OSError:
             rotated = True
         if rotated:
+            pending += handle.read()  # what reached the old file after the last read
+            *complete, pending = pending.split("\n")
+            yield from complete
             handle.close()
             handle = None
             continue

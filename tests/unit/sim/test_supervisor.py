@@ -254,3 +254,34 @@ def test_until_done_ends_once_every_model_finished(
 def test_commands_name_the_unknown_service(running: Running) -> None:
     with pytest.raises(FairfleetError, match=r"Unknown service 'site-nope'.*site-plant-a"):
         cli("restart", "site-nope")
+
+
+def test_stop_without_a_running_up_stops_what_a_killed_up_left(
+    fake: Path, config: Path, tmp_path: Path
+) -> None:
+    import subprocess
+
+    port = str(_free_port())
+    args = [sys.executable, "-c", "import time; time.sleep(60)", "--site", "plant-a",
+            "--metrics-port", port]
+    orphan = subprocess.Popen(args)
+    unrelated = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        root = up_state.up_dir(config)
+        up_state.write_json(root / up_state.STATE_FILE, {
+            "pid": 2**22 + 7, "config": str(config), "log_dir": str(tmp_path / "logs"),
+            "services": [
+                {"name": "site-plant-a", "kind": "site", "pid": orphan.pid, "args": args},
+                # a recycled pid: its command line is not the service's, so it is left alone
+                {"name": "site-plant-b", "kind": "site", "pid": unrelated.pid,
+                 "args": [*args[:4], "plant-b", "--metrics-port", port]},
+            ],
+        })
+        result = cli("stop", "--config", str(config), "--timeout", "5")
+        assert "stopped 1 services it left behind" in result.stdout
+        assert orphan.wait(timeout=10) is not None
+        assert unrelated.poll() is None
+    finally:
+        for proc in (orphan, unrelated):
+            proc.kill()
+            proc.wait()
