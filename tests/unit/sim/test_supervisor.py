@@ -285,3 +285,22 @@ def test_stop_without_a_running_up_stops_what_a_killed_up_left(
         for proc in (orphan, unrelated):
             proc.kill()
             proc.wait()
+
+
+def test_up_plans_the_example_on_the_ports_prometheus_scrapes(tmp_path: Path) -> None:
+    repo = Path(__file__).resolve().parents[3]
+    services = launcher.plan(repo / "deploy" / "fairfleet.example.yaml", tmp_path)
+    prom = yaml.safe_load((repo / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    targets = {t.split(":")[0]: int(t.split(":")[1]) for job in prom["scrape_configs"]
+               for conf in job["static_configs"] for t in conf["targets"] if ":" in t}
+    for s in services:
+        assert s.port == targets[s.name], s.name  # compose names the services like `up` does
+        assert s.args[s.args.index("--metrics-port") + 1] == str(s.port)
+
+
+def test_budget_finds_the_accountant_without_a_running_up(
+    fake: Path, config: Path
+) -> None:
+    data = yaml.safe_load(config.read_text())
+    assert up_state.accountant_url(config) == f"http://127.0.0.1:{data['accountant']['metrics_port']}"
+    assert up_state.accountant_url() == "http://127.0.0.1:9100"  # the default config's port
