@@ -95,6 +95,10 @@ class Supervisor:
 
     # -- state ----------------------------------------------------------------------------------
     def write_state(self, running: bool = True) -> None:
+        with self.fleet.lock:  # the control thread and the loop both write; one at a time
+            self._write_state(running)
+
+    def _write_state(self, running: bool) -> None:
         self._last_write = time.monotonic()
         up_state.write_json(self.root / up_state.STATE_FILE, {
             "pid": os.getpid() if running else None,
