@@ -106,21 +106,27 @@ def up_cmd(
                 raise KeyboardInterrupt  # still starting: unwind, the finally stops what started
             sup.stop_event.set()
 
-        signal.signal(signal.SIGTERM, _stop)
-        signal.signal(signal.SIGINT, _stop)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # HUP: the terminal closed
+            signal.signal(sig, _stop)
 
     def on_tick(fleet: Any) -> None:
         nonlocal live
-        if live is None:
-            live = Live(status_table(fleet), console=console, refresh_per_second=1)
-            live.start()
-        else:
-            live.update(status_table(fleet))
+        try:
+            if live is None:
+                live = Live(status_table(fleet), console=console, refresh_per_second=1)
+                live.start()
+            else:
+                live.update(status_table(fleet))
+        except OSError:  # the terminal is gone (SIGHUP): keep supervising, the logs have it all
+            pass
 
     def progress(msg: str) -> None:
-        if live is not None and msg.startswith(("stop", "every model")):
-            live.stop()
-        console.print(f"[dim]up:[/] {msg}")
+        try:
+            if live is not None and msg.startswith(("stop", "every model")):
+                live.stop()
+            console.print(f"[dim]up:[/] {msg}")
+        except OSError:
+            pass
 
     try:
         sup = run_up(config, log_dir=log_dir, ready_timeout_s=ready_timeout, until_done=until_done,

@@ -1,9 +1,11 @@
 """The running processes of one fleet: start in order, watch, restart with backoff, stop in order.
 
-Why hand-written and not a process library: the candidates (supervisord, circus, honcho) are not
-dependencies of fairfleet and each brings its own daemon and config dialect (supervisord: an INI
-file plus XML-RPC; circus: ZeroMQ and tornado) that `fairfleet up` would have to generate and
-drive, while what a fleet needs is small and fleet-specific: start the accountant before the
+Why hand-written and not a process library: none of the candidates is a dependency of fairfleet
+(nor installed), and none fits without a second layer: supervisord and circus are daemons with
+their own config dialect and control protocol (an INI file plus XML-RPC; ZeroMQ plus tornado)
+that `fairfleet up` would have to generate and drive, and honcho runs a Procfile in the
+foreground with no restart, no per-process status and no control channel. What a fleet needs is
+small and fleet-specific: start the accountant before the
 aggregators before the sites, call a service ready when its /metrics answers, treat an
 aggregator that exits 0 as a finished model (not a crash), and stop in the reverse order.
 The parts that are easy to get wrong come from the standard library: ``subprocess`` (each
