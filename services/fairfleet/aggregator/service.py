@@ -29,7 +29,7 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -175,6 +175,8 @@ class Aggregator:
             self.ckpt = restored
             event(logger, "restored checkpoint", model=self.model_id, version=restored.version,
                   round=restored.round, finished=restored.finished)
+            if restored.finished and restored.round < self.model_cfg.rounds.rounds:
+                self.ckpt = self._resume(restored)
         self._theta = self._flat(self.ckpt.weights)
         self._state = self.ckpt.strategy_state
         self._announced_at = self.ckpt.announcement.opened_at if self.ckpt.announcement else 0.0
@@ -214,6 +216,21 @@ class Aggregator:
         self._commit(ckpt, send_offsets=False)
         event(logger, "bootstrapped model", model=self.model_id, version=0)
         return ckpt
+
+    def _resume(self, ckpt: Checkpoint) -> Checkpoint:
+        """A finished model whose configured ``rounds`` was raised: open its next round.
+
+        The same model version and round (the checkpoint's ``round`` is the next one to run),
+        committed like a round close (release, announcement, checkpoint in one transaction), so
+        a crash here either resumes again or finds the round already open.
+        """
+        resumed = replace(ckpt, finished=False, created_at=time.time(),
+                          announcement=announcement(self.model_cfg, self.strategy.name,
+                                                    ckpt.round, ckpt.version))
+        self._commit(resumed, send_offsets=False)
+        event(logger, "resumed: rounds raised", model=self.model_id, round=ckpt.round,
+              version=ckpt.version, rounds=self.model_cfg.rounds.rounds)
+        return resumed
 
     # -- the loop -------------------------------------------------------------------------------
     @property

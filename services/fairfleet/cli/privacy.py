@@ -153,14 +153,24 @@ def noise_cmd(
 
 def budget_cmd(
     site: str | None = typer.Option(None, "--site", help="Only this site's ledgers."),
-    url: str = typer.Option(
-        "http://127.0.0.1:9100", "--url", help="The accountant's HTTP address."
+    url: str | None = typer.Option(
+        None,
+        "--url",
+        help="The accountant's HTTP address (default: from --config or the running `fairfleet up`).",
+    ),
+    config: Path | None = typer.Option(
+        None, "--config", help="Fleet config: its accountant's port (as `fairfleet up` runs it)."
     ),
     accountant: str = ACCOUNTANT,
     as_json: bool = JSON_OUT,
 ) -> None:
     """The live ledger from the accountant's /budgets endpoint."""
     import httpx
+
+    if url is None:
+        from fairfleet.supervisor.state import accountant_url
+
+        url = accountant_url(config)
 
     params = {"accountant": accountant, **({"site": site} if site else {})}
     endpoint = url.rstrip("/") + ("" if url.rstrip("/").endswith("/budgets") else "/budgets")
