@@ -105,7 +105,7 @@ def test_noise_calibration_matches_opacus_golden() -> None:
                 "--steps",
                 "10",
             ],
-            "Sampling rate must be in [0, 1]. Found 1.5.",
+            "Sampling rate must be in (0, 1]. Found 1.5.",
         ),
     ],
 )
