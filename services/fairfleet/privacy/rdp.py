@@ -252,8 +252,17 @@ def _log_a_frac(q: np.ndarray, sigma: np.ndarray, alphas: np.ndarray) -> np.ndar
         stopped = _accumulate(sums, last, cells, log_s0, log_s1, positive)
         cells = cells[~stopped]
         start += block
-    with np.errstate(invalid="ignore"):
-        log_a = np.logaddexp(_log_sub(sums[0], sums[1]), _log_sub(sums[2], sums[3]))
+    # A = (A0+ − A0−) + (A1+ − A1−). A part whose negative sum exceeds its positive sum by no
+    # more than rounding of the whole series (at huge σ, A1 is ~1e-20 of A) is 0; by more, it
+    # stays NaN (not trustworthy; the caller drops the order).
+    with np.errstate(invalid="ignore", over="ignore"):
+        magnitude = np.logaddexp.reduce(sums, axis=0)  # log Σ|terms|
+        parts = []
+        for positive_sum, negative_sum in ((sums[0], sums[1]), (sums[2], sums[3])):
+            part = _log_sub(positive_sum, negative_sum)
+            excess = np.exp(negative_sum - magnitude) - np.exp(positive_sum - magnitude)
+            parts.append(np.where(np.isnan(part) & (excess <= _ROUNDING), -np.inf, part))
+        log_a = np.logaddexp(parts[0], parts[1])
     return log_a.reshape(n, k)
 
 

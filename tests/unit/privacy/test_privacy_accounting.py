@@ -235,6 +235,17 @@ def test_unsupported_events_name_the_sub_event() -> None:
     assert not replace.supports(dpsgd_event(0.1, 1.0, 3))
 
 
+def test_calibration_says_when_rdp_cannot_reach_the_target_and_pld_can() -> None:
+    # RDP over opacus's orders (≤ 63) certifies no ε below ≈ 0.1029 at δ = 1e-5, whatever σ:
+    # the old search doubled σ 30 times and died in dp_accounting with a bracket error.
+    floor = RdpAccountant().epsilon_floor(1e-5)
+    assert 0.1 < floor < 0.104
+    with pytest.raises(ConfigError, match=r"Target epsilon 0.1 is out of reach .* 0\.102"):
+        calibrate_noise_multiplier(0.1, 1e-5, 0.001, 1000)
+    sigma = calibrate_noise_multiplier(0.1, 1e-5, 0.001, 1000, "pld", tolerance=1e-4)
+    assert epsilon(dpsgd_event(0.001, sigma, 1000), 1e-5, "pld") <= 0.1
+
+
 @pytest.mark.parametrize(
     ("call", "match"),
     [
