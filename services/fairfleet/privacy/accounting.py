@@ -73,6 +73,15 @@ class FleetAccountant(privacy_accountant.PrivacyAccountant, abc.ABC):
             self.compose_leaves(reduced)
         return None
 
+    def compose(self, event: dp_event.DpEvent, count: int = 1) -> FleetAccountant:
+        """dp_accounting's ``compose``, except that an event no rule can account raises
+        fairfleet's :class:`~fairfleet.errors.UnsupportedEventError` (a PrivacyError, one line
+        naming the event type) instead of dp_accounting's own exception."""
+        if isinstance(event, dp_event.DpEvent):
+            self.reduce(event, count)
+        super().compose(event, count)
+        return self
+
     def get_epsilon(self, target_delta: float) -> float:
         check_delta(target_delta)
         return self._epsilon(self._leaves, None, target_delta)
@@ -94,9 +103,10 @@ class FleetAccountant(privacy_accountant.PrivacyAccountant, abc.ABC):
         self._on_compose(leaves)
 
     def reduce(self, event: dp_event.DpEvent, count: int = 1) -> Leaves:
+        """``event`` as counted leaves; raises UnsupportedEventError naming what has no rule."""
         reduced = reduce_event(event, count, self.neighbouring)
         if isinstance(reduced, Unsupported):
-            raise PrivacyError(f"Cannot account event: {reduced}.")
+            raise reduced.error(event)
         return reduced
 
     def epsilon_if_composed(self, event: dp_event.DpEvent | Leaves, target_delta: float) -> float:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 from typer.testing import CliRunner
 
-from fairfleet.cli import app
+from fairfleet.cli import app, main
 from fairfleet.metrics import serve
 from fairfleet.privacy.accounting import epsilon
 from fairfleet.privacy.events import PrivacyRecord, dp_event_to_json, dpsgd_event, gaussian_event
@@ -169,3 +170,39 @@ def test_pld_noise_calibration_is_bracketed_and_fast() -> None:
     # the smallest such σ: a little less noise overshoots the target
     assert epsilon(dpsgd_event(0.04, sigma - 1e-3, 2250), 1e-5, "pld") > 8.0
     assert cpu_seconds < 30, cpu_seconds  # ≈ 2-3 s of CPU on this machine
+
+
+def test_sigma_zero_is_reported_as_not_private() -> None:
+    plan = ["--sampling-rate", "0.04", "--noise-multiplier", "0", "--steps", "10"]
+    human = runner.invoke(app, ["privacy", "epsilon", *plan, "--delta", "1e-5"])
+    assert human.exit_code == 0, human.output
+    assert "ε = ∞" in human.stdout and "NOT PRIVATE: σ = 0 adds no noise" in human.stdout
+    result = runner.invoke(app, ["privacy", "epsilon", *plan, "--delta", "1e-5", "--json"])
+    out = json.loads(result.stdout)  # strict JSON: no Infinity
+    assert out["epsilon"] is None and out["private"] is False and "NOT PRIVATE" in out["note"]
+    assert "warning: NOT PRIVATE" in result.stderr
+    assert run_json("privacy", "epsilon", *PLAN)["private"] is True
+
+
+def test_unsupported_event_is_one_line_from_the_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Through the console-script entry point (fairfleet.cli.main), as a user runs it.
+    path = tmp_path / "plan.json"
+    path.write_text(
+        json.dumps(
+            [
+                {"sampling_rate": 0.04, "noise_multiplier": 1.5, "steps": 10},
+                {"class_name": "LaplaceDpEvent", "noise_multiplier": 1.0},
+            ]
+        )
+    )
+    monkeypatch.setattr(
+        sys, "argv", ["fairfleet", "privacy", "epsilon", "--events", str(path), "--delta", "1e-5"]
+    )
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("\n") == 1
+    assert err.startswith(f"error: Event 1 in {path}: Cannot account LaplaceDpEvent:")
