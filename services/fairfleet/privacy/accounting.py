@@ -317,7 +317,8 @@ def calibrate_noise_multiplier(
     The bracket [lo, hi] (ε(lo) > target ≥ ε(hi)) is found geometrically from a first guess:
     σ = 1 for RDP; for any other accountant (PLD) the RDP-calibrated σ, because RDP is an upper
     bound on the tighter accountants' ε, so their σ is at most that (checked, and doubled if
-    not); the lower end starts at half of it and is halved while it still meets the target.
+    not). The lower end starts at 0.9x the upper one (0.5x for RDP) and is halved while it
+    still meets the target.
     PLD is never evaluated at a tiny σ: its cost grows like 1/σ² (the old search, which
     started at σ = 1e-3, made dp-accounting allocate ~38 GiB).
     """
