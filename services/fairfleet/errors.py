@@ -32,5 +32,13 @@ class PrivacyError(FairfleetError):
     """A privacy parameter is invalid or a release is not covered by a grant."""
 
 
+class UnsupportedEventError(PrivacyError):
+    """No accountant rule for a privacy event; ``event_type`` names the offending (sub-)event."""
+
+    def __init__(self, event_type: str, message: str) -> None:
+        super().__init__(message)
+        self.event_type = event_type
+
+
 class BudgetExceededError(PrivacyError):
     """A reservation would take a ledger past its policy's epsilon."""

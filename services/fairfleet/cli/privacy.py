@@ -14,12 +14,13 @@ privacy record with a ``dp_event`` field, or a DP-SGD plan ``{"sampling_rate", "
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 import typer
 
-from fairfleet.errors import ConfigError
+from fairfleet.errors import ConfigError, UnsupportedEventError
 
 privacy_app = typer.Typer(
     help="Privacy calculator: ε of a plan, or the noise for a target ε.", no_args_is_help=True
@@ -70,8 +71,12 @@ def _events_from_file(path: Path) -> list[Any]:
 @privacy_app.command("epsilon")
 def epsilon_cmd(
     delta: float = typer.Option(..., "--delta", help="Target δ."),
-    sampling_rate: float | None = typer.Option(None, "--sampling-rate", help="Poisson rate q."),
-    noise_multiplier: float | None = typer.Option(None, "--noise-multiplier", help="σ."),
+    sampling_rate: float | None = typer.Option(
+        None, "--sampling-rate", help="Poisson rate q, in (0, 1]."
+    ),
+    noise_multiplier: float | None = typer.Option(
+        None, "--noise-multiplier", help="σ (0 = no noise: reported as not private, ε = ∞)."
+    ),
     steps: int | None = typer.Option(None, "--steps", help="Number of steps T."),
     events: Path | None = typer.Option(None, "--events", help="JSON file of events to compose."),
     accountant: str = ACCOUNTANT,
@@ -94,19 +99,40 @@ def epsilon_cmd(
         else [dpsgd_event(float(sampling_rate), float(noise_multiplier), int(steps))]  # type: ignore[arg-type]
     )
     acc = make_accountant(accountant)
-    for ev in to_compose:
-        acc.compose(ev)
+    for n, ev in enumerate(to_compose):
+        try:
+            acc.compose(ev)
+        except UnsupportedEventError as exc:
+            if events is None:
+                raise
+            raise UnsupportedEventError(exc.event_type, f"Event {n} in {events}: {exc}") from exc
     eps = acc.get_epsilon(delta)
-    out: dict[str, Any] = {"epsilon": eps, "delta": delta, "accountant": accountant}
+    private = math.isfinite(eps)
+    # strict JSON has no ∞: a non-private plan is "epsilon": null with "private": false
+    out: dict[str, Any] = {
+        "epsilon": eps if private else None,
+        "private": private,
+        "delta": delta,
+        "accountant": accountant,
+    }
     if events is not None:
         out["events_file"] = str(events)
         out["events"] = len(to_compose)
     else:
         out.update(sampling_rate=sampling_rate, noise_multiplier=noise_multiplier, steps=steps)
-    if isinstance(acc, RdpAccountant):
+    if isinstance(acc, RdpAccountant) and private:
         out["optimal_order"] = acc.optimal_order(delta)
+    if not private:
+        why = (
+            "σ = 0 adds no noise"
+            if events is None
+            else "a release without noise (σ = 0 or NonPrivateDpEvent) is composed"
+        )
+        out["note"] = f"NOT PRIVATE: {why}; ε is unbounded."
     if as_json:
-        typer.echo(json.dumps(out))
+        if not private:
+            typer.echo(f"warning: {out['note']}", err=True)
+        typer.echo(json.dumps(out, allow_nan=False))
         return
     what = (
         f"{len(to_compose)} events from {events}"
@@ -114,14 +140,16 @@ def epsilon_cmd(
         else (f"q={sampling_rate:g}, σ={noise_multiplier:g}, T={steps}")
     )
     order = f", optimal order {out['optimal_order']:g}" if "optimal_order" in out else ""
-    typer.echo(f"ε = {eps:.6g} at δ = {delta:g} ({accountant.upper()}{order}) for {what}")
+    shown = f"{eps:.6g}" if private else "∞"
+    line = f"ε = {shown} at δ = {delta:g} ({accountant.upper()}{order}) for {what}"
+    typer.echo(line if private else f"{line} — {out['note']}")
 
 
 @privacy_app.command("noise")
 def noise_cmd(
     epsilon: float = typer.Option(..., "--epsilon", help="Target ε."),
     delta: float = typer.Option(..., "--delta", help="Target δ."),
-    sampling_rate: float = typer.Option(..., "--sampling-rate", help="Poisson rate q."),
+    sampling_rate: float = typer.Option(..., "--sampling-rate", help="Poisson rate q, in (0, 1]."),
     steps: int = typer.Option(..., "--steps", help="Number of steps T."),
     accountant: str = ACCOUNTANT,
     as_json: bool = JSON_OUT,

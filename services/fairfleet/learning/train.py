@@ -38,7 +38,7 @@ from torch import nn
 from fairfleet.errors import ConfigError
 from fairfleet.learning.tensors import flatten, unflatten
 from fairfleet.privacy import dpsgd
-from fairfleet.privacy.events import PrivacyUnit
+from fairfleet.privacy.events import PrivacyUnit, dpsgd_event
 from fairfleet.privacy.mechanisms import GaussianUpdateMechanism
 
 Task = Literal["regression", "classification"]
@@ -118,8 +118,7 @@ class LocalTrainConfig:
             return None
         if self.privacy == "dpsgd":
             q = dpsgd.validate_sampling_rate(self.sampling_rate)
-            return dpsgd.dpsgd_event(q, self.noise_multiplier,
-                                     self.epochs * dpsgd.steps_per_epoch(q))
+            return dpsgd_event(q, self.noise_multiplier, self.epochs * dpsgd.steps_per_epoch(q))
         return GaussianUpdateMechanism(self.clip_norm, self.noise_multiplier).dp_event()
 
     @property

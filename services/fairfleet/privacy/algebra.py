@@ -21,7 +21,7 @@ from typing import TypeVar
 
 from dp_accounting import dp_event
 
-from fairfleet.errors import PrivacyError
+from fairfleet.errors import UnsupportedEventError
 from fairfleet.privacy.events import Neighbouring
 
 
@@ -53,6 +53,16 @@ class Unsupported:
     def __str__(self) -> str:
         return f"{self.reason} (sub-event {self.event})"
 
+    def error(self, top: dp_event.DpEvent) -> UnsupportedEventError:
+        """The one-line typed error for accounting ``top``, which contains this sub-event."""
+        name = type(self.event).__name__
+        inside = "" if self.event is top else f" (inside {type(top).__name__})"
+        supported = ", ".join(sorted(cls.__name__ for cls in _REDUCERS))
+        return UnsupportedEventError(
+            name,
+            f"Cannot account {name}{inside}: {self.reason}. Accountable events: {supported}.",
+        )
+
 
 Leaves = Counter[GaussianLeaf]
 # A reducer yields (leaf, count) pairs, or an Unsupported, for `event` composed `count` times.
@@ -78,7 +88,7 @@ def _walk(
 ) -> Iterator[tuple[GaussianLeaf, int] | Unsupported]:
     reducer = _REDUCERS.get(type(event))
     if reducer is None:
-        yield Unsupported(event, f"no accountant rule for {type(event).__name__}")
+        yield Unsupported(event, "no accountant rule for this event type")
         return
     yield from reducer(event, count, relation)
 
@@ -116,7 +126,11 @@ def _poisson(
     if isinstance(inner, dp_event.NoOpDpEvent) or event.sampling_probability == 0:
         return
     if not isinstance(inner, dp_event.GaussianDpEvent):
-        yield Unsupported(event, "Poisson sampling is supported around a GaussianDpEvent only")
+        yield Unsupported(
+            event,
+            f"Poisson sampling is accounted around a GaussianDpEvent only, not around a "
+            f"{type(inner).__name__}",
+        )
         return
     if relation is not Neighbouring.ADD_OR_REMOVE and event.sampling_probability < 1:
         yield Unsupported(event, "Poisson-subsampled Gaussian is accounted under add/remove only")
@@ -165,5 +179,5 @@ def reduce_or_raise(
 ) -> Leaves:
     result = reduce_event(event, count, relation)
     if isinstance(result, Unsupported):
-        raise PrivacyError(f"Cannot account event: {result}.")
+        raise result.error(event)
     return result

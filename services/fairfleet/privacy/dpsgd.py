@@ -9,7 +9,8 @@ One DP-SGD step on n local examples (Abadi et al. 2016; Opacus):
    i.e. normalised by the *expected* batch size q n (a constant, so the sensitivity stays C).
 
 T such steps are ``SelfComposedDpEvent(PoissonSampledDpEvent(q, GaussianDpEvent(sigma)), T)``
-under add/remove-one-observation neighbours; everything computed from the noisy gradients
+under add/remove-one-observation neighbours, built by ``fairfleet.privacy.events.dpsgd_event``
+(sigma = 0 is ``NonPrivateDpEvent``: no privacy); everything computed from the noisy gradients
 (the released model delta) is post-processing.
 
 Opacus does steps 1-3: ``UniformWithReplacementSampler`` (sample_rate given explicitly),
@@ -34,6 +35,7 @@ from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 from opacus.validators import ModuleValidator
 
 from fairfleet.errors import ConfigError
+from fairfleet.privacy.events import dpsgd_event, validate_noise_multiplier, validate_sampling_rate
 from fairfleet.privacy.mechanisms import secure_generator
 
 # Opacus' backward hooks fire on the first layer although the input needs no gradient; torch warns
@@ -79,26 +81,6 @@ def resolve_grad_sample_mode(
     return "hooks"
 
 
-def validate_sampling_rate(sampling_rate: float | None) -> float:
-    """Return q if it is a finite number in (0, 1]; else raise ConfigError naming it."""
-    if sampling_rate is None:
-        raise ConfigError(
-            "DP-SGD needs an explicit Poisson sampling rate (sampling_rate); it is never "
-            "inferred from the data. Found None."
-        )
-    if not (isinstance(sampling_rate, int | float) and math.isfinite(sampling_rate)) or not (
-        0.0 < float(sampling_rate) <= 1.0
-    ):
-        raise ConfigError(f"Sampling rate must be in (0, 1]. Found {sampling_rate}.")
-    return float(sampling_rate)
-
-
-def validate_noise_multiplier(noise_multiplier: float) -> float:
-    if not math.isfinite(noise_multiplier) or noise_multiplier < 0:
-        raise ConfigError(f"Noise multiplier must be finite and >= 0. Found {noise_multiplier}.")
-    return float(noise_multiplier)
-
-
 def validate_clip_norm(clip_norm: float) -> float:
     if not math.isfinite(clip_norm) or clip_norm <= 0:
         raise ConfigError(f"Clip norm must be finite and > 0. Found {clip_norm}.")
@@ -108,22 +90,6 @@ def validate_clip_norm(clip_norm: float) -> float:
 def steps_per_epoch(sampling_rate: float) -> int:
     """Poisson 'epoch' length used by Opacus' sampler: floor(1/q) steps (at least 1)."""
     return max(1, int(1.0 / validate_sampling_rate(sampling_rate)))
-
-
-def dpsgd_event(sampling_rate: float, noise_multiplier: float, steps: int) -> dp_accounting.DpEvent:
-    """The event T DP-SGD steps spend: SelfComposed(PoissonSampled(q, Gaussian(sigma)), T).
-
-    sigma = 0 releases un-noised gradients: ``NonPrivateDpEvent`` (as the update mechanism does).
-    """
-    q = validate_sampling_rate(sampling_rate)
-    sigma = validate_noise_multiplier(noise_multiplier)
-    if steps < 1:
-        raise ConfigError(f"DP-SGD steps must be >= 1. Found {steps}.")
-    if sigma == 0:
-        return dp_accounting.NonPrivateDpEvent()
-    return dp_accounting.SelfComposedDpEvent(
-        dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma)), int(steps)
-    )
 
 
 def make_generator(seed: int, secure: bool) -> torch.Generator:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import collections
 import math
+import numbers
 from collections.abc import Mapping, Sequence
 from enum import StrEnum
 from typing import Annotated, Any
@@ -73,18 +74,41 @@ class Neighbouring(StrEnum):
 
 
 def check_sampling_rate(q: float) -> None:
+    """A ``PoissonSampledDpEvent``'s probability: [0, 1] (q = 0 samples nothing)."""
     if not (math.isfinite(q) and 0.0 <= q <= 1.0):
         raise ConfigError(f"Sampling rate must be in [0, 1]. Found {q}.")
 
 
 def check_noise_multiplier(sigma: float) -> None:
+    """A ``GaussianDpEvent``'s σ: finite and > 0 (no privacy is ``NonPrivateDpEvent``)."""
     if not (math.isfinite(sigma) and sigma > 0.0):
         raise ConfigError(f"Noise multiplier must be finite and > 0. Found {sigma}.")
 
 
 def check_steps(steps: int) -> None:
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
         raise ConfigError(f"Steps must be an integer >= 1. Found {steps!r}.")
+
+
+def validate_sampling_rate(sampling_rate: float | None) -> float:
+    """A DP-SGD plan's Poisson rate q: a finite number in (0, 1], never inferred (STYLE.md 9)."""
+    if sampling_rate is None:
+        raise ConfigError(
+            "DP-SGD needs an explicit Poisson sampling rate (sampling_rate); it is never "
+            "inferred from the data. Found None."
+        )
+    if not (isinstance(sampling_rate, int | float) and math.isfinite(sampling_rate)) or not (
+        0.0 < float(sampling_rate) <= 1.0
+    ):
+        raise ConfigError(f"Sampling rate must be in (0, 1]. Found {sampling_rate}.")
+    return float(sampling_rate)
+
+
+def validate_noise_multiplier(noise_multiplier: float) -> float:
+    """A plan's σ: finite and >= 0 (σ = 0 is allowed and means *no privacy*, see dpsgd_event)."""
+    if not math.isfinite(noise_multiplier) or noise_multiplier < 0:
+        raise ConfigError(f"Noise multiplier must be finite and >= 0. Found {noise_multiplier}.")
+    return float(noise_multiplier)
 
 
 def gaussian_event(noise_multiplier: float) -> dp_event.GaussianDpEvent:
@@ -94,10 +118,22 @@ def gaussian_event(noise_multiplier: float) -> dp_event.GaussianDpEvent:
 
 
 def dpsgd_event(sampling_rate: float, noise_multiplier: float, steps: int) -> dp_event.DpEvent:
-    """T steps of the Poisson-subsampled Gaussian: ``SelfComposed(PoissonSampled(q, G(σ)), T)``."""
-    check_sampling_rate(sampling_rate)
+    """What T DP-SGD steps spend: ``SelfComposed(PoissonSampled(q, Gaussian(σ)), T)``.
+
+    The one builder of this event (site agent, local training, calculator, tests). q must be in
+    (0, 1], T an integer >= 1, σ finite and >= 0.
+
+    **σ = 0 means no privacy.** The steps release un-noised gradients, so the event is
+    ``NonPrivateDpEvent``: every accountant reports ε = ∞ for it (the ledger denies its
+    reservation, the calculator prints ε = ∞ with a warning). It is never an error deep in the
+    accounting and never a finite ε.
+    """
+    q = validate_sampling_rate(sampling_rate)
+    sigma = validate_noise_multiplier(noise_multiplier)
     check_steps(steps)
-    inner = dp_event.PoissonSampledDpEvent(float(sampling_rate), gaussian_event(noise_multiplier))
+    if sigma == 0:
+        return dp_event.NonPrivateDpEvent()
+    inner = dp_event.PoissonSampledDpEvent(q, dp_event.GaussianDpEvent(sigma))
     return dp_event.SelfComposedDpEvent(inner, int(steps))
 
 

@@ -6,22 +6,30 @@ arXiv:1908.10530), the RDP of one step is ``ε(α) = log A_α / (α − 1)`` wit
 * integer α:  ``A_α = Σ_{i=0..α} C(α, i) q^i (1−q)^{α−i} exp((i² − i) / (2σ²))``;
 * fractional α: ``A_α = A₀ + A₁``, two series over i = 0, 1, ... of
   ``C(α, i) q^i (1−q)^{α−i} exp((i² − i)/(2σ²)) · ½ erfc((i − z₀)/(√2 σ))`` and the mirror term
-  with j = α − i, z₀ = σ² log(1/q − 1) + ½, summed until both terms fall below e^{−30};
+  with j = α − i, z₀ = σ² log(1/q − 1) + ½, summed with the signed binomial coefficients (as
+  opacus does) until both terms are decreasing and below e^{−30} × the running total;
 * q = 1 (plain Gaussian): ``ε(α) = α / (2σ²)``; q = 0: 0; σ = 0: ∞.
 
 RDP adds under composition, and (ε, δ) follows from the conversion of Balle et al. 2020
 (arXiv:1905.09982, Thm 21): ``ε = min_α  rdp(α) − (log δ + log α)/(α − 1) + log((α − 1)/α)``.
 
 These are the formulas of opacus ``accountants/analysis/rdp.py`` (itself TF Privacy's), evaluated
-with the same orders and the same series stopping rule, so the ε values agree to rounding
-(< 1e-12 relative in our tests). Why not call opacus: it loops in Python over every order and
-every series term of every event (≈ 11 ms per distinct (q, σ)); here one numpy pass handles a
-whole batch of events, and :class:`RdpCurveCache` computes each distinct (q, σ) once.
+with the same orders, so the ε values agree to rounding (< 1e-9 relative in our tests). One
+difference: opacus stops the fractional series at the first i where both terms are below e^{−30}
+in absolute terms, which at large fractional orders cuts it after the first term (q = 0.4,
+σ = 12, α ≥ 58.8: log A < 0, a negative RDP); we stop as dp-accounting does, relative to the
+running total and only once the terms decrease. Every log A is checked (A ≥ 1 exactly): one that
+is not trustworthy drops its order, with a warning, instead of passing for a small RDP.
+
+Why not call opacus: it loops in Python over every order and every series term of every event
+(≈ 11 ms per distinct (q, σ)); here one numpy pass handles a whole batch of events, and
+:class:`RdpCurveCache` computes each distinct (q, σ) once.
 """
 
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 from collections.abc import Sequence
 
@@ -33,7 +41,10 @@ DEFAULT_ORDERS: tuple[float, ...] = tuple(
     [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64))
 )
 
-_STOP_LOG = -30.0  # opacus's stopping threshold for the fractional-order series
+_STOP_LOG = -30.0  # a series stops at terms below e^-30 x its running total
+_MAX_TERMS = 100_000  # a fractional-order series not converged by then: the order is dropped
+_ROUNDING = 1e-12  # |log A| below this is rounding (A ≥ 1 exactly): read as log A = 0
+_log = logging.getLogger(__name__)
 _CHUNK = 512  # events per numpy block (bounds memory at ≈ 512 × 64 × orders floats)
 _FRAC_CHUNK = 1024  # events per fractional-order batch (the sparse tail has Python overhead)
 
@@ -93,6 +104,7 @@ _BLOCKS = (8, 8, 16, 32, 64, 128)  # then blocks of i for the cells still runnin
 
 def _accumulate(
     sums: np.ndarray,
+    last: np.ndarray,
     cells: np.ndarray,
     log_s0: np.ndarray,
     log_s1: np.ndarray,
@@ -101,11 +113,28 @@ def _accumulate(
     """Add each cell's terms up to and including its first stopping term; return who stopped.
 
     ``log_s0``/``log_s1``/``positive`` are (cells, B); ``sums`` (4, all cells) holds the running
-    log-sums of positive and negative terms of A0 and A1.
+    log-sums of positive and negative terms of A0 and A1; ``last`` (2, all cells) the previous
+    log s0 and log s1 of each cell (updated here).
+
+    A cell stops at the first term where both s0 and s1 are decreasing and below e^{−30} times
+    the running total Σ|terms| — dp-accounting's rule (here against a lower bound of that total). opacus's absolute rule (both terms below
+    e^{−30}) stops at i = 0 when the mass of the series lies at larger i: for q = 0.4, σ = 12,
+    α = 58.9 the first term is (1 − q)^α ≈ e^{−30.1}, the series is cut after one term and
+    log A comes out negative (A ≥ 1 always: a Rényi divergence is ≥ 0).
     """
     block = log_s0.shape[1]
-    stop = np.maximum(log_s0, log_s1) < _STOP_LOG
-    stopped = stop.any(axis=1)
+    stop = np.empty(log_s0.shape, dtype=bool)  # both terms decreasing ...
+    stop[:, 0] = (log_s0[:, 0] < last[0, cells]) & (log_s1[:, 0] < last[1, cells])
+    np.less(log_s0[:, 1:], log_s0[:, :-1], out=stop[:, 1:])
+    stop[:, 1:] &= log_s1[:, 1:] < log_s1[:, :-1]
+    # ... and below e^{-30} x a lower bound on the running total Σ|terms| (the total before this
+    # block, or the largest term so far): a little stricter than dp-accounting's exact running
+    # total, and much cheaper.
+    largest = np.maximum(log_s0, log_s1)
+    reference = np.maximum.accumulate(largest, axis=1)
+    np.maximum(reference, sums[:, cells].max(axis=0)[:, None], out=reference)
+    stop &= largest < reference + _STOP_LOG
+    stopped = np.asarray(stop.any(axis=1))
     first_stop = np.where(stopped, stop.argmax(axis=1), block)
     take = np.arange(block)[None, :] <= first_stop[:, None]
     for slot, term in ((0, log_s0), (2, log_s1)):
@@ -118,14 +147,16 @@ def _accumulate(
             log_neg = np.log(np.where(positive, 0.0, scaled).sum(axis=1)) + peak[:, 0]
         sums[slot, cells] = np.logaddexp(sums[slot, cells], log_pos)
         sums[slot + 1, cells] = np.logaddexp(sums[slot + 1, cells], log_neg)
+    last[0, cells] = log_s0[:, -1]
+    last[1, cells] = log_s1[:, -1]
     return stopped
 
 
 def _log_a_frac(q: np.ndarray, sigma: np.ndarray, alphas: np.ndarray) -> np.ndarray:
-    """log A_α for fractional orders, emulating opacus's term-by-term loop cell by cell.
+    """log A_α for fractional orders, opacus's term-by-term loop run for all cells at once.
 
-    Each (event, order) cell adds terms i = 0, 1, ... up to and including the first i where
-    both terms are below e^{−30}, exactly as opacus does. Terms are evaluated for blocks of i
+    Each (event, order) cell adds terms i = 0, 1, ... up to and including its stopping term
+    (see :func:`_accumulate`); a cell still running after ``_MAX_TERMS`` terms gets NaN. Terms are evaluated for blocks of i
     at once over all unfinished cells; finished cells leave the arrays, so the cost is the
     total series length, with no Python work per term. With j = α − i:
 
@@ -144,6 +175,7 @@ def _log_a_frac(q: np.ndarray, sigma: np.ndarray, alphas: np.ndarray) -> np.ndar
     z0 = sigma**2 * np.log(1 / q - 1) + 0.5
     # running log-sums of the positive and negative terms: A0+, A0−, A1+, A1−
     sums = np.full((4, n * k), -np.inf)
+    last = np.full((2, n * k), -np.inf)  # the previous log s0, log s1 of each cell
     # Phase 1: the first _DENSE terms of every cell, as dense (event, order, i) arrays built by
     # broadcasting (no gathers); most cells finish here.
     i = np.arange(_DENSE, dtype=np.float64)
@@ -169,6 +201,7 @@ def _log_a_frac(q: np.ndarray, sigma: np.ndarray, alphas: np.ndarray) -> np.ndar
     )
     done = _accumulate(
         sums,
+        last,
         np.arange(n * k),
         log_s0.reshape(n * k, -1),
         log_s1.reshape(n * k, -1),
@@ -179,6 +212,9 @@ def _log_a_frac(q: np.ndarray, sigma: np.ndarray, alphas: np.ndarray) -> np.ndar
     start = _DENSE
     for step in itertools.count():
         if not len(cells):
+            break
+        if start >= _MAX_TERMS:  # not converged: no trustworthy value (dropped by the caller)
+            sums[:, cells] = np.nan
             break
         block = _BLOCKS[min(step, len(_BLOCKS) - 1)]
         i = np.arange(start, start + block, dtype=np.float64)  # (B,)
@@ -213,11 +249,40 @@ def _log_a_frac(q: np.ndarray, sigma: np.ndarray, alphas: np.ndarray) -> np.ndar
             + (j * j - j) * c_inv_2s2
             + ndtr1[ev_local[:, None], j_index[order_local]]
         )
-        stopped = _accumulate(sums, cells, log_s0, log_s1, positive)
+        stopped = _accumulate(sums, last, cells, log_s0, log_s1, positive)
         cells = cells[~stopped]
         start += block
-    log_a = np.logaddexp(_log_sub(sums[0], sums[1]), _log_sub(sums[2], sums[3]))
+    # A = (A0+ − A0−) + (A1+ − A1−). A part whose negative sum exceeds its positive sum by no
+    # more than rounding of the whole series (at huge σ, A1 is ~1e-20 of A) is 0; by more, it
+    # stays NaN (not trustworthy; the caller drops the order).
+    with np.errstate(invalid="ignore", over="ignore"):
+        magnitude = np.logaddexp.reduce(sums, axis=0)  # log Σ|terms|
+        parts = []
+        for positive_sum, negative_sum in ((sums[0], sums[1]), (sums[2], sums[3])):
+            part = _log_sub(positive_sum, negative_sum)
+            excess = np.exp(negative_sum - magnitude) - np.exp(positive_sum - magnitude)
+            parts.append(np.where(np.isnan(part) & (excess <= _ROUNDING), -np.inf, part))
+        log_a = np.logaddexp(parts[0], parts[1])
     return log_a.reshape(n, k)
+
+
+def _checked(log_a: np.ndarray, q: np.ndarray, sigma: np.ndarray, alphas: np.ndarray) -> np.ndarray:
+    """``log_a`` (events, orders) made honest: A ≥ 1 exactly (a Rényi divergence is ≥ 0), so
+    a value below 0 by no more than rounding is read as 0; a value clearly below 0, or none
+    (a series that did not converge), is not trustworthy: that order becomes +∞ — it drops out
+    of the minimum over orders, so ε only gets looser — and a warning names it.
+    """
+    bad = np.isnan(log_a) | (log_a < -_ROUNDING)
+    if bad.any():
+        rows, cols = np.nonzero(bad)
+        _log.warning(
+            "RDP of the Poisson-subsampled Gaussian has no trustworthy value at %d (q, σ, order) "
+            "cell(s), e.g. q=%r, σ=%r, order %r (log A = %r); those orders are dropped from "
+            "the ε conversion.",
+            len(rows), float(q[rows[0]]), float(sigma[rows[0]]), float(alphas[cols[0]]),
+            float(log_a[rows[0], cols[0]]),
+        )
+    return np.where(bad, np.inf, np.maximum(log_a, 0.0))
 
 
 def rdp_subsampled_gaussian(
@@ -245,11 +310,13 @@ def rdp_subsampled_gaussian(
         for start in range(0, len(general), _CHUNK):
             rows = general[start : start + _CHUNK]
             log_a = _log_a_int(q[rows], sigma[rows], alphas[int_cols])
+            log_a = _checked(log_a, q[rows], sigma[rows], alphas[int_cols])
             out[np.ix_(rows, int_cols)] = log_a / (alphas[int_cols] - 1)
     if len(frac_cols):
         for start in range(0, len(general), _FRAC_CHUNK):
             rows = general[start : start + _FRAC_CHUNK]
             log_a = _log_a_frac(q[rows], sigma[rows], alphas[frac_cols])
+            log_a = _checked(log_a, q[rows], sigma[rows], alphas[frac_cols])
             out[np.ix_(rows, frac_cols)] = log_a / (alphas[frac_cols] - 1)
     return out
 
@@ -259,8 +326,10 @@ def epsilon_from_rdp(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(ε, optimal order) for each row of ``rdp`` (…, orders) at ``delta`` (Balle et al. Thm 21).
 
-    ε is clamped at 0 (a negative ε from rounding is meaningless; opacus #844). Rows that are
-    infinite at every order give (∞, nan).
+    ε is clamped at 0 (opacus #844): (ε, δ)-DP with ε < 0 implies (0, δ)-DP, so this is sound.
+    It never hides a negative RDP: ``rdp_subsampled_gaussian`` returns none (an untrustworthy
+    order is +∞, dropped from the minimum, with a warning). Orders that are +∞ take no part;
+    rows that are infinite at every order give (∞, nan).
     """
     alphas = np.asarray(orders, dtype=np.float64)
     rdp = np.atleast_2d(np.asarray(rdp, dtype=np.float64))

@@ -31,7 +31,7 @@ from fairfleet.learning.tensors import from_safetensors_bytes, to_safetensors_by
 from fairfleet.learning.train import LocalTrainConfig, local_train, per_example_loss
 from fairfleet.messages import LocalTrainingPlan, ModelSpec, NoisyStat, PrivacyPlan, UpdatePrivacy
 from fairfleet.privacy import dpsgd
-from fairfleet.privacy.events import PrivacyUnit, compose
+from fairfleet.privacy.events import PrivacyUnit, compose, dpsgd_event
 from fairfleet.privacy.mechanisms import noisy_bounded_mean, noisy_mean_dp_event
 
 
@@ -51,7 +51,7 @@ def update_event(plan: PrivacyPlan, training: LocalTrainingPlan) -> dp_accountin
     if plan.mechanism == "dpsgd":
         steps = dpsgd_steps(plan, training)
         assert plan.sampling_rate is not None  # checked by dpsgd_steps
-        return dpsgd.dpsgd_event(plan.sampling_rate, plan.noise_multiplier, steps)
+        return dpsgd_event(plan.sampling_rate, plan.noise_multiplier, steps)
     if plan.mechanism == "update":
         if plan.noise_multiplier == 0:
             return dp_accounting.NonPrivateDpEvent()

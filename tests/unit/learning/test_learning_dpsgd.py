@@ -20,7 +20,7 @@ from fairfleet.errors import ConfigError
 from fairfleet.learning.models import build_model
 from fairfleet.learning.train import LocalTrainConfig, local_train, per_example_loss
 from fairfleet.privacy import dpsgd
-from fairfleet.privacy.events import PrivacyUnit
+from fairfleet.privacy.events import PrivacyUnit, dpsgd_event
 
 DP = LocalTrainConfig(
     epochs=1, lr=0.5, privacy="dpsgd", noise_multiplier=1.3, clip_norm=0.7, sampling_rate=0.25
@@ -51,7 +51,7 @@ def test_event_has_the_given_q_sigma_and_steps(q: float, epochs: int) -> None:
 
 def test_event_round_trips_through_dp_accounting_and_matches_opacus_golden_value() -> None:
     """Golden value: opacus tests, sigma=1.5, q=0.04, 2250 steps, delta=1e-5 -> RDP eps 7.329."""
-    event = dpsgd.dpsgd_event(0.04, 1.5, 2250)
+    event = dpsgd_event(0.04, 1.5, 2250)
     accountant = dp_accounting.rdp.RdpAccountant()
     accountant.compose(event)
     # dp-accounting's own orders differ slightly from opacus' grid: it is at most that tight.
@@ -180,7 +180,7 @@ def test_auto_mode_resolution() -> None:
 )
 def test_event_validation_names_the_value(args: tuple, named: str) -> None:
     with pytest.raises(ConfigError, match=named):
-        dpsgd.dpsgd_event(*args)
+        dpsgd_event(*args)
 
 
 def test_secure_rng_is_not_reproducible_but_has_the_same_event() -> None:

@@ -12,7 +12,7 @@ from dp_accounting.gaussian_mechanism import get_epsilon_gaussian
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fairfleet.errors import ConfigError, PrivacyError
+from fairfleet.errors import ConfigError, PrivacyError, UnsupportedEventError
 from fairfleet.privacy.accounting import (
     FleetAccountant,
     PldAccountant,
@@ -233,6 +233,56 @@ def test_unsupported_events_name_the_sub_event() -> None:
     replace = RdpAccountant(neighbouring=Neighbouring.REPLACE_ONE)
     assert replace.supports(gaussian_event(1.0))
     assert not replace.supports(dpsgd_event(0.1, 1.0, 3))
+
+
+@pytest.mark.parametrize("accountant", ["rdp", "pld"])
+@pytest.mark.parametrize(
+    ("event", "event_type", "message"),
+    [
+        (dp_event.LaplaceDpEvent(1.0), "LaplaceDpEvent", "Cannot account LaplaceDpEvent: no "),
+        (
+            compose([gaussian_event(1.0), dp_event.LaplaceDpEvent(1.0)]),
+            "LaplaceDpEvent",
+            "Cannot account LaplaceDpEvent (inside ComposedDpEvent)",
+        ),
+        (
+            dp_event.PoissonSampledDpEvent(0.1, dp_event.LaplaceDpEvent(1.0)),
+            "PoissonSampledDpEvent",
+            "not around a LaplaceDpEvent",
+        ),
+        (dp_event.UnsupportedDpEvent(), "UnsupportedDpEvent", "account UnsupportedDpEvent: no "),
+    ],
+)
+def test_unsupported_events_raise_one_typed_line(
+    accountant: str, event: dp_event.DpEvent, event_type: str, message: str
+) -> None:
+    # Library side of issue 10: a fairfleet error (PrivacyError) naming the event type, from
+    # compose, from the epsilon() helper and from a dry run; the accountant is left unchanged.
+    acc = make_accountant(accountant).compose(gaussian_event(2.0))
+    before = acc.get_epsilon(1e-5)
+    for call in (
+        lambda: acc.compose(event),
+        lambda: epsilon(event, 1e-5, accountant),
+        lambda: acc.epsilon_if_composed(event, 1e-5),
+    ):
+        with pytest.raises(UnsupportedEventError) as info:
+            call()
+        assert isinstance(info.value, PrivacyError) and info.value.event_type == event_type
+        assert message in str(info.value) and "\n" not in str(info.value)
+    assert acc.get_epsilon(1e-5) == before and acc.leaves == make_accountant().compose(
+        gaussian_event(2.0)
+    ).leaves
+
+
+def test_calibration_says_when_rdp_cannot_reach_the_target_and_pld_can() -> None:
+    # RDP over opacus's orders (≤ 63) certifies no ε below ≈ 0.1029 at δ = 1e-5, whatever σ:
+    # the old search doubled σ 30 times and died in dp_accounting with a bracket error.
+    floor = RdpAccountant().epsilon_floor(1e-5)
+    assert 0.1 < floor < 0.104
+    with pytest.raises(ConfigError, match=r"Target epsilon 0.1 is out of reach .* 0\.102"):
+        calibrate_noise_multiplier(0.1, 1e-5, 0.001, 1000)
+    sigma = calibrate_noise_multiplier(0.1, 1e-5, 0.001, 1000, "pld", tolerance=1e-4)
+    assert epsilon(dpsgd_event(0.001, sigma, 1000), 1e-5, "pld") <= 0.1
 
 
 @pytest.mark.parametrize(

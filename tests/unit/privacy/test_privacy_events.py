@@ -22,7 +22,7 @@ from fairfleet.privacy.events import (
 )
 
 sigmas = st.floats(min_value=0.05, max_value=50.0)
-rates = st.floats(min_value=0.0, max_value=1.0)
+rates = st.floats(min_value=0.0, max_value=1.0, exclude_min=True)
 steps = st.integers(min_value=1, max_value=10_000)
 
 
@@ -42,8 +42,11 @@ def test_dpsgd_event_shape() -> None:
 @pytest.mark.parametrize(
     ("call", "match"),
     [
-        (lambda: dpsgd_event(1.5, 1.0, 10), r"Sampling rate must be in \[0, 1\]. Found 1.5."),
-        (lambda: dpsgd_event(0.1, 0.0, 10), "Noise multiplier .* Found 0.0"),
+        (lambda: dpsgd_event(1.5, 1.0, 10), r"Sampling rate must be in \(0, 1\]. Found 1.5."),
+        (lambda: dpsgd_event(0.1, -0.5, 10), "Noise multiplier .* Found -0.5"),
+        (lambda: dpsgd_event(0.0, 1.0, 10), r"Sampling rate must be in \(0, 1\]. Found 0.0."),
+        (lambda: dpsgd_event(None, 1.0, 10), "explicit Poisson sampling rate .* Found None"),  # type: ignore[arg-type]
+        (lambda: gaussian_event(0.0), "Noise multiplier .* > 0. Found 0.0"),
         (lambda: dpsgd_event(0.1, 1.0, 0), "Steps .* Found 0"),
     ],
 )
