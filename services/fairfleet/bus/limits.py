@@ -44,8 +44,8 @@ class InputLimits:
 
     max_json_bytes: int = 1024 * 1024
     max_json_depth: int = 32
-    max_value_bytes: int = 1024 * 1024 * 1024
-    max_pending_chunk_bytes: int = 256 * 1024 * 1024
+    max_value_bytes: int = 256 * 1024 * 1024
+    max_pending_chunk_bytes: int = 512 * 1024 * 1024
     max_message_bytes: int = MAX_MESSAGE_BYTES
     """The topics' ``max.message.bytes``: no chunk is larger (fairfleet.bus.topics)."""
 
@@ -58,6 +58,12 @@ class InputLimits:
         if self.max_message_bytes < MIN_CHUNK_BYTES:
             raise ConfigError(
                 f"max_message_bytes must be >= {MIN_CHUNK_BYTES}. Found {self.max_message_bytes}."
+            )
+        need = self.max_value_bytes + self.max_chunk_count * CHUNK_OVERHEAD_BYTES
+        if self.max_pending_chunk_bytes < need:
+            raise ConfigError(
+                f"max_pending_chunk_bytes must hold one largest value ({self.max_value_bytes} bytes "
+                f"in {self.max_chunk_count} chunks: {need} bytes). Found {self.max_pending_chunk_bytes}."
             )
 
     @property
