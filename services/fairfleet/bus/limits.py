@@ -79,8 +79,10 @@ class InputLimits:
 
 DEFAULT_LIMITS = InputLimits()
 
-# one token per match: a whole JSON string (brackets inside it do not count) or one bracket
-_TOKENS = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]', re.DOTALL)
+# one token per match: a whole JSON string (brackets inside it do not count) or one bracket.
+# Possessive and with an optional closing quote, so an unterminated string matches to the end
+# instead of being retried from every later quote: the scan stays linear on any input.
+_TOKENS = re.compile(rb'"(?:[^"\\]++|\\.)*+"?|[\[\]{}]', re.DOTALL)
 
 
 def check_json_depth(raw: bytes, max_depth: int) -> None:

@@ -8,6 +8,7 @@ import contextlib
 import hashlib
 import json
 import struct
+import time
 import tracemalloc
 from typing import Any
 
@@ -67,6 +68,19 @@ def test_200_kb_of_nesting_is_rejected_without_recursion() -> None:
     with pytest.raises(SchemaError) as too_big:
         load_json(raw, InputLimits(max_json_bytes=1000))
     assert too_big.value.reason == "json_too_large"
+
+
+@pytest.mark.parametrize("body", [
+    b'"' + b'\\"' * 500_000,  # one unterminated string of escaped quotes
+    b'"' * 1_000_000,  # a million quotes
+    b'["a\\' * 250_000,  # openers, strings and escapes interleaved
+])
+def test_the_depth_scan_is_linear_on_pathological_input(body: bytes) -> None:
+    raw = body + b"[" * 40  # more openers than the bound: the full scan runs
+    start = time.perf_counter()
+    with contextlib.suppress(SchemaError):
+        check_json_depth(raw, 32)
+    assert time.perf_counter() - start < 5.0  # a quadratic scan takes hours on 1 MB
 
 
 def test_huge_integers_are_rejected_before_any_float_conversion() -> None:
