@@ -196,8 +196,9 @@ class AccountantService:
                 rows = self._apply_event(msg)
             else:
                 raise Rejected("wrong_type", f"Expected a privacy request or event, got '{msg.TYPE}'.")
-        except Exception as exc:  # never half-applied: back to what SQLite holds
-            self.ledger = self.store.load(self.policies)
+        except Exception as exc:
+            if not isinstance(exc, Rejected):  # Rejected comes before any change to the ledger
+                self.ledger = self.store.load(self.policies)  # never half-applied: as in SQLite
             reason = exc.reason if isinstance(exc, Rejected) else "apply_failed"
             self._dead_letter(dead_letter_for(
                 "accountant", reason, f"{type(exc).__name__}: {exc}" if reason == "apply_failed"

@@ -9,7 +9,8 @@ JSON object iteratively (no recursion) and rejects, naming the path and the valu
 * more than :data:`MAX_EVENT_NODES` events in one tree;
 * a self-composition ``count`` that is not an integer in [0, :data:`MAX_COMPOSITION_COUNT`], or
   counts whose product along one path exceeds it (the steps one leaf is composed);
-* a number (σ, q, ...) that is a bool, or an integer too large to convert to a float.
+* more than :data:`MAX_JSON_VALUES` JSON values or :data:`MAX_JSON_NESTING` nested containers;
+* an integer (σ, q, ...) too large to convert to a float.
 
 Honest events are a few levels deep (``Composed[SelfComposed(PoissonSampled(Gaussian), T),
 Gaussian]``), so these limits only ever meet forged or corrupted input.
@@ -28,6 +29,8 @@ MAX_EVENT_NODES = 1024
 """Most events in one DpEvent tree."""
 MAX_COMPOSITION_COUNT = 10**9
 """Largest self-composition count, and largest product of counts along one path (steps)."""
+MAX_JSON_VALUES = 8 * MAX_EVENT_NODES
+"""Most JSON values (objects, lists, scalars) in one DpEvent; an event has a handful each."""
 MAX_JSON_NESTING = 2 * MAX_EVENT_DEPTH + 2
 """Most nested JSON containers (an event and its ``events`` list are two levels)."""
 
@@ -38,9 +41,12 @@ def check_dp_event_json(obj: Any) -> None:
         raise PrivacyError(f"dp_event must be a JSON object. Found {type(obj).__name__}.")
     # (value, path, event depth, JSON container depth, product of counts above)
     stack: list[tuple[Any, str, int, int, int]] = [(obj, "dp_event", 0, 0, 1)]
-    nodes = 0
+    nodes = values = 0
     while stack:
         value, path, depth, nesting, steps = stack.pop()
+        values += 1
+        if values > MAX_JSON_VALUES:
+            raise PrivacyError(f"dp_event has more than {MAX_JSON_VALUES} JSON values.")
         if isinstance(value, Mapping | list):
             nesting += 1
             if nesting > MAX_JSON_NESTING:

@@ -18,6 +18,7 @@ from fairfleet.privacy.event_bounds import (
     MAX_COMPOSITION_COUNT,
     MAX_EVENT_DEPTH,
     MAX_EVENT_NODES,
+    MAX_JSON_VALUES,
     check_dp_event_json,
 )
 from fairfleet.privacy.events import (
@@ -112,6 +113,9 @@ def test_non_objects_and_bool_counts_are_rejected() -> None:
         deep_list = [deep_list]
     with pytest.raises(PrivacyError, match="JSON nests deeper"):
         dp_event_from_json({"class_name": "ComposedDpEvent", "events": deep_list})
+    padded = {**GAUSS, "extra": {str(i): i for i in range(MAX_JSON_VALUES)}}
+    with pytest.raises(PrivacyError, match=f"more than {MAX_JSON_VALUES} JSON values"):
+        dp_event_from_json(padded)
 
 
 def _event_message(dp: dict[str, Any]) -> PrivacyEventMessage:
