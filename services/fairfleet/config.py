@@ -39,10 +39,10 @@ class KafkaConfig(_Strict):
     partitions: Annotated[int, Field(ge=1)] = 3
     chunk_bytes: Annotated[int, Field(ge=1024, le=16 * 1024 * 1024)] = 8 * 1024 * 1024
     # bounds on consumed records (fairfleet.bus.limits; docs/configuration.md)
-    max_payload_bytes: Annotated[int, Field(ge=1024 * 1024, le=16 * 1024**3)] = 256 * 1024**2
+    max_payload_bytes: Annotated[int, Field(ge=1024 * 1024, le=16 * 1024**3)] = 128 * 1024**2
     max_json_bytes: Annotated[int, Field(ge=64 * 1024, le=64 * 1024 * 1024)] = 1024 * 1024
     max_json_depth: Annotated[int, Field(ge=8, le=256)] = 32
-    max_pending_chunk_bytes: Annotated[int, Field(ge=16 * 1024 * 1024)] = 512 * 1024**2
+    max_pending_chunk_bytes: Annotated[int, Field(ge=16 * 1024 * 1024)] = 256 * 1024**2
 
     @model_validator(mode="after")
     def _sasl_complete(self) -> KafkaConfig:

@@ -44,8 +44,8 @@ class InputLimits:
 
     max_json_bytes: int = 1024 * 1024
     max_json_depth: int = 32
-    max_value_bytes: int = 256 * 1024 * 1024
-    max_pending_chunk_bytes: int = 512 * 1024 * 1024
+    max_value_bytes: int = 128 * 1024 * 1024
+    max_pending_chunk_bytes: int = 256 * 1024 * 1024
     max_message_bytes: int = MAX_MESSAGE_BYTES
     """The topics' ``max.message.bytes``: no chunk is larger (fairfleet.bus.topics)."""
 
