@@ -194,8 +194,8 @@ class AccountantService:
                 decision, rows = self._reserve(msg, env)
             elif isinstance(msg, PrivacyEventMessage):
                 rows = self._apply_event(msg)
-            else:
-                raise Rejected("wrong_type", f"Expected a privacy request or event, got '{msg.TYPE}'.")
+            # other types are not the ledger's (never dead-lettered: a DeadLetter read back from
+            # its own topic must not loop); their offsets are stored like any other
         except Exception as exc:
             if not isinstance(exc, Rejected):  # Rejected comes before any change to the ledger
                 self.ledger = self.store.load(self.policies)  # never half-applied: as in SQLite
