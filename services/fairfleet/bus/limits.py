@@ -25,6 +25,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from fairfleet.bus.topics import MAX_MESSAGE_BYTES
 from fairfleet.errors import ConfigError, PayloadError, SchemaError
 
@@ -79,32 +81,34 @@ class InputLimits:
 
 DEFAULT_LIMITS = InputLimits()
 
-# one token per match: a whole JSON string (brackets inside it do not count) or one bracket.
-# Possessive and with an optional closing quote, so an unterminated string matches to the end
-# instead of being retried from every later quote: the scan stays linear on any input.
-_TOKENS = re.compile(rb'"(?:[^"\\]++|\\.)*+"?|[\[\]{}]', re.DOTALL)
+# a whole JSON string (brackets inside it do not count). Possessive and with an optional closing
+# quote, so an unterminated string matches to the end instead of being retried from every later
+# quote: stripping strings stays linear on any input.
+_STRINGS = re.compile(rb'"(?:[^"\\]++|\\.)*+"?', re.DOTALL)
+_DEPTH_STEP = np.zeros(256, dtype=np.int8)
+_DEPTH_STEP[[ord("["), ord("{")]] = 1
+_DEPTH_STEP[[ord("]"), ord("}")]] = -1
 
 
 def check_json_depth(raw: bytes, max_depth: int) -> None:
     """Raise SchemaError (reason ``json_too_deep``) if ``raw`` nests deeper than ``max_depth``.
 
-    Iterative and linear in the input; brackets inside strings are skipped. Malformed input that
-    is not too deep passes here and is left to the JSON parser.
+    No recursion and linear in the input (vectorised): strings are removed, then the running
+    sum of openers (+1) and closers (-1) is the nesting depth. Malformed input that is not too
+    deep passes here and is left to the JSON parser (which stops at the first unmatched closer,
+    so it never nests deeper than this prefix depth).
     """
     if raw.count(b"[") + raw.count(b"{") <= max_depth:
         return  # cannot be deeper than the number of openers
-    depth = 0
-    for match in _TOKENS.finditer(raw):
-        token = match.group()
-        if token in (b"[", b"{"):
-            depth += 1
-            if depth > max_depth:
-                raise SchemaError(
-                    f"Message JSON nests deeper than {max_depth} levels (at byte {match.start()}).",
-                    reason="json_too_deep",
-                )
-        elif token in (b"]", b"}"):
-            depth = max(0, depth - 1)
+    outside = np.frombuffer(_STRINGS.sub(b'""', raw), dtype=np.uint8)
+    depth = np.cumsum(_DEPTH_STEP[outside], dtype=np.int64)
+    deepest = int(depth.max()) if depth.size else 0
+    if deepest > max_depth:
+        raise SchemaError(
+            f"Message JSON nests {deepest} levels deep; at most {max_depth} are read "
+            "(kafka.max_json_depth).",
+            reason="json_too_deep",
+        )
 
 
 def _bounded_int(text: str) -> int:
