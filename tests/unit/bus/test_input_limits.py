@@ -242,3 +242,18 @@ def test_a_valid_chunked_value_still_round_trips() -> None:
     assert out is not None and codec.decode(out.value)[0] == msg
     assert asm.pending_bytes == 0
     assert DeadLetter(service="s", reason="r", field="site").field == "site"
+
+
+def test_the_issue_s_twenty_incomplete_15_mib_chunk_sets_are_evicted_at_the_default_budget() -> None:
+    """Issue 12: 20 never-completed 15 MiB chunks were held 300 s with no cap. With the default
+    bounds (256 MiB budget) the oldest sets are evicted as soon as the budget would overflow."""
+    data = b"x" * (15 * 1024 * 1024)  # one object, referenced by every record (no 300 MB test)
+    asm = codec.Reassembler()
+    evicted: list[str] = []
+    for n in range(20):
+        assert asm.add(_chunk(f"set{n}", 0, 2, 2 * len(data), data, offset=n)) is None
+        evicted += [e.args[0].split()[1] for e in asm.drain_evicted()]
+        assert asm.pending_bytes <= asm.limits.max_pending_chunk_bytes
+    held = asm.limits.max_pending_chunk_bytes // (len(data) + CHUNK_OVERHEAD_BYTES)
+    assert evicted == [f"set{n}" for n in range(20 - held)]  # oldest first
+    assert asm.pending_min_offsets() == {("t", 0): 20 - held}  # their offsets are free to commit
