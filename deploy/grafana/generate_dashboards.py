@@ -224,6 +224,9 @@ def pipeline() -> Board:
     b.panel("timeseries", "Privacy events not yet in the ledger",
             [("fairfleet_privacy_ledger_lag_messages", "ledger lag"),
              ("rate(fairfleet_privacy_events_applied_total[5m])", "applied / s")])
+    b.panel("timeseries", "Dead letters / s, by service and reason",
+            [("sum by (service, reason) (rate(fairfleet_dead_letters_total[5m]))",
+              "{{service}} {{reason}}")], unit="reqps")
     b.row("Updates")
     b.panel("timeseries", "Rejected updates / s, by reason",
             [(f"sum by (model, reason) (rate(fairfleet_aggregator_updates_rejected_total{{{sel}}}[5m]))",

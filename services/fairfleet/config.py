@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from fairfleet.bus.limits import InputLimits
 from fairfleet.errors import ConfigError
 from fairfleet.messages import LocalTrainingPlan, ModelSpec, PrivacyPlan
 
@@ -37,6 +38,11 @@ class KafkaConfig(_Strict):
     topic_prefix: str = "fairfleet."
     partitions: Annotated[int, Field(ge=1)] = 3
     chunk_bytes: Annotated[int, Field(ge=1024, le=16 * 1024 * 1024)] = 8 * 1024 * 1024
+    # bounds on consumed records (fairfleet.bus.limits; docs/configuration.md)
+    max_payload_bytes: Annotated[int, Field(ge=1024 * 1024, le=16 * 1024**3)] = 128 * 1024**2
+    max_json_bytes: Annotated[int, Field(ge=64 * 1024, le=64 * 1024 * 1024)] = 1024 * 1024
+    max_json_depth: Annotated[int, Field(ge=8, le=256)] = 32
+    max_pending_chunk_bytes: Annotated[int, Field(ge=16 * 1024 * 1024)] = 256 * 1024**2
 
     @model_validator(mode="after")
     def _sasl_complete(self) -> KafkaConfig:
@@ -48,6 +54,23 @@ class KafkaConfig(_Strict):
                 "and sasl_password"
             )
         return self
+
+    @model_validator(mode="after")
+    def _limits_consistent(self) -> KafkaConfig:
+        try:
+            self.input_limits()
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
+    def input_limits(self) -> InputLimits:
+        """The bounds every Reader of this fleet enforces on consumed records."""
+        return InputLimits(
+            max_json_bytes=self.max_json_bytes,
+            max_json_depth=self.max_json_depth,
+            max_value_bytes=self.max_payload_bytes,
+            max_pending_chunk_bytes=self.max_pending_chunk_bytes,
+        )
 
     def client_config(self) -> dict[str, str]:
         """librdkafka settings for security (the bootstrap is passed separately)."""

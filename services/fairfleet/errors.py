@@ -21,11 +21,27 @@ class BusError(FairfleetError):
 
 
 class PayloadError(FairfleetError):
-    """A tensor payload or a chunk of one is missing, corrupted or malformed."""
+    """A tensor payload or a chunk of one is missing, corrupted or malformed.
+
+    ``reason`` is the dead-letter label a consumer files it under (set where the error is
+    raised, never guessed from the text).
+    """
+
+    def __init__(self, message: str = "", reason: str = "payload") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class SchemaError(FairfleetError, ValueError):
-    """A message does not match its schema (type, version or fields)."""
+    """A message does not match its schema (type, version or fields).
+
+    ``reason`` is the dead-letter label; ``field`` the dotted path of the offending field, if any.
+    """
+
+    def __init__(self, message: str = "", reason: str = "schema", field: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.field = field
 
 
 class PrivacyError(FairfleetError):

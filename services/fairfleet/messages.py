@@ -281,6 +281,8 @@ class DeadLetter(Message):
     site: str = ""
     model_id: str = ""
     round: int | None = None
+    field: str = ""
+    """Dotted path of the message field that failed validation ('' if not a field problem)."""
 
 
 MESSAGE_TYPES: dict[str, type[Message]] = {

@@ -5,6 +5,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from fairfleet import __version__
+from fairfleet.bus.metrics import dead_letter_counter
 from fairfleet.privacy.events import LedgerKey
 
 SERVICE = "accountant"
@@ -59,6 +60,7 @@ class AccountantMetrics:
             ["service", "topic"],
             registry=r,
         )
+        self.dead_letters = dead_letter_counter(r)
         info = Gauge(
             "fairfleet_service_info", "Service and version.", ["service", "version"], registry=r
         )

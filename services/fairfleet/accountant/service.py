@@ -26,11 +26,12 @@ from pathlib import Path
 from typing import Any
 
 from dp_accounting import dp_event
-from pydantic import ValidationError
 
+from fairfleet.accountant.intake import Rejected, check_accountable, parse_record
 from fairfleet.accountant.metrics import AccountantMetrics
 from fairfleet.accountant.store import LedgerStore, Row
 from fairfleet.bus import Bus, Envelope, Publisher, Reader, dead_letter_for, topic_name
+from fairfleet.bus.limits import DEFAULT_LIMITS, InputLimits
 from fairfleet.errors import BusError, ConfigError, FairfleetError
 from fairfleet.log import event
 from fairfleet.messages import (
@@ -57,6 +58,7 @@ class AccountantOptions:
     lag_interval_s: float = 2.0
     consume_requests: bool = True  # False: replay privacy.events only (rebuild)
     reported_accountant: str = "rdp"  # gauges and /budgets default; "pld" refreshes in background
+    limits: InputLimits = DEFAULT_LIMITS  # bounds on consumed records (fairfleet.bus.limits)
 
     def __post_init__(self) -> None:
         if self.reported_accountant not in ("rdp", "pld"):
@@ -82,17 +84,22 @@ class AccountantService:
             for name in ("privacy.requests", "privacy.events", "privacy.grants", "deadletter")
         }
         self.store = LedgerStore(db)
+        self.policies = policies
         self.ledger = self.store.load(policies)
         self.applied = self.store.offsets()
         self.metrics = AccountantMetrics()
         inputs = [self.topics["privacy.events"]]
         if self.options.consume_requests:
             inputs.insert(0, self.topics["privacy.requests"])
+        self._inputs = frozenset(inputs)
         group_id = self.options.group_id or f"{prefix}accountant-{self.store.instance_id}"
         consumer = bus.consumer(group_id, inputs)
         self._offsets_checked = False
         self.publisher = Publisher(bus.producer())
-        self.reader = Reader(consumer, "accountant", on_dead_letter=self._dead_letter)
+        self.reader = Reader(
+            consumer, "accountant", on_dead_letter=self._dead_letter, limits=self.options.limits
+        )
+        self._dead_letter_skipped_rows()
         self.http: MetricsServer | None = None
         self._dirty: set[LedgerKey] = set()
         self._dirty_lock = threading.Lock()
@@ -172,6 +179,8 @@ class AccountantService:
         return out
 
     def _handle(self, env: Envelope) -> None:
+        """Apply one message: everything is checked and computed before SQLite is written; a
+        message that fails anywhere before that is dead-lettered with its offset, not applied."""
         offsets = self._next_offsets(env)
         if all(offset <= self.applied.get(tp, 0) for tp, offset in offsets.items()):
             return  # applied before a restart (SQLite is ahead of Kafka's committed offsets)
@@ -179,24 +188,44 @@ class AccountantService:
         rows: list[Row] = []
         decision: Decision | None = None
         request: PrivacyReservationRequest | None = None
-        if isinstance(msg, PrivacyReservationRequest):
-            request = msg
-            decision, rows = self._reserve(msg, env)
-        elif isinstance(msg, PrivacyEventMessage):
-            rows = self._apply_event(msg, env)
+        try:
+            if isinstance(msg, PrivacyReservationRequest):
+                request = msg
+                decision, rows = self._reserve(msg, env)
+            elif isinstance(msg, PrivacyEventMessage):
+                rows = self._apply_event(msg)
+            # other types are not the ledger's (never dead-lettered: a DeadLetter read back from
+            # its own topic must not loop); their offsets are stored like any other
+        except Exception as exc:
+            if not isinstance(exc, Rejected):  # Rejected comes before any change to the ledger
+                self.ledger = self.store.load(self.policies)  # never half-applied: as in SQLite
+            reason = exc.reason if isinstance(exc, Rejected) else "apply_failed"
+            self._dead_letter(dead_letter_for(
+                "accountant", reason, f"{type(exc).__name__}: {exc}" if reason == "apply_failed"
+                else str(exc), env.record, site=getattr(msg, "site", ""),
+                model_id=getattr(msg, "model_id", ""),
+            ))
+            self._save_offsets(offsets)
+            return
+        if isinstance(msg, PrivacyEventMessage):
             self.metrics.events_applied.inc()
         self.store.save(rows, offsets)
         self.applied = {**self.applied, **offsets}  # replaced, never mutated: HTTP reads it
-        if request is not None and decision is not None:
-            self._answer(request, decision)
-        for key in {row[2].key for row in rows}:
-            self._refresh(key)
+        try:
+            if request is not None and decision is not None:
+                self._answer(request, decision)
+            for key in {row[2].key for row in rows}:
+                self._refresh(key)
+        except Exception as exc:  # applied and durable; a failed answer or gauge is not fatal
+            event(logger, "answer or refresh failed", logging.ERROR, event_id=getattr(msg, "event_id", ""),
+                  error=f"{type(exc).__name__}: {exc}")
 
     def _reserve(self, msg: PrivacyReservationRequest, env: Envelope) -> tuple[Decision, list[Row]]:
         try:
-            record = PrivacyRecord.from_message(msg)
-        except (ValidationError, FairfleetError) as exc:
-            self._dead_letter_env(env, "invalid_request", str(exc))
+            record = parse_record(msg, "invalid_request")
+            check_accountable(record)
+        except Rejected as exc:
+            self._dead_letter_env(env, exc.reason, str(exc))
             return Decision(msg.event_id, False, f"invalid: {exc}", "invalid"), []
         decision = self.ledger.reserve(record)
         rows: list[Row] = []
@@ -204,19 +233,17 @@ class AccountantService:
             rows = [(record.event_id, EventState.RESERVED, record)]
         return decision, rows
 
-    def _apply_event(self, msg: PrivacyEventMessage, env: Envelope) -> list[Row]:
+    def _apply_event(self, msg: PrivacyEventMessage) -> list[Row]:
+        """Rejected (nothing applied) if the event does not parse within the bounds or cannot be
+        accounted; a reservation it names stays held (never under-counted)."""
         if msg.action == "cancel":
             record = self._record(msg, dp_event.NoOpDpEvent())
             outcome = self.ledger.cancel(msg.event_id, record)
             if not outcome.applied:
                 return []
             return [(msg.event_id, outcome.state, record)]  # type: ignore[list-item]
-        try:
-            record = PrivacyRecord.from_message(msg)
-        except (ValidationError, FairfleetError) as exc:
-            # it was released: charge it as non-private rather than lose it (fail closed)
-            self._dead_letter_env(env, "unaccountable_release", str(exc))
-            record = self._record(msg, dp_event.NonPrivateDpEvent())
+        record = parse_record(msg, "invalid_event")
+        check_accountable(record)
         outcome = self.ledger.commit(record)
         expected = msg.action == "release" and outcome.note.startswith("no reservation")
         if outcome.note and not expected:
@@ -332,7 +359,35 @@ class AccountantService:
         self.metrics.consumer_lag.labels("accountant", self.topics["privacy.events"]).set(lag)
 
     def _dead_letter(self, letter: DeadLetter) -> None:
-        self.publisher.send(self.topics["deadletter"], letter)
+        """Publish and count a dead letter; an input record's offset is stored with it (SQLite),
+        so a restart does not read the same bad record as new work."""
+        self.metrics.dead_letters.labels("accountant", letter.reason).inc()
+        try:
+            self.publisher.send(self.topics["deadletter"], letter)
+        except FairfleetError as exc:
+            event(logger, "dead letter not published", logging.ERROR, reason=letter.reason,
+                  error=str(exc))
+        if letter.source_topic in self._inputs and letter.source_offset is not None:
+            partition = letter.source_partition or 0
+            self._save_offsets({(letter.source_topic, partition): letter.source_offset + 1})
+
+    def _save_offsets(self, offsets: dict[tuple[str, int], int]) -> None:
+        if all(offset <= self.applied.get(tp, 0) for tp, offset in offsets.items()):
+            return
+        self.store.save([], offsets)
+        merged = {tp: max(o, self.applied.get(tp, 0)) for tp, o in offsets.items()}
+        self.applied = {**self.applied, **merged}
+
+    def _dead_letter_skipped_rows(self) -> None:
+        """Rows the store could not load (stored before the input bounds): logged and dead-lettered
+        on every start; they stay in the database for an operator to inspect."""
+        for row in self.store.skipped:
+            event(logger, "ledger row skipped", logging.ERROR, event_id=row.event_id,
+                  reason=row.reason, detail=row.detail[:300])
+            self._dead_letter(DeadLetter(
+                service="accountant", reason=row.reason,
+                detail=f"ledger row {row.event_id} not loaded: {row.detail}",
+            ))
 
     def _dead_letter_env(self, env: Envelope, reason: str, detail: str) -> None:
         self._dead_letter(dead_letter_for("accountant", reason, detail, env.record))

@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
+from fairfleet.accountant.intake import SkippedRow, accountable_rows
 from fairfleet.errors import ConfigError
 from fairfleet.privacy.events import PrivacyRecord
 from fairfleet.privacy.ledger import EventState, Ledger
@@ -57,6 +58,7 @@ class LedgerStore:
         except sqlite3.Error as exc:
             raise ConfigError(f"Cannot open ledger database {path}: {exc}") from exc
         self._lock = threading.Lock()
+        self.skipped: list[SkippedRow] = []  # rows the last load() left out
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")  # a committed grant must survive power loss
         self._db.executescript(_SCHEMA)
@@ -102,19 +104,26 @@ class LedgerStore:
             rows = self._db.execute("SELECT topic, partition, next_offset FROM applied_offsets")
             return {(t, p): o for t, p, o in rows.fetchall()}
 
-    def rows(self) -> Iterator[Row]:
+    def rows(self, skipped: list[SkippedRow] | None = None) -> Iterator[Row]:
+        """The stored rows in order; a row that no longer parses or accounts (stored before the
+        input bounds existed) is left out and reported in ``skipped``."""
         with self._lock:
             fetched = self._db.execute(
                 "SELECT event_id, state, record FROM ledger_events ORDER BY seq"
             ).fetchall()
-        for event_id, state, record in fetched:
-            yield event_id, EventState(state), PrivacyRecord.model_validate_json(record)
+        for event_id, state, record in accountable_rows(fetched, [] if skipped is None else skipped):
+            yield event_id, EventState(state), record
 
     def load(self, policies: PolicySet) -> Ledger:
-        """The in-memory ledger these rows describe."""
+        """The in-memory ledger these rows describe; unloadable rows are in ``self.skipped``."""
         ledger = Ledger(policies)
-        for _, state, record in self.rows():
-            ledger.restore(record, state)
+        skipped: list[SkippedRow] = []
+        for event_id, state, record in self.rows(skipped):
+            try:
+                ledger.restore(record, state)
+            except Exception as exc:  # one bad row must not keep the ledger from starting
+                skipped.append(SkippedRow(event_id, "unloadable_row", f"{type(exc).__name__}: {exc}"))
+        self.skipped = skipped
         return ledger
 
     def close(self) -> None:

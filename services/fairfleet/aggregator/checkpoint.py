@@ -32,6 +32,7 @@ from safetensors.numpy import save as st_save
 
 from fairfleet.bus import codec
 from fairfleet.bus.base import Bus, Delivery, Producer, Record
+from fairfleet.bus.limits import CHUNK_OVERHEAD_BYTES, MIN_CHUNK_BYTES, InputLimits
 from fairfleet.errors import PayloadError
 from fairfleet.fairness import StrategyState, state_from_bytes, state_to_bytes
 from fairfleet.messages import RoundAnnouncement, new_id
@@ -115,6 +116,16 @@ class Checkpoint:
         )
 
 
+MAX_CHECKPOINT_BYTES = 64 * 1024**3
+CHECKPOINT_LIMITS = InputLimits(
+    max_value_bytes=MAX_CHECKPOINT_BYTES,
+    max_pending_chunk_bytes=MAX_CHECKPOINT_BYTES
+    + -(-MAX_CHECKPOINT_BYTES // MIN_CHUNK_BYTES) * CHUNK_OVERHEAD_BYTES,
+)
+"""Chunk bounds of the checkpoint topic: the aggregator's own transactional changelog, sized for
+any model (the consumed-input bounds, kafka.max_payload_bytes, apply to updates and messages)."""
+
+
 def publish_checkpoint(
     producer: Producer, topic: str, checkpoint: Checkpoint, chunk_bytes: int
 ) -> list[Delivery]:
@@ -141,7 +152,7 @@ class CheckpointScanner:
 
     def __init__(self, model_id: str) -> None:
         self.model_id = model_id
-        self._reassembler = codec.Reassembler(timeout_s=float("inf"))
+        self._reassembler = codec.Reassembler(timeout_s=float("inf"), limits=CHECKPOINT_LIMITS)
         self._last: bytes | None = None
 
     def add(self, record: Record) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from fairfleet import __version__
+from fairfleet.bus.metrics import dead_letter_counter
 from fairfleet.fairness import SiteUpdate, class_risk_estimates
 from fairfleet.metrics import update_lock
 
@@ -83,12 +84,15 @@ class AggregatorMetrics:
         )
         info = Gauge("fairfleet_service_info", "Service info.", ["service", "version"], registry=r)
         info.labels(SERVICE, __version__).set(1)
+        self.dead_letters = dead_letter_counter(r)
         self.gap_bound.labels(model).set(gamma)
         for metric in (self.rounds, self.accepted, self.late, self.extensions):
             metric.labels(model)
 
     def reject(self, reason: str) -> None:
+        """One dead-lettered input (every rejection is one)."""
         self.rejected.labels(self.model, reason).inc()
+        self.dead_letters.labels(SERVICE, reason).inc()
 
     def fairness(self, estimates: Mapping[str, Any] | None, multipliers: Mapping[str, float]) -> None:
         """Per-class gauges from a ClassRiskReport.to_json() and the strategy's λ."""

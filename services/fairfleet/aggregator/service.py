@@ -121,6 +121,9 @@ class Aggregator:
         self.group_id = f"{prefix}aggregator.{model_id}"
         self.public_keys = config.public_keys()
         self.site_classes = config.site_classes()
+        self._fleet_models = frozenset(m.id for m in config.models)
+        # one aggregator (the first configured model's) dead-letters updates for unknown models
+        self._reports_unknown_models = bool(config.models) and config.models[0].id == model_id
         self.metrics = AggregatorMetrics(model_id, self.model_cfg.gamma)
         self.budgets = BudgetClient(self.options.budgets_url) if self.options.budgets_url else None
         self._template = self._initial_weights()
@@ -167,7 +170,7 @@ class Aggregator:
         restored = read_checkpoint(self.bus, self.topics["checkpoints"], self.model_id,
                                    self.options.restore_timeout_s, group_prefix=prefix)
         self.consumer = self._make_consumer()
-        self.reader = Reader(self.consumer, SERVICE, on_dead_letter=self._reader_dead_letter)
+        self.reader = self._make_reader()
         if restored is None:
             self.ckpt = self._bootstrap()
         else:
@@ -186,6 +189,10 @@ class Aggregator:
             event(logger, "metrics listening", port=self._server.port)
         self._update_gauges()
         self._started = True
+
+    def _make_reader(self) -> Reader:
+        return Reader(self.consumer, SERVICE, on_dead_letter=self._reader_dead_letter,
+                      limits=self.config.kafka.input_limits())
 
     def _check_restored(self, ckpt: Checkpoint) -> None:
         got = {k: (tuple(v.shape), str(v.dtype)) for k, v in ckpt.weights.items()}
@@ -305,11 +312,23 @@ class Aggregator:
         )
 
     def _handle(self, env: Envelope) -> None:
+        """Validate and buffer one update; any failure is a dead letter, never a crash."""
+        try:
+            self._handle_update(env)
+        except Exception as exc:
+            msg = env.message if isinstance(env.message, SiteUpdateMessage) else None
+            self._reject(env, msg, Rejection("apply_failed", f"{type(exc).__name__}: {exc}"))
+
+    def _handle_update(self, env: Envelope) -> None:
         msg = env.message
         if not isinstance(msg, SiteUpdateMessage):
             self._reject(env, None, Rejection("wrong_type", f"Expected an update, got '{msg.TYPE}'."))
             return
         if msg.model_id != self.model_id:
+            if msg.model_id not in self._fleet_models and self._reports_unknown_models:
+                self._reject(env, msg, Rejection(
+                    "unknown_model", f"No model '{msg.model_id}' in the fleet config "
+                    f"(models: {sorted(self._fleet_models)})."))
             return  # another model's aggregator handles it
         result = self._validate(msg, env)
         if isinstance(result, Rejection):
@@ -447,7 +466,7 @@ class Aggregator:
     def _rewind(self) -> None:
         """After an aborted commit: back to the committed offsets and checkpoint."""
         self.consumer.seek_to_committed()
-        self.reader = Reader(self.consumer, SERVICE, on_dead_letter=self._reader_dead_letter)
+        self.reader = self._make_reader()
         self._buffer = {}
 
     # -- metrics & status -----------------------------------------------------------------------

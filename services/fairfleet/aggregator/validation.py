@@ -36,6 +36,8 @@ REASONS = (
     "bad_signature",      # unsigned, wrong key id, or signature does not verify
     "schema_version",     # a schema version this build does not read (counted from the Reader)
     "schema",             # malformed message (from the Reader)
+    "unknown_model",      # an update for a model no aggregator of this fleet serves
+    "apply_failed",       # an unexpected error while validating or buffering the update
     "payload",            # payload framing / safetensors / chunk problems
     "wrong_type",         # not a SiteUpdate on the updates topic
     "site_class",         # the class in the message is not the site's configured class

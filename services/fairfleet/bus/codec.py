@@ -18,7 +18,7 @@ raises PayloadError; an incomplete one expires with PayloadError naming what is 
 from __future__ import annotations
 
 import hashlib
-import json
+import itertools
 import struct
 import time
 from collections.abc import Iterator
@@ -27,6 +27,14 @@ from dataclasses import dataclass, field
 from pydantic import ValidationError
 
 from fairfleet.bus.base import Record
+from fairfleet.bus.limits import (
+    CHUNK_OVERHEAD_BYTES,
+    DEFAULT_LIMITS,
+    MIN_CHUNK_BYTES,
+    InputLimits,
+    check_chunk,
+    load_json,
+)
 from fairfleet.errors import PayloadError, SchemaError
 from fairfleet.messages import Message, message_class
 
@@ -57,28 +65,40 @@ def headers_for(msg: Message) -> dict[str, bytes]:
     }
 
 
-def decode(value: bytes | memoryview) -> tuple[Message, memoryview]:
-    """Parse a logical value; raises PayloadError (framing) or SchemaError (type/version/fields)."""
+def decode(
+    value: bytes | memoryview, limits: InputLimits = DEFAULT_LIMITS
+) -> tuple[Message, memoryview]:
+    """Parse a logical value; raises PayloadError (framing) or SchemaError (type/version/fields).
+
+    The JSON block is bounded (size, nesting depth, integer digits) before it is parsed, so no
+    input can recurse or allocate without limit; each error's ``reason`` is its dead-letter label.
+    """
     view = memoryview(value)
     if len(view) < 8 or bytes(view[:4]) != MAGIC:
         raise PayloadError(f"Not a fairfleet message (bad magic {bytes(view[:4])!r}).")
     (n,) = struct.unpack(">I", view[4:8])
     if 8 + n > len(view):
         raise PayloadError(f"Truncated message: header says {n} JSON bytes, {len(view) - 8} present.")
-    raw = bytes(view[8 : 8 + n])
+    if n > limits.max_json_bytes:
+        raise SchemaError(
+            f"Message JSON is {n} bytes; at most {limits.max_json_bytes} are read "
+            "(kafka.max_json_bytes).",
+            reason="json_too_large",
+        )
+    data = load_json(bytes(view[8 : 8 + n]), limits)
+    if not isinstance(data, dict):
+        raise SchemaError(
+            f"Message JSON must be an object. Found {type(data).__name__}.", reason="schema"
+        )
+    type_name = str(data.get("type", ""))
     try:
-        data = json.loads(raw)
-        type_name = str(data.get("type", ""))
-    except (ValueError, AttributeError) as exc:
-        raise SchemaError(f"Message JSON is malformed: {exc}") from exc
-    cls = message_class(type_name)
+        cls = message_class(type_name)
+    except SchemaError as exc:
+        raise SchemaError(str(exc), reason="unknown_type", field="type") from None
     try:
         msg = cls.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(map(str, e['loc']))}: {e['msg']} (got {e.get('input')!r})" for e in exc.errors()
-        )
-        raise SchemaError(f"Invalid '{type_name}' message: {problems}") from exc
+        raise schema_error(type_name, exc) from None
     payload = view[8 + n :]
     expected = getattr(msg, "payload_sha256", None)
     if expected is not None and hashlib.sha256(payload).hexdigest() != expected:
@@ -86,6 +106,34 @@ def decode(value: bytes | memoryview) -> tuple[Message, memoryview]:
             f"Payload of '{type_name}' message {msg.message_id} does not match its sha256."
         )
     return msg, payload
+
+
+def schema_error(type_name: str, exc: ValidationError) -> SchemaError:
+    """A SchemaError labelled from the validation error's structure (its first error's ``loc``
+    and ``type``): ``schema_version``, ``missing_field`` or ``invalid_field``, with ``field``
+    naming the offending field. Inputs are quoted only when short (a message never echoes a
+    whole nested object)."""
+    errors = exc.errors(include_url=False)
+    first = errors[0] if errors else {"loc": (), "type": ""}
+    field_path = ".".join(map(str, first["loc"]))
+    if first["loc"][:1] == ("schema_version",):
+        reason = "schema_version"
+    elif first["type"] == "missing":
+        reason = "missing_field"
+    else:
+        reason = "invalid_field"
+    problems = "; ".join(
+        f"{'.'.join(map(str, e['loc'])) or '<message>'}: {e['msg']}{_quoted(e.get('input'))}"
+        for e in errors[:10]
+    )
+    return SchemaError(f"Invalid '{type_name}' message: {problems}", reason=reason, field=field_path)
+
+
+def _quoted(value: object) -> str:
+    if isinstance(value, dict | list):
+        return ""
+    text = repr(value)
+    return f" (got {text if len(text) <= 80 else text[:77] + '...'})"
 
 
 @dataclass(frozen=True)
@@ -96,8 +144,8 @@ class Chunk:
 
 def split(value: bytes, chunk_bytes: int, chunk_id: str) -> Iterator[Chunk]:
     """Chunks of at most ``chunk_bytes`` (zero-copy views) with their chunk headers."""
-    if chunk_bytes <= 0:
-        raise PayloadError(f"Chunk size must be positive. Found {chunk_bytes}.")
+    if chunk_bytes < MIN_CHUNK_BYTES:
+        raise PayloadError(f"Chunk size must be >= {MIN_CHUNK_BYTES} bytes. Found {chunk_bytes}.")
     view = memoryview(value)
     count = max(1, -(-len(view) // chunk_bytes))
     digest = hashlib.sha256(view).hexdigest().encode()
@@ -126,6 +174,11 @@ class _Pending:
     parts: dict[int, bytes] = field(default_factory=dict)
     records: list[Record] = field(default_factory=list)
     first_seen: float = field(default_factory=time.monotonic)
+    held_bytes: int = 0  # data + CHUNK_OVERHEAD_BYTES per held chunk (the budget's unit)
+
+    def missing(self, limit: int = 10) -> list[int]:
+        """The first ``limit`` missing indices; time O(held chunks + limit), no O(count) set."""
+        return list(itertools.islice((i for i in range(self.count) if i not in self.parts), limit))
 
 
 @dataclass(frozen=True)
@@ -137,59 +190,117 @@ class Assembled:
 
 
 class IncompleteChunks(PayloadError):
-    """An assembly expired with chunks missing; carries the records that did arrive."""
+    """An assembly expired or was evicted with chunks missing; carries the records that arrived."""
 
-    def __init__(self, message: str, records: tuple[Record, ...]) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, records: tuple[Record, ...], reason: str = "incomplete_chunks") -> None:
+        super().__init__(message, reason)
         self.records = records
 
 
 class Reassembler:
-    """Joins chunks back into values; tolerant of interleaving and duplicate delivery."""
+    """Joins chunks back into values; tolerant of interleaving and duplicate delivery.
 
-    def __init__(self, timeout_s: float = 300.0) -> None:
+    Bounded (fairfleet.bus.limits): each chunk's headers are checked against ``limits`` before
+    anything is held for it, memory is proportional to the chunks actually held (never to a
+    claimed count), and incomplete sets together hold at most ``limits.max_pending_chunk_bytes``:
+    a chunk that would exceed it evicts the oldest sets first (collected by :meth:`drain_evicted`,
+    reason ``chunk_budget``).
+    """
+
+    def __init__(self, timeout_s: float = 300.0, limits: InputLimits = DEFAULT_LIMITS) -> None:
         self.timeout_s = timeout_s
-        self._pending: dict[str, _Pending] = {}
+        self.limits = limits
+        self._pending: dict[str, _Pending] = {}  # insertion order = oldest first
         self._done: dict[str, None] = {}  # recently completed ids: late duplicates are dropped
+        self._evicted: list[IncompleteChunks] = []
+        self.pending_bytes = 0
 
     def add(self, record: Record) -> Assembled | None:
         """Feed one chunk record; returns the value once complete, None while incomplete.
 
-        Raises PayloadError if the chunk's headers are malformed or inconsistent with earlier
-        chunks of the same id, or if the joined value fails its sha256 (the assembly is dropped).
+        Raises PayloadError if the chunk's headers are malformed, out of bounds or inconsistent
+        with earlier chunks of the same id, or if the joined value fails its sha256 (the assembly
+        is dropped).
         """
         h = record.headers
         try:
             chunk_id = h[H_CHUNK_ID].decode()
-            index, count = int(h[H_CHUNK_INDEX]), int(h[H_CHUNK_COUNT])
-            sha, total = h[H_CHUNK_SHA].decode(), int(h[H_CHUNK_TOTAL])
+            index, count = _header_int(h[H_CHUNK_INDEX]), _header_int(h[H_CHUNK_COUNT])
+            sha, total = h[H_CHUNK_SHA].decode(), _header_int(h[H_CHUNK_TOTAL])
         except (KeyError, ValueError) as exc:
-            raise PayloadError(f"Malformed chunk headers at {record.topic}[{record.partition}]@{record.offset}: {exc}") from exc
+            raise PayloadError(
+                f"Malformed chunk headers at {record.topic}[{record.partition}]@{record.offset}: {exc}",
+                reason="chunk_headers",
+            ) from exc
         if chunk_id in self._done:
             return None
-        if not 0 <= index < count:
-            raise PayloadError(f"Chunk index {index} out of range for count {count} (chunk id {chunk_id}).")
+        try:
+            check_chunk(self.limits, index, count, total, len(record.value))
+        except PayloadError as exc:
+            self._drop(chunk_id)
+            raise PayloadError(f"{exc} (chunk id {chunk_id})", exc.reason) from None
         pending = self._pending.get(chunk_id)
         if pending is None:
             pending = self._pending[chunk_id] = _Pending(count, sha, total)
         elif (pending.count, pending.sha256, pending.total) != (count, sha, total):
-            del self._pending[chunk_id]
-            raise PayloadError(f"Chunk {index} of {chunk_id} disagrees with earlier chunks (count/sha/size).")
+            self._drop(chunk_id)
+            raise PayloadError(
+                f"Chunk {index} of {chunk_id} disagrees with earlier chunks (count/sha/size).",
+                reason="corrupted_chunks",
+            )
         if index in pending.parts:
             return None  # duplicate delivery
+        if len(pending.parts) + 1 < count:
+            cost = len(record.value) + CHUNK_OVERHEAD_BYTES
+            self._make_room(cost, keep=chunk_id)
+            if chunk_id not in self._pending:  # this set alone is larger than the budget
+                return None
+            pending.held_bytes += cost
+            self.pending_bytes += cost
+            pending.parts[index] = record.value
+            pending.records.append(record)
+            return None
         pending.parts[index] = record.value
         pending.records.append(record)
-        if len(pending.parts) < count:
-            return None
-        del self._pending[chunk_id]
+        self._drop(chunk_id)
         value = b"".join(pending.parts[i] for i in range(count))
-        self._remember(chunk_id)
         if len(value) != total or hashlib.sha256(value).hexdigest() != sha:
             raise PayloadError(
                 f"Reassembled value {chunk_id} is corrupted: {len(value)} bytes, sha256 mismatch "
-                f"(expected {total} bytes, sha256 {sha[:16]}...)."
+                f"(expected {total} bytes, sha256 {sha[:16]}...).",
+                reason="corrupted_chunks",
             )
         return Assembled(value, tuple(sorted(pending.records, key=lambda r: r.offset)))
+
+    def _make_room(self, cost: int, keep: str) -> None:
+        """Evict the oldest incomplete sets until ``cost`` more bytes fit in the budget."""
+        budget = self.limits.max_pending_chunk_bytes
+        while self.pending_bytes + cost > budget and self._pending:
+            victim_id = next(iter(self._pending))
+            if victim_id == keep and len(self._pending) > 1:
+                # the set being extended is the oldest: evict the next oldest first
+                victim_id = next(itertools.islice(self._pending, 1, None))
+            victim = self._pending[victim_id]
+            self._drop(victim_id)
+            self._evicted.append(IncompleteChunks(
+                f"Message {victim_id} evicted incomplete: incomplete chunk sets would hold more than "
+                f"{budget} bytes (kafka.max_pending_chunk_bytes); it held {len(victim.parts)} of "
+                f"{victim.count} chunks ({victim.held_bytes} bytes).",
+                tuple(victim.records),
+                reason="chunk_budget",
+            ))
+
+    def _drop(self, chunk_id: str) -> None:
+        """Forget an assembly (completed, failed, expired or evicted); its late chunks are ignored."""
+        pending = self._pending.pop(chunk_id, None)
+        if pending is not None:
+            self.pending_bytes -= pending.held_bytes
+        self._remember(chunk_id)
+
+    def drain_evicted(self) -> list[IncompleteChunks]:
+        """Assemblies evicted for the byte budget since the last call (one error each)."""
+        out, self._evicted = self._evicted, []
+        return out
 
     def _remember(self, chunk_id: str) -> None:
         self._done[chunk_id] = None
@@ -202,9 +313,8 @@ class Reassembler:
         out = []
         for chunk_id, p in list(self._pending.items()):
             if now - p.first_seen >= self.timeout_s:
-                del self._pending[chunk_id]
-                self._remember(chunk_id)
-                missing = sorted(set(range(p.count)) - set(p.parts))
+                self._drop(chunk_id)
+                missing = p.missing(11)
                 out.append(IncompleteChunks(
                     f"Message {chunk_id} is incomplete after {self.timeout_s:.0f} s: chunks "
                     f"{missing[:10]}{'...' if len(missing) > 10 else ''} of {p.count} never arrived.",
@@ -220,3 +330,10 @@ class Reassembler:
                 tp = (r.topic, r.partition)
                 out[tp] = min(out.get(tp, r.offset), r.offset)
         return out
+
+
+def _header_int(raw: bytes) -> int:
+    """A chunk header integer: at most 20 ASCII digits (no 10⁴⁰⁰-digit strings are parsed)."""
+    if len(raw) > 20 or not raw.isdigit():
+        raise ValueError(f"not a non-negative integer of at most 20 digits: {raw[:24]!r}")
+    return int(raw)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from fairfleet.bus import codec
 from fairfleet.bus.base import Consumer, Delivery, Key, Producer, Record
+from fairfleet.bus.limits import DEFAULT_LIMITS, MIN_CHUNK_BYTES, InputLimits
 from fairfleet.errors import BusError, PayloadError, SchemaError
 from fairfleet.log import event
 from fairfleet.messages import DeadLetter, Message
@@ -21,8 +22,8 @@ class Publisher:
     """Encodes a message (+ optional tensor payload) and publishes it, chunked if large."""
 
     def __init__(self, producer: Producer, chunk_bytes: int = codec.DEFAULT_CHUNK_BYTES) -> None:
-        if chunk_bytes <= 0:
-            raise BusError(f"chunk_bytes must be positive. Found {chunk_bytes}.")
+        if chunk_bytes < MIN_CHUNK_BYTES:
+            raise BusError(f"chunk_bytes must be >= {MIN_CHUNK_BYTES}. Found {chunk_bytes}.")
         self.producer = producer
         self.chunk_bytes = chunk_bytes
 
@@ -77,7 +78,9 @@ class Reader:
     """Reads typed messages from a consumer; bad input becomes a dead letter, never a crash.
 
     ``on_dead_letter`` receives each DeadLetter (typically a Publisher sending it to the
-    ``deadletter`` topic); ``rejected`` counts them by reason.
+    ``deadletter`` topic); ``rejected`` counts them by reason. Decoding is bounded by ``limits``
+    (fairfleet.bus.limits); ANY failure to reassemble or decode a record, expected or not, is a
+    dead letter with a reason taken from the error (``decode_failed`` for an unexpected one).
     """
 
     def __init__(
@@ -86,17 +89,19 @@ class Reader:
         service: str,
         on_dead_letter: DeadLetterSink | None = None,
         chunk_timeout_s: float = 300.0,
+        limits: InputLimits = DEFAULT_LIMITS,
     ) -> None:
         self.consumer = consumer
         self.service = service
         self.on_dead_letter = on_dead_letter
-        self.reassembler = codec.Reassembler(chunk_timeout_s)
+        self.limits = limits
+        self.reassembler = codec.Reassembler(chunk_timeout_s, limits)
         self.rejected: dict[str, int] = {}
 
     def poll(self, timeout: float = 1.0) -> Envelope | None:
         """Next complete, valid message, or None when nothing arrived within ``timeout``."""
         for expired in self.reassembler.expire():
-            self._dead(expired.records[0] if expired.records else None, "incomplete_chunks", str(expired))
+            self._dead(expired.records[0] if expired.records else None, expired.reason, str(expired))
         record = self.consumer.poll(timeout)
         while record is not None:
             env = self._handle(record)
@@ -106,35 +111,42 @@ class Reader:
         return None
 
     def _handle(self, record: Record) -> Envelope | None:
+        try:
+            return self._decode(record)
+        except (SchemaError, PayloadError) as exc:
+            self._dead(record, exc.reason, str(exc), getattr(exc, "field", ""))
+        except Exception as exc:  # any record, however malformed, must not stop the service
+            self._dead(record, "decode_failed", f"{type(exc).__name__}: {exc}")
+        finally:
+            for evicted in self.reassembler.drain_evicted():
+                self._dead(evicted.records[0] if evicted.records else None, evicted.reason,
+                           str(evicted))
+        return None
+
+    def _decode(self, record: Record) -> Envelope | None:
         records: tuple[Record, ...] = (record,)
         value: bytes | memoryview = record.value
         if codec.is_chunk(record):
-            try:
-                assembled = self.reassembler.add(record)
-            except PayloadError as exc:
-                self._dead(record, "corrupted_chunks", str(exc))
-                return None
+            assembled = self.reassembler.add(record)
             if assembled is None:
                 return None
             value, records = assembled.value, assembled.records
-        try:
-            msg, payload = codec.decode(value)
-        except SchemaError as exc:
-            reason = "schema_version" if "schema_version" in str(exc) else "schema"
-            self._dead(record, reason, str(exc))
-            return None
-        except PayloadError as exc:
-            self._dead(record, "payload", str(exc))
-            return None
+        msg, payload = codec.decode(value, self.limits)
         return Envelope(msg, payload, records)
 
-    def _dead(self, record: Record | None, reason: str, detail: str) -> None:
+    def _dead(self, record: Record | None, reason: str, detail: str, field: str = "") -> None:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1
-        event(logger, "rejected input", logging.WARNING, reason=reason, detail=detail[:500],
-              topic=record.topic if record else None, offset=record.offset if record else None)
+        event(logger, "rejected input", logging.WARNING, reason=reason, field=field or None,
+              detail=detail[:500], topic=record.topic if record else None,
+              offset=record.offset if record else None)
         if self.on_dead_letter is None:
             return
-        self.on_dead_letter(dead_letter_for(self.service, reason, detail, record))
+        letter = dead_letter_for(self.service, reason, detail, record, field=field)
+        try:
+            self.on_dead_letter(letter)
+        except Exception as exc:  # a failing sink must not turn a bad record into a crash
+            event(logger, "dead letter not delivered", logging.ERROR, reason=reason,
+                  error=f"{type(exc).__name__}: {exc}")
 
     def safe_offsets(self) -> dict[tuple[str, int], int]:
         """Offsets that are safe to commit: never past a chunk of an incomplete message."""
@@ -153,8 +165,14 @@ def dead_letter_for(service: str, reason: str, detail: str, record: Record | Non
             source_topic=record.topic,
             source_partition=record.partition,
             source_offset=record.offset,
-            original_type=record.header(codec.H_TYPE) or "",
-            original_message_id=record.header(codec.H_MESSAGE_ID) or "",
+            original_type=_header_text(record, codec.H_TYPE),
+            original_message_id=_header_text(record, codec.H_MESSAGE_ID),
         )
     kwargs.update(fields)
     return DeadLetter.model_validate(kwargs)
+
+
+def _header_text(record: Record, name: str) -> str:
+    """A header of an untrusted record as short text (undecodable bytes replaced)."""
+    raw = record.headers.get(name)
+    return raw[:200].decode(errors="replace") if isinstance(raw, bytes) else ""

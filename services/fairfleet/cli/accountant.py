@@ -50,6 +50,7 @@ def run_cmd(
     from fairfleet.accountant.policies import load_policies, policies_from_config
     from fairfleet.accountant.service import AccountantOptions, AccountantService
     from fairfleet.bus import connect
+    from fairfleet.bus.limits import DEFAULT_LIMITS
     from fairfleet.errors import ConfigError
     from fairfleet.log import configure
     from fairfleet.privacy.policy import PolicySet
@@ -58,6 +59,7 @@ def run_cmd(
     client_config: dict[str, str] = {}
     reported = "rdp"
     policies: PolicySet | None = None
+    limits = DEFAULT_LIMITS
     if config is not None:
         from fairfleet.config import load_config
 
@@ -72,6 +74,7 @@ def run_cmd(
         if policy is None:
             policies = policies_from_config(cfg)  # the config already loaded, not read again
         reported = cfg.accountant.reported_accountant
+        limits = cfg.kafka.input_limits()
     if policy is not None:
         policies = load_policies(policy)
     if bootstrap is None or policies is None:
@@ -82,6 +85,7 @@ def run_cmd(
         metrics_port=9100 if metrics_port is None else metrics_port,
         metrics_host=metrics_host or "127.0.0.1",
         reported_accountant=reported_accountant or reported,
+        limits=limits,
     )
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

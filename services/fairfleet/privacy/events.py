@@ -44,6 +44,7 @@ from pydantic import (
 )
 
 from fairfleet.errors import ConfigError, PrivacyError
+from fairfleet.privacy.event_bounds import check_dp_event_json
 from fairfleet.privacy.windows import WindowRange, WindowRanges, describe, hull, normalise
 
 _DP_EVENT_MODULE = "dp_accounting.dp_event"
@@ -188,7 +189,12 @@ def _tuple_to_json(value: Any) -> Any:
 
 
 def dp_event_from_json(obj: Mapping[str, Any]) -> dp_event.DpEvent:
-    """Inverse of :func:`dp_event_to_json` through ``DpEvent.from_named_tuple``; validated."""
+    """Inverse of :func:`dp_event_to_json` through ``DpEvent.from_named_tuple``; validated.
+
+    Bounded first (fairfleet.privacy.event_bounds: depth, size, counts, numbers), so nothing
+    unbounded reaches the recursive parse or the accounting math.
+    """
+    check_dp_event_json(obj)
     try:
         event = dp_event.DpEvent.from_named_tuple(_json_to_tuple(obj))
     except PrivacyError:

@@ -30,7 +30,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from fairfleet.bus import Bus, connect
+from fairfleet.bus import Bus, connect, dead_letter_for
 from fairfleet.config import FleetConfig
 from fairfleet.connectors import ConnectorContext, RejectFile, SiteStream, Windower, build_connector
 from fairfleet.errors import BusError, ConfigError, FairfleetError
@@ -118,7 +118,8 @@ class SiteAgent:
         self.bus = (
             bus if bus is not None else connect(config.bus_url(), config.kafka.client_config())
         )
-        self.io = AgentBus(self.bus, site_id, config.kafka.topic_prefix, config.kafka.chunk_bytes)
+        self.io = AgentBus(self.bus, site_id, config.kafka.topic_prefix, config.kafka.chunk_bytes,
+                           config.kafka.input_limits(), self.metrics.on_dead_letter)
         self._releases: dict[tuple[str, int], tuple[ModelRelease, bytes]] = {}
         self._latest_round: dict[str, int] = {}
         self._stop = threading.Event()
@@ -156,7 +157,15 @@ class SiteAgent:
         self.io.keep_alive()
         env = self.io.rounds.poll(self.opts.poll_interval_s if timeout is None else timeout)
         if env is not None and isinstance(env.message, RoundAnnouncement):
-            self.handle(env.message)
+            try:
+                self.handle(env.message)
+            except (Interrupted, FairfleetError):
+                raise  # stopping, or the bus/broker: logged by run(), the round is retried
+            except Exception as exc:  # this announcement cannot be applied: never a crash loop
+                self.io.dead_letter(dead_letter_for(
+                    SERVICE, "apply_failed", f"{type(exc).__name__}: {exc}", env.record,
+                    model_id=env.message.model_id, round=env.message.round))
+                self.io.commit_rounds()
         elif env is not None:
             self.io.commit_rounds()
         if time.monotonic() - self._lag_at > 10:

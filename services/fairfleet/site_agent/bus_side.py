@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Callable, Sequence
 
 from fairfleet.bus import Bus, Publisher, Reader, topic_name
+from fairfleet.bus.limits import DEFAULT_LIMITS, InputLimits
 from fairfleet.bus.topics import LOGICAL_TOPICS
 from fairfleet.errors import BusError, FairfleetError
 from fairfleet.log import event
@@ -42,9 +43,19 @@ class OutcomeUnknown(Exception):
 class AgentBus:
     """Readers, publishers and the protocol steps that touch the bus for one site."""
 
-    def __init__(self, bus: Bus, site_id: str, prefix: str, chunk_bytes: int) -> None:
+    def __init__(
+        self,
+        bus: Bus,
+        site_id: str,
+        prefix: str,
+        chunk_bytes: int,
+        limits: InputLimits = DEFAULT_LIMITS,
+        on_dead_letter: Callable[[DeadLetter], None] | None = None,
+    ) -> None:
         self.bus = bus
         self.site_id = site_id
+        self.limits = limits
+        self.on_dead_letter = on_dead_letter  # e.g. a metric; called for every dead letter
         self.topics = {t: topic_name(t, prefix) for t in LOGICAL_TOPICS}
         self.tx = Publisher(bus.producer(transactional_id=f"site-{site_id}"), chunk_bytes)
         self.plain = Publisher(bus.producer(), chunk_bytes)
@@ -53,9 +64,12 @@ class AgentBus:
         self.grants = self._reader(f"site-{site_id}-grants", "privacy.grants")
 
     def _reader(self, group: str, logical: str) -> Reader:
-        return Reader(self.bus.consumer(group, [self.topics[logical]]), SERVICE, self.dead_letter)
+        return Reader(self.bus.consumer(group, [self.topics[logical]]), SERVICE, self.dead_letter,
+                      limits=self.limits)
 
     def dead_letter(self, letter: DeadLetter) -> None:
+        if self.on_dead_letter is not None:
+            self.on_dead_letter(letter)
         try:
             self.plain.send(
                 self.topics["deadletter"],
@@ -154,7 +168,7 @@ class AgentBus:
         consumer = self.bus.consumer(
             f"site-{self.site_id}-resolve-{uuid.uuid4().hex[:8]}", [self.topics["privacy.events"]]
         )
-        reader = Reader(consumer, SERVICE)
+        reader = Reader(consumer, SERVICE, limits=self.limits)
         quiet, deadline = 0, time.monotonic() + timeout
         try:
             while time.monotonic() < deadline and quiet < 3:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 import fairfleet
+from fairfleet.bus.metrics import dead_letter_counter
+from fairfleet.messages import DeadLetter
 
 
 class SiteMetrics:
@@ -43,6 +45,7 @@ class SiteMetrics:
         )
         self.lag = Gauge("fairfleet_bus_consumer_lag_messages", "Records not yet read.",
                          ["service", "topic"], registry=r)
+        self.dead_letters = dead_letter_counter(r)
         self.read.labels(site)
         self.windows.labels(site)
 
@@ -51,6 +54,9 @@ class SiteMetrics:
 
     def on_reject(self, reason: str) -> None:
         self.rejected.labels(self.site, reason).inc()
+
+    def on_dead_letter(self, letter: DeadLetter) -> None:
+        self.dead_letters.labels("site_agent", letter.reason).inc()
 
     def on_window(self, n: int) -> None:
         self.windows.labels(self.site).inc(n)
