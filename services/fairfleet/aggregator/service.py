@@ -12,9 +12,12 @@ checkpointing/checkpoint.py; docs/aggregator.md has the full argument):
 7. ``commit_transaction`` — the commit point: all of 3–6 become visible together or not at all;
 8. only then swap the in-memory state to the new checkpoint and clear the round buffer.
 
-A failure in 2–7 aborts, rewinds the consumer to its committed offsets and drops the round
-buffer (the round's updates are read again). A crash anywhere leaves the last committed
-checkpoint and offsets, which agree; the restart re-reads the open round's updates from there.
+Steps 2–7 run in ``fairfleet.bus.transactions.run_transaction`` (the one owner of the error
+contract). A failure in 2–7 aborts, rewinds the consumer to its committed offsets and drops the
+round buffer (the round's updates are read again); a fenced producer or an abort that failed
+(outcome unknown) exits the service, whose restart re-reads the committed state. A crash
+anywhere leaves the last committed checkpoint and offsets, which agree; the restart re-reads
+the open round's updates from there.
 Nothing is committed while a round is open, so no transaction spans a long round.
 
 A sync round whose deadline passes below ``min_sites`` is re-announced (``_reannounce``): the
@@ -54,8 +57,9 @@ from fairfleet.aggregator.validation import (
 )
 from fairfleet.bus import Bus, Envelope, Publisher, Reader, connect, dead_letter_for, default_topics
 from fairfleet.bus.base import Consumer
+from fairfleet.bus.transactions import Transaction, run_transaction
 from fairfleet.config import FleetConfig
-from fairfleet.errors import BusError, ConfigError
+from fairfleet.errors import BusError, ConfigError, OutcomeUnknown, ProducerFenced
 from fairfleet.fairness import NoisyStat, SiteUpdate, build_strategy
 from fairfleet.learning.models import build_model
 from fairfleet.learning.tensors import (
@@ -359,6 +363,8 @@ class Aggregator:
         )
         try:
             self._commit(ckpt, send_offsets=True)
+        except (ProducerFenced, OutcomeUnknown):
+            raise  # fenced, or not known whether it committed: exit, the restart re-reads the state
         except BusError as exc:
             self._commit_failures += 1
             event(logger, "round commit failed; rewinding to the last checkpoint", logging.ERROR,
@@ -406,24 +412,20 @@ class Aggregator:
             model_spec=self.model_cfg.model, payload_sha256=sha256_hex(payload),
             payload_bytes=len(payload),
         )
-        self.producer.begin_transaction()
-        try:
+        def body(txn: Transaction) -> None:
             self.publisher.send(self.topics["models"], release, payload, key=self.model_id, compacted=True)
             if ckpt.announcement is not None:
                 self.publisher.send(self.topics["rounds"], ckpt.announcement, key=self.model_id)
             publish_checkpoint(self.producer, self.topics["checkpoints"], ckpt,
                                self.config.kafka.chunk_bytes)
             if send_offsets:
-                self.producer.send_offsets_to_transaction(self.consumer, self.reader.safe_offsets())
+                txn.send_offsets(self.consumer, self.reader.safe_offsets())
+
+        def before_commit() -> None:
             if self._crash is not None:
                 self._crash.maybe("before_commit", ckpt.round - 1)
-            self.producer.commit_transaction()
-        except BaseException:
-            try:
-                self.producer.abort_transaction()
-            except BusError as exc:
-                event(logger, "abort failed", logging.ERROR, error=str(exc))
-            raise
+
+        run_transaction(self.producer, body, before_commit=before_commit)
         if self._crash is not None:
             self._crash.maybe("after_commit", ckpt.round - 1)
 

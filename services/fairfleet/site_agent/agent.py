@@ -33,7 +33,7 @@ from prometheus_client import CollectorRegistry
 from fairfleet.bus import Bus, connect
 from fairfleet.config import FleetConfig
 from fairfleet.connectors import ConnectorContext, RejectFile, SiteStream, Windower, build_connector
-from fairfleet.errors import BusError, ConfigError, FairfleetError
+from fairfleet.errors import BusError, ConfigError, FairfleetError, OutcomeUnknown
 from fairfleet.learning.tensors import sha256_hex
 from fairfleet.log import event
 from fairfleet.messages import (
@@ -50,7 +50,7 @@ from fairfleet.messages import (
 from fairfleet.privacy.events import dp_event_to_json
 from fairfleet.signing import load_private, sign
 from fairfleet.site_agent import release as rel
-from fairfleet.site_agent.bus_side import SERVICE, AgentBus, Interrupted, OutcomeUnknown
+from fairfleet.site_agent.bus_side import SERVICE, AgentBus, Interrupted
 from fairfleet.site_agent.metrics import SiteMetrics
 from fairfleet.site_agent.state import RoundState, RoundStateStore, is_final
 
