@@ -77,6 +77,10 @@ class RoundsConfig(_Strict):
     min_sites: Annotated[int, Field(ge=1)] = 1
     quorum: Annotated[int, Field(ge=1)] = 1
     async_buffer: Annotated[int, Field(ge=1)] = 10
+    max_reannouncements: Annotated[int, Field(ge=0)] = 2
+    """Sync: re-announcements of a round still below ``min_sites`` at its deadline before it is
+    voided (docs/aggregator.md, "Round liveness"): a round lasts at most
+    ``deadline_s * (max_reannouncements + 1)``."""
     staleness_exponent: Annotated[float, Field(ge=0)] = 0.5
 
 
