@@ -3,8 +3,10 @@ how the strategy is built.
 
 The liveness rule (docs/aggregator.md, "Round liveness"; written once, here):
 
-* Sync: a round **closes** as soon as ``max(quorum, min_sites)`` updates are accepted, or at or
-  after its deadline with at least ``min_sites``. Below ``min_sites`` at the deadline it is
+* Sync: a round **closes** once ``max(quorum, min_sites)`` updates are accepted and either
+  every site that trains the model has reported or ``quorum_grace_s`` has passed since the
+  quorum was met (a site slightly behind catches up rather than being late every round), or
+  at or after its deadline with at least ``min_sites``. Below ``min_sites`` at the deadline it is
   **re-announced** (same round and model version, fresh ``opened_at``) every ``deadline_s``, so
   that sites which skipped it for a passing reason, or started late, can join; after
   ``max_reannouncements`` re-announcements, once ``deadline_s * (max_reannouncements + 1)``
@@ -35,14 +37,18 @@ def round_action(
     *,
     async_buffer: int,
     max_reannouncements: int,
+    quorum_at: float | None = None,
+    grace_s: float = 0.0,
+    everyone: bool = False,
     now: float | None = None,
 ) -> Action | None:
     """What the open round ``ann`` (None = finished) needs with ``buffered`` accepted updates,
-    last (re-)announced at ``announced_at``; None = keep waiting."""
+    last (re-)announced at ``announced_at``; the quorum was met at ``quorum_at`` (None: not
+    yet), ``everyone``: every site of the model has reported. None = keep waiting."""
     if ann is None:
         return None
     now = time.time() if now is None else now
-    if round_due(ann, buffered, async_buffer, now):
+    if round_due(ann, buffered, async_buffer, now, quorum_at, grace_s, everyone):
         return "close"
     if ann.mode != "sync" or buffered >= ann.min_sites:
         return None
@@ -54,17 +60,25 @@ def round_action(
 
 
 def round_due(
-    ann: RoundAnnouncement | None, buffered: int, async_buffer: int, now: float | None = None
+    ann: RoundAnnouncement | None,
+    buffered: int,
+    async_buffer: int,
+    now: float | None = None,
+    quorum_at: float | None = None,
+    grace_s: float = 0.0,
+    everyone: bool = False,
 ) -> bool:
     """Whether the open round (``ann``; None = finished) closes with ``buffered`` updates."""
     if ann is None:
         return False
     if ann.mode == "async":
         return buffered >= async_buffer
-    if buffered >= max(ann.quorum, ann.min_sites):
-        return True
     now = time.time() if now is None else now
-    return buffered >= ann.min_sites and now - ann.opened_at >= ann.deadline_s
+    if buffered >= ann.min_sites and now - ann.opened_at >= ann.deadline_s:
+        return True
+    if buffered < max(ann.quorum, ann.min_sites):
+        return False
+    return everyone or grace_s <= 0 or (quorum_at is not None and now - quorum_at >= grace_s)
 
 
 def announcement(model: ModelConfig, strategy: str, round_: int, version: int) -> RoundAnnouncement:

@@ -138,6 +138,8 @@ class Aggregator:
         self._server: MetricsServer | None = None
         self._last_lag = 0.0
         self._announced_at = 0.0  # when the open round was last (re-)announced
+        self._quorum_at: float | None = None  # when the open round's buffer first met its quorum
+        self._serving = frozenset(s.id for s in config.sites if not s.models or model_id in s.models)
 
     # -- set-up ---------------------------------------------------------------------------------
     def _initial_weights(self) -> dict[str, torch.Tensor]:
@@ -249,6 +251,8 @@ class Aggregator:
         action = None if self.ckpt.finished else round_action(
             self.ckpt.announcement, len(self._buffer), self._announced_at,
             async_buffer=rounds.async_buffer, max_reannouncements=rounds.max_reannouncements,
+            quorum_at=self._quorum_at, grace_s=rounds.quorum_grace_s,
+            everyone=bool(self._serving) and self._serving <= {site for site, _ in self._buffer},
         )
         if action == "close":
             self._close_round()
@@ -308,6 +312,9 @@ class Aggregator:
             return
         self._buffer[(msg.site, msg.round)] = result
         self._buffer_src[(msg.site, msg.round)] = env.record
+        rounds = self.model_cfg.rounds
+        if self._quorum_at is None and len(self._buffer) >= max(rounds.quorum, rounds.min_sites):
+            self._quorum_at = time.time()
         self.metrics.accepted.labels(self.model_id).inc()
         event(logger, "update accepted", site=msg.site, round=msg.round, buffered=len(self._buffer))
         if self._crash is not None:
@@ -369,7 +376,7 @@ class Aggregator:
         if not self._commit_round(ckpt, ann.round):
             return
         self.ckpt, self._theta, self._state = ckpt, new_theta, result.new_state
-        self._buffer, self._buffer_src = {}, {}
+        self._buffer, self._buffer_src, self._quorum_at = {}, {}, None
         self._announced_at = ckpt.announcement.opened_at if ckpt.announcement else 0.0
         self.last_report = self.metrics.round_closed(ann.opened_at, updates, result.diagnostics)
         event(logger, "round closed", model=self.model_id, round=ann.round, version=version,
@@ -422,7 +429,7 @@ class Aggregator:
         if not self._commit_round(ckpt, ann.round, dead=dead, release=False):
             return
         self.ckpt = ckpt
-        self._buffer, self._buffer_src = {}, {}
+        self._buffer, self._buffer_src, self._quorum_at = {}, {}, None
         self._announced_at = ckpt.announcement.opened_at if ckpt.announcement else 0.0
         self.metrics.voided.labels(self.model_id).inc()
         for _ in dead:
@@ -492,7 +499,7 @@ class Aggregator:
         """After an aborted commit: back to the committed offsets and checkpoint."""
         self.consumer.seek_to_committed()
         self.reader = Reader(self.consumer, SERVICE, on_dead_letter=self._reader_dead_letter)
-        self._buffer, self._buffer_src = {}, {}
+        self._buffer, self._buffer_src, self._quorum_at = {}, {}, None
 
     # -- metrics & status -----------------------------------------------------------------------
     def _update_gauges(self) -> None:

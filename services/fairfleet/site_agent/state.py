@@ -13,11 +13,15 @@ A restart therefore never publishes twice: terminal states are final, ``committi
 from the bus itself, and every earlier state repeats the reservation with the same deterministic
 event id (which the accountant answers idempotently, never charging twice).
 
-Retryable skips: a round skipped *before any reservation was sent* (no window range stored) for
-a passing reason (:data:`RETRYABLE_SKIPS`: its deadline had passed, no data yet, the model had
-not arrived) is joined if the aggregator re-announces the round (a stalled sync round is
-re-announced with a fresh deadline). Nothing of it reached the bus, so joining later cannot
-publish twice; every other skip, and ``published``, stays final.
+A round's outcome never blocks a later round: every announcement of a new round is a new
+decision. Within one round, a skip for a passing reason (:data:`RETRYABLE_SKIPS`: its
+deadline had passed, no data or model yet, the accountant denied it or did not answer, the
+publish transaction was aborted) is retried when the aggregator re-announces the round (a stalled sync round is re-announced with a fresh
+deadline) — with the same event id and the same stored window range, so the accountant
+answers a held reservation idempotently (never charging twice) and re-evaluates a denied one
+(after a budget raise). A reservation such a skip may still hold (:func:`holds_reservation`)
+is cancelled once the round is over (a later round of the model was seen). ``published`` and
+every other skip are final.
 """
 
 from __future__ import annotations
@@ -32,7 +36,9 @@ from typing import Literal
 
 Status = Literal["reserving", "granted", "committing", "published", "skipped"]
 TERMINAL: frozenset[str] = frozenset({"published", "skipped"})
-RETRYABLE_SKIPS: frozenset[str] = frozenset({"expired", "no_data", "model_unavailable"})
+RETRYABLE_SKIPS: frozenset[str] = frozenset({
+    "expired", "no_data", "model_unavailable", "denied", "no_grant", "publish_failed",
+})
 
 
 @dataclass(frozen=True)
@@ -44,14 +50,27 @@ class RoundState:
     windows: tuple[int, int] | None = None  # the window range the reservation named
 
 
+def skip_label(state: RoundState) -> str:
+    """The skip reason's label (the metric label before ``:`` in ``reason``)."""
+    return state.reason.split(":", 1)[0]
+
+
 def is_final(state: RoundState | None) -> bool:
     """Whether nothing more may happen for this round (published, or a non-retryable skip)."""
     if state is None or state.status not in TERMINAL:
         return False
-    if state.status == "published":
+    return state.status == "published" or skip_label(state) not in RETRYABLE_SKIPS
+
+
+def holds_reservation(state: RoundState) -> bool:
+    """Whether a reservation of this round may still be pending at the accountant: one was
+    requested (a window range is stored) and neither published, cancelled nor denied."""
+    if state.status in ("reserving", "granted", "committing"):
         return True
-    label = state.reason.split(":", 1)[0]
-    return state.windows is not None or label not in RETRYABLE_SKIPS
+    return (
+        state.status == "skipped" and state.windows is not None
+        and skip_label(state) in RETRYABLE_SKIPS and skip_label(state) != "denied"
+    )
 
 
 class RoundStateStore:

@@ -71,11 +71,13 @@ def test_crash_hook_spec_is_validated() -> None:
 
 
 def _action_model(ann_: RoundAnnouncement, buffered: int, announced_at: float, k: int,
-                  now: float) -> str | None:
+                  now: float, quorum_at: float | None, grace: float, everyone: bool) -> str | None:
     """The liveness rule spelled out case by case (docs/aggregator.md, "Round liveness")."""
     age, since = now - ann_.opened_at, now - announced_at
     if buffered >= max(ann_.quorum, ann_.min_sites):
-        return "close"
+        if age >= ann_.deadline_s or everyone or grace == 0:
+            return "close"
+        return "close" if quorum_at is not None and now - quorum_at >= grace else None
     if buffered >= ann_.min_sites:
         return "close" if age >= ann_.deadline_s else None
     if age >= ann_.deadline_s * (k + 1):
@@ -87,14 +89,20 @@ def _action_model(ann_: RoundAnnouncement, buffered: int, announced_at: float, k
 @given(
     buffered=st.integers(0, 7), k=st.integers(0, 4),
     age=st.floats(0, 400), since_fraction=st.floats(0, 1),
+    quorum_fraction=st.none() | st.floats(0, 1), grace=st.sampled_from([0.0, 5.0, 100.0]),
+    everyone=st.booleans(),
 )
-def test_round_action_follows_the_liveness_rule(buffered: int, k: int, age: float,
-                                                since_fraction: float) -> None:
+def test_round_action_follows_the_liveness_rule(
+    buffered: int, k: int, age: float, since_fraction: float, quorum_fraction: float | None,
+    grace: float, everyone: bool,
+) -> None:
     a = ann()
     now = a.opened_at + age
     announced_at = a.opened_at + age * since_fraction  # last re-announcement: between open and now
-    got = round_action(a, buffered, announced_at, async_buffer=99, max_reannouncements=k, now=now)
-    assert got == _action_model(a, buffered, announced_at, k, now)
+    quorum_at = None if quorum_fraction is None else a.opened_at + age * quorum_fraction
+    got = round_action(a, buffered, announced_at, async_buffer=99, max_reannouncements=k,
+                       quorum_at=quorum_at, grace_s=grace, everyone=everyone, now=now)
+    assert got == _action_model(a, buffered, announced_at, k, now, quorum_at, grace, everyone)
 
 
 def test_a_stalled_round_is_voided_after_k_reannouncements_in_bounded_time() -> None:

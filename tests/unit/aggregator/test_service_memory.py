@@ -31,7 +31,8 @@ def config(**rounds: Any) -> FleetConfig:
         "kafka": {"topic_prefix": f"u{uuid.uuid4().hex[:6]}.", "chunk_bytes": 1024},
         "models": [{"id": "m", "model": {"name": "linear", "params": {"in_features": 3}},
                     "strategy": {"name": "fedavg"},
-                    "rounds": {"rounds": 3, "quorum": 2, "min_sites": 2, **rounds},
+                    "rounds": {"rounds": 3, "quorum": 2, "min_sites": 2, "quorum_grace_s": 0,
+                               **rounds},
                     "privacy": {"mechanism": "off"}}],
         "sites": [{"id": s, "class": s[0], "public_key": KEYS[s][1]} for s in SITES],
     })
@@ -325,3 +326,23 @@ def test_a_round_below_min_sites_is_voided_after_its_reannouncements() -> None:
     fleet.send("a1", 0.2, ann=announcements(fleet)[0])
     fleet.pump()
     assert [(d.reason, d.site, d.round) for d in dead_letters(fleet)][-1] == ("late", "a1", 0)
+
+
+def test_after_quorum_the_round_waits_a_grace_for_the_other_sites_unless_all_reported() -> None:
+    import time
+
+    fleet = Fleet(config(quorum=2, min_sites=2, quorum_grace_s=0.3, deadline_s=30))
+    fleet.send("a0", 0.1)
+    fleet.send("b0", 0.3)
+    fleet.pump(3)
+    assert fleet.agg.ckpt.version == 0  # quorum met, grace running
+    fleet.send("a1", 0.2)  # a site slightly behind makes it into the round
+    fleet.pump(3)
+    time.sleep(0.35)
+    fleet.pump(2)
+    assert fleet.agg.ckpt.version == 1
+    assert fleet.agg.ckpt.history[-1]["sites"] == ["a0", "a1", "b0"]
+    for site in SITES:  # every site of the model reported: no grace needed
+        fleet.send(site, 0.1)
+    fleet.pump(len(SITES) + 1)
+    assert fleet.agg.ckpt.version == 2
