@@ -81,11 +81,13 @@ def round_due(
     return everyone or grace_s <= 0 or (quorum_at is not None and now - quorum_at >= grace_s)
 
 
-def announcement(model: ModelConfig, strategy: str, round_: int, version: int) -> RoundAnnouncement:
+def announcement(
+    model: ModelConfig, strategy: str, round_: int, version: int, epoch: str = ""
+) -> RoundAnnouncement:
     """The announcement of ``round_`` (training from ``version``) from the model's config."""
     rounds = model.rounds
     return RoundAnnouncement(
-        model_id=model.id, round=round_, model_version=version, mode=rounds.mode,
+        model_id=model.id, round=round_, model_version=version, mode=rounds.mode, epoch=epoch,
         deadline_s=rounds.deadline_s, min_sites=rounds.min_sites, quorum=rounds.quorum,
         model_spec=model.model, training=model.training, privacy=model.privacy, strategy=strategy,
     )

@@ -213,9 +213,11 @@ class Aggregator:
 
     def _bootstrap(self) -> Checkpoint:
         weights = {k: v.numpy() for k, v in self._template.items()}
+        epoch = new_id()
         ckpt = Checkpoint(
             model_id=self.model_id, version=0, round=0, weights=weights,
-            strategy_state=self.strategy.initial_state(), announcement=announcement(self.model_cfg, self.strategy.name, 0, 0),
+            strategy_state=self.strategy.initial_state(),
+            announcement=announcement(self.model_cfg, self.strategy.name, 0, 0, epoch), epoch=epoch,
         )
         self._commit(ckpt, send_offsets=False)
         event(logger, "bootstrapped model", model=self.model_id, version=0)
@@ -370,8 +372,9 @@ class Aggregator:
         ckpt = Checkpoint(
             model_id=self.model_id, version=version, round=round_, weights=self._weights(new_theta),
             strategy_state=result.new_state,
-            announcement=None if finished else announcement(self.model_cfg, self.strategy.name, round_, version),
+            announcement=None if finished else announcement(self.model_cfg, self.strategy.name, round_, version, self.ckpt.epoch),
             accepted=accepted, history=(*self.ckpt.history, entry), finished=finished,
+            epoch=self.ckpt.epoch,
         )
         if not self._commit_round(ckpt, ann.round):
             return
@@ -423,8 +426,9 @@ class Aggregator:
         ckpt = Checkpoint(
             model_id=self.model_id, version=version, round=round_, weights=self.ckpt.weights,
             strategy_state=self._state,
-            announcement=None if finished else announcement(self.model_cfg, self.strategy.name, round_, version),
+            announcement=None if finished else announcement(self.model_cfg, self.strategy.name, round_, version, self.ckpt.epoch),
             accepted=self.ckpt.accepted, history=(*self.ckpt.history, entry), finished=finished,
+            epoch=self.ckpt.epoch,
         )
         if not self._commit_round(ckpt, ann.round, dead=dead, release=False):
             return

@@ -244,6 +244,8 @@ class SiteAgent:
         if model_id not in self.models:
             self.io.commit_rounds()
             return
+        if ann.epoch != self.store.epoch(model_id):
+            self._start_epoch(ann)
         self._note_round(model_id, rnd)
         self._free_stale_reservations(model_id)
         eid = event_id_for(site, model_id, rnd)
@@ -279,6 +281,28 @@ class SiteAgent:
             )
             self.io.commit_rounds()
 
+    def _start_epoch(self, ann: RoundAnnouncement) -> None:
+        """The aggregator's history of the model is not the one the local records belong to
+        (the fleet lost its topics and bootstrapped again): trust the bus. Reservations still
+        held under the old records are cancelled, the records archived, and what the site knew
+        of the old history's rounds is forgotten, so its new round 0 is joined like any round."""
+        model_id = ann.model_id
+        old = self.store.of_model(model_id)
+        for rnd, state in sorted(old.items()):
+            if holds_reservation(state) and state.status != "committing":
+                self._cancel(model_id, rnd, state.event_id or event_id_for(self.site.id, model_id, rnd))
+        archived = self.store.start_epoch(model_id, ann.epoch)
+        self._bus_round.pop(model_id, None)
+        self._swept.pop(model_id, None)
+        # cached releases may be the old history's versions: read the models topic again
+        self._releases = {k: v for k, v in self._releases.items() if k[0] != model_id}
+        self.io.rewind_models()
+        if archived:
+            event(logger, "local round records belong to another history of the model; archived "
+                  "(the bus is authoritative)", logging.WARNING, site=self.site.id, model=model_id,
+                  epoch=ann.epoch, archived_rounds=len(archived),
+                  last_archived_round=max(archived), archive=str(self.store.archive_path))
+
     def _free_stale_reservations(self, model_id: str) -> None:
         """Cancel reservations held for rounds of ``model_id`` that are over (a retryable skip
         keeps its reservation while its round may be re-announced), once per round."""
@@ -286,11 +310,7 @@ class SiteAgent:
         if current <= self._swept.get(model_id, 0):
             return
         self._swept[model_id] = current
-        prefix = f"{model_id}/"
-        for key, state in self.store.all().items():
-            if not key.startswith(prefix):
-                continue
-            rnd = int(key[len(prefix):])
+        for rnd, state in self.store.of_model(model_id).items():
             if rnd >= current or not holds_reservation(state):
                 continue
             eid = state.event_id or event_id_for(self.site.id, model_id, rnd)

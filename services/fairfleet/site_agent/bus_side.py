@@ -65,6 +65,11 @@ class AgentBus:
         except FairfleetError as exc:
             event(logger, "dead letter not published", logging.ERROR, error=str(exc))
 
+    def rewind_models(self) -> None:
+        """Read the compacted ``models`` topic again from its start (its group never commits)."""
+        self.models.consumer.seek_to_committed()
+        self.models = Reader(self.models.consumer, SERVICE, self.dead_letter)
+
     def commit_rounds(self) -> None:
         """Store the rounds consumer's position (an announcement handled without a transaction)."""
         self.rounds.consumer.commit(offsets=self.rounds.safe_offsets())

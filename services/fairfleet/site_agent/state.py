@@ -73,16 +73,28 @@ def holds_reservation(state: RoundState) -> bool:
     )
 
 
+EPOCHS_KEY = "@epochs"  # not a model id (those match [A-Za-z0-9_.-]+)
+
+
 class RoundStateStore:
-    """A small JSON file (atomically replaced, fsynced) mapping "model/round" -> RoundState."""
+    """A small JSON file (atomically replaced, fsynced) mapping "model/round" -> RoundState,
+    plus the aggregator epoch (RoundAnnouncement.epoch) the records of each model belong to.
+
+    Records of an earlier epoch (the fleet lost its topics and its aggregator started again
+    from round 0) are moved to ``<name>.archive.jsonl`` by :meth:`start_epoch`, so a stale
+    "round 0 published" never stops the site from training for the fleet's new round 0.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.archive_path = path.with_suffix(".archive.jsonl")
         self._lock = threading.Lock()
         path.parent.mkdir(parents=True, exist_ok=True)
         self._states: dict[str, RoundState] = {}
+        self._epochs: dict[str, str] = {}
         if path.exists():
             raw = json.loads(path.read_text() or "{}")
+            self._epochs = dict(raw.pop(EPOCHS_KEY, {}))
             self._states = {
                 k: RoundState(**{**v, "windows": tuple(v["windows"]) if v.get("windows") else None})
                 for k, v in raw.items()
@@ -111,12 +123,46 @@ class RoundStateStore:
             if windows is None and previous is not None:
                 windows = previous.windows
             self._states[key] = RoundState(status, event_id, reason, time.time(), windows)
-            tmp = self.path.with_suffix(".tmp")
-            with tmp.open("w") as fh:
-                json.dump({k: asdict(v) for k, v in self._states.items()}, fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.path)
+            self._write()
+
+    def _write(self) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        with tmp.open("w") as fh:
+            data: dict[str, object] = {k: asdict(v) for k, v in self._states.items()}
+            if self._epochs:
+                data[EPOCHS_KEY] = self._epochs
+            json.dump(data, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.path)
+
+    def epoch(self, model_id: str) -> str:
+        """The epoch this store's records of ``model_id`` belong to ("" = none recorded)."""
+        return self._epochs.get(model_id, "")
+
+    def of_model(self, model_id: str) -> dict[int, RoundState]:
+        prefix = f"{model_id}/"
+        return {int(k[len(prefix):]): v for k, v in self._states.items() if k.startswith(prefix)}
+
+    def start_epoch(self, model_id: str, epoch: str) -> dict[int, RoundState]:
+        """Archive every record of ``model_id`` (appended to the archive file, never deleted)
+        and record ``epoch`` as its current one; returns the archived records by round."""
+        with self._lock:
+            old_epoch = self._epochs.get(model_id, "")
+            prefix = f"{model_id}/"
+            moved = {k: v for k, v in self._states.items() if k.startswith(prefix)}
+            if moved:
+                with self.archive_path.open("a") as fh:
+                    for k, v in moved.items():
+                        fh.write(json.dumps({"key": k, "epoch": old_epoch, "archived_at": time.time(),
+                                             **asdict(v)}) + "\n")
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            for k in moved:
+                del self._states[k]
+            self._epochs[model_id] = epoch
+            self._write()
+            return {int(k[len(prefix):]): v for k, v in moved.items()}
 
     def all(self) -> dict[str, RoundState]:
         return dict(self._states)
