@@ -20,7 +20,7 @@ fairfleet.messages (fail closed at every step):
 4. train (``local_train``) and privatise; release the held-out loss (``noisy_bounded_mean``);
 5. sign, then ONE Kafka transaction (fairfleet.bus.transactions): SiteUpdate + SiteStatistics +
    PrivacyEventMessage(commit) + the rounds consumer's offset (transactional.id =
-   "site-<site>"); a final skip after a reservation publishes a cancel event.
+   "<topic prefix>site-<site>"); a final skip after a reservation publishes a cancel event.
 
 A round's outcome never blocks a later round: each new round is a new decision.
 Local state is written ahead of each step (see site_agent.state). Privacy ``off`` is logged as a

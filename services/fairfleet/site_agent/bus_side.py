@@ -1,9 +1,10 @@
 """The site agent's bus clients and the bus half of the reservation protocol.
 
-- ``rounds`` (group ``site-<id>-rounds``, offsets committed with each round's transaction),
-  ``models`` (group ``site-<id>-models``, never committed: every start reads the compacted topic
-  from the beginning), ``privacy.grants`` (group ``site-<id>-grants``);
-- a transactional producer (``transactional.id = "site-<id>"``: a new incarnation fences the
+- ``rounds`` (group ``<prefix>site-<id>-rounds``, offsets committed with each round's
+  transaction), ``models`` (group ``<prefix>site-<id>-models``, never committed: every start
+  reads the compacted topic from the beginning), ``privacy.grants`` (group
+  ``<prefix>site-<id>-grants``);
+- a transactional producer (``transactional.id = "<prefix>site-<id>"``: a new incarnation fences the
   old one and aborts its open transaction) and a plain one (requests, dead letters).
 
 Both transactions (a round's publish, a cancel) run through ``fairfleet.bus.transactions``.
@@ -45,12 +46,15 @@ class AgentBus:
         self.bus = bus
         self.site_id = site_id
         self.topics = {t: topic_name(t, prefix) for t in LOGICAL_TOPICS}
-        self.transactional_id = f"site-{site_id}"
+        # Every group and transactional id carries the topic prefix: two fleets on one broker
+        # with the same site ids neither share consumer groups nor fence each other.
+        self.client_prefix = f"{prefix}site-{site_id}"
+        self.transactional_id = self.client_prefix
         self.tx = Publisher(bus.producer(transactional_id=self.transactional_id), chunk_bytes)
         self.plain = Publisher(bus.producer(), chunk_bytes)
-        self.rounds = self._reader(f"site-{site_id}-rounds", "rounds")
-        self.models = self._reader(f"site-{site_id}-models", "models")
-        self.grants = self._reader(f"site-{site_id}-grants", "privacy.grants")
+        self.rounds = self._reader(f"{self.client_prefix}-rounds", "rounds")
+        self.models = self._reader(f"{self.client_prefix}-models", "models")
+        self.grants = self._reader(f"{self.client_prefix}-grants", "privacy.grants")
 
     def _reader(self, group: str, logical: str) -> Reader:
         return Reader(self.bus.consumer(group, [self.topics[logical]]), SERVICE, self.dead_letter)
@@ -160,7 +164,7 @@ class AgentBus:
         read_committed.
         """
         consumer = self.bus.consumer(
-            f"site-{self.site_id}-resolve-{uuid.uuid4().hex[:8]}", [self.topics["privacy.events"]]
+            f"{self.client_prefix}-resolve-{uuid.uuid4().hex[:8]}", [self.topics["privacy.events"]]
         )
         reader = Reader(consumer, SERVICE)
         quiet, deadline = 0, time.monotonic() + timeout
