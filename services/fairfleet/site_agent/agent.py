@@ -5,8 +5,9 @@ fairfleet.messages (fail closed at every step):
 
 0. the round is over if the bus has shown a later round of M (an announcement, or a
    ModelRelease opening a later round): reservations still held for earlier rounds of M are
-   cancelled, and an over round is skipped ``superseded`` (checked again right before the
-   reservation and after training: a round that closed meanwhile releases nothing);
+   cancelled, and an over round is skipped ``superseded`` (for sync rounds checked again right
+   before the reservation and after training: a round that closed meanwhile releases nothing;
+   an async aggregator still takes updates of older rounds);
 1. dedupe: a final local state for (M, r) ends here (published, or a non-passing skip; a
    passing skip such as ``expired``, ``denied`` or ``no_grant`` is retried when the round is
    re-announced; see site_agent.state); ``committing`` is resolved from ``privacy.events``
@@ -373,7 +374,8 @@ class SiteAgent:
             )
         windows = WindowRange(first=data.first_window, last=data.last_window)
         epsilon = None
-        if self._round_over(ann):  # closed while the data and the model were fetched
+        # sync only: an async aggregator still takes updates of older rounds (FedBuff staleness)
+        if ann.mode == "sync" and self._round_over(ann):  # closed while data and model were fetched
             raise Skip("superseded", f"round {rnd} closed before the reservation")
         if plan.mechanism != "off":
             dp_event = rel.round_event(plan, ann.training, len(split[2]))
@@ -410,7 +412,7 @@ class SiteAgent:
             )
         except FairfleetError as exc:
             raise Skip("training_failed", str(exc)) from exc
-        if self._round_over(ann):  # closed while training: release nothing, free the budget
+        if ann.mode == "sync" and self._round_over(ann):  # closed while training: release nothing
             raise Skip("superseded", f"round {rnd} closed during training; nothing released")
         self.metrics.training_seconds.labels(site, model_id).observe(time.perf_counter() - started)
         self.metrics.update_norm.labels(site, model_id).set(out.update_norm)

@@ -362,3 +362,39 @@ def test_dpsgd_rounds_reserve_the_subsampled_gaussian_at_the_observation_unit(tm
     assert update.privacy.steps == steps and update.privacy.sampling_rate == 0.25 and update.privacy.noise_std > 0
     (budget,) = accountant.budgets("s1")
     assert budget["unit"] == "observation" and 0 < budget["epsilon_spent"] <= 20.0
+
+
+def test_a_round_that_closes_during_training_releases_nothing_and_frees_its_budget(
+    setup: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The aggregator closes round 0 (its ModelRelease opening round 1 appears) while the site
+    trains: the site publishes nothing, cancels its reservation (no ε spent), and a round the
+    bus already shows as over is skipped before any reservation."""
+    from fairfleet.site_agent import release as rel
+
+    config, bus, prefix, accountant = setup()
+    ann = Announcer(bus, config)
+    real_prepare = rel.prepare_release
+
+    def closes_meanwhile(*args: Any, **kw: Any) -> Any:
+        ann.release("m1", 1)  # round 0 closed: version 1 opens round 1
+        return real_prepare(*args, **kw)
+
+    monkeypatch.setattr(rel, "prepare_release", closes_meanwhile)
+    with accountant:
+        agent = SiteAgent(config, "s1", bus=bus)
+        ann.release("m1", 0)
+        ann.announce("m1", 0, 0)
+        assert run_until(agent, "m1", 0) == "skipped:superseded"
+        monkeypatch.setattr(rel, "prepare_release", real_prepare)
+        ann.announce("m1", 0, 0)  # a stale re-announcement of the closed round: nothing reserved
+        for _ in range(10):
+            agent.step(0.05)
+        agent.close()
+    assert read_all(bus, prefix, "updates", wait_s=1) == []
+    events = [m for m, _ in read_all(bus, prefix, "privacy.events") if isinstance(m, PrivacyEventMessage)]
+    assert [(e.round, e.action) for e in events] == [(0, "cancel")]
+    requests = [m for m, _ in read_all(bus, prefix, "privacy.requests") if isinstance(m, PrivacyReservationRequest)]
+    assert len(requests) == 1
+    (budget,) = accountant.budgets("s1")
+    assert budget["events_committed"] == 0 and budget["epsilon_spent"] == 0
