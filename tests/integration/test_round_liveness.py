@@ -93,6 +93,8 @@ class Fleet:
                             "min_sites": min_sites, "quorum": quorum, "quorum_grace_s": 1.0,
                             "max_reannouncements": REANNOUNCEMENTS}}
         entries = [site_entry(tmp, s, csv_connector(tmp, s), [MODEL], site_class=s) for s in sites]
+        # a budget no test exhausts by accident (a long run must not end in denials)
+        policies = policies or {"defaults": {"epsilon_max": 1e6, "delta": 1e-5, "unit": "site"}}
         self.raw = fleet_dict(bootstrap, self.prefix, entries, [model], 2.0, policies, tmp)
         self.bus = connect(bootstrap)
         self.bus.create_topics(default_topics(self.prefix))
@@ -161,10 +163,17 @@ class Fleet:
 
     # -- observing ------------------------------------------------------------------------------
     def round(self) -> int:
-        """The newest announced round (from the bus), -1 before the first."""
-        while (env := self.watch.poll(0.05)) is not None:
-            if isinstance(env.message, RoundAnnouncement):
-                self.announced.append(env.message)
+        """The newest announced round (from the bus, read to its end), -1 before the first."""
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            env = self.watch.poll(0.05)
+            if env is not None:
+                if isinstance(env.message, RoundAnnouncement):
+                    self.announced.append(env.message)
+                continue
+            consumer = self.watch.consumer
+            if consumer.positions() and consumer.lag() == 0:
+                break  # assigned and read to the end
         return max((a.round for a in self.announced), default=-1)
 
     def wait_round(self, at_least: int, timeout: float) -> float:
@@ -212,6 +221,30 @@ def state_of(fleet: Fleet, site: str, round_: int) -> str | None:
     return entry["status"] if entry else None
 
 
+def wait_published(fleet: Fleet, sites: tuple[str, ...], after: int, timeout: float) -> int:
+    """The first round above ``after`` that every one of ``sites`` published (its state file
+    says so); fails after ``timeout``. Used instead of fixed sleeps: on a loaded machine the
+    first rounds may be voided before the agents are up."""
+    import json
+
+    started = time.monotonic()
+    while True:
+        published = []
+        for site in sites:
+            path = fleet.tmp / "state" / site / "rounds.json"
+            try:
+                states = json.loads(path.read_text() or "{}")
+            except (FileNotFoundError, json.JSONDecodeError):
+                states = {}
+            published.append({int(k.split("/")[1]) for k, v in states.items()
+                              if k.startswith(f"{MODEL}/") and v["status"] == "published"})
+        common = sorted(r for r in set.intersection(*published) if r > after)
+        if common:
+            return common[0]
+        assert time.monotonic() - started < timeout, f"{sites} published no common round > {after}"
+        time.sleep(0.2)
+
+
 def process(fleet: Fleet, config_file: Path, *args: str) -> subprocess.Popen[bytes]:
     exe = Path(sys.executable).parent / "fairfleet"
     log = (fleet.tmp / "services.log").open("ab")
@@ -234,7 +267,7 @@ def test_a_restart_of_every_service_mid_round_does_not_stall_the_model(
 
     procs = start()
     try:
-        fleet.wait_round(1, 60 + SLACK_S)  # round 0 closed: the fleet works
+        wait_published(fleet, ("s1", "s2"), -1, 120)  # the fleet works
         # mid-round: a site has reserved (or published) the open round, the round is not closed
         open_round = fleet.round()
         deadline = time.monotonic() + 30
@@ -252,6 +285,7 @@ def test_a_restart_of_every_service_mid_round_does_not_stall_the_model(
         procs = start()
         waited = fleet.wait_round(killed_at + 1, BOUND_S + SLACK_S + 20)
         fleet.wait_round(killed_at + 2, BOUND_S + SLACK_S)  # and it keeps going
+        wait_published(fleet, ("s1", "s2"), killed_at, 90)  # both take part again
     finally:
         for p in procs:
             if p.poll() is None:
@@ -266,21 +300,21 @@ def test_a_restart_of_every_service_mid_round_does_not_stall_the_model(
     assert commits and len(commits) == len(set(commits)), "a release was committed twice"
     rounds_of = {s: {int(c.rsplit("/", 1)[1]) for c in commits if c.startswith(f"{s}/")}
                  for s in ("s1", "s2")}
-    assert max(rounds_of["s1"] & rounds_of["s2"]) >= killed_at + 1, rounds_of  # both take part again
+    assert max(rounds_of["s1"] & rounds_of["s2"]) > killed_at, rounds_of  # on the ledger too
 
 
 def test_a_budget_raised_after_exhaustion_lets_the_site_rejoin(make_fleet: Callable[..., Fleet]) -> None:
     """(b) s2's policy fits one round: the next rounds are denied (and voided below min_sites);
     after the accountant restarts with a raised policy, s2 takes part again."""
-    policies = {"defaults": {"epsilon_max": 50.0, "delta": 1e-5, "unit": "site"},
+    policies = {"defaults": {"epsilon_max": 1e6, "delta": 1e-5, "unit": "site"},
                 "sites": {"s2": {"epsilon_max": 8.0, "delta": 1e-5, "unit": "site"}}}
     fleet = make_fleet(["s1", "s2"], min_sites=2, quorum=2, policies=policies)
     fleet.start_accountant()
     agg = fleet.start_aggregator()
     for s in ("s1", "s2"):
         fleet.start_agent(s)
-    fleet.wait_round(1, 60 + SLACK_S)  # round 0 closed with both (6.30 of 8.0 spent)
-    fleet.wait_round(2, BOUND_S + SLACK_S)  # round 1: s2 denied, the round is voided
+    first = wait_published(fleet, ("s1", "s2"), -1, 120)  # both: s2 spent 6.30 of 8.0
+    fleet.wait_round(first + 2, BOUND_S + SLACK_S)  # the next round: s2 denied, voided
     assert agg.metrics.voided.labels(MODEL)._value.get() >= 1
     assert agg.ckpt.version == 1  # the voided round changed no model
     s2 = fleet.agents["s2"][0]
@@ -305,7 +339,7 @@ def test_a_key_rotation_loses_at_most_one_round_of_that_site(make_fleet: Callabl
     fleet.start_aggregator()
     for s in ("s1", "s2"):
         fleet.start_agent(s)
-    fleet.wait_round(1, 60 + SLACK_S)
+    wait_published(fleet, ("s1", "s2"), -1, 120)
     fleet.stop_aggregator()  # the rotation: aggregator down while both publish the open round
     open_round = fleet.round()
     deadline = time.monotonic() + 30
@@ -338,7 +372,8 @@ def test_a_site_added_mid_run_takes_part(make_fleet: Callable[..., Fleet]) -> No
     agg = fleet.start_aggregator()
     for s in ("s1", "s2"):
         fleet.start_agent(s)
-    fleet.wait_round(3, 60 + SLACK_S)
+    first = wait_published(fleet, ("s1", "s2"), -1, 120)
+    fleet.wait_round(first + 2, BOUND_S + SLACK_S)
     added_at = fleet.round()
     fleet.start_agent("s3")
     fleet.wait_round(added_at + 1, BOUND_S + SLACK_S)
