@@ -231,11 +231,13 @@ def pipeline() -> Board:
     b.panel("timeseries", "Rejected updates / s, by reason",
             [(f"sum by (model, reason) (rate(fairfleet_aggregator_updates_rejected_total{{{sel}}}[5m]))",
               "{{model}} {{reason}}")], unit="reqps")
-    b.panel("timeseries", "Accepted and late updates, round re-announcements / s", [
+    b.panel("timeseries", "Accepted and late updates, round re-announcements and voids / s", [
         (f"sum by (model) (rate(fairfleet_aggregator_updates_accepted_total{{{sel}}}[5m]))", "{{model}} accepted"),
         (f"sum by (model) (rate(fairfleet_aggregator_late_updates_total{{{sel}}}[5m]))", "{{model}} late"),
         (f"sum by (model) (rate(fairfleet_aggregator_round_extensions_total{{{sel}}}[5m]))",
          "{{model}} round re-announced"),
+        (f"sum by (model) (rate(fairfleet_aggregator_rounds_voided_total{{{sel}}}[5m]))",
+         "{{model}} round voided"),
     ], unit="reqps")
     b.panel("timeseries", "Staleness of applied updates (p90, rounds)",
             [(f"histogram_quantile(0.9, sum by (le, model) (rate(fairfleet_aggregator_staleness_rounds_bucket{{{sel}}}[15m])))",

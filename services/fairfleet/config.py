@@ -100,6 +100,14 @@ class RoundsConfig(_Strict):
     min_sites: Annotated[int, Field(ge=1)] = 1
     quorum: Annotated[int, Field(ge=1)] = 1
     async_buffer: Annotated[int, Field(ge=1)] = 10
+    quorum_grace_s: Annotated[float, Field(ge=0)] = 5.0
+    """Sync: once ``quorum`` is met, wait up to this long for the model's other sites (closing
+    at once when every site that trains the model has reported, and at the deadline at the
+    latest), so a site slightly behind catches up instead of being late every round."""
+    max_reannouncements: Annotated[int, Field(ge=0)] = 2
+    """Sync: re-announcements of a round still below ``min_sites`` at its deadline before it is
+    voided (docs/aggregator.md, "Round liveness"): a round lasts at most
+    ``deadline_s * (max_reannouncements + 1)``."""
     staleness_exponent: Annotated[float, Field(ge=0)] = 0.5
 
 

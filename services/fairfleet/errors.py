@@ -58,3 +58,37 @@ class UnsupportedEventError(PrivacyError):
 
 class BudgetExceededError(PrivacyError):
     """A reservation would take a ledger past its policy's epsilon."""
+
+
+class TransactionError(BusError):
+    """A transactional call failed; the flags classify it as Kafka's error contract does.
+
+    ``retriable``: repeating the same call may succeed; ``requires_abort``: the transaction must
+    be aborted (then it may be retried from the start); ``fatal``: the producer is unusable
+    (e.g. fenced by a newer instance with the same transactional id) and must be re-created.
+    A backend that cannot classify an error raises a plain BusError, treated as requires_abort.
+    """
+
+    def __init__(
+        self, message: str, *, retriable: bool = False, requires_abort: bool = False,
+        fatal: bool = False,
+    ) -> None:
+        super().__init__(message)
+        self.retriable, self.requires_abort, self.fatal = retriable, requires_abort, fatal
+
+
+class TransactionAborted(BusError):
+    """The transaction failed and was aborted: nothing of it is visible."""
+
+
+class ProducerFenced(BusError):
+    """The transactional producer hit a fatal error (typically fenced): it must be re-created.
+
+    Its open transaction is aborted by the broker (at once if a newer instance fenced it,
+    otherwise when ``transaction.timeout.ms`` passes). If the error hit ``commit_transaction``
+    its outcome is not known to this producer: callers that must know treat it as unknown.
+    """
+
+
+class OutcomeUnknown(BusError):
+    """The transaction failed and could not be aborted: whether it committed is unknown."""

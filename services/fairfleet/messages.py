@@ -134,6 +134,10 @@ class RoundAnnouncement(Message):
     privacy: PrivacyPlan = Field(default_factory=PrivacyPlan)
     strategy: str = "fedavg"
     opened_at: float = Field(default_factory=time.time)
+    epoch: str = ""
+    """Identity of the aggregator's history of this model: drawn when it bootstraps (version 0,
+    round 0) and kept in its checkpoints, so a site can tell a fleet that lost its topics and
+    started again from its own older records ("" = before epochs existed)."""
 
 
 class ModelRelease(Message):

@@ -172,9 +172,10 @@ def test_three_sites_through_rounds_and_a_killed_agent(fleet_setup: dict[str, An
     try:
         announcer.release("mslow", 0)
         announcer.announce("mslow", 0, 0, deadline_s=120)
-        for r in range(ROUNDS):  # announced up front: each agent works through them in order
-            announcer.release("m", r)
-            announcer.announce("m", r, r, deadline_s=120)
+        # round r + 1 is announced once round r is over, as the aggregator does (a site skips
+        # an announced round as superseded once it has seen a later one)
+        announcer.release("m", 0)
+        announcer.announce("m", 0, 0, deadline_s=120)
         # SIGKILL the process agent while it trains mslow round 0 (granted, not yet published)
         wait_for(lambda: (state_of(tmp, ids["killed"], "mslow", 0) or {}).get("status") == "granted",
                  90, "the process agent to be granted")
@@ -187,6 +188,9 @@ def test_three_sites_through_rounds_and_a_killed_agent(fleet_setup: dict[str, An
             for k in ("files", "sql", "sim"):
                 wait_for(lambda k=k, r=r: (state_of(tmp, ids[k], "m", r) or {}).get("status") in ("published", "skipped"),
                          60, f"{k} round {r}")
+            if r + 1 < ROUNDS:
+                announcer.release("m", r + 1)
+                announcer.announce("m", r + 1, r + 1, deadline_s=120)
         wait_for(lambda: (state_of(tmp, ids["killed"], "mslow", 0) or {}).get("status") in ("published", "skipped"),
                  90, "the restarted agent to finish mslow round 0")
         # a SIGTERM stops the process agent cleanly

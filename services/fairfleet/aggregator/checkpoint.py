@@ -65,6 +65,7 @@ class Checkpoint:
     history: tuple[dict[str, Any], ...] = ()
     finished: bool = False
     created_at: float = field(default_factory=time.time)
+    epoch: str = ""  # drawn at bootstrap, announced with every round (RoundAnnouncement.epoch)
 
     def to_bytes(self) -> bytes:
         meta = {
@@ -79,6 +80,7 @@ class Checkpoint:
             "history": list(self.history[-HISTORY_LIMIT:]),
             "finished": self.finished,
             "created_at": self.created_at,
+            "epoch": self.epoch,
         }
         tensors = {f"model.{k}": np.ascontiguousarray(v) for k, v in self.weights.items()}
         tensors["strategy_state"] = np.frombuffer(
@@ -113,6 +115,7 @@ class Checkpoint:
             history=tuple(meta["history"]),
             finished=bool(meta["finished"]),
             created_at=float(meta["created_at"]),
+            epoch=str(meta.get("epoch", "")),
         )
 
 

@@ -59,6 +59,11 @@ class AggregatorMetrics:
             "Re-announcements of an open sync round whose deadline passed below min_sites.",
             m, registry=r,
         )
+        self.voided = Counter(
+            "fairfleet_aggregator_rounds_voided",
+            "Sync rounds voided below min_sites after their re-announcements (no model change).",
+            m, registry=r,
+        )
         self.deadline_seconds = Gauge(
             "fairfleet_aggregator_round_deadline_seconds", "Announced deadline (s).", m, registry=r
         )

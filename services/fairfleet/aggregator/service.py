@@ -12,15 +12,22 @@ checkpointing/checkpoint.py; docs/aggregator.md has the full argument):
 7. ``commit_transaction`` — the commit point: all of 3–6 become visible together or not at all;
 8. only then swap the in-memory state to the new checkpoint and clear the round buffer.
 
-A failure in 2–7 aborts, rewinds the consumer to its committed offsets and drops the round
-buffer (the round's updates are read again). A crash anywhere leaves the last committed
-checkpoint and offsets, which agree; the restart re-reads the open round's updates from there.
+Steps 2–7 run in ``fairfleet.bus.transactions.run_transaction`` (the one owner of the error
+contract). A failure in 2–7 aborts, rewinds the consumer to its committed offsets and drops the
+round buffer (the round's updates are read again); a fenced producer or an abort that failed
+(outcome unknown) exits the service, whose restart re-reads the committed state. A crash
+anywhere leaves the last committed checkpoint and offsets, which agree; the restart re-reads
+the open round's updates from there.
 Nothing is committed while a round is open, so no transaction spans a long round.
 
-A sync round whose deadline passes below ``min_sites`` is re-announced (``_reannounce``): the
-checkpoint's announcement with a fresh ``opened_at``, sent by the plain producer outside any
-transaction. It changes no committed state (the checkpoint keeps the first announcement, which
-still decides when the round may close), so a replay after a crash only re-announces again.
+Round liveness (the rule is ``aggregator.rounds.round_action``): a sync round whose deadline
+passes below ``min_sites`` is re-announced (``_reannounce``): the checkpoint's announcement with
+a fresh ``opened_at``, sent by the plain producer outside any transaction. It changes no
+committed state (the checkpoint keeps the first announcement, which still decides when the round
+may close or is voided), so a replay after a crash only re-announces again. After
+``rounds.max_reannouncements`` the round is voided (``_void_round``): one transaction like a
+closing round's, without a model release, with the same model version announced for the next
+round and the voided round's accepted updates dead-lettered (``void_round``).
 """
 
 from __future__ import annotations
@@ -39,12 +46,7 @@ from fairfleet.aggregator.budgets import BudgetClient
 from fairfleet.aggregator.checkpoint import Checkpoint, publish_checkpoint, read_checkpoint
 from fairfleet.aggregator.crash import CRASH_ENV, CrashHook
 from fairfleet.aggregator.metrics import SERVICE, AggregatorMetrics
-from fairfleet.aggregator.rounds import (
-    announcement,
-    reannounce_due,
-    round_due,
-    strategy_params,
-)
+from fairfleet.aggregator.rounds import announcement, round_action, strategy_params
 from fairfleet.aggregator.validation import (
     Rejection,
     check_identity,
@@ -53,9 +55,10 @@ from fairfleet.aggregator.validation import (
     check_round,
 )
 from fairfleet.bus import Bus, Envelope, Publisher, Reader, connect, dead_letter_for, default_topics
-from fairfleet.bus.base import Consumer
+from fairfleet.bus.base import Consumer, Record
+from fairfleet.bus.transactions import Transaction, run_transaction
 from fairfleet.config import FleetConfig
-from fairfleet.errors import BusError, ConfigError
+from fairfleet.errors import BusError, ConfigError, OutcomeUnknown, ProducerFenced
 from fairfleet.fairness import NoisyStat, SiteUpdate, build_strategy
 from fairfleet.learning.models import build_model
 from fairfleet.learning.tensors import (
@@ -134,9 +137,12 @@ class Aggregator:
         self._commit_failures = 0
         self.last_report: dict[str, Any] | None = None
         self._buffer: dict[tuple[str, int], SiteUpdate] = {}
+        self._buffer_src: dict[tuple[str, int], Record] = {}  # where each buffered update came from
         self._server: MetricsServer | None = None
         self._last_lag = 0.0
         self._announced_at = 0.0  # when the open round was last (re-)announced
+        self._quorum_at: float | None = None  # when the open round's buffer first met its quorum
+        self._serving = frozenset(s.id for s in config.sites if not s.models or model_id in s.models)
 
     # -- set-up ---------------------------------------------------------------------------------
     def _initial_weights(self) -> dict[str, torch.Tensor]:
@@ -216,9 +222,11 @@ class Aggregator:
 
     def _bootstrap(self) -> Checkpoint:
         weights = {k: v.numpy() for k, v in self._template.items()}
+        epoch = new_id()
         ckpt = Checkpoint(
             model_id=self.model_id, version=0, round=0, weights=weights,
-            strategy_state=self.strategy.initial_state(), announcement=announcement(self.model_cfg, self.strategy.name, 0, 0),
+            strategy_state=self.strategy.initial_state(),
+            announcement=announcement(self.model_cfg, self.strategy.name, 0, 0, epoch), epoch=epoch,
         )
         self._commit(ckpt, send_offsets=False)
         event(logger, "bootstrapped model", model=self.model_id, version=0)
@@ -265,13 +273,19 @@ class Aggregator:
         env = self.reader.poll(self.options.poll_timeout_s)
         if env is not None:
             self._handle(env)
-        due = round_due(self.ckpt.announcement, len(self._buffer), self.model_cfg.rounds.async_buffer)
-        if not self.ckpt.finished and due:
+        rounds = self.model_cfg.rounds
+        action = None if self.ckpt.finished else round_action(
+            self.ckpt.announcement, len(self._buffer), self._announced_at,
+            async_buffer=rounds.async_buffer, max_reannouncements=rounds.max_reannouncements,
+            quorum_at=self._quorum_at, grace_s=rounds.quorum_grace_s,
+            everyone=bool(self._serving) and self._serving <= {site for site, _ in self._buffer},
+        )
+        if action == "close":
             self._close_round()
-        elif not self.ckpt.finished and reannounce_due(
-            self.ckpt.announcement, len(self._buffer), self._announced_at
-        ):
+        elif action == "reannounce":
             self._reannounce()
+        elif action == "void" and env is None:  # only once caught up with the updates topic
+            self._void_round()
         self._update_gauges()
 
     def close(self) -> None:
@@ -335,6 +349,10 @@ class Aggregator:
             self._reject(env, msg, result)
             return
         self._buffer[(msg.site, msg.round)] = result
+        self._buffer_src[(msg.site, msg.round)] = env.record
+        rounds = self.model_cfg.rounds
+        if self._quorum_at is None and len(self._buffer) >= max(rounds.quorum, rounds.min_sites):
+            self._quorum_at = time.time()
         self.metrics.accepted.labels(self.model_id).inc()
         event(logger, "update accepted", site=msg.site, round=msg.round, buffered=len(self._buffer))
         if self._crash is not None:
@@ -390,26 +408,76 @@ class Aggregator:
         ckpt = Checkpoint(
             model_id=self.model_id, version=version, round=round_, weights=self._weights(new_theta),
             strategy_state=result.new_state,
-            announcement=None if finished else announcement(self.model_cfg, self.strategy.name, round_, version),
+            announcement=None if finished else announcement(self.model_cfg, self.strategy.name, round_, version, self.ckpt.epoch),
             accepted=accepted, history=(*self.ckpt.history, entry), finished=finished,
+            epoch=self.ckpt.epoch,
         )
-        try:
-            self._commit(ckpt, send_offsets=True)
-        except BusError as exc:
-            self._commit_failures += 1
-            event(logger, "round commit failed; rewinding to the last checkpoint", logging.ERROR,
-                  round=ann.round, error=str(exc), failures=self._commit_failures)
-            if self._commit_failures >= MAX_COMMIT_FAILURES:
-                raise  # e.g. fenced by a newer instance: exit, the restart re-reads the state
-            self._rewind()
+        if not self._commit_round(ckpt, ann.round):
             return
-        self._commit_failures = 0
         self.ckpt, self._theta, self._state = ckpt, new_theta, result.new_state
-        self._buffer = {}
+        self._buffer, self._buffer_src, self._quorum_at = {}, {}, None
         self._announced_at = ckpt.announcement.opened_at if ckpt.announcement else 0.0
         self.last_report = self.metrics.round_closed(ann.opened_at, updates, result.diagnostics)
         event(logger, "round closed", model=self.model_id, round=ann.round, version=version,
               participants=len(updates), finished=finished)
+
+    def _commit_round(self, ckpt: Checkpoint, round_: int, dead: tuple[DeadLetter, ...] = (),
+                      release: bool = True) -> bool:
+        """Commit a closed or voided round; False (after a rewind) if the commit was aborted."""
+        try:
+            self._commit(ckpt, send_offsets=True, dead=dead, release=release)
+        except (ProducerFenced, OutcomeUnknown):
+            raise  # fenced, or not known whether it committed: exit, the restart re-reads the state
+        except BusError as exc:
+            self._commit_failures += 1
+            event(logger, "round commit failed; rewinding to the last checkpoint", logging.ERROR,
+                  round=round_, error=str(exc), failures=self._commit_failures)
+            if self._commit_failures >= MAX_COMMIT_FAILURES:
+                raise  # e.g. the broker is gone: exit, the restart re-reads the state
+            self._rewind()
+            return False
+        self._commit_failures = 0
+        return True
+
+    def _void_round(self) -> None:
+        """Void the open sync round (below ``min_sites`` after its last re-announcement): the
+        model is unchanged, the next round trains from the same version, and the round's
+        accepted updates are dead-lettered ``void_round`` in the same transaction."""
+        ann = self.ckpt.announcement
+        assert ann is not None
+        version, round_ = self.ckpt.version, ann.round + 1
+        finished = round_ >= self.model_cfg.rounds.rounds
+        sites = sorted(site for site, _ in self._buffer)
+        detail = (f"Round {ann.round} was voided: {len(sites)} accepted update(s) < min_sites "
+                  f"{ann.min_sites} after {self.model_cfg.rounds.max_reannouncements} "
+                  f"re-announcement(s); the model did not change.")
+        dead = tuple(
+            dead_letter_for(SERVICE, "void_round", detail, self._buffer_src.get(key),
+                            site=key[0], model_id=self.model_id, round=key[1],
+                            original_type=SiteUpdateMessage.TYPE)
+            for key in sorted(self._buffer)
+        )
+        entry = {"round": ann.round, "version": version, "sites": sites, "voided": True,
+                 "closed_at": time.time()}
+        ckpt = Checkpoint(
+            model_id=self.model_id, version=version, round=round_, weights=self.ckpt.weights,
+            strategy_state=self._state,
+            announcement=None if finished else announcement(self.model_cfg, self.strategy.name, round_, version, self.ckpt.epoch),
+            accepted=self.ckpt.accepted, history=(*self.ckpt.history, entry), finished=finished,
+            epoch=self.ckpt.epoch,
+        )
+        if not self._commit_round(ckpt, ann.round, dead=dead, release=False):
+            return
+        self.ckpt = ckpt
+        self._buffer, self._buffer_src, self._quorum_at = {}, {}, None
+        self._announced_at = ckpt.announcement.opened_at if ckpt.announcement else 0.0
+        self.metrics.voided.labels(self.model_id).inc()
+        for _ in dead:
+            self.metrics.reject("void_round")
+        event(logger, "round voided: below min_sites after its re-announcements", logging.WARNING,
+              model=self.model_id, round=ann.round, version=version, accepted=sites,
+              min_sites=ann.min_sites, deadline_s=ann.deadline_s,
+              reannouncements=self.model_cfg.rounds.max_reannouncements, finished=finished)
 
     def _reannounce(self) -> None:
         """Announce the stalled open round again (same round and version, fresh opened_at).
@@ -434,32 +502,36 @@ class Aggregator:
               buffered=len(self._buffer), min_sites=ann.min_sites, deadline_s=ann.deadline_s,
               first_opened_at=ann.opened_at)
 
-    def _commit(self, ckpt: Checkpoint, send_offsets: bool) -> None:
-        """One transaction: model release, next announcement, checkpoint, consumer offsets."""
-        payload = to_safetensors_bytes({k: torch.from_numpy(v) for k, v in ckpt.weights.items()})
-        release = ModelRelease(
+    def _commit(self, ckpt: Checkpoint, send_offsets: bool, dead: tuple[DeadLetter, ...] = (),
+                release: bool = True) -> None:
+        """One transaction: model release (unless a voided round changed nothing), next
+        announcement, checkpoint, dead letters of a voided round's updates, consumer offsets."""
+        payload = b""
+        if release:
+            payload = to_safetensors_bytes({k: torch.from_numpy(v) for k, v in ckpt.weights.items()})
+        model_release = ModelRelease(
             model_id=self.model_id, version=ckpt.version, round=ckpt.round,
             model_spec=self.model_cfg.model, payload_sha256=sha256_hex(payload),
             payload_bytes=len(payload),
         )
-        self.producer.begin_transaction()
-        try:
-            self.publisher.send(self.topics["models"], release, payload, key=self.model_id, compacted=True)
+        def body(txn: Transaction) -> None:
+            if release:
+                self.publisher.send(self.topics["models"], model_release, payload,
+                                    key=self.model_id, compacted=True)
             if ckpt.announcement is not None:
                 self.publisher.send(self.topics["rounds"], ckpt.announcement, key=self.model_id)
             publish_checkpoint(self.producer, self.topics["checkpoints"], ckpt,
                                self.config.kafka.chunk_bytes)
+            for letter in dead:
+                self.publisher.send(self.topics["deadletter"], letter, key=letter.site or None)
             if send_offsets:
-                self.producer.send_offsets_to_transaction(self.consumer, self.reader.safe_offsets())
+                txn.send_offsets(self.consumer, self.reader.safe_offsets())
+
+        def before_commit() -> None:
             if self._crash is not None:
                 self._crash.maybe("before_commit", ckpt.round - 1)
-            self.producer.commit_transaction()
-        except BaseException:
-            try:
-                self.producer.abort_transaction()
-            except BusError as exc:
-                event(logger, "abort failed", logging.ERROR, error=str(exc))
-            raise
+
+        run_transaction(self.producer, body, before_commit=before_commit)
         if self._crash is not None:
             self._crash.maybe("after_commit", ckpt.round - 1)
 
@@ -467,7 +539,7 @@ class Aggregator:
         """After an aborted commit: back to the committed offsets and checkpoint."""
         self.consumer.seek_to_committed()
         self.reader = self._make_reader()
-        self._buffer = {}
+        self._buffer, self._buffer_src, self._quorum_at = {}, {}, None
 
     # -- metrics & status -----------------------------------------------------------------------
     def _update_gauges(self) -> None:

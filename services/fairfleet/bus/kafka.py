@@ -28,7 +28,7 @@ from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, Resourc
 
 from fairfleet.bus.base import Bus, Consumer, Delivery, Key, Producer, Record, key_bytes
 from fairfleet.bus.topics import MAX_MESSAGE_BYTES, TopicSpec
-from fairfleet.errors import BusError
+from fairfleet.errors import BusError, TransactionError
 
 _FETCH_MAX = 4 * MAX_MESSAGE_BYTES
 
@@ -95,21 +95,37 @@ class KafkaProducer(Producer):
         self._producer = CKProducer(conf)
         self.transactional_id = transactional_id
         if transactional_id is not None:
-            self._call(self._producer.init_transactions, 60)
+            self._init_transactions()
+
+    def _init_transactions(self) -> None:
+        for attempt in range(1, 6):
+            try:
+                self._producer.init_transactions(60)
+                return
+            except KafkaException as exc:
+                err = self._classified("init_transactions", exc)
+                if not err.retriable or attempt == 5:
+                    raise err from exc
+                time.sleep(0.5 * attempt)
 
     @staticmethod
-    def _call(fn: Any, *args: Any) -> Any:
-        """Retry retriable transactional errors; surface the rest as BusError."""
-        for attempt in range(5):
-            try:
-                return fn(*args)
-            except KafkaException as exc:
-                err = exc.args[0]
-                if err.retriable() and attempt < 4:
-                    time.sleep(0.5 * (attempt + 1))
-                    continue
-                raise BusError(f"{getattr(fn, '__name__', 'kafka call')} failed: {err}") from exc
-        raise AssertionError("unreachable")
+    def _classified(what: str, exc: KafkaException) -> TransactionError:
+        """librdkafka's error flags as a TransactionError (fairfleet.bus.transactions acts on them)."""
+        err = exc.args[0] if exc.args else exc
+        if not isinstance(err, KafkaError):
+            return TransactionError(f"{what} failed: {err}", requires_abort=True)
+        return TransactionError(
+            f"{what} failed: {err}", retriable=err.retriable(),
+            requires_abort=err.txn_requires_abort(), fatal=err.fatal(),
+        )
+
+    def _call(self, fn: Any, *args: Any) -> Any:
+        """One transactional call; errors become classified TransactionErrors (no retry here:
+        the retry, abort and fencing policy lives in fairfleet.bus.transactions)."""
+        try:
+            return fn(*args)
+        except KafkaException as exc:
+            raise self._classified(getattr(fn, "__name__", "kafka call"), exc) from exc
 
     def publish(self, topic: str, value: bytes | memoryview, key: Key = None, headers: Mapping[str, bytes] | None = None) -> Delivery:
         delivery = Delivery(self._producer.poll)

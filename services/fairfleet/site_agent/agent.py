@@ -3,19 +3,27 @@
 Per RoundAnnouncement (model M, round r, version v) — the order is the protocol of
 fairfleet.messages (fail closed at every step):
 
-1. dedupe: a final local state for (M, r) ends here (published, or skipped — except a skip
-   before any reservation for a passing reason such as ``expired``, which a re-announcement of
-   the round retries; see site_agent.state); ``committing`` is resolved from
-   ``privacy.events`` (was our commit written?) before anything else;
+0. the round is over if the bus has shown a later round of M (an announcement, or a
+   ModelRelease opening a later round): reservations still held for earlier rounds of M are
+   cancelled, and an over round is skipped ``superseded`` (for sync rounds checked again right
+   before the reservation and after training: a round that closed meanwhile releases nothing;
+   an async aggregator still takes updates of older rounds);
+1. dedupe: a final local state for (M, r) ends here (published, or a non-passing skip; a
+   passing skip such as ``expired``, ``denied`` or ``no_grant`` is retried when the round is
+   re-announced; see site_agent.state); ``committing`` is resolved from ``privacy.events``
+   (was our commit written?) before anything else;
 2. check: not expired, the announced model spec and privacy plan equal the site's config (the
    platform cannot lower a site's privacy), closed windows exist, ModelRelease(M, v) arrives;
 3. reserve: PrivacyReservationRequest (event_id = "<site>/<M>/<r>", dp_event covering the update
-   AND the held-out loss) -> wait for the PrivacyGrant; denied / no answer -> skip;
+   AND the held-out loss) -> wait for the PrivacyGrant, asking again (same event id) while the
+   round is open; denied / no answer -> skip (the reservation kept for a re-announcement);
    "already committed" -> the release happened before a restart: mark published, do nothing;
 4. train (``local_train``) and privatise; release the held-out loss (``noisy_bounded_mean``);
-5. sign, then ONE Kafka transaction: SiteUpdate + SiteStatistics + PrivacyEventMessage(commit)
-   + the rounds consumer's offset (transactional.id = "site-<site>"); on failure: cancel event.
+5. sign, then ONE Kafka transaction (fairfleet.bus.transactions): SiteUpdate + SiteStatistics +
+   PrivacyEventMessage(commit) + the rounds consumer's offset (transactional.id =
+   "<topic prefix>site-<site>"); a final skip after a reservation publishes a cancel event.
 
+A round's outcome never blocks a later round: each new round is a new decision.
 Local state is written ahead of each step (see site_agent.state). Privacy ``off`` is logged as a
 WARNING every round, exported as fairfleet_site_privacy_enabled = 0 and stated in the message.
 """
@@ -33,7 +41,7 @@ from prometheus_client import CollectorRegistry
 from fairfleet.bus import Bus, connect, dead_letter_for
 from fairfleet.config import FleetConfig
 from fairfleet.connectors import ConnectorContext, RejectFile, SiteStream, Windower, build_connector
-from fairfleet.errors import BusError, ConfigError, FairfleetError
+from fairfleet.errors import BusError, ConfigError, FairfleetError, OutcomeUnknown
 from fairfleet.learning.tensors import sha256_hex
 from fairfleet.log import event
 from fairfleet.messages import (
@@ -50,9 +58,15 @@ from fairfleet.privacy.events import dp_event_to_json
 from fairfleet.privacy.windows import WindowRange, WindowRanges, describe, hull
 from fairfleet.signing import load_private, sign
 from fairfleet.site_agent import release as rel
-from fairfleet.site_agent.bus_side import SERVICE, AgentBus, Interrupted, OutcomeUnknown
+from fairfleet.site_agent.bus_side import SERVICE, AgentBus, Interrupted
 from fairfleet.site_agent.metrics import SiteMetrics
-from fairfleet.site_agent.state import RoundState, RoundStateStore, is_final
+from fairfleet.site_agent.state import (
+    RETRYABLE_SKIPS,
+    RoundState,
+    RoundStateStore,
+    holds_reservation,
+    is_final,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -121,7 +135,10 @@ class SiteAgent:
         self.io = AgentBus(self.bus, site_id, config.kafka.topic_prefix, config.kafka.chunk_bytes,
                            config.kafka.input_limits(), self.metrics.on_dead_letter)
         self._releases: dict[tuple[str, int], tuple[ModelRelease, bytes]] = {}
-        self._latest_round: dict[str, int] = {}
+        # The newest round of each model the bus has shown (an announcement of round r, or a
+        # ModelRelease opening round r): every earlier round of the model is over.
+        self._bus_round: dict[str, int] = {}
+        self._swept: dict[str, int] = {}  # rounds below this had their stale reservations freed
         self._stop = threading.Event()
         self._lag_at = 0.0
         event(
@@ -200,6 +217,7 @@ class SiteAgent:
         while env is not None:
             msg = env.message
             if isinstance(msg, ModelRelease) and msg.model_id in self.models:
+                self._note_round(msg.model_id, msg.round)
                 self._releases[(msg.model_id, msg.version)] = (msg, bytes(env.payload))
                 old = sorted(v for (m, v) in self._releases if m == msg.model_id)[:-4]
                 for v in old:
@@ -221,12 +239,25 @@ class SiteAgent:
         return self._releases[(model_id, version)]
 
     # ------------------------------------------------------------------ one round
+    def _note_round(self, model_id: str, round_: int) -> None:
+        self._bus_round[model_id] = max(self._bus_round.get(model_id, -1), round_)
+
+    def _round_over(self, ann: RoundAnnouncement) -> bool:
+        """Whether the bus has shown a later round of the model (so ``ann``'s round is closed or
+        voided); reads newly arrived model releases first."""
+        self._poll_models(0.0)
+        return ann.round < self._bus_round.get(ann.model_id, -1)
+
     def handle(self, ann: RoundAnnouncement) -> None:
         """Run the protocol for one announcement (see the module docstring)."""
         site, model_id, rnd = self.site.id, ann.model_id, ann.round
         if model_id not in self.models:
             self.io.commit_rounds()
             return
+        if ann.epoch != self.store.epoch(model_id):
+            self._start_epoch(ann)
+        self._note_round(model_id, rnd)
+        self._free_stale_reservations(model_id)
         eid = event_id_for(site, model_id, rnd)
         state = self.store.get(model_id, rnd)
         if state is not None and state.status == "committing":
@@ -241,8 +272,11 @@ class SiteAgent:
             self._join(ann, eid)
         except Skip as skip:
             before = self.store.get(model_id, rnd)
-            if before is not None and before.status in ("reserving", "granted"):
-                self._cancel(ann, eid)  # free a reservation that will not be committed
+            final = skip.reason not in RETRYABLE_SKIPS
+            if final and before is not None and before.status in ("reserving", "granted"):
+                self._cancel(model_id, rnd, eid)  # free a reservation that will never be committed
+            # a retryable skip keeps its reservation for a re-announcement of the round; it is
+            # cancelled once a later round shows this one is over (_free_stale_reservations)
             self.store.set(model_id, rnd, "skipped", eid, f"{skip.reason}: {skip}")
             self.metrics.skip(model_id, skip.reason)
             event(
@@ -257,15 +291,58 @@ class SiteAgent:
             )
             self.io.commit_rounds()
 
+    def _start_epoch(self, ann: RoundAnnouncement) -> None:
+        """The aggregator's history of the model is not the one the local records belong to
+        (the fleet lost its topics and bootstrapped again): trust the bus. Reservations still
+        held under the old records are cancelled, the records archived, and what the site knew
+        of the old history's rounds is forgotten, so its new round 0 is joined like any round."""
+        model_id = ann.model_id
+        old = self.store.of_model(model_id)
+        for rnd, state in sorted(old.items()):
+            if holds_reservation(state) and state.status != "committing":
+                self._cancel(model_id, rnd, state.event_id or event_id_for(self.site.id, model_id, rnd))
+        archived = self.store.start_epoch(model_id, ann.epoch)
+        self._bus_round.pop(model_id, None)
+        self._swept.pop(model_id, None)
+        # cached releases may be the old history's versions: read the models topic again
+        self._releases = {k: v for k, v in self._releases.items() if k[0] != model_id}
+        self.io.rewind_models()
+        if archived:
+            event(logger, "local round records belong to another history of the model; archived "
+                  "(the bus is authoritative)", logging.WARNING, site=self.site.id, model=model_id,
+                  epoch=ann.epoch, archived_rounds=len(archived),
+                  last_archived_round=max(archived), archive=str(self.store.archive_path))
+
+    def _free_stale_reservations(self, model_id: str) -> None:
+        """Cancel reservations held for rounds of ``model_id`` that are over (a retryable skip
+        keeps its reservation while its round may be re-announced), once per round."""
+        current = self._bus_round.get(model_id, -1)
+        if current <= self._swept.get(model_id, 0):
+            return
+        self._swept[model_id] = current
+        for rnd, state in self.store.of_model(model_id).items():
+            if rnd >= current or not holds_reservation(state):
+                continue
+            eid = state.event_id or event_id_for(self.site.id, model_id, rnd)
+            if state.status == "committing":
+                resolved = self._resolve_committing(model_id, rnd, eid)
+                if resolved is None or not holds_reservation(resolved):
+                    continue
+            self._cancel(model_id, rnd, eid)
+            self.store.set(model_id, rnd, "skipped", eid,
+                           f"superseded: round {rnd} is over (round {current} seen); "
+                           f"reservation cancelled")
+            event(logger, "stale reservation cancelled", site=self.site.id, model=model_id,
+                  round=rnd, event_id=eid, was=state.status)
+
     def _join(self, ann: RoundAnnouncement, eid: str) -> None:
         site, model_id, rnd = self.site.id, ann.model_id, ann.round
         cfg = self.models[model_id]
         plan = cfg.privacy
-        if rnd < self._latest_round.get(model_id, -1):
+        if self._round_over(ann):
             raise Skip(
-                "superseded", f"round {rnd} is older than round {self._latest_round[model_id]}"
+                "superseded", f"round {rnd} is over: round {self._bus_round[model_id]} was seen"
             )
-        self._latest_round[model_id] = rnd
         if time.time() > ann.opened_at + ann.deadline_s:
             raise Skip(
                 "expired",
@@ -306,6 +383,9 @@ class SiteAgent:
             )
         windows = data.windows
         epsilon = None
+        # sync only: an async aggregator still takes updates of older rounds (FedBuff staleness)
+        if ann.mode == "sync" and self._round_over(ann):  # closed while data and model were fetched
+            raise Skip("superseded", f"round {rnd} closed before the reservation")
         if plan.mechanism != "off":
             dp_event = rel.round_event(plan, ann.training, len(split[2]))
             grant = self._reserve(ann, eid, windows, dp_event_to_json(dp_event))
@@ -341,6 +421,8 @@ class SiteAgent:
             )
         except FairfleetError as exc:
             raise Skip("training_failed", str(exc)) from exc
+        if ann.mode == "sync" and self._round_over(ann):  # closed while training: release nothing
+            raise Skip("superseded", f"round {rnd} closed during training; nothing released")
         self.metrics.training_seconds.labels(site, model_id).observe(time.perf_counter() - started)
         self.metrics.update_norm.labels(site, model_id).set(out.update_norm)
         self.metrics.clipped.labels(site, model_id).set(out.clipped_fraction)
@@ -354,17 +436,25 @@ class SiteAgent:
         # A retry after a restart must send the identical request (the accountant answers a
         # repeated event id only if nothing differs), so the windows read are stored first.
         self.store.set(ann.model_id, ann.round, "reserving", eid, windows=windows)
-        request = PrivacyReservationRequest(**self._privacy_fields(ann, eid, windows, dp_event))
+        request = PrivacyReservationRequest(
+            **self._privacy_fields(ann.model_id, ann.round, eid, windows, dp_event)
+        )
         timeout = self.config.accountant.grant_timeout_s
-        grant = self.io.request_grant(request, timeout, self._stop)
-        if grant is None:
-            raise Skip(
-                "no_grant", f"no answer from the accountant within {timeout} s (fail closed)"
-            )
-        return grant
+        while True:
+            grant = self.io.request_grant(request, timeout, self._stop)
+            if grant is not None:
+                return grant
+            if self._round_over(ann) or time.time() > ann.opened_at + ann.deadline_s:
+                raise Skip(
+                    "no_grant", f"no answer from the accountant within {timeout} s (fail closed)"
+                )
+            # the same event id again: the accountant answers a repeat idempotently
+            event(logger, "no answer from the accountant; asking again while the round is open",
+                  logging.WARNING, site=self.site.id, model=ann.model_id, round=ann.round,
+                  timeout_s=timeout)
 
     def _privacy_fields(
-        self, ann: RoundAnnouncement, eid: str, windows: WindowRanges, dp_event: dict[str, Any]
+        self, model_id: str, rnd: int, eid: str, windows: WindowRanges, dp_event: dict[str, Any]
     ) -> dict[str, Any]:
         """The fields a reservation request and its commit / cancel event share.
 
@@ -379,36 +469,37 @@ class SiteAgent:
             site=self.site.id,
             site_class=self.site.site_class,
             source=self.site.data_source,
-            unit=rel.privacy_unit(self.models[ann.model_id].privacy).value,
-            model_id=ann.model_id,
-            round=ann.round,
+            unit=rel.privacy_unit(self.models[model_id].privacy).value,
+            model_id=model_id,
+            round=rnd,
             windows=hull(charged),
             dp_event=dp_event,
         )
 
     def _event(
         self,
-        ann: RoundAnnouncement,
+        model_id: str,
+        rnd: int,
         eid: str,
         windows: WindowRanges,
         action: str,
         dp_event: dict[str, Any],
     ) -> PrivacyEventMessage:
         return PrivacyEventMessage.model_validate(
-            dict(action=action, **self._privacy_fields(ann, eid, windows, dp_event))
+            dict(action=action, **self._privacy_fields(model_id, rnd, eid, windows, dp_event))
         )
 
-    def _cancel(self, ann: RoundAnnouncement, eid: str) -> None:
-        if self.models[ann.model_id].privacy.mechanism == "off":
+    def _cancel(self, model_id: str, rnd: int, eid: str) -> None:
+        if self.models[model_id].privacy.mechanism == "off":
             return
         # the range _reserve stored (write-ahead) before the request went out
-        state = self.store.get(ann.model_id, ann.round)
+        state = self.store.get(model_id, rnd)
         windows = (
             state.windows
             if state is not None and state.windows
             else (WindowRange(first=0, last=0),)
         )
-        self.io.cancel(self._event(ann, eid, windows, "cancel", {}))
+        self.io.cancel(self._event(model_id, rnd, eid, windows, "cancel", {}))
 
     def _publish(
         self, ann: RoundAnnouncement, eid: str, windows: WindowRanges, out: rel.Release
@@ -445,7 +536,9 @@ class SiteAgent:
             ("stats", stats, b""),
         ]
         if out.dp_event is not None:
-            commit = self._event(ann, eid, windows, "commit", dp_event_to_json(out.dp_event))
+            commit = self._event(
+                model_id, rnd, eid, windows, "commit", dp_event_to_json(out.dp_event)
+            )
             sends.append(("privacy.events", commit, b""))
         try:
             self.io.publish_atomically(

@@ -1,10 +1,13 @@
 """The site agent's bus clients and the bus half of the reservation protocol.
 
-- ``rounds`` (group ``site-<id>-rounds``, offsets committed with each round's transaction),
-  ``models`` (group ``site-<id>-models``, never committed: every start reads the compacted topic
-  from the beginning), ``privacy.grants`` (group ``site-<id>-grants``);
-- a transactional producer (``transactional.id = "site-<id>"``: a new incarnation fences the
+- ``rounds`` (group ``<prefix>site-<id>-rounds``, offsets committed with each round's
+  transaction), ``models`` (group ``<prefix>site-<id>-models``, never committed: every start
+  reads the compacted topic from the beginning), ``privacy.grants`` (group
+  ``<prefix>site-<id>-grants``);
+- a transactional producer (``transactional.id = "<prefix>site-<id>"``: a new incarnation fences the
   old one and aborts its open transaction) and a plain one (requests, dead letters).
+
+Both transactions (a round's publish, a cancel) run through ``fairfleet.bus.transactions``.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ from collections.abc import Callable, Sequence
 from fairfleet.bus import Bus, Publisher, Reader, topic_name
 from fairfleet.bus.limits import DEFAULT_LIMITS, InputLimits
 from fairfleet.bus.topics import LOGICAL_TOPICS
-from fairfleet.errors import BusError, FairfleetError
+from fairfleet.bus.transactions import Transaction, run_transaction
+from fairfleet.errors import FairfleetError, OutcomeUnknown, ProducerFenced
 from fairfleet.log import event
 from fairfleet.messages import (
     DeadLetter,
@@ -34,10 +38,6 @@ SERVICE = "site_agent"
 
 class Interrupted(Exception):
     """The agent is stopping mid-round; the round's state stays non-terminal (a restart resumes)."""
-
-
-class OutcomeUnknown(Exception):
-    """A transaction failed and could not be aborted: whether it committed is unknown."""
 
 
 class AgentBus:
@@ -57,11 +57,15 @@ class AgentBus:
         self.limits = limits
         self.on_dead_letter = on_dead_letter  # e.g. a metric; called for every dead letter
         self.topics = {t: topic_name(t, prefix) for t in LOGICAL_TOPICS}
-        self.tx = Publisher(bus.producer(transactional_id=f"site-{site_id}"), chunk_bytes)
+        # Every group and transactional id carries the topic prefix: two fleets on one broker
+        # with the same site ids neither share consumer groups nor fence each other.
+        self.client_prefix = f"{prefix}site-{site_id}"
+        self.transactional_id = self.client_prefix
+        self.tx = Publisher(bus.producer(transactional_id=self.transactional_id), chunk_bytes)
         self.plain = Publisher(bus.producer(), chunk_bytes)
-        self.rounds = self._reader(f"site-{site_id}-rounds", "rounds")
-        self.models = self._reader(f"site-{site_id}-models", "models")
-        self.grants = self._reader(f"site-{site_id}-grants", "privacy.grants")
+        self.rounds = self._reader(f"{self.client_prefix}-rounds", "rounds")
+        self.models = self._reader(f"{self.client_prefix}-models", "models")
+        self.grants = self._reader(f"{self.client_prefix}-grants", "privacy.grants")
 
     def _reader(self, group: str, logical: str) -> Reader:
         return Reader(self.bus.consumer(group, [self.topics[logical]]), SERVICE, self.dead_letter,
@@ -78,6 +82,11 @@ class AgentBus:
             )
         except FairfleetError as exc:
             event(logger, "dead letter not published", logging.ERROR, error=str(exc))
+
+    def rewind_models(self) -> None:
+        """Read the compacted ``models`` topic again from its start (its group never commits)."""
+        self.models.consumer.seek_to_committed()
+        self.models = Reader(self.models.consumer, SERVICE, self.dead_letter)
 
     def commit_rounds(self) -> None:
         """Store the rounds consumer's position (an announcement handled without a transaction)."""
@@ -121,41 +130,44 @@ class AgentBus:
         """One transaction: every (logical topic, message, payload) plus the rounds offset.
 
         ``before_commit`` runs right before ``commit_transaction`` (the write-ahead state).
-        Raises BusError if the transaction failed and was aborted (nothing visible), or
-        OutcomeUnknown if it could not even be aborted.
+        Raises TransactionAborted (a BusError: nothing is visible), or OutcomeUnknown if it
+        could not be aborted or the producer failed fatally (then it is re-created, which
+        aborts whatever the old one left open, so the outcome can be read from the bus).
         """
-        producer = self.tx.producer
-        try:
-            producer.begin_transaction()
+
+        def body(txn: Transaction) -> None:
             for logical, msg, payload in sends:
                 self.tx.send(self.topics[logical], msg, payload, key=self.site_id)
-            offsets = self.rounds.safe_offsets()
-            if offsets:
-                producer.send_offsets_to_transaction(self.rounds.consumer, offsets)
-            before_commit()
-            producer.commit_transaction()
-        except BaseException as exc:  # any failure (not only the bus's) must not leave it open
-            try:
-                producer.abort_transaction()
-            except BusError:
-                raise OutcomeUnknown(str(exc)) from exc
-            raise
+            txn.send_offsets(self.rounds.consumer, self.rounds.safe_offsets())
+
+        try:
+            run_transaction(self.tx.producer, body, before_commit=before_commit)
+        except ProducerFenced as exc:
+            self._renew_producer(exc)
+            raise OutcomeUnknown(str(exc)) from exc
 
     def cancel(self, msg: PrivacyEventMessage) -> None:
         """Publish a cancel event (in its own transaction); failures are logged, not raised."""
-        producer = self.tx.producer
         try:
-            producer.begin_transaction()
-            self.tx.send(self.topics["privacy.events"], msg, key=self.site_id)
-            producer.commit_transaction()
+            run_transaction(
+                self.tx.producer,
+                lambda _txn: self.tx.send(self.topics["privacy.events"], msg, key=self.site_id),
+            )
         except FairfleetError as exc:
             event(
                 logger, "cancel not published", logging.ERROR, event_id=msg.event_id, error=str(exc)
             )
-            try:  # an open transaction would make the next begin_transaction fail
-                producer.abort_transaction()
-            except BusError as abort_exc:
-                event(logger, "abort failed", logging.ERROR, error=str(abort_exc))
+            if isinstance(exc, ProducerFenced):
+                self._renew_producer(exc)
+
+    def _renew_producer(self, cause: BaseException) -> None:
+        """A new transactional producer (same id) after a fatal error of the old one."""
+        event(logger, "transactional producer failed fatally; re-creating it", logging.ERROR,
+              site=self.site_id, error=str(cause))
+        # The old one is dropped unflushed: its records belong to a transaction that the new
+        # producer's init_transactions aborts.
+        self.tx = Publisher(self.bus.producer(transactional_id=self.transactional_id),
+                            self.tx.chunk_bytes)
 
     def find_commit(self, event_id: str, timeout: float = 30.0) -> bool | None:
         """Is a commit of ``event_id`` in ``privacy.events``? None if the topic could not be read
@@ -166,7 +178,7 @@ class AgentBus:
         read_committed.
         """
         consumer = self.bus.consumer(
-            f"site-{self.site_id}-resolve-{uuid.uuid4().hex[:8]}", [self.topics["privacy.events"]]
+            f"{self.client_prefix}-resolve-{uuid.uuid4().hex[:8]}", [self.topics["privacy.events"]]
         )
         reader = Reader(consumer, SERVICE, limits=self.limits)
         quiet, deadline = 0, time.monotonic() + timeout

@@ -31,7 +31,8 @@ def config(**rounds: Any) -> FleetConfig:
         "kafka": {"topic_prefix": f"u{uuid.uuid4().hex[:6]}.", "chunk_bytes": 1024},
         "models": [{"id": "m", "model": {"name": "linear", "params": {"in_features": 3}},
                     "strategy": {"name": "fedavg"},
-                    "rounds": {"rounds": 3, "quorum": 2, "min_sites": 2, **rounds},
+                    "rounds": {"rounds": 3, "quorum": 2, "min_sites": 2, "quorum_grace_s": 0,
+                               **rounds},
                     "privacy": {"mechanism": "off"}}],
         "sites": [{"id": s, "class": s[0], "public_key": KEYS[s][1]} for s in SITES],
     })
@@ -280,3 +281,68 @@ def test_chunked_checkpoint_keys_survive_compaction_and_stale_chunks_are_ignored
     assert latest is not None and latest.version == 2 and latest.accepted == (("a0", 2),)
     assert latest.strategy_state.scalars == {"classes": ["a", "b"]}
     assert np.array_equal(latest.strategy_state.arrays["lambda"], [0.5, 0.0])
+
+
+def dead_letters(fleet: Fleet) -> list[DeadLetter]:
+    reader = Reader(fleet.bus.consumer(uuid.uuid4().hex, [f"{fleet.prefix}deadletter"]), "t")
+    out = []
+    while (env := reader.poll(0)) is not None:
+        assert isinstance(env.message, DeadLetter)
+        out.append(env.message)
+    return out
+
+
+def test_a_round_below_min_sites_is_voided_after_its_reannouncements() -> None:
+    import time
+
+    cfg = config(quorum=3, min_sites=2, deadline_s=0.15, max_reannouncements=1)
+    fleet = Fleet(cfg)
+    theta = fleet.agg.global_vector()
+    fleet.send("a0", 0.1)
+    fleet.pump(2)
+    started = time.monotonic()
+    while fleet.agg.ckpt.round == 0 and time.monotonic() - started < 5:
+        fleet.pump(1)
+        time.sleep(0.01)
+    waited = time.monotonic() - started
+    assert fleet.agg.ckpt.round == 1 and fleet.agg.ckpt.version == 0
+    assert 0.25 <= waited < 0.3 + 0.5  # deadline * (max_reannouncements + 1), plus a poll
+    assert np.array_equal(fleet.agg.global_vector(), theta)  # a voided round changes no model
+    m = fleet.agg.metrics
+    assert m.voided.labels("m")._value.get() == 1 and m.extensions.labels("m")._value.get() == 1
+    assert [a.round for a in announcements(fleet)] == [0, 0, 1]
+    assert announcements(fleet)[-1].model_version == 0
+    letters = dead_letters(fleet)
+    assert [(d.reason, d.site, d.model_id, d.round, d.original_type) for d in letters] == [
+        ("void_round", "a0", "m", 0, "update")]
+    assert fleet.agg.ckpt.history[-1]["voided"] is True
+    # the next round closes normally from the same version
+    fleet.send("a0", 0.1)
+    fleet.send("b0", 0.3)
+    fleet.send("b1", 0.3)
+    fleet.pump()
+    assert fleet.agg.ckpt.version == 1 and fleet.agg.ckpt.round == 2
+    # an update for the voided round arriving now is late, dead-lettered with its round
+    fleet.send("a1", 0.2, ann=announcements(fleet)[0])
+    fleet.pump()
+    assert [(d.reason, d.site, d.round) for d in dead_letters(fleet)][-1] == ("late", "a1", 0)
+
+
+def test_after_quorum_the_round_waits_a_grace_for_the_other_sites_unless_all_reported() -> None:
+    import time
+
+    fleet = Fleet(config(quorum=2, min_sites=2, quorum_grace_s=0.3, deadline_s=30))
+    fleet.send("a0", 0.1)
+    fleet.send("b0", 0.3)
+    fleet.pump(3)
+    assert fleet.agg.ckpt.version == 0  # quorum met, grace running
+    fleet.send("a1", 0.2)  # a site slightly behind makes it into the round
+    fleet.pump(3)
+    time.sleep(0.35)
+    fleet.pump(2)
+    assert fleet.agg.ckpt.version == 1
+    assert fleet.agg.ckpt.history[-1]["sites"] == ["a0", "a1", "b0"]
+    for site in SITES:  # every site of the model reported: no grace needed
+        fleet.send(site, 0.1)
+    fleet.pump(len(SITES) + 1)
+    assert fleet.agg.ckpt.version == 2

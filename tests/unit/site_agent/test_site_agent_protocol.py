@@ -47,6 +47,7 @@ def csv_folder(tmp: Path, rows: int = 80) -> Path:
 
 # window k of the one file (count windows of 20): its id is the file's stream code and k
 W0 = count_window_id(Position("part-000.csv", 0), 20)
+W03 = (WindowRange(first=0, last=3),)
 
 
 def files_connector(folder: Path) -> dict[str, Any]:
@@ -158,18 +159,31 @@ def test_restart_in_the_committing_state_resolves_from_the_bus(setup: Any) -> No
     assert sorted((e.round, e.action) for e in events) == [(0, "commit"), (1, "commit")]
 
 
-def test_an_unanswered_reservation_skips_the_round(setup: Any) -> None:
-    config, bus, prefix, _ = setup(grant_timeout_s=0.5)  # no accountant running: fail closed
+def test_an_unanswered_reservation_is_asked_again_while_the_round_is_open(setup: Any) -> None:
+    """No accountant: the site asks again (same event id) until the round's deadline, skips it
+    as no_grant (fail closed) keeping the reservation for a re-announcement, and cancels it once
+    a later round shows the round is over."""
+    import time
+
+    config, bus, prefix, _ = setup(grant_timeout_s=0.3)  # no accountant running: fail closed
     ann = Announcer(bus, config)
     agent = SiteAgent(config, "s1", bus=bus)
     ann.release("m1", 0)
-    ann.announce("m1", 0, 0)
+    ann.announce("m1", 0, 0, deadline_s=1.5)
+    started = time.monotonic()
     assert run_until(agent, "m1", 0) == "skipped:no_grant"
-    agent.close()
+    assert time.monotonic() - started >= 1.0  # asked again while the round was open
     assert metric(agent, "fairfleet_site_rounds_skipped_total", site="s1", model="m1", reason="no_grant") == 1
+    requests = [m for m, _ in read_all(bus, prefix, "privacy.requests") if isinstance(m, PrivacyReservationRequest)]
+    assert len(requests) >= 3 and {r.event_id for r in requests} == {event_id_for("s1", "m1", 0)}
+    assert read_all(bus, prefix, "privacy.events", wait_s=1) == []  # held for a re-announcement
+    ann.announce("m1", 1, 0, deadline_s=0.5)  # round 0 is over
+    assert run_until(agent, "m1", 1) == "skipped:no_grant"
+    agent.close()
     events = [m for m, _ in read_all(bus, prefix, "privacy.events") if isinstance(m, PrivacyEventMessage)]
     assert [(e.round, e.action) for e in events] == [(0, "cancel")]
     assert (events[0].windows.first, events[0].windows.last) == (W0, W0 + 3)  # the range it reserved
+    assert agent.store.get("m1", 0).reason.startswith("superseded")  # type: ignore[union-attr]
     assert read_all(bus, prefix, "updates", wait_s=1) == []
 
 
@@ -225,18 +239,23 @@ def test_a_round_skipped_as_expired_is_joined_when_reannounced_and_published_onc
     assert budget["events_committed"] == 1
 
 
-def test_only_skips_before_any_reservation_for_a_passing_reason_are_retried() -> None:
-    from fairfleet.site_agent.state import RoundState, is_final
+def test_passing_skips_are_retried_within_their_round_and_held_reservations_are_known() -> None:
+    from fairfleet.site_agent.state import RoundState, holds_reservation, is_final
 
     assert not is_final(None)
     assert not is_final(RoundState("granted", "e"))
     assert is_final(RoundState("published", "e"))
-    for reason in ("expired", "no_data", "model_unavailable"):
+    for reason in ("expired", "no_data", "model_unavailable", "denied", "no_grant", "publish_failed"):
         assert not is_final(RoundState("skipped", "e", f"{reason}: detail"))
-        # a reservation was sent (windows stored): its skip is final
-        assert is_final(RoundState("skipped", "e", f"{reason}: detail", windows=(WindowRange(first=0, last=3),)))
-    for reason in ("denied", "no_grant", "plan_mismatch", "superseded", "unresolved", "training_failed"):
+        assert not is_final(RoundState("skipped", "e", f"{reason}: detail", windows=W03))
+        assert not holds_reservation(RoundState("skipped", "e", f"{reason}: detail"))
+        assert holds_reservation(RoundState("skipped", "e", f"{reason}: d", windows=W03)) is (
+            reason != "denied")
+    for reason in ("plan_mismatch", "superseded", "unresolved", "training_failed", "data_changed"):
         assert is_final(RoundState("skipped", "e", f"{reason}: detail"))
+        assert not holds_reservation(RoundState("skipped", "e", f"{reason}: d", windows=W03))
+    assert holds_reservation(RoundState("reserving", "e", windows=W03))
+    assert not holds_reservation(RoundState("published", "e", windows=W03))
 
 
 def test_the_grants_consumer_is_polled_between_rounds(setup: Any) -> None:
@@ -352,3 +371,39 @@ def test_dpsgd_rounds_reserve_the_subsampled_gaussian_at_the_observation_unit(tm
     assert update.privacy.steps == steps and update.privacy.sampling_rate == 0.25 and update.privacy.noise_std > 0
     (budget,) = accountant.budgets("s1")
     assert budget["unit"] == "observation" and 0 < budget["epsilon_spent"] <= 20.0
+
+
+def test_a_round_that_closes_during_training_releases_nothing_and_frees_its_budget(
+    setup: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The aggregator closes round 0 (its ModelRelease opening round 1 appears) while the site
+    trains: the site publishes nothing, cancels its reservation (no ε spent), and a round the
+    bus already shows as over is skipped before any reservation."""
+    from fairfleet.site_agent import release as rel
+
+    config, bus, prefix, accountant = setup()
+    ann = Announcer(bus, config)
+    real_prepare = rel.prepare_release
+
+    def closes_meanwhile(*args: Any, **kw: Any) -> Any:
+        ann.release("m1", 1)  # round 0 closed: version 1 opens round 1
+        return real_prepare(*args, **kw)
+
+    monkeypatch.setattr(rel, "prepare_release", closes_meanwhile)
+    with accountant:
+        agent = SiteAgent(config, "s1", bus=bus)
+        ann.release("m1", 0)
+        ann.announce("m1", 0, 0)
+        assert run_until(agent, "m1", 0) == "skipped:superseded"
+        monkeypatch.setattr(rel, "prepare_release", real_prepare)
+        ann.announce("m1", 0, 0)  # a stale re-announcement of the closed round: nothing reserved
+        for _ in range(10):
+            agent.step(0.05)
+        agent.close()
+    assert read_all(bus, prefix, "updates", wait_s=1) == []
+    events = [m for m, _ in read_all(bus, prefix, "privacy.events") if isinstance(m, PrivacyEventMessage)]
+    assert [(e.round, e.action) for e in events] == [(0, "cancel")]
+    requests = [m for m, _ in read_all(bus, prefix, "privacy.requests") if isinstance(m, PrivacyReservationRequest)]
+    assert len(requests) == 1
+    (budget,) = accountant.budgets("s1")
+    assert budget["events_committed"] == 0 and budget["epsilon_spent"] == 0
