@@ -12,11 +12,20 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from fairfleet.errors import ConfigError
 from fairfleet.messages import LocalTrainingPlan, ModelSpec, PrivacyPlan
+from fairfleet.privacy.policy import DEFAULT_POLICY, Policies, PolicyMatch, PolicySet
 
 
 class _Strict(BaseModel):
@@ -93,22 +102,6 @@ class ModelConfig(_Strict):
     metrics_port: Annotated[int, Field(ge=0, le=65535)] = 9201
 
 
-class PolicyConfig(_Strict):
-    """Privacy policy: the ledger may not exceed epsilon_max at delta for this unit."""
-
-    epsilon_max: Annotated[float, Field(gt=0)] = 8.0
-    delta: Annotated[float, Field(gt=0, lt=1)] = 1e-5
-    unit: Literal["observation", "site"] = "site"
-
-
-class PoliciesConfig(_Strict):
-    """Defaults, overridden per site class, overridden per site (most specific wins)."""
-
-    defaults: PolicyConfig = Field(default_factory=PolicyConfig)
-    classes: dict[str, PolicyConfig] = Field(default_factory=dict)
-    sites: dict[str, PolicyConfig] = Field(default_factory=dict)
-
-
 class ConnectorConfig(_Strict):
     type: str = "simulator"
     params: dict[str, Any] = Field(default_factory=dict)
@@ -166,7 +159,8 @@ class FleetConfig(BaseSettings):
     fleet: str = "fleet"
     kafka: KafkaConfig = Field(default_factory=KafkaConfig)
     models: list[ModelConfig] = Field(default_factory=list)
-    policies: PoliciesConfig = Field(default_factory=PoliciesConfig)
+    policies: Policies = Field(default_factory=lambda: Policies(defaults=[DEFAULT_POLICY]))
+    """Privacy budgets (privacy/policy.py; omitted defaults: ε_max 8 at δ 1e-5, unit site)."""
     sites: list[SiteConfig] = Field(default_factory=list)
     accountant: AccountantConfig = Field(default_factory=AccountantConfig)
     state_dir: str = ".fairfleet/state"
@@ -174,6 +168,13 @@ class FleetConfig(BaseSettings):
     """Interface the services' /metrics servers bind (0.0.0.0 in containers)."""
 
     _base_dir: Path | None = PrivateAttr(default=None)
+
+    @field_validator("policies")
+    @classmethod
+    def _default_policy(cls, value: Policies) -> Policies:
+        if value.defaults is None:
+            return value.model_copy(update={"defaults": [DEFAULT_POLICY]})
+        return value
 
     @model_validator(mode="after")
     def _references(self) -> FleetConfig:
@@ -219,15 +220,18 @@ class FleetConfig(BaseSettings):
                 return s
         raise ConfigError(f"Unknown site '{site_id}'; configured: {[s.id for s in self.sites]}")
 
-    def policy_for(self, site_id: str, site_class: str | None = None) -> PolicyConfig:
-        """Most specific policy: per site, else per class, else the defaults."""
-        if site_id in self.policies.sites:
-            return self.policies.sites[site_id]
-        if site_class is None:
-            site_class = next((s.site_class for s in self.sites if s.id == site_id), None)
-        if site_class is not None and site_class in self.policies.classes:
-            return self.policies.classes[site_class]
-        return self.policies.defaults
+    def policy_set(self) -> PolicySet:
+        """The fleet's policies with each site's class: what the accountant enforces."""
+        return PolicySet(
+            defaults=self.policies.defaults,
+            classes=self.policies.classes,
+            sites=self.policies.sites,
+            site_classes=self.site_classes(),
+        )
+
+    def policy_for(self, site_id: str, unit: str) -> PolicyMatch:
+        """The policy of a site's ``unit`` ledgers and the entry that decided (PolicySet.resolve)."""
+        return self.policy_set().resolve(unit, site_id)
 
     def public_keys(self) -> dict[str, str]:
         return {s.id: s.public_key for s in self.sites}

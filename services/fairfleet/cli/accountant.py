@@ -47,7 +47,7 @@ def run_cmd(
     import signal
     import threading
 
-    from fairfleet.accountant.policies import load_policies, policies_from_config
+    from fairfleet.accountant.policies import load_policies
     from fairfleet.accountant.service import AccountantOptions, AccountantService
     from fairfleet.bus import connect
     from fairfleet.errors import ConfigError
@@ -70,7 +70,7 @@ def run_cmd(
         metrics_port = cfg.accountant.metrics_port if metrics_port is None else metrics_port
         metrics_host = metrics_host or cfg.metrics_host
         if policy is None:
-            policies = policies_from_config(cfg)  # the config already loaded, not read again
+            policies = cfg.policy_set()  # the config already loaded, not read again
         reported = cfg.accountant.reported_accountant
     if policy is not None:
         policies = load_policies(policy)

@@ -41,7 +41,7 @@ import numpy as np
 from fairfleet.privacy.accounting import PldAccountant, RdpAccountant
 from fairfleet.privacy.algebra import NON_PRIVATE, Leaves, Unsupported, reduce_event
 from fairfleet.privacy.events import LedgerKey, PrivacyRecord, PrivacyUnit
-from fairfleet.privacy.policy import Policy, PolicySet
+from fairfleet.privacy.policy import Policy, PolicyMatch, PolicySet
 from fairfleet.privacy.rdp import epsilon_from_rdp
 from fairfleet.privacy.segments import SourceLedger
 
@@ -125,10 +125,14 @@ class Ledger:
                         total.update(seg.pending)
         return total
 
-    def policy_for(self, key: LedgerKey, site_class: str = "") -> Policy | None:
+    def policy_match(self, key: LedgerKey, site_class: str = "") -> PolicyMatch:
+        """The policy of a ledger and the entry that decided (PolicySet.resolve)."""
         source = self._sources.get(key)
         klass = site_class or (source.site_class if source else "")
         return self.policies.resolve(key.unit, key.site, klass)
+
+    def policy_for(self, key: LedgerKey, site_class: str = "") -> Policy | None:
+        return self.policy_match(key, site_class).policy
 
     def _deny(self, record: PrivacyRecord, code: DenyReason, detail: str, **kw: Any) -> Decision:
         return Decision(record.event_id, False, f"{code.value}: {detail}", code.value, **kw)
@@ -178,12 +182,13 @@ class Ledger:
                     repeated=True,
                     reason=f"already {existing.state.value}",
                 )
-            policy = self.policy_for(record.key, record.site_class)
+            match = self.policy_match(record.key, record.site_class)
+            policy = match.policy
             if policy is None:
                 return self._deny(
                     record,
                     DenyReason.NO_POLICY,
-                    f"no policy for {record.key} (class {record.site_class!r})",
+                    f"no policy for {record.key} (class {record.site_class!r}): {match.reason}",
                 )
             leaves = self._leaves(record)
             if isinstance(leaves, Unsupported):
@@ -366,7 +371,8 @@ class Ledger:
                 if site is not None and key.site != site:
                     continue
                 source = self._sources[key]
-                policy = self.policy_for(key)
+                match = self.policy_match(key)
+                policy = match.policy
                 delta = policy.delta if policy else REPORT_DELTA
                 spent = self.epsilon(key, delta, "rdp")
                 with_pending = self.epsilon(key, delta, "rdp", pending=True)
@@ -380,6 +386,7 @@ class Ledger:
                     "epsilon_spent": spent,
                     "epsilon_reserved": with_pending,
                     "epsilon_limit": limit,
+                    "policy": match.matched,
                     "epsilon_remaining": None if limit is None else limit - spent,
                     "budget_used_ratio": None if limit is None else spent / limit,
                     "delta": delta,

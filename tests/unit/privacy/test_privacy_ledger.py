@@ -214,11 +214,13 @@ def test_policy_resolution_order() -> None:
         sites={"s9": Policy(epsilon_max=1, delta=1e-7)},
         site_classes={"s2": "old"},
     )
-    assert policies.resolve("observation", "s9").epsilon_max == 1  # type: ignore[union-attr]
-    assert policies.resolve("observation", "s2", "new").epsilon_max == 4  # type: ignore[union-attr]
-    assert policies.resolve("site", "s3", "old").epsilon_max == 9  # type: ignore[union-attr]
-    assert policies.resolve("site", "s3").epsilon_max == 8  # type: ignore[union-attr]
-    assert PolicySet().resolve("site", "s3") is None
+    assert policies.policy("observation", "s9").epsilon_max == 1  # type: ignore[union-attr]
+    assert policies.policy("observation", "s2", "new").epsilon_max == 4  # type: ignore[union-attr]
+    assert policies.policy("site", "s3", "old").epsilon_max == 9  # type: ignore[union-attr]
+    assert policies.policy("site", "s3").epsilon_max == 8  # type: ignore[union-attr]
+    assert policies.resolve("site", "s2", "new").matched == "classes.old"
+    assert policies.resolve("site", "s3").matched == "defaults"
+    assert PolicySet().policy("site", "s3") is None
 
 
 # ------------------------------------------------------------ concurrency, reads, replay
