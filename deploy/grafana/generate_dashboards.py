@@ -181,7 +181,8 @@ def fairness() -> Board:
 
 def privacy() -> Board:
     b = Board("fairfleet-privacy", "fairfleet / Privacy",
-              "Epsilon spent per site and data source against the policy, burn rate, projected exhaustion.",
+              "Epsilon spent per site and data source against the policy, burn rate, projected exhaustion. "
+              "Every epsilon here is the ledger's one figure (RDP, as admitted; never decreases).",
               [SITE])
     s = 'site=~"$site"'
     b.row("Budget")
@@ -204,8 +205,10 @@ def privacy() -> Board:
             description="Remaining epsilon divided by the spend rate over the last 6 hours; no line = no spend.")
     b.panel("timeseries", "Epsilon remaining",
             [(f"fairfleet_privacy_epsilon_remaining{{{s}}}", "{{site}} / {{source}}")])
-    b.panel("timeseries", "Epsilon per model, as the site computes it",
-            [(f"fairfleet_site_epsilon_spent{{{s}}}", "{{site}} {{model}}")])
+    b.panel("timeseries", "Ledger epsilon at each site's last grant, per model",
+            [(f"fairfleet_site_epsilon_spent{{{s}}}", "{{site}} {{model}}")],
+            description="The accountant's figure the grant carried: the ledger with this release and "
+                        "the reservations pending at that moment (the same RDP epsilon as 'spent').")
     b.row("Reservations")
     b.panel("timeseries", "Grants per hour",
             [(f"sum by (site) (increase(fairfleet_privacy_grants_total{{{s}}}[1h]))", "{{site}}")])

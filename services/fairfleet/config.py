@@ -145,7 +145,18 @@ class SiteConfig(_Strict):
 class AccountantConfig(_Strict):
     db: str = ".fairfleet/accountant/ledger.sqlite"
     metrics_port: Annotated[int, Field(ge=0, le=65535)] = 9100
-    reported_accountant: Literal["pld", "rdp"] = "pld"
+    reported_accountant: Literal["rdp"] = "rdp"
+    """Kept so configs naming it stay valid: every ε shown is the admission accountant's (RDP)."""
+
+    @field_validator("reported_accountant", mode="before")
+    @classmethod
+    def _one_figure(cls, value: Any) -> Any:
+        if value != "rdp":
+            raise ValueError(
+                f"only rdp: every ε fairfleet shows is the one figure admission uses, so it never "
+                f"decreases (docs/privacy.md, 'One ε per ledger'); remove the field. Found {value!r}"
+            )
+        return value
     grant_timeout_s: Annotated[float, Field(gt=0)] = 30.0
 
 

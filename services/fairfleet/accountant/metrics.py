@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from fairfleet import __version__
@@ -18,7 +20,7 @@ class AccountantMetrics:
         ledger = ["site", "source", "unit"]
         self.spent = Gauge(
             "fairfleet_privacy_epsilon_spent",
-            "Epsilon spent (committed) by the ledger.",
+            "Epsilon spent (committed) by the ledger: its one reported figure (RDP, as admitted).",
             ledger,
             registry=r,
         )
@@ -64,10 +66,11 @@ class AccountantMetrics:
         )
         info.labels(SERVICE, __version__).set(1)
 
-    def set_ledger(self, key: LedgerKey, spent: float, limit: float | None) -> None:
+    def set_ledger(self, key: LedgerKey, row: dict[str, Any]) -> None:
+        """The gauges of one ledger from its ``Ledger.budgets`` row (the /budgets figures)."""
         labels = (key.site, key.source, key.unit.value)
-        self.spent.labels(*labels).set(spent)
-        if limit is not None:
-            self.limit.labels(*labels).set(limit)
-            self.remaining.labels(*labels).set(limit - spent)
-            self.used_ratio.labels(*labels).set(spent / limit)
+        self.spent.labels(*labels).set(row["epsilon_spent"])
+        if row["epsilon_limit"] is not None:
+            self.limit.labels(*labels).set(row["epsilon_limit"])
+            self.remaining.labels(*labels).set(row["epsilon_remaining"])
+            self.used_ratio.labels(*labels).set(row["budget_used_ratio"])

@@ -12,8 +12,8 @@ release). For every message, in this order (the one commit authority, STYLE.md 1
 A crash anywhere (kill -9 included) leaves SQLite with a message either fully applied or not at
 all, so a restart loses nothing and charges nothing twice. Fail closed: an error before step 3
 sends no grant (the site agent, hearing nothing, does not release); a release that cannot be
-accounted is charged as non-private. Admission and the live gauges use the RDP accountant; the
-``/budgets`` endpoint can also report PLD (``?accountant=pld``).
+accounted is charged as non-private. Admission, the gauges and ``/budgets`` all use the one ε of
+each ledger (RDP, ``Ledger.budgets``); the gauges are set from the same rows ``/budgets`` serves.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from pydantic import ValidationError
 from fairfleet.accountant.metrics import AccountantMetrics
 from fairfleet.accountant.store import LedgerStore, Row
 from fairfleet.bus import Bus, Envelope, Publisher, Reader, dead_letter_for, topic_name
-from fairfleet.errors import BusError, ConfigError, FairfleetError
+from fairfleet.errors import BusError, FairfleetError
 from fairfleet.log import event
 from fairfleet.messages import (
     DeadLetter,
@@ -40,8 +40,8 @@ from fairfleet.messages import (
     PrivacyReservationRequest,
 )
 from fairfleet.metrics import MetricsServer, serve
-from fairfleet.privacy.events import LedgerKey, PrivacyRecord
-from fairfleet.privacy.ledger import REPORT_DELTA, Decision, EventState
+from fairfleet.privacy.events import LedgerKey, PrivacyRecord, PrivacyUnit
+from fairfleet.privacy.ledger import Decision, EventState
 from fairfleet.privacy.policy import PolicySet
 
 logger = logging.getLogger(__name__)
@@ -56,13 +56,6 @@ class AccountantOptions:
     kafka_commit_interval_s: float = 1.0
     lag_interval_s: float = 2.0
     consume_requests: bool = True  # False: replay privacy.events only (rebuild)
-    reported_accountant: str = "rdp"  # gauges and /budgets default; "pld" refreshes in background
-
-    def __post_init__(self) -> None:
-        if self.reported_accountant not in ("rdp", "pld"):
-            raise ConfigError(
-                f"reported_accountant must be rdp or pld. Found {self.reported_accountant!r}."
-            )
 
 
 class AccountantService:
@@ -94,16 +87,6 @@ class AccountantService:
         self.publisher = Publisher(bus.producer())
         self.reader = Reader(consumer, "accountant", on_dead_letter=self._dead_letter)
         self.http: MetricsServer | None = None
-        self._dirty: set[LedgerKey] = set()
-        self._dirty_lock = threading.Lock()
-        self._dirty_event = threading.Event()
-        self._closing = threading.Event()
-        self._reporter: threading.Thread | None = None
-        if self.options.reported_accountant == "pld":
-            self._reporter = threading.Thread(
-                target=self._report_loop, name="pld-report", daemon=True
-            )
-            self._reporter.start()
         self._last_kafka_commit = 0.0
         self._last_lag = 0.0
         for key in self.ledger.ledger_keys():
@@ -130,12 +113,15 @@ class AccountantService:
 
     def budgets_json(self, params: dict[str, str]) -> dict[str, Any]:
         """Read-only: every ledger (or one site's) with spent, limit and remaining ε."""
-        accountant = params.get("accountant", self.options.reported_accountant)
-        if accountant not in ("rdp", "pld"):
-            raise ValueError(f"accountant must be rdp or pld. Found {accountant!r}.")
+        accountant = params.get("accountant", "rdp")
+        if accountant != "rdp":
+            raise ValueError(
+                f"/budgets reports one ε per ledger, the RDP figure admission uses (docs/privacy.md); "
+                f"accountant={accountant!r} is not served."
+            )
         return {
             "accountant": accountant,
-            "budgets": self.ledger.budgets(site=params.get("site") or None, accountant=accountant),
+            "budgets": self.ledger.budgets(site=params.get("site") or None),
             "applied_offsets": {f"{t}:{p}": o for (t, p), o in sorted(self.applied.items())},
         }
 
@@ -286,33 +272,17 @@ class AccountantService:
             )
 
     def _refresh(self, key: LedgerKey) -> None:
-        """Gauges of one ledger: RDP at once (an upper bound); PLD later if that is reported."""
-        policy = self.ledger.policy_for(key)
-        spent = self.ledger.epsilon(key, policy.delta if policy else None)
-        self.metrics.set_ledger(key, spent, policy.epsilon_max if policy else None)
-        if self.options.reported_accountant == "pld":
-            with self._dirty_lock:
-                self._dirty.add(key)
-            self._dirty_event.set()
+        """Gauges of one ledger, from the same row /budgets serves (one figure everywhere).
 
-    def _report_loop(self) -> None:
-        """Background: recompute the PLD figure of changed ledgers (never blocks the protocol)."""
-        while not self._closing.is_set():
-            self._dirty_event.wait(1.0)
-            self._dirty_event.clear()
-            with self._dirty_lock:
-                keys, self._dirty = self._dirty, set()
-            for key in keys:
-                policy = self.ledger.policy_for(key)
-                delta = policy.delta if policy else REPORT_DELTA
-                try:
-                    spent = self.ledger.reported_epsilon(key, delta, "pld")
-                except Exception as exc:  # a report must never kill the service
-                    event(
-                        logger, "PLD report failed", logging.WARNING, key=str(key), error=str(exc)
-                    )
-                    continue
-                self.metrics.set_ledger(key, spent, policy.epsilon_max if policy else None)
+        A site-unit release also moves the planned-next figure of the site's other site-unit
+        ledgers (admission composes them all), so those are refreshed too.
+        """
+        known = self.ledger.ledger_keys()  # a cancel tombstone creates no ledger
+        keys = [key] if key in known else []
+        if key.unit is PrivacyUnit.SITE:
+            keys = [k for k in known if k.site == key.site and k.unit is key.unit]
+        for k in keys:
+            self.metrics.set_ledger(k, self.ledger.budget(k))
 
     def _commit_kafka(self) -> None:
         positions = self.reader.safe_offsets()
@@ -339,10 +309,6 @@ class AccountantService:
         self._dead_letter(dead_letter_for("accountant", reason, detail, env.record))
 
     def close(self) -> None:
-        self._closing.set()
-        self._dirty_event.set()
-        if self._reporter is not None:
-            self._reporter.join(30)
         if self.http is not None:
             self.http.close()
         try:

@@ -30,11 +30,6 @@ def run_cmd(
     ),
     metrics_host: str | None = typer.Option(None, "--metrics-host"),
     prefix: str | None = typer.Option(None, "--prefix", help="Topic name prefix."),
-    reported_accountant: str | None = typer.Option(
-        None,
-        "--reported-accountant",
-        help="rdp or pld for the gauges and /budgets (config default).",
-    ),
     group_id: str | None = typer.Option(
         None, "--group-id", help="Consumer group (default: derived from the database's id)."
     ),
@@ -56,7 +51,6 @@ def run_cmd(
 
     configure("accountant")
     client_config: dict[str, str] = {}
-    reported = "rdp"
     policies: PolicySet | None = None
     if config is not None:
         from fairfleet.config import load_config
@@ -71,7 +65,6 @@ def run_cmd(
         metrics_host = metrics_host or cfg.metrics_host
         if policy is None:
             policies = cfg.policy_set()  # the config already loaded, not read again
-        reported = cfg.accountant.reported_accountant
     if policy is not None:
         policies = load_policies(policy)
     if bootstrap is None or policies is None:
@@ -81,7 +74,6 @@ def run_cmd(
         group_id=group_id,
         metrics_port=9100 if metrics_port is None else metrics_port,
         metrics_host=metrics_host or "127.0.0.1",
-        reported_accountant=reported_accountant or reported,
     )
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

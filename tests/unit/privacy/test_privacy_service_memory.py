@@ -1,4 +1,4 @@
-"""The accountant service over the in-process bus: protocol, metrics, PLD reporting, fail closed."""
+"""The accountant service over the in-process bus: protocol, metrics (one ε figure), fail closed."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def run_until(service: AccountantService, done, timeout: float = 20.0) -> None: 
     assert done()
 
 
-def test_service_protocol_metrics_and_pld_report(tmp_path: Path) -> None:
+def test_service_protocol_metrics_and_one_figure(tmp_path: Path) -> None:
     bus = connect(f"memory://{uuid.uuid4().hex}")
     bus.create_topics(default_topics())
     one = epsilon(PLAN, 1e-5)
@@ -54,7 +54,7 @@ def test_service_protocol_metrics_and_pld_report(tmp_path: Path) -> None:
         bus,
         tmp_path / "l.sqlite",
         policies,
-        AccountantOptions(metrics_port=None, reported_accountant="pld"),
+        AccountantOptions(metrics_port=None),
     )
     publisher = Publisher(bus.producer())
     grants = Reader(bus.consumer("t", [topic_name("privacy.grants")]), "t")
@@ -82,22 +82,24 @@ def test_service_protocol_metrics_and_pld_report(tmp_path: Path) -> None:
     )
     sample = service.metrics.registry.get_sample_value
     run_until(service, lambda: sample("fairfleet_privacy_events_applied_total") == 1)
-    # the RDP figure is set at once; the background reporter replaces it with the tighter PLD one
-    pld = epsilon(PLAN, 1e-5, "pld")
-    deadline = time.monotonic() + 30
-    while sample("fairfleet_privacy_epsilon_spent", LABELS) != pytest.approx(pld, rel=1e-9):
-        assert time.monotonic() < deadline, sample("fairfleet_privacy_epsilon_spent", LABELS)
-        time.sleep(0.1)
-    assert pld < one
+    # one figure: the gauge is the /budgets row, the RDP ε admission used (never a later PLD)
+    budgets = service.budgets_json({})
+    (row,) = budgets["budgets"]
+    assert budgets["accountant"] == "rdp" and row["epsilon_spent"] == pytest.approx(one, rel=1e-9)
+    assert sample("fairfleet_privacy_epsilon_spent", LABELS) == row["epsilon_spent"]
+    assert sample("fairfleet_privacy_budget_used_ratio", LABELS) == row["budget_used_ratio"]
+    time.sleep(0.5)
+    assert sample("fairfleet_privacy_epsilon_spent", LABELS) == row["epsilon_spent"]
     assert sample("fairfleet_privacy_denials_total", {"site": "s1", "reason": "over_budget"}) == 1
     assert sample("fairfleet_privacy_denials_total", {"site": "s1", "reason": "invalid"}) == 1
-    budgets = service.budgets_json({})
-    assert budgets["accountant"] == "pld" and budgets["budgets"][0][
-        "epsilon_spent"
-    ] == pytest.approx(pld)
+    with pytest.raises(ValueError, match="accountant='pld' is not served"):
+        service.budgets_json({"accountant": "pld"})
     service.close()
 
 
-def test_options_validate() -> None:
-    with pytest.raises(ConfigError, match="Found 'gdp'"):
-        AccountantOptions(reported_accountant="gdp")
+def test_a_second_reported_figure_is_refused_by_name() -> None:
+    from fairfleet.config import parse_config
+
+    with pytest.raises(ConfigError, match=r"accountant.reported_accountant: .*Found 'pld'"):
+        parse_config({"accountant": {"reported_accountant": "pld"}})
+    assert parse_config({"accountant": {"reported_accountant": "rdp"}}).accountant.reported_accountant == "rdp"
