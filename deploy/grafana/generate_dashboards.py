@@ -193,8 +193,10 @@ def privacy() -> Board:
                                "reduceOptions": {"calcs": ["lastNotNull"], "values": False}}})
     b.panel("timeseries", "Epsilon spent vs policy limit", [
         (f"fairfleet_privacy_epsilon_spent{{{s}}}", "{{site}} / {{source}} spent"),
+        (f"fairfleet_privacy_epsilon_next{{{s}}}", "{{site}} / {{source}} after next release"),
         (f"fairfleet_privacy_epsilon_limit{{{s}}}", "{{site}} / {{source}} limit"),
-    ], h=9, overrides=[{"matcher": {"id": "byRegexp", "options": ".* limit"},
+    ], h=9, description="'after next release': the ledger's epsilon if each model repeats its latest "
+                        "release; above the limit, the next reservation is denied.", overrides=[{"matcher": {"id": "byRegexp", "options": ".* limit"},
                         "properties": [{"id": "custom.lineStyle", "value": {"fill": "dash", "dash": [10, 10]}}]}])
     b.row("Burn")
     b.panel("timeseries", "Burn rate (epsilon per hour)",
@@ -209,6 +211,13 @@ def privacy() -> Board:
             [(f"fairfleet_site_epsilon_spent{{{s}}}", "{{site}} {{model}}")],
             description="The accountant's figure the grant carried: the ledger with this release and "
                         "the reservations pending at that moment (the same RDP epsilon as 'spent').")
+    b.panel("timeseries", "Epsilon wasted on rejected or voided updates, by reason",
+            [(f"fairfleet_privacy_epsilon_wasted{{{s}}}", "{{site}} / {{source}} {{reason}}")],
+            description="Epsilon of the composition of committed releases whose update the aggregator "
+                        "rejected (late, bad_signature, ...) or voided (void_round): spent for nothing.")
+    b.panel("stat", "Releases wasted, by reason",
+            [(f"sum by (site, reason) (fairfleet_privacy_wasted_releases{{{s}}})", "{{site}} {{reason}}")],
+            w=12, h=8, thresholds=[("green", None), ("orange", 1)])
     b.row("Reservations")
     b.panel("timeseries", "Grants per hour",
             [(f"sum by (site) (increase(fairfleet_privacy_grants_total{{{s}}}[1h]))", "{{site}}")])

@@ -8,8 +8,11 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from fairfleet import __version__
 from fairfleet.privacy.events import LedgerKey
+from fairfleet.privacy.ledger import DenyReason
 
 SERVICE = "accountant"
+# the codes a reservation is denied with, plus "invalid" (a request that does not parse)
+DENIAL_REASONS = (*(reason.value for reason in DenyReason), "invalid")
 
 
 class AccountantMetrics:
@@ -17,6 +20,7 @@ class AccountantMetrics:
 
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
+        self._sites: set[str] = set()
         ledger = ["site", "source", "unit"]
         self.spent = Gauge(
             "fairfleet_privacy_epsilon_spent",
@@ -35,6 +39,26 @@ class AccountantMetrics:
         )
         self.used_ratio = Gauge(
             "fairfleet_privacy_budget_used_ratio", "spent / epsilon_max.", ledger, registry=r
+        )
+        self.next = Gauge(
+            "fairfleet_privacy_epsilon_next",
+            "Epsilon the ledger would reach with each model's planned next release "
+            "(its latest repeated); above the limit, the next reservation is denied.",
+            ledger,
+            registry=r,
+        )
+        self.wasted = Gauge(
+            "fairfleet_privacy_epsilon_wasted",
+            "Epsilon of the composition of committed releases whose update the aggregator "
+            "rejected or voided (late, bad_signature, void_round, ...).",
+            [*ledger, "reason"],
+            registry=r,
+        )
+        self.wasted_releases = Gauge(
+            "fairfleet_privacy_wasted_releases",
+            "Committed releases whose update the aggregator rejected or voided.",
+            [*ledger, "reason"],
+            registry=r,
         )
         self.grants = Counter(
             "fairfleet_privacy_grants", "Granted reservations.", ["site"], registry=r
@@ -66,10 +90,26 @@ class AccountantMetrics:
         )
         info.labels(SERVICE, __version__).set(1)
 
+    def known_site(self, site: str) -> None:
+        """Create a site's counters at 0, so its first denial is an increase Prometheus sees."""
+        if site in self._sites:
+            return
+        self._sites.add(site)
+        self.grants.labels(site)
+        for reason in DENIAL_REASONS:
+            self.denials.labels(site, reason)
+
+    def set_wasted(self, row: dict[str, Any]) -> None:
+        labels = (row["site"], row["source"], row["unit"], row["reason"])
+        self.wasted.labels(*labels).set(row["epsilon"])
+        self.wasted_releases.labels(*labels).set(row["releases"])
+
     def set_ledger(self, key: LedgerKey, row: dict[str, Any]) -> None:
         """The gauges of one ledger from its ``Ledger.budgets`` row (the /budgets figures)."""
         labels = (key.site, key.source, key.unit.value)
         self.spent.labels(*labels).set(row["epsilon_spent"])
+        if row["epsilon_next"] is not None:
+            self.next.labels(*labels).set(row["epsilon_next"])
         if row["epsilon_limit"] is not None:
             self.limit.labels(*labels).set(row["epsilon_limit"])
             self.remaining.labels(*labels).set(row["epsilon_remaining"])

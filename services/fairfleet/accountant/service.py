@@ -1,7 +1,8 @@
 """The privacy accountant service: thin wiring of the ledger to Kafka, SQLite and HTTP.
 
-One consumer reads ``privacy.requests`` (reservations) and ``privacy.events`` (commit / cancel /
-release). For every message, in this order (the one commit authority, STYLE.md 11):
+One consumer reads ``privacy.requests`` (reservations), ``privacy.events`` (commit / cancel /
+release) and ``deadletter`` (updates the aggregator rejected or voided: their releases are
+reported as wasted). For every message, in this order (the one commit authority, STYLE.md 11):
 
 1. apply it to the in-memory :class:`~fairfleet.privacy.ledger.Ledger`;
 2. write the changed ledger rows AND the message's next offset in one SQLite transaction;
@@ -29,7 +30,7 @@ from dp_accounting import dp_event
 from pydantic import ValidationError
 
 from fairfleet.accountant.metrics import AccountantMetrics
-from fairfleet.accountant.store import LedgerStore, Row
+from fairfleet.accountant.store import LedgerStore, Row, Wasted
 from fairfleet.bus import Bus, Envelope, Publisher, Reader, dead_letter_for, topic_name
 from fairfleet.errors import BusError, FairfleetError
 from fairfleet.log import event
@@ -38,6 +39,7 @@ from fairfleet.messages import (
     PrivacyEventMessage,
     PrivacyGrant,
     PrivacyReservationRequest,
+    SiteUpdate,
 )
 from fairfleet.metrics import MetricsServer, serve
 from fairfleet.privacy.events import LedgerKey, PrivacyRecord, PrivacyUnit
@@ -78,7 +80,9 @@ class AccountantService:
         self.ledger = self.store.load(policies)
         self.applied = self.store.offsets()
         self.metrics = AccountantMetrics()
-        inputs = [self.topics["privacy.events"]]
+        # deadletter: the aggregator's rejected or voided updates, whose releases were charged
+        # for nothing (reported as wasted ε)
+        inputs = [self.topics["privacy.events"], self.topics["deadletter"]]
         if self.options.consume_requests:
             inputs.insert(0, self.topics["privacy.requests"])
         group_id = self.options.group_id or f"{prefix}accountant-{self.store.instance_id}"
@@ -91,6 +95,7 @@ class AccountantService:
         self._last_lag = 0.0
         for key in self.ledger.ledger_keys():
             self._refresh(key)
+        self._refresh_wasted()
         event(
             logger,
             "ledger loaded",
@@ -163,6 +168,7 @@ class AccountantService:
             return  # applied before a restart (SQLite is ahead of Kafka's committed offsets)
         msg = env.message
         rows: list[Row] = []
+        wasted: list[Wasted] = []
         decision: Decision | None = None
         request: PrivacyReservationRequest | None = None
         if isinstance(msg, PrivacyReservationRequest):
@@ -171,12 +177,32 @@ class AccountantService:
         elif isinstance(msg, PrivacyEventMessage):
             rows = self._apply_event(msg, env)
             self.metrics.events_applied.inc()
-        self.store.save(rows, offsets)
+        elif isinstance(msg, DeadLetter):
+            wasted = self._wasted(msg)
+        self.store.save(rows, offsets, wasted)
         self.applied = {**self.applied, **offsets}  # replaced, never mutated: HTTP reads it
         if request is not None and decision is not None:
             self._answer(request, decision)
         for key in {row[2].key for row in rows}:
             self._refresh(key)
+        if wasted or any(row[1] is EventState.COMMITTED for row in rows):
+            self._refresh_wasted()
+
+    def _wasted(self, letter: DeadLetter) -> list[Wasted]:
+        """A rejected or voided site update: its release was charged for nothing."""
+        if letter.original_type != SiteUpdate.TYPE or not letter.site or letter.round is None:
+            return []  # not an update, or one that names no release
+        if not letter.model_id:
+            return []
+        if not self.ledger.mark_wasted(letter.site, letter.model_id, letter.round, letter.reason):
+            return []
+        event(logger, "release wasted", site=letter.site, model_id=letter.model_id,
+              round=letter.round, reason=letter.reason)
+        return [(letter.site, letter.model_id, letter.round, letter.reason)]
+
+    def _refresh_wasted(self) -> None:
+        for row in self.ledger.wasted():
+            self.metrics.set_wasted(row)
 
     def _reserve(self, msg: PrivacyReservationRequest, env: Envelope) -> tuple[Decision, list[Row]]:
         try:
@@ -238,6 +264,7 @@ class AccountantService:
         topic = msg.reply_topic or self.topics["privacy.grants"]
         self.publisher.send(topic, grant, key=msg.site)
         self.publisher.producer.flush(30.0)
+        self.metrics.known_site(msg.site)
         if decision.granted:
             self.metrics.grants.labels(msg.site).inc()
         else:

@@ -108,6 +108,10 @@ class Ledger:
         # per ledger, the latest release (reserved or committed) of each model: its planned next
         # release is assumed to repeat it (epsilon_next)
         self._last: dict[LedgerKey, dict[str, _Entry]] = {}
+        # releases whose output was thrown away (the aggregator rejected or voided the update):
+        # (site, model_id, round) -> reason, and the event id of each (site, model_id, round)
+        self._wasted: dict[tuple[str, str, int], str] = {}
+        self._release_ids: dict[tuple[str, str, int], str] = {}
         self._rdp = RdpAccountant()  # its curve cache is shared by all ledgers
         self._pld_cache: dict[tuple[Any, ...], float] = {}
 
@@ -144,6 +148,7 @@ class Ledger:
         """Record an event and keep it as its model's latest release on its ledger."""
         record = entry.record
         self._events[record.event_id] = entry
+        self._release_ids[(record.site, record.model_id, record.round)] = record.event_id
         latest = self._last.setdefault(record.key, {})
         previous = latest.get(record.model_id)
         if previous is None or (record.round, record.event_id) >= (
@@ -444,6 +449,48 @@ class Ledger:
                     self._site_unit_total(key.site, pending=False), delta
                 )
             return row
+
+    def mark_wasted(self, site: str, model_id: str, round_: int, reason: str) -> bool:
+        """The release of (site, model, round) was charged but its output thrown away (the
+        aggregator rejected the update as ``late``, ``bad_signature``, ... or voided its round).
+
+        It stays charged (a release cannot be undone); it is reported by :meth:`wasted`. The
+        first reason given wins; False when the release was already marked. The mark may
+        arrive before the release's commit (different topics): it applies once committed.
+        """
+        with self._lock:
+            if (site, model_id, round_) in self._wasted:
+                return False
+            self._wasted[(site, model_id, round_)] = reason
+            return True
+
+    def wasted(self, site: str | None = None) -> list[dict[str, Any]]:
+        """Per ledger and reason: the committed releases marked wasted and the ε of their
+        composition (RDP at the ledger's policy δ, composed as if on the same windows — an upper
+        bound of the privacy loss that bought nothing). Only grows as marks and commits arrive."""
+        with self._lock:
+            groups: dict[tuple[LedgerKey, str], tuple[Leaves, int]] = {}
+            for (mark_site, model_id, round_), reason in self._wasted.items():
+                if site is not None and mark_site != site:
+                    continue
+                event_id = self._release_ids.get((mark_site, model_id, round_))
+                entry = self._events.get(event_id) if event_id is not None else None
+                if entry is None or entry.state is not EventState.COMMITTED:
+                    continue
+                leaves, count = groups.get((entry.record.key, reason), (Counter(), 0))
+                groups[(entry.record.key, reason)] = (leaves + entry.leaves, count + 1)
+            rows = []
+            for (key, reason), (leaves, count) in sorted(groups.items(), key=lambda g: (str(g[0][0]), g[0][1])):
+                policy = self.policy_for(key)
+                rows.append({
+                    "unit": key.unit.value,
+                    "site": key.site,
+                    "source": key.source,
+                    "reason": reason,
+                    "releases": count,
+                    "epsilon": self._eps(leaves, policy.delta if policy else REPORT_DELTA),
+                })
+            return rows
 
     def snapshot(self) -> dict[str, Any]:
         """A canonical, comparable view of the whole ledger (for replay checks)."""
