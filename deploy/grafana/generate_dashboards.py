@@ -198,6 +198,11 @@ def privacy() -> Board:
     ], h=9, description="'after next release': the ledger's epsilon if each model repeats its latest "
                         "release; above the limit, the next reservation is denied.", overrides=[{"matcher": {"id": "byRegexp", "options": ".* limit"},
                         "properties": [{"id": "custom.lineStyle", "value": {"fill": "dash", "dash": [10, 10]}}]}])
+    b.panel("stat", "Policy entry that sets each limit",
+            [(f"fairfleet_privacy_policy_info{{{s}}} == 1", "{{site}} / {{source}} ({{unit}}): {{policy}}")],
+            w=24, h=4, description="The entry PolicySet.resolve picked (the same resolver as `fairfleet "
+                                   "config check` and the accountant): sites.<id>, classes.<class> or defaults.",
+            extra={"options": {"reduceOptions": {"calcs": ["lastNotNull"], "values": False}, "textMode": "name"}})
     b.row("Burn")
     b.panel("timeseries", "Burn rate (epsilon per hour)",
             [(f"delta(fairfleet_privacy_epsilon_spent{{{s}}}[1h])", "{{site}} / {{source}}")])

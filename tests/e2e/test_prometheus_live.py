@@ -121,14 +121,15 @@ def _prometheus(tmp_path: Path, fleet: Any) -> Iterator[PromAPI]:
     exe = shutil.which("prometheus")
     assert exe, "prometheus not found on PATH: install Debian's prometheus package (make system-deps)"
     jobs = {"accountant": "fairfleet-accountant", "aggregator": "fairfleet-aggregator", "site": "fairfleet-site-agent"}
+    # The accountant every 50 ms and the rules every 50 ms: a site's next reservation follows its
+    # last granted release by the aggregator's close-and-announce time (0.3-2 s here), and the
+    # pre-denial alert must be seen in between; the other services every second.
     scrape = [
-        {"job_name": job, "static_configs": [{"targets": [f"127.0.0.1:{s.port}" for s in fleet.of_kind(kind)]}]}
+        {"job_name": job, **({"scrape_interval": "50ms", "scrape_timeout": "50ms"} if kind == "accountant" else {}),
+         "static_configs": [{"targets": [f"127.0.0.1:{s.port}" for s in fleet.of_kind(kind)]}]}
         for kind, job in jobs.items()
     ]
-    # 100 ms: a round takes ~2 s here, and the pre-denial alert must be seen between a site's
-    # last granted release and its next (denied) reservation (≥ the aggregator's close-and-
-    # announce time, ~0.5 s at the least)
-    conf = {"global": {"scrape_interval": "100ms", "evaluation_interval": "100ms"},
+    conf = {"global": {"scrape_interval": "1s", "evaluation_interval": "50ms"},
             "rule_files": [str(RULES)], "scrape_configs": scrape}
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(conf))
     port = _free_port()
@@ -245,6 +246,9 @@ def _privacy_figures_agree(prom: PromAPI, fleet: Any, started: float) -> None:
     assert set(gauge) == set(rows)
     for key, row in rows.items():
         assert gauge[key] == row["epsilon_spent"], (key, gauge[key], row)  # exactly the same number
+    entries = {e["metric"]["site"]: e["metric"]["policy"] for e in prom.query("fairfleet_privacy_policy_info == 1")}
+    assert entries == {"plant-a": "defaults", "plant-b": "classes.retrofit", DENIED_SITE: f"sites.{DENIED_SITE}"}
+    assert entries == {r["site"]: r["policy"] for r in rows.values()}  # one resolver, one answer
     nxt = prom.values("fairfleet_privacy_epsilon_next", "site")
     assert all(nxt[r["site"]] == r["epsilon_next"] for r in rows.values())
 
@@ -348,7 +352,8 @@ MUST_SHOW = {
     "fleet-overview.json": {"Current round", "Model version", "Participants (last closed round)", "Services up"},
     "fairness.json": {"Class loss gap vs gamma", "Worst class now", "Noisy vs debiased class loss",
                       "Debiased loss of class $class (95% band)"},
-    "privacy.json": {"Budget used (spent / epsilon_max)", "Epsilon spent vs policy limit", "Epsilon remaining"},
+    "privacy.json": {"Budget used (spent / epsilon_max)", "Epsilon spent vs policy limit", "Epsilon remaining",
+                     "Policy entry that sets each limit", "Denials per hour, by reason"},
     "pipeline-health.json": {"Consumer lag (messages)", "Round open time vs deadline", "Scrape targets up"},
 }
 

@@ -21,6 +21,7 @@ class AccountantMetrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
         self._sites: set[str] = set()
+        self._policy_of: dict[tuple[str, str, str], str] = {}
         ledger = ["site", "source", "unit"]
         self.spent = Gauge(
             "fairfleet_privacy_epsilon_spent",
@@ -39,6 +40,13 @@ class AccountantMetrics:
         )
         self.used_ratio = Gauge(
             "fairfleet_privacy_budget_used_ratio", "spent / epsilon_max.", ledger, registry=r
+        )
+        self.policy = Gauge(
+            "fairfleet_privacy_policy_info",
+            "1 for the policy entry that sets the ledger's limit (PolicySet.resolve): "
+            "sites.<id>, classes.<class> or defaults.",
+            [*ledger, "policy"],
+            registry=r,
         )
         self.next = Gauge(
             "fairfleet_privacy_epsilon_next",
@@ -108,6 +116,11 @@ class AccountantMetrics:
         """The gauges of one ledger from its ``Ledger.budgets`` row (the /budgets figures)."""
         labels = (key.site, key.source, key.unit.value)
         self.spent.labels(*labels).set(row["epsilon_spent"])
+        if row["policy"] != self._policy_of.get(labels):
+            if labels in self._policy_of:
+                self.policy.remove(*labels, self._policy_of[labels])
+            self._policy_of[labels] = row["policy"]
+            self.policy.labels(*labels, row["policy"]).set(1)
         if row["epsilon_next"] is not None:
             self.next.labels(*labels).set(row["epsilon_next"])
         if row["epsilon_limit"] is not None:

@@ -88,6 +88,7 @@ def test_service_protocol_metrics_and_one_figure(tmp_path: Path) -> None:
     assert budgets["accountant"] == "rdp" and row["epsilon_spent"] == pytest.approx(one, rel=1e-9)
     assert sample("fairfleet_privacy_epsilon_spent", LABELS) == row["epsilon_spent"]
     assert sample("fairfleet_privacy_budget_used_ratio", LABELS) == row["budget_used_ratio"]
+    assert sample("fairfleet_privacy_policy_info", {**LABELS, "policy": "defaults"}) == 1 == row["policy"].count("defaults")
     time.sleep(0.5)
     assert sample("fairfleet_privacy_epsilon_spent", LABELS) == row["epsilon_spent"]
     assert sample("fairfleet_privacy_denials_total", {"site": "s1", "reason": "over_budget"}) == 1
