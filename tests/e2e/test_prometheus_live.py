@@ -121,11 +121,12 @@ def _prometheus(tmp_path: Path, fleet: Any) -> Iterator[PromAPI]:
     exe = shutil.which("prometheus")
     assert exe, "prometheus not found on PATH: install Debian's prometheus package (make system-deps)"
     jobs = {"accountant": "fairfleet-accountant", "aggregator": "fairfleet-aggregator", "site": "fairfleet-site-agent"}
-    # The accountant every 50 ms and the rules every 50 ms: a site's next reservation follows its
+    # The accountant every 100 ms and the rules every 50 ms: a site's next reservation follows its
     # last granted release by the aggregator's close-and-announce time (0.3-2 s here), and the
-    # pre-denial alert must be seen in between; the other services every second.
+    # pre-denial alert must be seen in between; the other services every second. A scrape that
+    # times out marks the accountant's series stale: instant checks use _fresh_instant.
     scrape = [
-        {"job_name": job, **({"scrape_interval": "50ms", "scrape_timeout": "50ms"} if kind == "accountant" else {}),
+        {"job_name": job, **({"scrape_interval": "100ms", "scrape_timeout": "100ms"} if kind == "accountant" else {}),
          "static_configs": [{"targets": [f"127.0.0.1:{s.port}" for s in fleet.of_kind(kind)]}]}
         for kind, job in jobs.items()
     ]
@@ -203,6 +204,18 @@ def _wait_for_denial(prom: PromAPI, fleet: Any, timeout_s: float = 180) -> None:
     time.sleep(1.0)  # a few more scrapes and rule evaluations
 
 
+def _fresh_instant(prom: PromAPI) -> float:
+    """Now, once the accountant's latest scrape succeeded (a timed-out one leaves its series stale)."""
+    for _ in range(100):
+        prom.at = at = time.time()
+        fresh = prom.query('up{job="fairfleet-accountant"} == 1')
+        prom.at = None
+        if fresh:
+            return at
+        time.sleep(0.05)
+    pytest.fail("no successful scrape of the accountant in 5 s")
+
+
 def _budget_json(url: str) -> dict[str, Any]:
     """`fairfleet budget --json` against the live accountant (the CLI a user runs)."""
     import json
@@ -232,8 +245,8 @@ def _privacy_figures_agree(prom: PromAPI, fleet: Any, started: float) -> None:
     # at one instant: nothing changed in the ledger across a Prometheus scrape -> equal figures
     for _ in range(10):
         before = _budget_json(fleet.accountant.url)
-        time.sleep(0.75)  # at least two scrapes
-        at = time.time()
+        time.sleep(0.75)  # several scrapes
+        at = _fresh_instant(prom)
         after = _budget_json(fleet.accountant.url)
         if before == after:
             break
@@ -282,7 +295,7 @@ def test_prometheus_sees_rounds_fairness_and_privacy(live: tuple[Any, PromAPI, A
     _wait_for_rounds(prom, fleet)
     _wait_for_denial(prom, fleet)
     _privacy_figures_agree(prom, fleet, started)
-    prom.at = time.time()  # every comparison below reads one consistent instant
+    prom.at = _fresh_instant(prom)  # every comparison below reads one consistent instant
     closed = prom.scalar(f'sum(fairfleet_aggregator_rounds_total{{model="{MODEL}"}})')
     assert closed is not None
 
