@@ -25,7 +25,12 @@ def _parse_params(items: list[str]) -> dict[str, Any]:
 
 
 def simulate_cmd(
-    dataset: str = typer.Option("synthetic", help="Data set (only 'synthetic')."),
+    dataset: str = typer.Option("synthetic", help="Data set (only 'synthetic'; see --fleet)."),
+    fleet: str | None = typer.Option(
+        None, help="Train on a fleet instead of Synthetic: a preset, a simulated-fleet YAML or "
+        "your deployment config (its sites' real data through their connectors)."
+    ),
+    model: str | None = typer.Option(None, help="Model id of a deployment config (default: first)."),
     alpha: float = typer.Option(1.0, help="Synthetic α: spread of the local models."),
     beta: float = typer.Option(1.0, help="Synthetic β: spread of the local input means."),
     iid: bool = typer.Option(False, "--iid", help="The IID variant of Synthetic."),
@@ -92,9 +97,16 @@ def simulate_cmd(
         TextColumn("{task.completed}/{task.total}"),
         TimeElapsedColumn(),
     )
+    data = None
+    if fleet is not None:
+        from fairfleet.sim.simulate import fleet_dataset
+
+        data = fleet_dataset(fleet, model, seed)
     with Progress(*columns, transient=True) as bar:
         task = bar.add_task(f"{strategy} rounds", total=rounds)
-        result = run_simulation(cfg, progress=lambda done, _total: bar.update(task, completed=done))
+        result = run_simulation(
+            cfg, data, progress=lambda done, _total: bar.update(task, completed=done)
+        )
     if json_file is not None:
         json_file.parent.mkdir(parents=True, exist_ok=True)
         json_file.write_text(json.dumps(result, indent=1))

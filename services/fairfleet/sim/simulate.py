@@ -158,6 +158,26 @@ def _local_train(
     return np.stack(out)
 
 
+def fleet_dataset(fleet: str, model: str | None = None, seed: int = 0) -> FederatedDataset:
+    """A classification fleet as a data set: a deployment config's real site data
+    (sim/deployment.py) or a preset / simulated-fleet YAML at ``seed``."""
+    from fairfleet.sim.arrays import fleet_data
+    from fairfleet.sim.deployment import Deployment, is_deployment_config
+
+    if is_deployment_config(fleet):
+        data = Deployment(fleet, model).data()
+    elif model is not None:
+        raise ConfigError(f"--model needs a deployment config as the fleet. Found {fleet!r}.")
+    else:
+        data = fleet_data(fleet, seed)
+    if data.task != "classification":
+        raise ConfigError(
+            f"simulate reports accuracy: it needs a classification fleet. Found {data.task!r} "
+            f"for {data.name!r} (use fairfleet decompose)."
+        )
+    return FederatedDataset(data.name, data.sites, data.n_features, data.n_outputs)
+
+
 def summarise(accuracies: np.ndarray) -> dict[str, float]:
     """q-FFL's reporting: mean, mean of the worst/best 10% of sites, variance (accuracy in [0,1])."""
     acc = np.sort(np.asarray(accuracies, dtype=np.float64))
