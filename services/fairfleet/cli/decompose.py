@@ -24,8 +24,9 @@ def parse_floats(text: str, name: str) -> tuple[float, ...]:
 
 PRESET_DEFAULTS: dict[str, Any] = {
     "epsilon": "8", "delta": 1e-5, "gamma": "0.05", "rounds": 20, "local_steps": 20,
-    "batch_size": 32, "lr": 0.2, "clip_norm": 0.25,
+    "batch_size": 32, "lr": 0.2, "clip_norm": None, "unit": "site", "sampling_rate": None,
 }
+CLIP_DEFAULTS = {"site": 0.25, "observation": 1.0}  # update clip vs per-example clip
 
 
 def run_settings(fleet: str, model: str | None, given: dict[str, Any]) -> dict[str, Any]:
@@ -42,11 +43,18 @@ def run_settings(fleet: str, model: str | None, given: dict[str, Any]) -> dict[s
         found = training_defaults(dep.config(), model, np.array([s.n_train for s in data.sites]))
         for key in ("rounds", "local_steps", "batch_size", "lr", "clip_norm", "delta"):
             base[key] = found[key]
+        if found["mechanism"] == "dpsgd":  # the configured unit; 'off' is measured at site level
+            base["unit"], base["sampling_rate"] = "observation", found["sampling_rate"]
         base["epsilon"] = f"{found['epsilon']:g}"
         base["gamma"] = f"{found['gamma']:g}"
     elif model is not None:
         raise ConfigError(f"--model needs a deployment config as --fleet. Found {fleet!r}.")
-    return {k: (given[k] if given.get(k) is not None else v) for k, v in base.items()}
+    out = {k: (given[k] if given.get(k) is not None else v) for k, v in base.items()}
+    if out["unit"] not in CLIP_DEFAULTS:
+        raise ConfigError(f"--unit must be 'site' or 'observation'. Found {out['unit']!r}.")
+    if out["clip_norm"] is None:
+        out["clip_norm"] = CLIP_DEFAULTS[out["unit"]]
+    return out
 
 
 def decompose_cmd(
@@ -60,7 +68,9 @@ def decompose_cmd(
     local_steps: int | None = typer.Option(None, help="Local SGD steps per site per round. [20; deployment: epochs over the median site]"),
     batch_size: int | None = typer.Option(None, help="Local mini-batch size. [32; deployment: training.batch_size]"),
     lr: float | None = typer.Option(None, help="Local learning rate. [0.2; deployment: training.lr]"),
-    clip_norm: float | None = typer.Option(None, help="Update clip norm C (privacy on). [0.25; deployment: privacy.clip_norm]"),
+    unit: str | None = typer.Option(None, help="Privacy unit: 'site' (update noise) or 'observation' (record-level DP-SGD). [site; deployment: observation if mechanism is dpsgd]"),
+    sampling_rate: float | None = typer.Option(None, help="DP-SGD Poisson rate q (observation unit). [1/local-steps; deployment: privacy.sampling_rate]"),
+    clip_norm: float | None = typer.Option(None, help="Clip norm C: of the update (site unit) or per example (observation). [0.25 site, 1.0 observation; deployment: privacy.clip_norm]"),
     dual_lr: float = typer.Option(2.0, help="Dual step size η of the gap constraint."),
     workers: int = typer.Option(2, help="Worker processes."),
     json_file: Path | None = typer.Option(None, "--json", help="Write the result document here ('-' = stdout)."),
@@ -78,6 +88,7 @@ def decompose_cmd(
     opts = run_settings(fleet, model, {
         "epsilon": epsilon, "delta": delta, "gamma": gamma, "rounds": rounds,
         "local_steps": local_steps, "batch_size": batch_size, "lr": lr, "clip_norm": clip_norm,
+        "unit": unit, "sampling_rate": sampling_rate,
     })
     cfg = DecomposeConfig(
         fleet=fleet,
@@ -88,7 +99,8 @@ def decompose_cmd(
         seeds=seeds,
         train=TrainConfig(rounds=opts["rounds"], local_steps=opts["local_steps"],
                           batch_size=opts["batch_size"], lr=opts["lr"],
-                          clip_norm=opts["clip_norm"], dual_lr=dual_lr),
+                          clip_norm=opts["clip_norm"], dual_lr=dual_lr, unit=opts["unit"],
+                          sampling_rate=opts["sampling_rate"]),
         workers=workers,
     )
     console = Console(stderr=True)
@@ -103,7 +115,8 @@ def decompose_cmd(
                        description=f"{job.config} seed {job.seed}")
 
         doc = decompose(cfg, progress)
-    table = Table(title=f"{doc['fleet']}: J(θ11) − J(θ*) = four terms (mean [95% CI] over {seeds} seeds)")
+    table = Table(title=f"{doc['fleet']}: J(θ11) − J(θ*) = four terms (mean [95% CI] over {seeds} "
+                  f"seeds; privacy unit: {doc['privacy_unit']})")
     table.add_column("risk")
     for t in TERMS:
         table.add_column(t, justify="right")

@@ -188,21 +188,43 @@ def summarise_point(per_seed: list[dict[str, dict[str, float]]]) -> dict[str, An
 
 
 def epsilon_curve(
-    noise_multiplier: float, releases_per_round: int, rounds: int, delta: float
+    noise_multiplier: float,
+    releases_per_round: int,
+    rounds: int,
+    delta: float,
+    train: TrainConfig | None = None,
 ) -> list[float]:
-    """ε spent after each round: SelfComposed(Gaussian(z), r·t) under RDP at δ."""
+    """ε spent after each round (RDP at δ): R rounds of the unit's round event (``train.unit``;
+    default site level: ``SelfComposed(Gaussian(z), r·t)``)."""
     if noise_multiplier <= 0:
         return [0.0] * rounds
-    import dp_accounting
-    from dp_accounting.rdp import RdpAccountant
+    from fairfleet.privacy.dpsgd import steps_per_epoch
+    from fairfleet.sim.engine import Privacy
 
-    out = []
-    for t in range(1, rounds + 1):
-        acc = RdpAccountant()
-        event = dp_accounting.GaussianDpEvent(noise_multiplier)
-        acc.compose(dp_accounting.SelfComposedDpEvent(event, releases_per_round * t))
-        out.append(float(acc.get_epsilon(delta)))
-    return out
+    unit = "site" if train is None else train.unit
+    q = None if train is None else train.q
+    privacy = Privacy(
+        1.0, delta, 1.0, 1.0, releases_per_round, unit, q, steps_per_epoch(q) if q else 1
+    )
+    return [privacy.run_epsilon(noise_multiplier, t) for t in range(1, rounds + 1)]
+
+
+def privacy_description(train: TrainConfig) -> str:
+    """The unit and mechanism a decomposition measured, in words (document and report)."""
+    from fairfleet.privacy.dpsgd import steps_per_epoch
+
+    if train.unit == "observation":
+        return (
+            f"record-level (one observation): DP-SGD in local training (Poisson rate "
+            f"q={train.q:g}, {steps_per_epoch(train.q)} steps per round, per-example clip "
+            f"C={train.clip_norm:g}, noise zC) + noisy loss release with sensitivity B/m (gap "
+            "strategy only), z calibrated by RDP for all releases of the run"
+        )
+    return (
+        f"site-level (a whole site): update-level Gaussian (clip C={train.clip_norm:g}, noise zC) "
+        "+ noisy loss release with sensitivity B (gap strategy only), z calibrated by RDP for "
+        "all releases of the run"
+    )
 
 
 def _mean_history(histories: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
@@ -295,7 +317,7 @@ def decompose(cfg: DecomposeConfig, progress: ProgressFn | None = None) -> dict[
         history[name] = {
             "noise_multiplier": z,
             "releases_per_round": releases if z > 0 else 0,
-            "epsilon_spent": epsilon_curve(z, releases, train.rounds, cfg.delta),
+            "epsilon_spent": epsilon_curve(z, releases, train.rounds, cfg.delta, train),
             "rounds": _mean_history([r["history"] for r in runs]),
         }
     primary = sweep[0]
@@ -308,6 +330,7 @@ def decompose(cfg: DecomposeConfig, progress: ProgressFn | None = None) -> dict[
         "epsilon": e0,
         "gamma": g0,
         "delta": cfg.delta,
+        "privacy_unit": train.unit,
         "seeds": seeds,
         "config": {
             "fleet": cfg.fleet,
@@ -316,8 +339,7 @@ def decompose(cfg: DecomposeConfig, progress: ProgressFn | None = None) -> dict[
             "gammas": list(cfg.gammas),
             "train": asdict(train),
             "workers": cfg.workers,
-            "privacy": "site-level: update-level Gaussian (clip C, noise zC) + noisy loss release "
-            "(gap strategy only), z calibrated by RDP for all releases of the run",
+            "privacy": privacy_description(train),
         },
         "terms": primary["terms"],
         "dominant": primary["dominant"],

@@ -155,3 +155,19 @@ def test_simulate_on_the_users_fleet_reports_its_classes(fleet_file: Path, tmp_p
     assert doc["config"]["dataset_name"] == "csv-fleet/risk"
     assert {c: t["n_sites"] for c, t in doc["classes"].items()} == dict.fromkeys(CLASSES, 2)
     assert [s["n_test"] for s in doc["sites"]] == [48] * 6
+
+
+def test_a_dpsgd_deployment_is_measured_at_the_record_level(tmp_path: Path) -> None:
+    from fairfleet.cli import app
+
+    path = write_fleet(tmp_path, mechanism="dpsgd", n=100)
+    out = tmp_path / "doc.json"
+    result = CliRunner().invoke(
+        app, ["decompose", "--fleet", str(path), "--seeds", "1", "--workers", "1", "--rounds", "2",
+              "--json", str(out)],
+    )
+    assert result.exit_code == 0, result.output
+    doc = json.loads(out.read_text())
+    assert doc["privacy_unit"] == "observation"
+    assert doc["config"]["train"]["sampling_rate"] == 0.1 and doc["config"]["train"]["clip_norm"] == 0.5
+    assert "record-level" in doc["config"]["privacy"]
