@@ -329,7 +329,8 @@ def run_rounds(
     on_round: Callable[[Round], None] | None = None,
     progress: ProgressFn | None = None,
 ) -> tuple[np.ndarray, float]:
-    """Run ``rounds`` federated rounds (module docstring) from θ = 0; returns (θ_R, z).
+    """Run ``rounds`` federated rounds (module docstring) from θ = 0; returns (θ_R, z), θ_R
+    the strategy's answer (:meth:`Strategy.output`: the last iterate, or AFL's average).
 
     ``choose(t)`` gives the participating site indices of round t (default: all sites);
     ``local(θ, sites, t)`` their raw deltas; ``loss_bound`` the clip bound B of plain loss
@@ -389,11 +390,12 @@ def run_rounds(
         ]
         result = strategy.aggregate(theta, updates, state)
         theta, state = result.new_global.astype(np.float32), result.new_state
-        if on_round is not None:
-            on_round(Round(t + 1, theta, len(updates), result.diagnostics))
+        if on_round is not None:  # evaluated: the strategy's answer (AFL: the averaged model)
+            answer = strategy.output(theta, state).astype(np.float32)
+            on_round(Round(t + 1, answer, len(updates), result.diagnostics))
         if progress is not None:
             progress(t + 1, rounds)
-    return theta, z
+    return strategy.output(theta, state).astype(np.float32), z
 
 
 # --- the decomposition's runs (sim/decompose.py): FedAvg or the gap constraint, every site ---
