@@ -85,7 +85,15 @@ class Deployment:
         return f"{cfg.fleet}/{self.model().id}"
 
     def data(self) -> FleetData:
-        return deployment_data(self.config(), self.model_id)
+        """The sites' arrays, read once per process (the CLI and every worker use them)."""
+        key = (str(Path(self.path).resolve()), self.model_id)
+        if key not in _DATA:
+            _DATA.clear()
+            _DATA[key] = deployment_data(self.config(), self.model_id)
+        return _DATA[key]
+
+
+_DATA: dict[tuple[str, str | None], FleetData] = {}
 
 
 def _engine_shape(model: ModelConfig) -> tuple[str, int, int]:
