@@ -219,6 +219,7 @@ def training_defaults(config: FleetConfig, model_id: str | None, n_train: np.nda
     eps = site_epsilons(config, sites)
     return {
         "rounds": model.rounds.rounds,
+        "epochs": training.epochs,
         "local_steps": max(1, training.epochs * math.ceil(median / training.batch_size)),
         "batch_size": training.batch_size,
         "lr": training.lr,

@@ -155,6 +155,23 @@ def test_simulate_on_the_users_fleet_reports_its_classes(fleet_file: Path, tmp_p
     assert doc["config"]["dataset_name"] == "csv-fleet/risk"
     assert {c: t["n_sites"] for c, t in doc["classes"].items()} == dict.fromkeys(CLASSES, 2)
     assert [s["n_test"] for s in doc["sites"]] == [48] * 6
+    config = doc["config"]  # what `up` would run, unless an option says otherwise
+    assert (config["lr"], config["batch_size"], config["rounds"]) == (0.2, 32, 5)
+    assert config["privacy"]["unit"] == "site" and config["privacy"]["epsilon"] == 8.0
+
+
+def test_simulate_on_a_dpsgd_fleet_runs_record_level_dpsgd(tmp_path: Path) -> None:
+    from fairfleet.cli import app
+
+    path = write_fleet(tmp_path, mechanism="dpsgd", n=100)
+    out = tmp_path / "sim.json"
+    result = CliRunner().invoke(app, ["simulate", "--fleet", str(path), "--rounds", "2",
+                                      "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(out.read_text())
+    privacy = doc["config"]["privacy"]
+    assert privacy["unit"] == "observation" and privacy["sampling_rate"] == 0.1
+    assert privacy["steps_per_round"] == 10 and doc["config"]["strategy"] == "gap"
 
 
 def test_a_dpsgd_deployment_is_measured_at_the_record_level(tmp_path: Path) -> None:
