@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from fairfleet.config import FleetConfig, ModelConfig, load_config
+from fairfleet.config import FleetConfig, ModelConfig, SiteConfig, load_config
 from fairfleet.errors import ConfigError
 from fairfleet.sim.arrays import FleetData
 from fairfleet.sim.synthetic import SiteData
@@ -94,6 +94,15 @@ class Deployment:
 
 
 _DATA: dict[tuple[str, str | None], FleetData] = {}
+
+
+def serving_sites(config: FleetConfig, model_id: str) -> list[SiteConfig]:
+    """The sites that train ``model_id``: those listing it in ``models`` (as the site agent
+    does: a site with no models trains none)."""
+    serving = [s for s in config.sites if model_id in s.models]
+    if not serving:
+        raise ConfigError(f"No site serves model '{model_id}' (sites[].models).")
+    return serving
 
 
 def _engine_shape(model: ModelConfig) -> tuple[str, int, int]:
@@ -165,9 +174,7 @@ def deployment_data(config: FleetConfig, model_id: str | None = None) -> FleetDa
 
     model = pick_model(config, model_id)
     task, d, outputs = _engine_shape(model)
-    serving = [s for s in config.sites if model.id in s.models or not s.models]
-    if not serving:
-        raise ConfigError(f"No site serves model '{model.id}' (sites[].models).")
+    serving = serving_sites(config, model.id)
     sites = []
     with tempfile.TemporaryDirectory(prefix="fairfleet-measure-") as scratch:
         for site in serving:
@@ -215,7 +222,7 @@ def training_defaults(config: FleetConfig, model_id: str | None, n_train: np.nda
     model = pick_model(config, model_id)
     plan, training = model.privacy, model.training
     median = float(np.median(n_train)) if len(n_train) else 1.0
-    sites = [s.id for s in config.sites if model.id in s.models or not s.models]
+    sites = [s.id for s in serving_sites(config, model.id)]
     eps = site_epsilons(config, sites)
     return {
         "rounds": model.rounds.rounds,
