@@ -10,7 +10,8 @@ up`` starts) as well as a preset or a simulated-fleet YAML. For a deployment con
   does (:class:`fairfleet.connectors.SiteStream`); rejected rows go to a reject file in a
   throw-away folder, never into the live site's state (a connector's offsets there are untouched);
 - a site's data are all its closed windows once its source is drained (the source's end closes
-  the last window); its held-out part is the site agent's (``split_holdout`` with the site's
+  the last window; a source that never reports its end, such as Kafka, is read until it has been
+  quiet for ``QUIET_S`` = 1 s); its held-out part is the site agent's (``split_holdout`` with the site's
   ``holdout_fraction``: every k-th observation), the rest is its training data;
 - the model, local training plan, privacy mechanism, strategy γ, rounds and the per-site ε of the
   policies are the configured model's (``--model ID``, default: the only / first model);
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import math
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +42,8 @@ from fairfleet.sim.arrays import FleetData
 from fairfleet.sim.synthetic import SiteData
 
 ENGINE_MODELS = ("logistic", "linear")
+QUIET_S = 1.0
+"""A source that does not report ``finished`` is read until it gives no row for this long."""
 
 
 def is_deployment_config(text: str | Path) -> bool:
@@ -156,6 +160,12 @@ def read_site(config: FleetConfig, site_id: str, scratch: Path) -> tuple[np.ndar
     )
     try:
         stream.drain(max_rounds=1_000_000)
+        quiet_until = time.monotonic() + QUIET_S  # a live source (Kafka, SQL follow): read until
+        while not connector.progress().finished and time.monotonic() < quiet_until:  # it is quiet
+            time.sleep(0.1)
+            if stream.poll():
+                stream.drain(max_rounds=1_000_000)
+                quiet_until = time.monotonic() + QUIET_S
         stream.windower.finish()
         data = stream.training_data(None)
     finally:

@@ -188,3 +188,26 @@ def test_a_dpsgd_deployment_is_measured_at_the_record_level(tmp_path: Path) -> N
     assert doc["privacy_unit"] == "observation"
     assert doc["config"]["train"]["sampling_rate"] == 0.1 and doc["config"]["train"]["clip_norm"] == 0.5
     assert "record-level" in doc["config"]["privacy"]
+
+
+def test_a_regression_fleet_is_decomposed_with_squared_error(tmp_path: Path) -> None:
+    from fairfleet.config import load_config
+    from fairfleet.sim.decompose import DecomposeConfig, decompose
+    from fairfleet.sim.engine import TrainConfig
+
+    path = write_fleet(tmp_path, n=60)
+    raw = yaml.safe_load(path.read_text())
+    raw["models"][0]["model"] = {"name": "linear", "task": "regression",
+                                 "params": {"in_features": D, "out_features": 1}}
+    for site in raw["sites"]:  # the label column read as a real-valued target
+        site["connector"]["params"]["fields"]["label"] = "float"
+    path.write_text(yaml.safe_dump(raw))
+    data = deployment_data(load_config(path))
+    assert data.task == "regression" and data.sites[0].y_train.dtype == np.float32
+    doc = decompose(DecomposeConfig(str(path), seeds=1, workers=1,
+                                    train=TrainConfig(rounds=2, local_steps=3, lr=0.05)))
+    assert doc["task"] == "regression" and doc["source"] == "deployment"
+    r = doc["per_seed"][0]["risks"]
+    assert sum(four_terms({c: r[c]["fleet"] for c in CONFIGS}).values()) == pytest.approx(
+        r["theta11"]["fleet"] - r["oracle"]["fleet"], abs=1e-12)
+    assert r["oracle"]["fleet"] < r["theta00"]["fleet"]  # 2 rounds from 0 do not reach θ*
