@@ -16,10 +16,14 @@ One round t, for the participating sites P_t (all, or a sample chosen by the cal
    (``GaussianUpdateMechanism.privatise``, ``GaussianDpEvent(z)`` per release);
 3. the strategy from fairfleet.fairness aggregates the :class:`SiteUpdate` s into w^{t+1}.
 
-Privacy is site-level and composes over the run without amplification: z is the smallest value
-with ``SelfComposed(GaussianDpEvent(z), R·r)`` (ε, δ)-DP, r releases per round, calibrated by
+Privacy (:class:`Privacy`) has two units. Site level (the steps above): composes over the run
+without amplification, z is the smallest value with ``SelfComposed(GaussianDpEvent(z), R·r)``
+(ε, δ)-DP, r releases per round, calibrated by
 ``fairfleet.privacy.accounting.calibrate_noise_multiplier`` (a Gaussian release without sampling
-is DP-SGD's event at q = 1). Noise seeds are per (run seed, round, site).
+is DP-SGD's event at q = 1). Record level (observation): step 2 is
+``learning.train.local_train`` with DP-SGD at every site (:func:`dpsgd_local`; Poisson rate q,
+per-example clip C, noise zC) and the loss release has sensitivity B/m; z makes R rounds of the
+live agents' round event (ε, δ)-DP. Noise seeds are per (run seed, round, site).
 
 Why not ``learning.train.local_train``: it costs ~10 ms per site-round (model copy, optimiser and
 autograd set-up for a tiny model), and a decomposition is ~10⁵ site-rounds. Here the local steps
@@ -27,7 +31,7 @@ of all sites are batched numpy ops (a leading site axis), the same math;
 tests/unit/sim/test_engine.py checks the batch against a per-site loop and
 tests/unit/sim/test_simulate.py against local_train.
 
-Over 400 lines on purpose: the core plus the decomposition's run (``TrainConfig``,
+Over 400 lines on purpose: the core, both privacy units, plus the decomposition's run (``TrainConfig``,
 ``train_federated``, ``train_oracle``), which decompose, its CLI, the bench and tests import from
 here; simulate's wiring lives in sim/simulate.py.
 """
