@@ -31,6 +31,7 @@ from pydantic import ValidationError
 from fairfleet.accountant.metrics import AccountantMetrics
 from fairfleet.accountant.store import LedgerStore, Row
 from fairfleet.bus import Bus, Envelope, Publisher, Reader, dead_letter_for, topic_name
+from fairfleet.bus.waiting import BrokerWatch
 from fairfleet.errors import BusError, ConfigError, FairfleetError
 from fairfleet.log import event
 from fairfleet.messages import (
@@ -39,7 +40,7 @@ from fairfleet.messages import (
     PrivacyGrant,
     PrivacyReservationRequest,
 )
-from fairfleet.metrics import MetricsServer, serve
+from fairfleet.metrics import DEFAULT_PROGRESS_TIMEOUT_S, Health, MetricsServer, serve
 from fairfleet.privacy.events import LedgerKey, PrivacyRecord
 from fairfleet.privacy.ledger import REPORT_DELTA, Decision, EventState
 from fairfleet.privacy.policy import PolicySet
@@ -57,6 +58,7 @@ class AccountantOptions:
     lag_interval_s: float = 2.0
     consume_requests: bool = True  # False: replay privacy.events only (rebuild)
     reported_accountant: str = "rdp"  # gauges and /budgets default; "pld" refreshes in background
+    progress_timeout_s: float = DEFAULT_PROGRESS_TIMEOUT_S  # /healthz: the loop is stuck
 
     def __post_init__(self) -> None:
         if self.reported_accountant not in ("rdp", "pld"):
@@ -81,6 +83,8 @@ class AccountantService:
             name: topic_name(name, prefix)
             for name in ("privacy.requests", "privacy.events", "privacy.grants", "deadletter")
         }
+        self.bus = bus
+        self.health = Health(self.options.progress_timeout_s, probe=lambda: bus.unreachable(2.0))
         self.store = LedgerStore(db)
         self.ledger = self.store.load(policies)
         self.applied = self.store.offsets()
@@ -125,6 +129,7 @@ class AccountantService:
             self.options.metrics_port,
             self.options.metrics_host,
             routes={"/budgets": self.budgets_json},
+            health=self.health,
         )
         return self.http
 
@@ -141,10 +146,18 @@ class AccountantService:
 
     # ------------------------------------------------------------------ loop
     def run(self, stop: threading.Event) -> None:
+        """Serve until ``stop``; while Kafka is unreachable, wait for it (fairfleet.bus.waiting)."""
         self.start_http()
+        watch = BrokerWatch(self.bus, "accountant", self.health)
         try:
-            while not stop.is_set():
-                self.step(0.5)
+            while watch.wait_if_lost(stop):
+                try:
+                    self.step(0.5)
+                except FairfleetError as exc:
+                    if not watch.recover(exc, stop):
+                        raise
+                    continue  # SQLite holds what was applied; the consumer carries on from there
+                self.health.progress()
         finally:
             self.close()
 

@@ -54,8 +54,9 @@ from fairfleet.aggregator.validation import (
 )
 from fairfleet.bus import Bus, Envelope, Publisher, Reader, connect, dead_letter_for, default_topics
 from fairfleet.bus.base import Consumer
+from fairfleet.bus.waiting import BrokerWatch
 from fairfleet.config import FleetConfig
-from fairfleet.errors import BusError, ConfigError
+from fairfleet.errors import BusError, ConfigError, FairfleetError
 from fairfleet.fairness import NoisyStat, SiteUpdate, build_strategy
 from fairfleet.learning.models import build_model
 from fairfleet.learning.tensors import (
@@ -67,7 +68,7 @@ from fairfleet.learning.tensors import (
 from fairfleet.log import event
 from fairfleet.messages import DeadLetter, ModelRelease, new_id
 from fairfleet.messages import SiteUpdate as SiteUpdateMessage
-from fairfleet.metrics import MetricsServer, serve
+from fairfleet.metrics import Health, MetricsServer, serve
 
 logger = logging.getLogger(__name__)
 
@@ -132,6 +133,8 @@ class Aggregator:
         self.last_report: dict[str, Any] | None = None
         self._buffer: dict[tuple[str, int], SiteUpdate] = {}
         self._server: MetricsServer | None = None
+        bus_ = self.bus
+        self.health = Health(self.model_cfg.progress_timeout_s, probe=lambda: bus_.unreachable(2.0))
         self._last_lag = 0.0
         self._announced_at = 0.0  # when the open round was last (re-)announced
 
@@ -178,12 +181,17 @@ class Aggregator:
         self._theta = self._flat(self.ckpt.weights)
         self._state = self.ckpt.strategy_state
         self._announced_at = self.ckpt.announcement.opened_at if self.ckpt.announcement else 0.0
-        if self.options.metrics_port is not None:
-            self._server = serve(self.metrics.registry, self.options.metrics_port,
-                                 routes={"/status": lambda _q: self.status()})
-            event(logger, "metrics listening", port=self._server.port)
+        self._serve()
         self._update_gauges()
         self._started = True
+
+    def _serve(self) -> None:
+        """/metrics, /healthz and /status (served while waiting for the broker, too)."""
+        if self.options.metrics_port is None or self._server is not None:
+            return
+        self._server = serve(self.metrics.registry, self.options.metrics_port,
+                             routes={"/status": lambda _q: self.status()}, health=self.health)
+        event(logger, "metrics listening", port=self._server.port)
 
     def _check_restored(self, ckpt: Checkpoint) -> None:
         got = {k: (tuple(v.shape), str(v.dtype)) for k, v in ckpt.weights.items()}
@@ -221,17 +229,58 @@ class Aggregator:
         return self._started and self.ckpt.finished
 
     def run(self, stop_event: threading.Event | None = None) -> None:
-        """Serve until ``stop_event`` is set (or training is finished, if so configured)."""
+        """Serve until ``stop_event`` is set (or training is finished, if so configured).
+
+        While Kafka is unreachable it waits for it (fairfleet.bus.waiting); a step that an
+        outage interrupted is followed by :meth:`_resync`.
+        """
         stop = stop_event or threading.Event()
-        self.start()
+        self._serve()
+        watch = BrokerWatch(self.bus, SERVICE, self.health)
         try:
-            while not stop.is_set():
+            if not self._start_when_reachable(watch, stop):
+                return
+            while watch.wait_if_lost(stop):
+                if watch.take_disturbed() and not self._resync(watch, stop):
+                    break
                 if self.finished and self.options.stop_when_finished:
                     event(logger, "training finished", model=self.model_id, version=self.ckpt.version)
                     break
-                self.step()
+                try:
+                    self.step()
+                except FairfleetError as exc:
+                    if not watch.recover(exc, stop):
+                        raise
+                    continue  # the broker was lost: the next turn re-syncs
+                self.health.progress()
         finally:
             self.close()
+
+    def _start_when_reachable(self, watch: BrokerWatch, stop: threading.Event) -> bool:
+        while not self._started:
+            if not watch.wait_if_lost(stop, probe=True):
+                return False
+            try:
+                self.start()
+            except FairfleetError as exc:
+                if not watch.recover(exc, stop):
+                    raise
+        return True
+
+    def _resync(self, watch: BrokerWatch, stop: threading.Event) -> bool:
+        """After an outage (a step may have been cut short): new Kafka clients and the committed
+        state read again, exactly as a restart would (the new transactional producer fences the old one
+        and aborts its open transaction; the open round's updates are read again)."""
+        event(logger, "re-reading the committed state after the Kafka outage", logging.WARNING,
+              model=self.model_id, round=self.ckpt.round, dropped_buffered=len(self._buffer))
+        try:
+            self.consumer.close()
+        except FairfleetError as exc:
+            event(logger, "error while closing", logging.DEBUG, error=str(exc))
+        self._started = False
+        self._buffer = {}
+        self._commit_failures = 0
+        return self._start_when_reachable(watch, stop)
 
     def step(self) -> None:
         """Read at most one message, then close the round if it is due."""

@@ -52,11 +52,13 @@ def run_cmd(
     from fairfleet.bus import connect
     from fairfleet.errors import ConfigError
     from fairfleet.log import configure
+    from fairfleet.metrics import DEFAULT_PROGRESS_TIMEOUT_S
     from fairfleet.privacy.policy import PolicySet
 
     configure("accountant")
     client_config: dict[str, str] = {}
     reported = "rdp"
+    progress_timeout_s = DEFAULT_PROGRESS_TIMEOUT_S
     policies: PolicySet | None = None
     if config is not None:
         from fairfleet.config import load_config
@@ -72,6 +74,7 @@ def run_cmd(
         if policy is None:
             policies = policies_from_config(cfg)  # the config already loaded, not read again
         reported = cfg.accountant.reported_accountant
+        progress_timeout_s = cfg.accountant.progress_timeout_s
     if policy is not None:
         policies = load_policies(policy)
     if bootstrap is None or policies is None:
@@ -82,6 +85,7 @@ def run_cmd(
         metrics_port=9100 if metrics_port is None else metrics_port,
         metrics_host=metrics_host or "127.0.0.1",
         reported_accountant=reported_accountant or reported,
+        progress_timeout_s=progress_timeout_s,
     )
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

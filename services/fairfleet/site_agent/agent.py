@@ -31,6 +31,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from fairfleet.bus import Bus, connect
+from fairfleet.bus.waiting import BrokerWatch
 from fairfleet.config import FleetConfig
 from fairfleet.connectors import ConnectorContext, RejectFile, SiteStream, Windower, build_connector
 from fairfleet.errors import BusError, ConfigError, FairfleetError
@@ -47,6 +48,7 @@ from fairfleet.messages import (
     SiteUpdate,
     WindowRange,
 )
+from fairfleet.metrics import Health
 from fairfleet.privacy.events import dp_event_to_json
 from fairfleet.signing import load_private, sign
 from fairfleet.site_agent import release as rel
@@ -79,6 +81,7 @@ class SiteAgent:
         site_id: str,
         bus: Bus | None = None,
         registry: CollectorRegistry | None = None,
+        health: Health | None = None,
     ) -> None:
         self.config = config
         self.site = config.site(site_id)
@@ -118,7 +121,11 @@ class SiteAgent:
         self.bus = (
             bus if bus is not None else connect(config.bus_url(), config.kafka.client_config())
         )
-        self.io = AgentBus(self.bus, site_id, config.kafka.topic_prefix, config.kafka.chunk_bytes)
+        bus_ = self.bus
+        self.health = health or Health(
+            self.opts.progress_timeout_s, probe=lambda: bus_.unreachable(2.0)
+        )
+        self.io = self._agent_bus()
         self._releases: dict[tuple[str, int], tuple[ModelRelease, bytes]] = {}
         self._latest_round: dict[str, int] = {}
         self._stop = threading.Event()
@@ -133,21 +140,43 @@ class SiteAgent:
         )
 
     # ------------------------------------------------------------------ plumbing
+    def _agent_bus(self) -> AgentBus:
+        kafka = self.config.kafka
+        return AgentBus(self.bus, self.site.id, kafka.topic_prefix, kafka.chunk_bytes)
+
     def run(self, stop: threading.Event) -> None:
-        """Serve until ``stop`` is set; errors are logged and the loop continues."""
+        """Serve until ``stop`` is set; errors are logged and the loop continues. While Kafka is
+        unreachable it waits for it (fairfleet.bus.waiting), then re-syncs its clients."""
         self._stop = stop
-        while not stop.is_set():
+        watch = BrokerWatch(self.bus, SERVICE, self.health)
+        while watch.wait_if_lost(stop):
             try:
+                if watch.take_disturbed():
+                    self._resync()
                 self.step()
             except Interrupted:
                 event(logger, "stopped mid-round; a restart resumes it", site=self.site.id)
             except FairfleetError as exc:
+                if watch.recover(exc, stop):
+                    continue
                 event(logger, "step failed", logging.ERROR, error=str(exc))
                 stop.wait(1.0)
             except Exception:
                 logger.exception("unexpected error in site agent step")
                 stop.wait(1.0)
+            self.health.progress()
         self.close()
+
+    def _resync(self) -> None:
+        """New bus clients after an outage, as a restart would make: the new transactional
+        producer fences the old one and aborts a transaction the outage left open."""
+        event(logger, "renewing the bus clients after the Kafka outage", logging.WARNING,
+              site=self.site.id)
+        try:
+            self.io.close()
+        except FairfleetError as exc:
+            event(logger, "error while closing", logging.DEBUG, error=str(exc))
+        self.io = self._agent_bus()
 
     def step(self, timeout: float | None = None) -> None:
         """Read new data and models; handle at most one round announcement."""
