@@ -112,6 +112,22 @@ class KafkaLink:
         event(logger, what, level, **fields)
 
 
+def _retrying(fn: Any, *args: Any, budget_s: float = 5.0, **kwargs: Any) -> Any:
+    """Call a librdkafka query, retrying retriable errors (a partition whose leader is being
+    elected right after a topic was created or the broker restarted) for up to ``budget_s``."""
+    deadline = time.monotonic() + budget_s
+    attempt = 0
+    while True:
+        try:
+            return fn(*args, **kwargs)
+        except KafkaException as exc:
+            err = exc.args[0] if exc.args else None
+            if not (isinstance(err, KafkaError) and err.retriable()) or time.monotonic() > deadline:
+                raise
+            attempt += 1
+            time.sleep(min(0.1 * attempt, 1.0))
+
+
 def _bus_error(what: str, exc: KafkaException) -> BusError:
     err = exc.args[0] if exc.args else exc
     return BusError(f"{what} failed: {err.str() if isinstance(err, KafkaError) else err}")
@@ -371,16 +387,16 @@ class KafkaConsumer(Consumer):
                 return {}
             return {
                 (tp.topic, tp.partition): max(tp.offset, 0)
-                for tp in self._consumer.committed(assignment, timeout=10)
+                for tp in _retrying(self._consumer.committed, assignment, timeout=10)
             }
         except KafkaException as exc:
             raise _bus_error(f"Reading committed offsets of {self.topics}", exc) from exc
 
     def seek_to_committed(self) -> None:
         try:
-            for tp in self._consumer.committed(self._consumer.assignment(), timeout=10):
+            for tp in _retrying(self._consumer.committed, self._consumer.assignment(), timeout=10):
                 if tp.offset == OFFSET_INVALID:
-                    low, _ = self._consumer.get_watermark_offsets(tp, timeout=10)
+                    low, _ = _retrying(self._consumer.get_watermark_offsets, tp, timeout=10)
                     tp.offset = low
                 self._consumer.seek(tp)
         except KafkaException as exc:
@@ -392,7 +408,9 @@ class KafkaConsumer(Consumer):
         committed: dict[tuple[str, int], int] | None = None  # fetched once, only if needed
         try:
             for tp in self._consumer.assignment():
-                _, high = self._consumer.get_watermark_offsets(tp, timeout=5, cached=False)
+                _, high = _retrying(
+                    self._consumer.get_watermark_offsets, tp, timeout=5, cached=False
+                )
                 pos = positions.get((tp.topic, tp.partition))
                 if pos is None:
                     if committed is None:
