@@ -497,6 +497,9 @@ def wait_ready(
     """
     from confluent_kafka.admin import AdminClient
 
+    from fairfleet.bus.kafka import KafkaLink
+
+    quiet = KafkaLink(bootstrap).config()  # "connection refused" while it starts: DEBUG, not stderr
     host, port = bootstrap.rsplit(":", 1)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -509,7 +512,7 @@ def wait_ready(
             time.sleep(0.3)
             continue
         try:
-            admin = AdminClient({"bootstrap.servers": bootstrap, **(client_config or {})})
+            admin = AdminClient({"bootstrap.servers": bootstrap, **quiet, **(client_config or {})})
             admin.list_topics(timeout=5)
             return
         except Exception:
@@ -571,8 +574,11 @@ def status(state_dir: Path | None = None) -> dict[str, object]:
         return {"running": False, "state_dir": str(state), "data_kept": record is not None, **cluster}
     from confluent_kafka.admin import AdminClient
 
+    from fairfleet.bus.kafka import KafkaLink
+
     try:
-        metadata = AdminClient({"bootstrap.servers": info.bootstrap}).list_topics(timeout=5)
+        admin = AdminClient({"bootstrap.servers": info.bootstrap, **KafkaLink(info.bootstrap).config()})
+        metadata = admin.list_topics(timeout=5)
         topics = sorted(t for t in metadata.topics if not t.startswith("__"))
         answering = True
     except Exception:

@@ -54,7 +54,8 @@ _CONNECTION = frozenset({KafkaError._TRANSPORT})
 _UNREACHABLE_LOG = re.compile(
     r"Connect to .* failed|brokers are down|Disconnected|Failed to resolve|Connection refused"
 )
-_VARYING = re.compile(r"\(after \d+ms[^)]*\)|\d+ identical error\(s\) suppressed|rdkafka#\w+-\d+")
+_VARYING = re.compile(r"\d+")
+"""Numbers (timings, counts, client and thread ids) do not make a message a different one."""
 
 
 class KafkaLink:
@@ -103,7 +104,7 @@ class KafkaLink:
     def _emit(self, level: int, what: str, code: str, text: str) -> None:
         if not logger.isEnabledFor(level):
             return
-        suppressed = self._limit.admit(f"{level}|{code}|{_VARYING.sub('', text)}")
+        suppressed = self._limit.admit(f"{level}|{code}|{_VARYING.sub('#', text)}")
         if suppressed is None:
             return
         fields: dict[str, Any] = {"code": code, "bootstrap": self.bootstrap, "detail": text[:500]}
@@ -161,11 +162,11 @@ class KafkaBus(Bus):
         try:
             metadata = self._admin.list_topics(topic=PROBE_TOPIC, timeout=timeout)
         except KafkaException as exc:
+            self._admin.poll(0)  # serve the admin client's log and error callbacks first
             err = exc.args[0] if exc.args else exc
             detail = err.str() if isinstance(err, KafkaError) else str(err)
             return f"{detail} (last client error: {self.link.last_error})" if self.link.last_error else detail
-        finally:
-            self._admin.poll(0)  # serve the admin client's log and error callbacks
+        self._admin.poll(0)
         if not metadata.brokers:
             return "the cluster answered with no brokers"
         self.link.clear()

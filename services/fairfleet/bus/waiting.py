@@ -41,7 +41,7 @@ class BrokerWatch:
         service: str,
         health: Health | None = None,
         first_delay_s: float = 0.5,
-        max_delay_s: float = 15.0,
+        max_delay_s: float = 5.0,
         probe_timeout_s: float = 3.0,
     ) -> None:
         self.bus = bus
