@@ -114,6 +114,8 @@ def test_reset_asks_first_and_deletes_only_when_confirmed(tmp_path: Path) -> Non
     state = _folder_with_cluster(tmp_path, broker.free_port(), broker.free_port())
     (state / "logs").mkdir()
     runner = CliRunner()
+    res = runner.invoke(app, ["broker", "status", "--state-dir", str(state)])
+    assert res.exit_code == 1 and "its data is kept (cluster abc)" in res.output
     res = runner.invoke(app, ["broker", "reset", "--state-dir", str(state)], input="n\n")
     assert res.exit_code == 1 and "Delete every topic" in res.output
     assert (state / "data" / "topic-0").is_dir() and (state / "cluster.json").exists()

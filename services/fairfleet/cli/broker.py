@@ -82,7 +82,8 @@ def status_cmd(state_dir: StateDir = None, as_json: bool = typer.Option(False, "
             f"{'answering' if st['admin_api'] else 'NOT answering'}, topics: {len(st['topics'])}"  # type: ignore[arg-type]
         )
     else:
-        typer.echo(f"no broker running (state dir {st['state_dir']})")
+        kept = f"; its data is kept (cluster {st['cluster_id']})" if st.get("data_kept") else ""
+        typer.echo(f"no broker running (state dir {st['state_dir']}){kept}")
     if not (st["running"] and st.get("admin_api")):
         raise typer.Exit(1)
 
