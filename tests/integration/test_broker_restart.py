@@ -19,7 +19,7 @@ from fairfleet.bus import connect, default_topics
 from fairfleet.bus.kafka import KafkaBus
 from fairfleet.errors import BrokerError
 
-pytestmark = pytest.mark.kafka
+pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
 
 def _topics(bootstrap: str) -> set[str]:

@@ -123,3 +123,57 @@ def test_error_callbacks_mark_the_link_suspect_only_when_all_brokers_are_down() 
     assert link.suspect
     link.clear()
     assert not link.suspect
+
+
+class FlakyBus:
+    """A bus whose probe answers from a script: a reason (down) or None (up)."""
+
+    bootstrap = "kafka:9092"
+
+    def __init__(self, answers: list[str | None], suspect: bool = False) -> None:
+        self.answers = answers
+        self.suspect = suspect
+        self.probes = 0
+
+    def suspect_down(self) -> bool:
+        return self.suspect
+
+    def unreachable(self, timeout: float = 3.0) -> str | None:
+        self.probes += 1
+        answer = self.answers.pop(0) if self.answers else None
+        if answer is None:
+            self.suspect = False
+        return answer
+
+
+def test_a_lost_broker_is_waited_for_with_one_line_and_health_tells(caplog: pytest.LogCaptureFixture) -> None:
+    import threading
+
+    from fairfleet.bus.waiting import BrokerWatch
+
+    caplog.set_level(logging.INFO, logger="fairfleet.bus.waiting")
+    bus = FlakyBus(["Connection refused"] * 6 + [None], suspect=True)
+    health = Health(60)
+    seen: list[list[str]] = []
+    watch = BrokerWatch(bus, "site_agent", health, first_delay_s=0.001, max_delay_s=0.004)  # type: ignore[arg-type]
+    original = bus.unreachable
+
+    def probe(timeout: float = 3.0) -> str | None:
+        seen.append(health.problems())
+        return original(timeout)
+
+    bus.unreachable = probe  # type: ignore[method-assign]
+    stop = threading.Event()
+    assert watch.wait_if_lost(stop)
+    assert bus.probes == 7 and watch.outages == 1
+    assert seen[1] == ["cannot reach Kafka: kafka:9092: Connection refused"] and health.problems() == []
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0].startswith("cannot reach Kafka at kafka:9092: Connection refused; waiting")
+    assert len(lines) == 2 and "reachable again" in lines[1]
+    assert watch.take_disturbed() and not watch.take_disturbed()  # re-sync once
+    assert watch.wait_if_lost(stop) and bus.probes == 7  # nothing reported: no probe at all
+    assert not watch.recover(RuntimeError("a real bug"), stop)  # the broker answers: re-raise
+    assert not watch.take_disturbed()
+    stop.set()
+    bus.answers, bus.suspect = ["down"] * 3, True
+    assert not watch.wait_if_lost(stop)  # stopping while waiting

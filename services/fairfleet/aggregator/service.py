@@ -268,19 +268,53 @@ class Aggregator:
         return True
 
     def _resync(self, watch: BrokerWatch, stop: threading.Event) -> bool:
-        """After an outage (a step may have been cut short): new Kafka clients and the committed
-        state read again, exactly as a restart would (the new transactional producer fences the old one
-        and aborts its open transaction; the open round's updates are read again)."""
+        """After an outage (a step may have been cut short): what a restart would do. A new
+        transactional producer fences the old one and aborts a transaction the outage left
+        open; the committed checkpoint is read again (a commit whose outcome was unknown is
+        now known); a new consumer reads from the committed offsets (the open round's
+        accepted updates are read again). False if ``stop`` was set meanwhile."""
         event(logger, "re-reading the committed state after the Kafka outage", logging.WARNING,
               model=self.model_id, round=self.ckpt.round, dropped_buffered=len(self._buffer))
-        try:
-            self.consumer.close()
-        except FairfleetError as exc:
-            event(logger, "error while closing", logging.DEBUG, error=str(exc))
-        self._started = False
-        self._buffer = {}
-        self._commit_failures = 0
-        return self._start_when_reachable(watch, stop)
+        prefix = self.config.kafka.topic_prefix
+        while not stop.is_set():
+            try:
+                self.producer = self.bus.producer(transactional_id=self.group_id)
+                self.publisher = Publisher(self.producer, self.config.kafka.chunk_bytes)
+                restored = read_checkpoint(self.bus, self.topics["checkpoints"], self.model_id,
+                                           self.options.restore_timeout_s, group_prefix=prefix)
+                if restored is not None and restored.version != self.ckpt.version:
+                    self._check_restored(restored)
+                    self.ckpt, self._state = restored, restored.strategy_state
+                    self._theta = self._flat(restored.weights)
+                    ann = restored.announcement
+                    self._announced_at = ann.opened_at if ann else 0.0
+                self._replace_consumer()
+                self._buffer = {}
+                self._commit_failures = 0
+                watch.take_disturbed()  # this was the re-sync the disturbance asked for
+                return True
+            except FairfleetError as exc:
+                if not watch.recover(exc, stop):
+                    raise
+        return False
+
+    def _replace_consumer(self) -> None:
+        """A new consumer (the static member fences the old one: after a broker restart the
+        old one may even be fenced already, a fatal error). The old one is closed on a side
+        thread: librdkafka's close can block for good when it lands mid-rebalance."""
+        old = self.consumer
+
+        def close_old() -> None:
+            try:
+                old.close()
+            except FairfleetError as exc:
+                event(logger, "error while closing", logging.DEBUG, error=str(exc))
+
+        closer = threading.Thread(target=close_old, name="close-old-consumer", daemon=True)
+        closer.start()
+        closer.join(10.0)
+        self.consumer = self._make_consumer()
+        self.reader = Reader(self.consumer, SERVICE, on_dead_letter=self._reader_dead_letter)
 
     def step(self) -> None:
         """Read at most one message, then close the round if it is due."""

@@ -113,9 +113,12 @@ class KafkaLink:
         event(logger, what, level, **fields)
 
 
-def _retrying(fn: Any, *args: Any, budget_s: float = 5.0, **kwargs: Any) -> Any:
+def _retrying(
+    fn: Any, *args: Any, budget_s: float = 5.0, also: tuple[int, ...] = (), **kwargs: Any
+) -> Any:
     """Call a librdkafka query, retrying retriable errors (a partition whose leader is being
-    elected right after a topic was created or the broker restarted) for up to ``budget_s``."""
+    elected right after a topic was created or the broker restarted), and the codes in
+    ``also``, for up to ``budget_s``."""
     deadline = time.monotonic() + budget_s
     attempt = 0
     while True:
@@ -123,7 +126,8 @@ def _retrying(fn: Any, *args: Any, budget_s: float = 5.0, **kwargs: Any) -> Any:
             return fn(*args, **kwargs)
         except KafkaException as exc:
             err = exc.args[0] if exc.args else None
-            if not (isinstance(err, KafkaError) and err.retriable()) or time.monotonic() > deadline:
+            again = isinstance(err, KafkaError) and (err.retriable() or err.code() in also)
+            if not again or time.monotonic() > deadline:
                 raise
             attempt += 1
             time.sleep(min(0.1 * attempt, 1.0))
@@ -399,7 +403,7 @@ class KafkaConsumer(Consumer):
                 if tp.offset == OFFSET_INVALID:
                     low, _ = _retrying(self._consumer.get_watermark_offsets, tp, timeout=10)
                     tp.offset = low
-                self._consumer.seek(tp)
+                _retrying(self._consumer.seek, tp, also=(KafkaError._STATE,))  # fetcher starting
         except KafkaException as exc:
             raise _bus_error(f"Rewinding {self.topics} to the committed offsets", exc) from exc
 

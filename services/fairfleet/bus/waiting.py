@@ -55,8 +55,9 @@ class BrokerWatch:
         self._disturbed = False
 
     def take_disturbed(self) -> bool:
-        """True once after the broker was reported or found unreachable: a step may have been
-        cut short (an open transaction, a lost commit), so the service re-syncs its state."""
+        """True once after the service waited for the broker or a step failed because of it:
+        a step may have been cut short (an open transaction, a lost commit), so the service
+        re-syncs its state."""
         disturbed, self._disturbed = self._disturbed, False
         return disturbed
 
@@ -67,10 +68,8 @@ class BrokerWatch:
     def wait_if_lost(self, stop: threading.Event, probe: bool = False) -> bool:
         """Wait while the broker is unreachable (checked only if a client reported trouble, or
         ``probe``); False if ``stop`` was set meanwhile."""
-        suspect = self.bus.suspect_down()
-        if not (probe or suspect):
+        if not (probe or self.bus.suspect_down()):
             return not stop.is_set()
-        self._disturbed = self._disturbed or suspect
         return self._wait(stop, self.bus.unreachable(self.probe_timeout_s))
 
     def recover(self, exc: BaseException, stop: threading.Event) -> bool:

@@ -30,7 +30,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from fairfleet.bus import Bus, connect
+from fairfleet.bus import Bus, Publisher, connect
 from fairfleet.bus.waiting import BrokerWatch
 from fairfleet.config import FleetConfig
 from fairfleet.connectors import ConnectorContext, RejectFile, SiteStream, Windower, build_connector
@@ -125,7 +125,7 @@ class SiteAgent:
         self.health = health or Health(
             self.opts.progress_timeout_s, probe=lambda: bus_.unreachable(2.0)
         )
-        self.io = self._agent_bus()
+        self.io = AgentBus(self.bus, site_id, config.kafka.topic_prefix, config.kafka.chunk_bytes)
         self._releases: dict[tuple[str, int], tuple[ModelRelease, bytes]] = {}
         self._latest_round: dict[str, int] = {}
         self._stop = threading.Event()
@@ -140,10 +140,6 @@ class SiteAgent:
         )
 
     # ------------------------------------------------------------------ plumbing
-    def _agent_bus(self) -> AgentBus:
-        kafka = self.config.kafka
-        return AgentBus(self.bus, self.site.id, kafka.topic_prefix, kafka.chunk_bytes)
-
     def run(self, stop: threading.Event) -> None:
         """Serve until ``stop`` is set; errors are logged and the loop continues. While Kafka is
         unreachable it waits for it (fairfleet.bus.waiting), then re-syncs its clients."""
@@ -168,15 +164,14 @@ class SiteAgent:
         self.close()
 
     def _resync(self) -> None:
-        """New bus clients after an outage, as a restart would make: the new transactional
-        producer fences the old one and aborts a transaction the outage left open."""
-        event(logger, "renewing the bus clients after the Kafka outage", logging.WARNING,
-              site=self.site.id)
-        try:
-            self.io.close()
-        except FairfleetError as exc:
-            event(logger, "error while closing", logging.DEBUG, error=str(exc))
-        self.io = self._agent_bus()
+        """After an outage: a new transactional producer, as a restart would make; it fences
+        the old one and aborts a transaction the outage left open. The consumers stay
+        (librdkafka reconnects them; closing one mid-rebalance can hang)."""
+        event(logger, "renewing the transactional producer after the Kafka outage",
+              logging.WARNING, site=self.site.id)
+        self.io.tx = Publisher(
+            self.bus.producer(transactional_id=f"site-{self.site.id}"), self.config.kafka.chunk_bytes
+        )
 
     def step(self, timeout: float | None = None) -> None:
         """Read new data and models; handle at most one round announcement."""
