@@ -56,7 +56,7 @@ from fairfleet.bus import Bus, Envelope, Publisher, Reader, connect, dead_letter
 from fairfleet.bus.base import Consumer
 from fairfleet.bus.waiting import BrokerWatch
 from fairfleet.config import FleetConfig
-from fairfleet.errors import BusError, ConfigError, FairfleetError
+from fairfleet.errors import BusError, ConfigError, FairfleetError, PayloadError
 from fairfleet.fairness import NoisyStat, SiteUpdate, build_strategy
 from fairfleet.learning.models import build_model
 from fairfleet.learning.tensors import (
@@ -257,14 +257,20 @@ class Aggregator:
             self.close()
 
     def _start_when_reachable(self, watch: BrokerWatch, stop: threading.Event) -> bool:
+        failures = 0
         while not self._started:
             if not watch.wait_if_lost(stop, probe=True):
                 return False
             try:
                 self.start()
-            except FairfleetError as exc:
-                if not watch.recover(exc, stop):
+            except (BusError, PayloadError) as exc:
+                if watch.recover(exc, stop):
+                    continue
+                failures += 1  # the broker answers, but e.g. a new topic has no leader yet
+                if failures >= MAX_COMMIT_FAILURES:
                     raise
+                event(logger, "start failed; retrying", logging.WARNING, error=str(exc)[:300])
+                stop.wait(2.0 * failures)
         return True
 
     def _resync(self, watch: BrokerWatch, stop: threading.Event) -> bool:

@@ -114,7 +114,7 @@ class KafkaLink:
 
 
 def _retrying(
-    fn: Any, *args: Any, budget_s: float = 5.0, also: tuple[int, ...] = (), **kwargs: Any
+    fn: Any, *args: Any, budget_s: float = 30.0, also: tuple[int, ...] = (), **kwargs: Any
 ) -> Any:
     """Call a librdkafka query, retrying retriable errors (a partition whose leader is being
     elected right after a topic was created or the broker restarted), and the codes in
