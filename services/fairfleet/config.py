@@ -131,6 +131,7 @@ class ModelConfig(_Strict):
     privacy: PrivacyPlan = Field(default_factory=PrivacyPlan)
     gamma: Annotated[float, Field(ge=0)] = 0.1
     metrics_port: Annotated[int, Field(ge=0, le=65535)] = 9201
+    progress_timeout_s: Annotated[float, Field(gt=0)] = 300.0  # /healthz: aggregator loop stuck
 
 
 class ConnectorConfig(_Strict):
@@ -155,6 +156,7 @@ class SiteAgentConfig(_Strict):
     model_timeout_s: Annotated[float, Field(gt=0)] = 30.0  # wait for the announced ModelRelease
     poll_interval_s: Annotated[float, Field(gt=0)] = 0.5
     reject_file: str | None = None  # default: <state_dir>/rejects.jsonl
+    progress_timeout_s: Annotated[float, Field(gt=0)] = 300.0  # /healthz: loop (or training) stuck
 
 
 class SiteConfig(_Strict):
@@ -189,6 +191,7 @@ class AccountantConfig(_Strict):
             )
         return value
     grant_timeout_s: Annotated[float, Field(gt=0)] = 30.0
+    progress_timeout_s: Annotated[float, Field(gt=0)] = 300.0  # /healthz: accountant loop stuck
 
 
 class FleetConfig(BaseSettings):

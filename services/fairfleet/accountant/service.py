@@ -33,6 +33,7 @@ from fairfleet.accountant.metrics import AccountantMetrics
 from fairfleet.accountant.store import LedgerStore, Row, Wasted
 from fairfleet.bus import Bus, Envelope, Publisher, Reader, dead_letter_for, topic_name
 from fairfleet.bus.limits import DEFAULT_LIMITS, InputLimits
+from fairfleet.bus.waiting import BrokerWatch
 from fairfleet.errors import BusError, FairfleetError
 from fairfleet.log import event
 from fairfleet.messages import (
@@ -42,7 +43,7 @@ from fairfleet.messages import (
     PrivacyReservationRequest,
     SiteUpdate,
 )
-from fairfleet.metrics import MetricsServer, serve
+from fairfleet.metrics import DEFAULT_PROGRESS_TIMEOUT_S, Health, MetricsServer, serve
 from fairfleet.privacy.events import LedgerKey, PrivacyRecord, PrivacyUnit
 from fairfleet.privacy.ledger import Decision, EventState
 from fairfleet.privacy.policy import PolicySet
@@ -60,6 +61,7 @@ class AccountantOptions:
     lag_interval_s: float = 2.0
     consume_requests: bool = True  # False: replay privacy.events only (rebuild)
     limits: InputLimits = DEFAULT_LIMITS  # bounds on consumed records (fairfleet.bus.limits)
+    progress_timeout_s: float = DEFAULT_PROGRESS_TIMEOUT_S  # /healthz: the loop is stuck
 
 
 class AccountantService:
@@ -78,6 +80,8 @@ class AccountantService:
             name: topic_name(name, prefix)
             for name in ("privacy.requests", "privacy.events", "privacy.grants", "deadletter")
         }
+        self.bus = bus
+        self.health = Health(self.options.progress_timeout_s, probe=lambda: bus.unreachable(2.0))
         self.store = LedgerStore(db)
         self.policies = policies
         self.ledger = self.store.load(policies)
@@ -120,6 +124,7 @@ class AccountantService:
             self.options.metrics_port,
             self.options.metrics_host,
             routes={"/budgets": self.budgets_json},
+            health=self.health,
         )
         return self.http
 
@@ -139,10 +144,18 @@ class AccountantService:
 
     # ------------------------------------------------------------------ loop
     def run(self, stop: threading.Event) -> None:
+        """Serve until ``stop``; while Kafka is unreachable, wait for it (fairfleet.bus.waiting)."""
         self.start_http()
+        watch = BrokerWatch(self.bus, "accountant", self.health)
         try:
-            while not stop.is_set():
-                self.step(0.5)
+            while watch.wait_if_lost(stop):
+                try:
+                    self.step(0.5)
+                except FairfleetError as exc:
+                    if not watch.recover(exc, stop):
+                        raise
+                    continue  # SQLite holds what was applied; the consumer carries on from there
+                self.health.progress()
         finally:
             self.close()
 

@@ -48,10 +48,12 @@ def run_cmd(
     from fairfleet.bus.limits import DEFAULT_LIMITS
     from fairfleet.errors import ConfigError
     from fairfleet.log import configure
+    from fairfleet.metrics import DEFAULT_PROGRESS_TIMEOUT_S
     from fairfleet.privacy.policy import PolicySet
 
     configure("accountant")
     client_config: dict[str, str] = {}
+    progress_timeout_s = DEFAULT_PROGRESS_TIMEOUT_S
     policies: PolicySet | None = None
     limits = DEFAULT_LIMITS
     if config is not None:
@@ -68,6 +70,7 @@ def run_cmd(
         if policy is None:
             policies = cfg.policy_set()  # the config already loaded, not read again
         limits = cfg.kafka.input_limits()
+        progress_timeout_s = cfg.accountant.progress_timeout_s
     if policy is not None:
         policies = load_policies(policy)
     if bootstrap is None or policies is None:
@@ -78,6 +81,7 @@ def run_cmd(
         metrics_port=9100 if metrics_port is None else metrics_port,
         metrics_host=metrics_host or "127.0.0.1",
         limits=limits,
+        progress_timeout_s=progress_timeout_s,
     )
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

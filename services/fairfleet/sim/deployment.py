@@ -38,6 +38,7 @@ import yaml
 
 from fairfleet.config import FleetConfig, ModelConfig, SiteConfig, load_config
 from fairfleet.errors import ConfigError
+from fairfleet.privacy.policy import Policy
 from fairfleet.sim.arrays import FleetData
 from fairfleet.sim.synthetic import SiteData
 
@@ -217,9 +218,16 @@ def deployment_data(config: FleetConfig, model_id: str | None = None) -> FleetDa
     return FleetData(f"{config.fleet}/{model.id}", task, d, max(outputs, 2) if task == "classification" else 1, sites)
 
 
-def site_epsilons(config: FleetConfig, sites: list[str]) -> dict[str, float]:
-    """ε_max of each site's policy (the most specific of site, class, defaults)."""
-    return {s: config.policy_for(s).epsilon_max for s in sites}
+def site_policies(config: FleetConfig, sites: list[str], unit: str) -> dict[str, Policy]:
+    """Each site's policy for ``unit`` ledgers (the one resolver: PolicySet.resolve); a site
+    without one is an error naming it, as the accountant would deny every release."""
+    out: dict[str, Policy] = {}
+    for s in sites:
+        match = config.policy_for(s, unit)
+        if match.policy is None:
+            raise ConfigError(f"Site '{s}' has no {unit}-level policy: {match.reason or match.matched}.")
+        out[s] = match.policy
+    return out
 
 
 def training_defaults(config: FleetConfig, model_id: str | None, n_train: np.ndarray) -> dict[str, Any]:
@@ -233,7 +241,8 @@ def training_defaults(config: FleetConfig, model_id: str | None, n_train: np.nda
     plan, training = model.privacy, model.training
     median = float(np.median(n_train)) if len(n_train) else 1.0
     sites = [s.id for s in serving_sites(config, model.id)]
-    eps = site_epsilons(config, sites)
+    policies = site_policies(config, sites, plan.protected_unit)
+    eps = {s: p.epsilon_max for s, p in policies.items()}
     return {
         "rounds": model.rounds.rounds,
         "epochs": training.epochs,
@@ -248,6 +257,6 @@ def training_defaults(config: FleetConfig, model_id: str | None, n_train: np.nda
         "mechanism": plan.mechanism,
         "sampling_rate": plan.sampling_rate,
         "epsilon": min(eps.values()) if eps else None,
-        "delta": min(config.policy_for(s).delta for s in sites) if sites else 1e-5,
+        "delta": min(p.delta for p in policies.values()) if policies else 1e-5,
         "site_epsilons": eps,
     }
