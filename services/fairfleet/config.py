@@ -103,6 +103,17 @@ class RoundsConfig(_Strict):
     staleness_exponent: Annotated[float, Field(ge=0)] = 0.5
 
 
+PublicKeyHex = Annotated[str, Field(pattern=r"^[0-9a-fA-F]{64}$")]
+
+
+class IdentityConfig(_Strict):
+    """A service's Ed25519 identity: the public key every consumer verifies its messages with,
+    and (on the machine that runs it) the private key file it signs with (docs/security.md)."""
+
+    public_key: PublicKeyHex
+    private_key_file: str | None = None
+
+
 class ModelConfig(_Strict):
     """One model the fleet trains; one aggregator per model."""
 
@@ -114,6 +125,8 @@ class ModelConfig(_Strict):
     privacy: PrivacyPlan = Field(default_factory=PrivacyPlan)
     gamma: Annotated[float, Field(ge=0)] = 0.1
     metrics_port: Annotated[int, Field(ge=0, le=65535)] = 9201
+    aggregator: IdentityConfig | None = None
+    """The identity of this model's aggregator (signs announcements and model releases)."""
 
 
 class PolicyConfig(_Strict):
@@ -159,7 +172,7 @@ class SiteAgentConfig(_Strict):
 class SiteConfig(_Strict):
     id: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")]
     site_class: str = Field(alias="class")
-    public_key: Annotated[str, Field(pattern=r"^[0-9a-fA-F]{64}$")]
+    public_key: PublicKeyHex
     private_key_file: str | None = None
     data_source: str = "default"
     connector: ConnectorConfig = Field(default_factory=ConnectorConfig)
@@ -177,6 +190,8 @@ class AccountantConfig(_Strict):
     metrics_port: Annotated[int, Field(ge=0, le=65535)] = 9100
     reported_accountant: Literal["pld", "rdp"] = "pld"
     grant_timeout_s: Annotated[float, Field(gt=0)] = 30.0
+    public_key: PublicKeyHex | None = None  # the accountant's identity: signs grants and denials
+    private_key_file: str | None = None
 
 
 class FleetConfig(BaseSettings):

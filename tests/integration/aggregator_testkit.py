@@ -11,6 +11,7 @@ updates.
 
 from __future__ import annotations
 
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from fairfleet.learning.tensors import from_safetensors_bytes, sha256_hex, to_sa
 from fairfleet.learning.train import LocalTrainConfig, evaluate, local_train
 from fairfleet.messages import ModelRelease, NoisyStat, RoundAnnouncement, SiteUpdate, UpdatePrivacy
 from fairfleet.privacy.mechanisms import noisy_bounded_mean
-from fairfleet.signing import generate_keypair, load_private, sign
+from fairfleet.signing import add_service_identities, generate_keypair, load_private, sign
 
 DIM = 5
 MODEL = "line"
@@ -71,6 +72,7 @@ def fleet_config(
         }],
         "sites": [{"id": s, "class": c, "public_key": keys[s][1], "models": [MODEL]} for s, c, _ in sites],
     }
+    data = add_service_identities(data, Path(tempfile.mkdtemp(prefix="fairfleet-keys-")))
     return parse_config(data), {s: k[0] for s, k in keys.items()}
 
 

@@ -32,6 +32,7 @@ from fairfleet.accountant.metrics import AccountantMetrics
 from fairfleet.accountant.store import LedgerStore, Row
 from fairfleet.bus import Bus, Envelope, Publisher, Reader, dead_letter_for, topic_name
 from fairfleet.bus.limits import DEFAULT_LIMITS, InputLimits
+from fairfleet.bus.messaging import SignFn, VerifyFn
 from fairfleet.errors import BusError, ConfigError, FairfleetError
 from fairfleet.log import event
 from fairfleet.messages import (
@@ -59,6 +60,10 @@ class AccountantOptions:
     consume_requests: bool = True  # False: replay privacy.events only (rebuild)
     reported_accountant: str = "rdp"  # gauges and /budgets default; "pld" refreshes in background
     limits: InputLimits = DEFAULT_LIMITS  # bounds on consumed records (fairfleet.bus.limits)
+    # signs grants and denials; verifies requests and ledger events (fairfleet.signing; the CLI
+    # builds both from the fleet config). None: unsigned / unverified (tests of the ledger only).
+    signer: SignFn | None = None
+    verifier: VerifyFn | None = None
 
     def __post_init__(self) -> None:
         if self.reported_accountant not in ("rdp", "pld"):
@@ -95,9 +100,10 @@ class AccountantService:
         group_id = self.options.group_id or f"{prefix}accountant-{self.store.instance_id}"
         consumer = bus.consumer(group_id, inputs)
         self._offsets_checked = False
-        self.publisher = Publisher(bus.producer())
+        self.publisher = Publisher(bus.producer(), signer=self.options.signer)
         self.reader = Reader(
-            consumer, "accountant", on_dead_letter=self._dead_letter, limits=self.options.limits
+            consumer, "accountant", on_dead_letter=self._dead_letter, limits=self.options.limits,
+            verifier=self.options.verifier,
         )
         self._dead_letter_skipped_rows()
         self.http: MetricsServer | None = None

@@ -68,6 +68,7 @@ from fairfleet.log import event
 from fairfleet.messages import DeadLetter, ModelRelease, new_id
 from fairfleet.messages import SiteUpdate as SiteUpdateMessage
 from fairfleet.metrics import MetricsServer, serve
+from fairfleet.signing import aggregator_signer
 
 logger = logging.getLogger(__name__)
 
@@ -120,6 +121,7 @@ class Aggregator:
                        ("rounds", "models", "updates", "deadletter", "checkpoints")}
         self.group_id = f"{prefix}aggregator.{model_id}"
         self.public_keys = config.public_keys()
+        self.signer = aggregator_signer(config, model_id)  # signs announcements and releases
         self.site_classes = config.site_classes()
         self._fleet_models = frozenset(m.id for m in config.models)
         # one aggregator (the first configured model's) dead-letters updates for unknown models
@@ -164,9 +166,9 @@ class Aggregator:
         self.bus.create_topics(default_topics(prefix, self.config.kafka.partitions))
         # Fences any earlier incarnation and aborts its open transaction before we read state.
         self.producer = self.bus.producer(transactional_id=self.group_id)
-        self.publisher = Publisher(self.producer, self.config.kafka.chunk_bytes)
+        self.publisher = Publisher(self.producer, self.config.kafka.chunk_bytes, self.signer)
         self._dl_producer = self.bus.producer()
-        self._dl_publisher = Publisher(self._dl_producer, self.config.kafka.chunk_bytes)
+        self._dl_publisher = Publisher(self._dl_producer, self.config.kafka.chunk_bytes, self.signer)
         restored = read_checkpoint(self.bus, self.topics["checkpoints"], self.model_id,
                                    self.options.restore_timeout_s, group_prefix=prefix)
         self.consumer = self._make_consumer()

@@ -48,7 +48,7 @@ from fairfleet.messages import (
 )
 from fairfleet.privacy.events import dp_event_to_json
 from fairfleet.privacy.windows import WindowRange, WindowRanges, describe, hull
-from fairfleet.signing import load_private, sign
+from fairfleet.signing import Signer, Verifier, load_private, sign, site_principal
 from fairfleet.site_agent import release as rel
 from fairfleet.site_agent.bus_side import SERVICE, AgentBus, Interrupted, OutcomeUnknown
 from fairfleet.site_agent.metrics import SiteMetrics
@@ -119,7 +119,8 @@ class SiteAgent:
             bus if bus is not None else connect(config.bus_url(), config.kafka.client_config())
         )
         self.io = AgentBus(self.bus, site_id, config.kafka.topic_prefix, config.kafka.chunk_bytes,
-                           config.kafka.input_limits(), self.metrics.on_dead_letter)
+                           config.kafka.input_limits(), self.metrics.on_dead_letter,
+                           Signer(site_principal(site_id), self.key), Verifier.from_config(config).check)
         self._releases: dict[tuple[str, int], tuple[ModelRelease, bytes]] = {}
         self._latest_round: dict[str, int] = {}
         self._stop = threading.Event()

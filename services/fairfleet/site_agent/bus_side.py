@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 
 from fairfleet.bus import Bus, Publisher, Reader, topic_name
 from fairfleet.bus.limits import DEFAULT_LIMITS, InputLimits
+from fairfleet.bus.messaging import SignFn, VerifyFn
 from fairfleet.bus.topics import LOGICAL_TOPICS
 from fairfleet.errors import BusError, FairfleetError
 from fairfleet.log import event
@@ -51,21 +52,24 @@ class AgentBus:
         chunk_bytes: int,
         limits: InputLimits = DEFAULT_LIMITS,
         on_dead_letter: Callable[[DeadLetter], None] | None = None,
+        signer: SignFn | None = None,
+        verifier: VerifyFn | None = None,
     ) -> None:
         self.bus = bus
         self.site_id = site_id
         self.limits = limits
         self.on_dead_letter = on_dead_letter  # e.g. a metric; called for every dead letter
+        self.verifier = verifier  # rounds, models, grants and commits: signed by their producer
         self.topics = {t: topic_name(t, prefix) for t in LOGICAL_TOPICS}
-        self.tx = Publisher(bus.producer(transactional_id=f"site-{site_id}"), chunk_bytes)
-        self.plain = Publisher(bus.producer(), chunk_bytes)
+        self.tx = Publisher(bus.producer(transactional_id=f"site-{site_id}"), chunk_bytes, signer)
+        self.plain = Publisher(bus.producer(), chunk_bytes, signer)
         self.rounds = self._reader(f"site-{site_id}-rounds", "rounds")
         self.models = self._reader(f"site-{site_id}-models", "models")
         self.grants = self._reader(f"site-{site_id}-grants", "privacy.grants")
 
     def _reader(self, group: str, logical: str) -> Reader:
         return Reader(self.bus.consumer(group, [self.topics[logical]]), SERVICE, self.dead_letter,
-                      limits=self.limits)
+                      limits=self.limits, verifier=self.verifier)
 
     def dead_letter(self, letter: DeadLetter) -> None:
         if self.on_dead_letter is not None:
@@ -168,7 +172,7 @@ class AgentBus:
         consumer = self.bus.consumer(
             f"site-{self.site_id}-resolve-{uuid.uuid4().hex[:8]}", [self.topics["privacy.events"]]
         )
-        reader = Reader(consumer, SERVICE, limits=self.limits)
+        reader = Reader(consumer, SERVICE, limits=self.limits, verifier=self.verifier)
         quiet, deadline = 0, time.monotonic() + timeout
         try:
             while time.monotonic() < deadline and quiet < 3:
