@@ -210,6 +210,8 @@ class FleetConfig(BaseSettings):
     state_dir: str = ".fairfleet/state"
     metrics_host: str = "127.0.0.1"
     """Interface the services' /metrics servers bind (0.0.0.0 in containers)."""
+    demo: bool = False
+    """True only for a demo fleet: `config check` then accepts the published demo keys."""
 
     _base_dir: Path | None = PrivateAttr(default=None)
 

@@ -187,7 +187,7 @@ class Aggregator:
         self._announced_at = self.ckpt.announcement.opened_at if self.ckpt.announcement else 0.0
         if self.options.metrics_port is not None:
             self._server = serve(self.metrics.registry, self.options.metrics_port,
-                                 routes={"/status": lambda _q: self.status()})
+                                 self.config.metrics_host, routes={"/status": lambda _q: self.status()})
             event(logger, "metrics listening", port=self._server.port)
         self._update_gauges()
         self._started = True

@@ -38,6 +38,7 @@ def run_cmd(
     server = serve(
         agent.metrics.registry,
         port,
+        cfg.metrics_host,  # the config's interface (env FAIRFLEET_METRICS_HOST overrides it)
         routes={"/rounds": lambda _: agent.rounds_json(), "/data": lambda _: agent.data_json()},
     )
     event(logger, "metrics listening", port=server.port)
