@@ -112,6 +112,8 @@ class IdentityConfig(_Strict):
 
     public_key: PublicKeyHex
     private_key_file: str | None = None
+    previous_public_keys: list[PublicKeyHex] = Field(default_factory=list)
+    """Retired keys still accepted while a rotation completes (docs/operations.md)."""
 
 
 class ModelConfig(_Strict):
@@ -192,6 +194,7 @@ class AccountantConfig(_Strict):
     grant_timeout_s: Annotated[float, Field(gt=0)] = 30.0
     public_key: PublicKeyHex | None = None  # the accountant's identity: signs grants and denials
     private_key_file: str | None = None
+    previous_public_keys: list[PublicKeyHex] = Field(default_factory=list)  # during a rotation
 
 
 class FleetConfig(BaseSettings):

@@ -14,7 +14,7 @@ fleet config checks it (the bus Reader dead-letters what fails, fairfleet.bus.me
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -133,19 +133,27 @@ class Verifier:
     (fail closed): its messages are ``unknown_signer``.
     """
 
-    def __init__(self, keys: Mapping[str, str]) -> None:
+    def __init__(self, keys: Mapping[str, str], previous: Mapping[str, Sequence[str]] | None = None) -> None:
         self.keys = {p: k.lower() for p, k in keys.items()}
-        self._by_key_id = {key_id(k): p for p, k in self.keys.items()}
+        # key id -> (principal, public key): the current keys, plus retired keys still accepted
+        # during a rotation (docs/operations.md, "Rotate the accountant's or an aggregator's key")
+        self._by_key_id = {key_id(k): (p, k) for p, k in self.keys.items()}
+        for p, olds in (previous or {}).items():
+            for k in olds:
+                self._by_key_id.setdefault(key_id(k.lower()), (p, k.lower()))
 
     @classmethod
     def from_config(cls, config: FleetConfig) -> Verifier:
         keys = {site_principal(s.id): s.public_key for s in config.sites}
+        previous: dict[str, list[str]] = {}
         if config.accountant.public_key:
             keys[ACCOUNTANT] = config.accountant.public_key
+            previous[ACCOUNTANT] = list(config.accountant.previous_public_keys)
         for m in config.models:
             if m.aggregator is not None:
                 keys[aggregator_principal(m.id)] = m.aggregator.public_key
-        return cls(keys)
+                previous[aggregator_principal(m.id)] = list(m.aggregator.previous_public_keys)
+        return cls(keys, previous)
 
     def check(self, msg: Message) -> Problem | None:
         """None if ``msg`` is not a control message or is signed by one of its allowed signers."""
@@ -159,14 +167,14 @@ class Verifier:
         known = [p for p in allowed if p in self.keys]
         if not known:
             return Problem("unknown_signer", f"{what}: no public key configured for {' or '.join(allowed)}")
-        signer = self._by_key_id.get(msg.key_id)
+        signer, public_hex = self._by_key_id.get(msg.key_id, ("", ""))
         if signer not in known:
             by = f"the key of '{signer}'" if signer else f"unknown key id '{msg.key_id[:32]}'"
             return Problem(
                 "bad_signature", f"{what} is signed by {by}; only {' or '.join(allowed)} may sign it"
             )
         try:
-            load_public(self.keys[signer]).verify(bytes.fromhex(msg.signature), _signed_bytes(msg))
+            load_public(public_hex).verify(bytes.fromhex(msg.signature), _signed_bytes(msg))
         except (InvalidSignature, ValueError):
             return Problem("bad_signature", f"{what}: the signature of '{signer}' does not verify")
         return None
