@@ -38,6 +38,7 @@ import torch
 from fairfleet.aggregator.budgets import BudgetClient
 from fairfleet.aggregator.checkpoint import Checkpoint, publish_checkpoint, read_checkpoint
 from fairfleet.aggregator.crash import CRASH_ENV, CrashHook
+from fairfleet.aggregator.ledger_gate import LedgerGate, capped_examples, examples_cap
 from fairfleet.aggregator.metrics import SERVICE, AggregatorMetrics
 from fairfleet.aggregator.rounds import (
     announcement,
@@ -68,7 +69,7 @@ from fairfleet.log import event
 from fairfleet.messages import DeadLetter, ModelRelease, new_id
 from fairfleet.messages import SiteUpdate as SiteUpdateMessage
 from fairfleet.metrics import MetricsServer, serve
-from fairfleet.signing import aggregator_signer
+from fairfleet.signing import Verifier, aggregator_signer
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +93,9 @@ class AggregatorOptions:
     stop_when_finished: bool = True
     restore_timeout_s: float = 60.0
     crash_at: str | None = None
+    require_ledger: bool = False
+    """Accept an update only if its release is committed in the signed privacy.events
+    (aggregator.ledger_gate); `fairfleet aggregator run` turns it on."""
 
 
 class Aggregator:
@@ -122,6 +126,8 @@ class Aggregator:
         self.group_id = f"{prefix}aggregator.{model_id}"
         self.public_keys = config.public_keys()
         self.signer = aggregator_signer(config, model_id)  # signs announcements and releases
+        self._caps = {s.id: examples_cap(config, s.id) for s in config.sites}  # weight caps
+        self.ledger_gate: LedgerGate | None = None
         self.site_classes = config.site_classes()
         self._fleet_models = frozenset(m.id for m in config.models)
         # one aggregator (the first configured model's) dead-letters updates for unknown models
@@ -173,6 +179,9 @@ class Aggregator:
                                    self.options.restore_timeout_s, group_prefix=prefix)
         self.consumer = self._make_consumer()
         self.reader = self._make_reader()
+        if self.options.require_ledger:
+            self.ledger_gate = LedgerGate(self.bus, f"{prefix}privacy.events",
+                                          Verifier.from_config(self.config).check, prefix)
         if restored is None:
             self.ckpt = self._bootstrap()
         else:
@@ -283,7 +292,8 @@ class Aggregator:
         if not self._started or self._closed:
             return
         self._closed = True
-        for closer in (self._dl_producer.flush, self.consumer.close):
+        gate = () if self.ledger_gate is None else (self.ledger_gate.close,)
+        for closer in (self._dl_producer.flush, self.consumer.close, *gate):
             try:
                 closer()
             except BusError as exc:
@@ -347,6 +357,8 @@ class Aggregator:
         problem = check_identity(msg, self.public_keys, self.site_classes)
         if problem is not None:
             return problem
+        if self.ledger_gate is not None and (missing := self.ledger_gate.admit(msg)) is not None:
+            return Rejection(missing.reason, missing.detail)
         if ann is None:
             return Rejection("late", "Training is finished; no round is open.")
         staleness = check_round(
@@ -369,7 +381,7 @@ class Aggregator:
         loss = NoisyStat(msg.loss.value, msg.loss.noise_std, msg.loss.m) if msg.loss else None
         return SiteUpdate(
             site=msg.site, site_class=self.site_classes[msg.site], delta=checked.vector,
-            n_examples=msg.n_examples,
+            n_examples=capped_examples(msg.n_examples, self._caps.get(msg.site)),
             noise_std=msg.privacy.noise_std if msg.privacy.enabled else 0.0,
             loss=loss, staleness=staleness, squared_norm=checked.norm**2,
         )
