@@ -136,7 +136,8 @@ def run_fleet(tmp: Path, bootstrap: str, forge: bool) -> dict[str, Any]:
     config = parse_config(raw)
     forged = forgeries(config) if forge else []
     publish(bus, prefix, forged)  # before any service starts: the early announcement included
-    agg = Aggregator(config, MODEL, bus=bus, options=AggregatorOptions(poll_timeout_s=0.01))
+    agg = Aggregator(config, MODEL, bus=bus,
+                     options=AggregatorOptions(poll_timeout_s=0.01, require_ledger=True))
     agents: list[SiteAgent] = []
     with RealAccountant(bus, raw, tmp) as accountant:
         agg.start()
