@@ -257,3 +257,49 @@ def add_service_identities(data: dict[str, Any], key_dir: Path) -> dict[str, Any
             model["aggregator"] = {"public_key": public, "private_key_file": str(path)}
         models.append(model)
     return {**data, "accountant": accountant, "models": models}
+
+
+H_SIGNATURE = "ff-signature"
+H_KEY_ID = "ff-key-id"
+
+
+def _blob_bytes(kind: str, owner: str, value: bytes | memoryview) -> bytes:
+    return f"fairfleet.{kind}\0{owner}\0".encode() + hashlib.sha256(value).digest()
+
+
+def blob_signature_headers(
+    kind: str, owner: str, value: bytes | memoryview, private_key: Ed25519PrivateKey
+) -> dict[str, bytes]:
+    """Record headers signing a binary value that is not a message (an aggregator checkpoint):
+    Ed25519 over its kind, owner and sha256."""
+    return {
+        H_SIGNATURE: private_key.sign(_blob_bytes(kind, owner, value)).hex().encode(),
+        H_KEY_ID: key_id(public_hex_of(private_key)).encode(),
+    }
+
+
+def blob_signed_by(
+    kind: str, owner: str, value: bytes | memoryview, headers: Mapping[str, bytes],
+    public_keys: Sequence[str],
+) -> bool:
+    """Do ``headers`` carry a valid signature of ``value`` by one of ``public_keys``?"""
+    try:
+        signature = bytes.fromhex(headers.get(H_SIGNATURE, b"").decode())
+        kid = headers.get(H_KEY_ID, b"").decode()
+    except (ValueError, UnicodeDecodeError):
+        return False
+    for public in public_keys:
+        if key_id(public.lower()) != kid:
+            continue
+        try:
+            load_public(public).verify(signature, _blob_bytes(kind, owner, value))
+            return True
+        except (InvalidSignature, ValueError):
+            return False
+    return False
+
+
+def aggregator_public_keys(config: FleetConfig, model_id: str) -> list[str]:
+    """The keys an aggregator's own records may be signed with (current, then retired)."""
+    ident = config.model(model_id).aggregator
+    return [] if ident is None else [ident.public_key, *ident.previous_public_keys]

@@ -69,7 +69,7 @@ from fairfleet.log import event
 from fairfleet.messages import DeadLetter, ModelRelease, new_id
 from fairfleet.messages import SiteUpdate as SiteUpdateMessage
 from fairfleet.metrics import MetricsServer, serve
-from fairfleet.signing import Verifier, aggregator_signer
+from fairfleet.signing import Verifier, aggregator_public_keys, aggregator_signer
 
 logger = logging.getLogger(__name__)
 
@@ -176,7 +176,8 @@ class Aggregator:
         self._dl_producer = self.bus.producer()
         self._dl_publisher = Publisher(self._dl_producer, self.config.kafka.chunk_bytes, self.signer)
         restored = read_checkpoint(self.bus, self.topics["checkpoints"], self.model_id,
-                                   self.options.restore_timeout_s, group_prefix=prefix)
+                                   self.options.restore_timeout_s, group_prefix=prefix,
+                                   public_keys=aggregator_public_keys(self.config, self.model_id))
         self.consumer = self._make_consumer()
         self.reader = self._make_reader()
         if self.options.require_ledger:
@@ -462,7 +463,7 @@ class Aggregator:
             if ckpt.announcement is not None:
                 self.publisher.send(self.topics["rounds"], ckpt.announcement, key=self.model_id)
             publish_checkpoint(self.producer, self.topics["checkpoints"], ckpt,
-                               self.config.kafka.chunk_bytes)
+                               self.config.kafka.chunk_bytes, self.signer.key)
             if send_offsets:
                 self.producer.send_offsets_to_transaction(self.consumer, self.reader.safe_offsets())
             if self._crash is not None:
