@@ -45,7 +45,8 @@ WINDOW, TRAIN_WINDOWS = 50, 4  # cap = 200 examples = the attacker's true n
 
 
 def vec(state: Any) -> np.ndarray:
-    return flatten(state).detach().double().numpy()
+    """One vector, parameters in name order (a state dict and a safetensors blob order differ)."""
+    return flatten({k: state[k] for k in sorted(state)}).detach().double().numpy()
 
 
 def commit(site: str, site_class: str, private_hex: str) -> PrivacyEventMessage:
@@ -133,14 +134,18 @@ def test_an_overweighted_update_moves_the_model_no_more_than_its_capped_weight(k
     np.testing.assert_allclose(no_ledger["step"], absent["step"], rtol=0, atol=1e-7)
     assert no_ledger["history"][0]["sites"] == absent["history"][0]["sites"]
 
-    # with a commit the update counts, at its capped weight
+    # FedAvg: the global step is the examples-weighted mean of the accepted updates
+    np.testing.assert_allclose(absent["step"], absent["honest_avg"], rtol=0, atol=1e-5)
+
+    # with a commit the update counts, at its capped weight: measured against the same run's
+    # honest mean (the sites' DP noise differs between runs)
     cap = WINDOW * TRAIN_WINDOWS
     share = cap / (cap + with_commit["W"])
     distance = float(np.linalg.norm(with_commit["attacker_delta"] - with_commit["honest_avg"]))
-    moved = float(np.linalg.norm(with_commit["step"] - absent["step"]))
+    moved = float(np.linalg.norm(with_commit["step"] - with_commit["honest_avg"]))
     uncapped_share = 10**9 / (10**9 + with_commit["W"])
     print(f"capped weight share {share:.4f} (uncapped {uncapped_share:.9f}); step moved {moved:.5f} "
           f"of a possible {distance:.5f}; bound {share * distance:.5f}")
-    assert moved <= share * distance + 1e-6
+    assert moved <= share * distance * (1 + 1e-4) + 1e-6
     assert moved >= 0.5 * share * distance  # it is the capped weight, not a rejection
     assert ATTACKER in with_commit["history"][0]["sites"]
