@@ -22,6 +22,8 @@ import pytest
 from dp_accounting import dp_event
 from site_agent_testkit import RealAccountant, fleet_dict, model_entry, site_entry
 
+from fairfleet.accountant.policies import policies_from_config
+from fairfleet.accountant.service import rebuild
 from fairfleet.aggregator import Aggregator, AggregatorOptions
 from fairfleet.bus import Bus, Publisher, Reader, connect, default_topics, topic_name
 from fairfleet.config import FleetConfig, parse_config
@@ -39,7 +41,7 @@ from fairfleet.messages import (
     WindowRange,
 )
 from fairfleet.privacy.events import dp_event_to_json
-from fairfleet.signing import load_private, sign
+from fairfleet.signing import Verifier, load_private, sign
 from fairfleet.site_agent import SiteAgent
 
 pytestmark = pytest.mark.kafka
@@ -168,6 +170,7 @@ def run_fleet(tmp: Path, bootstrap: str, forge: bool) -> dict[str, Any]:
     assert agg.finished, agg.status()
     history = [(h["round"], h["version"], h["sites"]) for h in agg.ckpt.history]
     return {"history": history, "ledger": ledger, "forged": forged, "prefix": prefix, "bus": bus,
+            "config": config,
             "registries": counts, "rounds": {a.site.id: a.rounds_json() for a in agents}}
 
 
@@ -214,6 +217,15 @@ def test_every_forgery_is_dead_lettered_counted_and_changes_no_round_or_ledger(
             want = 2 * (2 if service == "site_agent" else 1)  # twice, by each site agent
             assert len(got) >= want and {d.reason for d in got} == {reason}, (logical, msg.TYPE, service, got)
     assert not [d for d in letters if d.service == "aggregator"]
+
+    # a rebuild of the ledger from privacy.events skips the forgeries again (unverified, the
+    # forged NonPrivate commit would set s1's ε to infinity)
+    config = attacked["config"]
+    verified = rebuild(attacked["bus"], tmp_path / "rebuilt.sqlite", policies_from_config(config),
+                       attacked["prefix"], idle_s=1.0, verifier=Verifier.from_config(config).check)
+    assert {s: [(b["events_committed"], round(float(b["epsilon_spent"]), 9)) for b in verified.ledger.budgets(site=s)]
+            for s in ("s1", "s2")} == clean["ledger"]
+    verified.close()
 
     # counted: the accountant once per forgery on its topics, each site agent once per forgery on its
     forged = attacked["forged"]

@@ -413,9 +413,12 @@ class AccountantService:
 
 
 def rebuild(
-    bus: Bus, db: str | Path, policies: PolicySet, prefix: str = "fairfleet.", idle_s: float = 3.0
+    bus: Bus, db: str | Path, policies: PolicySet, prefix: str = "fairfleet.", idle_s: float = 3.0,
+    verifier: VerifyFn | None = None,
 ) -> AccountantService:
-    """A fresh ledger at ``db`` from ``privacy.events`` read from offset 0 to its end."""
+    """A fresh ledger at ``db`` from ``privacy.events`` read from offset 0 to its end; with
+    ``verifier`` (the fleet's), records the live accountant dead-lettered as forged are skipped
+    again."""
     import uuid
 
     if Path(db).exists():
@@ -425,6 +428,7 @@ def rebuild(
         group_id=f"fairfleet-accountant-rebuild-{uuid.uuid4().hex[:8]}",
         metrics_port=None,
         consume_requests=False,
+        verifier=verifier,
     )
     service = AccountantService(bus, db, policies, options)
     quiet_since = time.monotonic()

@@ -126,9 +126,20 @@ def rebuild_cmd(
     from fairfleet.accountant.policies import load_policies
     from fairfleet.accountant.service import rebuild
     from fairfleet.bus import connect
+    from fairfleet.errors import ConfigError
 
+    verifier = None
+    try:  # a fleet config given as --policy names the identities: verify what is replayed
+        from fairfleet.config import load_config
+        from fairfleet.signing import Verifier
+
+        verifier = Verifier.from_config(load_config(policy)).check
+    except ConfigError:
+        typer.echo("warning: --policy is not a fleet config; replayed events are not verified "
+                   "(docs/security.md)", err=True)
     with Console(stderr=True).status("replaying privacy.events from offset 0..."):
-        service = rebuild(connect(f"kafka://{bootstrap}"), db, load_policies(policy), prefix)
+        service = rebuild(connect(f"kafka://{bootstrap}"), db, load_policies(policy), prefix,
+                          verifier=verifier)
     budgets = service.ledger.budgets()
     service.close()
     if as_json:
