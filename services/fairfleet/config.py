@@ -120,6 +120,19 @@ class RoundsConfig(_Strict):
     staleness_exponent: Annotated[float, Field(ge=0)] = 0.5
 
 
+PublicKeyHex = Annotated[str, Field(pattern=r"^[0-9a-fA-F]{64}$")]
+
+
+class IdentityConfig(_Strict):
+    """A service's Ed25519 identity: the public key every consumer verifies its messages with,
+    and (on the machine that runs it) the private key file it signs with (docs/security.md)."""
+
+    public_key: PublicKeyHex
+    private_key_file: str | None = None
+    previous_public_keys: list[PublicKeyHex] = Field(default_factory=list)
+    """Retired keys still accepted while a rotation completes (docs/operations.md)."""
+
+
 class ModelConfig(_Strict):
     """One model the fleet trains; one aggregator per model."""
 
@@ -132,6 +145,8 @@ class ModelConfig(_Strict):
     gamma: Annotated[float, Field(ge=0)] = 0.1
     metrics_port: Annotated[int, Field(ge=0, le=65535)] = 9201
     progress_timeout_s: Annotated[float, Field(gt=0)] = 300.0  # /healthz: aggregator loop stuck
+    aggregator: IdentityConfig | None = None
+    """The identity of this model's aggregator (signs announcements and model releases)."""
 
 
 class ConnectorConfig(_Strict):
@@ -162,7 +177,7 @@ class SiteAgentConfig(_Strict):
 class SiteConfig(_Strict):
     id: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")]
     site_class: str = Field(alias="class")
-    public_key: Annotated[str, Field(pattern=r"^[0-9a-fA-F]{64}$")]
+    public_key: PublicKeyHex
     private_key_file: str | None = None
     data_source: str = "default"
     connector: ConnectorConfig = Field(default_factory=ConnectorConfig)
@@ -192,6 +207,9 @@ class AccountantConfig(_Strict):
         return value
     grant_timeout_s: Annotated[float, Field(gt=0)] = 30.0
     progress_timeout_s: Annotated[float, Field(gt=0)] = 300.0  # /healthz: accountant loop stuck
+    public_key: PublicKeyHex | None = None  # the accountant's identity: signs grants and denials
+    private_key_file: str | None = None
+    previous_public_keys: list[PublicKeyHex] = Field(default_factory=list)  # during a rotation
 
 
 class FleetConfig(BaseSettings):
@@ -211,6 +229,8 @@ class FleetConfig(BaseSettings):
     state_dir: str = ".fairfleet/state"
     metrics_host: str = "127.0.0.1"
     """Interface the services' /metrics servers bind (0.0.0.0 in containers)."""
+    demo: bool = False
+    """True only for a demo fleet: `config check` then accepts the published demo keys."""
 
     _base_dir: Path | None = PrivateAttr(default=None)
 

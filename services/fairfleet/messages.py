@@ -66,6 +66,16 @@ class Message(BaseModel):
         return value
 
 
+class SignedMessage(Message):
+    """A control message signed by its producer (fairfleet.signing): the one place the identity
+    fields live. ``key_id`` names the signing key, ``signature`` is Ed25519 over the message's
+    canonical JSON with ``signature`` blanked. Who may sign which type: fairfleet.signing.signers_of.
+    """
+
+    key_id: str = ""
+    signature: str = ""
+
+
 NonNegFloat = Annotated[float, Field(ge=0.0)]
 PosInt = Annotated[int, Field(ge=1)]
 
@@ -123,7 +133,7 @@ class NoisyStat(BaseModel):
     hi: float
 
 
-class RoundAnnouncement(Message):
+class RoundAnnouncement(SignedMessage):
     """Opens round ``round`` of ``model_id`` (topic ``rounds``, key model_id)."""
 
     TYPE: ClassVar[str] = "round"
@@ -146,7 +156,7 @@ class RoundAnnouncement(Message):
     started again from its own older records ("" = before epochs existed)."""
 
 
-class ModelRelease(Message):
+class ModelRelease(SignedMessage):
     """A global model version (topic ``models``, compacted, key model_id); weights as payload."""
 
     TYPE: ClassVar[str] = "model"
@@ -175,7 +185,7 @@ class UpdatePrivacy(BaseModel):
     epsilon_spent: NonNegFloat | None = None
 
 
-class SiteUpdate(Message):
+class SiteUpdate(SignedMessage):
     """A site's privatised model delta for one round (topic ``updates``, key site)."""
 
     TYPE: ClassVar[str] = "update"
@@ -190,11 +200,9 @@ class SiteUpdate(Message):
     loss: NoisyStat | None = None
     payload_sha256: str
     payload_bytes: Annotated[int, Field(ge=0)]
-    key_id: str = ""
-    signature: str = ""
 
 
-class SiteStatistics(Message):
+class SiteStatistics(SignedMessage):
     """A site's DP-noised held-out loss of a global model version (topic ``stats``)."""
 
     TYPE: ClassVar[str] = "stats"
@@ -205,11 +213,9 @@ class SiteStatistics(Message):
     round: Annotated[int, Field(ge=0)]
     model_version: Annotated[int, Field(ge=0)]
     loss: NoisyStat
-    key_id: str = ""
-    signature: str = ""
 
 
-class PrivacyReservationRequest(Message):
+class PrivacyReservationRequest(SignedMessage):
     """Asks the accountant to reserve budget for a release (topic ``privacy.requests``, key site).
 
     ``dp_event`` is a dp_accounting DpEvent as JSON (see fairfleet.privacy.events).
@@ -235,7 +241,7 @@ class PrivacyReservationRequest(Message):
     )
 
 
-class PrivacyGrant(Message):
+class PrivacyGrant(SignedMessage):
     """The accountant's answer to a reservation (topic ``privacy.grants``, key site)."""
 
     TYPE: ClassVar[str] = "privacy.grant"
@@ -249,7 +255,7 @@ class PrivacyGrant(Message):
     delta: NonNegFloat | None = None
 
 
-class PrivacyEventMessage(Message):
+class PrivacyEventMessage(SignedMessage):
     """One entry of the replayable ledger log (topic ``privacy.events``, key site).
 
     ``action``: ``commit`` (a reserved release happened), ``cancel`` (it did not), or

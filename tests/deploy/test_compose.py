@@ -126,15 +126,23 @@ def test_config_and_keys_are_mounted_where_the_command_reads_them(service: str) 
     mounts = {v.split(":")[1]: v.split(":")[0] for v in svc.get("volumes", [])}
     assert mounts.get(CONFIG_IN_CONTAINER) == "./" + str(EXAMPLE.relative_to(REPO))
     site_id = _option(svc["command"], "--site")
+    model_id = _option(svc["command"], "--model")
     key_mounts = {t for t in mounts if t.startswith("/etc/fairfleet/keys/")}
-    if site_id is None:
-        assert not key_mounts, f"{service} must not see site private keys"
+    cfg = example_config()
+    if site_id is not None:
+        key_file = cfg.site(site_id).private_key_file
+    elif model_id is not None:
+        ident = cfg.model(model_id).aggregator
+        key_file = ident.private_key_file if ident else None
+    elif svc["command"][:2] == ["accountant", "run"]:
+        key_file = cfg.accountant.private_key_file
+    else:
+        assert not key_mounts, f"{service} must not see any private key"
         return
-    site = example_config().site(site_id)
-    assert site.private_key_file
-    target = str(PurePosixPath(CONFIG_IN_CONTAINER).parent / site.private_key_file)
+    assert key_file  # every signing service has its (DEMO ONLY) key
+    target = str(PurePosixPath(CONFIG_IN_CONTAINER).parent / key_file)
     assert key_mounts == {target}, f"{service}: mount exactly its own key at {target}"
-    assert (REPO / mounts[target]).resolve() == example_config().resolve_path(site.private_key_file)
+    assert (REPO / mounts[target]).resolve() == cfg.resolve_path(key_file)
 
 
 @pytest.mark.parametrize("service", sorted(_fairfleet_services()))
@@ -146,7 +154,7 @@ def test_ports_match_the_config_and_prometheus(service: str) -> None:
         assert "ports" not in svc
         assert not any(t.startswith(f"{service}:") for t in targets)
         return
-    assert [str(p) for p in svc["ports"]] == [f"{port}:{port}"]
+    assert [str(p) for p in svc["ports"]] == [f"127.0.0.1:{port}:{port}"]  # this host only
     assert f"{service}:{port}" in targets
     health = svc["healthcheck"]["test"]  # every long-running service, site agents included
     assert f"127.0.0.1:{port}/healthz" in " ".join(health)
@@ -285,3 +293,15 @@ def test_docker_compose_config_parses_it(tmp_path: Path) -> None:
     res = subprocess.run([docker, "compose", "-f", str(COMPOSE), "config", "--quiet"],
                          capture_output=True, text=True, check=False, cwd=REPO)
     assert res.returncode == 0, res.stderr
+
+
+def test_every_published_port_is_bound_to_loopback_and_grafana_needs_a_password() -> None:
+    """Issue 12: compose published Kafka PLAINTEXT and the metrics ports on all host interfaces,
+    and Grafana's admin password defaulted to ``admin`` with anonymous viewing on."""
+    for name, svc in _services().items():
+        for port in svc.get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} beyond this host"
+    env = _services()["grafana"]["environment"]
+    assert env["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
+    assert "GF_AUTH_ANONYMOUS_ORG_ROLE" not in env
+    assert env["GF_SECURITY_ADMIN_PASSWORD"].startswith("${GRAFANA_ADMIN_PASSWORD:?")  # required

@@ -11,6 +11,7 @@ updates.
 
 from __future__ import annotations
 
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass
@@ -20,15 +21,25 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
+from dp_accounting import dp_event
 
 from fairfleet.bus import Bus, Publisher, Reader
 from fairfleet.config import FleetConfig, parse_config
 from fairfleet.learning.models import build_model
 from fairfleet.learning.tensors import from_safetensors_bytes, sha256_hex, to_safetensors_bytes
 from fairfleet.learning.train import LocalTrainConfig, evaluate, local_train
-from fairfleet.messages import ModelRelease, NoisyStat, RoundAnnouncement, SiteUpdate, UpdatePrivacy
+from fairfleet.messages import (
+    ModelRelease,
+    NoisyStat,
+    PrivacyEventMessage,
+    RoundAnnouncement,
+    SiteUpdate,
+    UpdatePrivacy,
+    WindowRange,
+)
+from fairfleet.privacy.events import dp_event_to_json
 from fairfleet.privacy.mechanisms import noisy_bounded_mean
-from fairfleet.signing import generate_keypair, load_private, sign
+from fairfleet.signing import add_service_identities, generate_keypair, key_id, load_private, sign
 
 DIM = 5
 MODEL = "line"
@@ -49,6 +60,10 @@ def _data(seed: int, n: int, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     return x, (x @ w).unsqueeze(1) + 0.3 * torch.randn(n, 1, generator=g)
 
 
+_PRIVATE_BY_KEY_ID: dict[str, str] = {}
+"""Every simulated site key this process made, by key id (publish signs the site's commit)."""
+
+
 def fleet_config(
     bootstrap: str, prefix: str, strategy: str = "fedavg", strategy_params: dict[str, Any] | None = None,
     rounds: int = 5, quorum: int = len(SITES), gamma: float = 0.1, mode: str = "sync",
@@ -56,6 +71,7 @@ def fleet_config(
 ) -> tuple[FleetConfig, dict[str, str]]:
     """A fleet config for model ``line`` plus the sites' private keys (hex)."""
     keys = {site: generate_keypair() for site, _, _ in sites}
+    _PRIVATE_BY_KEY_ID.update({key_id(public): private for private, public in keys.values()})
     data = {
         "kafka": {"bootstrap": bootstrap, "topic_prefix": prefix, "chunk_bytes": 1024 * 1024},
         "models": [{
@@ -71,6 +87,7 @@ def fleet_config(
         }],
         "sites": [{"id": s, "class": c, "public_key": keys[s][1], "models": [MODEL]} for s, c, _ in sites],
     }
+    data = add_service_identities(data, Path(tempfile.mkdtemp(prefix="fairfleet-keys-")))
     return parse_config(data), {s: k[0] for s, k in keys.items()}
 
 
@@ -190,4 +207,16 @@ class Watcher:
 
 
 def publish(bus_publisher: Publisher, prefix: str, msg: SiteUpdate, payload: bytes) -> None:
+    """The update, preceded by its ledger commit signed by the same site key (a real site agent
+    publishes both in one transaction): `fairfleet aggregator run` uses only updates whose
+    release is committed in privacy.events (aggregator.ledger_gate)."""
+    private = _PRIVATE_BY_KEY_ID.get(msg.key_id)
+    if private is not None:
+        commit = PrivacyEventMessage(
+            event_id=f"{msg.site}/{msg.model_id}/{msg.round}", action="commit", site=msg.site,
+            site_class=msg.site_class, source="default", unit=msg.privacy.unit,
+            model_id=msg.model_id, round=msg.round, windows=WindowRange(first=0, last=0),
+            dp_event=dp_event_to_json(dp_event.GaussianDpEvent(max(msg.privacy.noise_multiplier, 1e-3))),
+        )
+        bus_publisher.send_sync(f"{prefix}privacy.events", sign(commit, load_private(private)), key=msg.site)
     bus_publisher.send_sync(f"{prefix}updates", msg, payload, key=msg.site)

@@ -33,6 +33,7 @@ from fairfleet.accountant.metrics import AccountantMetrics
 from fairfleet.accountant.store import LedgerStore, Row, Wasted
 from fairfleet.bus import Bus, Envelope, Publisher, Reader, dead_letter_for, topic_name
 from fairfleet.bus.limits import DEFAULT_LIMITS, InputLimits
+from fairfleet.bus.messaging import SignFn, VerifyFn
 from fairfleet.bus.waiting import BrokerWatch
 from fairfleet.errors import BusError, FairfleetError
 from fairfleet.log import event
@@ -62,6 +63,11 @@ class AccountantOptions:
     consume_requests: bool = True  # False: replay privacy.events only (rebuild)
     limits: InputLimits = DEFAULT_LIMITS  # bounds on consumed records (fairfleet.bus.limits)
     progress_timeout_s: float = DEFAULT_PROGRESS_TIMEOUT_S  # /healthz: the loop is stuck
+    # signs grants and denials; verifies requests and ledger events (fairfleet.signing; the CLI
+    # builds both from the fleet config). None: unsigned / unverified (tests of the ledger only).
+    signer: SignFn | None = None
+    verifier: VerifyFn | None = None
+
 
 
 class AccountantService:
@@ -96,9 +102,10 @@ class AccountantService:
         group_id = self.options.group_id or f"{prefix}accountant-{self.store.instance_id}"
         consumer = bus.consumer(group_id, inputs)
         self._offsets_checked = False
-        self.publisher = Publisher(bus.producer())
+        self.publisher = Publisher(bus.producer(), signer=self.options.signer)
         self.reader = Reader(
-            consumer, "accountant", on_dead_letter=self._dead_letter, limits=self.options.limits
+            consumer, "accountant", on_dead_letter=self._dead_letter, limits=self.options.limits,
+            verifier=self.options.verifier,
         )
         self._dead_letter_skipped_rows()
         self.http: MetricsServer | None = None
@@ -413,9 +420,12 @@ class AccountantService:
 
 
 def rebuild(
-    bus: Bus, db: str | Path, policies: PolicySet, prefix: str = "fairfleet.", idle_s: float = 3.0
+    bus: Bus, db: str | Path, policies: PolicySet, prefix: str = "fairfleet.", idle_s: float = 3.0,
+    verifier: VerifyFn | None = None,
 ) -> AccountantService:
-    """A fresh ledger at ``db`` from ``privacy.events`` read from offset 0 to its end."""
+    """A fresh ledger at ``db`` from ``privacy.events`` read from offset 0 to its end; with
+    ``verifier`` (the fleet's), records the live accountant dead-lettered as forged are skipped
+    again."""
     import uuid
 
     if Path(db).exists():
@@ -425,6 +435,7 @@ def rebuild(
         group_id=f"fairfleet-accountant-rebuild-{uuid.uuid4().hex[:8]}",
         metrics_port=None,
         consume_requests=False,
+        verifier=verifier,
     )
     service = AccountantService(bus, db, policies, options)
     quiet_since = time.monotonic()

@@ -20,12 +20,14 @@ larger checkpoints never complete and are ignored; the newest complete checkpoin
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from safetensors import SafetensorError
 from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
@@ -35,7 +37,11 @@ from fairfleet.bus.base import Bus, Delivery, Producer, Record
 from fairfleet.bus.limits import CHUNK_OVERHEAD_BYTES, MIN_CHUNK_BYTES, InputLimits
 from fairfleet.errors import PayloadError
 from fairfleet.fairness import StrategyState, state_from_bytes, state_to_bytes
+from fairfleet.log import event
 from fairfleet.messages import RoundAnnouncement, new_id
+from fairfleet.signing import blob_signature_headers, blob_signed_by
+
+logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 META_KEY = "fairfleet.checkpoint"
@@ -130,11 +136,15 @@ any model (the consumed-input bounds, kafka.max_payload_bytes, apply to updates 
 
 
 def publish_checkpoint(
-    producer: Producer, topic: str, checkpoint: Checkpoint, chunk_bytes: int
+    producer: Producer, topic: str, checkpoint: Checkpoint, chunk_bytes: int,
+    signer: Ed25519PrivateKey | None = None,
 ) -> list[Delivery]:
-    """Publish (inside the caller's transaction); chunks get one compaction key each."""
+    """Publish (inside the caller's transaction); chunks get one compaction key each. With
+    ``signer`` (the aggregator's key) every record carries the signature of the whole value."""
     value = checkpoint.to_bytes()
     headers = {codec.H_TYPE: CHECKPOINT_TYPE, H_MODEL: checkpoint.model_id.encode()}
+    if signer is not None:
+        headers.update(blob_signature_headers("checkpoint", checkpoint.model_id, value, signer))
     if len(value) <= chunk_bytes:
         return [producer.publish(topic, value, key=checkpoint.model_id, headers=headers)]
     return [
@@ -153,23 +163,33 @@ class CheckpointScanner:
     that value is held in memory, so scanning a topic of many large checkpoints stays cheap.
     """
 
-    def __init__(self, model_id: str) -> None:
+    def __init__(self, model_id: str, public_keys: Sequence[str] | None = None) -> None:
         self.model_id = model_id
+        self.public_keys = public_keys  # None: unverified (tests of the changelog format only)
+        self.rejected = 0  # checkpoint values not signed by the aggregator: never restored
         self._reassembler = codec.Reassembler(timeout_s=float("inf"), limits=CHECKPOINT_LIMITS)
         self._last: bytes | None = None
+
+    def _take(self, value: bytes, record: Record) -> None:
+        if self.public_keys is not None and not blob_signed_by(
+            "checkpoint", self.model_id, value, record.headers, self.public_keys
+        ):
+            self.rejected += 1
+            return
+        self._last = value
 
     def add(self, record: Record) -> None:
         if record.header(H_MODEL) != self.model_id:
             return
         if not codec.is_chunk(record):
-            self._last = record.value
+            self._take(bytes(record.value), record)
             return
         try:
             assembled = self._reassembler.add(record)
         except PayloadError:
             return  # a corrupted chunk set of some checkpoint: not the one we can restore from
         if assembled is not None:
-            self._last = assembled.value
+            self._take(bytes(assembled.value), assembled.records[0])
 
     def result(self) -> Checkpoint | None:
         return None if self._last is None else Checkpoint.from_bytes(self._last)
@@ -184,17 +204,19 @@ def latest_checkpoint(records: Sequence[Record], model_id: str) -> Checkpoint | 
 
 
 def read_checkpoint(
-    bus: Bus, topic: str, model_id: str, timeout_s: float = 30.0, group_prefix: str = ""
+    bus: Bus, topic: str, model_id: str, timeout_s: float = 30.0, group_prefix: str = "",
+    public_keys: Sequence[str] | None = None,
 ) -> Checkpoint | None:
     """Read the whole (compacted) checkpoint topic and return the newest checkpoint of a model.
 
     Uses a throw-away consumer group that never commits; reads until the consumer has caught up
     with the end of the topic (read_committed: aborted checkpoints are never seen). A newest
     checkpoint that does not parse raises PayloadError: restoring an older one would silently
-    undo committed rounds.
+    undo committed rounds. With ``public_keys`` (the aggregator's), a value not signed by one of
+    them is never restored (logged as an error: someone else wrote to the changelog).
     """
     consumer = bus.consumer(f"{group_prefix}checkpoint-restore-{new_id()[:12]}", [topic])
-    scanner = CheckpointScanner(model_id)
+    scanner = CheckpointScanner(model_id, public_keys)
     deadline = time.monotonic() + timeout_s
     try:
         while time.monotonic() < deadline:
@@ -209,4 +231,7 @@ def read_checkpoint(
             )
     finally:
         consumer.close()
+    if scanner.rejected:
+        event(logger, "checkpoint records not signed by the aggregator ignored", logging.ERROR,
+              model=model_id, topic=topic, records=scanner.rejected)
     return scanner.result()

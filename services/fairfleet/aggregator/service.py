@@ -45,6 +45,7 @@ import torch
 from fairfleet.aggregator.budgets import BudgetClient
 from fairfleet.aggregator.checkpoint import Checkpoint, publish_checkpoint, read_checkpoint
 from fairfleet.aggregator.crash import CRASH_ENV, CrashHook
+from fairfleet.aggregator.ledger_gate import LedgerGate, capped_examples, examples_cap
 from fairfleet.aggregator.metrics import SERVICE, AggregatorMetrics
 from fairfleet.aggregator.rounds import announcement, round_action, strategy_params
 from fairfleet.aggregator.validation import (
@@ -79,6 +80,7 @@ from fairfleet.log import event
 from fairfleet.messages import DeadLetter, ModelRelease, new_id
 from fairfleet.messages import SiteUpdate as SiteUpdateMessage
 from fairfleet.metrics import Health, MetricsServer, serve
+from fairfleet.signing import Verifier, aggregator_public_keys, aggregator_signer
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +104,9 @@ class AggregatorOptions:
     stop_when_finished: bool = True
     restore_timeout_s: float = 60.0
     crash_at: str | None = None
+    require_ledger: bool = False
+    """Accept an update only if its release is committed in the signed privacy.events
+    (aggregator.ledger_gate); `fairfleet aggregator run` turns it on."""
 
 
 class Aggregator:
@@ -131,6 +136,9 @@ class Aggregator:
                        ("rounds", "models", "updates", "deadletter", "checkpoints")}
         self.group_id = f"{prefix}aggregator.{model_id}"
         self.public_keys = config.public_keys()
+        self.signer = aggregator_signer(config, model_id)  # signs announcements and releases
+        self._caps = {s.id: examples_cap(config, s.id) for s in config.sites}  # weight caps
+        self.ledger_gate: LedgerGate | None = None
         self.site_classes = config.site_classes()
         self._fleet_models = frozenset(m.id for m in config.models)
         # one aggregator (the first configured model's) dead-letters updates for unknown models
@@ -180,13 +188,17 @@ class Aggregator:
         self.bus.create_topics(default_topics(prefix, self.config.kafka.partitions))
         # Fences any earlier incarnation and aborts its open transaction before we read state.
         self.producer = self.bus.producer(transactional_id=self.group_id)
-        self.publisher = Publisher(self.producer, self.config.kafka.chunk_bytes)
+        self.publisher = Publisher(self.producer, self.config.kafka.chunk_bytes, self.signer)
         self._dl_producer = self.bus.producer()
-        self._dl_publisher = Publisher(self._dl_producer, self.config.kafka.chunk_bytes)
+        self._dl_publisher = Publisher(self._dl_producer, self.config.kafka.chunk_bytes, self.signer)
         restored = read_checkpoint(self.bus, self.topics["checkpoints"], self.model_id,
-                                   self.options.restore_timeout_s, group_prefix=prefix)
+                                   self.options.restore_timeout_s, group_prefix=prefix,
+                                   public_keys=aggregator_public_keys(self.config, self.model_id))
         self.consumer = self._make_consumer()
         self.reader = self._make_reader()
+        if self.options.require_ledger:
+            self.ledger_gate = LedgerGate(self.bus, f"{prefix}privacy.events",
+                                          Verifier.from_config(self.config).check, prefix)
         if restored is None:
             self.ckpt = self._bootstrap()
         else:
@@ -212,7 +224,8 @@ class Aggregator:
         if self.options.metrics_port is None or self._server is not None:
             return
         self._server = serve(self.metrics.registry, self.options.metrics_port,
-                             routes={"/status": lambda _q: self.status()}, health=self.health)
+                             self.config.metrics_host, routes={"/status": lambda _q: self.status()},
+                             health=self.health)
         event(logger, "metrics listening", port=self._server.port)
 
     def _check_restored(self, ckpt: Checkpoint) -> None:
@@ -324,9 +337,10 @@ class Aggregator:
         while not stop.is_set():
             try:
                 self.producer = self.bus.producer(transactional_id=self.group_id)
-                self.publisher = Publisher(self.producer, self.config.kafka.chunk_bytes)
+                self.publisher = Publisher(self.producer, self.config.kafka.chunk_bytes, self.signer)
                 restored = read_checkpoint(self.bus, self.topics["checkpoints"], self.model_id,
-                                           self.options.restore_timeout_s, group_prefix=prefix)
+                                           self.options.restore_timeout_s, group_prefix=prefix,
+                                           public_keys=aggregator_public_keys(self.config, self.model_id))
                 if restored is not None and restored.version != self.ckpt.version:
                     self._check_restored(restored)
                     self.ckpt, self._state = restored, restored.strategy_state
@@ -391,7 +405,8 @@ class Aggregator:
         if not self._started or self._closed:
             return
         self._closed = True
-        for closer in (self._dl_producer.flush, self.consumer.close):
+        gate = () if self.ledger_gate is None else (self.ledger_gate.close,)
+        for closer in (self._dl_producer.flush, self.consumer.close, *gate):
             try:
                 closer()
             except BusError as exc:
@@ -459,6 +474,8 @@ class Aggregator:
         problem = check_identity(msg, self.public_keys, self.site_classes)
         if problem is not None:
             return problem
+        if self.ledger_gate is not None and (missing := self.ledger_gate.admit(msg)) is not None:
+            return Rejection(missing.reason, missing.detail)
         if ann is None:
             return Rejection("late", "Training is finished; no round is open.")
         staleness = check_round(
@@ -481,7 +498,7 @@ class Aggregator:
         loss = NoisyStat(msg.loss.value, msg.loss.noise_std, msg.loss.m) if msg.loss else None
         return SiteUpdate(
             site=msg.site, site_class=self.site_classes[msg.site], delta=checked.vector,
-            n_examples=msg.n_examples,
+            n_examples=capped_examples(msg.n_examples, self._caps.get(msg.site)),
             noise_std=msg.privacy.noise_std if msg.privacy.enabled else 0.0,
             loss=loss, staleness=staleness, squared_norm=checked.norm**2,
         )
@@ -617,7 +634,7 @@ class Aggregator:
             if ckpt.announcement is not None:
                 self.publisher.send(self.topics["rounds"], ckpt.announcement, key=self.model_id)
             publish_checkpoint(self.producer, self.topics["checkpoints"], ckpt,
-                               self.config.kafka.chunk_bytes)
+                               self.config.kafka.chunk_bytes, self.signer.key)
             for letter in dead:
                 self.publisher.send(self.topics["deadletter"], letter, key=letter.site or None)
             if send_offsets:

@@ -48,6 +48,7 @@ REASONS = (
     "site_buffered",      # async: the site already has an update in the current buffer
     "privacy_plan",       # privacy settings weaker than the announced plan
     "budget_spent",       # the accountant's ledger says the site's budget is spent
+    "not_in_ledger",      # no committed release of (site, model, round) in privacy.events
     "shape",              # tensor names or shapes differ from the global model
     "dtype",              # tensor dtypes differ from the global model
     "non_finite",         # NaN or Inf in the delta or the loss

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from fairfleet.bus import codec
 from fairfleet.bus.base import Consumer, Delivery, Key, Producer, Record
@@ -17,15 +18,39 @@ from fairfleet.messages import DeadLetter, Message
 
 logger = logging.getLogger(__name__)
 
+SignFn = Callable[[Message], Message]
+"""Signs a control message (fairfleet.signing.Signer); returns other messages unchanged."""
+
+
+class VerifyFn(Protocol):
+    """Checks a decoded message's signature (fairfleet.signing.Verifier.check): None if it may be
+    acted on, else an object with the dead-letter ``reason`` and ``detail``."""
+
+    def __call__(self, msg: Message) -> _Problem | None: ...
+
+
+class _Problem(Protocol):
+    @property
+    def reason(self) -> str: ...
+    @property
+    def detail(self) -> str: ...
+
 
 class Publisher:
-    """Encodes a message (+ optional tensor payload) and publishes it, chunked if large."""
+    """Encodes a message (+ optional tensor payload) and publishes it, chunked if large.
 
-    def __init__(self, producer: Producer, chunk_bytes: int = codec.DEFAULT_CHUNK_BYTES) -> None:
+    With ``signer`` every control message is signed by it before it is encoded.
+    """
+
+    def __init__(
+        self, producer: Producer, chunk_bytes: int = codec.DEFAULT_CHUNK_BYTES,
+        signer: SignFn | None = None,
+    ) -> None:
         if chunk_bytes < MIN_CHUNK_BYTES:
             raise BusError(f"chunk_bytes must be >= {MIN_CHUNK_BYTES}. Found {chunk_bytes}.")
         self.producer = producer
         self.chunk_bytes = chunk_bytes
+        self.signer = signer
 
     def send(
         self,
@@ -40,6 +65,8 @@ class Publisher:
         ``compacted``: the topic keeps only the newest record per key, so the chunks of a large
         value get one key each (``<key>#<index>``) or compaction would drop all but the last.
         """
+        if self.signer is not None:
+            msg = self.signer(msg)
         value = codec.encode(msg, payload)
         headers = codec.headers_for(msg)
         if len(value) <= self.chunk_bytes:
@@ -81,6 +108,9 @@ class Reader:
     ``deadletter`` topic); ``rejected`` counts them by reason. Decoding is bounded by ``limits``
     (fairfleet.bus.limits); ANY failure to reassemble or decode a record, expected or not, is a
     dead letter with a reason taken from the error (``decode_failed`` for an unexpected one).
+    With ``verifier``, a decoded control message that is unsigned or not signed by a producer
+    allowed to sign it is a dead letter too (reason ``unsigned``, ``unknown_signer`` or
+    ``bad_signature``) and is never returned.
     """
 
     def __init__(
@@ -90,11 +120,13 @@ class Reader:
         on_dead_letter: DeadLetterSink | None = None,
         chunk_timeout_s: float = 300.0,
         limits: InputLimits = DEFAULT_LIMITS,
+        verifier: VerifyFn | None = None,
     ) -> None:
         self.consumer = consumer
         self.service = service
         self.on_dead_letter = on_dead_letter
         self.limits = limits
+        self.verifier = verifier
         self.reassembler = codec.Reassembler(chunk_timeout_s, limits)
         self.rejected: dict[str, int] = {}
 
@@ -112,7 +144,16 @@ class Reader:
 
     def _handle(self, record: Record) -> Envelope | None:
         try:
-            return self._decode(record)
+            env = self._decode(record)
+            if env is not None and self.verifier is not None:
+                problem = self.verifier(env.message)
+                if problem is not None:
+                    msg = env.message
+                    self._dead(env.record, problem.reason, problem.detail,
+                               site=str(getattr(msg, "site", "")),
+                               model_id=str(getattr(msg, "model_id", "")))
+                    return None
+            return env
         except (SchemaError, PayloadError) as exc:
             self._dead(record, exc.reason, str(exc), getattr(exc, "field", ""))
         except Exception as exc:  # any record, however malformed, must not stop the service
@@ -134,14 +175,16 @@ class Reader:
         msg, payload = codec.decode(value, self.limits)
         return Envelope(msg, payload, records)
 
-    def _dead(self, record: Record | None, reason: str, detail: str, field: str = "") -> None:
+    def _dead(
+        self, record: Record | None, reason: str, detail: str, field: str = "", **fields: object
+    ) -> None:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1
         event(logger, "rejected input", logging.WARNING, reason=reason, field=field or None,
               detail=detail[:500], topic=record.topic if record else None,
               offset=record.offset if record else None)
         if self.on_dead_letter is None:
             return
-        letter = dead_letter_for(self.service, reason, detail, record, field=field)
+        letter = dead_letter_for(self.service, reason, detail, record, field=field, **fields)
         try:
             self.on_dead_letter(letter)
         except Exception as exc:  # a failing sink must not turn a bad record into a crash

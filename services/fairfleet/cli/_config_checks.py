@@ -104,42 +104,12 @@ def check_model(i: int, raw: dict[str, Any], report: CheckReport) -> None:
 
 def check_site(i: int, raw: dict[str, Any], base_dir: Path, report: CheckReport) -> None:
     """Semantic checks of sites[i]: key pair, connector type."""
+    from fairfleet.cli._security_checks import check_key_pair
     from fairfleet.config import SiteConfig
-    from fairfleet.errors import ConfigError
-    from fairfleet.signing import load_private, load_public
 
     where = f"sites[{i}]"
     s = SiteConfig.model_validate(raw)
-    try:
-        load_public(s.public_key)
-    except ConfigError:
-        report.problems.append(
-            f"{where}.public_key: not an Ed25519 public key (got {shown(s.public_key)})"
-        )
-        return
-    if s.private_key_file:
-        path = Path(s.private_key_file).expanduser()
-        path = path if path.is_absolute() else base_dir / path
-        if not path.is_file():
-            report.warnings.append(
-                f"{where}.private_key_file: {str(path)!r} not found here (site agent '{s.id}' needs it on its machine)"
-            )
-        else:
-            from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-
-            try:
-                key = load_private(str(path))
-            except ConfigError:
-                report.problems.append(
-                    f"{where}.private_key_file: {str(path)!r} holds no hex Ed25519 key"
-                )
-            else:
-                public = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw).hex()
-                if public != s.public_key.lower():
-                    report.problems.append(
-                        f"{where}.private_key_file: {str(path)!r} is not the private key of public_key "
-                        f"{s.public_key[:16]}... (it belongs to {public[:16]}...)"
-                    )
+    check_key_pair(where, s.public_key, s.private_key_file, base_dir, f"site agent '{s.id}'", report)
     available = available_connectors()
     if available is not None and s.connector.type not in available:
         report.problems.append(

@@ -56,6 +56,7 @@ def run_cmd(
     progress_timeout_s = DEFAULT_PROGRESS_TIMEOUT_S
     policies: PolicySet | None = None
     limits = DEFAULT_LIMITS
+    signer = verifier = None
     if config is not None:
         from fairfleet.config import load_config
 
@@ -71,6 +72,16 @@ def run_cmd(
             policies = cfg.policy_set()  # the config already loaded, not read again
         limits = cfg.kafka.input_limits()
         progress_timeout_s = cfg.accountant.progress_timeout_s
+        from fairfleet.signing import Verifier, accountant_signer
+
+        signer, verifier = accountant_signer(cfg), Verifier.from_config(cfg).check
+    else:
+        import logging
+
+        from fairfleet.log import event
+
+        event(logging.getLogger(__name__), "no --config: grants are unsigned and requests unverified (docs/security.md)",
+              logging.WARNING)
     if policy is not None:
         policies = load_policies(policy)
     if bootstrap is None or policies is None:
@@ -82,6 +93,8 @@ def run_cmd(
         metrics_host=metrics_host or "127.0.0.1",
         limits=limits,
         progress_timeout_s=progress_timeout_s,
+        signer=signer,
+        verifier=verifier,
     )
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -109,9 +122,20 @@ def rebuild_cmd(
     from fairfleet.accountant.policies import load_policies
     from fairfleet.accountant.service import rebuild
     from fairfleet.bus import connect
+    from fairfleet.errors import ConfigError
 
+    verifier = None
+    try:  # a fleet config given as --policy names the identities: verify what is replayed
+        from fairfleet.config import load_config
+        from fairfleet.signing import Verifier
+
+        verifier = Verifier.from_config(load_config(policy)).check
+    except ConfigError:
+        typer.echo("warning: --policy is not a fleet config; replayed events are not verified "
+                   "(docs/security.md)", err=True)
     with Console(stderr=True).status("replaying privacy.events from offset 0..."):
-        service = rebuild(connect(f"kafka://{bootstrap}"), db, load_policies(policy), prefix)
+        service = rebuild(connect(f"kafka://{bootstrap}"), db, load_policies(policy), prefix,
+                          verifier=verifier)
     budgets = service.ledger.budgets()
     service.close()
     if as_json:
@@ -128,11 +152,17 @@ def cancel_cmd(
     unit: str = typer.Option(..., "--unit", help="observation or site"),
     bootstrap: str = BOOTSTRAP,
     prefix: str = PREFIX,
+    config: Path | None = typer.Option(
+        None, "--config",
+        help="Fleet config: the cancel is signed with accountant.private_key_file (an unsigned "
+        "cancel is dead-lettered by an accountant that verifies signatures).",
+    ),
 ) -> None:
     """Free a reservation whose release will never happen (e.g. a site agent that is gone).
 
     Publishes a ``cancel`` to privacy.events, so it is in the replayable log. Safe: if the
-    release did happen after all, its commit is still charged.
+    release did happen after all, its commit is still charged. Signed by the accountant's key
+    when ``--config`` is given.
     """
     from fairfleet.bus import Publisher, connect, topic_name
     from fairfleet.errors import ConfigError
@@ -150,7 +180,15 @@ def cancel_cmd(
         model_id="",
         windows=WindowRange(first=0, last=0),
     )
-    publisher = Publisher(connect(f"kafka://{bootstrap}").producer())
+    signer = None
+    client_config: dict[str, str] = {}
+    if config is not None:
+        from fairfleet.config import load_config
+        from fairfleet.signing import accountant_signer
+
+        cfg = load_config(config)
+        signer, client_config = accountant_signer(cfg), cfg.kafka.client_config()
+    publisher = Publisher(connect(f"kafka://{bootstrap}", client_config).producer(), signer=signer)
     publisher.send_sync(topic_name("privacy.events", prefix), message, key=site)
     typer.echo(f"cancel of {event_id} published to {topic_name('privacy.events', prefix)}")
 

@@ -37,7 +37,7 @@ def run_cmd(
     cfg = load_config(config)
     port = cfg.model(model).metrics_port if metrics_port is None else metrics_port
     options = AggregatorOptions(seed=seed, metrics_port=port, budgets_url=budgets_url,
-                                stop_when_finished=not keep_running)
+                                stop_when_finished=not keep_running, require_ledger=True)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

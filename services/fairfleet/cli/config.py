@@ -28,6 +28,7 @@ from fairfleet.cli._config_checks import (
     shown,
     site_policies,
 )
+from fairfleet.cli._security_checks import check_security, check_service_identities
 
 __all__ = ["CheckReport", "check_file", "check_mapping"]
 
@@ -128,6 +129,9 @@ def check_mapping(data: dict[str, Any], base_dir: Path, source: str = "config") 
         check_site(i, data["sites"][i], base_dir, report)
         check_connector(i, sites[i], by_id, report)
     check_fleet(data, models, sites, report)
+    if full is not None:
+        check_service_identities(full, base_dir, report)
+        check_security(full, data, report)
     semantic = list(report.problems)
     # The whole-fleet validator repeats cross-reference problems as one top-level line.
     report.problems = [

@@ -55,6 +55,7 @@ def run_cmd(
     server = serve(
         registry,
         port,
+        cfg.metrics_host,  # the config's interface (env FAIRFLEET_METRICS_HOST overrides it)
         routes={"/rounds": lambda _: agents[0].rounds_json(), "/data": lambda _: agents[0].data_json()},
         health=health,
     )

@@ -52,7 +52,7 @@ def demo_config(work_dir: Path, bootstrap: str, settings: DemoSettings) -> dict[
     """The fleet config dict (keys written under ``work_dir/keys``)."""
     from fairfleet.config import SiteAgentConfig
     from fairfleet.privacy.accounting import calibrate_noise_multiplier
-    from fairfleet.signing import generate_keypair
+    from fairfleet.signing import add_service_identities, generate_keypair
     from fairfleet.sim.fleet import load_fleet
 
     fleet = load_fleet(settings.fleet)
@@ -84,7 +84,7 @@ def demo_config(work_dir: Path, bootstrap: str, settings: DemoSettings) -> dict[
             "state_dir": str(work_dir / "state" / site.id),
         })
     n_features, n_outputs = len(fleet.feature_names), fleet.n_outputs
-    return {
+    return add_service_identities({
         "fleet": f"demo-{fleet.name}",
         "kafka": {"bootstrap": bootstrap, "topic_prefix": f"fairfleet.demo{int(time.time())}.",
                   "partitions": 1},
@@ -107,7 +107,7 @@ def demo_config(work_dir: Path, bootstrap: str, settings: DemoSettings) -> dict[
         "sites": sites,
         "accountant": {"db": str(work_dir / "accountant" / "ledger.sqlite"), "metrics_port": 0},
         "state_dir": str(work_dir / "state"),
-    }
+    }, keys)
 
 
 def write_demo_config(work_dir: Path, bootstrap: str, settings: DemoSettings) -> Path:

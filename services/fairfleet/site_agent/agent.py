@@ -58,7 +58,7 @@ from fairfleet.messages import (
 from fairfleet.metrics import Health
 from fairfleet.privacy.events import dp_event_to_json
 from fairfleet.privacy.windows import WindowRange, WindowRanges, describe, hull
-from fairfleet.signing import load_private, sign
+from fairfleet.signing import Signer, Verifier, load_private, sign, site_principal
 from fairfleet.site_agent import release as rel
 from fairfleet.site_agent.bus_side import SERVICE, AgentBus, Interrupted
 from fairfleet.site_agent.metrics import SiteMetrics
@@ -140,7 +140,8 @@ class SiteAgent:
             self.opts.progress_timeout_s, probe=lambda: bus_.unreachable(2.0)
         )
         self.io = AgentBus(self.bus, site_id, config.kafka.topic_prefix, config.kafka.chunk_bytes,
-                           config.kafka.input_limits(), self.metrics.on_dead_letter)
+                           config.kafka.input_limits(), self.metrics.on_dead_letter,
+                           Signer(site_principal(site_id), self.key), Verifier.from_config(config).check)
         self._releases: dict[tuple[str, int], tuple[ModelRelease, bytes]] = {}
         # The newest round of each model the bus has shown (an announcement of round r, or a
         # ModelRelease opening round r): every earlier round of the model is over.
@@ -188,7 +189,9 @@ class SiteAgent:
         event(logger, "renewing the transactional producer after the Kafka outage",
               logging.WARNING, site=self.site.id)
         self.io.tx = Publisher(
-            self.bus.producer(transactional_id=self.io.transactional_id), self.config.kafka.chunk_bytes
+            self.bus.producer(transactional_id=self.io.transactional_id),
+            self.config.kafka.chunk_bytes,
+            self.io.signer,
         )
 
     def step(self, timeout: float | None = None) -> None:

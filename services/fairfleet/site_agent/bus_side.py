@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 
 from fairfleet.bus import Bus, Publisher, Reader, topic_name
 from fairfleet.bus.limits import DEFAULT_LIMITS, InputLimits
+from fairfleet.bus.messaging import SignFn, VerifyFn
 from fairfleet.bus.topics import LOGICAL_TOPICS
 from fairfleet.bus.transactions import Transaction, run_transaction
 from fairfleet.errors import FairfleetError, OutcomeUnknown, ProducerFenced
@@ -51,25 +52,29 @@ class AgentBus:
         chunk_bytes: int,
         limits: InputLimits = DEFAULT_LIMITS,
         on_dead_letter: Callable[[DeadLetter], None] | None = None,
+        signer: SignFn | None = None,
+        verifier: VerifyFn | None = None,
     ) -> None:
         self.bus = bus
         self.site_id = site_id
         self.limits = limits
         self.on_dead_letter = on_dead_letter  # e.g. a metric; called for every dead letter
+        self.verifier = verifier  # rounds, models, grants and commits: signed by their producer
+        self.signer = signer  # every message this site publishes
         self.topics = {t: topic_name(t, prefix) for t in LOGICAL_TOPICS}
         # Every group and transactional id carries the topic prefix: two fleets on one broker
         # with the same site ids neither share consumer groups nor fence each other.
         self.client_prefix = f"{prefix}site-{site_id}"
         self.transactional_id = self.client_prefix
-        self.tx = Publisher(bus.producer(transactional_id=self.transactional_id), chunk_bytes)
-        self.plain = Publisher(bus.producer(), chunk_bytes)
+        self.tx = Publisher(bus.producer(transactional_id=self.transactional_id), chunk_bytes, signer)
+        self.plain = Publisher(bus.producer(), chunk_bytes, signer)
         self.rounds = self._reader(f"{self.client_prefix}-rounds", "rounds")
         self.models = self._reader(f"{self.client_prefix}-models", "models")
         self.grants = self._reader(f"{self.client_prefix}-grants", "privacy.grants")
 
     def _reader(self, group: str, logical: str) -> Reader:
         return Reader(self.bus.consumer(group, [self.topics[logical]]), SERVICE, self.dead_letter,
-                      limits=self.limits)
+                      limits=self.limits, verifier=self.verifier)
 
     def dead_letter(self, letter: DeadLetter) -> None:
         if self.on_dead_letter is not None:
@@ -86,7 +91,8 @@ class AgentBus:
     def rewind_models(self) -> None:
         """Read the compacted ``models`` topic again from its start (its group never commits)."""
         self.models.consumer.seek_to_committed()
-        self.models = Reader(self.models.consumer, SERVICE, self.dead_letter)
+        self.models = Reader(self.models.consumer, SERVICE, self.dead_letter,
+                             limits=self.limits, verifier=self.verifier)
 
     def commit_rounds(self) -> None:
         """Store the rounds consumer's position (an announcement handled without a transaction)."""
@@ -167,7 +173,7 @@ class AgentBus:
         # The old one is dropped unflushed: its records belong to a transaction that the new
         # producer's init_transactions aborts.
         self.tx = Publisher(self.bus.producer(transactional_id=self.transactional_id),
-                            self.tx.chunk_bytes)
+                            self.tx.chunk_bytes, self.signer)
 
     def find_commit(self, event_id: str, timeout: float = 30.0) -> bool | None:
         """Is a commit of ``event_id`` in ``privacy.events``? None if the topic could not be read
@@ -180,7 +186,7 @@ class AgentBus:
         consumer = self.bus.consumer(
             f"{self.client_prefix}-resolve-{uuid.uuid4().hex[:8]}", [self.topics["privacy.events"]]
         )
-        reader = Reader(consumer, SERVICE, limits=self.limits)
+        reader = Reader(consumer, SERVICE, limits=self.limits, verifier=self.verifier)
         quiet, deadline = 0, time.monotonic() + timeout
         try:
             while time.monotonic() < deadline and quiet < 3:

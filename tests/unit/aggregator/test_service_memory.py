@@ -3,7 +3,9 @@ commit that rewinds, restart from the checkpoint, chunked checkpoints, config ch
 
 from __future__ import annotations
 
+import tempfile
 import uuid
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,14 +22,14 @@ from fairfleet.fairness import SiteUpdate as FairUpdate
 from fairfleet.fairness import StrategyState, build_strategy
 from fairfleet.learning.tensors import sha256_hex, to_safetensors_bytes
 from fairfleet.messages import DeadLetter, NoisyStat, RoundAnnouncement, SiteUpdate, UpdatePrivacy
-from fairfleet.signing import generate_keypair, load_private, sign
+from fairfleet.signing import add_service_identities, generate_keypair, load_private, sign
 
 SITES = ("a0", "a1", "b0", "b1")
 KEYS = {s: generate_keypair() for s in SITES}
 
 
 def config(**rounds: Any) -> FleetConfig:
-    return parse_config({
+    return parse_config(add_service_identities({
         "kafka": {"topic_prefix": f"u{uuid.uuid4().hex[:6]}.", "chunk_bytes": 1024},
         "models": [{"id": "m", "model": {"name": "linear", "params": {"in_features": 3}},
                     "strategy": {"name": "fedavg"},
@@ -35,7 +37,7 @@ def config(**rounds: Any) -> FleetConfig:
                                **rounds},
                     "privacy": {"mechanism": "off"}}],
         "sites": [{"id": s, "class": s[0], "public_key": KEYS[s][1]} for s in SITES],
-    })
+    }, Path(tempfile.mkdtemp(prefix="fairfleet-keys-"))))
 
 
 def update(site: str, ann: RoundAnnouncement, value: float, base: int | None = None) -> tuple[SiteUpdate, bytes]:
@@ -158,8 +160,8 @@ def test_stalled_sync_round_is_reannounced_with_a_fresh_deadline_and_committed_s
     assert (again.round, again.model_version, again.deadline_s) == (0, 0, first.deadline_s)
     assert again.opened_at >= first.opened_at + 0.3
     assert again.message_id != first.message_id  # a new message (chunks are keyed by its id)
-    assert again.model_dump(exclude={"opened_at", "message_id", "created_at"}) == first.model_dump(
-        exclude={"opened_at", "message_id", "created_at"})
+    assert again.model_dump(exclude={"opened_at", "message_id", "created_at", "key_id", "signature"}) == first.model_dump(
+        exclude={"opened_at", "message_id", "created_at", "key_id", "signature"})
     m = fleet.agg.metrics
     assert m.extensions.labels("m")._value.get() == 1
     # Committed state is untouched: same checkpoint, first announcement, nothing aggregated.

@@ -4,6 +4,7 @@ real accountant service run in a thread.
 
 from __future__ import annotations
 
+import tempfile
 import threading
 import time
 import uuid
@@ -24,7 +25,13 @@ from fairfleet.messages import (
     PrivacyPlan,
     RoundAnnouncement,
 )
-from fairfleet.signing import generate_keypair
+from fairfleet.signing import (
+    Verifier,
+    accountant_signer,
+    add_service_identities,
+    aggregator_signer,
+    generate_keypair,
+)
 
 SPEC = {"name": "logistic", "params": {"in_features": 2}, "task": "classification"}
 # Site unit: the held-out loss over m = 16 values has sensitivity B, so its noise multiplier
@@ -51,7 +58,7 @@ def site_entry(tmp: Path, site_id: str, connector: dict[str, Any], models: list[
 def fleet_dict(bootstrap: str, prefix: str, sites: list[dict[str, Any]], models: list[dict[str, Any]],
                grant_timeout_s: float = 10.0, policies: dict[str, Any] | None = None,
                tmp: Path | None = None) -> dict[str, Any]:
-    return {
+    return add_service_identities({
         "fleet": "test",
         "kafka": {"bootstrap": bootstrap, "topic_prefix": prefix},
         "models": models,
@@ -59,7 +66,7 @@ def fleet_dict(bootstrap: str, prefix: str, sites: list[dict[str, Any]], models:
         "policies": policies or {"defaults": {"epsilon_max": 50.0, "delta": 1e-5, "unit": "site"}},
         "accountant": {"grant_timeout_s": grant_timeout_s,
                        "db": str((tmp or Path("/tmp")) / f"ledger-{uuid.uuid4().hex[:6]}.sqlite")},
-    }
+    }, (tmp or Path(tempfile.mkdtemp(prefix="fairfleet-keys-"))) / f"keys-{uuid.uuid4().hex[:6]}")
 
 
 def fleet(bootstrap: str, prefix: str, sites: list[dict[str, Any]], models: list[dict[str, Any]],
@@ -79,6 +86,7 @@ class Announcer:
         self.config = config
         self.prefix = config.kafka.topic_prefix
         self.pub = Publisher(bus.producer())
+        self.signers = {m.id: aggregator_signer(config, m.id) for m in config.models}
 
     def release(self, model_id: str, version: int, seed: int = 0) -> ModelRelease:
         import torch
@@ -88,6 +96,7 @@ class Announcer:
         payload = to_safetensors_bytes(build_model(cfg.model.name, **cfg.model.params).state_dict())
         msg = ModelRelease(model_id=model_id, version=version, round=version, model_spec=cfg.model,
                            payload_sha256=sha256_hex(payload), payload_bytes=len(payload))
+        msg = self.signers[model_id](msg)
         self.pub.send_sync(topic_name("models", self.prefix), msg, payload, key=model_id)
         return msg
 
@@ -100,6 +109,7 @@ class Announcer:
             training=LocalTrainingPlan.model_validate(cfg.training.model_dump()),
             privacy=privacy or cfg.privacy,
         )
+        msg = self.signers[model_id](msg)
         self.pub.send_sync(topic_name("rounds", self.prefix), msg, key=model_id)
         return msg
 
@@ -129,9 +139,11 @@ class RealAccountant:
         prefix = config["kafka"]["topic_prefix"]
         config_file = tmp / f"accountant-{uuid.uuid4().hex[:6]}.yaml"
         config_file.write_text(yaml.safe_dump(config))
+        fleet = parse_config(config)
         self.service = AccountantService(
             bus, tmp / f"ledger-{uuid.uuid4().hex[:6]}.sqlite", load_policies(config_file),
-            AccountantOptions(prefix=prefix, group_id=f"{prefix}accountant", metrics_port=None),
+            AccountantOptions(prefix=prefix, group_id=f"{prefix}accountant", metrics_port=None,
+                              signer=accountant_signer(fleet), verifier=Verifier.from_config(fleet).check),
         )
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.service.run, args=(self.stop,), daemon=True)
