@@ -22,7 +22,6 @@ import pytest
 from dp_accounting import dp_event
 from site_agent_testkit import RealAccountant, fleet_dict, model_entry, site_entry
 
-from fairfleet.accountant.policies import policies_from_config
 from fairfleet.accountant.service import rebuild
 from fairfleet.aggregator import Aggregator, AggregatorOptions
 from fairfleet.bus import Bus, Publisher, Reader, connect, default_topics, topic_name
@@ -221,7 +220,7 @@ def test_every_forgery_is_dead_lettered_counted_and_changes_no_round_or_ledger(
     # a rebuild of the ledger from privacy.events skips the forgeries again (unverified, the
     # forged NonPrivate commit would set s1's ε to infinity)
     config = attacked["config"]
-    verified = rebuild(attacked["bus"], tmp_path / "rebuilt.sqlite", policies_from_config(config),
+    verified = rebuild(attacked["bus"], tmp_path / "rebuilt.sqlite", config.policy_set(),
                        attacked["prefix"], idle_s=1.0, verifier=Verifier.from_config(config).check)
     assert {s: [(b["events_committed"], round(float(b["epsilon_spent"]), 9)) for b in verified.ledger.budgets(site=s)]
             for s in ("s1", "s2")} == clean["ledger"]
