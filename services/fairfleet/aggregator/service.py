@@ -158,6 +158,7 @@ class Aggregator:
         bus_ = self.bus
         self.health = Health(self.model_cfg.progress_timeout_s, probe=lambda: bus_.unreachable(2.0))
         self._last_lag = 0.0
+        self._reading_since = time.monotonic()  # when the current reader started (_make_reader)
         self._announced_at = 0.0  # when the open round was last (re-)announced
         self._quorum_at: float | None = None  # when the open round's buffer first met its quorum
         self._serving = frozenset(s.id for s in config.sites if not s.models or model_id in s.models)
@@ -216,6 +217,9 @@ class Aggregator:
         self._started = True
 
     def _make_reader(self) -> Reader:
+        # A new reader starts at the committed offsets: the open round's updates already in
+        # the topic are read again from here (see _catching_up).
+        self._reading_since = time.monotonic()
         return Reader(self.consumer, SERVICE, on_dead_letter=self._reader_dead_letter,
                       limits=self.config.kafka.input_limits())
 
@@ -390,7 +394,7 @@ class Aggregator:
             quorum_at=self._quorum_at, grace_s=rounds.quorum_grace_s,
             everyone=bool(self._serving) and self._serving <= {site for site, _ in self._buffer},
         )
-        if action == "close":
+        if action == "close" and not (env is not None and self._catching_up()):
             self._close_round()
         elif action == "reannounce":
             self._reannounce()
@@ -647,6 +651,16 @@ class Aggregator:
         run_transaction(self.producer, body, before_commit=before_commit)
         if self._crash is not None:
             self._crash.maybe("after_commit", ckpt.round - 1)
+
+    def _catching_up(self) -> bool:
+        """Whether a sync round past its deadline must first read what is already in the
+        topic: for up to ``deadline_s`` after the reader (re)started at the committed offsets
+        (a restart or a broker outage), records are still arriving from before. Closing at the
+        first re-read update would reject the round's other, already charged updates as late."""
+        ann = self.ckpt.announcement
+        if ann is None or ann.mode != "sync" or time.time() - ann.opened_at < ann.deadline_s:
+            return False
+        return time.monotonic() - self._reading_since < ann.deadline_s
 
     def _rewind(self) -> None:
         """After an aborted commit: back to the committed offsets and checkpoint."""

@@ -348,3 +348,22 @@ def test_after_quorum_the_round_waits_a_grace_for_the_other_sites_unless_all_rep
         fleet.send(site, 0.1)
     fleet.pump(len(SITES) + 1)
     assert fleet.agg.ckpt.version == 2
+
+
+def test_a_restart_past_the_deadline_reads_the_rounds_updates_before_closing_it() -> None:
+    """After a restart (or a broker outage) past the deadline, the open round's updates already
+    in the topic are read again first: closing at the first re-read update (min_sites 1) would
+    reject the others, whose privacy was already charged, as late."""
+    import time
+
+    cfg, bus = config(min_sites=1, quorum=4, deadline_s=0.3), MemoryBus()
+    first = Fleet(cfg, bus=bus)
+    for site, value in (("a0", 0.1), ("a1", 0.2), ("b0", 0.3)):
+        first.send(site, value)
+    first.agg.close()  # stopped before it read them
+    time.sleep(0.4)  # the round's deadline passes while the aggregator is down
+    second = Fleet(cfg, bus=bus)
+    second.pump()
+    assert second.agg.ckpt.history[-1]["round"] == 0
+    assert second.agg.ckpt.history[-1]["sites"] == ["a0", "a1", "b0"]
+    assert "late" not in second.dead_reasons()
