@@ -8,6 +8,7 @@ Keys are raw 32-byte Ed25519 keys, hex-encoded in config files.
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 from typing import TypeVar
 
@@ -40,11 +41,29 @@ def key_id(public_hex: str) -> str:
 
 
 def load_private(hex_or_path: str) -> Ed25519PrivateKey:
-    text = Path(hex_or_path).read_text().strip() if Path(hex_or_path).is_file() else hex_or_path.strip()
+    """A private key from a file holding its hex, or from the hex itself.
+
+    ConfigError says "not found" / "not readable" with the file's full path; a key given
+    inline is never echoed (it is a secret)."""
+    path = Path(hex_or_path).expanduser()
+    is_hex = len(hex_or_path.strip()) == 64 and all(c in "0123456789abcdefABCDEF" for c in hex_or_path.strip())
+    if is_hex:
+        text, source = hex_or_path.strip(), "the inline private key"
+    else:
+        try:
+            text, source = path.read_text().strip(), f"private key file {path.resolve()}"
+        except FileNotFoundError as exc:
+            raise ConfigError(f"Private key file not found: {path.resolve()}") from exc
+        except PermissionError as exc:
+            raise ConfigError(
+                f"Private key file not readable by this user (uid {os.getuid()}): {path.resolve()}"
+            ) from exc
+        except OSError as exc:
+            raise ConfigError(f"Cannot read private key file {path.resolve()}: {exc.strerror}") from exc
     try:
         return Ed25519PrivateKey.from_private_bytes(bytes.fromhex(text))
     except ValueError as exc:
-        raise ConfigError(f"Not a hex Ed25519 private key (or a file holding one): {hex_or_path[:12]}...") from exc
+        raise ConfigError(f"{source} does not hold a hex Ed25519 private key (64 hex digits)") from exc
 
 
 def load_public(public_hex: str) -> Ed25519PublicKey:
