@@ -217,9 +217,17 @@ def deployment_data(config: FleetConfig, model_id: str | None = None) -> FleetDa
     return FleetData(f"{config.fleet}/{model.id}", task, d, max(outputs, 2) if task == "classification" else 1, sites)
 
 
-def site_epsilons(config: FleetConfig, sites: list[str]) -> dict[str, float]:
-    """ε_max of each site's policy (the most specific of site, class, defaults)."""
-    return {s: config.policy_for(s).epsilon_max for s in sites}
+def site_policy(config: FleetConfig, site: str, unit: str) -> Any:
+    """The policy of the site's ``unit`` ledgers (PolicySet.resolve); ConfigError if none."""
+    match = config.policy_for(site, unit)
+    if match.policy is None:
+        raise ConfigError(f"Site '{site}' has no {unit} policy: {match.reason}.")
+    return match.policy
+
+
+def site_epsilons(config: FleetConfig, sites: list[str], unit: str = "site") -> dict[str, float]:
+    """ε_max of each site's ``unit`` policy (the most specific of site, class, defaults)."""
+    return {s: float(site_policy(config, s, unit).epsilon_max) for s in sites}
 
 
 def training_defaults(config: FleetConfig, model_id: str | None, n_train: np.ndarray) -> dict[str, Any]:
@@ -233,7 +241,8 @@ def training_defaults(config: FleetConfig, model_id: str | None, n_train: np.nda
     plan, training = model.privacy, model.training
     median = float(np.median(n_train)) if len(n_train) else 1.0
     sites = [s.id for s in serving_sites(config, model.id)]
-    eps = site_epsilons(config, sites)
+    unit = plan.unit
+    eps = site_epsilons(config, sites, unit)
     return {
         "rounds": model.rounds.rounds,
         "epochs": training.epochs,
@@ -248,6 +257,6 @@ def training_defaults(config: FleetConfig, model_id: str | None, n_train: np.nda
         "mechanism": plan.mechanism,
         "sampling_rate": plan.sampling_rate,
         "epsilon": min(eps.values()) if eps else None,
-        "delta": min(config.policy_for(s).delta for s in sites) if sites else 1e-5,
+        "delta": min(site_policy(config, s, unit).delta for s in sites) if sites else 1e-5,
         "site_epsilons": eps,
     }
