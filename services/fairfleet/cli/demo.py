@@ -45,7 +45,9 @@ def demo_cmd(
         table.add_row(row["class"], "\n".join(row["sites"]), f"{row['loss']:.4f}", f"{row['accuracy']:.1%}",
                       f"{row['gap_to_fleet']:+.4f}", eps)
     table.add_row("fleet", "", f"{final['fleet_loss']:.4f}", "", f"gap {final['gap']:.4f}", "")
-    console.print(table)
+    from fairfleet.cli._tables import unbroken
+
+    console.print(unbroken(table, console.width))
     console.print(f"report: {report / 'index.html'}   ({summary['seconds']} s; service logs in {summary['logs']})")
 
 
