@@ -27,6 +27,7 @@ from fairfleet.bus.limits import InputLimits
 from fairfleet.errors import ConfigError
 from fairfleet.messages import LocalTrainingPlan, ModelSpec, PrivacyPlan
 from fairfleet.privacy.policy import DEFAULT_POLICY, Policies, PolicyMatch, PolicySet
+from fairfleet.redact import MASK, is_secret_key, scrub, secret_values
 
 
 class _Strict(BaseModel):
@@ -335,8 +336,8 @@ def _format(exc: ValidationError) -> str:
         loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
         value = err.get("input")
         shown = repr(value) if not isinstance(value, dict | list) else type(value).__name__
-        if any(w in loc.lower() for w in ("password", "secret", "token")):
-            shown = "***"  # never print a secret
+        if any(is_secret_key(part) for part in err["loc"]):
+            shown = MASK  # never print a secret
         lines.append(f"  {loc}: {err['msg']} (got {shown[:80]})")
     return "\n".join(lines)
 
@@ -346,7 +347,8 @@ def parse_config(data: dict[str, Any], source: str = "config") -> FleetConfig:
     try:
         return FleetConfig(**data)
     except ValidationError as exc:
-        raise ConfigError(f"{source} is invalid ({exc.error_count()} problems):\n{_format(exc)}") from exc
+        text = scrub([_format(exc)], secret_values(data))[0]
+        raise ConfigError(f"{source} is invalid ({exc.error_count()} problems):\n{text}") from None
 
 
 def read_yaml(path: Path) -> Any:

@@ -46,8 +46,10 @@ def load_private(hex_or_path: str) -> Ed25519PrivateKey:
     ConfigError says "not found" / "not readable" with the file's full path; a key given
     inline is never echoed (it is a secret)."""
     path = Path(hex_or_path).expanduser()
-    is_hex = len(hex_or_path.strip()) == 64 and all(c in "0123456789abcdefABCDEF" for c in hex_or_path.strip())
-    if is_hex:
+    stripped = hex_or_path.strip()
+    # 64 characters, no folder, no such file: meant as an inline key (never echoed back)
+    inline = len(stripped) == 64 and not any(c in stripped for c in "/\\.") and not path.exists()
+    if inline:
         text, source = hex_or_path.strip(), "the inline private key"
     else:
         try:

@@ -268,3 +268,51 @@ def test_yaml_errors_name_the_file_not_a_unicode_string(tmp_path: Path) -> None:
     res = CliRunner().invoke(app, ["config", "check", str(path)])
     assert res.exit_code == 1
     assert f'in "{path}", line 3' in res.output and "<unicode string>" not in res.output
+
+
+def test_services_loading_a_config_never_print_its_secrets(tmp_path: Path) -> None:
+    """load_config (what every service runs) masks secrets too, misspelt keys included."""
+    from fairfleet.config import load_config
+
+    data = _fleet(tmp_path)
+    data["kafka"]["sasl_pasword"] = "Another" + SECRET
+    data["kafka"]["bootstrap"] = "localhost9092"
+    path = tmp_path / "fleet.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    text = str(info.value)
+    assert "localhost9092" in text and "sasl_pasword" in text
+    assert SECRET not in text and info.value.__cause__ is None
+
+
+def test_a_missing_key_file_says_not_found_with_its_full_path(tmp_path: Path) -> None:
+    from fairfleet.signing import load_private
+
+    missing = tmp_path / "broker-keys" / "plant-a.key"
+    with pytest.raises(ConfigError, match=f"not found: {missing}$"):
+        load_private(str(missing))
+    bad = tmp_path / "bad.key"
+    bad.write_text("not hex")
+    with pytest.raises(ConfigError, match=f"private key file {bad} does not hold"):
+        load_private(str(bad))
+    key = (DEPLOY / "keys" / "plant-a.key").read_text().strip()
+    assert load_private(key) is not None and load_private(str(DEPLOY / "keys" / "plant-a.key")) is not None
+    with pytest.raises(ConfigError) as info:
+        load_private(key[:-1] + "z")  # inline, malformed: the key is never echoed
+    assert key[:-1] not in str(info.value)
+
+
+def test_site_run_with_a_missing_key_file_names_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    import sys
+
+    from fairfleet.cli import main
+
+    path = tmp_path / "fleet.yaml"
+    path.write_text(EXAMPLE.read_text())  # no keys/ folder next to it
+    monkeypatch.setattr(sys, "argv", ["fairfleet", "site", "run", "--config", str(path), "--site", "plant-a"])
+    with pytest.raises(SystemExit) as info:
+        main()
+    assert info.value.code == 1
+    assert capsys.readouterr().err.strip() == f"error: Private key file not found: {tmp_path / 'keys' / 'plant-a.key'}"

@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import difflib
 import os
-import re
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from fairfleet.cli._config_checks import CheckReport, shown
+from fairfleet.redact import MASK, is_secret_key, scrub, secret_values
+
+__all__ = ["MASK", "is_secret_key", "scrub", "secret_values"]
 
 # Environment variables fairfleet reads outside the config schema (name -> what reads it).
 KNOWN_ENV: dict[str, str] = {
@@ -30,56 +32,6 @@ KNOWN_ENV: dict[str, str] = {
     "FAIRFLEET_AGGREGATOR_CRASH_AT": "tests: crash injection",
     "FAIRFLEET_IMAGE": "deploy/compose: the image tag",
 }
-
-# A key holding one of these words is a secret: its value is never printed.
-SECRET_WORDS = ("password", "passwd", "secret", "token", "credential", "api_key", "apikey")
-MASK = "***"
-
-
-def is_secret_key(key: Any) -> bool:
-    name = str(key).lower().replace(".", "_").replace("-", "_")
-    return any(word in name for word in SECRET_WORDS)
-
-
-_URL_PASSWORD = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)(?P<pw>[^@/\s]+)@")
-
-
-def secret_values(data: Any, environ: Mapping[str, str] | None = None) -> set[str]:
-    """Every secret string in a raw config mapping (and the FAIRFLEET_* environment): values
-    under secret-looking keys and passwords embedded in URLs (``postgresql://u:pw@host``)."""
-    out: set[str] = set()
-
-    def walk(value: Any, secret: bool) -> None:
-        if isinstance(value, Mapping):
-            for k, v in value.items():
-                walk(v, secret or is_secret_key(k))
-        elif isinstance(value, list | tuple):
-            for v in value:
-                walk(v, secret)
-        elif value is not None and not isinstance(value, bool):
-            text = str(value)
-            if secret and text:
-                out.add(text)
-            for match in _URL_PASSWORD.finditer(text):
-                out.add(match.group("pw"))
-
-    walk(data, False)
-    for key, value in (environ if environ is not None else os.environ).items():
-        if key.upper().startswith("FAIRFLEET_") and (is_secret_key(key) or _URL_PASSWORD.search(value)):
-            walk({key: value}, False)
-    return {s for s in out if len(s) >= 3}  # masking "a" everywhere would garble every line
-
-
-def scrub(lines: Iterable[str], secrets: set[str]) -> list[str]:
-    """``lines`` with every secret replaced by ``***`` (longest first, so no fragment survives)."""
-    ordered = sorted(secrets, key=len, reverse=True)
-    out = []
-    for line in lines:
-        for s in ordered:
-            line = line.replace(s, MASK)
-        out.append(_URL_PASSWORD.sub(lambda m: m.group("scheme") + MASK + "@", line))
-    return out
-
 
 def scrub_report(report: CheckReport, secrets: set[str]) -> None:
     report.problems = scrub(report.problems, secrets)
