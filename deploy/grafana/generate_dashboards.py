@@ -258,17 +258,23 @@ def privacy() -> Board:
                 "PrivacyBudgetAbove80Percent, PrivacyBudgetExhausted"),
             extra={"options": {"orientation": "horizontal", "displayMode": "gradient",
                                "reduceOptions": {"calcs": ["lastNotNull"], "values": False}}})
-    b.panel("timeseries", "Epsilon spent vs policy limit", [
-        (f"fairfleet_privacy_epsilon_spent{{{s}}}", "{{site}} / {{source}} spent"),
-        (f"fairfleet_privacy_epsilon_next{{{s}}}", "{{site}} / {{source}} after next release"),
-        (f"fairfleet_privacy_epsilon_limit{{{s}}}", "{{site}} / {{source}} limit"),
+    def colour(pattern: str, color: str, *extra: dict[str, Any]) -> dict[str, Any]:
+        return {"matcher": {"id": "byRegexp", "options": pattern},
+                "properties": [{"id": "color", "value": {"mode": "fixed", "fixedColor": color}}, *extra]}
+
+    b.panel("timeseries", "Epsilon spent vs policy limit: $site", [
+        (f"fairfleet_privacy_epsilon_spent{{{s}}}", "{{source}} ({{unit}}) spent"),
+        (f"fairfleet_privacy_epsilon_next{{{s}}}", "{{source}} ({{unit}}) after next release"),
+        (f"fairfleet_privacy_epsilon_limit{{{s}}}", "{{source}} ({{unit}}) limit"),
     ], h=9, unit="none", description=about(
-        "Per ledger: epsilon spent, epsilon after the next release if each model repeats its latest one, "
-        "and the policy's epsilon_max (dashed).",
+        "One panel per site (repeated over $site), so a site's lines are read together: epsilon spent "
+        "(blue), epsilon after the next release if each model repeats its latest one (orange), and the "
+        "policy's epsilon_max (red, dashed).",
         "'after next release' above the limit: the next reservation will be denied.",
         "PrivacyNextReleaseWouldBeDenied"),
-        overrides=[{"matcher": {"id": "byRegexp", "options": ".* limit"},
-                    "properties": [{"id": "custom.lineStyle", "value": {"fill": "dash", "dash": [10, 10]}}]}])
+        overrides=[colour(".* spent", "blue"), colour(".* after next release", "orange"),
+                   colour(".* limit", "red", {"id": "custom.lineStyle", "value": {"fill": "dash", "dash": [10, 10]}})],
+        extra={"repeat": "site", "repeatDirection": "h", "maxPerRow": 2})
     b.panel("stat", "Policy entry that sets each limit",
             [(f"fairfleet_privacy_policy_info{{{s}}} == 1", "{{site}} / {{source}} ({{unit}}): {{policy}}")],
             w=24, h=4, unit="none", description=about(

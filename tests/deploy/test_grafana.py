@@ -139,3 +139,15 @@ def test_every_panel_is_described_with_a_unit_and_none_is_a_duplicate() -> None:
             assert exprs not in seen, f"{where} duplicates {seen.get(exprs)!r}"
             seen[exprs] = panel["title"]
     assert panels >= 35
+
+
+def test_a_sites_spent_and_limit_lines_are_paired() -> None:
+    """One panel per site, spent/next/limit in fixed colours (the limit dashed): never a limit
+    line that could belong to another site."""
+    privacy = json.loads((DASHBOARDS / "privacy.json").read_text())
+    panel = next(p for p in privacy["panels"] if p["title"].startswith("Epsilon spent vs policy limit"))
+    assert panel["repeat"] == "site"
+    colours = {o["matcher"]["options"]: o["properties"][0]["value"]["fixedColor"]
+               for o in panel["fieldConfig"]["overrides"]}
+    assert colours == {".* spent": "blue", ".* after next release": "orange", ".* limit": "red"}
+    assert all("{{site}}" not in t["legendFormat"] for t in panel["targets"])
