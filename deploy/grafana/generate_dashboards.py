@@ -44,8 +44,8 @@ class Board:
         self._y += 1
 
     def panel(
-        self, kind: str, title: str, targets: list[tuple[str, str]], *, unit: str = "short",
-        w: int = 12, h: int = 8, description: str = "", thresholds: list[tuple[str, float | None]] | None = None,
+        self, kind: str, title: str, targets: list[tuple[str, str]], *, unit: str, description: str,
+        w: int = 12, h: int = 8, thresholds: list[tuple[str, float | None]] | None = None,
         overrides: list[dict[str, Any]] | None = None, extra: dict[str, Any] | None = None,
     ) -> None:
         steps = [{"color": c, "value": v} for c, v in (thresholds or [("green", None)])]
@@ -103,39 +103,74 @@ MODELS = variable("model", "label_values(fairfleet_aggregator_current_round, mod
 SITE = variable("site", "label_values(fairfleet_privacy_epsilon_spent, site)")
 
 
+def about(shows: str, bad: str, alert: str | None = None) -> str:
+    """A panel description: what it shows, what a bad value looks like, the alert that relates."""
+    text = f"{shows} Bad: {bad}"
+    return text + (f" Alert: {alert} (deploy/prometheus/rules/fairfleet.yml)." if alert else " No alert.")
+
+
 def fleet_overview() -> Board:
     b = Board("fairfleet-overview", "fairfleet / Fleet overview",
               "Rounds, participation and model versions of every model; service health.", [MODELS])
     sel = 'model=~"$model"'
     b.row("Models")
-    b.panel("stat", "Current round", [(f"fairfleet_aggregator_current_round{{{sel}}}", "{{model}}")], w=6, h=5)
-    b.panel("stat", "Model version", [(f"fairfleet_aggregator_model_version{{{sel}}}", "{{model}}")], w=6, h=5)
+    b.panel("stat", "Current round", [(f"fairfleet_aggregator_current_round{{{sel}}}", "{{model}}")], w=6, h=5,
+            unit="none", description=about(
+                "The round each model's aggregator has open (counts up from 1).",
+                "a number that stops growing while the fleet should be training.", "RoundStalled"))
+    b.panel("stat", "Model version", [(f"fairfleet_aggregator_model_version{{{sel}}}", "{{model}}")], w=6, h=5,
+            unit="none", description=about(
+                "The version of the global model each aggregator last released (one per closed round).",
+                "a version that no longer increases: rounds close without a new model (voided rounds).",
+                "RoundStalled"))
     b.panel("stat", "Participants (last closed round)",
-            [(f"fairfleet_aggregator_round_participants{{{sel}}}", "{{model}}")], w=6, h=5,
-            thresholds=[("red", None), ("green", 2)])
+            [(f"fairfleet_aggregator_round_participants{{{sel}}}", "{{model}}")], w=6, h=5, unit="none",
+            thresholds=[("red", None), ("green", 2)], description=about(
+                "Site updates accepted into each model's last closed round (the round's participants).",
+                "fewer than rounds.min_sites (red below 2): the round was voided or the aggregate rests "
+                "on too few sites.", "RejectedUpdatesSpiking"))
     b.panel("stat", "Services up", [('sum by (job) (up{job=~"fairfleet-.*"})', "{{job}}")], w=6, h=5,
-            thresholds=[("red", None), ("green", 1)])
+            unit="none", thresholds=[("red", None), ("green", 1)], description=about(
+                "Scrape targets answering, per service kind (accountant, aggregators, sites).",
+                "0 (red): no instance of that service answers /metrics.", "ServiceDown"))
     b.row("Rounds")
     b.panel("timeseries", "Rounds closed per hour",
-            [(f"sum by (model) (increase(fairfleet_aggregator_rounds_total{{{sel}}}[1h]))", "{{model}}")])
-    b.panel("timeseries", "Accepted updates per round",
-            [(f"fairfleet_aggregator_round_participants{{{sel}}}", "{{model}}")])
+            [(f"sum by (model) (increase(fairfleet_aggregator_rounds_total{{{sel}}}[1h]))", "{{model}}")],
+            unit="short", description=about(
+                "Rounds each model closed in the last hour.",
+                "a drop to 0 while sites are up: rounds wait for quorum or are voided.", "RoundStalled"))
     b.panel("timeseries", "Round duration (p50, p95)", [
         (f"histogram_quantile(0.5, sum by (le, model) (rate(fairfleet_aggregator_round_duration_seconds_bucket{{{sel}}}[30m])))", "{{model}} p50"),
         (f"histogram_quantile(0.95, sum by (le, model) (rate(fairfleet_aggregator_round_duration_seconds_bucket{{{sel}}}[30m])))", "{{model}} p95"),
-    ], unit="s")
-    b.panel("timeseries", "Model version over time",
-            [(f"fairfleet_aggregator_model_version{{{sel}}}", "{{model}}")])
+    ], unit="s", description=about(
+        "Time from a round's announcement to its close (median and 95th percentile, 30 min window).",
+        "p95 at rounds.deadline_s: rounds close at the deadline, not at quorum (slow or missing sites).",
+        "RoundStalled"))
     b.row("Sites")
     b.panel("timeseries", "Rounds joined per hour, by site",
-            [(f"sum by (site, model) (increase(fairfleet_site_rounds_joined_total{{{sel}}}[1h]))", "{{site}} {{model}}")])
+            [(f"sum by (site, model) (increase(fairfleet_site_rounds_joined_total{{{sel}}}[1h]))", "{{site}} {{model}}")],
+            unit="short", description=about(
+                "Rounds each site trained and published an update for, in the last hour.",
+                "one site far below the others: it skips rounds (see 'Rounds skipped') or is down.",
+                "ServiceDown"))
     b.panel("timeseries", "Rounds skipped per hour, by reason",
             [(f"sum by (site, model, reason) (increase(fairfleet_site_rounds_skipped_total{{{sel}}}[1h]))",
-              "{{site}} {{model}} {{reason}}")])
+              "{{site}} {{model}} {{reason}}")], unit="short", description=about(
+                "Rounds a site did not join, by reason (no_data, budget denied, model timeout, ...).",
+                "a steady non-zero line: no_data means the connector delivers nothing (check its data "
+                "path with `fairfleet config check`); denied means the budget is spent.",
+                "PrivacyReleasesDenied"))
     b.panel("stat", "Privacy ON per site and model (0 = OFF)",
             [(f"min by (site, model) (fairfleet_site_privacy_enabled{{{sel}}})", "{{site}} {{model}}")],
-            w=12, h=6, thresholds=[("red", None), ("green", 1)])
-    b.panel("stat", "Service versions", [("fairfleet_service_info", "{{service}} {{version}}")], w=12, h=6)
+            w=12, h=6, unit="bool_on_off", thresholds=[("red", None), ("green", 1)], description=about(
+                "Whether each site trains each model with differential privacy (ON) or without (OFF).",
+                "OFF (red): the site releases updates with no privacy guarantee.", "SitePrivacyDisabled"))
+    b.panel("stat", "Service versions", [("fairfleet_service_info", "{{service}} {{version}}")], w=12, h=6,
+            unit="none", description=about(
+                "The fairfleet version each running service reports (the tile's name; the metric's value is "
+                "always 1).", "two versions of one service during a rolling upgrade that never finished."),
+            extra={"options": {"reduceOptions": {"calcs": ["lastNotNull"], "values": False}, "textMode": "name",
+                               "colorMode": "none"}})
     return b
 
 
@@ -149,10 +184,18 @@ def fairness() -> Board:
     b.panel("timeseries", "Class loss gap vs gamma", [
         (f"fairfleet_fairness_gap{{{m}}}", "gap (max - min debiased class loss)"),
         (f"fairfleet_fairness_gap_bound{{{m}}}", "gamma"),
-    ], w=16, overrides=[{"matcher": {"id": "byName", "options": "gamma"},
-                         "properties": [{"id": "custom.lineStyle", "value": {"fill": "dash", "dash": [10, 10]}},
-                                        {"id": "color", "value": {"mode": "fixed", "fixedColor": "red"}}]}])
+    ], w=16, unit="none", description=about(
+        "The spread between the worst and the best class's debiased held-out loss, with the model's bound "
+        "gamma (dashed red).",
+        "the gap above gamma for several rounds; with strong privacy noise a gap above gamma can be "
+        "the noise itself (compare the 95% bands below).", "FairnessGapAboveBound"),
+        overrides=[{"matcher": {"id": "byName", "options": "gamma"},
+                    "properties": [{"id": "custom.lineStyle", "value": {"fill": "dash", "dash": [10, 10]}},
+                                   {"id": "color", "value": {"mode": "fixed", "fixedColor": "red"}}]}])
     b.panel("stat", "Worst class now", [(f"fairfleet_fairness_worst_class{{{m}}} == 1", "{{class}}")], w=8,
+            unit="none", description=about(
+                "The class with the highest debiased loss after the last closed round (its name).",
+                "the same class for many rounds while the gap stays above gamma.", "FairnessGapAboveBound"),
             extra={"options": {"reduceOptions": {"calcs": ["lastNotNull"], "values": False}, "textMode": "name"}})
     b.row("Per-class loss")
     band = [{"matcher": {"id": "byName", "options": "upper 95%"},
@@ -166,16 +209,36 @@ def fairness() -> Board:
          f'1.96 * fairfleet_fairness_class_loss_stderr{{{m},class=~"$class"}}', "upper 95%"),
         (f'fairfleet_fairness_class_loss{{{m},class=~"$class",estimate="debiased"}} - ignoring (estimate) '
          f'1.96 * fairfleet_fairness_class_loss_stderr{{{m},class=~"$class"}}', "lower 95%"),
-    ], w=8, overrides=band, extra={"repeat": "class", "repeatDirection": "h", "maxPerRow": 3})
+    ], w=8, unit="none", overrides=band, extra={"repeat": "class", "repeatDirection": "h", "maxPerRow": 3},
+        description=about(
+            "One class's held-out loss with the privacy noise's expected bias removed, and its 95% band. "
+            "The debiased estimate is unbiased, not bounded: with few held-out rows and large noise it can be "
+            "negative (e.g. -2.2); read the band, not the point.",
+            "a band that rises round after round (the class gets worse).", "ClassLossRegressing"))
     b.panel("timeseries", "Noisy vs debiased class loss",
-            [(f'fairfleet_fairness_class_loss{{{m},class=~"$class"}}', "{{class}} {{estimate}}")])
+            [(f'fairfleet_fairness_class_loss{{{m},class=~"$class"}}', "{{class}} {{estimate}}")],
+            unit="none", description=about(
+                "Each class's loss as released (noisy, with DP noise) and after removing the noise's bias.",
+                "the two far apart for a class: its sites hold few held-out rows, the estimate is weak.",
+                "ClassLossRegressing"))
     b.panel("timeseries", "Standard error of class loss",
-            [(f'fairfleet_fairness_class_loss_stderr{{{m},class=~"$class"}}', "{{class}}")])
+            [(f'fairfleet_fairness_class_loss_stderr{{{m},class=~"$class"}}', "{{class}}")],
+            unit="none", description=about(
+                "Standard error of each class's debiased loss (privacy noise plus sampling).",
+                "a standard error near gamma: the gap cannot be told from noise at this privacy level."))
     b.row("Strategy state")
-    b.panel("timeseries", "Dual multipliers lambda_c",
-            [(f'fairfleet_fairness_multiplier{{{m},class=~"$class"}}', "{{class}}")])
+    b.panel("timeseries", "Dual multipliers lambda_c (gap strategy only)",
+            [(f'fairfleet_fairness_multiplier{{{m},class=~"$class"}}', "{{class}}")],
+            unit="none", description=about(
+                "The gap strategy's dual multiplier per class (how much extra weight the class gets). Only "
+                "strategies with multipliers (gap) export it: for fedavg, qffl, afl ... the panel is empty "
+                "by design.",
+                "a multiplier that grows without bound: the constraint gap <= gamma cannot be met.",
+                "FairnessGapAboveBound"))
     b.panel("timeseries", "Update norm before clipping, by site",
-            [(f"fairfleet_site_update_norm{{{m}}}", "{{site}}")])
+            [(f"fairfleet_site_update_norm{{{m}}}", "{{site}}")], unit="none", description=about(
+                "The L2 norm of each site's model update before clipping to privacy.clip_norm.",
+                "norms far above clip_norm: most of the update is clipped away (see 'Clipped fraction')."))
     return b
 
 
@@ -189,45 +252,85 @@ def privacy() -> Board:
     b.panel("bargauge", "Budget used (spent / epsilon_max)",
             [(f"fairfleet_privacy_budget_used_ratio{{{s}}}", "{{site}} / {{source}} ({{unit}})")],
             unit="percentunit", w=12, h=9, thresholds=[("green", None), ("orange", 0.8), ("red", 1)],
+            description=about(
+                "Share of each ledger's epsilon_max already spent (site / data source / privacy unit).",
+                "above 80% (orange): the site stops training soon; 100% (red): every release is denied.",
+                "PrivacyBudgetAbove80Percent, PrivacyBudgetExhausted"),
             extra={"options": {"orientation": "horizontal", "displayMode": "gradient",
                                "reduceOptions": {"calcs": ["lastNotNull"], "values": False}}})
-    b.panel("timeseries", "Epsilon spent vs policy limit", [
-        (f"fairfleet_privacy_epsilon_spent{{{s}}}", "{{site}} / {{source}} spent"),
-        (f"fairfleet_privacy_epsilon_next{{{s}}}", "{{site}} / {{source}} after next release"),
-        (f"fairfleet_privacy_epsilon_limit{{{s}}}", "{{site}} / {{source}} limit"),
-    ], h=9, description="'after next release': the ledger's epsilon if each model repeats its latest "
-                        "release; above the limit, the next reservation is denied.", overrides=[{"matcher": {"id": "byRegexp", "options": ".* limit"},
-                        "properties": [{"id": "custom.lineStyle", "value": {"fill": "dash", "dash": [10, 10]}}]}])
+    def colour(pattern: str, color: str, *extra: dict[str, Any]) -> dict[str, Any]:
+        return {"matcher": {"id": "byRegexp", "options": pattern},
+                "properties": [{"id": "color", "value": {"mode": "fixed", "fixedColor": color}}, *extra]}
+
+    b.panel("timeseries", "Epsilon spent vs policy limit: $site", [
+        (f"fairfleet_privacy_epsilon_spent{{{s}}}", "{{source}} ({{unit}}) spent"),
+        (f"fairfleet_privacy_epsilon_next{{{s}}}", "{{source}} ({{unit}}) after next release"),
+        (f"fairfleet_privacy_epsilon_limit{{{s}}}", "{{source}} ({{unit}}) limit"),
+    ], h=9, unit="none", description=about(
+        "One panel per site (repeated over $site), so a site's lines are read together: epsilon spent "
+        "(blue), epsilon after the next release if each model repeats its latest one (orange), and the "
+        "policy's epsilon_max (red, dashed).",
+        "'after next release' above the limit: the next reservation will be denied.",
+        "PrivacyNextReleaseWouldBeDenied"),
+        overrides=[colour(".* spent", "blue"), colour(".* after next release", "orange"),
+                   colour(".* limit", "red", {"id": "custom.lineStyle", "value": {"fill": "dash", "dash": [10, 10]}})],
+        extra={"repeat": "site", "repeatDirection": "h", "maxPerRow": 2})
     b.panel("stat", "Policy entry that sets each limit",
             [(f"fairfleet_privacy_policy_info{{{s}}} == 1", "{{site}} / {{source}} ({{unit}}): {{policy}}")],
-            w=24, h=4, description="The entry PolicySet.resolve picked (the same resolver as `fairfleet "
-                                   "config check` and the accountant): sites.<id>, classes.<class> or defaults.",
+            w=24, h=4, unit="none", description=about(
+                "The entry PolicySet.resolve picked for each ledger (the same resolver as `fairfleet config "
+                "check` and the accountant): sites.<id>, classes.<class> or defaults.",
+                "a site under 'defaults' that should have its own entry (a misspelt site id or class)."),
             extra={"options": {"reduceOptions": {"calcs": ["lastNotNull"], "values": False}, "textMode": "name"}})
     b.row("Burn")
     b.panel("timeseries", "Burn rate (epsilon per hour)",
-            [(f"delta(fairfleet_privacy_epsilon_spent{{{s}}}[1h])", "{{site}} / {{source}}")])
+            [(f"delta(fairfleet_privacy_epsilon_spent{{{s}}}[1h])", "{{site}} / {{source}}")],
+            unit="none", description=about(
+                "Epsilon each ledger spent in the last hour.",
+                "a rate that would reach epsilon_max before the planned rounds end (see 'Projected "
+                "exhaustion').", "PrivacyBudgetAbove80Percent"))
     b.panel("timeseries", "Projected exhaustion (hours at the 6h burn rate)",
             [(f"fairfleet_privacy_epsilon_remaining{{{s}}} / (deriv(fairfleet_privacy_epsilon_spent{{{s}}}[6h]) > 0) / 3600",
-              "{{site}} / {{source}}")], unit="h",
-            description="Remaining epsilon divided by the spend rate over the last 6 hours; no line = no spend.")
+              "{{site}} / {{source}}")], unit="h", description=about(
+                "Remaining epsilon divided by the spend rate over the last 6 hours; no line = no spend.",
+                "fewer hours than the training still planned.", "PrivacyBudgetAbove80Percent"))
     b.panel("timeseries", "Epsilon remaining",
-            [(f"fairfleet_privacy_epsilon_remaining{{{s}}}", "{{site}} / {{source}}")])
+            [(f"fairfleet_privacy_epsilon_remaining{{{s}}}", "{{site}} / {{source}}")], unit="none",
+            description=about("epsilon_max minus epsilon spent, per ledger.",
+                              "near 0: the next releases are denied.", "PrivacyBudgetExhausted"))
     b.panel("timeseries", "Ledger epsilon at each site's last grant, per model",
-            [(f"fairfleet_site_epsilon_spent{{{s}}}", "{{site}} {{model}}")],
-            description="The accountant's figure the grant carried: the ledger with this release and "
-                        "the reservations pending at that moment (the same RDP epsilon as 'spent').")
+            [(f"fairfleet_site_epsilon_spent{{{s}}}", "{{site}} {{model}}")], unit="none",
+            description=about(
+                "The accountant's figure the grant carried: the ledger with this release and the "
+                "reservations pending at that moment (the same RDP epsilon as 'spent').",
+                "a site's line far from its ledger's 'spent': the site has not been granted for a while.",
+                "PrivacyReleasesDenied"))
     b.panel("timeseries", "Epsilon wasted on rejected or voided updates, by reason",
-            [(f"fairfleet_privacy_epsilon_wasted{{{s}}}", "{{site}} / {{source}} {{reason}}")],
-            description="Epsilon of the composition of committed releases whose update the aggregator "
-                        "rejected (late, bad_signature, ...) or voided (void_round): spent for nothing.")
+            [(f"fairfleet_privacy_epsilon_wasted{{{s}}}", "{{site}} / {{source}} {{reason}}")], unit="none",
+            description=about(
+                "Epsilon of the composition of committed releases whose update the aggregator rejected "
+                "(late, bad_signature, ...) or voided (void_round): spent for nothing.",
+                "a growing line: budget burns without improving the model (late sites: raise "
+                "rounds.quorum_grace_s or deadline_s).", "RejectedUpdatesSpiking"))
     b.panel("stat", "Releases wasted, by reason",
             [(f"sum by (site, reason) (fairfleet_privacy_wasted_releases{{{s}}})", "{{site}} {{reason}}")],
-            w=12, h=8, thresholds=[("green", None), ("orange", 1)])
+            w=12, h=8, unit="none", thresholds=[("green", None), ("orange", 1)], description=about(
+                "Count of charged releases whose update was rejected or voided, per site and reason.",
+                "any non-zero count (orange): privacy was spent on updates that never reached the model.",
+                "RejectedUpdatesSpiking"))
     b.row("Reservations")
     b.panel("timeseries", "Grants per hour",
-            [(f"sum by (site) (increase(fairfleet_privacy_grants_total{{{s}}}[1h]))", "{{site}}")])
+            [(f"sum by (site) (increase(fairfleet_privacy_grants_total{{{s}}}[1h]))", "{{site}}")],
+            unit="short", description=about(
+                "Privacy reservations the accountant granted per site in the last hour (one per release).",
+                "a site at 0 while others train: it is not reserving (down, no data, or denied).",
+                "PrivacyReleasesDenied"))
     b.panel("timeseries", "Denials per hour, by reason",
-            [(f"sum by (site, reason) (increase(fairfleet_privacy_denials_total{{{s}}}[1h]))", "{{site}} {{reason}}")])
+            [(f"sum by (site, reason) (increase(fairfleet_privacy_denials_total{{{s}}}[1h]))", "{{site}} {{reason}}")],
+            unit="short", description=about(
+                "Reservations the accountant refused, by reason (budget, no_policy, ...).",
+                "any denial: no_policy means the policy does not cover the model's privacy unit (run "
+                "`fairfleet config check`); budget means epsilon_max is reached.", "PrivacyReleasesDenied"))
     return b
 
 
@@ -237,17 +340,33 @@ def pipeline() -> Board:
     sel = 'model=~"$model"'
     b.row("Kafka")
     b.panel("timeseries", "Consumer lag (messages)",
-            [("fairfleet_bus_consumer_lag_messages", "{{service}} {{topic}}")])
+            [("fairfleet_bus_consumer_lag_messages", "{{service}} {{topic}}")], unit="short",
+            description=about(
+                "Messages each service's consumer has not read yet, per topic.",
+                "a lag that keeps growing: the service cannot keep up or is stuck.", "ConsumerLagGrowing"))
     b.panel("timeseries", "Privacy events not yet in the ledger",
-            [("fairfleet_privacy_ledger_lag_messages", "ledger lag"),
-             ("rate(fairfleet_privacy_events_applied_total[5m])", "applied / s")])
+            [("fairfleet_privacy_ledger_lag_messages", "ledger lag")], unit="short", description=about(
+                "Events on privacy.events the accountant has not applied to its SQLite ledger yet.",
+                "a growing lag: budgets shown are behind and reservations wait.", "PrivacyLedgerLagGrowing"))
+    b.panel("timeseries", "Privacy events applied / s",
+            [("rate(fairfleet_privacy_events_applied_total[5m])", "applied / s")], unit="cps",
+            description=about(
+                "Events the accountant applies to its ledger per second (5 min rate).",
+                "0 while the ledger lag grows: the accountant is stuck.", "PrivacyLedgerLagGrowing"))
     b.panel("timeseries", "Dead letters / s, by service and reason",
             [("sum by (service, reason) (rate(fairfleet_dead_letters_total[5m]))",
-              "{{service}} {{reason}}")], unit="reqps")
+              "{{service}} {{reason}}")], unit="cps", description=about(
+                "Records a consumer could not use and set aside on the deadletter topic (malformed, oversize, "
+                "bad signature, rejected update ...).",
+                "a sustained rate: a producer sends what consumers refuse (inspect the deadletter topic).",
+                "RejectedUpdatesSpiking"))
     b.row("Updates")
     b.panel("timeseries", "Rejected updates / s, by reason",
             [(f"sum by (model, reason) (rate(fairfleet_aggregator_updates_rejected_total{{{sel}}}[5m]))",
-              "{{model}} {{reason}}")], unit="reqps")
+              "{{model}} {{reason}}")], unit="cps", description=about(
+                "Site updates the aggregator refused, by reason (late, bad_signature, stale, shape ...).",
+                "a spike: a site is misconfigured or too slow; each rejected private update wastes epsilon.",
+                "RejectedUpdatesSpiking"))
     b.panel("timeseries", "Accepted and late updates, round re-announcements and voids / s", [
         (f"sum by (model) (rate(fairfleet_aggregator_updates_accepted_total{{{sel}}}[5m]))", "{{model}} accepted"),
         (f"sum by (model) (rate(fairfleet_aggregator_late_updates_total{{{sel}}}[5m]))", "{{model}} late"),
@@ -255,29 +374,52 @@ def pipeline() -> Board:
          "{{model}} round re-announced"),
         (f"sum by (model) (rate(fairfleet_aggregator_rounds_voided_total{{{sel}}}[5m]))",
          "{{model}} round voided"),
-    ], unit="reqps")
+    ], unit="cps", description=about(
+        "Per model: updates accepted, updates arriving after their round closed, rounds re-announced for lack "
+        "of min_sites, and rounds voided.",
+        "late or voided above 0: sites miss deadlines; voided rounds waste every accepted update's epsilon.",
+        "RoundStalled"))
     b.panel("timeseries", "Staleness of applied updates (p90, rounds)",
             [(f"histogram_quantile(0.9, sum by (le, model) (rate(fairfleet_aggregator_staleness_rounds_bucket{{{sel}}}[15m])))",
-              "{{model}}")])
+              "{{model}}")], unit="none", description=about(
+                "Async mode: how many rounds old the model was that applied updates were trained on (p90).",
+                "more than a few rounds: slow sites push stale updates (down-weighted by "
+                "rounds.staleness_exponent). Empty in sync mode."))
     b.panel("timeseries", "Round open time vs deadline", [
         (f"fairfleet_aggregator_round_open_seconds{{{sel}}}", "{{model}} open"),
         (f"fairfleet_aggregator_round_deadline_seconds{{{sel}}}", "{{model}} deadline"),
-    ], unit="s")
+    ], unit="s", description=about(
+        "How long the current round has been open, and its deadline.",
+        "open above deadline: the round is stalled (re-announced or about to be voided).", "RoundStalled"))
     b.row("Sites")
     b.panel("timeseries", "Observations read / s", [
         ("sum by (site) (rate(fairfleet_site_observations_read_total[5m]))", "{{site}}"),
-    ])
+    ], unit="cps", description=about(
+        "Rows each site's connector delivered per second (5 min rate).",
+        "0 for a site whose source should be live: its data path or query finds nothing (`fairfleet "
+        "preflight`)."))
     b.panel("timeseries", "Observations rejected / s, by reason", [
         ("sum by (site, reason) (rate(fairfleet_site_observations_rejected_total[5m]))", "{{site}} {{reason}}"),
-    ])
+    ], unit="cps", description=about(
+        "Rows the validator refused (missing field, wrong type, NaN, no position), written to the reject file.",
+        "a rate near 'Observations read': the connector's declared schema does not match the data."))
     b.panel("timeseries", "Training windows per hour",
-            [("sum by (site) (increase(fairfleet_site_windows_total[1h]))", "{{site}}")])
+            [("sum by (site) (increase(fairfleet_site_windows_total[1h]))", "{{site}}")], unit="short",
+            description=about("Training windows each site closed in the last hour.",
+                              "0: the site has no new data to train on (rounds skipped as no_data)."))
     b.panel("timeseries", "Local training time (p95)",
             [(f"histogram_quantile(0.95, sum by (le, site, model) (rate(fairfleet_site_training_seconds_bucket{{{sel}}}[15m])))",
-              "{{site}} {{model}}")], unit="s")
+              "{{site}} {{model}}")], unit="s", description=about(
+                "Time a site spends training one round's update locally (p95).",
+                "close to rounds.deadline_s: the site's updates arrive late.", "RejectedUpdatesSpiking"))
     b.panel("timeseries", "Clipped fraction", [(f"fairfleet_site_clipped_fraction{{{sel}}}", "{{site}} {{model}}")],
-            unit="percentunit")
-    b.panel("timeseries", "Scrape targets up", [('up{job=~"fairfleet-.*"}', "{{instance}}")])
+            unit="percentunit", description=about(
+                "Share of updates (or per-example gradients under DP-SGD) clipped to privacy.clip_norm.",
+                "near 100%: clip_norm is too small and clipping biases the model; near 0%: it is larger "
+                "than needed and adds noise for nothing."))
+    b.panel("timeseries", "Scrape targets up", [('up{job=~"fairfleet-.*"}', "{{instance}}")], unit="none",
+            description=about("1 per service instance Prometheus scrapes, 0 when it does not answer.",
+                              "0: the service is down or its metrics port is unreachable.", "ServiceDown"))
     return b
 
 

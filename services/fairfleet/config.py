@@ -27,10 +27,36 @@ from fairfleet.bus.limits import InputLimits
 from fairfleet.errors import ConfigError
 from fairfleet.messages import LocalTrainingPlan, ModelSpec, PrivacyPlan
 from fairfleet.privacy.policy import DEFAULT_POLICY, Policies, PolicyMatch, PolicySet
+from fairfleet.redact import MASK, is_secret_key, scrub, secret_values
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def parse_bootstrap(value: str) -> list[tuple[str, int]]:
+    """``host:port[,host:port...]`` as (host, port) pairs; ConfigError naming the bad entry.
+
+    A host is a name, an IPv4 address or a bracketed IPv6 address (``[::1]:9092``)."""
+    text = str(value).strip()
+    if not text:
+        raise ConfigError("A bootstrap address list must not be empty (host:port). Found ''.")
+    out = []
+    for entry in text.split(","):
+        entry = entry.strip()
+        host, sep, port = entry.rpartition(":")
+        if entry.startswith("["):
+            host = host[1:-1] if host.endswith("]") else ""
+        if "://" in entry:
+            raise ConfigError(f"A bootstrap address is host:port, without a scheme. Found {entry!r}.")
+        if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise ConfigError(
+                f"A bootstrap address must be host:port with a port in 1..65535. Found {entry!r}."
+            )
+        if any(c.isspace() or c in "/@" for c in host):
+            raise ConfigError(f"Bad host {host!r} in bootstrap address {entry!r}.")
+        out.append((host, int(port)))
+    return out
 
 
 class KafkaConfig(_Strict):
@@ -52,6 +78,15 @@ class KafkaConfig(_Strict):
     max_json_bytes: Annotated[int, Field(ge=64 * 1024, le=64 * 1024 * 1024)] = 1024 * 1024
     max_json_depth: Annotated[int, Field(ge=8, le=256)] = 32
     max_pending_chunk_bytes: Annotated[int, Field(ge=16 * 1024 * 1024)] = 256 * 1024**2
+
+    @field_validator("bootstrap")
+    @classmethod
+    def _bootstrap_parses(cls, value: str) -> str:
+        try:
+            parse_bootstrap(value)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        return value
 
     @model_validator(mode="after")
     def _sasl_complete(self) -> KafkaConfig:
@@ -324,6 +359,8 @@ def _format(exc: ValidationError) -> str:
         loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
         value = err.get("input")
         shown = repr(value) if not isinstance(value, dict | list) else type(value).__name__
+        if any(is_secret_key(part) for part in err["loc"]):
+            shown = MASK  # never print a secret
         lines.append(f"  {loc}: {err['msg']} (got {shown[:80]})")
     return "\n".join(lines)
 
@@ -333,7 +370,23 @@ def parse_config(data: dict[str, Any], source: str = "config") -> FleetConfig:
     try:
         return FleetConfig(**data)
     except ValidationError as exc:
-        raise ConfigError(f"{source} is invalid ({exc.error_count()} problems):\n{_format(exc)}") from exc
+        text = scrub([_format(exc)], secret_values(data))[0]
+        raise ConfigError(f"{source} is invalid ({exc.error_count()} problems):\n{text}") from None
+
+
+def read_yaml(path: Path) -> Any:
+    """The YAML document in ``path``; ConfigError (naming the file and line) if it is not valid
+    YAML or is empty (an empty file defines no fleet: a wrong path or a truncated copy)."""
+    try:
+        with path.open() as stream:  # the stream's name puts the file name in YAML errors
+            data = yaml.safe_load(stream)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+    except OSError as exc:
+        raise ConfigError(f"Cannot read config file {path}: {exc.strerror}") from exc
+    if data is None:
+        raise ConfigError(f"{path} is empty: a fleet config needs at least models and sites")
+    return data
 
 
 def load_config(path: str | Path) -> FleetConfig:
@@ -341,10 +394,7 @@ def load_config(path: str | Path) -> FleetConfig:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"Config file not found: '{p}'")
-    try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{p} is not valid YAML: {exc}") from exc
+    data = read_yaml(p)
     if not isinstance(data, dict):
         raise ConfigError(f"{p} must hold a mapping at the top level, found {type(data).__name__}")
     cfg = parse_config(data, str(p))

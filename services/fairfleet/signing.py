@@ -14,6 +14,7 @@ fleet config checks it (the bus Reader dead-letters what fails, fairfleet.bus.me
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,11 +72,31 @@ def key_id(public_hex: str) -> str:
 
 
 def load_private(hex_or_path: str) -> Ed25519PrivateKey:
-    text = Path(hex_or_path).read_text().strip() if Path(hex_or_path).is_file() else hex_or_path.strip()
+    """A private key from a file holding its hex, or from the hex itself.
+
+    ConfigError says "not found" / "not readable" with the file's full path; a key given
+    inline is never echoed (it is a secret)."""
+    path = Path(hex_or_path).expanduser()
+    stripped = hex_or_path.strip()
+    # 64 characters, no folder, no such file: meant as an inline key (never echoed back)
+    inline = len(stripped) == 64 and not any(c in stripped for c in "/\\.") and not path.exists()
+    if inline:
+        text, source = hex_or_path.strip(), "the inline private key"
+    else:
+        try:
+            text, source = path.read_text().strip(), f"private key file {path.resolve()}"
+        except FileNotFoundError as exc:
+            raise ConfigError(f"Private key file not found: {path.resolve()}") from exc
+        except PermissionError as exc:
+            raise ConfigError(
+                f"Private key file not readable by this user (uid {os.getuid()}): {path.resolve()}"
+            ) from exc
+        except OSError as exc:
+            raise ConfigError(f"Cannot read private key file {path.resolve()}: {exc.strerror}") from exc
     try:
         return Ed25519PrivateKey.from_private_bytes(bytes.fromhex(text))
     except ValueError as exc:
-        raise ConfigError(f"Not a hex Ed25519 private key (or a file holding one): {hex_or_path[:12]}...") from exc
+        raise ConfigError(f"{source} does not hold a hex Ed25519 private key (64 hex digits)") from exc
 
 
 def load_public(public_hex: str) -> Ed25519PublicKey:

@@ -45,7 +45,7 @@ def _locations(problems: list[str]) -> set[str]:
 
 
 def test_example_is_valid_without_warnings() -> None:
-    report = check_file(EXAMPLE)
+    report = check_file(EXAMPLE, paths=False)
     assert report.problems == []
     assert report.warnings == []
     assert report.summary is not None
@@ -55,14 +55,14 @@ def test_example_is_valid_without_warnings() -> None:
 
 
 def test_cli_prints_a_summary_and_exits_0() -> None:
-    res = CliRunner().invoke(app, ["config", "check", str(EXAMPLE)])
+    res = CliRunner().invoke(app, ["config", "check", "--skip-paths", str(EXAMPLE)])
     assert res.exit_code == 0, res.output
     for word in ("valid", "rul", "failure", "plant-a", "plant-e", "gap", "qffl", "accountant"):
         assert word in res.output
 
 
 def test_cli_json_is_one_object() -> None:
-    res = CliRunner().invoke(app, ["config", "check", str(EXAMPLE), "--json"])
+    res = CliRunner().invoke(app, ["config", "check", "--skip-paths", str(EXAMPLE), "--json"])
     assert res.exit_code == 0
     out = json.loads(res.stdout)
     assert out["valid"] is True and out["problems"] == []
@@ -89,9 +89,9 @@ def test_schema_errors_are_all_listed_with_their_values(tmp_path: Path) -> None:
     data["models"][0]["strategy"]["name"] = "gapp"
     data["models"][1]["privacy"]["noise_multipler"] = data["models"][1]["privacy"].pop("noise_multiplier")
     data["sites"][4]["models"] = ["rull"]
-    res = CliRunner().invoke(app, ["config", "check", str(_write(tmp_path, data))])
+    res = CliRunner().invoke(app, ["config", "check", "--skip-paths", str(_write(tmp_path, data))])
     assert res.exit_code == 1
-    report = check_file(tmp_path / "fleet.yaml")
+    report = check_file(tmp_path / "fleet.yaml", paths=False)
     assert _locations(report.problems) == {
         "kafka.security_protocol", "models[1].metrics_port", "policies.classes.legacy.epsilon_max",
         "sites[2].public_key", "models[0].strategy.name", "models[1].privacy.noise_multipler",
@@ -113,7 +113,7 @@ def test_semantic_errors_are_all_listed(tmp_path: Path) -> None:
     data["models"][1]["rounds"]["quorum"] = 9
     data["models"][1]["strategy"]["params"]["qq"] = 1                    # qffl has no qq
     data["sites"][3]["public_key"] = data["sites"][4]["public_key"]      # identities must differ
-    report = check_mapping(yaml.safe_load(_write(tmp_path, data).read_text()), tmp_path)
+    report = check_mapping(yaml.safe_load(_write(tmp_path, data).read_text()), tmp_path, paths=False)
     assert _locations(report.problems) == {
         "sites[0].private_key_file", "sites[1].metrics_port", "models[1].privacy.sampling_rate",
         "models[0].privacy.unit", "models[0].model.params", "models[1].rounds.min_sites",
@@ -128,7 +128,7 @@ def test_warnings_do_not_invalidate(tmp_path: Path) -> None:
     data["models"][0]["privacy"]["mechanism"] = "off"
     data["policies"]["classes"]["retired"] = {"epsilon_max": 1.0}
     data["sites"][0]["private_key_file"] = "keys/elsewhere.key"
-    report = check_mapping(copy.deepcopy(data), DEPLOY)
+    report = check_mapping(copy.deepcopy(data), DEPLOY, paths=False)
     assert report.valid, report.problems
     joined = "\n".join(report.warnings)
     assert "PRIVACY IS OFF" in joined and "retired" in joined and "elsewhere.key" in joined
@@ -136,12 +136,12 @@ def test_warnings_do_not_invalidate(tmp_path: Path) -> None:
 
 def test_environment_overrides_apply(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FAIRFLEET_KAFKA__BOOTSTRAP", "kafka:9092")
-    report = check_file(EXAMPLE)
+    report = check_file(EXAMPLE, paths=False)
     assert report.summary is not None
     assert report.summary["kafka"]["bootstrap"] == "kafka:9092"
     assert report.summary["env_overrides"] == ["FAIRFLEET_KAFKA__BOOTSTRAP"]
     monkeypatch.setenv("FAIRFLEET_ACCOUNTANT__METRICS_PORT", "not-a-port")
-    assert any(p.startswith("accountant.metrics_port") for p in check_file(EXAMPLE).problems)
+    assert any(p.startswith("accountant.metrics_port") for p in check_file(EXAMPLE, paths=False).problems)
 
 
 def test_missing_and_non_mapping_files(tmp_path: Path) -> None:
@@ -189,7 +189,7 @@ def test_connector_params_and_widths_are_checked(tmp_path: Path) -> None:
     data["sites"][5]["models"] = ["rul", "failure"]     # a regression fleet feeding a classifier
     data["sites"][6]["connector"] = {"type": "files", "params": {                # two targets, one output
         "path": "/x", "fields": {"a": "float", "y1": "float", "y2": "float"}, "target": ["y1", "y2"]}}
-    report = check_mapping(yaml.safe_load(_write(tmp_path, data).read_text()), tmp_path)
+    report = check_mapping(yaml.safe_load(_write(tmp_path, data).read_text()), tmp_path, paths=False)
     assert _locations(report.problems) == {
         "sites[2].connector.params", "sites[3].connector.params", "sites[4].connector.type",
         "sites[0].connector", "sites[1].connector",
@@ -204,7 +204,7 @@ def test_policy_unit_must_match_the_models_privacy_unit(tmp_path: Path) -> None:
     model at a site whose policy is per site would have every reservation denied."""
     data = _example()
     data["policies"]["classes"]["retrofit"]["unit"] = "site"
-    report = check_mapping(yaml.safe_load(_write(tmp_path, data).read_text()), tmp_path)
+    report = check_mapping(yaml.safe_load(_write(tmp_path, data).read_text()), tmp_path, paths=False)
     assert _locations(report.problems) == {"policies.classes.retrofit.unit"}, report.problems
     assert "plant-b" in report.problems[0] and "'failure'" in report.problems[0]
 
@@ -212,9 +212,9 @@ def test_policy_unit_must_match_the_models_privacy_unit(tmp_path: Path) -> None:
 def test_budget_projection_warns_when_the_rounds_cannot_fit(tmp_path: Path) -> None:
     data = _example()
     data["models"][1]["privacy"]["loss_noise_multiplier"] = 1.0  # ε ≈ 4.7 per loss release alone
-    report = check_mapping(yaml.safe_load(_write(tmp_path, data).read_text()), tmp_path)
+    report = check_mapping(yaml.safe_load(_write(tmp_path, data).read_text()), tmp_path, paths=False)
     assert report.valid, report.problems
     warned = {w.split(":", 1)[0] for w in report.warnings}
     # exactly the four sites of the failure model; the rul sites are unaffected
     assert warned == {"sites[0]", "sites[1]", "sites[2]", "sites[3]"}, report.warnings
-    assert check_file(EXAMPLE).warnings == []
+    assert check_file(EXAMPLE, paths=False).warnings == []

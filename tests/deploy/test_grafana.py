@@ -95,3 +95,59 @@ def test_dashboards_show_what_the_issue_asks_for() -> None:
     for word in ("lag", "rejected", "training time", "round open"):
         assert word in pipeline
     assert (REPO / "docs" / "operations.md").read_text().count("dashboard") >= 4
+
+
+def _alerts() -> set[str]:
+    rules = yaml.safe_load((DEPLOY / "prometheus" / "rules" / "fairfleet.yml").read_text())
+    return {r["alert"] for g in rules["groups"] for r in g["rules"] if "alert" in r}
+
+
+# Grafana unit ids a panel may use, and what its title says about the unit.
+UNITS = {"none", "short", "s", "h", "percentunit", "cps", "bool_on_off"}
+
+
+def test_every_panel_is_described_with_a_unit_and_none_is_a_duplicate() -> None:
+    """Each panel says what it shows, what a bad value looks like, which alert relates (an
+    existing one); its unit fits its title; no board shows the same queries twice."""
+    alerts = _alerts()
+    panels = 0
+    for path in sorted(DASHBOARDS.glob("*.json")):
+        board = json.loads(path.read_text())
+        seen: dict[tuple[str, ...], str] = {}
+        for panel in board["panels"]:
+            if panel["type"] == "row":
+                continue
+            panels += 1
+            where = (path.name, panel["title"])
+            text = panel.get("description", "")
+            assert len(text) > 40 and " Bad: " in text, where
+            assert "Alert: " in text or "No alert." in text, where
+            if "Alert: " in text:
+                named = text.split("Alert: ", 1)[1].split(" (", 1)[0]
+                for alert in named.split(", "):
+                    assert alert in alerts, (where, alert)
+            unit = panel["fieldConfig"]["defaults"].get("unit")
+            assert unit in UNITS, where
+            title = panel["title"].lower()
+            if "/ s" in title:
+                assert unit == "cps", where  # events per second, not HTTP requests (reqps)
+            if "(p95)" in title or "duration" in title or "time vs" in title:
+                assert unit == "s", where
+            if "per hour" in title and "epsilon" not in title:
+                assert unit == "short", where
+            exprs = tuple(sorted(t["expr"] for t in panel["targets"]))
+            assert exprs not in seen, f"{where} duplicates {seen.get(exprs)!r}"
+            seen[exprs] = panel["title"]
+    assert panels >= 35
+
+
+def test_a_sites_spent_and_limit_lines_are_paired() -> None:
+    """One panel per site, spent/next/limit in fixed colours (the limit dashed): never a limit
+    line that could belong to another site."""
+    privacy = json.loads((DASHBOARDS / "privacy.json").read_text())
+    panel = next(p for p in privacy["panels"] if p["title"].startswith("Epsilon spent vs policy limit"))
+    assert panel["repeat"] == "site"
+    colours = {o["matcher"]["options"]: o["properties"][0]["value"]["fixedColor"]
+               for o in panel["fieldConfig"]["overrides"]}
+    assert colours == {".* spent": "blue", ".* after next release": "orange", ".* limit": "red"}
+    assert all("{{site}}" not in t["legendFormat"] for t in panel["targets"])

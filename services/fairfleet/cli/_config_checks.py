@@ -27,7 +27,19 @@ class CheckReport:
         return not self.problems
 
 
+def _masked(value: Any) -> Any:
+    """``value`` with the values of secret-looking keys (password, token, ...) replaced."""
+    from fairfleet.cli._deploy_checks import MASK, is_secret_key
+
+    if isinstance(value, dict):
+        return {k: MASK if is_secret_key(k) else _masked(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_masked(v) for v in value]
+    return value
+
+
 def shown(value: Any) -> str:
+    value = _masked(value)
     text = repr(value) if not isinstance(value, dict | list) else json.dumps(value, default=str)
     return text if len(text) <= 80 else text[:77] + "..."
 
@@ -102,81 +114,22 @@ def check_model(i: int, raw: dict[str, Any], report: CheckReport) -> None:
         )
 
 
-def check_site(i: int, raw: dict[str, Any], base_dir: Path, report: CheckReport) -> None:
-    """Semantic checks of sites[i]: key pair, connector type."""
+def check_site(
+    i: int, raw: dict[str, Any], base_dir: Path, report: CheckReport, *, paths: bool = True
+) -> None:
+    """Semantic checks of sites[i]: key pair (the key file must exist if ``paths``), connector type."""
     from fairfleet.cli._security_checks import check_key_pair
     from fairfleet.config import SiteConfig
 
     where = f"sites[{i}]"
     s = SiteConfig.model_validate(raw)
-    check_key_pair(where, s.public_key, s.private_key_file, base_dir, f"site agent '{s.id}'", report)
+    check_key_pair(where, s.public_key, s.private_key_file, base_dir, f"site agent '{s.id}'", report,
+                   paths=paths)
     available = available_connectors()
     if available is not None and s.connector.type not in available:
         report.problems.append(
             f"{where}.connector.type: unknown connector {s.connector.type!r} (available: {', '.join(available)})"
         )
-
-
-def connector_schema(s: Any) -> tuple[list[str], list[str], str | None] | None:
-    """(features, targets, task of the targets if known) the site's connector delivers.
-
-    Raises ConfigError if its params are bad; None when the connector declares no schema here.
-    """
-    from fairfleet.connectors.base import ObservationSchema
-
-    params = s.connector.params
-    if s.connector.type == "simulator":
-        from fairfleet.sim.fleet import load_fleet
-
-        fleet = load_fleet(str(params.get("fleet", "demo")))
-        fleet.site(str(params.get("site", s.id)))
-        # the simulator connector delivers the fleet's task target only
-        return list(fleet.feature_names), list(fleet.target_names[:1]), str(fleet.task)
-    if "fields" in params or s.connector.type in ("files", "sql"):
-        schema = ObservationSchema.from_params(params)
-        return list(schema.features), list(schema.targets), None
-    return None
-
-
-def check_connector(i: int, s: Any, models: dict[str, Any], report: CheckReport) -> None:
-    """The connector's params describe a usable schema that fits every model it feeds.
-
-    The site agent trains every model a site serves on the connector's targets, so their count
-    must match the model (one label for classification, out_features values for regression).
-    """
-    from fairfleet.errors import ConfigError
-
-    try:
-        schema = connector_schema(s)
-    except (ConfigError, OSError) as exc:
-        report.problems.append(
-            f"sites[{i}].connector.params: {exc} (got {shown(s.connector.params)})"
-        )
-        return
-    if schema is None:
-        return
-    features, targets, task = schema
-    for model_id in s.models or list(models):
-        m = models.get(model_id)
-        if m is None:
-            continue
-        width = m.model.params.get("in_features")
-        if isinstance(width, int) and width != len(features):
-            report.problems.append(
-                f"sites[{i}].connector: delivers {len(features)} features but model '{model_id}' has "
-                f"in_features {width} (got {features})"
-            )
-        if task is not None and task != m.model.task:
-            report.problems.append(
-                f"sites[{i}].connector.params: fleet {s.connector.params.get('fleet', 'demo')!r} has a "
-                f"{task} target {targets} but model '{model_id}' is {m.model.task} (got {shown(s.connector.params)})"
-            )
-        outputs = 1 if m.model.task == "classification" else m.model.params.get("out_features", 1)
-        if len(targets) != outputs:
-            report.problems.append(
-                f"sites[{i}].connector.params.target: {len(targets)} target(s) but model '{model_id}' "
-                f"({m.model.task}) trains on {outputs} (got {targets})"
-            )
 
 
 def available_connectors() -> list[str] | None:

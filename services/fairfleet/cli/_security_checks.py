@@ -40,11 +40,13 @@ SECRET_WORDS = ("password", "secret", "token", "private_key")
 
 def check_key_pair(
     where: str, public_key: str, private_key_file: str | None, base_dir: Path, who: str,
-    report: CheckReport,
+    report: CheckReport, *, paths: bool = True,
 ) -> None:
-    """``public_key`` is an Ed25519 key and ``private_key_file`` (if found here) its private half."""
+    """``public_key`` is an Ed25519 key and ``private_key_file`` its private half; a key file that
+    is missing or unreadable here is an error if ``paths`` (else a warning: ``--skip-paths``)."""
     from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+    from fairfleet.cli._deploy_checks import path_problem
     from fairfleet.errors import ConfigError
     from fairfleet.signing import load_private, load_public
 
@@ -57,10 +59,12 @@ def check_key_pair(
         return
     path = Path(private_key_file).expanduser()
     path = path if path.is_absolute() else base_dir / path
-    if not path.is_file():
-        report.warnings.append(
-            f"{where}.private_key_file: {str(path)!r} not found here ({who} needs it on its machine)"
-        )
+    problem = path_problem(f"{where}.private_key_file", path, "file")
+    if problem:
+        if paths:
+            report.problems.append(problem)
+        else:
+            report.warnings.append(f"{problem} ({who} needs it on its machine)")
         return
     try:
         key = load_private(str(path))
@@ -89,7 +93,9 @@ def identities(cfg: Any) -> list[tuple[str, str | None, str | None, str]]:
     return out
 
 
-def check_service_identities(cfg: Any, base_dir: Path, report: CheckReport) -> None:
+def check_service_identities(
+    cfg: Any, base_dir: Path, report: CheckReport, *, paths: bool = True
+) -> None:
     """The accountant's and aggregators' key pairs (the sites' are checked with each site)."""
     for where, public, private, who in identities(cfg):
         if where.startswith("sites["):
@@ -101,7 +107,7 @@ def check_service_identities(cfg: Any, base_dir: Path, report: CheckReport) -> N
                 "with this key (generate one with `fairfleet site keygen --out FILE`) (got None)"
             )
             continue
-        check_key_pair(where, public, private, base_dir, who, report)
+        check_key_pair(where, public, private, base_dir, who, report, paths=paths)
     seen: dict[str, str] = {}
     for where, public, _, _ in identities(cfg):
         if public is None:

@@ -36,8 +36,8 @@ def run_cmd(
 ) -> None:
     """Answer reservations and apply privacy events until SIGTERM/SIGINT.
 
-    Either ``--config FLEET.yaml`` (everything from the fleet config; options given explicitly
-    win) or ``--bootstrap``, ``--policy`` and the other options.
+    Either `--config FLEET.yaml` (everything from the fleet config; options given explicitly
+    win) or `--bootstrap`, `--policy` and the other options.
     """
     import signal
     import threading
@@ -160,7 +160,7 @@ def cancel_cmd(
 ) -> None:
     """Free a reservation whose release will never happen (e.g. a site agent that is gone).
 
-    Publishes a ``cancel`` to privacy.events, so it is in the replayable log. Safe: if the
+    Publishes a `cancel` to privacy.events, so it is in the replayable log. Safe: if the
     release did happen after all, its commit is still charged. Signed by the accountant's key
     when ``--config`` is given.
     """

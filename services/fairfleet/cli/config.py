@@ -20,13 +20,18 @@ import typer
 from fairfleet.cli._config_checks import (
     CheckReport,
     check_budgets,
-    check_connector,
     check_fleet,
     check_model,
     check_policy_units,
     check_site,
     shown,
     site_policies,
+)
+from fairfleet.cli._deploy_checks import (
+    check_connector_built,
+    check_environment,
+    scrub_report,
+    secret_values,
 )
 from fairfleet.cli._security_checks import check_security, check_service_identities
 
@@ -100,13 +105,28 @@ def _summary(cfg: Any) -> dict[str, Any]:
     }
 
 
-def check_mapping(data: dict[str, Any], base_dir: Path, source: str = "config") -> CheckReport:
-    """Validate a config mapping: schema (with env overrides) plus semantic checks; never raises."""
+def check_mapping(
+    data: dict[str, Any], base_dir: Path, source: str = "config", *, paths: bool = True
+) -> CheckReport:
+    """Validate a config mapping: schema (with env overrides) plus semantic checks; never raises.
+
+    Every connector is built (never read); with ``paths`` the files, folders, databases and key
+    files it names must exist and be readable here. No secret appears in any line.
+    """
+    report = _check_mapping(data, base_dir, paths=paths)
+    scrub_report(report, secret_values(data))
+    return report
+
+
+def _check_mapping(data: dict[str, Any], base_dir: Path, *, paths: bool) -> CheckReport:
     from pydantic import ValidationError
 
     from fairfleet.config import FleetConfig, ModelConfig, SiteConfig
 
     report = CheckReport()
+    check_environment(report)
+    env_problems = list(report.problems)
+    report.problems = []
     full: FleetConfig | None = None
     schema: list[tuple[str, str]] = []
     try:
@@ -126,17 +146,17 @@ def check_mapping(data: dict[str, Any], base_dir: Path, source: str = "config") 
         check_model(i, data["models"][i], report)
     by_id = {m.id: m for m in models.values()}
     for i in sites:
-        check_site(i, data["sites"][i], base_dir, report)
-        check_connector(i, sites[i], by_id, report)
+        check_site(i, data["sites"][i], base_dir, report, paths=paths)
+        check_connector_built(i, sites[i], by_id, base_dir, report, paths=paths)
     check_fleet(data, models, sites, report)
     if full is not None:
-        check_service_identities(full, base_dir, report)
+        check_service_identities(full, base_dir, report, paths=paths)
         check_security(full, data, report)
     semantic = list(report.problems)
     # The whole-fleet validator repeats cross-reference problems as one top-level line.
     report.problems = [
         line for loc, line in schema if not (loc == "(top level)" and semantic)
-    ] + semantic
+    ] + semantic + env_problems
     if full is not None and report.valid:
         check_policy_units(full, report)
     if full is not None and report.valid:
@@ -146,22 +166,23 @@ def check_mapping(data: dict[str, Any], base_dir: Path, source: str = "config") 
     return report
 
 
-def check_file(path: str | Path) -> CheckReport:
+def check_file(path: str | Path, *, paths: bool = True) -> CheckReport:
     """:func:`check_mapping` on a YAML file (relative paths resolve against its folder)."""
-    import yaml
+    from fairfleet.config import read_yaml
+    from fairfleet.errors import ConfigError
 
     p = Path(path)
     if not p.is_file():
         return CheckReport(problems=[f"{p}: config file not found"])
     try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as exc:
-        return CheckReport(problems=[f"{p}: not valid YAML: {exc}"])
+        data = read_yaml(p)
+    except ConfigError as exc:
+        return CheckReport(problems=[str(exc)])
     if not isinstance(data, dict):
         return CheckReport(
             problems=[f"{p}: the top level must be a mapping (got {type(data).__name__})"]
         )
-    return check_mapping(data, p.parent.resolve(), str(p))
+    return check_mapping(data, p.parent.resolve(), str(p), paths=paths)
 
 
 def _policies_text(policies: dict[str, dict[str, Any]]) -> str:
@@ -206,9 +227,17 @@ def _print_summary(s: dict[str, Any]) -> None:
 def check_cmd(
     file: Path = typer.Argument(..., help="The fleet YAML file."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object on stdout."),
+    skip_paths: bool = typer.Option(
+        False, "--skip-paths",
+        help="Do not check data folders, databases and key files (a machine without the sites' files).",
+    ),
 ) -> None:
-    """Validate FILE: list every bad field and value (exit 1), else print a summary."""
-    report = check_file(file)
+    """Validate FILE: list every bad field and value (exit 1), else print a summary.
+
+    Every connector is built (nothing is read or started); the data folders, SQLite
+    databases and key files it names must exist and be readable on this machine.
+    """
+    report = check_file(file, paths=not skip_paths)
     if as_json:
         typer.echo(
             json.dumps(

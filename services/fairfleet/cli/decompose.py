@@ -58,6 +58,7 @@ def run_settings(fleet: str, model: str | None, given: dict[str, Any]) -> dict[s
 
 
 def decompose_cmd(
+    ctx: typer.Context,
     fleet: str = typer.Option("industrial", "--fleet", help="Fleet: a preset name (fairfleet fleets), a simulated-fleet YAML, or your deployment config (the file fairfleet up runs)."),
     model: str | None = typer.Option(None, help="Model id to measure (deployment config; default: the first)."),
     epsilon: str | None = typer.Option(None, help="Privacy budget ε per site over the run; a comma list sweeps. [preset: 8; deployment: the strictest site policy]"),
@@ -73,11 +74,19 @@ def decompose_cmd(
     clip_norm: float | None = typer.Option(None, help="Clip norm C: of the update (site unit) or per example (observation). [0.25 site, 1.0 observation; deployment: privacy.clip_norm]"),
     dual_lr: float = typer.Option(2.0, help="Dual step size η of the gap constraint."),
     workers: int = typer.Option(2, help="Worker processes."),
-    json_file: Path | None = typer.Option(None, "--json", help="Write the result document here ('-' = stdout)."),
+    out: Path | None = typer.Option(None, "--out", help="Write the result document to this file."),
+    as_json: bool = typer.Option(False, "--json", help="The result document as one JSON object on stdout (no table)."),
     report: Path | None = typer.Option(None, "--report", help="Write PNG plots and index.html into this folder."),
 ) -> None:
-    """Train the oracle and θ00, θ10, θ01, θ11 on the same fleet and seeds; report the four terms."""
+    """Train the oracle and θ00, θ10, θ01, θ11 on the same fleet and seeds; report the four terms.
+
+    The table goes to stdout (--json: the document instead); progress to stderr.
+    """
     from rich.console import Console
+
+    from fairfleet.cli import usage_for_old_json
+
+    usage_for_old_json(ctx, as_json)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
@@ -117,10 +126,10 @@ def decompose_cmd(
         doc = decompose(cfg, progress)
     table = Table(title=f"{doc['fleet']}: J(θ11) − J(θ*) = four terms (mean [95% CI] over {seeds} "
                   f"seeds; privacy unit: {doc['privacy_unit']})")
-    table.add_column("risk")
+    table.add_column("risk", overflow="fold")
     for t in TERMS:
-        table.add_column(t, justify="right")
-    table.add_column("dominant")
+        table.add_column(t, justify="right", no_wrap=True)
+    table.add_column("dominant", overflow="fold")
     for risk in risk_order(doc):
         cells = []
         for t in TERMS:
@@ -128,25 +137,29 @@ def decompose_cmd(
             ci = "" if s["ci_low"] is None else f"\n[{s['ci_low']:+.3f}, {s['ci_high']:+.3f}]"
             cells.append(f"{s['mean']:+.4f}{ci}")
         table.add_row(risk_label(risk), *cells, TERM_LABELS[doc["dominant"][risk]])
-    console.print(table)
-    if len(doc["sweep"]) > 1:
-        console.print("sweep (fleet risk terms):")
-        for p in doc["sweep"]:
-            terms = ", ".join(f"{t} {p['terms']['fleet'][t]['mean']:+.4f}" for t in TERMS)
-            console.print(f"  ε={p['epsilon']:g} γ={p['gamma']:g}: {terms}")
+    if as_json:
+        typer.echo(json.dumps(doc))
+    else:
+        stdout = Console()
+        from fairfleet.cli._tables import unbroken
+
+        stdout.print(unbroken(table, stdout.width))
+        if len(doc["sweep"]) > 1:
+            stdout.print("sweep (fleet risk terms):")
+            for p in doc["sweep"]:
+                terms = ", ".join(f"{t} {p['terms']['fleet'][t]['mean']:+.4f}" for t in TERMS)
+                stdout.print(f"  ε={p['epsilon']:g} γ={p['gamma']:g}: {terms}")
     if report is not None:
         index = write_report(doc, report)
         console.print(f"report: {index}")
-    if json_file is not None:
-        text = json.dumps(doc)
-        if str(json_file) == "-":
-            typer.echo(text)
-        else:
-            json_file.parent.mkdir(parents=True, exist_ok=True)
-            json_file.write_text(text)
-            console.print(f"json: {json_file}")
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(doc))
+        console.print(f"result document: {out}")
     console.print(f"{doc['jobs']} training runs in {doc['seconds']:.1f} s")
 
 
 def register(app: typer.Typer) -> None:
-    app.command("decompose")(decompose_cmd)
+    from fairfleet.cli import EXTRA_ARGS
+
+    app.command("decompose", context_settings=EXTRA_ARGS)(decompose_cmd)

@@ -23,10 +23,10 @@ def demo_cmd(
     from fairfleet.sim.demo import DemoSettings, run_demo
     from fairfleet.sim.demo_report import class_rows
 
-    console = Console()
+    console, progress_console = Console(), Console(stderr=True)  # results on stdout, progress on stderr
     settings = DemoSettings(rounds=rounds, epsilon=epsilon, gamma=gamma)
     with Progress(TextColumn("[bold]demo[/]"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TextColumn("{task.description}"), console=console) as bar:
+                  TextColumn("{task.description}"), console=progress_console) as bar:
         task = bar.add_task("starting", total=rounds)
 
         def progress(done: int, total: int, message: str) -> None:
@@ -35,7 +35,7 @@ def demo_cmd(
         summary = run_demo(report, settings, bootstrap=bootstrap, work_dir=work_dir, progress=progress)
     final = summary["final"]
     if final is None:
-        console.print("[red]no model version was released[/]")
+        progress_console.print("[red]no model version was released[/]")
         raise typer.Exit(1)
     table = Table(title=f"after {rounds} rounds (model version {final['version']}): held-out quality per class")
     for column in ("class", "sites", "loss", "accuracy", "gap to fleet", "ε spent per site"):
@@ -45,7 +45,9 @@ def demo_cmd(
         table.add_row(row["class"], "\n".join(row["sites"]), f"{row['loss']:.4f}", f"{row['accuracy']:.1%}",
                       f"{row['gap_to_fleet']:+.4f}", eps)
     table.add_row("fleet", "", f"{final['fleet_loss']:.4f}", "", f"gap {final['gap']:.4f}", "")
-    console.print(table)
+    from fairfleet.cli._tables import unbroken
+
+    console.print(unbroken(table, console.width))
     console.print(f"report: {report / 'index.html'}   ({summary['seconds']} s; service logs in {summary['logs']})")
 
 

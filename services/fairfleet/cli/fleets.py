@@ -25,7 +25,10 @@ def fleets_cmd(as_json: bool = typer.Option(False, "--json", help="One JSON obje
         table.add_column(column, overflow="fold")
     for p in presets:
         table.add_row(p.name, p.kind, str(p.sites), ", ".join(p.classes), p.task, p.description)
-    Console().print(table)
+    from fairfleet.cli._tables import unbroken
+
+    console = Console()
+    console.print(unbroken(table, console.width))
 
 
 def register(app: typer.Typer) -> None:

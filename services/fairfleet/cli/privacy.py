@@ -245,7 +245,9 @@ def budget_cmd(
     console = Console()
     if not console.is_terminal:  # piped: do not squeeze the table into 80 columns
         console = Console(width=160)
-    console.print(table)
+    from fairfleet.cli._tables import unbroken
+
+    console.print(unbroken(table, console.width))
 
 
 def register(app: typer.Typer) -> None:

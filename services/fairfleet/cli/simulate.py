@@ -58,6 +58,7 @@ def settings_for(
 
 
 def simulate_cmd(
+    ctx: typer.Context,
     dataset: str = typer.Option("synthetic", help="Data set (only 'synthetic'; see --fleet)."),
     fleet: str | None = typer.Option(
         None, help="Train on a fleet instead of Synthetic: a preset, a simulated-fleet YAML or "
@@ -89,14 +90,21 @@ def simulate_cmd(
     loss_bound: float | None = typer.Option(None, help="Loss clip bound B for the loss release. [5.0; deployment: privacy.loss_bound]"),
     engine: str = typer.Option("fast", help="'fast' (numpy logistic) or 'torch' (local_train)."),
     eval_every: int = typer.Option(1, help="Evaluate all sites every N rounds (history)."),
-    json_file: Path | None = typer.Option(None, "--json", help="Write the full result here."),
+    out: Path | None = typer.Option(None, "--out", help="Write the full result document to this file."),
+    as_json: bool = typer.Option(False, "--json", help="The summary and classes as one JSON object on stdout."),
 ) -> None:
     """Train on Synthetic(α, β) and report per-site accuracy, its spread, and class gaps.
 
-    Prints the summary as one JSON object on stdout; --json FILE gets the full document
-    {"sites", "classes", "summary", "config", "history"}.
+    Prints the summary on stdout (--json: one JSON object {"summary", "classes"}); --out FILE
+    gets the full document {"sites", "classes", "summary", "config", "history"}. Progress
+    goes to stderr.
     """
+    from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from fairfleet.cli import usage_for_old_json
+
+    usage_for_old_json(ctx, as_json)
 
     from fairfleet.sim.simulate import SimulationConfig, run_simulation
 
@@ -146,16 +154,28 @@ def simulate_cmd(
         from fairfleet.sim.simulate import fleet_dataset
 
         data = fleet_dataset(fleet, model, seed)
-    with Progress(*columns, transient=True) as bar:
+    with Progress(*columns, transient=True, console=Console(stderr=True)) as bar:
         task = bar.add_task(f"{strategy} rounds", total=rounds)
         result = run_simulation(
             cfg, data, progress=lambda done, _total: bar.update(task, completed=done)
         )
-    if json_file is not None:
-        json_file.parent.mkdir(parents=True, exist_ok=True)
-        json_file.write_text(json.dumps(result, indent=1))
-    typer.echo(json.dumps({"summary": result["summary"], "classes": result["classes"]}))
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=1))
+        typer.echo(f"result document: {out}", err=True)
+    if as_json:
+        typer.echo(json.dumps({"summary": result["summary"], "classes": result["classes"]}))
+        return
+    for key, value in result["summary"].items():
+        typer.echo(f"{key}: {value:.4g}" if isinstance(value, float) else f"{key}: {value}")
+    for name, row in result["classes"].items():
+        cells = ", ".join(
+            f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()
+        )
+        typer.echo(f"class {name}: {cells}")
 
 
 def register(app: typer.Typer) -> None:
-    app.command("simulate")(simulate_cmd)
+    from fairfleet.cli import EXTRA_ARGS
+
+    app.command("simulate", context_settings=EXTRA_ARGS)(simulate_cmd)

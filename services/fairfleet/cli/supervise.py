@@ -70,7 +70,9 @@ def status_cmd(config: Path | None = CONFIG, as_json: bool = typer.Option(False,
     console = Console()
     if not console.is_terminal:
         console = Console(width=140)
-    console.print(table)
+    from fairfleet.cli._tables import unbroken
+
+    console.print(unbroken(table, console.width))
 
 
 def logs_cmd(

@@ -67,7 +67,9 @@ def status_table(fleet: Any) -> Any:
         table.add_row(row["name"], state_text(row), str(row["pid"] or ""), str(row["port"] or ""),
                       uptime(row["uptime_s"]), str(row["restarts"]), row["health"],
                       progress_text(service))
-    return table
+    from fairfleet.cli._tables import unbroken
+
+    return unbroken(table)
 
 
 def up_cmd(

@@ -5,9 +5,11 @@
 
 from fairfleet.connectors.base import (
     ENTRY_POINT_GROUP,
+    SCHEMA_PARAMS,
     Connector,
     ConnectorContext,
     FieldSpec,
+    LocalPath,
     ObservationSchema,
     Position,
     Progress,
@@ -23,8 +25,27 @@ from fairfleet.connectors.validate import Observation, RejectFile, Rejection, Ro
 from fairfleet.connectors.windows import Window, Windower
 
 __all__ = [
-    "ENTRY_POINT_GROUP", "Connector", "ConnectorContext", "FieldSpec", "Observation",
-    "ObservationSchema", "Position", "Progress", "RejectFile", "Rejection", "Row", "RowValidator",
-    "SiteStream", "TrainingData", "Window", "Windower", "available_connectors",
-    "build_connector", "position_of", "positioned", "register_connector",
+    "ENTRY_POINT_GROUP",
+    "SCHEMA_PARAMS",
+    "Connector",
+    "ConnectorContext",
+    "FieldSpec",
+    "LocalPath",
+    "Observation",
+    "ObservationSchema",
+    "Position",
+    "Progress",
+    "RejectFile",
+    "Rejection",
+    "Row",
+    "RowValidator",
+    "SiteStream",
+    "TrainingData",
+    "Window",
+    "Windower",
+    "available_connectors",
+    "build_connector",
+    "position_of",
+    "positioned",
+    "register_connector",
 ]

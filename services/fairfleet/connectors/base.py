@@ -199,13 +199,52 @@ class ConnectorContext:
         return path if path.is_absolute() else self.base_dir / path
 
 
+# The observation-schema keys (ObservationSchema.from_params) every schema-taking connector accepts.
+SCHEMA_PARAMS: frozenset[str] = frozenset({"fields", "features", "target", "targets", "event_time"})
+
+
+def check_param_names(connector: str, params: Mapping[str, Any], known: frozenset[str] | None) -> None:
+    """ConfigError naming every key of ``params`` not in ``known`` (with a close match)."""
+    if known is None:
+        return
+    import difflib
+
+    unknown = [str(k) for k in params if k not in known]
+    if not unknown:
+        return
+    parts = []
+    for key in unknown:
+        close = difflib.get_close_matches(key, sorted(known), n=1)
+        parts.append(f"'{key}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
+    raise ConfigError(
+        f"Unknown parameter{'s' if len(unknown) > 1 else ''} {', '.join(parts)} for connector "
+        f"'{connector}'; known: {', '.join(sorted(known))}."
+    )
+
+
+@dataclass(frozen=True)
+class LocalPath:
+    """A file or folder a connector reads: the param naming it, the resolved path, its kind."""
+
+    param: str
+    path: Path
+    kind: Literal["file", "dir"]
+
+
 class Connector(ABC):
     """Base class of every connector. Subclasses set ``name`` and implement the three methods.
 
     ``__init__(params, context)`` validates ``params`` (raise ConfigError naming the bad value).
+    ``param_names`` declares every parameter the connector reads: the base ``__init__`` rejects
+    any other key (a typo such as ``sead``) naming it and the known ones. ``local_paths`` lists
+    the files and folders the connector will read, so `fairfleet config check` can verify them
+    without reading any data.
     """
 
     name: ClassVar[str] = ""
+    # Every parameter key the connector accepts (SCHEMA_PARAMS included if it takes a schema);
+    # None: undeclared (a plugin written before declarations existed), keys are not checked.
+    param_names: ClassVar[frozenset[str] | None] = None
     # Every row carries a stable position (see the module doc); False: arrival order only, and
     # a release from count windows is charged to every window of the source.
     stable_positions: bool = True
@@ -216,8 +255,13 @@ class Connector(ABC):
             register_connector(cls.name, cls)
 
     def __init__(self, params: Mapping[str, Any], context: ConnectorContext) -> None:
+        check_param_names(type(self).name or type(self).__name__, params, type(self).param_names)
         self.params = dict(params)
         self.context = context
+
+    def local_paths(self) -> list[LocalPath]:
+        """Files and folders this connector reads on the site's machine (checked, not read)."""
+        return []
 
     @abstractmethod
     def schema(self) -> ObservationSchema:

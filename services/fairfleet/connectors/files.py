@@ -30,8 +30,10 @@ from pathlib import Path
 from typing import Any
 
 from fairfleet.connectors.base import (
+    SCHEMA_PARAMS,
     Connector,
     ConnectorContext,
+    LocalPath,
     ObservationSchema,
     Progress,
     Row,
@@ -62,6 +64,7 @@ class FilesConnector(Connector):
     """A folder of CSV/Parquet files, followed for new files."""
 
     name = "files"
+    param_names = frozenset({"path", "pattern", "settle_s"}) | SCHEMA_PARAMS
 
     def __init__(self, params: Mapping[str, Any], context: ConnectorContext) -> None:
         super().__init__(params, context)
@@ -81,6 +84,9 @@ class FilesConnector(Connector):
 
     def schema(self) -> ObservationSchema:
         return self._schema
+
+    def local_paths(self) -> list[LocalPath]:
+        return [LocalPath("path", self.folder, "dir")]
 
     def _new_files(self) -> list[Path]:
         if not self.folder.is_dir():

@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from fairfleet.connectors.base import (
+    SCHEMA_PARAMS,
     Connector,
     ConnectorContext,
     ObservationSchema,
@@ -36,12 +37,16 @@ class KafkaConnector(Connector):
     """JSON rows from a site-local Kafka topic (confluent-kafka)."""
 
     name = "kafka"
+    param_names = frozenset({"bootstrap", "topic", "client_config"}) | SCHEMA_PARAMS
 
     def __init__(self, params: Mapping[str, Any], context: ConnectorContext) -> None:
         super().__init__(params, context)
         for required in ("bootstrap", "topic"):
             if not params.get(required):
                 raise ConfigError(f"The kafka connector needs '{required}'. Found {params.get(required)!r}.")
+        from fairfleet.config import parse_bootstrap
+
+        parse_bootstrap(str(params["bootstrap"]))
         self.topic = str(params["topic"])
         self._schema = ObservationSchema.from_params(params)
         self._conf: dict[str, Any] = {

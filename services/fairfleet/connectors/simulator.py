@@ -43,6 +43,7 @@ class SimulatorConnector(Connector):
     """A bounded, seeded stream of one fleet-simulator site."""
 
     name = "simulator"
+    param_names = frozenset({"fleet", "site", "seed", "standardise", "missing", "chunk", "limit"})
 
     def __init__(self, params: Mapping[str, Any], context: ConnectorContext) -> None:
         super().__init__(params, context)

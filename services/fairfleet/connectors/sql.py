@@ -23,12 +23,15 @@ with any ``order_by`` column. Keys must not be reused: a deleted key never comes
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from fairfleet.connectors.base import (
     NO_POSITION_KEY,
+    SCHEMA_PARAMS,
     Connector,
     ConnectorContext,
+    LocalPath,
     ObservationSchema,
     Progress,
     Row,
@@ -41,6 +44,7 @@ class SqlConnector(Connector):
     """Incremental reads of a table or query, ordered by an increasing column."""
 
     name = "sql"
+    param_names = frozenset({"url", "path", "table", "query", "order_by", "follow", "batch_rows"}) | SCHEMA_PARAMS
 
     def __init__(self, params: Mapping[str, Any], context: ConnectorContext) -> None:
         super().__init__(params, context)
@@ -52,7 +56,9 @@ class SqlConnector(Connector):
             if path is None:
                 raise ConfigError("The sql connector needs 'url' or 'path' (a SQLite file). Found neither.")
             url = f"sqlite:///{context.resolve(str(path))}"
+        self.url = str(url)
         table, query = params.get("table"), params.get("query")
+        self.table, self.query = table, query
         if (table is None) == (query is None):
             raise ConfigError(
                 f"The sql connector needs exactly one of 'table' or 'query'. Found table={table!r}, query={query!r}."
@@ -82,6 +88,17 @@ class SqlConnector(Connector):
 
     def schema(self) -> ObservationSchema:
         return self._schema
+
+    def sqlite_file(self) -> Path | None:
+        """The database file when the URL is a SQLite file (None: a server or in memory)."""
+        prefix = "sqlite:///"
+        if not self.url.startswith(prefix) or self.url in (prefix, prefix + ":memory:"):
+            return None
+        return self.context.resolve(self.url[len(prefix):].split("?", 1)[0])
+
+    def local_paths(self) -> list[LocalPath]:
+        db = self.sqlite_file()
+        return [LocalPath("url" if "url" in self.params else "path", db, "file")] if db else []
 
     def read(self, max_rows: int = 10_000) -> Sequence[Row]:
         if self._finished:

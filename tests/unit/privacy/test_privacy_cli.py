@@ -203,7 +203,7 @@ def test_unsupported_event_is_one_line_from_the_command(
     )
     with pytest.raises(SystemExit) as exit_info:
         main()
-    assert exit_info.value.code == 2
+    assert exit_info.value.code == 1  # a failure (bad input data), not a usage error
     err = capsys.readouterr().err
     assert "Traceback" not in err and err.count("\n") == 1
     assert err.startswith(f"error: Event 1 in {path}: Cannot account LaplaceDpEvent:")

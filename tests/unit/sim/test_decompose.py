@@ -119,14 +119,16 @@ def test_cli_writes_json_and_report(tmp_path) -> None:
             "0.05,0.1",
             "--workers",
             "2",
-            "--json",
+            "--out",
             str(out),
             "--report",
             str(tmp_path / "report"),
+            "--json",
         ],
     )
     assert result.exit_code == 0, result.output
     doc = json.loads(out.read_text())
+    assert json.loads(result.stdout) == doc  # the document alone on stdout; progress on stderr
     assert doc["dominant"]["fleet"] in TERMS and len(doc["sweep"]) == 2
     for name in ("terms.png", "class_risk.png", "rounds.png", "sweep.png", "index.html"):
         assert (tmp_path / "report" / name).stat().st_size > 1000

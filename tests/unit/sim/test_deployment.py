@@ -109,7 +109,7 @@ def test_decompose_on_the_users_fleet_sums_per_seed_and_finds_the_handicap(
     result = CliRunner().invoke(
         app,
         ["decompose", "--fleet", str(fleet_file), "--seeds", "3", "--workers", "1",
-         "--json", str(out), "--report", str(tmp_path / "report")],
+         "--out", str(out), "--report", str(tmp_path / "report")],
     )
     assert result.exit_code == 0, result.output
     doc = json.loads(out.read_text())
@@ -148,7 +148,7 @@ def test_simulate_on_the_users_fleet_reports_its_classes(fleet_file: Path, tmp_p
     result = CliRunner().invoke(
         app,
         ["simulate", "--fleet", str(fleet_file), "--strategy", "qffl", "--q", "1",
-         "--rounds", "5", "--json", str(out)],
+         "--rounds", "5", "--out", str(out)],
     )
     assert result.exit_code == 0, result.output
     doc = json.loads(out.read_text())
@@ -166,7 +166,7 @@ def test_simulate_on_a_dpsgd_fleet_runs_record_level_dpsgd(tmp_path: Path) -> No
     path = write_fleet(tmp_path, mechanism="dpsgd", n=100)
     out = tmp_path / "sim.json"
     result = CliRunner().invoke(app, ["simulate", "--fleet", str(path), "--rounds", "2",
-                                      "--json", str(out)])
+                                      "--out", str(out)])
     assert result.exit_code == 0, result.output
     doc = json.loads(out.read_text())
     privacy = doc["config"]["privacy"]
@@ -181,7 +181,7 @@ def test_a_dpsgd_deployment_is_measured_at_the_record_level(tmp_path: Path) -> N
     out = tmp_path / "doc.json"
     result = CliRunner().invoke(
         app, ["decompose", "--fleet", str(path), "--seeds", "1", "--workers", "1", "--rounds", "2",
-              "--json", str(out)],
+              "--out", str(out)],
     )
     assert result.exit_code == 0, result.output
     doc = json.loads(out.read_text())

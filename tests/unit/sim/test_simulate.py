@@ -44,12 +44,14 @@ def test_cli_writes_the_documented_json(tmp_path: Path) -> None:
         "3",
         "--seed",
         "2",
-        "--json",
+        "--out",
         str(out),
+        "--json",
     ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     doc = json.loads(out.read_text())
+    assert json.loads(result.stdout) == {"summary": doc["summary"], "classes": doc["classes"]}
     assert set(doc) == {"sites", "classes", "summary", "config", "history"}
     assert len(doc["sites"]) == 8 and len(doc["history"]) == 3
     for row in doc["sites"]:

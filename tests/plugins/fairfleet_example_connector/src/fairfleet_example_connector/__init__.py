@@ -26,13 +26,14 @@ class RampConnector(Connector):
     """``rows`` readings: x = i / rows, y = slope * x (+ 0.1 on odd rows), ts = i seconds."""
 
     # No ``name`` here: the entry point's name ("ramp") is the connector type.
+    param_names = frozenset({"rows", "slope"})  # any other key is an error naming it
 
     def __init__(self, params: Mapping[str, Any], context: ConnectorContext) -> None:
         super().__init__(params, context)
         self.rows = int(params.get("rows", 100))
         self.slope = float(params.get("slope", 1.0))
-        if self.rows < 0:
-            raise ConfigError(f"ramp needs rows >= 0. Found {self.rows}.")
+        if self.rows < 1:
+            raise ConfigError(f"ramp needs rows >= 1. Found {self.rows}.")
         self._next = 0
 
     def schema(self) -> ObservationSchema:
