@@ -150,9 +150,14 @@ def check_security(cfg: Any, data: dict[str, Any], report: CheckReport) -> None:
 
 def _check_privacy_bounds(cfg: Any, report: CheckReport) -> None:
     p = cfg.policies
-    named = [("policies.defaults", p.defaults)]
-    named += [(f"policies.classes.{k}", v) for k, v in p.classes.items()]
-    named += [(f"policies.sites.{k}", v) for k, v in p.sites.items()]
+    levels = [("policies.defaults", p.defaults or [])]
+    levels += [(f"policies.classes.{k}", v) for k, v in p.classes.items()]
+    levels += [(f"policies.sites.{k}", v) for k, v in p.sites.items()]
+    named = [
+        (where if len(entry) == 1 else f"{where}[{i}]", policy)
+        for where, entry in levels
+        for i, policy in enumerate(entry)
+    ]
     for where, policy in named:
         if policy.epsilon_max > EPSILON_MAX:
             report.problems.append(
@@ -172,8 +177,8 @@ def _check_privacy_bounds(cfg: Any, report: CheckReport) -> None:
         if s.window.by != "count":
             continue
         n = int(s.agent.train_windows * s.window.size)
-        policy = cfg.policy_for(s.id)
-        if policy.unit == "observation" and policy.delta >= 1.0 / n:
+        policy = cfg.policy_for(s.id, "observation").policy  # δ vs 1/n: record-level ledgers
+        if policy is not None and policy.delta >= 1.0 / n:
             report.problems.append(
                 f"policy of site '{s.id}': delta {policy.delta} >= 1/n = {1.0 / n:.3g} for the "
                 f"n = {n} observations a round trains on (a release of one record in full would "
