@@ -75,6 +75,7 @@ from fairfleet.metrics import MetricsServer, serve
 logger = logging.getLogger(__name__)
 
 MAX_COMMIT_FAILURES = 3
+LATE_DRAIN_S = 3.0  # after the last round: how long updates on their way are still read
 """Consecutive failed round commits after which the service exits (a restart re-reads state)."""
 
 
@@ -256,14 +257,27 @@ class Aggregator:
         """Serve until ``stop_event`` is set (or training is finished, if so configured)."""
         stop = stop_event or threading.Event()
         self.start()
+        finished_before = self.finished
         try:
             while not stop.is_set():
                 if self.finished and self.options.stop_when_finished:
+                    if not finished_before:
+                        self._drain_late(stop)
                     event(logger, "training finished", model=self.model_id, version=self.ckpt.version)
                     break
                 self.step()
         finally:
             self.close()
+
+    def _drain_late(self, stop: threading.Event) -> None:
+        """After the last round closed, keep reading updates for a moment, so that a site
+        still training for that round gets its (charged) update dead-lettered ``late`` instead of
+        having it fall into a topic nobody reads (the chaos soak's ``lost_updates``). Sites check
+        the round state right before they publish, so only an update already on its way when the
+        round closed can be late: ``LATE_DRAIN_S`` (at most the deadline) covers it."""
+        quiet_until = time.monotonic() + min(LATE_DRAIN_S, self.model_cfg.rounds.deadline_s)
+        while not stop.is_set() and time.monotonic() < quiet_until:
+            self.step()
 
     def step(self) -> None:
         """Read at most one message, then close the round if it is due."""
