@@ -181,7 +181,8 @@ def fairness() -> Board:
 
 def privacy() -> Board:
     b = Board("fairfleet-privacy", "fairfleet / Privacy",
-              "Epsilon spent per site and data source against the policy, burn rate, projected exhaustion.",
+              "Epsilon spent per site and data source against the policy, burn rate, projected exhaustion. "
+              "Every epsilon here is the ledger's one figure (RDP, as admitted; never decreases).",
               [SITE])
     s = 'site=~"$site"'
     b.row("Budget")
@@ -192,9 +193,16 @@ def privacy() -> Board:
                                "reduceOptions": {"calcs": ["lastNotNull"], "values": False}}})
     b.panel("timeseries", "Epsilon spent vs policy limit", [
         (f"fairfleet_privacy_epsilon_spent{{{s}}}", "{{site}} / {{source}} spent"),
+        (f"fairfleet_privacy_epsilon_next{{{s}}}", "{{site}} / {{source}} after next release"),
         (f"fairfleet_privacy_epsilon_limit{{{s}}}", "{{site}} / {{source}} limit"),
-    ], h=9, overrides=[{"matcher": {"id": "byRegexp", "options": ".* limit"},
+    ], h=9, description="'after next release': the ledger's epsilon if each model repeats its latest "
+                        "release; above the limit, the next reservation is denied.", overrides=[{"matcher": {"id": "byRegexp", "options": ".* limit"},
                         "properties": [{"id": "custom.lineStyle", "value": {"fill": "dash", "dash": [10, 10]}}]}])
+    b.panel("stat", "Policy entry that sets each limit",
+            [(f"fairfleet_privacy_policy_info{{{s}}} == 1", "{{site}} / {{source}} ({{unit}}): {{policy}}")],
+            w=24, h=4, description="The entry PolicySet.resolve picked (the same resolver as `fairfleet "
+                                   "config check` and the accountant): sites.<id>, classes.<class> or defaults.",
+            extra={"options": {"reduceOptions": {"calcs": ["lastNotNull"], "values": False}, "textMode": "name"}})
     b.row("Burn")
     b.panel("timeseries", "Burn rate (epsilon per hour)",
             [(f"delta(fairfleet_privacy_epsilon_spent{{{s}}}[1h])", "{{site}} / {{source}}")])
@@ -204,8 +212,17 @@ def privacy() -> Board:
             description="Remaining epsilon divided by the spend rate over the last 6 hours; no line = no spend.")
     b.panel("timeseries", "Epsilon remaining",
             [(f"fairfleet_privacy_epsilon_remaining{{{s}}}", "{{site}} / {{source}}")])
-    b.panel("timeseries", "Epsilon per model, as the site computes it",
-            [(f"fairfleet_site_epsilon_spent{{{s}}}", "{{site}} {{model}}")])
+    b.panel("timeseries", "Ledger epsilon at each site's last grant, per model",
+            [(f"fairfleet_site_epsilon_spent{{{s}}}", "{{site}} {{model}}")],
+            description="The accountant's figure the grant carried: the ledger with this release and "
+                        "the reservations pending at that moment (the same RDP epsilon as 'spent').")
+    b.panel("timeseries", "Epsilon wasted on rejected or voided updates, by reason",
+            [(f"fairfleet_privacy_epsilon_wasted{{{s}}}", "{{site}} / {{source}} {{reason}}")],
+            description="Epsilon of the composition of committed releases whose update the aggregator "
+                        "rejected (late, bad_signature, ...) or voided (void_round): spent for nothing.")
+    b.panel("stat", "Releases wasted, by reason",
+            [(f"sum by (site, reason) (fairfleet_privacy_wasted_releases{{{s}}})", "{{site}} {{reason}}")],
+            w=12, h=8, thresholds=[("green", None), ("orange", 1)])
     b.row("Reservations")
     b.panel("timeseries", "Grants per hour",
             [(f"sum by (site) (increase(fairfleet_privacy_grants_total{{{s}}}[1h]))", "{{site}}")])

@@ -5,10 +5,17 @@ module. The jars (``org.apache.kafka:kafka_2.13`` plus a log4j2 binding) are res
 from ``deploy/kafka/pom.xml`` into a cache folder once; the broker then runs as a plain
 ``java kafka.Kafka server.properties`` process with its state in a known folder:
 
-    <state_dir>/broker.json         bootstrap address, ports, pid (written once ready)
+    <state_dir>/cluster.json        the cluster's identity: cluster id and ports (kept for good)
+    <state_dir>/broker.json         bootstrap address, ports, pid of the running process
     <state_dir>/server.properties   the generated broker config
     <state_dir>/logs/server.log     the broker's own log (log4j2)
     <state_dir>/data/               KRaft metadata and topic data
+
+The data is kept: the first ``start`` in a folder formats the KRaft storage with a new cluster id
+and records the id and the ports in ``cluster.json``; every later ``start`` (after ``stop``, a
+crash or a kill -9) formats nothing and starts the same cluster on the same ports with all its
+topics. A recorded port that another process holds is an error naming the port, never a reason
+to start a different cluster. Only :func:`reset` (``fairfleet broker reset``) deletes the data.
 
 ``start(..., scram_users={"alice": "secret"})`` makes the client listener SASL_PLAINTEXT with
 SCRAM-SHA-256 instead: the credentials are written into the KRaft metadata at format time
@@ -21,8 +28,10 @@ broker.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -127,13 +136,118 @@ def _pid_alive(pid: int) -> bool:
         return True
 
 
+def _is_broker_of(pid: int, state: Path) -> bool:
+    """Is ``pid`` alive and the broker of ``state`` (not another process that reused the pid)?"""
+    if not _pid_alive(pid):
+        return False
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return True  # no /proc: trust the pid
+    return b"kafka.Kafka" in cmdline and str(state / "server.properties").encode() in cmdline
+
+
 def read_info(state_dir: Path | None = None) -> BrokerInfo | None:
-    """The broker recorded in ``state_dir`` if its process is still alive, else None."""
-    path = (state_dir or default_state_dir()) / "broker.json"
+    """The broker recorded in ``state_dir`` if its process is still alive, else None.
+
+    A record whose process is gone (killed with -9, machine rebooted) or whose pid now belongs
+    to another program is stale: it is ignored here and replaced by the next ``start``.
+    """
+    state = (state_dir or default_state_dir()).resolve()
+    path = state / "broker.json"
     if not path.exists():
         return None
-    info = BrokerInfo(**json.loads(path.read_text()))
-    return info if _pid_alive(info.pid) else None
+    try:
+        info = BrokerInfo(**json.loads(path.read_text()))
+    except (ValueError, TypeError):
+        return None  # half-written by a process that died while writing it
+    return info if _is_broker_of(info.pid, state) else None
+
+
+@dataclass(frozen=True)
+class ClusterRecord:
+    """What makes a restarted broker the same cluster: its id and its listener ports."""
+
+    cluster_id: str
+    port: int
+    controller_port: int
+    internal_port: int | None = None
+    security_protocol: str = "PLAINTEXT"
+
+    def ports(self) -> dict[str, int]:
+        named = {"client": self.port, "controller": self.controller_port}
+        if self.internal_port is not None:
+            named["inter-broker"] = self.internal_port
+        return named
+
+
+def read_cluster(state_dir: Path | None = None) -> ClusterRecord | None:
+    """The cluster recorded in ``state_dir`` (``cluster.json``), or None for a new folder."""
+    path = (state_dir or default_state_dir()).resolve() / "cluster.json"
+    if not path.exists():
+        return None
+    try:
+        return ClusterRecord(**json.loads(path.read_text()))
+    except (ValueError, TypeError) as exc:
+        raise BrokerError(
+            f"{path} is not a valid cluster record ({exc}); the data in {path.parent / 'data'} "
+            "is untouched. Fix the file, or delete everything with `fairfleet broker reset`."
+        ) from exc
+
+
+def _legacy_cluster(state: Path) -> ClusterRecord | None:
+    """The record of a folder formatted before cluster.json existed (server.properties + meta)."""
+    meta, props = state / "data" / "meta.properties", state / "server.properties"
+    if not (meta.exists() and props.exists()):
+        return None
+    values = dict(
+        line.split("=", 1) for line in (meta.read_text() + props.read_text()).splitlines()
+        if "=" in line and not line.startswith("#")
+    )
+    ports = {
+        name: int(port)
+        for name, port in re.findall(r"(\w+)://[^:,]*:(\d+)", values.get("listeners", ""))
+    }
+    try:
+        return ClusterRecord(
+            cluster_id=values["cluster.id"],
+            port=ports.get("PLAINTEXT", ports.get("CLIENT", 0)),
+            controller_port=ports["CONTROLLER"],
+            internal_port=ports.get("INTERNAL"),
+            security_protocol="SASL_PLAINTEXT" if "CLIENT" in ports else "PLAINTEXT",
+        )
+    except KeyError:
+        return None
+
+
+def _port_free(port: int) -> bool:
+    """Can a listener bind 127.0.0.1:``port``? (SO_REUSEADDR, like the JVM's server sockets.)"""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def _data_lock_held(data_dir: Path) -> bool:
+    """Does a live process hold the JVM's lock on ``data_dir/.lock``?
+
+    Kafka locks that file with a POSIX record lock, which the kernel releases when the process
+    dies (also on kill -9): a leftover ``.lock`` file whose lock nobody holds is harmless and
+    reused; a held one means another broker still runs on this data.
+    """
+    lock = data_dir / ".lock"
+    if not lock.exists():
+        return False
+    with lock.open("rb+") as fh:
+        try:
+            fcntl.lockf(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        fcntl.lockf(fh, fcntl.LOCK_UN)
+    return False
 
 
 def _properties(data_dir: Path, port: int, cport: int) -> str:
@@ -229,14 +343,18 @@ def start(
     heap: str = DEFAULT_HEAP,
     timeout_s: float = 90.0,
     scram_users: dict[str, str] | None = None,
+    port_wait_s: float = 30.0,
 ) -> BrokerInfo:
-    """Start a broker in ``state_dir`` and wait until its admin API answers.
+    """Start the broker of ``state_dir`` and wait until its admin API answers.
 
-    With ``scram_users`` (user name -> password) the client listener is SASL_PLAINTEXT with
-    SCRAM-SHA-256 and these users; readiness is then checked as the first of them.
+    A new folder gets a new cluster (formatted, recorded in ``cluster.json``); a folder that
+    holds one restarts that cluster with its data, on its recorded ports (``port`` must then be
+    0 or the recorded port). With ``scram_users`` (user name -> password) the client listener
+    is SASL_PLAINTEXT with SCRAM-SHA-256 and these users (written at format time, so only a new
+    cluster takes them); readiness is then checked as the first of them.
 
-    Raises BrokerError if one is already running there, or if it does not come up in time
-    (the error includes the tail of the broker's log).
+    Raises BrokerError if one is already running there, if a recorded port is still taken by
+    another process after ``port_wait_s`` (a killed broker's connections linger briefly), or if it does not come up in time. No error path deletes data.
     """
     state = (state_dir or default_state_dir()).resolve()
     running = read_info(state)
@@ -245,31 +363,35 @@ def start(
             f"A broker is already running from {state} (pid {running.pid}) at "
             f"{running.bootstrap}; stop it first with `fairfleet broker stop`."
         )
+    (state / "broker.json").unlink(missing_ok=True)  # stale: its process is gone
     java = _require("java", "install a Java 17+ runtime (Debian: apt-get install openjdk-17-jre-headless)")
     libs = resolve_jars(libs_dir)
     data_dir = state / "data"
     logs_dir = state / "logs"
-    if data_dir.exists():
-        shutil.rmtree(data_dir)  # a fresh single-node cluster each start: ports change
-    data_dir.mkdir(parents=True)
-    logs_dir.mkdir(parents=True, exist_ok=True)
-    port = port or free_port()
-    cport = free_port()
-    while cport == port:
-        cport = free_port()
-    props = state / "server.properties"
-    extra: list[str] = []
-    client_config: dict[str, str] | None = None
-    if scram_users is None:
-        props.write_text(_properties(data_dir, port, cport))
+    if _data_lock_held(data_dir):
+        raise BrokerError(
+            f"Another process holds the lock on {data_dir / '.lock'}: a broker not recorded in "
+            f"{state / 'broker.json'} still runs on this data. Stop that process first."
+        )
+    record = read_cluster(state) or _legacy_cluster(state)
+    if scram_users is not None and not scram_users:
+        raise BrokerError("scram_users must name at least one user. Found an empty mapping.")
+    protocol = "PLAINTEXT" if scram_users is None else "SASL_PLAINTEXT"
+    if record is None:
+        record = _new_cluster(port, protocol)
     else:
-        if not scram_users:
-            raise BrokerError("scram_users must name at least one user. Found an empty mapping.")
-        extra = _scram_args(scram_users)
-        iport = free_port()
-        while iport in (port, cport):
-            iport = free_port()
-        props.write_text(_sasl_properties(data_dir, port, cport, iport))
+        _check_recorded(record, state, port, protocol, port_wait_s)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    logs_dir.mkdir(parents=True, exist_ok=True)
+    props = state / "server.properties"
+    client_config: dict[str, str] | None = None
+    if record.internal_port is None:
+        props.write_text(_properties(data_dir, record.port, record.controller_port))
+    else:
+        props.write_text(
+            _sasl_properties(data_dir, record.port, record.controller_port, record.internal_port)
+        )
+    if scram_users is not None:
         user, password = next(iter(scram_users.items()))
         client_config = {
             "security.protocol": "SASL_PLAINTEXT", "sasl.mechanisms": SCRAM_MECHANISM,
@@ -282,13 +404,16 @@ def start(
         java, f"-Xmx{heap}", f"-Xms{heap}", "-XX:+UseG1GC",
         f"-Dkafka.logs.dir={logs_dir}", f"-Dlog4j2.configurationFile={log4j}", "-cp", classpath,
     ]
-    fmt = subprocess.run(
-        [*common, "kafka.tools.StorageTool", "format", "--config", str(props),
-         "--cluster-id", uuid.uuid4().hex[:22], "--standalone", "--ignore-formatted", *extra],
-        capture_output=True, text=True,
-    )
-    if fmt.returncode != 0:
-        raise BrokerError(f"Formatting KRaft storage failed:\n{fmt.stdout}{fmt.stderr}")
+    if not (data_dir / "meta.properties").exists():  # a new cluster: the only time we format
+        extra = _scram_args(scram_users) if scram_users is not None else []
+        fmt = subprocess.run(
+            [*common, "kafka.tools.StorageTool", "format", "--config", str(props),
+             "--cluster-id", record.cluster_id, "--standalone", "--ignore-formatted", *extra],
+            capture_output=True, text=True,
+        )
+        if fmt.returncode != 0:
+            raise BrokerError(f"Formatting KRaft storage failed:\n{fmt.stdout}{fmt.stderr}")
+    (state / "cluster.json").write_text(json.dumps(asdict(record), indent=2))
     stdout = open(logs_dir / "stdout.log", "ab")  # noqa: SIM115 - handed to the child process
     proc = subprocess.Popen(
         [*common, "kafka.Kafka", str(props)],
@@ -297,17 +422,67 @@ def start(
     )
     stdout.close()
     info = BrokerInfo(
-        bootstrap=f"127.0.0.1:{port}", port=port, controller_port=cport, pid=proc.pid,
-        state_dir=str(state),
-        security_protocol="PLAINTEXT" if scram_users is None else "SASL_PLAINTEXT",
+        bootstrap=f"127.0.0.1:{record.port}", port=record.port,
+        controller_port=record.controller_port, pid=proc.pid, state_dir=str(state),
+        security_protocol=record.security_protocol,
     )
+    # Recorded at once (not only when ready): a start that times out leaves a process that
+    # `fairfleet broker stop` must still find.
+    (state / "broker.json").write_text(json.dumps(asdict(info), indent=2))
     try:
         wait_ready(info.bootstrap, timeout_s, proc, client_config)
-    except BrokerError:
+    except BrokerError as exc:
         _kill(proc.pid, signal.SIGKILL)
-        raise
-    (state / "broker.json").write_text(json.dumps(asdict(info), indent=2))
+        (state / "broker.json").unlink(missing_ok=True)
+        raise BrokerError(f"{exc} Its log: {info.log_file}") from exc
     return info
+
+
+def _new_cluster(port: int, protocol: str) -> ClusterRecord:
+    """A new cluster id and free ports (``port`` for clients if given)."""
+    taken = {port} if port else set()
+    chosen: list[int] = []
+    for _ in range(2 if protocol == "PLAINTEXT" else 3):
+        candidate = free_port()
+        while candidate in taken:
+            candidate = free_port()
+        taken.add(candidate)
+        chosen.append(candidate)
+    client = port or chosen.pop()
+    return ClusterRecord(
+        cluster_id=uuid.uuid4().hex[:22], port=client, controller_port=chosen[0],
+        internal_port=chosen[1] if protocol != "PLAINTEXT" else None, security_protocol=protocol,
+    )
+
+
+def _check_recorded(
+    record: ClusterRecord, state: Path, port: int, protocol: str, port_wait_s: float = 0.0
+) -> None:
+    """A restart must be the same cluster: same client port, protocol, and all ports free."""
+    where = state / "cluster.json"
+    if port and port != record.port:
+        raise BrokerError(
+            f"The cluster in {state} listens on port {record.port} (recorded in {where}); "
+            f"--port {port} would make it another address for the same data. Start it without "
+            "--port, or delete its data with `fairfleet broker reset` to start a new cluster."
+        )
+    if protocol != record.security_protocol:
+        raise BrokerError(
+            f"The cluster in {state} was created with security protocol "
+            f"{record.security_protocol} (recorded in {where}); this start asks for {protocol}."
+        )
+    for role, recorded in record.ports().items():
+        # Right after a kill -9 the dead broker's connections linger a few seconds (FIN_WAIT)
+        # and block the bind until the clients close their side: wait for that, not longer.
+        deadline = time.monotonic() + port_wait_s
+        while not _port_free(recorded) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        if not _port_free(recorded):
+            raise BrokerError(
+                f"Port {recorded} (the cluster's {role} listener, recorded in {where}) is in use "
+                f"by another process. The broker's data in {state / 'data'} is kept; free port "
+                f"{recorded} and start again (`fairfleet broker reset` would delete the data)."
+            )
 
 
 def wait_ready(
@@ -322,6 +497,9 @@ def wait_ready(
     """
     from confluent_kafka.admin import AdminClient
 
+    from fairfleet.bus.kafka import KafkaLink
+
+    quiet = KafkaLink(bootstrap).config()  # "connection refused" while it starts: DEBUG, not stderr
     host, port = bootstrap.rsplit(":", 1)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -334,7 +512,7 @@ def wait_ready(
             time.sleep(0.3)
             continue
         try:
-            admin = AdminClient({"bootstrap.servers": bootstrap, **(client_config or {})})
+            admin = AdminClient({"bootstrap.servers": bootstrap, **quiet, **(client_config or {})})
             admin.list_topics(timeout=5)
             return
         except Exception:
@@ -368,21 +546,46 @@ def stop(state_dir: Path | None = None, timeout_s: float = 30.0) -> bool:
     return True
 
 
+def reset(state_dir: Path | None = None) -> bool:
+    """Delete the cluster of ``state_dir``: stop its broker, remove its data and its record.
+
+    The next ``start`` there creates a new cluster. The broker's own logs are kept. Returns
+    False if there was nothing to delete.
+    """
+    state = (state_dir or default_state_dir()).resolve()
+    stop(state)
+    found = (state / "data").exists()
+    if found:
+        shutil.rmtree(state / "data")
+    for name in ("cluster.json", "broker.json", "server.properties"):
+        if (state / name).exists():
+            (state / name).unlink()
+            found = True
+    return found
+
+
 def status(state_dir: Path | None = None) -> dict[str, object]:
     """A JSON-able status: running or not, and whether the admin API answers with topics."""
-    info = read_info(state_dir)
+    state = (state_dir or default_state_dir()).resolve()
+    info = read_info(state)
+    record = read_cluster(state)
+    cluster = {"cluster_id": record.cluster_id} if record is not None else {}
     if info is None:
-        return {"running": False, "state_dir": str((state_dir or default_state_dir()).resolve())}
+        return {"running": False, "state_dir": str(state), "data_kept": record is not None, **cluster}
     from confluent_kafka.admin import AdminClient
 
+    from fairfleet.bus.kafka import KafkaLink
+
     try:
-        metadata = AdminClient({"bootstrap.servers": info.bootstrap}).list_topics(timeout=5)
+        admin = AdminClient({"bootstrap.servers": info.bootstrap, **KafkaLink(info.bootstrap).config()})
+        metadata = admin.list_topics(timeout=5)
         topics = sorted(t for t in metadata.topics if not t.startswith("__"))
         answering = True
     except Exception:
         topics, answering = [], False
     return {
         **asdict(info),
+        **cluster,
         "running": True,
         "admin_api": answering,
         "topics": topics,

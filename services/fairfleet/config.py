@@ -12,12 +12,21 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from fairfleet.bus.limits import InputLimits
 from fairfleet.errors import ConfigError
 from fairfleet.messages import LocalTrainingPlan, ModelSpec, PrivacyPlan
+from fairfleet.privacy.policy import DEFAULT_POLICY, Policies, PolicyMatch, PolicySet
 
 
 class _Strict(BaseModel):
@@ -122,22 +131,7 @@ class ModelConfig(_Strict):
     privacy: PrivacyPlan = Field(default_factory=PrivacyPlan)
     gamma: Annotated[float, Field(ge=0)] = 0.1
     metrics_port: Annotated[int, Field(ge=0, le=65535)] = 9201
-
-
-class PolicyConfig(_Strict):
-    """Privacy policy: the ledger may not exceed epsilon_max at delta for this unit."""
-
-    epsilon_max: Annotated[float, Field(gt=0)] = 8.0
-    delta: Annotated[float, Field(gt=0, lt=1)] = 1e-5
-    unit: Literal["observation", "site"] = "site"
-
-
-class PoliciesConfig(_Strict):
-    """Defaults, overridden per site class, overridden per site (most specific wins)."""
-
-    defaults: PolicyConfig = Field(default_factory=PolicyConfig)
-    classes: dict[str, PolicyConfig] = Field(default_factory=dict)
-    sites: dict[str, PolicyConfig] = Field(default_factory=dict)
+    progress_timeout_s: Annotated[float, Field(gt=0)] = 300.0  # /healthz: aggregator loop stuck
 
 
 class ConnectorConfig(_Strict):
@@ -162,6 +156,7 @@ class SiteAgentConfig(_Strict):
     model_timeout_s: Annotated[float, Field(gt=0)] = 30.0  # wait for the announced ModelRelease
     poll_interval_s: Annotated[float, Field(gt=0)] = 0.5
     reject_file: str | None = None  # default: <state_dir>/rejects.jsonl
+    progress_timeout_s: Annotated[float, Field(gt=0)] = 300.0  # /healthz: loop (or training) stuck
 
 
 class SiteConfig(_Strict):
@@ -183,8 +178,20 @@ class SiteConfig(_Strict):
 class AccountantConfig(_Strict):
     db: str = ".fairfleet/accountant/ledger.sqlite"
     metrics_port: Annotated[int, Field(ge=0, le=65535)] = 9100
-    reported_accountant: Literal["pld", "rdp"] = "pld"
+    reported_accountant: Literal["rdp"] = "rdp"
+    """Kept so configs naming it stay valid: every ε shown is the admission accountant's (RDP)."""
+
+    @field_validator("reported_accountant", mode="before")
+    @classmethod
+    def _one_figure(cls, value: Any) -> Any:
+        if value != "rdp":
+            raise ValueError(
+                f"only rdp: every ε fairfleet shows is the one figure admission uses, so it never "
+                f"decreases (docs/privacy.md, 'One ε per ledger'); remove the field. Found {value!r}"
+            )
+        return value
     grant_timeout_s: Annotated[float, Field(gt=0)] = 30.0
+    progress_timeout_s: Annotated[float, Field(gt=0)] = 300.0  # /healthz: accountant loop stuck
 
 
 class FleetConfig(BaseSettings):
@@ -197,7 +204,8 @@ class FleetConfig(BaseSettings):
     fleet: str = "fleet"
     kafka: KafkaConfig = Field(default_factory=KafkaConfig)
     models: list[ModelConfig] = Field(default_factory=list)
-    policies: PoliciesConfig = Field(default_factory=PoliciesConfig)
+    policies: Policies = Field(default_factory=lambda: Policies(defaults=[DEFAULT_POLICY]))
+    """Privacy budgets (privacy/policy.py; omitted defaults: ε_max 8 at δ 1e-5, unit site)."""
     sites: list[SiteConfig] = Field(default_factory=list)
     accountant: AccountantConfig = Field(default_factory=AccountantConfig)
     state_dir: str = ".fairfleet/state"
@@ -205,6 +213,13 @@ class FleetConfig(BaseSettings):
     """Interface the services' /metrics servers bind (0.0.0.0 in containers)."""
 
     _base_dir: Path | None = PrivateAttr(default=None)
+
+    @field_validator("policies")
+    @classmethod
+    def _default_policy(cls, value: Policies) -> Policies:
+        if value.defaults is None:
+            return value.model_copy(update={"defaults": [DEFAULT_POLICY]})
+        return value
 
     @model_validator(mode="after")
     def _references(self) -> FleetConfig:
@@ -250,15 +265,18 @@ class FleetConfig(BaseSettings):
                 return s
         raise ConfigError(f"Unknown site '{site_id}'; configured: {[s.id for s in self.sites]}")
 
-    def policy_for(self, site_id: str, site_class: str | None = None) -> PolicyConfig:
-        """Most specific policy: per site, else per class, else the defaults."""
-        if site_id in self.policies.sites:
-            return self.policies.sites[site_id]
-        if site_class is None:
-            site_class = next((s.site_class for s in self.sites if s.id == site_id), None)
-        if site_class is not None and site_class in self.policies.classes:
-            return self.policies.classes[site_class]
-        return self.policies.defaults
+    def policy_set(self) -> PolicySet:
+        """The fleet's policies with each site's class: what the accountant enforces."""
+        return PolicySet(
+            defaults=self.policies.defaults,
+            classes=self.policies.classes,
+            sites=self.policies.sites,
+            site_classes=self.site_classes(),
+        )
+
+    def policy_for(self, site_id: str, unit: str) -> PolicyMatch:
+        """The policy of a site's ``unit`` ledgers and the entry that decided (PolicySet.resolve)."""
+        return self.policy_set().resolve(unit, site_id)
 
     def public_keys(self) -> dict[str, str]:
         return {s.id: s.public_key for s in self.sites}

@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 _RESERVED = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None)))
@@ -53,3 +55,33 @@ def configure(service: str, level: str = "INFO") -> None:
 def event(logger: logging.Logger, msg: str, level: int = logging.INFO, **fields: Any) -> None:
     """Log ``msg`` with structured ``fields`` (they become top-level JSON keys)."""
     logger.log(level, msg, extra={"fields": fields})
+
+
+class RateLimited:
+    """Lets the same message through at most once per ``interval_s`` and counts the rest.
+
+    ``admit(key)`` is the number of lines suppressed since the key last passed (0 if none), or
+    None when this one is to be suppressed. Thread-safe: librdkafka callbacks arrive on the
+    threads that poll its clients.
+    """
+
+    def __init__(self, interval_s: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+        if interval_s < 0:
+            raise ValueError(f"interval_s must be >= 0. Found {interval_s}.")
+        self.interval_s = interval_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._passed: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+
+    def admit(self, key: str) -> int | None:
+        now = self._clock()
+        with self._lock:
+            last = self._passed.get(key)
+            if last is not None and now - last < self.interval_s:
+                self._held[key] = self._held.get(key, 0) + 1
+                return None
+            self._passed[key] = now
+            if len(self._passed) > 10_000:  # bounded: forget keys not seen for an interval
+                self._passed = {k: t for k, t in self._passed.items() if now - t < self.interval_s}
+            return self._held.pop(key, 0)

@@ -104,6 +104,12 @@ class PrivacyPlan(BaseModel):
     loss_bound: Annotated[float, Field(gt=0.0)] = 5.0
     loss_noise_multiplier: NonNegFloat = 1.0
 
+    @property
+    def protected_unit(self) -> Literal["observation", "site"]:
+        """The unit the mechanism protects (the ledger it is charged to): DP-SGD one
+        observation, the update mechanism one site."""
+        return "observation" if self.mechanism == "dpsgd" else "site"
+
 
 class NoisyStat(BaseModel):
     """A DP-noised bounded mean: value = clip(mean, lo, hi) + N(0, noise_std²), over m items."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -147,9 +148,38 @@ def test_ports_match_the_config_and_prometheus(service: str) -> None:
         return
     assert [str(p) for p in svc["ports"]] == [f"{port}:{port}"]
     assert f"{service}:{port}" in targets
-    health = svc.get("healthcheck", {}).get("test")
-    if health:
-        assert f"127.0.0.1:{port}/healthz" in " ".join(health)
+    health = svc["healthcheck"]["test"]  # every long-running service, site agents included
+    assert f"127.0.0.1:{port}/healthz" in " ".join(health)
+
+
+def test_every_service_has_a_healthcheck_that_fails_when_healthz_is_unhealthy() -> None:
+    """Run each service's healthcheck command against a /healthz that is up, then unhealthy."""
+    from prometheus_client import CollectorRegistry
+
+    from fairfleet.metrics import Health, serve
+
+    kafka: dict[str, str | None] = {"problem": None}
+    server = serve(CollectorRegistry(), health=Health(60, probe=lambda: kafka["problem"], probe_every_s=0))
+    try:
+        checked = 0
+        for name, svc in _fairfleet_services().items():
+            port = _metrics_port(svc["command"])
+            if port is None:
+                continue
+            check = svc.get("healthcheck")
+            assert check, f"{name} has no healthcheck"
+            kind, *argv = check["test"]
+            assert kind == "CMD" and argv[0] == "python", f"{name}: {check['test']}"
+            assert int(check.get("retries", 3)) >= 1 and check.get("interval"), name
+            local = [a.replace(f"127.0.0.1:{port}/", f"127.0.0.1:{server.port}/") for a in argv[1:]]
+            for problem, expected in ((None, 0), ("Connection refused", 1)):
+                kafka["problem"] = problem
+                res = subprocess.run([sys.executable, *local], capture_output=True, timeout=30)
+                assert res.returncode == expected, f"{name} with Kafka problem {problem!r}: {res.stderr!r}"
+            checked += 1
+        assert checked == len(_fairfleet_services()) - 1  # all but the one-shot topic creator
+    finally:
+        server.close()
 
 
 def _scrape_targets() -> set[str]:

@@ -4,11 +4,16 @@ HTTP API holds the class gap, the ε spent per site and the round counters, with
 
 The fleet is the example's `failure` model and its three simulated plants (one per site class),
 with fewer rounds and a shorter deadline; ports, topics, keys and the ledger are per test.
+plant-c's policy admits DENIED_AT - 1 rounds (its releases all land on the same windows), so
+the run also shows the privacy figures under a denial: every site's ε series never decreases,
+equals `fairfleet budget --json` at one instant, and the pre-denial alert fires before the
+first denial.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import shutil
 import socket
@@ -31,6 +36,9 @@ RULES = REPO / "deploy" / "prometheus" / "rules" / "fairfleet.yml"
 MODEL = "failure"
 SITES = ("plant-a", "plant-b", "plant-c")  # classes modern, retrofit, legacy
 ROUNDS_WANTED = 3
+DENIED_SITE = "plant-c"
+DENIED_AT = 6  # plant-c's 6th reservation is denied (the policy sits between 5 and 6 rounds' ε),
+# two rounds after the ROUNDS_WANTED checks
 
 
 def _free_port() -> int:
@@ -49,6 +57,8 @@ def _fleet_config(tmp_path: Path, prefix: str) -> Path:
     data["models"] = [model]
     data["sites"] = [s for s in data["sites"] if s["id"] in SITES]
     data["policies"]["sites"] = {k: v for k, v in data["policies"]["sites"].items() if k in SITES}
+    data["policies"]["sites"][DENIED_SITE] = {"epsilon_max": _limit_between_rounds(model, DENIED_AT),
+                                              "delta": 1e-5, "unit": "observation"}
     data["kafka"]["topic_prefix"] = prefix
     data["accountant"]["db"] = str(tmp_path / "ledger.sqlite")
     data["state_dir"] = str(tmp_path / "state")
@@ -58,6 +68,23 @@ def _fleet_config(tmp_path: Path, prefix: str) -> Path:
     path = tmp_path / "fleet.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
+
+
+def _rounds_epsilon(model: dict[str, Any], rounds: int, delta: float = 1e-5) -> float:
+    """RDP ε of ``rounds`` of the model's round release composed on the same windows."""
+    import dp_accounting
+
+    from fairfleet.messages import LocalTrainingPlan, PrivacyPlan
+    from fairfleet.privacy.accounting import epsilon
+    from fairfleet.site_agent.release import round_event
+
+    plan, training = PrivacyPlan(**model["privacy"]), LocalTrainingPlan(**model["training"])
+    assert plan.unit == "observation"  # the loss release's event then does not depend on m
+    return epsilon([dp_accounting.SelfComposedDpEvent(round_event(plan, training, 1), rounds)], delta, "rdp")
+
+
+def _limit_between_rounds(model: dict[str, Any], denied_at: int) -> float:
+    return (_rounds_epsilon(model, denied_at - 1) + _rounds_epsilon(model, denied_at)) / 2
 
 
 class PromAPI:
@@ -84,17 +111,27 @@ class PromAPI:
         result = self.query(expr)
         return float(result[0]["value"][1]) if result else None
 
+    def samples(self, expr: str, label: str) -> dict[str, list[tuple[float, float]]]:
+        """Raw (time, value) samples of a range selector, per value of ``label``."""
+        return {s["metric"].get(label, ""): [(float(t), float(v)) for t, v in s["values"]]
+                for s in self.query(expr)}
+
 
 @contextlib.contextmanager
 def _prometheus(tmp_path: Path, fleet: Any) -> Iterator[PromAPI]:
     exe = shutil.which("prometheus")
     assert exe, "prometheus not found on PATH: install Debian's prometheus package (make system-deps)"
     jobs = {"accountant": "fairfleet-accountant", "aggregator": "fairfleet-aggregator", "site": "fairfleet-site-agent"}
+    # The accountant every 100 ms and the rules every 50 ms: a site's next reservation follows its
+    # last granted release by the aggregator's close-and-announce time (0.3-2 s here), and the
+    # pre-denial alert must be seen in between; the other services every second. A scrape that
+    # times out marks the accountant's series stale: instant checks use _fresh_instant.
     scrape = [
-        {"job_name": job, "static_configs": [{"targets": [f"127.0.0.1:{s.port}" for s in fleet.of_kind(kind)]}]}
+        {"job_name": job, **({"scrape_interval": "100ms", "scrape_timeout": "100ms"} if kind == "accountant" else {}),
+         "static_configs": [{"targets": [f"127.0.0.1:{s.port}" for s in fleet.of_kind(kind)]}]}
         for kind, job in jobs.items()
     ]
-    conf = {"global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+    conf = {"global": {"scrape_interval": "1s", "evaluation_interval": "50ms"},
             "rule_files": [str(RULES)], "scrape_configs": scrape}
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(conf))
     port = _free_port()
@@ -157,10 +194,109 @@ def _wait_for_rounds(prom: PromAPI, fleet: Any, timeout_s: float = 300) -> float
         time.sleep(1)
 
 
+def _wait_for_denial(prom: PromAPI, fleet: Any, timeout_s: float = 180) -> None:
+    deadline = time.monotonic() + timeout_s
+    expr = f'fairfleet_privacy_denials_total{{site="{DENIED_SITE}",reason="over_budget"}} > 0'
+    while not prom.query(expr):
+        failed = fleet.failed()
+        assert not failed, "\n\n".join(f"{s.name} failed:\n{s.log_tail(30)}" for s in failed)
+        assert time.monotonic() < deadline, f"{DENIED_SITE} was not denied within {timeout_s:g} s"
+        time.sleep(0.5)
+    time.sleep(1.0)  # a few more scrapes and rule evaluations
+
+
+def _fresh_instant(prom: PromAPI) -> float:
+    """Now, once the accountant's latest scrape succeeded (a timed-out one leaves its series stale)."""
+    for _ in range(100):
+        prom.at = at = time.time()
+        fresh = prom.query('up{job="fairfleet-accountant"} == 1')
+        prom.at = None
+        if fresh:
+            return at
+        time.sleep(0.05)
+    pytest.fail("no successful scrape of the accountant in 5 s")
+
+
+def _budget_json(url: str) -> dict[str, Any]:
+    """`fairfleet budget --json` against the live accountant (the CLI a user runs)."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from fairfleet.cli import app
+
+    out = CliRunner().invoke(app, ["budget", "--url", url, "--json"])
+    assert out.exit_code == 0, out.output
+    return dict(json.loads(out.stdout))
+
+
+def _privacy_figures_agree(prom: PromAPI, fleet: Any, started: float) -> None:
+    """Every site's ε series never decreased over the run; at one instant it equals `fairfleet
+    budget --json`; the pre-denial alert fired before the first denial (and the denial alert)."""
+    window = "15m"  # longer than the run: every sample Prometheus took since the fleet started
+    series = prom.samples(f"fairfleet_privacy_epsilon_spent[{window}]", "site")
+    assert set(SITES) <= set(series), series
+    for site, samples in series.items():
+        values = [v for _, v in samples]
+        assert len(values) > 20, (site, len(values))
+        drops = [(a, b) for a, b in itertools.pairwise(values) if b < a]
+        assert not drops, f"ε of {site} decreased: {drops[:5]}"
+        assert values[-1] > 0
+
+    # at one instant: nothing changed in the ledger across a Prometheus scrape -> equal figures
+    for _ in range(10):
+        before = _budget_json(fleet.accountant.url)
+        time.sleep(0.75)  # several scrapes
+        at = _fresh_instant(prom)
+        after = _budget_json(fleet.accountant.url)
+        if before == after:
+            break
+    else:
+        pytest.fail("the ledger kept changing; no stable instant to compare")
+    prom.at = at
+    gauge = {(s["metric"]["site"], s["metric"]["source"], s["metric"]["unit"]): float(s["value"][1])
+             for s in prom.query("fairfleet_privacy_epsilon_spent")}
+    rows = {(r["site"], r["source"], r["unit"]): r for r in after["budgets"]}
+    assert set(gauge) == set(rows)
+    for key, row in rows.items():
+        assert gauge[key] == row["epsilon_spent"], (key, gauge[key], row)  # exactly the same number
+    entries = {e["metric"]["site"]: e["metric"]["policy"] for e in prom.query("fairfleet_privacy_policy_info == 1")}
+    assert entries == {"plant-a": "defaults", "plant-b": "classes.retrofit", DENIED_SITE: f"sites.{DENIED_SITE}"}
+    assert entries == {r["site"]: r["policy"] for r in rows.values()}  # one resolver, one answer
+    nxt = prom.values("fairfleet_privacy_epsilon_next", "site")
+    assert all(nxt[r["site"]] == r["epsilon_next"] for r in rows.values())
+
+    # the pre-denial alert fired before the first denial, and the denial alert fired too
+    warned = prom.samples(f'ALERTS{{alertname="PrivacyNextReleaseWouldBeDenied",alertstate="firing"}}[{window}]', "site")
+    denials = prom.samples(f'fairfleet_privacy_denials_total{{site="{DENIED_SITE}",reason="over_budget"}}[{window}]',
+                           "site")
+    assert set(warned) == {DENIED_SITE}, warned
+    first_warning = warned[DENIED_SITE][0][0]
+    first_denial = next(t for t, v in denials[DENIED_SITE] if v > 0)
+    assert first_warning < first_denial, (first_warning, first_denial)
+    denied_alert = prom.samples(f'ALERTS{{alertname="PrivacyReleasesDenied",alertstate="firing"}}[{window}]', "site")
+    assert DENIED_SITE in denied_alert
+    row = rows[(DENIED_SITE, "line-1", "observation")]
+    assert row["events_committed"] == DENIED_AT - 1
+    assert row["epsilon_spent"] <= row["epsilon_limit"] < row["epsilon_next"]
+    print(  # the numbers for the record (pytest -s)
+        f"\n{DENIED_SITE}: spent {row['epsilon_spent']:.4f} next {row['epsilon_next']:.4f} limit "
+        f"{row['epsilon_limit']:.4f} used {row['budget_used_ratio']:.1%}; pre-denial alert at "
+        f"{first_warning - started:.2f} s, first denial at {first_denial - started:.2f} s "
+        f"(lead {first_denial - first_warning:.2f} s); samples per site "
+        f"{ {k: len(v) for k, v in series.items()} }; figures at {at:.3f}: "
+        f"{ {k[0]: v for k, v in gauge.items()} }"
+    )
+    prom.at = None
+
+
 def test_prometheus_sees_rounds_fairness_and_privacy(live: tuple[Any, PromAPI, Any]) -> None:
     fleet, prom, cfg = live
+    started = time.time()
     _wait_for_rounds(prom, fleet)
-    prom.at = time.time()  # every comparison below reads one consistent instant
+    # while rounds still flow (after plant-c's denial the open round waits for its deadline, and
+    # the class losses of the sites that did report move ahead of the last round's gap)
+    prom.at = _fresh_instant(prom)  # every comparison below reads one consistent instant
     closed = prom.scalar(f'sum(fairfleet_aggregator_rounds_total{{model="{MODEL}"}})')
     assert closed is not None
 
@@ -200,7 +336,7 @@ def test_prometheus_sees_rounds_fairness_and_privacy(live: tuple[Any, PromAPI, A
     limit = prom.values("fairfleet_privacy_epsilon_limit", "site")
     assert set(SITES) <= set(spent), spent
     for site in SITES:
-        assert limit[site] == pytest.approx(cfg.policy_for(site).epsilon_max)
+        assert limit[site] == pytest.approx(cfg.policy_for(site, "observation").policy.epsilon_max)
         assert 0 < spent[site] <= limit[site]
     ratio_error = prom.scalar("max(abs(fairfleet_privacy_budget_used_ratio - fairfleet_privacy_epsilon_spent "
                               "/ fairfleet_privacy_epsilon_limit))")
@@ -212,11 +348,17 @@ def test_prometheus_sees_rounds_fairness_and_privacy(live: tuple[Any, PromAPI, A
     # the shipped rules load in a real server, and none of the "broken" alerts fire
     rules = httpx.get(f"{prom.url}/api/v1/rules", timeout=5).json()["data"]["groups"]
     loaded = {r["name"]: r["health"] for g in rules for r in g["rules"]}
-    assert {"ServiceDown", "FairnessGapAboveBound", "PrivacyBudgetExhausted"} <= set(loaded)
+    assert {"ServiceDown", "FairnessGapAboveBound", "PrivacyBudgetExhausted",
+            "PrivacyNextReleaseWouldBeDenied", "PrivacyReleasesDenied"} <= set(loaded)
     assert set(loaded.values()) == {"ok"}, loaded
     firing = prom.query('ALERTS{alertname=~"ServiceDown|SitePrivacyDisabled|PrivacyBudgetExhausted"}')
     assert firing == [], firing
 
+    prom.at = None
+    _wait_for_denial(prom, fleet)
+    _privacy_figures_agree(prom, fleet, started)
+    prom.at = _fresh_instant(prom)
+    assert prom.query('ALERTS{alertname=~"ServiceDown|SitePrivacyDisabled|PrivacyBudgetExhausted"}') == []
     _dashboards_evaluate(prom)
 
     fleet.stop()
@@ -229,7 +371,8 @@ MUST_SHOW = {
     "fleet-overview.json": {"Current round", "Model version", "Participants (last closed round)", "Services up"},
     "fairness.json": {"Class loss gap vs gamma", "Worst class now", "Noisy vs debiased class loss",
                       "Debiased loss of class $class (95% band)"},
-    "privacy.json": {"Budget used (spent / epsilon_max)", "Epsilon spent vs policy limit", "Epsilon remaining"},
+    "privacy.json": {"Budget used (spent / epsilon_max)", "Epsilon spent vs policy limit", "Epsilon remaining",
+                     "Policy entry that sets each limit", "Denials per hour, by reason"},
     "pipeline-health.json": {"Consumer lag (messages)", "Round open time vs deadline", "Scrape targets up"},
 }
 

@@ -344,3 +344,40 @@ def test_operator_cancel_frees_a_stale_reservation(
         PrivacyRecord.from_message(PrivacyReservationRequest(**_fields("next", "m2")))
     ).granted
     service.close()
+
+
+def test_wasted_releases_from_the_aggregators_dead_letters(
+    kafka_bootstrap: str, kafka_topics: str, tmp_path: Path
+) -> None:
+    """On the real broker: the aggregator's dead letter for a late update (the shared interface:
+    original_type "update", site, model_id, round, reason) marks that round's committed release
+    as wasted; a rebuild from offset 0 (privacy.events + deadletter) reports the same."""
+    from fairfleet.bus import dead_letter_for
+
+    prefix = kafka_topics
+    policies = PolicySet(default=Policy(epsilon_max=1000.0, delta=DELTA))
+    bus = connect(f"kafka://{kafka_bootstrap}")
+    publisher = Publisher(bus.producer())
+    for n in range(3):
+        fields = {**_fields(f"plant-1/m1/{n}", "m1", first=n, last=n), "round": n}
+        publisher.send(topic_name("privacy.events", prefix), PrivacyEventMessage(action="commit", **fields),
+                       key="plant-1")
+    late = dead_letter_for("aggregator", "late", "Update for round 1; the open round is 2.", None,
+                           original_type="update", site="plant-1", model_id="m1", round=1)
+    publisher.send(topic_name("deadletter", prefix), late, key="plant-1")
+    publisher.producer.flush()
+    service = AccountantService(
+        bus, tmp_path / "w.sqlite", policies, AccountantOptions(prefix=prefix, metrics_port=None)
+    )
+    deadline = time.monotonic() + 60
+    while not service.ledger.wasted() and time.monotonic() < deadline:
+        service.step(0.5)
+    (row,) = service.ledger.wasted()
+    assert (row["site"], row["reason"], row["releases"]) == ("plant-1", "late", 1)
+    assert row["epsilon"] == pytest.approx(_single_eps(1), rel=1e-9)
+    labels = {"site": "plant-1", "source": "line-a", "unit": "observation", "reason": "late"}
+    assert service.metrics.registry.get_sample_value("fairfleet_privacy_epsilon_wasted", labels) == row["epsilon"]
+    service.close()
+    replayed = rebuild(bus, tmp_path / "replay.sqlite", policies, prefix)
+    assert replayed.ledger.wasted() == [row]
+    replayed.close()

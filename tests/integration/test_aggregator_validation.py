@@ -158,6 +158,11 @@ def test_each_reason_is_dead_lettered_and_never_changes_the_model(
             if env is not None and isinstance(env.message, DeadLetter):
                 reasons[env.message.reason] = env.message
         assert "late" in reasons
+        # the accountant reports the ε of these releases as wasted: each names its release
+        for reason in ("late", "bad_signature"):
+            letter = reasons[reason]
+            assert (letter.original_type, letter.model_id, letter.round) == ("update", MODEL, 0), letter
+            assert letter.site, letter
     finally:
         stop.set()
         thread.join(30)

@@ -463,6 +463,8 @@ def test_a_chunk_claiming_a_billion_parts_costs_no_more_memory_than_one_chunk(
         print(f"\ntracemalloc peak, poll + handle: honest first chunk {one_chunk} B, "
               f"chunk claiming 10^9 parts {billion} B (chunk data {size} B)")
         assert reader.rejected == {"chunk_count": 1}
-        assert billion <= one_chunk + 4096 and billion < 2 * size
+        # slack for incidental allocations (a log line, a poll's bookkeeping) under a full run;
+        # an O(count) structure for 10^9 parts would cost gigabytes
+        assert billion <= one_chunk + 65536 and billion < 2 * size
     finally:
         reader.consumer.close()

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from fairfleet import __version__
 from fairfleet.bus.metrics import dead_letter_counter
 from fairfleet.privacy.events import LedgerKey
+from fairfleet.privacy.ledger import DenyReason
 
 SERVICE = "accountant"
+# the codes a reservation is denied with, plus "invalid" (a request that does not parse)
+DENIAL_REASONS = (*(reason.value for reason in DenyReason), "invalid")
 
 
 class AccountantMetrics:
@@ -16,10 +21,12 @@ class AccountantMetrics:
 
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
+        self._sites: set[str] = set()
+        self._policy_of: dict[tuple[str, str, str], str] = {}
         ledger = ["site", "source", "unit"]
         self.spent = Gauge(
             "fairfleet_privacy_epsilon_spent",
-            "Epsilon spent (committed) by the ledger.",
+            "Epsilon spent (committed) by the ledger: its one reported figure (RDP, as admitted).",
             ledger,
             registry=r,
         )
@@ -34,6 +41,33 @@ class AccountantMetrics:
         )
         self.used_ratio = Gauge(
             "fairfleet_privacy_budget_used_ratio", "spent / epsilon_max.", ledger, registry=r
+        )
+        self.policy = Gauge(
+            "fairfleet_privacy_policy_info",
+            "1 for the policy entry that sets the ledger's limit (PolicySet.resolve): "
+            "sites.<id>, classes.<class> or defaults.",
+            [*ledger, "policy"],
+            registry=r,
+        )
+        self.next = Gauge(
+            "fairfleet_privacy_epsilon_next",
+            "Epsilon the ledger would reach with each model's planned next release "
+            "(its latest repeated); above the limit, the next reservation is denied.",
+            ledger,
+            registry=r,
+        )
+        self.wasted = Gauge(
+            "fairfleet_privacy_epsilon_wasted",
+            "Epsilon of the composition of committed releases whose update the aggregator "
+            "rejected or voided (late, bad_signature, void_round, ...).",
+            [*ledger, "reason"],
+            registry=r,
+        )
+        self.wasted_releases = Gauge(
+            "fairfleet_privacy_wasted_releases",
+            "Committed releases whose update the aggregator rejected or voided.",
+            [*ledger, "reason"],
+            registry=r,
         )
         self.grants = Counter(
             "fairfleet_privacy_grants", "Granted reservations.", ["site"], registry=r
@@ -66,10 +100,32 @@ class AccountantMetrics:
         )
         info.labels(SERVICE, __version__).set(1)
 
-    def set_ledger(self, key: LedgerKey, spent: float, limit: float | None) -> None:
+    def known_site(self, site: str) -> None:
+        """Create a site's counters at 0, so its first denial is an increase Prometheus sees."""
+        if site in self._sites:
+            return
+        self._sites.add(site)
+        self.grants.labels(site)
+        for reason in DENIAL_REASONS:
+            self.denials.labels(site, reason)
+
+    def set_wasted(self, row: dict[str, Any]) -> None:
+        labels = (row["site"], row["source"], row["unit"], row["reason"])
+        self.wasted.labels(*labels).set(row["epsilon"])
+        self.wasted_releases.labels(*labels).set(row["releases"])
+
+    def set_ledger(self, key: LedgerKey, row: dict[str, Any]) -> None:
+        """The gauges of one ledger from its ``Ledger.budgets`` row (the /budgets figures)."""
         labels = (key.site, key.source, key.unit.value)
-        self.spent.labels(*labels).set(spent)
-        if limit is not None:
-            self.limit.labels(*labels).set(limit)
-            self.remaining.labels(*labels).set(limit - spent)
-            self.used_ratio.labels(*labels).set(spent / limit)
+        self.spent.labels(*labels).set(row["epsilon_spent"])
+        if row["policy"] != self._policy_of.get(labels):
+            if labels in self._policy_of:
+                self.policy.remove(*labels, self._policy_of[labels])
+            self._policy_of[labels] = row["policy"]
+            self.policy.labels(*labels, row["policy"]).set(1)
+        if row["epsilon_next"] is not None:
+            self.next.labels(*labels).set(row["epsilon_next"])
+        if row["epsilon_limit"] is not None:
+            self.limit.labels(*labels).set(row["epsilon_limit"])
+            self.remaining.labels(*labels).set(row["epsilon_remaining"])
+            self.used_ratio.labels(*labels).set(row["budget_used_ratio"])

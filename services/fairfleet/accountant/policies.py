@@ -1,41 +1,22 @@
 """Load the accountant's privacy policies from a file.
 
-Two formats are accepted:
+Two formats are accepted, both read into :class:`fairfleet.privacy.policy.PolicySet` (the one
+policy model, resolved by ``PolicySet.resolve``):
 - a fleet config (fairfleet.config: ``policies: {defaults, classes, sites}`` and ``sites:`` with
   each site's class), read with the fleet config loader;
-- a policy file in the shape of :class:`fairfleet.privacy.policy.PolicySet`
-  (``default``, ``classes``, ``sites``, ``site_classes``; entries are one policy or a list,
-  each ``{epsilon_max, delta, unit?}``).
+- a policy file: ``defaults`` (or ``default``), ``classes``, ``sites``, ``site_classes``; each
+  entry is one policy or a list, each ``{epsilon_max, delta, unit?}``.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 import yaml
 from pydantic import ValidationError
 
 from fairfleet.errors import ConfigError
-from fairfleet.privacy.policy import Policy, PolicySet
-
-if TYPE_CHECKING:
-    from fairfleet.config import FleetConfig
-
-
-def policies_from_config(cfg: FleetConfig) -> PolicySet:
-    """The PolicySet of an already loaded fleet config (its ``policies`` and site classes)."""
-    pol = cfg.policies
-
-    def conv(p: Any) -> Policy:
-        return Policy(epsilon_max=p.epsilon_max, delta=p.delta, unit=p.unit)
-
-    return PolicySet(
-        default=conv(pol.defaults),
-        classes={name: conv(p) for name, p in pol.classes.items()},
-        sites={name: conv(p) for name, p in pol.sites.items()},
-        site_classes=cfg.site_classes(),
-    )
+from fairfleet.privacy.policy import PolicySet
 
 
 def load_policies(path: str | Path) -> PolicySet:
@@ -52,9 +33,7 @@ def load_policies(path: str | Path) -> PolicySet:
     if "policies" in data:
         from fairfleet.config import parse_config
 
-        return policies_from_config(parse_config(data, str(p)))  # the mapping read above
-    if "defaults" in data and "default" not in data:
-        data["default"] = data.pop("defaults")
+        return parse_config(data, str(p)).policy_set()  # the mapping read above
     try:
         return PolicySet.model_validate(data)
     except ValidationError as exc:

@@ -1,7 +1,8 @@
 """The privacy accountant service: thin wiring of the ledger to Kafka, SQLite and HTTP.
 
-One consumer reads ``privacy.requests`` (reservations) and ``privacy.events`` (commit / cancel /
-release). For every message, in this order (the one commit authority, STYLE.md 11):
+One consumer reads ``privacy.requests`` (reservations), ``privacy.events`` (commit / cancel /
+release) and ``deadletter`` (updates the aggregator rejected or voided: their releases are
+reported as wasted). For every message, in this order (the one commit authority, STYLE.md 11):
 
 1. apply it to the in-memory :class:`~fairfleet.privacy.ledger.Ledger`;
 2. write the changed ledger rows AND the message's next offset in one SQLite transaction;
@@ -12,8 +13,8 @@ release). For every message, in this order (the one commit authority, STYLE.md 1
 A crash anywhere (kill -9 included) leaves SQLite with a message either fully applied or not at
 all, so a restart loses nothing and charges nothing twice. Fail closed: an error before step 3
 sends no grant (the site agent, hearing nothing, does not release); a release that cannot be
-accounted is charged as non-private. Admission and the live gauges use the RDP accountant; the
-``/budgets`` endpoint can also report PLD (``?accountant=pld``).
+accounted is charged as non-private. Admission, the gauges and ``/budgets`` all use the one ε of
+each ledger (RDP, ``Ledger.budgets``); the gauges are set from the same rows ``/budgets`` serves.
 """
 
 from __future__ import annotations
@@ -29,20 +30,22 @@ from dp_accounting import dp_event
 
 from fairfleet.accountant.intake import Rejected, check_accountable, parse_record
 from fairfleet.accountant.metrics import AccountantMetrics
-from fairfleet.accountant.store import LedgerStore, Row
+from fairfleet.accountant.store import LedgerStore, Row, Wasted
 from fairfleet.bus import Bus, Envelope, Publisher, Reader, dead_letter_for, topic_name
 from fairfleet.bus.limits import DEFAULT_LIMITS, InputLimits
-from fairfleet.errors import BusError, ConfigError, FairfleetError
+from fairfleet.bus.waiting import BrokerWatch
+from fairfleet.errors import BusError, FairfleetError
 from fairfleet.log import event
 from fairfleet.messages import (
     DeadLetter,
     PrivacyEventMessage,
     PrivacyGrant,
     PrivacyReservationRequest,
+    SiteUpdate,
 )
-from fairfleet.metrics import MetricsServer, serve
-from fairfleet.privacy.events import LedgerKey, PrivacyRecord
-from fairfleet.privacy.ledger import REPORT_DELTA, Decision, EventState
+from fairfleet.metrics import DEFAULT_PROGRESS_TIMEOUT_S, Health, MetricsServer, serve
+from fairfleet.privacy.events import LedgerKey, PrivacyRecord, PrivacyUnit
+from fairfleet.privacy.ledger import Decision, EventState
 from fairfleet.privacy.policy import PolicySet
 
 logger = logging.getLogger(__name__)
@@ -57,14 +60,8 @@ class AccountantOptions:
     kafka_commit_interval_s: float = 1.0
     lag_interval_s: float = 2.0
     consume_requests: bool = True  # False: replay privacy.events only (rebuild)
-    reported_accountant: str = "rdp"  # gauges and /budgets default; "pld" refreshes in background
     limits: InputLimits = DEFAULT_LIMITS  # bounds on consumed records (fairfleet.bus.limits)
-
-    def __post_init__(self) -> None:
-        if self.reported_accountant not in ("rdp", "pld"):
-            raise ConfigError(
-                f"reported_accountant must be rdp or pld. Found {self.reported_accountant!r}."
-            )
+    progress_timeout_s: float = DEFAULT_PROGRESS_TIMEOUT_S  # /healthz: the loop is stuck
 
 
 class AccountantService:
@@ -83,12 +80,16 @@ class AccountantService:
             name: topic_name(name, prefix)
             for name in ("privacy.requests", "privacy.events", "privacy.grants", "deadletter")
         }
+        self.bus = bus
+        self.health = Health(self.options.progress_timeout_s, probe=lambda: bus.unreachable(2.0))
         self.store = LedgerStore(db)
         self.policies = policies
         self.ledger = self.store.load(policies)
         self.applied = self.store.offsets()
         self.metrics = AccountantMetrics()
-        inputs = [self.topics["privacy.events"]]
+        # deadletter: the aggregator's rejected or voided updates, whose releases were charged
+        # for nothing (reported as wasted ε)
+        inputs = [self.topics["privacy.events"], self.topics["deadletter"]]
         if self.options.consume_requests:
             inputs.insert(0, self.topics["privacy.requests"])
         self._inputs = frozenset(inputs)
@@ -101,20 +102,11 @@ class AccountantService:
         )
         self._dead_letter_skipped_rows()
         self.http: MetricsServer | None = None
-        self._dirty: set[LedgerKey] = set()
-        self._dirty_lock = threading.Lock()
-        self._dirty_event = threading.Event()
-        self._closing = threading.Event()
-        self._reporter: threading.Thread | None = None
-        if self.options.reported_accountant == "pld":
-            self._reporter = threading.Thread(
-                target=self._report_loop, name="pld-report", daemon=True
-            )
-            self._reporter.start()
         self._last_kafka_commit = 0.0
         self._last_lag = 0.0
         for key in self.ledger.ledger_keys():
             self._refresh(key)
+        self._refresh_wasted()
         event(
             logger,
             "ledger loaded",
@@ -132,26 +124,38 @@ class AccountantService:
             self.options.metrics_port,
             self.options.metrics_host,
             routes={"/budgets": self.budgets_json},
+            health=self.health,
         )
         return self.http
 
     def budgets_json(self, params: dict[str, str]) -> dict[str, Any]:
         """Read-only: every ledger (or one site's) with spent, limit and remaining ε."""
-        accountant = params.get("accountant", self.options.reported_accountant)
-        if accountant not in ("rdp", "pld"):
-            raise ValueError(f"accountant must be rdp or pld. Found {accountant!r}.")
+        accountant = params.get("accountant", "rdp")
+        if accountant != "rdp":
+            raise ValueError(
+                f"/budgets reports one ε per ledger, the RDP figure admission uses (docs/privacy.md); "
+                f"accountant={accountant!r} is not served."
+            )
         return {
             "accountant": accountant,
-            "budgets": self.ledger.budgets(site=params.get("site") or None, accountant=accountant),
+            "budgets": self.ledger.budgets(site=params.get("site") or None),
             "applied_offsets": {f"{t}:{p}": o for (t, p), o in sorted(self.applied.items())},
         }
 
     # ------------------------------------------------------------------ loop
     def run(self, stop: threading.Event) -> None:
+        """Serve until ``stop``; while Kafka is unreachable, wait for it (fairfleet.bus.waiting)."""
         self.start_http()
+        watch = BrokerWatch(self.bus, "accountant", self.health)
         try:
-            while not stop.is_set():
-                self.step(0.5)
+            while watch.wait_if_lost(stop):
+                try:
+                    self.step(0.5)
+                except FairfleetError as exc:
+                    if not watch.recover(exc, stop):
+                        raise
+                    continue  # SQLite holds what was applied; the consumer carries on from there
+                self.health.progress()
         finally:
             self.close()
 
@@ -186,6 +190,7 @@ class AccountantService:
             return  # applied before a restart (SQLite is ahead of Kafka's committed offsets)
         msg = env.message
         rows: list[Row] = []
+        wasted: list[Wasted] = []
         decision: Decision | None = None
         request: PrivacyReservationRequest | None = None
         try:
@@ -194,6 +199,8 @@ class AccountantService:
                 decision, rows = self._reserve(msg, env)
             elif isinstance(msg, PrivacyEventMessage):
                 rows = self._apply_event(msg)
+            elif isinstance(msg, DeadLetter):
+                wasted = self._wasted(msg)
             # other types are not the ledger's (never dead-lettered: a DeadLetter read back from
             # its own topic must not loop); their offsets are stored like any other
         except Exception as exc:
@@ -209,16 +216,34 @@ class AccountantService:
             return
         if isinstance(msg, PrivacyEventMessage):
             self.metrics.events_applied.inc()
-        self.store.save(rows, offsets)
+        self.store.save(rows, offsets, wasted)
         self.applied = {**self.applied, **offsets}  # replaced, never mutated: HTTP reads it
         try:
             if request is not None and decision is not None:
                 self._answer(request, decision)
             for key in {row[2].key for row in rows}:
                 self._refresh(key)
+            if wasted or any(row[1] is EventState.COMMITTED for row in rows):
+                self._refresh_wasted()
         except Exception as exc:  # applied and durable; a failed answer or gauge is not fatal
             event(logger, "answer or refresh failed", logging.ERROR, event_id=getattr(msg, "event_id", ""),
                   error=f"{type(exc).__name__}: {exc}")
+
+    def _wasted(self, letter: DeadLetter) -> list[Wasted]:
+        """A rejected or voided site update: its release was charged for nothing."""
+        if letter.original_type != SiteUpdate.TYPE or not letter.site or letter.round is None:
+            return []  # not an update, or one that names no release
+        if not letter.model_id:
+            return []
+        if not self.ledger.mark_wasted(letter.site, letter.model_id, letter.round, letter.reason):
+            return []
+        event(logger, "release wasted", site=letter.site, model_id=letter.model_id,
+              round=letter.round, reason=letter.reason)
+        return [(letter.site, letter.model_id, letter.round, letter.reason)]
+
+    def _refresh_wasted(self) -> None:
+        for row in self.ledger.wasted():
+            self.metrics.set_wasted(row)
 
     def _reserve(self, msg: PrivacyReservationRequest, env: Envelope) -> tuple[Decision, list[Row]]:
         try:
@@ -278,6 +303,7 @@ class AccountantService:
         topic = msg.reply_topic or self.topics["privacy.grants"]
         self.publisher.send(topic, grant, key=msg.site)
         self.publisher.producer.flush(30.0)
+        self.metrics.known_site(msg.site)
         if decision.granted:
             self.metrics.grants.labels(msg.site).inc()
         else:
@@ -312,33 +338,17 @@ class AccountantService:
             )
 
     def _refresh(self, key: LedgerKey) -> None:
-        """Gauges of one ledger: RDP at once (an upper bound); PLD later if that is reported."""
-        policy = self.ledger.policy_for(key)
-        spent = self.ledger.epsilon(key, policy.delta if policy else None)
-        self.metrics.set_ledger(key, spent, policy.epsilon_max if policy else None)
-        if self.options.reported_accountant == "pld":
-            with self._dirty_lock:
-                self._dirty.add(key)
-            self._dirty_event.set()
+        """Gauges of one ledger, from the same row /budgets serves (one figure everywhere).
 
-    def _report_loop(self) -> None:
-        """Background: recompute the PLD figure of changed ledgers (never blocks the protocol)."""
-        while not self._closing.is_set():
-            self._dirty_event.wait(1.0)
-            self._dirty_event.clear()
-            with self._dirty_lock:
-                keys, self._dirty = self._dirty, set()
-            for key in keys:
-                policy = self.ledger.policy_for(key)
-                delta = policy.delta if policy else REPORT_DELTA
-                try:
-                    spent = self.ledger.reported_epsilon(key, delta, "pld")
-                except Exception as exc:  # a report must never kill the service
-                    event(
-                        logger, "PLD report failed", logging.WARNING, key=str(key), error=str(exc)
-                    )
-                    continue
-                self.metrics.set_ledger(key, spent, policy.epsilon_max if policy else None)
+        A site-unit release also moves the planned-next figure of the site's other site-unit
+        ledgers (admission composes them all), so those are refreshed too.
+        """
+        known = self.ledger.ledger_keys()  # a cancel tombstone creates no ledger
+        keys = [key] if key in known else []
+        if key.unit is PrivacyUnit.SITE:
+            keys = [k for k in known if k.site == key.site and k.unit is key.unit]
+        for k in keys:
+            self.metrics.set_ledger(k, self.ledger.budget(k))
 
     def _commit_kafka(self) -> None:
         positions = self.reader.safe_offsets()
@@ -393,10 +403,6 @@ class AccountantService:
         self._dead_letter(dead_letter_for("accountant", reason, detail, env.record))
 
     def close(self) -> None:
-        self._closing.set()
-        self._dirty_event.set()
-        if self._reporter is not None:
-            self._reporter.join(30)
         if self.http is not None:
             self.http.close()
         try:

@@ -3,6 +3,8 @@
 Tables
     ledger_events(event_id PK, state, record JSON, seq)   the final state of every event id
     applied_offsets(topic, partition, next_offset)         how far each input partition is applied
+    wasted_releases(site, model_id, round, reason)         releases charged whose update was
+                                                           rejected or voided (from deadletter)
 
 ``save`` writes the rows a message changed and that message's next offset together, so after a
 crash (even kill -9) the database holds either both or neither; the consumer then skips records
@@ -35,6 +37,13 @@ CREATE TABLE IF NOT EXISTS meta (
     name TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS wasted_releases (
+    site TEXT NOT NULL,
+    model_id TEXT NOT NULL,
+    round INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    PRIMARY KEY (site, model_id, round)
+);
 CREATE TABLE IF NOT EXISTS applied_offsets (
     topic TEXT NOT NULL,
     partition INTEGER NOT NULL,
@@ -44,6 +53,7 @@ CREATE TABLE IF NOT EXISTS applied_offsets (
 """
 
 Row = tuple[str, EventState, PrivacyRecord]
+Wasted = tuple[str, str, int, str]  # site, model_id, round, reason
 
 
 class LedgerStore:
@@ -74,11 +84,22 @@ class LedgerStore:
             "SELECT value FROM meta WHERE name = 'instance_id'"
         ).fetchone()[0]
 
-    def save(self, rows: Sequence[Row], offsets: Mapping[tuple[str, int], int]) -> None:
-        """Upsert ``rows`` and advance ``offsets`` atomically."""
+    def save(
+        self,
+        rows: Sequence[Row],
+        offsets: Mapping[tuple[str, int], int],
+        wasted: Sequence[Wasted] = (),
+    ) -> None:
+        """Upsert ``rows``, add ``wasted`` marks (the first reason wins) and advance ``offsets``,
+        atomically."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
+                self._db.executemany(
+                    "INSERT OR IGNORE INTO wasted_releases(site, model_id, round, reason) "
+                    "VALUES (?, ?, ?, ?)",
+                    wasted,
+                )
                 for event_id, state, record in rows:
                     self._seq += 1
                     self._db.execute(
@@ -124,6 +145,12 @@ class LedgerStore:
             except Exception as exc:  # one bad row must not keep the ledger from starting
                 skipped.append(SkippedRow(event_id, "unloadable_row", f"{type(exc).__name__}: {exc}"))
         self.skipped = skipped
+        with self._lock:
+            marks = self._db.execute(
+                "SELECT site, model_id, round, reason FROM wasted_releases ORDER BY rowid"
+            ).fetchall()
+        for site, model_id, round_, reason in marks:
+            ledger.mark_wasted(site, model_id, int(round_), reason)
         return ledger
 
     def close(self) -> None:

@@ -57,8 +57,16 @@ from fairfleet.aggregator.validation import (
 from fairfleet.bus import Bus, Envelope, Publisher, Reader, connect, dead_letter_for, default_topics
 from fairfleet.bus.base import Consumer, Record
 from fairfleet.bus.transactions import Transaction, run_transaction
+from fairfleet.bus.waiting import BrokerWatch
 from fairfleet.config import FleetConfig
-from fairfleet.errors import BusError, ConfigError, OutcomeUnknown, ProducerFenced
+from fairfleet.errors import (
+    BusError,
+    ConfigError,
+    FairfleetError,
+    OutcomeUnknown,
+    PayloadError,
+    ProducerFenced,
+)
 from fairfleet.fairness import NoisyStat, SiteUpdate, build_strategy
 from fairfleet.learning.models import build_model
 from fairfleet.learning.tensors import (
@@ -70,7 +78,7 @@ from fairfleet.learning.tensors import (
 from fairfleet.log import event
 from fairfleet.messages import DeadLetter, ModelRelease, new_id
 from fairfleet.messages import SiteUpdate as SiteUpdateMessage
-from fairfleet.metrics import MetricsServer, serve
+from fairfleet.metrics import Health, MetricsServer, serve
 
 logger = logging.getLogger(__name__)
 
@@ -140,6 +148,8 @@ class Aggregator:
         self._buffer: dict[tuple[str, int], SiteUpdate] = {}
         self._buffer_src: dict[tuple[str, int], Record] = {}  # where each buffered update came from
         self._server: MetricsServer | None = None
+        bus_ = self.bus
+        self.health = Health(self.model_cfg.progress_timeout_s, probe=lambda: bus_.unreachable(2.0))
         self._last_lag = 0.0
         self._announced_at = 0.0  # when the open round was last (re-)announced
         self._quorum_at: float | None = None  # when the open round's buffer first met its quorum
@@ -190,16 +200,21 @@ class Aggregator:
         self._theta = self._flat(self.ckpt.weights)
         self._state = self.ckpt.strategy_state
         self._announced_at = self.ckpt.announcement.opened_at if self.ckpt.announcement else 0.0
-        if self.options.metrics_port is not None:
-            self._server = serve(self.metrics.registry, self.options.metrics_port,
-                                 routes={"/status": lambda _q: self.status()})
-            event(logger, "metrics listening", port=self._server.port)
+        self._serve()
         self._update_gauges()
         self._started = True
 
     def _make_reader(self) -> Reader:
         return Reader(self.consumer, SERVICE, on_dead_letter=self._reader_dead_letter,
                       limits=self.config.kafka.input_limits())
+
+    def _serve(self) -> None:
+        """/metrics, /healthz and /status (served while waiting for the broker, too)."""
+        if self.options.metrics_port is None or self._server is not None:
+            return
+        self._server = serve(self.metrics.registry, self.options.metrics_port,
+                             routes={"/status": lambda _q: self.status()}, health=self.health)
+        event(logger, "metrics listening", port=self._server.port)
 
     def _check_restored(self, ckpt: Checkpoint) -> None:
         got = {k: (tuple(v.shape), str(v.dtype)) for k, v in ckpt.weights.items()}
@@ -254,18 +269,33 @@ class Aggregator:
         return self._started and self.ckpt.finished
 
     def run(self, stop_event: threading.Event | None = None) -> None:
-        """Serve until ``stop_event`` is set (or training is finished, if so configured)."""
+        """Serve until ``stop_event`` is set (or training is finished, if so configured).
+
+        While Kafka is unreachable it waits for it (fairfleet.bus.waiting); a step that an
+        outage interrupted is followed by :meth:`_resync`.
+        """
         stop = stop_event or threading.Event()
-        self.start()
-        finished_before = self.finished
+        self._serve()
+        watch = BrokerWatch(self.bus, SERVICE, self.health)
         try:
-            while not stop.is_set():
+            if not self._start_when_reachable(watch, stop):
+                return
+            finished_before = self.finished
+            while watch.wait_if_lost(stop):
+                if watch.take_disturbed() and not self._resync(watch, stop):
+                    break
                 if self.finished and self.options.stop_when_finished:
                     if not finished_before:
                         self._drain_late(stop)
                     event(logger, "training finished", model=self.model_id, version=self.ckpt.version)
                     break
-                self.step()
+                try:
+                    self.step()
+                except FairfleetError as exc:
+                    if not watch.recover(exc, stop):
+                        raise
+                    continue  # the broker was lost: the next turn re-syncs
+                self.health.progress()
         finally:
             self.close()
 
@@ -277,7 +307,78 @@ class Aggregator:
         round closed can be late: ``LATE_DRAIN_S`` (at most the deadline) covers it."""
         quiet_until = time.monotonic() + min(LATE_DRAIN_S, self.model_cfg.rounds.deadline_s)
         while not stop.is_set() and time.monotonic() < quiet_until:
-            self.step()
+            try:
+                self.step()
+            except FairfleetError as exc:  # best effort: the model itself is done
+                event(logger, "late updates not read after the last round", logging.WARNING,
+                      error=str(exc)[:300])
+                return
+
+    def _start_when_reachable(self, watch: BrokerWatch, stop: threading.Event) -> bool:
+        failures = 0
+        while not self._started:
+            if not watch.wait_if_lost(stop, probe=True):
+                return False
+            try:
+                self.start()
+            except (BusError, PayloadError) as exc:
+                if watch.recover(exc, stop):
+                    continue
+                failures += 1  # the broker answers, but e.g. a new topic has no leader yet
+                if failures >= MAX_COMMIT_FAILURES:
+                    raise
+                event(logger, "start failed; retrying", logging.WARNING, error=str(exc)[:300])
+                stop.wait(2.0 * failures)
+        return True
+
+    def _resync(self, watch: BrokerWatch, stop: threading.Event) -> bool:
+        """After an outage (a step may have been cut short): what a restart would do. A new
+        transactional producer fences the old one and aborts a transaction the outage left
+        open; the committed checkpoint is read again (a commit whose outcome was unknown is
+        now known); a new consumer reads from the committed offsets (the open round's
+        accepted updates are read again). False if ``stop`` was set meanwhile."""
+        event(logger, "re-reading the committed state after the Kafka outage", logging.WARNING,
+              model=self.model_id, round=self.ckpt.round, dropped_buffered=len(self._buffer))
+        prefix = self.config.kafka.topic_prefix
+        while not stop.is_set():
+            try:
+                self.producer = self.bus.producer(transactional_id=self.group_id)
+                self.publisher = Publisher(self.producer, self.config.kafka.chunk_bytes)
+                restored = read_checkpoint(self.bus, self.topics["checkpoints"], self.model_id,
+                                           self.options.restore_timeout_s, group_prefix=prefix)
+                if restored is not None and restored.version != self.ckpt.version:
+                    self._check_restored(restored)
+                    self.ckpt, self._state = restored, restored.strategy_state
+                    self._theta = self._flat(restored.weights)
+                    ann = restored.announcement
+                    self._announced_at = ann.opened_at if ann else 0.0
+                self._replace_consumer()
+                self._buffer, self._buffer_src, self._quorum_at = {}, {}, None
+                self._commit_failures = 0
+                watch.take_disturbed()  # this was the re-sync the disturbance asked for
+                return True
+            except FairfleetError as exc:
+                if not watch.recover(exc, stop):
+                    raise
+        return False
+
+    def _replace_consumer(self) -> None:
+        """A new consumer (the static member fences the old one: after a broker restart the
+        old one may even be fenced already, a fatal error). The old one is closed on a side
+        thread: librdkafka's close can block for good when it lands mid-rebalance."""
+        old = self.consumer
+
+        def close_old() -> None:
+            try:
+                old.close()
+            except FairfleetError as exc:
+                event(logger, "error while closing", logging.DEBUG, error=str(exc))
+
+        closer = threading.Thread(target=close_old, name="close-old-consumer", daemon=True)
+        closer.start()
+        closer.join(10.0)
+        self.consumer = self._make_consumer()
+        self.reader = self._make_reader()
 
     def step(self) -> None:
         """Read at most one message, then close the round if it is due."""

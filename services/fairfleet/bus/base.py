@@ -165,5 +165,13 @@ class Bus(ABC):
     @abstractmethod
     def topic_config(self, topic: str) -> dict[str, str]: ...
 
+    def unreachable(self, timeout: float = 3.0) -> str | None:
+        """None if the backend answers within ``timeout``, else the reason (probes Kafka)."""
+        return None
+
+    def suspect_down(self) -> bool:
+        """Cheap: has a client reported the backend unreachable since the last good probe?"""
+        return False
+
     def close(self) -> None:
         return None

@@ -4,10 +4,20 @@ Producers are idempotent (``enable.idempotence``: acks=all, no duplicates on ret
 never auto-commit and read only committed transactional data (``isolation.level=read_committed``).
 Size limits are raised explicitly so that chunks of up to MAX_MESSAGE_BYTES pass end to end.
 Security settings (SASL/SCRAM, TLS) come in ``client_config`` and are passed to every client.
+
+librdkafka's own log and its error callbacks go through the ``fairfleet.bus.kafka`` logger
+(:class:`KafkaLink`), the same message at most once per ``LOG_INTERVAL_S`` with a count of what
+was suppressed. "Broker unreachable" chatter (connect refused, all brokers down) is DEBUG: the
+service's one clear line comes from :mod:`fairfleet.bus.waiting`, which also probes
+(:meth:`KafkaBus.unreachable`) and retries with backoff until the broker is back. Errors of
+librdkafka calls surface as BusError, never as a raw KafkaException.
 """
 
 from __future__ import annotations
 
+import logging
+import re
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -29,8 +39,103 @@ from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, Resourc
 from fairfleet.bus.base import Bus, Consumer, Delivery, Key, Producer, Record, key_bytes
 from fairfleet.bus.topics import MAX_MESSAGE_BYTES, TopicSpec
 from fairfleet.errors import BusError, TransactionError
+from fairfleet.log import RateLimited, event
+
+logger = logging.getLogger(__name__)
 
 _FETCH_MAX = 4 * MAX_MESSAGE_BYTES
+LOG_INTERVAL_S = 60.0
+"""The same librdkafka message is logged at most once per this many seconds."""
+PROBE_TOPIC = "__fairfleet_probe"
+"""Metadata of this (absent) topic is what a reachability probe asks for: one cheap request."""
+_UNREACHABLE = frozenset({KafkaError._ALL_BROKERS_DOWN, KafkaError._RESOLVE})
+"""Errors that make the link suspect (then probed); one broker's connection error is not one."""
+_CONNECTION = frozenset({KafkaError._TRANSPORT})
+_UNREACHABLE_LOG = re.compile(
+    r"Connect to .* failed|brokers are down|Disconnected|Failed to resolve|Connection refused"
+)
+_VARYING = re.compile(r"\d+")
+"""Numbers (timings, counts, client and thread ids) do not make a message a different one."""
+
+
+class KafkaLink:
+    """What the clients of one bus see of the cluster; librdkafka's ``logger`` and ``error_cb``.
+
+    ``suspect`` is set when a client reports the brokers unreachable (librdkafka never reports
+    that they are back; :meth:`KafkaBus.unreachable` probes and clears it).
+    """
+
+    def __init__(self, bootstrap: str, interval_s: float = LOG_INTERVAL_S) -> None:
+        self.bootstrap = bootstrap
+        self._limit = RateLimited(interval_s)
+        self._suspect = threading.Event()
+        self.last_error: str | None = None
+
+    @property
+    def suspect(self) -> bool:
+        return self._suspect.is_set()
+
+    def clear(self) -> None:
+        self._suspect.clear()
+
+    def config(self) -> dict[str, Any]:
+        """librdkafka settings that route its log and errors here."""
+        return {"logger": self, "error_cb": self.error_cb, "log.connection.close": False}
+
+    def error_cb(self, err: KafkaError) -> None:
+        if err.code() in _UNREACHABLE or err.code() in _CONNECTION:
+            self.last_error = err.str()
+            if err.code() in _UNREACHABLE:
+                self._suspect.set()
+            self._emit(logging.DEBUG, "kafka client error", err.name(), err.str())
+        else:
+            level = logging.ERROR if err.fatal() else logging.WARNING
+            self._emit(level, "kafka client error", err.name(), err.str())
+
+    def log(self, level: int, fmt: str, *args: Any) -> None:
+        """librdkafka's log lines (confluent-kafka calls ``logger.log(level, fmt, fac, name, msg)``)."""
+        facility, _client, message = [*args, "", "", ""][:3] if args else ("", "", fmt)
+        text = str(message).split("]: ", 1)[-1]  # drop the "[thrd:...]: " prefix
+        if _UNREACHABLE_LOG.search(text):
+            self.last_error = text
+            level = logging.DEBUG
+        self._emit(level, "librdkafka", str(facility), text)
+
+    def _emit(self, level: int, what: str, code: str, text: str) -> None:
+        if not logger.isEnabledFor(level):
+            return
+        suppressed = self._limit.admit(f"{level}|{code}|{_VARYING.sub('#', text)}")
+        if suppressed is None:
+            return
+        fields: dict[str, Any] = {"code": code, "bootstrap": self.bootstrap, "detail": text[:500]}
+        if suppressed:
+            fields["suppressed"] = suppressed
+        event(logger, what, level, **fields)
+
+
+def _retrying(
+    fn: Any, *args: Any, budget_s: float = 30.0, also: tuple[int, ...] = (), **kwargs: Any
+) -> Any:
+    """Call a librdkafka query, retrying retriable errors (a partition whose leader is being
+    elected right after a topic was created or the broker restarted), and the codes in
+    ``also``, for up to ``budget_s``."""
+    deadline = time.monotonic() + budget_s
+    attempt = 0
+    while True:
+        try:
+            return fn(*args, **kwargs)
+        except KafkaException as exc:
+            err = exc.args[0] if exc.args else None
+            again = isinstance(err, KafkaError) and (err.retriable() or err.code() in also)
+            if not again or time.monotonic() > deadline:
+                raise
+            attempt += 1
+            time.sleep(min(0.1 * attempt, 1.0))
+
+
+def _bus_error(what: str, exc: KafkaException) -> BusError:
+    err = exc.args[0] if exc.args else exc
+    return BusError(f"{what} failed: {err.str() if isinstance(err, KafkaError) else err}")
 
 
 class KafkaBus(Bus):
@@ -38,7 +143,13 @@ class KafkaBus(Bus):
 
     def __init__(self, bootstrap: str, client_config: Mapping[str, Any] | None = None) -> None:
         self.bootstrap = bootstrap
-        self.client_config = {"bootstrap.servers": bootstrap, **dict(client_config or {})}
+        self.link = KafkaLink(bootstrap)
+        self.client_config = {
+            "bootstrap.servers": bootstrap,
+            "reconnect.backoff.max.ms": 5000,
+            **self.link.config(),
+            **dict(client_config or {}),
+        }
         self._admin = AdminClient(dict(self.client_config))
 
     def producer(self, transactional_id: str | None = None) -> KafkaProducer:
@@ -47,8 +158,29 @@ class KafkaBus(Bus):
     def consumer(self, group_id: str, topics: Sequence[str], from_beginning: bool = True) -> KafkaConsumer:
         return KafkaConsumer(self.client_config, group_id, list(topics), from_beginning)
 
+    def suspect_down(self) -> bool:
+        return self.link.suspect
+
+    def unreachable(self, timeout: float = 3.0) -> str | None:
+        """None if the cluster answers a metadata request within ``timeout``, else why not."""
+        try:
+            metadata = self._admin.list_topics(topic=PROBE_TOPIC, timeout=timeout)
+        except KafkaException as exc:
+            self._admin.poll(0)  # serve the admin client's log and error callbacks first
+            err = exc.args[0] if exc.args else exc
+            detail = err.str() if isinstance(err, KafkaError) else str(err)
+            return f"{detail} (last client error: {self.link.last_error})" if self.link.last_error else detail
+        self._admin.poll(0)
+        if not metadata.brokers:
+            return "the cluster answered with no brokers"
+        self.link.clear()
+        return None
+
     def create_topics(self, specs: Sequence[TopicSpec]) -> None:
-        existing = set(self._admin.list_topics(timeout=10).topics)
+        try:
+            existing = set(self._admin.list_topics(timeout=10).topics)
+        except KafkaException as exc:
+            raise _bus_error("Listing topics", exc) from exc
         new = [
             NewTopic(s.name, num_partitions=s.partitions, replication_factor=1, config=dict(s.config))
             for s in specs
@@ -67,7 +199,10 @@ class KafkaBus(Bus):
     def _wait_for_topics(self, names: list[str], timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            topics = self._admin.list_topics(timeout=10).topics
+            try:
+                topics = self._admin.list_topics(timeout=10).topics
+            except KafkaException as exc:
+                raise _bus_error("Listing topics", exc) from exc
             if all(n in topics and topics[n].error is None for n in names):
                 return
             time.sleep(0.1)
@@ -75,7 +210,10 @@ class KafkaBus(Bus):
 
     def topic_config(self, topic: str) -> dict[str, str]:
         resource = ConfigResource(ResourceType.TOPIC, topic)
-        result = self._admin.describe_configs([resource])[resource].result(timeout=10)
+        try:
+            result = self._admin.describe_configs([resource])[resource].result(timeout=10)
+        except KafkaException as exc:
+            raise _bus_error(f"Describing topic '{topic}'", exc) from exc
         return {name: entry.value for name, entry in result.items()}
 
 
@@ -210,7 +348,7 @@ class KafkaConsumer(Consumer):
             err = msg.error()
             if err is None:
                 return _record(msg)
-            if err.code() == KafkaError._PARTITION_EOF or err.retriable():
+            if _transient(err):
                 if time.monotonic() >= deadline:
                     return None
                 continue
@@ -218,11 +356,15 @@ class KafkaConsumer(Consumer):
 
     def consume(self, max_records: int = 500, timeout: float = 1.0) -> list[Record]:
         out: list[Record] = []
-        for msg in self._consumer.consume(max_records, timeout):
+        try:
+            batch = self._consumer.consume(max_records, timeout)
+        except KafkaException as exc:
+            raise _bus_error(f"Consuming {self.topics}", exc) from exc
+        for msg in batch:
             err = msg.error()
             if err is None:
                 out.append(_record(msg))
-            elif not (err.code() == KafkaError._PARTITION_EOF or err.retriable()):
+            elif not _transient(err):
                 raise BusError(f"Consuming {self.topics} failed: {err}")
         return out
 
@@ -247,47 +389,79 @@ class KafkaConsumer(Consumer):
             raise BusError(f"Committing offsets failed: {exc}") from exc
 
     def positions(self) -> dict[tuple[str, int], int]:
-        assignment = self._consumer.assignment()
-        if not assignment:
-            return {}
-        return {
-            (tp.topic, tp.partition): tp.offset
-            for tp in self._consumer.position(assignment)
-            if tp.offset != OFFSET_INVALID
-        }
+        try:
+            assignment = self._consumer.assignment()
+            if not assignment:
+                return {}
+            return {
+                (tp.topic, tp.partition): tp.offset
+                for tp in self._consumer.position(assignment)
+                if tp.offset != OFFSET_INVALID
+            }
+        except KafkaException as exc:
+            raise _bus_error(f"Reading positions of {self.topics}", exc) from exc
 
     def committed(self) -> dict[tuple[str, int], int]:
-        assignment = self._consumer.assignment()
-        if not assignment:
-            return {}
-        return {
-            (tp.topic, tp.partition): max(tp.offset, 0)
-            for tp in self._consumer.committed(assignment, timeout=10)
-        }
+        try:
+            assignment = self._consumer.assignment()
+            if not assignment:
+                return {}
+            return {
+                (tp.topic, tp.partition): max(tp.offset, 0)
+                for tp in _retrying(self._consumer.committed, assignment, timeout=10)
+            }
+        except KafkaException as exc:
+            raise _bus_error(f"Reading committed offsets of {self.topics}", exc) from exc
 
     def seek_to_committed(self) -> None:
-        for tp in self._consumer.committed(self._consumer.assignment(), timeout=10):
-            if tp.offset == OFFSET_INVALID:
-                low, _ = self._consumer.get_watermark_offsets(tp, timeout=10)
-                tp.offset = low
-            self._consumer.seek(tp)
+        try:
+            for tp in _retrying(self._consumer.committed, self._consumer.assignment(), timeout=10):
+                if tp.offset == OFFSET_INVALID:
+                    low, _ = _retrying(self._consumer.get_watermark_offsets, tp, timeout=10)
+                    tp.offset = low
+                _retrying(self._consumer.seek, tp, also=(KafkaError._STATE,))  # fetcher starting
+        except KafkaException as exc:
+            raise _bus_error(f"Rewinding {self.topics} to the committed offsets", exc) from exc
 
     def lag(self) -> int:
         total = 0
         positions = self.positions()
         committed: dict[tuple[str, int], int] | None = None  # fetched once, only if needed
-        for tp in self._consumer.assignment():
-            _, high = self._consumer.get_watermark_offsets(tp, timeout=5, cached=False)
-            pos = positions.get((tp.topic, tp.partition))
-            if pos is None:
-                if committed is None:
-                    committed = self.committed()
-                pos = committed.get((tp.topic, tp.partition), 0)
-            total += max(0, high - pos)
+        try:
+            for tp in self._consumer.assignment():
+                _, high = _retrying(
+                    self._consumer.get_watermark_offsets, tp, timeout=5, cached=False
+                )
+                pos = positions.get((tp.topic, tp.partition))
+                if pos is None:
+                    if committed is None:
+                        committed = self.committed()
+                    pos = committed.get((tp.topic, tp.partition), 0)
+                total += max(0, high - pos)
+        except KafkaException as exc:
+            raise _bus_error(f"Reading the lag of {self.topics}", exc) from exc
         return total
 
     def close(self) -> None:
-        self._consumer.close()
+        try:
+            self._consumer.close()
+        except KafkaException as exc:
+            raise _bus_error(f"Closing the consumer of {self.topics}", exc) from exc
+
+
+_MISSING_TOPICS = RateLimited(LOG_INTERVAL_S)
+
+
+def _transient(err: KafkaError) -> bool:
+    """A consumer error that passes by itself: end of partition, retriable, or a subscribed
+    topic that does not exist (yet): the subscription picks it up once it is created."""
+    if err.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+        suppressed = _MISSING_TOPICS.admit(err.str())
+        if suppressed is not None:
+            event(logger, "a subscribed topic does not exist (yet); waiting for it",
+                  logging.WARNING, detail=err.str(), suppressed=suppressed)
+        return True
+    return bool(err.code() == KafkaError._PARTITION_EOF or err.retriable())
 
 
 def _record(msg: Any) -> Record:

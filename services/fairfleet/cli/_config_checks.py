@@ -301,24 +301,52 @@ def check_fleet(
                 )
 
 
+def site_units(cfg: Any, s: Any) -> dict[str, list[str]]:
+    """The privacy units of the private models site ``s`` trains: {unit: [model ids]}."""
+    units: dict[str, list[str]] = {}
+    for model_id in s.models or [m.id for m in cfg.models]:
+        plan = cfg.model(model_id).privacy
+        if plan.mechanism != "off":
+            units.setdefault(plan.unit, []).append(model_id)
+    return units
+
+
+def site_policies(cfg: Any, s: Any) -> dict[str, dict[str, Any]]:
+    """Per unit the site's ledgers use: the policy the accountant enforces and its entry."""
+    policies = cfg.policy_set()
+    out: dict[str, dict[str, Any]] = {}
+    for unit in site_units(cfg, s):
+        match = policies.resolve(unit, s.id)
+        out[unit] = {
+            "entry": match.matched,
+            "epsilon_max": match.policy.epsilon_max if match.policy else None,
+            "delta": match.policy.delta if match.policy else None,
+        }
+    return out
+
+
 def check_policy_units(cfg: Any, report: CheckReport) -> None:
-    """The accountant keys budgets by privacy unit: each site's policy must have the unit of
+    """The accountant keys budgets by privacy unit: the entry that decides a site's policy
+    (PolicySet.resolve: the most specific level naming the site, alone) must cover the unit of
     every model it trains, or every reservation of that model is denied (no_policy)."""
+    policies = cfg.policy_set()
+    levels = {
+        "defaults": policies.defaults or [],
+        **{f"classes.{name}": entry for name, entry in policies.classes.items()},
+        **{f"sites.{name}": entry for name, entry in policies.sites.items()},
+    }
     for s in cfg.sites:
-        if s.id in cfg.policies.sites:
-            loc = f"policies.sites.{s.id}"
-        elif s.site_class in cfg.policies.classes:
-            loc = f"policies.classes.{s.site_class}"
-        else:
-            loc = "policies.defaults"
-        policy = cfg.policy_for(s.id)
-        for model_id in s.models or [m.id for m in cfg.models]:
-            plan = cfg.model(model_id).privacy
-            if plan.mechanism != "off" and plan.unit != policy.unit:
-                report.problems.append(
-                    f"{loc}.unit: site '{s.id}' trains '{model_id}' with unit {plan.unit}, but its policy "
-                    f"is per {policy.unit}: the accountant would deny every reservation (got {policy.unit!r})"
-                )
+        for unit, model_ids in site_units(cfg, s).items():
+            match = policies.resolve(unit, s.id)
+            if match.policy is not None:
+                continue
+            loc = f"policies.{match.matched}.unit" if match.matched else "policies"
+            got = [p.unit for p in levels.get(match.matched, [])]
+            names = ", ".join(repr(m) for m in model_ids)
+            report.problems.append(
+                f"{loc}: site '{s.id}' trains {names} with unit {unit}, but {match.reason}: the "
+                f"accountant would deny every reservation (got {got!r})"
+            )
 
 
 def check_budgets(cfg: Any, report: CheckReport) -> None:
@@ -334,21 +362,18 @@ def check_budgets(cfg: Any, report: CheckReport) -> None:
     from fairfleet.privacy.accounting import epsilon
     from fairfleet.site_agent.release import round_event
 
+    policies = cfg.policy_set()
     for s in cfg.sites:
-        policy = cfg.policy_for(s.id)
-        events = []
-        for model_id in s.models or [m.id for m in cfg.models]:
-            m = cfg.model(model_id)
-            if m.privacy.mechanism == "off":
+        for unit, model_ids in site_units(cfg, s).items():
+            policy = policies.resolve(unit, s.id).policy
+            if policy is None or (s.window.by == "time" and unit == "site"):
                 continue
-            if s.window.by == "time" and m.privacy.unit == "site":
-                break
-            m_max = max(1, int(s.agent.holdout_fraction * s.agent.train_windows * s.window.size))
-            event = round_event(m.privacy, m.training, m_max)
-            events.append(dp_accounting.SelfComposedDpEvent(event, m.rounds.rounds))
-        else:
-            if not events:
-                continue
+            events = []
+            for model_id in model_ids:
+                m = cfg.model(model_id)
+                m_max = max(1, int(s.agent.holdout_fraction * s.agent.train_windows * s.window.size))
+                event = round_event(m.privacy, m.training, m_max)
+                events.append(dp_accounting.SelfComposedDpEvent(event, m.rounds.rounds))
             projected = epsilon(events, policy.delta, accountant="rdp")
             if projected > policy.epsilon_max:
                 report.warnings.append(

@@ -30,11 +30,6 @@ def run_cmd(
     ),
     metrics_host: str | None = typer.Option(None, "--metrics-host"),
     prefix: str | None = typer.Option(None, "--prefix", help="Topic name prefix."),
-    reported_accountant: str | None = typer.Option(
-        None,
-        "--reported-accountant",
-        help="rdp or pld for the gauges and /budgets (config default).",
-    ),
     group_id: str | None = typer.Option(
         None, "--group-id", help="Consumer group (default: derived from the database's id)."
     ),
@@ -47,17 +42,18 @@ def run_cmd(
     import signal
     import threading
 
-    from fairfleet.accountant.policies import load_policies, policies_from_config
+    from fairfleet.accountant.policies import load_policies
     from fairfleet.accountant.service import AccountantOptions, AccountantService
     from fairfleet.bus import connect
     from fairfleet.bus.limits import DEFAULT_LIMITS
     from fairfleet.errors import ConfigError
     from fairfleet.log import configure
+    from fairfleet.metrics import DEFAULT_PROGRESS_TIMEOUT_S
     from fairfleet.privacy.policy import PolicySet
 
     configure("accountant")
     client_config: dict[str, str] = {}
-    reported = "rdp"
+    progress_timeout_s = DEFAULT_PROGRESS_TIMEOUT_S
     policies: PolicySet | None = None
     limits = DEFAULT_LIMITS
     if config is not None:
@@ -72,9 +68,9 @@ def run_cmd(
         metrics_port = cfg.accountant.metrics_port if metrics_port is None else metrics_port
         metrics_host = metrics_host or cfg.metrics_host
         if policy is None:
-            policies = policies_from_config(cfg)  # the config already loaded, not read again
-        reported = cfg.accountant.reported_accountant
+            policies = cfg.policy_set()  # the config already loaded, not read again
         limits = cfg.kafka.input_limits()
+        progress_timeout_s = cfg.accountant.progress_timeout_s
     if policy is not None:
         policies = load_policies(policy)
     if bootstrap is None or policies is None:
@@ -84,8 +80,8 @@ def run_cmd(
         group_id=group_id,
         metrics_port=9100 if metrics_port is None else metrics_port,
         metrics_host=metrics_host or "127.0.0.1",
-        reported_accountant=reported_accountant or reported,
         limits=limits,
+        progress_timeout_s=progress_timeout_s,
     )
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -8,7 +8,11 @@ from typing import Annotated
 
 import typer
 
-broker_app = typer.Typer(help="Run a real local Kafka broker (KRaft) from Maven jars.", no_args_is_help=True)
+broker_app = typer.Typer(
+    help="Run a real local Kafka broker (KRaft) from Maven jars. Its data is kept across "
+    "stop/start and crashes; only `reset` deletes it.",
+    no_args_is_help=True,
+)
 
 StateDir = Annotated[
     Path | None, typer.Option("--state-dir", help="Folder for the broker's config, data and logs.")
@@ -16,16 +20,26 @@ StateDir = Annotated[
 
 
 @broker_app.command("start")
-def start_cmd(state_dir: StateDir = None, port: int = typer.Option(0, help="0 picks a free port.")) -> None:
-    """Resolve the jars (first time), format KRaft storage, start, wait until ready."""
+def start_cmd(
+    state_dir: StateDir = None,
+    port: int = typer.Option(0, help="Client port of a NEW cluster; 0 picks a free port."),
+) -> None:
+    """Start the broker of the folder: a new cluster the first time (formatted, ports
+    recorded), else the same cluster with all its data on its recorded ports."""
     from rich.console import Console
 
     from fairfleet import broker
 
     console = Console(stderr=True)
+    existing = broker.read_cluster(state_dir)
     with console.status("resolving Kafka jars with Maven and starting the broker..."):
         info = broker.start(state_dir, port=port)
-    typer.echo(f"broker running at {info.bootstrap} (pid {info.pid}); logs: {info.log_file}")
+    cluster = broker.read_cluster(state_dir)
+    what = "existing cluster, data kept" if existing is not None else "new cluster"
+    typer.echo(
+        f"broker running at {info.bootstrap} (pid {info.pid}); {what} "
+        f"{cluster.cluster_id if cluster else ''}; logs: {info.log_file}"
+    )
 
 
 @broker_app.command("stop")
@@ -34,6 +48,24 @@ def stop_cmd(state_dir: StateDir = None) -> None:
     from fairfleet import broker
 
     typer.echo("broker stopped" if broker.stop(state_dir) else "no broker was running")
+
+
+@broker_app.command("reset")
+def reset_cmd(
+    state_dir: StateDir = None,
+    yes: bool = typer.Option(False, "--yes", help="Do not ask for confirmation."),
+) -> None:
+    """DELETE the cluster's data (every topic: the privacy ledger's event log, checkpoints,
+    updates); stops the broker first. The next `start` creates a new, empty cluster."""
+    from fairfleet import broker
+
+    state = (state_dir or broker.default_state_dir()).resolve()
+    if not yes:
+        typer.confirm(
+            f"Delete every topic of the broker in {state} (privacy.events, checkpoints, ...)?",
+            abort=True,
+        )
+    typer.echo(f"deleted the broker data in {state}" if broker.reset(state) else f"nothing to delete in {state}")
 
 
 @broker_app.command("status")
@@ -50,7 +82,8 @@ def status_cmd(state_dir: StateDir = None, as_json: bool = typer.Option(False, "
             f"{'answering' if st['admin_api'] else 'NOT answering'}, topics: {len(st['topics'])}"  # type: ignore[arg-type]
         )
     else:
-        typer.echo(f"no broker running (state dir {st['state_dir']})")
+        kept = f"; its data is kept (cluster {st['cluster_id']})" if st.get("data_kept") else ""
+        typer.echo(f"no broker running (state dir {st['state_dir']}){kept}")
     if not (st["running"] and st.get("admin_api")):
         raise typer.Exit(1)
 

@@ -26,6 +26,7 @@ from fairfleet.cli._config_checks import (
     check_policy_units,
     check_site,
     shown,
+    site_policies,
 )
 
 __all__ = ["CheckReport", "check_file", "check_mapping"]
@@ -86,8 +87,7 @@ def _summary(cfg: Any) -> dict[str, Any]:
                 "connector": s.connector.type,
                 "data_source": s.data_source,
                 "models": list(s.models) or [m.id for m in cfg.models],
-                "epsilon_max": (policy := cfg.policy_for(s.id)).epsilon_max,
-                "delta": policy.delta,
+                "policies": site_policies(cfg, s),
                 "metrics_port": s.metrics_port,
             }
             for s in cfg.sites
@@ -160,6 +160,17 @@ def check_file(path: str | Path) -> CheckReport:
     return check_mapping(data, p.parent.resolve(), str(p))
 
 
+def _policies_text(policies: dict[str, dict[str, Any]]) -> str:
+    if not policies:
+        return "no private model"
+    return ", ".join(
+        f"{unit}: eps_max={p['epsilon_max']} delta={p['delta']} ({p['entry']})"
+        if p["epsilon_max"] is not None
+        else f"{unit}: NO POLICY ({p['entry'] or 'none'})"
+        for unit, p in policies.items()
+    )
+
+
 def _print_summary(s: dict[str, Any]) -> None:
     k = s["kafka"]
     sasl = f" ({k['sasl_mechanism']})" if k["sasl_mechanism"] else ""
@@ -178,8 +189,8 @@ def _print_summary(s: dict[str, Any]) -> None:
     for site in s["sites"]:
         typer.echo(
             f"  {site['id']:<12} class {site['class']}, connector {site['connector']}, source "
-            f"{site['data_source']}, models {','.join(site['models'])}, eps_max={site['epsilon_max']} "
-            f"delta={site['delta']}, metrics :{site['metrics_port']}"
+            f"{site['data_source']}, models {','.join(site['models'])}, {_policies_text(site['policies'])}, "
+            f"metrics :{site['metrics_port']}"
         )
     a = s["accountant"]
     typer.echo(f"accountant: db {a['db']}, metrics :{a['metrics_port']}")

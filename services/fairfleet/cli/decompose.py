@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -21,17 +22,55 @@ def parse_floats(text: str, name: str) -> tuple[float, ...]:
     return tuple(values)
 
 
+PRESET_DEFAULTS: dict[str, Any] = {
+    "epsilon": "8", "delta": 1e-5, "gamma": "0.05", "rounds": 20, "local_steps": 20,
+    "batch_size": 32, "lr": 0.2, "clip_norm": None, "unit": "site", "sampling_rate": None,
+}
+CLIP_DEFAULTS = {"site": 0.25, "observation": 1.0}  # update clip vs per-example clip
+
+
+def run_settings(fleet: str, model: str | None, given: dict[str, Any]) -> dict[str, Any]:
+    """Options as given, else the deployment config's settings (a fleet config), else the
+    preset defaults. Returns every key of PRESET_DEFAULTS (ε and γ as comma lists)."""
+    from fairfleet.sim.deployment import Deployment, is_deployment_config, training_defaults
+
+    base = dict(PRESET_DEFAULTS)
+    if is_deployment_config(fleet):
+        dep = Deployment(fleet, model)
+        data = dep.data()
+        import numpy as np
+
+        found = training_defaults(dep.config(), model, np.array([s.n_train for s in data.sites]))
+        for key in ("rounds", "local_steps", "batch_size", "lr", "clip_norm", "delta"):
+            base[key] = found[key]
+        if found["mechanism"] == "dpsgd":  # the configured unit; 'off' is measured at site level
+            base["unit"], base["sampling_rate"] = "observation", found["sampling_rate"]
+        base["epsilon"] = f"{found['epsilon']:g}"
+        base["gamma"] = f"{found['gamma']:g}"
+    elif model is not None:
+        raise ConfigError(f"--model needs a deployment config as --fleet. Found {fleet!r}.")
+    out = {k: (given[k] if given.get(k) is not None else v) for k, v in base.items()}
+    if out["unit"] not in CLIP_DEFAULTS:
+        raise ConfigError(f"--unit must be 'site' or 'observation'. Found {out['unit']!r}.")
+    if out["clip_norm"] is None:
+        out["clip_norm"] = CLIP_DEFAULTS[out["unit"]]
+    return out
+
+
 def decompose_cmd(
-    fleet: str = typer.Option("industrial", "--fleet", help="Fleet YAML file or preset name (fairfleet fleets)."),
-    epsilon: str = typer.Option("8", help="Privacy budget ε per site over the run; a comma list sweeps."),
-    delta: float = typer.Option(1e-5, help="δ of the (ε, δ) guarantee."),
-    gamma: str = typer.Option("0.05", help="Fairness bound γ (class risk − fleet risk ≤ γ); a comma list sweeps."),
+    fleet: str = typer.Option("industrial", "--fleet", help="Fleet: a preset name (fairfleet fleets), a simulated-fleet YAML, or your deployment config (the file fairfleet up runs)."),
+    model: str | None = typer.Option(None, help="Model id to measure (deployment config; default: the first)."),
+    epsilon: str | None = typer.Option(None, help="Privacy budget ε per site over the run; a comma list sweeps. [preset: 8; deployment: the strictest site policy]"),
+    delta: float | None = typer.Option(None, help="δ of the (ε, δ) guarantee. [1e-5; deployment: policies]"),
+    gamma: str | None = typer.Option(None, help="Fairness bound γ (class risk − fleet risk ≤ γ); a comma list sweeps. [0.05; deployment: the model's gamma]"),
     seeds: int = typer.Option(5, help="Number of seeds (replications) for the confidence intervals."),
-    rounds: int = typer.Option(20, help="Federated rounds per run."),
-    local_steps: int = typer.Option(20, help="Local SGD steps per site per round."),
-    batch_size: int = typer.Option(32, help="Local mini-batch size."),
-    lr: float = typer.Option(0.2, help="Local learning rate."),
-    clip_norm: float = typer.Option(0.25, help="Update clip norm C (privacy on)."),
+    rounds: int | None = typer.Option(None, help="Federated rounds per run. [20; deployment: rounds.rounds]"),
+    local_steps: int | None = typer.Option(None, help="Local SGD steps per site per round. [20; deployment: epochs over the median site]"),
+    batch_size: int | None = typer.Option(None, help="Local mini-batch size. [32; deployment: training.batch_size]"),
+    lr: float | None = typer.Option(None, help="Local learning rate. [0.2; deployment: training.lr]"),
+    unit: str | None = typer.Option(None, help="Privacy unit: 'site' (update noise) or 'observation' (record-level DP-SGD). [site; deployment: observation if mechanism is dpsgd]"),
+    sampling_rate: float | None = typer.Option(None, help="DP-SGD Poisson rate q (observation unit). [1/local-steps; deployment: privacy.sampling_rate]"),
+    clip_norm: float | None = typer.Option(None, help="Clip norm C: of the update (site unit) or per example (observation). [0.25 site, 1.0 observation; deployment: privacy.clip_norm]"),
     dual_lr: float = typer.Option(2.0, help="Dual step size η of the gap constraint."),
     workers: int = typer.Option(2, help="Worker processes."),
     json_file: Path | None = typer.Option(None, "--json", help="Write the result document here ('-' = stdout)."),
@@ -46,14 +85,22 @@ def decompose_cmd(
     from fairfleet.sim.engine import TrainConfig
     from fairfleet.sim.report import TERM_LABELS, risk_label, risk_order, write_report
 
+    opts = run_settings(fleet, model, {
+        "epsilon": epsilon, "delta": delta, "gamma": gamma, "rounds": rounds,
+        "local_steps": local_steps, "batch_size": batch_size, "lr": lr, "clip_norm": clip_norm,
+        "unit": unit, "sampling_rate": sampling_rate,
+    })
     cfg = DecomposeConfig(
         fleet=fleet,
-        epsilons=parse_floats(epsilon, "epsilon"),
-        gammas=parse_floats(gamma, "gamma"),
-        delta=delta,
+        model=model,
+        epsilons=parse_floats(opts["epsilon"], "epsilon"),
+        gammas=parse_floats(opts["gamma"], "gamma"),
+        delta=opts["delta"],
         seeds=seeds,
-        train=TrainConfig(rounds=rounds, local_steps=local_steps, batch_size=batch_size, lr=lr,
-                          clip_norm=clip_norm, dual_lr=dual_lr),
+        train=TrainConfig(rounds=opts["rounds"], local_steps=opts["local_steps"],
+                          batch_size=opts["batch_size"], lr=opts["lr"],
+                          clip_norm=opts["clip_norm"], dual_lr=dual_lr, unit=opts["unit"],
+                          sampling_rate=opts["sampling_rate"]),
         workers=workers,
     )
     console = Console(stderr=True)
@@ -68,7 +115,8 @@ def decompose_cmd(
                        description=f"{job.config} seed {job.seed}")
 
         doc = decompose(cfg, progress)
-    table = Table(title=f"{doc['fleet']}: J(θ11) − J(θ*) = four terms (mean [95% CI] over {seeds} seeds)")
+    table = Table(title=f"{doc['fleet']}: J(θ11) − J(θ*) = four terms (mean [95% CI] over {seeds} "
+                  f"seeds; privacy unit: {doc['privacy_unit']})")
     table.add_column("risk")
     for t in TERMS:
         table.add_column(t, justify="right")

@@ -189,10 +189,13 @@ def budget_cmd(
     config: Path | None = typer.Option(
         None, "--config", help="Fleet config: its accountant's port (as `fairfleet up` runs it)."
     ),
-    accountant: str = ACCOUNTANT,
     as_json: bool = JSON_OUT,
 ) -> None:
-    """The live ledger from the accountant's /budgets endpoint."""
+    """The live ledger from the accountant's /budgets endpoint.
+
+    Each ledger's one ε (the figure admission uses and the dashboards show), the ε after the
+    planned next release, its limit and the policy entry that set it.
+    """
     import httpx
 
     if url is None:
@@ -200,7 +203,7 @@ def budget_cmd(
 
         url = accountant_url(config)
 
-    params = {"accountant": accountant, **({"site": site} if site else {})}
+    params = {"site": site} if site else {}
     endpoint = url.rstrip("/") + ("" if url.rstrip("/").endswith("/budgets") else "/budgets")
     try:
         response = httpx.get(endpoint, params=params, timeout=30.0)
@@ -215,8 +218,10 @@ def budget_cmd(
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"privacy budgets ({data.get('accountant', accountant).upper()})")
-    for col in ("unit", "site", "source", "windows", "ε spent", "ε reserved", "ε max", "δ", "used"):
+    table = Table(title="privacy budgets")
+    columns = ("unit", "site", "source", "windows", "ε spent", "ε reserved", "ε next", "ε max", "δ",
+               "used", "policy")
+    for col in columns:
         table.add_column(col, justify="right" if col.startswith(("ε", "δ", "used")) else "left")
 
     def num(v: Any, fmt: str = ".4g") -> str:
@@ -231,13 +236,15 @@ def budget_cmd(
             "all" if windows is None else f"{windows[0]}-{windows[1]}",
             num(row.get("epsilon_spent")),
             num(row.get("epsilon_reserved")),
+            num(row.get("epsilon_next")),
             num(row.get("epsilon_limit")),
             num(row.get("delta"), "g"),
             num(row.get("budget_used_ratio"), ".0%"),
+            row.get("policy") or "-",
         )
     console = Console()
     if not console.is_terminal:  # piped: do not squeeze the table into 80 columns
-        console = Console(width=140)
+        console = Console(width=160)
     console.print(table)
 
 

@@ -24,29 +24,69 @@ def _parse_params(items: list[str]) -> dict[str, Any]:
     return params
 
 
+DEFAULTS: dict[str, Any] = {
+    "strategy": "fedavg", "rounds": 100, "epsilon": None, "delta": 1e-5, "unit": "site",
+    "sampling_rate": None, "local_epochs": 1, "lr": 0.1, "batch_size": 10, "clip_norm": 1.0,
+    "loss_bound": 5.0,
+}
+
+
+def settings_for(
+    fleet: str | None, model: str | None, given: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(options, strategy params): as given, else the deployment config's (``fairfleet up``'s
+    model, training plan, mechanism and policies), else DEFAULTS."""
+    base, params = dict(DEFAULTS), {}
+    if fleet is not None:
+        from fairfleet.sim.deployment import Deployment, is_deployment_config, training_defaults
+
+        if is_deployment_config(fleet):
+            import numpy as np
+
+            dep = Deployment(fleet, model)
+            n = np.array([s.n_train for s in dep.data().sites])
+            found = training_defaults(dep.config(), model, n)
+            for key in ("strategy", "rounds", "delta", "lr", "batch_size", "clip_norm",
+                        "loss_bound", "sampling_rate"):
+                base[key] = found[key]
+            base["local_epochs"] = found["epochs"]
+            params = dict(found["strategy_params"])
+            if found["mechanism"] != "off":
+                base["epsilon"] = found["epsilon"]
+                base["unit"] = "observation" if found["mechanism"] == "dpsgd" else "site"
+    return {k: (given[k] if given.get(k) is not None else v) for k, v in base.items()}, params
+
+
 def simulate_cmd(
-    dataset: str = typer.Option("synthetic", help="Data set (only 'synthetic')."),
+    dataset: str = typer.Option("synthetic", help="Data set (only 'synthetic'; see --fleet)."),
+    fleet: str | None = typer.Option(
+        None, help="Train on a fleet instead of Synthetic: a preset, a simulated-fleet YAML or "
+        "your deployment config (its sites' real data through their connectors)."
+    ),
+    model: str | None = typer.Option(None, help="Model id of a deployment config (default: first)."),
     alpha: float = typer.Option(1.0, help="Synthetic α: spread of the local models."),
     beta: float = typer.Option(1.0, help="Synthetic β: spread of the local input means."),
     iid: bool = typer.Option(False, "--iid", help="The IID variant of Synthetic."),
     sites: int = typer.Option(100, help="Number of sites (devices)."),
-    strategy: str = typer.Option("fedavg", help="Strategy name (fairfleet.strategies)."),
+    strategy: str | None = typer.Option(None, help="Strategy name (fairfleet.strategies). [fedavg; deployment: the model's]"),
     q: float | None = typer.Option(None, help="q of q-FFL (shortcut for --param q=Q)."),
     param: list[str] = typer.Option([], help="Strategy parameter KEY=VALUE (repeatable)."),
-    rounds: int = typer.Option(100, help="Federated rounds."),
+    rounds: int | None = typer.Option(None, help="Federated rounds. [100; deployment: rounds.rounds]"),
     seed: int = typer.Option(0, help="Seed for data, client sampling, training and noise."),
-    epsilon: float | None = typer.Option(None, help="Per-site ε over the whole run (site unit)."),
-    delta: float = typer.Option(1e-5, help="δ of the per-site guarantee."),
+    epsilon: float | None = typer.Option(None, help="Per-site ε over the whole run. [off; deployment: the strictest policy, unless mechanism is off]"),
+    delta: float | None = typer.Option(None, help="δ of the per-site guarantee. [1e-5; deployment: policies]"),
+    unit: str | None = typer.Option(None, help="Privacy unit with ε: 'site' (update noise) or 'observation' (DP-SGD). [site; deployment: observation for dpsgd]"),
+    sampling_rate: float | None = typer.Option(None, help="DP-SGD Poisson rate (observation unit). [batch / median n; deployment: privacy.sampling_rate]"),
     clients_per_round: int | None = typer.Option(None, help="Sites per round (default: all)."),
     sampling: str = typer.Option(
         "uniform", help="Client sampling: 'uniform' or 'proportional' (∝ n_k, as q-FFL)."
     ),
-    local_epochs: int = typer.Option(1, help="Local epochs per round."),
+    local_epochs: int | None = typer.Option(None, help="Local epochs per round. [1; deployment: training.epochs]"),
     local_steps: int | None = typer.Option(None, help="Cap on local SGD steps per round."),
-    lr: float = typer.Option(0.1, help="Local learning rate."),
-    batch_size: int = typer.Option(10, help="Local mini-batch size."),
-    clip_norm: float = typer.Option(1.0, help="Update clip norm C (with --epsilon)."),
-    loss_bound: float = typer.Option(5.0, help="Loss clip bound B for the loss release."),
+    lr: float | None = typer.Option(None, help="Local learning rate. [0.1; deployment: training.lr]"),
+    batch_size: int | None = typer.Option(None, help="Local mini-batch size. [10; deployment: training.batch_size]"),
+    clip_norm: float | None = typer.Option(None, help="Clip norm C (with --epsilon): update or per example. [1.0; deployment: privacy.clip_norm]"),
+    loss_bound: float | None = typer.Option(None, help="Loss clip bound B for the loss release. [5.0; deployment: privacy.loss_bound]"),
     engine: str = typer.Option("fast", help="'fast' (numpy logistic) or 'torch' (local_train)."),
     eval_every: int = typer.Option(1, help="Evaluate all sites every N rounds (history)."),
     json_file: Path | None = typer.Option(None, "--json", help="Write the full result here."),
@@ -60,9 +100,16 @@ def simulate_cmd(
 
     from fairfleet.sim.simulate import SimulationConfig, run_simulation
 
-    params = _parse_params(param)
+    given = {
+        "strategy": strategy, "rounds": rounds, "epsilon": epsilon, "delta": delta, "unit": unit,
+        "sampling_rate": sampling_rate, "local_epochs": local_epochs, "lr": lr,
+        "batch_size": batch_size, "clip_norm": clip_norm, "loss_bound": loss_bound,
+    }
+    opts, params = settings_for(fleet, model, given)
+    params.update(_parse_params(param))
     if q is not None:
         params["q"] = q
+    strategy, rounds = opts["strategy"], opts["rounds"]
     cfg = SimulationConfig(
         dataset=dataset,
         alpha=alpha,
@@ -73,18 +120,20 @@ def simulate_cmd(
         strategy_params=params,
         rounds=rounds,
         seed=seed,
-        epsilon=epsilon,
-        delta=delta,
+        epsilon=opts["epsilon"],
+        delta=opts["delta"],
         clients_per_round=clients_per_round,
         sampling=sampling,
-        local_epochs=local_epochs,
+        local_epochs=opts["local_epochs"],
         local_steps=local_steps,
-        lr=lr,
-        batch_size=batch_size,
-        clip_norm=clip_norm,
-        loss_bound=loss_bound,
+        lr=opts["lr"],
+        batch_size=opts["batch_size"],
+        clip_norm=opts["clip_norm"],
+        loss_bound=opts["loss_bound"],
         engine=engine,
         eval_every=eval_every,
+        unit=opts["unit"],
+        sampling_rate=opts["sampling_rate"],
     )
     columns = (
         TextColumn("{task.description}"),
@@ -92,9 +141,16 @@ def simulate_cmd(
         TextColumn("{task.completed}/{task.total}"),
         TimeElapsedColumn(),
     )
+    data = None
+    if fleet is not None:
+        from fairfleet.sim.simulate import fleet_dataset
+
+        data = fleet_dataset(fleet, model, seed)
     with Progress(*columns, transient=True) as bar:
         task = bar.add_task(f"{strategy} rounds", total=rounds)
-        result = run_simulation(cfg, progress=lambda done, _total: bar.update(task, completed=done))
+        result = run_simulation(
+            cfg, data, progress=lambda done, _total: bar.update(task, completed=done)
+        )
     if json_file is not None:
         json_file.parent.mkdir(parents=True, exist_ok=True)
         json_file.write_text(json.dumps(result, indent=1))

@@ -25,22 +25,19 @@ def run_cmd(
     import signal
     import threading
 
+    from prometheus_client import CollectorRegistry
+
+    from fairfleet.bus import connect
+    from fairfleet.bus.waiting import BrokerWatch
     from fairfleet.config import load_config
     from fairfleet.log import configure, event
-    from fairfleet.metrics import serve
+    from fairfleet.metrics import Health, serve
     from fairfleet.site_agent import SiteAgent
 
     configure("site_agent")
     logger = logging.getLogger("fairfleet.site_agent")
     cfg = load_config(config)
-    agent = SiteAgent(cfg, site)
-    port = cfg.site(site).metrics_port if metrics_port is None else metrics_port
-    server = serve(
-        agent.metrics.registry,
-        port,
-        routes={"/rounds": lambda _: agent.rounds_json(), "/data": lambda _: agent.data_json()},
-    )
-    event(logger, "metrics listening", port=server.port)
+    site_cfg = cfg.site(site)
     stop = threading.Event()
 
     def _stop(signum: int, _frame: object) -> None:
@@ -49,8 +46,24 @@ def run_cmd(
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    # Served before the agent exists: with the broker down at start, /healthz says so.
+    bus = connect(cfg.bus_url(), cfg.kafka.client_config())
+    registry = CollectorRegistry()
+    health = Health(site_cfg.agent.progress_timeout_s, probe=lambda: bus.unreachable(2.0))
+    agents: list[SiteAgent] = []
+    port = site_cfg.metrics_port if metrics_port is None else metrics_port
+    server = serve(
+        registry,
+        port,
+        routes={"/rounds": lambda _: agents[0].rounds_json(), "/data": lambda _: agents[0].data_json()},
+        health=health,
+    )
+    event(logger, "metrics listening", port=server.port)
     try:
-        agent.run(stop)
+        if not BrokerWatch(bus, "site_agent", health).wait_if_lost(stop, probe=True):
+            return
+        agents.append(SiteAgent(cfg, site, bus=bus, registry=registry, health=health))
+        agents[0].run(stop)
     finally:
         server.close()
 

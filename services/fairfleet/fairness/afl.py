@@ -5,12 +5,19 @@ Per round, with mixture weights λ over groups g (sites, or site classes with ``
     w^{t+1} = w^t + η_w Σ_k λ_{g(k)} · (n_k / Σ_{j∈g(k)} n_j) · Δ_k      (descent on w)
     λ ← Proj_Δ(λ + η_λ L̂)                                                (projected ascent)
 
-Only groups present in the round take part: their λ are renormalised to sum 1 for the w-step, and
-only they get an ascent step (a stochastic gradient of the mixture loss). L̂_g are the noisy loss
-releases shrunk toward the fleet mean with their known noise variance (the group value is the
-mean of its sites'). A new group enters with λ = 1/(number of groups) before the projection.
-``track_average`` keeps the running average of the iterates, which is the model AFL's guarantee
-is about (kept in the state as ``w_avg``).
+Both steps are the two halves of one saddle-point step on Σ_g λ_g L_g(w) with the group loss
+L_g = Σ_{k∈g} (n_k / n_g) F_k: the w-step descends its gradient Σ_g λ_g Σ_{k∈g} (n_k/n_g) ∇F_k,
+and the λ-step ascends its λ-gradient, L̂_g = Σ_{k∈g} (n_k / n_g) F̂_k: the same n_k-weighted
+group loss (for ``over="site"`` both are the site's own loss). Only groups present in the round
+take part: their λ are renormalised to sum 1 for the w-step, and only they get an ascent step (a
+stochastic gradient of the mixture loss). F̂_k are the noisy loss releases, shrunk toward the
+fleet mean with their known noise variance unless ``shrink_losses=False``. A new group enters with
+λ = 1/(number of groups) before the projection.
+
+``track_average``: AFL's guarantee is about the running average w̄_T = (1/T) Σ_t w^t of the
+iterates, not the last one; sites keep training from the iterate w^t (the algorithm), and the
+average, kept in the state as ``w_avg``, is the strategy's answer (:meth:`AgnosticFL.output`):
+what `fairfleet simulate` / `decompose` evaluate and report.
 """
 
 from __future__ import annotations
@@ -100,15 +107,21 @@ class AgnosticFL(WeightedUpdateStrategy):
             if self.shrink_losses
             else np.array([s.value for s in losses])
         )
-        ascent = np.zeros_like(lam)
-        ascent[present_idx] = (
-            np.bincount(member, weights=f, minlength=lam.size)[present_idx]
-            / group_count[present_idx]
-        )
+        ascent = np.zeros_like(lam)  # L̂_g = Σ_{k∈g} (n_k/n_g) F̂_k: the w-step's group loss
+        ascent[present_idx] = np.bincount(member, weights=within * f, minlength=lam.size)[
+            present_idx
+        ]
         lam_next = project_simplex(lam + self.lambda_lr * ascent)
         new_state = state.replace(arrays={"lambda": lam_next}, scalars={"groups": groups})
         diagnostics = {"lambda": {g: float(lam_next[index[g]]) for g in groups}}
         return coeffs, new_state, diagnostics
+
+    def output(self, global_vec: np.ndarray, state: StrategyState) -> np.ndarray:
+        """The running average of the iterates with ``track_average`` (else the iterate)."""
+        avg = state.arrays.get("w_avg")
+        if not self.track_average or avg is None or avg.shape != global_vec.shape:
+            return global_vec
+        return np.asarray(avg, dtype=global_vec.dtype)
 
     def server_step(
         self, global_vec: np.ndarray, pseudo_gradient: np.ndarray, state: StrategyState

@@ -43,6 +43,11 @@ class Strategy(ABC):
         """State before the first round."""
         return StrategyState(strategy=self.name)
 
+    def output(self, global_vec: np.ndarray, state: StrategyState) -> np.ndarray:
+        """The model the strategy answers with after a round: the iterate sites train from,
+        unless the method's guarantee is about another point (AFL's running average)."""
+        return global_vec
+
     @abstractmethod
     def aggregate(
         self, global_vec: np.ndarray, updates: Sequence[SiteUpdate], state: StrategyState

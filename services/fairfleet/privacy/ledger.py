@@ -25,8 +25,11 @@ a granted reservation counts against the budget until ``commit`` (it happened) o
 release it reports (a release that happened is always charged). An event that cannot be
 accounted is charged as non-private (ε = ∞): the ledger fails closed.
 
-Admission uses the RDP accountant (fast, running curves); ``epsilon(key, accountant="pld")``
-gives the tighter PLD figure for reports.
+One ε per ledger is reported (``budgets``, the accountant's gauges, ``fairfleet budget``): the
+RDP figure admission compares with ε_max. It never decreases as releases are added (every
+ledger's RDP curve is a sum of non-negative terms) and is an upper bound of the true ε.
+``epsilon(key, accountant="pld")`` gives the tighter PLD figure for analysis only (it is not
+guaranteed monotone numerically, so it is never published; docs/privacy.md).
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ import numpy as np
 from fairfleet.privacy.accounting import PldAccountant, RdpAccountant
 from fairfleet.privacy.algebra import NON_PRIVATE, Leaves, Unsupported, reduce_event
 from fairfleet.privacy.events import LedgerKey, PrivacyRecord, PrivacyUnit
-from fairfleet.privacy.policy import Policy, PolicySet
+from fairfleet.privacy.policy import Policy, PolicyMatch, PolicySet
 from fairfleet.privacy.rdp import epsilon_from_rdp
 from fairfleet.privacy.segments import SourceLedger
 from fairfleet.privacy.windows import describe
@@ -104,6 +107,13 @@ class Ledger:
         self._lock = threading.RLock()
         self._sources: dict[LedgerKey, SourceLedger] = {}
         self._events: dict[str, _Entry] = {}
+        # per ledger, the latest release (reserved or committed) of each model: its planned next
+        # release is assumed to repeat it (epsilon_next)
+        self._last: dict[LedgerKey, dict[str, _Entry]] = {}
+        # releases whose output was thrown away (the aggregator rejected or voided the update):
+        # (site, model_id, round) -> reason, and the event id of each (site, model_id, round)
+        self._wasted: dict[tuple[str, str, int], str] = {}
+        self._release_ids: dict[tuple[str, str, int], str] = {}
         self._rdp = RdpAccountant()  # its curve cache is shared by all ledgers
         self._pld_cache: dict[tuple[Any, ...], float] = {}
 
@@ -127,10 +137,27 @@ class Ledger:
                         total.update(seg.pending)
         return total
 
-    def policy_for(self, key: LedgerKey, site_class: str = "") -> Policy | None:
+    def policy_match(self, key: LedgerKey, site_class: str = "") -> PolicyMatch:
+        """The policy of a ledger and the entry that decided (PolicySet.resolve)."""
         source = self._sources.get(key)
         klass = site_class or (source.site_class if source else "")
         return self.policies.resolve(key.unit, key.site, klass)
+
+    def policy_for(self, key: LedgerKey, site_class: str = "") -> Policy | None:
+        return self.policy_match(key, site_class).policy
+
+    def _remember(self, entry: _Entry) -> None:
+        """Record an event and keep it as its model's latest release on its ledger."""
+        record = entry.record
+        self._events[record.event_id] = entry
+        self._release_ids[(record.site, record.model_id, record.round)] = record.event_id
+        latest = self._last.setdefault(record.key, {})
+        previous = latest.get(record.model_id)
+        if previous is None or (record.round, record.event_id) >= (
+            previous.record.round,
+            previous.record.event_id,
+        ):
+            latest[record.model_id] = entry
 
     def _deny(self, record: PrivacyRecord, code: DenyReason, detail: str, **kw: Any) -> Decision:
         return Decision(record.event_id, False, f"{code.value}: {detail}", code.value, **kw)
@@ -180,12 +207,13 @@ class Ledger:
                     repeated=True,
                     reason=f"already {existing.state.value}",
                 )
-            policy = self.policy_for(record.key, record.site_class)
+            match = self.policy_match(record.key, record.site_class)
+            policy = match.policy
             if policy is None:
                 return self._deny(
                     record,
                     DenyReason.NO_POLICY,
-                    f"no policy for {record.key} (class {record.site_class!r})",
+                    f"no policy for {record.key} (class {record.site_class!r}): {match.reason}",
                 )
             leaves = self._leaves(record)
             if isinstance(leaves, Unsupported):
@@ -216,7 +244,7 @@ class Ledger:
                     **limits,
                 )
             self._source(record).hold(record, leaves)
-            self._events[record.event_id] = _Entry(record, EventState.RESERVED, leaves)
+            self._remember(_Entry(record, EventState.RESERVED, leaves))
             return Decision(
                 record.event_id,
                 True,
@@ -237,6 +265,7 @@ class Ledger:
                 if existing.record == record:
                     source.apply(record, existing.leaves, pending=existing.leaves)
                     existing.state = EventState.COMMITTED
+                    self._remember(existing)
                     return Outcome(record.event_id, True, EventState.COMMITTED)
                 source.hold(existing.record, existing.leaves, release=True)
                 note = "differs from its reservation; charged as released"
@@ -248,7 +277,7 @@ class Ledger:
             note += why
             source = self._source(record)
             source.apply(record, leaves)
-            self._events[record.event_id] = _Entry(record, EventState.COMMITTED, leaves)
+            self._remember(_Entry(record, EventState.COMMITTED, leaves))
             return Outcome(record.event_id, True, EventState.COMMITTED, note)
 
     def _charge(self, record: PrivacyRecord) -> tuple[Leaves, str]:
@@ -277,7 +306,7 @@ class Ledger:
                 source.hold(record, leaves)
             else:
                 source.apply(record, leaves)
-            self._events[record.event_id] = _Entry(record, state, leaves)
+            self._remember(_Entry(record, state, leaves))
 
     def cancel(self, event_id: str, record: PrivacyRecord | None = None) -> Outcome:
         """The release did not happen: free its reservation; the id can never be reserved again."""
@@ -335,14 +364,36 @@ class Ledger:
                 return max((self._pld(leaves, delta) for leaves in segments), default=0.0)
             return max((self._eps(leaves, delta) for leaves in segments), default=0.0)
 
-    def reported_epsilon(self, key: LedgerKey, delta: float, accountant: str = "pld") -> float:
-        """Committed ε of a ledger for reports; PLD is computed from copies outside the lock."""
-        if accountant != "pld":
-            return self.epsilon(key, delta, accountant)
+    def epsilon_next(self, key: LedgerKey, delta: float | None = None) -> float | None:
+        """ε the ledger would reach with the planned next release of every model on it.
+
+        The plan: each model repeats its latest release (reserved or committed), on windows it
+        already touched or on windows no release touched yet — on top of everything committed
+        and pending; the ledger's ε after it (so never below ``epsilon(pending=True)``). The
+        figure is an upper bound of what the next round's reservations are
+        checked against, so ``epsilon_next > ε_max`` comes before the denial (admission compares
+        the same RDP composition). None before the ledger's first release.
+        """
         with self._lock:
+            latest = self._last.get(key)
             source = self._sources.get(key)
-            segments = [Counter(seg.committed) for seg in source.segments] if source else []
-        return max((self._pld(leaves, delta) for leaves in segments), default=0.0)
+            if not latest or source is None:
+                return None
+            if delta is None:
+                policy = self.policy_for(key)
+                delta = policy.delta if policy else REPORT_DELTA
+            planned: Leaves = Counter()
+            for entry in latest.values():
+                planned.update(entry.leaves)
+            if key.unit is PrivacyUnit.SITE:
+                return self._eps(self._site_unit_total(key.site) + planned, delta)
+            worst = max(  # the ledger's other windows, and windows no release touched yet
+                self.epsilon(key, delta, pending=True), self._eps(planned, delta)
+            )
+            for entry in latest.values():
+                for committed, pending in source.touched(entry.record):
+                    worst = max(worst, self._eps(committed + pending + planned, delta))
+            return worst
 
     def _pld(self, leaves: Leaves, delta: float) -> float:
         if not leaves:
@@ -354,57 +405,94 @@ class Ledger:
             self._pld_cache[key] = acc.get_epsilon(delta)
         return self._pld_cache[key]
 
-    def budgets(self, site: str | None = None, accountant: str = "rdp") -> list[dict[str, Any]]:
-        """One row per ledger: spent (committed), reserved (with pending), limit, remaining.
-
-        With ``accountant="pld"`` the PLD figures are computed after the lock is released (from
-        copies), so a slow report never delays a reservation.
-        """
-        pld_jobs: list[tuple[dict[str, Any], list[Leaves], float]] = []
+    def budgets(self, site: str | None = None) -> list[dict[str, Any]]:
+        """One row per ledger (see :meth:`budget`) with its event counts."""
         with self._lock:
             counts = Counter((e.record.key, e.state) for e in self._events.values())
             rows = []
             for key in self.ledger_keys():
-                if site is not None and key.site != site:
+                if site is None or key.site == site:
+                    row = self.budget(key)
+                    row["events_committed"] = counts[(key, EventState.COMMITTED)]
+                    row["events_reserved"] = counts[(key, EventState.RESERVED)]
+                    rows.append(row)
+            return rows
+
+    def budget(self, key: LedgerKey) -> dict[str, Any]:
+        """A ledger's figures: its one reported ε (``epsilon_spent``: committed, RDP, as
+        admitted), with pending (``epsilon_reserved``), after the planned next release
+        (``epsilon_next``), the policy and the entry that decided it, and what is left."""
+        with self._lock:
+            source = self._sources[key]
+            match = self.policy_match(key)
+            policy = match.policy
+            delta = policy.delta if policy else REPORT_DELTA
+            spent = self.epsilon(key, delta)
+            limit = policy.epsilon_max if policy else None
+            row: dict[str, Any] = {
+                "unit": key.unit.value,
+                "site": key.site,
+                "source": key.source,
+                "site_class": source.site_class,
+                "accountant": "rdp",
+                "epsilon_spent": spent,
+                "epsilon_reserved": self.epsilon(key, delta, pending=True),
+                "epsilon_next": self.epsilon_next(key, delta),
+                "epsilon_limit": limit,
+                "policy": match.matched,
+                "epsilon_remaining": None if limit is None else limit - spent,
+                "budget_used_ratio": None if limit is None else spent / limit,
+                "delta": delta,
+                "windows": source.window_range(),
+                "segments": len(source.segments),
+            }
+            if key.unit is PrivacyUnit.SITE:
+                row["site_total_epsilon"] = self._eps(
+                    self._site_unit_total(key.site, pending=False), delta
+                )
+            return row
+
+    def mark_wasted(self, site: str, model_id: str, round_: int, reason: str) -> bool:
+        """The release of (site, model, round) was charged but its output thrown away (the
+        aggregator rejected the update as ``late``, ``bad_signature``, ... or voided its round).
+
+        It stays charged (a release cannot be undone); it is reported by :meth:`wasted`. The
+        first reason given wins; False when the release was already marked. The mark may
+        arrive before the release's commit (different topics): it applies once committed.
+        """
+        with self._lock:
+            if (site, model_id, round_) in self._wasted:
+                return False
+            self._wasted[(site, model_id, round_)] = reason
+            return True
+
+    def wasted(self, site: str | None = None) -> list[dict[str, Any]]:
+        """Per ledger and reason: the committed releases marked wasted and the ε of their
+        composition (RDP at the ledger's policy δ, composed as if on the same windows — an upper
+        bound of the privacy loss that bought nothing). Only grows as marks and commits arrive."""
+        with self._lock:
+            groups: dict[tuple[LedgerKey, str], tuple[Leaves, int]] = {}
+            for (mark_site, model_id, round_), reason in self._wasted.items():
+                if site is not None and mark_site != site:
                     continue
-                source = self._sources[key]
+                event_id = self._release_ids.get((mark_site, model_id, round_))
+                entry = self._events.get(event_id) if event_id is not None else None
+                if entry is None or entry.state is not EventState.COMMITTED:
+                    continue
+                leaves, count = groups.get((entry.record.key, reason), (Counter(), 0))
+                groups[(entry.record.key, reason)] = (leaves + entry.leaves, count + 1)
+            rows = []
+            for (key, reason), (leaves, count) in sorted(groups.items(), key=lambda g: (str(g[0][0]), g[0][1])):
                 policy = self.policy_for(key)
-                delta = policy.delta if policy else REPORT_DELTA
-                spent = self.epsilon(key, delta, "rdp")
-                with_pending = self.epsilon(key, delta, "rdp", pending=True)
-                limit = policy.epsilon_max if policy else None
-                row: dict[str, Any] = {
+                rows.append({
                     "unit": key.unit.value,
                     "site": key.site,
                     "source": key.source,
-                    "site_class": source.site_class,
-                    "accountant": accountant,
-                    "epsilon_spent": spent,
-                    "epsilon_reserved": with_pending,
-                    "epsilon_limit": limit,
-                    "epsilon_remaining": None if limit is None else limit - spent,
-                    "budget_used_ratio": None if limit is None else spent / limit,
-                    "delta": delta,
-                    "windows": source.window_range(),
-                    "segments": len(source.segments),
-                    "events_committed": counts[(key, EventState.COMMITTED)],
-                    "events_reserved": counts[(key, EventState.RESERVED)],
-                }
-                if key.unit is PrivacyUnit.SITE:
-                    row["site_total_epsilon"] = self._eps(
-                        self._site_unit_total(key.site, pending=False), delta
-                    )
-                rows.append(row)
-                if accountant == "pld":
-                    pld_jobs.append((row, [Counter(g.committed) for g in source.segments], delta))
-        for row, segments, delta in pld_jobs:
-            spent = max((self._pld(leaves, delta) for leaves in segments), default=0.0)
-            row["epsilon_spent_rdp"] = row["epsilon_spent"]
-            limit = row["epsilon_limit"]
-            row["epsilon_spent"] = spent
-            row["epsilon_remaining"] = None if limit is None else limit - spent
-            row["budget_used_ratio"] = None if limit is None else spent / limit
-        return rows
+                    "reason": reason,
+                    "releases": count,
+                    "epsilon": self._eps(leaves, policy.delta if policy else REPORT_DELTA),
+                })
+            return rows
 
     def snapshot(self) -> dict[str, Any]:
         """A canonical, comparable view of the whole ledger (for replay checks)."""

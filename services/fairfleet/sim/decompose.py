@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from fairfleet.errors import ConfigError
+from fairfleet.sim.deployment import Deployment, is_deployment_config
 from fairfleet.sim.engine import TrainConfig
 
 TERMS = ("statistical", "privacy", "fairness", "interaction")
@@ -49,6 +50,8 @@ class DecomposeConfig:
     first_seed: int = 0
     train: TrainConfig = field(default_factory=TrainConfig)
     workers: int = 2
+    model: str | None = None
+    """The model measured when ``fleet`` is a deployment config (default: the only / first)."""
 
     def __post_init__(self) -> None:
         if not self.epsilons or not self.gammas:
@@ -101,20 +104,34 @@ def risk_functionals(
     return {"fleet": fleet_risk(site_risk, n), "worst_class": max(by_class.values()), **by_class}
 
 
-_PACKED: dict[tuple[str, int], Any] = {}
+_PACKED: dict[tuple[Any, int], Any] = {}
 
 
-def run_job(fleet_json: str, job: Job, train: TrainConfig) -> dict[str, Any]:
-    """Train one job in this process; returns its risks and (federated runs) its history."""
+def load_packed(source: str | Deployment, seed: int) -> Any:
+    """The Packed arrays of a fleet: a simulated fleet (its JSON) at ``seed``, or a deployment's
+    real data (the same for every seed: seeds then vary training and noise only)."""
     from fairfleet.sim.arrays import fleet_data
-    from fairfleet.sim.engine import Packed, train_federated, train_oracle
+    from fairfleet.sim.engine import Packed
     from fairfleet.sim.fleet import FleetSpec
 
-    key = (fleet_json, job.seed)
+    key = (source, seed if isinstance(source, str) else 0)
     if key not in _PACKED:
         _PACKED.clear()  # one seed's data at a time per worker
-        _PACKED[key] = Packed(fleet_data(FleetSpec.model_validate_json(fleet_json), job.seed))
-    packed = _PACKED[key]
+        if isinstance(source, str):
+            _PACKED[key] = Packed(fleet_data(FleetSpec.model_validate_json(source), seed))
+        else:
+            _PACKED[key] = Packed(source.data())
+    return _PACKED[key]
+
+
+def run_job(source: str | Deployment, job: Job, train: TrainConfig) -> dict[str, Any]:
+    """Train one job in this process; returns its risks and (federated runs) its history.
+
+    ``source``: a simulated fleet's JSON, or a :class:`Deployment` (the user's fleet config).
+    """
+    from fairfleet.sim.engine import train_federated, train_oracle
+
+    packed = load_packed(source, job.seed)
     started = time.perf_counter()
     if job.config == "oracle":
         site_risk = packed.test_risk(train_oracle(packed))
@@ -171,21 +188,43 @@ def summarise_point(per_seed: list[dict[str, dict[str, float]]]) -> dict[str, An
 
 
 def epsilon_curve(
-    noise_multiplier: float, releases_per_round: int, rounds: int, delta: float
+    noise_multiplier: float,
+    releases_per_round: int,
+    rounds: int,
+    delta: float,
+    train: TrainConfig | None = None,
 ) -> list[float]:
-    """ε spent after each round: SelfComposed(Gaussian(z), r·t) under RDP at δ."""
+    """ε spent after each round (RDP at δ): R rounds of the unit's round event (``train.unit``;
+    default site level: ``SelfComposed(Gaussian(z), r·t)``)."""
     if noise_multiplier <= 0:
         return [0.0] * rounds
-    import dp_accounting
-    from dp_accounting.rdp import RdpAccountant
+    from fairfleet.privacy.dpsgd import steps_per_epoch
+    from fairfleet.sim.engine import Privacy
 
-    out = []
-    for t in range(1, rounds + 1):
-        acc = RdpAccountant()
-        event = dp_accounting.GaussianDpEvent(noise_multiplier)
-        acc.compose(dp_accounting.SelfComposedDpEvent(event, releases_per_round * t))
-        out.append(float(acc.get_epsilon(delta)))
-    return out
+    unit = "site" if train is None else train.unit
+    q = None if train is None else train.q
+    privacy = Privacy(
+        1.0, delta, 1.0, 1.0, releases_per_round, unit, q, steps_per_epoch(q) if q else 1
+    )
+    return [privacy.run_epsilon(noise_multiplier, t) for t in range(1, rounds + 1)]
+
+
+def privacy_description(train: TrainConfig) -> str:
+    """The unit and mechanism a decomposition measured, in words (document and report)."""
+    from fairfleet.privacy.dpsgd import steps_per_epoch
+
+    if train.unit == "observation":
+        return (
+            f"record-level (one observation): DP-SGD in local training (Poisson rate "
+            f"q={train.q:g}, {steps_per_epoch(train.q)} steps per round, per-example clip "
+            f"C={train.clip_norm:g}, noise zC) + noisy loss release with sensitivity B/m (gap "
+            "strategy only), z calibrated by RDP for all releases of the run"
+        )
+    return (
+        f"site-level (a whole site): update-level Gaussian (clip C={train.clip_norm:g}, noise zC) "
+        "+ noisy loss release with sensitivity B (gap strategy only), z calibrated by RDP for "
+        "all releases of the run"
+    )
 
 
 def _mean_history(histories: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
@@ -213,22 +252,30 @@ def decompose(cfg: DecomposeConfig, progress: ProgressFn | None = None) -> dict[
     from fairfleet.sim.fleet import load_fleet
 
     started = time.perf_counter()
-    fleet = load_fleet(cfg.fleet)
-    clash = sorted(set(fleet.class_names) & set(RESERVED_RISKS))
+    source: str | Deployment
+    if is_deployment_config(cfg.fleet):
+        source = Deployment(str(cfg.fleet), cfg.model)
+        data = load_packed(source, 0).data
+        fleet_name, task, classes, n_sites = data.name, data.task, data.class_names, len(data.sites)
+    else:
+        fleet = load_fleet(cfg.fleet)
+        source = fleet.model_dump_json(by_alias=True)
+        fleet_name, classes, n_sites = fleet.name, fleet.class_names, len(fleet.sites)
+        task = fleet.task if fleet.kind == "industrial" else "classification"
+    clash = sorted(set(classes) & set(RESERVED_RISKS))
     if clash:
         raise ConfigError(f"Site class names must not be {list(RESERVED_RISKS)}. Found {clash}.")
     train = replace(cfg.train, delta=cfg.delta)
-    fleet_json = fleet.model_dump_json(by_alias=True)
     jobs = plan_jobs(cfg)
     results: dict[Job, dict[str, Any]] = {}
     if cfg.workers == 1:
         for i, job in enumerate(jobs):
-            results[job] = run_job(fleet_json, job, train)
+            results[job] = run_job(source, job, train)
             if progress is not None:
                 progress(i + 1, len(jobs), job)
     else:
         with ProcessPoolExecutor(max_workers=cfg.workers) as pool:
-            futures = {pool.submit(run_job, fleet_json, job, train): job for job in jobs}
+            futures = {pool.submit(run_job, source, job, train): job for job in jobs}
             for i, future in enumerate(as_completed(futures)):
                 results[futures[future]] = future.result()
                 if progress is not None:
@@ -270,27 +317,29 @@ def decompose(cfg: DecomposeConfig, progress: ProgressFn | None = None) -> dict[
         history[name] = {
             "noise_multiplier": z,
             "releases_per_round": releases if z > 0 else 0,
-            "epsilon_spent": epsilon_curve(z, releases, train.rounds, cfg.delta),
+            "epsilon_spent": epsilon_curve(z, releases, train.rounds, cfg.delta, train),
             "rounds": _mean_history([r["history"] for r in runs]),
         }
     primary = sweep[0]
     return {
-        "fleet": fleet.name,
-        "task": fleet.task if fleet.kind == "industrial" else "classification",
-        "classes": fleet.class_names,
-        "n_sites": len(fleet.sites),
+        "fleet": fleet_name,
+        "source": "deployment" if isinstance(source, Deployment) else "simulated",
+        "task": task,
+        "classes": classes,
+        "n_sites": n_sites,
         "epsilon": e0,
         "gamma": g0,
         "delta": cfg.delta,
+        "privacy_unit": train.unit,
         "seeds": seeds,
         "config": {
             "fleet": cfg.fleet,
+            "model": cfg.model,
             "epsilons": list(cfg.epsilons),
             "gammas": list(cfg.gammas),
             "train": asdict(train),
             "workers": cfg.workers,
-            "privacy": "site-level: update-level Gaussian (clip C, noise zC) + noisy loss release "
-            "(gap strategy only), z calibrated by RDP for all releases of the run",
+            "privacy": privacy_description(train),
         },
         "terms": primary["terms"],
         "dominant": primary["dominant"],

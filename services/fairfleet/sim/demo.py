@@ -189,13 +189,12 @@ class DemoRecorder:
 
         agg = scrape(fleet.aggregator(MODEL_ID).url, timeout=10.0)
         eps: dict[str, float] = {}
-        for site in fleet.of_kind("site"):
-            try:
-                samples = scrape(site.url, timeout=10.0)
-            except Exception:  # a busy site answers next round
-                continue
-            values = [v for _, v in samples.get("fairfleet_site_epsilon_spent", [])]
-            eps[site.name.removeprefix("site-")] = max(values, default=0.0)
+        try:  # the accountant's one ε per ledger (what `fairfleet budget` and dashboards show)
+            ledger = scrape(fleet.accountant.url, timeout=10.0)
+        except Exception:  # a busy accountant answers next round
+            ledger = {}
+        for labels, value in ledger.get("fairfleet_privacy_epsilon_spent", []):
+            eps[labels["site"]] = max(value, eps.get(labels["site"], 0.0))
         class_loss = {labels["class"]: v for labels, v in agg.get("fairfleet_fairness_class_loss", [])
                       if labels.get("estimate") == "debiased"}
         gap = [v for _, v in agg.get("fairfleet_fairness_gap", [])]
@@ -204,25 +203,12 @@ class DemoRecorder:
                             "time": time.time()})
 
 
-def epsilon_by_round(fleet: Any) -> dict[str, list[dict[str, float]]]:
-    """Per site, the ε it reported after each published round (its "round published" log lines)."""
+def epsilon_by_round(rounds: list[dict[str, Any]]) -> dict[str, list[dict[str, float]]]:
+    """Per site, the accountant's ε after each closed round (from the recorder's scrapes)."""
     out: dict[str, list[dict[str, float]]] = {}
-    for site in fleet.of_kind("site"):
-        rows = []
-        try:
-            lines = site.log_path.read_text(errors="replace").splitlines()
-        except OSError:
-            lines = []
-        for line in lines:
-            if '"round published"' not in line:
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if record.get("epsilon_spent") is not None:
-                rows.append({"round": int(record["round"]) + 1, "epsilon": float(record["epsilon_spent"])})
-        out[site.name.removeprefix("site-")] = rows
+    for row in rounds:
+        for site, eps in row["epsilon_spent"].items():
+            out.setdefault(site, []).append({"round": row["round"], "epsilon": eps})
     return out
 
 
@@ -294,7 +280,7 @@ def run_demo(
         finally:
             say(settings.rounds, settings.rounds, "stopping the services")
             fleet.stop()
-        epsilon_history = epsilon_by_round(fleet)
+        epsilon_history = epsilon_by_round(recorder.rounds)
         models = read_models(config)
     finally:
         if started_broker:

@@ -16,10 +16,14 @@ One round t, for the participating sites P_t (all, or a sample chosen by the cal
    (``GaussianUpdateMechanism.privatise``, ``GaussianDpEvent(z)`` per release);
 3. the strategy from fairfleet.fairness aggregates the :class:`SiteUpdate` s into w^{t+1}.
 
-Privacy is site-level and composes over the run without amplification: z is the smallest value
-with ``SelfComposed(GaussianDpEvent(z), R·r)`` (ε, δ)-DP, r releases per round, calibrated by
+Privacy (:class:`Privacy`) has two units. Site level (the steps above): composes over the run
+without amplification, z is the smallest value with ``SelfComposed(GaussianDpEvent(z), R·r)``
+(ε, δ)-DP, r releases per round, calibrated by
 ``fairfleet.privacy.accounting.calibrate_noise_multiplier`` (a Gaussian release without sampling
-is DP-SGD's event at q = 1). Noise seeds are per (run seed, round, site).
+is DP-SGD's event at q = 1). Record level (observation): step 2 is
+``learning.train.local_train`` with DP-SGD at every site (:func:`dpsgd_local`; Poisson rate q,
+per-example clip C, noise zC) and the loss release has sensitivity B/m; z makes R rounds of the
+live agents' round event (ε, δ)-DP. Noise seeds are per (run seed, round, site).
 
 Why not ``learning.train.local_train``: it costs ~10 ms per site-round (model copy, optimiser and
 autograd set-up for a tiny model), and a decomposition is ~10⁵ site-rounds. Here the local steps
@@ -27,7 +31,7 @@ of all sites are batched numpy ops (a leading site axis), the same math;
 tests/unit/sim/test_engine.py checks the batch against a per-site loop and
 tests/unit/sim/test_simulate.py against local_train.
 
-Over 400 lines on purpose: the core plus the decomposition's run (``TrainConfig``,
+Over 400 lines on purpose: the core, both privacy units, plus the decomposition's run (``TrainConfig``,
 ``train_federated``, ``train_oracle``), which decompose, its CLI, the bench and tests import from
 here; simulate's wiring lives in sim/simulate.py.
 """
@@ -50,8 +54,9 @@ if TYPE_CHECKING:
 ProgressFn = Callable[[int, int], None]
 Batch = tuple[np.ndarray, "np.ndarray | float"]
 """One local step of every site: global train rows (k, B) and per-row weights (k, B) or 1/B."""
-LocalFn = Callable[[np.ndarray, np.ndarray, int], np.ndarray]
-"""(w^t, participating site indices, round) → raw Δ_k, one row per participant."""
+LocalFn = Callable[[np.ndarray, np.ndarray, int], "np.ndarray | tuple[np.ndarray, np.ndarray]"]
+"""(w^t, participating site indices, round) → raw Δ_k, one row per participant (or, already
+privatised by DP-SGD, (Δ, per-coordinate noise std of each Δ_k))."""
 
 
 def check_config(
@@ -208,27 +213,100 @@ class Packed:
         return (new - theta).astype(np.float32)
 
 
+UNITS = ("site", "observation")
+
+
 @dataclass(frozen=True)
 class Privacy:
-    """Site-level DP over a run: (ε, δ), update clip C, loss bound B, releases per round."""
+    """DP over a run: (ε, δ) per site, clip C, loss bound B, releases per round, and the unit.
+
+    ``unit="site"``: the update mechanism (clip the whole Δ to C, add N(0, z²C²I)), loss
+    sensitivity B; ``unit="observation"``: DP-SGD in local training (``local_train`` with
+    ``privacy="dpsgd"``: Poisson rate ``sampling_rate``, ``steps_per_round`` steps, per-example
+    clip C, noise zC), loss sensitivity B/m. In both cases the loss release (when made) uses the
+    same z and the run's event is what the live agents reserve, composed over the R rounds.
+    """
 
     epsilon: float
     delta: float
     clip_norm: float
     loss_bound: float
     releases_per_round: int
+    unit: str = "site"
+    sampling_rate: float | None = None
+    steps_per_round: int = 1
+
+    def __post_init__(self) -> None:
+        if self.unit not in UNITS:
+            raise ConfigError(f"privacy unit must be one of {list(UNITS)}. Found {self.unit!r}.")
+        if self.unit == "observation" and self.sampling_rate is None:
+            raise ConfigError("Record-level DP-SGD needs a sampling rate. Found None.")
+
+    def round_event(self, z: float) -> Any:
+        """One round's DpEvent at noise multiplier z (update, plus the loss release if made)."""
+        import dp_accounting
+
+        from fairfleet.privacy.events import compose, dpsgd_event
+
+        if self.unit == "site":
+            update = dp_accounting.GaussianDpEvent(z)
+        else:
+            assert self.sampling_rate is not None
+            update = dpsgd_event(self.sampling_rate, z, self.steps_per_round)
+        # the loss release: Gaussian(z) at either unit (sensitivity B, or B/m with noise z·B/m)
+        loss = [dp_accounting.GaussianDpEvent(z)] * (self.releases_per_round - 1)
+        return compose([update, *loss])
 
     def noise_multiplier(self, rounds: int) -> float:
-        """z with ``SelfComposed(GaussianDpEvent(z), rounds · releases_per_round)`` (ε, δ)-DP."""
+        """Smallest z whose run (R rounds of :meth:`round_event`) is (ε, δ)-DP under RDP."""
         from fairfleet.privacy.accounting import calibrate_noise_multiplier
 
-        return calibrate_noise_multiplier(
-            self.epsilon,
-            self.delta,
-            sampling_rate=1.0,
-            steps=rounds * self.releases_per_round,
-            accountant="rdp",
-        )
+        if self.unit == "site":  # r Gaussian releases per round: DP-SGD's event at q = 1
+            return calibrate_noise_multiplier(
+                self.epsilon,
+                self.delta,
+                sampling_rate=1.0,
+                steps=rounds * self.releases_per_round,
+                accountant="rdp",
+            )
+        assert self.sampling_rate is not None
+        if self.releases_per_round == 1:
+            return calibrate_noise_multiplier(
+                self.epsilon,
+                self.delta,
+                sampling_rate=self.sampling_rate,
+                steps=rounds * self.steps_per_round,
+                accountant="rdp",
+            )
+        return self._calibrate_composed(rounds)
+
+    def run_epsilon(self, z: float, rounds: int) -> float:
+        """ε at δ (RDP) of R rounds at noise multiplier z."""
+        import dp_accounting
+
+        from fairfleet.privacy.accounting import epsilon
+
+        return epsilon(dp_accounting.SelfComposedDpEvent(self.round_event(z), rounds), self.delta)
+
+    def _calibrate_composed(self, rounds: int) -> float:
+        """z for DP-SGD steps plus Gaussian loss releases: Brent on ε(z) − target, bracketed."""
+        from scipy.optimize import brentq
+
+        def gap(z: float) -> float:
+            return self.run_epsilon(z, rounds) - self.epsilon
+
+        hi = 1.0
+        while gap(hi) > 0:
+            hi *= 2
+            if hi > 1e6:
+                raise ConfigError(f"epsilon {self.epsilon} is out of reach at delta {self.delta}.")
+        lo = hi / 2
+        while gap(lo) <= 0:
+            hi, lo = lo, lo / 2
+            if lo < 1e-4:
+                return hi
+        z = float(brentq(gap, lo, hi, xtol=1e-6))
+        return z if gap(z) <= 0 else z + 1e-6
 
 
 @dataclass
@@ -255,7 +333,8 @@ def run_rounds(
     on_round: Callable[[Round], None] | None = None,
     progress: ProgressFn | None = None,
 ) -> tuple[np.ndarray, float]:
-    """Run ``rounds`` federated rounds (module docstring) from θ = 0; returns (θ_R, z).
+    """Run ``rounds`` federated rounds (module docstring) from θ = 0; returns (θ_R, z), θ_R
+    the strategy's answer (:meth:`Strategy.output`: the last iterate, or AFL's average).
 
     ``choose(t)`` gives the participating site indices of round t (default: all sites);
     ``local(θ, sites, t)`` their raw deltas; ``loss_bound`` the clip bound B of plain loss
@@ -268,7 +347,8 @@ def run_rounds(
     from fairfleet.privacy.mechanisms import GaussianUpdateMechanism, noisy_bounded_mean
 
     z = 0.0 if privacy is None else privacy.noise_multiplier(rounds)
-    mechanism = None if privacy is None else GaussianUpdateMechanism(privacy.clip_norm, z)
+    site_unit = privacy is not None and privacy.unit == "site"
+    mechanism = GaussianUpdateMechanism(privacy.clip_norm, z) if site_unit and privacy else None
     bound = loss_bound if privacy is None else privacy.loss_bound
     every = np.arange(len(packed.n_train))
     plain = np.random.default_rng(0)  # z = 0: noisy_bounded_mean only clips and averages
@@ -284,12 +364,15 @@ def run_rounds(
                 m = values.shape[0]
                 if bound is None:
                     losses[i] = NoisyStat(float(values.mean()), 0.0, m)
-                else:  # site unit: sensitivity B, so noise multiplier z·m on the B/m scale
+                else:  # site unit: sensitivity B, so noise multiplier z·m on the B/m scale;
+                    # observation unit: sensitivity B/m, multiplier z
                     rng = np.random.default_rng(seeds[i]) if seeds else plain
-                    release = noisy_bounded_mean(values, 0.0, bound, z * m, rng, m=m)
+                    multiplier = z * m if site_unit else z
+                    release = noisy_bounded_mean(values, 0.0, bound, multiplier, rng, m=m)
                     losses[i] = NoisyStat(release.value, release.noise_std, m)
-        deltas = local(theta, chosen, t)
-        noise_std, clip = 0.0, None
+        out = local(theta, chosen, t)
+        deltas, stds = out if isinstance(out, tuple) else (out, None)
+        noise_std, clip = 0.0, None  # DP-SGD does not bound ‖Δ‖: no clip_norm
         if mechanism is not None:
             for i in range(len(chosen)):
                 private = mechanism.privatise(
@@ -303,7 +386,7 @@ def run_rounds(
                 sites[k].site_class,
                 deltas[i],
                 sites[k].n_train,
-                noise_std,
+                noise_std if stds is None else float(stds[i]),
                 losses[i],
                 clip_norm=clip,
             )
@@ -311,11 +394,12 @@ def run_rounds(
         ]
         result = strategy.aggregate(theta, updates, state)
         theta, state = result.new_global.astype(np.float32), result.new_state
-        if on_round is not None:
-            on_round(Round(t + 1, theta, len(updates), result.diagnostics))
+        if on_round is not None:  # evaluated: the strategy's answer (AFL: the averaged model)
+            answer = strategy.output(theta, state).astype(np.float32)
+            on_round(Round(t + 1, answer, len(updates), result.diagnostics))
         if progress is not None:
             progress(t + 1, rounds)
-    return theta, z
+    return strategy.output(theta, state).astype(np.float32), z
 
 
 # --- the decomposition's runs (sim/decompose.py): FedAvg or the gap constraint, every site ---
@@ -337,6 +421,11 @@ class TrainConfig:
     dual_lr: float = 2.0
     track_history: bool = True
     """Evaluate every site's test risk after every round (the report's per-round curves)."""
+    unit: str = "site"
+    """Privacy unit: ``site`` (update mechanism) or ``observation`` (DP-SGD, record level)."""
+    sampling_rate: float | None = None
+    """DP-SGD's Poisson rate q (observation unit); default 1/local_steps, so a round runs
+    ⌊1/q⌋ = local_steps steps as at the site unit (expected batch n_k/local_steps)."""
 
     def __post_init__(self) -> None:
         check_config(
@@ -350,6 +439,17 @@ class TrainConfig:
             raise ConfigError(f"gamma must be finite and >= 0. Found {self.gamma}.")
         if self.loss_bound is not None and not self.loss_bound > 0:
             raise ConfigError(f"loss_bound must be > 0. Found {self.loss_bound}.")
+        if self.unit not in UNITS:
+            raise ConfigError(f"unit must be one of {list(UNITS)}. Found {self.unit!r}.")
+        if self.sampling_rate is not None:
+            from fairfleet.privacy.events import validate_sampling_rate
+
+            validate_sampling_rate(self.sampling_rate)
+
+    @property
+    def q(self) -> float:
+        """DP-SGD's sampling rate (observation unit)."""
+        return self.sampling_rate if self.sampling_rate is not None else 1.0 / self.local_steps
 
     @property
     def private(self) -> bool:
@@ -406,11 +506,26 @@ def train_federated(
     bound = cfg.loss_bound or default_loss_bound(packed.task, packed.o)
     privacy = None
     if cfg.epsilon is not None:
-        privacy = Privacy(cfg.epsilon, cfg.delta, cfg.clip_norm, bound, cfg.releases_per_round)
-    history: list[dict[str, Any]] = []
+        from fairfleet.privacy.dpsgd import steps_per_epoch
 
-    def local(theta: np.ndarray, _sites: np.ndarray, _t: int) -> np.ndarray:
+        privacy = Privacy(
+            cfg.epsilon, cfg.delta, cfg.clip_norm, bound, cfg.releases_per_round,
+            cfg.unit, cfg.q, steps_per_epoch(cfg.q),
+        )
+    history: list[dict[str, Any]] = []
+    dpsgd = privacy is not None and privacy.unit == "observation"
+    z_dpsgd: list[float] = []
+
+    def local(
+        theta: np.ndarray, sites: np.ndarray, t: int
+    ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        if dpsgd:
+            return dpsgd_local(packed, theta, sites, cfg, z_dpsgd[0], seed_for(seed, t))
         return packed.local_sgd(theta, cfg.local_steps, cfg.batch_size, cfg.lr, rng)
+
+    if dpsgd:
+        assert privacy is not None
+        z_dpsgd.append(privacy.noise_multiplier(cfg.rounds))
 
     def record(r: Round) -> None:
         risk = packed.test_risk(r.theta)
@@ -438,6 +553,46 @@ def train_federated(
         progress=progress,
     )
     return RunResult(theta, packed.test_risk(theta), z, history)
+
+
+def dpsgd_local(
+    packed: Packed, theta: np.ndarray, sites: np.ndarray, cfg: TrainConfig, z: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Record-level DP: every site runs ``local_train`` with ``privacy="dpsgd"`` from θ (the live
+    agents' DP-SGD: Poisson rate q, ⌊1/q⌋ steps, per-example clip C, noise zC; its event is
+    checked against the one the calibration composed). Returns (Δ, noise std of each Δ_k).
+
+    The model is the registered ``linear`` model with o outputs (softmax cross-entropy for
+    classification, o ≥ 2: the engine's θ layout, [W row-major, b]).
+    """
+    import torch
+
+    from fairfleet.errors import PrivacyError
+    from fairfleet.learning.models import build_model
+    from fairfleet.learning.tensors import flatten, unflatten
+    from fairfleet.learning.train import LocalTrainConfig, local_train
+
+    config = LocalTrainConfig(
+        epochs=1, lr=cfg.lr, privacy="dpsgd", noise_multiplier=z, clip_norm=cfg.clip_norm,
+        sampling_rate=cfg.q,
+    )
+    planned = config.planned_dp_event()
+    torch.set_num_threads(1)  # tiny models: threads cost more than they give (2 workers)
+    model = build_model("linear", in_features=packed.d, out_features=packed.o)
+    model.load_state_dict(unflatten(torch.from_numpy(np.array(theta)), model.state_dict()))
+    deltas, stds = [], []
+    for k in sites:
+        site = packed.data.sites[int(k)]
+        result = local_train(
+            model, torch.from_numpy(site.x_train), torch.from_numpy(site.y_train),
+            "regression" if packed.task == "regression" else "classification",
+            config, seed_for(seed, int(k)),
+        )
+        if result.dp_event != planned:
+            raise PrivacyError(f"DP-SGD spent {result.dp_event}, calibrated for {planned}.")
+        deltas.append(flatten(result.delta).numpy().astype(np.float32))
+        stds.append(result.noise_std)
+    return np.stack(deltas), np.asarray(stds)
 
 
 def train_oracle(packed: Packed, l2: float = 1e-4) -> np.ndarray:

@@ -288,6 +288,8 @@ def write_report(doc: dict[str, Any], out_dir: str | Path) -> Path:
         f"{len(doc['seeds'])} seeds, {train['rounds']} rounds of {train['local_steps']} local steps. "
         "Five models are trained on the same data: the <i>oracle</i> (all data pooled, no privacy), "
         "and federated models with privacy off/on × fairness off/on.</p>",
+        f"<p>Privacy unit measured: <b>{html.escape(doc.get('privacy_unit', 'site'))}</b> — "
+        f"{html.escape(doc['config'].get('privacy', ''))}.</p>",
         "<h2>Reading</h2>",
         *[f"<p>{p}</p>" for p in reading(doc)],
         "<h2>The four terms</h2><img src='terms.png' alt='four terms'>",

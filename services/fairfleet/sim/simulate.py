@@ -9,9 +9,11 @@ Participants: every site, or ``clients_per_round`` of them chosen uniformly with
 ``weighting`` average uniformly). Local training: ``local_epochs`` of mini-batch SGD (capped at
 ``local_steps``), each epoch in the order of a ``torch.randperm`` seeded per (seed, round, site).
 
-Privacy: every site is charged 2 Gaussian releases (loss and update) per round for all R rounds,
-whatever the strategy uses (no amplification by the server's client sampling, which a site cannot
-verify), so every strategy runs under the same z: ``SelfComposed(GaussianDpEvent(z), 2R)``.
+Privacy (``epsilon``): every site is charged 2 releases (loss and update) per round for all R
+rounds, whatever the strategy uses (no amplification by the server's client sampling, which a
+site cannot verify), so every strategy runs under the same z. ``unit="site"``: the update
+mechanism, ``SelfComposed(GaussianDpEvent(z), 2R)``; ``unit="observation"``: DP-SGD through
+``local_train`` (sim/engine.py ``dpsgd_local``), R rounds of DP-SGD steps plus R loss releases.
 
 Engines. ``fast`` (default) runs the local steps of the round's sites batched in numpy
 (``Packed.sgd``: the same batches, the same float32 math); ``torch`` calls
@@ -38,7 +40,9 @@ from fairfleet.sim.engine import (
     Privacy,
     ProgressFn,
     Round,
+    TrainConfig,
     check_config,
+    dpsgd_local,
     run_rounds,
     seed_for,
 )
@@ -70,6 +74,10 @@ class SimulationConfig:
     loss_bound: float = 5.0
     engine: str = "fast"
     eval_every: int = 1
+    unit: str = "site"
+    """Privacy unit with ``epsilon``: ``site`` (update noise) or ``observation`` (DP-SGD)."""
+    sampling_rate: float | None = None
+    """DP-SGD's Poisson rate (observation unit); default batch_size / the median site's n."""
 
     def __post_init__(self) -> None:
         if self.dataset != "synthetic":
@@ -94,6 +102,10 @@ class SimulationConfig:
             )
         if self.local_steps is not None and self.local_steps < 1:
             raise ConfigError(f"local_steps must be >= 1. Found {self.local_steps}.")
+        if self.unit not in ("site", "observation"):
+            raise ConfigError(f"unit must be 'site' or 'observation'. Found {self.unit!r}.")
+        if self.sampling_rate is not None and not 0 < self.sampling_rate <= 1:
+            raise ConfigError(f"sampling_rate must be in (0, 1]. Found {self.sampling_rate}.")
         if self.local_steps is not None and self.engine == "torch":
             raise ConfigError("local_steps needs engine='fast' (local_train runs whole epochs).")
 
@@ -158,6 +170,26 @@ def _local_train(
     return np.stack(out)
 
 
+def fleet_dataset(fleet: str, model: str | None = None, seed: int = 0) -> FederatedDataset:
+    """A classification fleet as a data set: a deployment config's real site data
+    (sim/deployment.py) or a preset / simulated-fleet YAML at ``seed``."""
+    from fairfleet.sim.arrays import fleet_data
+    from fairfleet.sim.deployment import Deployment, is_deployment_config
+
+    if is_deployment_config(fleet):
+        data = Deployment(fleet, model).data()
+    elif model is not None:
+        raise ConfigError(f"--model needs a deployment config as the fleet. Found {fleet!r}.")
+    else:
+        data = fleet_data(fleet, seed)
+    if data.task != "classification":
+        raise ConfigError(
+            f"simulate reports accuracy: it needs a classification fleet. Found {data.task!r} "
+            f"for {data.name!r} (use fairfleet decompose)."
+        )
+    return FederatedDataset(data.name, data.sites, data.n_features, data.n_outputs)
+
+
 def summarise(accuracies: np.ndarray) -> dict[str, float]:
     """q-FFL's reporting: mean, mean of the worst/best 10% of sites, variance (accuracy in [0,1])."""
     acc = np.sort(np.asarray(accuracies, dtype=np.float64))
@@ -204,8 +236,18 @@ def run_simulation(
         params.setdefault("weighting", "uniform")  # sampling ∝ n_k already weights by p_k
     strategy = build_strategy(cfg.strategy, **params)
     privacy = None
+    q = cfg.sampling_rate or min(1.0, cfg.batch_size / float(np.median(packed.n_train)))
     if cfg.epsilon is not None:
-        privacy = Privacy(cfg.epsilon, cfg.delta, cfg.clip_norm, cfg.loss_bound, 2)
+        from fairfleet.privacy.dpsgd import steps_per_epoch
+
+        privacy = Privacy(
+            cfg.epsilon, cfg.delta, cfg.clip_norm, cfg.loss_bound, 2, cfg.unit, q,
+            cfg.local_epochs * steps_per_epoch(q),
+        )
+    dpsgd = privacy is not None and privacy.unit == "observation"
+    z_dpsgd = privacy.noise_multiplier(cfg.rounds) if dpsgd and privacy is not None else 0.0
+    if dpsgd and cfg.local_epochs != 1:
+        raise ConfigError(f"Record-level simulation runs 1 local epoch. Found {cfg.local_epochs}.")
 
     select_rng = np.random.default_rng(seed_for(cfg.seed, 0xC11E))
     k_sites = len(data.sites)
@@ -216,7 +258,13 @@ def run_simulation(
             return np.arange(k_sites)
         return np.sort(select_rng.choice(k_sites, cfg.clients_per_round, replace=False, p=select_p))
 
-    def local(theta: np.ndarray, sites: np.ndarray, t: int) -> np.ndarray:
+    def local(
+        theta: np.ndarray, sites: np.ndarray, t: int
+    ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        if dpsgd:  # local_train's DP-SGD per site (sim/engine.py dpsgd_local)
+            train = TrainConfig(lr=cfg.lr, clip_norm=cfg.clip_norm, sampling_rate=q,
+                                unit="observation")
+            return dpsgd_local(packed, theta, sites, train, z_dpsgd, seed_for(cfg.seed, t))
         if cfg.engine == "torch":
             return _local_train(packed, theta, sites, cfg, t)
         return packed.sgd(theta, _epoch_batches(packed, sites, cfg, t), len(sites), cfg.lr)
@@ -273,13 +321,21 @@ def run_simulation(
         "privacy": None
         if privacy is None
         else {
-            "unit": "site",
+            "unit": cfg.unit,
             "epsilon": cfg.epsilon,
             "delta": cfg.delta,
             "noise_multiplier": z,
             "releases_per_site": 2 * cfg.rounds,
-            "update_noise_std": z * cfg.clip_norm,
-            "loss_noise_std": z * cfg.loss_bound,
+            **(
+                {"update_noise_std": z * cfg.clip_norm, "loss_noise_std": z * cfg.loss_bound}
+                if cfg.unit == "site"
+                else {
+                    "mechanism": "dpsgd (local_train): Poisson rate q, per-example clip C, "
+                    "noise zC per step; loss release noise z·B/m",
+                    "sampling_rate": q,
+                    "steps_per_round": privacy.steps_per_round,
+                }
+            ),
             "accountant": "rdp (fairfleet.privacy.accounting calibration, dp_accounting)",
         },
     }

@@ -38,7 +38,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from fairfleet.bus import Bus, connect, dead_letter_for
+from fairfleet.bus import Bus, Publisher, connect, dead_letter_for
+from fairfleet.bus.waiting import BrokerWatch
 from fairfleet.config import FleetConfig
 from fairfleet.connectors import ConnectorContext, RejectFile, SiteStream, Windower, build_connector
 from fairfleet.errors import BusError, ConfigError, FairfleetError, OutcomeUnknown
@@ -54,6 +55,7 @@ from fairfleet.messages import (
     SiteStatistics,
     SiteUpdate,
 )
+from fairfleet.metrics import Health
 from fairfleet.privacy.events import dp_event_to_json
 from fairfleet.privacy.windows import WindowRange, WindowRanges, describe, hull
 from fairfleet.signing import load_private, sign
@@ -93,6 +95,7 @@ class SiteAgent:
         site_id: str,
         bus: Bus | None = None,
         registry: CollectorRegistry | None = None,
+        health: Health | None = None,
     ) -> None:
         self.config = config
         self.site = config.site(site_id)
@@ -132,6 +135,10 @@ class SiteAgent:
         self.bus = (
             bus if bus is not None else connect(config.bus_url(), config.kafka.client_config())
         )
+        bus_ = self.bus
+        self.health = health or Health(
+            self.opts.progress_timeout_s, probe=lambda: bus_.unreachable(2.0)
+        )
         self.io = AgentBus(self.bus, site_id, config.kafka.topic_prefix, config.kafka.chunk_bytes,
                            config.kafka.input_limits(), self.metrics.on_dead_letter)
         self._releases: dict[tuple[str, int], tuple[ModelRelease, bytes]] = {}
@@ -152,20 +159,37 @@ class SiteAgent:
 
     # ------------------------------------------------------------------ plumbing
     def run(self, stop: threading.Event) -> None:
-        """Serve until ``stop`` is set; errors are logged and the loop continues."""
+        """Serve until ``stop`` is set; errors are logged and the loop continues. While Kafka is
+        unreachable it waits for it (fairfleet.bus.waiting), then re-syncs its clients."""
         self._stop = stop
-        while not stop.is_set():
+        watch = BrokerWatch(self.bus, SERVICE, self.health)
+        while watch.wait_if_lost(stop):
             try:
+                if watch.take_disturbed():
+                    self._resync()
                 self.step()
             except Interrupted:
                 event(logger, "stopped mid-round; a restart resumes it", site=self.site.id)
             except FairfleetError as exc:
+                if watch.recover(exc, stop):
+                    continue
                 event(logger, "step failed", logging.ERROR, error=str(exc))
                 stop.wait(1.0)
             except Exception:
                 logger.exception("unexpected error in site agent step")
                 stop.wait(1.0)
+            self.health.progress()
         self.close()
+
+    def _resync(self) -> None:
+        """After an outage: a new transactional producer, as a restart would make; it fences
+        the old one and aborts a transaction the outage left open. The consumers stay
+        (librdkafka reconnects them; closing one mid-rebalance can hang)."""
+        event(logger, "renewing the transactional producer after the Kafka outage",
+              logging.WARNING, site=self.site.id)
+        self.io.tx = Publisher(
+            self.bus.producer(transactional_id=self.io.transactional_id), self.config.kafka.chunk_bytes
+        )
 
     def step(self, timeout: float | None = None) -> None:
         """Read new data and models; handle at most one round announcement."""

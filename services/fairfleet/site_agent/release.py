@@ -37,7 +37,7 @@ from fairfleet.privacy.mechanisms import noisy_bounded_mean, noisy_mean_dp_event
 
 def privacy_unit(plan: PrivacyPlan) -> PrivacyUnit:
     """The unit a mechanism protects: DP-SGD one observation, the update mechanism one site."""
-    return PrivacyUnit.OBSERVATION if plan.mechanism == "dpsgd" else PrivacyUnit.SITE
+    return PrivacyUnit(plan.protected_unit)
 
 
 def dpsgd_steps(plan: PrivacyPlan, training: LocalTrainingPlan) -> int:

@@ -52,7 +52,7 @@ def _run_with(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, db: str) -> Path:
     assert _Recorder.db is not None
     # the policies come from the same config file
     assert _Recorder.policies == load_policies(conf_dir / "fleet.yaml")
-    assert _Recorder.policies.resolve("site", "any-site").epsilon_max == 5.0
+    assert _Recorder.policies.policy("site", "any-site").epsilon_max == 5.0
     return _Recorder.db
 
 

@@ -138,7 +138,7 @@ def test_budget_reads_the_live_endpoint() -> None:
         0,
         routes={
             "/budgets": lambda p: {
-                "budgets": ledger.budgets(site=p.get("site"), accountant=p.get("accountant", "rdp"))
+                "budgets": ledger.budgets(site=p.get("site"))
             }
         },
     )
@@ -149,6 +149,7 @@ def test_budget_reads_the_live_endpoint() -> None:
         assert data["budgets"][0]["epsilon_spent"] == pytest.approx(7.32911117143, abs=1e-9)
         table = runner.invoke(app, ["budget", "--url", url])
         assert table.exit_code == 0 and "plant-1" in table.stdout and "73%" in table.stdout
+        assert "defaults" in table.stdout  # the policy entry that set the limit
     finally:
         server.close()
 

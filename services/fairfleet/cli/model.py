@@ -1,0 +1,37 @@
+"""`fairfleet model export MODEL --config F --out FILE`: take the latest released model away."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+model_app = typer.Typer(help="Models a fleet has released.", no_args_is_help=True)
+
+
+@model_app.command("export")
+def export_cmd(
+    model: str = typer.Argument(..., help="Model id (models[].id in the fleet config)."),
+    config: Path = typer.Option(..., "--config", help="The fleet YAML file (Kafka bootstrap, prefix)."),
+    out: Path = typer.Option(..., "--out", help="Weights file to write (.safetensors); the card goes beside it as .json."),
+    timeout_s: float = typer.Option(30.0, "--timeout-s", help="Give up reading a topic after this long."),
+) -> None:
+    """Write the latest release of MODEL from the fleet's `models` topic as safetensors, plus a
+    JSON card (version, round, strategy, privacy plan, per-class held-out loss if known)."""
+    from fairfleet.config import load_config
+    from fairfleet.releases import export_model
+
+    card = export_model(load_config(config), model, out, timeout_s)
+    quality = card["per_class_quality"]
+    typer.echo(json.dumps({
+        "weights": str(out), "card": str(out.with_suffix(".json")), "version": card["version"],
+        "round": card["round"],
+        "per_class_quality": None if quality is None else {
+            c: e["shrunk"] for c, e in quality["classes"].items()
+        },
+    }))
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(model_app, name="model")
