@@ -78,6 +78,10 @@ class SoakSettings:
     seed: int = 7
     wall_cap_s: float = 600.0
     kinds: tuple[str, ...] = FAULT_KINDS
+    until_faults_done: bool = False
+    """End once every fault was injected and the models ran on for a while (short variant):
+    the fault slots are then spread over ``fault_rounds`` rounds instead of ``rounds``."""
+    fault_rounds: int = 0
 
     @property
     def bound_s(self) -> float:
@@ -327,6 +331,11 @@ class Soak:
                 if time.monotonic() > hard_stop:
                     ended_by = "wall_clock_cap"
                     break
+                if self.s.until_faults_done and not plan and not (injecting and injecting.is_alive()):
+                    back = max((f.down_until or f.at for f in self.faults), default=0.0)
+                    if time.time() > back + 2 * self.s.bound_s + 5.0:
+                        ended_by = "faults_done"
+                        break
                 self.fleet.tick()
                 self.fleet.poll_health()
                 idle = injecting is None or not injecting.is_alive()
@@ -364,7 +373,8 @@ class Soak:
         # budget_raise only after the exhausted site ran out (about a sixth of the rounds)
         if len(kinds) > 1 and kinds[0] == "budget_raise":
             kinds.append(kinds.pop(0))
-        first, last = max(2, self.s.rounds // 10), max(3, self.s.rounds - 4)
+        rounds = self.s.fault_rounds or self.s.rounds
+        first, last = max(2, rounds // 10), max(3, rounds - 4)
         slot = (last - first) / len(kinds)
         return [(first + i * slot + self.rng.uniform(0.0, slot), k) for i, k in enumerate(kinds)]
 

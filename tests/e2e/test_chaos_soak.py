@@ -28,7 +28,10 @@ SLACK_S = 10.0
 
 
 def test_chaos_soak_short(tmp_path: Path) -> None:
-    settings = SoakSettings(rounds=24, wall_cap_s=170.0, seed=3)
+    # rounds enough never to finish first: the run ends once every fault was injected (spread
+    # over 30 rounds) and the models ran on for two bounds
+    settings = SoakSettings(rounds=500, fault_rounds=30, until_faults_done=True, wall_cap_s=240.0,
+                            seed=3)
     result = run_soak(settings, tmp_path)
     print(json.dumps({k: result[k] for k in ("rounds_completed", "rounds_voided", "max_stall_seconds",
                                              "ledger_matches_replay", "double_charged",
@@ -37,6 +40,7 @@ def test_chaos_soak_short(tmp_path: Path) -> None:
     assert result["ledger_matches_replay"], result["ledger_events"]
     assert result["double_charged"] == 0, result["double_charged_keys"]
     assert result["lost_updates"] == 0, result["lost_update_keys"]
+    assert result["ended_by"] == "faults_done", result["ended_by"]
     injected = {f["kind"] for f in result["faults"]}
     assert injected == set(settings.kinds), (
         f"faults not injected: {result['faults_not_injected']} (ended by {result['ended_by']})")
