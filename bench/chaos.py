@@ -171,6 +171,7 @@ class Soak:
         self.started_at = 0.0
         self._last_round: dict[str, int] = {}
         self.fault_errors: list[str] = []
+        self.ended_at = 0.0
 
     # config edits
     def _read(self) -> dict[str, Any]:
@@ -348,6 +349,7 @@ class Soak:
                 time.sleep(0.5)
             if injecting is not None:
                 injecting.join(240.0)
+            self.ended_at = time.time()
             self.log(f"[chaos] run ended ({ended_by}) after {time.time() - self.started_at:.1f} s; "
                      f"{len(plan)} fault(s) not injected")
             return self.measure(ended_by, [k for _, k in plan])
@@ -469,8 +471,11 @@ class Soak:
                 first_open[m.model_id] = min(first_open.get(m.model_id, m.opened_at), m.opened_at)
         per_model: dict[str, Any] = {}
         recovery: dict[int, dict[str, float | None]] = {i: {} for i in range(len(self.faults))}
+        # rounds that CLOSED (not voided) between a fault's recovery and the next fault: 0 means
+        # the model only voided, i.e. fewer than min_sites sites came back
+        closed_after: dict[int, dict[str, int]] = {i: {} for i in range(len(self.faults))}
         lost: list[str] = []
-        end = time.time() if ended_by != "finished" else None
+        end = self.ended_at if ended_by != "finished" else None  # not the shutdown after it
         for model_id in MODELS:
             ckpt = read_checkpoint(bus, topic_name("checkpoints", prefix), model_id, timeout_s=60.0)
             history = list(ckpt.history) if ckpt is not None else []
@@ -490,6 +495,9 @@ class Soak:
                 if ends and ends[-1] >= f.at:  # the model was still running at the fault
                     after = [t for t in ends if t >= back]
                     # less any later outage (another fault right after this one)
+                    upto = self.faults[i + 1].at if i + 1 < len(self.faults) else float("inf")
+                    closed_after[i][model_id] = sum(
+                        1 for h in history if not h.get("voided") and back <= h["closed_at"] < upto)
                     recovery[i][model_id] = (round(after[0] - back - self._outage_overlap(
                         model_id, back, after[0]), 1) if after else None)
             for u in updates:
@@ -537,7 +545,8 @@ class Soak:
             # closed or voided; None = it never advanced again
             "faults": [{**asdict(f), "at_s": round(f.at - self.started_at, 1),
                         "outage_s": round((f.down_until or f.at) - f.at, 1),
-                        "recovery_s": recovery[i]} for i, f in enumerate(self.faults)],
+                        "recovery_s": recovery[i], "rounds_closed_until_next_fault": closed_after[i]}
+                       for i, f in enumerate(self.faults)],
             "faults_not_injected": not_injected,
             "fault_errors": self.fault_errors,
             "models": per_model,

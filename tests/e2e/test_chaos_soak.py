@@ -30,7 +30,7 @@ SLACK_S = 10.0
 def test_chaos_soak_short(tmp_path: Path) -> None:
     # rounds enough never to finish first: the run ends once every fault was injected (spread
     # over 30 rounds) and the models ran on for two bounds
-    settings = SoakSettings(rounds=500, fault_rounds=30, until_faults_done=True, wall_cap_s=240.0,
+    settings = SoakSettings(rounds=500, fault_rounds=30, until_faults_done=True, wall_cap_s=420.0,
                             seed=3)
     result = run_soak(settings, tmp_path)
     print(json.dumps({k: result[k] for k in ("rounds_completed", "rounds_voided", "max_stall_seconds",
