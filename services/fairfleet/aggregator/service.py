@@ -85,6 +85,7 @@ from fairfleet.signing import Verifier, aggregator_public_keys, aggregator_signe
 logger = logging.getLogger(__name__)
 
 MAX_COMMIT_FAILURES = 3
+LATE_DRAIN_S = 3.0  # after the last round: how long updates on their way are still read
 """Consecutive failed round commits after which the service exits (a restart re-reads state)."""
 
 
@@ -296,10 +297,13 @@ class Aggregator:
         try:
             if not self._start_when_reachable(watch, stop):
                 return
+            finished_before = self.finished
             while watch.wait_if_lost(stop):
                 if watch.take_disturbed() and not self._resync(watch, stop):
                     break
                 if self.finished and self.options.stop_when_finished:
+                    if not finished_before:
+                        self._drain_late(stop)
                     event(logger, "training finished", model=self.model_id, version=self.ckpt.version)
                     break
                 try:
@@ -311,6 +315,21 @@ class Aggregator:
                 self.health.progress()
         finally:
             self.close()
+
+    def _drain_late(self, stop: threading.Event) -> None:
+        """After the last round closed, keep reading updates for a moment, so that a site
+        still training for that round gets its (charged) update dead-lettered ``late`` instead of
+        having it fall into a topic nobody reads (the chaos soak's ``lost_updates``). Sites check
+        the round state right before they publish, so only an update already on its way when the
+        round closed can be late: ``LATE_DRAIN_S`` (at most the deadline) covers it."""
+        quiet_until = time.monotonic() + min(LATE_DRAIN_S, self.model_cfg.rounds.deadline_s)
+        while not stop.is_set() and time.monotonic() < quiet_until:
+            try:
+                self.step()
+            except FairfleetError as exc:  # best effort: the model itself is done
+                event(logger, "late updates not read after the last round", logging.WARNING,
+                      error=str(exc)[:300])
+                return
 
     def _start_when_reachable(self, watch: BrokerWatch, stop: threading.Event) -> bool:
         failures = 0
