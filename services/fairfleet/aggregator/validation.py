@@ -115,12 +115,14 @@ def check_round(
     buffered: Collection[tuple[str, int]],
     accepted: Collection[tuple[str, int]],
     max_staleness: int,
+    buffered_sites: Collection[str] | None = None,
 ) -> Rejection | int:
     """Round, version and duplicate checks; the staleness τ when the update may be used.
 
     Sync: only the open round, trained from its announced version (τ = 0). Async: rounds and
     base versions up to ``max_staleness`` behind, τ = announced version − base version.
-    ``buffered``/``accepted`` are the (site, round) ids of the open buffer / the checkpoint.
+    ``buffered``/``accepted`` are the (site, round) ids of the open buffer / the checkpoint;
+    ``buffered_sites`` (optional) the sites of ``buffered``, a set for an O(1) check.
     """
     window = max_staleness if ann.mode == "async" else 0
     if finished or msg.round < ann.round - window:
@@ -139,7 +141,8 @@ def check_round(
     if key in buffered or key in accepted:
         return Rejection("duplicate", f"Site '{msg.site}' already has an accepted update for "
                          f"model '{msg.model_id}' round {msg.round}.")
-    if any(site == msg.site for site, _ in buffered):
+    sites = buffered_sites if buffered_sites is not None else {site for site, _ in buffered}
+    if msg.site in sites:
         return Rejection("site_buffered", f"Site '{msg.site}' already has an update in the "
                          "current buffer.")
     return staleness
