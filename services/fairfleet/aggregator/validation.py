@@ -205,12 +205,12 @@ def check_payload(
             f"{ {k: expected_shapes[k][1] for k in wrong_dtype} }.",
         )
     ordered = {k: delta[k] for k in expected_shapes}
-    bad = [k for k, t in ordered.items() if not bool(torch.isfinite(t).all())]
-    if bad:
+    vector = flatten(ordered).numpy().astype(np.float32, copy=False)
+    if not bool(np.isfinite(vector).all()):  # one numpy pass; name the tensors only if it fails
+        bad = [k for k, t in ordered.items() if not bool(torch.isfinite(t).all())]
         return Rejection("non_finite", f"Delta from '{msg.site}' has NaN/Inf in {bad}.")
     if msg.loss is not None and not math.isfinite(msg.loss.value):
         return Rejection("non_finite", f"Loss release from '{msg.site}' is {msg.loss.value}.")
-    vector = flatten(ordered).numpy().astype(np.float32, copy=False)
     norm = float(np.linalg.norm(vector.astype(np.float64)))
     bound = norm_bound(announcement.privacy, announcement.training, msg.n_examples, vector.size)
     if norm > bound:
