@@ -85,6 +85,7 @@ def _raw_consume(bootstrap: str, topic: str, records: int) -> tuple[float, int]:
 
 
 def run_one(bootstrap: str, sites: int, params: int, workdir: Path) -> dict[str, Any]:
+    load_before = os.getloadavg()[0]
     prefix = f"scale-{uuid.uuid4().hex[:6]}."
     config, keys = fleet_config(bootstrap, prefix, sites, params)
     path = workdir / f"fleet-{sites}-{params}.yaml"
@@ -121,6 +122,7 @@ def run_one(bootstrap: str, sites: int, params: int, workdir: Path) -> dict[str,
         "peak_rss_bytes": peak_rss, "idle_rss_bytes": idle_rss,
         "peak_rss_growth_bytes": peak_rss - idle_rss,
         "goal_rss_growth_bytes": 3 * 1 * params * 8,
+        "load_average_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
     }
 
 
@@ -143,13 +145,15 @@ def main() -> dict[str, Any]:
             rows.append({**runs[0], **median, "peak_rss_bytes": max(r["peak_rss_bytes"] for r in runs),
                          "peak_rss_growth_bytes": max(r["peak_rss_growth_bytes"] for r in runs),
                          "repeats": [{k: r[k] for k in ("round_close_s", "raw_consume_s",
-                                                        "ratio_vs_raw_consume", "peak_rss_growth_bytes")}
+                                                        "ratio_vs_raw_consume", "peak_rss_growth_bytes",
+                                                        "load_average_1m")}
                                      for r in runs]})
     result = {
         "broker": "shared local single-node KRaft", "strategy": "fedavg (one group)",
         "method": ("round close = commit of the K updates (one transaction) until model version 1 "
                    "is read; raw = an already-joined confluent-kafka consumer reading the same "
                    "records as bytes in the same run; aggregator with OMP/OPENBLAS threads = 1"),
+        "cores": os.cpu_count(),
         "grid_reduced": True, "grid_note": GRID_NOTE, "runs": rows,
         "rss_note": ("peak_rss_growth_bytes includes librdkafka's prefetch queue of the updates "
                      "consumer (queued.max.messages.kbytes, 64 MiB by default), which the round "
