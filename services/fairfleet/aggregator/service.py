@@ -68,7 +68,7 @@ from fairfleet.errors import (
     PayloadError,
     ProducerFenced,
 )
-from fairfleet.fairness import NoisyStat, SiteUpdate, build_strategy
+from fairfleet.fairness import NoisyStat, RoundFold, SiteUpdate, build_strategy
 from fairfleet.learning.models import build_model
 from fairfleet.learning.tensors import (
     sha256_hex,
@@ -153,8 +153,12 @@ class Aggregator:
         self._closed = False
         self._commit_failures = 0
         self.last_report: dict[str, Any] | None = None
-        self._buffer: dict[tuple[str, int], SiteUpdate] = {}
-        self._buffer_src: dict[tuple[str, int], Record] = {}  # where each buffered update came from
+        # The open round: its accepted updates folded into per-group sums (O(groups × d) floats
+        # however many sites report), and per accepted (site, round) only where it came from
+        # (its record without the value: the ids a voided round's dead letters name).
+        self._fold: RoundFold | None = None
+        self._buffer: dict[tuple[str, int], Record] = {}
+        self._buffer_sites: set[str] = set()
         self._server: MetricsServer | None = None
         bus_ = self.bus
         self.health = Health(self.model_cfg.progress_timeout_s, probe=lambda: bus_.unreachable(2.0))
@@ -371,7 +375,7 @@ class Aggregator:
                     ann = restored.announcement
                     self._announced_at = ann.opened_at if ann else 0.0
                 self._replace_consumer()
-                self._buffer, self._buffer_src, self._quorum_at = {}, {}, None
+                self._new_round()
                 self._commit_failures = 0
                 watch.take_disturbed()  # this was the re-sync the disturbance asked for
                 return True
@@ -411,7 +415,7 @@ class Aggregator:
             self.ckpt.announcement, len(self._buffer), self._announced_at,
             async_buffer=rounds.async_buffer, max_reannouncements=rounds.max_reannouncements,
             quorum_at=self._quorum_at, grace_s=rounds.quorum_grace_s,
-            everyone=bool(self._serving) and self._serving <= {site for site, _ in self._buffer},
+            everyone=bool(self._serving) and self._serving <= self._buffer_sites,
         )
         if action == "close" and not (env is not None and self._catching_up()):
             self._close_round()
@@ -482,8 +486,11 @@ class Aggregator:
         if isinstance(result, Rejection):
             self._reject(env, msg, result)
             return
-        self._buffer[(msg.site, msg.round)] = result
-        self._buffer_src[(msg.site, msg.round)] = env.record
+        if self._fold is None:
+            self._fold = RoundFold(self.strategy, self._state, int(self._theta.shape[0]))
+        self._fold.add(result)  # raises before changing anything (→ a dead letter)
+        self._buffer[(msg.site, msg.round)] = replace(env.record, value=b"")
+        self._buffer_sites.add(msg.site)
         rounds = self.model_cfg.rounds
         if self._quorum_at is None and len(self._buffer) >= max(rounds.quorum, rounds.min_sites):
             self._quorum_at = time.time()
@@ -503,7 +510,7 @@ class Aggregator:
             return Rejection("late", "Training is finished; no round is open.")
         staleness = check_round(
             msg, ann, self.ckpt.finished, self._buffer.keys(), self.ckpt.accepted,
-            self.options.max_staleness,
+            self.options.max_staleness, buffered_sites=self._buffer_sites,
         )
         if isinstance(staleness, Rejection):
             return staleness
@@ -530,8 +537,9 @@ class Aggregator:
     def _close_round(self) -> None:
         ann = self.ckpt.announcement
         assert ann is not None
-        updates = sorted(self._buffer.values(), key=lambda u: u.site)
-        result = self.strategy.aggregate(self._theta, updates, self._state)
+        assert self._fold is not None
+        updates = self._fold.records()  # by site, without their arrays
+        result = self._fold.close(self._theta)
         new_theta = np.asarray(result.new_global, dtype=np.float32)
         version, round_ = self.ckpt.version + 1, ann.round + 1
         finished = round_ >= self.model_cfg.rounds.rounds
@@ -551,7 +559,7 @@ class Aggregator:
         if not self._commit_round(ckpt, ann.round):
             return
         self.ckpt, self._theta, self._state = ckpt, new_theta, result.new_state
-        self._buffer, self._buffer_src, self._quorum_at = {}, {}, None
+        self._new_round()
         self._announced_at = ckpt.announcement.opened_at if ckpt.announcement else 0.0
         self.last_report = self.metrics.round_closed(ann.opened_at, updates, result.diagnostics)
         event(logger, "round closed", model=self.model_id, round=ann.round, version=version,
@@ -588,7 +596,7 @@ class Aggregator:
                   f"{ann.min_sites} after {self.model_cfg.rounds.max_reannouncements} "
                   f"re-announcement(s); the model did not change.")
         dead = tuple(
-            dead_letter_for(SERVICE, "void_round", detail, self._buffer_src.get(key),
+            dead_letter_for(SERVICE, "void_round", detail, self._buffer[key],
                             site=key[0], model_id=self.model_id, round=key[1],
                             original_type=SiteUpdateMessage.TYPE)
             for key in sorted(self._buffer)
@@ -605,7 +613,7 @@ class Aggregator:
         if not self._commit_round(ckpt, ann.round, dead=dead, release=False):
             return
         self.ckpt = ckpt
-        self._buffer, self._buffer_src, self._quorum_at = {}, {}, None
+        self._new_round()
         self._announced_at = ckpt.announcement.opened_at if ckpt.announcement else 0.0
         self.metrics.voided.labels(self.model_id).inc()
         for _ in dead:
@@ -685,7 +693,11 @@ class Aggregator:
         """After an aborted commit: back to the committed offsets and checkpoint."""
         self.consumer.seek_to_committed()
         self.reader = self._make_reader()
-        self._buffer, self._buffer_src, self._quorum_at = {}, {}, None
+        self._new_round()
+
+    def _new_round(self) -> None:
+        """Forget the open round's updates (after its commit, or a rewind)."""
+        self._fold, self._buffer, self._buffer_sites, self._quorum_at = None, {}, set(), None
 
     # -- metrics & status -----------------------------------------------------------------------
     def _update_gauges(self) -> None:
@@ -708,7 +720,8 @@ class Aggregator:
         """JSON for /status: the committed state and the open round's buffer."""
         return {
             "model": self.model_id, "version": self.ckpt.version, "round": self.ckpt.round,
-            "finished": self.ckpt.finished, "buffered": sorted(s for s, _ in self._buffer),
+            "finished": self.ckpt.finished, "buffered": sorted(self._buffer_sites),
+            "vectors_held": self._fold.vectors_held if self._fold is not None else 0,
             "strategy": self.strategy.name, "history": list(self.ckpt.history[-10:]),
         }
 

@@ -116,12 +116,14 @@ def check_round(
     buffered: Collection[tuple[str, int]],
     accepted: Collection[tuple[str, int]],
     max_staleness: int,
+    buffered_sites: Collection[str] | None = None,
 ) -> Rejection | int:
     """Round, version and duplicate checks; the staleness τ when the update may be used.
 
     Sync: only the open round, trained from its announced version (τ = 0). Async: rounds and
     base versions up to ``max_staleness`` behind, τ = announced version − base version.
-    ``buffered``/``accepted`` are the (site, round) ids of the open buffer / the checkpoint.
+    ``buffered``/``accepted`` are the (site, round) ids of the open buffer / the checkpoint;
+    ``buffered_sites`` (optional) the sites of ``buffered``, a set for an O(1) check.
     """
     window = max_staleness if ann.mode == "async" else 0
     if finished or msg.round < ann.round - window:
@@ -140,7 +142,8 @@ def check_round(
     if key in buffered or key in accepted:
         return Rejection("duplicate", f"Site '{msg.site}' already has an accepted update for "
                          f"model '{msg.model_id}' round {msg.round}.")
-    if any(site == msg.site for site, _ in buffered):
+    sites = buffered_sites if buffered_sites is not None else {site for site, _ in buffered}
+    if msg.site in sites:
         return Rejection("site_buffered", f"Site '{msg.site}' already has an update in the "
                          "current buffer.")
     return staleness
@@ -203,12 +206,12 @@ def check_payload(
             f"{ {k: expected_shapes[k][1] for k in wrong_dtype} }.",
         )
     ordered = {k: delta[k] for k in expected_shapes}
-    bad = [k for k, t in ordered.items() if not bool(torch.isfinite(t).all())]
-    if bad:
+    vector = flatten(ordered).numpy().astype(np.float32, copy=False)
+    if not bool(np.isfinite(vector).all()):  # one numpy pass; name the tensors only if it fails
+        bad = [k for k, t in ordered.items() if not bool(torch.isfinite(t).all())]
         return Rejection("non_finite", f"Delta from '{msg.site}' has NaN/Inf in {bad}.")
     if msg.loss is not None and not math.isfinite(msg.loss.value):
         return Rejection("non_finite", f"Loss release from '{msg.site}' is {msg.loss.value}.")
-    vector = flatten(ordered).numpy().astype(np.float32, copy=False)
     norm = float(np.linalg.norm(vector.astype(np.float64)))
     bound = norm_bound(announcement.privacy, announcement.training, msg.n_examples, vector.size)
     if norm > bound:

@@ -11,7 +11,10 @@ Kafka headers repeat the envelope metadata: ``ff-type``, ``ff-schema-version``,
 
 A value larger than the chunk size is split into ``count`` chunks; the consumer's
 :class:`Reassembler` joins them again even when chunks of several messages interleave or a chunk
-is delivered twice, and verifies the sha256 of the whole. A corrupted or inconsistent chunk set
+is delivered twice, and verifies the sha256 of the whole. It hashes while chunks arrive: each
+chunk that extends the hashed prefix in order is fed, in cache-sized blocks, to the whole-value
+hash and to the hash of the payload part (after the JSON block), so neither the end of the
+assembly nor :func:`decode` reads the value again; the one join copy makes it contiguous. A corrupted or inconsistent chunk set
 raises PayloadError; an incomplete one expires with PayloadError naming what is missing.
 """
 
@@ -66,12 +69,16 @@ def headers_for(msg: Message) -> dict[str, bytes]:
 
 
 def decode(
-    value: bytes | memoryview, limits: InputLimits = DEFAULT_LIMITS
+    value: bytes | bytearray | memoryview,
+    limits: InputLimits = DEFAULT_LIMITS,
+    payload_sha256: str | None = None,
 ) -> tuple[Message, memoryview]:
     """Parse a logical value; raises PayloadError (framing) or SchemaError (type/version/fields).
 
     The JSON block is bounded (size, nesting depth, integer digits) before it is parsed, so no
     input can recurse or allocate without limit; each error's ``reason`` is its dead-letter label.
+    ``payload_sha256`` is the payload's digest when the caller already hashed it (the
+    :class:`Reassembler` does, while chunks arrive); it is checked instead of hashing again.
     """
     view = memoryview(value)
     if len(view) < 8 or bytes(view[:4]) != MAGIC:
@@ -101,7 +108,9 @@ def decode(
         raise schema_error(type_name, exc) from None
     payload = view[8 + n :]
     expected = getattr(msg, "payload_sha256", None)
-    if expected is not None and hashlib.sha256(payload).hexdigest() != expected:
+    if payload_sha256 is None and expected is not None:
+        payload_sha256 = hashlib.sha256(payload).hexdigest()
+    if expected is not None and payload_sha256 != expected:
         raise PayloadError(
             f"Payload of '{type_name}' message {msg.message_id} does not match its sha256."
         )
@@ -166,12 +175,21 @@ def is_chunk(record: Record) -> bool:
     return H_CHUNK_ID in record.headers
 
 
+HASH_BLOCK_BYTES = 256 * 1024
+"""Both hashes read a chunk in blocks of this size, so the second reads it from the cache."""
+
+
 @dataclass
 class _Pending:
     count: int
     sha256: str
     total: int
-    parts: dict[int, bytes] = field(default_factory=dict)
+    parts: dict[int, bytes] = field(default_factory=dict)  # referenced, not copied
+    next_index: int = 0  # chunks 0..next_index-1 are hashed
+    hashed_bytes: int = 0
+    whole: hashlib._Hash = field(default_factory=hashlib.sha256)
+    payload: hashlib._Hash | None = None  # hash of value[payload_start:], once that is known
+    payload_start: int = -1
     records: list[Record] = field(default_factory=list)
     first_seen: float = field(default_factory=time.monotonic)
     held_bytes: int = 0  # data + CHUNK_OVERHEAD_BYTES per held chunk (the budget's unit)
@@ -180,6 +198,31 @@ class _Pending:
         """The first ``limit`` missing indices; time O(held chunks + limit), no O(count) set."""
         return list(itertools.islice((i for i in range(self.count) if i not in self.parts), limit))
 
+    def hash_in_order(self) -> None:
+        """Hash every held chunk that continues the hashed prefix (both hashes, block by block)."""
+        while self.next_index in self.parts:
+            data = memoryview(self.parts[self.next_index])
+            start = self.hashed_bytes
+            if start + len(data) > self.total:
+                raise PayloadError(
+                    f"Chunks exceed their declared total of {self.total} bytes.",
+                    reason="corrupted_chunks",
+                )
+            if self.payload is None and start + len(data) >= 8:
+                head = (bytes(self.parts[0][:8]) if self.next_index else bytes(data[:8]))
+                if len(head) == 8:  # (a first chunk shorter than 8 bytes: no payload hash)
+                    self.payload_start = 8 + int.from_bytes(head[4:8], "big")
+                    self.payload = hashlib.sha256()
+            for lo in range(0, len(data), HASH_BLOCK_BYTES):
+                block = data[lo : lo + HASH_BLOCK_BYTES]
+                self.whole.update(block)
+                if self.payload is not None:
+                    skip = max(0, self.payload_start - (start + lo))
+                    if skip < len(block):
+                        self.payload.update(block[skip:])
+            self.hashed_bytes += len(data)
+            self.next_index += 1
+
 
 @dataclass(frozen=True)
 class Assembled:
@@ -187,6 +230,8 @@ class Assembled:
 
     value: bytes
     records: tuple[Record, ...]
+    payload_sha256: str | None = None
+    """sha256 of the payload part (after the JSON block), hashed while the chunks arrived."""
 
 
 class IncompleteChunks(PayloadError):
@@ -257,20 +302,27 @@ class Reassembler:
                 return None
             pending.held_bytes += cost
             self.pending_bytes += cost
-            pending.parts[index] = record.value
-            pending.records.append(record)
-            return None
         pending.parts[index] = record.value
         pending.records.append(record)
+        try:
+            pending.hash_in_order()
+        except PayloadError as exc:
+            self._drop(chunk_id)
+            raise PayloadError(f"{exc} (chunk id {chunk_id})", exc.reason) from None
+        if len(pending.parts) < count:
+            return None
         self._drop(chunk_id)
-        value = b"".join(pending.parts[i] for i in range(count))
-        if len(value) != total or hashlib.sha256(value).hexdigest() != sha:
+        value = pending.parts[0] if count == 1 else b"".join(pending.parts[i] for i in range(count))
+        if len(value) != total or pending.whole.hexdigest() != sha:
             raise PayloadError(
                 f"Reassembled value {chunk_id} is corrupted: {len(value)} bytes, sha256 mismatch "
                 f"(expected {total} bytes, sha256 {sha[:16]}...).",
                 reason="corrupted_chunks",
             )
-        return Assembled(value, tuple(sorted(pending.records, key=lambda r: r.offset)))
+        digest = pending.payload.hexdigest() if pending.payload is not None else None
+        if pending.payload_start > total:
+            digest = None  # a truncated value: decode names the framing error
+        return Assembled(value, tuple(sorted(pending.records, key=lambda r: r.offset)), digest)
 
     def _make_room(self, cost: int, keep: str) -> None:
         """Evict the oldest incomplete sets until ``cost`` more bytes fit in the budget."""

@@ -167,12 +167,13 @@ class Reader:
     def _decode(self, record: Record) -> Envelope | None:
         records: tuple[Record, ...] = (record,)
         value: bytes | memoryview = record.value
+        digest = None
         if codec.is_chunk(record):
             assembled = self.reassembler.add(record)
             if assembled is None:
                 return None
-            value, records = assembled.value, assembled.records
-        msg, payload = codec.decode(value, self.limits)
+            value, records, digest = assembled.value, assembled.records, assembled.payload_sha256
+        msg, payload = codec.decode(value, self.limits, digest)
         return Envelope(msg, payload, records)
 
     def _dead(

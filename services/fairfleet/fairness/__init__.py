@@ -9,6 +9,7 @@ Public API::
     estimators: class_risk_estimates, shrink_toward_mean, debiased_range, debiased_squared_norm
     staleness_weight, staleness_weights             (buffered async)
     weighted_sum, allocate_update_matrix, project_simplex   (kernels)
+    RoundFold                                       (a round as a fold in bounded memory)
 """
 
 from fairfleet.fairness.base import Strategy, WeightedUpdateStrategy
@@ -21,6 +22,7 @@ from fairfleet.fairness.estimators import (
     debiased_squared_norm,
     shrink_toward_mean,
 )
+from fairfleet.fairness.fold import RoundFold
 from fairfleet.fairness.kernels import allocate_update_matrix, project_simplex, weighted_sum
 from fairfleet.fairness.registry import available_strategies, build_strategy, register_strategy
 from fairfleet.fairness.staleness import staleness_weight, staleness_weights
@@ -33,6 +35,7 @@ __all__ = [
     "ClassRiskReport",
     "GapEstimate",
     "NoisyStat",
+    "RoundFold",
     "SiteUpdate",
     "Strategy",
     "StrategyState",

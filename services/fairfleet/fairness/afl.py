@@ -28,7 +28,13 @@ from typing import Any, ClassVar
 import numpy as np
 
 from fairfleet.errors import ConfigError
-from fairfleet.fairness.base import WeightedUpdateStrategy, check_positive, noisy_losses
+from fairfleet.fairness.base import (
+    WeightedUpdateStrategy,
+    check_positive,
+    example_log_weights,
+    noisy_losses,
+    site_group,
+)
 from fairfleet.fairness.estimators import shrunk_site_losses
 from fairfleet.fairness.kernels import project_simplex
 from fairfleet.fairness.staleness import FEDBUFF_EXPONENT
@@ -115,6 +121,15 @@ class AgnosticFL(WeightedUpdateStrategy):
         new_state = state.replace(arrays={"lambda": lam_next}, scalars={"groups": groups})
         diagnostics = {"lambda": {g: float(lam_next[index[g]]) for g in groups}}
         return coeffs, new_state, diagnostics
+
+    def fold_terms(
+        self, update: SiteUpdate, state: StrategyState
+    ) -> tuple[str, tuple[float, ...]]:
+        """``over="class"``: a group per class, a_k = share_c · n_k / n_c. ``over="site"``: each
+        site is a group whose share the round's simplex projection decides: its own sum."""
+        if self.over == "site":
+            return site_group(update)
+        return update.site_class, example_log_weights(update, "examples")
 
     def output(self, global_vec: np.ndarray, state: StrategyState) -> np.ndarray:
         """The running average of the iterates with ``track_average`` (else the iterate)."""

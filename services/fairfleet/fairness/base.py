@@ -99,6 +99,20 @@ def noisy_losses(updates: Sequence[SiteUpdate]) -> list[NoisyStat]:
     return [u.loss for u in updates if u.loss is not None]
 
 
+def site_group(update: SiteUpdate) -> tuple[str, tuple[float, ...]]:
+    """Fold terms of an update whose coefficient the whole round decides: its own group."""
+    return f"site:{update.site}", (0.0,)
+
+
+def example_log_weights(update: SiteUpdate, weighting: str) -> tuple[float, ...]:
+    """Fold log-weights of p_k (:func:`example_weights`): ``n_k``, plus a component holding the
+    n_k = 0 updates for a round where every n is 0 (then p is uniform)."""
+    if weighting == "uniform":
+        return (0.0,)
+    n = update.n_examples
+    return (math.log(n), -math.inf) if n > 0 else (-math.inf, 0.0)
+
+
 def check_weighting(weighting: str) -> str:
     if weighting not in ("examples", "uniform"):
         raise ConfigError(f"weighting must be 'examples' or 'uniform'. Found {weighting!r}.")
@@ -145,16 +159,45 @@ class WeightedUpdateStrategy(Strategy):
         pseudo_gradient += global_vec
         return pseudo_gradient, state
 
-    def aggregate(
+    def fold_terms(
+        self, update: SiteUpdate, state: StrategyState
+    ) -> tuple[str, tuple[float, ...]]:
+        """How ``update`` folds into the round's sums (fold.py): its group and the log of its
+        arrival weight per component, known from the update and the round's starting state
+        (the staleness discount is added by the fold). The coefficient must then be
+        a_k = s(τ_k) Σ_j G_{group,j} w_{k,j} with G decided at close. The default, each update
+        its own group, always holds (and keeps one vector per update)."""
+        return site_group(update)
+
+    def round_coefficients(
         self, global_vec: np.ndarray, updates: Sequence[SiteUpdate], state: StrategyState
-    ) -> AggregateResult:
+    ) -> tuple[np.ndarray, StrategyState, dict[str, Any]]:
+        """a_k · s(τ_k) for the round's updates (only their scalars are read), new state,
+        diagnostics: the part of :meth:`aggregate` before the weighted sum."""
         self.check_inputs(global_vec, updates, state)
         coeffs, state, diagnostics = self.coefficients(updates, state)
-        coeffs = coeffs * staleness_weights(updates, self.staleness_exponent)
-        pseudo_gradient = weighted_sum([u.delta for u in updates], coeffs)
+        return coeffs * staleness_weights(updates, self.staleness_exponent), state, diagnostics
+
+    def finish(
+        self,
+        global_vec: np.ndarray,
+        updates: Sequence[SiteUpdate],
+        coeffs: np.ndarray,
+        pseudo_gradient: np.ndarray,
+        state: StrategyState,
+        diagnostics: dict[str, Any],
+    ) -> AggregateResult:
+        """The server step on ``Σ_k a_k Δ_k`` (a fresh float32 array the step may reuse)."""
         new_global, state = self.server_step(global_vec, pseudo_gradient, state)
         diagnostics["coefficients"] = {
             u.site: float(c) for u, c in zip(updates, coeffs, strict=True)
         }
         diagnostics["n_updates"] = len(updates)
         return AggregateResult(new_global=new_global, new_state=state, diagnostics=diagnostics)
+
+    def aggregate(
+        self, global_vec: np.ndarray, updates: Sequence[SiteUpdate], state: StrategyState
+    ) -> AggregateResult:
+        coeffs, state, diagnostics = self.round_coefficients(global_vec, updates, state)
+        pseudo_gradient = weighted_sum([u.delta for u in updates], coeffs)
+        return self.finish(global_vec, updates, coeffs, pseudo_gradient, state, diagnostics)

@@ -25,6 +25,7 @@ from fairfleet.fairness.base import (
     WeightedUpdateStrategy,
     check_positive,
     check_weighting,
+    example_log_weights,
     example_weights,
 )
 from fairfleet.fairness.staleness import FEDBUFF_EXPONENT
@@ -53,6 +54,12 @@ class FedAvg(WeightedUpdateStrategy):
         self, updates: Sequence[SiteUpdate], state: StrategyState
     ) -> tuple[np.ndarray, StrategyState, dict[str, Any]]:
         return example_weights(updates, self.weighting), state, {}
+
+    def fold_terms(
+        self, update: SiteUpdate, state: StrategyState
+    ) -> tuple[str, tuple[float, ...]]:
+        """One group: a_k = n_k / Σ n (or 1/K)."""
+        return "", example_log_weights(update, self.weighting)
 
 
 class FedAdam(FedAvg):

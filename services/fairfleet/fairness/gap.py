@@ -35,6 +35,7 @@ from fairfleet.fairness.base import (
     check_positive,
     example_weights,
     noisy_losses,
+    site_group,
 )
 from fairfleet.fairness.estimators import class_risk_estimates
 from fairfleet.fairness.staleness import FEDBUFF_EXPONENT
@@ -104,6 +105,16 @@ class GapConstrained(WeightedUpdateStrategy):
 
     def initial_state(self) -> StrategyState:
         return StrategyState(self.name, arrays={"lambda": np.zeros(0)}, scalars={"classes": []})
+
+    def fold_terms(
+        self, update: SiteUpdate, state: StrategyState
+    ) -> tuple[str, tuple[float, ...]]:
+        """A group per class, a_k ∝ (1 − Λ) p_k + λ_c/|c|: two sums (n_k-weighted and plain)
+        when Σ_c λ_c ≤ 1 (no weight is cut at 0); otherwise each update is its own group."""
+        if sum(self.multipliers(state).values()) > 1.0:
+            return site_group(update)
+        n = update.n_examples
+        return update.site_class, (math.log(n) if n > 0 else -math.inf, 0.0)
 
     @staticmethod
     def multipliers(state: StrategyState) -> dict[str, float]:

@@ -21,6 +21,7 @@ toward the fleet mean with its known noise variance (identity without noise) and
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -30,8 +31,10 @@ from fairfleet.fairness.base import (
     WeightedUpdateStrategy,
     check_positive,
     check_weighting,
+    example_log_weights,
     example_weights,
     noisy_losses,
+    site_group,
 )
 from fairfleet.fairness.estimators import debiased_squared_norm, shrunk_site_losses
 from fairfleet.fairness.kernels import squared_norms
@@ -102,3 +105,15 @@ class QFedAvg(WeightedUpdateStrategy):
             "step_scale": float(coeffs.sum()),
         }
         return coeffs, state, diagnostics
+
+    def fold_terms(
+        self, update: SiteUpdate, state: StrategyState
+    ) -> tuple[str, tuple[float, ...]]:
+        """One group, a_k ∝ p_k F_k^q (the normaliser Σ p h is a round scalar) when F_k is
+        known at arrival; a loss shrunk toward the round's mean is not (with privacy noise on
+        the loss and ``shrink_losses``): then each update is its own group."""
+        loss = update.loss
+        if loss is None or (self.shrink_losses and loss.noise_std > 0):
+            return site_group(update)
+        extra = self.q * math.log(max(loss.value, self.loss_floor))
+        return "", tuple(x + extra for x in example_log_weights(update, self.weighting))

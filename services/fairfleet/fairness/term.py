@@ -20,8 +20,10 @@ from fairfleet.errors import ConfigError
 from fairfleet.fairness.base import (
     WeightedUpdateStrategy,
     check_weighting,
+    example_log_weights,
     example_weights,
     noisy_losses,
+    site_group,
 )
 from fairfleet.fairness.staleness import FEDBUFF_EXPONENT
 from fairfleet.fairness.state import StrategyState
@@ -70,3 +72,15 @@ class TiltedWeights(WeightedUpdateStrategy):
         log_w -= log_w.max()
         w = np.exp(log_w)
         return w / w.sum(), state, {}
+
+    def fold_terms(
+        self, update: SiteUpdate, state: StrategyState
+    ) -> tuple[str, tuple[float, ...]]:
+        """One group, log a_k = log p_k + t F̃_k − t² s_k²/2 − log Σ: a running log-sum-exp."""
+        loss = update.loss
+        if loss is None:
+            return site_group(update)
+        extra = self.tilt * loss.value
+        if self.debias:
+            extra -= 0.5 * self.tilt**2 * loss.noise_var
+        return "", tuple(x + extra for x in example_log_weights(update, self.weighting))

@@ -367,3 +367,19 @@ def test_a_restart_past_the_deadline_reads_the_rounds_updates_before_closing_it(
     assert second.agg.ckpt.history[-1]["round"] == 0
     assert second.agg.ckpt.history[-1]["sites"] == ["a0", "a1", "b0"]
     assert "late" not in second.dead_reasons()
+
+
+def test_an_open_round_holds_its_fold_not_its_updates() -> None:
+    """FedAvg: four accepted updates are one sum (plus ids); the model is their weighted mean."""
+    fleet = Fleet(config(quorum=4, min_sites=4, rounds=1))
+    theta0 = fleet.agg.global_vector()
+    for i, site in enumerate(SITES[:3]):
+        fleet.send(site, 0.1 * (i + 1))
+    fleet.pump()
+    status = fleet.agg.status()
+    assert status["buffered"] == sorted(SITES[:3]) and status["vectors_held"] == 1
+    assert all(record.value == b"" for record in fleet.agg._buffer.values())  # ids only
+    fleet.send(SITES[3], 0.4)
+    fleet.pump()
+    assert fleet.agg.ckpt.version == 1 and fleet.agg.status()["vectors_held"] == 0
+    np.testing.assert_allclose(fleet.agg.global_vector(), theta0 + 0.25, rtol=1e-6)
