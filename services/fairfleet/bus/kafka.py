@@ -44,6 +44,8 @@ from fairfleet.log import RateLimited, event
 logger = logging.getLogger(__name__)
 
 _FETCH_MAX = 4 * MAX_MESSAGE_BYTES
+HUNG_CALL_GRACE_S = 15.0
+"""How long past its own timeout a transactional librdkafka call may take before it counts as hung."""
 LOG_INTERVAL_S = 60.0
 """The same librdkafka message is logged at most once per this many seconds."""
 PROBE_TOPIC = "__fairfleet_probe"
@@ -232,6 +234,7 @@ class KafkaProducer(Producer):
             conf["transaction.timeout.ms"] = 120000
         self._producer = CKProducer(conf)
         self.transactional_id = transactional_id
+        self._abandoned = ""  # why this producer may not be used any more (a hung call)
         if transactional_id is not None:
             self._init_transactions()
 
@@ -257,13 +260,50 @@ class KafkaProducer(Producer):
             requires_abort=err.txn_requires_abort(), fatal=err.fatal(),
         )
 
-    def _call(self, fn: Any, *args: Any) -> Any:
+    def _call(self, fn: Any, *args: Any, timeout_s: float | None = None) -> Any:
         """One transactional call; errors become classified TransactionErrors (no retry here:
-        the retry, abort and fencing policy lives in fairfleet.bus.transactions)."""
-        try:
-            return fn(*args)
-        except KafkaException as exc:
-            raise self._classified(getattr(fn, "__name__", "kafka call"), exc) from exc
+        the retry, abort and fencing policy lives in fairfleet.bus.transactions).
+
+        ``timeout_s`` is the call's own librdkafka timeout. librdkafka does not always honour
+        it: after a broker kill -9 a ``send_offsets_to_transaction`` was seen blocked for good
+        in C code, where no signal reaches it. So the call runs on a helper thread and a call
+        that has not returned ``HUNG_CALL_GRACE_S`` after its timeout is a *fatal* error: this
+        producer is abandoned (every later call fails fast) and the owner re-creates one with
+        the same transactional id, whose init_transactions fences the stuck one.
+        """
+        name = getattr(fn, "__name__", "kafka call")
+        if self._abandoned:
+            raise TransactionError(f"{name} refused: {self._abandoned}", fatal=True)
+        if timeout_s is None:
+            try:
+                return fn(*args)
+            except KafkaException as exc:
+                raise self._classified(name, exc) from exc
+        outcome: dict[str, Any] = {}
+
+        def target() -> None:
+            try:
+                outcome["value"] = fn(*args, timeout_s)
+            except BaseException as exc:  # handed to the caller's thread below
+                outcome["error"] = exc
+
+        worker = threading.Thread(target=target, name=f"kafka-{name}", daemon=True)
+        worker.start()
+        worker.join(timeout_s + HUNG_CALL_GRACE_S)
+        if worker.is_alive():
+            self._abandoned = (
+                f"{name} did not return within {timeout_s + HUNG_CALL_GRACE_S:.0f} s "
+                f"(librdkafka call hung; producer {self.transactional_id!r} abandoned)"
+            )
+            event(logger, "kafka call hung; abandoning the producer", logging.ERROR,
+                  call=name, transactional_id=self.transactional_id or "")
+            raise TransactionError(self._abandoned, fatal=True)
+        error = outcome.get("error")
+        if isinstance(error, KafkaException):
+            raise self._classified(name, error) from error
+        if error is not None:
+            raise error
+        return outcome.get("value")
 
     def publish(self, topic: str, value: bytes | memoryview, key: Key = None, headers: Mapping[str, bytes] | None = None) -> Delivery:
         delivery = Delivery(self._producer.poll)
@@ -307,14 +347,14 @@ class KafkaProducer(Producer):
         tps = [TopicPartition(t, p, o) for (t, p), o in chosen.items() if o >= 0]
         self._call(
             self._producer.send_offsets_to_transaction,
-            tps, consumer._consumer.consumer_group_metadata(), 30,
+            tps, consumer._consumer.consumer_group_metadata(), timeout_s=30,
         )
 
     def commit_transaction(self) -> None:
-        self._call(self._producer.commit_transaction, 60)
+        self._call(self._producer.commit_transaction, timeout_s=60)
 
     def abort_transaction(self) -> None:
-        self._call(self._producer.abort_transaction, 60)
+        self._call(self._producer.abort_transaction, timeout_s=60)
 
 
 class KafkaConsumer(Consumer):
