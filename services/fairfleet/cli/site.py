@@ -33,11 +33,13 @@ def run_cmd(
     from fairfleet.log import configure, event
     from fairfleet.metrics import Health, serve
     from fairfleet.site_agent import SiteAgent
+    from fairfleet.site_agent.agent import site_key
 
     configure("site_agent")
     logger = logging.getLogger("fairfleet.site_agent")
     cfg = load_config(config)
     site_cfg = cfg.site(site)
+    site_key(cfg, site)  # a config error fails now, not after waiting for the broker
     stop = threading.Event()
 
     def _stop(signum: int, _frame: object) -> None:

@@ -36,6 +36,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from prometheus_client import CollectorRegistry
 
 from fairfleet.bus import Bus, Publisher, connect, dead_letter_for
@@ -81,6 +82,14 @@ class Skip(Exception):
         self.reason = reason
 
 
+def site_key(config: FleetConfig, site_id: str) -> Ed25519PrivateKey:
+    """The site's signing key from its ``private_key_file`` (ConfigError naming what is wrong)."""
+    site = config.site(site_id)
+    if not site.private_key_file:
+        raise ConfigError(f"Site '{site_id}' needs private_key_file to sign its updates. Found none.")
+    return load_private(str(config.resolve_path(site.private_key_file)))
+
+
 def event_id_for(site: str, model_id: str, round_: int) -> str:
     """The deterministic reservation id of one round's releases (update + loss)."""
     return f"{site}/{model_id}/{round_}"
@@ -100,11 +109,7 @@ class SiteAgent:
         self.config = config
         self.site = config.site(site_id)
         self.opts = self.site.agent
-        if not self.site.private_key_file:
-            raise ConfigError(
-                f"Site '{site_id}' needs private_key_file to sign its updates. Found none."
-            )
-        self.key = load_private(str(config.resolve_path(self.site.private_key_file)))
+        self.key = site_key(config, site_id)
         self.state_dir = config.resolve_path(
             self.site.state_dir or Path(config.state_dir) / "sites" / site_id
         )
