@@ -121,6 +121,7 @@ def fleet_config(work: Path, bootstrap: str, s: SoakSettings) -> dict[str, Any]:
     from dp_accounting import dp_event
 
     from fairfleet.privacy.accounting import calibrate_noise_multiplier, epsilon
+    from fairfleet.signing import add_service_identities
     from fairfleet.sim.fleet import load_fleet
 
     delta, releases = 1e-5, 2 * (s.rounds + 40)  # update + loss per round, re-runs included
@@ -144,7 +145,7 @@ def fleet_config(work: Path, bootstrap: str, s: SoakSettings) -> dict[str, Any]:
                         "clip_norm": 1.0, "loss_bound": 2.0, "loss_noise_multiplier": z * 64},
             "metrics_port": 0,
         })
-    return {
+    return add_service_identities({
         "fleet": "chaos",
         "kafka": {"bootstrap": bootstrap, "topic_prefix": "chaos.", "partitions": 2},
         "models": models,
@@ -155,7 +156,7 @@ def fleet_config(work: Path, bootstrap: str, s: SoakSettings) -> dict[str, Any]:
         "accountant": {"db": str(work / "accountant" / "ledger.sqlite"), "metrics_port": 0,
                        "grant_timeout_s": 2.0},
         "state_dir": str(work / "state"),
-    }
+    }, work / "keys")  # the accountant's and the aggregators' signing identities
 
 
 # -- the driver ---------------------------------------------------------------------------------
