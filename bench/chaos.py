@@ -13,8 +13,8 @@ default; ``faults_per_kind`` repeats them):
   folder and port;
 * ``budget_raise``: the policy of a site whose budget is exhausted early is raised in the config
   and the accountant restarted (docs/operations.md, "Raise a budget");
-* ``key_rotation``: a new key for one site in the config, then its agent and the aggregators
-  restarted (docs/operations.md, "Rotate a key");
+* ``key_rotation``: a new key for one site in the config, then the accountant and the aggregators
+  restarted, then the site's agent (docs/operations.md, "Rotate a key");
 * ``add_site``: a new site entry, the accountant and aggregators restarted, the new agent started
   (docs/operations.md, "Add a site").
 
@@ -281,9 +281,15 @@ class Soak:
                     site["public_key"], site["private_key_file"] = public, str(key)
             self._write(raw)
             aggs = self._live_aggregators()
-            fault = Fault(kind, ROTATED_SITE, now, services=aggs)
-            self._restart([f"site-{ROTATED_SITE}", *aggs])
-            fault.down_until = self._wait_up([f"site-{ROTATED_SITE}", *aggs])
+            # the verifiers (accountant, aggregators) learn the new key before the site signs
+            # with it: a commit under the new key read by an accountant that still knows only the
+            # old one would be dead-lettered live but applied by a replay with the new config
+            verifiers = ["accountant", *aggs]
+            fault = Fault(kind, ROTATED_SITE, now, services=verifiers)
+            self._restart(verifiers)
+            self._wait_up(verifiers)
+            self._restart([f"site-{ROTATED_SITE}"])
+            fault.down_until = self._wait_up([f"site-{ROTATED_SITE}", *verifiers])
         elif kind == "add_site":
             from fairfleet.launcher import fairfleet_command, free_port
             from fairfleet.supervisor.fleet import Service
