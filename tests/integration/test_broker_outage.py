@@ -40,6 +40,7 @@ from fairfleet.config import parse_config
 from fairfleet.log import JsonFormatter
 from fairfleet.messages import PrivacyEventMessage, SiteUpdate
 from fairfleet.metrics import MetricsServer, serve
+from fairfleet.signing import Verifier, accountant_signer
 from fairfleet.site_agent import SiteAgent, event_id_for
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
@@ -212,7 +213,8 @@ def test_kill_9_of_the_broker_mid_round_loses_nothing_and_the_fleet_finishes(
     aggregator = Aggregator(config, "m", options=AggregatorOptions(metrics_port=0))
     accountant = AccountantService(
         connect(info.bootstrap), config.resolve_path(config.accountant.db), load_policies(config_file),
-        AccountantOptions(prefix=prefix, metrics_port=0),
+        AccountantOptions(prefix=prefix, metrics_port=0, signer=accountant_signer(config),
+                          verifier=Verifier.from_config(config).check),  # as `accountant run --config`
     )
     agents = [SiteAgent(config, s["id"]) for s in sites]
     agent_http = serve(agents[0].metrics.registry, health=agents[0].health)

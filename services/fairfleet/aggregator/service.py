@@ -717,8 +717,13 @@ class Aggregator:
                 event(logger, "lag unavailable", logging.DEBUG, error=str(exc))
 
     def status(self) -> dict[str, Any]:
-        """JSON for /status: the committed state and the open round's buffer."""
+        """JSON for /status: the committed state and the open round's buffer (``state``
+        "starting" while it waits for the broker or reads its checkpoint: no state yet)."""
+        if not self._started:
+            return {"model": self.model_id, "state": "starting", "version": None, "round": None,
+                    "finished": False, "buffered": [], "history": []}
         return {
+            "state": "finished" if self.ckpt.finished else "running",
             "model": self.model_id, "version": self.ckpt.version, "round": self.ckpt.round,
             "finished": self.ckpt.finished, "buffered": sorted(self._buffer_sites),
             "vectors_held": self._fold.vectors_held if self._fold is not None else 0,
