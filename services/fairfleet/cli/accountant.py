@@ -162,7 +162,7 @@ def cancel_cmd(
 
     Publishes a `cancel` to privacy.events, so it is in the replayable log. Safe: if the
     release did happen after all, its commit is still charged. Signed by the accountant's key
-    when ``--config`` is given.
+    when `--config` is given.
     """
     from fairfleet.bus import Publisher, connect, topic_name
     from fairfleet.errors import ConfigError

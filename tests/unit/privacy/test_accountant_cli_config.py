@@ -14,6 +14,7 @@ import fairfleet.accountant.service as accountant_service
 import fairfleet.bus as bus_module
 from fairfleet.accountant.policies import load_policies
 from fairfleet.cli import app
+from fairfleet.signing import add_service_identities
 
 
 class _Recorder:
@@ -33,12 +34,12 @@ class _Recorder:
 def _run_with(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, db: str) -> Path:
     conf_dir = tmp_path / "conf"
     conf_dir.mkdir()
-    (conf_dir / "fleet.yaml").write_text(yaml.safe_dump({
+    (conf_dir / "fleet.yaml").write_text(yaml.safe_dump(add_service_identities({
         "fleet": "t",
         "kafka": {"bootstrap": "127.0.0.1:1", "topic_prefix": "t."},
         "policies": {"defaults": {"epsilon_max": 5.0, "delta": 1e-5, "unit": "site"}},
         "accountant": {"db": db},
-    }))
+    }, conf_dir / "keys")))  # the accountant signs with its own key
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
