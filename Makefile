@@ -41,7 +41,7 @@ schemas: install
 
 # Full suite against a real broker started (and stopped) around pytest.
 test: install system-deps jars
-	scripts/with-broker.sh $(VENV)/bin/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	scripts/with-broker.sh $(VENV)/bin/pytest -q -p no:cacheprovider --durations=25 $(PYTEST_ARGS)
 
 broker: install jars
 	$(FF) broker start

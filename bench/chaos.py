@@ -29,7 +29,8 @@ topics and the ledgers, never from logs:
   not counted); compared with ``bound_seconds`` = deadline × (re-announcements + 1);
 * ``ledger_matches_replay``: the live accountant's SQLite ledger (committed and cancelled events)
   equals a fresh ledger rebuilt from ``privacy.events`` read from offset 0
-  (``fairfleet.accountant.service.rebuild``);
+  and verified with the final config (``fairfleet.accountant.service.rebuild``, as
+  ``fairfleet accountant rebuild --config``);
 * ``double_charged``: (site, model, round) keys with more than one committed event id, plus event
   ids both committed and cancelled on ``privacy.events``;
 * ``lost_updates``: updates on ``updates`` whose release is committed in the ledger, for a round
@@ -277,7 +278,8 @@ class Soak:
             key.write_text(private + "\n")
             raw = self._read()
             for site in raw["sites"]:
-                if site["id"] == ROTATED_SITE:
+                if site["id"] == ROTATED_SITE:  # the old key stays valid for its ledger records
+                    site["previous_public_keys"] = [site["public_key"]]
                     site["public_key"], site["private_key_file"] = public, str(key)
             self._write(raw)
             aggs = self._live_aggregators()
@@ -415,6 +417,7 @@ class Soak:
             RoundAnnouncement,
             SiteUpdate,
         )
+        from fairfleet.signing import Verifier
         from fairfleet.site_agent.agent import event_id_for
 
         cfg = load_config(self.config_path)
@@ -436,7 +439,9 @@ class Soak:
         quiet = logging.getLogger("fairfleet")
         level, quiet.level = quiet.level, logging.ERROR  # the rebuild logs every void charge
         try:
-            service = rebuild(bus, replay_db, load_policies(self.config_path), prefix=prefix)
+            # verified with the final config, as `fairfleet accountant rebuild --config` does
+            service = rebuild(bus, replay_db, load_policies(self.config_path), prefix=prefix,
+                              verifier=Verifier.from_config(cfg).check)
             service.close()
         finally:
             quiet.setLevel(level)

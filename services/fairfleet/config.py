@@ -214,6 +214,10 @@ class SiteConfig(_Strict):
     site_class: str = Field(alias="class")
     public_key: PublicKeyHex
     private_key_file: str | None = None
+    previous_public_keys: list[PublicKeyHex] = Field(default_factory=list)
+    """The site's retired keys: accepted on its ledger records only (reservation requests,
+    commits, cancels), so a record it signed before a rotation is still counted, live or in a
+    rebuild; never on updates or statistics (docs/operations.md, "Rotate a key")."""
     data_source: str = "default"
     connector: ConnectorConfig = Field(default_factory=ConnectorConfig)
     window: WindowConfig = Field(default_factory=WindowConfig)

@@ -154,7 +154,8 @@ class Verifier:
     (fail closed): its messages are ``unknown_signer``.
     """
 
-    def __init__(self, keys: Mapping[str, str], previous: Mapping[str, Sequence[str]] | None = None) -> None:
+    def __init__(self, keys: Mapping[str, str], previous: Mapping[str, Sequence[str]] | None = None,
+                 ledger_only: Mapping[str, Sequence[str]] | None = None) -> None:
         self.keys = {p: k.lower() for p, k in keys.items()}
         # key id -> (principal, public key): the current keys, plus retired keys still accepted
         # during a rotation (docs/operations.md, "Rotate the accountant's or an aggregator's key")
@@ -162,10 +163,19 @@ class Verifier:
         for p, olds in (previous or {}).items():
             for k in olds:
                 self._by_key_id.setdefault(key_id(k.lower()), (p, k.lower()))
+        # retired site keys: valid on ledger records only. The ledger must count every record a
+        # site really signed, however late it is read (a commit consumed after the accountant
+        # learned the new key, or a rebuild from privacy.events); refusing one would under-count.
+        # An update signed with a retired key is still refused: it would steer the model.
+        self._ledger_by_key_id = dict(self._by_key_id)
+        for p, olds in (ledger_only or {}).items():
+            for k in olds:
+                self._ledger_by_key_id.setdefault(key_id(k.lower()), (p, k.lower()))
 
     @classmethod
     def from_config(cls, config: FleetConfig) -> Verifier:
         keys = {site_principal(s.id): s.public_key for s in config.sites}
+        ledger_only = {site_principal(s.id): list(s.previous_public_keys) for s in config.sites}
         previous: dict[str, list[str]] = {}
         if config.accountant.public_key:
             keys[ACCOUNTANT] = config.accountant.public_key
@@ -174,7 +184,7 @@ class Verifier:
             if m.aggregator is not None:
                 keys[aggregator_principal(m.id)] = m.aggregator.public_key
                 previous[aggregator_principal(m.id)] = list(m.aggregator.previous_public_keys)
-        return cls(keys, previous)
+        return cls(keys, previous, ledger_only)
 
     def check(self, msg: Message) -> Problem | None:
         """None if ``msg`` is not a control message or is signed by one of its allowed signers."""
@@ -188,7 +198,10 @@ class Verifier:
         known = [p for p in allowed if p in self.keys]
         if not known:
             return Problem("unknown_signer", f"{what}: no public key configured for {' or '.join(allowed)}")
-        signer, public_hex = self._by_key_id.get(msg.key_id, ("", ""))
+        by_key_id = (self._ledger_by_key_id
+                     if isinstance(msg, PrivacyReservationRequest | PrivacyEventMessage)
+                     else self._by_key_id)
+        signer, public_hex = by_key_id.get(msg.key_id, ("", ""))
         if signer not in known:
             by = f"the key of '{signer}'" if signer else f"unknown key id '{msg.key_id[:32]}'"
             return Problem(

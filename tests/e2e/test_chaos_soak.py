@@ -20,7 +20,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from bench.chaos import FAULT_KINDS, SoakSettings, run_soak
+from bench.chaos import SoakSettings, run_soak
 
 pytestmark = pytest.mark.slow
 
@@ -30,13 +30,8 @@ SLACK_S = 10.0
 def test_chaos_soak_short(tmp_path: Path) -> None:
     # rounds enough never to finish first: the run ends once every fault was injected (spread
     # over 30 rounds) and the models ran on for two bounds
-    # key_rotation is left out here: since the signed control plane, a commit signed with the
-    # site's old key and read after the accountant restarted is dead-lettered (the live ledger
-    # keeps its reservation pending) while an unverified replay commits it, and sites have no
-    # retired-key list yet (open: issue 11/12 note). bench/chaos.py still injects it.
-    kinds = tuple(k for k in FAULT_KINDS if k != "key_rotation")
     settings = SoakSettings(rounds=500, fault_rounds=30, until_faults_done=True, wall_cap_s=420.0,
-                            seed=3, kinds=kinds)
+                            seed=3)
     result = run_soak(settings, tmp_path)
     print(json.dumps({k: result[k] for k in ("rounds_completed", "rounds_voided", "max_stall_seconds",
                                              "ledger_matches_replay", "double_charged",

@@ -37,7 +37,7 @@ from fairfleet.messages import (
     PrivacyReservationRequest,
     RoundAnnouncement,
 )
-from fairfleet.signing import generate_keypair
+from fairfleet.signing import Verifier, accountant_signer, generate_keypair
 from fairfleet.site_agent import SiteAgent
 
 pytestmark = pytest.mark.kafka
@@ -68,9 +68,12 @@ class Accountant:
         prefix = raw["kafka"]["topic_prefix"]
         config_file = tmp / f"accountant-{uuid.uuid4().hex[:6]}.yaml"
         config_file.write_text(yaml.safe_dump(raw))
-        self.service = AccountantService(
+        config = parse_config(raw)
+        self.service = AccountantService(  # signed and verifying, as `accountant run --config`
             bus, tmp / "ledger.sqlite", load_policies(config_file),
-            AccountantOptions(prefix=prefix, group_id=f"{prefix}accountant", metrics_port=None),
+            AccountantOptions(prefix=prefix, group_id=f"{prefix}accountant", metrics_port=None,
+                              signer=accountant_signer(config),
+                              verifier=Verifier.from_config(config).check),
         )
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.service.run, args=(self.stop,), daemon=True)
@@ -350,7 +353,10 @@ def test_a_key_rotation_loses_at_most_one_round_of_that_site(make_fleet: Callabl
     key_file = fleet.tmp / "s2-rotated.key"
     key_file.write_text(private)
     entry = next(s for s in fleet.raw["sites"] if s["id"] == "s2")
+    entry["previous_public_keys"] = [entry["public_key"]]  # its ledger records stay counted
     entry["public_key"], entry["private_key_file"] = public, str(key_file)
+    fleet.stop_accountant()  # the verifiers learn the new key first (docs/operations.md)
+    fleet.start_accountant()
     agg = fleet.start_aggregator()  # new public key: s2's buffered old-key update is rejected
     fleet.stop_agent("s2")
     fleet.start_agent("s2")  # new private key
@@ -358,7 +364,9 @@ def test_a_key_rotation_loses_at_most_one_round_of_that_site(make_fleet: Callabl
     fleet.wait_round(open_round + 2, BOUND_S + SLACK_S)
     assert waited < BOUND_S + SLACK_S
     rejected = [d for d in fleet.dead_letters() if d.reason == "bad_signature"]
-    assert [(d.site, d.model_id, d.round) for d in rejected] == [("s2", MODEL, open_round)]
+    # only the update: the accountant counts every ledger record s2 signed with its old key
+    assert [(d.service, d.site, d.model_id, d.round) for d in rejected] == [
+        ("aggregator", "s2", MODEL, open_round)]
     history = {h["round"]: h for h in agg.ckpt.history}
     assert history[open_round].get("voided") is True
     assert history[open_round + 1]["sites"] == ["s1", "s2"]  # at most one round of s2 lost

@@ -224,6 +224,11 @@ def test_every_forgery_is_dead_lettered_counted_and_changes_no_round_or_ledger(
                        attacked["prefix"], idle_s=1.0, verifier=Verifier.from_config(config).check)
     assert {s: [(b["events_committed"], round(float(b["epsilon_spent"]), 9)) for b in verified.ledger.budgets(site=s)]
             for s in ("s1", "s2")} == clean["ledger"]
+    # ... and reports each one it skipped (each forgery was published twice) instead of
+    # dead-lettering it a second time
+    on_events = [r for t, _, _, r in attacked["forged"] if t == "privacy.events"]
+    assert sorted(d.reason for d in verified.skipped) == sorted(2 * on_events), "\n".join(
+        f"{d.reason} {d.source_partition}:{d.source_offset} {d.detail}" for d in verified.skipped)
     verified.close()
 
     # counted: the accountant once per forgery on its topics, each site agent once per forgery on its

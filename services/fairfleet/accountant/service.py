@@ -61,6 +61,9 @@ class AccountantOptions:
     kafka_commit_interval_s: float = 1.0
     lag_interval_s: float = 2.0
     consume_requests: bool = True  # False: replay privacy.events only (rebuild)
+    # False (a rebuild): what is skipped is kept in ``AccountantService.skipped`` and reported by
+    # the caller instead of being dead-lettered a second time on the topic
+    publish_dead_letters: bool = True
     limits: InputLimits = DEFAULT_LIMITS  # bounds on consumed records (fairfleet.bus.limits)
     progress_timeout_s: float = DEFAULT_PROGRESS_TIMEOUT_S  # /healthz: the loop is stuck
     # signs grants and denials; verifies requests and ledger events (fairfleet.signing; the CLI
@@ -88,6 +91,7 @@ class AccountantService:
         }
         self.bus = bus
         self.health = Health(self.options.progress_timeout_s, probe=lambda: bus.unreachable(2.0))
+        self.skipped: list[DeadLetter] = []  # with publish_dead_letters=False (a rebuild)
         self.store = LedgerStore(db)
         self.policies = policies
         self.ledger = self.store.load(policies)
@@ -379,14 +383,20 @@ class AccountantService:
         """Publish and count a dead letter; an input record's offset is stored with it (SQLite),
         so a restart does not read the same bad record as new work."""
         self.metrics.dead_letters.labels("accountant", letter.reason).inc()
+        if not self.options.publish_dead_letters:
+            self.skipped.append(letter)
+        else:
+            self._publish_dead_letter(letter)
+        if letter.source_topic in self._inputs and letter.source_offset is not None:
+            partition = letter.source_partition or 0
+            self._save_offsets({(letter.source_topic, partition): letter.source_offset + 1})
+
+    def _publish_dead_letter(self, letter: DeadLetter) -> None:
         try:
             self.publisher.send(self.topics["deadletter"], letter)
         except FairfleetError as exc:
             event(logger, "dead letter not published", logging.ERROR, reason=letter.reason,
                   error=str(exc))
-        if letter.source_topic in self._inputs and letter.source_offset is not None:
-            partition = letter.source_partition or 0
-            self._save_offsets({(letter.source_topic, partition): letter.source_offset + 1})
 
     def _save_offsets(self, offsets: dict[tuple[str, int], int]) -> None:
         if all(offset <= self.applied.get(tp, 0) for tp, offset in offsets.items()):
@@ -425,7 +435,7 @@ def rebuild(
 ) -> AccountantService:
     """A fresh ledger at ``db`` from ``privacy.events`` read from offset 0 to its end; with
     ``verifier`` (the fleet's), records the live accountant dead-lettered as forged are skipped
-    again."""
+    again. What is skipped is in the returned service's ``skipped`` (not dead-lettered twice)."""
     import uuid
 
     if Path(db).exists():
@@ -435,6 +445,7 @@ def rebuild(
         group_id=f"fairfleet-accountant-rebuild-{uuid.uuid4().hex[:8]}",
         metrics_port=None,
         consume_requests=False,
+        publish_dead_letters=False,
         verifier=verifier,
     )
     service = AccountantService(bus, db, policies, options)

@@ -137,11 +137,16 @@ def rebuild_cmd(
         service = rebuild(connect(f"kafka://{bootstrap}"), db, load_policies(policy), prefix,
                           verifier=verifier)
     budgets = service.ledger.budgets()
+    skipped = [{"reason": d.reason, "site": d.site, "offset": d.source_offset, "detail": d.detail}
+               for d in service.skipped]
     service.close()
     if as_json:
-        typer.echo(json.dumps({"db": str(db), "budgets": budgets}))
-    else:
-        typer.echo(f"rebuilt {len(budgets)} ledgers into {db}")
+        typer.echo(json.dumps({"db": str(db), "budgets": budgets, "skipped": skipped}))
+        return
+    typer.echo(f"rebuilt {len(budgets)} ledgers into {db}")
+    for s in skipped:  # not counted in the rebuilt ledger: the operator must see each one
+        typer.echo(f"skipped privacy.events offset {s['offset']} ({s['reason']}): {s['detail']}",
+                   err=True)
 
 
 @accountant_app.command("cancel")

@@ -118,6 +118,21 @@ def test_previous_keys_are_accepted_for_their_own_principal_only() -> None:
     assert problem is not None and problem.reason == "bad_signature"
 
 
+@pytest.mark.parametrize("index", range(7))
+def test_a_retired_site_key_signs_the_sites_ledger_records_and_nothing_else(index: int) -> None:
+    """A site's retired key verifies its reservation requests, commits and cancels (the ledger
+    counts every record the site really signed before the rotation), never its updates or
+    statistics, and never anything of another principal."""
+    old_private, old_public = generate_keypair()
+    rotated = Verifier({p: k[1] for p, k in KEYS.items()}, ledger_only={site_principal("s1"): [old_public]})
+    mine, theirs = messages("s1", "m1")[index], messages("s2", "m1")[index]
+    ledger_record = isinstance(mine, PrivacyReservationRequest | PrivacyEventMessage)
+    problem = rotated.check(sign(mine, load_private(old_private)))
+    assert (problem is None) == ledger_record, (mine.TYPE, problem)
+    assert rotated.check(sign(theirs, load_private(old_private))) is not None
+    assert VERIFIER.check(sign(mine, load_private(old_private))) is not None  # not unless listed
+
+
 def test_publisher_signs_and_reader_dead_letters_unsigned_and_forged() -> None:
     bus = connect(f"memory://{uuid.uuid4().hex}")
     from fairfleet.bus import TopicSpec
