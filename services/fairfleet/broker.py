@@ -42,6 +42,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from fairfleet.errors import BrokerError
+from fairfleet.supervisor.state import pid_alive
 
 KAFKA_VERSION = "4.1.1"
 DEFAULT_HEAP = "512m"
@@ -121,30 +122,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie (exited child not yet reaped) is not alive.
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat.split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True
-
-
 def _is_broker_of(pid: int, state: Path) -> bool:
     """Is ``pid`` alive and the broker of ``state`` (not another process that reused the pid)?"""
-    if not _pid_alive(pid):
-        return False
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return True  # no /proc: trust the pid
-    return b"kafka.Kafka" in cmdline and str(state / "server.properties").encode() in cmdline
+    return pid_alive(pid, f"kafka.Kafka {state / 'server.properties'}")
 
 
 def read_info(state_dir: Path | None = None) -> BrokerInfo | None:
@@ -538,9 +518,9 @@ def stop(state_dir: Path | None = None, timeout_s: float = 30.0) -> bool:
         return False
     _kill(info.pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and _pid_alive(info.pid):
+    while time.monotonic() < deadline and pid_alive(info.pid):
         time.sleep(0.2)
-    if _pid_alive(info.pid):
+    if pid_alive(info.pid):
         _kill(info.pid, signal.SIGKILL)
     record.unlink(missing_ok=True)
     return True

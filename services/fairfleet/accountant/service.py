@@ -182,8 +182,8 @@ class AccountantService:
             self._last_kafka_commit = now
             self._commit_kafka()
         if env is None or now - self._last_lag >= self.options.lag_interval_s:
-            self._last_lag = now
             self._update_lag()
+            self._last_lag = time.monotonic()  # after the call: a slow one must not run every step
         return env is not None
 
     def _next_offsets(self, env: Envelope) -> dict[tuple[str, int], int]:
@@ -373,7 +373,7 @@ class AccountantService:
 
     def _update_lag(self) -> None:
         try:
-            lag = self.reader.consumer.lag()
+            lag = self.reader.consumer.lag(for_metrics=True)
         except FairfleetError:
             return
         self.metrics.ledger_lag.set(lag)

@@ -140,8 +140,12 @@ class Consumer(ABC):
         """Rewind every assigned partition to the group's committed offset (after an abort)."""
 
     @abstractmethod
-    def lag(self) -> int:
-        """Records available but not yet read, summed over the assignment."""
+    def lag(self, for_metrics: bool = False) -> int:
+        """Records available but not yet read, summed over the assignment.
+
+        ``for_metrics``: an estimate that may be a fetch behind (Kafka: the high watermark the
+        last fetch response carried, no request), for gauges read every loop. Never use it to
+        decide that a topic was read to its end."""
 
     @abstractmethod
     def close(self) -> None: ...

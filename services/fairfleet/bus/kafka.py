@@ -270,6 +270,10 @@ class KafkaProducer(Producer):
         that has not returned ``HUNG_CALL_GRACE_S`` after its timeout is a *fatal* error: this
         producer is abandoned (every later call fails fast) and the owner re-creates one with
         the same transactional id, whose init_transactions fences the stuck one.
+
+        One short-lived daemon thread per call (begin, send offsets, commit, abort: a few per
+        round, never per message). Not a pool: a ThreadPoolExecutor's workers are joined at
+        interpreter exit, so one hung call would keep the service from ever exiting.
         """
         name = getattr(fn, "__name__", "kafka call")
         if self._abandoned:
@@ -463,15 +467,22 @@ class KafkaConsumer(Consumer):
         except KafkaException as exc:
             raise _bus_error(f"Rewinding {self.topics} to the committed offsets", exc) from exc
 
-    def lag(self) -> int:
+    def lag(self, for_metrics: bool = False) -> int:
         total = 0
         positions = self.positions()
         committed: dict[tuple[str, int], int] | None = None  # fetched once, only if needed
         try:
             for tp in self._consumer.assignment():
-                _, high = _retrying(
-                    self._consumer.get_watermark_offsets, tp, timeout=5, cached=False
-                )
+                # a ListOffsets request waits behind the consumer's outstanding long-poll fetch
+                # on the same connection (fetch.wait.max.ms, ~0.5 s per partition); a gauge can
+                # use the watermark the last fetch response carried instead
+                high = OFFSET_INVALID
+                if for_metrics:
+                    _, high = self._consumer.get_watermark_offsets(tp, cached=True)
+                if high < 0:
+                    _, high = _retrying(
+                        self._consumer.get_watermark_offsets, tp, timeout=5, cached=False
+                    )
                 pos = positions.get((tp.topic, tp.partition))
                 if pos is None:
                     if committed is None:

@@ -232,7 +232,7 @@ class MemoryConsumer(Consumer):
             for tp in self._assignment:
                 self._positions[tp] = group.committed.get(tp, 0)
 
-    def lag(self) -> int:
+    def lag(self, for_metrics: bool = False) -> int:
         with self._bus._lock:
             return sum(
                 len(self._bus._topic(t).partitions[p]) - self._positions.get((t, p), 0)

@@ -113,7 +113,10 @@ def debiased_range(
     rng = np.random.default_rng(seed)
     draws = x + rng.standard_normal((n_bootstrap, x.size)) * se
     ranges = draws.max(axis=1) - draws.min(axis=1)
-    bias = float(ranges.mean()) - raw
+    # E[range of the draws] >= raw (Jensen: E max >= max E, E min <= min E), so the true bias is
+    # >= 0; the Monte Carlo mean can fall below raw when the classes are far apart relative to
+    # their SEs, which would report a gap larger than the estimates' own range
+    bias = max(0.0, float(ranges.mean()) - raw)
     return GapEstimate(
         raw=raw, debiased=max(0.0, raw - bias), bias=bias, se=float(ranges.std(ddof=1))
     )

@@ -206,7 +206,7 @@ class AgentBus:
         return False if quiet >= 3 else None
 
     def rounds_lag(self) -> int:
-        return self.rounds.consumer.lag()
+        return self.rounds.consumer.lag(for_metrics=True)  # a gauge
 
     def close(self) -> None:
         for reader in (self.rounds, self.models, self.grants):

@@ -90,6 +90,11 @@ def pid_alive(pid: int | None, needle: str | None = None) -> bool:
         return False
     except PermissionError:
         return True
+    try:  # a zombie (exited, not yet reaped by its parent) is not alive
+        if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+            return False
+    except (OSError, IndexError):
+        pass  # no /proc: trust the signal check
     if needle is None:
         return True
     try:
