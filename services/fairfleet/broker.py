@@ -379,6 +379,11 @@ def start(
     Raises BrokerError if one is already running there, if a recorded port is still taken by
     another process after ``port_wait_s`` (a killed broker's connections linger briefly), or if it does not come up in time. No error path deletes data.
     """
+    if acl_admin is not None and acl_admin not in (scram_users or {}):
+        raise BrokerError(
+            f"acl_admin must be one of the SCRAM users {sorted(scram_users or {})}. "
+            f"Found {acl_admin!r}."
+        )
     state = (state_dir or default_state_dir()).resolve()
     running = read_info(state)
     if running is not None:
@@ -400,11 +405,6 @@ def start(
     if scram_users is not None and not scram_users:
         raise BrokerError("scram_users must name at least one user. Found an empty mapping.")
     protocol = "PLAINTEXT" if scram_users is None else "SASL_PLAINTEXT"
-    if acl_admin is not None and acl_admin not in (scram_users or {}):
-        raise BrokerError(
-            f"acl_admin must be one of the SCRAM users {sorted(scram_users or {})}. "
-            f"Found {acl_admin!r}."
-        )
     if record is None:
         record = _new_cluster(port, protocol, acl_admin)
     else:
