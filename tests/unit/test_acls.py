@@ -214,3 +214,13 @@ def test_exit_codes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pyt
     monkeypatch.delenv("FAIRFLEET_KAFKA_ADMIN_PASSWORD", raising=False)
     assert _main(monkeypatch, "acls", "--config", str(path), "--apply", "--admin-user", "root") == 1
     assert "FAIRFLEET_KAFKA_ADMIN_PASSWORD" in capsys.readouterr().err
+
+
+def test_config_check_warns_about_principals_the_acls_cannot_tell_apart(tmp_path: Path) -> None:
+    from fairfleet.cli.config import check_mapping
+
+    clash = _cfg()
+    clash["sites"].append({"id": "plant-b", "class": "c", "public_key": KEY, "kafka_principal": "User:plant-a"})
+    warned = [w for w in check_mapping(clash, tmp_path, paths=False).warnings if "kafka_principal" in w]
+    assert len(warned) == 1 and "'User:plant-a' is given to site:plant-a, site:plant-b" in warned[0]
+    assert not [w for w in check_mapping(_cfg(), tmp_path, paths=False).warnings if "kafka_principal" in w]
