@@ -192,7 +192,16 @@ def test_a_fleet_running_as_its_principals_completes_its_rounds(fleet: dict[str,
 def test_applying_twice_leaves_exactly_the_fleet_bindings(fleet: dict[str, Any]) -> None:
     first = fleet["applied"]
     assert first["applied"]["extra"] == [] and first["applied"]["present"] == len(first["acls"])
-    again = CliRunner().invoke(app, ["acls", "--config", str(fleet["path"]), "--apply", "--json"])
+    # a site's copy of the config: its own user may not alter ACLs; --admin-user may
+    site_copy = {**fleet["raw"], "kafka": {**fleet["raw"]["kafka"], "sasl_username": "plant-a",
+                                           "sasl_password": USERS["plant-a"]}}
+    path = fleet["tmp"] / "site-copy.yaml"
+    path.write_text(yaml.safe_dump(site_copy))
+    refused = CliRunner().invoke(app, ["acls", "--config", str(path), "--apply"])
+    assert refused.exit_code == 1 and "CLUSTER_AUTHORIZATION_FAILED" in str(refused.exception)
+    again = CliRunner().invoke(app, ["acls", "--config", str(path), "--apply", "--json",
+                                     "--admin-user", ADMIN],
+                               env={"FAIRFLEET_KAFKA_ADMIN_PASSWORD": USERS[ADMIN]})
     assert again.exit_code == 0, again.output
     assert json.loads(again.stdout)["applied"] == first["applied"]
 
@@ -243,3 +252,16 @@ def test_a_site_writes_and_reads_its_own_topics(fleet: dict[str, Any]) -> None:
         io.grants.poll(1.0)
     finally:
         io.close()
+
+
+def test_applying_to_a_broker_without_an_authorizer_is_a_clear_failure(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """The shared test broker runs no authorizer: ACLs there would change nothing."""
+    path = tmp_path / "fleet.yaml"
+    path.write_text(yaml.safe_dump({
+        "kafka": {"bootstrap": kafka_bootstrap, "topic_prefix": "noauth."},
+        "models": [{"id": MODEL, "model": {"name": "logistic", "params": {"in_features": 2}}}],
+        "sites": [{"id": "plant-a", "class": "c", "public_key": "0" * 64}]}))
+    res = CliRunner().invoke(app, ["acls", "--config", str(path), "--apply"])
+    assert res.exit_code == 1 and "SECURITY_DISABLED" in str(res.exception), res.exception

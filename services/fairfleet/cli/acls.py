@@ -66,7 +66,7 @@ def apply_acls(
     admin = AdminClient({"bootstrap.servers": bootstrap, **KafkaLink(bootstrap).config(),
                          **client_config})
     wanted = {_key(b): b for b in map(_binding, rules)}  # aggregators sharing a principal: once
-    failures = []
+    failures: dict[str, list[str]] = {}  # error name -> bindings it refused
     try:
         futures = admin.create_acls(list(wanted.values()), request_timeout=timeout_s)
     except KafkaException as exc:
@@ -76,12 +76,16 @@ def apply_acls(
             future.result()
         except KafkaException as exc:
             err = exc.args[0] if exc.args else exc
-            detail = err.str() if isinstance(err, KafkaError) else str(err)
-            failures.append(f"{' '.join(_key(binding)[:5])}: {detail}")
+            # the broker's message can be a dump of the whole request: the code says it all
+            name = err.name() if isinstance(err, KafkaError) else str(err)[:200]
+            failures.setdefault(name, []).append(" ".join(_key(binding)[:5]))
     if failures:
+        refused = sum(len(v) for v in failures.values())
         raise BusError(
-            f"The broker at {bootstrap} refused {len(failures)} of {len(wanted)} ACL bindings (is "
-            "its authorizer on, and may this user alter ACLs?):\n  " + "\n  ".join(failures)
+            f"The broker at {bootstrap} refused {refused} of {len(wanted)} ACL bindings (is its "
+            f"authorizer on, and may {client_config.get('sasl.username', 'this client')!r} alter "
+            "ACLs?): " + "; ".join(f"{name} for {len(held)}, e.g. {held[0]}"
+                                   for name, held in sorted(failures.items()))
         )
     # the broker lists a new binding once its metadata has it (a moment after the controller)
     deadline = time.monotonic() + timeout_s
