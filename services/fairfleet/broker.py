@@ -23,6 +23,14 @@ SCRAM-SHA-256 instead: the credentials are written into the KRaft metadata at fo
 on 127.0.0.1, and ``BrokerInfo.security_protocol`` says which protocol clients must speak. This is
 how tests/integration/test_kafka_sasl.py checks KafkaConfig's SASL/SCRAM settings against a real
 broker.
+
+``start(..., scram_users=..., acl_admin="admin")`` also turns on Kafka's standard authorizer
+(``StandardAuthorizer``, KRaft): a client is then allowed only what an ACL grants it (``fairfleet
+acls --apply`` creates a fleet's), except the super users: ``acl_admin`` (one of the SCRAM users;
+it creates the ACLs and the topics) and ``User:ANONYMOUS``, the principal of the broker's own
+PLAINTEXT inter-broker and controller listeners on 127.0.0.1 (so anything that connects to those
+two loopback ports is a super user: this broker is for one host and for tests). The setting is
+recorded in ``cluster.json`` and kept by every later start.
 """
 
 from __future__ import annotations
@@ -47,6 +55,8 @@ from fairfleet.supervisor.state import pid_alive
 KAFKA_VERSION = "4.1.1"
 DEFAULT_HEAP = "512m"
 SCRAM_MECHANISM = "SCRAM-SHA-256"
+AUTHORIZER = "org.apache.kafka.metadata.authorizer.StandardAuthorizer"
+BROKER_PRINCIPAL = "User:ANONYMOUS"  # what the PLAINTEXT inter-broker and controller listeners see
 
 
 def repo_root() -> Path:
@@ -153,6 +163,7 @@ class ClusterRecord:
     controller_port: int
     internal_port: int | None = None
     security_protocol: str = "PLAINTEXT"
+    acl_admin: str | None = None  # the authorizer is on, with this SCRAM user as a super user
 
     def ports(self) -> dict[str, int]:
         named = {"client": self.port, "controller": self.controller_port}
@@ -261,10 +272,14 @@ def _properties(data_dir: Path, port: int, cport: int) -> str:
     ])
 
 
-def _sasl_properties(data_dir: Path, port: int, cport: int, iport: int) -> str:
+def _sasl_properties(
+    data_dir: Path, port: int, cport: int, iport: int, acl_admin: str | None = None
+) -> str:
     """The default config with the client listener on SASL_PLAINTEXT (SCRAM-SHA-256).
 
-    Inter-broker traffic uses a separate PLAINTEXT listener ``INTERNAL`` on 127.0.0.1.
+    Inter-broker traffic uses a separate PLAINTEXT listener ``INTERNAL`` on 127.0.0.1. With
+    ``acl_admin`` the standard authorizer is on, with that user and the broker itself as super
+    users (no ACL means no access).
     """
     plain = _properties(data_dir, port, cport)
     mech = SCRAM_MECHANISM.lower()
@@ -282,9 +297,14 @@ def _sasl_properties(data_dir: Path, port: int, cport: int, iport: int) -> str:
         f"sasl.enabled.mechanisms={SCRAM_MECHANISM}",
         f"listener.name.client.{mech}.sasl.jaas.config="
         "org.apache.kafka.common.security.scram.ScramLoginModule required;",
-        "",
     ]
-    return "\n".join(lines)
+    if acl_admin is not None:
+        lines += [
+            f"authorizer.class.name={AUTHORIZER}",
+            f"super.users={BROKER_PRINCIPAL};User:{acl_admin}",
+            "allow.everyone.if.no.acl.found=false",
+        ]
+    return "\n".join([*lines, ""])
 
 
 def _scram_args(scram_users: dict[str, str]) -> list[str]:
@@ -324,6 +344,7 @@ def start(
     timeout_s: float = 90.0,
     scram_users: dict[str, str] | None = None,
     port_wait_s: float = 30.0,
+    acl_admin: str | None = None,
 ) -> BrokerInfo:
     """Start the broker of ``state_dir`` and wait until its admin API answers.
 
@@ -331,11 +352,18 @@ def start(
     holds one restarts that cluster with its data, on its recorded ports (``port`` must then be
     0 or the recorded port). With ``scram_users`` (user name -> password) the client listener
     is SASL_PLAINTEXT with SCRAM-SHA-256 and these users (written at format time, so only a new
-    cluster takes them); readiness is then checked as the first of them.
+    cluster takes them); readiness is then checked as the first of them. With ``acl_admin`` (one
+    of ``scram_users``) the standard authorizer is on and that user is a super user (readiness
+    is checked as it); a cluster keeps this choice for good (recorded in ``cluster.json``).
 
     Raises BrokerError if one is already running there, if a recorded port is still taken by
     another process after ``port_wait_s`` (a killed broker's connections linger briefly), or if it does not come up in time. No error path deletes data.
     """
+    if acl_admin is not None and acl_admin not in (scram_users or {}):
+        raise BrokerError(
+            f"acl_admin must be one of the SCRAM users {sorted(scram_users or {})}. "
+            f"Found {acl_admin!r}."
+        )
     state = (state_dir or default_state_dir()).resolve()
     running = read_info(state)
     if running is not None:
@@ -358,9 +386,9 @@ def start(
         raise BrokerError("scram_users must name at least one user. Found an empty mapping.")
     protocol = "PLAINTEXT" if scram_users is None else "SASL_PLAINTEXT"
     if record is None:
-        record = _new_cluster(port, protocol)
+        record = _new_cluster(port, protocol, acl_admin)
     else:
-        _check_recorded(record, state, port, protocol, port_wait_s)
+        _check_recorded(record, state, port, protocol, port_wait_s, acl_admin)
     data_dir.mkdir(parents=True, exist_ok=True)
     logs_dir.mkdir(parents=True, exist_ok=True)
     props = state / "server.properties"
@@ -368,11 +396,11 @@ def start(
     if record.internal_port is None:
         props.write_text(_properties(data_dir, record.port, record.controller_port))
     else:
-        props.write_text(
-            _sasl_properties(data_dir, record.port, record.controller_port, record.internal_port)
-        )
+        props.write_text(_sasl_properties(data_dir, record.port, record.controller_port,
+                                          record.internal_port, record.acl_admin))
     if scram_users is not None:
-        user, password = next(iter(scram_users.items()))
+        user = acl_admin or next(iter(scram_users))
+        password = scram_users[user]
         client_config = {
             "security.protocol": "SASL_PLAINTEXT", "sasl.mechanisms": SCRAM_MECHANISM,
             "sasl.username": user, "sasl.password": password,
@@ -418,7 +446,7 @@ def start(
     return info
 
 
-def _new_cluster(port: int, protocol: str) -> ClusterRecord:
+def _new_cluster(port: int, protocol: str, acl_admin: str | None = None) -> ClusterRecord:
     """A new cluster id and free ports (``port`` for clients if given)."""
     taken = {port} if port else set()
     chosen: list[int] = []
@@ -432,11 +460,13 @@ def _new_cluster(port: int, protocol: str) -> ClusterRecord:
     return ClusterRecord(
         cluster_id=uuid.uuid4().hex[:22], port=client, controller_port=chosen[0],
         internal_port=chosen[1] if protocol != "PLAINTEXT" else None, security_protocol=protocol,
+        acl_admin=acl_admin,
     )
 
 
 def _check_recorded(
-    record: ClusterRecord, state: Path, port: int, protocol: str, port_wait_s: float = 0.0
+    record: ClusterRecord, state: Path, port: int, protocol: str, port_wait_s: float = 0.0,
+    acl_admin: str | None = None,
 ) -> None:
     """A restart must be the same cluster: same client port, protocol, and all ports free."""
     where = state / "cluster.json"
@@ -450,6 +480,13 @@ def _check_recorded(
         raise BrokerError(
             f"The cluster in {state} was created with security protocol "
             f"{record.security_protocol} (recorded in {where}); this start asks for {protocol}."
+        )
+    if acl_admin != record.acl_admin:
+        had = f"ACL admin {record.acl_admin!r}" if record.acl_admin else "no authorizer"
+        asked = f"ACL admin {acl_admin!r}" if acl_admin else "no authorizer"
+        raise BrokerError(
+            f"The cluster in {state} was created with {had} (recorded in {where}); this "
+            f"start asks for {asked}."
         )
     for role, recorded in record.ports().items():
         # Right after a kill -9 the dead broker's connections linger a few seconds (FIN_WAIT)

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -158,6 +159,28 @@ class RoundsConfig(_Strict):
 PublicKeyHex = Annotated[str, Field(pattern=r"^[0-9a-fA-F]{64}$")]
 
 
+def check_kafka_principal(value: str) -> str:
+    """A Kafka principal ``Type:name`` (``User:plant-a``; with mutual TLS the certificate's DN,
+    ``User:CN=plant-a,O=Acme``) that one service's ACLs name (fairfleet.acls). ``*`` is refused:
+    a wildcard principal would grant a service's rights to every client of the cluster."""
+    kind, sep, name = value.partition(":")
+    if not sep or not kind.isalpha() or not name or name != name.strip():
+        raise ValueError(
+            f"a Kafka principal is Type:name, e.g. 'User:plant-a' (the SASL user name or the TLS "
+            f"certificate's DN), without spaces around the name. Found {value!r}"
+        )
+    if "*" in name or any(not c.isprintable() for c in value):
+        raise ValueError(
+            f"a Kafka principal names one client: no '*' (a wildcard would give this service's "
+            f"rights to every client) and no control characters. Found {value!r}"
+        )
+    return value
+
+
+KafkaPrincipal = Annotated[str, AfterValidator(check_kafka_principal)]
+"""Optional in the config; fairfleet.acls supplies the default of each service."""
+
+
 class IdentityConfig(_Strict):
     """A service's Ed25519 identity: the public key every consumer verifies its messages with,
     and (on the machine that runs it) the private key file it signs with (docs/security.md)."""
@@ -166,6 +189,9 @@ class IdentityConfig(_Strict):
     private_key_file: str | None = None
     previous_public_keys: list[PublicKeyHex] = Field(default_factory=list)
     """Retired keys still accepted while a rotation completes (docs/operations.md)."""
+    kafka_principal: KafkaPrincipal | None = None
+    """The Kafka principal this service connects as (its ACLs: `fairfleet acls`; default for a
+    model's aggregator ``User:fairfleet-aggregator-<model id>``; docs/security.md)."""
 
 
 class ModelConfig(_Strict):
@@ -218,6 +244,9 @@ class SiteConfig(_Strict):
     """The site's retired keys: accepted on its ledger records only (reservation requests,
     commits, cancels), so a record it signed before a rotation is still counted, live or in a
     rebuild; never on updates or statistics (docs/operations.md, "Rotate a key")."""
+    kafka_principal: KafkaPrincipal | None = None
+    """The Kafka principal this site's agent connects as (default ``User:<site id>``); the ACLs
+    `fairfleet acls` generates give it this site's rights only (docs/security.md)."""
     data_source: str = "default"
     connector: ConnectorConfig = Field(default_factory=ConnectorConfig)
     window: WindowConfig = Field(default_factory=WindowConfig)
@@ -249,6 +278,8 @@ class AccountantConfig(_Strict):
     public_key: PublicKeyHex | None = None  # the accountant's identity: signs grants and denials
     private_key_file: str | None = None
     previous_public_keys: list[PublicKeyHex] = Field(default_factory=list)  # during a rotation
+    kafka_principal: KafkaPrincipal | None = None
+    """The Kafka principal the accountant connects as (default ``User:fairfleet-accountant``)."""
 
 
 class FleetConfig(BaseSettings):

@@ -127,3 +127,22 @@ def test_reset_asks_first_and_deletes_only_when_confirmed(tmp_path: Path) -> Non
     res = runner.invoke(app, ["broker", "reset", "--state-dir", str(state), "--yes"])
     assert res.exit_code == 0 and not (state / "data").exists(), res.output
     assert os.listdir(state) == []
+
+
+def test_the_authorizer_is_on_only_with_an_acl_admin_and_a_cluster_keeps_the_choice(tmp_path: Path) -> None:
+    def props(acl_admin: str | None) -> dict[str, str]:
+        text = broker._sasl_properties(tmp_path / "data", 40011, 40012, 40013, acl_admin)
+        return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+
+    assert "authorizer.class.name" not in props(None)
+    on = props("admin")
+    assert on["authorizer.class.name"] == broker.AUTHORIZER
+    assert on["super.users"].split(";") == ["User:ANONYMOUS", "User:admin"]
+    assert on["allow.everyone.if.no.acl.found"] == "false"
+    state = _folder_with_cluster(tmp_path, broker.free_port(), broker.free_port())
+    record = broker.read_cluster(state)
+    assert record is not None and record.acl_admin is None  # a record from before the field
+    with pytest.raises(BrokerError, match=r"created with no authorizer.*asks for ACL admin 'admin'"):
+        broker._check_recorded(record, state, 0, "PLAINTEXT", acl_admin="admin")
+    with pytest.raises(BrokerError, match=r"acl_admin must be one of the SCRAM users \['a'\]. Found 'root'"):
+        broker.start(tmp_path / "new", scram_users={"a": "pw"}, acl_admin="root")

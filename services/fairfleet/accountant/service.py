@@ -34,6 +34,7 @@ from fairfleet.accountant.store import LedgerStore, Row, Wasted
 from fairfleet.bus import Bus, Envelope, Publisher, Reader, dead_letter_for, topic_name
 from fairfleet.bus.limits import DEFAULT_LIMITS, InputLimits
 from fairfleet.bus.messaging import SignFn, VerifyFn
+from fairfleet.bus.topics import accountant_group_prefix
 from fairfleet.bus.waiting import BrokerWatch
 from fairfleet.errors import BusError, FairfleetError
 from fairfleet.log import event
@@ -55,7 +56,7 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class AccountantOptions:
     prefix: str = "fairfleet."
-    group_id: str | None = None  # default: "<prefix>accountant-<database instance id>"
+    group_id: str | None = None  # default: "<prefix>accountant-<database instance id>" (ACLs: docs/security.md)
     metrics_port: int | None = 0  # None: no HTTP server
     metrics_host: str = "127.0.0.1"
     kafka_commit_interval_s: float = 1.0
@@ -103,7 +104,7 @@ class AccountantService:
         if self.options.consume_requests:
             inputs.insert(0, self.topics["privacy.requests"])
         self._inputs = frozenset(inputs)
-        group_id = self.options.group_id or f"{prefix}accountant-{self.store.instance_id}"
+        group_id = self.options.group_id or f"{accountant_group_prefix(prefix)}-{self.store.instance_id}"
         consumer = bus.consumer(group_id, inputs)
         self._offsets_checked = False
         self.publisher = Publisher(bus.producer(), signer=self.options.signer)
@@ -442,7 +443,7 @@ def rebuild(
         raise FileExistsError(f"Refusing to rebuild into an existing database: {db}")
     options = AccountantOptions(
         prefix=prefix,
-        group_id=f"fairfleet-accountant-rebuild-{uuid.uuid4().hex[:8]}",
+        group_id=f"{accountant_group_prefix(prefix)}-rebuild-{uuid.uuid4().hex[:8]}",
         metrics_port=None,
         consume_requests=False,
         publish_dead_letters=False,

@@ -35,6 +35,7 @@ from safetensors.numpy import save as st_save
 from fairfleet.bus import codec
 from fairfleet.bus.base import Bus, Delivery, Producer, Record
 from fairfleet.bus.limits import CHUNK_OVERHEAD_BYTES, MIN_CHUNK_BYTES, InputLimits
+from fairfleet.bus.topics import CHECKPOINT_RESTORE_GROUP
 from fairfleet.errors import PayloadError
 from fairfleet.fairness import StrategyState, state_from_bytes, state_to_bytes
 from fairfleet.log import event
@@ -215,7 +216,7 @@ def read_checkpoint(
     undo committed rounds. With ``public_keys`` (the aggregator's), a value not signed by one of
     them is never restored (logged as an error: someone else wrote to the changelog).
     """
-    consumer = bus.consumer(f"{group_prefix}checkpoint-restore-{new_id()[:12]}", [topic])
+    consumer = bus.consumer(f"{group_prefix}{CHECKPOINT_RESTORE_GROUP}{new_id()[:12]}", [topic])
     scanner = CheckpointScanner(model_id, public_keys)
     deadline = time.monotonic() + timeout_s
     try:

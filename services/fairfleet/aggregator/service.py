@@ -57,6 +57,7 @@ from fairfleet.aggregator.validation import (
 )
 from fairfleet.bus import Bus, Envelope, Publisher, Reader, connect, dead_letter_for, default_topics
 from fairfleet.bus.base import Consumer, Record
+from fairfleet.bus.topics import aggregator_client_id
 from fairfleet.bus.transactions import Transaction, run_transaction
 from fairfleet.bus.waiting import BrokerWatch
 from fairfleet.config import FleetConfig
@@ -135,7 +136,7 @@ class Aggregator:
         prefix = config.kafka.topic_prefix
         self.topics = {name: f"{prefix}{name}" for name in
                        ("rounds", "models", "updates", "deadletter", "checkpoints")}
-        self.group_id = f"{prefix}aggregator.{model_id}"
+        self.group_id = aggregator_client_id(prefix, model_id)
         self.public_keys = config.public_keys()
         self.signer = aggregator_signer(config, model_id)  # signs announcements and releases
         self._caps = {s.id: examples_cap(config, s.id) for s in config.sites}  # weight caps

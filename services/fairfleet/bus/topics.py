@@ -73,3 +73,44 @@ def default_topics(prefix: str = DEFAULT_PREFIX, partitions: int = 3) -> list[To
         TopicSpec(f"{prefix}deadletter", 1, {**_base(), "retention.ms": str(4 * WEEK_MS)}),
         TopicSpec(f"{prefix}checkpoints", 1, compacted),
     ]
+
+
+# -- consumer groups and transactional ids -----------------------------------------------------
+# Every group and transactional id of a service starts with the topic prefix (two fleets on one
+# broker neither share groups nor fence each other), and these functions are the only place the
+# names are spelled: the services use them, and fairfleet.acls grants each principal exactly
+# these names (a prefix in a grant must never cover another principal's names).
+
+SITE_GROUPS = ("rounds", "models", "grants")
+"""A site agent's long-lived consumer groups: ``<prefix>site-<id>-<purpose>``."""
+CHECKPOINT_RESTORE_GROUP = "checkpoint-restore-"
+"""Throw-away groups ``<prefix>checkpoint-restore-<random>`` of restarting aggregators."""
+LEDGER_GATE_GROUP = "ledger-gate-"
+"""Throw-away groups ``<prefix>ledger-gate-<random>`` of the aggregators' ledger gates."""
+
+
+def site_client_id(prefix: str, site_id: str) -> str:
+    """A site agent's transactional id, and the stem of its consumer groups."""
+    return f"{prefix}site-{site_id}"
+
+
+def site_group(prefix: str, site_id: str, purpose: str) -> str:
+    """One of a site agent's consumer groups (``purpose`` in :data:`SITE_GROUPS`)."""
+    return f"{site_client_id(prefix, site_id)}-{purpose}"
+
+
+def site_resolve_group_prefix(prefix: str, site_id: str) -> str:
+    """Stem of a site agent's throw-away groups that look for its own commit after a restart.
+
+    ``/`` cannot occur in a site id, so no other site's group starts with this stem."""
+    return f"{site_client_id(prefix, site_id)}/resolve-"
+
+
+def aggregator_client_id(prefix: str, model_id: str) -> str:
+    """A model's aggregator: its consumer group, static member id and transactional id."""
+    return f"{prefix}aggregator.{model_id}"
+
+
+def accountant_group_prefix(prefix: str) -> str:
+    """Stem of the accountant's consumer groups (live ``-<database id>``, ``-rebuild-<random>``)."""
+    return f"{prefix}accountant"

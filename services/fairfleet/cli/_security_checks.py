@@ -134,6 +134,7 @@ def check_security(cfg: Any, data: dict[str, Any], report: CheckReport) -> None:
             f"kafka.security_protocol: PLAINTEXT to a non-loopback broker ({', '.join(remote)}): "
             "records and credentials travel unencrypted and unauthenticated; use SASL_SSL or SSL"
         )
+    _check_acls(cfg, report)
     if not _loopback(cfg.metrics_host):
         report.warnings.append(
             f"metrics_host: {cfg.metrics_host!r} exposes /metrics and /budgets beyond this host "
@@ -146,6 +147,18 @@ def check_security(cfg: Any, data: dict[str, Any], report: CheckReport) -> None:
             f"environment instead{env}"
         )
     _check_privacy_bounds(cfg, report)
+
+
+def _check_acls(cfg: Any, report: CheckReport) -> None:
+    """The fleet's Kafka ACLs can be generated (fairfleet.acls): a warning, since a fleet that
+    runs without an authorizer does not need them."""
+    from fairfleet.acls import fleet_acls
+    from fairfleet.errors import ConfigError
+
+    try:
+        fleet_acls(cfg)
+    except ConfigError as exc:
+        report.warnings.append(f"kafka_principal: {exc} (`fairfleet acls` refuses this config)")
 
 
 def _check_privacy_bounds(cfg: Any, report: CheckReport) -> None:

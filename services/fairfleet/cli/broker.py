@@ -19,10 +19,33 @@ StateDir = Annotated[
 ]
 
 
+def _scram_users(path: Path) -> dict[str, str]:
+    """User name -> password from a YAML mapping (never from the command line: ps shows it)."""
+    from fairfleet.config import read_yaml
+    from fairfleet.errors import ConfigError
+
+    data = read_yaml(path)
+    if not isinstance(data, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in data.items()
+    ):
+        raise ConfigError(f"{path} must map SCRAM user names to passwords (strings).")
+    return data
+
+
 @broker_app.command("start")
 def start_cmd(
     state_dir: StateDir = None,
     port: int = typer.Option(0, help="Client port of a NEW cluster; 0 picks a free port."),
+    scram_users: Path | None = typer.Option(
+        None, "--scram-users",
+        help="YAML file mapping SCRAM user names to passwords: the client listener is then "
+        "SASL_PLAINTEXT with SCRAM-SHA-256 (users are created with a NEW cluster).",
+    ),
+    acl_admin: str | None = typer.Option(
+        None, "--acl-admin",
+        help="Turn on the standard authorizer with this SCRAM user as super user (apply a "
+        "fleet's ACLs with `fairfleet acls --apply`); kept by the cluster.",
+    ),
 ) -> None:
     """Start the broker of the folder: a new cluster the first time (formatted, ports
     recorded), else the same cluster with all its data on its recorded ports."""
@@ -30,10 +53,13 @@ def start_cmd(
 
     from fairfleet import broker
 
+    users = _scram_users(scram_users) if scram_users is not None else None
+    if acl_admin is not None and users is None:
+        raise typer.BadParameter("--acl-admin needs --scram-users", param_hint="'--acl-admin'")
     console = Console(stderr=True)
     existing = broker.read_cluster(state_dir)
     with console.status("resolving Kafka jars with Maven and starting the broker..."):
-        info = broker.start(state_dir, port=port)
+        info = broker.start(state_dir, port=port, scram_users=users, acl_admin=acl_admin)
     cluster = broker.read_cluster(state_dir)
     what = "existing cluster, data kept" if existing is not None else "new cluster"
     typer.echo(

@@ -3,7 +3,9 @@
 - ``rounds`` (group ``<prefix>site-<id>-rounds``, offsets committed with each round's
   transaction), ``models`` (group ``<prefix>site-<id>-models``, never committed: every start
   reads the compacted topic from the beginning), ``privacy.grants`` (group
-  ``<prefix>site-<id>-grants``);
+  ``<prefix>site-<id>-grants``), and after a restart ``privacy.events`` (throw-away groups
+  ``<prefix>site-<id>/resolve-<random>``; names from fairfleet.bus.topics, granted by
+  fairfleet.acls);
 - a transactional producer (``transactional.id = "<prefix>site-<id>"``: a new incarnation fences the
   old one and aborts its open transaction) and a plain one (requests, dead letters).
 
@@ -21,7 +23,12 @@ from collections.abc import Callable, Sequence
 from fairfleet.bus import Bus, Publisher, Reader, topic_name
 from fairfleet.bus.limits import DEFAULT_LIMITS, InputLimits
 from fairfleet.bus.messaging import SignFn, VerifyFn
-from fairfleet.bus.topics import LOGICAL_TOPICS
+from fairfleet.bus.topics import (
+    LOGICAL_TOPICS,
+    site_client_id,
+    site_group,
+    site_resolve_group_prefix,
+)
 from fairfleet.bus.transactions import Transaction, run_transaction
 from fairfleet.errors import FairfleetError, OutcomeUnknown, ProducerFenced
 from fairfleet.log import event
@@ -64,13 +71,13 @@ class AgentBus:
         self.topics = {t: topic_name(t, prefix) for t in LOGICAL_TOPICS}
         # Every group and transactional id carries the topic prefix: two fleets on one broker
         # with the same site ids neither share consumer groups nor fence each other.
-        self.client_prefix = f"{prefix}site-{site_id}"
-        self.transactional_id = self.client_prefix
+        self.prefix = prefix
+        self.transactional_id = site_client_id(prefix, site_id)
         self.tx = Publisher(bus.producer(transactional_id=self.transactional_id), chunk_bytes, signer)
         self.plain = Publisher(bus.producer(), chunk_bytes, signer)
-        self.rounds = self._reader(f"{self.client_prefix}-rounds", "rounds")
-        self.models = self._reader(f"{self.client_prefix}-models", "models")
-        self.grants = self._reader(f"{self.client_prefix}-grants", "privacy.grants")
+        self.rounds = self._reader(site_group(prefix, site_id, "rounds"), "rounds")
+        self.models = self._reader(site_group(prefix, site_id, "models"), "models")
+        self.grants = self._reader(site_group(prefix, site_id, "grants"), "privacy.grants")
 
     def _reader(self, group: str, logical: str) -> Reader:
         return Reader(self.bus.consumer(group, [self.topics[logical]]), SERVICE, self.dead_letter,
@@ -184,7 +191,8 @@ class AgentBus:
         read_committed.
         """
         consumer = self.bus.consumer(
-            f"{self.client_prefix}-resolve-{uuid.uuid4().hex[:8]}", [self.topics["privacy.events"]]
+            f"{site_resolve_group_prefix(self.prefix, self.site_id)}{uuid.uuid4().hex[:8]}",
+            [self.topics["privacy.events"]],
         )
         reader = Reader(consumer, SERVICE, limits=self.limits, verifier=self.verifier)
         quiet, deadline = 0, time.monotonic() + timeout
