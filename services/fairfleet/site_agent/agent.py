@@ -560,6 +560,7 @@ class SiteAgent:
                 round=rnd,
                 model_version=ann.model_version,
                 loss=out.loss,
+                n_examples=out.n_examples,
             ),
             self.key,
         )
