@@ -12,7 +12,8 @@ committed, no service's offsets move) until it has caught up with the topic's en
   noisy releases by ``fairfleet.fairness.class_risk_estimates`` (the aggregator's estimator),
   or None when no site has released a loss of that version (e.g. the final version: it is
   released after the last round, so no site trains from it);
-- :func:`export_model` — the weights as a ``.safetensors`` file and a JSON card beside it.
+- :func:`export_model` — the weights as a ``.safetensors`` file and a JSON card beside it (with
+  each site's ledger ε, read as `fairfleet report` reads it).
 """
 
 from __future__ import annotations
@@ -148,11 +149,17 @@ def loss_report(stats: list[SiteStatistics], config: FleetConfig) -> dict[str, A
 
 
 def export_model(
-    config: FleetConfig, model_id: str, out: Path, timeout_s: float = 30.0
+    config: FleetConfig, model_id: str, out: Path, timeout_s: float = 30.0,
+    budgets_url: str | None = None,
 ) -> dict[str, Any]:
-    """Write ``out`` (safetensors) and ``out`` with suffix ``.json`` (the card); returns the card."""
+    """Write ``out`` (safetensors) and ``out`` with suffix ``.json`` (the card); returns the card.
+
+    The card's ``epsilon`` is each site's ledger ε as `fairfleet report` shows it
+    (:func:`fairfleet.fleet_report.read_ledger`: the accountant at ``budgets_url``, else a
+    rebuild of ``privacy.events``)."""
     from safetensors.torch import save_file
 
+    from fairfleet.fleet_report import epsilon_per_site, read_ledger
     from fairfleet.learning.tensors import from_safetensors_bytes
 
     scanned = scan_model(config, model_id, timeout_s)
@@ -175,5 +182,8 @@ def export_model(
         "weights": str(out.name),
         "per_class_quality": class_quality(scanned, config, release.version),
     }
+    ledger = read_ledger(config, budgets_url, lambda _msg: None)
+    card["epsilon"] = {"accountant": "rdp", "source": ledger["source"],
+                       "sites": epsilon_per_site(config, ledger)}
     out.with_suffix(".json").write_text(json.dumps(card, indent=1))
     return card

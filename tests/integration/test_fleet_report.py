@@ -135,6 +135,14 @@ def test_report_numbers_are_the_aggregators_and_the_ledgers(kafka_bootstrap: str
         assert (out / name).stat().st_size > 500, name
     assert f"γ = {GAMMA:g}" in (out / "index.html").read_text()
 
+    # the exported model's card carries the same ε per site
+    card_file = tmp_path / "export" / "m1.safetensors"
+    exported = run(["model", "export", MODEL, "--config", str(config_file), "--out", str(card_file),
+                    "--accountant-url", url])
+    assert exported.exit_code == 0, exported.output
+    card = json.loads(card_file.with_suffix(".json").read_text())
+    assert {s: v["epsilon_spent"] for s, v in card["epsilon"]["sites"].items()} == pytest.approx(ledger, rel=1e-12)
+
     # the accountant gone: the same ε, rebuilt from privacy.events
     accountant_stop.set()
     accountant_thread.join(30)
