@@ -100,23 +100,39 @@ def epsilon_per_site(config: FleetConfig, ledger: dict[str, Any]) -> dict[str, d
     return out
 
 
+def accepted_loss(by_version: dict[tuple[str, int], list[Any]], site: str, closed: dict[str, Any],
+                  staleness: int) -> Any:
+    """The loss ``site`` released with the update a closed round accepted: trained from version
+    (announced − τ), the round's announced version being the one it released minus 1; the
+    latest such release up to that round (sync: exactly the round's own, τ = 0)."""
+    base = int(closed["version"]) - 1 - staleness
+    found = [stat for stat in by_version.get((site, base), []) if stat.round <= closed["round"]]
+    return max(found, key=lambda stat: stat.round, default=None)
+
+
 def round_entries(config: FleetConfig, history: Any, by_round: dict[tuple[str, int], Any]) -> list[dict[str, Any]]:
     """One entry per closed (not voided) round whose accepted sites released a loss: the
     aggregator's per-class estimates of that round, plus the view fields of the report."""
     from fairfleet.releases import loss_report
 
+    by_version: dict[tuple[str, int], list[Any]] = {}
+    for (site, _), stat in by_round.items():
+        by_version.setdefault((site, stat.model_version), []).append(stat)
+    site_classes = config.site_classes()
     entries = []
     for closed in history:
         if closed.get("voided"):
             continue
-        stats = [by_round[(s, closed["round"])] for s in closed["sites"] if (s, closed["round"]) in by_round]
+        stats = [loss for s, tau in zip(closed["sites"], closed.get("staleness") or [0] * len(closed["sites"]),
+                                        strict=True)
+                 if (loss := accepted_loss(by_version, s, closed, int(tau))) is not None]
         if not stats:
             continue
         quality = loss_report(stats, config)
         fleet = float(quality["fleet"])
         classes = {
             c: {"loss": e["shrunk"], "raw": e["raw"], "se": e["se"], "gap_to_fleet": e["shrunk"] - fleet,
-                "sites": sorted(s.site for s in stats if config.site_classes()[s.site] == c)}
+                "sites": sorted(s.site for s in stats if site_classes[s.site] == c)}
             for c, e in quality["classes"].items()
         }
         entries.append({
