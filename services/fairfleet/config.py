@@ -222,6 +222,23 @@ class WindowConfig(_Strict):
     size: Annotated[float, Field(gt=0)] = 256
 
 
+class FeatureScale(_Strict):
+    """A fixed standardisation of one feature: the site uses ``(x − mean) / std``."""
+
+    mean: Annotated[float, Field(allow_inf_nan=False)]
+    std: Annotated[float, Field(gt=0, allow_inf_nan=False)]
+
+
+class FeaturesConfig(_Strict):
+    """How features are transformed before windowing and training (docs/connectors.md).
+
+    ``scale``: feature name -> {mean, std}, user-supplied fixed scales (public constants, so
+    scaling releases nothing about any site's data). A feature not named is used as is.
+    """
+
+    scale: dict[str, FeatureScale] = Field(default_factory=dict)
+
+
 class SiteAgentConfig(_Strict):
     """How a site agent uses its windows (site_agent; docs/site-agent.md)."""
 
@@ -254,6 +271,9 @@ class SiteConfig(_Strict):
     metrics_port: Annotated[int, Field(ge=0, le=65535)] = 0
     state_dir: str | None = None
     agent: SiteAgentConfig = Field(default_factory=SiteAgentConfig)
+    features: FeaturesConfig | None = None
+    """This site's feature scales, by feature name, over the fleet's ``features`` (only for a
+    source that records a feature differently: the model is shared, its inputs must agree)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -301,6 +321,8 @@ class FleetConfig(BaseSettings):
     """Interface the services' /metrics servers bind (0.0.0.0 in containers)."""
     demo: bool = False
     """True only for a demo fleet: `config check` then accepts the published demo keys."""
+    features: FeaturesConfig = Field(default_factory=FeaturesConfig)
+    """Feature scales every site applies before windowing (a site's own ``features`` wins)."""
 
     _base_dir: Path | None = PrivateAttr(default=None)
 
@@ -367,6 +389,11 @@ class FleetConfig(BaseSettings):
     def policy_for(self, site_id: str, unit: str) -> PolicyMatch:
         """The policy of a site's ``unit`` ledgers and the entry that decided (PolicySet.resolve)."""
         return self.policy_set().resolve(unit, site_id)
+
+    def feature_scales(self, site_id: str) -> dict[str, FeatureScale]:
+        """The fixed scales ``site_id`` applies: the fleet's, each overridden by the site's own."""
+        site = self.site(site_id)
+        return {**self.features.scale, **(site.features.scale if site.features else {})}
 
     def public_keys(self) -> dict[str, str]:
         return {s.id: s.public_key for s in self.sites}

@@ -213,6 +213,9 @@ class SiteStatistics(SignedMessage):
     round: Annotated[int, Field(ge=0)]
     model_version: Annotated[int, Field(ge=0)]
     loss: NoisyStat
+    n_examples: PosInt | None = None
+    """The round's training examples (as in its SiteUpdate): the weight p_k ∝ n_k the aggregator
+    gives this loss in its class estimates (``fairfleet report`` recomputes them)."""
 
 
 class PrivacyReservationRequest(SignedMessage):

@@ -12,7 +12,8 @@ committed, no service's offsets move) until it has caught up with the topic's en
   noisy releases by ``fairfleet.fairness.class_risk_estimates`` (the aggregator's estimator),
   or None when no site has released a loss of that version (e.g. the final version: it is
   released after the last round, so no site trains from it);
-- :func:`export_model` — the weights as a ``.safetensors`` file and a JSON card beside it.
+- :func:`export_model` — the weights as a ``.safetensors`` file and a JSON card beside it (with
+  each site's ledger ε, read as `fairfleet report` reads it).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import json
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -72,10 +73,15 @@ class Scanned:
 
     releases: dict[int, LatestRelease]
     stats: dict[int, dict[str, SiteStatistics]]  # model version -> site -> its latest loss
+    by_round: dict[tuple[str, int], SiteStatistics] = field(default_factory=dict)
+    """(site, round) -> the loss the site released with its update of that round."""
 
 
-def scan_model(config: FleetConfig, model_id: str, timeout_s: float = 30.0) -> Scanned:
-    """Every release of ``model_id`` and every site's loss release per version."""
+def scan_model(
+    config: FleetConfig, model_id: str, timeout_s: float = 30.0, models: bool = True
+) -> Scanned:
+    """Every release of ``model_id`` (unless ``models`` is False: only ``stats`` is read) and
+    every site's loss release, per version and per round."""
     config.model(model_id)  # unknown ids are named with the configured ones
     found = Scanned({}, {})
     classes = config.site_classes()
@@ -85,8 +91,9 @@ def scan_model(config: FleetConfig, model_id: str, timeout_s: float = 30.0) -> S
             found.releases[msg.version] = LatestRelease(msg, payload)
         elif isinstance(msg, SiteStatistics) and msg.model_id == model_id and msg.site in classes:
             found.stats.setdefault(msg.model_version, {})[msg.site] = msg
+            found.by_round[(msg.site, msg.round)] = msg
 
-    _scan(config, ["models", "stats"], keep, timeout_s)
+    _scan(config, ["models", "stats"] if models else ["stats"], keep, timeout_s)
     return found
 
 
@@ -114,30 +121,45 @@ def class_quality(scanned: Scanned, config: FleetConfig, version: int) -> dict[s
 
     Sites are mapped to their class by the fleet config (sites it does not know are ignored).
     """
-    from fairfleet.fairness import NoisyStat, class_risk_estimates
-
     latest = scanned.stats.get(version, {})
     if not latest:
         return None
+    return loss_report([latest[s] for s in sorted(latest)], config)
+
+
+def loss_report(stats: list[SiteStatistics], config: FleetConfig) -> dict[str, Any]:
+    """Per-class estimates from sites' loss releases, computed as the aggregator computes its
+    per-round report (``fairfleet.fairness.class_risk_estimates``, fleet weights p_k ∝ the
+    site's n_examples capped as the aggregator caps them; uniform when a release lacks it)."""
+    from fairfleet.aggregator.ledger_gate import capped_examples, examples_cap
+    from fairfleet.fairness import NoisyStat, class_risk_estimates
+
     classes = config.site_classes()
-    sites = sorted(latest)
-    losses = [
-        NoisyStat(latest[s].loss.value, latest[s].loss.noise_std, latest[s].loss.m) for s in sites
-    ]
-    report = class_risk_estimates(losses, [classes[s] for s in sites])
+    losses = [NoisyStat(s.loss.value, s.loss.noise_std, s.loss.m) for s in stats]
+    weights = None
+    if all(s.n_examples is not None for s in stats):
+        weights = [capped_examples(int(s.n_examples or 0), examples_cap(config, s.site)) for s in stats]
+    report = class_risk_estimates(losses, [classes[s.site] for s in stats], weights=weights)
     return {
         "metric": "held-out loss (DP-noised site releases; lower is better)",
-        "sites": len(sites),
+        "sites": len(stats),
+        "weights": "uniform" if weights is None else "n_examples",
         **report.to_json(),
     }
 
 
 def export_model(
-    config: FleetConfig, model_id: str, out: Path, timeout_s: float = 30.0
+    config: FleetConfig, model_id: str, out: Path, timeout_s: float = 30.0,
+    budgets_url: str | None = None,
 ) -> dict[str, Any]:
-    """Write ``out`` (safetensors) and ``out`` with suffix ``.json`` (the card); returns the card."""
+    """Write ``out`` (safetensors) and ``out`` with suffix ``.json`` (the card); returns the card.
+
+    The card's ``epsilon`` is each site's ledger ε as `fairfleet report` shows it
+    (:func:`fairfleet.fleet_report.read_ledger`: the accountant at ``budgets_url``, else a
+    rebuild of ``privacy.events``)."""
     from safetensors.torch import save_file
 
+    from fairfleet.fleet_report import epsilon_per_site, read_ledger
     from fairfleet.learning.tensors import from_safetensors_bytes
 
     scanned = scan_model(config, model_id, timeout_s)
@@ -160,5 +182,8 @@ def export_model(
         "weights": str(out.name),
         "per_class_quality": class_quality(scanned, config, release.version),
     }
+    ledger = read_ledger(config, budgets_url, lambda _msg: None)
+    card["epsilon"] = {"accountant": "rdp", "source": ledger["source"],
+                       "sites": epsilon_per_site(config, ledger)}
     out.with_suffix(".json").write_text(json.dumps(card, indent=1))
     return card

@@ -60,7 +60,8 @@ def test_export_writes_the_latest_release_that_reproduces_its_loss(
     out = tmp_path / "export" / "risk.safetensors"
     result = CliRunner().invoke(
         app, ["model", "export", "risk", "--config", str(fleet_yaml(tmp_path, kafka_bootstrap, prefix)),
-              "--out", str(out), "--timeout-s", "60"],
+              "--out", str(out), "--timeout-s", "60",
+              "--accountant-url", "http://127.0.0.1:1"],
     )
     assert result.exit_code == 0, result.output
 
@@ -82,6 +83,9 @@ def test_export_writes_the_latest_release_that_reproduces_its_loss(
     assert quality["classes"]["alpha"]["raw"] == pytest.approx(0.6)
     assert quality["classes"]["beta"]["raw"] == pytest.approx(1.4)
     assert quality["worst_class"] == "beta"
+    # nothing was released through the ledger: every site has spent ε 0 (rebuilt from privacy.events)
+    assert card["epsilon"]["source"].startswith("privacy.events replayed")
+    assert {s: e["epsilon_spent"] for s, e in card["epsilon"]["sites"].items()} == dict.fromkeys(SITES, 0.0)
 
 
 def test_export_of_a_model_never_released_names_it(

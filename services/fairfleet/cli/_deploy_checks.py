@@ -144,11 +144,13 @@ def build_site_connector(s: Any, base_dir: Path, state_dir: Path) -> Any:
 
 
 def check_connector_built(
-    i: int, s: Any, models: Mapping[str, Any], base_dir: Path, report: CheckReport, *, paths: bool = True
+    i: int, s: Any, models: Mapping[str, Any], base_dir: Path, report: CheckReport, *, paths: bool = True,
+    scales: Mapping[str, Any] | None = None,
 ) -> None:
-    """Build sites[i]'s connector; check its params, the paths it reads, and that its schema
-    fits every model the site trains (features = in_features, targets = the model's outputs)."""
-    from fairfleet.connectors import available_connectors
+    """Build sites[i]'s connector; check its params, the paths it reads, that its schema
+    fits every model the site trains (features = in_features, targets = the model's outputs),
+    and that every feature ``scales`` names (the site's fixed scales) is one of its features."""
+    from fairfleet.connectors import FeatureScaler, available_connectors
     from fairfleet.errors import ConfigError
 
     where = f"sites[{i}].connector"
@@ -177,6 +179,10 @@ def check_connector_built(
         from fairfleet.sim.fleet import load_fleet
 
         task = str(load_fleet(str(s.connector.params.get("fleet", "demo"))).task)
+    try:
+        FeatureScaler(schema, scales or {}, f"site '{s.id}'")
+    except ConfigError as exc:
+        report.problems.append(f"sites[{i}].features: {exc}")
     features, targets = list(schema.features), list(schema.targets)
     for model_id in s.models or list(models):
         m = models.get(model_id)

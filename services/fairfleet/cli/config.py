@@ -118,6 +118,19 @@ def check_mapping(
     return report
 
 
+def fleet_feature_scales(data: dict[str, Any]) -> dict[str, Any]:
+    """The fleet-level ``features.scale`` of a raw config ({} if absent or invalid: an invalid
+    one is already a schema problem)."""
+    from pydantic import ValidationError
+
+    from fairfleet.config import FeaturesConfig
+
+    try:
+        return dict(FeaturesConfig.model_validate(data.get("features") or {}).scale)
+    except ValidationError:
+        return {}
+
+
 def _check_mapping(data: dict[str, Any], base_dir: Path, *, paths: bool) -> CheckReport:
     from pydantic import ValidationError
 
@@ -145,9 +158,12 @@ def _check_mapping(data: dict[str, Any], base_dir: Path, *, paths: bool) -> Chec
     for i in models:
         check_model(i, data["models"][i], report)
     by_id = {m.id: m for m in models.values()}
+    fleet_scales = fleet_feature_scales(data)
     for i in sites:
         check_site(i, data["sites"][i], base_dir, report, paths=paths)
-        check_connector_built(i, sites[i], by_id, base_dir, report, paths=paths)
+        own = sites[i].features.scale if sites[i].features else {}
+        check_connector_built(i, sites[i], by_id, base_dir, report, paths=paths,
+                              scales={**fleet_scales, **own})
     check_fleet(data, models, sites, report)
     if full is not None:
         check_service_identities(full, base_dir, report, paths=paths)

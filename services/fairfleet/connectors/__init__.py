@@ -20,7 +20,8 @@ from fairfleet.connectors.base import (
     positioned,
     register_connector,
 )
-from fairfleet.connectors.stream import SiteStream, TrainingData
+from fairfleet.connectors.scaling import FeatureScaler
+from fairfleet.connectors.stream import SiteStream, TrainingData, open_site_stream
 from fairfleet.connectors.validate import Observation, RejectFile, Rejection, RowValidator
 from fairfleet.connectors.windows import Window, Windower
 
@@ -29,6 +30,7 @@ __all__ = [
     "SCHEMA_PARAMS",
     "Connector",
     "ConnectorContext",
+    "FeatureScaler",
     "FieldSpec",
     "LocalPath",
     "Observation",
@@ -45,6 +47,7 @@ __all__ = [
     "Windower",
     "available_connectors",
     "build_connector",
+    "open_site_stream",
     "position_of",
     "positioned",
     "register_connector",

@@ -1,4 +1,6 @@
-"""A site's data stream: connector -> validation -> windows, with reject file and counters.
+"""A site's data stream: connector -> validation -> fixed feature scales -> windows, with reject
+file and counters. :func:`open_site_stream` builds it from the fleet config: the one way the site
+agent and measurement (``--fleet``) read a site.
 
 This is what the agent holds; it owns no privacy logic beyond one rule: which windows a release
 from its data is charged to (:meth:`SiteStream.charged`). Counters are reported through
@@ -8,17 +10,30 @@ callbacks so the caller decides where metrics live.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fairfleet.connectors.base import INDEX_KEY, NO_POSITION_KEY, Connector, position_of
+from fairfleet.connectors.base import (
+    INDEX_KEY,
+    NO_POSITION_KEY,
+    Connector,
+    ConnectorContext,
+    build_connector,
+    position_of,
+)
+from fairfleet.connectors.scaling import FeatureScaler
 from fairfleet.connectors.validate import Observation, RejectFile, RowValidator
 from fairfleet.connectors.windows import Window, Windower
 from fairfleet.errors import ConfigError
 from fairfleet.log import event
 from fairfleet.privacy.windows import EVERY_WINDOW, WindowRanges, ranges_of
+
+if TYPE_CHECKING:
+    from fairfleet.config import FleetConfig
 
 logger = logging.getLogger(__name__)
 
@@ -53,11 +68,15 @@ class SiteStream:
         on_read: Callable[[int], None] = lambda n: None,
         on_reject: Callable[[str], None] = lambda reason: None,
         on_window: Callable[[int], None] = lambda n: None,
+        scales: Mapping[str, Any] | None = None,
+        where: str = "",
     ) -> None:
         self.connector = connector
         self.windower = windower
         self.rejects = rejects
         self.validator = RowValidator(connector.schema())
+        # fixed feature scales (features.scale), applied before windowing
+        self.scaler = FeatureScaler(connector.schema(), scales or {}, where)
         if windower.by == "time" and connector.schema().event_time is None:
             raise ConfigError(
                 f"Time windows need an event-time field; connector '{connector.name}' declares none."
@@ -77,7 +96,7 @@ class SiteStream:
                 continue
             checked = self.validator.check(row)
             if isinstance(checked, Observation):
-                if self.windower.add(checked):
+                if self.windower.add(self.scaler.apply(checked)):
                     continue
                 self._reject("late", "row belongs to an already closed window", row)
             else:
@@ -169,3 +188,27 @@ class SiteStream:
         return TrainingData(
             x=np.concatenate(xs), y=np.concatenate(ys), windows=ranges, charged=self.charged(ranges)
         )
+
+
+def open_site_stream(
+    config: FleetConfig, site_id: str, state_dir: Path, retain: int, reject_path: Path,
+    on_read: Callable[[int], None] = lambda n: None,
+    on_reject: Callable[[str], None] = lambda reason: None,
+    on_window: Callable[[int], None] = lambda n: None,
+) -> SiteStream:
+    """Site ``site_id``'s stream as configured: its connector (state in ``state_dir``), its
+    windows (``retain`` closed windows kept), its feature scales (``config.feature_scales``)."""
+    site = config.site(site_id)
+    connector = build_connector(
+        site.connector.type, site.connector.params,
+        ConnectorContext(site_id, state_dir, base_dir=config.base_dir),
+    )
+    try:
+        return SiteStream(
+            connector, Windower(site.window.by, site.window.size, retain),
+            RejectFile(reject_path, site_id), on_read, on_reject, on_window,
+            scales=config.feature_scales(site_id), where=f"site '{site_id}'",
+        )
+    except Exception:
+        connector.close()
+        raise

@@ -15,8 +15,9 @@ up`` starts) as well as a preset or a simulated-fleet YAML. For a deployment con
   ``holdout_fraction``: every k-th observation), the rest is its training data;
 - the model, local training plan, privacy mechanism, strategy γ, rounds and the per-site ε of the
   policies are the configured model's (``--model ID``, default: the only / first model);
-- features are used as the connector gives them (the live platform does not rescale them); a
-  missing value allowed by ``nan_ok`` becomes 0.
+- features are those the site agent trains on: as the connector gives them, standardised by the
+  config's fixed ``features.scale`` where set (the same :class:`fairfleet.connectors.SiteStream`
+  code); a missing value allowed by ``nan_ok`` becomes 0.
 
 The in-process engine (sim/engine.py) trains linear models: ``logistic`` (softmax over
 ``n_classes`` logits; the binary case is trained as two logits, the same model family as the
@@ -138,27 +139,13 @@ def _engine_shape(model: ModelConfig) -> tuple[str, int, int]:
 
 def read_site(config: FleetConfig, site_id: str, scratch: Path) -> tuple[np.ndarray, np.ndarray]:
     """Every observation of ``site_id``'s source (x (n, d), y (n, k)), as the site agent reads it."""
-    from fairfleet.connectors import (
-        ConnectorContext,
-        RejectFile,
-        SiteStream,
-        Windower,
-        build_connector,
-    )
+    from fairfleet.connectors import open_site_stream
 
     site = config.site(site_id)
     state = scratch / site_id
     state.mkdir(parents=True, exist_ok=True)
-    connector = build_connector(
-        site.connector.type,
-        site.connector.params,
-        ConnectorContext(site_id, state, base_dir=config.base_dir),
-    )
-    stream = SiteStream(
-        connector,
-        Windower(site.window.by, site.window.size, retain=2**31),
-        RejectFile(state / "rejects.jsonl", site_id),
-    )
+    stream = open_site_stream(config, site_id, state, 2**31, state / "rejects.jsonl")
+    connector = stream.connector
     try:
         stream.drain(max_rounds=1_000_000)
         quiet_until = time.monotonic() + QUIET_S  # a live source (Kafka, SQL follow): read until

@@ -4,7 +4,7 @@
 and writes ``terms.png`` (the four terms stacked per risk, with 95% CIs), ``class_risk.png``
 (each class's risk under each configuration), ``sweep.png`` (how each term moves with ε and γ,
 when swept), ``rounds.png`` (class gap and ε spent per round), ``decomposition.json`` and
-``index.html``. ``write_demo_report`` does the same for a ``fairfleet demo`` run.
+``index.html``. ``fairfleet.sim.quality_report`` writes the per-class quality report of a demo or a live fleet.
 """
 
 from __future__ import annotations

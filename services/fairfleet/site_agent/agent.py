@@ -42,7 +42,7 @@ from prometheus_client import CollectorRegistry
 from fairfleet.bus import Bus, Publisher, connect, dead_letter_for
 from fairfleet.bus.waiting import BrokerWatch
 from fairfleet.config import FleetConfig
-from fairfleet.connectors import ConnectorContext, RejectFile, SiteStream, Windower, build_connector
+from fairfleet.connectors import open_site_stream
 from fairfleet.errors import BusError, ConfigError, FairfleetError, OutcomeUnknown
 from fairfleet.learning.tensors import sha256_hex
 from fairfleet.log import event
@@ -116,21 +116,10 @@ class SiteAgent:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.metrics = SiteMetrics(site_id, registry)
         self.store = RoundStateStore(self.state_dir / "rounds.json")
-        connector = build_connector(
-            self.site.connector.type,
-            self.site.connector.params,
-            ConnectorContext(site_id, self.state_dir, base_dir=config.base_dir),
-        )
-        self.stream = SiteStream(
-            connector,
-            Windower(self.site.window.by, self.site.window.size, self.opts.retain_windows),
-            RejectFile(
-                config.resolve_path(self.opts.reject_file or self.state_dir / "rejects.jsonl"),
-                site_id,
-            ),
-            self.metrics.on_read,
-            self.metrics.on_reject,
-            self.metrics.on_window,
+        self.stream = open_site_stream(
+            config, site_id, self.state_dir, self.opts.retain_windows,
+            config.resolve_path(self.opts.reject_file or self.state_dir / "rejects.jsonl"),
+            self.metrics.on_read, self.metrics.on_reject, self.metrics.on_window,
         )
         self.models = {m: config.model(m) for m in self.site.models}
         for model_id, model in self.models.items():
@@ -560,6 +549,7 @@ class SiteAgent:
                 round=rnd,
                 model_version=ann.model_version,
                 loss=out.loss,
+                n_examples=out.n_examples,
             ),
             self.key,
         )

@@ -1,0 +1,193 @@
+"""The per-class quality / gap / ε-per-site report of a fleet: two PNGs and an HTML page.
+
+One writer for ``fairfleet demo`` (quality measured on the simulator's held-out data) and
+``fairfleet report`` (quality from the sites' DP-noised loss releases on Kafka). Both hand it a
+*view*, a plain dict:
+
+- ``entries``: one per round (or model version), in order: ``{"round", "version", "classes":
+  {class: {"loss", "sites", "gap_to_fleet", "accuracy" (optional)}}, "fleet_loss", "gap"}``;
+  ``x_label`` names what ``round`` counts;
+- ``final``: the entry the bar chart and the table show (normally the last one);
+- ``epsilon_spent``: site -> ε (None if unknown), ``epsilon_limit``: site -> its policy's ε_max
+  (None: no limit), ``delta``; ``epsilon_by_round`` (optional): site -> ``[{"round", "epsilon"}]``;
+- ``gamma``: the fairness bound γ of a gap-constrained strategy (R_c − R ≤ γ), or None;
+- ``loss_label``: what the loss is (axis label).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from fairfleet.sim.report import page, pyplot
+
+CLASS_COLOURS = ["#2e86de", "#e67e22", "#8e44ad", "#27ae60", "#c0392b", "#7f8c8d"]
+
+
+def _colour(i: int) -> str:
+    return CLASS_COLOURS[i % len(CLASS_COLOURS)]
+
+
+def plot_classes(view: dict[str, Any], path: Path) -> None:
+    """The final entry: each class's loss vs the fleet's; ε spent by every site (tick: ε_max)."""
+    plt = pyplot()
+    final = view["final"]
+    classes = sorted(final["classes"])
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.4))
+    losses = [final["classes"][c]["loss"] for c in classes]
+    bars = ax1.bar(classes, losses, color=[_colour(i) for i in range(len(classes))])
+    for bar, c in zip(bars, classes, strict=True):
+        acc = final["classes"][c].get("accuracy")
+        label = f"loss {bar.get_height():.3f}" + ("" if acc is None else f"\nacc {acc:.0%}")
+        ax1.annotate(label, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center",
+                     va="bottom", fontsize=9)
+    ax1.axhline(final["fleet_loss"], color="black", linestyle="--", linewidth=1,
+                label=f"fleet {final['fleet_loss']:.3f}")
+    gamma = view.get("gamma")
+    if gamma is not None:
+        ax1.axhline(final["fleet_loss"] + gamma, color="red", linestyle=":", linewidth=1,
+                    label=f"fleet + γ ({gamma:g})")
+    ax1.set_ylim(0, max([*losses, final["fleet_loss"] + (gamma or 0.0)]) * 1.3 or 1.0)
+    ax1.set_ylabel(view["loss_label"])
+    ax1.set_title(f"{view['x_label'].capitalize()} {final['round']} (model version "
+                  f"{final['version']}) per site class")
+    ax1.legend(frameon=False)
+    eps = view["epsilon_spent"]
+    limits = view.get("epsilon_limit", {})
+    sites = sorted(eps)
+    site_class = {s: c for c in classes for s in final["classes"][c]["sites"]}
+    colours = [_colour(classes.index(site_class[s])) if s in site_class else "#999" for s in sites]
+    ax2.bar(sites, [eps[s] or 0.0 for s in sites], color=colours)
+    marked = [(i, limits[s]) for i, s in enumerate(sites) if limits.get(s) is not None]
+    if marked:
+        ax2.scatter([i for i, _ in marked], [v for _, v in marked], marker="_", s=600, color="red",
+                    label="policy ε_max", zorder=3)
+        ax2.legend(frameon=False, loc="upper left")
+    top = max([*(v or 0.0 for v in eps.values()), *(v for _, v in marked), 1e-9])
+    delta = view.get("delta")
+    ax2.set_ylabel("ε spent" + ("" if delta is None else f" (δ={delta:g})"))
+    ax2.set_title("Privacy spent per site (colour = class)")
+    ax2.set_ylim(0, top * 1.2)
+    ax2.tick_params(axis="x", labelrotation=30 if len(sites) > 6 else 0)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_rounds(view: dict[str, Any], path: Path) -> None:
+    """Per entry: each class's loss and the max−min gap; each class's excess over the fleet
+    (R_c − R) with γ; ε spent per site after each round it joined (when known)."""
+    plt = pyplot()
+    history = view.get("epsilon_by_round") or {}
+    panels = 3 if history else 2
+    fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 4.4))
+    ax1, ax2 = axes[0], axes[1]
+    entries = view["entries"]
+    classes = sorted({c for e in entries for c in e["classes"]})
+    for i, c in enumerate(classes):
+        rows = [e for e in entries if c in e["classes"]]
+        ax1.plot([e["round"] for e in rows], [e["classes"][c]["loss"] for e in rows], marker="o",
+                 color=_colour(i), label=c)
+        ax2.plot([e["round"] for e in rows], [e["classes"][c]["gap_to_fleet"] for e in rows],
+                 marker="o", color=_colour(i), label=c)
+    ax1.plot([e["round"] for e in entries], [e["gap"] for e in entries], color="black",
+             linestyle=":", label="gap (max − min)")
+    ax1.set_ylabel(view["loss_label"])
+    ax1.set_title("Class loss and class gap")
+    ax2.axhline(0.0, color="black", linewidth=0.8)
+    if view.get("gamma") is not None:
+        ax2.axhline(view["gamma"], color="red", linestyle="--", linewidth=1,
+                    label=f"bound γ = {view['gamma']:g}")
+    ax2.set_ylabel("class loss − fleet loss")
+    ax2.set_title("Each class's excess over the fleet")
+    for ax in (ax1, ax2):
+        ax.set_xlabel(view["x_label"])
+        ax.legend(frameon=False, fontsize=9)
+    if history:
+        ax3 = axes[2]
+        for s in sorted(history):
+            rows = history[s]
+            ax3.plot([r["round"] for r in rows], [r["epsilon"] for r in rows], marker=".", label=s)
+        limits = {v for v in view.get("epsilon_limit", {}).values() if v is not None}
+        for limit in sorted(limits):
+            ax3.axhline(limit, color="red", linestyle="--", linewidth=1)
+        ax3.set_xlabel("round")
+        ax3.set_ylabel("ε spent")
+        ax3.set_title("ε spent per site after each round it joined")
+        ax3.legend(frameon=False, fontsize=8, ncol=2)
+    for ax in axes:
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def class_rows(view: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per class of the final entry: sites, loss, accuracy, gap to the fleet, ε per site."""
+    final = view["final"]
+    eps = view["epsilon_spent"]
+    return [
+        {"class": c, "sites": v["sites"], "loss": v["loss"], "accuracy": v.get("accuracy"),
+         "gap_to_fleet": v["gap_to_fleet"], "epsilon": {s: eps.get(s) for s in v["sites"]}}
+        for c, v in sorted(final["classes"].items())
+    ]
+
+
+def quality_body(view: dict[str, Any]) -> list[str]:
+    """The reading, the class table and the two plots (after :func:`write_plots`)."""
+    final = view["final"]
+    rows = class_rows(view)
+    worst = max(rows, key=lambda r: r["loss"])
+    best = min(rows, key=lambda r: r["loss"])
+    with_accuracy = any(r["accuracy"] is not None for r in rows)
+    table = "".join(
+        f"<tr><th>{html.escape(r['class'])}</th><td>{', '.join(map(html.escape, r['sites']))}</td>"
+        f"<td>{r['loss']:.4f}</td>"
+        + (f"<td>{'-' if r['accuracy'] is None else format(r['accuracy'], '.1%')}</td>" if with_accuracy else "")
+        + f"<td>{r['gap_to_fleet']:+.4f}</td><td>"
+        + ", ".join(f"{html.escape(k)} {v:.2f}" if v is not None else f"{html.escape(k)} ?"
+                    for k, v in r["epsilon"].items())
+        + "</td></tr>"
+        for r in rows
+    )
+    spent = [v for v in view["epsilon_spent"].values() if v is not None]
+    gamma = view.get("gamma")
+    bound = "" if gamma is None else (
+        f" The strategy bounds each class's excess over the fleet by γ = {gamma:g}: "
+        + ("every class is within it." if worst["gap_to_fleet"] <= gamma else
+           f"<b>{html.escape(worst['class'])}</b> exceeds it by {worst['gap_to_fleet'] - gamma:.4f}.")
+    )
+    return [
+        "<h2>Reading</h2>",
+        f"<p>At {html.escape(view['x_label'])} {final['round']} (model version {final['version']}) "
+        f"the fleet's loss is {final['fleet_loss']:.4f}. The worst class is "
+        f"<b>{html.escape(worst['class'])}</b> ({worst['loss']:.4f}, {worst['gap_to_fleet']:+.4f} "
+        f"from the fleet), the best <b>{html.escape(best['class'])}</b> ({best['loss']:.4f}); the gap "
+        f"between classes is {final['gap']:.4f}.{bound} Every site spent at most "
+        f"{max(spent, default=0.0):.2f} of ε.</p>",
+        "<table><tr><th>class</th><th>sites</th><th>loss</th>"
+        + ("<th>accuracy</th>" if with_accuracy else "")
+        + f"<th>gap to fleet</th><th>ε spent per site</th></tr>{table}</table>",
+        "<img src='classes.png' alt='classes'><img src='rounds.png' alt='rounds'>",
+    ]
+
+
+def write_quality_report(
+    view: dict[str, Any], doc: dict[str, Any], out_dir: str | Path, title: str, json_name: str,
+    intro: Sequence[str], footer: Sequence[str] = (), empty: str = "No model version was released.",
+) -> Path:
+    """Write ``json_name`` (``doc``), ``classes.png``, ``rounds.png`` and ``index.html``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / json_name).write_text(json.dumps(doc, indent=1, default=str))
+    index = out / "index.html"
+    if view.get("final") is None:
+        index.write_text(page(title, [*intro, f"<p>{html.escape(empty)}</p>"]))
+        return index
+    plot_classes(view, out / "classes.png")
+    plot_rounds(view, out / "rounds.png")
+    index.write_text(page(title, [*intro, *quality_body(view), *footer]))
+    return index
