@@ -145,7 +145,9 @@ class Aggregator:
         self._fleet_models = frozenset(m.id for m in config.models)
         # one aggregator (the first configured model's) dead-letters updates for unknown models
         self._reports_unknown_models = bool(config.models) and config.models[0].id == model_id
-        self.metrics = AggregatorMetrics(model_id, self.model_cfg.gamma)
+        # the γ the strategy enforces (its params may override the model's), the one the report draws
+        gamma = float(strategy_params(self.model_cfg).get("gamma", self.model_cfg.gamma))
+        self.metrics = AggregatorMetrics(model_id, gamma)
         self.budgets = BudgetClient(self.options.budgets_url) if self.options.budgets_url else None
         self._template = self._initial_weights()
         self._shapes = shapes_of(self._template)

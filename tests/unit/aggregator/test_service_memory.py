@@ -383,3 +383,14 @@ def test_an_open_round_holds_its_fold_not_its_updates() -> None:
     fleet.pump()
     assert fleet.agg.ckpt.version == 1 and fleet.agg.status()["vectors_held"] == 0
     np.testing.assert_allclose(fleet.agg.global_vector(), theta0 + 0.25, rtol=1e-6)
+
+
+@pytest.mark.parametrize(("strategy", "want"), [({"name": "gap", "params": {"gamma": 0.02}}, 0.02),
+                                                 ({"name": "gap"}, 0.3), ({"name": "fedavg"}, 0.3)])
+def test_the_gap_bound_gauge_is_the_gamma_the_strategy_enforces(strategy: dict[str, Any], want: float) -> None:
+    """The strategy's own γ (its params override the model's) is what the gauge, the report and
+    the alert compare the gap with; a strategy without one shows the model's target."""
+    raw = config().model_dump(by_alias=True, mode="json")
+    raw["models"][0] = {**raw["models"][0], "gamma": 0.3, "strategy": strategy}
+    agg = Aggregator(parse_config(raw), "m", bus=MemoryBus())
+    assert agg.metrics.gap_bound.labels("m")._value.get() == pytest.approx(want)
