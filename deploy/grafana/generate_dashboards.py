@@ -115,8 +115,8 @@ def colour(pattern: str, color: str, *extra: dict[str, Any]) -> dict[str, Any]:
             "properties": [{"id": "color", "value": {"mode": "fixed", "fixedColor": color}}, *extra]}
 
 
-DASHED = {"id": "custom.lineStyle", "value": {"fill": "dash", "dash": [10, 10]}}
-GAMMA_LINE = {"matcher": {"id": "byName", "options": "gamma"},
+DASHED: dict[str, Any] = {"id": "custom.lineStyle", "value": {"fill": "dash", "dash": [10, 10]}}
+GAMMA_LINE: dict[str, Any] = {"matcher": {"id": "byName", "options": "gamma"},
               "properties": [DASHED, {"id": "color", "value": {"mode": "fixed", "fixedColor": "red"}}]}
 """The bound gamma (fairfleet_fairness_gap_bound, legend "gamma"): red and dashed on every panel."""
 
@@ -209,7 +209,7 @@ def fairness() -> Board:
                 "the same class for many rounds while the gap stays above gamma.", "FairnessGapAboveBound"),
             extra={"options": {"reduceOptions": {"calcs": ["lastNotNull"], "values": False}, "textMode": "name"}})
     b.row("Per-class loss")
-    band = [{"matcher": {"id": "byName", "options": "upper 95%"},
+    band: list[dict[str, Any]] = [{"matcher": {"id": "byName", "options": "upper 95%"},
              "properties": [{"id": "custom.fillBelowTo", "value": "lower 95%"}, {"id": "custom.lineWidth", "value": 0},
                             {"id": "custom.fillOpacity", "value": 20}]},
             {"matcher": {"id": "byName", "options": "lower 95%"},
