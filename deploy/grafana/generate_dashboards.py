@@ -314,14 +314,16 @@ def privacy() -> Board:
             [(f"fairfleet_privacy_epsilon_remaining{{{s}}}", "{{site}} / {{source}}")], unit="none",
             description=about("epsilon_max minus epsilon spent, per ledger.",
                               "near 0: the next releases are denied.", "PrivacyBudgetExhausted"))
-    b.panel("timeseries", "Ledger epsilon at each site's last grant, per model, vs epsilon_max", [
-        (f"fairfleet_site_epsilon_spent{{{s}}}", "{{site}} {{model}}"),
-        (f"fairfleet_privacy_epsilon_limit{{{s}}}", "{{site}} / {{source}} limit"),
+    b.panel("timeseries", "Ledger epsilon at the last grant vs epsilon_max: $site", [
+        (f"fairfleet_site_epsilon_spent{{{s}}}", "{{model}} at its last grant"),
+        (f"fairfleet_privacy_epsilon_limit{{{s}}}", "{{source}} ({{unit}}) limit"),
     ], unit="none", overrides=[colour(".* limit", "red", DASHED)],
+            extra={"repeat": "site", "repeatDirection": "h", "maxPerRow": 2},
             description=about(
-                "The accountant's figure the grant carried: the ledger with this release and the "
-                "reservations pending at that moment (the same RDP epsilon as 'spent'); the policy's "
-                "epsilon_max per site and source (red, dashed; from fairfleet_privacy_epsilon_limit).",
+                "One panel per site (repeated over $site): per model, the accountant's figure the site's "
+                "last grant carried (the ledger with this release and the reservations pending at that "
+                "moment; the same RDP epsilon as 'spent'), and the policy's epsilon_max per data source "
+                "(red, dashed; from fairfleet_privacy_epsilon_limit).",
                 "a site's line far from its ledger's 'spent': the site has not been granted for a while.",
                 "PrivacyReleasesDenied"))
     b.panel("timeseries", "Epsilon wasted on rejected or voided updates, by reason",

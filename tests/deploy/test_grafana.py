@@ -205,6 +205,15 @@ def test_gamma_and_epsilon_max_are_drawn_where_a_gap_or_an_epsilon_is_shown() ->
     assert checked == {"gamma": 2, "epsilon_max": 2, "ratio": 1}, checked
 
 
+def test_every_limit_line_belongs_to_one_site() -> None:
+    """A panel drawing ε_max repeats per site, so a limit line can only be that site's."""
+    for name, panel in _panels():
+        if any(t["expr"].startswith("fairfleet_privacy_epsilon_limit{") for t in panel["targets"]):
+            assert panel.get("repeat") == "site", (name, panel["title"])
+            assert "$site" in panel["title"], (name, panel["title"])
+            assert all("{{site}}" not in t["legendFormat"] for t in panel["targets"]), (name, panel["title"])
+
+
 def _strategies_exporting_multipliers() -> set[str]:
     """Run two rounds of every registered strategy on four updates of two classes: those whose
     diagnostics carry "lambda" (what AggregatorMetrics exports as fairfleet_fairness_multiplier)."""
