@@ -109,6 +109,18 @@ def about(shows: str, bad: str, alert: str | None = None) -> str:
     return text + (f" Alert: {alert} (deploy/prometheus/rules/fairfleet.yml)." if alert else " No alert.")
 
 
+def colour(pattern: str, color: str, *extra: dict[str, Any]) -> dict[str, Any]:
+    """An override: series whose name matches ``pattern`` in a fixed colour (plus ``extra``)."""
+    return {"matcher": {"id": "byRegexp", "options": pattern},
+            "properties": [{"id": "color", "value": {"mode": "fixed", "fixedColor": color}}, *extra]}
+
+
+DASHED: dict[str, Any] = {"id": "custom.lineStyle", "value": {"fill": "dash", "dash": [10, 10]}}
+GAMMA_LINE: dict[str, Any] = {"matcher": {"id": "byName", "options": "gamma"},
+              "properties": [DASHED, {"id": "color", "value": {"mode": "fixed", "fixedColor": "red"}}]}
+"""The bound gamma (fairfleet_fairness_gap_bound, legend "gamma"): red and dashed on every panel."""
+
+
 def fleet_overview() -> Board:
     b = Board("fairfleet-overview", "fairfleet / Fleet overview",
               "Rounds, participation and model versions of every model; service health.", [MODELS])
@@ -186,19 +198,18 @@ def fairness() -> Board:
         (f"fairfleet_fairness_gap_bound{{{m}}}", "gamma"),
     ], w=16, unit="none", description=about(
         "The spread between the worst and the best class's debiased held-out loss, with the model's bound "
-        "gamma (dashed red).",
+        "gamma (dashed red). Gamma is drawn from fairfleet_fairness_gap_bound, the configured gamma each "
+        "aggregator exports, so every model shows its own bound (no fixed Grafana threshold to keep in sync).",
         "the gap above gamma for several rounds; with strong privacy noise a gap above gamma can be "
         "the noise itself (compare the 95% bands below).", "FairnessGapAboveBound"),
-        overrides=[{"matcher": {"id": "byName", "options": "gamma"},
-                    "properties": [{"id": "custom.lineStyle", "value": {"fill": "dash", "dash": [10, 10]}},
-                                   {"id": "color", "value": {"mode": "fixed", "fixedColor": "red"}}]}])
+        overrides=[GAMMA_LINE])
     b.panel("stat", "Worst class now", [(f"fairfleet_fairness_worst_class{{{m}}} == 1", "{{class}}")], w=8,
             unit="none", description=about(
                 "The class with the highest debiased loss after the last closed round (its name).",
                 "the same class for many rounds while the gap stays above gamma.", "FairnessGapAboveBound"),
             extra={"options": {"reduceOptions": {"calcs": ["lastNotNull"], "values": False}, "textMode": "name"}})
     b.row("Per-class loss")
-    band = [{"matcher": {"id": "byName", "options": "upper 95%"},
+    band: list[dict[str, Any]] = [{"matcher": {"id": "byName", "options": "upper 95%"},
              "properties": [{"id": "custom.fillBelowTo", "value": "lower 95%"}, {"id": "custom.lineWidth", "value": 0},
                             {"id": "custom.fillOpacity", "value": 20}]},
             {"matcher": {"id": "byName", "options": "lower 95%"},
@@ -221,19 +232,24 @@ def fairness() -> Board:
                 "Each class's loss as released (noisy, with DP noise) and after removing the noise's bias.",
                 "the two far apart for a class: its sites hold few held-out rows, the estimate is weak.",
                 "ClassLossRegressing"))
-    b.panel("timeseries", "Standard error of class loss",
-            [(f'fairfleet_fairness_class_loss_stderr{{{m},class=~"$class"}}', "{{class}}")],
-            unit="none", description=about(
-                "Standard error of each class's debiased loss (privacy noise plus sampling).",
-                "a standard error near gamma: the gap cannot be told from noise at this privacy level."))
+    b.panel("timeseries", "Standard error of class loss vs gamma", [
+        (f'fairfleet_fairness_class_loss_stderr{{{m},class=~"$class"}}', "{{class}}"),
+        (f"fairfleet_fairness_gap_bound{{{m}}}", "gamma"),
+    ], unit="none", overrides=[GAMMA_LINE], description=about(
+        "Standard error of each class's debiased loss (privacy noise plus sampling), with the model's "
+        "gamma (dashed red, from fairfleet_fairness_gap_bound).",
+        "a standard error near gamma: the gap cannot be told from noise at this privacy level."))
     b.row("Strategy state")
-    b.panel("timeseries", "Dual multipliers lambda_c (gap strategy only)",
-            [(f'fairfleet_fairness_multiplier{{{m},class=~"$class"}}', "{{class}}")],
+    b.panel("timeseries", "Strategy multipliers lambda (gap and afl strategies only)",
+            [(f"fairfleet_fairness_multiplier{{{m}}}", "{{class}}")],
             unit="none", description=about(
-                "The gap strategy's dual multiplier per class (how much extra weight the class gets). Only "
-                "strategies with multipliers (gap) export it: for fedavg, qffl, afl ... the panel is empty "
-                "by design.",
-                "a multiplier that grows without bound: the constraint gap <= gamma cannot be met.",
+                "Only the gap and afl strategies export multipliers; for fedavg, fedadam, fedyogi, qffl and "
+                "term the panel is empty by design. gap: the dual multiplier lambda_c per class (how much "
+                "extra weight the class gets; 0 while the class is within gamma). afl: the mixture weight "
+                "lambda_g per group (a site, or a class with over: class; the series' class label holds "
+                "the group; the weights sum to 1).",
+                "gap: a multiplier that grows without bound (the constraint gap <= gamma cannot be met); "
+                "afl: one group's weight near 1 (the model is fitted to that group alone).",
                 "FairnessGapAboveBound"))
     b.panel("timeseries", "Update norm before clipping, by site",
             [(f"fairfleet_site_update_norm{{{m}}}", "{{site}}")], unit="none", description=about(
@@ -253,15 +269,14 @@ def privacy() -> Board:
             [(f"fairfleet_privacy_budget_used_ratio{{{s}}}", "{{site}} / {{source}} ({{unit}})")],
             unit="percentunit", w=12, h=9, thresholds=[("green", None), ("orange", 0.8), ("red", 1)],
             description=about(
-                "Share of each ledger's epsilon_max already spent (site / data source / privacy unit).",
+                "Share of each ledger's epsilon_max already spent (site / data source / privacy unit). "
+                "The ratio is spent / epsilon_max, so epsilon_max itself is the fixed threshold at 100% "
+                "(red) and a full bar.",
                 "above 80% (orange): the site stops training soon; 100% (red): every release is denied.",
                 "PrivacyBudgetAbove80Percent, PrivacyBudgetExhausted"),
             extra={"options": {"orientation": "horizontal", "displayMode": "gradient",
                                "reduceOptions": {"calcs": ["lastNotNull"], "values": False}}})
-    def colour(pattern: str, color: str, *extra: dict[str, Any]) -> dict[str, Any]:
-        return {"matcher": {"id": "byRegexp", "options": pattern},
-                "properties": [{"id": "color", "value": {"mode": "fixed", "fixedColor": color}}, *extra]}
-
+    b.panels[-1]["fieldConfig"]["defaults"].update(min=0, max=1)  # a full bar = epsilon_max
     b.panel("timeseries", "Epsilon spent vs policy limit: $site", [
         (f"fairfleet_privacy_epsilon_spent{{{s}}}", "{{source}} ({{unit}}) spent"),
         (f"fairfleet_privacy_epsilon_next{{{s}}}", "{{source}} ({{unit}}) after next release"),
@@ -269,11 +284,12 @@ def privacy() -> Board:
     ], h=9, unit="none", description=about(
         "One panel per site (repeated over $site), so a site's lines are read together: epsilon spent "
         "(blue), epsilon after the next release if each model repeats its latest one (orange), and the "
-        "policy's epsilon_max (red, dashed).",
+        "policy's epsilon_max (red, dashed), drawn from fairfleet_privacy_epsilon_limit: each ledger's own "
+        "limit, as the accountant resolved it.",
         "'after next release' above the limit: the next reservation will be denied.",
         "PrivacyNextReleaseWouldBeDenied"),
         overrides=[colour(".* spent", "blue"), colour(".* after next release", "orange"),
-                   colour(".* limit", "red", {"id": "custom.lineStyle", "value": {"fill": "dash", "dash": [10, 10]}})],
+                   colour(".* limit", "red", DASHED)],
         extra={"repeat": "site", "repeatDirection": "h", "maxPerRow": 2})
     b.panel("stat", "Policy entry that sets each limit",
             [(f"fairfleet_privacy_policy_info{{{s}}} == 1", "{{site}} / {{source}} ({{unit}}): {{policy}}")],
@@ -298,11 +314,16 @@ def privacy() -> Board:
             [(f"fairfleet_privacy_epsilon_remaining{{{s}}}", "{{site}} / {{source}}")], unit="none",
             description=about("epsilon_max minus epsilon spent, per ledger.",
                               "near 0: the next releases are denied.", "PrivacyBudgetExhausted"))
-    b.panel("timeseries", "Ledger epsilon at each site's last grant, per model",
-            [(f"fairfleet_site_epsilon_spent{{{s}}}", "{{site}} {{model}}")], unit="none",
+    b.panel("timeseries", "Ledger epsilon at the last grant vs epsilon_max: $site", [
+        (f"fairfleet_site_epsilon_spent{{{s}}}", "{{model}} at its last grant"),
+        (f"fairfleet_privacy_epsilon_limit{{{s}}}", "{{source}} ({{unit}}) limit"),
+    ], unit="none", overrides=[colour(".* limit", "red", DASHED)],
+            extra={"repeat": "site", "repeatDirection": "h", "maxPerRow": 2},
             description=about(
-                "The accountant's figure the grant carried: the ledger with this release and the "
-                "reservations pending at that moment (the same RDP epsilon as 'spent').",
+                "One panel per site (repeated over $site): per model, the accountant's figure the site's "
+                "last grant carried (the ledger with this release and the reservations pending at that "
+                "moment; the same RDP epsilon as 'spent'), and the policy's epsilon_max per data source "
+                "(red, dashed; from fairfleet_privacy_epsilon_limit).",
                 "a site's line far from its ledger's 'spent': the site has not been granted for a while.",
                 "PrivacyReleasesDenied"))
     b.panel("timeseries", "Epsilon wasted on rejected or voided updates, by reason",
@@ -379,7 +400,7 @@ def pipeline() -> Board:
         "of min_sites, and rounds voided.",
         "late or voided above 0: sites miss deadlines; voided rounds waste every accepted update's epsilon.",
         "RoundStalled"))
-    b.panel("timeseries", "Staleness of applied updates (p90, rounds)",
+    b.panel("timeseries", "Staleness of applied updates (p90, rounds; async mode only)",
             [(f"histogram_quantile(0.9, sum by (le, model) (rate(fairfleet_aggregator_staleness_rounds_bucket{{{sel}}}[15m])))",
               "{{model}}")], unit="none", description=about(
                 "Async mode: how many rounds old the model was that applied updates were trained on (p90).",

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
+from typing import Any
 
 import yaml
 from deploykit import DASHBOARDS, DEPLOY, REPO, compose
@@ -151,3 +153,102 @@ def test_a_sites_spent_and_limit_lines_are_paired() -> None:
                for o in panel["fieldConfig"]["overrides"]}
     assert colours == {".* spent": "blue", ".* after next release": "orange", ".* limit": "red"}
     assert all("{{site}}" not in t["legendFormat"] for t in panel["targets"])
+
+
+def _panels() -> list[tuple[str, dict[str, Any]]]:
+    return [(path.name, panel) for path in sorted(DASHBOARDS.glob("*.json"))
+            for panel in json.loads(path.read_text())["panels"] if panel["type"] != "row"]
+
+
+def _dashed_red(panel: dict[str, Any], legend: str) -> bool:
+    """Whether the series named ``legend`` is drawn red and dashed by one of the overrides."""
+    for override in panel["fieldConfig"]["overrides"]:
+        pattern = override["matcher"]["options"]
+        if override["matcher"]["id"] == "byName" and pattern != legend:
+            continue
+        if override["matcher"]["id"] == "byRegexp" and not re.fullmatch(pattern, legend):
+            continue
+        props = {p["id"]: p["value"] for p in override["properties"]}
+        if props.get("color", {}).get("fixedColor") == "red" and props.get("custom.lineStyle", {}).get("fill") == "dash":
+            return True
+    return False
+
+
+def test_gamma_and_epsilon_max_are_drawn_where_a_gap_or_an_epsilon_is_shown() -> None:
+    """A panel of the class gap or of a class loss's standard error draws the model's γ; a panel
+    of an ε level (spent, after next release, at the last grant) draws the ledger's ε_max; both
+    red and dashed, from the metric that carries the configured value; the budget-used ratio has
+    its 100% (= ε_max) threshold red."""
+    gap_like = re.compile(r"^fairfleet_fairness_(gap|class_loss_stderr)\{")
+    eps_level = re.compile(r"^fairfleet_(privacy|site)_epsilon_(spent|next)\{")
+    checked = {"gamma": 0, "epsilon_max": 0, "ratio": 0}
+    for name, panel in _panels():
+        exprs = {t["expr"]: t["legendFormat"] for t in panel["targets"]}
+        where = (name, panel["title"])
+        if any(gap_like.match(e) for e in exprs):
+            bound = [legend for e, legend in exprs.items() if e.startswith("fairfleet_fairness_gap_bound{")]
+            assert bound == ["gamma"], where
+            assert _dashed_red(panel, "gamma") and "gamma" in panel["title"], where
+            checked["gamma"] += 1
+        if any(eps_level.match(e) for e in exprs):
+            limits = [legend for e, legend in exprs.items() if e.startswith("fairfleet_privacy_epsilon_limit{")]
+            assert len(limits) == 1, where
+            legend = limits[0].replace("{{site}}", "plant-a").replace("{{source}}", "line-1").replace("{{unit}}", "site")
+            assert _dashed_red(panel, legend), where
+            assert "limit" in panel["title"] or "epsilon_max" in panel["title"], where
+            checked["epsilon_max"] += 1
+        if any(e.startswith("fairfleet_privacy_budget_used_ratio") for e in exprs):
+            defaults = panel["fieldConfig"]["defaults"]
+            steps = defaults["thresholds"]["steps"]
+            assert steps[-1] == {"color": "red", "value": 1} and defaults["max"] == 1, where
+            checked["ratio"] += 1
+    assert checked == {"gamma": 2, "epsilon_max": 2, "ratio": 1}, checked
+
+
+def test_every_limit_line_belongs_to_one_site() -> None:
+    """A panel drawing ε_max repeats per site, so a limit line can only be that site's."""
+    for name, panel in _panels():
+        if any(t["expr"].startswith("fairfleet_privacy_epsilon_limit{") for t in panel["targets"]):
+            assert panel.get("repeat") == "site", (name, panel["title"])
+            assert "$site" in panel["title"], (name, panel["title"])
+            assert all("{{site}}" not in t["legendFormat"] for t in panel["targets"]), (name, panel["title"])
+
+
+def _strategies_exporting_multipliers() -> set[str]:
+    """Run two rounds of every registered strategy on four updates of two classes: those whose
+    diagnostics carry "lambda" (what AggregatorMetrics exports as fairfleet_fairness_multiplier)."""
+    import numpy as np
+
+    from fairfleet.fairness import SiteUpdate, build_strategy
+    from fairfleet.fairness.registry import available_strategies
+    from fairfleet.fairness.types import NoisyStat
+
+    updates = [SiteUpdate(site=f"s{i}", site_class="ab"[i % 2], delta=np.full(3, 0.1 * i, np.float32),
+                          n_examples=10 + i, loss=NoisyStat(0.5 + 0.3 * (i % 2), 0.1, 50)) for i in range(4)]
+    out = set()
+    for name in available_strategies():
+        strategy = build_strategy(name, **({"gamma": 0.01} if name == "gap" else {}))
+        state = strategy.initial_state()
+        for _ in range(2):
+            result = strategy.aggregate(np.zeros(3, np.float32), updates, state)
+            state = result.new_state
+        if "lambda" in result.diagnostics:
+            out.add(name)
+    return out
+
+
+def test_strategy_and_mode_specific_panels_say_so_in_their_title() -> None:
+    """The multiplier panel names exactly the strategies that export multipliers (run, not
+    assumed) and calls the others empty by design; the staleness panel says async only."""
+    exporting = _strategies_exporting_multipliers()
+    assert exporting == {"gap", "afl"}, exporting  # if this moves, the panel's title must too
+    (multipliers,) = [p for _, p in _panels() if any("fairfleet_fairness_multiplier" in t["expr"] for t in p["targets"])]
+    named = set(re.findall(r"\b(\w+)\b", multipliers["title"].split("(", 1)[1]))
+    assert exporting <= named and "only" in multipliers["title"], multipliers["title"]
+    assert "empty by design" in multipliers["description"]
+    from fairfleet.fairness.registry import available_strategies
+
+    for other in set(available_strategies()) - exporting:
+        assert other in multipliers["description"], other
+    (staleness,) = [p for _, p in _panels() if any("staleness_rounds" in t["expr"] for t in p["targets"])]
+    assert "async mode only" in staleness["title"]

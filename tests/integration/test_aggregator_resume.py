@@ -76,3 +76,54 @@ def test_raised_rounds_continue_a_finished_model_from_its_checkpoint(kafka_boots
         again.close()
     finally:
         watcher.close()
+
+
+FAIRNESS_GAUGES = ("fairfleet_fairness_class_loss", "fairfleet_fairness_class_loss_stderr",
+                   "fairfleet_fairness_gap", "fairfleet_fairness_worst_class",
+                   "fairfleet_fairness_multiplier")
+
+
+def _gauges(agg: Aggregator) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for metric in agg.metrics.registry.collect() if metric.name in FAIRNESS_GAUGES
+            for s in metric.samples}
+
+
+def test_a_restarted_aggregator_shows_the_last_rounds_fairness_gauges_at_once(kafka_bootstrap: str) -> None:
+    """The fairness gauges of the last closed round come back from the checkpoint when an
+    aggregator starts, before any new round closes (dashboards do not go blank on a restart)."""
+    prefix = f"t{uuid.uuid4().hex[:8]}."
+    two = (SITES[0], SITES[-1])  # one site of class new, one of class old
+    cfg, keys = fleet_config(kafka_bootstrap, prefix, strategy="gap", strategy_params={"dual_lr": 5.0},
+                             rounds=3, quorum=2, sites=two)
+    bus = connect(kafka_bootstrap)
+    bus.create_topics(default_topics(prefix))
+    publisher = Publisher(bus.producer())
+    watcher = Watcher(bus, prefix)
+    options = AggregatorOptions(restore_timeout_s=10.0)
+    try:
+        first = Aggregator(cfg, MODEL, bus=bus, options=options)
+        first.start()
+        assert _gauges(first) == {}  # nothing closed yet: nothing to show
+        ann, model = watcher.wait_round(0)
+        for site in make_sites(two):
+            publish(publisher, prefix, *site_update(site, ann, model, keys[site.site]))
+        deadline = time.monotonic() + 60
+        while first.ckpt.version < 1:
+            assert time.monotonic() < deadline, first.status()
+            first.step()
+        shown = _gauges(first)
+        first.close()
+        names = {name for name, _ in shown}
+        assert names == set(FAIRNESS_GAUGES), names
+        assert ("fairfleet_fairness_multiplier", (("class", "old"), ("model", MODEL))) in shown
+        assert first.ckpt.fairness is not None and first.ckpt.fairness["lambda"]
+
+        again = Aggregator(cfg, MODEL, bus=bus, options=options)
+        assert _gauges(again) == {}
+        again.start()  # no round closes here: the gauges come from the checkpoint
+        assert again.ckpt.version == 1
+        assert _gauges(again) == shown
+        again.close()
+    finally:
+        watcher.close()

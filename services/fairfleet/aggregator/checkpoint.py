@@ -73,6 +73,9 @@ class Checkpoint:
     finished: bool = False
     created_at: float = field(default_factory=time.time)
     epoch: str = ""  # drawn at bootstrap, announced with every round (RoundAnnouncement.epoch)
+    fairness: dict[str, Any] | None = None
+    """The fairness gauges of the last closed round (``metrics.round_fairness``), re-exported
+    at a restart; None before the first close (and in checkpoints written before this field)."""
 
     def to_bytes(self) -> bytes:
         meta = {
@@ -88,6 +91,7 @@ class Checkpoint:
             "finished": self.finished,
             "created_at": self.created_at,
             "epoch": self.epoch,
+            "fairness": self.fairness,
         }
         tensors = {f"model.{k}": np.ascontiguousarray(v) for k, v in self.weights.items()}
         tensors["strategy_state"] = np.frombuffer(
@@ -123,6 +127,7 @@ class Checkpoint:
             finished=bool(meta["finished"]),
             created_at=float(meta["created_at"]),
             epoch=str(meta.get("epoch", "")),
+            fairness=meta.get("fairness"),
         )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -113,24 +114,40 @@ class AggregatorMetrics:
             self.worst_class.labels(self.model, cls).set(1 if cls == estimates["worst_class"] else 0)
         self.gap.labels(self.model).set(estimates["gap"]["debiased"])
 
+    def restore(self, fairness: Mapping[str, Any] | None) -> None:
+        """Re-export the last closed round's fairness gauges (``Checkpoint.fairness``) at start:
+        a restarted aggregator shows them at once, not only after its next round closes."""
+        if fairness is None:
+            return
+        with update_lock(self.registry):
+            self.fairness(fairness.get("estimates"), fairness.get("lambda", {}))
+
     def round_closed(
-        self, opened_at: float, updates: Sequence[SiteUpdate], diagnostics: Mapping[str, Any]
-    ) -> dict[str, Any] | None:
-        """Per-round metrics, and per-class estimates from the round's noisy loss releases
-        (``class_risk_estimates``, p ∝ n_k); returns that report (None without losses)."""
+        self, opened_at: float, updates: Sequence[SiteUpdate], fairness: Mapping[str, Any]
+    ) -> None:
+        """Per-round metrics, and the round's fairness gauges (:func:`round_fairness`)."""
         model = self.model
-        losses = [(u.loss, u.site_class, u.n_examples) for u in updates if u.loss is not None]
-        report = None
-        if losses:
-            report = class_risk_estimates(
-                [loss for loss, _, _ in losses], [c for _, c, _ in losses],
-                weights=[n for _, _, n in losses],
-            ).to_json()
         with update_lock(self.registry):  # a scrape sees the whole round or none of it
             self.rounds.labels(model).inc()
             self.participants.labels(model).set(len(updates))
             self.duration.labels(model).observe(max(0.0, time.time() - opened_at))
             for u in updates:
                 self.staleness.labels(model).observe(u.staleness)
-            self.fairness(report, diagnostics.get("lambda", {}))
-        return report
+            self.fairness(fairness["estimates"], fairness["lambda"])
+
+
+def round_fairness(updates: Sequence[SiteUpdate], diagnostics: Mapping[str, Any]) -> dict[str, Any]:
+    """What the fairness gauges show after a round, as JSON (it is kept in the checkpoint):
+    ``estimates``, the per-class estimates from the round's noisy loss releases
+    (``class_risk_estimates``, p ∝ n_k; None without losses), and ``lambda``, the strategy's
+    multipliers (empty for strategies without them)."""
+    losses = [(u.loss, u.site_class, u.n_examples) for u in updates if u.loss is not None]
+    report = None
+    if losses:
+        report = class_risk_estimates(
+            [loss for loss, _, _ in losses], [c for _, c, _ in losses],
+            weights=[n for _, _, n in losses],
+        ).to_json()
+    lam = {str(c): float(v) for c, v in diagnostics.get("lambda", {}).items()}
+    # plain floats and str keys: the checkpoint's metadata is JSON
+    return json.loads(json.dumps({"estimates": report, "lambda": lam}, default=float))

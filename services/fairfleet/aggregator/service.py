@@ -46,7 +46,7 @@ from fairfleet.aggregator.budgets import BudgetClient
 from fairfleet.aggregator.checkpoint import Checkpoint, publish_checkpoint, read_checkpoint
 from fairfleet.aggregator.crash import CRASH_ENV, CrashHook
 from fairfleet.aggregator.ledger_gate import LedgerGate, capped_examples, examples_cap
-from fairfleet.aggregator.metrics import SERVICE, AggregatorMetrics
+from fairfleet.aggregator.metrics import SERVICE, AggregatorMetrics, round_fairness
 from fairfleet.aggregator.rounds import announcement, round_action, strategy_params
 from fairfleet.aggregator.validation import (
     Rejection,
@@ -221,6 +221,7 @@ class Aggregator:
         self._state = self.ckpt.strategy_state
         self._announced_at = self.ckpt.announcement.opened_at if self.ckpt.announcement else 0.0
         self._serve()
+        self.metrics.restore(self.ckpt.fairness)
         self._update_gauges()
         self._started = True
 
@@ -374,6 +375,7 @@ class Aggregator:
                 if restored is not None and restored.version != self.ckpt.version:
                     self._check_restored(restored)
                     self.ckpt, self._state = restored, restored.strategy_state
+                    self.metrics.restore(restored.fairness)
                     self._theta = self._flat(restored.weights)
                     ann = restored.announcement
                     self._announced_at = ann.opened_at if ann else 0.0
@@ -550,6 +552,7 @@ class Aggregator:
         accepted: tuple[tuple[str, int], ...] = ()
         if ann.mode == "async":
             accepted = tuple(sorted(k for k in {*self.ckpt.accepted, *self._buffer} if k[1] >= window))
+        fairness = round_fairness(updates, result.diagnostics)
         entry = {"round": ann.round, "version": version, "sites": [u.site for u in updates],
                  "staleness": [u.staleness for u in updates], "closed_at": time.time()}
         ckpt = Checkpoint(
@@ -557,14 +560,15 @@ class Aggregator:
             strategy_state=result.new_state,
             announcement=None if finished else announcement(self.model_cfg, self.strategy.name, round_, version, self.ckpt.epoch),
             accepted=accepted, history=(*self.ckpt.history, entry), finished=finished,
-            epoch=self.ckpt.epoch,
+            epoch=self.ckpt.epoch, fairness=fairness,
         )
         if not self._commit_round(ckpt, ann.round):
             return
         self.ckpt, self._theta, self._state = ckpt, new_theta, result.new_state
         self._new_round()
         self._announced_at = ckpt.announcement.opened_at if ckpt.announcement else 0.0
-        self.last_report = self.metrics.round_closed(ann.opened_at, updates, result.diagnostics)
+        self.metrics.round_closed(ann.opened_at, updates, fairness)
+        self.last_report = fairness["estimates"]
         event(logger, "round closed", model=self.model_id, round=ann.round, version=version,
               participants=len(updates), finished=finished)
 
@@ -611,7 +615,7 @@ class Aggregator:
             strategy_state=self._state,
             announcement=None if finished else announcement(self.model_cfg, self.strategy.name, round_, version, self.ckpt.epoch),
             accepted=self.ckpt.accepted, history=(*self.ckpt.history, entry), finished=finished,
-            epoch=self.ckpt.epoch,
+            epoch=self.ckpt.epoch, fairness=self.ckpt.fairness,  # a void changes no gauge
         )
         if not self._commit_round(ckpt, ann.round, dead=dead, release=False):
             return

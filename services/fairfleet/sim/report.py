@@ -111,28 +111,67 @@ def plot_terms(doc: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def plot_class_risk(doc: dict[str, Any], path: Path) -> None:
-    """Grouped bars: each risk under each of the five configurations, with 95% CIs."""
+def clipped_err(stat: dict[str, Any]) -> tuple[float, float, bool]:
+    """(lower, upper) error-bar lengths of a loss, the lower one cut at 0 (a test loss is never
+    negative; a t interval of a few seeds can reach below it), and whether it was cut."""
+    lo, hi = _err(stat)
+    floor = max(stat["mean"], 0.0)
+    return min(lo, floor), hi, lo > floor
+
+
+def class_risk_figure(doc: dict[str, Any]) -> Any:
+    """Grouped bars: each risk under each of the five configurations, with 95% CIs (cut at 0,
+    with a note), the γ bound of the fair models, and a y range that holds every bar end."""
     plt = pyplot()
     risks = risk_order(doc)
     configs = list(CONFIG_LABELS)
     width = 0.8 / len(configs)
-    fig, ax = plt.subplots(figsize=(max(7.0, 1.7 * len(risks) + 2), 5.0))
+    fig, ax = plt.subplots(figsize=(max(7.0, 1.7 * len(risks) + 2), 5.4))
+    clipped: list[str] = []
+    tops = [0.0]
     for j, config in enumerate(configs):
         xs = [i + (j - (len(configs) - 1) / 2) * width for i in range(len(risks))]
         stats = [doc["risks"][r][config] for r in risks]
-        errs = list(zip(*[_err(s) for s in stats], strict=True))
+        errs = [clipped_err(s) for s in stats]
+        clipped += [f"{CONFIG_LABELS[config]} on {risk_label(r)}" for r, e in zip(risks, errs, strict=True) if e[2]]
+        tops += [s["mean"] + e[1] for s, e in zip(stats, errs, strict=True)]
         ax.bar(xs, [s["mean"] for s in stats], width, color=CONFIG_COLOURS[config],
-               label=CONFIG_LABELS[config], yerr=errs, capsize=2, error_kw={"elinewidth": 1})
+               label=CONFIG_LABELS[config], yerr=[[e[0] for e in errs], [e[1] for e in errs]],
+               capsize=2, error_kw={"elinewidth": 1})
+    gamma = doc.get("gamma")
+    if gamma is not None:
+        # The gap constraint R_c − R ≤ γ: a fair model's class bar above its line breaks it.
+        for config in ("theta01", "theta11"):
+            bound = doc["risks"]["fleet"][config]["mean"] + gamma
+            tops.append(bound)
+            ax.axhline(bound, color=CONFIG_COLOURS[config], linestyle="--", linewidth=1.2,
+                       label=f"{CONFIG_LABELS[config]}: fleet risk + γ={gamma:g} = {bound:.3f}")
     ax.set_xticks(range(len(risks)), [risk_label(r) for r in risks])
     ax.set_ylabel("test loss (lower is better)")
-    ax.set_title("Risk of each site class under each configuration")
-    ax.legend(ncol=3, fontsize=9, frameon=False, loc="upper left")
-    top = max(doc["risks"][r][c]["mean"] for r in risks for c in configs)
-    ax.set_ylim(0, top * 1.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    ax.set_title("Risk of each site class under each configuration (95% CIs)")
+    # Headroom above the highest bar end for the legend, which sits in its own band.
+    ax.set_ylim(0, (max(tops) or 1.0) * 1.32)
+    ax.legend(ncol=4, fontsize=8, frameon=False, loc="upper left")
+    notes = []
+    if gamma is not None:
+        notes.append("Dashed: the bound γ puts on every class of a fair model (its fleet risk + γ); "
+                     "a bar of that colour above its line breaks the constraint.")
+    if clipped:
+        notes.append(f"Error bars cut at 0 (a loss is never negative): {', '.join(clipped)}.")
+    if notes:
+        fig.text(0.01, 0.01, "\n".join(notes), fontsize=8, color="#444", va="bottom", wrap=True)
+    fig.tight_layout(rect=(0, 0.035 * len(notes), 1, 1))
+    return fig
+
+
+def plot_class_risk(doc: dict[str, Any], path: Path) -> None:
+    """:func:`class_risk_figure` as a PNG."""
+    _save(class_risk_figure(doc), path, 120)
+
+
+def _save(fig: Any, path: Path, dpi: int) -> None:
+    fig.savefig(path, dpi=dpi)
+    pyplot().close(fig)
 
 
 def plot_sweep(doc: dict[str, Any], path: Path) -> bool:
@@ -184,30 +223,88 @@ def plot_sweep(doc: dict[str, Any], path: Path) -> bool:
     return True
 
 
-def plot_rounds(doc: dict[str, Any], path: Path) -> None:
-    """Per round: max−min class risk gap of each configuration, and ε spent per site."""
+def overlaps(series: dict[str, Sequence[float]], xs: Sequence[float], tol: float) -> list[str]:
+    """Pairs of series drawn on one another: within ``tol`` at three or more points, as
+    sentences ("θ00 plain and θ01 fair coincide at rounds 1–4")."""
+    out = []
+    names = list(series)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            same = [x for x, u, v in zip(xs, series[a], series[b], strict=True) if abs(u - v) <= tol]
+            if len(same) >= 3:
+                where = "at every round" if len(same) == len(xs) else f"at rounds {same[0]:g}–{same[-1]:g}"
+                out.append(f"{a} and {b} coincide {where} ({len(same)} of {len(xs)})")
+    return out
+
+
+# Why two configurations can draw the same line (said in the figure, not only in the docs).
+OVERLAP_REASONS = {
+    "gap": "the fair models weight sites as FedAvg while every λ is 0, until violations of γ raise it",
+    "epsilon": "both private models are calibrated to spend exactly ε by the last round",
+}
+
+
+def _lines(ax: Any, xs: dict[str, list[float]], ys: dict[str, list[float]], labels: dict[str, str],
+           kind: str) -> list[str]:
+    """Plot one line per configuration; lines drawn on an earlier one are dashed and thinner so
+    both stay visible. Returns the overlap sentences (with why) for the figure's note."""
+    span = max((max(v) - min(v) for v in ys.values() if v), default=0.0)
+    tol = max(span, 1e-12) * 0.005
+    drawn: dict[str, list[float]] = {}
+    for config, y in ys.items():
+        under = any(overlaps({config: y, k: v}, xs[config], tol)
+                    for k, v in drawn.items() if len(v) == len(y))
+        ax.plot(xs[config], y, color=CONFIG_COLOURS[config], label=labels[config],
+                linestyle=(0, (4, 3)) if under else "-", linewidth=1.4 if under else 2.4,
+                marker="." if len(y) < 40 else None, zorder=3 if under else 2)
+        drawn[config] = y
+    rounds = next(iter(xs.values()), [])
+    pairs = overlaps({CONFIG_LABELS[c]: y for c, y in ys.items() if len(y) == len(rounds)}, rounds, tol)
+    return [f"{p}: {OVERLAP_REASONS[kind]}." for p in pairs]
+
+
+def rounds_figure(doc: dict[str, Any]) -> Any:
+    """Per round: max−min class risk gap of each configuration; the worst class's excess over
+    the fleet, which γ bounds (γ drawn); ε spent per site. Overlapping lines are dashed on top
+    and named in a note under the figure."""
     plt = pyplot()
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.4))
-    for config, hist in doc["history"].items():
-        rounds = [h["round"] for h in hist["rounds"]]
-        ax1.plot(rounds, [h["gap"] for h in hist["rounds"]], color=CONFIG_COLOURS[config],
-                 label=CONFIG_LABELS[config], marker="." if len(rounds) < 40 else None)
-        if hist["noise_multiplier"] > 0:
-            ax2.plot(rounds, hist["epsilon_spent"], color=CONFIG_COLOURS[config],
-                     label=f"{CONFIG_LABELS[config]} (z={hist['noise_multiplier']:.2f}, "
-                     f"{hist['releases_per_round']} releases/round)")
-    ax1.set_xlabel("round")
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(17, 4.9))
+    history = doc["history"]
+    xs = {c: [h["round"] for h in hist["rounds"]] for c, hist in history.items()}
+    labels = {c: CONFIG_LABELS[c] for c in history}
+    notes = _lines(ax1, xs, {c: [h["gap"] for h in hist["rounds"]] for c, hist in history.items()},
+                   labels, "gap")
+    excess = {c: [max(h["classes"].values()) - h["fleet"] for h in hist["rounds"]] for c, hist in history.items()}
+    _lines(ax2, xs, excess, labels, "gap")  # the same runs: the overlaps of the first panel
+    gamma = doc.get("gamma")
+    if gamma is not None:
+        ax2.axhline(gamma, color="red", linestyle="--", linewidth=1.2,
+                    label=f"γ={gamma:g} (bound of θ01, θ11)")
+    private = {c: hist for c, hist in history.items() if hist["noise_multiplier"] > 0}
+    notes += _lines(
+        ax3, {c: xs[c] for c in private}, {c: list(h["epsilon_spent"]) for c, h in private.items()},
+        {c: f"{CONFIG_LABELS[c]} (z={h['noise_multiplier']:.2f}, {h['releases_per_round']} "
+            f"releases/round)" for c, h in private.items()}, "epsilon")
     ax1.set_ylabel("worst − best class risk")
-    ax1.set_title("Gap between site classes, per round (mean over seeds)")
-    ax1.legend(fontsize=9, frameon=False)
-    ax2.axhline(doc["epsilon"], color="red", linestyle="--", linewidth=1, label=f"budget ε={doc['epsilon']:g}")
-    ax2.set_xlabel("round")
-    ax2.set_ylabel(f"ε spent per site (δ={doc['delta']:g})")
-    ax2.set_title("Privacy spent by every site, per round")
-    ax2.legend(fontsize=9, frameon=False)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    ax1.set_title("Gap between site classes (mean over seeds)")
+    ax2.set_ylabel("worst class risk − fleet risk")
+    ax2.set_title("What γ bounds: worst class over the fleet")
+    ax3.axhline(doc["epsilon"], color="red", linestyle="--", linewidth=1, label=f"budget ε={doc['epsilon']:g}")
+    ax3.set_ylabel(f"ε spent per site (δ={doc['delta']:g})")
+    ax3.set_title("Privacy spent by every site, per round")
+    for ax in (ax1, ax2, ax3):
+        ax.set_xlabel("round")
+        ax.legend(fontsize=8, frameon=False)
+    if notes:
+        fig.text(0.01, 0.01, "Dashed on top: " + " ".join(notes), fontsize=8, color="#444",
+                 va="bottom", wrap=True)
+    fig.tight_layout(rect=(0, 0.04 * min(len(notes), 3), 1, 1))
+    return fig
+
+
+def plot_rounds(doc: dict[str, Any], path: Path) -> None:
+    """:func:`rounds_figure` as a PNG."""
+    _save(rounds_figure(doc), path, 110)
 
 
 def _fmt(stat: dict[str, Any]) -> str:
@@ -297,7 +394,13 @@ def write_report(doc: dict[str, Any], out_dir: str | Path) -> Path:
         "(cross-entropy for classification, squared error for regression).</p>",
         _terms_table(doc),
         "<h2>Risk per class and configuration</h2><img src='class_risk.png' alt='class risk'>",
+        f"<p>Dashed lines: each fair model's fleet risk + γ={doc['gamma']:g}, the most the gap "
+        "constraint lets any of its classes lose. Error bars are 95% CIs over seeds, cut at 0 "
+        "where a short interval reaches below it (said under the figure).</p>",
         "<h2>Per round</h2><img src='rounds.png' alt='per round'>",
+        "<p>Left: worst minus best class risk. Middle: worst class risk minus fleet risk, the "
+        "quantity γ bounds (red dashed). Right: ε spent per site. Lines that lie on an earlier "
+        "one are dashed on top of it, and the note under the figure says which and why.</p>",
     ]
     if swept:
         body += ["<h2>Sweeps</h2><p>How each term moves when the privacy budget ε or the fairness "
