@@ -33,7 +33,7 @@ jars: install
 	$(PY) -c "from fairfleet.broker import resolve_jars; print('kafka jars in', resolve_jars())"
 
 lint: install
-	$(VENV)/bin/ruff check services tests bench
+	$(VENV)/bin/ruff check services tests bench deploy/grafana
 	$(VENV)/bin/mypy
 
 schemas: install
