@@ -397,10 +397,10 @@ class Soak:
         for agg in self.fleet.of_kind("aggregator"):
             if agg.finished:
                 continue
-            try:
+            try:  # "round" is null while the aggregator is starting (no committed state yet)
                 rounds.append(int(httpx.get(f"{agg.url}/status", timeout=1.0).json()["round"]))
                 self._last_round[agg.name] = rounds[-1]
-            except (httpx.HTTPError, ValueError, KeyError):
+            except (httpx.HTTPError, ValueError, KeyError, TypeError):
                 rounds.append(self._last_round.get(agg.name, 0))
         return float(min(rounds, default=self.s.rounds))
 
