@@ -41,6 +41,7 @@ from fairfleet.errors import ConfigError, PrivacyError
 from fairfleet.privacy.algebra import NON_PRIVATE, GaussianLeaf, Leaves, Unsupported, reduce_event
 from fairfleet.privacy.events import Neighbouring, dpsgd_event
 from fairfleet.privacy.rdp import DEFAULT_ORDERS, RdpCurveCache, epsilon_from_rdp
+from fairfleet.registry import Registry
 
 DEFAULT_PLD_DISCRETIZATION = 1e-4
 
@@ -231,21 +232,23 @@ class PldAccountant(FleetAccountant):
         return max(0.0, float(self._build(leaves).get_epsilon(delta)))
 
 
-ACCOUNTANTS: dict[str, Callable[..., FleetAccountant]] = {
-    RdpAccountant.name: RdpAccountant,
-    PldAccountant.name: PldAccountant,
-}
+def _as_accountant_factory(name: str, obj: Any) -> Callable[..., FleetAccountant]:
+    if not (isinstance(obj, type) and issubclass(obj, FleetAccountant)):
+        raise ConfigError(f"Accountant {name!r} must be a FleetAccountant subclass. Found {obj!r}.")
+    return obj
+
+
+# Plugins: a FleetAccountant subclass under the entry-point group ``fairfleet.accountants``.
+ACCOUNTANTS: Registry[Callable[..., FleetAccountant]] = Registry(
+    "accountant", "fairfleet.accountants", accept=_as_accountant_factory
+)
+ACCOUNTANTS.register(RdpAccountant.name, RdpAccountant)
+ACCOUNTANTS.register(PldAccountant.name, PldAccountant)
 
 
 def make_accountant(name: str = "rdp", **kwargs: Any) -> FleetAccountant:
-    """A fresh accountant by registry name (``rdp`` or ``pld``)."""
-    try:
-        factory = ACCOUNTANTS[name]
-    except KeyError:
-        raise ConfigError(
-            f"Accountant must be one of {sorted(ACCOUNTANTS)}. Found {name!r}."
-        ) from None
-    return factory(**kwargs)
+    """A fresh accountant by registry name (``rdp``, ``pld`` or a plugin's)."""
+    return ACCOUNTANTS.get(name)(**kwargs)
 
 
 def epsilon(
