@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import dp_accounting
+import numpy as np
 import torch
 from torch import nn
 
@@ -197,6 +198,17 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, task: Task) -> 
     finally:
         model.train(was_training)
     return metrics
+
+
+def split_holdout(x: np.ndarray, y: np.ndarray, fraction: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Deterministic split: every k-th observation (k = round(1/fraction)) is held out (the site
+    agent's held-out rows, and the deployment simulation's)."""
+    if not 0 < fraction < 1:
+        raise ConfigError(f"holdout_fraction must be in (0, 1). Found {fraction}.")
+    stride = max(2, round(1 / fraction))
+    held = np.zeros(len(x), dtype=bool)
+    held[stride - 1 :: stride] = True
+    return x[~held], y[~held], x[held], y[held]
 
 
 def _float_state(model: nn.Module) -> dict[str, torch.Tensor]:

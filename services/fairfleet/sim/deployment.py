@@ -168,7 +168,7 @@ def read_site(config: FleetConfig, site_id: str, scratch: Path) -> tuple[np.ndar
 
 def deployment_data(config: FleetConfig, model_id: str | None = None) -> FleetData:
     """Train/held-out arrays of every site serving the model (see the module docstring)."""
-    from fairfleet.site_agent.release import split_holdout
+    from fairfleet.learning.train import split_holdout
 
     model = pick_model(config, model_id)
     task, d, outputs = _engine_shape(model)
