@@ -47,6 +47,18 @@ def import_target(target: str) -> Any:
     return obj
 
 
+def subclass_of(base: type, label: str) -> Callable[[str, Any], Any]:
+    """An ``accept`` for registries of classes: ``obj`` if it subclasses ``base``, else
+    ConfigError ``"<label> 'name' must be a <base> subclass. Found <obj>."``."""
+
+    def accept(name: str, obj: Any) -> Any:
+        if not (isinstance(obj, type) and issubclass(obj, base)):
+            raise ConfigError(f"{label} {name!r} must be a {base.__name__} subclass. Found {obj!r}.")
+        return obj
+
+    return accept
+
+
 class Registry(Generic[T]):
     """Name → value (a class or a factory) for one kind of plugin.
 

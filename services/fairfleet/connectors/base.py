@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from fairfleet.errors import ConfigError
-from fairfleet.registry import Registry
+from fairfleet.registry import Registry, subclass_of
 
 ENTRY_POINT_GROUP = "fairfleet.connectors"
 
@@ -287,16 +287,10 @@ class Connector(ABC):
 # --------------------------------------------------------------------------- registry
 
 
-def _as_connector_class(name: str, obj: Any) -> type[Connector]:
-    if not (inspect.isclass(obj) and issubclass(obj, Connector)):
-        raise ConfigError(f"Connector '{name}' must be a Connector subclass. Found {obj!r}.")
-    return obj
-
-
 CONNECTORS: Registry[type[Connector]] = Registry(
     "connector type",
     ENTRY_POINT_GROUP,
-    accept=_as_connector_class,
+    accept=subclass_of(Connector, "Connector"),
     builtins={
         "files": "fairfleet.connectors.files:FilesConnector",
         "kafka": "fairfleet.connectors.kafka:KafkaConnector",

@@ -17,21 +17,15 @@ from typing import Any
 
 from fairfleet.errors import ConfigError
 from fairfleet.fairness.base import Strategy
-from fairfleet.registry import Registry
+from fairfleet.registry import Registry, subclass_of
 
 ENTRY_POINT_GROUP = "fairfleet.strategies"
-
-
-def _as_strategy_class(name: str, obj: Any) -> type[Strategy]:
-    if not (isinstance(obj, type) and issubclass(obj, Strategy)):
-        raise ConfigError(f"Strategy {name!r} must be a Strategy subclass. Found {obj!r}.")
-    return obj
 
 
 STRATEGIES: Registry[type[Strategy]] = Registry(
     "strategy",
     ENTRY_POINT_GROUP,
-    accept=_as_strategy_class,
+    accept=subclass_of(Strategy, "Strategy"),
     builtins={
         "fedavg": "fairfleet.fairness.fedavg:FedAvg",
         "fedadam": "fairfleet.fairness.fedavg:FedAdam",

@@ -41,7 +41,7 @@ from fairfleet.errors import ConfigError, PrivacyError
 from fairfleet.privacy.algebra import NON_PRIVATE, GaussianLeaf, Leaves, Unsupported, reduce_event
 from fairfleet.privacy.events import Neighbouring, dpsgd_event
 from fairfleet.privacy.rdp import DEFAULT_ORDERS, RdpCurveCache, epsilon_from_rdp
-from fairfleet.registry import Registry
+from fairfleet.registry import Registry, subclass_of
 
 DEFAULT_PLD_DISCRETIZATION = 1e-4
 
@@ -232,15 +232,9 @@ class PldAccountant(FleetAccountant):
         return max(0.0, float(self._build(leaves).get_epsilon(delta)))
 
 
-def _as_accountant_factory(name: str, obj: Any) -> Callable[..., FleetAccountant]:
-    if not (isinstance(obj, type) and issubclass(obj, FleetAccountant)):
-        raise ConfigError(f"Accountant {name!r} must be a FleetAccountant subclass. Found {obj!r}.")
-    return obj
-
-
 # Plugins: a FleetAccountant subclass under the entry-point group ``fairfleet.accountants``.
 ACCOUNTANTS: Registry[Callable[..., FleetAccountant]] = Registry(
-    "accountant", "fairfleet.accountants", accept=_as_accountant_factory
+    "accountant", "fairfleet.accountants", accept=subclass_of(FleetAccountant, "Accountant")
 )
 ACCOUNTANTS.register(RdpAccountant.name, RdpAccountant)
 ACCOUNTANTS.register(PldAccountant.name, PldAccountant)
