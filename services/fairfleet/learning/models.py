@@ -31,6 +31,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from fairfleet.checks import check_positive_int
 from fairfleet.errors import ConfigError
 from fairfleet.registry import Registry
 
@@ -94,12 +95,6 @@ def build_model(name: str, **params: Any) -> nn.Module:
         raise ConfigError(f"Bad parameters for model {name!r}: {params}: {exc}") from exc
 
 
-def _positive_int(what: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{what} must be a positive integer. Found {value!r}.")
-    return value
-
-
 _ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "elu": nn.ELU,
 }
@@ -118,8 +113,8 @@ class LinearRegression(ModelSpec):
 
     @classmethod
     def build(cls, *, in_features: int, out_features: int = 1, bias: bool = True) -> nn.Module:
-        return nn.Linear(_positive_int("in_features", in_features),
-                         _positive_int("out_features", out_features), bias=bias)
+        return nn.Linear(check_positive_int("in_features", in_features),
+                         check_positive_int("out_features", out_features), bias=bias)
 
 
 class LogisticRegression(ModelSpec):
@@ -129,11 +124,11 @@ class LogisticRegression(ModelSpec):
 
     @classmethod
     def build(cls, *, in_features: int, n_classes: int = 2, bias: bool = True) -> nn.Module:
-        n_classes = _positive_int("n_classes", n_classes)
+        n_classes = check_positive_int("n_classes", n_classes)
         if n_classes < 2:
             raise ConfigError(f"n_classes must be >= 2 for logistic regression. Found {n_classes}.")
         out = 1 if n_classes == 2 else n_classes
-        return nn.Linear(_positive_int("in_features", in_features), out, bias=bias)
+        return nn.Linear(check_positive_int("in_features", in_features), out, bias=bias)
 
 
 class MLP(ModelSpec):
@@ -150,12 +145,12 @@ class MLP(ModelSpec):
         hidden: Sequence[int] = (64, 64),
         activation: str = "relu",
     ) -> nn.Module:
-        sizes = [_positive_int("in_features", in_features)]
-        sizes += [_positive_int("hidden size", h) for h in hidden]
+        sizes = [check_positive_int("in_features", in_features)]
+        sizes += [check_positive_int("hidden size", h) for h in hidden]
         layers: list[nn.Module] = []
         for a, b in itertools.pairwise(sizes):
             layers += [nn.Linear(a, b), _activation(activation)]
-        layers.append(nn.Linear(sizes[-1], _positive_int("out_features", out_features)))
+        layers.append(nn.Linear(sizes[-1], check_positive_int("out_features", out_features)))
         return nn.Sequential(*layers)
 
 
@@ -188,13 +183,13 @@ class CNN1D(ModelSpec):
         kernel_size: int = 5,
         n_conv: int = 2,
     ) -> nn.Module:
-        c_in = _positive_int("in_channels", in_channels)
-        width = _positive_int("conv_channels", conv_channels)
-        k = _positive_int("kernel_size", kernel_size)
+        c_in = check_positive_int("in_channels", in_channels)
+        width = check_positive_int("conv_channels", conv_channels)
+        k = check_positive_int("kernel_size", kernel_size)
         layers: list[nn.Module] = [_TimeMajorToChannels()]
-        for _ in range(_positive_int("n_conv", n_conv)):
+        for _ in range(check_positive_int("n_conv", n_conv)):
             layers += [nn.Conv1d(c_in, width, k, padding=k // 2), nn.ReLU()]
             c_in = width
-        head = nn.Linear(width, _positive_int("out_features", out_features))
+        head = nn.Linear(width, check_positive_int("out_features", out_features))
         layers += [_GlobalAvgPool1d(), head]
         return nn.Sequential(*layers)
