@@ -8,6 +8,7 @@ bad field and value in one ConfigError.
 
 from __future__ import annotations
 
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -436,18 +437,27 @@ def parse_config(data: dict[str, Any], source: str = "config") -> FleetConfig:
         raise ConfigError(f"{source} is invalid ({exc.error_count()} problems):\n{text}") from None
 
 
-def read_yaml(path: Path) -> Any:
-    """The YAML document in ``path``; ConfigError (naming the file and line) if it is not valid
-    YAML or is empty (an empty file defines no fleet: a wrong path or a truncated copy)."""
+FLEET_CONFIG_NOT_EMPTY = "a fleet config needs at least models and sites"
+
+
+def read_yaml(
+    path: Path | Traversable, *, source: str | None = None, empty: str | None = FLEET_CONFIG_NOT_EMPTY
+) -> Any:
+    """The YAML document in ``path`` (a file, or a resource shipped in the package): the one YAML
+    reader of fairfleet. ConfigError naming ``source`` (default: the path; YAML errors also name
+    the line) if it cannot be read or is not valid YAML. An empty document is a ConfigError
+    saying ``empty`` (by default: an empty file defines no fleet, a wrong path or a truncated
+    copy), or None where ``empty`` is None."""
+    source = source or str(path)
     try:
         with path.open() as stream:  # the stream's name puts the file name in YAML errors
             data = yaml.safe_load(stream)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+        raise ConfigError(f"{source} is not valid YAML: {exc}") from exc
     except OSError as exc:
-        raise ConfigError(f"Cannot read config file {path}: {exc.strerror}") from exc
-    if data is None:
-        raise ConfigError(f"{path} is empty: a fleet config needs at least models and sites")
+        raise ConfigError(f"Cannot read config file {source}: {exc.strerror}") from exc
+    if data is None and empty is not None:
+        raise ConfigError(f"{source} is empty: {empty}")
     return data
 
 

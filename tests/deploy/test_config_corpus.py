@@ -64,7 +64,7 @@ def _env_and_plugin(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
             monkeypatch.delenv(key)
     base.register_connector("testramp", _WideRamp, replace=True)
     yield
-    base._REGISTRY.pop("testramp", None)
+    base.CONNECTORS.unregister("testramp")
 
 
 def _fleet(tmp: Path) -> dict[str, Any]:

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
 from pydantic import ValidationError
 
+from fairfleet.config import parse_config, read_yaml
 from fairfleet.errors import ConfigError
 from fairfleet.privacy.policy import PolicySet
 
@@ -24,14 +24,10 @@ def load_policies(path: str | Path) -> PolicySet:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"Policy file not found: '{p}'.")
-    try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{p} is not valid YAML: {exc}") from exc
+    data = read_yaml(p, empty=None) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{p} must hold a mapping. Found {type(data).__name__}.")
     if "policies" in data:
-        from fairfleet.config import parse_config
 
         return parse_config(data, str(p)).policy_set()  # the mapping read above
     try:

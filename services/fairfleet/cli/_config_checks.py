@@ -77,7 +77,7 @@ def check_model(i: int, raw: dict[str, Any], report: CheckReport) -> None:
     try:
         build_strategy(m.strategy.name, **m.strategy.params)
     except ConfigError as exc:
-        loc = "name" if "Unknown strategy" in str(exc) or "does not name" in str(exc) else "params"
+        loc = "name" if any(t in str(exc) for t in ("Unknown strategy", "Strategy subclass", "Entry point")) else "params"
         got = m.strategy.name if loc == "name" else m.strategy.params
         report.problems.append(f"{where}.strategy.{loc}: {exc} (got {shown(got)})")
     except (TypeError, ValueError) as exc:

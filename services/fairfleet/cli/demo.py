@@ -20,7 +20,7 @@ def demo_cmd(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
-    from fairfleet.sim.demo import DemoSettings, run_demo
+    from fairfleet.demo import DemoSettings, run_demo
     from fairfleet.sim.demo_report import class_rows
 
     console, progress_console = Console(), Console(stderr=True)  # results on stdout, progress on stderr

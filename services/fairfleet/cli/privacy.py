@@ -196,22 +196,14 @@ def budget_cmd(
     Each ledger's one ε (the figure admission uses and the dashboards show), the ε after the
     planned next release, its limit and the policy entry that set it.
     """
-    import httpx
+    from fairfleet.accountant.client import fetch_budgets
 
     if url is None:
         from fairfleet.supervisor.state import accountant_url
 
         url = accountant_url(config)
 
-    params = {"site": site} if site else {}
-    endpoint = url.rstrip("/") + ("" if url.rstrip("/").endswith("/budgets") else "/budgets")
-    try:
-        response = httpx.get(endpoint, params=params, timeout=30.0)
-    except httpx.HTTPError as exc:
-        raise ConfigError(f"Cannot reach the accountant at {endpoint}: {exc}") from exc
-    if response.status_code != 200:
-        raise ConfigError(f"The accountant answered {response.status_code}: {response.text[:300]}")
-    data = response.json()
+    data = fetch_budgets(url, site=site)
     if as_json:
         typer.echo(json.dumps(data))
         return

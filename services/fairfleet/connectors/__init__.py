@@ -4,6 +4,7 @@
 """
 
 from fairfleet.connectors.base import (
+    CONNECTORS,
     ENTRY_POINT_GROUP,
     SCHEMA_PARAMS,
     Connector,
@@ -26,6 +27,7 @@ from fairfleet.connectors.validate import Observation, RejectFile, Rejection, Ro
 from fairfleet.connectors.windows import Window, Windower
 
 __all__ = [
+    "CONNECTORS",
     "ENTRY_POINT_GROUP",
     "SCHEMA_PARAMS",
     "Connector",

@@ -24,10 +24,11 @@ Validation (missing fields, wrong types, NaN where not allowed), reject files an
 done once, outside the connectors (:mod:`fairfleet.connectors.validate`,
 :mod:`fairfleet.connectors.windows`), so a plugin cannot get them wrong.
 
-Connectors are found by name in a registry: the built-ins plus every entry point of the group
-``fairfleet.connectors`` (``importlib.metadata.entry_points``), whose object is a
-:class:`Connector` subclass. A subclass with a ``name`` is registered when it is defined
-(STYLE.md 6: a small base class plus a registry).
+Connectors are found by name in :data:`CONNECTORS` (a :class:`fairfleet.registry.Registry`):
+the built-ins plus every entry point of the group ``fairfleet.connectors``
+(``importlib.metadata.entry_points``), whose object is a :class:`Connector` subclass. A subclass
+with a ``name`` is registered when it is defined (STYLE.md 6: a small base class plus a
+registry); one name for two different classes is refused.
 """
 
 from __future__ import annotations
@@ -36,11 +37,11 @@ import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from fairfleet.errors import ConfigError
+from fairfleet.registry import Registry, subclass_of
 
 ENTRY_POINT_GROUP = "fairfleet.connectors"
 
@@ -285,51 +286,37 @@ class Connector(ABC):
 
 # --------------------------------------------------------------------------- registry
 
-_REGISTRY: dict[str, type[Connector]] = {}
-_entry_points_loaded = False
+
+CONNECTORS: Registry[type[Connector]] = Registry(
+    "connector type",
+    ENTRY_POINT_GROUP,
+    accept=subclass_of(Connector, "Connector"),
+    builtins={
+        "files": "fairfleet.connectors.files:FilesConnector",
+        "kafka": "fairfleet.connectors.kafka:KafkaConnector",
+        "simulator": "fairfleet.connectors.simulator:SimulatorConnector",
+        "sql": "fairfleet.connectors.sql:SqlConnector",
+    },
+)
 
 
 def register_connector(name: str, cls: type[Connector], *, replace: bool = False) -> None:
     """Register ``cls`` under ``name`` (done automatically for named subclasses)."""
-    if not (isinstance(cls, type) and issubclass(cls, Connector)):
-        raise ConfigError(f"Connector '{name}' must be a Connector subclass. Found {cls!r}.")
-    if name in _REGISTRY and _REGISTRY[name] is not cls and not replace:
-        raise ConfigError(f"Connector '{name}' is already registered by {_REGISTRY[name].__module__}.")
-    _REGISTRY[name] = cls
-
-
-def _load_builtins() -> None:
-    # Imported for their registration side effect (each defines a named Connector subclass).
-    from fairfleet.connectors import files, kafka, simulator, sql  # noqa: F401
+    CONNECTORS.register(name, cls, replace=replace)
 
 
 def load_entry_points(force: bool = False) -> None:
-    """Import every ``fairfleet.connectors`` entry point (once; ``force`` re-scans)."""
-    global _entry_points_loaded
-    if _entry_points_loaded and not force:
-        return
-    _entry_points_loaded = True
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        obj = ep.load()
-        if not (inspect.isclass(obj) and issubclass(obj, Connector)):
-            raise ConfigError(
-                f"Entry point '{ep.name}' in group '{ENTRY_POINT_GROUP}' is not a Connector "
-                f"subclass: {obj!r}."
-            )
-        register_connector(ep.name, obj, replace=True)
+    """Re-read the ``fairfleet.connectors`` entry points if ``force`` (they are read on first
+    use anyway)."""
+    if force:
+        CONNECTORS.refresh()
 
 
 def available_connectors() -> dict[str, type[Connector]]:
     """Name -> class of every connector: built-ins and installed plugins."""
-    _load_builtins()
-    load_entry_points()
-    return dict(sorted(_REGISTRY.items()))
+    return CONNECTORS.load_all()
 
 
 def build_connector(name: str, params: Mapping[str, Any], context: ConnectorContext) -> Connector:
     """Instantiate the connector registered as ``name``."""
-    known = available_connectors()
-    if name not in known:
-        raise ConfigError(f"Unknown connector type '{name}'; known: {sorted(known)}.")
-    return known[name](params, context)
-
+    return CONNECTORS.get(name)(params, context)

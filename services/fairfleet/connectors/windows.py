@@ -33,6 +33,7 @@ from typing import Literal
 
 import numpy as np
 
+from fairfleet.checks import check_positive
 from fairfleet.connectors.base import Position
 from fairfleet.connectors.validate import Observation
 from fairfleet.errors import ConfigError
@@ -84,8 +85,7 @@ class Windower:
     def __init__(self, by: Literal["count", "time"], size: float, retain: int = 64) -> None:
         if by not in ("count", "time"):
             raise ConfigError(f"Window 'by' must be 'count' or 'time'. Found {by!r}.")
-        if not (math.isfinite(size) and size > 0):
-            raise ConfigError(f"Window size must be finite and > 0. Found {size}.")
+        check_positive("Window size", size)
         if by == "count" and size != int(size):
             raise ConfigError(f"A count window size must be an integer. Found {size}.")
         if retain < 1:

@@ -24,12 +24,18 @@ from fairfleet.fairness.estimators import (
 )
 from fairfleet.fairness.fold import RoundFold
 from fairfleet.fairness.kernels import allocate_update_matrix, project_simplex, weighted_sum
-from fairfleet.fairness.registry import available_strategies, build_strategy, register_strategy
+from fairfleet.fairness.registry import (
+    STRATEGIES,
+    available_strategies,
+    build_strategy,
+    register_strategy,
+)
 from fairfleet.fairness.staleness import staleness_weight, staleness_weights
 from fairfleet.fairness.state import StrategyState, state_from_bytes, state_to_bytes
 from fairfleet.fairness.types import AggregateResult, NoisyStat, SiteUpdate
 
 __all__ = [
+    "STRATEGIES",
     "AggregateResult",
     "ClassEstimate",
     "ClassRiskReport",

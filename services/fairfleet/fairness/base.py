@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from fairfleet.checks import check_positive
 from fairfleet.errors import ConfigError
 from fairfleet.fairness.kernels import weighted_sum
 from fairfleet.fairness.staleness import FEDBUFF_EXPONENT, check_exponent, staleness_weights
@@ -117,15 +118,6 @@ def check_weighting(weighting: str) -> str:
     if weighting not in ("examples", "uniform"):
         raise ConfigError(f"weighting must be 'examples' or 'uniform'. Found {weighting!r}.")
     return weighting
-
-
-def check_positive(name: str, value: float, allow_zero: bool = False) -> float:
-    ok = math.isfinite(value) and (value >= 0 if allow_zero else value > 0)
-    if not ok:
-        raise ConfigError(
-            f"{name} must be finite and {'>= 0' if allow_zero else '> 0'}. Found {value}."
-        )
-    return float(value)
 
 
 class WeightedUpdateStrategy(Strategy):

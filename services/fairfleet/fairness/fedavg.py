@@ -20,10 +20,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from fairfleet.checks import check_positive
 from fairfleet.errors import ConfigError
 from fairfleet.fairness.base import (
     WeightedUpdateStrategy,
-    check_positive,
     check_weighting,
     example_log_weights,
     example_weights,

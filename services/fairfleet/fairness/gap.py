@@ -29,10 +29,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from fairfleet.checks import check_positive
 from fairfleet.errors import ConfigError
 from fairfleet.fairness.base import (
     WeightedUpdateStrategy,
-    check_positive,
     example_weights,
     noisy_losses,
     site_group,

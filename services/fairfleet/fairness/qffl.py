@@ -27,9 +27,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from fairfleet.checks import check_positive
 from fairfleet.fairness.base import (
     WeightedUpdateStrategy,
-    check_positive,
     check_weighting,
     example_log_weights,
     example_weights,

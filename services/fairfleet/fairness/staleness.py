@@ -8,11 +8,11 @@ and is *not* renormalised away, so a buffer of stale updates moves the model les
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import numpy as np
 
+from fairfleet.checks import check_positive
 from fairfleet.errors import ConfigError
 from fairfleet.fairness.types import SiteUpdate
 
@@ -20,9 +20,7 @@ FEDBUFF_EXPONENT = 0.5
 
 
 def check_exponent(exponent: float) -> float:
-    if not (math.isfinite(exponent) and exponent >= 0):
-        raise ConfigError(f"staleness_exponent must be finite and >= 0. Found {exponent}.")
-    return float(exponent)
+    return check_positive("staleness_exponent", exponent, allow_zero=True)
 
 
 def staleness_weight(staleness: int, exponent: float = FEDBUFF_EXPONENT) -> float:

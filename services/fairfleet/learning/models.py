@@ -15,9 +15,10 @@ Built-ins (all return raw scores of shape (N, out_features); the task picks the 
 Every layer is one Opacus computes per-example gradients for (Linear, Conv1d; no BatchNorm,
 which mixes examples and breaks DP-SGD).
 
-Users add models through a small base class plus a dict registry (STYLE.md 6): subclass
-``ModelSpec`` (or call ``register_model``), or publish a ``ModelSpec`` subclass / factory under
-the entry-point group ``fairfleet.models`` in their own package.
+Users add models through a small base class plus a registry (STYLE.md 6; :data:`MODELS`, a
+:class:`fairfleet.registry.Registry`): subclass ``ModelSpec`` (or call ``register_model``), or
+publish a ``ModelSpec`` subclass / factory under the entry-point group ``fairfleet.models`` in
+their own package (its entry-point name is the model's name).
 """
 
 from __future__ import annotations
@@ -25,19 +26,18 @@ from __future__ import annotations
 import inspect
 import itertools
 from collections.abc import Callable, Sequence
-from importlib.metadata import entry_points
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
+from fairfleet.checks import check_positive_int
 from fairfleet.errors import ConfigError
+from fairfleet.registry import Registry
 
 ENTRY_POINT_GROUP = "fairfleet.models"
 
 ModelFactory = Callable[..., nn.Module]
-_REGISTRY: dict[str, ModelFactory] = {}
-_entry_points_loaded = False
 
 
 class ModelSpec:
@@ -51,45 +51,36 @@ class ModelSpec:
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if cls.name:
-            register_model(cls.name, cls.build)
+            MODELS.register(cls.name, cls)
 
     @classmethod
     def build(cls, *args: Any, **params: Any) -> nn.Module:
         raise NotImplementedError
 
 
+def _as_model_factory(name: str, obj: Any) -> ModelFactory:
+    """A ModelSpec subclass's ``build``, or any other callable as is."""
+    if inspect.isclass(obj) and issubclass(obj, ModelSpec):
+        return obj.build
+    if callable(obj):
+        return obj
+    raise ConfigError(
+        f"Model {name!r} must be a ModelSpec subclass or a callable returning an nn.Module. "
+        f"Found {obj!r}."
+    )
+
+
+MODELS: Registry[ModelFactory] = Registry("model", ENTRY_POINT_GROUP, accept=_as_model_factory)
+
+
 def register_model(name: str, factory: ModelFactory, *, replace: bool = False) -> None:
-    """Register ``factory(**params) -> nn.Module`` under ``name``."""
-    if not name or not isinstance(name, str):
-        raise ConfigError(f"Model name must be a non-empty string. Found {name!r}.")
-    if name in _REGISTRY and not replace and _REGISTRY[name] is not factory:
-        raise ConfigError(f"Model {name!r} is already registered; pass replace=True to override.")
-    _REGISTRY[name] = factory
-
-
-def _load_entry_points() -> None:
-    """Import the ``fairfleet.models`` entry points once (a ModelSpec subclass or a factory)."""
-    global _entry_points_loaded
-    if _entry_points_loaded:
-        return
-    _entry_points_loaded = True
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        obj = ep.load()
-        if inspect.isclass(obj) and issubclass(obj, ModelSpec):
-            register_model(obj.name or ep.name, obj.build, replace=True)
-        elif callable(obj):
-            register_model(ep.name, obj, replace=True)
-        else:
-            raise ConfigError(
-                f"Entry point {ep.name!r} in group {ENTRY_POINT_GROUP!r} is neither a ModelSpec "
-                f"subclass nor a callable: {obj!r}."
-            )
+    """Register ``factory(**params) -> nn.Module`` (or a ModelSpec subclass) under ``name``."""
+    MODELS.register(name, factory, replace=replace)
 
 
 def available_models() -> list[str]:
     """Names of every registered model (built-ins and entry points), sorted."""
-    _load_entry_points()
-    return sorted(_REGISTRY)
+    return MODELS.names()
 
 
 def build_model(name: str, **params: Any) -> nn.Module:
@@ -97,19 +88,11 @@ def build_model(name: str, **params: Any) -> nn.Module:
 
     Unknown names and bad parameters raise ConfigError naming them.
     """
-    _load_entry_points()
-    if name not in _REGISTRY:
-        raise ConfigError(f"Unknown model {name!r}. Known models: {sorted(_REGISTRY)}.")
+    factory = MODELS.get(name)
     try:
-        return _REGISTRY[name](**params)
+        return factory(**params)
     except TypeError as exc:
         raise ConfigError(f"Bad parameters for model {name!r}: {params}: {exc}") from exc
-
-
-def _positive_int(what: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{what} must be a positive integer. Found {value!r}.")
-    return value
 
 
 _ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
@@ -130,8 +113,8 @@ class LinearRegression(ModelSpec):
 
     @classmethod
     def build(cls, *, in_features: int, out_features: int = 1, bias: bool = True) -> nn.Module:
-        return nn.Linear(_positive_int("in_features", in_features),
-                         _positive_int("out_features", out_features), bias=bias)
+        return nn.Linear(check_positive_int("in_features", in_features),
+                         check_positive_int("out_features", out_features), bias=bias)
 
 
 class LogisticRegression(ModelSpec):
@@ -141,11 +124,11 @@ class LogisticRegression(ModelSpec):
 
     @classmethod
     def build(cls, *, in_features: int, n_classes: int = 2, bias: bool = True) -> nn.Module:
-        n_classes = _positive_int("n_classes", n_classes)
+        n_classes = check_positive_int("n_classes", n_classes)
         if n_classes < 2:
             raise ConfigError(f"n_classes must be >= 2 for logistic regression. Found {n_classes}.")
         out = 1 if n_classes == 2 else n_classes
-        return nn.Linear(_positive_int("in_features", in_features), out, bias=bias)
+        return nn.Linear(check_positive_int("in_features", in_features), out, bias=bias)
 
 
 class MLP(ModelSpec):
@@ -162,12 +145,12 @@ class MLP(ModelSpec):
         hidden: Sequence[int] = (64, 64),
         activation: str = "relu",
     ) -> nn.Module:
-        sizes = [_positive_int("in_features", in_features)]
-        sizes += [_positive_int("hidden size", h) for h in hidden]
+        sizes = [check_positive_int("in_features", in_features)]
+        sizes += [check_positive_int("hidden size", h) for h in hidden]
         layers: list[nn.Module] = []
         for a, b in itertools.pairwise(sizes):
             layers += [nn.Linear(a, b), _activation(activation)]
-        layers.append(nn.Linear(sizes[-1], _positive_int("out_features", out_features)))
+        layers.append(nn.Linear(sizes[-1], check_positive_int("out_features", out_features)))
         return nn.Sequential(*layers)
 
 
@@ -200,13 +183,13 @@ class CNN1D(ModelSpec):
         kernel_size: int = 5,
         n_conv: int = 2,
     ) -> nn.Module:
-        c_in = _positive_int("in_channels", in_channels)
-        width = _positive_int("conv_channels", conv_channels)
-        k = _positive_int("kernel_size", kernel_size)
+        c_in = check_positive_int("in_channels", in_channels)
+        width = check_positive_int("conv_channels", conv_channels)
+        k = check_positive_int("kernel_size", kernel_size)
         layers: list[nn.Module] = [_TimeMajorToChannels()]
-        for _ in range(_positive_int("n_conv", n_conv)):
+        for _ in range(check_positive_int("n_conv", n_conv)):
             layers += [nn.Conv1d(c_in, width, k, padding=k // 2), nn.ReLU()]
             c_in = width
-        head = nn.Linear(width, _positive_int("out_features", out_features))
+        head = nn.Linear(width, check_positive_int("out_features", out_features))
         layers += [_GlobalAvgPool1d(), head]
         return nn.Sequential(*layers)

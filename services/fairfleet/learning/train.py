@@ -32,9 +32,11 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import dp_accounting
+import numpy as np
 import torch
 from torch import nn
 
+from fairfleet.checks import check_positive, check_positive_int
 from fairfleet.errors import ConfigError
 from fairfleet.learning.tensors import flatten, unflatten
 from fairfleet.privacy import dpsgd
@@ -45,14 +47,6 @@ Task = Literal["regression", "classification"]
 PrivacyMode = Literal["off", "dpsgd", "update"]
 _TASKS = ("regression", "classification")
 _PRIVACY_MODES = ("off", "dpsgd", "update")
-
-
-def _finite(what: str, value: float, *, minimum: float, strict: bool = False) -> None:
-    ok = isinstance(value, int | float) and math.isfinite(value)
-    ok = ok and (value > minimum if strict else value >= minimum)
-    if not ok:
-        op = ">" if strict else ">="
-        raise ConfigError(f"{what} must be finite and {op} {minimum}. Found {value}.")
 
 
 @dataclass(frozen=True)
@@ -77,16 +71,10 @@ class LocalTrainConfig:
     grad_sample_mode: dpsgd.GradSampleMode = dpsgd.DEFAULT_GRAD_SAMPLE_MODE
 
     def __post_init__(self) -> None:
-        if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 1:
-            raise ConfigError(f"epochs must be a positive integer. Found {self.epochs!r}.")
-        if (
-            isinstance(self.batch_size, bool)
-            or not isinstance(self.batch_size, int)
-            or self.batch_size < 1
-        ):
-            raise ConfigError(f"batch_size must be a positive integer. Found {self.batch_size!r}.")
-        _finite("lr", self.lr, minimum=0.0)
-        _finite("prox_mu", self.prox_mu, minimum=0.0)
+        check_positive_int("epochs", self.epochs)
+        check_positive_int("batch_size", self.batch_size)
+        check_positive("lr", self.lr, allow_zero=True)
+        check_positive("prox_mu", self.prox_mu, allow_zero=True)
         if self.privacy not in _PRIVACY_MODES:
             raise ConfigError(
                 f"privacy must be one of {list(_PRIVACY_MODES)}. Found {self.privacy!r}."
@@ -197,6 +185,17 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, task: Task) -> 
     finally:
         model.train(was_training)
     return metrics
+
+
+def split_holdout(x: np.ndarray, y: np.ndarray, fraction: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Deterministic split: every k-th observation (k = round(1/fraction)) is held out (the site
+    agent's held-out rows, and the deployment simulation's)."""
+    if not 0 < fraction < 1:
+        raise ConfigError(f"holdout_fraction must be in (0, 1). Found {fraction}.")
+    stride = max(2, round(1 / fraction))
+    held = np.zeros(len(x), dtype=bool)
+    held[stride - 1 :: stride] = True
+    return x[~held], y[~held], x[held], y[held]
 
 
 def _float_state(model: nn.Module) -> dict[str, torch.Tensor]:

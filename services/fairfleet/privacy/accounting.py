@@ -41,6 +41,7 @@ from fairfleet.errors import ConfigError, PrivacyError
 from fairfleet.privacy.algebra import NON_PRIVATE, GaussianLeaf, Leaves, Unsupported, reduce_event
 from fairfleet.privacy.events import Neighbouring, dpsgd_event
 from fairfleet.privacy.rdp import DEFAULT_ORDERS, RdpCurveCache, epsilon_from_rdp
+from fairfleet.registry import Registry, subclass_of
 
 DEFAULT_PLD_DISCRETIZATION = 1e-4
 
@@ -231,21 +232,17 @@ class PldAccountant(FleetAccountant):
         return max(0.0, float(self._build(leaves).get_epsilon(delta)))
 
 
-ACCOUNTANTS: dict[str, Callable[..., FleetAccountant]] = {
-    RdpAccountant.name: RdpAccountant,
-    PldAccountant.name: PldAccountant,
-}
+# Plugins: a FleetAccountant subclass under the entry-point group ``fairfleet.accountants``.
+ACCOUNTANTS: Registry[Callable[..., FleetAccountant]] = Registry(
+    "accountant", "fairfleet.accountants", accept=subclass_of(FleetAccountant, "Accountant")
+)
+ACCOUNTANTS.register(RdpAccountant.name, RdpAccountant)
+ACCOUNTANTS.register(PldAccountant.name, PldAccountant)
 
 
 def make_accountant(name: str = "rdp", **kwargs: Any) -> FleetAccountant:
-    """A fresh accountant by registry name (``rdp`` or ``pld``)."""
-    try:
-        factory = ACCOUNTANTS[name]
-    except KeyError:
-        raise ConfigError(
-            f"Accountant must be one of {sorted(ACCOUNTANTS)}. Found {name!r}."
-        ) from None
-    return factory(**kwargs)
+    """A fresh accountant by registry name (``rdp``, ``pld`` or a plugin's)."""
+    return ACCOUNTANTS.get(name)(**kwargs)
 
 
 def epsilon(

@@ -21,7 +21,6 @@ thing added here is that the per-example norms of each step are kept (for the
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from opacus.optimizers import DPOptimizer
 from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 from opacus.validators import ModuleValidator
 
+from fairfleet.checks import check_positive
 from fairfleet.errors import ConfigError
 from fairfleet.privacy.events import dpsgd_event, validate_noise_multiplier, validate_sampling_rate
 from fairfleet.privacy.mechanisms import secure_generator
@@ -82,9 +82,7 @@ def resolve_grad_sample_mode(
 
 
 def validate_clip_norm(clip_norm: float) -> float:
-    if not math.isfinite(clip_norm) or clip_norm <= 0:
-        raise ConfigError(f"Clip norm must be finite and > 0. Found {clip_norm}.")
-    return float(clip_norm)
+    return check_positive("Clip norm", clip_norm)
 
 
 def steps_per_epoch(sampling_rate: float) -> int:

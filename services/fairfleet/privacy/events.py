@@ -43,6 +43,7 @@ from pydantic import (
     model_validator,
 )
 
+from fairfleet.checks import check_positive
 from fairfleet.errors import ConfigError, PrivacyError
 from fairfleet.privacy.event_bounds import check_dp_event_json
 from fairfleet.privacy.windows import WindowRange, WindowRanges, describe, hull, normalise
@@ -82,8 +83,7 @@ def check_sampling_rate(q: float) -> None:
 
 def check_noise_multiplier(sigma: float) -> None:
     """A ``GaussianDpEvent``'s σ: finite and > 0 (no privacy is ``NonPrivateDpEvent``)."""
-    if not (math.isfinite(sigma) and sigma > 0.0):
-        raise ConfigError(f"Noise multiplier must be finite and > 0. Found {sigma}.")
+    check_positive("Noise multiplier", sigma)
 
 
 def check_steps(steps: int) -> None:
@@ -107,9 +107,7 @@ def validate_sampling_rate(sampling_rate: float | None) -> float:
 
 def validate_noise_multiplier(noise_multiplier: float) -> float:
     """A plan's σ: finite and >= 0 (σ = 0 is allowed and means *no privacy*, see dpsgd_event)."""
-    if not math.isfinite(noise_multiplier) or noise_multiplier < 0:
-        raise ConfigError(f"Noise multiplier must be finite and >= 0. Found {noise_multiplier}.")
-    return float(noise_multiplier)
+    return check_positive("Noise multiplier", noise_multiplier, allow_zero=True)
 
 
 def gaussian_event(noise_multiplier: float) -> dp_event.GaussianDpEvent:

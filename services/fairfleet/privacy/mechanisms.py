@@ -34,15 +34,9 @@ import numpy as np
 import torch
 from dp_accounting import dp_event
 
+from fairfleet.checks import check_positive
 from fairfleet.errors import ConfigError, PrivacyError
 from fairfleet.privacy.events import PrivacyUnit
-
-
-def _check_positive_finite(name: str, value: float, allow_zero: bool = False) -> None:
-    ok = math.isfinite(value) and (value >= 0 if allow_zero else value > 0)
-    if not ok:
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ConfigError(f"{name} must be finite and {bound}. Found {value}.")
 
 
 def secure_generator(device: torch.device | str = "cpu") -> torch.Generator:
@@ -95,8 +89,8 @@ class GaussianUpdateMechanism:
     secure: bool = False
 
     def __post_init__(self) -> None:
-        _check_positive_finite("Clip norm", self.clip_norm)
-        _check_positive_finite("Noise multiplier", self.noise_multiplier, allow_zero=True)
+        check_positive("Clip norm", self.clip_norm)
+        check_positive("Noise multiplier", self.noise_multiplier, allow_zero=True)
 
     @property
     def noise_std(self) -> float:
@@ -181,7 +175,7 @@ def noisy_bounded_mean(
     """
     if not (math.isfinite(lo) and math.isfinite(hi) and hi > lo):
         raise ConfigError(f"Bounds must be finite with hi > lo. Found lo={lo}, hi={hi}.")
-    _check_positive_finite("Noise multiplier", noise_multiplier, allow_zero=True)
+    check_positive("Noise multiplier", noise_multiplier, allow_zero=True)
     array = (
         values.detach().cpu().double().numpy()
         if isinstance(values, torch.Tensor)

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from fairfleet.checks import check_positive
 from fairfleet.errors import ConfigError
 from fairfleet.sim.deployment import Deployment, is_deployment_config
 from fairfleet.sim.engine import TrainConfig
@@ -59,11 +60,9 @@ class DecomposeConfig:
                 f"Need at least one epsilon and one gamma. Found {self.epsilons}, {self.gammas}."
             )
         for e in self.epsilons:
-            if not (math.isfinite(e) and e > 0):
-                raise ConfigError(f"epsilon must be finite and > 0. Found {e}.")
+            check_positive("epsilon", e)
         for g in self.gammas:
-            if not (math.isfinite(g) and g >= 0):
-                raise ConfigError(f"gamma must be finite and >= 0. Found {g}.")
+            check_positive("gamma", g, allow_zero=True)
         if self.seeds < 1:
             raise ConfigError(f"seeds must be >= 1. Found {self.seeds}.")
         if self.workers < 1:

@@ -35,9 +35,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
-from fairfleet.config import FleetConfig, ModelConfig, SiteConfig, load_config
+from fairfleet.config import FleetConfig, ModelConfig, SiteConfig, load_config, read_yaml
 from fairfleet.errors import ConfigError
 from fairfleet.privacy.policy import Policy
 from fairfleet.sim.arrays import FleetData
@@ -57,8 +56,8 @@ def is_deployment_config(text: str | Path) -> bool:
     if not path.is_file():
         return False
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError:
+        data = read_yaml(path, empty=None)
+    except ConfigError:
         return False
     return isinstance(data, dict) and ("models" in data or "kafka" in data)
 
@@ -168,7 +167,7 @@ def read_site(config: FleetConfig, site_id: str, scratch: Path) -> tuple[np.ndar
 
 def deployment_data(config: FleetConfig, model_id: str | None = None) -> FleetData:
     """Train/held-out arrays of every site serving the model (see the module docstring)."""
-    from fairfleet.site_agent.release import split_holdout
+    from fairfleet.learning.train import split_holdout
 
     model = pick_model(config, model_id)
     task, d, outputs = _engine_shape(model)

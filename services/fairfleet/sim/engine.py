@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from fairfleet.checks import check_positive
 from fairfleet.errors import ConfigError
 from fairfleet.sim.arrays import FleetData
 
@@ -67,11 +68,9 @@ def check_config(
         if getattr(cfg, name) < 1:
             raise ConfigError(f"{name} must be >= 1. Found {getattr(cfg, name)}.")
     for name in positives:
-        value = getattr(cfg, name)
-        if not (math.isfinite(value) and value > 0):
-            raise ConfigError(f"{name} must be finite and > 0. Found {value}.")
-    if epsilon is not None and not (math.isfinite(epsilon) and epsilon > 0):
-        raise ConfigError(f"epsilon must be finite and > 0. Found {epsilon}.")
+        check_positive(name, getattr(cfg, name))
+    if epsilon is not None:
+        check_positive("epsilon", epsilon)
     if not 0 < delta < 1:
         raise ConfigError(f"delta must be in (0, 1). Found {delta}.")
 
@@ -435,8 +434,8 @@ class TrainConfig:
             self.epsilon,
             self.delta,
         )
-        if self.gamma is not None and not (math.isfinite(self.gamma) and self.gamma >= 0):
-            raise ConfigError(f"gamma must be finite and >= 0. Found {self.gamma}.")
+        if self.gamma is not None:
+            check_positive("gamma", self.gamma, allow_zero=True)
         if self.loss_bound is not None and not self.loss_bound > 0:
             raise ConfigError(f"loss_bound must be > 0. Found {self.loss_bound}.")
         if self.unit not in UNITS:

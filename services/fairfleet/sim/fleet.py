@@ -38,10 +38,10 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import numpy as np
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from fairfleet.config import _format as format_errors  # same message layout as the fleet config
+from fairfleet.config import read_yaml
 from fairfleet.errors import ConfigError
 from fairfleet.sim.synthetic import FederatedDataset
 
@@ -291,7 +291,8 @@ def list_presets() -> list[PresetInfo]:
     """The fleets shipped in the package, by name."""
     out = []
     for name, path in sorted(_preset_files().items()):
-        spec = parse_fleet(yaml.safe_load(path.read_text()), f"preset {name!r}")
+        source = f"preset {name!r}"
+        spec = parse_fleet(read_yaml(path, source=source, empty=None), source)
         out.append(
             PresetInfo(
                 name, spec.kind, len(spec.sites), spec.class_names, spec.task, spec.description
@@ -322,18 +323,14 @@ def load_fleet(file_or_preset: str | Path | FleetSpec) -> FleetSpec:
     presets = _preset_files()
     path = Path(text)
     if path.is_file():
-        raw, source = path.read_text(), str(path)
+        file, source = path, str(path)
     elif text in presets:
-        raw, source = presets[text].read_text(), f"preset {text!r}"
+        file, source = presets[text], f"preset {text!r}"
     else:
         raise ConfigError(
             f"Fleet must be a YAML file or a preset ({', '.join(sorted(presets))}). Found {text!r}."
         )
-    try:
-        data = yaml.safe_load(raw)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{source} is not valid YAML: {exc}") from exc
-    return parse_fleet(data, source)
+    return parse_fleet(read_yaml(file, source=source, empty=None), source)
 
 
 # -- site data -------------------------------------------------------------------------------------

@@ -45,6 +45,7 @@ from fairfleet.config import FleetConfig
 from fairfleet.connectors import open_site_stream
 from fairfleet.errors import BusError, ConfigError, FairfleetError, OutcomeUnknown
 from fairfleet.learning.tensors import sha256_hex
+from fairfleet.learning.train import split_holdout
 from fairfleet.log import event
 from fairfleet.messages import (
     Message,
@@ -394,7 +395,7 @@ class SiteAgent:
             )
         if data is None:
             raise Skip("no_data", "no closed training window yet")
-        split = rel.split_holdout(data.x, data.y, self.opts.holdout_fraction)
+        split = split_holdout(data.x, data.y, self.opts.holdout_fraction)
         if len(split[0]) < 1 or len(split[2]) < 1:
             raise Skip("no_data", f"{data.n} observations are too few to hold out a fraction")
         release, payload = self._model(model_id, ann.model_version)

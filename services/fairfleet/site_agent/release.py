@@ -82,16 +82,6 @@ def round_seed(site: str, model_id: str, round_: int) -> int:
     return int.from_bytes(hashlib.sha256(f"{site}/{model_id}/{round_}".encode()).digest()[:6], "big")
 
 
-def split_holdout(x: np.ndarray, y: np.ndarray, fraction: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Deterministic split: every k-th observation (k = round(1/fraction)) is held out."""
-    if not 0 < fraction < 1:
-        raise ConfigError(f"holdout_fraction must be in (0, 1). Found {fraction}.")
-    stride = max(2, round(1 / fraction))
-    held = np.zeros(len(x), dtype=bool)
-    held[stride - 1 :: stride] = True
-    return x[~held], y[~held], x[held], y[held]
-
-
 def targets(y: np.ndarray, spec: ModelSpec) -> torch.Tensor:
     t = torch.from_numpy(np.ascontiguousarray(y))
     if t.ndim == 2 and t.shape[1] == 1:

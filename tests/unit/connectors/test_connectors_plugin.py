@@ -37,14 +37,13 @@ def installed_plugin(tmp_path: Path) -> Iterator[Path]:
         yield target
     finally:
         sys.path.remove(str(target))
-        base._REGISTRY.pop("ramp", None)
         sys.modules.pop("fairfleet_example_connector", None)
-        base.load_entry_points(force=True)
+        base.CONNECTORS.refresh()
 
 
 def test_installed_plugin_is_discovered_and_reads(installed_plugin: Path, tmp_path: Path) -> None:
     assert (installed_plugin / "fairfleet_example_connector-0.1.0.dist-info").is_dir()
-    base.load_entry_points(force=True)
+    base.CONNECTORS.refresh()
     known = base.available_connectors()
     assert "ramp" in known and known["ramp"].__module__ == "fairfleet_example_connector"
     connector = base.build_connector("ramp", {"rows": 10, "slope": 2.0}, ConnectorContext("s", tmp_path))
@@ -57,5 +56,5 @@ def test_installed_plugin_is_discovered_and_reads(installed_plugin: Path, tmp_pa
 
 
 def test_plugin_is_absent_without_the_package() -> None:
-    base.load_entry_points(force=True)
+    base.CONNECTORS.refresh()
     assert "ramp" not in base.available_connectors()

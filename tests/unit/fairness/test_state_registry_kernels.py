@@ -6,13 +6,14 @@ from importlib.metadata import EntryPoint
 
 import numpy as np
 import pytest
-from fairness_testkit import make_update
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
+from fairfleet import registry
 from fairfleet.errors import ConfigError, PayloadError
 from fairfleet.fairness import (
+    STRATEGIES,
     StrategyState,
     available_strategies,
     build_strategy,
@@ -20,45 +21,8 @@ from fairfleet.fairness import (
     state_from_bytes,
     state_to_bytes,
 )
-from fairfleet.fairness import registry as registry_module
 from fairfleet.fairness.fedavg import FedAvg
 from fairfleet.fairness.kernels import allocate_update_matrix, project_simplex, weighted_sum
-
-
-def _rounds(name: str, n_rounds: int, **params: object) -> list:
-    rng = np.random.default_rng(0)
-    return [
-        [
-            make_update(
-                f"s{k}",
-                rng.normal(size=6),
-                n=k + 1,
-                loss=float(rng.random() + 0.5),
-                site_class="A" if k % 2 else "B",
-            )
-            for k in range(4)
-        ]
-        for _ in range(n_rounds)
-    ]
-
-
-@pytest.mark.parametrize("name", ["fedavg", "fedadam", "fedyogi", "qffl", "afl", "term", "gap"])
-def test_checkpoint_restore_continues_identically(name: str) -> None:
-    s = build_strategy(name, **({"track_average": True} if name == "afl" else {}))
-    rounds = _rounds(name, 4)
-    g, st = np.zeros(6, np.float32), s.initial_state()
-    straight = []
-    for ups in rounds:
-        res = s.aggregate(g, ups, st)
-        g, st = res.new_global, res.new_state
-        straight.append(g)
-    # replay with a serialise/restore between every round, as the aggregator's checkpoints do
-    g, st = np.zeros(6, np.float32), s.initial_state()
-    for i, ups in enumerate(rounds):
-        st = state_from_bytes(state_to_bytes(st), expect_strategy=s.name)
-        res = s.aggregate(g, ups, st)
-        g, st = res.new_global, res.new_state
-        np.testing.assert_array_equal(g, straight[i])
 
 
 def test_state_bytes_are_deterministic_and_checked() -> None:
@@ -96,15 +60,23 @@ def test_registry_runtime_and_entry_points(monkeypatch: pytest.MonkeyPatch) -> N
     register_strategy("mine", Mine)
     assert isinstance(build_strategy("mine"), Mine)
     ep = EntryPoint(
-        "plugged", "fairfleet.fairness.term:TiltedWeights", registry_module.ENTRY_POINT_GROUP
+        "plugged", "fairfleet.fairness.term:TiltedWeights", STRATEGIES.group
     )
     monkeypatch.setattr(
-        registry_module, "entry_points", lambda group: [ep] if group == ep.group else []
+        registry, "entry_points", lambda group: [ep] if group == ep.group else []
     )
-    assert "plugged" in available_strategies()
-    assert build_strategy("plugged", tilt=2.0).params()["tilt"] == 2.0
-    with pytest.raises(ConfigError, match="Strategy subclass"):
-        register_strategy("bad", int)  # type: ignore[arg-type]
+    STRATEGIES.refresh()
+    try:
+        assert "plugged" in available_strategies()
+        assert build_strategy("plugged", tilt=2.0).params()["tilt"] == 2.0
+        with pytest.raises(ConfigError, match="Strategy subclass"):
+            register_strategy("bad", int)  # type: ignore[arg-type]
+        with pytest.raises(ConfigError, match="'fedavg' is already registered"):
+            register_strategy("fedavg", Mine)
+    finally:
+        STRATEGIES.unregister("mine")
+        monkeypatch.undo()
+        STRATEGIES.refresh()
 
 
 def test_weighted_sum_fast_path_matches_general_path() -> None:

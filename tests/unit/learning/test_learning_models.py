@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from fairfleet import registry
 from fairfleet.errors import ConfigError
 from fairfleet.learning import models
 from fairfleet.learning.models import ModelSpec, available_models, build_model, register_model
@@ -17,12 +18,11 @@ from fairfleet.learning.models import ModelSpec, available_models, build_model, 
 
 @pytest.fixture
 def clean_registry() -> Iterator[None]:
-    saved = dict(models._REGISTRY)
-    loaded = models._entry_points_loaded
+    before = set(models.MODELS.names())
     yield
-    models._REGISTRY.clear()
-    models._REGISTRY.update(saved)
-    models._entry_points_loaded = loaded
+    for name in set(models.MODELS.names()) - before:
+        models.MODELS.unregister(name)
+    models.MODELS.refresh()
 
 
 def test_builtins_are_available() -> None:
@@ -104,8 +104,8 @@ def test_entry_point_group_registers_user_models(
         seen.append(group)
         return eps
 
-    monkeypatch.setattr(models, "entry_points", fake_entry_points)
-    models._entry_points_loaded = False
+    monkeypatch.setattr(registry, "entry_points", fake_entry_points)
+    models.MODELS.refresh()
     names = available_models()
     assert seen == ["fairfleet.models"]
     assert {"plugin_spec", "plugin_fn"} <= set(names)
@@ -116,7 +116,8 @@ def test_entry_point_group_registers_user_models(
 def test_bad_entry_point_raises(clean_registry: None, monkeypatch: pytest.MonkeyPatch) -> None:
     eps = [EntryPoint("broken", "fairfleet.learning.models:ENTRY_POINT_GROUP",
                       models.ENTRY_POINT_GROUP)]
-    monkeypatch.setattr(models, "entry_points", lambda *, group: eps)
-    models._entry_points_loaded = False
+    monkeypatch.setattr(registry, "entry_points", lambda *, group: eps)
+    models.MODELS.refresh()
+    assert "broken" in available_models()  # listing names loads nothing
     with pytest.raises(ConfigError, match="broken"):
-        available_models()
+        build_model("broken")

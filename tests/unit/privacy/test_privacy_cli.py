@@ -94,7 +94,7 @@ def test_noise_calibration_matches_opacus_golden() -> None:
     [
         (["privacy", "epsilon", "--delta", "1e-5"], "Give --sampling-rate"),
         (["privacy", "epsilon", *PLAN[:-2], "--delta", "2"], "Delta must be in (0, 1). Found 2.0."),
-        (["privacy", "epsilon", *PLAN, "--accountant", "gdp"], "Found 'gdp'"),
+        (["privacy", "epsilon", *PLAN, "--accountant", "gdp"], "Unknown accountant 'gdp'. Known: pld, rdp."),
         (
             [
                 "privacy",

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from fairfleet import launcher
+from fairfleet.demo import DemoSettings, write_demo_config
 from fairfleet.launcher import LaunchError, launch, metric_value, scrape
-from fairfleet.sim.demo import DemoSettings, write_demo_config
 
 FAKE = r"""
 import json, signal, sys, threading, time

@@ -20,9 +20,9 @@ from typer.testing import CliRunner
 
 from fairfleet import launcher
 from fairfleet.cli import app
+from fairfleet.demo import DemoSettings, write_demo_config
 from fairfleet.errors import FairfleetError
 from fairfleet.launcher import LaunchError
-from fairfleet.sim.demo import DemoSettings, write_demo_config
 from fairfleet.supervisor import state as up_state
 from fairfleet.supervisor.state import NotRunning, find_up
 from fairfleet.supervisor.up import AlreadyRunning, Supervisor, run_up

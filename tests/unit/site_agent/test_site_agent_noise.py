@@ -15,7 +15,7 @@ import torch
 
 from fairfleet.learning.models import build_model
 from fairfleet.learning.tensors import from_safetensors_bytes
-from fairfleet.learning.train import LocalTrainConfig, per_example_loss
+from fairfleet.learning.train import LocalTrainConfig, per_example_loss, split_holdout
 from fairfleet.messages import LocalTrainingPlan, ModelSpec, PrivacyPlan
 from fairfleet.site_agent import release as rel
 
@@ -26,7 +26,7 @@ def data(n: int = 60) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     rng = np.random.default_rng(0)
     x = rng.normal(size=(n, 39)).astype(np.float32)
     y = (x[:, 0] > 0).astype(np.float32)[:, None]
-    return rel.split_holdout(x, y, 0.25)
+    return split_holdout(x, y, 0.25)
 
 
 def decoded(payload: bytes) -> np.ndarray:

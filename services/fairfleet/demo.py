@@ -1,11 +1,16 @@
 """`fairfleet demo`: a small heterogeneous fleet on a real local Kafka broker, end to end.
 
+This is service orchestration (a broker, processes, HTTP, Kafka), so it lives outside ``sim/``,
+which stays pure (tests/unit/test_architecture.py); the evaluation and the report it writes are
+``fairfleet.sim.demo_report``.
+
 Steps: start the local broker (its own state dir) unless a bootstrap is given; write a fleet
 config for the ``demo`` fleet preset (6 plants of 3 classes on the simulator connector, fresh
 Ed25519 keys, a fresh topic prefix); create the topics; start the accountant, the aggregator and
 the six site agents as processes (:func:`fairfleet.launcher.launch`); follow the aggregator's
 metrics until the configured rounds are closed, recording per round the class gap, the class
-loss estimates and the ε every site spent; read every released model version back from the
+loss estimates and the ε every site spent (from the accountant's ``/budgets``: the figure
+`fairfleet budget` shows); read every released model version back from the
 ``models`` topic and evaluate it on each plant's held-out future (the last quarter of its
 stream); stop everything it started.
 
@@ -27,6 +32,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from fairfleet.accountant.client import epsilon_spent_by_site, fetch_budgets
+from fairfleet.errors import ConfigError
 
 MODEL_ID = "failure"
 
@@ -148,36 +156,6 @@ def read_models(config_path: Path, model_id: str = MODEL_ID, idle_s: float = 3.0
     return [versions[v] for v in sorted(versions)]
 
 
-def evaluate(spec: Any, state: Any, fleet: str, seed: int) -> dict[str, Any]:
-    """Loss and accuracy of a released model on every site's held-out future, per class."""
-    import numpy as np
-    import torch
-
-    from fairfleet.learning.models import build_model
-    from fairfleet.learning.train import evaluate as evaluate_model
-    from fairfleet.sim.arrays import fleet_data
-
-    model = build_model(spec.name, **spec.params)
-    model.load_state_dict(state)
-    data = fleet_data(fleet, seed)
-    sites: list[dict[str, Any]] = []
-    for s in data.sites:
-        metrics = evaluate_model(model, torch.from_numpy(s.x_test), torch.from_numpy(s.y_test), spec.task)
-        sites.append({"site": s.site, "class": s.site_class, "n_test": s.n_test,
-                      "loss": metrics["loss"], "accuracy": metrics.get("accuracy")})
-    n = np.array([s["n_test"] for s in sites], dtype=np.float64)
-    fleet_loss = float(np.dot([s["loss"] for s in sites], n) / n.sum())
-    classes: dict[str, dict[str, Any]] = {}
-    for c in sorted({s["class"] for s in sites}):
-        members = [s for s in sites if s["class"] == c]
-        loss_c = float(np.mean([s["loss"] for s in members]))
-        classes[c] = {"sites": [s["site"] for s in members], "loss": loss_c,
-                      "accuracy": float(np.mean([s["accuracy"] for s in members])),
-                      "gap_to_fleet": loss_c - fleet_loss}
-    gaps = [float(v["loss"]) for v in classes.values()]
-    return {"fleet_loss": fleet_loss, "classes": classes, "sites": sites, "gap": max(gaps) - min(gaps)}
-
-
 @dataclass
 class DemoRecorder:
     """Per-round observations scraped from the services while the demo runs."""
@@ -188,13 +166,10 @@ class DemoRecorder:
         from fairfleet.launcher import scrape
 
         agg = scrape(fleet.aggregator(MODEL_ID).url, timeout=10.0)
-        eps: dict[str, float] = {}
         try:  # the accountant's one ε per ledger (what `fairfleet budget` and dashboards show)
-            ledger = scrape(fleet.accountant.url, timeout=10.0)
-        except Exception:  # a busy accountant answers next round
-            ledger = {}
-        for labels, value in ledger.get("fairfleet_privacy_epsilon_spent", []):
-            eps[labels["site"]] = max(value, eps.get(labels["site"], 0.0))
+            eps = epsilon_spent_by_site(fetch_budgets(fleet.accountant.url, timeout=10.0))
+        except ConfigError:  # a busy accountant answers next round
+            eps = {}
         class_loss = {labels["class"]: v for labels, v in agg.get("fairfleet_fairness_class_loss", [])
                       if labels.get("estimate") == "debiased"}
         gap = [v for _, v in agg.get("fairfleet_fairness_gap", [])]
@@ -212,14 +187,11 @@ def epsilon_by_round(rounds: list[dict[str, Any]]) -> dict[str, list[dict[str, f
     return out
 
 
-def fetch_budgets(fleet: Any) -> Any:
-    import httpx
-
+def final_budgets(fleet: Any) -> Any:
+    """The accountant's ``/budgets`` after the last round (or the error, for the summary)."""
     try:
-        response = httpx.get(f"{fleet.accountant.url}/budgets", timeout=5.0)
-        response.raise_for_status()
-        return response.json()
-    except Exception as exc:  # the demo still reports the sites' own ε
+        return fetch_budgets(fleet.accountant.url, timeout=10.0)
+    except ConfigError as exc:  # the demo still reports the per-round figures
         return {"error": str(exc)}
 
 
@@ -237,7 +209,7 @@ def run_demo(
     """Run the demo end to end and return its summary (also written to ``report_dir``)."""
     from fairfleet import broker
     from fairfleet.launcher import LaunchError, launch, metric_value, scrape
-    from fairfleet.sim.demo_report import write_demo_report
+    from fairfleet.sim.demo_report import evaluate, write_demo_report
 
     settings = settings or DemoSettings()
     own_work = work_dir is None
@@ -276,7 +248,7 @@ def run_demo(
                     recorder.observe(fleet, closed)
                     say(closed, settings.rounds, f"round {closed} closed")
                 time.sleep(0.5)
-            budgets = fetch_budgets(fleet)
+            budgets = final_budgets(fleet)
         finally:
             say(settings.rounds, settings.rounds, "stopping the services")
             fleet.stop()
@@ -296,7 +268,9 @@ def run_demo(
         "models": [{k: v for k, v in m.items() if k != "sites"} for m in per_version],
         "final": final,
         "budgets": budgets,
-        "epsilon_spent": recorder.rounds[-1]["epsilon_spent"] if recorder.rounds else {},
+        # the accountant's figure after the run; the last round's if it could not be read
+        "epsilon_spent": (epsilon_spent_by_site(budgets) if "budgets" in budgets
+                          else recorder.rounds[-1]["epsilon_spent"] if recorder.rounds else {}),
         "epsilon_by_round": epsilon_history,
         "seconds": round(time.time() - started, 1),
         "logs": str(work / "logs"),
