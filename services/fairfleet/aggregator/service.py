@@ -175,7 +175,7 @@ class Aggregator:
         self._buffer_sites: set[str] = set()  # = {site for site, _ in _buffer}, kept per update: O(1), not O(K)
         # combiner: the newest partial of the open round per updates partition, and the
         # (site, round) of late partials already dead-lettered
-        self._partials: dict[int, tuple[Record, Partial]] = {}
+        self._partials: dict[int, tuple[dict[str, Record], Partial]] = {}
         self._late_reported: set[tuple[str, int]] = set()
         self._server: MetricsServer | None = None
         bus_ = self.bus
@@ -547,9 +547,12 @@ class Aggregator:
                 "another partition's partial already holds (updates are keyed by site)."))
             return
         before = len(self._buffer_sites)
-        self._partials[msg.partition] = (replace(env.record, value=b""), partial)
-        self._buffer = {(site, msg.round): record for record, part in self._partials.values()
-                        for site in part.sites}
+        # where each update was read (a voided round's dead letters name it)
+        origins = {s.site: Record(self.topics["updates"], s.partition, s.offset, s.site.encode(), b"")
+                   for s in msg.sites}
+        self._partials[msg.partition] = (origins, partial)
+        self._buffer = {(site, msg.round): record for records, _ in self._partials.values()
+                        for site, record in records.items()}
         self._buffer_sites = {site for site, _ in self._buffer}
         rounds = self.model_cfg.rounds
         if self._quorum_at is None and len(self._buffer) >= max(rounds.quorum, rounds.min_sites):
