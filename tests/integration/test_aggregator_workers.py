@@ -15,9 +15,13 @@ worker that is abandoned without publishing what it folded, its consumer closed)
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,11 +32,13 @@ from aggregator_testkit import (
     Watcher,
     fleet_config,
     make_sites,
+    model_from_payload,
     publish,
     site_update,
+    write_config,
 )
 
-from fairfleet.aggregator import Aggregator, AggregatorOptions
+from fairfleet.aggregator import CRASH_ENV, Aggregator, AggregatorOptions, read_checkpoint
 from fairfleet.aggregator.worker import AggregatorWorker
 from fairfleet.bus import Bus, Publisher, connect, default_topics
 from fairfleet.config import FleetConfig
@@ -41,6 +47,7 @@ pytestmark = pytest.mark.kafka
 
 ROUNDS = 3
 OPTIONS = AggregatorOptions(poll_timeout_s=0.01, restore_timeout_s=30.0)
+FAIRFLEET = str(Path(sys.executable).parent / "fairfleet")
 
 
 class Fleet:
@@ -192,3 +199,76 @@ def test_a_rebalance_and_a_killed_worker_lose_and_double_count_nothing(kafka_boo
     one, _ = run(kafka_bootstrap, "gap", workers=1)
     assert_each_site_once(killed_history)
     np.testing.assert_allclose(killed, one, rtol=1e-5, atol=1e-6)
+
+
+def test_kill9_of_worker_processes_mid_round_gives_the_one_worker_model(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """`fairfleet aggregator run` as a combiner and two `--worker` processes; each worker is
+    SIGKILLed at its second accepted update of round 1 (the crash hook; folds not yet published)
+    and restarted. Same final model as one process, each site once per round."""
+    reference, _ = run(kafka_bootstrap, "gap", workers=1)
+    prefix = f"t{uuid.uuid4().hex[:8]}."
+    cfg, keys = fleet_config(kafka_bootstrap, prefix, strategy="gap",
+                             strategy_params={"dual_lr": 0.5}, rounds=ROUNDS, workers=2)
+    config = write_config(cfg, tmp_path / "fleet.yaml")
+    bus = connect(kafka_bootstrap)
+    bus.create_topics(default_topics(prefix, cfg.kafka.partitions))
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    starts: dict[str, int] = {}
+
+    def start(name: str, crash_at: str | None = None) -> None:
+        args = ["--worker", name[-1]] if name.startswith("worker") else []
+        env = {k: v for k, v in os.environ.items() if k != CRASH_ENV}
+        if crash_at:
+            env[CRASH_ENV] = crash_at
+        starts[name] = starts.get(name, 0) + 1
+        with open(tmp_path / f"{name}.log", "ab") as log:
+            procs[name] = subprocess.Popen(
+                [FAIRFLEET, "aggregator", "run", "--config", str(config), "--model", MODEL,
+                 "--metrics-port", "0", *args], stdout=subprocess.DEVNULL, stderr=log, env=env)
+
+    def restart_dead() -> None:
+        for name, proc in procs.items():
+            if name.startswith("worker") and proc.poll() is not None and proc.returncode != 0:
+                start(name)
+
+    start("combiner")
+    start("worker0", "accepted:1:2")
+    start("worker1", "accepted:1:2")
+    watcher, sites, pub = Watcher(bus, prefix), make_sites(), Publisher(bus.producer())
+    try:
+        for r in range(ROUNDS):
+            deadline = time.monotonic() + 90
+            while True:
+                watcher.pump(0.2)
+                restart_dead()
+                ann = watcher.announcements.get(r)
+                if ann is not None and ann.model_version in watcher.models:
+                    break
+                assert time.monotonic() < deadline, f"round {r} never opened"
+            ann, model = watcher.wait_round(r)
+            for site in sites:
+                publish(pub, prefix, *site_update(site, ann, model, keys[site.site]))
+        deadline = time.monotonic() + 90
+        while ROUNDS not in watcher.models:
+            watcher.pump(0.2)
+            restart_dead()
+            assert time.monotonic() < deadline, "the last round never closed"
+        final = model_from_payload(watcher.models[ROUNDS])
+        for proc in procs.values():
+            assert proc.wait(60) == 0  # finished: every process exits 0
+    finally:
+        watcher.close()
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+    logs = {name: (tmp_path / f"{name}.log").read_text() for name in procs}
+    kills = [n for n, text in logs.items() if '"crash hook: SIGKILL"' in text]
+    assert kills and all(starts[n] == 2 for n in kills), (starts, kills)
+    flat = np.concatenate([t.detach().numpy().reshape(-1) for t in final.state_dict().values()])
+    np.testing.assert_allclose(flat, reference, rtol=1e-5, atol=1e-6)
+    ckpt = read_checkpoint(bus, f"{prefix}checkpoints", MODEL)
+    assert ckpt is not None and ckpt.finished
+    assert_each_site_once(list(ckpt.history))
