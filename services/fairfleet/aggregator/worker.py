@@ -20,7 +20,7 @@ of p and the newest committed partial of (round, p) always describe the same rec
 
 The worker learns the open round (announcement, model version, strategy state) by following the
 model's signed ``checkpoints`` topic; an update for a later round first waits briefly for that
-round's checkpoint. Updates must be keyed by their site (sites do so), so one site's updates are
+round's checkpoint (once per round). Updates must be keyed by their site (sites do so), so one site's updates are
 on one partition and a worker can dedupe them; a record keyed otherwise is dead-lettered
 ``partition_key``.
 """
@@ -93,6 +93,7 @@ class AggregatorWorker(_WorkerMarker, Aggregator):
         self._restored: set[int] = set()  # partitions whose fold holds the committed partial
         self._dirty: set[int] = set()
         self.assigned: set[int] = set()  # the updates partitions this worker owns
+        self._waited: set[int] = set()  # later rounds whose checkpoint an update waited for
         self._dirty_since: float | None = None
         self._uncommitted = False  # records handled since the last commit
         self._scanner = CheckpointScanner(model_id, aggregator_public_keys(config, model_id))
@@ -177,7 +178,11 @@ class AggregatorWorker(_WorkerMarker, Aggregator):
         if not isinstance(msg, SiteUpdateMessage) or msg.model_id != self.model_id:
             return
         ann = self.ckpt.announcement
-        if ann is not None and msg.round > ann.round:
+        # Sites publish for round r + 1 only once its announcement is out, and the announcement
+        # commits with the checkpoint: wait for it, once per round (a record naming a round
+        # that is not coming must not stall the worker more than once).
+        if ann is not None and msg.round == ann.round + 1 and msg.round not in self._waited:
+            self._waited.add(msg.round)
             deadline = time.monotonic() + ROUND_WAIT_S
             while time.monotonic() < deadline:
                 self._follow(0.2)
