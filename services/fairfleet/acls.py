@@ -14,8 +14,8 @@ resource; the broker's authorizer denies everything else. Per principal:
   (aggregators alone) and ``deadletter``, READs ``updates``, ``checkpoints``, ``partials`` and
   ``privacy.events``, DESCRIBEs every
   fleet topic (it checks at start that they exist); its group and transactional id are
-  ``<prefix>aggregator.<model id>``; with several workers also the workers' group
-  ``<prefix>aggregator.<model id>.workers`` and transactional ids ``….worker-<i>``.
+  ``<prefix>aggregator.<model id>``; with several workers also the combiner's group
+  ``<prefix>aggregator.<model id>.combiner`` and the workers' transactional ids ``….worker-<i>``.
 
 Topics are named literally (a prefix could cover another fleet's topics). Groups and
 transactional ids are the names of fairfleet.bus.topics; a PREFIXED rule is used only for
@@ -39,8 +39,8 @@ from fairfleet.bus.topics import (
     SITE_GROUPS,
     accountant_group_prefix,
     aggregator_client_id,
+    aggregator_combiner_group,
     aggregator_worker_id,
-    aggregator_workers_group,
     site_client_id,
     site_group,
     site_resolve_group_prefix,
@@ -168,7 +168,7 @@ def _aggregator_rules(
 ) -> list[AclRule]:
     client = aggregator_client_id(prefix, model_id)
     worker_rules = [] if workers <= 1 else [
-        AclRule(principal, "GROUP", "LITERAL", aggregator_workers_group(prefix, model_id), "READ", role),
+        AclRule(principal, "GROUP", "LITERAL", aggregator_combiner_group(prefix, model_id), "READ", role),
         AclRule(principal, "GROUP", "PREFIXED", f"{prefix}{PARTIALS_RESTORE_GROUP}", "READ", role),
         *(AclRule(principal, "TRANSACTIONAL_ID", "LITERAL",
                   aggregator_worker_id(prefix, model_id, i), "WRITE", role) for i in range(workers)),

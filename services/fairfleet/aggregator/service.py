@@ -58,7 +58,7 @@ from fairfleet.aggregator.validation import (
 )
 from fairfleet.bus import Bus, Envelope, Publisher, Reader, connect, dead_letter_for, default_topics
 from fairfleet.bus.base import Consumer, Record
-from fairfleet.bus.topics import aggregator_client_id
+from fairfleet.bus.topics import aggregator_client_id, aggregator_combiner_group
 from fairfleet.bus.transactions import Transaction, run_transaction
 from fairfleet.bus.waiting import BrokerWatch
 from fairfleet.config import FleetConfig
@@ -147,6 +147,8 @@ class Aggregator:
                        ("rounds", "models", "updates", "deadletter", "checkpoints", "partials")}
         self.group_id = aggregator_client_id(prefix, model_id)
         self.txn_id = self.group_id  # transactional id and static member id
+        if self.combiner:  # the workers use the aggregator's group on updates
+            self.group_id = aggregator_combiner_group(prefix, model_id)
         self.input_topic = self.topics["partials" if self.combiner else "updates"]
         self.public_keys = config.public_keys()
         self.signer = aggregator_signer(config, model_id)  # signs announcements and releases

@@ -48,7 +48,6 @@ from fairfleet.bus.base import Consumer, Record
 from fairfleet.bus.topics import (
     CHECKPOINT_RESTORE_GROUP,
     aggregator_worker_id,
-    aggregator_workers_group,
 )
 from fairfleet.bus.transactions import Transaction, run_transaction
 from fairfleet.config import FleetConfig
@@ -84,7 +83,7 @@ class AggregatorWorker(_WorkerMarker, Aggregator):
             )
         prefix = config.kafka.topic_prefix
         self.worker = worker
-        self.group_id = aggregator_workers_group(prefix, model_id)
+        # self.group_id stays the aggregator's group: the workers share it on updates
         self.txn_id = aggregator_worker_id(prefix, model_id, worker)
         self.partial_interval_s = partial_interval_s
         self._verify = Verifier.from_config(config).check

@@ -115,9 +115,11 @@ def aggregator_client_id(prefix: str, model_id: str) -> str:
     return f"{prefix}aggregator.{model_id}"
 
 
-def aggregator_workers_group(prefix: str, model_id: str) -> str:
-    """The consumer group the aggregator workers of a model share on ``updates``."""
-    return f"{aggregator_client_id(prefix, model_id)}.workers"
+def aggregator_combiner_group(prefix: str, model_id: str) -> str:
+    """The consumer group of a model's combiner on ``partials`` (several workers). The workers
+    share the aggregator's own group on ``updates``, so changing the number of workers keeps
+    the committed position of the updates."""
+    return f"{aggregator_client_id(prefix, model_id)}.combiner"
 
 
 def aggregator_worker_id(prefix: str, model_id: str, worker: int) -> str:
