@@ -126,6 +126,14 @@ def run(bootstrap: str, strategy: str, workers: int, hook: Hook | None = None
     return theta, history
 
 
+@pytest.fixture(scope="module")
+def gap_reference(kafka_bootstrap: str) -> np.ndarray:
+    """The one-process model of the gap strategy (every test here compares with it)."""
+    theta, history = run(kafka_bootstrap, "gap", workers=1)
+    assert_each_site_once(history)
+    return theta
+
+
 def assert_each_site_once(history: list[dict[str, object]]) -> None:
     assert [h["round"] for h in history] == list(range(ROUNDS))
     for h in history:
@@ -134,11 +142,14 @@ def assert_each_site_once(history: list[dict[str, object]]) -> None:
 
 @pytest.mark.parametrize("strategy", ["fedavg", "gap"])
 def test_two_workers_and_a_combiner_give_the_one_worker_model(
-    kafka_bootstrap: str, strategy: str
+    kafka_bootstrap: str, strategy: str, request: pytest.FixtureRequest
 ) -> None:
-    one, one_history = run(kafka_bootstrap, strategy, workers=1)
+    if strategy == "gap":
+        one = request.getfixturevalue("gap_reference")
+    else:
+        one, one_history = run(kafka_bootstrap, strategy, workers=1)
+        assert_each_site_once(one_history)
     two, two_history = run(kafka_bootstrap, strategy, workers=2)
-    assert_each_site_once(one_history)
     assert_each_site_once(two_history)
     np.testing.assert_allclose(two, one, rtol=1e-5, atol=1e-6)
     assert not np.array_equal(one, np.zeros_like(one))
@@ -150,7 +161,9 @@ def rejected(worker: AggregatorWorker, reason: str) -> float:
     return value or 0.0
 
 
-def test_a_rebalance_and_a_killed_worker_lose_and_double_count_nothing(kafka_bootstrap: str) -> None:
+def test_a_rebalance_and_a_killed_worker_lose_and_double_count_nothing(
+    kafka_bootstrap: str, gap_reference: np.ndarray
+) -> None:
     """Round 0: worker 0 alone. Round 1: worker 1 joins after a partial of partition 2 (site
     old-0) was committed; partition 2 moves to it; a second, different update of old-0 must be
     a duplicate there (the moved partial was restored). Round 2: worker 0 folds updates of
@@ -196,18 +209,17 @@ def test_a_rebalance_and_a_killed_worker_lose_and_double_count_nothing(kafka_boo
         return True
 
     killed, killed_history = run(kafka_bootstrap, "gap", workers=2, hook=hook)
-    one, _ = run(kafka_bootstrap, "gap", workers=1)
     assert_each_site_once(killed_history)
-    np.testing.assert_allclose(killed, one, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(killed, gap_reference, rtol=1e-5, atol=1e-6)
 
 
 def test_kill9_of_worker_processes_mid_round_gives_the_one_worker_model(
-    kafka_bootstrap: str, tmp_path: Path
+    kafka_bootstrap: str, tmp_path: Path, gap_reference: np.ndarray
 ) -> None:
-    """`fairfleet aggregator run` as a combiner and two `--worker` processes; each worker is
+    """`fairfleet aggregator run` as a combiner and two `--worker` processes; worker 0 is
     SIGKILLed at its second accepted update of round 1 (the crash hook; folds not yet published)
     and restarted. Same final model as one process, each site once per round."""
-    reference, _ = run(kafka_bootstrap, "gap", workers=1)
+    reference = gap_reference
     prefix = f"t{uuid.uuid4().hex[:8]}."
     cfg, keys = fleet_config(kafka_bootstrap, prefix, strategy="gap",
                              strategy_params={"dual_lr": 0.5}, rounds=ROUNDS, workers=2)
@@ -234,8 +246,8 @@ def test_kill9_of_worker_processes_mid_round_gives_the_one_worker_model(
                 start(name)
 
     start("combiner")
-    start("worker0", "accepted:1:2")
-    start("worker1", "accepted:1:2")
+    start("worker0", "accepted:1:2")  # it owns partitions 0 and 1: five of the six sites
+    start("worker1")
     watcher, sites, pub = Watcher(bus, prefix), make_sites(), Publisher(bus.producer())
     try:
         for r in range(ROUNDS):
@@ -266,9 +278,56 @@ def test_kill9_of_worker_processes_mid_round_gives_the_one_worker_model(
                 proc.wait(10)
     logs = {name: (tmp_path / f"{name}.log").read_text() for name in procs}
     kills = [n for n, text in logs.items() if '"crash hook: SIGKILL"' in text]
-    assert kills and all(starts[n] == 2 for n in kills), (starts, kills)
+    assert kills == ["worker0"] and starts == {"combiner": 1, "worker0": 2, "worker1": 1}, starts
     flat = np.concatenate([t.detach().numpy().reshape(-1) for t in final.state_dict().values()])
     np.testing.assert_allclose(flat, reference, rtol=1e-5, atol=1e-6)
     ckpt = read_checkpoint(bus, f"{prefix}checkpoints", MODEL)
     assert ckpt is not None and ckpt.finished
     assert_each_site_once(list(ckpt.history))
+
+
+def test_going_from_one_process_to_two_workers_resumes_at_the_last_closed_round(
+    kafka_bootstrap: str, gap_reference: np.ndarray
+) -> None:
+    """Round 0 by one aggregator process; then the config says 2 workers: the combiner restores
+    the checkpoint, the workers resume from the aggregator's committed offsets (same consumer
+    group), so round 0's updates are not read again (no late dead letter) and the model is the
+    one-process model."""
+    reference = gap_reference
+    prefix = f"t{uuid.uuid4().hex[:8]}."
+    cfg, keys = fleet_config(kafka_bootstrap, prefix, strategy="gap",
+                             strategy_params={"dual_lr": 0.5}, rounds=ROUNDS)
+    model = cfg.models[0]
+    assert model.aggregator is not None
+    two = cfg.model_copy(update={"models": [model.model_copy(update={
+        "aggregator": model.aggregator.model_copy(update={"workers": 2})})]})
+    bus = connect(kafka_bootstrap)
+    bus.create_topics(default_topics(prefix, cfg.kafka.partitions))
+    watcher, sites, pub = Watcher(bus, prefix), make_sites(), Publisher(bus.producer())
+    fleet = Fleet(bus, cfg)
+    try:
+        for r in range(ROUNDS):
+            def opened(r: int = r) -> bool:
+                watcher.pump(0.0)
+                ann = watcher.announcements.get(r)
+                return ann is not None and ann.model_version in watcher.models
+            fleet.until(opened, f"round {r}", timeout=90)
+            if r == 1:  # scale out: stop the one process, start a combiner and two workers
+                fleet.close()
+                fleet = Fleet(bus, two)
+                assert fleet.combiner.combiner and fleet.combiner.ckpt.round == 1
+                for i in (0, 1):
+                    fleet.start_worker(i)
+            ann, model_r = watcher.wait_round(r)
+            for site in sites:
+                publish(pub, prefix, *site_update(site, ann, model_r, keys[site.site]))
+        fleet.until(lambda: fleet.combiner.finished, "the last round", timeout=90)
+        theta = fleet.combiner.global_vector()
+        history = list(fleet.combiner.ckpt.history)
+        late = [rejected(w, "late") + rejected(w, "duplicate") for w in fleet.workers.values()]
+    finally:
+        watcher.close()
+        fleet.close()
+    assert late == [0.0, 0.0]
+    assert_each_site_once(history)
+    np.testing.assert_allclose(theta, reference, rtol=1e-5, atol=1e-6)
