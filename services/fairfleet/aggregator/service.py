@@ -813,6 +813,7 @@ class Aggregator:
                     "finished": False, "buffered": [], "history": []}
         return {
             "state": "finished" if self.ckpt.finished else "running",
+            "role": "combiner" if self.combiner else "aggregator",
             "model": self.model_id, "version": self.ckpt.version, "round": self.ckpt.round,
             "finished": self.ckpt.finished, "buffered": sorted(self._buffer_sites),
             "vectors_held": self._fold.vectors_held if self._fold is not None else 0,
