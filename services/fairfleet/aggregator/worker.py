@@ -32,7 +32,7 @@ import time
 from dataclasses import replace
 from typing import Any
 
-from fairfleet.aggregator.checkpoint import CheckpointScanner
+from fairfleet.aggregator.checkpoint import Checkpoint, CheckpointScanner
 from fairfleet.aggregator.ledger_gate import LedgerGate
 from fairfleet.aggregator.partials import from_message, partial_key, read_partials, to_message
 from fairfleet.aggregator.service import (
@@ -142,10 +142,10 @@ class AggregatorWorker(_WorkerMarker, Aggregator):
         """Read what the checkpoints topic has; True once a checkpoint of the model was seen."""
         for record in self._follower.consume(100, timeout):
             self._scanner.add(record)
-        return self._scanner._last is not None
+        return self._scanner.last_value is not None
 
-    def _scanner_checkpoint(self) -> Any:
-        self._seen_ckpt = self._scanner._last
+    def _scanner_checkpoint(self) -> Checkpoint:
+        self._seen_ckpt = self._scanner.last_value
         ckpt = self._scanner.result()
         assert ckpt is not None
         return ckpt
@@ -157,7 +157,7 @@ class AggregatorWorker(_WorkerMarker, Aggregator):
         if self._closed:
             raise BusError("The aggregator worker is closed.")
         self._follow(0.0)
-        if self._scanner._last is not self._seen_ckpt:
+        if self._scanner.last_value is not self._seen_ckpt:
             self._switch_round(None)
         env = self.reader.poll(self.options.poll_timeout_s)
         if env is not None:
@@ -185,7 +185,7 @@ class AggregatorWorker(_WorkerMarker, Aggregator):
             deadline = time.monotonic() + ROUND_WAIT_S
             while time.monotonic() < deadline:
                 self._follow(0.2)
-                if self._scanner._last is not self._seen_ckpt:
+                if self._scanner.last_value is not self._seen_ckpt:
                     cap: dict[tuple[str, int], int] = {}
                     for r in env.records:
                         tp = (r.topic, r.partition)
