@@ -10,10 +10,12 @@ resource; the broker's authorizer denies everything else. Per principal:
 - the **accountant** WRITEs ``privacy.grants`` (it alone), ``privacy.events`` (an operator's
   ``accountant cancel``) and ``deadletter``, READs ``privacy.requests``, ``privacy.events`` and
   ``deadletter``; its groups start with ``<prefix>accountant``;
-- a model's **aggregator** WRITEs ``rounds``, ``models`` and ``checkpoints`` (aggregators alone)
-  and ``deadletter``, READs ``updates``, ``checkpoints`` and ``privacy.events``, DESCRIBEs every
+- a model's **aggregator** WRITEs ``rounds``, ``models``, ``checkpoints`` and ``partials``
+  (aggregators alone) and ``deadletter``, READs ``updates``, ``checkpoints``, ``partials`` and
+  ``privacy.events``, DESCRIBEs every
   fleet topic (it checks at start that they exist); its group and transactional id are
-  ``<prefix>aggregator.<model id>``.
+  ``<prefix>aggregator.<model id>``; with several workers also the combiner's group
+  ``<prefix>aggregator.<model id>.combiner`` and the workers' transactional ids ``….worker-<i>``.
 
 Topics are named literally (a prefix could cover another fleet's topics). Groups and
 transactional ids are the names of fairfleet.bus.topics; a PREFIXED rule is used only for
@@ -33,9 +35,12 @@ from fairfleet.bus.topics import (
     CHECKPOINT_RESTORE_GROUP,
     LEDGER_GATE_GROUP,
     LOGICAL_TOPICS,
+    PARTIALS_RESTORE_GROUP,
     SITE_GROUPS,
     accountant_group_prefix,
     aggregator_client_id,
+    aggregator_combiner_group,
+    aggregator_worker_id,
     site_client_id,
     site_group,
     site_resolve_group_prefix,
@@ -57,8 +62,8 @@ SITE_WRITES = ("updates", "stats", "privacy.requests", "privacy.events", "deadle
 SITE_READS = ("rounds", "models", "privacy.grants", "privacy.events")
 ACCOUNTANT_WRITES = ("privacy.grants", "privacy.events", "deadletter")
 ACCOUNTANT_READS = ("privacy.requests", "privacy.events", "deadletter")
-AGGREGATOR_WRITES = ("rounds", "models", "checkpoints", "deadletter")
-AGGREGATOR_READS = ("updates", "checkpoints", "privacy.events")
+AGGREGATOR_WRITES = ("rounds", "models", "checkpoints", "partials", "deadletter")
+AGGREGATOR_READS = ("updates", "checkpoints", "partials", "privacy.events")
 AGGREGATOR_DESCRIBES = tuple(
     t for t in LOGICAL_TOPICS if t not in AGGREGATOR_WRITES and t not in AGGREGATOR_READS
 )
@@ -158,9 +163,18 @@ def _accountant_rules(principal: str, prefix: str) -> list[AclRule]:
     ]
 
 
-def _aggregator_rules(role: str, principal: str, prefix: str, model_id: str) -> list[AclRule]:
+def _aggregator_rules(
+    role: str, principal: str, prefix: str, model_id: str, workers: int = 1
+) -> list[AclRule]:
     client = aggregator_client_id(prefix, model_id)
+    worker_rules = [] if workers <= 1 else [
+        AclRule(principal, "GROUP", "LITERAL", aggregator_combiner_group(prefix, model_id), "READ", role),
+        AclRule(principal, "GROUP", "PREFIXED", f"{prefix}{PARTIALS_RESTORE_GROUP}", "READ", role),
+        *(AclRule(principal, "TRANSACTIONAL_ID", "LITERAL",
+                  aggregator_worker_id(prefix, model_id, i), "WRITE", role) for i in range(workers)),
+    ]
     return [
+        *worker_rules,
         *_topic_rules(role, principal, prefix, "WRITE", AGGREGATOR_WRITES),
         *_topic_rules(role, principal, prefix, "READ", AGGREGATOR_READS),
         *_topic_rules(role, principal, prefix, "DESCRIBE", AGGREGATOR_DESCRIBES),
@@ -201,7 +215,7 @@ def fleet_acls(config: FleetConfig) -> list[AclRule]:
     rules.update(_accountant_rules(roles["accountant"], prefix))
     for model in config.models:
         role = f"aggregator:{model.id}"
-        rules.update(_aggregator_rules(role, roles[role], prefix, model.id))
+        rules.update(_aggregator_rules(role, roles[role], prefix, model.id, model.workers))
     ordered = sorted(rules)
     clash = overlaps(ordered)
     if clash:

@@ -195,6 +195,15 @@ class IdentityConfig(_Strict):
     model's aggregator ``User:fairfleet-aggregator-<model id>``; docs/security.md)."""
 
 
+class AggregatorIdentityConfig(IdentityConfig):
+    """A model's aggregator: its identity, and how many worker processes fold its updates."""
+
+    workers: Annotated[int, Field(ge=1, le=1024)] = 1
+    """Worker processes sharing the ``updates`` partitions (one consumer group) and publishing
+    partial aggregates to the model's combiner; 1 = one aggregator process, no partials
+    (docs/aggregator.md, "Several workers per model")."""
+
+
 class ModelConfig(_Strict):
     """One model the fleet trains; one aggregator per model."""
 
@@ -207,8 +216,22 @@ class ModelConfig(_Strict):
     gamma: Annotated[float, Field(ge=0)] = 0.1
     metrics_port: Annotated[int, Field(ge=0, le=65535)] = 9201
     progress_timeout_s: Annotated[float, Field(gt=0)] = 300.0  # /healthz: aggregator loop stuck
-    aggregator: IdentityConfig | None = None
+    aggregator: AggregatorIdentityConfig | None = None
     """The identity of this model's aggregator (signs announcements and model releases)."""
+
+    @property
+    def workers(self) -> int:
+        """The aggregator worker processes of this model (1 without an aggregator section)."""
+        return 1 if self.aggregator is None else self.aggregator.workers
+
+    @model_validator(mode="after")
+    def _workers_need_sync_rounds(self) -> ModelConfig:
+        if self.workers > 1 and self.rounds.mode != "sync":
+            raise ValueError(
+                f"aggregator.workers > 1 needs rounds.mode 'sync' (model '{self.id}'). Found "
+                f"workers={self.workers} with mode '{self.rounds.mode}'."
+            )
+        return self
 
 
 class ConnectorConfig(_Strict):

@@ -154,6 +154,17 @@ def plan(
                 model.metrics_port,
             )
         )
+        # several workers: the run above is the model's combiner; worker i serves /metrics on
+        # the model's port + 1 + i (docs/aggregator.md, "Several workers per model")
+        for i in range(model.workers if model.workers > 1 else 0):
+            services.append(
+                service(
+                    "aggregator",
+                    f"aggregator-{model.id}-worker-{i}",
+                    ["aggregator", "run", "--config", config, "--model", model.id, "--worker", str(i)],
+                    model.metrics_port + 1 + i if model.metrics_port else 0,
+                )
+            )
     for site in cfg.sites:
         services.append(
             service(

@@ -284,6 +284,64 @@ class PrivacyEventMessage(SignedMessage):
     )
 
 
+class PartialSite(BaseModel):
+    """One update folded into a partial aggregate: its scalars, how it folded, where it was read."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    site: str
+    site_class: str
+    n_examples: Annotated[int, Field(ge=0)]
+    noise_std: NonNegFloat = 0.0
+    loss_value: float | None = None
+    """The update's noisy loss release (None: it carried none), its noise std and m."""
+    loss_noise_std: NonNegFloat = 0.0
+    loss_m: PosInt = 1
+    staleness: Annotated[int, Field(ge=0)] = 0
+    squared_norm: NonNegFloat
+    clip_norm: float | None = None
+    group: str
+    log_weights: list[float | None]
+    """log w_{k,j} per component (None: −∞, the update is not in component j)."""
+    partition: Annotated[int, Field(ge=0)]
+    offset: Annotated[int, Field(ge=0)]
+    """The update's record (its first chunk) on ``updates``: a re-read of the same record is
+    skipped, another record of the same site and round is a duplicate."""
+
+
+class PartialSum(BaseModel):
+    """``Σ exp(log w − top) Δ`` of one (group, component): payload tensor ``sum.<index>``."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    group: str
+    component: Annotated[int, Field(ge=0)]
+    top: float
+
+
+class PartialAggregate(SignedMessage):
+    """An aggregator worker's fold of one ``updates`` partition for one round (topic
+    ``partials``, key ``<model>/<round>/<partition>``), cumulative: the newest committed one of a
+    key replaces the earlier ones. Published in the transaction that commits the worker's
+    offsets up to ``next_offset``. The sums travel as float64 safetensors (docs/aggregator.md,
+    "Several workers per model")."""
+
+    TYPE: ClassVar[str] = "partial"
+    type: Literal["partial"] = "partial"
+    model_id: str
+    round: Annotated[int, Field(ge=0)]
+    base_version: Annotated[int, Field(ge=0)]
+    strategy: str
+    dim: PosInt
+    worker: Annotated[int, Field(ge=0)]
+    partition: Annotated[int, Field(ge=0)]
+    next_offset: Annotated[int, Field(ge=0)]
+    sites: list[PartialSite]
+    sums: list[PartialSum]
+    payload_sha256: str
+    payload_bytes: Annotated[int, Field(ge=0)]
+
+
 class DeadLetter(Message):
     """A rejected input with its reason (topic ``deadletter``, key = original key)."""
 
@@ -315,6 +373,7 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
         PrivacyGrant,
         PrivacyEventMessage,
         DeadLetter,
+        PartialAggregate,
     )
 }
 

@@ -33,6 +33,7 @@ from fairfleet.errors import ConfigError
 from fairfleet.messages import (
     Message,
     ModelRelease,
+    PartialAggregate,
     PrivacyEventMessage,
     PrivacyGrant,
     PrivacyReservationRequest,
@@ -134,7 +135,7 @@ def signers_of(msg: Message) -> tuple[str, ...]:
         return (site_principal(msg.site), ACCOUNTANT)
     if isinstance(msg, PrivacyGrant):
         return (ACCOUNTANT,)
-    if isinstance(msg, RoundAnnouncement | ModelRelease):
+    if isinstance(msg, RoundAnnouncement | ModelRelease | PartialAggregate):
         return (aggregator_principal(msg.model_id),)
     return ()
 

@@ -68,6 +68,7 @@ def fleet_config(
     bootstrap: str, prefix: str, strategy: str = "fedavg", strategy_params: dict[str, Any] | None = None,
     rounds: int = 5, quorum: int = len(SITES), gamma: float = 0.1, mode: str = "sync",
     async_buffer: int = 3, noise_multiplier: float = 0.05, sites: tuple[tuple[str, str, int], ...] = SITES,
+    workers: int = 1,
 ) -> tuple[FleetConfig, dict[str, str]]:
     """A fleet config for model ``line`` plus the sites' private keys (hex)."""
     keys = {site: generate_keypair() for site, _, _ in sites}
@@ -88,6 +89,8 @@ def fleet_config(
         "sites": [{"id": s, "class": c, "public_key": keys[s][1], "models": [MODEL]} for s, c, _ in sites],
     }
     data = add_service_identities(data, Path(tempfile.mkdtemp(prefix="fairfleet-keys-")))
+    if workers != 1:
+        data["models"][0]["aggregator"]["workers"] = workers
     return parse_config(data), {s: k[0] for s, k in keys.items()}
 
 

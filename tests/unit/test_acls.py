@@ -45,7 +45,7 @@ TABLE: dict[str, dict[str, str]] = {
              "deadletter": "W", "rounds": "R", "models": "R", "privacy.grants": "R"},
     "accountant": {"privacy.grants": "W", "privacy.events": "RW", "deadletter": "RW",
                    "privacy.requests": "R"},
-    "aggregator": {"rounds": "W", "models": "W", "checkpoints": "RW", "deadletter": "W",
+    "aggregator": {"rounds": "W", "models": "W", "checkpoints": "RW", "partials": "RW", "deadletter": "W",
                    "updates": "R", "privacy.events": "R"},
 }
 DESCRIBES_EVERY_TOPIC = {"aggregator"}  # it checks at start that every fleet topic exists

@@ -197,6 +197,11 @@ class CheckpointScanner:
         if assembled is not None:
             self._take(bytes(assembled.value), assembled.records[0])
 
+    @property
+    def last_value(self) -> bytes | None:
+        """The newest complete value seen (a new object each time one completes)."""
+        return self._last
+
     def result(self) -> Checkpoint | None:
         return None if self._last is None else Checkpoint.from_bytes(self._last)
 

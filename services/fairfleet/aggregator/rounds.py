@@ -24,6 +24,8 @@ import time
 from typing import Any, Literal
 
 from fairfleet.config import ModelConfig
+from fairfleet.errors import ConfigError
+from fairfleet.fairness.base import Strategy, WeightedUpdateStrategy
 from fairfleet.fairness.registry import strategy_class
 from fairfleet.messages import RoundAnnouncement
 
@@ -103,3 +105,14 @@ def strategy_params(model: ModelConfig) -> dict[str, Any]:
     if "staleness_exponent" in accepted:
         params.setdefault("staleness_exponent", model.rounds.staleness_exponent)
     return params
+
+
+def check_workers(model: ModelConfig, strategy: Strategy) -> None:
+    """A model with several aggregator workers needs a strategy whose rounds fold into sums
+    (the workers hand partial sums to the combiner): ConfigError naming it otherwise."""
+    if model.workers > 1 and not isinstance(strategy, WeightedUpdateStrategy):
+        raise ConfigError(
+            f"Model '{model.id}' has aggregator.workers={model.workers}, but strategy "
+            f"'{strategy.name}' does not fold its updates into sums (it needs every update at "
+            "close), so its rounds cannot be split over workers; set workers: 1."
+        )

@@ -47,7 +47,8 @@ from fairfleet.aggregator.checkpoint import Checkpoint, publish_checkpoint, read
 from fairfleet.aggregator.crash import CRASH_ENV, CrashHook
 from fairfleet.aggregator.ledger_gate import LedgerGate, capped_examples, examples_cap
 from fairfleet.aggregator.metrics import SERVICE, AggregatorMetrics, round_fairness
-from fairfleet.aggregator.rounds import announcement, round_action, strategy_params
+from fairfleet.aggregator.partials import from_message
+from fairfleet.aggregator.rounds import announcement, check_workers, round_action, strategy_params
 from fairfleet.aggregator.validation import (
     Rejection,
     check_identity,
@@ -57,7 +58,7 @@ from fairfleet.aggregator.validation import (
 )
 from fairfleet.bus import Bus, Envelope, Publisher, Reader, connect, dead_letter_for, default_topics
 from fairfleet.bus.base import Consumer, Record
-from fairfleet.bus.topics import aggregator_client_id
+from fairfleet.bus.topics import aggregator_client_id, aggregator_combiner_group
 from fairfleet.bus.transactions import Transaction, run_transaction
 from fairfleet.bus.waiting import BrokerWatch
 from fairfleet.config import FleetConfig
@@ -69,7 +70,7 @@ from fairfleet.errors import (
     PayloadError,
     ProducerFenced,
 )
-from fairfleet.fairness import NoisyStat, RoundFold, SiteUpdate, build_strategy
+from fairfleet.fairness import NoisyStat, Partial, RoundFold, SiteUpdate, build_strategy
 from fairfleet.learning.models import build_model
 from fairfleet.learning.tensors import (
     sha256_hex,
@@ -78,7 +79,7 @@ from fairfleet.learning.tensors import (
     unflatten,
 )
 from fairfleet.log import event
-from fairfleet.messages import DeadLetter, ModelRelease, new_id
+from fairfleet.messages import DeadLetter, ModelRelease, PartialAggregate, new_id
 from fairfleet.messages import SiteUpdate as SiteUpdateMessage
 from fairfleet.metrics import Health, MetricsServer, serve
 from fairfleet.signing import Verifier, aggregator_public_keys, aggregator_signer
@@ -111,6 +112,10 @@ class AggregatorOptions:
     (aggregator.ledger_gate); `fairfleet aggregator run` turns it on."""
 
 
+class _WorkerMarker:
+    """Mixed into the aggregator worker (aggregator/worker.py): not the combiner."""
+
+
 class Aggregator:
     """The aggregator of one model. ``run(stop_event)`` or ``start()`` + ``step()`` + ``close()``."""
 
@@ -132,11 +137,19 @@ class Aggregator:
                 f"'{model_id}'. Found {rounds.quorum}."
             )
         self.strategy = build_strategy(self.model_cfg.strategy.name, **strategy_params(self.model_cfg))
+        check_workers(self.model_cfg, self.strategy)
+        # with several workers this loop is the model's combiner: it reads the workers' partial
+        # aggregates instead of the updates (docs/aggregator.md, "Several workers per model")
+        self.combiner = self.model_cfg.workers > 1 and not isinstance(self, _WorkerMarker)
         self.bus = bus if bus is not None else connect(config.bus_url(), config.kafka.client_config())
         prefix = config.kafka.topic_prefix
         self.topics = {name: f"{prefix}{name}" for name in
-                       ("rounds", "models", "updates", "deadletter", "checkpoints")}
+                       ("rounds", "models", "updates", "deadletter", "checkpoints", "partials")}
         self.group_id = aggregator_client_id(prefix, model_id)
+        self.txn_id = self.group_id  # transactional id and static member id
+        if self.combiner:  # the workers use the aggregator's group on updates
+            self.group_id = aggregator_combiner_group(prefix, model_id)
+        self.input_topic = self.topics["partials" if self.combiner else "updates"]
         self.public_keys = config.public_keys()
         self.signer = aggregator_signer(config, model_id)  # signs announcements and releases
         self._caps = {s.id: examples_cap(config, s.id) for s in config.sites}  # weight caps
@@ -162,6 +175,10 @@ class Aggregator:
         self._fold: RoundFold | None = None
         self._buffer: dict[tuple[str, int], Record] = {}
         self._buffer_sites: set[str] = set()  # = {site for site, _ in _buffer}, kept per update: O(1), not O(K)
+        # combiner: the newest partial of the open round per updates partition, and the
+        # (site, round) of late partials already dead-lettered
+        self._partials: dict[int, tuple[dict[str, Record], Partial]] = {}
+        self._late_reported: set[tuple[str, int]] = set()
         self._server: MetricsServer | None = None
         bus_ = self.bus
         self.health = Health(self.model_cfg.progress_timeout_s, probe=lambda: bus_.unreachable(2.0))
@@ -185,9 +202,9 @@ class Aggregator:
         if isinstance(self.bus, KafkaBus):
             # Static membership: a restarted aggregator gets its partitions back at once instead
             # of after the dead member's session timeout (and fences a stray second instance).
-            conf = {**self.bus.client_config, "group.instance.id": self.group_id}
-            return KafkaConsumer(conf, self.group_id, [self.topics["updates"]], True)
-        return self.bus.consumer(self.group_id, [self.topics["updates"]])
+            conf = {**self.bus.client_config, "group.instance.id": self.txn_id}
+            return KafkaConsumer(conf, self.group_id, [self.input_topic], True)
+        return self.bus.consumer(self.group_id, [self.input_topic])
 
     def start(self) -> None:
         """Create topics, fence older instances, restore the checkpoint (or bootstrap)."""
@@ -196,7 +213,7 @@ class Aggregator:
         prefix = self.config.kafka.topic_prefix
         self.bus.create_topics(default_topics(prefix, self.config.kafka.partitions))
         # Fences any earlier incarnation and aborts its open transaction before we read state.
-        self.producer = self.bus.producer(transactional_id=self.group_id)
+        self.producer = self.bus.producer(transactional_id=self.txn_id)
         self.publisher = Publisher(self.producer, self.config.kafka.chunk_bytes, self.signer)
         self._dl_producer = self.bus.producer()
         self._dl_publisher = Publisher(self._dl_producer, self.config.kafka.chunk_bytes, self.signer)
@@ -205,7 +222,7 @@ class Aggregator:
                                    public_keys=aggregator_public_keys(self.config, self.model_id))
         self.consumer = self._make_consumer()
         self.reader = self._make_reader()
-        if self.options.require_ledger:
+        if self.options.require_ledger and not self.combiner:
             self.ledger_gate = LedgerGate(self.bus, f"{prefix}privacy.events",
                                           Verifier.from_config(self.config).check, prefix)
         if restored is None:
@@ -229,8 +246,9 @@ class Aggregator:
         # A new reader starts at the committed offsets: the open round's updates already in
         # the topic are read again from here (see _catching_up).
         self._reading_since = time.monotonic()
+        verifier = Verifier.from_config(self.config).check if self.combiner else None
         return Reader(self.consumer, SERVICE, on_dead_letter=self._reader_dead_letter,
-                      limits=self.config.kafka.input_limits())
+                      limits=self.config.kafka.input_limits(), verifier=verifier)
 
     def _serve(self) -> None:
         """/metrics, /healthz and /status (served while waiting for the broker, too)."""
@@ -367,7 +385,7 @@ class Aggregator:
         prefix = self.config.kafka.topic_prefix
         while not stop.is_set():
             try:
-                self.producer = self.bus.producer(transactional_id=self.group_id)
+                self.producer = self.bus.producer(transactional_id=self.txn_id)
                 self.publisher = Publisher(self.producer, self.config.kafka.chunk_bytes, self.signer)
                 restored = read_checkpoint(self.bus, self.topics["checkpoints"], self.model_id,
                                            self.options.restore_timeout_s, group_prefix=prefix,
@@ -477,6 +495,9 @@ class Aggregator:
             self._reject(env, msg, Rejection("apply_failed", f"{type(exc).__name__}: {exc}"))
 
     def _handle_update(self, env: Envelope) -> None:
+        if self.combiner:
+            self._handle_partial(env)
+            return
         msg = env.message
         if not isinstance(msg, SiteUpdateMessage):
             self._reject(env, None, Rejection("wrong_type", f"Expected an update, got '{msg.TYPE}'."))
@@ -503,6 +524,67 @@ class Aggregator:
         event(logger, "update accepted", site=msg.site, round=msg.round, buffered=len(self._buffer))
         if self._crash is not None:
             self._crash.maybe("accepted", self.ckpt.round, len(self._buffer))
+
+    def _handle_partial(self, env: Envelope) -> None:
+        """Combiner: take a worker's newest partial of the open round for its partition (it
+        replaces the partition's earlier one); the round's accepted sites are their union."""
+        msg = env.message
+        if not isinstance(msg, PartialAggregate):
+            self._reject(env, None, Rejection("wrong_type", f"Expected a partial, got '{msg.TYPE}'."))
+            return
+        if msg.model_id != self.model_id:
+            return  # another model's combiner
+        ann = self.ckpt.announcement
+        if ann is None or msg.round < ann.round:
+            self._late_partial(msg)
+            return
+        if msg.round > ann.round or msg.base_version != ann.model_version:
+            self._reject(env, None, Rejection(
+                "round_not_open", f"Partial of round {msg.round} (version {msg.base_version}); "
+                f"the open round is {ann.round} (version {ann.model_version})."))
+            return
+        partial = from_message(msg, env.payload)
+        others = {s for p, (_, part) in self._partials.items() if p != msg.partition for s in part.sites}
+        if clash := sorted(others.intersection(partial.sites)):
+            self._reject(env, None, Rejection(
+                "duplicate", f"Partial of partition {msg.partition} names sites {clash} that "
+                "another partition's partial already holds (updates are keyed by site)."))
+            return
+        before = len(self._buffer_sites)
+        # where each update was read (a voided round's dead letters name it)
+        origins = {s.site: Record(self.topics["updates"], s.partition, s.offset, s.site.encode(), b"")
+                   for s in msg.sites}
+        self._partials[msg.partition] = (origins, partial)
+        self._buffer = {(site, msg.round): record for records, _ in self._partials.values()
+                        for site, record in records.items()}
+        self._buffer_sites = {site for site, _ in self._buffer}
+        rounds = self.model_cfg.rounds
+        if self._quorum_at is None and len(self._buffer) >= max(rounds.quorum, rounds.min_sites):
+            self._quorum_at = time.time()
+        if len(self._buffer_sites) > before:
+            self.metrics.accepted.labels(self.model_id).inc(len(self._buffer_sites) - before)
+        event(logger, "partial accepted", worker=msg.worker, partition=msg.partition,
+              round=msg.round, sites=len(partial.sites), buffered=len(self._buffer))
+
+    def _late_partial(self, msg: PartialAggregate) -> None:
+        """A partial of a closed round: its sites that the round did not use were accepted by a
+        worker after the close, so they are late (dead-lettered once each)."""
+        used = {s for h in self.ckpt.history if h.get("round") == msg.round
+                for s in h.get("sites", ())}
+        for site in msg.sites:
+            key = (site.site, msg.round)
+            if site.site in used or key in self._late_reported:
+                continue
+            self._late_reported.add(key)
+            self.metrics.reject("late")
+            self.metrics.late.labels(self.model_id).inc()
+            self._publish_dead_letter(DeadLetter(
+                service=SERVICE, reason="late", detail=(
+                    f"Round {msg.round} closed before worker {msg.worker}'s partial with this "
+                    "update reached the combiner."),
+                source_topic=self.topics["updates"], source_partition=site.partition,
+                source_offset=site.offset, original_type=SiteUpdateMessage.TYPE, site=site.site,
+                model_id=self.model_id, round=msg.round))
 
     def _validate(self, msg: SiteUpdateMessage, env: Envelope) -> SiteUpdate | Rejection:
         ann = self.ckpt.announcement
@@ -542,6 +624,9 @@ class Aggregator:
     def _close_round(self) -> None:
         ann = self.ckpt.announcement
         assert ann is not None
+        if self.combiner:
+            self._fold = RoundFold(self.strategy, self._state, int(self._theta.shape[0]))
+            self._fold.merge(partial for _, partial in self._partials.values())
         assert self._fold is not None
         updates = self._fold.records()  # by site, without their arrays
         result = self._fold.close(self._theta)
@@ -705,6 +790,7 @@ class Aggregator:
     def _new_round(self) -> None:
         """Forget the open round's updates (after its commit, or a rewind)."""
         self._fold, self._buffer, self._buffer_sites, self._quorum_at = None, {}, set(), None
+        self._partials = {}
 
     # -- metrics & status -----------------------------------------------------------------------
     def _update_gauges(self) -> None:
@@ -731,6 +817,7 @@ class Aggregator:
                     "finished": False, "buffered": [], "history": []}
         return {
             "state": "finished" if self.ckpt.finished else "running",
+            "role": "combiner" if self.combiner else "aggregator",
             "model": self.model_id, "version": self.ckpt.version, "round": self.ckpt.round,
             "finished": self.ckpt.finished, "buffered": sorted(self._buffer_sites),
             "vectors_held": self._fold.vectors_held if self._fold is not None else 0,

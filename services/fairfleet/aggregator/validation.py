@@ -54,6 +54,7 @@ REASONS = (
     "non_finite",         # NaN or Inf in the delta or the loss
     "norm",               # ‖Δ̃‖ above the announced clip bound plus the noise allowance
     "missing_loss",       # the strategy needs the noisy loss release and there is none
+    "partition_key",      # several workers: the record's Kafka key is not the update's site
 )
 
 

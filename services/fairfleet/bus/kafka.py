@@ -19,7 +19,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from confluent_kafka import (
@@ -363,8 +363,11 @@ class KafkaProducer(Producer):
 
 class KafkaConsumer(Consumer):
     def __init__(
-        self, client_config: Mapping[str, Any], group_id: str, topics: list[str], from_beginning: bool
+        self, client_config: Mapping[str, Any], group_id: str, topics: list[str], from_beginning: bool,
+        on_rebalance: Callable[[str, list[tuple[str, int]]], None] | None = None,
     ) -> None:
+        """``on_rebalance(kind, partitions)`` (kind "assign", "revoke" or "lost") is called from
+        inside :meth:`poll`/:meth:`consume` when the group moves partitions."""
         conf: dict[str, Any] = {
             **client_config,
             "group.id": group_id,
@@ -379,7 +382,14 @@ class KafkaConsumer(Consumer):
             "heartbeat.interval.ms": 1000,
         }
         self._consumer = CKConsumer(conf)
-        self._consumer.subscribe(topics)
+        if on_rebalance is None:
+            self._consumer.subscribe(topics)
+        else:
+            def callback(kind: str) -> Callable[[Any, list[TopicPartition]], None]:
+                return lambda _c, parts: on_rebalance(kind, [(p.topic, p.partition) for p in parts])
+
+            self._consumer.subscribe(topics, on_assign=callback("assign"),
+                                     on_revoke=callback("revoke"), on_lost=callback("lost"))
         self.group_id = group_id
         self.topics = topics
 

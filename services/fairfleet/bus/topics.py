@@ -33,7 +33,7 @@ def _base(retention_ms: int = WEEK_MS) -> dict[str, str]:
 LOGICAL_TOPICS = (
     "rounds", "models", "updates", "stats",
     "privacy.requests", "privacy.grants", "privacy.events", "deadletter",
-    "checkpoints",
+    "checkpoints", "partials",
 )
 
 
@@ -53,7 +53,10 @@ def default_topics(prefix: str = DEFAULT_PREFIX, partitions: int = 3) -> list[To
     - ``privacy.events`` is the accountant's replayable ledger log: kept forever;
     - ``updates`` is partitioned by site key for throughput;
     - ``checkpoints`` is the aggregators' private changelog (compacted; one key per model and
-      chunk index, see fairfleet.aggregator.checkpoint), written in their round transactions.
+      chunk index, see fairfleet.aggregator.checkpoint), written in their round transactions;
+    - ``partials`` carries the partial aggregates of models with several aggregator workers
+      (docs/aggregator.md, "Several workers per model"), one partition: the combiner reads the
+      newest of each key in order.
     """
     compacted = {
         "cleanup.policy": "compact",
@@ -72,6 +75,7 @@ def default_topics(prefix: str = DEFAULT_PREFIX, partitions: int = 3) -> list[To
         TopicSpec(f"{prefix}privacy.events", 1, forever),
         TopicSpec(f"{prefix}deadletter", 1, {**_base(), "retention.ms": str(4 * WEEK_MS)}),
         TopicSpec(f"{prefix}checkpoints", 1, compacted),
+        TopicSpec(f"{prefix}partials", 1, _base()),
     ]
 
 
@@ -109,6 +113,22 @@ def site_resolve_group_prefix(prefix: str, site_id: str) -> str:
 def aggregator_client_id(prefix: str, model_id: str) -> str:
     """A model's aggregator: its consumer group, static member id and transactional id."""
     return f"{prefix}aggregator.{model_id}"
+
+
+def aggregator_combiner_group(prefix: str, model_id: str) -> str:
+    """The consumer group of a model's combiner on ``partials`` (several workers). The workers
+    share the aggregator's own group on ``updates``, so changing the number of workers keeps
+    the committed position of the updates."""
+    return f"{aggregator_client_id(prefix, model_id)}.combiner"
+
+
+def aggregator_worker_id(prefix: str, model_id: str, worker: int) -> str:
+    """Aggregator worker ``worker`` of a model: its transactional id (and static member id)."""
+    return f"{aggregator_client_id(prefix, model_id)}.worker-{worker}"
+
+
+PARTIALS_RESTORE_GROUP = "partials-restore-"
+"""Throw-away groups ``<prefix>partials-restore-<random>`` of workers restoring their folds."""
 
 
 def accountant_group_prefix(prefix: str) -> str:

@@ -58,6 +58,7 @@ def unknown_keys(raw: Any, model: Any, where: str) -> list[str]:
 
 def check_model(i: int, raw: dict[str, Any], report: CheckReport) -> None:
     """Semantic checks of models[i] (its schema already validated)."""
+    from fairfleet.aggregator.rounds import check_workers
     from fairfleet.config import ModelConfig
     from fairfleet.errors import ConfigError
     from fairfleet.fairness.registry import build_strategy
@@ -75,7 +76,11 @@ def check_model(i: int, raw: dict[str, Any], report: CheckReport) -> None:
         except (ConfigError, TypeError, ValueError) as exc:
             report.problems.append(f"{where}.model.params: {exc} (got {shown(m.model.params)})")
     try:
-        build_strategy(m.strategy.name, **m.strategy.params)
+        strategy = build_strategy(m.strategy.name, **m.strategy.params)
+        try:
+            check_workers(m, strategy)
+        except ConfigError as exc:
+            report.problems.append(f"{where}.aggregator.workers: {exc}")
     except ConfigError as exc:
         loc = "name" if any(t in str(exc) for t in ("Unknown strategy", "Strategy subclass", "Entry point")) else "params"
         got = m.strategy.name if loc == "name" else m.strategy.params

@@ -24,6 +24,11 @@ def run_cmd(
     keep_running: bool = typer.Option(
         False, "--keep-running", help="Stay up after the last configured round."
     ),
+    worker: int | None = typer.Option(
+        None, "--worker", help="Run worker I (0-based) of a model with aggregator.workers > 1 "
+        "(default port: the model's metrics_port + 1 + I); without it, the model's aggregator "
+        "(its combiner when workers > 1).",
+    ),
 ) -> None:
     """Run until SIGTERM/SIGINT (or until the configured rounds are done)."""
     import signal
@@ -36,12 +41,19 @@ def run_cmd(
     configure("aggregator")
     cfg = load_config(config)
     port = cfg.model(model).metrics_port if metrics_port is None else metrics_port
+    if worker is not None and metrics_port is None and port:
+        port += 1 + worker
     options = AggregatorOptions(seed=seed, metrics_port=port, budgets_url=budgets_url,
                                 stop_when_finished=not keep_running, require_ledger=True)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    Aggregator(cfg, model, options=options).run(stop)
+    if worker is None:
+        Aggregator(cfg, model, options=options).run(stop)
+    else:
+        from fairfleet.aggregator.worker import AggregatorWorker
+
+        AggregatorWorker(cfg, model, worker, options=options).run(stop)
 
 
 def register(app: typer.Typer) -> None:

@@ -22,7 +22,7 @@ from fairfleet.fairness.estimators import (
     debiased_squared_norm,
     shrink_toward_mean,
 )
-from fairfleet.fairness.fold import RoundFold
+from fairfleet.fairness.fold import Partial, RoundFold
 from fairfleet.fairness.kernels import allocate_update_matrix, project_simplex, weighted_sum
 from fairfleet.fairness.registry import (
     STRATEGIES,
@@ -41,6 +41,7 @@ __all__ = [
     "ClassRiskReport",
     "GapEstimate",
     "NoisyStat",
+    "Partial",
     "RoundFold",
     "SiteUpdate",
     "Strategy",

@@ -21,12 +21,20 @@ A strategy that truly needs every update declares each update its own group (the
 coefficient strategies that do not override ``fold_terms``): one sum per update, what the batch
 path holds. A strategy that is not a coefficient strategy keeps its updates and aggregates them
 at close (:attr:`RoundFold.folds` is False).
+
+A round spread over several processes (docs/aggregator.md, "Several workers per model"): each
+folds part of the updates and hands over :meth:`RoundFold.partial` (its sums, their running
+maxima, and the scalars of its updates); :meth:`RoundFold.merge` adds partials into one fold.
+Sums of one (group, component) add after bringing them to a common maximum, so merging the
+partials of any split of the round's updates gives the fold of all of them (to float tolerance:
+only the order of the additions differs). Kept updates (a strategy that does not fold) have no
+partial: such a strategy runs in one process.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -57,6 +65,40 @@ class _Entry:
     record: SiteUpdate  # the update's scalars; its delta is a zero-stride placeholder
     group: str
     log_weights: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class PartialEntry:
+    """One folded update: its scalars (``record.delta`` is a placeholder), group, log-weights."""
+
+    record: SiteUpdate
+    group: str
+    log_weights: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class PartialSum:
+    """``total = Σ exp(l_k − top) Δ_k`` of one (group, component) over a partial's updates."""
+
+    group: str
+    component: int
+    top: float
+    total: np.ndarray
+
+
+@dataclass(frozen=True)
+class Partial:
+    """Part of a round's fold, to be merged by another process: O(groups × d) floats plus a few
+    scalars per update. ``strategy`` and ``dim`` must match the fold it is merged into."""
+
+    strategy: str
+    dim: int
+    entries: tuple[PartialEntry, ...]
+    sums: tuple[PartialSum, ...]
+
+    @property
+    def sites(self) -> tuple[str, ...]:
+        return tuple(e.record.site for e in self.entries)
 
 
 @dataclass
@@ -135,6 +177,62 @@ class RoundFold:
             squared_norm = float(np.dot(vector, vector))
         record = replace(update, delta=self._placeholder, squared_norm=squared_norm)
         self._entries[update.site] = _Entry(record, group, logs)
+
+    def partial(self) -> Partial:
+        """This fold's state as a :class:`Partial` (copies: later adds do not change it)."""
+        if not self.folds:
+            raise ConfigError(
+                f"Strategy '{self.strategy.name}' does not fold its updates into sums (it needs "
+                "every update at close), so a round of it cannot be split into partials; run "
+                "one aggregator worker for it."
+            )
+        entries = tuple(PartialEntry(e.record, e.group, e.log_weights)
+                        for _, e in sorted(self._entries.items()))
+        sums = tuple(PartialSum(g, j, acc.top, acc.total.copy())
+                     for (g, j), acc in sorted(self._sums.items()))
+        return Partial(self.strategy.name, self.dim, entries, sums)
+
+    def merge(self, partials: Iterable[Partial]) -> None:
+        """Add ``partials`` (of this round, from other folds) into this fold. Every partial is
+        checked before any is added: a wrong strategy or length, or a site already in the fold
+        or in two partials, raises and changes nothing."""
+        partials = list(partials)
+        if partials and not self.folds:
+            self.partial()  # raises: this strategy has no partials
+        seen = set(self._entries)
+        for part in partials:
+            if part.strategy != self.strategy.name or part.dim != self.dim:
+                raise ConfigError(
+                    f"A partial of strategy '{part.strategy}' with {part.dim} parameters cannot "
+                    f"be merged into a round of '{self.strategy.name}' with {self.dim}."
+                )
+            for entry in part.entries:
+                if entry.record.site in seen:
+                    raise ConfigError(
+                        f"Site {entry.record.site!r} appears twice in one aggregation."
+                    )
+                seen.add(entry.record.site)
+            for acc in part.sums:
+                if acc.total.shape != (self.dim,):
+                    raise ConfigError(
+                        f"A partial sum of group {acc.group!r} has shape {acc.total.shape}; "
+                        f"the model has {self.dim} parameters."
+                    )
+        for part in partials:
+            for entry in part.entries:
+                record = replace(entry.record, delta=self._placeholder)
+                self._entries[record.site] = _Entry(record, entry.group, entry.log_weights)
+            for acc in part.sums:
+                mine = self._sums.get((acc.group, acc.component))
+                if mine is None:
+                    total = np.asarray(acc.total, dtype=np.float64).copy()
+                    self._sums[(acc.group, acc.component)] = _Sum(acc.top, total)
+                elif acc.top > mine.top:
+                    mine.total *= math.exp(mine.top - acc.top)
+                    mine.total += acc.total
+                    mine.top = acc.top
+                else:
+                    mine.total += math.exp(acc.top - mine.top) * acc.total
 
     def records(self) -> list[SiteUpdate]:
         """The round's updates by site, without their arrays (placeholders of the right length)."""

@@ -186,3 +186,61 @@ def test_duplicate_site_and_wrong_length_are_refused() -> None:
         fold.add(u)
     with pytest.raises(ConfigError, match="4 parameters; the model has 3"):
         fold.add(SiteUpdate(site="x", site_class="c0", delta=np.zeros(4, np.float32), n_examples=1))
+
+
+@pytest.mark.parametrize(("name", "params"), CASES, ids=[f"{n}-{i}" for i, (n, _) in enumerate(CASES)])
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=rounds(), parts=st.lists(st.integers(0, 3), min_size=7, max_size=7))
+def test_merged_partials_equal_one_fold(
+    name: str, params: dict[str, object],
+    data: tuple[int, list[list[SiteUpdate]], list[list[int]]], parts: list[int],
+) -> None:
+    """Any split of a round's updates over up to 4 workers (some with none), each folded alone,
+    merged in a combiner's fold (which may hold updates itself: part 0), closes to the one-fold
+    result."""
+    dim, all_rounds, orders = data
+    strategy = build_strategy(name, **params)
+    theta = np.random.default_rng(1).normal(0, 1, dim).astype(np.float32)
+    state = strategy.initial_state()
+    for updates, order in zip(all_rounds, orders, strict=True):
+        if len({u.site for u in updates}) < len(updates):
+            continue
+        whole = RoundFold(strategy, state, dim)
+        workers = [RoundFold(strategy, state, dim) for _ in range(4)]
+        for i in order:
+            whole.add(updates[i])
+            workers[parts[i]].add(updates[i])
+        combined = workers[0]
+        combined.merge(w.partial() for w in workers[1:])
+        assert sorted(combined.sites()) == sorted(u.site for u in updates)
+        expected = whole.close(theta)
+        assert_same(combined.close(theta), expected)
+        theta, state = expected.new_global, expected.new_state
+
+
+def test_a_partial_is_a_copy_and_merge_refuses_overlap() -> None:
+    strategy = build_strategy("gap")
+    fleet = _fleet(6, 4, 2)
+    a = RoundFold(strategy, strategy.initial_state(), 4)
+    for u in fleet[:3]:
+        a.add(u)
+    part = a.partial()
+    before = [s.total.copy() for s in part.sums]
+    a.add(fleet[3])
+    assert all(np.array_equal(s.total, b) for s, b in zip(part.sums, before, strict=True))
+    assert part.sites == tuple(sorted(u.site for u in fleet[:3]))
+    b = RoundFold(strategy, strategy.initial_state(), 4)
+    b.add(fleet[2])
+    with pytest.raises(ConfigError, match=r"site-0002.*twice"):
+        b.merge([part])
+    assert list(b.sites()) == ["site-0002"]  # nothing half-merged
+    other = RoundFold(build_strategy("fedavg"), build_strategy("fedavg").initial_state(), 4)
+    with pytest.raises(ConfigError, match=r"'gap'.*'fedavg'"):
+        other.merge([part])
+
+
+def test_a_strategy_that_keeps_its_updates_has_no_partial() -> None:
+    strategy = _Mean()
+    fold = RoundFold(strategy, strategy.initial_state(), 3)
+    with pytest.raises(ConfigError, match=r"test-mean.*one aggregator worker"):
+        fold.partial()
