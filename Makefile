@@ -34,6 +34,7 @@ jars: install
 
 lint: install
 	$(VENV)/bin/ruff check services tests bench deploy/grafana
+	$(VENV)/bin/ruff format --check services tests bench deploy/grafana
 	$(VENV)/bin/mypy
 
 schemas: install

@@ -34,7 +34,13 @@ REPEATS = 5
 
 def _topic(bus: KafkaBus) -> str:
     name = f"bench.{uuid.uuid4().hex[:8]}"
-    bus.create_topics([TopicSpec(name, 1, {"max.message.bytes": str(MAX_MESSAGE_BYTES), "retention.ms": "600000"})])
+    bus.create_topics(
+        [
+            TopicSpec(
+                name, 1, {"max.message.bytes": str(MAX_MESSAGE_BYTES), "retention.ms": "600000"}
+            )
+        ]
+    )
     return name
 
 
@@ -51,10 +57,29 @@ def _fairfleet(bus: KafkaBus, payload: bytes, n: int) -> tuple[float, float]:
     _joined(reader.consumer._consumer)  # type: ignore[attr-defined]
     producer = bus.producer()
     publisher = Publisher(producer)
-    privacy = UpdatePrivacy(enabled=True, mechanism="update", unit="site", noise_multiplier=1.0, clip_norm=1.0, noise_std=1.0)
+    privacy = UpdatePrivacy(
+        enabled=True,
+        mechanism="update",
+        unit="site",
+        noise_multiplier=1.0,
+        clip_norm=1.0,
+        noise_std=1.0,
+    )
     digest = hashlib.sha256(payload).hexdigest()  # computed by the site when it signs, not the bus
-    msgs = [SiteUpdate(site=f"s{i}", site_class="a", model_id="m", round=0, base_version=0, n_examples=1,
-                       privacy=privacy, payload_sha256=digest, payload_bytes=len(payload)) for i in range(n)]
+    msgs = [
+        SiteUpdate(
+            site=f"s{i}",
+            site_class="a",
+            model_id="m",
+            round=0,
+            base_version=0,
+            n_examples=1,
+            privacy=privacy,
+            payload_sha256=digest,
+            payload_bytes=len(payload),
+        )
+        for i in range(n)
+    ]
     t0 = time.perf_counter()
     for i, msg in enumerate(msgs):
         publisher.send(topic, msg, payload, key=f"s{i}")
@@ -72,16 +97,30 @@ def _fairfleet(bus: KafkaBus, payload: bytes, n: int) -> tuple[float, float]:
 
 def _raw(bootstrap: str, bus: KafkaBus, payload: bytes, n: int) -> tuple[float, float]:
     topic = _topic(bus)
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"g{uuid.uuid4().hex[:6]}",
-                         "auto.offset.reset": "earliest", "enable.auto.commit": False,
-                         "fetch.max.bytes": 4 * MAX_MESSAGE_BYTES,
-                         "max.partition.fetch.bytes": MAX_MESSAGE_BYTES + 65536,
-                         "receive.message.max.bytes": 4 * MAX_MESSAGE_BYTES + 2 * MB})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"g{uuid.uuid4().hex[:6]}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "fetch.max.bytes": 4 * MAX_MESSAGE_BYTES,
+            "max.partition.fetch.bytes": MAX_MESSAGE_BYTES + 65536,
+            "receive.message.max.bytes": 4 * MAX_MESSAGE_BYTES + 2 * MB,
+        }
+    )
     consumer.subscribe([topic])
     _joined(consumer)
-    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5,
-                         "message.max.bytes": MAX_MESSAGE_BYTES + 65536})
-    chunks = [payload[i:i + DEFAULT_CHUNK_BYTES] for i in range(0, len(payload), DEFAULT_CHUNK_BYTES)]
+    producer = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "enable.idempotence": True,
+            "linger.ms": 5,
+            "message.max.bytes": MAX_MESSAGE_BYTES + 65536,
+        }
+    )
+    chunks = [
+        payload[i : i + DEFAULT_CHUNK_BYTES] for i in range(0, len(payload), DEFAULT_CHUNK_BYTES)
+    ]
     t0 = time.perf_counter()
     for i in range(n):
         for chunk in chunks:
@@ -112,7 +151,11 @@ def main() -> dict[str, Any]:
     bus = connect(bootstrap)
     assert isinstance(bus, KafkaBus)
     rng = np.random.default_rng(0)
-    result: dict[str, Any] = {"broker": "local single-node KRaft (Maven jars)", "chunk_bytes": DEFAULT_CHUNK_BYTES, "sizes": {}}
+    result: dict[str, Any] = {
+        "broker": "local single-node KRaft (Maven jars)",
+        "chunk_bytes": DEFAULT_CHUNK_BYTES,
+        "sizes": {},
+    }
     # Throughput on a shared 2-core machine swings 2-3x between identical runs (broker log
     # flushes, other processes), so each side runs REPEATS times, interleaved with alternating
     # order, and the medians are compared.
@@ -134,10 +177,16 @@ def main() -> dict[str, Any]:
             pub = statistics.median(t[0] for t in times)
             con = statistics.median(t[1] for t in times)
             both = statistics.median(t[0] + t[1] for t in times)
-            rows[name] = {"publish_mb_s": total / pub, "consume_mb_s": total / con, "mb_s": total / both,
-                          "runs_mb_s": [round(total / (t[0] + t[1]), 1) for t in times]}
+            rows[name] = {
+                "publish_mb_s": total / pub,
+                "consume_mb_s": total / con,
+                "mb_s": total / both,
+                "runs_mb_s": [round(total / (t[0] + t[1]), 1) for t in times],
+            }
         result["sizes"][f"{size_mb}MB"] = {
-            **rows, "updates": n, "repeats": REPEATS,
+            **rows,
+            "updates": n,
+            "repeats": REPEATS,
             "ratio": rows["fairfleet"]["mb_s"] / rows["raw"]["mb_s"],
             "ratio_publish": rows["fairfleet"]["publish_mb_s"] / rows["raw"]["publish_mb_s"],
             "ratio_consume": rows["fairfleet"]["consume_mb_s"] / rows["raw"]["consume_mb_s"],

@@ -62,8 +62,15 @@ import yaml
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODELS = ("fail-lin", "fail-mlp")
-FAULT_KINDS = ("kill_site", "kill_aggregator", "kill_accountant", "broker_restart",
-               "budget_raise", "key_rotation", "add_site")
+FAULT_KINDS = (
+    "kill_site",
+    "kill_aggregator",
+    "kill_accountant",
+    "broker_restart",
+    "budget_raise",
+    "key_rotation",
+    "add_site",
+)
 EXHAUSTED_SITE = "plant-f"  # its budget runs out early; the budget_raise fault raises it
 ROTATED_SITE = "plant-b"
 POLL_ALLOWANCE_S = 1.0
@@ -108,9 +115,17 @@ def _site_entry(work: Path, site_id: str, site_class: str, plant: str, seed: int
     key.touch(mode=0o600)
     key.write_text(private + "\n")
     return {
-        "id": site_id, "class": site_class, "public_key": public, "private_key_file": str(key),
-        "connector": {"type": "simulator", "params": {"fleet": "demo", "site": plant, "seed": seed}},
-        "window": {"by": "count", "size": 64}, "models": list(MODELS), "metrics_port": 0,
+        "id": site_id,
+        "class": site_class,
+        "public_key": public,
+        "private_key_file": str(key),
+        "connector": {
+            "type": "simulator",
+            "params": {"fleet": "demo", "site": plant, "seed": seed},
+        },
+        "window": {"by": "count", "size": 64},
+        "models": list(MODELS),
+        "metrics_port": 0,
         "state_dir": str(work / "state" / site_id),
         "agent": {"secure_noise": False, "poll_interval_s": 0.1, "model_timeout_s": 20},
     }
@@ -127,37 +142,74 @@ def fleet_config(work: Path, bootstrap: str, s: SoakSettings) -> dict[str, Any]:
 
     delta, releases = 1e-5, 2 * (s.rounds + 40)  # update + loss per round, re-runs included
     z = calibrate_noise_multiplier(40.0, delta, 1.0, releases)
-    short = epsilon(dp_event.SelfComposedDpEvent(dp_event.GaussianDpEvent(z), 2 * max(3, s.rounds // 6)),
-                    delta)
+    short = epsilon(
+        dp_event.SelfComposedDpEvent(dp_event.GaussianDpEvent(z), 2 * max(3, s.rounds // 6)), delta
+    )
     sites = [_site_entry(work, p.id, p.site_class, p.id, 0) for p in load_fleet("demo").sites]
     models = []
-    for model_id, spec in zip(MODELS, (
-        {"name": "logistic", "task": "classification", "params": {"in_features": 8, "n_classes": 2}},
-        {"name": "mlp", "task": "classification",
-         "params": {"in_features": 8, "hidden": [8], "out_features": 2}},
-    ), strict=True):
-        models.append({
-            "id": model_id, "model": spec, "strategy": {"name": "fedavg"},
-            "rounds": {"mode": "sync", "rounds": s.rounds, "deadline_s": s.deadline_s,
-                       "min_sites": 3, "quorum": 4, "quorum_grace_s": 1.0,
-                       "max_reannouncements": s.max_reannouncements},
-            "training": {"epochs": 1, "batch_size": 32, "lr": 0.1},
-            "privacy": {"mechanism": "update", "unit": "site", "noise_multiplier": z,
-                        "clip_norm": 1.0, "loss_bound": 2.0, "loss_noise_multiplier": z * 64},
-            "metrics_port": 0,
-        })
-    return add_service_identities({
-        "fleet": "chaos",
-        "kafka": {"bootstrap": bootstrap, "topic_prefix": "chaos.", "partitions": 2},
-        "models": models,
-        "policies": {"defaults": {"epsilon_max": 1000.0, "delta": delta, "unit": "site"},
-                     "sites": {EXHAUSTED_SITE: {"epsilon_max": round(short, 3), "delta": delta,
-                                                "unit": "site"}}},
-        "sites": sites,
-        "accountant": {"db": str(work / "accountant" / "ledger.sqlite"), "metrics_port": 0,
-                       "grant_timeout_s": 2.0},
-        "state_dir": str(work / "state"),
-    }, work / "keys")  # the accountant's and the aggregators' signing identities
+    for model_id, spec in zip(
+        MODELS,
+        (
+            {
+                "name": "logistic",
+                "task": "classification",
+                "params": {"in_features": 8, "n_classes": 2},
+            },
+            {
+                "name": "mlp",
+                "task": "classification",
+                "params": {"in_features": 8, "hidden": [8], "out_features": 2},
+            },
+        ),
+        strict=True,
+    ):
+        models.append(
+            {
+                "id": model_id,
+                "model": spec,
+                "strategy": {"name": "fedavg"},
+                "rounds": {
+                    "mode": "sync",
+                    "rounds": s.rounds,
+                    "deadline_s": s.deadline_s,
+                    "min_sites": 3,
+                    "quorum": 4,
+                    "quorum_grace_s": 1.0,
+                    "max_reannouncements": s.max_reannouncements,
+                },
+                "training": {"epochs": 1, "batch_size": 32, "lr": 0.1},
+                "privacy": {
+                    "mechanism": "update",
+                    "unit": "site",
+                    "noise_multiplier": z,
+                    "clip_norm": 1.0,
+                    "loss_bound": 2.0,
+                    "loss_noise_multiplier": z * 64,
+                },
+                "metrics_port": 0,
+            }
+        )
+    return add_service_identities(
+        {
+            "fleet": "chaos",
+            "kafka": {"bootstrap": bootstrap, "topic_prefix": "chaos.", "partitions": 2},
+            "models": models,
+            "policies": {
+                "defaults": {"epsilon_max": 1000.0, "delta": delta, "unit": "site"},
+                "sites": {
+                    EXHAUSTED_SITE: {"epsilon_max": round(short, 3), "delta": delta, "unit": "site"}
+                },
+            },
+            "sites": sites,
+            "accountant": {
+                "db": str(work / "accountant" / "ledger.sqlite"),
+                "metrics_port": 0,
+                "grant_timeout_s": 2.0,
+            },
+            "state_dir": str(work / "state"),
+        },
+        work / "keys",
+    )  # the accountant's and the aggregators' signing identities
 
 
 # -- the driver ---------------------------------------------------------------------------------
@@ -197,7 +249,10 @@ class Soak:
                     pending.remove(svc)
                     continue
                 try:
-                    if svc.running() and httpx.get(f"{svc.url}/metrics", timeout=1.0).status_code == 200:
+                    if (
+                        svc.running()
+                        and httpx.get(f"{svc.url}/metrics", timeout=1.0).status_code == 200
+                    ):
                         pending.remove(svc)
                 except httpx.HTTPError:
                     pass
@@ -246,8 +301,11 @@ class Soak:
             self._start(target)
             fault.down_until = self._wait_up([target])
         elif kind in ("kill_aggregator", "kill_accountant"):
-            target = (self.rng.choice(self._live_aggregators() or ["accountant"])
-                      if kind == "kill_aggregator" else "accountant")
+            target = (
+                self.rng.choice(self._live_aggregators() or ["accountant"])
+                if kind == "kill_aggregator"
+                else "accountant"
+            )
             fault = Fault(kind, target, now, services=[target])
             self._kill(target)
             time.sleep(self.rng.uniform(1.0, 2 * self.s.deadline_s))
@@ -260,8 +318,9 @@ class Soak:
             os.kill(self.broker.pid, signal.SIGKILL)
             time.sleep(self.rng.uniform(2.0, 3 * self.s.deadline_s))
             self.broker = broker.start(self.broker_dir, port=self.broker.port)
-            fault.down_until = self._wait_up([s.name for s in self.fleet.services
-                                              if s.kind != "topics"], timeout_s=180.0)
+            fault.down_until = self._wait_up(
+                [s.name for s in self.fleet.services if s.kind != "topics"], timeout_s=180.0
+            )
         elif kind == "budget_raise":
             raw = self._read()
             raw["policies"]["sites"][EXHAUSTED_SITE]["epsilon_max"] = 1000.0
@@ -303,10 +362,23 @@ class Soak:
             aggs = self._live_aggregators()
             fault = Fault(kind, site_id, now, services=["accountant", *aggs])
             port = free_port()
-            svc = Service("site", f"site-{site_id}",
-                          [*fairfleet_command(), "site", "run", "--config", str(self.config_path),
-                           "--site", site_id, "--metrics-port", str(port)],
-                          self.fleet.log_dir / f"site-{site_id}.log", port=port)
+            svc = Service(
+                "site",
+                f"site-{site_id}",
+                [
+                    *fairfleet_command(),
+                    "site",
+                    "run",
+                    "--config",
+                    str(self.config_path),
+                    "--site",
+                    site_id,
+                    "--metrics-port",
+                    str(port),
+                ],
+                self.fleet.log_dir / f"site-{site_id}.log",
+                port=port,
+            )
             self._restart(["accountant", *aggs])
             with self.fleet.lock:
                 self.fleet.services.append(svc)
@@ -314,8 +386,10 @@ class Soak:
             fault.down_until = self._wait_up(["accountant", *aggs, svc.name])
         else:
             raise ValueError(f"Unknown fault kind {kind!r}; known: {FAULT_KINDS}")
-        self.log(f"[chaos] {time.time() - self.started_at:6.1f} s  {kind} {fault.target} "
-                 f"(back after {(fault.down_until or now) - now:.1f} s)")
+        self.log(
+            f"[chaos] {time.time() - self.started_at:6.1f} s  {kind} {fault.target} "
+            f"(back after {(fault.down_until or now) - now:.1f} s)"
+        )
         return fault
 
     def run(self) -> dict[str, Any]:
@@ -332,7 +406,9 @@ class Soak:
         try:
             # the config names this broker; an inherited override must not point elsewhere
             env = {"FAIRFLEET_KAFKA__BOOTSTRAP": bootstrap, "FAIRFLEET_BOOTSTRAP": bootstrap}
-            self.fleet = launch(self.config_path, self.work / "logs", ready_timeout_s=180.0, env=env)
+            self.fleet = launch(
+                self.config_path, self.work / "logs", ready_timeout_s=180.0, env=env
+            )
             self.fleet.restart_crashed = True
             self.log(f"[chaos] fleet up after {time.time() - self.started_at:.1f} s on {bootstrap}")
             plan = self._schedule()
@@ -341,7 +417,11 @@ class Soak:
                 if time.monotonic() > hard_stop:
                     ended_by = "wall_clock_cap"
                     break
-                if self.s.until_faults_done and not plan and not (injecting and injecting.is_alive()):
+                if (
+                    self.s.until_faults_done
+                    and not plan
+                    and not (injecting and injecting.is_alive())
+                ):
                     back = max((f.down_until or f.at for f in self.faults), default=0.0)
                     if time.time() > back + 2 * self.s.bound_s + 5.0:
                         ended_by = "faults_done"
@@ -352,15 +432,21 @@ class Soak:
                 if idle and plan and self._progress() >= int(plan[0][0]):
                     at_round, kind = plan.pop(0)
                     delay = (at_round % 1.0) * self.s.deadline_s  # somewhere mid-round
-                    injecting = threading.Thread(target=self._inject_later, args=(kind, delay),
-                                                 name=f"fault-{kind}", daemon=True)
+                    injecting = threading.Thread(
+                        target=self._inject_later,
+                        args=(kind, delay),
+                        name=f"fault-{kind}",
+                        daemon=True,
+                    )
                     injecting.start()
                 time.sleep(0.5)
             if injecting is not None:
                 injecting.join(240.0)
             self.ended_at = time.time()
-            self.log(f"[chaos] run ended ({ended_by}) after {time.time() - self.started_at:.1f} s; "
-                     f"{len(plan)} fault(s) not injected")
+            self.log(
+                f"[chaos] run ended ({ended_by}) after {time.time() - self.started_at:.1f} s; "
+                f"{len(plan)} fault(s) not injected"
+            )
             return self.measure(ended_by, [k for _, k in plan])
         finally:
             if self.fleet is not None:
@@ -440,15 +526,21 @@ class Soak:
         level, quiet.level = quiet.level, logging.ERROR  # the rebuild logs every void charge
         try:
             # verified with the final config, as `fairfleet accountant rebuild --config` does
-            service = rebuild(bus, replay_db, load_policies(self.config_path), prefix=prefix,
-                              verifier=Verifier.from_config(cfg).check)
+            service = rebuild(
+                bus,
+                replay_db,
+                load_policies(self.config_path),
+                prefix=prefix,
+                verifier=Verifier.from_config(cfg).check,
+            )
             service.close()
         finally:
             quiet.setLevel(level)
         replayed = ledger_rows(replay_db)
         final = {k: v for k, v in live.items() if v[0] != "reserved"}
         mismatched = sorted(set(final) ^ set(replayed)) + sorted(
-            k for k in set(final) & set(replayed) if final[k] != replayed[k])
+            k for k in set(final) & set(replayed) if final[k] != replayed[k]
+        )
 
         # double charges: one (site, model, round) committed under two event ids, or an event id
         # that was both committed and cancelled
@@ -466,16 +558,26 @@ class Soak:
                 committed.setdefault((m.site, m.model_id, m.round), set()).add(m.event_id)
         for event_id, (state, record) in live.items():
             if state == "committed":
-                key = (record.get("site", ""), record.get("model_id", ""), int(record.get("round", 0)))
+                key = (
+                    record.get("site", ""),
+                    record.get("model_id", ""),
+                    int(record.get("round", 0)),
+                )
                 committed.setdefault(key, set()).add(event_id)
         double = sorted(str(k) for k, ids in committed.items() if len(ids) > 1)
         double += sorted(e for e, a in actions.items() if {"commit", "cancel"} <= a)
 
         # rounds, stalls and lost updates from the checkpoints, rounds, updates and dead letters
-        updates = [e.message for e in read_topic(bus, topic_name("updates", prefix))
-                   if isinstance(e.message, SiteUpdate)]
-        dead = {(m.site, m.model_id, m.round) for e in read_topic(bus, topic_name("deadletter", prefix))
-                if isinstance(m := e.message, DeadLetter) and m.original_type == "update"}
+        updates = [
+            e.message
+            for e in read_topic(bus, topic_name("updates", prefix))
+            if isinstance(e.message, SiteUpdate)
+        ]
+        dead = {
+            (m.site, m.model_id, m.round)
+            for e in read_topic(bus, topic_name("deadletter", prefix))
+            if isinstance(m := e.message, DeadLetter) and m.original_type == "update"
+        }
         first_open: dict[str, float] = {}
         for env in read_topic(bus, topic_name("rounds", prefix)):
             m = env.message
@@ -509,27 +611,41 @@ class Soak:
                     # less any later outage (another fault right after this one)
                     upto = self.faults[i + 1].at if i + 1 < len(self.faults) else float("inf")
                     closed_after[i][model_id] = sum(
-                        1 for h in history if not h.get("voided") and back <= h["closed_at"] < upto)
-                    recovery[i][model_id] = (round(after[0] - back - self._outage_overlap(
-                        model_id, back, after[0]), 1) if after else None)
+                        1 for h in history if not h.get("voided") and back <= h["closed_at"] < upto
+                    )
+                    recovery[i][model_id] = (
+                        round(after[0] - back - self._outage_overlap(model_id, back, after[0]), 1)
+                        if after
+                        else None
+                    )
             for u in updates:
                 if u.model_id != model_id or u.round not in closed:
                     continue
                 if live.get(event_id_for(u.site, model_id, u.round), ("",))[0] != "committed":
                     continue
-                if u.site not in closed[u.round]["sites"] and (u.site, model_id, u.round) not in dead:
+                if (
+                    u.site not in closed[u.round]["sites"]
+                    and (u.site, model_id, u.round) not in dead
+                ):
                     lost.append(f"{u.site}/{model_id}/{u.round}")
             per_model[model_id] = {
                 "rounds_completed": len(closed),
                 "rounds_voided": len(history) - len(closed),
                 "finished": bool(ckpt.finished) if ckpt is not None else False,
-                "max_stall_seconds": {"raw": round(raw_stall, 1), "excluding_outages": round(net_stall, 1),
-                                      "worst_gap_s_since_start": [round(x, 1) for x in worst] if worst else None},
+                "max_stall_seconds": {
+                    "raw": round(raw_stall, 1),
+                    "excluding_outages": round(net_stall, 1),
+                    "worst_gap_s_since_start": [round(x, 1) for x in worst] if worst else None,
+                },
             }
         self.fleet = None
         return {
-            "settings": {**asdict(self.s), "models": list(MODELS),
-                         "sites": 6, "classes": ["modern", "retrofit", "legacy"]},
+            "settings": {
+                **asdict(self.s),
+                "models": list(MODELS),
+                "sites": 6,
+                "classes": ["modern", "retrofit", "legacy"],
+            },
             "bound_seconds": self.s.bound_s,
             "bound": f"deadline {self.s.deadline_s:g} s x (re-announcements {self.s.max_reannouncements} + 1)",
             "ended_by": ended_by,
@@ -542,11 +658,15 @@ class Soak:
             "poll_allowance_seconds": POLL_ALLOWANCE_S,
             "stall_within_bound": {
                 m: v["max_stall_seconds"]["excluding_outages"] <= self.s.bound_s + POLL_ALLOWANCE_S
-                for m, v in per_model.items()},
+                for m, v in per_model.items()
+            },
             "ledger_matches_replay": not mismatched,
-            "ledger_events": {"live_final": len(final), "replayed": len(replayed),
-                              "live_pending_reservations": len(live) - len(final),
-                              "mismatched": mismatched[:20]},
+            "ledger_events": {
+                "live_final": len(final),
+                "replayed": len(replayed),
+                "live_pending_reservations": len(live) - len(final),
+                "mismatched": mismatched[:20],
+            },
             "double_charged": len(double),
             "double_charged_keys": double[:20],
             "duplicate_commit_records": duplicate_commit_records,
@@ -555,10 +675,16 @@ class Soak:
             "updates_published": len(updates),
             # recovery_s: from the service (or broker) answering again to the model's next round
             # closed or voided; None = it never advanced again
-            "faults": [{**asdict(f), "at_s": round(f.at - self.started_at, 1),
-                        "outage_s": round((f.down_until or f.at) - f.at, 1),
-                        "recovery_s": recovery[i], "rounds_closed_until_next_fault": closed_after[i]}
-                       for i, f in enumerate(self.faults)],
+            "faults": [
+                {
+                    **asdict(f),
+                    "at_s": round(f.at - self.started_at, 1),
+                    "outage_s": round((f.down_until or f.at) - f.at, 1),
+                    "recovery_s": recovery[i],
+                    "rounds_closed_until_next_fault": closed_after[i],
+                }
+                for i, f in enumerate(self.faults)
+            ],
             "faults_not_injected": not_injected,
             "fault_errors": self.fault_errors,
             "models": per_model,
@@ -567,7 +693,9 @@ class Soak:
     def _outage_overlap(self, model_id: str, a: float, b: float) -> float:
         """Seconds of [a, b] during which a service this model needs was down (or restarting)."""
         needed = {"broker", "accountant", f"aggregator-{model_id}"}
-        spans = sorted((f.at, f.down_until or f.at) for f in self.faults if needed & set(f.services))
+        spans = sorted(
+            (f.at, f.down_until or f.at) for f in self.faults if needed & set(f.services)
+        )
         total, cursor = 0.0, a
         for lo, hi in spans:
             lo, hi = max(lo, cursor), min(hi, b)
@@ -581,14 +709,20 @@ class Soak:
         need: dict[tuple[str, int], int] = {}
         for env in events:
             rec = env.records[-1]
-            need[(rec.topic, rec.partition)] = max(need.get((rec.topic, rec.partition), 0), rec.offset + 1)
+            need[(rec.topic, rec.partition)] = max(
+                need.get((rec.topic, rec.partition), 0), rec.offset + 1
+            )
         db = cfg.resolve_path(cfg.accountant.db)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             self.fleet.tick()  # an accountant that crashed is started again
             with sqlite3.connect(db) as conn:
-                have = {(t, p): o for t, p, o in conn.execute(
-                    "SELECT topic, partition, next_offset FROM applied_offsets")}
+                have = {
+                    (t, p): o
+                    for t, p, o in conn.execute(
+                        "SELECT topic, partition, next_offset FROM applied_offsets"
+                    )
+                }
             if all(have.get(k, 0) >= v for k, v in need.items()):
                 return
             time.sleep(0.5)
@@ -608,7 +742,9 @@ def read_topic(bus: Any, topic: str, idle_s: float = 3.0, timeout_s: float = 120
             if env is not None:
                 out.append(env)
                 quiet = time.monotonic()
-            elif (reader.consumer.positions() and reader.consumer.lag() == 0) or time.monotonic() - quiet > 30.0:
+            elif (
+                reader.consumer.positions() and reader.consumer.lag() == 0
+            ) or time.monotonic() - quiet > 30.0:
                 break
     finally:
         reader.consumer.close()
@@ -638,7 +774,20 @@ def main() -> dict[str, Any]:
 
 if __name__ == "__main__":
     out = main()
-    print(json.dumps({k: out[k] for k in ("rounds_completed", "rounds_voided", "max_stall_seconds",
-                                          "ledger_matches_replay", "double_charged", "lost_updates")},
-                     indent=2))
+    print(
+        json.dumps(
+            {
+                k: out[k]
+                for k in (
+                    "rounds_completed",
+                    "rounds_voided",
+                    "max_stall_seconds",
+                    "ledger_matches_replay",
+                    "double_charged",
+                    "lost_updates",
+                )
+            },
+            indent=2,
+        )
+    )
     sys.exit(0)

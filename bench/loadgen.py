@@ -42,27 +42,53 @@ LOSS_BOUND = 2.0
 
 
 def fleet_config(
-    bootstrap: str, prefix: str, sites: int, params: int, classes: int = 3,
-    strategy: str = "fedavg", strategy_params: dict[str, Any] | None = None,
+    bootstrap: str,
+    prefix: str,
+    sites: int,
+    params: int,
+    classes: int = 3,
+    strategy: str = "fedavg",
+    strategy_params: dict[str, Any] | None = None,
 ) -> tuple[FleetConfig, dict[str, str]]:
     """The fleet config of K virtual sites and their private keys (hex)."""
     if sites < 1 or params < 2 or classes < 1:
-        raise ValueError(f"Need sites >= 1, params >= 2, classes >= 1. Found {sites}, {params}, {classes}.")
+        raise ValueError(
+            f"Need sites >= 1, params >= 2, classes >= 1. Found {sites}, {params}, {classes}."
+        )
     keys = {f"v{i:05d}": generate_keypair() for i in range(sites)}
     data = {
         "kafka": {"bootstrap": bootstrap, "topic_prefix": prefix},
-        "models": [{
-            "id": MODEL,
-            "model": {"name": "linear", "params": {"in_features": params - 1}, "task": "regression"},
-            "strategy": {"name": strategy, "params": strategy_params or {}},
-            "rounds": {"mode": "sync", "rounds": 1, "deadline_s": 3600, "min_sites": sites,
-                       "quorum": sites},
-            "training": {"epochs": 1, "batch_size": 10, "lr": 0.05},
-            "privacy": {"mechanism": "update", "unit": "site", "noise_multiplier": NOISE_MULTIPLIER,
-                        "clip_norm": CLIP_NORM, "loss_bound": LOSS_BOUND, "loss_noise_multiplier": 0.5},
-        }],
-        "sites": [{"id": s, "class": f"c{i % classes}", "public_key": pub, "models": [MODEL]}
-                  for i, (s, (_, pub)) in enumerate(keys.items())],
+        "models": [
+            {
+                "id": MODEL,
+                "model": {
+                    "name": "linear",
+                    "params": {"in_features": params - 1},
+                    "task": "regression",
+                },
+                "strategy": {"name": strategy, "params": strategy_params or {}},
+                "rounds": {
+                    "mode": "sync",
+                    "rounds": 1,
+                    "deadline_s": 3600,
+                    "min_sites": sites,
+                    "quorum": sites,
+                },
+                "training": {"epochs": 1, "batch_size": 10, "lr": 0.05},
+                "privacy": {
+                    "mechanism": "update",
+                    "unit": "site",
+                    "noise_multiplier": NOISE_MULTIPLIER,
+                    "clip_norm": CLIP_NORM,
+                    "loss_bound": LOSS_BOUND,
+                    "loss_noise_multiplier": 0.5,
+                },
+            }
+        ],
+        "sites": [
+            {"id": s, "class": f"c{i % classes}", "public_key": pub, "models": [MODEL]}
+            for i, (s, (_, pub)) in enumerate(keys.items())
+        ],
     }
     return parse_config(data), {s: k[0] for s, k in keys.items()}
 
@@ -85,8 +111,10 @@ class LoadGenerator:
             # well inside the norm bound (clip C + noise tail) the aggregator checks
             vec = rng.standard_normal(d_in + 1).astype(np.float32)
             vec *= np.float32(0.5 * CLIP_NORM / float(np.linalg.norm(vec)))
-            tensors = {"weight": torch.from_numpy(vec[:d_in].reshape(1, d_in).copy()),
-                       "bias": torch.from_numpy(vec[d_in:].copy())}
+            tensors = {
+                "weight": torch.from_numpy(vec[:d_in].reshape(1, d_in).copy()),
+                "bias": torch.from_numpy(vec[d_in:].copy()),
+            }
             payload = to_safetensors_bytes(tensors)
             self.payloads.append((payload, sha256_hex(payload)))
         self.site_classes = self.config.site_classes()
@@ -94,19 +122,30 @@ class LoadGenerator:
 
     def updates(self, ann: RoundAnnouncement) -> list[tuple[SiteUpdate, bytes]]:
         """Every site's signed update for ``ann`` (payloads shared, not copied)."""
-        privacy = UpdatePrivacy(enabled=True, mechanism="update", unit="site",
-                                noise_multiplier=NOISE_MULTIPLIER, clip_norm=CLIP_NORM,
-                                noise_std=NOISE_MULTIPLIER * CLIP_NORM)
+        privacy = UpdatePrivacy(
+            enabled=True,
+            mechanism="update",
+            unit="site",
+            noise_multiplier=NOISE_MULTIPLIER,
+            clip_norm=CLIP_NORM,
+            noise_std=NOISE_MULTIPLIER * CLIP_NORM,
+        )
         out = []
         for i, site in enumerate(sorted(self._signers)):
             payload, digest = self.payloads[i % len(self.payloads)]
             msg = SiteUpdate(
-                site=site, site_class=self.site_classes[site], model_id=ann.model_id,
-                round=ann.round, base_version=ann.model_version, n_examples=100 + i % 50,
+                site=site,
+                site_class=self.site_classes[site],
+                model_id=ann.model_id,
+                round=ann.round,
+                base_version=ann.model_version,
+                n_examples=100 + i % 50,
                 privacy=privacy,
-                loss=NoisyStat(value=0.5 + 0.01 * (i % 7), noise_std=0.01, m=100, lo=0.0,
-                               hi=LOSS_BOUND),
-                payload_sha256=digest, payload_bytes=len(payload),
+                loss=NoisyStat(
+                    value=0.5 + 0.01 * (i % 7), noise_std=0.01, m=100, lo=0.0, hi=LOSS_BOUND
+                ),
+                payload_sha256=digest,
+                payload_bytes=len(payload),
             )
             out.append((sign(msg, self._signers[site]), payload))
         return out
@@ -125,14 +164,22 @@ class LoadGenerator:
         return time.time()
 
 
-def wait_announcement(bus: Bus, prefix: str, round_: int, timeout: float = 120.0) -> RoundAnnouncement:
-    bus.create_topics(default_topics(prefix, 1))  # (idempotent) so it can subscribe before the aggregator
+def wait_announcement(
+    bus: Bus, prefix: str, round_: int, timeout: float = 120.0
+) -> RoundAnnouncement:
+    bus.create_topics(
+        default_topics(prefix, 1)
+    )  # (idempotent) so it can subscribe before the aggregator
     reader = Reader(bus.consumer(f"loadgen-{uuid.uuid4().hex[:8]}", [f"{prefix}rounds"]), "loadgen")
     try:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             env = reader.poll(0.5)
-            if env is not None and isinstance(env.message, RoundAnnouncement) and env.message.round == round_:
+            if (
+                env is not None
+                and isinstance(env.message, RoundAnnouncement)
+                and env.message.round == round_
+            ):
                 return env.message
         raise TimeoutError(f"round {round_} was not announced on {prefix}rounds within {timeout} s")
     finally:

@@ -18,7 +18,11 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def main(names: list[str]) -> int:
     RESULTS.mkdir(exist_ok=True)
-    modules = sorted(m.name for m in pkgutil.iter_modules([str(Path(__file__).parent)]) if m.name not in ("run", "loadgen") and not m.name.startswith("_"))
+    modules = sorted(
+        m.name
+        for m in pkgutil.iter_modules([str(Path(__file__).parent)])
+        if m.name not in ("run", "loadgen") and not m.name.startswith("_")
+    )
     failed = []
     for name in modules:
         if names and name not in names:

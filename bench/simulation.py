@@ -50,18 +50,31 @@ def bench_decomposition() -> dict[str, Any]:
     from fairfleet.sim.decompose import DecomposeConfig, decompose
     from fairfleet.sim.engine import TrainConfig
 
-    cfg = DecomposeConfig(FLEET, epsilons=(8.0,), gammas=(0.05,), seeds=SEEDS,
-                          train=TrainConfig(rounds=DECOMPOSE_ROUNDS, local_steps=LOCAL_STEPS,
-                                            batch_size=BATCH, lr=LR), workers=2)
+    cfg = DecomposeConfig(
+        FLEET,
+        epsilons=(8.0,),
+        gammas=(0.05,),
+        seeds=SEEDS,
+        train=TrainConfig(
+            rounds=DECOMPOSE_ROUNDS, local_steps=LOCAL_STEPS, batch_size=BATCH, lr=LR
+        ),
+        workers=2,
+    )
     started = time.perf_counter()
     doc = decompose(cfg)
     seconds = time.perf_counter() - started
     return {
         "decomposition_seconds": round(seconds, 2),
         "decomposition": {
-            "fleet": FLEET, "sites": doc["n_sites"], "seeds": SEEDS, "rounds": DECOMPOSE_ROUNDS,
-            "local_steps": LOCAL_STEPS, "training_runs": doc["jobs"], "workers": 2,
-            "scaled_down": None if DECOMPOSE_ROUNDS >= 20
+            "fleet": FLEET,
+            "sites": doc["n_sites"],
+            "seeds": SEEDS,
+            "rounds": DECOMPOSE_ROUNDS,
+            "local_steps": LOCAL_STEPS,
+            "training_runs": doc["jobs"],
+            "workers": 2,
+            "scaled_down": None
+            if DECOMPOSE_ROUNDS >= 20
             else f"rounds {DECOMPOSE_ROUNDS} instead of the CLI default 20 (time budget)",
             "dominant_fleet_term": doc["dominant"]["fleet"],
             "fleet_terms": {t: round(v["mean"], 4) for t, v in doc["terms"]["fleet"].items()},
@@ -72,8 +85,13 @@ def bench_decomposition() -> dict[str, Any]:
 def fairfleet_rounds_per_second(packed: Any, track_history: bool) -> float:
     from fairfleet.sim.engine import TrainConfig, train_federated
 
-    cfg = TrainConfig(rounds=SPEED_ROUNDS_FAIRFLEET, local_steps=LOCAL_STEPS, batch_size=BATCH, lr=LR,
-                      track_history=track_history)
+    cfg = TrainConfig(
+        rounds=SPEED_ROUNDS_FAIRFLEET,
+        local_steps=LOCAL_STEPS,
+        batch_size=BATCH,
+        lr=LR,
+        track_history=track_history,
+    )
     train_federated(packed, TrainConfig(rounds=1, local_steps=1), seed=0)  # imports, warm-up
     started = time.perf_counter()
     train_federated(packed, cfg, seed=0)
@@ -94,18 +112,26 @@ def flower_rounds_per_second(packed: Any) -> float:
             self.packed = site_packed
             self.rng = np.random.default_rng(seed)
 
-        def fit(self, parameters: list[np.ndarray], config: dict[str, Any]) -> tuple[list[np.ndarray], int, dict[str, Any]]:
+        def fit(
+            self, parameters: list[np.ndarray], config: dict[str, Any]
+        ) -> tuple[list[np.ndarray], int, dict[str, Any]]:
             theta = parameters[0]
             delta = self.packed.local_sgd(theta, LOCAL_STEPS, BATCH, LR, self.rng)[0]
             return [theta + delta], int(self.packed.n_train[0]), {}
 
     data = packed.data
     clients = [
-        SiteClient(Packed(FleetData(data.name, data.task, data.n_features, data.n_outputs, [site])), k)
+        SiteClient(
+            Packed(FleetData(data.name, data.task, data.n_features, data.n_outputs, [site])), k
+        )
         for k, site in enumerate(data.sites)
     ]
-    strategy = FedAvg(fraction_fit=1.0, fraction_evaluate=0.0, min_fit_clients=len(clients),
-                      min_available_clients=len(clients))
+    strategy = FedAvg(
+        fraction_fit=1.0,
+        fraction_evaluate=0.0,
+        min_fit_clients=len(clients),
+        min_available_clients=len(clients),
+    )
     parameters = ndarrays_to_parameters([np.zeros(packed.dim, dtype=np.float32)])
     assert Status(code=Code.OK, message="").code == Code.OK
 
@@ -147,25 +173,44 @@ def bench_speed() -> dict[str, Any]:
     out: dict[str, Any] = {
         "fairfleet_rounds_per_second": round(ours, 3),
         "fairfleet_rounds_per_second_with_history": round(ours_tracked, 3),
-        "task": {"fleet": FLEET, "clients": len(packed.data.sites), "model": "linear softmax, 18 parameters",
-                 "local_steps": LOCAL_STEPS, "batch_size": BATCH, "lr": LR, "strategy": "FedAvg",
-                 "fairfleet_rounds": SPEED_ROUNDS_FAIRFLEET, "flower_rounds": SPEED_ROUNDS_FLOWER,
-                 "repeats": SPEED_REPEATS},
+        "task": {
+            "fleet": FLEET,
+            "clients": len(packed.data.sites),
+            "model": "linear softmax, 18 parameters",
+            "local_steps": LOCAL_STEPS,
+            "batch_size": BATCH,
+            "lr": LR,
+            "strategy": "FedAvg",
+            "fairfleet_rounds": SPEED_ROUNDS_FAIRFLEET,
+            "flower_rounds": SPEED_ROUNDS_FLOWER,
+            "repeats": SPEED_REPEATS,
+        },
         "compared": "fairfleet.sim.engine.train_federated (batched over sites; the same work: no "
-                    "per-round evaluation, track_history=False; with_history adds a test-risk "
-                    "evaluation of every site every round) vs Flower's FedAvg.aggregate_fit + NumPyClient.to_client().fit "
-                    "driven in-process (no Ray, no gRPC: a lower bound of Flower simulation's cost); "
-                    "rates are medians of interleaved repeats",
+        "per-round evaluation, track_history=False; with_history adds a test-risk "
+        "evaluation of every site every round) vs Flower's FedAvg.aggregate_fit + NumPyClient.to_client().fit "
+        "driven in-process (no Ray, no gRPC: a lower bound of Flower simulation's cost); "
+        "rates are medians of interleaved repeats",
         "fairfleet_rounds_per_second_runs": [round(r, 3) for r in ours_runs],
     }
     if flower_version is None:
-        out.update({"flower_version": None, "flower_rounds_per_second": None, "speedup_vs_flower": None,
-                    "flower_missing": f"{missing}; install with pip install --no-deps -r bench/requirements-flower.txt"})
+        out.update(
+            {
+                "flower_version": None,
+                "flower_rounds_per_second": None,
+                "speedup_vs_flower": None,
+                "flower_missing": f"{missing}; install with pip install --no-deps -r bench/requirements-flower.txt",
+            }
+        )
         return out
     theirs = float(np.median(theirs_runs))
-    out.update({"flower_version": flower_version, "flower_rounds_per_second": round(theirs, 3),
-                "flower_rounds_per_second_runs": [round(r, 3) for r in theirs_runs],
-                "speedup_vs_flower": round(ours / theirs, 2)})
+    out.update(
+        {
+            "flower_version": flower_version,
+            "flower_rounds_per_second": round(theirs, 3),
+            "flower_rounds_per_second_runs": [round(r, 3) for r in theirs_runs],
+            "speedup_vs_flower": round(ours / theirs, 2),
+        }
+    )
     return out
 
 

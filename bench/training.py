@@ -42,13 +42,15 @@ MODELS: dict[str, Spec] = {
     "linear": ("linear", {"in_features": 32}, (32,), "regression"),
     "logistic": ("logistic", {"in_features": 32, "n_classes": 2}, (32,), "classification"),
     "mlp": ("mlp", {"in_features": 32, "hidden": (64, 64)}, (32,), "regression"),
-    "cnn1d": ("cnn1d", {"in_channels": 8, "conv_channels": 16, "n_conv": 2}, (64, 8),
-              "regression"),
+    "cnn1d": ("cnn1d", {"in_channels": 8, "conv_channels": 16, "n_conv": 2}, (64, 8), "regression"),
 }
 # Not the default size: shows how the ratio moves once compute outweighs per-op overhead.
 EXTRA: dict[str, Spec] = {
     "mlp_in128_hidden_512x512": (
-        "mlp", {"in_features": 128, "hidden": (512, 512)}, (128,), "regression"
+        "mlp",
+        {"in_features": 128, "hidden": (512, 512)},
+        (128,),
+        "regression",
     ),
 }
 
@@ -61,8 +63,9 @@ def _data(shape: tuple[int, ...], task: str, batch: int) -> tuple[torch.Tensor, 
     return x, torch.randn(batch, generator=gen)
 
 
-def _nonprivate_step(name: str, params: dict[str, Any], x: torch.Tensor, y: torch.Tensor,
-                     task: str) -> Callable[[], None]:
+def _nonprivate_step(
+    name: str, params: dict[str, Any], x: torch.Tensor, y: torch.Tensor, task: str
+) -> Callable[[], None]:
     model = build_model(name, **params)
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
 
@@ -74,13 +77,21 @@ def _nonprivate_step(name: str, params: dict[str, Any], x: torch.Tensor, y: torc
     return step
 
 
-def _dp_step(name: str, params: dict[str, Any], x: torch.Tensor, y: torch.Tensor, task: str,
-             mode: str) -> tuple[Callable[[], None], DpSgd]:
+def _dp_step(
+    name: str, params: dict[str, Any], x: torch.Tensor, y: torch.Tensor, task: str, mode: str
+) -> tuple[Callable[[], None], DpSgd]:
     model = build_model(name, **params)
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
-    engine = DpSgd(model, opt, n_examples=4 * len(x), sampling_rate=0.25, noise_multiplier=1.0,
-                   clip_norm=1.0, noise_generator=torch.Generator().manual_seed(1),
-                   grad_sample_mode=mode)  # type: ignore[arg-type]
+    engine = DpSgd(
+        model,
+        opt,
+        n_examples=4 * len(x),
+        sampling_rate=0.25,
+        noise_multiplier=1.0,
+        clip_norm=1.0,
+        noise_generator=torch.Generator().manual_seed(1),
+        grad_sample_mode=mode,
+    )  # type: ignore[arg-type]
 
     def step() -> None:
         engine.zero_grad()
@@ -138,8 +149,10 @@ def _measure(spec: Spec, batch: int, modes: tuple[str, ...]) -> dict[str, Any]:
         "grad_sample_mode": default_mode,
         "wall_dp_over_nonprivate_ratio": round(med_wall[default_mode] / med_wall["nonprivate"], 3),
         "modes": {
-            mode: {"dp_step_ms": round(med[mode], 4),
-                   "dp_over_nonprivate_ratio": round(med[mode] / base, 3)}
+            mode: {
+                "dp_step_ms": round(med[mode], 4),
+                "dp_over_nonprivate_ratio": round(med[mode] / base, 3),
+            }
             for mode in modes
         },
         "fastest_mode": min(modes, key=lambda m: med[m]),
@@ -188,7 +201,9 @@ if __name__ == "__main__":
     out = main()
     for model_name, by_batch in out["models"].items():
         for b, row in by_batch.items():
-            print(f"{model_name:9s} B={b:>3s} ratio={row['dp_over_nonprivate_ratio']:.2f} "
-                  f"dp={row['dp_step_ms']:.3f} ms np={row['nonprivate_step_ms']:.3f} ms "
-                  f"fastest={row['fastest_mode']}")
+            print(
+                f"{model_name:9s} B={b:>3s} ratio={row['dp_over_nonprivate_ratio']:.2f} "
+                f"dp={row['dp_step_ms']:.3f} ms np={row['nonprivate_step_ms']:.3f} ms "
+                f"fastest={row['fastest_mode']}"
+            )
     print(f"{out['seconds']} s")

@@ -46,11 +46,21 @@ GRID_COLUMNS = 24
 
 # Grafana unit id -> (axis label, scale applied to values)
 UNITS: dict[str, tuple[str, float]] = {
-    "none": ("", 1.0), "short": ("count", 1.0), "s": ("seconds", 1.0), "h": ("hours", 1.0),
-    "percentunit": ("%", 100.0), "cps": ("events / s", 1.0), "bool_on_off": ("", 1.0),
+    "none": ("", 1.0),
+    "short": ("count", 1.0),
+    "s": ("seconds", 1.0),
+    "h": ("hours", 1.0),
+    "percentunit": ("%", 100.0),
+    "cps": ("events / s", 1.0),
+    "bool_on_off": ("", 1.0),
 }
-GRAFANA_COLOURS = {"green": "#56a64b", "orange": "#ff9830", "red": "#e02f44", "blue": "#3274d9",
-                   "yellow": "#f2cc0c"}
+GRAFANA_COLOURS = {
+    "green": "#56a64b",
+    "orange": "#ff9830",
+    "red": "#e02f44",
+    "blue": "#3274d9",
+    "yellow": "#f2cc0c",
+}
 
 
 @dataclass(frozen=True)
@@ -86,7 +96,9 @@ def variable_query(definition: str) -> tuple[str, str]:
     """``label_values(<selector>, <label>)`` -> (selector, label)."""
     match = LABEL_VALUES.match(definition.strip())
     if match is None:
-        raise ValueError(f"Only label_values(<selector>, <label>) variables are supported. Found {definition!r}.")
+        raise ValueError(
+            f"Only label_values(<selector>, <label>) variables are supported. Found {definition!r}."
+        )
     return match["selector"].strip(), match["label"]
 
 
@@ -100,19 +112,30 @@ def _regex_escape(value: str) -> str:
 def fill(text: str, values: Mapping[str, Sequence[str]]) -> str:
     """Replace ``$name`` as Grafana does: one value as itself, several as a regex alternation
     (a multi-value variable is used with ``=~``)."""
+
     def one(match: re.Match[str]) -> str:
         name = match[1]
         if name not in values:
             raise ValueError(f"Variable ${name} has no value (known: {sorted(values)}).")
         chosen = list(values[name])
-        return chosen[0] if len(chosen) == 1 else "(" + "|".join(_regex_escape(v) for v in chosen) + ")"
+        return (
+            chosen[0]
+            if len(chosen) == 1
+            else "(" + "|".join(_regex_escape(v) for v in chosen) + ")"
+        )
+
     return VARIABLE.sub(one, text)
 
 
 def legend(fmt: str, labels: Mapping[str, str]) -> str:
     """A Grafana legend format (``{{site}} / {{source}}``) with a series' labels."""
-    return re.sub(r"\{\{\s*(\w+)\s*\}\}", lambda m: labels.get(m[1], ""), fmt) if fmt else \
-        "{" + ", ".join(f'{k}="{v}"' for k, v in sorted(labels.items()) if k != "__name__") + "}"
+    return (
+        re.sub(r"\{\{\s*(\w+)\s*\}\}", lambda m: labels.get(m[1], ""), fmt)
+        if fmt
+        else "{"
+        + ", ".join(f'{k}="{v}"' for k, v in sorted(labels.items()) if k != "__name__")
+        + "}"
+    )
 
 
 def panels(board: Mapping[str, Any], values: Mapping[str, Sequence[str]]) -> list[Panel]:
@@ -128,16 +151,33 @@ def panels(board: Mapping[str, Any], values: Mapping[str, Sequence[str]]) -> lis
         each = [{**values, repeat: [v]} for v in values[repeat]] if repeat else [values]
         defaults = raw["fieldConfig"]["defaults"]
         for chosen in each:
-            out.append(Panel(
-                kind=raw["type"], title=fill(raw["title"], chosen), description=raw.get("description", ""),
-                unit=defaults.get("unit", "none"),
-                targets=tuple(Target(fill(t["expr"], chosen), t.get("legendFormat", "")) for t in raw["targets"]),
-                width=raw["gridPos"]["w"] if not repeat else max(raw["gridPos"]["w"], GRID_COLUMNS // min(len(each), raw.get("maxPerRow", 4))),
-                height=raw["gridPos"]["h"], row=row,
-                thresholds=tuple((s["color"], s["value"]) for s in defaults.get("thresholds", {}).get("steps", [])),
-                overrides=tuple(raw["fieldConfig"].get("overrides", [])), options=raw.get("options", {}),
-                min=defaults.get("min"), max=defaults.get("max"),
-            ))
+            out.append(
+                Panel(
+                    kind=raw["type"],
+                    title=fill(raw["title"], chosen),
+                    description=raw.get("description", ""),
+                    unit=defaults.get("unit", "none"),
+                    targets=tuple(
+                        Target(fill(t["expr"], chosen), t.get("legendFormat", ""))
+                        for t in raw["targets"]
+                    ),
+                    width=raw["gridPos"]["w"]
+                    if not repeat
+                    else max(
+                        raw["gridPos"]["w"], GRID_COLUMNS // min(len(each), raw.get("maxPerRow", 4))
+                    ),
+                    height=raw["gridPos"]["h"],
+                    row=row,
+                    thresholds=tuple(
+                        (s["color"], s["value"])
+                        for s in defaults.get("thresholds", {}).get("steps", [])
+                    ),
+                    overrides=tuple(raw["fieldConfig"].get("overrides", [])),
+                    options=raw.get("options", {}),
+                    min=defaults.get("min"),
+                    max=defaults.get("max"),
+                )
+            )
     return out
 
 
@@ -163,6 +203,7 @@ def layout(items: Sequence[Panel]) -> list[tuple[Panel, int, int]]:
 
 # --- Prometheus ------------------------------------------------------------------------------
 
+
 class Prometheus:
     def __init__(self, url: str) -> None:
         import httpx
@@ -183,8 +224,11 @@ class Prometheus:
         return list(self._get("/api/v1/query", {"query": expr, "time": at})["result"])
 
     def range(self, expr: str, start: float, end: float, step: float) -> list[dict[str, Any]]:
-        return list(self._get("/api/v1/query_range", {"query": expr, "start": start, "end": end,
-                                                      "step": step})["result"])
+        return list(
+            self._get(
+                "/api/v1/query_range", {"query": expr, "start": start, "end": end, "step": step}
+            )["result"]
+        )
 
 
 def variable_values(board: Mapping[str, Any], prom: Prometheus, at: float) -> dict[str, list[str]]:
@@ -200,17 +244,24 @@ def variable_values(board: Mapping[str, Any], prom: Prometheus, at: float) -> di
 
 # --- drawing ---------------------------------------------------------------------------------
 
+
 def _style(panel: Panel, name: str) -> dict[str, Any]:
     """Colour, dashes and band of the series ``name`` from the panel's overrides."""
     style: dict[str, Any] = {}
     for override in panel.overrides:
         matcher = override["matcher"]
-        hit = name == matcher["options"] if matcher["id"] == "byName" else bool(re.fullmatch(matcher["options"], name))
+        hit = (
+            name == matcher["options"]
+            if matcher["id"] == "byName"
+            else bool(re.fullmatch(matcher["options"], name))
+        )
         if not hit:
             continue
         for prop in override["properties"]:
             if prop["id"] == "color":
-                style["color"] = GRAFANA_COLOURS.get(prop["value"]["fixedColor"], prop["value"]["fixedColor"])
+                style["color"] = GRAFANA_COLOURS.get(
+                    prop["value"]["fixedColor"], prop["value"]["fixedColor"]
+                )
             elif prop["id"] == "custom.lineStyle":
                 style["linestyle"] = "--"
             elif prop["id"] == "custom.lineWidth":
@@ -236,7 +287,9 @@ def _text(panel: Panel, value: float) -> str:
     return text + ("%" if panel.unit == "percentunit" else " s" if panel.unit == "s" else "")
 
 
-def draw_timeseries(ax: Any, panel: Panel, prom: Prometheus, start: float, end: float, step: float) -> int:
+def draw_timeseries(
+    ax: Any, panel: Panel, prom: Prometheus, start: float, end: float, step: float
+) -> int:
     import matplotlib.dates as mdates
     import numpy as np
 
@@ -254,11 +307,19 @@ def draw_timeseries(ax: Any, panel: Panel, prom: Prometheus, start: float, end: 
             style["linewidth"] = 0.0
         ax.plot(t, y, label=name, **style)
         if fill_to in series and len(series[fill_to][1]) == len(y):
-            ax.fill_between(t, series[fill_to][1], y, alpha=0.2, color=style.get("color", "#3274d9"),
-                            linewidth=0)
+            ax.fill_between(
+                t,
+                series[fill_to][1],
+                y,
+                alpha=0.2,
+                color=style.get("color", "#3274d9"),
+                linewidth=0,
+            )
     for colour, bound in panel.thresholds:
         if bound is not None:
-            ax.axhline(bound * scale, color=GRAFANA_COLOURS.get(colour, colour), linestyle=":", linewidth=1)
+            ax.axhline(
+                bound * scale, color=GRAFANA_COLOURS.get(colour, colour), linestyle=":", linewidth=1
+            )
     ax.set_xlim(np.datetime64(int(start), "s"), np.datetime64(int(end), "s"))
     locator = mdates.AutoDateLocator(maxticks=8)
     ax.xaxis.set_major_locator(locator)
@@ -267,8 +328,13 @@ def draw_timeseries(ax: Any, panel: Panel, prom: Prometheus, start: float, end: 
     ax.tick_params(labelsize=8)
     ax.grid(alpha=0.25)
     if series:
-        ax.legend(fontsize=7, frameon=True, framealpha=0.7, loc="upper left",
-                  ncol=1 if len(series) < 5 else 2 if len(series) < 12 else 3)
+        ax.legend(
+            fontsize=7,
+            frameon=True,
+            framealpha=0.7,
+            loc="upper left",
+            ncol=1 if len(series) < 5 else 2 if len(series) < 12 else 3,
+        )
     else:
         ax.set_yticks([])
     return len(series)
@@ -278,22 +344,33 @@ def draw_tiles(ax: Any, panel: Panel, prom: Prometheus, at: float) -> int:
     """stat (tiles) and bargauge (horizontal bars against min/max, threshold colours)."""
     from matplotlib.patches import FancyBboxPatch
 
-    rows = [(legend(t.legend, s["metric"]), float(s["value"][1])) for t in panel.targets
-            for s in prom.instant(t.expr, at)]
+    rows = [
+        (legend(t.legend, s["metric"]), float(s["value"][1]))
+        for t in panel.targets
+        for s in prom.instant(t.expr, at)
+    ]
     ax.set_axis_off()
     if not rows:
         return 0
     if panel.kind == "bargauge":
         ax.set_axis_on()
         hi = panel.max if panel.max is not None else max(v for _, v in rows)
-        ax.barh(range(len(rows)), [min(v, hi) for _, v in rows], color=[_colour(panel, v) for _, v in rows])
+        ax.barh(
+            range(len(rows)),
+            [min(v, hi) for _, v in rows],
+            color=[_colour(panel, v) for _, v in rows],
+        )
         ax.barh(range(len(rows)), [hi] * len(rows), color="#eeeeee", zorder=0)
         for colour, bound in panel.thresholds:
             if bound is not None:
-                ax.axvline(bound, color=GRAFANA_COLOURS.get(colour, colour), linestyle=":", linewidth=1.2)
+                ax.axvline(
+                    bound, color=GRAFANA_COLOURS.get(colour, colour), linestyle=":", linewidth=1.2
+                )
         for i, (name, v) in enumerate(rows):
             ax.text(hi * 0.01, i, name, va="center", ha="left", fontsize=9)
-            ax.text(hi * 0.99, i, _text(panel, v), va="center", ha="right", fontsize=11, weight="bold")
+            ax.text(
+                hi * 0.99, i, _text(panel, v), va="center", ha="right", fontsize=11, weight="bold"
+            )
         ax.set_yticks([])
         ax.set_xlim(panel.min or 0, hi)
         ax.invert_yaxis()
@@ -308,14 +385,39 @@ def draw_tiles(ax: Any, panel: Panel, prom: Prometheus, at: float) -> int:
     for i, (name, value) in enumerate(rows):
         cx, cy = (i % cols + 0.5) / cols, 1 - (i // cols + 0.5) / lines
         colour = "#dddddd" if panel.options.get("colorMode") == "none" else _colour(panel, value)
-        ax.add_patch(FancyBboxPatch(
-            (cx - 0.48 / cols, cy - 0.45 / lines), 0.96 / cols, 0.9 / lines, boxstyle="round,pad=0.005",
-            color=colour, alpha=0.85, transform=ax.transAxes))
+        ax.add_patch(
+            FancyBboxPatch(
+                (cx - 0.48 / cols, cy - 0.45 / lines),
+                0.96 / cols,
+                0.9 / lines,
+                boxstyle="round,pad=0.005",
+                color=colour,
+                alpha=0.85,
+                transform=ax.transAxes,
+            )
+        )
         big = name if by_name else _text(panel, value)
-        ax.text(cx, cy + (0 if by_name else 0.12 / lines), big, ha="center", va="center",
-                fontsize=9 if by_name else 18, weight="bold", transform=ax.transAxes, wrap=True)
+        ax.text(
+            cx,
+            cy + (0 if by_name else 0.12 / lines),
+            big,
+            ha="center",
+            va="center",
+            fontsize=9 if by_name else 18,
+            weight="bold",
+            transform=ax.transAxes,
+            wrap=True,
+        )
         if not by_name:
-            ax.text(cx, cy - 0.28 / lines, name, ha="center", va="center", fontsize=8, transform=ax.transAxes)
+            ax.text(
+                cx,
+                cy - 0.28 / lines,
+                name,
+                ha="center",
+                va="center",
+                fontsize=8,
+                transform=ax.transAxes,
+            )
     return n
 
 
@@ -323,8 +425,9 @@ COLUMN_IN, ROW_IN, HEADER_IN = 0.75, 0.5, 0.7  # inches per grid column / grid r
 PAD_IN = {"left": 0.6, "right": 0.15, "bottom": 0.35, "top": 0.35}  # axis labels and the title
 
 
-def render_board(board: Mapping[str, Any], prom: Prometheus, start: float, end: float, out: Path,
-                 dpi: int = 80) -> dict[str, int]:
+def render_board(
+    board: Mapping[str, Any], prom: Prometheus, start: float, end: float, out: Path, dpi: int = 80
+) -> dict[str, int]:
     """Draw one dashboard to ``out``; returns series (or tiles) drawn per panel title."""
     import matplotlib
 
@@ -338,39 +441,69 @@ def render_board(board: Mapping[str, Any], prom: Prometheus, start: float, end: 
     fig = plt.figure(figsize=(width, height))
     span = f"{time.strftime('%H:%M:%S', time.gmtime(start))}–{time.strftime('%H:%M:%S', time.gmtime(end))} UTC"
     chosen = ", ".join(f"{k} = {', '.join(v) or '(none)'}" for k, v in values.items())
-    fig.text(0.008, 1 - 0.3 / height, f"{board['title']}   ({chosen}; {span})", fontsize=14,
-             weight="bold", va="center")
+    fig.text(
+        0.008,
+        1 - 0.3 / height,
+        f"{board['title']}   ({chosen}; {span})",
+        fontsize=14,
+        weight="bold",
+        va="center",
+    )
     titled: set[str] = set()
     drawn: dict[str, int] = {}
     step = max(1.0, (end - start) / 300)
     for panel, x, y in placed:
         top_in = HEADER_IN + y * ROW_IN  # from the top of the page
         if panel.row not in titled:  # the row's title, in the grid row above its first panel
-            fig.text(0.008, 1 - (top_in - 0.5 * ROW_IN) / height, panel.row, fontsize=12, color="#555",
-                     weight="bold", va="center")
+            fig.text(
+                0.008,
+                1 - (top_in - 0.5 * ROW_IN) / height,
+                panel.row,
+                fontsize=12,
+                color="#555",
+                weight="bold",
+                va="center",
+            )
             titled.add(panel.row)
         left = PAD_IN["left"] if panel.kind == "timeseries" else 0.1
-        box = (x * COLUMN_IN + left, height - top_in - panel.height * ROW_IN + PAD_IN["bottom"],
-               panel.width * COLUMN_IN - left - PAD_IN["right"],
-               panel.height * ROW_IN - PAD_IN["bottom"] - PAD_IN["top"])
+        box = (
+            x * COLUMN_IN + left,
+            height - top_in - panel.height * ROW_IN + PAD_IN["bottom"],
+            panel.width * COLUMN_IN - left - PAD_IN["right"],
+            panel.height * ROW_IN - PAD_IN["bottom"] - PAD_IN["top"],
+        )
         ax = fig.add_axes((box[0] / width, box[1] / height, box[2] / width, box[3] / height))
         if panel.kind == "timeseries":
             n = draw_timeseries(ax, panel, prom, start, end, step)
         else:
             n = draw_tiles(ax, panel, prom, end)
         unit = UNITS.get(panel.unit, ("", 1.0))[0]
-        ax.set_title(panel.title + (f"  [{unit}]" if unit and panel.kind != "timeseries" else ""),
-                     fontsize=10, loc="left", weight="bold")
+        ax.set_title(
+            panel.title + (f"  [{unit}]" if unit and panel.kind != "timeseries" else ""),
+            fontsize=10,
+            loc="left",
+            weight="bold",
+        )
         if n == 0:
-            ax.text(0.5, 0.5, "No data", ha="center", va="center", color="#888", fontsize=12,
-                    transform=ax.transAxes)
+            ax.text(
+                0.5,
+                0.5,
+                "No data",
+                ha="center",
+                va="center",
+                color="#888",
+                fontsize=12,
+                transform=ax.transAxes,
+            )
         drawn[panel.title] = n
     fig.savefig(out, dpi=dpi)
     plt.close(fig)
     return drawn
 
 
-def render_all(prom_url: str, out_dir: Path, start: float, end: float, dpi: int = 80) -> dict[str, dict[str, int]]:
+def render_all(
+    prom_url: str, out_dir: Path, start: float, end: float, dpi: int = 80
+) -> dict[str, dict[str, int]]:
     prom = Prometheus(prom_url)
     out_dir.mkdir(parents=True, exist_ok=True)
     result = {}
@@ -378,12 +511,16 @@ def render_all(prom_url: str, out_dir: Path, start: float, end: float, dpi: int 
         board = json.loads(path.read_text())
         target = out_dir / f"dashboard-{path.stem}.png"
         result[path.stem] = render_board(board, prom, start, end, target, dpi)
-        print(f"{target}: {sum(1 for n in result[path.stem].values() if n)} of "
-              f"{len(result[path.stem])} panels with data", file=sys.stderr)
+        print(
+            f"{target}: {sum(1 for n in result[path.stem].values() if n)} of "
+            f"{len(result[path.stem])} panels with data",
+            file=sys.stderr,
+        )
     return result
 
 
 # --- a live fleet ----------------------------------------------------------------------------
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -399,7 +536,13 @@ def _live_config(folder: Path, prefix: str) -> Path:
     sites = ("plant-a", "plant-b", "plant-c")
     model = next(m for m in data["models"] if m["id"] == "failure")
     model["strategy"] = {"name": "gap", "params": {"dual_lr": 2.0}}
-    model["rounds"] = {"mode": "sync", "rounds": 200, "deadline_s": 120, "min_sites": 2, "quorum": 3}
+    model["rounds"] = {
+        "mode": "sync",
+        "rounds": 200,
+        "deadline_s": 120,
+        "min_sites": 2,
+        "quorum": 3,
+    }
     data["models"] = [model]
     data["sites"] = [s for s in data["sites"] if s["id"] in sites]
     data["policies"]["sites"] = {}
@@ -426,44 +569,80 @@ def live_fleet(rounds: int, keep: Path | None = None) -> Iterator[tuple[str, flo
 
     bootstrap = os.environ.get("FAIRFLEET_BOOTSTRAP")
     if not bootstrap:
-        raise SystemExit("--live needs FAIRFLEET_BOOTSTRAP (a running broker: `fairfleet broker start`).")
+        raise SystemExit(
+            "--live needs FAIRFLEET_BOOTSTRAP (a running broker: `fairfleet broker start`)."
+        )
     exe = shutil.which("prometheus")
     if not exe:
         raise SystemExit("--live needs Debian's prometheus binary on PATH (make system-deps).")
     with contextlib.ExitStack() as stack:
         if keep is None:
-            folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="fairfleet-render-")))
+            folder = Path(
+                stack.enter_context(tempfile.TemporaryDirectory(prefix="fairfleet-render-"))
+            )
         else:
             folder = keep
             folder.mkdir(parents=True, exist_ok=False)
         prefix = f"render{uuid.uuid4().hex[:8]}."
         config = _live_config(folder, prefix)
-        connect(f"kafka://{bootstrap}").create_topics(default_topics(prefix, load_config(config).kafka.partitions))
+        connect(f"kafka://{bootstrap}").create_topics(
+            default_topics(prefix, load_config(config).kafka.partitions)
+        )
         started = time.time()
-        fleet = launch(config, log_dir=folder / "logs", env={"FAIRFLEET_KAFKA__BOOTSTRAP": bootstrap},
-                       extra_args={"aggregator": ["--keep-running"]})
+        fleet = launch(
+            config,
+            log_dir=folder / "logs",
+            env={"FAIRFLEET_KAFKA__BOOTSTRAP": bootstrap},
+            extra_args={"aggregator": ["--keep-running"]},
+        )
         proc = None
         try:
-            jobs = {"accountant": "fairfleet-accountant", "aggregator": "fairfleet-aggregator",
-                    "site": "fairfleet-site-agent"}
-            scrape = [{"job_name": job, "static_configs": [
-                {"targets": [f"127.0.0.1:{s.port}" for s in fleet.of_kind(kind)]}]} for kind, job in jobs.items()]
-            (folder / "prometheus.yml").write_text(yaml.safe_dump({
-                "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-                "rule_files": [str(REPO / "deploy" / "prometheus" / "rules" / "fairfleet.yml")],
-                "scrape_configs": scrape}))
+            jobs = {
+                "accountant": "fairfleet-accountant",
+                "aggregator": "fairfleet-aggregator",
+                "site": "fairfleet-site-agent",
+            }
+            scrape = [
+                {
+                    "job_name": job,
+                    "static_configs": [
+                        {"targets": [f"127.0.0.1:{s.port}" for s in fleet.of_kind(kind)]}
+                    ],
+                }
+                for kind, job in jobs.items()
+            ]
+            (folder / "prometheus.yml").write_text(
+                yaml.safe_dump(
+                    {
+                        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                        "rule_files": [
+                            str(REPO / "deploy" / "prometheus" / "rules" / "fairfleet.yml")
+                        ],
+                        "scrape_configs": scrape,
+                    }
+                )
+            )
             port = _free_port()
             log = (folder / "prometheus.log").open("wb")
-            proc = subprocess.Popen([exe, f"--config.file={folder / 'prometheus.yml'}",
-                                     f"--storage.tsdb.path={folder / 'tsdb'}",
-                                     f"--web.listen-address=127.0.0.1:{port}"], stdout=log, stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(
+                [
+                    exe,
+                    f"--config.file={folder / 'prometheus.yml'}",
+                    f"--storage.tsdb.path={folder / 'tsdb'}",
+                    f"--web.listen-address=127.0.0.1:{port}",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
             url = f"http://127.0.0.1:{port}"
             prom = Prometheus(url)
             deadline = time.monotonic() + 60 * rounds + 300
             closed = 0.0
             while closed < rounds:
                 if fleet.failed():
-                    raise SystemExit("\n".join(f"{s.name}:\n{s.log_tail(30)}" for s in fleet.failed()))
+                    raise SystemExit(
+                        "\n".join(f"{s.name}:\n{s.log_tail(30)}" for s in fleet.failed())
+                    )
                 if time.monotonic() > deadline:
                     raise SystemExit(f"only {closed:g} rounds closed in time")
                 time.sleep(3)
@@ -479,9 +658,12 @@ def live_fleet(rounds: int, keep: Path | None = None) -> Iterator[tuple[str, flo
                 proc.wait(timeout=20)
             fleet.stop()
             if keep is not None:
-                print(f"kept {folder}; render again: prometheus --storage.tsdb.path={folder / 'tsdb'} "
-                      f"--web.listen-address=127.0.0.1:<port>, then --prometheus URL --start "
-                      f"{started:.0f} --end <time>", file=sys.stderr)
+                print(
+                    f"kept {folder}; render again: prometheus --storage.tsdb.path={folder / 'tsdb'} "
+                    f"--web.listen-address=127.0.0.1:<port>, then --prometheus URL --start "
+                    f"{started:.0f} --end <time>",
+                    file=sys.stderr,
+                )
 
 
 def _interrupted(signum: int, frame: Any) -> None:
@@ -492,12 +674,20 @@ def _interrupted(signum: int, frame: Any) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--prometheus", help="URL of a Prometheus that scrapes a fleet")
-    parser.add_argument("--live", action="store_true", help="start a small fleet and a Prometheus first")
+    parser.add_argument(
+        "--live", action="store_true", help="start a small fleet and a Prometheus first"
+    )
     parser.add_argument("--rounds", type=int, default=12, help="--live: rounds to wait for")
-    parser.add_argument("--keep", type=Path, help="--live: keep the fleet's folder and Prometheus's TSDB here")
-    parser.add_argument("--minutes", type=float, default=15.0, help="--prometheus: the last MINUTES")
+    parser.add_argument(
+        "--keep", type=Path, help="--live: keep the fleet's folder and Prometheus's TSDB here"
+    )
+    parser.add_argument(
+        "--minutes", type=float, default=15.0, help="--prometheus: the last MINUTES"
+    )
     parser.add_argument("--start", type=float, help="--prometheus: range start (Unix time)")
-    parser.add_argument("--end", type=float, help="--prometheus: range end (Unix time; default now)")
+    parser.add_argument(
+        "--end", type=float, help="--prometheus: range end (Unix time; default now)"
+    )
     parser.add_argument("--dpi", type=int, default=80)
     parser.add_argument("--out", type=Path, required=True, help="folder for dashboard-<name>.png")
     args = parser.parse_args(argv)
@@ -516,4 +706,3 @@ def main(argv: Sequence[str] | None = None) -> int:
 if __name__ == "__main__":
     sys.path.insert(0, str(REPO / "services"))
     raise SystemExit(main())
-

@@ -97,12 +97,17 @@ class AclRule:
         return {**asdict(self), "permission": "ALLOW", "host": "*"}
 
 
-def allowed(rules: Iterable[AclRule], principal: str, operation: str, resource_type: str,
-            name: str) -> bool:
+def allowed(
+    rules: Iterable[AclRule], principal: str, operation: str, resource_type: str, name: str
+) -> bool:
     """What the broker's authorizer decides with only ``rules`` (ALLOW only, no super user)."""
     return any(
-        r.principal == principal and r.matches(resource_type, name)
-        and (r.operation == operation or (operation == "DESCRIBE" and r.operation in IMPLIES_DESCRIBE))
+        r.principal == principal
+        and r.matches(resource_type, name)
+        and (
+            r.operation == operation
+            or (operation == "DESCRIBE" and r.operation in IMPLIES_DESCRIBE)
+        )
         for r in rules
     )
 
@@ -135,22 +140,32 @@ def _check_principals(roles: dict[str, str]) -> None:
             )
 
 
-def _topic_rules(role: str, principal: str, prefix: str, operation: Operation,
-                 logical: Sequence[str]) -> list[AclRule]:
-    return [AclRule(principal, "TOPIC", "LITERAL", topic_name(t, prefix), operation, role)
-            for t in logical]
+def _topic_rules(
+    role: str, principal: str, prefix: str, operation: Operation, logical: Sequence[str]
+) -> list[AclRule]:
+    return [
+        AclRule(principal, "TOPIC", "LITERAL", topic_name(t, prefix), operation, role)
+        for t in logical
+    ]
 
 
 def _site_rules(role: str, principal: str, prefix: str, site_id: str) -> list[AclRule]:
-    groups = [AclRule(principal, "GROUP", "LITERAL", site_group(prefix, site_id, g), "READ", role)
-              for g in SITE_GROUPS]
-    groups.append(AclRule(principal, "GROUP", "PREFIXED", site_resolve_group_prefix(prefix, site_id),
-                          "READ", role))
+    groups = [
+        AclRule(principal, "GROUP", "LITERAL", site_group(prefix, site_id, g), "READ", role)
+        for g in SITE_GROUPS
+    ]
+    groups.append(
+        AclRule(
+            principal, "GROUP", "PREFIXED", site_resolve_group_prefix(prefix, site_id), "READ", role
+        )
+    )
     return [
         *_topic_rules(role, principal, prefix, "WRITE", SITE_WRITES),
         *_topic_rules(role, principal, prefix, "READ", SITE_READS),
         *groups,
-        AclRule(principal, "TRANSACTIONAL_ID", "LITERAL", site_client_id(prefix, site_id), "WRITE", role),
+        AclRule(
+            principal, "TRANSACTIONAL_ID", "LITERAL", site_client_id(prefix, site_id), "WRITE", role
+        ),
     ]
 
 
@@ -167,19 +182,43 @@ def _aggregator_rules(
     role: str, principal: str, prefix: str, model_id: str, workers: int = 1
 ) -> list[AclRule]:
     client = aggregator_client_id(prefix, model_id)
-    worker_rules = [] if workers <= 1 else [
-        AclRule(principal, "GROUP", "LITERAL", aggregator_combiner_group(prefix, model_id), "READ", role),
-        AclRule(principal, "GROUP", "PREFIXED", f"{prefix}{PARTIALS_RESTORE_GROUP}", "READ", role),
-        *(AclRule(principal, "TRANSACTIONAL_ID", "LITERAL",
-                  aggregator_worker_id(prefix, model_id, i), "WRITE", role) for i in range(workers)),
-    ]
+    worker_rules = (
+        []
+        if workers <= 1
+        else [
+            AclRule(
+                principal,
+                "GROUP",
+                "LITERAL",
+                aggregator_combiner_group(prefix, model_id),
+                "READ",
+                role,
+            ),
+            AclRule(
+                principal, "GROUP", "PREFIXED", f"{prefix}{PARTIALS_RESTORE_GROUP}", "READ", role
+            ),
+            *(
+                AclRule(
+                    principal,
+                    "TRANSACTIONAL_ID",
+                    "LITERAL",
+                    aggregator_worker_id(prefix, model_id, i),
+                    "WRITE",
+                    role,
+                )
+                for i in range(workers)
+            ),
+        ]
+    )
     return [
         *worker_rules,
         *_topic_rules(role, principal, prefix, "WRITE", AGGREGATOR_WRITES),
         *_topic_rules(role, principal, prefix, "READ", AGGREGATOR_READS),
         *_topic_rules(role, principal, prefix, "DESCRIBE", AGGREGATOR_DESCRIBES),
         AclRule(principal, "GROUP", "LITERAL", client, "READ", role),
-        AclRule(principal, "GROUP", "PREFIXED", f"{prefix}{CHECKPOINT_RESTORE_GROUP}", "READ", role),
+        AclRule(
+            principal, "GROUP", "PREFIXED", f"{prefix}{CHECKPOINT_RESTORE_GROUP}", "READ", role
+        ),
         AclRule(principal, "GROUP", "PREFIXED", f"{prefix}{LEDGER_GATE_GROUP}", "READ", role),
         AclRule(principal, "TRANSACTIONAL_ID", "LITERAL", client, "WRITE", role),
     ]
@@ -194,10 +233,12 @@ def overlaps(rules: Sequence[AclRule]) -> list[tuple[AclRule, AclRule]]:
         if broad.pattern_type != "PREFIXED":
             continue
         for other in rules:
-            if (other.principal != broad.principal
-                    and broad.matches(other.resource_type, other.resource_name)
-                    and (broad.principal, other.resource_type, other.pattern_type,
-                         other.resource_name) not in held):
+            if (
+                other.principal != broad.principal
+                and broad.matches(other.resource_type, other.resource_name)
+                and (broad.principal, other.resource_type, other.pattern_type, other.resource_name)
+                not in held
+            ):
                 out.append((broad, other))
     return out
 

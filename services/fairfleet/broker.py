@@ -70,7 +70,9 @@ def default_state_dir() -> Path:
 
 def default_libs_dir() -> Path:
     cache = Path(os.environ.get("XDG_CACHE_HOME", str(Path.home() / ".cache")))
-    return Path(os.environ.get("FAIRFLEET_KAFKA_LIBS", str(cache / "fairfleet" / f"kafka-{KAFKA_VERSION}")))
+    return Path(
+        os.environ.get("FAIRFLEET_KAFKA_LIBS", str(cache / "fairfleet" / f"kafka-{KAFKA_VERSION}"))
+    )
 
 
 @dataclass(frozen=True)
@@ -109,8 +111,13 @@ def resolve_jars(libs_dir: Path | None = None, quiet: bool = True) -> Path:
         raise BrokerError(f"Broker pom not found at {pom}; run from a fairfleet source checkout.")
     libs.mkdir(parents=True, exist_ok=True)
     cmd = [
-        mvn, "-B", "-f", str(pom), "dependency:copy-dependencies",
-        f"-DoutputDirectory={libs}", "-DincludeScope=runtime",
+        mvn,
+        "-B",
+        "-f",
+        str(pom),
+        "dependency:copy-dependencies",
+        f"-DoutputDirectory={libs}",
+        "-DincludeScope=runtime",
     ]
     if quiet:
         cmd.insert(1, "-q")
@@ -192,7 +199,8 @@ def _legacy_cluster(state: Path) -> ClusterRecord | None:
     if not (meta.exists() and props.exists()):
         return None
     values = dict(
-        line.split("=", 1) for line in (meta.read_text() + props.read_text()).splitlines()
+        line.split("=", 1)
+        for line in (meta.read_text() + props.read_text()).splitlines()
         if "=" in line and not line.startswith("#")
     )
     ports = {
@@ -242,34 +250,36 @@ def _data_lock_held(data_dir: Path) -> bool:
 
 
 def _properties(data_dir: Path, port: int, cport: int) -> str:
-    return "\n".join([
-        "process.roles=broker,controller",
-        "node.id=1",
-        f"controller.quorum.bootstrap.servers=127.0.0.1:{cport}",
-        f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{cport}",
-        f"advertised.listeners=PLAINTEXT://127.0.0.1:{port}",
-        "controller.listener.names=CONTROLLER",
-        "inter.broker.listener.name=PLAINTEXT",
-        "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
-        f"log.dirs={data_dir}",
-        "num.partitions=1",
-        "offsets.topic.replication.factor=1",
-        "offsets.topic.num.partitions=4",
-        "transaction.state.log.replication.factor=1",
-        "transaction.state.log.min.isr=1",
-        "transaction.state.log.num.partitions=4",
-        "share.coordinator.state.topic.replication.factor=1",
-        "share.coordinator.state.topic.min.isr=1",
-        "group.initial.rebalance.delay.ms=0",
-        # Large model payloads: 100 MB chunked updates pass in ~8 MB messages, but a topic may
-        # raise max.message.bytes up to this broker-wide ceiling.
-        "message.max.bytes=67108864",
-        "replica.fetch.max.bytes=67108864",
-        "socket.request.max.bytes=209715200",
-        "auto.create.topics.enable=false",
-        "log.retention.hours=168",
-        "",
-    ])
+    return "\n".join(
+        [
+            "process.roles=broker,controller",
+            "node.id=1",
+            f"controller.quorum.bootstrap.servers=127.0.0.1:{cport}",
+            f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{cport}",
+            f"advertised.listeners=PLAINTEXT://127.0.0.1:{port}",
+            "controller.listener.names=CONTROLLER",
+            "inter.broker.listener.name=PLAINTEXT",
+            "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            f"log.dirs={data_dir}",
+            "num.partitions=1",
+            "offsets.topic.replication.factor=1",
+            "offsets.topic.num.partitions=4",
+            "transaction.state.log.replication.factor=1",
+            "transaction.state.log.min.isr=1",
+            "transaction.state.log.num.partitions=4",
+            "share.coordinator.state.topic.replication.factor=1",
+            "share.coordinator.state.topic.min.isr=1",
+            "group.initial.rebalance.delay.ms=0",
+            # Large model payloads: 100 MB chunked updates pass in ~8 MB messages, but a topic may
+            # raise max.message.bytes up to this broker-wide ceiling.
+            "message.max.bytes=67108864",
+            "replica.fetch.max.bytes=67108864",
+            "socket.request.max.bytes=209715200",
+            "auto.create.topics.enable=false",
+            "log.retention.hours=168",
+            "",
+        ]
+    )
 
 
 def _sasl_properties(
@@ -314,7 +324,7 @@ def _scram_args(scram_users: dict[str, str]) -> list[str]:
         for value, what in ((name, "user name"), (password, "password")):
             if not value or any(c in value for c in ',=[]"'):
                 raise BrokerError(
-                    f"A SCRAM {what} must be non-empty without any of , = [ ] \". Found {value!r}."
+                    f'A SCRAM {what} must be non-empty without any of , = [ ] ". Found {value!r}.'
                 )
         args += ["--add-scram", f"{SCRAM_MECHANISM}=[name={name},password={password}]"]
     return args
@@ -372,7 +382,9 @@ def start(
             f"{running.bootstrap}; stop it first with `fairfleet broker stop`."
         )
     (state / "broker.json").unlink(missing_ok=True)  # stale: its process is gone
-    java = _require("java", "install a Java 17+ runtime (Debian: apt-get install openjdk-17-jre-headless)")
+    java = _require(
+        "java", "install a Java 17+ runtime (Debian: apt-get install openjdk-17-jre-headless)"
+    )
     libs = resolve_jars(libs_dir)
     data_dir = state / "data"
     logs_dir = state / "logs"
@@ -396,28 +408,54 @@ def start(
     if record.internal_port is None:
         props.write_text(_properties(data_dir, record.port, record.controller_port))
     else:
-        props.write_text(_sasl_properties(data_dir, record.port, record.controller_port,
-                                          record.internal_port, record.acl_admin))
+        props.write_text(
+            _sasl_properties(
+                data_dir,
+                record.port,
+                record.controller_port,
+                record.internal_port,
+                record.acl_admin,
+            )
+        )
     if scram_users is not None:
         user = acl_admin or next(iter(scram_users))
         password = scram_users[user]
         client_config = {
-            "security.protocol": "SASL_PLAINTEXT", "sasl.mechanisms": SCRAM_MECHANISM,
-            "sasl.username": user, "sasl.password": password,
+            "security.protocol": "SASL_PLAINTEXT",
+            "sasl.mechanisms": SCRAM_MECHANISM,
+            "sasl.username": user,
+            "sasl.password": password,
         }
     log4j = state / "log4j2.properties"
     log4j.write_text(_LOG4J2.format(log=logs_dir / "server.log"))
     classpath = f"{libs}/*"
     common = [
-        java, f"-Xmx{heap}", f"-Xms{heap}", "-XX:+UseG1GC",
-        f"-Dkafka.logs.dir={logs_dir}", f"-Dlog4j2.configurationFile={log4j}", "-cp", classpath,
+        java,
+        f"-Xmx{heap}",
+        f"-Xms{heap}",
+        "-XX:+UseG1GC",
+        f"-Dkafka.logs.dir={logs_dir}",
+        f"-Dlog4j2.configurationFile={log4j}",
+        "-cp",
+        classpath,
     ]
     if not (data_dir / "meta.properties").exists():  # a new cluster: the only time we format
         extra = _scram_args(scram_users) if scram_users is not None else []
         fmt = subprocess.run(
-            [*common, "kafka.tools.StorageTool", "format", "--config", str(props),
-             "--cluster-id", record.cluster_id, "--standalone", "--ignore-formatted", *extra],
-            capture_output=True, text=True,
+            [
+                *common,
+                "kafka.tools.StorageTool",
+                "format",
+                "--config",
+                str(props),
+                "--cluster-id",
+                record.cluster_id,
+                "--standalone",
+                "--ignore-formatted",
+                *extra,
+            ],
+            capture_output=True,
+            text=True,
         )
         if fmt.returncode != 0:
             raise BrokerError(f"Formatting KRaft storage failed:\n{fmt.stdout}{fmt.stderr}")
@@ -425,13 +463,18 @@ def start(
     stdout = open(logs_dir / "stdout.log", "ab")  # noqa: SIM115 - handed to the child process
     proc = subprocess.Popen(
         [*common, "kafka.Kafka", str(props)],
-        stdout=stdout, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        stdout=stdout,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
         start_new_session=True,
     )
     stdout.close()
     info = BrokerInfo(
-        bootstrap=f"127.0.0.1:{record.port}", port=record.port,
-        controller_port=record.controller_port, pid=proc.pid, state_dir=str(state),
+        bootstrap=f"127.0.0.1:{record.port}",
+        port=record.port,
+        controller_port=record.controller_port,
+        pid=proc.pid,
+        state_dir=str(state),
         security_protocol=record.security_protocol,
     )
     # Recorded at once (not only when ready): a start that times out leaves a process that
@@ -458,14 +501,21 @@ def _new_cluster(port: int, protocol: str, acl_admin: str | None = None) -> Clus
         chosen.append(candidate)
     client = port or chosen.pop()
     return ClusterRecord(
-        cluster_id=uuid.uuid4().hex[:22], port=client, controller_port=chosen[0],
-        internal_port=chosen[1] if protocol != "PLAINTEXT" else None, security_protocol=protocol,
+        cluster_id=uuid.uuid4().hex[:22],
+        port=client,
+        controller_port=chosen[0],
+        internal_port=chosen[1] if protocol != "PLAINTEXT" else None,
+        security_protocol=protocol,
         acl_admin=acl_admin,
     )
 
 
 def _check_recorded(
-    record: ClusterRecord, state: Path, port: int, protocol: str, port_wait_s: float = 0.0,
+    record: ClusterRecord,
+    state: Path,
+    port: int,
+    protocol: str,
+    port_wait_s: float = 0.0,
     acl_admin: str | None = None,
 ) -> None:
     """A restart must be the same cluster: same client port, protocol, and all ports free."""
@@ -521,7 +571,9 @@ def wait_ready(
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            raise BrokerError(f"The broker process exited with code {proc.returncode} during startup.")
+            raise BrokerError(
+                f"The broker process exited with code {proc.returncode} during startup."
+            )
         try:
             with socket.create_connection((host, int(port)), timeout=1):
                 pass
@@ -588,13 +640,20 @@ def status(state_dir: Path | None = None) -> dict[str, object]:
     record = read_cluster(state)
     cluster = {"cluster_id": record.cluster_id} if record is not None else {}
     if info is None:
-        return {"running": False, "state_dir": str(state), "data_kept": record is not None, **cluster}
+        return {
+            "running": False,
+            "state_dir": str(state),
+            "data_kept": record is not None,
+            **cluster,
+        }
     from confluent_kafka.admin import AdminClient
 
     from fairfleet.bus.kafka import KafkaLink
 
     try:
-        admin = AdminClient({"bootstrap.servers": info.bootstrap, **KafkaLink(info.bootstrap).config()})
+        admin = AdminClient(
+            {"bootstrap.servers": info.bootstrap, **KafkaLink(info.bootstrap).config()}
+        )
         metadata = admin.list_topics(timeout=5)
         topics = sorted(t for t in metadata.topics if not t.startswith("__"))
         answering = True

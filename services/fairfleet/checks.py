@@ -16,7 +16,9 @@ def check_positive(name: str, value: Any, *, allow_zero: bool = False) -> float:
     ConfigError ``"<name> must be finite and > 0. Found <value>."``."""
     ok = isinstance(value, numbers.Real) and math.isfinite(value)
     if not (ok and (value >= 0 if allow_zero else value > 0)):
-        raise ConfigError(f"{name} must be finite and {'>= 0' if allow_zero else '> 0'}. Found {value}.")
+        raise ConfigError(
+            f"{name} must be finite and {'>= 0' if allow_zero else '> 0'}. Found {value}."
+        )
     return float(value)
 
 

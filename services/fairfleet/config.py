@@ -50,7 +50,9 @@ def parse_bootstrap(value: str) -> list[tuple[str, int]]:
         if entry.startswith("["):
             host = host[1:-1] if host.endswith("]") else ""
         if "://" in entry:
-            raise ConfigError(f"A bootstrap address is host:port, without a scheme. Found {entry!r}.")
+            raise ConfigError(
+                f"A bootstrap address is host:port, without a scheme. Found {entry!r}."
+            )
         if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
             raise ConfigError(
                 f"A bootstrap address must be host:port with a port in 1..65535. Found {entry!r}."
@@ -317,6 +319,7 @@ class AccountantConfig(_Strict):
                 f"decreases (docs/privacy.md, 'One ε per ledger'); remove the field. Found {value!r}"
             )
         return value
+
     grant_timeout_s: Annotated[float, Field(gt=0)] = 30.0
     progress_timeout_s: Annotated[float, Field(gt=0)] = 300.0  # /healthz: accountant loop stuck
     public_key: PublicKeyHex | None = None  # the accountant's identity: signs grants and denials
@@ -370,7 +373,9 @@ class FleetConfig(BaseSettings):
         for site in self.sites:
             unknown = [m for m in site.models if m not in model_ids]
             if unknown:
-                raise ValueError(f"site '{site.id}' serves unknown models {unknown} (known: {model_ids})")
+                raise ValueError(
+                    f"site '{site.id}' serves unknown models {unknown} (known: {model_ids})"
+                )
         unknown_sites = set(self.policies.sites) - set(site_ids)
         if unknown_sites:
             raise ValueError(f"policies.sites names unknown sites {sorted(unknown_sites)}")
@@ -464,7 +469,10 @@ FLEET_CONFIG_NOT_EMPTY = "a fleet config needs at least models and sites"
 
 
 def read_yaml(
-    path: Path | Traversable, *, source: str | None = None, empty: str | None = FLEET_CONFIG_NOT_EMPTY
+    path: Path | Traversable,
+    *,
+    source: str | None = None,
+    empty: str | None = FLEET_CONFIG_NOT_EMPTY,
 ) -> Any:
     """The YAML document in ``path`` (a file, or a resource shipped in the package): the one YAML
     reader of fairfleet. ConfigError naming ``source`` (default: the path; YAML errors also name

@@ -79,43 +79,76 @@ def demo_config(work_dir: Path, bootstrap: str, settings: DemoSettings) -> dict[
         key_file = keys / f"{site.id}.key"
         key_file.touch(mode=0o600)
         key_file.write_text(private + "\n")
-        sites.append({
-            "id": site.id,
-            "class": site.site_class,
-            "public_key": public,
-            "private_key_file": str(key_file),
-            "connector": {"type": "simulator",
-                          "params": {"fleet": settings.fleet, "site": site.id, "seed": settings.seed}},
-            "window": {"by": "count", "size": settings.window},
-            "models": [MODEL_ID],
-            "metrics_port": 0,
-            "state_dir": str(work_dir / "state" / site.id),
-        })
+        sites.append(
+            {
+                "id": site.id,
+                "class": site.site_class,
+                "public_key": public,
+                "private_key_file": str(key_file),
+                "connector": {
+                    "type": "simulator",
+                    "params": {"fleet": settings.fleet, "site": site.id, "seed": settings.seed},
+                },
+                "window": {"by": "count", "size": settings.window},
+                "models": [MODEL_ID],
+                "metrics_port": 0,
+                "state_dir": str(work_dir / "state" / site.id),
+            }
+        )
     n_features, n_outputs = len(fleet.feature_names), fleet.n_outputs
-    return add_service_identities({
-        "fleet": f"demo-{fleet.name}",
-        "kafka": {"bootstrap": bootstrap, "topic_prefix": f"fairfleet.demo{int(time.time())}.",
-                  "partitions": 1},
-        "models": [{
-            "id": MODEL_ID,
-            "model": {"name": "logistic", "task": "classification",
-                      "params": {"in_features": n_features, "n_classes": n_outputs}},
-            "strategy": {"name": "gap", "params": {"gamma": settings.gamma, "dual_lr": 0.5}},
-            "rounds": {"mode": "sync", "rounds": settings.rounds, "deadline_s": settings.deadline_s,
-                       "min_sites": 3, "quorum": len(sites)},
-            "training": {"epochs": 1, "batch_size": 32, "lr": settings.lr},
-            "privacy": {"mechanism": "update", "unit": "site", "noise_multiplier": z,
-                        "clip_norm": settings.clip_norm, "loss_bound": settings.loss_bound,
-                        "loss_noise_multiplier": z * m_max},
-            "gamma": settings.gamma,
-            "metrics_port": 0,
-        }],
-        "policies": {"defaults": {"epsilon_max": round(1.25 * settings.epsilon, 3),
-                                  "delta": settings.delta, "unit": "site"}},
-        "sites": sites,
-        "accountant": {"db": str(work_dir / "accountant" / "ledger.sqlite"), "metrics_port": 0},
-        "state_dir": str(work_dir / "state"),
-    }, keys)
+    return add_service_identities(
+        {
+            "fleet": f"demo-{fleet.name}",
+            "kafka": {
+                "bootstrap": bootstrap,
+                "topic_prefix": f"fairfleet.demo{int(time.time())}.",
+                "partitions": 1,
+            },
+            "models": [
+                {
+                    "id": MODEL_ID,
+                    "model": {
+                        "name": "logistic",
+                        "task": "classification",
+                        "params": {"in_features": n_features, "n_classes": n_outputs},
+                    },
+                    "strategy": {
+                        "name": "gap",
+                        "params": {"gamma": settings.gamma, "dual_lr": 0.5},
+                    },
+                    "rounds": {
+                        "mode": "sync",
+                        "rounds": settings.rounds,
+                        "deadline_s": settings.deadline_s,
+                        "min_sites": 3,
+                        "quorum": len(sites),
+                    },
+                    "training": {"epochs": 1, "batch_size": 32, "lr": settings.lr},
+                    "privacy": {
+                        "mechanism": "update",
+                        "unit": "site",
+                        "noise_multiplier": z,
+                        "clip_norm": settings.clip_norm,
+                        "loss_bound": settings.loss_bound,
+                        "loss_noise_multiplier": z * m_max,
+                    },
+                    "gamma": settings.gamma,
+                    "metrics_port": 0,
+                }
+            ],
+            "policies": {
+                "defaults": {
+                    "epsilon_max": round(1.25 * settings.epsilon, 3),
+                    "delta": settings.delta,
+                    "unit": "site",
+                }
+            },
+            "sites": sites,
+            "accountant": {"db": str(work_dir / "accountant" / "ledger.sqlite"), "metrics_port": 0},
+            "state_dir": str(work_dir / "state"),
+        },
+        keys,
+    )
 
 
 def write_demo_config(work_dir: Path, bootstrap: str, settings: DemoSettings) -> Path:
@@ -125,7 +158,9 @@ def write_demo_config(work_dir: Path, bootstrap: str, settings: DemoSettings) ->
     return path
 
 
-def read_models(config_path: Path, model_id: str = MODEL_ID, idle_s: float = 3.0) -> list[tuple[int, int, Any, Any]]:
+def read_models(
+    config_path: Path, model_id: str = MODEL_ID, idle_s: float = 3.0
+) -> list[tuple[int, int, Any, Any]]:
     """Every (version, round, model spec, state dict) of ``model_id`` on the ``models`` topic."""
     import uuid
 
@@ -136,8 +171,11 @@ def read_models(config_path: Path, model_id: str = MODEL_ID, idle_s: float = 3.0
 
     cfg = load_config(config_path)
     bus = connect(cfg.bus_url(), cfg.kafka.client_config())
-    consumer = bus.consumer(f"demo-reader-{uuid.uuid4().hex[:8]}",
-                            [topic_name("models", cfg.kafka.topic_prefix)], from_beginning=True)
+    consumer = bus.consumer(
+        f"demo-reader-{uuid.uuid4().hex[:8]}",
+        [topic_name("models", cfg.kafka.topic_prefix)],
+        from_beginning=True,
+    )
     reader = Reader(consumer, "demo")
     versions: dict[int, tuple[int, int, Any, Any]] = {}
     last = time.monotonic()
@@ -170,12 +208,21 @@ class DemoRecorder:
             eps = epsilon_spent_by_site(fetch_budgets(fleet.accountant.url, timeout=10.0))
         except ConfigError:  # a busy accountant answers next round
             eps = {}
-        class_loss = {labels["class"]: v for labels, v in agg.get("fairfleet_fairness_class_loss", [])
-                      if labels.get("estimate") == "debiased"}
+        class_loss = {
+            labels["class"]: v
+            for labels, v in agg.get("fairfleet_fairness_class_loss", [])
+            if labels.get("estimate") == "debiased"
+        }
         gap = [v for _, v in agg.get("fairfleet_fairness_gap", [])]
-        self.rounds.append({"round": closed, "gap_estimate": gap[0] if gap else None,
-                            "class_loss_estimate": class_loss, "epsilon_spent": eps,
-                            "time": time.time()})
+        self.rounds.append(
+            {
+                "round": closed,
+                "gap_estimate": gap[0] if gap else None,
+                "class_loss_estimate": class_loss,
+                "epsilon_spent": eps,
+                "time": time.time(),
+            }
+        )
 
 
 def epsilon_by_round(rounds: list[dict[str, Any]]) -> dict[str, list[dict[str, float]]]:
@@ -236,10 +283,14 @@ def run_demo(
                     names = ", ".join(f"{s.name} ({s.log_path})" for s in fleet.failed())
                     raise LaunchError(f"Services failed during the demo: {names}")
                 if time.monotonic() > deadline:
-                    raise LaunchError(f"Only {closed} of {settings.rounds} rounds closed within {limit:.0f} s.")
+                    raise LaunchError(
+                        f"Only {closed} of {settings.rounds} rounds closed within {limit:.0f} s."
+                    )
                 try:
-                    value = metric_value(scrape(fleet.aggregator(MODEL_ID).url, timeout=10.0),
-                                         "fairfleet_aggregator_rounds_total")
+                    value = metric_value(
+                        scrape(fleet.aggregator(MODEL_ID).url, timeout=10.0),
+                        "fairfleet_aggregator_rounds_total",
+                    )
                 except Exception:
                     value = None
                 now = int(value or 0)
@@ -257,8 +308,10 @@ def run_demo(
     finally:
         if started_broker:
             broker.stop(broker_dir)
-    per_version = [{"version": v, "round": r, **evaluate(spec, state, settings.fleet, settings.seed)}
-                   for v, r, spec, state in models]
+    per_version = [
+        {"version": v, "round": r, **evaluate(spec, state, settings.fleet, settings.seed)}
+        for v, r, spec, state in models
+    ]
     final = per_version[-1] if per_version else None
     summary = {
         "settings": settings.__dict__,
@@ -269,8 +322,13 @@ def run_demo(
         "final": final,
         "budgets": budgets,
         # the accountant's figure after the run; the last round's if it could not be read
-        "epsilon_spent": (epsilon_spent_by_site(budgets) if "budgets" in budgets
-                          else recorder.rounds[-1]["epsilon_spent"] if recorder.rounds else {}),
+        "epsilon_spent": (
+            epsilon_spent_by_site(budgets)
+            if "budgets" in budgets
+            else recorder.rounds[-1]["epsilon_spent"]
+            if recorder.rounds
+            else {}
+        ),
         "epsilon_by_round": epsilon_history,
         "seconds": round(time.time() - started, 1),
         "logs": str(work / "logs"),

@@ -70,7 +70,11 @@ class TransactionError(BusError):
     """
 
     def __init__(
-        self, message: str, *, retriable: bool = False, requires_abort: bool = False,
+        self,
+        message: str,
+        *,
+        retriable: bool = False,
+        requires_abort: bool = False,
         fatal: bool = False,
     ) -> None:
         super().__init__(message)

@@ -71,16 +71,23 @@ def read_ledger(config: FleetConfig, budgets_url: str | None, say: Say) -> dict[
             why = f"not reachable ({type(exc).__name__})"
         say(f"accountant at {endpoint} {why}; replaying privacy.events")
     with tempfile.TemporaryDirectory(prefix="fairfleet-report-") as tmp:
-        service = rebuild(connect(config.bus_url(), config.kafka.client_config()),
-                          Path(tmp) / "ledger.sqlite", config.policy_set(), config.kafka.topic_prefix,
-                          verifier=Verifier.from_config(config).check)
+        service = rebuild(
+            connect(config.bus_url(), config.kafka.client_config()),
+            Path(tmp) / "ledger.sqlite",
+            config.policy_set(),
+            config.kafka.topic_prefix,
+            verifier=Verifier.from_config(config).check,
+        )
         try:
             rows = service.ledger.budgets()
             skipped = len(service.skipped)
         finally:
             service.close()
-    return {"source": "privacy.events replayed (as `fairfleet accountant rebuild`)",
-            "budgets": rows, "skipped_records": skipped}
+    return {
+        "source": "privacy.events replayed (as `fairfleet accountant rebuild`)",
+        "budgets": rows,
+        "skipped_records": skipped,
+    }
 
 
 def epsilon_per_site(config: FleetConfig, ledger: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -94,14 +101,20 @@ def epsilon_per_site(config: FleetConfig, ledger: dict[str, Any]) -> dict[str, d
             "epsilon_spent": 0.0 if top is None else top["epsilon_spent"],
             "epsilon_limit": None if top is None else top.get("epsilon_limit"),
             "delta": None if top is None else top.get("delta"),
-            "ledgers": [{k: r.get(k) for k in ("unit", "source", "epsilon_spent", "epsilon_limit",
-                                               "delta", "policy")} for r in rows],
+            "ledgers": [
+                {
+                    k: r.get(k)
+                    for k in ("unit", "source", "epsilon_spent", "epsilon_limit", "delta", "policy")
+                }
+                for r in rows
+            ],
         }
     return out
 
 
-def accepted_loss(by_version: dict[tuple[str, int], list[Any]], site: str, closed: dict[str, Any],
-                  staleness: int) -> Any:
+def accepted_loss(
+    by_version: dict[tuple[str, int], list[Any]], site: str, closed: dict[str, Any], staleness: int
+) -> Any:
     """The loss ``site`` released with the update a closed round accepted: trained from version
     (announced − τ), the round's announced version being the one it released minus 1; the
     latest such release up to that round (sync: exactly the round's own, τ = 0)."""
@@ -110,7 +123,9 @@ def accepted_loss(by_version: dict[tuple[str, int], list[Any]], site: str, close
     return max(found, key=lambda stat: stat.round, default=None)
 
 
-def round_entries(config: FleetConfig, history: Any, by_round: dict[tuple[str, int], Any]) -> list[dict[str, Any]]:
+def round_entries(
+    config: FleetConfig, history: Any, by_round: dict[tuple[str, int], Any]
+) -> list[dict[str, Any]]:
     """One entry per closed (not voided) round whose accepted sites released a loss: the
     aggregator's per-class estimates of that round, plus the view fields of the report."""
     from fairfleet.releases import loss_report
@@ -123,33 +138,47 @@ def round_entries(config: FleetConfig, history: Any, by_round: dict[tuple[str, i
     for closed in history:
         if closed.get("voided"):
             continue
-        stats = [loss for s, tau in zip(closed["sites"], closed.get("staleness") or [0] * len(closed["sites"]),
-                                        strict=True)
-                 if (loss := accepted_loss(by_version, s, closed, int(tau))) is not None]
+        stats = [
+            loss
+            for s, tau in zip(
+                closed["sites"], closed.get("staleness") or [0] * len(closed["sites"]), strict=True
+            )
+            if (loss := accepted_loss(by_version, s, closed, int(tau))) is not None
+        ]
         if not stats:
             continue
         quality = loss_report(stats, config)
         fleet = float(quality["fleet"])
         classes = {
-            c: {"loss": e["shrunk"], "raw": e["raw"], "se": e["se"], "gap_to_fleet": e["shrunk"] - fleet,
-                "sites": sorted(s.site for s in stats if site_classes[s.site] == c)}
+            c: {
+                "loss": e["shrunk"],
+                "raw": e["raw"],
+                "se": e["se"],
+                "gap_to_fleet": e["shrunk"] - fleet,
+                "sites": sorted(s.site for s in stats if site_classes[s.site] == c),
+            }
             for c, e in quality["classes"].items()
         }
-        entries.append({
-            "round": closed["round"],
-            "version": min(s.model_version for s in stats),
-            "released_version": closed["version"],
-            "sites": list(closed["sites"]),
-            "fleet_loss": fleet,
-            "gap": quality["gap"]["debiased"],
-            "classes": classes,
-            "estimates": quality,
-        })
+        entries.append(
+            {
+                "round": closed["round"],
+                "version": min(s.model_version for s in stats),
+                "released_version": closed["version"],
+                "sites": list(closed["sites"]),
+                "fleet_loss": fleet,
+                "gap": quality["gap"]["debiased"],
+                "classes": classes,
+                "estimates": quality,
+            }
+        )
     return entries
 
 
 def build_report(
-    config: FleetConfig, model_id: str, budgets_url: str | None = None, timeout_s: float = 30.0,
+    config: FleetConfig,
+    model_id: str,
+    budgets_url: str | None = None,
+    timeout_s: float = 30.0,
     say: Say | None = None,
 ) -> dict[str, Any]:
     """The report's JSON document (see the module docstring); raises ConfigError/BusError with
@@ -172,37 +201,53 @@ def build_report(
         try:
             bus.topic_config(topic)
         except BusError as exc:
-            raise ConfigError(f"No checkpoint of model '{model_id}' yet: topic '{topic}' cannot be "
-                              f"read on {config.kafka.bootstrap} ({exc}). Has its aggregator started?") from exc
+            raise ConfigError(
+                f"No checkpoint of model '{model_id}' yet: topic '{topic}' cannot be "
+                f"read on {config.kafka.bootstrap} ({exc}). Has its aggregator started?"
+            ) from exc
         say(f"reading the checkpoints of '{model_id}'")
         keys = aggregator_public_keys(config, model_id)
         ckpt = read_checkpoint(bus, topic, model_id, timeout_s, public_keys=keys or None)
     finally:
         bus.close()
     if ckpt is None:
-        raise ConfigError(f"No checkpoint of model '{model_id}' on '{topic}' yet (has its aggregator "
-                          "started? it writes one before announcing round 0).")
+        raise ConfigError(
+            f"No checkpoint of model '{model_id}' on '{topic}' yet (has its aggregator "
+            "started? it writes one before announcing round 0)."
+        )
     say("reading the sites' loss releases (stats)")
     scanned = scan_model(config, model_id, timeout_s, models=False)
     entries = round_entries(config, ckpt.history, scanned.by_round)
     say("reading the privacy ledger")
     ledger = read_ledger(config, budgets_url, say)
-    lam = GapConstrained.multipliers(ckpt.strategy_state) if "lambda" in ckpt.strategy_state.arrays else {}
+    lam = (
+        GapConstrained.multipliers(ckpt.strategy_state)
+        if "lambda" in ckpt.strategy_state.arrays
+        else {}
+    )
     return {
         "fleet": config.fleet,
         "model": model_id,
         "strategy": {"name": model_cfg.strategy.name, "params": dict(model_cfg.strategy.params)},
         "gamma": gamma_of(config, model_id),
         "privacy": model_cfg.privacy.model_dump(mode="json"),
-        "checkpoint": {"version": ckpt.version, "open_round": ckpt.round, "finished": ckpt.finished,
-                       "created_at": ckpt.created_at, "rounds_closed": len(ckpt.history),
-                       "rounds_voided": sum(1 for h in ckpt.history if h.get("voided")),
-                       "multipliers": lam},
+        "checkpoint": {
+            "version": ckpt.version,
+            "open_round": ckpt.round,
+            "finished": ckpt.finished,
+            "created_at": ckpt.created_at,
+            "rounds_closed": len(ckpt.history),
+            "rounds_voided": sum(1 for h in ckpt.history if h.get("voided")),
+            "multipliers": lam,
+        },
         "rounds": entries,
         "final": entries[-1] if entries else None,
-        "epsilon": {"accountant": "rdp", "source": ledger["source"],
-                    "skipped_records": ledger.get("skipped_records", 0),
-                    "sites": epsilon_per_site(config, ledger)},
+        "epsilon": {
+            "accountant": "rdp",
+            "source": ledger["source"],
+            "skipped_records": ledger.get("skipped_records", 0),
+            "sites": epsilon_per_site(config, ledger),
+        },
     }
 
 
@@ -242,6 +287,13 @@ def write_fleet_report(doc: dict[str, Any], out_dir: str | Path) -> Path:
     ]
     footer = ["<p><small>Raw numbers: <code>report.json</code>.</small></p>"]
     view = report_view(doc)
-    return write_quality_report(view, doc, out_dir, f"fairfleet report — {doc['fleet']} / {doc['model']}",
-                                "report.json", intro, footer,
-                                empty="No round with loss releases has closed yet.")
+    return write_quality_report(
+        view,
+        doc,
+        out_dir,
+        f"fairfleet report — {doc['fleet']} / {doc['model']}",
+        "report.json",
+        intro,
+        footer,
+        empty="No round with loss releases has closed yet.",
+    )

@@ -33,8 +33,16 @@ from typing import Any
 from fairfleet.supervisor.fleet import STOP_ORDER, Fleet, LaunchError, Service
 
 __all__ = [
-    "STOP_ORDER", "Fleet", "LaunchError", "Service", "check_ports", "create_topics", "launch",
-    "metric_value", "plan", "scrape",
+    "STOP_ORDER",
+    "Fleet",
+    "LaunchError",
+    "Service",
+    "check_ports",
+    "create_topics",
+    "launch",
+    "metric_value",
+    "plan",
+    "scrape",
 ]
 
 
@@ -143,7 +151,9 @@ def plan(
         )
 
     services = [
-        service("accountant", "accountant", accountant_args(config, cfg), cfg.accountant.metrics_port)
+        service(
+            "accountant", "accountant", accountant_args(config, cfg), cfg.accountant.metrics_port
+        )
     ]
     for model in cfg.models:
         services.append(
@@ -161,7 +171,16 @@ def plan(
                 service(
                     "aggregator",
                     f"aggregator-{model.id}-worker-{i}",
-                    ["aggregator", "run", "--config", config, "--model", model.id, "--worker", str(i)],
+                    [
+                        "aggregator",
+                        "run",
+                        "--config",
+                        config,
+                        "--model",
+                        model.id,
+                        "--worker",
+                        str(i),
+                    ],
                     model.metrics_port + 1 + i if model.metrics_port else 0,
                 )
             )

@@ -65,7 +65,9 @@ class RateLimited:
     threads that poll its clients.
     """
 
-    def __init__(self, interval_s: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, interval_s: float = 60.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         if interval_s < 0:
             raise ValueError(f"interval_s must be >= 0. Found {interval_s}.")
         self.interval_s = interval_s

@@ -20,7 +20,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 JsonRoute = Callable[[dict[str, str]], Any]
 
-_UPDATE_LOCKS: weakref.WeakKeyDictionary[CollectorRegistry, threading.RLock] = weakref.WeakKeyDictionary()
+_UPDATE_LOCKS: weakref.WeakKeyDictionary[CollectorRegistry, threading.RLock] = (
+    weakref.WeakKeyDictionary()
+)
 _LOCKS_GUARD = threading.Lock()
 
 

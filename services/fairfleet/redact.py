@@ -45,7 +45,9 @@ def secret_values(data: Any, environ: Mapping[str, str] | None = None) -> set[st
 
     walk(data, False)
     for key, value in (environ if environ is not None else os.environ).items():
-        if key.upper().startswith("FAIRFLEET_") and (is_secret_key(key) or _URL_PASSWORD.search(value)):
+        if key.upper().startswith("FAIRFLEET_") and (
+            is_secret_key(key) or _URL_PASSWORD.search(value)
+        ):
             walk({key: value}, False)
     return {s for s in out if len(s) >= 3}  # masking "a" everywhere would garble every line
 
@@ -59,5 +61,3 @@ def scrub(lines: Iterable[str], secrets: set[str]) -> list[str]:
             line = line.replace(s, MASK)
         out.append(_URL_PASSWORD.sub(lambda m: m.group("scheme") + MASK + "@", line))
     return out
-
-

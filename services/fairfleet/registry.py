@@ -53,7 +53,9 @@ def subclass_of(base: type, label: str) -> Callable[[str, Any], Any]:
 
     def accept(name: str, obj: Any) -> Any:
         if not (isinstance(obj, type) and issubclass(obj, base)):
-            raise ConfigError(f"{label} {name!r} must be a {base.__name__} subclass. Found {obj!r}.")
+            raise ConfigError(
+                f"{label} {name!r} must be a {base.__name__} subclass. Found {obj!r}."
+            )
         return obj
 
     return accept
@@ -126,7 +128,9 @@ class Registry(Generic[T]):
     # ------------------------------------------------------------------ discovery
     def _discover(self) -> dict[str, EntryPoint]:
         if self._entry_points is None:
-            found = {} if self.group is None else {ep.name: ep for ep in entry_points(group=self.group)}
+            found = (
+                {} if self.group is None else {ep.name: ep for ep in entry_points(group=self.group)}
+            )
             for name, ep in found.items():
                 other = self._builtins.get(name, self._targets.get(name))
                 if other is not None and ep.value != other:

@@ -138,7 +138,9 @@ def loss_report(stats: list[SiteStatistics], config: FleetConfig) -> dict[str, A
     losses = [NoisyStat(s.loss.value, s.loss.noise_std, s.loss.m) for s in stats]
     weights = None
     if all(s.n_examples is not None for s in stats):
-        weights = [capped_examples(int(s.n_examples or 0), examples_cap(config, s.site)) for s in stats]
+        weights = [
+            capped_examples(int(s.n_examples or 0), examples_cap(config, s.site)) for s in stats
+        ]
     report = class_risk_estimates(losses, [classes[s.site] for s in stats], weights=weights)
     return {
         "metric": "held-out loss (DP-noised site releases; lower is better)",
@@ -149,7 +151,10 @@ def loss_report(stats: list[SiteStatistics], config: FleetConfig) -> dict[str, A
 
 
 def export_model(
-    config: FleetConfig, model_id: str, out: Path, timeout_s: float = 30.0,
+    config: FleetConfig,
+    model_id: str,
+    out: Path,
+    timeout_s: float = 30.0,
     budgets_url: str | None = None,
 ) -> dict[str, Any]:
     """Write ``out`` (safetensors) and ``out`` with suffix ``.json`` (the card); returns the card.
@@ -183,7 +188,10 @@ def export_model(
         "per_class_quality": class_quality(scanned, config, release.version),
     }
     ledger = read_ledger(config, budgets_url, lambda _msg: None)
-    card["epsilon"] = {"accountant": "rdp", "source": ledger["source"],
-                       "sites": epsilon_per_site(config, ledger)}
+    card["epsilon"] = {
+        "accountant": "rdp",
+        "source": ledger["source"],
+        "sites": epsilon_per_site(config, ledger),
+    }
     out.with_suffix(".json").write_text(json.dumps(card, indent=1))
     return card

@@ -93,11 +93,15 @@ def load_private(hex_or_path: str) -> Ed25519PrivateKey:
                 f"Private key file not readable by this user (uid {os.getuid()}): {path.resolve()}"
             ) from exc
         except OSError as exc:
-            raise ConfigError(f"Cannot read private key file {path.resolve()}: {exc.strerror}") from exc
+            raise ConfigError(
+                f"Cannot read private key file {path.resolve()}: {exc.strerror}"
+            ) from exc
     try:
         return Ed25519PrivateKey.from_private_bytes(bytes.fromhex(text))
     except ValueError as exc:
-        raise ConfigError(f"{source} does not hold a hex Ed25519 private key (64 hex digits)") from exc
+        raise ConfigError(
+            f"{source} does not hold a hex Ed25519 private key (64 hex digits)"
+        ) from exc
 
 
 def load_public(public_hex: str) -> Ed25519PublicKey:
@@ -117,7 +121,9 @@ def _signed_bytes(msg: Message) -> bytes:
 
 def sign(msg: M, private_key: Ed25519PrivateKey) -> M:
     """A copy of ``msg`` with ``key_id`` and ``signature`` set."""
-    unsigned = msg.model_copy(update={"key_id": key_id(public_hex_of(private_key)), "signature": ""})
+    unsigned = msg.model_copy(
+        update={"key_id": key_id(public_hex_of(private_key)), "signature": ""}
+    )
     signature = private_key.sign(_signed_bytes(unsigned)).hex()
     return unsigned.model_copy(update={"signature": signature})
 
@@ -155,8 +161,12 @@ class Verifier:
     (fail closed): its messages are ``unknown_signer``.
     """
 
-    def __init__(self, keys: Mapping[str, str], previous: Mapping[str, Sequence[str]] | None = None,
-                 ledger_only: Mapping[str, Sequence[str]] | None = None) -> None:
+    def __init__(
+        self,
+        keys: Mapping[str, str],
+        previous: Mapping[str, Sequence[str]] | None = None,
+        ledger_only: Mapping[str, Sequence[str]] | None = None,
+    ) -> None:
         self.keys = {p: k.lower() for p, k in keys.items()}
         # key id -> (principal, public key): the current keys, plus retired keys still accepted
         # during a rotation (docs/operations.md, "Rotate the accountant's or an aggregator's key")
@@ -195,18 +205,25 @@ class Verifier:
         what = f"{msg.TYPE} {msg.message_id}"
         assert isinstance(msg, SignedMessage)
         if not msg.signature:
-            return Problem("unsigned", f"{what} is unsigned; it must be signed by {' or '.join(allowed)}")
+            return Problem(
+                "unsigned", f"{what} is unsigned; it must be signed by {' or '.join(allowed)}"
+            )
         known = [p for p in allowed if p in self.keys]
         if not known:
-            return Problem("unknown_signer", f"{what}: no public key configured for {' or '.join(allowed)}")
-        by_key_id = (self._ledger_by_key_id
-                     if isinstance(msg, PrivacyReservationRequest | PrivacyEventMessage)
-                     else self._by_key_id)
+            return Problem(
+                "unknown_signer", f"{what}: no public key configured for {' or '.join(allowed)}"
+            )
+        by_key_id = (
+            self._ledger_by_key_id
+            if isinstance(msg, PrivacyReservationRequest | PrivacyEventMessage)
+            else self._by_key_id
+        )
         signer, public_hex = by_key_id.get(msg.key_id, ("", ""))
         if signer not in known:
             by = f"the key of '{signer}'" if signer else f"unknown key id '{msg.key_id[:32]}'"
             return Problem(
-                "bad_signature", f"{what} is signed by {by}; only {' or '.join(allowed)} may sign it"
+                "bad_signature",
+                f"{what} is signed by {by}; only {' or '.join(allowed)} may sign it",
             )
         try:
             load_public(public_hex).verify(bytes.fromhex(msg.signature), _signed_bytes(msg))
@@ -242,7 +259,9 @@ class Signer:
         return sign(msg, self.key)
 
     @classmethod
-    def from_file(cls, principal: str, config: FleetConfig, key_file: str | None, field: str) -> Signer:
+    def from_file(
+        cls, principal: str, config: FleetConfig, key_file: str | None, field: str
+    ) -> Signer:
         """The signer of ``principal`` from its configured private key file (ConfigError naming
         ``field`` when none is configured)."""
         if not key_file:
@@ -262,7 +281,9 @@ def accountant_signer(config: FleetConfig) -> Signer:
 def aggregator_signer(config: FleetConfig, model_id: str) -> Signer:
     ident = config.model(model_id).aggregator
     return Signer.from_file(
-        aggregator_principal(model_id), config, ident.private_key_file if ident else None,
+        aggregator_principal(model_id),
+        config,
+        ident.private_key_file if ident else None,
         f"models[{model_id}].aggregator.private_key_file",
     )
 
@@ -314,7 +335,10 @@ def blob_signature_headers(
 
 
 def blob_signed_by(
-    kind: str, owner: str, value: bytes | memoryview, headers: Mapping[str, bytes],
+    kind: str,
+    owner: str,
+    value: bytes | memoryview,
+    headers: Mapping[str, bytes],
     public_keys: Sequence[str],
 ) -> bool:
     """Do ``headers`` carry a valid signature of ``value`` by one of ``public_keys``?"""

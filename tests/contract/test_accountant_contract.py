@@ -123,6 +123,7 @@ def test_unsupported_events_raise_one_typed_line(
             call()
         assert isinstance(info.value, PrivacyError) and info.value.event_type == event_type
         assert message in str(info.value) and "\n" not in str(info.value)
-    assert acc.get_epsilon(1e-5) == before and acc.leaves == make_accountant().compose(
-        gaussian_event(2.0)
-    ).leaves
+    assert (
+        acc.get_epsilon(1e-5) == before
+        and acc.leaves == make_accountant().compose(gaussian_event(2.0)).leaves
+    )

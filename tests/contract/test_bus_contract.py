@@ -51,7 +51,12 @@ def test_publish_confirms_and_consumer_group_reads_key_value_headers(bus: Bus) -
     assert partition in range(3) and offset == 0
     consumer = bus.consumer(f"g{uuid.uuid4().hex[:6]}", [topic])
     (rec,) = drain(consumer, 1)
-    assert (rec.key, rec.value, rec.headers["h"], rec.partition) == (b"site-a", b"v1", b"1", partition)
+    assert (rec.key, rec.value, rec.headers["h"], rec.partition) == (
+        b"site-a",
+        b"v1",
+        b"1",
+        partition,
+    )
     consumer.close()
 
 
@@ -125,17 +130,31 @@ def test_chunked_message_reassembles_despite_interleaving_and_duplicates(bus: Bu
     producer = bus.producer()
     payloads = [bytes([i]) * 4500 for i in range(2)]
     msgs = [
-        ModelRelease(model_id="m", version=i, round=i, model_spec=ModelSpec(name="mlp"),
-                     payload_sha256=hashlib.sha256(p).hexdigest(), payload_bytes=len(p))
+        ModelRelease(
+            model_id="m",
+            version=i,
+            round=i,
+            model_spec=ModelSpec(name="mlp"),
+            payload_sha256=hashlib.sha256(p).hexdigest(),
+            payload_bytes=len(p),
+        )
         for i, p in enumerate(payloads)
     ]
     # Interleave the chunks of two messages and deliver one chunk twice.
     from fairfleet.bus import codec
 
-    streams = [list(codec.split(codec.encode(m, p), 1000, m.message_id)) for m, p in zip(msgs, payloads, strict=True)]
+    streams = [
+        list(codec.split(codec.encode(m, p), 1000, m.message_id))
+        for m, p in zip(msgs, payloads, strict=True)
+    ]
     order = [c for pair in zip(*streams, strict=True) for c in pair] + [streams[0][2]]
     for m_chunks in order:
-        producer.publish(topic, m_chunks.data, key="m", headers={**codec.headers_for(msgs[0]), **m_chunks.headers})
+        producer.publish(
+            topic,
+            m_chunks.data,
+            key="m",
+            headers={**codec.headers_for(msgs[0]), **m_chunks.headers},
+        )
     producer.flush()
     reader = Reader(bus.consumer(f"g{uuid.uuid4().hex[:6]}", [topic]), "test")
     got = []

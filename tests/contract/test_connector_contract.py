@@ -29,7 +29,9 @@ def test_is_a_concrete_connector_under_its_name(name: str) -> None:
     assert cls.name in ("", name)  # a named class is registered under its own name
     assert isinstance(cls.stable_positions, bool)
     names = cls.param_names
-    assert names is None or (isinstance(names, frozenset) and all(isinstance(n, str) and n for n in names))
+    assert names is None or (
+        isinstance(names, frozenset) and all(isinstance(n, str) and n for n in names)
+    )
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -74,7 +74,9 @@ def test_services_and_images() -> None:
     assert set(services) == expected
     for name, svc in services.items():
         image = str(svc.get("image", ""))
-        assert image and not image.endswith(":latest") and ":" in image, f"{name}: pin the image ({image!r})"
+        assert image and not image.endswith(":latest") and ":" in image, (
+            f"{name}: pin the image ({image!r})"
+        )
     ours = _fairfleet_services()
     assert set(ours) == expected - {"kafka", "prometheus", "grafana"}
     for name, svc in ours.items():
@@ -87,8 +89,12 @@ def test_services_and_images() -> None:
 def test_one_aggregator_per_model_and_one_agent_per_site() -> None:
     cfg = example_config()
     commands = [svc["command"] for svc in _fairfleet_services().values()]
-    models = sorted(_option(c, "--model") or "" for c in commands if _subcommand(c) == ["aggregator", "run"])
-    sites = sorted(_option(c, "--site") or "" for c in commands if _subcommand(c) == ["site", "run"])
+    models = sorted(
+        _option(c, "--model") or "" for c in commands if _subcommand(c) == ["aggregator", "run"]
+    )
+    sites = sorted(
+        _option(c, "--site") or "" for c in commands if _subcommand(c) == ["site", "run"]
+    )
     assert models == sorted(m.id for m in cfg.models)
     assert sites == sorted(s.id for s in cfg.sites)
     assert sum(_subcommand(c) == ["accountant", "run"] for c in commands) == 1
@@ -99,10 +105,14 @@ def test_one_aggregator_per_model_and_one_agent_per_site() -> None:
 def test_command_exists_in_the_cli(service: str) -> None:
     command = _fairfleet_services()[service]["command"]
     res = CliRunner().invoke(app, [*_subcommand(command), "--help"], terminal_width=200)
-    assert res.exit_code == 0, f"`fairfleet {' '.join(_subcommand(command))}` is not a command:\n{res.output}"
+    assert res.exit_code == 0, (
+        f"`fairfleet {' '.join(_subcommand(command))}` is not a command:\n{res.output}"
+    )
     for word in command:
         if word.startswith("--"):
-            assert word in res.output, f"{service}: `{' '.join(_subcommand(command))}` has no option {word}"
+            assert word in res.output, (
+                f"{service}: `{' '.join(_subcommand(command))}` has no option {word}"
+            )
     assert _option(command, "--config") == CONFIG_IN_CONTAINER
 
 
@@ -167,7 +177,9 @@ def test_every_service_has_a_healthcheck_that_fails_when_healthz_is_unhealthy() 
     from fairfleet.metrics import Health, serve
 
     kafka: dict[str, str | None] = {"problem": None}
-    server = serve(CollectorRegistry(), health=Health(60, probe=lambda: kafka["problem"], probe_every_s=0))
+    server = serve(
+        CollectorRegistry(), health=Health(60, probe=lambda: kafka["problem"], probe_every_s=0)
+    )
     try:
         checked = 0
         for name, svc in _fairfleet_services().items():
@@ -183,7 +195,9 @@ def test_every_service_has_a_healthcheck_that_fails_when_healthz_is_unhealthy() 
             for problem, expected in ((None, 0), ("Connection refused", 1)):
                 kafka["problem"] = problem
                 res = subprocess.run([sys.executable, *local], capture_output=True, timeout=30)
-                assert res.returncode == expected, f"{name} with Kafka problem {problem!r}: {res.stderr!r}"
+                assert res.returncode == expected, (
+                    f"{name} with Kafka problem {problem!r}: {res.stderr!r}"
+                )
             checked += 1
         assert checked == len(_fairfleet_services()) - 1  # all but the one-shot topic creator
     finally:
@@ -192,12 +206,19 @@ def test_every_service_has_a_healthcheck_that_fails_when_healthz_is_unhealthy() 
 
 def _scrape_targets() -> set[str]:
     conf = yaml.safe_load(PROM_CONFIG.read_text())
-    return {t for job in conf["scrape_configs"] if job["job_name"].startswith("fairfleet-")
-            for sc in job["static_configs"] for t in sc["targets"]}
+    return {
+        t
+        for job in conf["scrape_configs"]
+        if job["job_name"].startswith("fairfleet-")
+        for sc in job["static_configs"]
+        for t in sc["targets"]
+    }
 
 
 def test_prometheus_scrapes_every_service_and_nothing_else() -> None:
-    expected = {f"{n}:{p}" for n, s in _fairfleet_services().items() if (p := _metrics_port(s["command"]))}
+    expected = {
+        f"{n}:{p}" for n, s in _fairfleet_services().items() if (p := _metrics_port(s["command"]))
+    }
     assert _scrape_targets() == expected
     prom = _services()["prometheus"]
     assert "--config.file=/etc/prometheus/prometheus.yml" in prom["command"]
@@ -232,7 +253,9 @@ def _field_for(var: str) -> tuple[str, ...]:
         assert part in model.model_fields, f"{var}: no config field {'.'.join(parts[: i + 1])}"
         ann = model.model_fields[part].annotation
         if i < len(parts) - 1:
-            assert isinstance(ann, type) and issubclass(ann, BaseModel), f"{var}: {part} has no sub-fields"
+            assert isinstance(ann, type) and issubclass(ann, BaseModel), (
+                f"{var}: {part} has no sub-fields"
+            )
             model = ann
     return tuple(parts)
 
@@ -253,16 +276,27 @@ def test_every_fairfleet_env_var_is_a_config_field(monkeypatch: pytest.MonkeyPat
 def test_kafka_matches_the_notes_and_the_bootstrap() -> None:
     kafka = _services()["kafka"]
     env = kafka["environment"]
-    for key in ("KAFKA_NODE_ID", "KAFKA_PROCESS_ROLES", "KAFKA_LISTENERS", "KAFKA_ADVERTISED_LISTENERS",
-                "KAFKA_LISTENER_SECURITY_PROTOCOL_MAP", "KAFKA_CONTROLLER_QUORUM_VOTERS",
-                "KAFKA_CONTROLLER_LISTENER_NAMES", "KAFKA_INTER_BROKER_LISTENER_NAME", "CLUSTER_ID",
-                "KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR", "KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR",
-                "KAFKA_TRANSACTION_STATE_LOG_MIN_ISR"):
+    for key in (
+        "KAFKA_NODE_ID",
+        "KAFKA_PROCESS_ROLES",
+        "KAFKA_LISTENERS",
+        "KAFKA_ADVERTISED_LISTENERS",
+        "KAFKA_LISTENER_SECURITY_PROTOCOL_MAP",
+        "KAFKA_CONTROLLER_QUORUM_VOTERS",
+        "KAFKA_CONTROLLER_LISTENER_NAMES",
+        "KAFKA_INTER_BROKER_LISTENER_NAME",
+        "CLUSTER_ID",
+        "KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR",
+        "KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR",
+        "KAFKA_TRANSACTION_STATE_LOG_MIN_ISR",
+    ):
         assert key in env, key
     assert env["KAFKA_PROCESS_ROLES"] == "broker,controller"
     bootstrap = _env_vars()["FAIRFLEET_KAFKA__BOOTSTRAP"]
     assert f"PLAINTEXT://{bootstrap}" in env["KAFKA_ADVERTISED_LISTENERS"].split(",")
-    assert env["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"  # the topics job creates them explicitly
+    assert (
+        env["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
+    )  # the topics job creates them explicitly
     from fairfleet.bus.topics import MAX_MESSAGE_BYTES
 
     assert int(env["KAFKA_MESSAGE_MAX_BYTES"]) >= MAX_MESSAGE_BYTES
@@ -279,19 +313,32 @@ def test_start_order() -> None:
     assert "healthcheck" in services["kafka"]
     for name, svc in _fairfleet_services().items():
         if name != "topics":
-            assert svc["depends_on"] == {"topics": {"condition": "service_completed_successfully"}}, name
+            assert svc["depends_on"] == {
+                "topics": {"condition": "service_completed_successfully"}
+            }, name
 
 
 def test_docker_compose_config_parses_it(tmp_path: Path) -> None:
     docker = shutil.which("docker")
     if docker is None:
-        pytest.skip("no docker CLI on this machine; the static checks above stand in for `docker compose config`")
-    probe = subprocess.run([docker, "compose", "version"], capture_output=True, text=True, check=False)
+        pytest.skip(
+            "no docker CLI on this machine; the static checks above stand in for `docker compose config`"
+        )
+    probe = subprocess.run(
+        [docker, "compose", "version"], capture_output=True, text=True, check=False
+    )
     if probe.returncode != 0:
-        pytest.skip("the docker CLI here has no compose plugin (`docker compose` is an unknown command), "
-                    "so `docker compose config` cannot run; the static checks above stand in for it")
-    res = subprocess.run([docker, "compose", "-f", str(COMPOSE), "config", "--quiet"],
-                         capture_output=True, text=True, check=False, cwd=REPO)
+        pytest.skip(
+            "the docker CLI here has no compose plugin (`docker compose` is an unknown command), "
+            "so `docker compose config` cannot run; the static checks above stand in for it"
+        )
+    res = subprocess.run(
+        [docker, "compose", "-f", str(COMPOSE), "config", "--quiet"],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=REPO,
+    )
     assert res.returncode == 0, res.stderr
 
 

@@ -75,7 +75,10 @@ def test_example_keys_are_the_demo_private_halves() -> None:
 
     for site in _example()["sites"]:
         key = load_private(str(DEPLOY / site["private_key_file"]))
-        assert key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw).hex() == site["public_key"]
+        assert (
+            key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw).hex()
+            == site["public_key"]
+        )
     assert "DEMO-ONLY" in (DEPLOY / "keys" / "README.md").read_text()
     assert EXAMPLE.read_text().count("DEMO ONLY") >= len(_example()["sites"])
 
@@ -87,14 +90,20 @@ def test_schema_errors_are_all_listed_with_their_values(tmp_path: Path) -> None:
     data["policies"]["classes"]["legacy"]["epsilon_max"] = -1
     data["sites"][2]["public_key"] = "zz" + data["sites"][2]["public_key"][2:]
     data["models"][0]["strategy"]["name"] = "gapp"
-    data["models"][1]["privacy"]["noise_multipler"] = data["models"][1]["privacy"].pop("noise_multiplier")
+    data["models"][1]["privacy"]["noise_multipler"] = data["models"][1]["privacy"].pop(
+        "noise_multiplier"
+    )
     data["sites"][4]["models"] = ["rull"]
     res = CliRunner().invoke(app, ["config", "check", "--skip-paths", str(_write(tmp_path, data))])
     assert res.exit_code == 1
     report = check_file(tmp_path / "fleet.yaml", paths=False)
     assert _locations(report.problems) == {
-        "kafka.security_protocol", "models[1].metrics_port", "policies.classes.legacy.epsilon_max",
-        "sites[2].public_key", "models[0].strategy.name", "models[1].privacy.noise_multipler",
+        "kafka.security_protocol",
+        "models[1].metrics_port",
+        "policies.classes.legacy.epsilon_max",
+        "sites[2].public_key",
+        "models[0].strategy.name",
+        "models[1].privacy.noise_multipler",
         "sites[4].models[0]",
     }, report.problems
     text = res.output
@@ -104,20 +113,30 @@ def test_schema_errors_are_all_listed_with_their_values(tmp_path: Path) -> None:
 
 def test_semantic_errors_are_all_listed(tmp_path: Path) -> None:
     data = _example()
-    data["sites"][0]["private_key_file"] = "keys/plant-b.key"           # not plant-a's key
-    data["sites"][1]["metrics_port"] = 9301                              # collides with plant-a
-    del data["models"][1]["privacy"]["sampling_rate"]                    # DP-SGD needs q
-    data["models"][0]["privacy"].update(mechanism="update", unit="observation")  # update = site-level
-    data["models"][0]["model"]["params"]["hiden"] = [8]                  # model factory rejects it
-    data["models"][1]["rounds"]["min_sites"] = 9                         # only 4 sites train it
+    data["sites"][0]["private_key_file"] = "keys/plant-b.key"  # not plant-a's key
+    data["sites"][1]["metrics_port"] = 9301  # collides with plant-a
+    del data["models"][1]["privacy"]["sampling_rate"]  # DP-SGD needs q
+    data["models"][0]["privacy"].update(
+        mechanism="update", unit="observation"
+    )  # update = site-level
+    data["models"][0]["model"]["params"]["hiden"] = [8]  # model factory rejects it
+    data["models"][1]["rounds"]["min_sites"] = 9  # only 4 sites train it
     data["models"][1]["rounds"]["quorum"] = 9
-    data["models"][1]["strategy"]["params"]["qq"] = 1                    # qffl has no qq
-    data["sites"][3]["public_key"] = data["sites"][4]["public_key"]      # identities must differ
-    report = check_mapping(yaml.safe_load(_write(tmp_path, data).read_text()), tmp_path, paths=False)
+    data["models"][1]["strategy"]["params"]["qq"] = 1  # qffl has no qq
+    data["sites"][3]["public_key"] = data["sites"][4]["public_key"]  # identities must differ
+    report = check_mapping(
+        yaml.safe_load(_write(tmp_path, data).read_text()), tmp_path, paths=False
+    )
     assert _locations(report.problems) == {
-        "sites[0].private_key_file", "sites[1].metrics_port", "models[1].privacy.sampling_rate",
-        "models[0].privacy.unit", "models[0].model.params", "models[1].rounds.min_sites",
-        "models[1].strategy.params", "sites[3].public_key", "sites[4].public_key",
+        "sites[0].private_key_file",
+        "sites[1].metrics_port",
+        "models[1].privacy.sampling_rate",
+        "models[0].privacy.unit",
+        "models[0].model.params",
+        "models[1].rounds.min_sites",
+        "models[1].strategy.params",
+        "sites[3].public_key",
+        "sites[4].public_key",
         "sites[3].private_key_file",  # plant-d's key file no longer matches the copied public key
     }, report.problems
     assert report.summary is None
@@ -141,7 +160,9 @@ def test_environment_overrides_apply(monkeypatch: pytest.MonkeyPatch) -> None:
     assert report.summary["kafka"]["bootstrap"] == "kafka:9092"
     assert report.summary["env_overrides"] == ["FAIRFLEET_KAFKA__BOOTSTRAP"]
     monkeypatch.setenv("FAIRFLEET_ACCOUNTANT__METRICS_PORT", "not-a-port")
-    assert any(p.startswith("accountant.metrics_port") for p in check_file(EXAMPLE, paths=False).problems)
+    assert any(
+        p.startswith("accountant.metrics_port") for p in check_file(EXAMPLE, paths=False).problems
+    )
 
 
 def test_missing_and_non_mapping_files(tmp_path: Path) -> None:
@@ -182,21 +203,36 @@ def test_configuration_doc_names_every_field() -> None:
 
 def test_connector_params_and_widths_are_checked(tmp_path: Path) -> None:
     data = _example()
-    data["sites"][2]["connector"]["params"]["site"] = "plant-z"               # not in the demo fleet
+    data["sites"][2]["connector"]["params"]["site"] = "plant-z"  # not in the demo fleet
     data["sites"][3]["connector"]["params"]["target"] = ["failure_within_horizonx"]
-    data["sites"][4]["connector"]["type"] = "ftp"                             # no such connector
-    data["models"][1]["model"]["params"]["in_features"] = 9                   # sites deliver 8
-    data["sites"][5]["models"] = ["rul", "failure"]     # a regression fleet feeding a classifier
-    data["sites"][6]["connector"] = {"type": "files", "params": {                # two targets, one output
-        "path": "/x", "fields": {"a": "float", "y1": "float", "y2": "float"}, "target": ["y1", "y2"]}}
-    report = check_mapping(yaml.safe_load(_write(tmp_path, data).read_text()), tmp_path, paths=False)
+    data["sites"][4]["connector"]["type"] = "ftp"  # no such connector
+    data["models"][1]["model"]["params"]["in_features"] = 9  # sites deliver 8
+    data["sites"][5]["models"] = ["rul", "failure"]  # a regression fleet feeding a classifier
+    data["sites"][6]["connector"] = {
+        "type": "files",
+        "params": {  # two targets, one output
+            "path": "/x",
+            "fields": {"a": "float", "y1": "float", "y2": "float"},
+            "target": ["y1", "y2"],
+        },
+    }
+    report = check_mapping(
+        yaml.safe_load(_write(tmp_path, data).read_text()), tmp_path, paths=False
+    )
     assert _locations(report.problems) == {
-        "sites[2].connector.params", "sites[3].connector.params", "sites[4].connector.type",
-        "sites[0].connector", "sites[1].connector",
-        "sites[5].connector", "sites[5].connector.params",  # in_features 9, and the task mismatch
-        "sites[6].connector", "sites[6].connector.params.target",  # 1 feature, 2 targets
+        "sites[2].connector.params",
+        "sites[3].connector.params",
+        "sites[4].connector.type",
+        "sites[0].connector",
+        "sites[1].connector",
+        "sites[5].connector",
+        "sites[5].connector.params",  # in_features 9, and the task mismatch
+        "sites[6].connector",
+        "sites[6].connector.params.target",  # 1 feature, 2 targets
     }, report.problems
-    assert any("plant-z" in p for p in report.problems) and any("'ftp'" in p for p in report.problems)
+    assert any("plant-z" in p for p in report.problems) and any(
+        "'ftp'" in p for p in report.problems
+    )
 
 
 def test_policy_unit_must_match_the_models_privacy_unit(tmp_path: Path) -> None:
@@ -204,7 +240,9 @@ def test_policy_unit_must_match_the_models_privacy_unit(tmp_path: Path) -> None:
     model at a site whose policy is per site would have every reservation denied."""
     data = _example()
     data["policies"]["classes"]["retrofit"]["unit"] = "site"
-    report = check_mapping(yaml.safe_load(_write(tmp_path, data).read_text()), tmp_path, paths=False)
+    report = check_mapping(
+        yaml.safe_load(_write(tmp_path, data).read_text()), tmp_path, paths=False
+    )
     assert _locations(report.problems) == {"policies.classes.retrofit.unit"}, report.problems
     assert "plant-b" in report.problems[0] and "'failure'" in report.problems[0]
 
@@ -212,7 +250,9 @@ def test_policy_unit_must_match_the_models_privacy_unit(tmp_path: Path) -> None:
 def test_budget_projection_warns_when_the_rounds_cannot_fit(tmp_path: Path) -> None:
     data = _example()
     data["models"][1]["privacy"]["loss_noise_multiplier"] = 1.0  # ε ≈ 4.7 per loss release alone
-    report = check_mapping(yaml.safe_load(_write(tmp_path, data).read_text()), tmp_path, paths=False)
+    report = check_mapping(
+        yaml.safe_load(_write(tmp_path, data).read_text()), tmp_path, paths=False
+    )
     assert report.valid, report.problems
     warned = {w.split(":", 1)[0] for w in report.warnings}
     # exactly the four sites of the failure model; the rul sites are unaffected

@@ -46,7 +46,9 @@ class _WideRamp(Connector):
 
     def schema(self) -> ObservationSchema:
         xs = tuple(f"x{i}" for i in range(self.width))
-        return ObservationSchema(fields=(*(FieldSpec(x) for x in xs), FieldSpec("y")), features=xs, targets=("y",))
+        return ObservationSchema(
+            fields=(*(FieldSpec(x) for x in xs), FieldSpec("y")), features=xs, targets=("y",)
+        )
 
     def read(self, max_rows: int = 10_000) -> Sequence[Row]:
         return []
@@ -74,17 +76,23 @@ def _fleet(tmp: Path) -> dict[str, Any]:
     (tmp / "data").mkdir()
     db = tmp / "mes.sqlite"
     with sqlite3.connect(db) as conn:
-        conn.execute("CREATE TABLE sensor_readings (id INTEGER PRIMARY KEY, event_time REAL, load REAL, "
-                     "speed_rpm REAL, operating_hours REAL, vibration_rms REAL, vibration_peak REAL, "
-                     "bearing_band REAL, temperature_c REAL, current_a REAL, rul_days REAL)")
+        conn.execute(
+            "CREATE TABLE sensor_readings (id INTEGER PRIMARY KEY, event_time REAL, load REAL, "
+            "speed_rpm REAL, operating_hours REAL, vibration_rms REAL, vibration_peak REAL, "
+            "bearing_band REAL, temperature_c REAL, current_a REAL, rul_days REAL)"
+        )
     sites = {s["id"]: s for s in data["sites"]}
     data["sites"] = [sites[k] for k in ("plant-a", "plant-b", "plant-d", "plant-e", "plant-f")]
     data["sites"][2]["connector"]["params"]["path"] = "data"
     data["sites"][3]["connector"]["params"]["url"] = f"sqlite:///{db}"
     data["models"][0]["rounds"]["quorum"] = 2
     data["models"][1]["rounds"]["quorum"] = 3
-    data["kafka"].update(security_protocol="SASL_PLAINTEXT", sasl_mechanism="SCRAM-SHA-512",
-                         sasl_username="fleet", sasl_password=SECRET)
+    data["kafka"].update(
+        security_protocol="SASL_PLAINTEXT",
+        sasl_mechanism="SCRAM-SHA-512",
+        sasl_username="fleet",
+        sasl_password=SECRET,
+    )
     return data
 
 
@@ -95,6 +103,7 @@ def _site(i: int, **params: Any) -> Mutation:
     def mutate(d: dict[str, Any], tmp: Path, mp: pytest.MonkeyPatch) -> dict[str, Any]:
         d["sites"][i]["connector"]["params"].update(params)
         return d
+
     return mutate
 
 
@@ -102,6 +111,7 @@ def _pop(i: int, key: str) -> Mutation:
     def mutate(d: dict[str, Any], tmp: Path, mp: pytest.MonkeyPatch) -> dict[str, Any]:
         d["sites"][i]["connector"]["params"].pop(key)
         return d
+
     return mutate
 
 
@@ -109,6 +119,7 @@ def _connector(i: int, type_: str, **params: Any) -> Mutation:
     def mutate(d: dict[str, Any], tmp: Path, mp: pytest.MonkeyPatch) -> dict[str, Any]:
         d["sites"][i]["connector"] = {"type": type_, "params": params}
         return d
+
     return mutate
 
 
@@ -116,6 +127,7 @@ def _kafka(**fields: Any) -> Mutation:
     def mutate(d: dict[str, Any], tmp: Path, mp: pytest.MonkeyPatch) -> dict[str, Any]:
         d["kafka"].update(fields)
         return d
+
     return mutate
 
 
@@ -123,6 +135,7 @@ def _env(key: str, value: str) -> Mutation:
     def mutate(d: dict[str, Any], tmp: Path, mp: pytest.MonkeyPatch) -> dict[str, Any]:
         mp.setenv(key, value)
         return d
+
     return mutate
 
 
@@ -138,6 +151,7 @@ def _set(path: str, value: Any) -> Mutation:
             node = node[int(p)] if p.isdigit() else node[p]
         node[last] = value
         return d
+
     return mutate
 
 
@@ -161,75 +175,206 @@ def _ramp(**params: Any) -> Mutation:
     def mutate(d: dict[str, Any], tmp: Path, mp: pytest.MonkeyPatch) -> dict[str, Any]:
         d["sites"][4]["connector"] = {"type": "testramp", "params": params}
         d["models"][0]["model"]["params"]["in_features"] = 5  # rul: a 5-input model
-        d["sites"][3]["connector"]["params"]["features"] = ["load", "speed_rpm", "operating_hours",
-                                                            "vibration_rms", "temperature_c"]
+        d["sites"][3]["connector"]["params"]["features"] = [
+            "load",
+            "speed_rpm",
+            "operating_hours",
+            "vibration_rms",
+            "temperature_c",
+        ]
         return d
+
     return mutate
 
 
 # (case id, mutation, the exact line the check prints). <tmp> is the config's folder.
 CASES: list[tuple[str, Mutation, str]] = [
-    ("simulator-sead", _site(0, sead=1),
-     "sites[0].connector.params: Unknown parameter 'sead' (did you mean 'seed'?) for connector 'simulator'; "
-     "known: chunk, fleet, limit, missing, seed, site, standardise. (got {\"fleet\": \"demo\", \"site\": \"plant-a\", "
-     "\"seed\": 0, \"chunk\": 500, \"sead\": 1})"),
-    ("files-patern", _site(2, patern="*.csv"), "PREFIX sites[2].connector.params: Unknown parameter 'patern' (did you mean 'pattern'?) for connector 'files'; known: event_time, features, fields, path, pattern, settle_s, target, targets."),
-    ("sql-order_bye", _site(3, order_bye="id"), "PREFIX sites[3].connector.params: Unknown parameter 'order_bye' (did you mean 'order_by'?) for connector 'sql'; known: batch_rows, event_time, features, fields, follow, order_by, path, query, table, target, targets, url."),
-    ("plugin-rows-0", _ramp(rows=0, width=5), "sites[4].connector.params: ramp needs rows >= 1. Found 0. (got {\"rows\": 0, \"width\": 5})"),
-    ("plugin-8-features-5-inputs", _ramp(rows=10, width=8),
-     "sites[4].connector: delivers 8 features but model 'rul' has in_features 5 (got ['x0', 'x1', 'x2', 'x3', 'x4', 'x5', 'x6', 'x7'])"),
-    ("plugin-unknown-key", _ramp(rows=10, width=5, slope=2),
-     "sites[4].connector.params: Unknown parameter 'slope' for connector '_WideRamp'; known: rows, width. (got {\"rows\": 10, \"width\": 5, \"slope\": 2})"),
-    ("files-folder-missing", _site(2, path="nope"), "sites[2].connector.params.path: folder not found: <tmp>/nope"),
-    ("files-folder-is-a-file", _data_is_a_file, "sites[2].connector.params.path: not a folder: <tmp>/export.csv"),
-    ("sqlite-db-missing", _site(3, url="sqlite:///gone.sqlite"), "sites[3].connector.params.url: file not found: <tmp>/gone.sqlite"),
-    ("sqlite-table-missing", _db_table_missing,
-     "sites[3].connector.params.query: no such table: readings in <tmp>/mes.sqlite (got 'SELECT * FROM readings')"),
-    ("key-file-missing", _key_missing, "sites[1].private_key_file: file not found: <tmp>/keys/plant-b.key"),
+    (
+        "simulator-sead",
+        _site(0, sead=1),
+        "sites[0].connector.params: Unknown parameter 'sead' (did you mean 'seed'?) for connector 'simulator'; "
+        'known: chunk, fleet, limit, missing, seed, site, standardise. (got {"fleet": "demo", "site": "plant-a", '
+        '"seed": 0, "chunk": 500, "sead": 1})',
+    ),
+    (
+        "files-patern",
+        _site(2, patern="*.csv"),
+        "PREFIX sites[2].connector.params: Unknown parameter 'patern' (did you mean 'pattern'?) for connector 'files'; known: event_time, features, fields, path, pattern, settle_s, target, targets.",
+    ),
+    (
+        "sql-order_bye",
+        _site(3, order_bye="id"),
+        "PREFIX sites[3].connector.params: Unknown parameter 'order_bye' (did you mean 'order_by'?) for connector 'sql'; known: batch_rows, event_time, features, fields, follow, order_by, path, query, table, target, targets, url.",
+    ),
+    (
+        "plugin-rows-0",
+        _ramp(rows=0, width=5),
+        'sites[4].connector.params: ramp needs rows >= 1. Found 0. (got {"rows": 0, "width": 5})',
+    ),
+    (
+        "plugin-8-features-5-inputs",
+        _ramp(rows=10, width=8),
+        "sites[4].connector: delivers 8 features but model 'rul' has in_features 5 (got ['x0', 'x1', 'x2', 'x3', 'x4', 'x5', 'x6', 'x7'])",
+    ),
+    (
+        "plugin-unknown-key",
+        _ramp(rows=10, width=5, slope=2),
+        'sites[4].connector.params: Unknown parameter \'slope\' for connector \'_WideRamp\'; known: rows, width. (got {"rows": 10, "width": 5, "slope": 2})',
+    ),
+    (
+        "files-folder-missing",
+        _site(2, path="nope"),
+        "sites[2].connector.params.path: folder not found: <tmp>/nope",
+    ),
+    (
+        "files-folder-is-a-file",
+        _data_is_a_file,
+        "sites[2].connector.params.path: not a folder: <tmp>/export.csv",
+    ),
+    (
+        "sqlite-db-missing",
+        _site(3, url="sqlite:///gone.sqlite"),
+        "sites[3].connector.params.url: file not found: <tmp>/gone.sqlite",
+    ),
+    (
+        "sqlite-table-missing",
+        _db_table_missing,
+        "sites[3].connector.params.query: no such table: readings in <tmp>/mes.sqlite (got 'SELECT * FROM readings')",
+    ),
+    (
+        "key-file-missing",
+        _key_missing,
+        "sites[1].private_key_file: file not found: <tmp>/keys/plant-b.key",
+    ),
     ("empty-file", _text(""), "<file> is empty: a fleet config needs at least models and sites"),
-    ("yaml-syntax", _text("fleet: x\nmodels: [1,\n"), "PREFIX <file> is not valid YAML: while parsing a flow node"),
+    (
+        "yaml-syntax",
+        _text("fleet: x\nmodels: [1,\n"),
+        "PREFIX <file> is not valid YAML: while parsing a flow node",
+    ),
     ("top-level-list", _text("- 1\n"), "<file>: the top level must be a mapping (got list)"),
-    ("bootstrap-no-port", _kafka(bootstrap="localhost9092"),
-     "kafka.bootstrap: A bootstrap address must be host:port with a port in 1..65535. Found 'localhost9092'. (got 'localhost9092')"),
-    ("bootstrap-port-range", _kafka(bootstrap="kafka:99999"),
-     "kafka.bootstrap: A bootstrap address must be host:port with a port in 1..65535. Found 'kafka:99999'. (got 'kafka:99999')"),
-    ("bootstrap-scheme", _kafka(bootstrap="kafka://broker:9092"),
-     "kafka.bootstrap: A bootstrap address is host:port, without a scheme. Found 'kafka://broker:9092'. (got 'kafka://broker:9092')"),
-    ("env-single-underscore", _env("FAIRFLEET_KAFKA_BOOTSTRAP", "k:9092"),
-     "environment FAIRFLEET_KAFKA_BOOTSTRAP: unknown FAIRFLEET_ variable, it overrides nothing (did you mean "
-     "FAIRFLEET_KAFKA__BOOTSTRAP? nested fields use __, e.g. FAIRFLEET_KAFKA__BOOTSTRAP; docs/configuration.md)"),
-    ("env-typo", _env("FAIRFLEET_ACOUNTANT__DB", "x.sqlite"),
-     "environment FAIRFLEET_ACOUNTANT__DB: unknown FAIRFLEET_ variable, it overrides nothing (did you mean "
-     "FAIRFLEET_ACCOUNTANT__DB? nested fields use __, e.g. FAIRFLEET_KAFKA__BOOTSTRAP; docs/configuration.md)"),
-    ("env-secret-typo", _env("FAIRFLEET_KAFKA__SASL_PASWORD", SECRET),
-     "PREFIX environment FAIRFLEET_KAFKA__SASL_PASWORD: unknown FAIRFLEET_ variable, it overrides nothing (did you mean FAIRFLEET_KAFKA__SASL_PASSWORD?"),
-    ("sasl-incomplete", _kafka(sasl_username=None),
-     "PREFIX kafka: security_protocol SASL_PLAINTEXT needs sasl_mechanism, sasl_username and sasl_password (got {"),
-    ("kafka-secret-key-typo", _kafka(sasl_pasword=SECRET), "kafka.sasl_pasword: Extra inputs are not permitted (got '***')"),
-    ("sql-url-password", _site(3, url=f"postgresql+nodriver://fleet:{SECRET}@db/mes"),
-     "PREFIX sites[3].connector.params: NoSuchModuleError: Can't load plugin: sqlalchemy.dialects:postgresql.nodriver (got {\"url\": \"postgresql+nodriver://fleet:***@db/mes\""),
-    ("kafka-connector-secret", _connector(4, "kafka", bootstrap="localhost9092", topic="t",
-                                          client_config={"sasl.password": SECRET}, fields={"a": "float", "y": "float"}, target="y"),
-     "PREFIX sites[4].connector.params: A bootstrap address must be host:port with a port in 1..65535. Found 'localhost9092'. "
-     "(got {\"bootstrap\": \"localhost9092\", \"topic\": \"t\", \"client_config\": {\"sasl.password"),
-    ("kafka-connector-no-topic", _connector(4, "kafka", bootstrap="h:1", fields={"a": "float", "y": "float"}, target="y"),
-     "PREFIX sites[4].connector.params: The kafka connector needs 'topic'. Found None."),
-    ("files-width", _site(2, features=["load", "speed_rpm"]),
-     "sites[2].connector: delivers 2 features but model 'failure' has in_features 8 (got ['load', 'speed_rpm'])"),
-    ("files-no-fields", _pop(2, "fields"), "PREFIX sites[2].connector.params: Connector params need 'fields' (a mapping name -> dtype). Found None."),
-    ("files-target-typo", _site(2, target="failure_within_horizonx"),
-     "PREFIX sites[2].connector.params: Schema target fields ['failure_within_horizonx'] are not declared"),
-    ("files-settle-negative", _site(2, settle_s=-1), "PREFIX sites[2].connector.params: settle_s must be >= 0. Found -1.0."),
-    ("sql-no-order-by", _pop(3, "order_by"),
-     "PREFIX sites[3].connector.params: The sql connector needs 'order_by', a column name that increases with new rows. Found None."),
-    ("sql-table-and-query", _site(3, table="sensor_readings"), "PREFIX sites[3].connector.params: The sql connector needs exactly one of 'table' or 'query'."),
-    ("simulator-chunk-0", _site(0, chunk=0), "PREFIX sites[0].connector.params: simulator chunk must be >= 1. Found 0."),
-    ("simulator-missing-mode", _site(0, missing="drop"), "PREFIX sites[0].connector.params: simulator missing must be 'impute' or 'reject'. Found 'drop'."),
+    (
+        "bootstrap-no-port",
+        _kafka(bootstrap="localhost9092"),
+        "kafka.bootstrap: A bootstrap address must be host:port with a port in 1..65535. Found 'localhost9092'. (got 'localhost9092')",
+    ),
+    (
+        "bootstrap-port-range",
+        _kafka(bootstrap="kafka:99999"),
+        "kafka.bootstrap: A bootstrap address must be host:port with a port in 1..65535. Found 'kafka:99999'. (got 'kafka:99999')",
+    ),
+    (
+        "bootstrap-scheme",
+        _kafka(bootstrap="kafka://broker:9092"),
+        "kafka.bootstrap: A bootstrap address is host:port, without a scheme. Found 'kafka://broker:9092'. (got 'kafka://broker:9092')",
+    ),
+    (
+        "env-single-underscore",
+        _env("FAIRFLEET_KAFKA_BOOTSTRAP", "k:9092"),
+        "environment FAIRFLEET_KAFKA_BOOTSTRAP: unknown FAIRFLEET_ variable, it overrides nothing (did you mean "
+        "FAIRFLEET_KAFKA__BOOTSTRAP? nested fields use __, e.g. FAIRFLEET_KAFKA__BOOTSTRAP; docs/configuration.md)",
+    ),
+    (
+        "env-typo",
+        _env("FAIRFLEET_ACOUNTANT__DB", "x.sqlite"),
+        "environment FAIRFLEET_ACOUNTANT__DB: unknown FAIRFLEET_ variable, it overrides nothing (did you mean "
+        "FAIRFLEET_ACCOUNTANT__DB? nested fields use __, e.g. FAIRFLEET_KAFKA__BOOTSTRAP; docs/configuration.md)",
+    ),
+    (
+        "env-secret-typo",
+        _env("FAIRFLEET_KAFKA__SASL_PASWORD", SECRET),
+        "PREFIX environment FAIRFLEET_KAFKA__SASL_PASWORD: unknown FAIRFLEET_ variable, it overrides nothing (did you mean FAIRFLEET_KAFKA__SASL_PASSWORD?",
+    ),
+    (
+        "sasl-incomplete",
+        _kafka(sasl_username=None),
+        "PREFIX kafka: security_protocol SASL_PLAINTEXT needs sasl_mechanism, sasl_username and sasl_password (got {",
+    ),
+    (
+        "kafka-secret-key-typo",
+        _kafka(sasl_pasword=SECRET),
+        "kafka.sasl_pasword: Extra inputs are not permitted (got '***')",
+    ),
+    (
+        "sql-url-password",
+        _site(3, url=f"postgresql+nodriver://fleet:{SECRET}@db/mes"),
+        'PREFIX sites[3].connector.params: NoSuchModuleError: Can\'t load plugin: sqlalchemy.dialects:postgresql.nodriver (got {"url": "postgresql+nodriver://fleet:***@db/mes"',
+    ),
+    (
+        "kafka-connector-secret",
+        _connector(
+            4,
+            "kafka",
+            bootstrap="localhost9092",
+            topic="t",
+            client_config={"sasl.password": SECRET},
+            fields={"a": "float", "y": "float"},
+            target="y",
+        ),
+        "PREFIX sites[4].connector.params: A bootstrap address must be host:port with a port in 1..65535. Found 'localhost9092'. "
+        '(got {"bootstrap": "localhost9092", "topic": "t", "client_config": {"sasl.password',
+    ),
+    (
+        "kafka-connector-no-topic",
+        _connector(4, "kafka", bootstrap="h:1", fields={"a": "float", "y": "float"}, target="y"),
+        "PREFIX sites[4].connector.params: The kafka connector needs 'topic'. Found None.",
+    ),
+    (
+        "files-width",
+        _site(2, features=["load", "speed_rpm"]),
+        "sites[2].connector: delivers 2 features but model 'failure' has in_features 8 (got ['load', 'speed_rpm'])",
+    ),
+    (
+        "files-no-fields",
+        _pop(2, "fields"),
+        "PREFIX sites[2].connector.params: Connector params need 'fields' (a mapping name -> dtype). Found None.",
+    ),
+    (
+        "files-target-typo",
+        _site(2, target="failure_within_horizonx"),
+        "PREFIX sites[2].connector.params: Schema target fields ['failure_within_horizonx'] are not declared",
+    ),
+    (
+        "files-settle-negative",
+        _site(2, settle_s=-1),
+        "PREFIX sites[2].connector.params: settle_s must be >= 0. Found -1.0.",
+    ),
+    (
+        "sql-no-order-by",
+        _pop(3, "order_by"),
+        "PREFIX sites[3].connector.params: The sql connector needs 'order_by', a column name that increases with new rows. Found None.",
+    ),
+    (
+        "sql-table-and-query",
+        _site(3, table="sensor_readings"),
+        "PREFIX sites[3].connector.params: The sql connector needs exactly one of 'table' or 'query'.",
+    ),
+    (
+        "simulator-chunk-0",
+        _site(0, chunk=0),
+        "PREFIX sites[0].connector.params: simulator chunk must be >= 1. Found 0.",
+    ),
+    (
+        "simulator-missing-mode",
+        _site(0, missing="drop"),
+        "PREFIX sites[0].connector.params: simulator missing must be 'impute' or 'reject'. Found 'drop'.",
+    ),
     ("simulator-unknown-site", _site(0, site="plant-z"), "PREFIX sites[0].connector.params: "),
-    ("unknown-connector", _connector(0, "ftp"), "PREFIX sites[0].connector.type: unknown connector 'ftp' (available: "),
-    ("unknown-top-level-key", _set("modles", []), "modles: Extra inputs are not permitted (got [])"),
-    ("site-unknown-key", _set("sites.1.privat_key_file", "keys/plant-b.key"),
-     "sites[1].privat_key_file: Extra inputs are not permitted (got 'keys/plant-b.key')"),
+    (
+        "unknown-connector",
+        _connector(0, "ftp"),
+        "PREFIX sites[0].connector.type: unknown connector 'ftp' (available: ",
+    ),
+    (
+        "unknown-top-level-key",
+        _set("modles", []),
+        "modles: Extra inputs are not permitted (got [])",
+    ),
+    (
+        "site-unknown-key",
+        _set("sites.1.privat_key_file", "keys/plant-b.key"),
+        "sites[1].privat_key_file: Extra inputs are not permitted (got 'keys/plant-b.key')",
+    ),
 ]
 
 
@@ -297,22 +442,31 @@ def test_a_missing_key_file_says_not_found_with_its_full_path(tmp_path: Path) ->
     with pytest.raises(ConfigError, match=f"private key file {bad} does not hold"):
         load_private(str(bad))
     key = (DEPLOY / "keys" / "plant-a.key").read_text().strip()
-    assert load_private(key) is not None and load_private(str(DEPLOY / "keys" / "plant-a.key")) is not None
+    assert (
+        load_private(key) is not None
+        and load_private(str(DEPLOY / "keys" / "plant-a.key")) is not None
+    )
     with pytest.raises(ConfigError) as info:
         load_private(key[:-1] + "z")  # inline, malformed: the key is never echoed
     assert key[:-1] not in str(info.value)
 
 
-def test_site_run_with_a_missing_key_file_names_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                   capsys: pytest.CaptureFixture[str]) -> None:
+def test_site_run_with_a_missing_key_file_names_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     import sys
 
     from fairfleet.cli import main
 
     path = tmp_path / "fleet.yaml"
     path.write_text(EXAMPLE.read_text())  # no keys/ folder next to it
-    monkeypatch.setattr(sys, "argv", ["fairfleet", "site", "run", "--config", str(path), "--site", "plant-a"])
+    monkeypatch.setattr(
+        sys, "argv", ["fairfleet", "site", "run", "--config", str(path), "--site", "plant-a"]
+    )
     with pytest.raises(SystemExit) as info:
         main()
     assert info.value.code == 1
-    assert capsys.readouterr().err.strip() == f"error: Private key file not found: {tmp_path / 'keys' / 'plant-a.key'}"
+    assert (
+        capsys.readouterr().err.strip()
+        == f"error: Private key file not found: {tmp_path / 'keys' / 'plant-a.key'}"
+    )

@@ -45,8 +45,12 @@ def test_multi_stage_with_named_stages() -> None:
     assert all(names), "name every stage (FROM ... AS name)"
     final = stages[-1]
     copies = [args for op, args in final if op == "COPY"]
-    assert any(c.startswith("--from=build ") for c in copies), "the runtime copies from the build stage"
-    assert not any(op == "RUN" and "pip install" in args for op, args in final), "no installs in the runtime stage"
+    assert any(c.startswith("--from=build ") for c in copies), (
+        "the runtime copies from the build stage"
+    )
+    assert not any(op == "RUN" and "pip install" in args for op, args in final), (
+        "no installs in the runtime stage"
+    )
 
 
 def test_runs_as_a_non_root_user() -> None:
@@ -83,8 +87,12 @@ def _ignored(path: str) -> bool:
         negate = line.startswith("!")
         pattern = line.lstrip("!").removeprefix("**/")
         pattern = pattern.removesuffix("/**")
-        if pattern == "**" or fnmatch.fnmatch(path, pattern) or path.startswith(pattern + "/") \
-                or fnmatch.fnmatch(path.rsplit("/", 1)[-1], pattern):
+        if (
+            pattern == "**"
+            or fnmatch.fnmatch(path, pattern)
+            or path.startswith(pattern + "/")
+            or fnmatch.fnmatch(path.rsplit("/", 1)[-1], pattern)
+        ):
             ignored = not negate
     return ignored
 
@@ -106,9 +114,15 @@ def test_copy_sources_exist_and_are_in_the_context() -> None:
 def test_exposed_ports_cover_the_config_and_env_is_config_fields() -> None:
     cfg = example_config()
     exposed = {int(p) for op, args in _instructions() if op == "EXPOSE" for p in args.split()}
-    wanted = {cfg.accountant.metrics_port} | {m.metrics_port for m in cfg.models} | {s.metrics_port for s in cfg.sites}
+    wanted = (
+        {cfg.accountant.metrics_port}
+        | {m.metrics_port for m in cfg.models}
+        | {s.metrics_port for s in cfg.sites}
+    )
     assert wanted <= exposed
     from fairfleet.config import FleetConfig
 
     for var in re.findall(r"\b(FAIRFLEET_[A-Z0-9_]+)=", DOCKERFILE.read_text()):
-        assert var.removeprefix("FAIRFLEET_").lower().split("__")[0] in FleetConfig.model_fields, var
+        assert var.removeprefix("FAIRFLEET_").lower().split("__")[0] in FleetConfig.model_fields, (
+            var
+        )

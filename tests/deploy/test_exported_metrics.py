@@ -14,7 +14,9 @@ from prometheus_client import CollectorRegistry
 
 SERVICES = {"accountant": "Accountant", "aggregator": "Aggregator", "site_agent": "Site agent"}
 ARGS = {"model": "m", "site": "s", "gamma": 0.1, "service": "svc"}
-NON_BASE_UNITS = re.compile(r"_(ms|milliseconds|microseconds|minutes|hours|days|percent|kb|mb|gb|kilobytes|megabytes)(_|$)")
+NON_BASE_UNITS = re.compile(
+    r"_(ms|milliseconds|microseconds|minutes|hours|days|percent|kb|mb|gb|kilobytes|megabytes)(_|$)"
+)
 
 
 def _registries(service: str) -> list[CollectorRegistry]:
@@ -46,7 +48,9 @@ def _exported(service: str) -> dict[str, str]:
     try:
         regs = _registries(service)
     except ModuleNotFoundError:
-        pytest.fail(f"fairfleet.{service}.metrics does not exist yet: the service exports no metrics")
+        pytest.fail(
+            f"fairfleet.{service}.metrics does not exist yet: the service exports no metrics"
+        )
     assert regs, f"fairfleet.{service}.metrics builds no CollectorRegistry"
     out: dict[str, str] = {}
     for reg in regs:
@@ -69,7 +73,9 @@ def test_service_exports_its_catalogue_section(service: str) -> None:
     assert not missing, f"{service} does not export {sorted(missing)}"
     for name, kind in exported.items():
         if name in cat:
-            assert cat[name].kind == kind, f"{service}: {name} is a {kind}, the catalogue says {cat[name].kind}"
+            assert cat[name].kind == kind, (
+                f"{service}: {name} is a {kind}, the catalogue says {cat[name].kind}"
+            )
 
 
 @pytest.mark.parametrize("service", sorted(SERVICES))
@@ -87,5 +93,10 @@ def test_every_metric_a_dashboard_or_rule_uses_is_exported() -> None:
     assert "fairfleet_bus_consumer_lag_messages" in exported
     cat = catalogue()
     used = {base_name(s, cat) or s for r in rules() for s in metric_names(r["expr"])}
-    used |= {base_name(s, cat) or s for exprs in dashboard_exprs().values() for e in exprs for s in metric_names(e)}
+    used |= {
+        base_name(s, cat) or s
+        for exprs in dashboard_exprs().values()
+        for e in exprs
+        for s in metric_names(e)
+    }
     assert used - exported == set(), f"used but exported by no service: {sorted(used - exported)}"

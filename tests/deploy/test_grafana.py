@@ -40,14 +40,20 @@ def test_dashboard_provider_reads_the_mounted_folder() -> None:
     (provider,) = yaml.safe_load(files[0].read_text())["providers"]
     assert provider["type"] == "file"
     assert provider["options"]["path"] == _mount_target("grafana", "./deploy/grafana/dashboards")
-    home = compose()["services"]["grafana"]["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    home = compose()["services"]["grafana"]["environment"][
+        "GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"
+    ]
     assert home.startswith(provider["options"]["path"] + "/")
     assert (DASHBOARDS / home.rsplit("/", 1)[1]).is_file()
 
 
 def test_dashboards_are_generated_and_current() -> None:
-    res = subprocess.run([sys.executable, str(DEPLOY / "grafana" / "generate_dashboards.py"), "--check"],
-                         capture_output=True, text=True, check=False)
+    res = subprocess.run(
+        [sys.executable, str(DEPLOY / "grafana" / "generate_dashboards.py"), "--check"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert res.returncode == 0, res.stderr
 
 
@@ -147,17 +153,25 @@ def test_a_sites_spent_and_limit_lines_are_paired() -> None:
     """One panel per site, spent/next/limit in fixed colours (the limit dashed): never a limit
     line that could belong to another site."""
     privacy = json.loads((DASHBOARDS / "privacy.json").read_text())
-    panel = next(p for p in privacy["panels"] if p["title"].startswith("Epsilon spent vs policy limit"))
+    panel = next(
+        p for p in privacy["panels"] if p["title"].startswith("Epsilon spent vs policy limit")
+    )
     assert panel["repeat"] == "site"
-    colours = {o["matcher"]["options"]: o["properties"][0]["value"]["fixedColor"]
-               for o in panel["fieldConfig"]["overrides"]}
+    colours = {
+        o["matcher"]["options"]: o["properties"][0]["value"]["fixedColor"]
+        for o in panel["fieldConfig"]["overrides"]
+    }
     assert colours == {".* spent": "blue", ".* after next release": "orange", ".* limit": "red"}
     assert all("{{site}}" not in t["legendFormat"] for t in panel["targets"])
 
 
 def _panels() -> list[tuple[str, dict[str, Any]]]:
-    return [(path.name, panel) for path in sorted(DASHBOARDS.glob("*.json"))
-            for panel in json.loads(path.read_text())["panels"] if panel["type"] != "row"]
+    return [
+        (path.name, panel)
+        for path in sorted(DASHBOARDS.glob("*.json"))
+        for panel in json.loads(path.read_text())["panels"]
+        if panel["type"] != "row"
+    ]
 
 
 def _dashed_red(panel: dict[str, Any], legend: str) -> bool:
@@ -169,7 +183,10 @@ def _dashed_red(panel: dict[str, Any], legend: str) -> bool:
         if override["matcher"]["id"] == "byRegexp" and not re.fullmatch(pattern, legend):
             continue
         props = {p["id"]: p["value"] for p in override["properties"]}
-        if props.get("color", {}).get("fixedColor") == "red" and props.get("custom.lineStyle", {}).get("fill") == "dash":
+        if (
+            props.get("color", {}).get("fixedColor") == "red"
+            and props.get("custom.lineStyle", {}).get("fill") == "dash"
+        ):
             return True
     return False
 
@@ -186,14 +203,27 @@ def test_gamma_and_epsilon_max_are_drawn_where_a_gap_or_an_epsilon_is_shown() ->
         exprs = {t["expr"]: t["legendFormat"] for t in panel["targets"]}
         where = (name, panel["title"])
         if any(gap_like.match(e) for e in exprs):
-            bound = [legend for e, legend in exprs.items() if e.startswith("fairfleet_fairness_gap_bound{")]
+            bound = [
+                legend
+                for e, legend in exprs.items()
+                if e.startswith("fairfleet_fairness_gap_bound{")
+            ]
             assert bound == ["gamma"], where
             assert _dashed_red(panel, "gamma") and "gamma" in panel["title"], where
             checked["gamma"] += 1
         if any(eps_level.match(e) for e in exprs):
-            limits = [legend for e, legend in exprs.items() if e.startswith("fairfleet_privacy_epsilon_limit{")]
+            limits = [
+                legend
+                for e, legend in exprs.items()
+                if e.startswith("fairfleet_privacy_epsilon_limit{")
+            ]
             assert len(limits) == 1, where
-            legend = limits[0].replace("{{site}}", "plant-a").replace("{{source}}", "line-1").replace("{{unit}}", "site")
+            legend = (
+                limits[0]
+                .replace("{{site}}", "plant-a")
+                .replace("{{source}}", "line-1")
+                .replace("{{unit}}", "site")
+            )
             assert _dashed_red(panel, legend), where
             assert "limit" in panel["title"] or "epsilon_max" in panel["title"], where
             checked["epsilon_max"] += 1
@@ -211,7 +241,10 @@ def test_every_limit_line_belongs_to_one_site() -> None:
         if any(t["expr"].startswith("fairfleet_privacy_epsilon_limit{") for t in panel["targets"]):
             assert panel.get("repeat") == "site", (name, panel["title"])
             assert "$site" in panel["title"], (name, panel["title"])
-            assert all("{{site}}" not in t["legendFormat"] for t in panel["targets"]), (name, panel["title"])
+            assert all("{{site}}" not in t["legendFormat"] for t in panel["targets"]), (
+                name,
+                panel["title"],
+            )
 
 
 def _strategies_exporting_multipliers() -> set[str]:
@@ -223,8 +256,16 @@ def _strategies_exporting_multipliers() -> set[str]:
     from fairfleet.fairness.registry import available_strategies
     from fairfleet.fairness.types import NoisyStat
 
-    updates = [SiteUpdate(site=f"s{i}", site_class="ab"[i % 2], delta=np.full(3, 0.1 * i, np.float32),
-                          n_examples=10 + i, loss=NoisyStat(0.5 + 0.3 * (i % 2), 0.1, 50)) for i in range(4)]
+    updates = [
+        SiteUpdate(
+            site=f"s{i}",
+            site_class="ab"[i % 2],
+            delta=np.full(3, 0.1 * i, np.float32),
+            n_examples=10 + i,
+            loss=NoisyStat(0.5 + 0.3 * (i % 2), 0.1, 50),
+        )
+        for i in range(4)
+    ]
     out = set()
     for name in available_strategies():
         strategy = build_strategy(name, **({"gamma": 0.01} if name == "gap" else {}))
@@ -242,7 +283,11 @@ def test_strategy_and_mode_specific_panels_say_so_in_their_title() -> None:
     assumed) and calls the others empty by design; the staleness panel says async only."""
     exporting = _strategies_exporting_multipliers()
     assert exporting == {"gap", "afl"}, exporting  # if this moves, the panel's title must too
-    (multipliers,) = [p for _, p in _panels() if any("fairfleet_fairness_multiplier" in t["expr"] for t in p["targets"])]
+    (multipliers,) = [
+        p
+        for _, p in _panels()
+        if any("fairfleet_fairness_multiplier" in t["expr"] for t in p["targets"])
+    ]
     named = set(re.findall(r"\b(\w+)\b", multipliers["title"].split("(", 1)[1]))
     assert exporting <= named and "only" in multipliers["title"], multipliers["title"]
     assert "empty by design" in multipliers["description"]
@@ -250,5 +295,7 @@ def test_strategy_and_mode_specific_panels_say_so_in_their_title() -> None:
 
     for other in set(available_strategies()) - exporting:
         assert other in multipliers["description"], other
-    (staleness,) = [p for _, p in _panels() if any("staleness_rounds" in t["expr"] for t in p["targets"])]
+    (staleness,) = [
+        p for _, p in _panels() if any("staleness_rounds" in t["expr"] for t in p["targets"])
+    ]
     assert "async mode only" in staleness["title"]

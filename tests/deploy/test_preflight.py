@@ -38,7 +38,9 @@ def bootstrap(monkeypatch: pytest.MonkeyPatch) -> str:
     return value
 
 
-def test_preflight_reports_each_check_and_exits_1_until_all_pass(tmp_path: Path, bootstrap: str) -> None:
+def test_preflight_reports_each_check_and_exits_1_until_all_pass(
+    tmp_path: Path, bootstrap: str
+) -> None:
     cfg_path = _config(tmp_path, bootstrap)
     server = serve(CollectorRegistry(), 0, "127.0.0.1")
     try:
@@ -58,7 +60,9 @@ def test_preflight_reports_each_check_and_exits_1_until_all_pass(tmp_path: Path,
     # the accountant is gone now: its check fails, with the URL named
     res = CliRunner().invoke(app, ["preflight", str(cfg_path), "--skip-paths", "--accountant", url])
     assert res.exit_code == 1
-    assert any(line.startswith("FAIL accountant") and url in line for line in res.stdout.splitlines())
+    assert any(
+        line.startswith("FAIL accountant") and url in line for line in res.stdout.splitlines()
+    )
 
 
 def test_preflight_unreachable_broker_fails_fast(tmp_path: Path) -> None:

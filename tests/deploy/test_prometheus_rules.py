@@ -52,7 +52,9 @@ def test_every_alert_has_a_firing_and_a_quiet_unit_test() -> None:
     assert alerts, "no alerts found"
     assert alerts - fires == set(), f"alerts without a firing test: {sorted(alerts - fires)}"
     assert alerts - quiet == set(), f"alerts without a non-firing test: {sorted(alerts - quiet)}"
-    assert (fires | quiet) - alerts == set(), f"tests of unknown alerts: {sorted((fires | quiet) - alerts)}"
+    assert (fires | quiet) - alerts == set(), (
+        f"tests of unknown alerts: {sorted((fires | quiet) - alerts)}"
+    )
 
 
 def test_the_required_alerts_exist_with_severity_and_runbook() -> None:
@@ -68,7 +70,10 @@ def test_the_required_alerts_exist_with_severity_and_runbook() -> None:
     assert "fairfleet_bus_consumer_lag_messages" in exprs["ConsumerLagGrowing"]
     assert "up{" in exprs["ServiceDown"]
     ops = (REPO / "docs" / "operations.md").read_text()
-    anchors = {re.sub(r"[^a-z0-9-]", "", h.strip().lower().replace(" ", "-")) for h in re.findall(r"^#+ (.+)$", ops, re.M)}
+    anchors = {
+        re.sub(r"[^a-z0-9-]", "", h.strip().lower().replace(" ", "-"))
+        for h in re.findall(r"^#+ (.+)$", ops, re.M)
+    }
     for name, rule in by_name.items():
         assert rule["labels"]["severity"] in {"warning", "critical"}, name
         assert {"summary", "description", "runbook"} <= set(rule["annotations"]), name

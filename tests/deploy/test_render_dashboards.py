@@ -18,7 +18,9 @@ from hypothesis import strategies as st
 
 
 def _tool() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("render_dashboards", DEPLOY / "grafana" / "render_dashboards.py")
+    spec = importlib.util.spec_from_file_location(
+        "render_dashboards", DEPLOY / "grafana" / "render_dashboards.py"
+    )
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up
@@ -28,12 +30,18 @@ def _tool() -> ModuleType:
 
 render = _tool()
 BOARDS = {path.name: json.loads(path.read_text()) for path in sorted(DASHBOARDS.glob("*.json"))}
-VALUES = {"model": ["failure", "rul"], "site": ["plant-a", "plant-b", "plant-c"], "class": ["legacy", "modern"]}
+VALUES = {
+    "model": ["failure", "rul"],
+    "site": ["plant-a", "plant-b", "plant-c"],
+    "class": ["legacy", "modern"],
+}
 
 
 def _values(board: dict[str, Any]) -> dict[str, list[str]]:
-    return {v["name"]: VALUES[v["name"]] if v.get("multi") else VALUES[v["name"]][:1]
-            for v in board["templating"]["list"]}
+    return {
+        v["name"]: VALUES[v["name"]] if v.get("multi") else VALUES[v["name"]][:1]
+        for v in board["templating"]["list"]
+    }
 
 
 @pytest.mark.parametrize("name", sorted(BOARDS))
@@ -46,9 +54,13 @@ def test_every_panel_and_query_is_extracted_with_variables_filled(name: str) -> 
     assert len(drawn) == expected
     it = iter(drawn)
     for panel in raw:
-        copies = [next(it) for _ in range(len(values[panel["repeat"]]) if panel.get("repeat") else 1)]
+        copies = [
+            next(it) for _ in range(len(values[panel["repeat"]]) if panel.get("repeat") else 1)
+        ]
         for i, copy in enumerate(copies):
-            assert copy.kind == panel["type"] and copy.unit == panel["fieldConfig"]["defaults"]["unit"]
+            assert (
+                copy.kind == panel["type"] and copy.unit == panel["fieldConfig"]["defaults"]["unit"]
+            )
             assert [t.legend for t in copy.targets] == [t["legendFormat"] for t in panel["targets"]]
             for target, query in zip(panel["targets"], copy.targets, strict=True):
                 assert "$" not in query.expr, query.expr
@@ -65,12 +77,19 @@ def test_every_panel_and_query_is_extracted_with_variables_filled(name: str) -> 
                 value = values[panel["repeat"]][i]
                 assert value in copy.title or f"${panel['repeat']}" not in panel["title"]
 
+
 def test_a_single_value_variable_is_used_as_is() -> None:
-    assert render.fill('m{model="$model",class=~"$class"}', {"model": ["failure"], "class": ["a", "b"]}) == \
-        'm{model="failure",class=~"(a|b)"}'
+    assert (
+        render.fill(
+            'm{model="$model",class=~"$class"}', {"model": ["failure"], "class": ["a", "b"]}
+        )
+        == 'm{model="failure",class=~"(a|b)"}'
+    )
     # regex metacharacters escaped for the regex, inside a PromQL string ("-" needs nothing)
-    assert render.fill('m{site=~"$site"}', {"site": ["plant-a", "a.b", "c(d)"]}) == \
-        'm{site=~"(plant-a|a\\\\.b|c\\\\(d\\\\))"}'
+    assert (
+        render.fill('m{site=~"$site"}', {"site": ["plant-a", "a.b", "c(d)"]})
+        == 'm{site=~"(plant-a|a\\\\.b|c\\\\(d\\\\))"}'
+    )
     with pytest.raises(ValueError, match=r"\$site"):
         render.fill('m{site=~"$site"}', {"model": ["x"]})
 
@@ -84,8 +103,13 @@ def test_variable_definitions_parse() -> None:
         render.variable_query("query_result(up)")
 
 
-@given(st.dictionaries(st.sampled_from(["site", "model", "source", "class"]),
-                       st.text("abc-_1", min_size=1, max_size=6), max_size=4))
+@given(
+    st.dictionaries(
+        st.sampled_from(["site", "model", "source", "class"]),
+        st.text("abc-_1", min_size=1, max_size=6),
+        max_size=4,
+    )
+)
 def test_legend_fills_every_label(labels: dict[str, str]) -> None:
     fmt = "{{site}} / {{source}} {{ model }}"
     out = render.legend(fmt, labels)

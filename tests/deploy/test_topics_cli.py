@@ -31,4 +31,3 @@ def test_creates_every_topic_idempotently(kafka_bootstrap: str) -> None:
     assert len(existing[f"{prefix}updates"].partitions) == 3  # kafka.partitions of the example
     again = CliRunner().invoke(app, args, env=env)  # a re-run (compose restart) changes nothing
     assert again.exit_code == 0, again.output
-

@@ -30,23 +30,40 @@ SLACK_S = 10.0
 def test_chaos_soak_short(tmp_path: Path) -> None:
     # rounds enough never to finish first: the run ends once every fault was injected (spread
     # over 30 rounds) and the models ran on for two bounds
-    settings = SoakSettings(rounds=500, fault_rounds=30, until_faults_done=True, wall_cap_s=420.0,
-                            seed=3)
+    settings = SoakSettings(
+        rounds=500, fault_rounds=30, until_faults_done=True, wall_cap_s=420.0, seed=3
+    )
     result = run_soak(settings, tmp_path)
-    print(json.dumps({k: result[k] for k in ("rounds_completed", "rounds_voided", "max_stall_seconds",
-                                             "ledger_matches_replay", "double_charged",
-                                             "lost_updates", "faults", "faults_not_injected")},
-                     indent=1))
+    print(
+        json.dumps(
+            {
+                k: result[k]
+                for k in (
+                    "rounds_completed",
+                    "rounds_voided",
+                    "max_stall_seconds",
+                    "ledger_matches_replay",
+                    "double_charged",
+                    "lost_updates",
+                    "faults",
+                    "faults_not_injected",
+                )
+            },
+            indent=1,
+        )
+    )
     assert result["ledger_matches_replay"], result["ledger_events"]
     assert result["double_charged"] == 0, result["double_charged_keys"]
     assert result["lost_updates"] == 0, result["lost_update_keys"]
     assert result["ended_by"] == "faults_done", result["ended_by"]
     injected = {f["kind"] for f in result["faults"]}
     assert injected == set(settings.kinds), (
-        f"faults not injected: {result['faults_not_injected']} (ended by {result['ended_by']})")
+        f"faults not injected: {result['faults_not_injected']} (ended by {result['ended_by']})"
+    )
     bound = result["bound_seconds"] + SLACK_S
     for fault in result["faults"]:
         for model, seconds in fault["recovery_s"].items():
             assert seconds is not None and seconds <= bound, (
                 f"after {fault['kind']} ({fault['target']}) model {model} advanced after "
-                f"{seconds} s; bound {result['bound_seconds']} s + {SLACK_S} s slack")
+                f"{seconds} s; bound {result['bound_seconds']} s + {SLACK_S} s slack"
+            )

@@ -20,8 +20,17 @@ def test_reduced_demo_prints_the_class_table_and_writes_the_report(
     report = tmp_path / "report"
     result = CliRunner().invoke(
         app,
-        ["demo", "--rounds", "2", "--bootstrap", kafka_bootstrap, "--report", str(report),
-         "--work-dir", str(tmp_path / "work")],
+        [
+            "demo",
+            "--rounds",
+            "2",
+            "--bootstrap",
+            kafka_bootstrap,
+            "--report",
+            str(report),
+            "--work-dir",
+            str(tmp_path / "work"),
+        ],
         catch_exceptions=False,
     )
     assert result.exit_code == 0, result.output
@@ -36,7 +45,9 @@ def test_reduced_demo_prints_the_class_table_and_writes_the_report(
     assert summary["final"]["version"] >= 2 and len(summary["rounds"]) >= 1
     # every site spent some budget, and none more than its policy allows
     eps = summary["epsilon_spent"]
-    assert len(eps) == 6 and all(0 < v <= 1.25 * summary["settings"]["epsilon"] + 1e-9 for v in eps.values())
+    assert len(eps) == 6 and all(
+        0 < v <= 1.25 * summary["settings"]["epsilon"] + 1e-9 for v in eps.values()
+    )
     # everything the demo started is stopped: no service log shows a crash
     logs = Path(summary["logs"])
     assert sorted(p.name for p in logs.glob("*.log"))[0] == "accountant.log"

@@ -57,8 +57,11 @@ def _fleet_config(tmp_path: Path, prefix: str) -> Path:
     data["models"] = [model]
     data["sites"] = [s for s in data["sites"] if s["id"] in SITES]
     data["policies"]["sites"] = {k: v for k, v in data["policies"]["sites"].items() if k in SITES}
-    data["policies"]["sites"][DENIED_SITE] = {"epsilon_max": _limit_between_rounds(model, DENIED_AT),
-                                              "delta": 1e-5, "unit": "observation"}
+    data["policies"]["sites"][DENIED_SITE] = {
+        "epsilon_max": _limit_between_rounds(model, DENIED_AT),
+        "delta": 1e-5,
+        "unit": "observation",
+    }
     data["kafka"]["topic_prefix"] = prefix
     data["accountant"]["db"] = str(tmp_path / "ledger.sqlite")
     data["state_dir"] = str(tmp_path / "state")
@@ -80,7 +83,9 @@ def _rounds_epsilon(model: dict[str, Any], rounds: int, delta: float = 1e-5) -> 
 
     plan, training = PrivacyPlan(**model["privacy"]), LocalTrainingPlan(**model["training"])
     assert plan.unit == "observation"  # the loss release's event then does not depend on m
-    return epsilon([dp_accounting.SelfComposedDpEvent(round_event(plan, training, 1), rounds)], delta, "rdp")
+    return epsilon(
+        [dp_accounting.SelfComposedDpEvent(round_event(plan, training, 1), rounds)], delta, "rdp"
+    )
 
 
 def _limit_between_rounds(model: dict[str, Any], denied_at: int) -> float:
@@ -113,33 +118,56 @@ class PromAPI:
 
     def samples(self, expr: str, label: str) -> dict[str, list[tuple[float, float]]]:
         """Raw (time, value) samples of a range selector, per value of ``label``."""
-        return {s["metric"].get(label, ""): [(float(t), float(v)) for t, v in s["values"]]
-                for s in self.query(expr)}
+        return {
+            s["metric"].get(label, ""): [(float(t), float(v)) for t, v in s["values"]]
+            for s in self.query(expr)
+        }
 
 
 @contextlib.contextmanager
 def _prometheus(tmp_path: Path, fleet: Any) -> Iterator[PromAPI]:
     exe = shutil.which("prometheus")
-    assert exe, "prometheus not found on PATH: install Debian's prometheus package (make system-deps)"
-    jobs = {"accountant": "fairfleet-accountant", "aggregator": "fairfleet-aggregator", "site": "fairfleet-site-agent"}
+    assert exe, (
+        "prometheus not found on PATH: install Debian's prometheus package (make system-deps)"
+    )
+    jobs = {
+        "accountant": "fairfleet-accountant",
+        "aggregator": "fairfleet-aggregator",
+        "site": "fairfleet-site-agent",
+    }
     # The accountant every 100 ms and the rules every 50 ms: a site's next reservation follows its
     # last granted release by the aggregator's close-and-announce time (0.3-2 s here), and the
     # pre-denial alert must be seen in between; the other services every second. A scrape that
     # times out marks the accountant's series stale: instant checks use _fresh_instant.
     scrape = [
-        {"job_name": job, **({"scrape_interval": "100ms", "scrape_timeout": "100ms"} if kind == "accountant" else {}),
-         "static_configs": [{"targets": [f"127.0.0.1:{s.port}" for s in fleet.of_kind(kind)]}]}
+        {
+            "job_name": job,
+            **(
+                {"scrape_interval": "100ms", "scrape_timeout": "100ms"}
+                if kind == "accountant"
+                else {}
+            ),
+            "static_configs": [{"targets": [f"127.0.0.1:{s.port}" for s in fleet.of_kind(kind)]}],
+        }
         for kind, job in jobs.items()
     ]
-    conf = {"global": {"scrape_interval": "1s", "evaluation_interval": "50ms"},
-            "rule_files": [str(RULES)], "scrape_configs": scrape}
+    conf = {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "50ms"},
+        "rule_files": [str(RULES)],
+        "scrape_configs": scrape,
+    }
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(conf))
     port = _free_port()
     log = (tmp_path / "prometheus.log").open("wb")
     proc = subprocess.Popen(
-        [exe, f"--config.file={tmp_path / 'prometheus.yml'}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-         f"--web.listen-address=127.0.0.1:{port}"],
-        stdout=log, stderr=subprocess.STDOUT,
+        [
+            exe,
+            f"--config.file={tmp_path / 'prometheus.yml'}",
+            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -169,9 +197,13 @@ def live(tmp_path: Path, kafka_bootstrap: str) -> Iterator[tuple[Any, PromAPI, A
     prefix = f"live{uuid.uuid4().hex[:8]}."
     config = _fleet_config(tmp_path, prefix)
     cfg = load_config(config)
-    connect(f"kafka://{kafka_bootstrap}").create_topics(default_topics(prefix, cfg.kafka.partitions))
+    connect(f"kafka://{kafka_bootstrap}").create_topics(
+        default_topics(prefix, cfg.kafka.partitions)
+    )
     env = {"FAIRFLEET_KAFKA__BOOTSTRAP": kafka_bootstrap}
-    fleet = launch(config, log_dir=tmp_path / "logs", env=env, extra_args={"aggregator": ["--keep-running"]})
+    fleet = launch(
+        config, log_dir=tmp_path / "logs", env=env, extra_args={"aggregator": ["--keep-running"]}
+    )
     try:
         with _prometheus(tmp_path, fleet) as prom:
             yield fleet, prom, cfg
@@ -254,27 +286,43 @@ def _privacy_figures_agree(prom: PromAPI, fleet: Any, started: float) -> None:
     else:
         pytest.fail("the ledger kept changing; no stable instant to compare")
     prom.at = at
-    gauge = {(s["metric"]["site"], s["metric"]["source"], s["metric"]["unit"]): float(s["value"][1])
-             for s in prom.query("fairfleet_privacy_epsilon_spent")}
+    gauge = {
+        (s["metric"]["site"], s["metric"]["source"], s["metric"]["unit"]): float(s["value"][1])
+        for s in prom.query("fairfleet_privacy_epsilon_spent")
+    }
     rows = {(r["site"], r["source"], r["unit"]): r for r in after["budgets"]}
     assert set(gauge) == set(rows)
     for key, row in rows.items():
         assert gauge[key] == row["epsilon_spent"], (key, gauge[key], row)  # exactly the same number
-    entries = {e["metric"]["site"]: e["metric"]["policy"] for e in prom.query("fairfleet_privacy_policy_info == 1")}
-    assert entries == {"plant-a": "defaults", "plant-b": "classes.retrofit", DENIED_SITE: f"sites.{DENIED_SITE}"}
+    entries = {
+        e["metric"]["site"]: e["metric"]["policy"]
+        for e in prom.query("fairfleet_privacy_policy_info == 1")
+    }
+    assert entries == {
+        "plant-a": "defaults",
+        "plant-b": "classes.retrofit",
+        DENIED_SITE: f"sites.{DENIED_SITE}",
+    }
     assert entries == {r["site"]: r["policy"] for r in rows.values()}  # one resolver, one answer
     nxt = prom.values("fairfleet_privacy_epsilon_next", "site")
     assert all(nxt[r["site"]] == r["epsilon_next"] for r in rows.values())
 
     # the pre-denial alert fired before the first denial, and the denial alert fired too
-    warned = prom.samples(f'ALERTS{{alertname="PrivacyNextReleaseWouldBeDenied",alertstate="firing"}}[{window}]', "site")
-    denials = prom.samples(f'fairfleet_privacy_denials_total{{site="{DENIED_SITE}",reason="over_budget"}}[{window}]',
-                           "site")
+    warned = prom.samples(
+        f'ALERTS{{alertname="PrivacyNextReleaseWouldBeDenied",alertstate="firing"}}[{window}]',
+        "site",
+    )
+    denials = prom.samples(
+        f'fairfleet_privacy_denials_total{{site="{DENIED_SITE}",reason="over_budget"}}[{window}]',
+        "site",
+    )
     assert set(warned) == {DENIED_SITE}, warned
     first_warning = warned[DENIED_SITE][0][0]
     first_denial = next(t for t, v in denials[DENIED_SITE] if v > 0)
     assert first_warning < first_denial, (first_warning, first_denial)
-    denied_alert = prom.samples(f'ALERTS{{alertname="PrivacyReleasesDenied",alertstate="firing"}}[{window}]', "site")
+    denied_alert = prom.samples(
+        f'ALERTS{{alertname="PrivacyReleasesDenied",alertstate="firing"}}[{window}]', "site"
+    )
     assert DENIED_SITE in denied_alert
     row = rows[(DENIED_SITE, "line-1", "observation")]
     assert row["events_committed"] == DENIED_AT - 1
@@ -318,8 +366,12 @@ def test_prometheus_sees_rounds_fairness_and_privacy(live: tuple[Any, PromAPI, A
 
     # fairness: a noisy and a debiased loss per class; the gap is the bias-corrected range of the
     # noisy class estimates, max(0, range - bias), so 0 <= gap <= range; the bound is gamma
-    noisy = prom.values(f'fairfleet_fairness_class_loss{{model="{MODEL}",estimate="noisy"}}', "class")
-    debiased = prom.values(f'fairfleet_fairness_class_loss{{model="{MODEL}",estimate="debiased"}}', "class")
+    noisy = prom.values(
+        f'fairfleet_fairness_class_loss{{model="{MODEL}",estimate="noisy"}}', "class"
+    )
+    debiased = prom.values(
+        f'fairfleet_fairness_class_loss{{model="{MODEL}",estimate="debiased"}}', "class"
+    )
     stderr = prom.values(f'fairfleet_fairness_class_loss_stderr{{model="{MODEL}"}}', "class")
     assert set(noisy) == set(debiased) == set(stderr) == {"modern", "retrofit", "legacy"}, noisy
     assert all(math.isfinite(v) for v in [*noisy.values(), *debiased.values()])
@@ -329,7 +381,9 @@ def test_prometheus_sees_rounds_fairness_and_privacy(live: tuple[Any, PromAPI, A
     assert 0 <= gap <= max(noisy.values()) - min(noisy.values()) + 1e-9
     worst = prom.values(f'fairfleet_fairness_worst_class{{model="{MODEL}"}} == 1', "class")
     assert len(worst) == 1, worst
-    assert prom.scalar(f'fairfleet_fairness_gap_bound{{model="{MODEL}"}}') == pytest.approx(cfg.model(MODEL).gamma)
+    assert prom.scalar(f'fairfleet_fairness_gap_bound{{model="{MODEL}"}}') == pytest.approx(
+        cfg.model(MODEL).gamma
+    )
 
     # privacy: every site has spent some epsilon, within its policy, and the ratio is spent/limit
     spent = prom.values("fairfleet_privacy_epsilon_spent", "site")
@@ -338,27 +392,41 @@ def test_prometheus_sees_rounds_fairness_and_privacy(live: tuple[Any, PromAPI, A
     for site in SITES:
         assert limit[site] == pytest.approx(cfg.policy_for(site, "observation").policy.epsilon_max)
         assert 0 < spent[site] <= limit[site]
-    ratio_error = prom.scalar("max(abs(fairfleet_privacy_budget_used_ratio - fairfleet_privacy_epsilon_spent "
-                              "/ fairfleet_privacy_epsilon_limit))")
+    ratio_error = prom.scalar(
+        "max(abs(fairfleet_privacy_budget_used_ratio - fairfleet_privacy_epsilon_spent "
+        "/ fairfleet_privacy_epsilon_limit))"
+    )
     assert ratio_error is not None and ratio_error < 1e-9
-    assert prom.values(f'fairfleet_site_privacy_enabled{{model="{MODEL}"}}', "site") == dict.fromkeys(SITES, 1.0)
+    assert prom.values(
+        f'fairfleet_site_privacy_enabled{{model="{MODEL}"}}', "site"
+    ) == dict.fromkeys(SITES, 1.0)
     site_side = prom.values(f'fairfleet_site_epsilon_spent{{model="{MODEL}"}}', "site")
     assert set(site_side) == set(SITES) and all(0 < v <= limit[k] for k, v in site_side.items())
 
     # the shipped rules load in a real server, and none of the "broken" alerts fire
     rules = httpx.get(f"{prom.url}/api/v1/rules", timeout=5).json()["data"]["groups"]
     loaded = {r["name"]: r["health"] for g in rules for r in g["rules"]}
-    assert {"ServiceDown", "FairnessGapAboveBound", "PrivacyBudgetExhausted",
-            "PrivacyNextReleaseWouldBeDenied", "PrivacyReleasesDenied"} <= set(loaded)
+    assert {
+        "ServiceDown",
+        "FairnessGapAboveBound",
+        "PrivacyBudgetExhausted",
+        "PrivacyNextReleaseWouldBeDenied",
+        "PrivacyReleasesDenied",
+    } <= set(loaded)
     assert set(loaded.values()) == {"ok"}, loaded
-    firing = prom.query('ALERTS{alertname=~"ServiceDown|SitePrivacyDisabled|PrivacyBudgetExhausted"}')
+    firing = prom.query(
+        'ALERTS{alertname=~"ServiceDown|SitePrivacyDisabled|PrivacyBudgetExhausted"}'
+    )
     assert firing == [], firing
 
     prom.at = None
     _wait_for_denial(prom, fleet)
     _privacy_figures_agree(prom, fleet, started)
     prom.at = _fresh_instant(prom)
-    assert prom.query('ALERTS{alertname=~"ServiceDown|SitePrivacyDisabled|PrivacyBudgetExhausted"}') == []
+    assert (
+        prom.query('ALERTS{alertname=~"ServiceDown|SitePrivacyDisabled|PrivacyBudgetExhausted"}')
+        == []
+    )
     _dashboards_evaluate(prom)
 
     fleet.stop()
@@ -368,12 +436,30 @@ def test_prometheus_sees_rounds_fairness_and_privacy(live: tuple[Any, PromAPI, A
 # Panels that must show data once a few rounds ran (others legitimately stay empty: denials,
 # rejects, late updates, staleness of a sync model, ...).
 MUST_SHOW = {
-    "fleet-overview.json": {"Current round", "Model version", "Participants (last closed round)", "Services up"},
-    "fairness.json": {"Class loss gap vs gamma", "Worst class now", "Noisy vs debiased class loss",
-                      "Debiased loss of class $class (95% band)"},
-    "privacy.json": {"Budget used (spent / epsilon_max)", "Epsilon spent vs policy limit", "Epsilon remaining",
-                     "Policy entry that sets each limit", "Denials per hour, by reason"},
-    "pipeline-health.json": {"Consumer lag (messages)", "Round open time vs deadline", "Scrape targets up"},
+    "fleet-overview.json": {
+        "Current round",
+        "Model version",
+        "Participants (last closed round)",
+        "Services up",
+    },
+    "fairness.json": {
+        "Class loss gap vs gamma",
+        "Worst class now",
+        "Noisy vs debiased class loss",
+        "Debiased loss of class $class (95% band)",
+    },
+    "privacy.json": {
+        "Budget used (spent / epsilon_max)",
+        "Epsilon spent vs policy limit",
+        "Epsilon remaining",
+        "Policy entry that sets each limit",
+        "Denials per hour, by reason",
+    },
+    "pipeline-health.json": {
+        "Consumer lag (messages)",
+        "Round open time vs deadline",
+        "Scrape targets up",
+    },
 }
 
 
@@ -387,8 +473,12 @@ def _dashboards_evaluate(prom: PromAPI) -> None:
         empty = []
         for panel in board["panels"]:
             for target in panel.get("targets", []):
-                expr = (target["expr"].replace("$model", MODEL).replace("$site", ".*")
-                        .replace("$class", ".*"))
+                expr = (
+                    target["expr"]
+                    .replace("$model", MODEL)
+                    .replace("$site", ".*")
+                    .replace("$class", ".*")
+                )
                 result = prom.query(expr)  # raises on a PromQL error
                 if not result and panel["title"] in must:
                     empty.append(f"{panel['title']}: {expr}")

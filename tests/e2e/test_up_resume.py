@@ -47,8 +47,13 @@ def _small_example(folder: Path, prefix: str, rounds: int) -> dict[str, Any]:
     data["sites"] = [s for s in data["sites"] if s["id"] in keep]
     data["policies"]["sites"] = {}
     for model in data["models"]:
-        model["rounds"] = {"mode": "sync", "rounds": rounds, "deadline_s": 30, "min_sites": 1,
-                           "quorum": 1}
+        model["rounds"] = {
+            "mode": "sync",
+            "rounds": rounds,
+            "deadline_s": 30,
+            "min_sites": 1,
+            "quorum": 1,
+        }
     data["kafka"]["topic_prefix"] = prefix
     data["kafka"]["partitions"] = 1
     for entry in [data["accountant"], *data["models"], *data["sites"]]:
@@ -58,8 +63,9 @@ def _small_example(folder: Path, prefix: str, rounds: int) -> dict[str, Any]:
 
 
 def _cli(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([FAIRFLEET, *args], env=env, capture_output=True, text=True,
-                          timeout=timeout, check=False)
+    return subprocess.run(
+        [FAIRFLEET, *args], env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
 
 
 def _agg_status(port: int) -> dict[str, Any]:
@@ -67,8 +73,10 @@ def _agg_status(port: int) -> dict[str, Any]:
 
 
 def _tail(folder: Path) -> str:
-    return "\n".join(f"--- {p.name}\n" + "\n".join(p.read_text(errors="replace").splitlines()[-15:])
-                     for p in sorted((folder / "logs").glob("*.log")))
+    return "\n".join(
+        f"--- {p.name}\n" + "\n".join(p.read_text(errors="replace").splitlines()[-15:])
+        for p in sorted((folder / "logs").glob("*.log"))
+    )
 
 
 def test_up_twice_continues_the_models_and_budget_needs_no_flags(
@@ -81,13 +89,23 @@ def test_up_twice_continues_the_models_and_budget_needs_no_flags(
     ports = {f"aggregator-{m['id']}": m["metrics_port"] for m in first["models"]}
 
     started = time.monotonic()
-    run1 = _cli("up", str(tmp_path / "fleet.yaml"), "--until-done", "--bootstrap", kafka_bootstrap,
-                "--stop-timeout", "10", env=env, timeout=300)
+    run1 = _cli(
+        "up",
+        str(tmp_path / "fleet.yaml"),
+        "--until-done",
+        "--bootstrap",
+        kafka_bootstrap,
+        "--stop-timeout",
+        "10",
+        env=env,
+        timeout=300,
+    )
     assert run1.returncode == 0, run1.stderr[-3000:] + _tail(tmp_path)
     first_run_s = time.monotonic() - started
     assert "every model finished its rounds" in run1.stderr
-    stopped = json.loads(_cli("status", "--config", str(tmp_path / "fleet.yaml"), "--json",
-                              env=env).stdout)
+    stopped = json.loads(
+        _cli("status", "--config", str(tmp_path / "fleet.yaml"), "--json", env=env).stdout
+    )
     assert not stopped["running"] and {r["state"] for r in stopped["services"]} == {"stopped"}
 
     # the same fleet (same folder, topics, ledger, state) with one more round per model
@@ -95,9 +113,21 @@ def test_up_twice_continues_the_models_and_budget_needs_no_flags(
     for model in more["models"]:
         model["rounds"]["rounds"] = 2
     (tmp_path / "fleet-more.yaml").write_text(yaml.safe_dump(more, sort_keys=False))
-    up = subprocess.Popen([FAIRFLEET, "up", str(tmp_path / "fleet-more.yaml"), "--bootstrap",
-                           kafka_bootstrap, "--stop-timeout", "10"], env=env,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    up = subprocess.Popen(
+        [
+            FAIRFLEET,
+            "up",
+            str(tmp_path / "fleet-more.yaml"),
+            "--bootstrap",
+            kafka_bootstrap,
+            "--stop-timeout",
+            "10",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 300
         while True:

@@ -46,8 +46,12 @@ MODEL = "line"
 W_NEW = torch.zeros(DIM)
 W_OLD = torch.tensor([0.8, 0.8, 0.0, 0.0, 0.0])
 SITES: tuple[tuple[str, str, int], ...] = (
-    ("new-0", "new", 200), ("new-1", "new", 200), ("new-2", "new", 200), ("new-3", "new", 200),
-    ("old-0", "old", 50), ("old-1", "old", 50),
+    ("new-0", "new", 200),
+    ("new-1", "new", 200),
+    ("new-2", "new", 200),
+    ("new-3", "new", 200),
+    ("old-0", "old", 50),
+    ("old-1", "old", 50),
 )
 HELD_OUT = 100
 LOSS_BOUND = 2.0
@@ -65,9 +69,17 @@ _PRIVATE_BY_KEY_ID: dict[str, str] = {}
 
 
 def fleet_config(
-    bootstrap: str, prefix: str, strategy: str = "fedavg", strategy_params: dict[str, Any] | None = None,
-    rounds: int = 5, quorum: int = len(SITES), gamma: float = 0.1, mode: str = "sync",
-    async_buffer: int = 3, noise_multiplier: float = 0.05, sites: tuple[tuple[str, str, int], ...] = SITES,
+    bootstrap: str,
+    prefix: str,
+    strategy: str = "fedavg",
+    strategy_params: dict[str, Any] | None = None,
+    rounds: int = 5,
+    quorum: int = len(SITES),
+    gamma: float = 0.1,
+    mode: str = "sync",
+    async_buffer: int = 3,
+    noise_multiplier: float = 0.05,
+    sites: tuple[tuple[str, str, int], ...] = SITES,
     workers: int = 1,
 ) -> tuple[FleetConfig, dict[str, str]]:
     """A fleet config for model ``line`` plus the sites' private keys (hex)."""
@@ -75,18 +87,34 @@ def fleet_config(
     _PRIVATE_BY_KEY_ID.update({key_id(public): private for private, public in keys.values()})
     data = {
         "kafka": {"bootstrap": bootstrap, "topic_prefix": prefix, "chunk_bytes": 1024 * 1024},
-        "models": [{
-            "id": MODEL,
-            "model": {"name": "linear", "params": {"in_features": DIM}, "task": "regression"},
-            "strategy": {"name": strategy, "params": strategy_params or {}},
-            "rounds": {"mode": mode, "rounds": rounds, "deadline_s": 300, "min_sites": 1,
-                       "quorum": quorum, "async_buffer": async_buffer},
-            "training": {"epochs": 2, "batch_size": 10, "lr": 0.05},
-            "privacy": {"mechanism": "update", "unit": "site", "noise_multiplier": noise_multiplier,
-                        "clip_norm": 1.0, "loss_bound": LOSS_BOUND, "loss_noise_multiplier": 0.5},
-            "gamma": gamma,
-        }],
-        "sites": [{"id": s, "class": c, "public_key": keys[s][1], "models": [MODEL]} for s, c, _ in sites],
+        "models": [
+            {
+                "id": MODEL,
+                "model": {"name": "linear", "params": {"in_features": DIM}, "task": "regression"},
+                "strategy": {"name": strategy, "params": strategy_params or {}},
+                "rounds": {
+                    "mode": mode,
+                    "rounds": rounds,
+                    "deadline_s": 300,
+                    "min_sites": 1,
+                    "quorum": quorum,
+                    "async_buffer": async_buffer,
+                },
+                "training": {"epochs": 2, "batch_size": 10, "lr": 0.05},
+                "privacy": {
+                    "mechanism": "update",
+                    "unit": "site",
+                    "noise_multiplier": noise_multiplier,
+                    "clip_norm": 1.0,
+                    "loss_bound": LOSS_BOUND,
+                    "loss_noise_multiplier": 0.5,
+                },
+                "gamma": gamma,
+            }
+        ],
+        "sites": [
+            {"id": s, "class": c, "public_key": keys[s][1], "models": [MODEL]} for s, c, _ in sites
+        ],
     }
     data = add_service_identities(data, Path(tempfile.mkdtemp(prefix="fairfleet-keys-")))
     if workers != 1:
@@ -138,30 +166,55 @@ def class_risks(model: torch.nn.Module) -> dict[str, float]:
 
 
 def site_update(
-    site: SimSite, ann: RoundAnnouncement, model: torch.nn.Module, private_hex: str,
-    seed_offset: int = 0, **overrides: Any,
+    site: SimSite,
+    ann: RoundAnnouncement,
+    model: torch.nn.Module,
+    private_hex: str,
+    seed_offset: int = 0,
+    **overrides: Any,
 ) -> tuple[SiteUpdate, bytes]:
     """The signed update of ``site`` for ``ann`` (seeded by site and round) and its payload."""
     seed = 1000 * ann.round + site.index + seed_offset
     plan = ann.privacy
     with torch.no_grad():
         losses = ((model(site.x_held) - site.y_held) ** 2).mean(dim=1)
-    released = noisy_bounded_mean(losses, 0.0, plan.loss_bound, plan.loss_noise_multiplier,
-                                  np.random.default_rng(seed))
-    cfg = LocalTrainConfig(epochs=ann.training.epochs, batch_size=ann.training.batch_size,
-                           lr=ann.training.lr, privacy="update",
-                           noise_multiplier=plan.noise_multiplier, clip_norm=plan.clip_norm)
+    released = noisy_bounded_mean(
+        losses, 0.0, plan.loss_bound, plan.loss_noise_multiplier, np.random.default_rng(seed)
+    )
+    cfg = LocalTrainConfig(
+        epochs=ann.training.epochs,
+        batch_size=ann.training.batch_size,
+        lr=ann.training.lr,
+        privacy="update",
+        noise_multiplier=plan.noise_multiplier,
+        clip_norm=plan.clip_norm,
+    )
     result = local_train(model, site.x, site.y, "regression", cfg, seed=seed)
     payload = overrides.pop("payload", None) or to_safetensors_bytes(result.delta)
     msg = SiteUpdate(
-        site=site.site, site_class=site.site_class, model_id=ann.model_id, round=ann.round,
-        base_version=ann.model_version, n_examples=int(site.x.shape[0]),
-        privacy=UpdatePrivacy(enabled=True, mechanism="update", unit="site",
-                              noise_multiplier=plan.noise_multiplier, clip_norm=plan.clip_norm,
-                              noise_std=result.noise_std),
-        loss=NoisyStat(value=released.value, noise_std=released.noise_std, m=released.m,
-                       lo=0.0, hi=plan.loss_bound),
-        payload_sha256=sha256_hex(payload), payload_bytes=len(payload),
+        site=site.site,
+        site_class=site.site_class,
+        model_id=ann.model_id,
+        round=ann.round,
+        base_version=ann.model_version,
+        n_examples=int(site.x.shape[0]),
+        privacy=UpdatePrivacy(
+            enabled=True,
+            mechanism="update",
+            unit="site",
+            noise_multiplier=plan.noise_multiplier,
+            clip_norm=plan.clip_norm,
+            noise_std=result.noise_std,
+        ),
+        loss=NoisyStat(
+            value=released.value,
+            noise_std=released.noise_std,
+            m=released.m,
+            lo=0.0,
+            hi=plan.loss_bound,
+        ),
+        payload_sha256=sha256_hex(payload),
+        payload_bytes=len(payload),
     )
     if overrides:
         msg = msg.model_copy(update=overrides)
@@ -172,7 +225,9 @@ class Watcher:
     """Follows ``rounds`` and ``models`` of a prefix (announcements, model payloads by version)."""
 
     def __init__(self, bus: Bus, prefix: str) -> None:
-        consumer = bus.consumer(f"watch-{uuid.uuid4().hex[:8]}", [f"{prefix}rounds", f"{prefix}models"])
+        consumer = bus.consumer(
+            f"watch-{uuid.uuid4().hex[:8]}", [f"{prefix}rounds", f"{prefix}models"]
+        )
         self.reader = Reader(consumer, "test")
         self.announcements: dict[int, RoundAnnouncement] = {}
         self.models: dict[int, bytes] = {}
@@ -188,7 +243,9 @@ class Watcher:
                 self.releases.append(env.message)
             env = self.reader.poll(0.0)
 
-    def wait_round(self, round_: int, timeout: float = 60.0) -> tuple[RoundAnnouncement, torch.nn.Module]:
+    def wait_round(
+        self, round_: int, timeout: float = 60.0
+    ) -> tuple[RoundAnnouncement, torch.nn.Module]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             ann = self.announcements.get(round_)
@@ -216,10 +273,20 @@ def publish(bus_publisher: Publisher, prefix: str, msg: SiteUpdate, payload: byt
     private = _PRIVATE_BY_KEY_ID.get(msg.key_id)
     if private is not None:
         commit = PrivacyEventMessage(
-            event_id=f"{msg.site}/{msg.model_id}/{msg.round}", action="commit", site=msg.site,
-            site_class=msg.site_class, source="default", unit=msg.privacy.unit,
-            model_id=msg.model_id, round=msg.round, windows=WindowRange(first=0, last=0),
-            dp_event=dp_event_to_json(dp_event.GaussianDpEvent(max(msg.privacy.noise_multiplier, 1e-3))),
+            event_id=f"{msg.site}/{msg.model_id}/{msg.round}",
+            action="commit",
+            site=msg.site,
+            site_class=msg.site_class,
+            source="default",
+            unit=msg.privacy.unit,
+            model_id=msg.model_id,
+            round=msg.round,
+            windows=WindowRange(first=0, last=0),
+            dp_event=dp_event_to_json(
+                dp_event.GaussianDpEvent(max(msg.privacy.noise_multiplier, 1e-3))
+            ),
         )
-        bus_publisher.send_sync(f"{prefix}privacy.events", sign(commit, load_private(private)), key=msg.site)
+        bus_publisher.send_sync(
+            f"{prefix}privacy.events", sign(commit, load_private(private)), key=msg.site
+        )
     bus_publisher.send_sync(f"{prefix}updates", msg, payload, key=msg.site)

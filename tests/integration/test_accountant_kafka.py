@@ -360,10 +360,21 @@ def test_wasted_releases_from_the_aggregators_dead_letters(
     publisher = Publisher(bus.producer())
     for n in range(3):
         fields = {**_fields(f"plant-1/m1/{n}", "m1", first=n, last=n), "round": n}
-        publisher.send(topic_name("privacy.events", prefix), PrivacyEventMessage(action="commit", **fields),
-                       key="plant-1")
-    late = dead_letter_for("aggregator", "late", "Update for round 1; the open round is 2.", None,
-                           original_type="update", site="plant-1", model_id="m1", round=1)
+        publisher.send(
+            topic_name("privacy.events", prefix),
+            PrivacyEventMessage(action="commit", **fields),
+            key="plant-1",
+        )
+    late = dead_letter_for(
+        "aggregator",
+        "late",
+        "Update for round 1; the open round is 2.",
+        None,
+        original_type="update",
+        site="plant-1",
+        model_id="m1",
+        round=1,
+    )
     publisher.send(topic_name("deadletter", prefix), late, key="plant-1")
     publisher.producer.flush()
     service = AccountantService(
@@ -376,7 +387,10 @@ def test_wasted_releases_from_the_aggregators_dead_letters(
     assert (row["site"], row["reason"], row["releases"]) == ("plant-1", "late", 1)
     assert row["epsilon"] == pytest.approx(_single_eps(1), rel=1e-9)
     labels = {"site": "plant-1", "source": "line-a", "unit": "observation", "reason": "late"}
-    assert service.metrics.registry.get_sample_value("fairfleet_privacy_epsilon_wasted", labels) == row["epsilon"]
+    assert (
+        service.metrics.registry.get_sample_value("fairfleet_privacy_epsilon_wasted", labels)
+        == row["epsilon"]
+    )
     service.close()
     replayed = rebuild(bus, tmp_path / "replay.sqlite", policies, prefix)
     assert replayed.ledger.wasted() == [row]

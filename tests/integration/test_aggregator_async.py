@@ -16,10 +16,13 @@ from fairfleet.bus import Publisher, connect
 pytestmark = pytest.mark.kafka
 
 
-def test_async_buffers_discount_stale_updates_and_dedupe_across_buffers(kafka_bootstrap: str) -> None:
+def test_async_buffers_discount_stale_updates_and_dedupe_across_buffers(
+    kafka_bootstrap: str,
+) -> None:
     prefix = f"t{uuid.uuid4().hex[:8]}."
-    cfg, keys = fleet_config(kafka_bootstrap, prefix, strategy="fedavg", rounds=2, mode="async",
-                             async_buffer=3)
+    cfg, keys = fleet_config(
+        kafka_bootstrap, prefix, strategy="fedavg", rounds=2, mode="async", async_buffer=3
+    )
     bus = connect(kafka_bootstrap)
     agg = Aggregator(cfg, MODEL, bus=bus, options=AggregatorOptions(poll_timeout_s=0.02))
     agg.start()

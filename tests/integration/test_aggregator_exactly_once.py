@@ -54,9 +54,21 @@ class Service:
         self.starts += 1
         with open(self.log, "ab") as err:
             self.proc = subprocess.Popen(
-                [FAIRFLEET, "aggregator", "run", "--config", str(self.config), "--model", MODEL,
-                 "--metrics-port", "0", *(["--keep-running"] if keep_running else [])],
-                stdout=subprocess.DEVNULL, stderr=err, env=env,
+                [
+                    FAIRFLEET,
+                    "aggregator",
+                    "run",
+                    "--config",
+                    str(self.config),
+                    "--model",
+                    MODEL,
+                    "--metrics-port",
+                    "0",
+                    *(["--keep-running"] if keep_running else []),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                env=env,
             )
 
     def dead(self) -> bool:
@@ -78,8 +90,9 @@ class Service:
         self.proc.wait(10)
 
 
-def drive(bus: Bus, prefix: str, keys: dict[str, str], on_round: object = None,
-          restart: object = None) -> bytes:
+def drive(
+    bus: Bus, prefix: str, keys: dict[str, str], on_round: object = None, restart: object = None
+) -> bytes:
     """Act as the six sites for ROUNDS rounds; returns the final model's payload."""
     bus.create_topics(default_topics(prefix))
     watcher, sites = Watcher(bus, prefix), make_sites()
@@ -112,7 +125,9 @@ def drive(bus: Bus, prefix: str, keys: dict[str, str], on_round: object = None,
         watcher.close()
 
 
-def test_kill9_at_any_point_gives_the_uninterrupted_model(kafka_bootstrap: str, tmp_path: Path) -> None:
+def test_kill9_at_any_point_gives_the_uninterrupted_model(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
     bus = connect(kafka_bootstrap)
 
     # Reference: uninterrupted, in-process.
@@ -172,7 +187,8 @@ def test_kill9_at_any_point_gives_the_uninterrupted_model(kafka_bootstrap: str, 
     assert service.starts == 4, log[-3000:]
     lines = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
     assert [e["point"] for e in lines if e["msg"] == "crash hook: SIGKILL"] == [
-        "before_commit", "after_commit"
+        "before_commit",
+        "after_commit",
     ]
     assert final == reference  # bit-identical model
 

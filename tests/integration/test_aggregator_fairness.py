@@ -35,11 +35,14 @@ GAMMA = 0.1
 TAIL = 6  # rounds averaged at the end (primal–dual iterates oscillate around the constraint)
 
 
-def run_fleet(bootstrap: str, strategy: str, params: dict[str, float]) -> tuple[list[float], Aggregator]:
+def run_fleet(
+    bootstrap: str, strategy: str, params: dict[str, float]
+) -> tuple[list[float], Aggregator]:
     """Runs ROUNDS rounds; returns max_c (R_c − R) of every published model after round 0."""
     prefix = f"t{uuid.uuid4().hex[:8]}."
-    cfg, keys = fleet_config(bootstrap, prefix, strategy=strategy, strategy_params=params,
-                             rounds=ROUNDS, gamma=GAMMA)
+    cfg, keys = fleet_config(
+        bootstrap, prefix, strategy=strategy, strategy_params=params, rounds=ROUNDS, gamma=GAMMA
+    )
     bus = connect(bootstrap)
     agg = Aggregator(cfg, MODEL, bus=bus, options=AggregatorOptions(poll_timeout_s=0.02))
     agg.start()
@@ -81,10 +84,12 @@ def test_gap_constrained_keeps_the_class_gap_within_gamma_where_fedavg_does_not(
     text = generate_latest(agg.metrics.registry).decode()
     lam_old = agg.metrics.multiplier.labels(MODEL, "old")._value.get()
     assert lam_old > 0  # the minority class's constraint is active
-    for name in ('fairfleet_fairness_class_loss{class="old",estimate="debiased",model="line"}',
-                 'fairfleet_fairness_class_loss_stderr{class="old",model="line"}',
-                 'fairfleet_fairness_worst_class{class="old",model="line"}',
-                 f'fairfleet_fairness_gap_bound{{model="line"}} {GAMMA}',
-                 f'fairfleet_aggregator_rounds_total{{model="line"}} {float(ROUNDS)}',
-                 'fairfleet_aggregator_round_participants{model="line"} 6.0'):
+    for name in (
+        'fairfleet_fairness_class_loss{class="old",estimate="debiased",model="line"}',
+        'fairfleet_fairness_class_loss_stderr{class="old",model="line"}',
+        'fairfleet_fairness_worst_class{class="old",model="line"}',
+        f'fairfleet_fairness_gap_bound{{model="line"}} {GAMMA}',
+        f'fairfleet_aggregator_rounds_total{{model="line"}} {float(ROUNDS)}',
+        'fairfleet_aggregator_round_participants{model="line"} 6.0',
+    ):
         assert name in text, name

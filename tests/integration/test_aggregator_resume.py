@@ -78,24 +78,40 @@ def test_raised_rounds_continue_a_finished_model_from_its_checkpoint(kafka_boots
         watcher.close()
 
 
-FAIRNESS_GAUGES = ("fairfleet_fairness_class_loss", "fairfleet_fairness_class_loss_stderr",
-                   "fairfleet_fairness_gap", "fairfleet_fairness_worst_class",
-                   "fairfleet_fairness_multiplier")
+FAIRNESS_GAUGES = (
+    "fairfleet_fairness_class_loss",
+    "fairfleet_fairness_class_loss_stderr",
+    "fairfleet_fairness_gap",
+    "fairfleet_fairness_worst_class",
+    "fairfleet_fairness_multiplier",
+)
 
 
 def _gauges(agg: Aggregator) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for metric in agg.metrics.registry.collect() if metric.name in FAIRNESS_GAUGES
-            for s in metric.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for metric in agg.metrics.registry.collect()
+        if metric.name in FAIRNESS_GAUGES
+        for s in metric.samples
+    }
 
 
-def test_a_restarted_aggregator_shows_the_last_rounds_fairness_gauges_at_once(kafka_bootstrap: str) -> None:
+def test_a_restarted_aggregator_shows_the_last_rounds_fairness_gauges_at_once(
+    kafka_bootstrap: str,
+) -> None:
     """The fairness gauges of the last closed round come back from the checkpoint when an
     aggregator starts, before any new round closes (dashboards do not go blank on a restart)."""
     prefix = f"t{uuid.uuid4().hex[:8]}."
     two = (SITES[0], SITES[-1])  # one site of class new, one of class old
-    cfg, keys = fleet_config(kafka_bootstrap, prefix, strategy="gap", strategy_params={"dual_lr": 5.0},
-                             rounds=3, quorum=2, sites=two)
+    cfg, keys = fleet_config(
+        kafka_bootstrap,
+        prefix,
+        strategy="gap",
+        strategy_params={"dual_lr": 5.0},
+        rounds=3,
+        quorum=2,
+        sites=two,
+    )
     bus = connect(kafka_bootstrap)
     bus.create_topics(default_topics(prefix))
     publisher = Publisher(bus.producer())

@@ -43,10 +43,14 @@ SPENT = ("spent-0", "old", 50)
 @pytest.fixture
 def budgets_url() -> Iterator[str]:
     """A stand-in for the accountant's read-only /budgets endpoint: spent-0 has no budget left."""
-    body = json.dumps({"sites": {"spent-0": {"epsilon_spent": 8.0, "epsilon_limit": 8.0,
-                                             "epsilon_remaining": 0.0},
-                                 "old-1": {"epsilon_spent": 1.0, "epsilon_limit": 8.0,
-                                           "epsilon_remaining": 7.0}}}).encode()
+    body = json.dumps(
+        {
+            "sites": {
+                "spent-0": {"epsilon_spent": 8.0, "epsilon_limit": 8.0, "epsilon_remaining": 0.0},
+                "old-1": {"epsilon_spent": 1.0, "epsilon_limit": 8.0, "epsilon_remaining": 7.0},
+            }
+        }
+    ).encode()
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
@@ -74,12 +78,19 @@ def test_each_reason_is_dead_lettered_and_never_changes_the_model(
 ) -> None:
     prefix = f"t{uuid.uuid4().hex[:8]}."
     fleet = (*SITES, SPENT)
-    cfg, keys = fleet_config(kafka_bootstrap, prefix, strategy="gap", rounds=2, gamma=GAMMA,
-                             sites=fleet)
+    cfg, keys = fleet_config(
+        kafka_bootstrap, prefix, strategy="gap", rounds=2, gamma=GAMMA, sites=fleet
+    )
     bus = connect(kafka_bootstrap)
     bus.create_topics(default_topics(prefix))
-    agg = Aggregator(cfg, MODEL, bus=bus, options=AggregatorOptions(
-        poll_timeout_s=0.02, budgets_url=budgets_url, stop_when_finished=False))
+    agg = Aggregator(
+        cfg,
+        MODEL,
+        bus=bus,
+        options=AggregatorOptions(
+            poll_timeout_s=0.02, budgets_url=budgets_url, stop_when_finished=False
+        ),
+    )
     stop = threading.Event()
     thread = threading.Thread(target=agg.run, args=(stop,), daemon=True)
     thread.start()
@@ -101,35 +112,78 @@ def test_each_reason_is_dead_lettered_and_never_changes_the_model(
             return sign(update, load_private(keys[site]))  # type: ignore[type-var]
 
         bad = {
-            "unknown_site": (sign(ok_msg.model_copy(update={"site": "intruder"}),
-                                  load_private(intruder_private)), ok_payload),
+            "unknown_site": (
+                sign(
+                    ok_msg.model_copy(update={"site": "intruder"}), load_private(intruder_private)
+                ),
+                ok_payload,
+            ),
             "bad_signature": (ok_msg.model_copy(update={"n_examples": 5000}), ok_payload),
             "site_class": (resigned(ok_msg.model_copy(update={"site_class": "new"})), ok_payload),
             "round_not_open": (resigned(ok_msg.model_copy(update={"round": 5})), ok_payload),
             "base_version": (resigned(ok_msg.model_copy(update={"base_version": 3})), ok_payload),
-            "privacy_plan": (resigned(ok_msg.model_copy(update={"privacy": ok_msg.privacy.model_copy(
-                update={"noise_multiplier": 0.0})})), ok_payload),
+            "privacy_plan": (
+                resigned(
+                    ok_msg.model_copy(
+                        update={
+                            "privacy": ok_msg.privacy.model_copy(update={"noise_multiplier": 0.0})
+                        }
+                    )
+                ),
+                ok_payload,
+            ),
             "budget_spent": good["spent-0"],
-            "shape": site_update(sites["old-0"], ann, model, keys["old-0"],
-                                 payload=payload_with(weight=torch.zeros(1, 4))),
-            "dtype": site_update(sites["old-0"], ann, model, keys["old-0"],
-                                 payload=payload_with(weight=delta["weight"].double())),
-            "non_finite": site_update(sites["old-0"], ann, model, keys["old-0"],
-                                      payload=payload_with(weight=delta["weight"] * float("nan"))),
-            "norm": site_update(sites["old-0"], ann, model, keys["old-0"],
-                                payload=payload_with(weight=delta["weight"] + 50.0)),
-            "payload": site_update(sites["old-0"], ann, model, keys["old-0"],
-                                   payload=b"not safetensors at all"),
+            "shape": site_update(
+                sites["old-0"],
+                ann,
+                model,
+                keys["old-0"],
+                payload=payload_with(weight=torch.zeros(1, 4)),
+            ),
+            "dtype": site_update(
+                sites["old-0"],
+                ann,
+                model,
+                keys["old-0"],
+                payload=payload_with(weight=delta["weight"].double()),
+            ),
+            "non_finite": site_update(
+                sites["old-0"],
+                ann,
+                model,
+                keys["old-0"],
+                payload=payload_with(weight=delta["weight"] * float("nan")),
+            ),
+            "norm": site_update(
+                sites["old-0"],
+                ann,
+                model,
+                keys["old-0"],
+                payload=payload_with(weight=delta["weight"] + 50.0),
+            ),
+            "payload": site_update(
+                sites["old-0"], ann, model, keys["old-0"], payload=b"not safetensors at all"
+            ),
             "missing_loss": (resigned(ok_msg.model_copy(update={"loss": None})), ok_payload),
         }
         for msg, payload in bad.values():
             publish(pub, prefix, msg, payload)  # type: ignore[arg-type]
-        stats = SiteStatistics(site="old-0", site_class="old", model_id=MODEL, round=0,
-                               model_version=0, loss=ok_msg.loss)
+        stats = SiteStatistics(
+            site="old-0",
+            site_class="old",
+            model_id=MODEL,
+            round=0,
+            model_version=0,
+            loss=ok_msg.loss,
+        )
         pub.send_sync(f"{prefix}updates", stats, key="old-0")
         future = ok_msg.model_dump(mode="json") | {"schema_version": 99}
-        pub.producer.publish(f"{prefix}updates", raw_value(future, ok_payload), key="old-0",
-                             headers=headers_for(ok_msg)).wait()
+        pub.producer.publish(
+            f"{prefix}updates",
+            raw_value(future, ok_payload),
+            key="old-0",
+            headers=headers_for(ok_msg),
+        ).wait()
         publish(pub, prefix, ok_msg, ok_payload)  # accepted
         publish(pub, prefix, ok_msg, ok_payload)  # the same again: duplicate
         expected = set(bad) | {"wrong_type", "schema_version", "duplicate"}
@@ -161,7 +215,9 @@ def test_each_reason_is_dead_lettered_and_never_changes_the_model(
         # the accountant reports the ε of these releases as wasted: each names its release
         for reason in ("late", "bad_signature"):
             letter = reasons[reason]
-            assert (letter.original_type, letter.model_id, letter.round) == ("update", MODEL, 0), letter
+            assert (letter.original_type, letter.model_id, letter.round) == ("update", MODEL, 0), (
+                letter
+            )
             assert letter.site, letter
     finally:
         stop.set()
@@ -177,9 +233,16 @@ def test_each_reason_is_dead_lettered_and_never_changes_the_model(
         assert msg.loss is not None
         tensors = from_safetensors_bytes(payload)  # keys come back sorted: use the model's order
         ordered = {k: tensors[k] for k in ("weight", "bias")}
-        updates.append(SiteUpdate(name, msg.site_class, flatten(ordered).numpy(),
-                                  msg.n_examples, msg.privacy.noise_std,
-                                  NoisyStat(msg.loss.value, msg.loss.noise_std, msg.loss.m)))
+        updates.append(
+            SiteUpdate(
+                name,
+                msg.site_class,
+                flatten(ordered).numpy(),
+                msg.n_examples,
+                msg.privacy.noise_std,
+                NoisyStat(msg.loss.value, msg.loss.noise_std, msg.loss.m),
+            )
+        )
     want = strategy.aggregate(theta0, updates, strategy.initial_state()).new_global
     # the service folds updates on arrival (float64 sums, arrival order): equal to float tolerance
     np.testing.assert_allclose(agg.global_vector(), want, rtol=1e-6, atol=1e-7)

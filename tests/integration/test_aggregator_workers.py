@@ -60,8 +60,9 @@ class Fleet:
         self.workers: dict[int, AggregatorWorker] = {}
 
     def start_worker(self, index: int) -> AggregatorWorker:
-        worker = AggregatorWorker(self.cfg, MODEL, index, bus=self.bus, options=OPTIONS,
-                                  partial_interval_s=0.05)
+        worker = AggregatorWorker(
+            self.cfg, MODEL, index, bus=self.bus, options=OPTIONS, partial_interval_s=0.05
+        )
         worker.start()
         self.workers[index] = worker
         return worker
@@ -82,17 +83,21 @@ class Fleet:
             service.close()
 
 
-Hook = Callable[[int, Fleet, list[tuple[Any, bytes]], Publisher, Callable[[str, int], tuple[Any, bytes]]], bool]
+Hook = Callable[
+    [int, Fleet, list[tuple[Any, bytes]], Publisher, Callable[[str, int], tuple[Any, bytes]]], bool
+]
 
 
-def run(bootstrap: str, strategy: str, workers: int, hook: Hook | None = None
-        ) -> tuple[np.ndarray, list[dict[str, object]]]:
+def run(
+    bootstrap: str, strategy: str, workers: int, hook: Hook | None = None
+) -> tuple[np.ndarray, list[dict[str, object]]]:
     """ROUNDS rounds of the six sites; the final model (flat) and the combiner's history.
     ``hook(round, fleet, updates, publisher)`` may publish the round's updates itself (True)."""
     prefix = f"t{uuid.uuid4().hex[:8]}."
     params = {"dual_lr": 0.5} if strategy == "gap" else {}
-    cfg, keys = fleet_config(bootstrap, prefix, strategy=strategy, strategy_params=params,
-                             rounds=ROUNDS, workers=workers)
+    cfg, keys = fleet_config(
+        bootstrap, prefix, strategy=strategy, strategy_params=params, rounds=ROUNDS, workers=workers
+    )
     bus = connect(bootstrap)
     bus.create_topics(default_topics(prefix, cfg.kafka.partitions))
     fleet = Fleet(bus, cfg)
@@ -102,15 +107,19 @@ def run(bootstrap: str, strategy: str, workers: int, hook: Hook | None = None
     watcher, sites, pub = Watcher(bus, prefix), make_sites(), Publisher(bus.producer())
     try:
         for r in range(ROUNDS):
+
             def opened(r: int = r) -> bool:
                 watcher.pump(0.0)
                 ann = watcher.announcements.get(r)
                 return ann is not None and ann.model_version in watcher.models
+
             fleet.until(opened, f"round {r}")
             ann, model = watcher.wait_round(r)
             updates = [site_update(s, ann, model, keys[s.site]) for s in sites]
 
-            def remake(site: str, seed_offset: int, ann: Any = ann, model: Any = model) -> tuple[Any, bytes]:
+            def remake(
+                site: str, seed_offset: int, ann: Any = ann, model: Any = model
+            ) -> tuple[Any, bytes]:
                 one = next(s for s in sites if s.site == site)
                 return site_update(one, ann, model, keys[site], seed_offset=seed_offset)
 
@@ -157,7 +166,8 @@ def test_two_workers_and_a_combiner_give_the_one_worker_model(
 
 def rejected(worker: AggregatorWorker, reason: str) -> float:
     value = worker.metrics.registry.get_sample_value(
-        "fairfleet_aggregator_updates_rejected_total", {"model": MODEL, "reason": reason})
+        "fairfleet_aggregator_updates_rejected_total", {"model": MODEL, "reason": reason}
+    )
     return value or 0.0
 
 
@@ -173,8 +183,13 @@ def test_a_rebalance_and_a_killed_worker_lose_and_double_count_nothing(
     the other four on 1 of 3.)"""
     first_half = ("new-0", "new-1", "old-0")
 
-    def hook(r: int, fleet: Fleet, updates: list[tuple[Any, bytes]], pub: Publisher,
-             remake: Callable[[str, int], tuple[Any, bytes]]) -> bool:
+    def hook(
+        r: int,
+        fleet: Fleet,
+        updates: list[tuple[Any, bytes]],
+        pub: Publisher,
+        remake: Callable[[str, int], tuple[Any, bytes]],
+    ) -> bool:
         prefix = fleet.cfg.kafka.topic_prefix
         if r == 0:
             fleet.start_worker(0)
@@ -221,8 +236,14 @@ def test_kill9_of_worker_processes_mid_round_gives_the_one_worker_model(
     and restarted. Same final model as one process, each site once per round."""
     reference = gap_reference
     prefix = f"t{uuid.uuid4().hex[:8]}."
-    cfg, keys = fleet_config(kafka_bootstrap, prefix, strategy="gap",
-                             strategy_params={"dual_lr": 0.5}, rounds=ROUNDS, workers=2)
+    cfg, keys = fleet_config(
+        kafka_bootstrap,
+        prefix,
+        strategy="gap",
+        strategy_params={"dual_lr": 0.5},
+        rounds=ROUNDS,
+        workers=2,
+    )
     config = write_config(cfg, tmp_path / "fleet.yaml")
     bus = connect(kafka_bootstrap)
     bus.create_topics(default_topics(prefix, cfg.kafka.partitions))
@@ -237,8 +258,22 @@ def test_kill9_of_worker_processes_mid_round_gives_the_one_worker_model(
         starts[name] = starts.get(name, 0) + 1
         with open(tmp_path / f"{name}.log", "ab") as log:
             procs[name] = subprocess.Popen(
-                [FAIRFLEET, "aggregator", "run", "--config", str(config), "--model", MODEL,
-                 "--metrics-port", "0", *args], stdout=subprocess.DEVNULL, stderr=log, env=env)
+                [
+                    FAIRFLEET,
+                    "aggregator",
+                    "run",
+                    "--config",
+                    str(config),
+                    "--model",
+                    MODEL,
+                    "--metrics-port",
+                    "0",
+                    *args,
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+                env=env,
+            )
 
     def restart_dead() -> None:
         for name, proc in procs.items():
@@ -295,22 +330,32 @@ def test_going_from_one_process_to_two_workers_resumes_at_the_last_closed_round(
     one-process model."""
     reference = gap_reference
     prefix = f"t{uuid.uuid4().hex[:8]}."
-    cfg, keys = fleet_config(kafka_bootstrap, prefix, strategy="gap",
-                             strategy_params={"dual_lr": 0.5}, rounds=ROUNDS)
+    cfg, keys = fleet_config(
+        kafka_bootstrap, prefix, strategy="gap", strategy_params={"dual_lr": 0.5}, rounds=ROUNDS
+    )
     model = cfg.models[0]
     assert model.aggregator is not None
-    two = cfg.model_copy(update={"models": [model.model_copy(update={
-        "aggregator": model.aggregator.model_copy(update={"workers": 2})})]})
+    two = cfg.model_copy(
+        update={
+            "models": [
+                model.model_copy(
+                    update={"aggregator": model.aggregator.model_copy(update={"workers": 2})}
+                )
+            ]
+        }
+    )
     bus = connect(kafka_bootstrap)
     bus.create_topics(default_topics(prefix, cfg.kafka.partitions))
     watcher, sites, pub = Watcher(bus, prefix), make_sites(), Publisher(bus.producer())
     fleet = Fleet(bus, cfg)
     try:
         for r in range(ROUNDS):
+
             def opened(r: int = r) -> bool:
                 watcher.pump(0.0)
                 ann = watcher.announcements.get(r)
                 return ann is not None and ann.model_version in watcher.models
+
             fleet.until(opened, f"round {r}", timeout=90)
             if r == 1:  # scale out: stop the one process, start a combiner and two workers
                 fleet.close()

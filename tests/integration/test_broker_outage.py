@@ -47,14 +47,22 @@ pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
 FF = Path(sys.executable).parent / "fairfleet"
 SPEC = {"name": "logistic", "params": {"in_features": 8}, "task": "classification"}
-PRIVACY = {"mechanism": "update", "unit": "site", "noise_multiplier": 1.0, "clip_norm": 1.0,
-           "loss_bound": 2.0, "loss_noise_multiplier": 40.0}
+PRIVACY = {
+    "mechanism": "update",
+    "unit": "site",
+    "noise_multiplier": 1.0,
+    "clip_norm": 1.0,
+    "loss_bound": 2.0,
+    "loss_noise_multiplier": 40.0,
+}
 ROUNDS = 3
 DEADLINE_S = 8.0
 
 
 @pytest.fixture(scope="module")
-def own_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, broker.BrokerInfo]]:
+def own_broker(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[Path, broker.BrokerInfo]]:
     """One broker of this module's own (each test kills and restarts it on the same folder)."""
     state = tmp_path_factory.mktemp("own-broker") / "broker"
     info = broker.start(state)
@@ -72,8 +80,12 @@ def kill_9(state: Path) -> None:
 
 
 def start_with_cli(state: Path) -> None:
-    res = subprocess.run([str(FF), "broker", "start", "--state-dir", str(state)],
-                         capture_output=True, text=True, timeout=180)
+    res = subprocess.run(
+        [str(FF), "broker", "start", "--state-dir", str(state)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert res.returncode == 0, res.stderr
     assert "existing cluster, data kept" in res.stdout, res.stdout
 
@@ -99,8 +111,10 @@ def stacks() -> str:
     import traceback
 
     names = {t.ident: t.name for t in threading.enumerate()}
-    return "\n".join(f"--- {names.get(ident, ident)}\n{''.join(traceback.format_stack(frame)[-6:])}"
-                     for ident, frame in sys._current_frames().items())
+    return "\n".join(
+        f"--- {names.get(ident, ident)}\n{''.join(traceback.format_stack(frame)[-6:])}"
+        for ident, frame in sys._current_frames().items()
+    )
 
 
 def topics_of(bootstrap: str, prefix: str) -> set[str]:
@@ -113,7 +127,9 @@ def waiting_lines(caplog: pytest.LogCaptureFixture) -> dict[str, int]:
     """Per service: how many "cannot reach Kafka" lines it logged."""
     out: dict[str, int] = {}
     for rec in caplog.records:
-        if rec.name == "fairfleet.bus.waiting" and rec.getMessage().startswith("cannot reach Kafka"):
+        if rec.name == "fairfleet.bus.waiting" and rec.getMessage().startswith(
+            "cannot reach Kafka"
+        ):
             service = rec.fields["service"]  # type: ignore[attr-defined]
             out[service] = out.get(service, 0) + 1
     return out
@@ -124,9 +140,22 @@ def test_a_wrong_bootstrap_address_prints_one_clear_line(tmp_path: Path) -> None
     policy = tmp_path / "policy.yaml"
     policy.write_text(yaml.safe_dump({"policies": {"defaults": {"epsilon_max": 5.0}}}))
     proc = subprocess.Popen(
-        [str(FF), "accountant", "run", "--bootstrap", f"127.0.0.1:{port}", "--policy", str(policy),
-         "--db", str(tmp_path / "ledger.sqlite"), "--metrics-port", "0"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        [
+            str(FF),
+            "accountant",
+            "run",
+            "--bootstrap",
+            f"127.0.0.1:{port}",
+            "--policy",
+            str(policy),
+            "--db",
+            str(tmp_path / "ledger.sqlite"),
+            "--metrics-port",
+            "0",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     lines: list[str] = []
     assert proc.stderr is not None
@@ -146,7 +175,9 @@ def test_a_wrong_bootstrap_address_prints_one_clear_line(tmp_path: Path) -> None
 
 
 def test_healthz_is_unhealthy_while_the_broker_is_down_and_healthy_after(
-    own_broker: tuple[Path, broker.BrokerInfo], tmp_path: Path, caplog: pytest.LogCaptureFixture,
+    own_broker: tuple[Path, broker.BrokerInfo],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO)
     state, info = own_broker
@@ -157,7 +188,9 @@ def test_healthz_is_unhealthy_while_the_broker_is_down_and_healthy_after(
 
     connect(info.bootstrap).create_topics(default_topics(prefix))
     service = AccountantService(
-        connect(info.bootstrap), tmp_path / "ledger.sqlite", load_policies(policy),
+        connect(info.bootstrap),
+        tmp_path / "ledger.sqlite",
+        load_policies(policy),
         AccountantOptions(prefix=prefix, metrics_port=0),
     )
     stop = threading.Event()
@@ -183,7 +216,9 @@ def test_healthz_is_unhealthy_while_the_broker_is_down_and_healthy_after(
 
 
 def test_kill_9_of_the_broker_mid_round_loses_nothing_and_the_fleet_finishes(
-    own_broker: tuple[Path, broker.BrokerInfo], tmp_path: Path, caplog: pytest.LogCaptureFixture,
+    own_broker: tuple[Path, broker.BrokerInfo],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO)
     log_file = logging.FileHandler(tmp_path / "fleet.log")  # read it when this test fails
@@ -192,19 +227,44 @@ def test_kill_9_of_the_broker_mid_round_loses_nothing_and_the_fleet_finishes(
     state, info = own_broker
     prefix = f"o{uuid.uuid4().hex[:6]}."
     sites = [
-        site_entry(tmp_path, f"s{i}", {"type": "simulator", "params": {"fleet": "demo", "site": plant, "limit": 200}},
-                   ["m"], {"by": "count", "size": 40}, site_class=cls)
-        for i, (plant, cls) in enumerate((("plant-a", "new"), ("plant-b", "new"), ("plant-c", "old")))
+        site_entry(
+            tmp_path,
+            f"s{i}",
+            {"type": "simulator", "params": {"fleet": "demo", "site": plant, "limit": 200}},
+            ["m"],
+            {"by": "count", "size": 40},
+            site_class=cls,
+        )
+        for i, (plant, cls) in enumerate(
+            (("plant-a", "new"), ("plant-b", "new"), ("plant-c", "old"))
+        )
     ]
-    model = {"id": "m", "model": SPEC, "privacy": PRIVACY, "training": {"epochs": 1, "batch_size": 16, "lr": 0.1},
-             # quorum above the number of sites: every round closes at its deadline, so the
-             # kill lands inside a round with some of its updates accepted and some not
-             "rounds": {"mode": "sync", "rounds": ROUNDS, "deadline_s": DEADLINE_S, "min_sites": 1, "quorum": 4}}
+    model = {
+        "id": "m",
+        "model": SPEC,
+        "privacy": PRIVACY,
+        "training": {"epochs": 1, "batch_size": 16, "lr": 0.1},
+        # quorum above the number of sites: every round closes at its deadline, so the
+        # kill lands inside a round with some of its updates accepted and some not
+        "rounds": {
+            "mode": "sync",
+            "rounds": ROUNDS,
+            "deadline_s": DEADLINE_S,
+            "min_sites": 1,
+            "quorum": 4,
+        },
+    }
     # grants may wait out the outage (a site that gave up on its grant is the liveness helper's
     # case: issue 11, "accountant down for 30 s")
-    raw: dict[str, Any] = fleet_dict(info.bootstrap, prefix, sites, [model], grant_timeout_s=60.0,
-                                     policies={"defaults": {"epsilon_max": 100.0, "delta": 1e-5, "unit": "site"}},
-                                     tmp=tmp_path)
+    raw: dict[str, Any] = fleet_dict(
+        info.bootstrap,
+        prefix,
+        sites,
+        [model],
+        grant_timeout_s=60.0,
+        policies={"defaults": {"epsilon_max": 100.0, "delta": 1e-5, "unit": "site"}},
+        tmp=tmp_path,
+    )
     config = parse_config(raw)
     config_file = tmp_path / "fleet.yaml"
     config_file.write_text(yaml.safe_dump(raw))
@@ -212,9 +272,15 @@ def test_kill_9_of_the_broker_mid_round_loses_nothing_and_the_fleet_finishes(
     stop = threading.Event()
     aggregator = Aggregator(config, "m", options=AggregatorOptions(metrics_port=0))
     accountant = AccountantService(
-        connect(info.bootstrap), config.resolve_path(config.accountant.db), load_policies(config_file),
-        AccountantOptions(prefix=prefix, metrics_port=0, signer=accountant_signer(config),
-                          verifier=Verifier.from_config(config).check),  # as `accountant run --config`
+        connect(info.bootstrap),
+        config.resolve_path(config.accountant.db),
+        load_policies(config_file),
+        AccountantOptions(
+            prefix=prefix,
+            metrics_port=0,
+            signer=accountant_signer(config),
+            verifier=Verifier.from_config(config).check,
+        ),  # as `accountant run --config`
     )
     agents = [SiteAgent(config, s["id"]) for s in sites]
     agent_http = serve(agents[0].metrics.registry, health=agents[0].health)
@@ -226,15 +292,31 @@ def test_kill_9_of_the_broker_mid_round_loses_nothing_and_the_fleet_finishes(
     for t in threads.values():
         t.start()
     try:
-        wait_for(lambda: aggregator._server is not None and accountant.http is not None, 30, "the HTTP servers")
+        wait_for(
+            lambda: aggregator._server is not None and accountant.http is not None,
+            30,
+            "the HTTP servers",
+        )
         assert aggregator._server is not None and accountant.http is not None
-        servers = {"aggregator": aggregator._server, "accountant": accountant.http, "site_agent": agent_http}
+        servers = {
+            "aggregator": aggregator._server,
+            "accountant": accountant.http,
+            "site_agent": agent_http,
+        }
         # mid-round: round 0 closed, round 1 open with at least one accepted update
-        wait_for(lambda: aggregator._started and aggregator.ckpt.round == 1 and len(aggregator._buffer) >= 1,
-                 120, "round 1 to hold an accepted update")
+        wait_for(
+            lambda: (
+                aggregator._started and aggregator.ckpt.round == 1 and len(aggregator._buffer) >= 1
+            ),
+            120,
+            "round 1 to hold an accepted update",
+        )
         before_topics = topics_of(info.bootstrap, prefix)
-        before_commits = {m.event_id for m, _ in read_all(bus, prefix, "privacy.events", wait_s=30)
-                          if isinstance(m, PrivacyEventMessage) and m.action == "commit"}
+        before_commits = {
+            m.event_id
+            for m, _ in read_all(bus, prefix, "privacy.events", wait_s=30)
+            if isinstance(m, PrivacyEventMessage) and m.action == "commit"
+        }
         assert len(before_commits) >= len(sites) + 1  # round 0 and part of round 1
 
         kill_9(state)
@@ -245,22 +327,39 @@ def test_kill_9_of_the_broker_mid_round_loses_nothing_and_the_fleet_finishes(
         assert broker.read_info(state) is not None and broker.read_info(state).port == info.port  # type: ignore[union-attr]
         for name, server in servers.items():
             wait_for(lambda server=server: healthz(server) == 200, 90, f"{name} /healthz 200 again")
-        assert all(t.is_alive() for t in threads.values()), {n: t.is_alive() for n, t in threads.items()}
+        assert all(t.is_alive() for t in threads.values()), {
+            n: t.is_alive() for n, t in threads.items()
+        }
 
         threads["aggregator"].join(ROUNDS * DEADLINE_S * 4 + 120)  # returns when training finished
-        assert not threads["aggregator"].is_alive(), f"the fleet did not finish its rounds:\n{stacks()}"
+        assert not threads["aggregator"].is_alive(), (
+            f"the fleet did not finish its rounds:\n{stacks()}"
+        )
         assert aggregator.ckpt.finished and aggregator.ckpt.version == ROUNDS
         assert all(t.is_alive() for n, t in threads.items() if n != "aggregator")  # still serving
         seen: dict[str, Any] = {}
 
         def settled() -> bool:
             """Every published update has its commit in the log and the ledger applied them all."""
-            commits = {m.event_id for m, _ in read_all(bus, prefix, "privacy.events", wait_s=30)
-                       if isinstance(m, PrivacyEventMessage) and m.action == "commit"}
-            updates = [m for m, _ in read_all(bus, prefix, "updates", wait_s=30) if isinstance(m, SiteUpdate)]
-            ledger = {s["id"]: sum(int(b["events_committed"]) for b in accountant.ledger.budgets(site=s["id"]))
-                      for s in sites}
-            expected = {s["id"]: sum(1 for c in commits if c.startswith(f"{s['id']}/")) for s in sites}
+            commits = {
+                m.event_id
+                for m, _ in read_all(bus, prefix, "privacy.events", wait_s=30)
+                if isinstance(m, PrivacyEventMessage) and m.action == "commit"
+            }
+            updates = [
+                m
+                for m, _ in read_all(bus, prefix, "updates", wait_s=30)
+                if isinstance(m, SiteUpdate)
+            ]
+            ledger = {
+                s["id"]: sum(
+                    int(b["events_committed"]) for b in accountant.ledger.budgets(site=s["id"])
+                )
+                for s in sites
+            }
+            expected = {
+                s["id"]: sum(1 for c in commits if c.startswith(f"{s['id']}/")) for s in sites
+            }
             seen.update(ledger=ledger, expected=expected, commits=commits)
             published = {event_id_for(u.site, u.model_id, u.round) for u in updates}
             return bool(updates) and published <= commits and ledger == expected
@@ -279,7 +378,11 @@ def test_kill_9_of_the_broker_mid_round_loses_nothing_and_the_fleet_finishes(
     assert after_topics == before_topics and f"{prefix}privacy.events" in after_topics
     assert before_commits <= commits  # the ledger's event log survived the kill
     ckpt = read_checkpoint(bus, f"{prefix}checkpoints", "m", 60)
-    assert ckpt is not None and ckpt.finished and [h["round"] for h in ckpt.history] == list(range(ROUNDS))
+    assert (
+        ckpt is not None
+        and ckpt.finished
+        and [h["round"] for h in ckpt.history] == list(range(ROUNDS))
+    )
     # one line per service that noticed the outage in its loop (one blocked inside a librdkafka
     # call that retries by itself, e.g. a transaction commit, says nothing; its /healthz was 503)
     lines = waiting_lines(caplog)

@@ -71,7 +71,9 @@ def test_kill_9_then_start_keeps_cluster_topics_and_records(tmp_path: Path) -> N
                 time.sleep(0.2)
             squatter.bind(("127.0.0.1", info.port))
             squatter.listen()
-            with pytest.raises(BrokerError, match=rf"Port {info.port} \(the cluster's client listener"):
+            with pytest.raises(
+                BrokerError, match=rf"Port {info.port} \(the cluster's client listener"
+            ):
                 broker.start(state, port_wait_s=1.0)
         assert (state / "data" / "meta.properties").exists()
 

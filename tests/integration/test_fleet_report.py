@@ -36,7 +36,12 @@ MODEL = "m1"
 ROUNDS = 3
 GAMMA = 0.05
 SITES = {"easy-0": "easy", "easy-1": "easy", "hard-0": "hard", "hard-1": "hard"}
-ROWS = {"easy-0": 80, "easy-1": 60, "hard-0": 80, "hard-1": 40}  # unequal n_k: the fleet weights matter
+ROWS = {
+    "easy-0": 80,
+    "easy-1": 60,
+    "hard-0": 80,
+    "hard-1": 40,
+}  # unequal n_k: the fleet weights matter
 
 
 def csv_connector(tmp: Path, site: str, label_noise: bool) -> dict[str, Any]:
@@ -49,8 +54,14 @@ def csv_connector(tmp: Path, site: str, label_noise: bool) -> dict[str, Any]:
         y = int(x0 > x1) ^ int(label_noise and i % 3 == 0)
         lines.append(f"{x0:.3f},{x1:.3f},{y}")
     (folder / "part-000.csv").write_text("\n".join(lines) + "\n")
-    return {"type": "files", "params": {"path": str(folder), "target": "y",
-                                        "fields": {"x0": "float", "x1": "float", "y": "int"}}}
+    return {
+        "type": "files",
+        "params": {
+            "path": str(folder),
+            "target": "y",
+            "fields": {"x0": "float", "x1": "float", "y": "int"},
+        },
+    }
 
 
 def run(args: list[str]) -> Any:
@@ -66,27 +77,48 @@ def start(target: Any) -> tuple[threading.Event, threading.Thread]:
     return stop, thread
 
 
-def test_report_numbers_are_the_aggregators_and_the_ledgers(kafka_bootstrap: str, tmp_path: Path) -> None:
+def test_report_numbers_are_the_aggregators_and_the_ledgers(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
     from fairfleet.accountant.service import AccountantOptions, AccountantService
 
     prefix = f"report{uuid.uuid4().hex[:6]}."
-    model = {**model_entry(MODEL), "strategy": {"name": "gap", "params": {"gamma": GAMMA}},
-             "rounds": {"mode": "sync", "rounds": ROUNDS, "deadline_s": 30.0, "min_sites": 1,
-                        "quorum": len(SITES)}}
-    entries = [site_entry(tmp_path, s, csv_connector(tmp_path, s, c == "hard"), [MODEL], site_class=c)
-               for s, c in SITES.items()]
+    model = {
+        **model_entry(MODEL),
+        "strategy": {"name": "gap", "params": {"gamma": GAMMA}},
+        "rounds": {
+            "mode": "sync",
+            "rounds": ROUNDS,
+            "deadline_s": 30.0,
+            "min_sites": 1,
+            "quorum": len(SITES),
+        },
+    }
+    entries = [
+        site_entry(tmp_path, s, csv_connector(tmp_path, s, c == "hard"), [MODEL], site_class=c)
+        for s, c in SITES.items()
+    ]
     raw = fleet_dict(kafka_bootstrap, prefix, entries, [model], 10.0, tmp=tmp_path)
     config_file = tmp_path / "fleet.yaml"
     config_file.write_text(yaml.safe_dump(raw))
     config = parse_config(raw)
 
     accountant = AccountantService(
-        connect(kafka_bootstrap), tmp_path / "ledger.sqlite", config.policy_set(),
-        AccountantOptions(prefix=prefix, group_id=f"{prefix}accountant", metrics_port=0,
-                          signer=accountant_signer(config), verifier=Verifier.from_config(config).check))
+        connect(kafka_bootstrap),
+        tmp_path / "ledger.sqlite",
+        config.policy_set(),
+        AccountantOptions(
+            prefix=prefix,
+            group_id=f"{prefix}accountant",
+            metrics_port=0,
+            signer=accountant_signer(config),
+            verifier=Verifier.from_config(config).check,
+        ),
+    )
     accountant_stop, accountant_thread = start(accountant.run)
-    aggregator = Aggregator(config, MODEL, bus=connect(kafka_bootstrap),
-                            options=AggregatorOptions(poll_timeout_s=0.05))
+    aggregator = Aggregator(
+        config, MODEL, bus=connect(kafka_bootstrap), options=AggregatorOptions(poll_timeout_s=0.05)
+    )
     aggregator_stop, aggregator_thread = start(aggregator.run)
     agents = [start(SiteAgent(config, s).run) for s in SITES]
     try:
@@ -101,18 +133,35 @@ def test_report_numbers_are_the_aggregators_and_the_ledgers(kafka_bootstrap: str
     url = f"http://127.0.0.1:{accountant.http.port}"
 
     out = tmp_path / "out"
-    result = run(["report", "--config", str(config_file), "--out", str(out), "--accountant-url", url,
-                  "--json"])
+    result = run(
+        [
+            "report",
+            "--config",
+            str(config_file),
+            "--out",
+            str(out),
+            "--accountant-url",
+            url,
+            "--json",
+        ]
+    )
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
 
     # the rounds and λ the aggregator committed (read back as it restores them)
-    ckpt = read_checkpoint(connect(kafka_bootstrap), topic_name("checkpoints", prefix), MODEL,
-                           public_keys=aggregator_public_keys(config, MODEL))
+    ckpt = read_checkpoint(
+        connect(kafka_bootstrap),
+        topic_name("checkpoints", prefix),
+        MODEL,
+        public_keys=aggregator_public_keys(config, MODEL),
+    )
     assert ckpt is not None
     assert [(r["round"], sorted(r["sites"])) for r in doc["rounds"]] == [
-        (h["round"], sorted(h["sites"])) for h in ckpt.history if not h.get("voided")]
-    assert doc["checkpoint"]["multipliers"] == pytest.approx(GapConstrained.multipliers(ckpt.strategy_state))
+        (h["round"], sorted(h["sites"])) for h in ckpt.history if not h.get("voided")
+    ]
+    assert doc["checkpoint"]["multipliers"] == pytest.approx(
+        GapConstrained.multipliers(ckpt.strategy_state)
+    )
     assert doc["checkpoint"]["finished"] and doc["gamma"] == GAMMA
 
     # the last round's per-class numbers are the aggregator's own (its fairfleet_fairness_* gauges)
@@ -123,7 +172,10 @@ def test_report_numbers_are_the_aggregators_and_the_ledgers(kafka_bootstrap: str
     for c, est in known["classes"].items():
         assert final["classes"][c]["loss"] == pytest.approx(est["shrunk"], rel=1e-9)
         assert final["classes"][c]["raw"] == pytest.approx(est["raw"], rel=1e-9)
-    assert sorted(final["classes"]) == ["easy", "hard"] and final["estimates"]["weights"] == "n_examples"
+    assert (
+        sorted(final["classes"]) == ["easy", "hard"]
+        and final["estimates"]["weights"] == "n_examples"
+    )
 
     # ε per site: the ledger's one figure (what `fairfleet budget` shows)
     ledger = {row["site"]: row["epsilon_spent"] for row in accountant.ledger.budgets()}
@@ -137,34 +189,63 @@ def test_report_numbers_are_the_aggregators_and_the_ledgers(kafka_bootstrap: str
 
     # the exported model's card carries the same ε per site
     card_file = tmp_path / "export" / "m1.safetensors"
-    exported = run(["model", "export", MODEL, "--config", str(config_file), "--out", str(card_file),
-                    "--accountant-url", url])
+    exported = run(
+        [
+            "model",
+            "export",
+            MODEL,
+            "--config",
+            str(config_file),
+            "--out",
+            str(card_file),
+            "--accountant-url",
+            url,
+        ]
+    )
     assert exported.exit_code == 0, exported.output
     card = json.loads(card_file.with_suffix(".json").read_text())
-    assert {s: v["epsilon_spent"] for s, v in card["epsilon"]["sites"].items()} == pytest.approx(ledger, rel=1e-12)
+    assert {s: v["epsilon_spent"] for s, v in card["epsilon"]["sites"].items()} == pytest.approx(
+        ledger, rel=1e-12
+    )
 
     # the accountant gone: the same ε, rebuilt from privacy.events
     accountant_stop.set()
     accountant_thread.join(30)
     aggregator_stop.set()
-    again = run(["report", "--config", str(config_file), "--out", str(tmp_path / "out2"),
-                 "--accountant-url", url, "--json"])
+    again = run(
+        [
+            "report",
+            "--config",
+            str(config_file),
+            "--out",
+            str(tmp_path / "out2"),
+            "--accountant-url",
+            url,
+            "--json",
+        ]
+    )
     assert again.exit_code == 0, again.output
     rebuilt = json.loads(again.stdout)
     assert rebuilt["epsilon"]["source"].startswith("privacy.events replayed")
-    assert {s: v["epsilon_spent"] for s, v in rebuilt["epsilon"]["sites"].items()} == pytest.approx(ledger, rel=1e-9)
+    assert {s: v["epsilon_spent"] for s, v in rebuilt["epsilon"]["sites"].items()} == pytest.approx(
+        ledger, rel=1e-9
+    )
     assert rebuilt["final"] == doc["final"]
 
 
 def fleet_file(tmp_path: Path, bootstrap: str, prefix: str) -> Path:
     entries = [site_entry(tmp_path, "s0", {"type": "simulator", "params": {}}, [MODEL])]
-    raw = fleet_dict(bootstrap, prefix, entries, [model_entry(MODEL), model_entry("m2")], tmp=tmp_path)
+    raw = fleet_dict(
+        bootstrap, prefix, entries, [model_entry(MODEL), model_entry("m2")], tmp=tmp_path
+    )
     path = tmp_path / "fleet.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
 
 
-def test_report_errors_name_what_is_missing(kafka_bootstrap: str, kafka_topics: str, tmp_path: Path) -> None:
+def test_report_errors_name_what_is_missing(
+    kafka_bootstrap: str, kafka_topics: str, tmp_path: Path
+) -> None:
     config = str(fleet_file(tmp_path, kafka_bootstrap, kafka_topics))
     unknown = run(["report", "--config", config, "--model", "nope"])
     assert unknown.exit_code == 1 and "Unknown model 'nope'" in str(unknown.exception)
@@ -172,8 +253,19 @@ def test_report_errors_name_what_is_missing(kafka_bootstrap: str, kafka_topics: 
     several = run(["report", "--config", config])
     assert several.exit_code == 1 and "pick one with --model" in str(several.exception)
 
-    empty = run(["report", "--config", config, "--model", MODEL, "--out", str(tmp_path / "o"),
-                 "--accountant-url", "http://127.0.0.1:1"])
+    empty = run(
+        [
+            "report",
+            "--config",
+            config,
+            "--model",
+            MODEL,
+            "--out",
+            str(tmp_path / "o"),
+            "--accountant-url",
+            "http://127.0.0.1:1",
+        ]
+    )
     assert empty.exit_code == 1 and f"No checkpoint of model '{MODEL}'" in str(empty.exception)
 
     down = fleet_file(tmp_path, "127.0.0.1:1", kafka_topics)

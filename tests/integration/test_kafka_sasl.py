@@ -35,8 +35,13 @@ def sasl_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[broker.Bro
 
 
 def _config(bootstrap: str, password: str) -> KafkaConfig:
-    return KafkaConfig(bootstrap=bootstrap, security_protocol="SASL_PLAINTEXT",
-                       sasl_mechanism="SCRAM-SHA-256", sasl_username=USER, sasl_password=password)
+    return KafkaConfig(
+        bootstrap=bootstrap,
+        security_protocol="SASL_PLAINTEXT",
+        sasl_mechanism="SCRAM-SHA-256",
+        sasl_username=USER,
+        sasl_password=password,
+    )
 
 
 def test_typed_message_with_tensor_round_trips_over_scram(sasl_broker: broker.BrokerInfo) -> None:
@@ -47,8 +52,14 @@ def test_typed_message_with_tensor_round_trips_over_scram(sasl_broker: broker.Br
     bus.create_topics(default_topics(prefix))
     state = {"w": torch.randn(64, 32, generator=torch.Generator().manual_seed(0))}
     payload = to_safetensors_bytes(state)
-    msg = ModelRelease(model_id="m", version=1, round=0, model_spec=ModelSpec(name="mlp"),
-                       payload_sha256=hashlib.sha256(payload).hexdigest(), payload_bytes=len(payload))
+    msg = ModelRelease(
+        model_id="m",
+        version=1,
+        round=0,
+        model_spec=ModelSpec(name="mlp"),
+        payload_sha256=hashlib.sha256(payload).hexdigest(),
+        payload_bytes=len(payload),
+    )
     topic = topic_name("models", prefix)
     producer = bus.producer()
     Publisher(producer).send(topic, msg, payload, key="m")
@@ -65,16 +76,27 @@ def test_typed_message_with_tensor_round_trips_over_scram(sasl_broker: broker.Br
         reader.consumer.close()
 
 
-def test_wrong_password_is_refused_as_authentication_failure(sasl_broker: broker.BrokerInfo) -> None:
+def test_wrong_password_is_refused_as_authentication_failure(
+    sasl_broker: broker.BrokerInfo,
+) -> None:
     cfg = _config(sasl_broker.bootstrap, "not-the-password")
     errors: list[KafkaError] = []
     # error_cb receives the broker's refusal; list_topics itself only reports a transport failure.
-    admin = AdminClient({"bootstrap.servers": cfg.bootstrap, **cfg.client_config(),
-                         "error_cb": errors.append, "log_level": 0})
+    admin = AdminClient(
+        {
+            "bootstrap.servers": cfg.bootstrap,
+            **cfg.client_config(),
+            "error_cb": errors.append,
+            "log_level": 0,
+        }
+    )
     with pytest.raises(KafkaException):
         admin.list_topics(timeout=5)
     deadline = time.monotonic() + 5
-    while not any(e.code() == KafkaError._AUTHENTICATION for e in errors) and time.monotonic() < deadline:
+    while (
+        not any(e.code() == KafkaError._AUTHENTICATION for e in errors)
+        and time.monotonic() < deadline
+    ):
         admin.poll(0.5)
     codes = {e.code() for e in errors}
     assert KafkaError._AUTHENTICATION in codes, errors
@@ -82,7 +104,9 @@ def test_wrong_password_is_refused_as_authentication_failure(sasl_broker: broker
     assert codes <= {KafkaError._AUTHENTICATION, KafkaError._ALL_BROKERS_DOWN}, errors
 
 
-def test_plaintext_client_gets_no_metadata_from_sasl_listener(sasl_broker: broker.BrokerInfo) -> None:
+def test_plaintext_client_gets_no_metadata_from_sasl_listener(
+    sasl_broker: broker.BrokerInfo,
+) -> None:
     admin = AdminClient({"bootstrap.servers": sasl_broker.bootstrap, "socket.timeout.ms": 3000})
     with pytest.raises(KafkaException):
         admin.list_topics(timeout=5)

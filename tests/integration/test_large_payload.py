@@ -21,8 +21,14 @@ def test_100mb_model_round_trips_through_kafka(kafka_bootstrap: str, kafka_topic
     state = {f"layer{i}.weight": torch.randn(1024, 6400, generator=gen) for i in range(4)}
     payload = to_safetensors_bytes(state)
     assert len(payload) > 100_000_000
-    msg = ModelRelease(model_id="big", version=1, round=0, model_spec=ModelSpec(name="mlp"),
-                       payload_sha256=hashlib.sha256(payload).hexdigest(), payload_bytes=len(payload))
+    msg = ModelRelease(
+        model_id="big",
+        version=1,
+        round=0,
+        model_spec=ModelSpec(name="mlp"),
+        payload_sha256=hashlib.sha256(payload).hexdigest(),
+        payload_bytes=len(payload),
+    )
     bus = connect(kafka_bootstrap)
     topic = topic_name("models", kafka_topics)
     producer = bus.producer()

@@ -43,8 +43,15 @@ from fairfleet.site_agent import SiteAgent, event_id_for
 pytestmark = pytest.mark.kafka
 
 DELTA = 1e-5
-DPSGD = {"mechanism": "dpsgd", "unit": "observation", "noise_multiplier": 1.1, "clip_norm": 1.0,
-         "sampling_rate": 0.25, "loss_bound": 2.0, "loss_noise_multiplier": 2.0}
+DPSGD = {
+    "mechanism": "dpsgd",
+    "unit": "observation",
+    "noise_multiplier": 1.1,
+    "clip_norm": 1.0,
+    "sampling_rate": 0.25,
+    "loss_bound": 2.0,
+    "loss_noise_multiplier": 2.0,
+}
 
 
 def write(folder: Path, name: str, first_obs: int, rows: int = 40) -> None:
@@ -81,7 +88,9 @@ class Recorder:
         agent.stream.training_data = recorded  # type: ignore[method-assign]
 
 
-def brute_force(read: dict[tuple[str, int], set[float]], events: dict[tuple[str, int], Any]) -> float:
+def brute_force(
+    read: dict[tuple[str, int], set[float]], events: dict[tuple[str, int], Any]
+) -> float:
     """max over observations of the RDP composition (δ = 1e-5) of every release that read it."""
     observations = set().union(*read.values())
     worst = 0.0
@@ -101,10 +110,21 @@ def test_a_late_file_after_a_restart_is_charged_with_the_true_composition(
     folder = tmp_path / "data"
     folder.mkdir()
     write(folder, "b.csv", 1000)
-    connector = {"type": "files", "params": {"path": str(folder), "fields": {"obs": "float", "x1": "float", "y": "int"},
-                                             "target": "y"}}
-    site = site_entry(tmp_path, site_id, connector, ["m1", "m2"], {"by": "count", "size": 20}, train_windows=2)
-    models = [model_entry("m1", privacy=DPSGD), model_entry("m2", privacy={**DPSGD, "noise_multiplier": 1.5})]
+    connector = {
+        "type": "files",
+        "params": {
+            "path": str(folder),
+            "fields": {"obs": "float", "x1": "float", "y": "int"},
+            "target": "y",
+        },
+    }
+    site = site_entry(
+        tmp_path, site_id, connector, ["m1", "m2"], {"by": "count", "size": 20}, train_windows=2
+    )
+    models = [
+        model_entry("m1", privacy=DPSGD),
+        model_entry("m2", privacy={**DPSGD, "noise_multiplier": 1.5}),
+    ]
     policies = {"defaults": {"epsilon_max": 100.0, "delta": DELTA, "unit": "observation"}}
     raw = fleet_dict(kafka_bootstrap, kafka_topics, [site], models, 20.0, policies, tmp_path)
     config = parse_config(raw)
@@ -130,12 +150,20 @@ def test_a_late_file_after_a_restart_is_charged_with_the_true_composition(
         accountant.wait_committed(site_id, 3)
         (budget,) = accountant.budgets(site_id)
 
-    commits = {e.event_id: e for e, _ in read_all(bus, kafka_topics, "privacy.events")
-               if isinstance(e, PrivacyEventMessage) and e.action == "commit"}
-    events = {(m, r): dp_event_from_json(commits[event_id_for(site_id, m, r)].dp_event)
-              for m, r in recorder.read}
+    commits = {
+        e.event_id: e
+        for e, _ in read_all(bus, kafka_topics, "privacy.events")
+        if isinstance(e, PrivacyEventMessage) and e.action == "commit"
+    }
+    events = {
+        (m, r): dp_event_from_json(commits[event_id_for(site_id, m, r)].dp_event)
+        for m, r in recorder.read
+    }
     assert set(recorder.read) == {("m1", 0), ("m1", 1), ("m2", 0)}
     assert all(seen == set(range(1000, 1040)) for seen in recorder.read.values())  # all on b.csv
     true_eps = brute_force(recorder.read, events)
     print(f"\nledger ε = {budget['epsilon_spent']:.4f}, brute-force composition ε = {true_eps:.4f}")
-    assert budget["epsilon_spent"] == pytest.approx(true_eps, rel=1e-9), (budget["epsilon_spent"], true_eps)
+    assert budget["epsilon_spent"] == pytest.approx(true_eps, rel=1e-9), (
+        budget["epsilon_spent"],
+        true_eps,
+    )

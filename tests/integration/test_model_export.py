@@ -47,21 +47,43 @@ def test_export_writes_the_latest_release_that_reproduces_its_loss(
     models = [build_model(SPEC.name, **SPEC.params) for _ in range(3)]
     for version, model in enumerate(models):  # versions 0, 1, 2; the export must pick 2
         payload = to_safetensors_bytes(model.state_dict())
-        release = ModelRelease(model_id="risk", version=version, round=version, model_spec=SPEC,
-                               payload_sha256=sha256_hex(payload), payload_bytes=len(payload))
+        release = ModelRelease(
+            model_id="risk",
+            version=version,
+            round=version,
+            model_spec=SPEC,
+            payload_sha256=sha256_hex(payload),
+            payload_bytes=len(payload),
+        )
         publisher.send_sync(topic_name("models", prefix), release, payload, key="risk")
     for site, value in (("a-0", 0.5), ("a-1", 0.7), ("b-0", 1.4), ("b-0", 9.0)):
         version = 1 if value == 9.0 else 2  # a loss of another version is not this one's quality
-        stats = SiteStatistics(site=site, site_class=SITES[site], model_id="risk", round=version,
-                               model_version=version, loss=NoisyStat(value=value, noise_std=0.01,
-                                                                     m=50, hi=5.0))
+        stats = SiteStatistics(
+            site=site,
+            site_class=SITES[site],
+            model_id="risk",
+            round=version,
+            model_version=version,
+            loss=NoisyStat(value=value, noise_std=0.01, m=50, hi=5.0),
+        )
         publisher.send_sync(topic_name("stats", prefix), stats, key=site)
 
     out = tmp_path / "export" / "risk.safetensors"
     result = CliRunner().invoke(
-        app, ["model", "export", "risk", "--config", str(fleet_yaml(tmp_path, kafka_bootstrap, prefix)),
-              "--out", str(out), "--timeout-s", "60",
-              "--accountant-url", "http://127.0.0.1:1"],
+        app,
+        [
+            "model",
+            "export",
+            "risk",
+            "--config",
+            str(fleet_yaml(tmp_path, kafka_bootstrap, prefix)),
+            "--out",
+            str(out),
+            "--timeout-s",
+            "60",
+            "--accountant-url",
+            "http://127.0.0.1:1",
+        ],
     )
     assert result.exit_code == 0, result.output
 
@@ -85,7 +107,9 @@ def test_export_writes_the_latest_release_that_reproduces_its_loss(
     assert quality["worst_class"] == "beta"
     # nothing was released through the ledger: every site has spent ε 0 (rebuilt from privacy.events)
     assert card["epsilon"]["source"].startswith("privacy.events replayed")
-    assert {s: e["epsilon_spent"] for s, e in card["epsilon"]["sites"].items()} == dict.fromkeys(SITES, 0.0)
+    assert {s: e["epsilon_spent"] for s, e in card["epsilon"]["sites"].items()} == dict.fromkeys(
+        SITES, 0.0
+    )
 
 
 def test_export_of_a_model_never_released_names_it(
@@ -94,8 +118,16 @@ def test_export_of_a_model_never_released_names_it(
     from fairfleet.cli import app
 
     result = CliRunner().invoke(
-        app, ["model", "export", "risk", "--config",
-              str(fleet_yaml(tmp_path, kafka_bootstrap, kafka_topics)), "--out", str(tmp_path / "m.st")],
+        app,
+        [
+            "model",
+            "export",
+            "risk",
+            "--config",
+            str(fleet_yaml(tmp_path, kafka_bootstrap, kafka_topics)),
+            "--out",
+            str(tmp_path / "m.st"),
+        ],
     )
     assert result.exit_code != 0
     assert "No release of model 'risk'" in str(result.exception) + result.output

@@ -54,8 +54,14 @@ def csv_connector(tmp: Path, site: str) -> dict[str, Any]:
     folder.mkdir(exist_ok=True)
     lines = ["x0,x1,y"] + [f"{(i % 7) / 7:.3f},{(i % 5) / 5:.3f},{i % 2}" for i in range(80)]
     (folder / "part-000.csv").write_text("\n".join(lines) + "\n")
-    return {"type": "files", "params": {"path": str(folder), "target": "y",
-                                        "fields": {"x0": "float", "x1": "float", "y": "int"}}}
+    return {
+        "type": "files",
+        "params": {
+            "path": str(folder),
+            "target": "y",
+            "fields": {"x0": "float", "x1": "float", "y": "int"},
+        },
+    }
 
 
 class Accountant:
@@ -70,10 +76,16 @@ class Accountant:
         config_file.write_text(yaml.safe_dump(raw))
         config = parse_config(raw)
         self.service = AccountantService(  # signed and verifying, as `accountant run --config`
-            bus, tmp / "ledger.sqlite", load_policies(config_file),
-            AccountantOptions(prefix=prefix, group_id=f"{prefix}accountant", metrics_port=None,
-                              signer=accountant_signer(config),
-                              verifier=Verifier.from_config(config).check),
+            bus,
+            tmp / "ledger.sqlite",
+            load_policies(config_file),
+            AccountantOptions(
+                prefix=prefix,
+                group_id=f"{prefix}accountant",
+                metrics_port=None,
+                signer=accountant_signer(config),
+                verifier=Verifier.from_config(config).check,
+            ),
         )
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.service.run, args=(self.stop,), daemon=True)
@@ -87,14 +99,30 @@ class Accountant:
 class Fleet:
     """One model, csv sites, threads for the services; the round number read from the bus."""
 
-    def __init__(self, tmp: Path, bootstrap: str, sites: list[str], min_sites: int, quorum: int,
-                 policies: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        bootstrap: str,
+        sites: list[str],
+        min_sites: int,
+        quorum: int,
+        policies: dict[str, Any] | None = None,
+    ) -> None:
         self.tmp, self.bootstrap = tmp, bootstrap
         self.prefix = f"live{uuid.uuid4().hex[:6]}."
-        model = {**model_entry(MODEL), "strategy": {"name": "fedavg"},
-                 "rounds": {"mode": "sync", "rounds": 1000, "deadline_s": DEADLINE_S,
-                            "min_sites": min_sites, "quorum": quorum, "quorum_grace_s": 1.0,
-                            "max_reannouncements": REANNOUNCEMENTS}}
+        model = {
+            **model_entry(MODEL),
+            "strategy": {"name": "fedavg"},
+            "rounds": {
+                "mode": "sync",
+                "rounds": 1000,
+                "deadline_s": DEADLINE_S,
+                "min_sites": min_sites,
+                "quorum": quorum,
+                "quorum_grace_s": 1.0,
+                "max_reannouncements": REANNOUNCEMENTS,
+            },
+        }
         entries = [site_entry(tmp, s, csv_connector(tmp, s), [MODEL], site_class=s) for s in sites]
         # a budget no test exhausts by accident (a long run must not end in denials)
         policies = policies or {"defaults": {"epsilon_max": 1e6, "delta": 1e-5, "unit": "site"}}
@@ -104,8 +132,10 @@ class Fleet:
         self.agents: dict[str, tuple[SiteAgent, threading.Event, threading.Thread]] = {}
         self.aggregator: tuple[Aggregator, threading.Event, threading.Thread] | None = None
         self.accountant: Accountant | None = None
-        self.watch = Reader(self.bus.consumer(f"watch-{uuid.uuid4().hex[:8]}",
-                                              [topic_name("rounds", self.prefix)]), "test")
+        self.watch = Reader(
+            self.bus.consumer(f"watch-{uuid.uuid4().hex[:8]}", [topic_name("rounds", self.prefix)]),
+            "test",
+        )
         self.announced: list[RoundAnnouncement] = []
 
     @property
@@ -127,8 +157,12 @@ class Fleet:
         self.accountant = None
 
     def start_aggregator(self) -> Aggregator:
-        agg = Aggregator(self.config, MODEL, bus=connect(self.bootstrap),
-                         options=AggregatorOptions(poll_timeout_s=0.05, stop_when_finished=False))
+        agg = Aggregator(
+            self.config,
+            MODEL,
+            bus=connect(self.bootstrap),
+            options=AggregatorOptions(poll_timeout_s=0.05, stop_when_finished=False),
+        )
         stop = threading.Event()
         thread = threading.Thread(target=agg.run, args=(stop,), daemon=True)
         thread.start()
@@ -184,19 +218,27 @@ class Fleet:
         started = time.monotonic()
         while self.round() < at_least:
             assert time.monotonic() - started < timeout, (
-                f"round {at_least} not announced within {timeout} s (now {self.round()})")
+                f"round {at_least} not announced within {timeout} s (now {self.round()})"
+            )
             time.sleep(0.1)
         waited = time.monotonic() - started
         print(f"[liveness] round {at_least} announced after {waited:.1f} s (bound {BOUND_S:.0f} s)")
         return waited
 
     def dead_letters(self) -> list[DeadLetter]:
-        return [m for m, _ in read_all(self.bus, self.prefix, "deadletter", wait_s=30)
-                if isinstance(m, DeadLetter)]
+        return [
+            m
+            for m, _ in read_all(self.bus, self.prefix, "deadletter", wait_s=30)
+            if isinstance(m, DeadLetter)
+        ]
 
     def commits(self) -> list[str]:
         events = read_all(self.bus, self.prefix, "privacy.events", wait_s=30)
-        return [m.event_id for m, _ in events if isinstance(m, PrivacyEventMessage) and m.action == "commit"]
+        return [
+            m.event_id
+            for m, _ in events
+            if isinstance(m, PrivacyEventMessage) and m.action == "commit"
+        ]
 
 
 @pytest.fixture
@@ -239,8 +281,13 @@ def wait_published(fleet: Fleet, sites: tuple[str, ...], after: int, timeout: fl
                 states = json.loads(path.read_text() or "{}")
             except (FileNotFoundError, json.JSONDecodeError):
                 states = {}
-            published.append({int(k.split("/")[1]) for k, v in states.items()
-                              if k.startswith(f"{MODEL}/") and v["status"] == "published"})
+            published.append(
+                {
+                    int(k.split("/")[1])
+                    for k, v in states.items()
+                    if k.startswith(f"{MODEL}/") and v["status"] == "published"
+                }
+            )
         common = sorted(r for r in set.intersection(*published) if r > after)
         if common:
             return common[0]
@@ -251,8 +298,11 @@ def wait_published(fleet: Fleet, sites: tuple[str, ...], after: int, timeout: fl
 def process(fleet: Fleet, config_file: Path, *args: str) -> subprocess.Popen[bytes]:
     exe = Path(sys.executable).parent / "fairfleet"
     log = (fleet.tmp / "services.log").open("ab")
-    return subprocess.Popen([str(exe), *args, "--config", str(config_file), "--metrics-port", "0"],
-                            stdout=subprocess.DEVNULL, stderr=log)
+    return subprocess.Popen(
+        [str(exe), *args, "--config", str(config_file), "--metrics-port", "0"],
+        stdout=subprocess.DEVNULL,
+        stderr=log,
+    )
 
 
 def test_a_restart_of_every_service_mid_round_does_not_stall_the_model(
@@ -265,8 +315,10 @@ def test_a_restart_of_every_service_mid_round_does_not_stall_the_model(
     fleet.start_accountant()
 
     def start() -> list[subprocess.Popen[bytes]]:
-        return [process(fleet, config_file, "aggregator", "run", "--model", MODEL, "--keep-running"),
-                *(process(fleet, config_file, "site", "run", "--site", s) for s in ("s1", "s2"))]
+        return [
+            process(fleet, config_file, "aggregator", "run", "--model", MODEL, "--keep-running"),
+            *(process(fleet, config_file, "site", "run", "--site", s) for s in ("s1", "s2")),
+        ]
 
     procs = start()
     try:
@@ -301,16 +353,22 @@ def test_a_restart_of_every_service_mid_round_does_not_stall_the_model(
     assert waited < BOUND_S + SLACK_S + 20
     commits = fleet.commits()
     assert commits and len(commits) == len(set(commits)), "a release was committed twice"
-    rounds_of = {s: {int(c.rsplit("/", 1)[1]) for c in commits if c.startswith(f"{s}/")}
-                 for s in ("s1", "s2")}
+    rounds_of = {
+        s: {int(c.rsplit("/", 1)[1]) for c in commits if c.startswith(f"{s}/")}
+        for s in ("s1", "s2")
+    }
     assert max(rounds_of["s1"] & rounds_of["s2"]) > killed_at, rounds_of  # on the ledger too
 
 
-def test_a_budget_raised_after_exhaustion_lets_the_site_rejoin(make_fleet: Callable[..., Fleet]) -> None:
+def test_a_budget_raised_after_exhaustion_lets_the_site_rejoin(
+    make_fleet: Callable[..., Fleet],
+) -> None:
     """(b) s2's policy fits one round: the next rounds are denied (and voided below min_sites);
     after the accountant restarts with a raised policy, s2 takes part again."""
-    policies = {"defaults": {"epsilon_max": 1e6, "delta": 1e-5, "unit": "site"},
-                "sites": {"s2": {"epsilon_max": 8.0, "delta": 1e-5, "unit": "site"}}}
+    policies = {
+        "defaults": {"epsilon_max": 1e6, "delta": 1e-5, "unit": "site"},
+        "sites": {"s2": {"epsilon_max": 8.0, "delta": 1e-5, "unit": "site"}},
+    }
     fleet = make_fleet(["s1", "s2"], min_sites=2, quorum=2, policies=policies)
     fleet.start_accountant()
     agg = fleet.start_aggregator()
@@ -321,8 +379,13 @@ def test_a_budget_raised_after_exhaustion_lets_the_site_rejoin(make_fleet: Calla
     assert agg.metrics.voided.labels(MODEL)._value.get() >= 1
     assert agg.ckpt.version == 1  # the voided round changed no model
     s2 = fleet.agents["s2"][0]
-    assert s2.metrics.registry.get_sample_value(
-        "fairfleet_site_rounds_skipped_total", {"site": "s2", "model": MODEL, "reason": "denied"}) >= 1
+    assert (
+        s2.metrics.registry.get_sample_value(
+            "fairfleet_site_rounds_skipped_total",
+            {"site": "s2", "model": MODEL, "reason": "denied"},
+        )
+        >= 1
+    )
     # the operator raises the budget and restarts the accountant
     fleet.raw["policies"]["sites"]["s2"]["epsilon_max"] = 50.0
     fleet.stop_accountant()
@@ -333,7 +396,9 @@ def test_a_budget_raised_after_exhaustion_lets_the_site_rejoin(make_fleet: Calla
     assert any(h["sites"] == ["s1", "s2"] for h in closed), agg.ckpt.history[-4:]
 
 
-def test_a_key_rotation_loses_at_most_one_round_of_that_site(make_fleet: Callable[..., Fleet]) -> None:
+def test_a_key_rotation_loses_at_most_one_round_of_that_site(
+    make_fleet: Callable[..., Fleet],
+) -> None:
     """(c) s2 publishes a round signed with its old key; the aggregator, restarted with the new
     public key, rejects it as bad_signature (dead-lettered with site, model and round); the round
     is voided within the bound, and s2, restarted with the new key, is in the next round."""
@@ -366,7 +431,8 @@ def test_a_key_rotation_loses_at_most_one_round_of_that_site(make_fleet: Callabl
     rejected = [d for d in fleet.dead_letters() if d.reason == "bad_signature"]
     # only the update: the accountant counts every ledger record s2 signed with its old key
     assert [(d.service, d.site, d.model_id, d.round) for d in rejected] == [
-        ("aggregator", "s2", MODEL, open_round)]
+        ("aggregator", "s2", MODEL, open_round)
+    ]
     history = {h["round"]: h for h in agg.ckpt.history}
     assert history[open_round].get("voided") is True
     assert history[open_round + 1]["sites"] == ["s1", "s2"]  # at most one round of s2 lost
@@ -394,6 +460,9 @@ def test_a_site_added_mid_run_takes_part(make_fleet: Callable[..., Fleet]) -> No
     late = [d for d in fleet.dead_letters() if d.site == "s3"]
     assert len(late) <= 1, [(d.reason, d.round) for d in late]
     # no budget spent chasing old announcements: s3 reserved only rounds from the current one on
-    requests = [m for m, _ in read_all(fleet.bus, fleet.prefix, "privacy.requests", wait_s=30)
-                if isinstance(m, PrivacyReservationRequest) and m.site == "s3"]
+    requests = [
+        m
+        for m, _ in read_all(fleet.bus, fleet.prefix, "privacy.requests", wait_s=30)
+        if isinstance(m, PrivacyReservationRequest) and m.site == "s3"
+    ]
     assert requests and min(r.round for r in requests) >= added_at, [r.round for r in requests]

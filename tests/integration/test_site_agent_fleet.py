@@ -43,23 +43,44 @@ from fairfleet.site_agent import SiteAgent, event_id_for
 
 pytestmark = pytest.mark.kafka
 
-FEATURES = ["load", "speed_rpm", "operating_hours", "vibration_rms", "vibration_peak", "bearing_band",
-            "temperature_c", "current_a"]
+FEATURES = [
+    "load",
+    "speed_rpm",
+    "operating_hours",
+    "vibration_rms",
+    "vibration_peak",
+    "bearing_band",
+    "temperature_c",
+    "current_a",
+]
 TARGET = "failure_within_horizon"
-SCHEMA = {"fields": {**{f: "float" for f in FEATURES}, TARGET: "int", "event_time": "float"},
-          "features": FEATURES, "target": TARGET, "event_time": "event_time"}
+SCHEMA = {
+    "fields": {**{f: "float" for f in FEATURES}, TARGET: "int", "event_time": "float"},
+    "features": FEATURES,
+    "target": TARGET,
+    "event_time": "event_time",
+}
 SPEC = {"name": "logistic", "params": {"in_features": 8}, "task": "classification"}
 # Site unit: the held-out loss over m = 32 values has sensitivity B, so its noise multiplier
 # relative to that sensitivity is loss_noise_multiplier / m = 40 / 32 = 1.25.
-PRIVACY = {"mechanism": "update", "unit": "site", "noise_multiplier": 1.0, "clip_norm": 1.0,
-           "loss_bound": 2.0, "loss_noise_multiplier": 40.0}
+PRIVACY = {
+    "mechanism": "update",
+    "unit": "site",
+    "noise_multiplier": 1.0,
+    "clip_norm": 1.0,
+    "loss_bound": 2.0,
+    "loss_noise_multiplier": 40.0,
+}
 ROUNDS = 3
 
 
 def fleet_rows(site: str, limit: int) -> list[dict[str, Any]]:
     """Standardised rows of a demo-fleet site (what a site's ETL would have written)."""
-    conn = build_connector("simulator", {"fleet": "demo", "site": site, "limit": limit},
-                           ConnectorContext(site, Path("/tmp")))
+    conn = build_connector(
+        "simulator",
+        {"fleet": "demo", "site": site, "limit": limit},
+        ConnectorContext(site, Path("/tmp")),
+    )
     return list(conn.read(10**6))
 
 
@@ -68,7 +89,9 @@ def write_csv_folder(folder: Path, rows: list[dict[str, Any]]) -> None:
     # count windows are cut per file (row // 40): parts of 120 and 80 rows make 5 full windows
     for part, chunk in enumerate((rows[:120], rows[120:])):
         with (folder / f"part-{part:03d}.csv").open("w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=[*FEATURES, TARGET, "event_time"], extrasaction="ignore")
+            writer = csv.DictWriter(
+                fh, fieldnames=[*FEATURES, TARGET, "event_time"], extrasaction="ignore"
+            )
             writer.writeheader()
             writer.writerows(chunk)
     with (folder / "part-002.csv").open("w") as fh:  # two bad rows: rejected, never fatal
@@ -86,7 +109,9 @@ def write_sqlite(path: Path, rows: list[dict[str, Any]]) -> None:
         conn.execute(sa.text(f"CREATE TABLE readings (id INTEGER PRIMARY KEY, {cols})"))
         for i, row in enumerate(rows):
             conn.execute(
-                sa.text(f"INSERT INTO readings VALUES (:id, {', '.join(':' + c for c in [*FEATURES, TARGET, 'event_time'])})"),
+                sa.text(
+                    f"INSERT INTO readings VALUES (:id, {', '.join(':' + c for c in [*FEATURES, TARGET, 'event_time'])})"
+                ),
                 {"id": i, **{c: row[c] for c in [*FEATURES, TARGET, "event_time"]}},
             )
     engine.dispose()
@@ -101,28 +126,85 @@ def fleet_setup(tmp_path: Path, kafka_bootstrap: str, kafka_topics: str) -> dict
     write_csv_folder(tmp_path / "csv-killed", fleet_rows("plant-d", 200))
     window = {"by": "count", "size": 40}
     models = [
-        {"id": "m", "model": SPEC, "privacy": PRIVACY, "training": {"epochs": 1, "batch_size": 16, "lr": 0.1}},
+        {
+            "id": "m",
+            "model": SPEC,
+            "privacy": PRIVACY,
+            "training": {"epochs": 1, "batch_size": 16, "lr": 0.1},
+        },
         # served only by the killed site: long enough training that SIGKILL lands mid-round
-        {"id": "mslow", "model": SPEC, "privacy": PRIVACY, "training": {"epochs": 20, "batch_size": 4, "lr": 0.01}},
+        {
+            "id": "mslow",
+            "model": SPEC,
+            "privacy": PRIVACY,
+            "training": {"epochs": 20, "batch_size": 4, "lr": 0.01},
+        },
     ]
     sites = [
-        site_entry(tmp_path, ids["files"], {"type": "files", "params": {"path": str(tmp_path / "csv"), **SCHEMA}},
-                   ["m"], window, site_class="modern"),
-        site_entry(tmp_path, ids["sql"], {"type": "sql", "params": {"path": str(tmp_path / "site.db"), "table": "readings",
-                                                                     "order_by": "id", **SCHEMA}},
-                   ["m"], window, site_class="retrofit"),
-        site_entry(tmp_path, ids["sim"], {"type": "simulator", "params": {"fleet": "demo", "site": "plant-a", "limit": 200}},
-                   ["m"], window, site_class="modern"),
-        site_entry(tmp_path, ids["killed"], {"type": "files", "params": {"path": str(tmp_path / "csv-killed"), **SCHEMA}},
-                   ["mslow"], window, site_class="legacy"),
+        site_entry(
+            tmp_path,
+            ids["files"],
+            {"type": "files", "params": {"path": str(tmp_path / "csv"), **SCHEMA}},
+            ["m"],
+            window,
+            site_class="modern",
+        ),
+        site_entry(
+            tmp_path,
+            ids["sql"],
+            {
+                "type": "sql",
+                "params": {
+                    "path": str(tmp_path / "site.db"),
+                    "table": "readings",
+                    "order_by": "id",
+                    **SCHEMA,
+                },
+            },
+            ["m"],
+            window,
+            site_class="retrofit",
+        ),
+        site_entry(
+            tmp_path,
+            ids["sim"],
+            {"type": "simulator", "params": {"fleet": "demo", "site": "plant-a", "limit": 200}},
+            ["m"],
+            window,
+            site_class="modern",
+        ),
+        site_entry(
+            tmp_path,
+            ids["killed"],
+            {"type": "files", "params": {"path": str(tmp_path / "csv-killed"), **SCHEMA}},
+            ["mslow"],
+            window,
+            site_class="legacy",
+        ),
     ]
     # the sql site's policy admits one round (ε 6.30) but not two (9.51)
-    policies = {"defaults": {"epsilon_max": 100.0, "delta": 1e-5, "unit": "site"},
-                "sites": {ids["sql"]: {"epsilon_max": 7.0, "delta": 1e-5, "unit": "site"}}}
-    raw = fleet_dict(kafka_bootstrap, kafka_topics, sites, models, grant_timeout_s=20.0, policies=policies, tmp=tmp_path)
+    policies = {
+        "defaults": {"epsilon_max": 100.0, "delta": 1e-5, "unit": "site"},
+        "sites": {ids["sql"]: {"epsilon_max": 7.0, "delta": 1e-5, "unit": "site"}},
+    }
+    raw = fleet_dict(
+        kafka_bootstrap,
+        kafka_topics,
+        sites,
+        models,
+        grant_timeout_s=20.0,
+        policies=policies,
+        tmp=tmp_path,
+    )
     config_file = tmp_path / "fleet.yaml"
     config_file.write_text(yaml.safe_dump(raw))
-    return {"config": parse_config(raw), "file": config_file, "ids": ids, "prefix": kafka_topics, "tmp": tmp_path}
+    return {
+        "config": parse_config(raw),
+        "file": config_file,
+        "ids": ids,
+        "prefix": kafka_topics,
+        "tmp": tmp_path,
+    }
 
 
 @pytest.fixture
@@ -153,13 +235,32 @@ def wait_for(predicate: Any, timeout: float, what: str) -> None:
 
 def agent_process(config_file: Path, site: str, log: Path) -> subprocess.Popen[bytes]:
     exe = Path(sys.executable).parent / "fairfleet"
-    return subprocess.Popen([str(exe), "site", "run", "--config", str(config_file), "--site", site,
-                             "--metrics-port", "0"], stdout=subprocess.DEVNULL, stderr=log.open("ab"))
+    return subprocess.Popen(
+        [
+            str(exe),
+            "site",
+            "run",
+            "--config",
+            str(config_file),
+            "--site",
+            site,
+            "--metrics-port",
+            "0",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=log.open("ab"),
+    )
 
 
-def test_three_sites_through_rounds_and_a_killed_agent(fleet_setup: dict[str, Any], accountant: RealAccountant,
-                                                     kafka_bootstrap: str) -> None:
-    config, ids, tmp, prefix = fleet_setup["config"], fleet_setup["ids"], fleet_setup["tmp"], fleet_setup["prefix"]
+def test_three_sites_through_rounds_and_a_killed_agent(
+    fleet_setup: dict[str, Any], accountant: RealAccountant, kafka_bootstrap: str
+) -> None:
+    config, ids, tmp, prefix = (
+        fleet_setup["config"],
+        fleet_setup["ids"],
+        fleet_setup["tmp"],
+        fleet_setup["prefix"],
+    )
     bus = connect(kafka_bootstrap)
     announcer = Announcer(bus, config)
     killed_log = tmp / "killed.log"
@@ -177,22 +278,39 @@ def test_three_sites_through_rounds_and_a_killed_agent(fleet_setup: dict[str, An
         announcer.release("m", 0)
         announcer.announce("m", 0, 0, deadline_s=120)
         # SIGKILL the process agent while it trains mslow round 0 (granted, not yet published)
-        wait_for(lambda: (state_of(tmp, ids["killed"], "mslow", 0) or {}).get("status") == "granted",
-                 90, "the process agent to be granted")
+        wait_for(
+            lambda: (state_of(tmp, ids["killed"], "mslow", 0) or {}).get("status") == "granted",
+            90,
+            "the process agent to be granted",
+        )
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
         state = state_of(tmp, ids["killed"], "mslow", 0)
-        assert state is not None and state["status"] == "granted", f"the kill missed the round: {state}"
+        assert state is not None and state["status"] == "granted", (
+            f"the kill missed the round: {state}"
+        )
         proc = agent_process(fleet_setup["file"], ids["killed"], killed_log)
         for r in range(ROUNDS):
             for k in ("files", "sql", "sim"):
-                wait_for(lambda k=k, r=r: (state_of(tmp, ids[k], "m", r) or {}).get("status") in ("published", "skipped"),
-                         60, f"{k} round {r}")
+                wait_for(
+                    lambda k=k, r=r: (
+                        (state_of(tmp, ids[k], "m", r) or {}).get("status")
+                        in ("published", "skipped")
+                    ),
+                    60,
+                    f"{k} round {r}",
+                )
             if r + 1 < ROUNDS:
                 announcer.release("m", r + 1)
                 announcer.announce("m", r + 1, r + 1, deadline_s=120)
-        wait_for(lambda: (state_of(tmp, ids["killed"], "mslow", 0) or {}).get("status") in ("published", "skipped"),
-                 90, "the restarted agent to finish mslow round 0")
+        wait_for(
+            lambda: (
+                (state_of(tmp, ids["killed"], "mslow", 0) or {}).get("status")
+                in ("published", "skipped")
+            ),
+            90,
+            "the restarted agent to finish mslow round 0",
+        )
         # a SIGTERM stops the process agent cleanly
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
@@ -208,22 +326,37 @@ def test_three_sites_through_rounds_and_a_killed_agent(fleet_setup: dict[str, An
     for u in updates:
         by_site.setdefault(f"{u.site}:{u.model_id}", []).append(u.round)
         assert verify(u, config.public_keys()) is None, u.site
-        assert u.privacy.enabled and u.privacy.noise_std == pytest.approx(1.0) and u.privacy.noise_std > 0
+        assert (
+            u.privacy.enabled
+            and u.privacy.noise_std == pytest.approx(1.0)
+            and u.privacy.noise_std > 0
+        )
         assert u.loss is not None and u.loss.noise_std > 0 and u.n_examples == 128
     assert sorted(by_site[f"{ids['files']}:m"]) == list(range(ROUNDS))
     assert sorted(by_site[f"{ids['sim']}:m"]) == list(range(ROUNDS))
     assert sorted(by_site[f"{ids['sql']}:m"]) == [0]  # exhausted after one round: stops publishing
-    assert by_site[f"{ids['killed']}:mslow"] == [0]   # killed mid-round, restarted: published once
+    assert by_site[f"{ids['killed']}:mslow"] == [0]  # killed mid-round, restarted: published once
     for r in (1, 2):
         state = state_of(tmp, ids["sql"], "m", r)
-        assert state is not None and state["status"] == "skipped" and state["reason"].startswith("denied")
+        assert (
+            state is not None
+            and state["status"] == "skipped"
+            and state["reason"].startswith("denied")
+        )
     sql_agent = agents[1]
-    assert sql_agent.metrics.registry.get_sample_value(
-        "fairfleet_site_rounds_skipped_total", {"site": ids["sql"], "model": "m", "reason": "denied"}) == 2
+    assert (
+        sql_agent.metrics.registry.get_sample_value(
+            "fairfleet_site_rounds_skipped_total",
+            {"site": ids["sql"], "model": "m", "reason": "denied"},
+        )
+        == 2
+    )
     stats = [m for m, _ in read_all(bus, prefix, "stats") if isinstance(m, SiteStatistics)]
     assert len(stats) == len(updates)
     # the ledger: exactly one commit per published (site, model, round), nothing charged twice
-    events = [m for m, _ in read_all(bus, prefix, "privacy.events") if isinstance(m, PrivacyEventMessage)]
+    events = [
+        m for m, _ in read_all(bus, prefix, "privacy.events") if isinstance(m, PrivacyEventMessage)
+    ]
     commits = sorted(e.event_id for e in events if e.action == "commit")
     expected = sorted(event_id_for(u.site, u.model_id, u.round) for u in updates)
     assert commits == expected
@@ -233,9 +366,16 @@ def test_three_sites_through_rounds_and_a_killed_agent(fleet_setup: dict[str, An
         accountant.wait_committed(ids[k], n)
     spent = {k: accountant.budgets(ids[k]) for k in ids}
     assert {k: [b["events_committed"] for b in v] for k, v in spent.items()} == {
-        "files": [ROUNDS], "sim": [ROUNDS], "sql": [1], "killed": [1]}
+        "files": [ROUNDS],
+        "sim": [ROUNDS],
+        "sql": [1],
+        "killed": [1],
+    }
     assert spent["files"][0]["epsilon_spent"] == pytest.approx(12.18, abs=0.02)
-    assert spent["sql"][0]["epsilon_spent"] == pytest.approx(6.30, abs=0.02) and spent["sql"][0]["epsilon_limit"] == 7.0
+    assert (
+        spent["sql"][0]["epsilon_spent"] == pytest.approx(6.30, abs=0.02)
+        and spent["sql"][0]["epsilon_limit"] == 7.0
+    )
     assert spent["killed"][0]["epsilon_spent"] == pytest.approx(6.30, abs=0.02)  # charged once
     # the files site rejected its two bad rows and said so
     files_agent = agents[0]

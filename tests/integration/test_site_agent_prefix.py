@@ -16,9 +16,16 @@ pytestmark = pytest.mark.kafka
 
 
 def _commit(round_: int) -> PrivacyEventMessage:
-    return PrivacyEventMessage(event_id=f"s1/m/{round_}", action="commit", site="s1", source="d",  # type: ignore[arg-type]
-                               unit="site", model_id="m", round=round_,
-                               windows=WindowRange(first=0, last=0))
+    return PrivacyEventMessage(
+        event_id=f"s1/m/{round_}",
+        action="commit",
+        site="s1",
+        source="d",  # type: ignore[arg-type]
+        unit="site",
+        model_id="m",
+        round=round_,
+        windows=WindowRange(first=0, last=0),
+    )
 
 
 def test_same_site_id_in_two_fleets_does_not_fence(kafka_bootstrap: str) -> None:

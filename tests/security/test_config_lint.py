@@ -49,7 +49,9 @@ def write(tmp: Path, data: dict[str, Any]) -> Path:
 
 
 def test_the_demo_key_list_is_the_public_half_of_every_published_key() -> None:
-    published = {public_hex_of(load_private(str(f))): f.stem for f in (DEPLOY / "keys").glob("*.key")}
+    published = {
+        public_hex_of(load_private(str(f))): f.stem for f in (DEPLOY / "keys").glob("*.key")
+    }
     assert published == DEMO_PUBLIC_KEYS
 
 
@@ -62,7 +64,10 @@ def test_published_demo_keys_are_an_error_outside_the_demo(tmp_path: Path) -> No
     # every identity of the example: 7 sites, the accountant, 2 aggregators
     assert len(demo) == len(problems) == 10, problems
     assert {p.split(": ", 1)[0] for p in demo} >= {
-        "sites[0].public_key", "accountant.public_key", "models[1].aggregator.public_key"}
+        "sites[0].public_key",
+        "accountant.public_key",
+        "models[1].aggregator.public_key",
+    }
 
 
 def test_service_identities_are_required_and_checked(tmp_path: Path) -> None:
@@ -73,9 +78,13 @@ def test_service_identities_are_required_and_checked(tmp_path: Path) -> None:
     data["models"][1]["aggregator"]["private_key_file"] = "keys/plant-a.key"
     problems = check_file(write(tmp_path, data)).problems
     assert any(p.startswith("accountant.public_key: missing") for p in problems), problems
-    assert any(p.startswith("models[0].aggregator.private_key_file:") and "is not the private key" in p
-               for p in problems), problems
-    assert any(p.startswith("models[1].aggregator.public_key: shared with sites[0]") for p in problems), problems
+    assert any(
+        p.startswith("models[0].aggregator.private_key_file:") and "is not the private key" in p
+        for p in problems
+    ), problems
+    assert any(
+        p.startswith("models[1].aggregator.public_key: shared with sites[0]") for p in problems
+    ), problems
 
 
 def unsafe(data: dict[str, Any]) -> dict[str, Any]:
@@ -89,17 +98,29 @@ def unsafe(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
-def test_every_unsafe_setting_of_the_issue_is_flagged_and_the_secret_never_printed(tmp_path: Path) -> None:
+def test_every_unsafe_setting_of_the_issue_is_flagged_and_the_secret_never_printed(
+    tmp_path: Path,
+) -> None:
     path = write(tmp_path, unsafe(example()))
     report = check_file(path)
     lines = report.problems + report.warnings
-    assert any(p.startswith("policies.defaults.epsilon_max: 1000000000.0 > 100") for p in report.problems)
+    assert any(
+        p.startswith("policies.defaults.epsilon_max: 1000000000.0 > 100") for p in report.problems
+    )
     assert any(p.startswith("policies.defaults.delta: 0.5 > 0.001") for p in report.problems)
     assert any("delta 0.5 >= 1/n" in p for p in report.problems)
-    assert any(w.startswith("kafka.security_protocol: PLAINTEXT to a non-loopback broker "
-                            "(kafka.example.net:9092, 10.1.2.3:9092)") for w in report.warnings)
+    assert any(
+        w.startswith(
+            "kafka.security_protocol: PLAINTEXT to a non-loopback broker "
+            "(kafka.example.net:9092, 10.1.2.3:9092)"
+        )
+        for w in report.warnings
+    )
     assert any(w.startswith("metrics_host: '0.0.0.0'") for w in report.warnings)
-    assert any(w.startswith("kafka.sasl_password: a secret is written in the file") for w in report.warnings)
+    assert any(
+        w.startswith("kafka.sasl_password: a secret is written in the file")
+        for w in report.warnings
+    )
     assert not any(SECRET in line for line in lines)
     for args in (["config", "check", str(path)], ["config", "check", "--json", str(path)]):
         res = CliRunner().invoke(app, args)
@@ -124,15 +145,29 @@ def test_the_aggregator_binds_the_configured_metrics_host(tmp_path: Path) -> Non
     from fairfleet.config import parse_config
     from fairfleet.signing import add_service_identities, generate_keypair
 
-    cfg = parse_config(add_service_identities({
-        "metrics_host": "127.0.0.2",
-        "kafka": {"topic_prefix": f"u{uuid.uuid4().hex[:6]}."},
-        "models": [{"id": "m", "model": {"name": "linear", "params": {"in_features": 3}},
-                    "privacy": {"mechanism": "off"}}],
-        "sites": [{"id": "a", "class": "a", "public_key": generate_keypair()[1]}],
-    }, tmp_path))
-    agg = Aggregator(cfg, "m", bus=connect(f"memory://{uuid.uuid4().hex}"),
-                     options=AggregatorOptions(metrics_port=0))
+    cfg = parse_config(
+        add_service_identities(
+            {
+                "metrics_host": "127.0.0.2",
+                "kafka": {"topic_prefix": f"u{uuid.uuid4().hex[:6]}."},
+                "models": [
+                    {
+                        "id": "m",
+                        "model": {"name": "linear", "params": {"in_features": 3}},
+                        "privacy": {"mechanism": "off"},
+                    }
+                ],
+                "sites": [{"id": "a", "class": "a", "public_key": generate_keypair()[1]}],
+            },
+            tmp_path,
+        )
+    )
+    agg = Aggregator(
+        cfg,
+        "m",
+        bus=connect(f"memory://{uuid.uuid4().hex}"),
+        options=AggregatorOptions(metrics_port=0),
+    )
     agg.start()
     try:
         assert agg._server is not None

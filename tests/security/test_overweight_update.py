@@ -51,9 +51,17 @@ def vec(state: Any) -> np.ndarray:
 
 def commit(site: str, site_class: str, private_hex: str) -> PrivacyEventMessage:
     msg = PrivacyEventMessage(
-        event_id=f"{site}/{MODEL}/0", action="commit", site=site, site_class=site_class,
-        source="default", unit="site", model_id=MODEL, round=0, windows=WindowRange(first=0, last=3),
-        dp_event=dp_event_to_json(dp_event.GaussianDpEvent(1.0)))
+        event_id=f"{site}/{MODEL}/0",
+        action="commit",
+        site=site,
+        site_class=site_class,
+        source="default",
+        unit="site",
+        model_id=MODEL,
+        round=0,
+        windows=WindowRange(first=0, last=3),
+        dp_event=dp_event_to_json(dp_event.GaussianDpEvent(1.0)),
+    )
     return sign(msg, load_private(private_hex))
 
 
@@ -68,7 +76,9 @@ def one_round(bootstrap: str, attack: str) -> dict[str, Any]:
         site["agent"]["train_windows"] = TRAIN_WINDOWS
     cfg = parse_config(data)
     bus = connect(bootstrap)
-    agg = Aggregator(cfg, MODEL, bus=bus, options=AggregatorOptions(poll_timeout_s=0.02, require_ledger=True))
+    agg = Aggregator(
+        cfg, MODEL, bus=bus, options=AggregatorOptions(poll_timeout_s=0.02, require_ledger=True)
+    )
     agg.start()
     stop = threading.Event()
     thread = threading.Thread(target=agg.run, args=(stop,), daemon=True)
@@ -86,16 +96,29 @@ def one_round(bootstrap: str, attack: str) -> dict[str, Any]:
                 # the norm-bounded update pointing far from the fleet, claiming 10⁹ examples
                 delta = {k: torch.full_like(v, 0.05) for k, v in model.state_dict().items()}
                 payload = to_safetensors_bytes(delta)
-                msg = sign(msg.model_copy(update={
-                    "n_examples": 10**9, "payload_sha256": sha256_hex(payload),
-                    "payload_bytes": len(payload)}), load_private(keys[site.site]))
+                msg = sign(
+                    msg.model_copy(
+                        update={
+                            "n_examples": 10**9,
+                            "payload_sha256": sha256_hex(payload),
+                            "payload_bytes": len(payload),
+                        }
+                    ),
+                    load_private(keys[site.site]),
+                )
                 attacker_delta = vec(delta)
                 if attack == "with_commit":
-                    pub.send_sync(topic_name("privacy.events", prefix),
-                                  commit(site.site, site.site_class, keys[site.site]), key=site.site)
+                    pub.send_sync(
+                        topic_name("privacy.events", prefix),
+                        commit(site.site, site.site_class, keys[site.site]),
+                        key=site.site,
+                    )
             else:
-                pub.send_sync(topic_name("privacy.events", prefix),
-                              commit(site.site, site.site_class, keys[site.site]), key=site.site)
+                pub.send_sync(
+                    topic_name("privacy.events", prefix),
+                    commit(site.site, site.site_class, keys[site.site]),
+                    key=site.site,
+                )
                 honest_n.append(site.x.shape[0])
                 honest_deltas.append(vec(from_safetensors_bytes(payload)))
             pub.send_sync(topic_name("updates", prefix), msg, payload, key=msg.site)
@@ -108,13 +131,20 @@ def one_round(bootstrap: str, attack: str) -> dict[str, Any]:
     letters = dead_letters(bus, prefix)
     w = np.array(honest_n, dtype=float)
     honest_avg = (w[:, None] * np.array(honest_deltas)).sum(axis=0) / w.sum()
-    return {"step": theta1 - theta0, "letters": letters, "honest_avg": honest_avg, "W": w.sum(),
-            "attacker_delta": attacker_delta if attack != "absent" else None,
-            "history": agg.ckpt.history}
+    return {
+        "step": theta1 - theta0,
+        "letters": letters,
+        "honest_avg": honest_avg,
+        "W": w.sum(),
+        "attacker_delta": attacker_delta if attack != "absent" else None,
+        "history": agg.ckpt.history,
+    }
 
 
 def dead_letters(bus: Any, prefix: str) -> list[DeadLetter]:
-    reader = Reader(bus.consumer(f"dl-{uuid.uuid4().hex[:8]}", [topic_name("deadletter", prefix)]), "test")
+    reader = Reader(
+        bus.consumer(f"dl-{uuid.uuid4().hex[:8]}", [topic_name("deadletter", prefix)]), "test"
+    )
     out = []
     for _ in range(15):
         env = reader.poll(0.2)
@@ -124,13 +154,17 @@ def dead_letters(bus: Any, prefix: str) -> list[DeadLetter]:
     return out
 
 
-def test_an_overweighted_update_moves_the_model_no_more_than_its_capped_weight(kafka_bootstrap: str) -> None:
+def test_an_overweighted_update_moves_the_model_no_more_than_its_capped_weight(
+    kafka_bootstrap: str,
+) -> None:
     absent = one_round(kafka_bootstrap, "absent")
     no_ledger = one_round(kafka_bootstrap, "no_ledger")
     with_commit = one_round(kafka_bootstrap, "with_commit")
 
     # no reservation: rejected, dead-lettered, and the model is exactly the round without it
-    assert [(d.reason, d.site) for d in no_ledger["letters"]] == [("not_in_ledger", ATTACKER)], [d.detail for d in no_ledger["letters"]]
+    assert [(d.reason, d.site) for d in no_ledger["letters"]] == [("not_in_ledger", ATTACKER)], [
+        d.detail for d in no_ledger["letters"]
+    ]
     np.testing.assert_allclose(no_ledger["step"], absent["step"], rtol=0, atol=1e-7)
     assert no_ledger["history"][0]["sites"] == absent["history"][0]["sites"]
 
@@ -144,8 +178,10 @@ def test_an_overweighted_update_moves_the_model_no_more_than_its_capped_weight(k
     distance = float(np.linalg.norm(with_commit["attacker_delta"] - with_commit["honest_avg"]))
     moved = float(np.linalg.norm(with_commit["step"] - with_commit["honest_avg"]))
     uncapped_share = 10**9 / (10**9 + with_commit["W"])
-    print(f"capped weight share {share:.4f} (uncapped {uncapped_share:.9f}); step moved {moved:.5f} "
-          f"of a possible {distance:.5f}; bound {share * distance:.5f}")
+    print(
+        f"capped weight share {share:.4f} (uncapped {uncapped_share:.9f}); step moved {moved:.5f} "
+        f"of a possible {distance:.5f}; bound {share * distance:.5f}"
+    )
     assert moved <= share * distance * (1 + 1e-4) + 1e-6
     assert moved >= 0.5 * share * distance  # it is the capped weight, not a rejection
     assert ATTACKER in with_commit["history"][0]["sites"]

@@ -66,11 +66,16 @@ def big_int_json(data: dict[str, Any], path: tuple[str, ...]) -> bytes:
     return framed(json.dumps(data).encode())
 
 
-def chunk_headers(type_name: str, index: int, count: int, total: int) -> tuple[str, dict[str, bytes]]:
+def chunk_headers(
+    type_name: str, index: int, count: int, total: int
+) -> tuple[str, dict[str, bytes]]:
     message_id, hdrs = headers(type_name)
     return message_id, {
-        **hdrs, codec.H_CHUNK_ID: message_id.encode(), codec.H_CHUNK_INDEX: str(index).encode(),
-        codec.H_CHUNK_COUNT: str(count).encode(), codec.H_CHUNK_SHA: b"0" * 64,
+        **hdrs,
+        codec.H_CHUNK_ID: message_id.encode(),
+        codec.H_CHUNK_INDEX: str(index).encode(),
+        codec.H_CHUNK_COUNT: str(count).encode(),
+        codec.H_CHUNK_SHA: b"0" * 64,
         codec.H_CHUNK_TOTAL: str(total).encode(),
     }
 
@@ -83,8 +88,11 @@ def composed(depth: int) -> dict[str, Any]:
 
 
 def self_composed(count: int) -> dict[str, Any]:
-    return {"class_name": "SelfComposedDpEvent", "count": count,
-            "event": {"class_name": "GaussianDpEvent", "noise_multiplier": 1.0}}
+    return {
+        "class_name": "SelfComposedDpEvent",
+        "count": count,
+        "event": {"class_name": "GaussianDpEvent", "noise_multiplier": 1.0},
+    }
 
 
 # ---------------------------------------------------------------- reading the outcome
@@ -104,7 +112,9 @@ class DeadLetters:
             env = self.reader.poll(0.2)
             if env is not None and isinstance(env.message, DeadLetter):
                 self.letters.append(env.message)
-        assert want(self.letters), [(d.service, d.reason, d.original_message_id) for d in self.letters]
+        assert want(self.letters), [
+            (d.service, d.reason, d.original_message_id) for d in self.letters
+        ]
 
     def by_id(self, service: str) -> dict[str, list[DeadLetter]]:
         out: dict[str, list[DeadLetter]] = {}
@@ -117,18 +127,26 @@ class DeadLetters:
         self.reader.consumer.close()
 
 
-def every_id_dead(service: str, expected: dict[str, str], times: int = 1) -> Callable[[list[DeadLetter]], bool]:
+def every_id_dead(
+    service: str, expected: dict[str, str], times: int = 1
+) -> Callable[[list[DeadLetter]], bool]:
     def done(letters: list[DeadLetter]) -> bool:
         seen: dict[str, int] = {}
         for d in letters:
             if d.service == service and expected.get(d.original_message_id) == d.reason:
                 seen[d.original_message_id] = seen.get(d.original_message_id, 0) + 1
         return all(seen.get(i, 0) >= times for i in expected)
+
     return done
 
 
 def dead_count(registry: Any, service: str, reason: str) -> float:
-    return registry.get_sample_value("fairfleet_dead_letters_total", {"service": service, "reason": reason}) or 0.0
+    return (
+        registry.get_sample_value(
+            "fairfleet_dead_letters_total", {"service": service, "reason": reason}
+        )
+        or 0.0
+    )
 
 
 def publish_raw(bus: Bus, records: Iterable[Poison]) -> None:
@@ -166,12 +184,15 @@ class Running:
 # ---------------------------------------------------------------- aggregator
 
 
-def test_aggregator_dead_letters_every_poison_update_and_survives_a_restart(kafka_bootstrap: str) -> None:
+def test_aggregator_dead_letters_every_poison_update_and_survives_a_restart(
+    kafka_bootstrap: str,
+) -> None:
     prefix = f"t{uuid.uuid4().hex[:8]}."
     cfg, keys = fleet_config(kafka_bootstrap, prefix, rounds=2)
     # small chunk limits so the byte-budget case stays light: 1 MiB values, 16 MiB pending
-    kafka = cfg.kafka.model_copy(update={"max_payload_bytes": 1024 * 1024,
-                                         "max_pending_chunk_bytes": 16 * 1024 * 1024})
+    kafka = cfg.kafka.model_copy(
+        update={"max_payload_bytes": 1024 * 1024, "max_pending_chunk_bytes": 16 * 1024 * 1024}
+    )
     cfg = cfg.model_copy(update={"kafka": kafka})
     bus = connect(kafka_bootstrap)
     bus.create_topics(default_topics(prefix))
@@ -184,7 +205,9 @@ def test_aggregator_dead_letters_every_poison_update_and_survives_a_restart(kafk
         ann, model = watcher.wait_round(0)
         sites = {s.site: s for s in make_sites(SITES)}
         good, good_payload = site_update(sites["new-0"], ann, model, keys["new-0"])
-        ghost, ghost_payload = site_update(sites["new-1"], ann, model, keys["new-1"], model_id="ghost")
+        ghost, ghost_payload = site_update(
+            sites["new-1"], ann, model, keys["new-1"], model_id="ghost"
+        )
 
         poison: list[Poison] = []
         _, hdrs = headers("update")
@@ -192,22 +215,32 @@ def test_aggregator_dead_letters_every_poison_update_and_survives_a_restart(kafk
         _, hdrs = headers("update")
         missing = good.model_dump(mode="json")
         del missing["site"]
-        poison.append((updates, framed(json.dumps(missing).encode(), good_payload), hdrs, "missing_field"))
+        poison.append(
+            (updates, framed(json.dumps(missing).encode(), good_payload), hdrs, "missing_field")
+        )
         _, hdrs = headers("update")
-        poison.append((updates, big_int_json(good.model_dump(mode="json"), ("round",)), hdrs, "json_number"))
+        poison.append(
+            (updates, big_int_json(good.model_dump(mode="json"), ("round",)), hdrs, "json_number")
+        )
         _, hdrs = chunk_headers("update", 0, 10**9, 1000)
         poison.append((updates, b"c" * 1000, hdrs, "chunk_count"))
         _, hdrs = chunk_headers("update", 0, 10**9, 10**9 * 1000)
         poison.append((updates, b"c" * 1000, hdrs, "chunk_too_large"))
         _, hdrs = headers("update")
-        hdrs = {**hdrs, codec.H_CHUNK_ID: b"x", codec.H_CHUNK_INDEX: b"\xff", codec.H_CHUNK_COUNT: b"2"}
+        hdrs = {
+            **hdrs,
+            codec.H_CHUNK_ID: b"x",
+            codec.H_CHUNK_INDEX: b"\xff",
+            codec.H_CHUNK_COUNT: b"2",
+        }
         poison.append((updates, b"c" * 1000, hdrs, "chunk_headers"))
         value = codec.encode(ghost, ghost_payload)
         poison.append((updates, value, {**codec.headers_for(ghost)}, "unknown_model"))
         # 24 never-completed sets of 768 KiB held chunks: more than the 16 MiB budget
         big = b"b" * (768 * 1024)
-        incomplete = [(updates, big, chunk_headers("update", 0, 2, 1024 * 1024)[1], "")
-                      for _ in range(24)]
+        incomplete = [
+            (updates, big, chunk_headers("update", 0, 2, 1024 * 1024)[1], "") for _ in range(24)
+        ]
         publish_raw(bus, poison + incomplete)
         expected = {h[codec.H_MESSAGE_ID].decode(): reason for _, _, h, reason in poison}
 
@@ -258,16 +291,26 @@ EVENT = dpsgd_event(0.05, 1.2, 30)
 
 
 def privacy_fields(event_id: str, dp: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {"event_id": event_id, "site": "plant-1", "site_class": "old", "source": "line-a",
-            "unit": "observation", "model_id": "m1", "round": 0,
-            "windows": {"first": 0, "last": 3}, "dp_event": dp or dp_event_to_json(EVENT)}
+    return {
+        "event_id": event_id,
+        "site": "plant-1",
+        "site_class": "old",
+        "source": "line-a",
+        "unit": "observation",
+        "model_id": "m1",
+        "round": 0,
+        "windows": {"first": 0, "last": 3},
+        "dp_event": dp or dp_event_to_json(EVENT),
+    }
 
 
 def request_json(event_id: str, dp: dict[str, Any] | None = None) -> dict[str, Any]:
     return {"type": "privacy.request", **privacy_fields(event_id, dp)}
 
 
-def event_json(event_id: str, dp: dict[str, Any] | None = None, action: str = "commit") -> dict[str, Any]:
+def event_json(
+    event_id: str, dp: dict[str, Any] | None = None, action: str = "commit"
+) -> dict[str, Any]:
     return {"type": "privacy.event", "action": action, **privacy_fields(event_id, dp)}
 
 
@@ -275,11 +318,16 @@ def store_forged_row(db: Path) -> None:
     """What an older build stored for a forged commit with count 10⁴⁰⁰ (it then crashed on every
     start): the row as it sits in the database."""
     LedgerStore(db).close()
-    record = {**privacy_fields("forged/m1/0", self_composed(10**400)), "neighbouring": "add_or_remove"}
+    record = {
+        **privacy_fields("forged/m1/0", self_composed(10**400)),
+        "neighbouring": "add_or_remove",
+    }
     record["windows"] = {"first": 0, "last": 0}
     with sqlite3.connect(db) as conn:
-        conn.execute("INSERT INTO ledger_events(event_id, state, record, seq) VALUES (?, ?, ?, ?)",
-                     ("forged/m1/0", "committed", json.dumps(record), 1))
+        conn.execute(
+            "INSERT INTO ledger_events(event_id, state, record, seq) VALUES (?, ?, ?, ?)",
+            ("forged/m1/0", "committed", json.dumps(record), 1),
+        )
 
 
 def test_accountant_dead_letters_every_poison_privacy_record_and_always_starts(
@@ -301,15 +349,22 @@ def test_accountant_dead_letters_every_poison_privacy_record_and_always_starts(
         poison.append((topic, deep_json(type_name), hdrs, "json_too_deep"))
     cases = [
         (requests, "privacy.request", request_json("r-deep", composed(400)), "invalid_request"),
-        (requests, "privacy.request", request_json("r-count", self_composed(10**12)), "invalid_request"),
+        (
+            requests,
+            "privacy.request",
+            request_json("r-count", self_composed(10**12)),
+            "invalid_request",
+        ),
         (events, "privacy.event", event_json("e-deep", composed(400)), "invalid_event"),
         (events, "privacy.event", event_json("e-count", self_composed(10**12)), "invalid_event"),
     ]
     for topic, type_name, data, reason in cases:
         _, hdrs = headers(type_name)
         poison.append((topic, framed(json.dumps(data).encode()), hdrs, reason))
-    for topic, type_name, data in ((requests, "privacy.request", request_json("r-big")),
-                                   (events, "privacy.event", event_json("e-big"))):
+    for topic, type_name, data in (
+        (requests, "privacy.request", request_json("r-big")),
+        (events, "privacy.event", event_json("e-big")),
+    ):
         _, hdrs = headers(type_name)
         poison.append((topic, big_int_json(data, ("dp_event", "count")), hdrs, "json_number"))
     _, hdrs = headers("privacy.event")
@@ -326,7 +381,9 @@ def test_accountant_dead_letters_every_poison_privacy_record_and_always_starts(
     running = Running(service.run)
     try:
         dead.wait(every_id_dead("accountant", expected))
-        dead.wait(lambda ls: any(d.reason == "unloadable_row" and "forged/m1/0" in d.detail for d in ls))
+        dead.wait(
+            lambda ls: any(d.reason == "unloadable_row" and "forged/m1/0" in d.detail for d in ls)
+        )
         letters = dead.by_id("accountant")
         nosite = next(i for i, r in expected.items() if r == "missing_field")
         assert letters[nosite][0].field == "site"
@@ -345,7 +402,10 @@ def test_accountant_dead_letters_every_poison_privacy_record_and_always_starts(
         service = AccountantService(bus, db, policies, options)
         running = Running(service.run)
         grants.request(bus, requests, "good-2")
-        assert running.alive() and dead_count(service.metrics.registry, "accountant", "unloadable_row") == 1
+        assert (
+            running.alive()
+            and dead_count(service.metrics.registry, "accountant", "unloadable_row") == 1
+        )
         running.stop()
 
         # a rebuild replays privacy.events from offset 0, poison included, into a fresh ledger
@@ -377,7 +437,11 @@ class GrantWaiter:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             env = self.reader.poll(0.2)
-            if env is not None and isinstance(env.message, PrivacyGrant) and env.message.event_id == event_id:
+            if (
+                env is not None
+                and isinstance(env.message, PrivacyGrant)
+                and env.message.event_id == event_id
+            ):
                 assert env.message.granted, env.message.reason
                 return
         raise AssertionError(f"no grant for {event_id}")
@@ -395,11 +459,24 @@ def test_site_agent_dead_letters_poison_rounds_and_survives_a_restart(
     prefix = kafka_topics
     folder = tmp_path / "csv"
     folder.mkdir()
-    (folder / "part-000.csv").write_text("x0,x1,y\n" + "".join(f"{i / 9:.3f},{i % 3},{i % 2}\n" for i in range(40)))
-    connector = {"type": "files", "params": {"path": str(folder), "target": "y",
-                                             "fields": {"x0": "float", "x1": "float", "y": "int"}}}
-    config = fleet(kafka_bootstrap, prefix, [site_entry(tmp_path, "s1", connector, ["m1"])],
-                   [model_entry("m1")], tmp=tmp_path)
+    (folder / "part-000.csv").write_text(
+        "x0,x1,y\n" + "".join(f"{i / 9:.3f},{i % 3},{i % 2}\n" for i in range(40))
+    )
+    connector = {
+        "type": "files",
+        "params": {
+            "path": str(folder),
+            "target": "y",
+            "fields": {"x0": "float", "x1": "float", "y": "int"},
+        },
+    }
+    config = fleet(
+        kafka_bootstrap,
+        prefix,
+        [site_entry(tmp_path, "s1", connector, ["m1"])],
+        [model_entry("m1")],
+        tmp=tmp_path,
+    )
     bus = connect(kafka_bootstrap)
     rounds = topic_name("rounds", prefix)
     poison: list[Poison] = []
@@ -460,8 +537,10 @@ def test_a_chunk_claiming_a_billion_parts_costs_no_more_memory_than_one_chunk(
             peaks.append(tracemalloc.get_traced_memory()[1] - before)
             tracemalloc.stop()
         one_chunk, billion = peaks
-        print(f"\ntracemalloc peak, poll + handle: honest first chunk {one_chunk} B, "
-              f"chunk claiming 10^9 parts {billion} B (chunk data {size} B)")
+        print(
+            f"\ntracemalloc peak, poll + handle: honest first chunk {one_chunk} B, "
+            f"chunk claiming 10^9 parts {billion} B (chunk data {size} B)"
+        )
         assert reader.rejected == {"chunk_count": 1}
         # slack for incidental allocations (a log line, a poll's bookkeeping) under a full run;
         # an O(count) structure for 10^9 parts would cost gigabytes

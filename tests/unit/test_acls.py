@@ -41,27 +41,58 @@ MODEL_SPEC = {"name": "logistic", "params": {"in_features": 2}}
 
 # The spec, written out by hand: per kind of principal and logical topic, R(ead) and W(rite).
 TABLE: dict[str, dict[str, str]] = {
-    "site": {"updates": "W", "stats": "W", "privacy.requests": "W", "privacy.events": "RW",
-             "deadletter": "W", "rounds": "R", "models": "R", "privacy.grants": "R"},
-    "accountant": {"privacy.grants": "W", "privacy.events": "RW", "deadletter": "RW",
-                   "privacy.requests": "R"},
-    "aggregator": {"rounds": "W", "models": "W", "checkpoints": "RW", "partials": "RW", "deadletter": "W",
-                   "updates": "R", "privacy.events": "R"},
+    "site": {
+        "updates": "W",
+        "stats": "W",
+        "privacy.requests": "W",
+        "privacy.events": "RW",
+        "deadletter": "W",
+        "rounds": "R",
+        "models": "R",
+        "privacy.grants": "R",
+    },
+    "accountant": {
+        "privacy.grants": "W",
+        "privacy.events": "RW",
+        "deadletter": "RW",
+        "privacy.requests": "R",
+    },
+    "aggregator": {
+        "rounds": "W",
+        "models": "W",
+        "checkpoints": "RW",
+        "partials": "RW",
+        "deadletter": "W",
+        "updates": "R",
+        "privacy.events": "R",
+    },
 }
 DESCRIBES_EVERY_TOPIC = {"aggregator"}  # it checks at start that every fleet topic exists
 
 
-def fleet(site_ids: list[str], model_ids: list[str], prefix: str = "f.", *,
-          sites: dict[str, Any] | None = None, models: dict[str, Any] | None = None,
-          accountant: dict[str, Any] | None = None) -> FleetConfig:
+def fleet(
+    site_ids: list[str],
+    model_ids: list[str],
+    prefix: str = "f.",
+    *,
+    sites: dict[str, Any] | None = None,
+    models: dict[str, Any] | None = None,
+    accountant: dict[str, Any] | None = None,
+) -> FleetConfig:
     """A fleet of these sites and models; ``sites``/``models``: extra fields per id."""
-    return parse_config({
-        "kafka": {"topic_prefix": prefix},
-        "models": [{"id": m, "model": MODEL_SPEC, **(models or {}).get(m, {})} for m in model_ids],
-        "sites": [{"id": s, "class": "c", "public_key": KEY, **(sites or {}).get(s, {})}
-                  for s in site_ids],
-        "accountant": accountant or {},
-    })
+    return parse_config(
+        {
+            "kafka": {"topic_prefix": prefix},
+            "models": [
+                {"id": m, "model": MODEL_SPEC, **(models or {}).get(m, {})} for m in model_ids
+            ],
+            "sites": [
+                {"id": s, "class": "c", "public_key": KEY, **(sites or {}).get(s, {})}
+                for s in site_ids
+            ],
+            "accountant": accountant or {},
+        }
+    )
 
 
 def used_names(config: FleetConfig) -> dict[str, list[tuple[str, str, str]]]:
@@ -75,8 +106,10 @@ def used_names(config: FleetConfig) -> dict[str, list[tuple[str, str, str]]]:
             ("GROUP", f"{site_resolve_group_prefix(p, s.id)}{uuid.uuid4().hex[:8]}", "READ"),
             ("TRANSACTIONAL_ID", site_client_id(p, s.id), "WRITE"),
         ]
-    out["accountant"] = [("GROUP", f"{accountant_group_prefix(p)}-{uuid.uuid4().hex}", "READ"),
-                         ("GROUP", f"{accountant_group_prefix(p)}-rebuild-1234abcd", "READ")]
+    out["accountant"] = [
+        ("GROUP", f"{accountant_group_prefix(p)}-{uuid.uuid4().hex}", "READ"),
+        ("GROUP", f"{accountant_group_prefix(p)}-rebuild-1234abcd", "READ"),
+    ]
     for m in config.models:
         out[f"aggregator:{m.id}"] = [
             ("GROUP", aggregator_client_id(p, m.id), "READ"),
@@ -97,20 +130,35 @@ def check_against_table(config: FleetConfig) -> None:
             want = TABLE[kind].get(logical, "")
             for topic in (topic_name(logical, prefix), f"other-fleet.{logical}"):
                 mine = topic == topic_name(logical, prefix)
-                got = {op: allowed(rules, principal, op, "TOPIC", topic) for op in ("READ", "WRITE", "DESCRIBE")}
+                got = {
+                    op: allowed(rules, principal, op, "TOPIC", topic)
+                    for op in ("READ", "WRITE", "DESCRIBE")
+                }
                 assert got["READ"] == (mine and "R" in want), (role, topic)
                 assert got["WRITE"] == (mine and "W" in want), (role, topic)
-                assert got["DESCRIBE"] == (mine and (bool(want) or kind in DESCRIBES_EVERY_TOPIC)), (role, topic)
+                assert got["DESCRIBE"] == (
+                    mine and (bool(want) or kind in DESCRIBES_EVERY_TOPIC)
+                ), (role, topic)
     # every group and transactional id: its owner may use it, no other principal may
     names = used_names(config)
     for owner, used in names.items():
         for resource, name, operation in used:
             for role, principal in roles.items():
-                shared = role.startswith("aggregator:") and owner.startswith("aggregator:") and (
-                    CHECKPOINT_RESTORE_GROUP in name or LEDGER_GATE_GROUP in name
-                    or principal == roles[owner])
+                shared = (
+                    role.startswith("aggregator:")
+                    and owner.startswith("aggregator:")
+                    and (
+                        CHECKPOINT_RESTORE_GROUP in name
+                        or LEDGER_GATE_GROUP in name
+                        or principal == roles[owner]
+                    )
+                )
                 want = role == owner or shared
-                assert allowed(rules, principal, operation, resource, name) == want, (role, owner, name)
+                assert allowed(rules, principal, operation, resource, name) == want, (
+                    role,
+                    owner,
+                    name,
+                )
 
 
 def test_the_rules_match_the_table_for_a_small_fleet() -> None:
@@ -118,16 +166,20 @@ def test_the_rules_match_the_table_for_a_small_fleet() -> None:
 
 
 # short ids, some extended by what follows a site id in its own names ('a' and 'a-resolve-1')
-SITE_ID = st.builds(lambda stem, tail: stem + tail,
-                    st.sampled_from(["a", "a-", "a.", "b_1"]),
-                    st.sampled_from(["", "", "-resolve-1", "-rounds", "-models", "-grants", "-", "."]))
+SITE_ID = st.builds(
+    lambda stem, tail: stem + tail,
+    st.sampled_from(["a", "a-", "a.", "b_1"]),
+    st.sampled_from(["", "", "-resolve-1", "-rounds", "-models", "-grants", "-", "."]),
+)
 
 
 @settings(max_examples=80, deadline=None)
 @example(sites=["a", "a-resolve-1", "a-rounds"], models=["a"], prefix="f.")
-@given(sites=st.lists(SITE_ID, min_size=1, max_size=4, unique=True),
-       models=st.lists(SITE_ID, min_size=1, max_size=2, unique=True),
-       prefix=st.sampled_from(["f.", "fairfleet.", "a-", ""]))
+@given(
+    sites=st.lists(SITE_ID, min_size=1, max_size=4, unique=True),
+    models=st.lists(SITE_ID, min_size=1, max_size=2, unique=True),
+    prefix=st.sampled_from(["f.", "fairfleet.", "a-", ""]),
+)
 def test_any_fleet_matches_the_table_and_no_grant_reaches_another_principal(
     sites: list[str], models: list[str], prefix: str
 ) -> None:
@@ -140,11 +192,19 @@ def test_any_fleet_matches_the_table_and_no_grant_reaches_another_principal(
 
 
 def test_configured_principals_are_used_and_defaults_documented() -> None:
-    cfg = fleet(["a", "b"], ["m"], sites={"a": {"kafka_principal": "User:CN=plant-a,O=Acme"}},
-                accountant={"kafka_principal": "User:acct"},
-                models={"m": {"aggregator": {"public_key": KEY, "kafka_principal": "User:agg"}}})
-    assert principals(cfg) == {"site:a": "User:CN=plant-a,O=Acme", "site:b": "User:b",
-                               "accountant": "User:acct", "aggregator:m": "User:agg"}
+    cfg = fleet(
+        ["a", "b"],
+        ["m"],
+        sites={"a": {"kafka_principal": "User:CN=plant-a,O=Acme"}},
+        accountant={"kafka_principal": "User:acct"},
+        models={"m": {"aggregator": {"public_key": KEY, "kafka_principal": "User:agg"}}},
+    )
+    assert principals(cfg) == {
+        "site:a": "User:CN=plant-a,O=Acme",
+        "site:b": "User:b",
+        "accountant": "User:acct",
+        "aggregator:m": "User:agg",
+    }
     assert principals(fleet(["a"], ["m"]))["aggregator:m"] == "User:fairfleet-aggregator-m"
     assert principals(fleet(["a"], ["m"]))["accountant"] == "User:fairfleet-accountant"
     check_against_table(cfg)
@@ -152,12 +212,19 @@ def test_configured_principals_are_used_and_defaults_documented() -> None:
 
 def test_a_principal_shared_by_two_sites_or_a_site_and_the_accountant_is_refused() -> None:
     with pytest.raises(ConfigError, match=r"'User:x' is given to site:a, site:b"):
-        fleet_acls(fleet(["a", "b"], ["m"], sites={"a": {"kafka_principal": "User:x"},
-                                                   "b": {"kafka_principal": "User:x"}}))
+        fleet_acls(
+            fleet(
+                ["a", "b"],
+                ["m"],
+                sites={"a": {"kafka_principal": "User:x"}, "b": {"kafka_principal": "User:x"}},
+            )
+        )
     with pytest.raises(ConfigError, match=r"site:fairfleet-accountant, accountant"):
         fleet_acls(fleet(["fairfleet-accountant"], ["m"]))
     # aggregators may share one principal: each binding once per rule, rules stay correct
-    shared = {m: {"aggregator": {"public_key": KEY, "kafka_principal": "User:agg"}} for m in ("m", "n")}
+    shared = {
+        m: {"aggregator": {"public_key": KEY, "kafka_principal": "User:agg"}} for m in ("m", "n")
+    }
     cfg = fleet(["a"], ["m", "n"], models=shared)
     check_against_table(cfg)
 
@@ -179,8 +246,11 @@ def _write(tmp: Path, cfg: dict[str, Any], name: str = "fleet.yaml") -> Path:
 
 
 def _cfg() -> dict[str, Any]:
-    return {"kafka": {"topic_prefix": "f."}, "models": [{"id": "m", "model": MODEL_SPEC}],
-            "sites": [{"id": "plant-a", "class": "c", "public_key": KEY}]}
+    return {
+        "kafka": {"topic_prefix": "f."},
+        "models": [{"id": "m", "model": MODEL_SPEC}],
+        "sites": [{"id": "plant-a", "class": "c", "public_key": KEY}],
+    }
 
 
 def test_the_command_prints_every_rule(tmp_path: Path) -> None:
@@ -191,10 +261,15 @@ def test_the_command_prints_every_rule(tmp_path: Path) -> None:
     rules = fleet_acls(parse_config(_cfg()))
     assert doc["applied"] is None
     assert doc["acls"] == [r.as_dict() for r in rules]
-    table = CliRunner().invoke(app, ["acls", "--config", str(path), "--dry-run"], env={"COLUMNS": "80"})
+    table = CliRunner().invoke(
+        app, ["acls", "--config", str(path), "--dry-run"], env={"COLUMNS": "80"}
+    )
     assert table.exit_code == 0
     assert "site:plant-a connects as User:plant-a" in table.stdout
-    assert "f.site-plant-a/resolve-*" in table.stdout and f"{len(rules)} bindings (not applied" in table.stdout
+    assert (
+        "f.site-plant-a/resolve-*" in table.stdout
+        and f"{len(rules)} bindings (not applied" in table.stdout
+    )
 
 
 def _main(monkeypatch: pytest.MonkeyPatch, *args: str) -> int:
@@ -204,11 +279,15 @@ def _main(monkeypatch: pytest.MonkeyPatch, *args: str) -> int:
     return 0 if exc.value.code is None else int(exc.value.code)
 
 
-def test_exit_codes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_exit_codes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     path = _write(tmp_path, _cfg())
     assert _main(monkeypatch, "acls", "--config", str(path), "--apply", "--dry-run") == 2
     clash = _cfg()
-    clash["sites"].append({"id": "plant-b", "class": "c", "public_key": KEY, "kafka_principal": "User:plant-a"})
+    clash["sites"].append(
+        {"id": "plant-b", "class": "c", "public_key": KEY, "kafka_principal": "User:plant-a"}
+    )
     assert _main(monkeypatch, "acls", "--config", str(_write(tmp_path, clash, "clash.yaml"))) == 1
     assert "'User:plant-a' is given to site:plant-a, site:plant-b" in capsys.readouterr().err
     monkeypatch.delenv("FAIRFLEET_KAFKA_ADMIN_PASSWORD", raising=False)
@@ -220,7 +299,13 @@ def test_config_check_warns_about_principals_the_acls_cannot_tell_apart(tmp_path
     from fairfleet.cli.config import check_mapping
 
     clash = _cfg()
-    clash["sites"].append({"id": "plant-b", "class": "c", "public_key": KEY, "kafka_principal": "User:plant-a"})
-    warned = [w for w in check_mapping(clash, tmp_path, paths=False).warnings if "kafka_principal" in w]
+    clash["sites"].append(
+        {"id": "plant-b", "class": "c", "public_key": KEY, "kafka_principal": "User:plant-a"}
+    )
+    warned = [
+        w for w in check_mapping(clash, tmp_path, paths=False).warnings if "kafka_principal" in w
+    ]
     assert len(warned) == 1 and "'User:plant-a' is given to site:plant-a, site:plant-b" in warned[0]
-    assert not [w for w in check_mapping(_cfg(), tmp_path, paths=False).warnings if "kafka_principal" in w]
+    assert not [
+        w for w in check_mapping(_cfg(), tmp_path, paths=False).warnings if "kafka_principal" in w
+    ]

@@ -61,9 +61,7 @@ def test_a_folder_from_before_the_record_is_recognised(tmp_path: Path) -> None:
     state = tmp_path / "old"
     (state / "data").mkdir(parents=True)
     (state / "data" / "meta.properties").write_text("#\nversion=1\ncluster.id=Xy12\nnode.id=1\n")
-    (state / "server.properties").write_text(
-        broker._properties(state / "data", 40001, 40002)
-    )
+    (state / "server.properties").write_text(broker._properties(state / "data", 40001, 40002))
     assert broker._legacy_cluster(state) == broker.ClusterRecord("Xy12", 40001, 40002)
     (state / "server.properties").write_text(
         broker._sasl_properties(state / "data", 40011, 40012, 40013)
@@ -96,9 +94,13 @@ def test_a_lock_left_by_a_dead_jvm_is_free_and_a_held_one_is_not(tmp_path: Path)
     (data / ".lock").touch()  # what a JVM killed with -9 leaves behind
     assert not broker._data_lock_held(data)
     holder = subprocess.Popen(
-        [sys.executable, "-c",
-         "import fcntl, sys, time; f = open(sys.argv[1], 'rb+'); fcntl.lockf(f, fcntl.LOCK_EX); "
-         "print('locked', flush=True); time.sleep(30)", str(data / ".lock")],
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, sys, time; f = open(sys.argv[1], 'rb+'); fcntl.lockf(f, fcntl.LOCK_EX); "
+            "print('locked', flush=True); time.sleep(30)",
+            str(data / ".lock"),
+        ],
         stdout=subprocess.PIPE,
     )
     try:
@@ -129,7 +131,9 @@ def test_reset_asks_first_and_deletes_only_when_confirmed(tmp_path: Path) -> Non
     assert os.listdir(state) == []
 
 
-def test_the_authorizer_is_on_only_with_an_acl_admin_and_a_cluster_keeps_the_choice(tmp_path: Path) -> None:
+def test_the_authorizer_is_on_only_with_an_acl_admin_and_a_cluster_keeps_the_choice(
+    tmp_path: Path,
+) -> None:
     def props(acl_admin: str | None) -> dict[str, str]:
         text = broker._sasl_properties(tmp_path / "data", 40011, 40012, 40013, acl_admin)
         return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
@@ -142,7 +146,11 @@ def test_the_authorizer_is_on_only_with_an_acl_admin_and_a_cluster_keeps_the_cho
     state = _folder_with_cluster(tmp_path, broker.free_port(), broker.free_port())
     record = broker.read_cluster(state)
     assert record is not None and record.acl_admin is None  # a record from before the field
-    with pytest.raises(BrokerError, match=r"created with no authorizer.*asks for ACL admin 'admin'"):
+    with pytest.raises(
+        BrokerError, match=r"created with no authorizer.*asks for ACL admin 'admin'"
+    ):
         broker._check_recorded(record, state, 0, "PLAINTEXT", acl_admin="admin")
-    with pytest.raises(BrokerError, match=r"acl_admin must be one of the SCRAM users \['a'\]. Found 'root'"):
+    with pytest.raises(
+        BrokerError, match=r"acl_admin must be one of the SCRAM users \['a'\]. Found 'root'"
+    ):
         broker.start(tmp_path / "new", scram_users={"a": "pw"}, acl_admin="root")

@@ -15,7 +15,10 @@ from fairfleet.checks import check_positive, check_positive_int
 from fairfleet.errors import ConfigError
 
 
-@given(value=st.floats(allow_nan=True, allow_infinity=True) | st.integers(-5, 5), allow_zero=st.booleans())
+@given(
+    value=st.floats(allow_nan=True, allow_infinity=True) | st.integers(-5, 5),
+    allow_zero=st.booleans(),
+)
 def test_check_positive_is_the_predicate(value: float, allow_zero: bool) -> None:
     accepted = math.isfinite(value) and (value >= 0 if allow_zero else value > 0)
     if accepted:
@@ -32,8 +35,18 @@ def test_non_numbers_are_config_errors_naming_the_value(value: Any) -> None:
         check_positive("lr", value)
 
 
-@pytest.mark.parametrize(("value", "ok"), [(1, True), (np.int64(3), True), (0, False), (-1, False),
-                                           (True, False), (2.0, False), ("2", False)])
+@pytest.mark.parametrize(
+    ("value", "ok"),
+    [
+        (1, True),
+        (np.int64(3), True),
+        (0, False),
+        (-1, False),
+        (True, False),
+        (2.0, False),
+        ("2", False),
+    ],
+)
 def test_check_positive_int(value: Any, ok: bool) -> None:
     if ok:
         assert check_positive_int("n", value) == int(value)

@@ -16,22 +16,45 @@ SITES = {"a-0": "a", "a-1": "a", "b-0": "b"}
 
 
 def config(tmp: Path) -> object:
-    sites = [{"id": s, "class": c, "public_key": f"{i + 1:064x}", "models": ["m"],
-              "window": {"by": "time", "size": 60}} for i, (s, c) in enumerate(SITES.items())]
-    return parse_config({"models": [{"id": "m", "model": {"name": "logistic", "params": {"in_features": 2}}}],
-                         "sites": sites, "state_dir": str(tmp)})
+    sites = [
+        {
+            "id": s,
+            "class": c,
+            "public_key": f"{i + 1:064x}",
+            "models": ["m"],
+            "window": {"by": "time", "size": 60},
+        }
+        for i, (s, c) in enumerate(SITES.items())
+    ]
+    return parse_config(
+        {
+            "models": [{"id": "m", "model": {"name": "logistic", "params": {"in_features": 2}}}],
+            "sites": sites,
+            "state_dir": str(tmp),
+        }
+    )
 
 
 def stat(site: str, round_: int, version: int, value: float, n: int) -> SiteStatistics:
-    return SiteStatistics(site=site, site_class=SITES[site], model_id="m", round=round_, model_version=version,
-                          loss=NoisyStat(value=value, noise_std=0.01, m=40, hi=2.0), n_examples=n)
+    return SiteStatistics(
+        site=site,
+        site_class=SITES[site],
+        model_id="m",
+        round=round_,
+        model_version=version,
+        loss=NoisyStat(value=value, noise_std=0.01, m=40, hi=2.0),
+        n_examples=n,
+    )
 
 
 def test_each_round_uses_the_losses_of_the_updates_it_accepted(tmp_path: Path) -> None:
     released = [
-        stat("a-0", 0, 0, 0.50, 100), stat("a-1", 0, 0, 0.70, 50), stat("b-0", 0, 0, 1.30, 10),
+        stat("a-0", 0, 0, 0.50, 100),
+        stat("a-1", 0, 0, 0.70, 50),
+        stat("b-0", 0, 0, 1.30, 10),
         stat("a-0", 1, 1, 0.40, 100),  # round 1 is voided: this release is thrown away
-        stat("a-0", 2, 1, 0.45, 100), stat("b-0", 2, 1, 1.10, 10),
+        stat("a-0", 2, 1, 0.45, 100),
+        stat("b-0", 2, 1, 1.10, 10),
         stat("a-1", 3, 2, 0.60, 50),  # async round 3 also takes b-0's round-2 update (τ = 1)
     ]
     history = [
@@ -46,7 +69,9 @@ def test_each_round_uses_the_losses_of_the_updates_it_accepted(tmp_path: Path) -
     first, second, third = entries
     # the class means over sites, the fleet mean weighted by n_k (brute force)
     assert first["classes"]["a"]["raw"] == pytest.approx(0.60)
-    assert first["estimates"]["fleet"] == pytest.approx(np.average([0.5, 0.7, 1.3], weights=[100, 50, 10]))
+    assert first["estimates"]["fleet"] == pytest.approx(
+        np.average([0.5, 0.7, 1.3], weights=[100, 50, 10])
+    )
     assert second["classes"]["a"]["raw"] == pytest.approx(0.45) and second["version"] == 1
     assert third["classes"]["b"]["raw"] == pytest.approx(1.10)  # the stale update's own loss
     assert third["classes"]["a"]["raw"] == pytest.approx(0.60)

@@ -31,7 +31,9 @@ class Clock:
 
 def test_healthz_is_503_with_the_reasons_and_200_again_after() -> None:
     clock, kafka = Clock(), {"problem": None}
-    health = Health(progress_timeout_s=30, probe=lambda: kafka["problem"], probe_every_s=0, clock=clock)
+    health = Health(
+        progress_timeout_s=30, probe=lambda: kafka["problem"], probe_every_s=0, clock=clock
+    )
     server = serve(CollectorRegistry(), health=health)
     url = f"http://127.0.0.1:{server.port}/healthz"
     try:
@@ -39,16 +41,22 @@ def test_healthz_is_503_with_the_reasons_and_200_again_after() -> None:
         kafka["problem"] = "Connection refused"
         res = httpx.get(url)
         assert res.status_code == 503
-        assert res.json() == {"status": "unhealthy", "reasons": ["cannot reach Kafka: Connection refused"]}
+        assert res.json() == {
+            "status": "unhealthy",
+            "reasons": ["cannot reach Kafka: Connection refused"],
+        }
         kafka["problem"] = None
         clock.now += 31  # the loop did not go round for longer than progress_timeout_s
         res = httpx.get(url)
         assert res.status_code == 503 and res.json()["reasons"] == [
-            "no progress for 31 s (progress_timeout_s = 30)"]
+            "no progress for 31 s (progress_timeout_s = 30)"
+        ]
         health.progress()
         assert httpx.get(url).json() == {"status": "ok"}
         health.kafka_lost("127.0.0.1:1: Connection refused")  # the service's loop is waiting
-        assert httpx.get(url).json()["reasons"] == ["cannot reach Kafka: 127.0.0.1:1: Connection refused"]
+        assert httpx.get(url).json()["reasons"] == [
+            "cannot reach Kafka: 127.0.0.1:1: Connection refused"
+        ]
         health.kafka_back()
         assert httpx.get(url).status_code == 200
     finally:
@@ -72,8 +80,9 @@ def test_the_probe_runs_at_most_every_interval_and_a_failing_probe_is_a_reason()
         Health(progress_timeout_s=0)
 
 
-@given(st.lists(st.tuples(st.sampled_from("abc"), st.floats(0, 5)), max_size=60),
-       st.floats(0.5, 10))
+@given(
+    st.lists(st.tuples(st.sampled_from("abc"), st.floats(0, 5)), max_size=60), st.floats(0.5, 10)
+)
 def test_rate_limited_passes_each_key_once_per_interval_and_counts_the_rest(
     events: list[tuple[str, float]], interval: float
 ) -> None:
@@ -94,12 +103,19 @@ def test_rate_limited_passes_each_key_once_per_interval_and_counts_the_rest(
 
 
 def _line(client: str, after_ms: int) -> tuple[int, str, str, str, str]:
-    return (logging.ERROR, "%s [%s] %s", "FAIL", client,
-            f"[thrd:127.0.0.1:1/bootstrap]: 127.0.0.1:1/bootstrap: Connect to ipv4#127.0.0.1:1 "
-            f"failed: Connection refused (after {after_ms}ms in state CONNECT)")
+    return (
+        logging.ERROR,
+        "%s [%s] %s",
+        "FAIL",
+        client,
+        f"[thrd:127.0.0.1:1/bootstrap]: 127.0.0.1:1/bootstrap: Connect to ipv4#127.0.0.1:1 "
+        f"failed: Connection refused (after {after_ms}ms in state CONNECT)",
+    )
 
 
-def test_librdkafka_lines_go_through_our_logger_once_per_interval(caplog: pytest.LogCaptureFixture) -> None:
+def test_librdkafka_lines_go_through_our_logger_once_per_interval(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     link = KafkaLink("127.0.0.1:1", interval_s=60)
     caplog.set_level(logging.DEBUG, logger="fairfleet.bus.kafka")
     for i in range(200):  # what a wrong bootstrap address made librdkafka print, raw
@@ -110,7 +126,9 @@ def test_librdkafka_lines_go_through_our_logger_once_per_interval(caplog: pytest
     assert link.last_error is not None and "Connection refused" in link.last_error
     caplog.clear()
     for _ in range(50):
-        link.log(logging.WARNING, "%s [%s] %s", "SASL", "rdkafka#consumer-1", "[thrd:x]: bad mechanism")
+        link.log(
+            logging.WARNING, "%s [%s] %s", "SASL", "rdkafka#consumer-1", "[thrd:x]: bad mechanism"
+        )
     warned = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warned) == 1 and warned[0].fields["detail"] == "bad mechanism"  # type: ignore[attr-defined]
 
@@ -146,7 +164,9 @@ class FlakyBus:
         return answer
 
 
-def test_a_lost_broker_is_waited_for_with_one_line_and_health_tells(caplog: pytest.LogCaptureFixture) -> None:
+def test_a_lost_broker_is_waited_for_with_one_line_and_health_tells(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     import threading
 
     from fairfleet.bus.waiting import BrokerWatch
@@ -166,7 +186,10 @@ def test_a_lost_broker_is_waited_for_with_one_line_and_health_tells(caplog: pyte
     stop = threading.Event()
     assert watch.wait_if_lost(stop)
     assert bus.probes == 7 and watch.outages == 1
-    assert seen[1] == ["cannot reach Kafka: kafka:9092: Connection refused"] and health.problems() == []
+    assert (
+        seen[1] == ["cannot reach Kafka: kafka:9092: Connection refused"]
+        and health.problems() == []
+    )
     lines = [r.getMessage() for r in caplog.records]
     assert lines[0].startswith("cannot reach Kafka at kafka:9092: Connection refused; waiting")
     assert len(lines) == 2 and "reachable again" in lines[1]

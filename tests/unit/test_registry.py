@@ -48,7 +48,9 @@ def _with_entry_points(
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(["x", "y", "z"]), st.sampled_from([A, B, C]), st.booleans())))
+@given(
+    st.lists(st.tuples(st.sampled_from(["x", "y", "z"]), st.sampled_from([A, B, C]), st.booleans()))
+)
 def test_registration_matches_a_dict_model(ops: list[tuple[str, type, bool]]) -> None:
     reg: Registry[type] = Registry("plugin", None, accept=_accept)
     model: dict[str, type] = {}
@@ -80,7 +82,9 @@ def test_unknown_names_list_the_known_ones_and_aliases_resolve() -> None:
 
 def test_a_builtin_name_is_not_taken_by_another_object() -> None:
     reg: Registry[type] = Registry("plugin", None, accept=_accept, builtins={"b": f"{__name__}:B"})
-    with pytest.raises(ConfigError, match=rf"'b' is already registered by the built-in {__name__}:B"):
+    with pytest.raises(
+        ConfigError, match=rf"'b' is already registered by the built-in {__name__}:B"
+    ):
         reg.register("b", A)
     reg.register("b", B)  # the built-in's own object (an __init_subclass__ hook) is fine
     assert reg.get("b") is B
@@ -109,7 +113,10 @@ def test_entry_points_are_read_once_listed_without_loading_and_refreshed(
 def test_an_entry_point_may_not_reuse_a_taken_name(monkeypatch: pytest.MonkeyPatch) -> None:
     _with_entry_points(monkeypatch, EntryPoint("b", f"{__name__}:C", GROUP))
     reg: Registry[type] = Registry("plugin", GROUP, accept=_accept, builtins={"b": f"{__name__}:B"})
-    with pytest.raises(ConfigError, match=rf"Entry point 'b' = {__name__}:C .*reuses the name of the plugin {__name__}:B"):
+    with pytest.raises(
+        ConfigError,
+        match=rf"Entry point 'b' = {__name__}:C .*reuses the name of the plugin {__name__}:B",
+    ):
         reg.names()
     _with_entry_points(monkeypatch, EntryPoint("a", f"{__name__}:C", GROUP))
     runtime: Registry[type] = Registry("plugin", GROUP, accept=_accept)
@@ -130,5 +137,9 @@ def test_every_plugin_registry_is_one_registry() -> None:
 
     groups = {r.group for r in (CONNECTORS, STRATEGIES, MODELS, ACCOUNTANTS)}
     assert all(isinstance(r, Registry) for r in (CONNECTORS, STRATEGIES, MODELS, ACCOUNTANTS))
-    assert groups == {"fairfleet.connectors", "fairfleet.strategies", "fairfleet.models",
-                      "fairfleet.accountants"}
+    assert groups == {
+        "fairfleet.connectors",
+        "fairfleet.strategies",
+        "fairfleet.models",
+        "fairfleet.accountants",
+    }

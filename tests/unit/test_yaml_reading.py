@@ -36,7 +36,9 @@ def test_invalid_yaml_names_the_file_and_line(reader: str, tmp_path: Path) -> No
 def test_what_an_empty_file_means_depends_on_the_file(tmp_path: Path) -> None:
     empty = tmp_path / "empty.yaml"
     empty.write_text("# nothing\n")
-    with pytest.raises(ConfigError, match="is empty: a fleet config needs at least models and sites"):
+    with pytest.raises(
+        ConfigError, match="is empty: a fleet config needs at least models and sites"
+    ):
         load_config(empty)
     assert read_yaml(empty, empty=None) is None
     assert load_policies(empty) == PolicySet()  # no policies: the defaults

@@ -28,7 +28,6 @@ def load_policies(path: str | Path) -> PolicySet:
     if not isinstance(data, dict):
         raise ConfigError(f"{p} must hold a mapping. Found {type(data).__name__}.")
     if "policies" in data:
-
         return parse_config(data, str(p)).policy_set()  # the mapping read above
     try:
         return PolicySet.model_validate(data)

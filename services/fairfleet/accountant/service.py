@@ -56,7 +56,9 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class AccountantOptions:
     prefix: str = "fairfleet."
-    group_id: str | None = None  # default: "<prefix>accountant-<database instance id>" (ACLs: docs/security.md)
+    group_id: str | None = (
+        None  # default: "<prefix>accountant-<database instance id>" (ACLs: docs/security.md)
+    )
     metrics_port: int | None = 0  # None: no HTTP server
     metrics_host: str = "127.0.0.1"
     kafka_commit_interval_s: float = 1.0
@@ -71,7 +73,6 @@ class AccountantOptions:
     # builds both from the fleet config). None: unsigned / unverified (tests of the ledger only).
     signer: SignFn | None = None
     verifier: VerifyFn | None = None
-
 
 
 class AccountantService:
@@ -104,12 +105,17 @@ class AccountantService:
         if self.options.consume_requests:
             inputs.insert(0, self.topics["privacy.requests"])
         self._inputs = frozenset(inputs)
-        group_id = self.options.group_id or f"{accountant_group_prefix(prefix)}-{self.store.instance_id}"
+        group_id = (
+            self.options.group_id or f"{accountant_group_prefix(prefix)}-{self.store.instance_id}"
+        )
         consumer = bus.consumer(group_id, inputs)
         self._offsets_checked = False
         self.publisher = Publisher(bus.producer(), signer=self.options.signer)
         self.reader = Reader(
-            consumer, "accountant", on_dead_letter=self._dead_letter, limits=self.options.limits,
+            consumer,
+            "accountant",
+            on_dead_letter=self._dead_letter,
+            limits=self.options.limits,
             verifier=self.options.verifier,
         )
         self._dead_letter_skipped_rows()
@@ -219,11 +225,16 @@ class AccountantService:
             if not isinstance(exc, Rejected):  # Rejected comes before any change to the ledger
                 self.ledger = self.store.load(self.policies)  # never half-applied: as in SQLite
             reason = exc.reason if isinstance(exc, Rejected) else "apply_failed"
-            self._dead_letter(dead_letter_for(
-                "accountant", reason, f"{type(exc).__name__}: {exc}" if reason == "apply_failed"
-                else str(exc), env.record, site=getattr(msg, "site", ""),
-                model_id=getattr(msg, "model_id", ""),
-            ))
+            self._dead_letter(
+                dead_letter_for(
+                    "accountant",
+                    reason,
+                    f"{type(exc).__name__}: {exc}" if reason == "apply_failed" else str(exc),
+                    env.record,
+                    site=getattr(msg, "site", ""),
+                    model_id=getattr(msg, "model_id", ""),
+                )
+            )
             self._save_offsets(offsets)
             return
         if isinstance(msg, PrivacyEventMessage):
@@ -238,8 +249,13 @@ class AccountantService:
             if wasted or any(row[1] is EventState.COMMITTED for row in rows):
                 self._refresh_wasted()
         except Exception as exc:  # applied and durable; a failed answer or gauge is not fatal
-            event(logger, "answer or refresh failed", logging.ERROR, event_id=getattr(msg, "event_id", ""),
-                  error=f"{type(exc).__name__}: {exc}")
+            event(
+                logger,
+                "answer or refresh failed",
+                logging.ERROR,
+                event_id=getattr(msg, "event_id", ""),
+                error=f"{type(exc).__name__}: {exc}",
+            )
 
     def _wasted(self, letter: DeadLetter) -> list[Wasted]:
         """A rejected or voided site update: its release was charged for nothing."""
@@ -249,8 +265,14 @@ class AccountantService:
             return []
         if not self.ledger.mark_wasted(letter.site, letter.model_id, letter.round, letter.reason):
             return []
-        event(logger, "release wasted", site=letter.site, model_id=letter.model_id,
-              round=letter.round, reason=letter.reason)
+        event(
+            logger,
+            "release wasted",
+            site=letter.site,
+            model_id=letter.model_id,
+            round=letter.round,
+            reason=letter.reason,
+        )
         return [(letter.site, letter.model_id, letter.round, letter.reason)]
 
     def _refresh_wasted(self) -> None:
@@ -396,8 +418,13 @@ class AccountantService:
         try:
             self.publisher.send(self.topics["deadletter"], letter)
         except FairfleetError as exc:
-            event(logger, "dead letter not published", logging.ERROR, reason=letter.reason,
-                  error=str(exc))
+            event(
+                logger,
+                "dead letter not published",
+                logging.ERROR,
+                reason=letter.reason,
+                error=str(exc),
+            )
 
     def _save_offsets(self, offsets: dict[tuple[str, int], int]) -> None:
         if all(offset <= self.applied.get(tp, 0) for tp, offset in offsets.items()):
@@ -410,12 +437,21 @@ class AccountantService:
         """Rows the store could not load (stored before the input bounds): logged and dead-lettered
         on every start; they stay in the database for an operator to inspect."""
         for row in self.store.skipped:
-            event(logger, "ledger row skipped", logging.ERROR, event_id=row.event_id,
-                  reason=row.reason, detail=row.detail[:300])
-            self._dead_letter(DeadLetter(
-                service="accountant", reason=row.reason,
-                detail=f"ledger row {row.event_id} not loaded: {row.detail}",
-            ))
+            event(
+                logger,
+                "ledger row skipped",
+                logging.ERROR,
+                event_id=row.event_id,
+                reason=row.reason,
+                detail=row.detail[:300],
+            )
+            self._dead_letter(
+                DeadLetter(
+                    service="accountant",
+                    reason=row.reason,
+                    detail=f"ledger row {row.event_id} not loaded: {row.detail}",
+                )
+            )
 
     def _dead_letter_env(self, env: Envelope, reason: str, detail: str) -> None:
         self._dead_letter(dead_letter_for("accountant", reason, detail, env.record))
@@ -431,7 +467,11 @@ class AccountantService:
 
 
 def rebuild(
-    bus: Bus, db: str | Path, policies: PolicySet, prefix: str = "fairfleet.", idle_s: float = 3.0,
+    bus: Bus,
+    db: str | Path,
+    policies: PolicySet,
+    prefix: str = "fairfleet.",
+    idle_s: float = 3.0,
     verifier: VerifyFn | None = None,
 ) -> AccountantService:
     """A fresh ledger at ``db`` from ``privacy.events`` read from offset 0 to its end; with

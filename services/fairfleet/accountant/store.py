@@ -132,7 +132,9 @@ class LedgerStore:
             fetched = self._db.execute(
                 "SELECT event_id, state, record FROM ledger_events ORDER BY seq"
             ).fetchall()
-        for event_id, state, record in accountable_rows(fetched, [] if skipped is None else skipped):
+        for event_id, state, record in accountable_rows(
+            fetched, [] if skipped is None else skipped
+        ):
             yield event_id, EventState(state), record
 
     def load(self, policies: PolicySet) -> Ledger:
@@ -143,7 +145,9 @@ class LedgerStore:
             try:
                 ledger.restore(record, state)
             except Exception as exc:  # one bad row must not keep the ledger from starting
-                skipped.append(SkippedRow(event_id, "unloadable_row", f"{type(exc).__name__}: {exc}"))
+                skipped.append(
+                    SkippedRow(event_id, "unloadable_row", f"{type(exc).__name__}: {exc}")
+                )
         self.skipped = skipped
         with self._lock:
             marks = self._db.execute(

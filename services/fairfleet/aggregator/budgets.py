@@ -87,8 +87,13 @@ class BudgetClient:
             response.raise_for_status()
             self._spent = spent_sites(response.json())
         except (httpx.HTTPError, ValueError) as exc:
-            event(logger, "budget endpoint unavailable; check skipped", logging.WARNING,
-                  url=self.url, error=str(exc))
+            event(
+                logger,
+                "budget endpoint unavailable; check skipped",
+                logging.WARNING,
+                url=self.url,
+                error=str(exc),
+            )
 
     def is_spent(self, site: str) -> bool:
         self._refresh()

@@ -108,7 +108,9 @@ class Checkpoint:
             header = json.loads(bytes(data[8 : 8 + header_len]))
             meta = json.loads(header["__metadata__"][META_KEY])
         except (SafetensorError, ValueError, KeyError, TypeError, RuntimeError) as exc:
-            raise PayloadError(f"Not a valid aggregator checkpoint ({len(data)} bytes): {exc}") from exc
+            raise PayloadError(
+                f"Not a valid aggregator checkpoint ({len(data)} bytes): {exc}"
+            ) from exc
         if meta.get("format") != FORMAT_VERSION:
             raise PayloadError(
                 f"Checkpoint format must be {FORMAT_VERSION}. Found {meta.get('format')!r}."
@@ -142,7 +144,10 @@ any model (the consumed-input bounds, kafka.max_payload_bytes, apply to updates 
 
 
 def publish_checkpoint(
-    producer: Producer, topic: str, checkpoint: Checkpoint, chunk_bytes: int,
+    producer: Producer,
+    topic: str,
+    checkpoint: Checkpoint,
+    chunk_bytes: int,
     signer: Ed25519PrivateKey | None = None,
 ) -> list[Delivery]:
     """Publish (inside the caller's transaction); chunks get one compaction key each. With
@@ -155,7 +160,10 @@ def publish_checkpoint(
         return [producer.publish(topic, value, key=checkpoint.model_id, headers=headers)]
     return [
         producer.publish(
-            topic, chunk.data, key=f"{checkpoint.model_id}#{i}", headers={**headers, **chunk.headers}
+            topic,
+            chunk.data,
+            key=f"{checkpoint.model_id}#{i}",
+            headers={**headers, **chunk.headers},
         )
         for i, chunk in enumerate(codec.split(value, chunk_bytes, new_id()))
     ]
@@ -215,7 +223,11 @@ def latest_checkpoint(records: Sequence[Record], model_id: str) -> Checkpoint | 
 
 
 def read_checkpoint(
-    bus: Bus, topic: str, model_id: str, timeout_s: float = 30.0, group_prefix: str = "",
+    bus: Bus,
+    topic: str,
+    model_id: str,
+    timeout_s: float = 30.0,
+    group_prefix: str = "",
     public_keys: Sequence[str] | None = None,
 ) -> Checkpoint | None:
     """Read the whole (compacted) checkpoint topic and return the newest checkpoint of a model.
@@ -243,6 +255,12 @@ def read_checkpoint(
     finally:
         consumer.close()
     if scanner.rejected:
-        event(logger, "checkpoint records not signed by the aggregator ignored", logging.ERROR,
-              model=model_id, topic=topic, records=scanner.rejected)
+        event(
+            logger,
+            "checkpoint records not signed by the aggregator ignored",
+            logging.ERROR,
+            model=model_id,
+            topic=topic,
+            records=scanner.rejected,
+        )
     return scanner.result()

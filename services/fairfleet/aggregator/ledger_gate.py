@@ -49,8 +49,14 @@ class NotInLedger:
 class LedgerGate:
     """The releases ``privacy.events`` says happened: (site, model, round) -> committed?"""
 
-    def __init__(self, bus: Bus, topic: str, verifier: VerifyFn, group_prefix: str = "",
-                 catch_up_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        bus: Bus,
+        topic: str,
+        verifier: VerifyFn,
+        group_prefix: str = "",
+        catch_up_s: float = 10.0,
+    ) -> None:
         # a private group read from the beginning and never committed: the whole log, every start
         consumer = bus.consumer(f"{group_prefix}{LEDGER_GATE_GROUP}{uuid.uuid4().hex[:8]}", [topic])
         # forged ledger records are the accountant's to dead-letter; here they are only skipped

@@ -25,67 +25,92 @@ class AggregatorMetrics:
         r = self.registry = CollectorRegistry()
         m = ["model"]
         self.rounds = Counter("fairfleet_aggregator_rounds", "Closed rounds.", m, registry=r)
-        self.current_round = Gauge("fairfleet_aggregator_current_round", "Open round.", m, registry=r)
+        self.current_round = Gauge(
+            "fairfleet_aggregator_current_round", "Open round.", m, registry=r
+        )
         self.model_version = Gauge(
             "fairfleet_aggregator_model_version", "Latest published model version.", m, registry=r
         )
         self.participants = Gauge(
             "fairfleet_aggregator_round_participants",
-            "Accepted updates in the last closed round.", m, registry=r,
+            "Accepted updates in the last closed round.",
+            m,
+            registry=r,
         )
         self.accepted = Counter(
             "fairfleet_aggregator_updates_accepted", "Accepted updates.", m, registry=r
         )
         self.rejected = Counter(
-            "fairfleet_aggregator_updates_rejected", "Rejected updates by reason.",
-            ["model", "reason"], registry=r,
+            "fairfleet_aggregator_updates_rejected",
+            "Rejected updates by reason.",
+            ["model", "reason"],
+            registry=r,
         )
         self.late = Counter(
             "fairfleet_aggregator_late_updates", "Updates for a closed round.", m, registry=r
         )
         self.duration = Histogram(
-            "fairfleet_aggregator_round_duration_seconds", "Round open-to-close time.", m,
-            buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600), registry=r,
+            "fairfleet_aggregator_round_duration_seconds",
+            "Round open-to-close time.",
+            m,
+            buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600),
+            registry=r,
         )
         self.staleness = Histogram(
-            "fairfleet_aggregator_staleness_rounds", "Staleness of aggregated updates.", m,
-            buckets=(0, 1, 2, 3, 5, 8, 13, 21), registry=r,
+            "fairfleet_aggregator_staleness_rounds",
+            "Staleness of aggregated updates.",
+            m,
+            buckets=(0, 1, 2, 3, 5, 8, 13, 21),
+            registry=r,
         )
         self.open_seconds = Gauge(
-            "fairfleet_aggregator_round_open_seconds", "Seconds since the open round opened.",
-            m, registry=r,
+            "fairfleet_aggregator_round_open_seconds",
+            "Seconds since the open round opened.",
+            m,
+            registry=r,
         )
         self.extensions = Counter(
             "fairfleet_aggregator_round_extensions",
             "Re-announcements of an open sync round whose deadline passed below min_sites.",
-            m, registry=r,
+            m,
+            registry=r,
         )
         self.voided = Counter(
             "fairfleet_aggregator_rounds_voided",
             "Sync rounds voided below min_sites after their re-announcements (no model change).",
-            m, registry=r,
+            m,
+            registry=r,
         )
         self.deadline_seconds = Gauge(
             "fairfleet_aggregator_round_deadline_seconds", "Announced deadline (s).", m, registry=r
         )
         self.class_loss = Gauge(
-            "fairfleet_fairness_class_loss", "Class loss estimate (noisy or debiased).",
-            ["model", "class", "estimate"], registry=r,
+            "fairfleet_fairness_class_loss",
+            "Class loss estimate (noisy or debiased).",
+            ["model", "class", "estimate"],
+            registry=r,
         )
         self.class_loss_stderr = Gauge(
-            "fairfleet_fairness_class_loss_stderr", "Standard error of the class loss estimate.",
-            ["model", "class"], registry=r,
+            "fairfleet_fairness_class_loss_stderr",
+            "Standard error of the class loss estimate.",
+            ["model", "class"],
+            registry=r,
         )
         self.gap = Gauge("fairfleet_fairness_gap", "Max−min debiased class loss.", m, registry=r)
         self.gap_bound = Gauge("fairfleet_fairness_gap_bound", "γ.", m, registry=r)
         self.worst_class = Gauge(
-            "fairfleet_fairness_worst_class", "1 for the worst class.", ["model", "class"], registry=r
+            "fairfleet_fairness_worst_class",
+            "1 for the worst class.",
+            ["model", "class"],
+            registry=r,
         )
         self.multiplier = Gauge(
             "fairfleet_fairness_multiplier", "Dual multiplier λ_c.", ["model", "class"], registry=r
         )
         self.lag = Gauge(
-            "fairfleet_bus_consumer_lag_messages", "Records not yet read.", ["service", "topic"],
+            "fairfleet_bus_consumer_lag_messages",
+            "Records not yet read.",
+            ["service", "topic"],
             registry=r,
         )
         info = Gauge("fairfleet_service_info", "Service info.", ["service", "version"], registry=r)
@@ -100,7 +125,9 @@ class AggregatorMetrics:
         self.rejected.labels(self.model, reason).inc()
         self.dead_letters.labels(SERVICE, reason).inc()
 
-    def fairness(self, estimates: Mapping[str, Any] | None, multipliers: Mapping[str, float]) -> None:
+    def fairness(
+        self, estimates: Mapping[str, Any] | None, multipliers: Mapping[str, float]
+    ) -> None:
         """Per-class gauges from a ClassRiskReport.to_json() and the strategy's λ."""
         for cls, lam in multipliers.items():
             self.multiplier.labels(self.model, cls).set(lam)
@@ -111,7 +138,9 @@ class AggregatorMetrics:
             self.class_loss.labels(self.model, cls, "noisy").set(est["raw"])
             self.class_loss.labels(self.model, cls, "debiased").set(est["shrunk"])
             self.class_loss_stderr.labels(self.model, cls).set(est["se"])
-            self.worst_class.labels(self.model, cls).set(1 if cls == estimates["worst_class"] else 0)
+            self.worst_class.labels(self.model, cls).set(
+                1 if cls == estimates["worst_class"] else 0
+            )
         self.gap.labels(self.model).set(estimates["gap"]["debiased"])
 
     def restore(self, fairness: Mapping[str, Any] | None) -> None:
@@ -145,7 +174,8 @@ def round_fairness(updates: Sequence[SiteUpdate], diagnostics: Mapping[str, Any]
     report = None
     if losses:
         report = class_risk_estimates(
-            [loss for loss, _, _ in losses], [c for _, c, _ in losses],
+            [loss for loss, _, _ in losses],
+            [c for _, c, _ in losses],
             weights=[n for _, _, n in losses],
         ).to_json()
     lam = {str(c): float(v) for c, v in diagnostics.get("lambda", {}).items()}

@@ -30,8 +30,15 @@ def partial_key(model_id: str, round_: int, partition: int) -> str:
 
 
 def to_message(
-    partial: Partial, offsets: dict[str, tuple[int, int]], *, model_id: str, round_: int,
-    base_version: int, worker: int, partition: int, next_offset: int,
+    partial: Partial,
+    offsets: dict[str, tuple[int, int]],
+    *,
+    model_id: str,
+    round_: int,
+    base_version: int,
+    worker: int,
+    partition: int,
+    next_offset: int,
 ) -> tuple[PartialAggregate, bytes]:
     """The message and payload of ``partial``; ``offsets``: site -> (partition, offset) of the
     record each update was read from."""
@@ -39,26 +46,45 @@ def to_message(
     for entry in partial.entries:
         r = entry.record
         part, offset = offsets[r.site]
-        sites.append(PartialSite(
-            site=r.site, site_class=r.site_class, n_examples=r.n_examples, noise_std=r.noise_std,
-            loss_value=None if r.loss is None else r.loss.value,
-            loss_noise_std=0.0 if r.loss is None else r.loss.noise_std,
-            loss_m=1 if r.loss is None else r.loss.m,
-            staleness=r.staleness, squared_norm=float(r.squared_norm or 0.0),
-            clip_norm=r.clip_norm, group=entry.group,
-            log_weights=[None if w == -math.inf else w for w in entry.log_weights],
-            partition=part, offset=offset,
-        ))
+        sites.append(
+            PartialSite(
+                site=r.site,
+                site_class=r.site_class,
+                n_examples=r.n_examples,
+                noise_std=r.noise_std,
+                loss_value=None if r.loss is None else r.loss.value,
+                loss_noise_std=0.0 if r.loss is None else r.loss.noise_std,
+                loss_m=1 if r.loss is None else r.loss.m,
+                staleness=r.staleness,
+                squared_norm=float(r.squared_norm or 0.0),
+                clip_norm=r.clip_norm,
+                group=entry.group,
+                log_weights=[None if w == -math.inf else w for w in entry.log_weights],
+                partition=part,
+                offset=offset,
+            )
+        )
     payload = to_safetensors_bytes(
-        {f"sum.{i}": torch.from_numpy(np.ascontiguousarray(s.total, dtype=np.float64))
-         for i, s in enumerate(partial.sums)}
+        {
+            f"sum.{i}": torch.from_numpy(np.ascontiguousarray(s.total, dtype=np.float64))
+            for i, s in enumerate(partial.sums)
+        }
     )
     msg = PartialAggregate(
-        model_id=model_id, round=round_, base_version=base_version, strategy=partial.strategy,
-        dim=partial.dim, worker=worker, partition=partition, next_offset=next_offset, sites=sites,
-        sums=[PartialSumMessage(group=s.group, component=s.component, top=s.top)
-              for s in partial.sums],
-        payload_sha256=sha256_hex(payload), payload_bytes=len(payload),
+        model_id=model_id,
+        round=round_,
+        base_version=base_version,
+        strategy=partial.strategy,
+        dim=partial.dim,
+        worker=worker,
+        partition=partition,
+        next_offset=next_offset,
+        sites=sites,
+        sums=[
+            PartialSumMessage(group=s.group, component=s.component, top=s.top) for s in partial.sums
+        ],
+        payload_sha256=sha256_hex(payload),
+        payload_bytes=len(payload),
     )
     return msg, payload
 
@@ -83,12 +109,21 @@ def from_message(msg: PartialAggregate, payload: bytes | memoryview) -> Partial:
     placeholder = np.broadcast_to(np.zeros(1, dtype=np.float32), (msg.dim,))
     entries = tuple(
         PartialEntry(
-            SiteUpdate(site=p.site, site_class=p.site_class, delta=placeholder,
-                       n_examples=p.n_examples, noise_std=p.noise_std,
-                       loss=None if p.loss_value is None else NoisyStat(
-                           p.loss_value, p.loss_noise_std, p.loss_m),
-                       staleness=p.staleness, squared_norm=p.squared_norm, clip_norm=p.clip_norm),
-            p.group, tuple(-math.inf if w is None else w for w in p.log_weights),
+            SiteUpdate(
+                site=p.site,
+                site_class=p.site_class,
+                delta=placeholder,
+                n_examples=p.n_examples,
+                noise_std=p.noise_std,
+                loss=None
+                if p.loss_value is None
+                else NoisyStat(p.loss_value, p.loss_noise_std, p.loss_m),
+                staleness=p.staleness,
+                squared_norm=p.squared_norm,
+                clip_norm=p.clip_norm,
+            ),
+            p.group,
+            tuple(-math.inf if w is None else w for w in p.log_weights),
         )
         for p in msg.sites
     )
@@ -96,8 +131,14 @@ def from_message(msg: PartialAggregate, payload: bytes | memoryview) -> Partial:
 
 
 def read_partials(
-    bus: Bus, topic: str, model_id: str, round_: int, verifier: VerifyFn, group_prefix: str,
-    timeout_s: float = 60.0, on_dead_letter: Callable[[DeadLetter], None] | None = None,
+    bus: Bus,
+    topic: str,
+    model_id: str,
+    round_: int,
+    verifier: VerifyFn,
+    group_prefix: str,
+    timeout_s: float = 60.0,
+    on_dead_letter: Callable[[DeadLetter], None] | None = None,
 ) -> dict[int, tuple[PartialAggregate, bytes]]:
     """The newest committed partial of each ``updates`` partition for ``model_id``'s round
     ``round_`` (read_committed, the whole topic, a throw-away group): {partition: (msg, payload)}."""
@@ -110,8 +151,11 @@ def read_partials(
             env = reader.poll(0.2)
             if env is not None:
                 msg = env.message
-                if (isinstance(msg, PartialAggregate) and msg.model_id == model_id
-                        and msg.round == round_):
+                if (
+                    isinstance(msg, PartialAggregate)
+                    and msg.model_id == model_id
+                    and msg.round == round_
+                ):
                     latest[msg.partition] = (msg, bytes(env.payload))
                 continue
             if consumer.committed() and consumer.lag() == 0:

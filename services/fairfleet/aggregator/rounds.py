@@ -89,9 +89,18 @@ def announcement(
     """The announcement of ``round_`` (training from ``version``) from the model's config."""
     rounds = model.rounds
     return RoundAnnouncement(
-        model_id=model.id, round=round_, model_version=version, mode=rounds.mode, epoch=epoch,
-        deadline_s=rounds.deadline_s, min_sites=rounds.min_sites, quorum=rounds.quorum,
-        model_spec=model.model, training=model.training, privacy=model.privacy, strategy=strategy,
+        model_id=model.id,
+        round=round_,
+        model_version=version,
+        mode=rounds.mode,
+        epoch=epoch,
+        deadline_s=rounds.deadline_s,
+        min_sites=rounds.min_sites,
+        quorum=rounds.quorum,
+        model_spec=model.model,
+        training=model.training,
+        privacy=model.privacy,
+        strategy=strategy,
     )
 
 

@@ -136,15 +136,21 @@ class Aggregator:
                 f"rounds.quorum must be >= rounds.min_sites ({rounds.min_sites}) for model "
                 f"'{model_id}'. Found {rounds.quorum}."
             )
-        self.strategy = build_strategy(self.model_cfg.strategy.name, **strategy_params(self.model_cfg))
+        self.strategy = build_strategy(
+            self.model_cfg.strategy.name, **strategy_params(self.model_cfg)
+        )
         check_workers(self.model_cfg, self.strategy)
         # with several workers this loop is the model's combiner: it reads the workers' partial
         # aggregates instead of the updates (docs/aggregator.md, "Several workers per model")
         self.combiner = self.model_cfg.workers > 1 and not isinstance(self, _WorkerMarker)
-        self.bus = bus if bus is not None else connect(config.bus_url(), config.kafka.client_config())
+        self.bus = (
+            bus if bus is not None else connect(config.bus_url(), config.kafka.client_config())
+        )
         prefix = config.kafka.topic_prefix
-        self.topics = {name: f"{prefix}{name}" for name in
-                       ("rounds", "models", "updates", "deadletter", "checkpoints", "partials")}
+        self.topics = {
+            name: f"{prefix}{name}"
+            for name in ("rounds", "models", "updates", "deadletter", "checkpoints", "partials")
+        }
         self.group_id = aggregator_client_id(prefix, model_id)
         self.txn_id = self.group_id  # transactional id and static member id
         if self.combiner:  # the workers use the aggregator's group on updates
@@ -174,7 +180,9 @@ class Aggregator:
         # (its record without the value: the ids a voided round's dead letters name).
         self._fold: RoundFold | None = None
         self._buffer: dict[tuple[str, int], Record] = {}
-        self._buffer_sites: set[str] = set()  # = {site for site, _ in _buffer}, kept per update: O(1), not O(K)
+        self._buffer_sites: set[str] = (
+            set()
+        )  # = {site for site, _ in _buffer}, kept per update: O(1), not O(K)
         # combiner: the newest partial of the open round per updates partition, and the
         # (site, round) of late partials already dead-lettered
         self._partials: dict[int, tuple[dict[str, Record], Partial]] = {}
@@ -186,7 +194,9 @@ class Aggregator:
         self._reading_since = time.monotonic()  # when the current reader started (_make_reader)
         self._announced_at = 0.0  # when the open round was last (re-)announced
         self._quorum_at: float | None = None  # when the open round's buffer first met its quorum
-        self._serving = frozenset(s.id for s in config.sites if not s.models or model_id in s.models)
+        self._serving = frozenset(
+            s.id for s in config.sites if not s.models or model_id in s.models
+        )
 
     # -- set-up ---------------------------------------------------------------------------------
     def _initial_weights(self) -> dict[str, torch.Tensor]:
@@ -194,7 +204,9 @@ class Aggregator:
         with torch.random.fork_rng():
             torch.manual_seed(self.options.seed)
             model = build_model(spec.name, **spec.params)
-        return {k: v.detach().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
+        return {
+            k: v.detach().clone() for k, v in model.state_dict().items() if v.is_floating_point()
+        }
 
     def _make_consumer(self) -> Consumer:
         from fairfleet.bus.kafka import KafkaBus, KafkaConsumer
@@ -216,22 +228,36 @@ class Aggregator:
         self.producer = self.bus.producer(transactional_id=self.txn_id)
         self.publisher = Publisher(self.producer, self.config.kafka.chunk_bytes, self.signer)
         self._dl_producer = self.bus.producer()
-        self._dl_publisher = Publisher(self._dl_producer, self.config.kafka.chunk_bytes, self.signer)
-        restored = read_checkpoint(self.bus, self.topics["checkpoints"], self.model_id,
-                                   self.options.restore_timeout_s, group_prefix=prefix,
-                                   public_keys=aggregator_public_keys(self.config, self.model_id))
+        self._dl_publisher = Publisher(
+            self._dl_producer, self.config.kafka.chunk_bytes, self.signer
+        )
+        restored = read_checkpoint(
+            self.bus,
+            self.topics["checkpoints"],
+            self.model_id,
+            self.options.restore_timeout_s,
+            group_prefix=prefix,
+            public_keys=aggregator_public_keys(self.config, self.model_id),
+        )
         self.consumer = self._make_consumer()
         self.reader = self._make_reader()
         if self.options.require_ledger and not self.combiner:
-            self.ledger_gate = LedgerGate(self.bus, f"{prefix}privacy.events",
-                                          Verifier.from_config(self.config).check, prefix)
+            self.ledger_gate = LedgerGate(
+                self.bus, f"{prefix}privacy.events", Verifier.from_config(self.config).check, prefix
+            )
         if restored is None:
             self.ckpt = self._bootstrap()
         else:
             self._check_restored(restored)
             self.ckpt = restored
-            event(logger, "restored checkpoint", model=self.model_id, version=restored.version,
-                  round=restored.round, finished=restored.finished)
+            event(
+                logger,
+                "restored checkpoint",
+                model=self.model_id,
+                version=restored.version,
+                round=restored.round,
+                finished=restored.finished,
+            )
             if restored.finished and restored.round < self.model_cfg.rounds.rounds:
                 self.ckpt = self._resume(restored)
         self._theta = self._flat(self.ckpt.weights)
@@ -247,16 +273,25 @@ class Aggregator:
         # the topic are read again from here (see _catching_up).
         self._reading_since = time.monotonic()
         verifier = Verifier.from_config(self.config).check if self.combiner else None
-        return Reader(self.consumer, SERVICE, on_dead_letter=self._reader_dead_letter,
-                      limits=self.config.kafka.input_limits(), verifier=verifier)
+        return Reader(
+            self.consumer,
+            SERVICE,
+            on_dead_letter=self._reader_dead_letter,
+            limits=self.config.kafka.input_limits(),
+            verifier=verifier,
+        )
 
     def _serve(self) -> None:
         """/metrics, /healthz and /status (served while waiting for the broker, too)."""
         if self.options.metrics_port is None or self._server is not None:
             return
-        self._server = serve(self.metrics.registry, self.options.metrics_port,
-                             self.config.metrics_host, routes={"/status": lambda _q: self.status()},
-                             health=self.health)
+        self._server = serve(
+            self.metrics.registry,
+            self.options.metrics_port,
+            self.config.metrics_host,
+            routes={"/status": lambda _q: self.status()},
+            health=self.health,
+        )
         event(logger, "metrics listening", port=self._server.port)
 
     def _check_restored(self, ckpt: Checkpoint) -> None:
@@ -274,7 +309,9 @@ class Aggregator:
             )
 
     def _flat(self, weights: dict[str, np.ndarray]) -> np.ndarray:
-        return np.concatenate([np.asarray(weights[k], np.float32).reshape(-1) for k in self._shapes])
+        return np.concatenate(
+            [np.asarray(weights[k], np.float32).reshape(-1) for k in self._shapes]
+        )
 
     def _weights(self, theta: np.ndarray) -> dict[str, np.ndarray]:
         return {k: v.numpy() for k, v in unflatten(torch.from_numpy(theta), self._template).items()}
@@ -283,9 +320,13 @@ class Aggregator:
         weights = {k: v.numpy() for k, v in self._template.items()}
         epoch = new_id()
         ckpt = Checkpoint(
-            model_id=self.model_id, version=0, round=0, weights=weights,
+            model_id=self.model_id,
+            version=0,
+            round=0,
+            weights=weights,
             strategy_state=self.strategy.initial_state(),
-            announcement=announcement(self.model_cfg, self.strategy.name, 0, 0, epoch), epoch=epoch,
+            announcement=announcement(self.model_cfg, self.strategy.name, 0, 0, epoch),
+            epoch=epoch,
         )
         self._commit(ckpt, send_offsets=False)
         event(logger, "bootstrapped model", model=self.model_id, version=0)
@@ -298,12 +339,21 @@ class Aggregator:
         committed like a round close (release, announcement, checkpoint in one transaction), so
         a crash here either resumes again or finds the round already open.
         """
-        resumed = replace(ckpt, finished=False, created_at=time.time(),
-                          announcement=announcement(self.model_cfg, self.strategy.name,
-                                                    ckpt.round, ckpt.version))
+        resumed = replace(
+            ckpt,
+            finished=False,
+            created_at=time.time(),
+            announcement=announcement(self.model_cfg, self.strategy.name, ckpt.round, ckpt.version),
+        )
         self._commit(resumed, send_offsets=False)
-        event(logger, "resumed: rounds raised", model=self.model_id, round=ckpt.round,
-              version=ckpt.version, rounds=self.model_cfg.rounds.rounds)
+        event(
+            logger,
+            "resumed: rounds raised",
+            model=self.model_id,
+            round=ckpt.round,
+            version=ckpt.version,
+            rounds=self.model_cfg.rounds.rounds,
+        )
         return resumed
 
     # -- the loop -------------------------------------------------------------------------------
@@ -330,7 +380,9 @@ class Aggregator:
                 if self.finished and self.options.stop_when_finished:
                     if not finished_before:
                         self._drain_late(stop)
-                    event(logger, "training finished", model=self.model_id, version=self.ckpt.version)
+                    event(
+                        logger, "training finished", model=self.model_id, version=self.ckpt.version
+                    )
                     break
                 try:
                     self.step()
@@ -353,8 +405,12 @@ class Aggregator:
             try:
                 self.step()
             except FairfleetError as exc:  # best effort: the model itself is done
-                event(logger, "late updates not read after the last round", logging.WARNING,
-                      error=str(exc)[:300])
+                event(
+                    logger,
+                    "late updates not read after the last round",
+                    logging.WARNING,
+                    error=str(exc)[:300],
+                )
                 return
 
     def _start_when_reachable(self, watch: BrokerWatch, stop: threading.Event) -> bool:
@@ -380,16 +436,29 @@ class Aggregator:
         open; the committed checkpoint is read again (a commit whose outcome was unknown is
         now known); a new consumer reads from the committed offsets (the open round's
         accepted updates are read again). False if ``stop`` was set meanwhile."""
-        event(logger, "re-reading the committed state after the Kafka outage", logging.WARNING,
-              model=self.model_id, round=self.ckpt.round, dropped_buffered=len(self._buffer))
+        event(
+            logger,
+            "re-reading the committed state after the Kafka outage",
+            logging.WARNING,
+            model=self.model_id,
+            round=self.ckpt.round,
+            dropped_buffered=len(self._buffer),
+        )
         prefix = self.config.kafka.topic_prefix
         while not stop.is_set():
             try:
                 self.producer = self.bus.producer(transactional_id=self.txn_id)
-                self.publisher = Publisher(self.producer, self.config.kafka.chunk_bytes, self.signer)
-                restored = read_checkpoint(self.bus, self.topics["checkpoints"], self.model_id,
-                                           self.options.restore_timeout_s, group_prefix=prefix,
-                                           public_keys=aggregator_public_keys(self.config, self.model_id))
+                self.publisher = Publisher(
+                    self.producer, self.config.kafka.chunk_bytes, self.signer
+                )
+                restored = read_checkpoint(
+                    self.bus,
+                    self.topics["checkpoints"],
+                    self.model_id,
+                    self.options.restore_timeout_s,
+                    group_prefix=prefix,
+                    public_keys=aggregator_public_keys(self.config, self.model_id),
+                )
                 if restored is not None and restored.version != self.ckpt.version:
                     self._check_restored(restored)
                     self.ckpt, self._state = restored, restored.strategy_state
@@ -434,11 +503,19 @@ class Aggregator:
         if env is not None:
             self._handle(env)
         rounds = self.model_cfg.rounds
-        action = None if self.ckpt.finished else round_action(
-            self.ckpt.announcement, len(self._buffer), self._announced_at,
-            async_buffer=rounds.async_buffer, max_reannouncements=rounds.max_reannouncements,
-            quorum_at=self._quorum_at, grace_s=rounds.quorum_grace_s,
-            everyone=bool(self._serving) and self._serving <= self._buffer_sites,
+        action = (
+            None
+            if self.ckpt.finished
+            else round_action(
+                self.ckpt.announcement,
+                len(self._buffer),
+                self._announced_at,
+                async_buffer=rounds.async_buffer,
+                max_reannouncements=rounds.max_reannouncements,
+                quorum_at=self._quorum_at,
+                grace_s=rounds.quorum_grace_s,
+                everyone=bool(self._serving) and self._serving <= self._buffer_sites,
+            )
         )
         if action == "close" and not (env is not None and self._catching_up()):
             self._close_round()
@@ -480,8 +557,14 @@ class Aggregator:
         fields: dict[str, object] = {"model_id": self.model_id}
         if msg is not None:
             fields.update(site=msg.site, round=msg.round)
-        event(logger, "update rejected", logging.WARNING, reason=rejection.reason,
-              detail=rejection.detail[:300], **fields)
+        event(
+            logger,
+            "update rejected",
+            logging.WARNING,
+            reason=rejection.reason,
+            detail=rejection.detail[:300],
+            **fields,
+        )
         self._publish_dead_letter(
             dead_letter_for(SERVICE, rejection.reason, rejection.detail, env.record, **fields)
         )
@@ -500,13 +583,21 @@ class Aggregator:
             return
         msg = env.message
         if not isinstance(msg, SiteUpdateMessage):
-            self._reject(env, None, Rejection("wrong_type", f"Expected an update, got '{msg.TYPE}'."))
+            self._reject(
+                env, None, Rejection("wrong_type", f"Expected an update, got '{msg.TYPE}'.")
+            )
             return
         if msg.model_id != self.model_id:
             if msg.model_id not in self._fleet_models and self._reports_unknown_models:
-                self._reject(env, msg, Rejection(
-                    "unknown_model", f"No model '{msg.model_id}' in the fleet config "
-                    f"(models: {sorted(self._fleet_models)})."))
+                self._reject(
+                    env,
+                    msg,
+                    Rejection(
+                        "unknown_model",
+                        f"No model '{msg.model_id}' in the fleet config "
+                        f"(models: {sorted(self._fleet_models)}).",
+                    ),
+                )
             return  # another model's aggregator handles it
         result = self._validate(msg, env)
         if isinstance(result, Rejection):
@@ -530,7 +621,9 @@ class Aggregator:
         replaces the partition's earlier one); the round's accepted sites are their union."""
         msg = env.message
         if not isinstance(msg, PartialAggregate):
-            self._reject(env, None, Rejection("wrong_type", f"Expected a partial, got '{msg.TYPE}'."))
+            self._reject(
+                env, None, Rejection("wrong_type", f"Expected a partial, got '{msg.TYPE}'.")
+            )
             return
         if msg.model_id != self.model_id:
             return  # another model's combiner
@@ -539,38 +632,65 @@ class Aggregator:
             self._late_partial(msg)
             return
         if msg.round > ann.round or msg.base_version != ann.model_version:
-            self._reject(env, None, Rejection(
-                "round_not_open", f"Partial of round {msg.round} (version {msg.base_version}); "
-                f"the open round is {ann.round} (version {ann.model_version})."))
+            self._reject(
+                env,
+                None,
+                Rejection(
+                    "round_not_open",
+                    f"Partial of round {msg.round} (version {msg.base_version}); "
+                    f"the open round is {ann.round} (version {ann.model_version}).",
+                ),
+            )
             return
         partial = from_message(msg, env.payload)
-        others = {s for p, (_, part) in self._partials.items() if p != msg.partition for s in part.sites}
+        others = {
+            s for p, (_, part) in self._partials.items() if p != msg.partition for s in part.sites
+        }
         if clash := sorted(others.intersection(partial.sites)):
-            self._reject(env, None, Rejection(
-                "duplicate", f"Partial of partition {msg.partition} names sites {clash} that "
-                "another partition's partial already holds (updates are keyed by site)."))
+            self._reject(
+                env,
+                None,
+                Rejection(
+                    "duplicate",
+                    f"Partial of partition {msg.partition} names sites {clash} that "
+                    "another partition's partial already holds (updates are keyed by site).",
+                ),
+            )
             return
         before = len(self._buffer_sites)
         # where each update was read (a voided round's dead letters name it)
-        origins = {s.site: Record(self.topics["updates"], s.partition, s.offset, s.site.encode(), b"")
-                   for s in msg.sites}
+        origins = {
+            s.site: Record(self.topics["updates"], s.partition, s.offset, s.site.encode(), b"")
+            for s in msg.sites
+        }
         self._partials[msg.partition] = (origins, partial)
-        self._buffer = {(site, msg.round): record for records, _ in self._partials.values()
-                        for site, record in records.items()}
+        self._buffer = {
+            (site, msg.round): record
+            for records, _ in self._partials.values()
+            for site, record in records.items()
+        }
         self._buffer_sites = {site for site, _ in self._buffer}
         rounds = self.model_cfg.rounds
         if self._quorum_at is None and len(self._buffer) >= max(rounds.quorum, rounds.min_sites):
             self._quorum_at = time.time()
         if len(self._buffer_sites) > before:
             self.metrics.accepted.labels(self.model_id).inc(len(self._buffer_sites) - before)
-        event(logger, "partial accepted", worker=msg.worker, partition=msg.partition,
-              round=msg.round, sites=len(partial.sites), buffered=len(self._buffer))
+        event(
+            logger,
+            "partial accepted",
+            worker=msg.worker,
+            partition=msg.partition,
+            round=msg.round,
+            sites=len(partial.sites),
+            buffered=len(self._buffer),
+        )
 
     def _late_partial(self, msg: PartialAggregate) -> None:
         """A partial of a closed round: its sites that the round did not use were accepted by a
         worker after the close, so they are late (dead-lettered once each)."""
-        used = {s for h in self.ckpt.history if h.get("round") == msg.round
-                for s in h.get("sites", ())}
+        used = {
+            s for h in self.ckpt.history if h.get("round") == msg.round for s in h.get("sites", ())
+        }
         for site in msg.sites:
             key = (site.site, msg.round)
             if site.site in used or key in self._late_reported:
@@ -578,13 +698,23 @@ class Aggregator:
             self._late_reported.add(key)
             self.metrics.reject("late")
             self.metrics.late.labels(self.model_id).inc()
-            self._publish_dead_letter(DeadLetter(
-                service=SERVICE, reason="late", detail=(
-                    f"Round {msg.round} closed before worker {msg.worker}'s partial with this "
-                    "update reached the combiner."),
-                source_topic=self.topics["updates"], source_partition=site.partition,
-                source_offset=site.offset, original_type=SiteUpdateMessage.TYPE, site=site.site,
-                model_id=self.model_id, round=msg.round))
+            self._publish_dead_letter(
+                DeadLetter(
+                    service=SERVICE,
+                    reason="late",
+                    detail=(
+                        f"Round {msg.round} closed before worker {msg.worker}'s partial with this "
+                        "update reached the combiner."
+                    ),
+                    source_topic=self.topics["updates"],
+                    source_partition=site.partition,
+                    source_offset=site.offset,
+                    original_type=SiteUpdateMessage.TYPE,
+                    site=site.site,
+                    model_id=self.model_id,
+                    round=msg.round,
+                )
+            )
 
     def _validate(self, msg: SiteUpdateMessage, env: Envelope) -> SiteUpdate | Rejection:
         ann = self.ckpt.announcement
@@ -596,8 +726,13 @@ class Aggregator:
         if ann is None:
             return Rejection("late", "Training is finished; no round is open.")
         staleness = check_round(
-            msg, ann, self.ckpt.finished, self._buffer.keys(), self.ckpt.accepted,
-            self.options.max_staleness, buffered_sites=self._buffer_sites,
+            msg,
+            ann,
+            self.ckpt.finished,
+            self._buffer.keys(),
+            self.ckpt.accepted,
+            self.options.max_staleness,
+            buffered_sites=self._buffer_sites,
         )
         if isinstance(staleness, Rejection):
             return staleness
@@ -605,19 +740,28 @@ class Aggregator:
         if problem is not None:
             return problem
         if self.budgets is not None and self.budgets.is_spent(msg.site):
-            return Rejection("budget_spent", f"The accountant reports the budget of '{msg.site}' spent.")
+            return Rejection(
+                "budget_spent", f"The accountant reports the budget of '{msg.site}' spent."
+            )
         checked = check_payload(msg, env.payload, self._shapes, ann)
         if isinstance(checked, Rejection):
             return checked
         if self.strategy.requires_losses and msg.loss is None:
-            return Rejection("missing_loss", f"Strategy '{self.strategy.name}' needs the noisy "
-                             f"loss release; site '{msg.site}' sent none.")
+            return Rejection(
+                "missing_loss",
+                f"Strategy '{self.strategy.name}' needs the noisy "
+                f"loss release; site '{msg.site}' sent none.",
+            )
         loss = NoisyStat(msg.loss.value, msg.loss.noise_std, msg.loss.m) if msg.loss else None
         return SiteUpdate(
-            site=msg.site, site_class=self.site_classes[msg.site], delta=checked.vector,
+            site=msg.site,
+            site_class=self.site_classes[msg.site],
+            delta=checked.vector,
             n_examples=capped_examples(msg.n_examples, self._caps.get(msg.site)),
             noise_std=msg.privacy.noise_std if msg.privacy.enabled else 0.0,
-            loss=loss, staleness=staleness, squared_norm=checked.norm**2,
+            loss=loss,
+            staleness=staleness,
+            squared_norm=checked.norm**2,
         )
 
     # -- closing a round ------------------------------------------------------------------------
@@ -636,16 +780,31 @@ class Aggregator:
         window = round_ - self.options.max_staleness
         accepted: tuple[tuple[str, int], ...] = ()
         if ann.mode == "async":
-            accepted = tuple(sorted(k for k in {*self.ckpt.accepted, *self._buffer} if k[1] >= window))
+            accepted = tuple(
+                sorted(k for k in {*self.ckpt.accepted, *self._buffer} if k[1] >= window)
+            )
         fairness = round_fairness(updates, result.diagnostics)
-        entry = {"round": ann.round, "version": version, "sites": [u.site for u in updates],
-                 "staleness": [u.staleness for u in updates], "closed_at": time.time()}
+        entry = {
+            "round": ann.round,
+            "version": version,
+            "sites": [u.site for u in updates],
+            "staleness": [u.staleness for u in updates],
+            "closed_at": time.time(),
+        }
         ckpt = Checkpoint(
-            model_id=self.model_id, version=version, round=round_, weights=self._weights(new_theta),
+            model_id=self.model_id,
+            version=version,
+            round=round_,
+            weights=self._weights(new_theta),
             strategy_state=result.new_state,
-            announcement=None if finished else announcement(self.model_cfg, self.strategy.name, round_, version, self.ckpt.epoch),
-            accepted=accepted, history=(*self.ckpt.history, entry), finished=finished,
-            epoch=self.ckpt.epoch, fairness=fairness,
+            announcement=None
+            if finished
+            else announcement(self.model_cfg, self.strategy.name, round_, version, self.ckpt.epoch),
+            accepted=accepted,
+            history=(*self.ckpt.history, entry),
+            finished=finished,
+            epoch=self.ckpt.epoch,
+            fairness=fairness,
         )
         if not self._commit_round(ckpt, ann.round):
             return
@@ -654,11 +813,19 @@ class Aggregator:
         self._announced_at = ckpt.announcement.opened_at if ckpt.announcement else 0.0
         self.metrics.round_closed(ann.opened_at, updates, fairness)
         self.last_report = fairness["estimates"]
-        event(logger, "round closed", model=self.model_id, round=ann.round, version=version,
-              participants=len(updates), finished=finished)
+        event(
+            logger,
+            "round closed",
+            model=self.model_id,
+            round=ann.round,
+            version=version,
+            participants=len(updates),
+            finished=finished,
+        )
 
-    def _commit_round(self, ckpt: Checkpoint, round_: int, dead: tuple[DeadLetter, ...] = (),
-                      release: bool = True) -> bool:
+    def _commit_round(
+        self, ckpt: Checkpoint, round_: int, dead: tuple[DeadLetter, ...] = (), release: bool = True
+    ) -> bool:
         """Commit a closed or voided round; False (after a rewind) if the commit was aborted."""
         try:
             self._commit(ckpt, send_offsets=True, dead=dead, release=release)
@@ -666,8 +833,14 @@ class Aggregator:
             raise  # fenced, or not known whether it committed: exit, the restart re-reads the state
         except BusError as exc:
             self._commit_failures += 1
-            event(logger, "round commit failed; rewinding to the last checkpoint", logging.ERROR,
-                  round=round_, error=str(exc), failures=self._commit_failures)
+            event(
+                logger,
+                "round commit failed; rewinding to the last checkpoint",
+                logging.ERROR,
+                round=round_,
+                error=str(exc),
+                failures=self._commit_failures,
+            )
             if self._commit_failures >= MAX_COMMIT_FAILURES:
                 raise  # e.g. the broker is gone: exit, the restart re-reads the state
             self._rewind()
@@ -684,23 +857,45 @@ class Aggregator:
         version, round_ = self.ckpt.version, ann.round + 1
         finished = round_ >= self.model_cfg.rounds.rounds
         sites = sorted(site for site, _ in self._buffer)
-        detail = (f"Round {ann.round} was voided: {len(sites)} accepted update(s) < min_sites "
-                  f"{ann.min_sites} after {self.model_cfg.rounds.max_reannouncements} "
-                  f"re-announcement(s); the model did not change.")
+        detail = (
+            f"Round {ann.round} was voided: {len(sites)} accepted update(s) < min_sites "
+            f"{ann.min_sites} after {self.model_cfg.rounds.max_reannouncements} "
+            f"re-announcement(s); the model did not change."
+        )
         dead = tuple(
-            dead_letter_for(SERVICE, "void_round", detail, self._buffer[key],
-                            site=key[0], model_id=self.model_id, round=key[1],
-                            original_type=SiteUpdateMessage.TYPE)
+            dead_letter_for(
+                SERVICE,
+                "void_round",
+                detail,
+                self._buffer[key],
+                site=key[0],
+                model_id=self.model_id,
+                round=key[1],
+                original_type=SiteUpdateMessage.TYPE,
+            )
             for key in sorted(self._buffer)
         )
-        entry = {"round": ann.round, "version": version, "sites": sites, "voided": True,
-                 "closed_at": time.time()}
+        entry = {
+            "round": ann.round,
+            "version": version,
+            "sites": sites,
+            "voided": True,
+            "closed_at": time.time(),
+        }
         ckpt = Checkpoint(
-            model_id=self.model_id, version=version, round=round_, weights=self.ckpt.weights,
+            model_id=self.model_id,
+            version=version,
+            round=round_,
+            weights=self.ckpt.weights,
             strategy_state=self._state,
-            announcement=None if finished else announcement(self.model_cfg, self.strategy.name, round_, version, self.ckpt.epoch),
-            accepted=self.ckpt.accepted, history=(*self.ckpt.history, entry), finished=finished,
-            epoch=self.ckpt.epoch, fairness=self.ckpt.fairness,  # a void changes no gauge
+            announcement=None
+            if finished
+            else announcement(self.model_cfg, self.strategy.name, round_, version, self.ckpt.epoch),
+            accepted=self.ckpt.accepted,
+            history=(*self.ckpt.history, entry),
+            finished=finished,
+            epoch=self.ckpt.epoch,
+            fairness=self.ckpt.fairness,  # a void changes no gauge
         )
         if not self._commit_round(ckpt, ann.round, dead=dead, release=False):
             return
@@ -710,10 +905,19 @@ class Aggregator:
         self.metrics.voided.labels(self.model_id).inc()
         for _ in dead:
             self.metrics.reject("void_round")
-        event(logger, "round voided: below min_sites after its re-announcements", logging.WARNING,
-              model=self.model_id, round=ann.round, version=version, accepted=sites,
-              min_sites=ann.min_sites, deadline_s=ann.deadline_s,
-              reannouncements=self.model_cfg.rounds.max_reannouncements, finished=finished)
+        event(
+            logger,
+            "round voided: below min_sites after its re-announcements",
+            logging.WARNING,
+            model=self.model_id,
+            round=ann.round,
+            version=version,
+            accepted=sites,
+            min_sites=ann.min_sites,
+            deadline_s=ann.deadline_s,
+            reannouncements=self.model_cfg.rounds.max_reannouncements,
+            finished=finished,
+        )
 
     def _reannounce(self) -> None:
         """Announce the stalled open round again (same round and version, fresh opened_at).
@@ -729,35 +933,66 @@ class Aggregator:
         try:
             self._dl_publisher.send_sync(self.topics["rounds"], again, key=self.model_id)
         except BusError as exc:
-            event(logger, "round re-announcement failed", logging.ERROR, model=self.model_id,
-                  round=ann.round, error=str(exc))
+            event(
+                logger,
+                "round re-announcement failed",
+                logging.ERROR,
+                model=self.model_id,
+                round=ann.round,
+                error=str(exc),
+            )
             return
         self.metrics.extensions.labels(self.model_id).inc()
-        event(logger, "round re-announced: deadline passed below min_sites", logging.WARNING,
-              model=self.model_id, round=ann.round, version=ann.model_version,
-              buffered=len(self._buffer), min_sites=ann.min_sites, deadline_s=ann.deadline_s,
-              first_opened_at=ann.opened_at)
+        event(
+            logger,
+            "round re-announced: deadline passed below min_sites",
+            logging.WARNING,
+            model=self.model_id,
+            round=ann.round,
+            version=ann.model_version,
+            buffered=len(self._buffer),
+            min_sites=ann.min_sites,
+            deadline_s=ann.deadline_s,
+            first_opened_at=ann.opened_at,
+        )
 
-    def _commit(self, ckpt: Checkpoint, send_offsets: bool, dead: tuple[DeadLetter, ...] = (),
-                release: bool = True) -> None:
+    def _commit(
+        self,
+        ckpt: Checkpoint,
+        send_offsets: bool,
+        dead: tuple[DeadLetter, ...] = (),
+        release: bool = True,
+    ) -> None:
         """One transaction: model release (unless a voided round changed nothing), next
         announcement, checkpoint, dead letters of a voided round's updates, consumer offsets."""
         payload = b""
         if release:
-            payload = to_safetensors_bytes({k: torch.from_numpy(v) for k, v in ckpt.weights.items()})
+            payload = to_safetensors_bytes(
+                {k: torch.from_numpy(v) for k, v in ckpt.weights.items()}
+            )
         model_release = ModelRelease(
-            model_id=self.model_id, version=ckpt.version, round=ckpt.round,
-            model_spec=self.model_cfg.model, payload_sha256=sha256_hex(payload),
+            model_id=self.model_id,
+            version=ckpt.version,
+            round=ckpt.round,
+            model_spec=self.model_cfg.model,
+            payload_sha256=sha256_hex(payload),
             payload_bytes=len(payload),
         )
+
         def body(txn: Transaction) -> None:
             if release:
-                self.publisher.send(self.topics["models"], model_release, payload,
-                                    key=self.model_id, compacted=True)
+                self.publisher.send(
+                    self.topics["models"], model_release, payload, key=self.model_id, compacted=True
+                )
             if ckpt.announcement is not None:
                 self.publisher.send(self.topics["rounds"], ckpt.announcement, key=self.model_id)
-            publish_checkpoint(self.producer, self.topics["checkpoints"], ckpt,
-                               self.config.kafka.chunk_bytes, self.signer.key)
+            publish_checkpoint(
+                self.producer,
+                self.topics["checkpoints"],
+                ckpt,
+                self.config.kafka.chunk_bytes,
+                self.signer.key,
+            )
             for letter in dead:
                 self.publisher.send(self.topics["deadletter"], letter, key=letter.site or None)
             if send_offsets:
@@ -805,7 +1040,9 @@ class Aggregator:
         if time.monotonic() - self._last_lag > 5.0:
             self._last_lag = time.monotonic()
             try:
-                m.lag.labels(SERVICE, self.topics["updates"]).set(self.consumer.lag(for_metrics=True))
+                m.lag.labels(SERVICE, self.topics["updates"]).set(
+                    self.consumer.lag(for_metrics=True)
+                )
             except Exception as exc:  # lag is best-effort telemetry; never stop the loop for it
                 event(logger, "lag unavailable", logging.DEBUG, error=str(exc))
 
@@ -813,15 +1050,26 @@ class Aggregator:
         """JSON for /status: the committed state and the open round's buffer (``state``
         "starting" while it waits for the broker or reads its checkpoint: no state yet)."""
         if not self._started:
-            return {"model": self.model_id, "state": "starting", "version": None, "round": None,
-                    "finished": False, "buffered": [], "history": []}
+            return {
+                "model": self.model_id,
+                "state": "starting",
+                "version": None,
+                "round": None,
+                "finished": False,
+                "buffered": [],
+                "history": [],
+            }
         return {
             "state": "finished" if self.ckpt.finished else "running",
             "role": "combiner" if self.combiner else "aggregator",
-            "model": self.model_id, "version": self.ckpt.version, "round": self.ckpt.round,
-            "finished": self.ckpt.finished, "buffered": sorted(self._buffer_sites),
+            "model": self.model_id,
+            "version": self.ckpt.version,
+            "round": self.ckpt.round,
+            "finished": self.ckpt.finished,
+            "buffered": sorted(self._buffer_sites),
             "vectors_held": self._fold.vectors_held if self._fold is not None else 0,
-            "strategy": self.strategy.name, "history": list(self.ckpt.history[-10:]),
+            "strategy": self.strategy.name,
+            "history": list(self.ckpt.history[-10:]),
         }
 
     def global_vector(self) -> np.ndarray:

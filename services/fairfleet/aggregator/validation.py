@@ -32,29 +32,29 @@ from fairfleet.signing import verify
 NOISE_TAIL_SIGMAS = 6.0
 
 REASONS = (
-    "unknown_site",       # site not in the fleet config
-    "bad_signature",      # unsigned, wrong key id, or signature does not verify
-    "schema_version",     # a schema version this build does not read (counted from the Reader)
-    "schema",             # malformed message (from the Reader)
-    "unknown_model",      # an update for a model no aggregator of this fleet serves
-    "apply_failed",       # an unexpected error while validating or buffering the update
-    "payload",            # payload framing / safetensors / chunk problems
-    "wrong_type",         # not a SiteUpdate on the updates topic
-    "site_class",         # the class in the message is not the site's configured class
-    "late",               # for a round that has closed (also counted in late_updates_total)
-    "round_not_open",     # for a round that was never opened (future or unknown)
-    "base_version",       # trained from another model version than the round announced
-    "duplicate",          # (site, model, round) already accepted
-    "site_buffered",      # async: the site already has an update in the current buffer
-    "privacy_plan",       # privacy settings weaker than the announced plan
-    "budget_spent",       # the accountant's ledger says the site's budget is spent
-    "not_in_ledger",      # no committed release of (site, model, round) in privacy.events
-    "shape",              # tensor names or shapes differ from the global model
-    "dtype",              # tensor dtypes differ from the global model
-    "non_finite",         # NaN or Inf in the delta or the loss
-    "norm",               # ‖Δ̃‖ above the announced clip bound plus the noise allowance
-    "missing_loss",       # the strategy needs the noisy loss release and there is none
-    "partition_key",      # several workers: the record's Kafka key is not the update's site
+    "unknown_site",  # site not in the fleet config
+    "bad_signature",  # unsigned, wrong key id, or signature does not verify
+    "schema_version",  # a schema version this build does not read (counted from the Reader)
+    "schema",  # malformed message (from the Reader)
+    "unknown_model",  # an update for a model no aggregator of this fleet serves
+    "apply_failed",  # an unexpected error while validating or buffering the update
+    "payload",  # payload framing / safetensors / chunk problems
+    "wrong_type",  # not a SiteUpdate on the updates topic
+    "site_class",  # the class in the message is not the site's configured class
+    "late",  # for a round that has closed (also counted in late_updates_total)
+    "round_not_open",  # for a round that was never opened (future or unknown)
+    "base_version",  # trained from another model version than the round announced
+    "duplicate",  # (site, model, round) already accepted
+    "site_buffered",  # async: the site already has an update in the current buffer
+    "privacy_plan",  # privacy settings weaker than the announced plan
+    "budget_spent",  # the accountant's ledger says the site's budget is spent
+    "not_in_ledger",  # no committed release of (site, model, round) in privacy.events
+    "shape",  # tensor names or shapes differ from the global model
+    "dtype",  # tensor dtypes differ from the global model
+    "non_finite",  # NaN or Inf in the delta or the loss
+    "norm",  # ‖Δ̃‖ above the announced clip bound plus the noise allowance
+    "missing_loss",  # the strategy needs the noisy loss release and there is none
+    "partition_key",  # several workers: the record's Kafka key is not the update's site
 )
 
 
@@ -76,7 +76,9 @@ def noise_std_for(plan: PrivacyPlan, training: LocalTrainingPlan, n_examples: in
         return plan.noise_multiplier * plan.clip_norm
     q = plan.sampling_rate or 1.0
     steps = training.epochs * max(1, math.floor(1.0 / q))
-    return training.lr * plan.noise_multiplier * plan.clip_norm * math.sqrt(steps) / (q * n_examples)
+    return (
+        training.lr * plan.noise_multiplier * plan.clip_norm * math.sqrt(steps) / (q * n_examples)
+    )
 
 
 def norm_bound(plan: PrivacyPlan, training: LocalTrainingPlan, n_examples: int, dim: int) -> float:
@@ -134,19 +136,29 @@ def check_round(
         return Rejection("round_not_open", f"Round {msg.round} is not open (open: {ann.round}).")
     staleness = ann.model_version - msg.base_version
     if ann.mode == "sync" and staleness != 0:
-        return Rejection("base_version", f"Trained from version {msg.base_version}; round "
-                         f"{ann.round} announced version {ann.model_version}.")
+        return Rejection(
+            "base_version",
+            f"Trained from version {msg.base_version}; round "
+            f"{ann.round} announced version {ann.model_version}.",
+        )
     if not 0 <= staleness <= window:
-        return Rejection("base_version", f"Base version {msg.base_version} is outside "
-                         f"[{ann.model_version - window}, {ann.model_version}].")
+        return Rejection(
+            "base_version",
+            f"Base version {msg.base_version} is outside "
+            f"[{ann.model_version - window}, {ann.model_version}].",
+        )
     key = (msg.site, msg.round)
     if key in buffered or key in accepted:
-        return Rejection("duplicate", f"Site '{msg.site}' already has an accepted update for "
-                         f"model '{msg.model_id}' round {msg.round}.")
+        return Rejection(
+            "duplicate",
+            f"Site '{msg.site}' already has an accepted update for "
+            f"model '{msg.model_id}' round {msg.round}.",
+        )
     sites = buffered_sites if buffered_sites is not None else {site for site, _ in buffered}
     if msg.site in sites:
-        return Rejection("site_buffered", f"Site '{msg.site}' already has an update in the "
-                         "current buffer.")
+        return Rejection(
+            "site_buffered", f"Site '{msg.site}' already has an update in the current buffer."
+        )
     return staleness
 
 
@@ -195,10 +207,15 @@ def check_payload(
     if set(got) != set(expected_shapes) or any(
         got[k][0] != expected_shapes[k][0] for k in expected_shapes
     ):
-        diff = {k: got.get(k, (None,))[0] for k in sorted(set(got) | set(expected_shapes))
-                if got.get(k, (None,))[0] != expected_shapes.get(k, (None,))[0]}
+        diff = {
+            k: got.get(k, (None,))[0]
+            for k in sorted(set(got) | set(expected_shapes))
+            if got.get(k, (None,))[0] != expected_shapes.get(k, (None,))[0]
+        }
         expected = {k: expected_shapes.get(k, (None,))[0] for k in diff}
-        return Rejection("shape", f"Delta from '{msg.site}' has shapes {diff}; the model has {expected}.")
+        return Rejection(
+            "shape", f"Delta from '{msg.site}' has shapes {diff}; the model has {expected}."
+        )
     wrong_dtype = {k: got[k][1] for k in expected_shapes if got[k][1] != expected_shapes[k][1]}
     if wrong_dtype:
         return Rejection(

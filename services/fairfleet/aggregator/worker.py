@@ -71,8 +71,13 @@ class AggregatorWorker(_WorkerMarker, Aggregator):
     """Worker ``worker`` (0-based, < ``models[].aggregator.workers``) of ``model_id``."""
 
     def __init__(
-        self, config: FleetConfig, model_id: str, worker: int, bus: Bus | None = None,
-        options: AggregatorOptions | None = None, partial_interval_s: float = PARTIAL_INTERVAL_S,
+        self,
+        config: FleetConfig,
+        model_id: str,
+        worker: int,
+        bus: Bus | None = None,
+        options: AggregatorOptions | None = None,
+        partial_interval_s: float = PARTIAL_INTERVAL_S,
     ) -> None:
         super().__init__(config, model_id, bus, options)
         workers = self.model_cfg.workers
@@ -104,8 +109,9 @@ class AggregatorWorker(_WorkerMarker, Aggregator):
 
         if isinstance(self.bus, KafkaBus):
             conf = {**self.bus.client_config, "group.instance.id": self.txn_id}
-            return KafkaConsumer(conf, self.group_id, [self.input_topic], True,
-                                 on_rebalance=self._on_rebalance)
+            return KafkaConsumer(
+                conf, self.group_id, [self.input_topic], True, on_rebalance=self._on_rebalance
+            )
         return self.bus.consumer(self.group_id, [self.input_topic])
 
     def start(self) -> None:
@@ -117,14 +123,19 @@ class AggregatorWorker(_WorkerMarker, Aggregator):
         self.producer = self.bus.producer(transactional_id=self.txn_id)
         self.publisher = Publisher(self.producer, self.config.kafka.chunk_bytes, self.signer)
         self._dl_producer = self.bus.producer()
-        self._dl_publisher = Publisher(self._dl_producer, self.config.kafka.chunk_bytes, self.signer)
+        self._dl_publisher = Publisher(
+            self._dl_producer, self.config.kafka.chunk_bytes, self.signer
+        )
         self._follower = self.bus.consumer(
-            f"{prefix}{CHECKPOINT_RESTORE_GROUP}{new_id()[:12]}", [self.topics["checkpoints"]])
+            f"{prefix}{CHECKPOINT_RESTORE_GROUP}{new_id()[:12]}", [self.topics["checkpoints"]]
+        )
         deadline = time.monotonic() + self.options.restore_timeout_s
         while not self._follow(0.2) or self._follower.lag() > 0:
             if time.monotonic() > deadline:
-                raise BusError(f"No checkpoint of model '{self.model_id}' within "
-                               f"{self.options.restore_timeout_s} s: is its combiner running?")
+                raise BusError(
+                    f"No checkpoint of model '{self.model_id}' within "
+                    f"{self.options.restore_timeout_s} s: is its combiner running?"
+                )
         self.ckpt = self._scanner_checkpoint()
         self._check_restored(self.ckpt)
         self._theta, self._state = self._flat(self.ckpt.weights), self.ckpt.strategy_state
@@ -135,8 +146,14 @@ class AggregatorWorker(_WorkerMarker, Aggregator):
         self._serve()
         self._update_gauges()
         self._started = True
-        event(logger, "aggregator worker started", model=self.model_id, worker=self.worker,
-              round=self.ckpt.round, version=self.ckpt.version)
+        event(
+            logger,
+            "aggregator worker started",
+            model=self.model_id,
+            worker=self.worker,
+            round=self.ckpt.round,
+            version=self.ckpt.version,
+        )
 
     def _follow(self, timeout: float) -> bool:
         """Read what the checkpoints topic has; True once a checkpoint of the model was seen."""
@@ -165,7 +182,8 @@ class AggregatorWorker(_WorkerMarker, Aggregator):
             self._handle(env)
             self._uncommitted = True
         due = self._dirty_since is not None and (
-            time.monotonic() - self._dirty_since >= self.partial_interval_s)
+            time.monotonic() - self._dirty_since >= self.partial_interval_s
+        )
         if (env is None and self._uncommitted) or due:
             self._flush()
         self._update_gauges()
@@ -211,8 +229,15 @@ class AggregatorWorker(_WorkerMarker, Aggregator):
             self._folds[p] = RoundFold(self.strategy, self._state, int(self._theta.shape[0]))
             self._origins[p] = {}
             self._restored.add(p)
-        event(logger, "worker follows round", model=self.model_id, worker=self.worker,
-              round=ckpt.round, version=ckpt.version, finished=ckpt.finished)
+        event(
+            logger,
+            "worker follows round",
+            model=self.model_id,
+            worker=self.worker,
+            round=ckpt.round,
+            version=ckpt.version,
+            finished=ckpt.finished,
+        )
 
     def _on_rebalance(self, kind: str, partitions: list[tuple[str, int]]) -> None:
         """Partitions leave or arrive: their folds are dropped (uncommitted folds are re-read
@@ -223,8 +248,13 @@ class AggregatorWorker(_WorkerMarker, Aggregator):
                 self.assigned.add(p)
             else:
                 self.assigned.discard(p)
-        event(logger, "worker partitions " + kind, model=self.model_id, worker=self.worker,
-              partitions=sorted(p for _, p in partitions))
+        event(
+            logger,
+            "worker partitions " + kind,
+            model=self.model_id,
+            worker=self.worker,
+            partitions=sorted(p for _, p in partitions),
+        )
 
     def _drop(self, p: int) -> None:
         self._folds.pop(p, None)
@@ -247,8 +277,15 @@ class AggregatorWorker(_WorkerMarker, Aggregator):
         if ann is None or p in self._restored:
             return
         prefix = self.config.kafka.topic_prefix
-        latest = read_partials(self.bus, self.topics["partials"], self.model_id, ann.round,
-                               self._verify, prefix, self.options.restore_timeout_s)
+        latest = read_partials(
+            self.bus,
+            self.topics["partials"],
+            self.model_id,
+            ann.round,
+            self._verify,
+            prefix,
+            self.options.restore_timeout_s,
+        )
         for q in {q for _, q in self.consumer.positions()} | {p}:
             if q in self._restored:
                 continue
@@ -262,28 +299,46 @@ class AggregatorWorker(_WorkerMarker, Aggregator):
                     origins = {s.site: (s.partition, s.offset) for s in msg.sites}
             self._folds[q], self._origins[q] = fold, origins
             for site, (part, offset) in origins.items():
-                self._buffer[(site, ann.round)] = Record(self.topics["updates"], part, offset,
-                                                         site.encode(), b"")
+                self._buffer[(site, ann.round)] = Record(
+                    self.topics["updates"], part, offset, site.encode(), b""
+                )
                 self._buffer_sites.add(site)
             self._restored.add(q)
             if origins:
-                event(logger, "worker restored partition", model=self.model_id,
-                      worker=self.worker, partition=q, round=ann.round, sites=len(origins))
+                event(
+                    logger,
+                    "worker restored partition",
+                    model=self.model_id,
+                    worker=self.worker,
+                    partition=q,
+                    round=ann.round,
+                    sites=len(origins),
+                )
 
     # -- one update ----------------------------------------------------------------------------
     def _handle_update(self, env: Envelope) -> None:
         msg = env.message
         ann = self.ckpt.announcement
-        if (isinstance(msg, SiteUpdateMessage) and msg.model_id == self.model_id
-                and ann is not None and msg.round == ann.round):
+        if (
+            isinstance(msg, SiteUpdateMessage)
+            and msg.model_id == self.model_id
+            and ann is not None
+            and msg.round == ann.round
+        ):
             p = env.record.partition
             if self._origins.get(p, {}).get(msg.site) == (p, env.record.offset):
                 return  # a record this partition's committed partial already holds
             if env.record.key != msg.site.encode():
-                self._reject(env, msg, Rejection(
-                    "partition_key", f"The update of site '{msg.site}' is keyed "
-                    f"{env.record.key!r}; with several aggregator workers updates must be keyed "
-                    "by their site."))
+                self._reject(
+                    env,
+                    msg,
+                    Rejection(
+                        "partition_key",
+                        f"The update of site '{msg.site}' is keyed "
+                        f"{env.record.key!r}; with several aggregator workers updates must be keyed "
+                        "by their site.",
+                    ),
+                )
                 return
         if not isinstance(msg, SiteUpdateMessage) or msg.model_id != self.model_id:
             super()._handle_update(env)  # wrong type / another model: as one aggregator does
@@ -302,8 +357,14 @@ class AggregatorWorker(_WorkerMarker, Aggregator):
         if self._dirty_since is None:
             self._dirty_since = time.monotonic()
         self.metrics.accepted.labels(self.model_id).inc()
-        event(logger, "update accepted", site=msg.site, round=msg.round, worker=self.worker,
-              partition=p)
+        event(
+            logger,
+            "update accepted",
+            site=msg.site,
+            round=msg.round,
+            worker=self.worker,
+            partition=p,
+        )
         if self._crash is not None:
             self._crash.maybe("accepted", ann.round, sum(len(o) for o in self._origins.values()))
 
@@ -320,15 +381,25 @@ class AggregatorWorker(_WorkerMarker, Aggregator):
         for p in sorted(self._dirty):
             assert ann is not None
             msg, payload = to_message(
-                self._folds[p].partial(), self._origins[p], model_id=self.model_id,
-                round_=ann.round, base_version=ann.model_version, worker=self.worker, partition=p,
-                next_offset=offsets.get((self.topics["updates"], p), 0))
+                self._folds[p].partial(),
+                self._origins[p],
+                model_id=self.model_id,
+                round_=ann.round,
+                base_version=ann.model_version,
+                worker=self.worker,
+                partition=p,
+                next_offset=offsets.get((self.topics["updates"], p), 0),
+            )
             outgoing.append((msg, payload))
 
         def body(txn: Transaction) -> None:
             for msg, payload in outgoing:
-                self.publisher.send(self.topics["partials"], msg, payload,
-                                    key=partial_key(self.model_id, msg.round, msg.partition))
+                self.publisher.send(
+                    self.topics["partials"],
+                    msg,
+                    payload,
+                    key=partial_key(self.model_id, msg.round, msg.partition),
+                )
             txn.send_offsets(self.consumer, offsets)
 
         try:
@@ -337,8 +408,14 @@ class AggregatorWorker(_WorkerMarker, Aggregator):
             raise  # fenced (a newer incarnation) or unknown: exit, the restart re-reads
         except BusError as exc:
             self._commit_failures += 1
-            event(logger, "partial commit failed; rewinding to the committed offsets",
-                  logging.ERROR, worker=self.worker, error=str(exc), failures=self._commit_failures)
+            event(
+                logger,
+                "partial commit failed; rewinding to the committed offsets",
+                logging.ERROR,
+                worker=self.worker,
+                error=str(exc),
+                failures=self._commit_failures,
+            )
             if self._commit_failures >= MAX_COMMIT_FAILURES:
                 raise
             self._rewind()
@@ -347,8 +424,15 @@ class AggregatorWorker(_WorkerMarker, Aggregator):
         self._dirty.clear()
         self._dirty_since, self._uncommitted = None, False
         for msg, _ in outgoing:
-            event(logger, "partial published", model=self.model_id, worker=self.worker,
-                  round=msg.round, partition=msg.partition, sites=len(msg.sites))
+            event(
+                logger,
+                "partial published",
+                model=self.model_id,
+                worker=self.worker,
+                round=msg.round,
+                partition=msg.partition,
+                sites=len(msg.sites),
+            )
 
     def _new_round(self) -> None:
         super()._new_round()
@@ -371,8 +455,11 @@ class AggregatorWorker(_WorkerMarker, Aggregator):
 
     def status(self) -> dict[str, Any]:
         out = super().status()
-        out.update(role="worker", worker=self.worker,
-                   partitions={str(p): len(o) for p, o in sorted(self._origins.items())})
+        out.update(
+            role="worker",
+            worker=self.worker,
+            partitions={str(p): len(o) for p, o in sorted(self._origins.items())},
+        )
         return out
 
 

@@ -1,8 +1,8 @@
 """The message bus: one interface (base), two backends (kafka, memory), typed messaging on top.
 
-    from fairfleet.bus import connect, Publisher, Reader
-    bus = connect("kafka://127.0.0.1:9092")     # or "memory://" for simulations
-    bus.create_topics(default_topics())
+from fairfleet.bus import connect, Publisher, Reader
+bus = connect("kafka://127.0.0.1:9092")     # or "memory://" for simulations
+bus.create_topics(default_topics())
 """
 
 from __future__ import annotations
@@ -16,8 +16,19 @@ from fairfleet.bus.topics import TopicSpec, default_topics, topic_name
 from fairfleet.errors import ConfigError
 
 __all__ = [
-    "Bus", "Consumer", "Delivery", "Envelope", "Producer", "Publisher", "Reader", "Record",
-    "TopicSpec", "connect", "dead_letter_for", "default_topics", "topic_name",
+    "Bus",
+    "Consumer",
+    "Delivery",
+    "Envelope",
+    "Producer",
+    "Publisher",
+    "Reader",
+    "Record",
+    "TopicSpec",
+    "connect",
+    "dead_letter_for",
+    "default_topics",
+    "topic_name",
 ]
 
 _MEMORY_BUSES: dict[str, Bus] = {}

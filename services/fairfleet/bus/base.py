@@ -77,7 +77,11 @@ class Delivery:
 class Producer(ABC):
     @abstractmethod
     def publish(
-        self, topic: str, value: bytes | memoryview, key: Key = None, headers: Mapping[str, bytes] | None = None
+        self,
+        topic: str,
+        value: bytes | memoryview,
+        key: Key = None,
+        headers: Mapping[str, bytes] | None = None,
     ) -> Delivery: ...
 
     @abstractmethod

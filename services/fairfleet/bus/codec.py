@@ -85,7 +85,9 @@ def decode(
         raise PayloadError(f"Not a fairfleet message (bad magic {bytes(view[:4])!r}).")
     (n,) = struct.unpack(">I", view[4:8])
     if 8 + n > len(view):
-        raise PayloadError(f"Truncated message: header says {n} JSON bytes, {len(view) - 8} present.")
+        raise PayloadError(
+            f"Truncated message: header says {n} JSON bytes, {len(view) - 8} present."
+        )
     if n > limits.max_json_bytes:
         raise SchemaError(
             f"Message JSON is {n} bytes; at most {limits.max_json_bytes} are read "
@@ -135,7 +137,9 @@ def schema_error(type_name: str, exc: ValidationError) -> SchemaError:
         f"{'.'.join(map(str, e['loc'])) or '<message>'}: {e['msg']}{_quoted(e.get('input'))}"
         for e in errors[:10]
     )
-    return SchemaError(f"Invalid '{type_name}' message: {problems}", reason=reason, field=field_path)
+    return SchemaError(
+        f"Invalid '{type_name}' message: {problems}", reason=reason, field=field_path
+    )
 
 
 def _quoted(value: object) -> str:
@@ -209,7 +213,7 @@ class _Pending:
                     reason="corrupted_chunks",
                 )
             if self.payload is None and start + len(data) >= 8:
-                head = (bytes(self.parts[0][:8]) if self.next_index else bytes(data[:8]))
+                head = bytes(self.parts[0][:8]) if self.next_index else bytes(data[:8])
                 if len(head) == 8:  # (a first chunk shorter than 8 bytes: no payload hash)
                     self.payload_start = 8 + int.from_bytes(head[4:8], "big")
                     self.payload = hashlib.sha256()
@@ -237,7 +241,9 @@ class Assembled:
 class IncompleteChunks(PayloadError):
     """An assembly expired or was evicted with chunks missing; carries the records that arrived."""
 
-    def __init__(self, message: str, records: tuple[Record, ...], reason: str = "incomplete_chunks") -> None:
+    def __init__(
+        self, message: str, records: tuple[Record, ...], reason: str = "incomplete_chunks"
+    ) -> None:
         super().__init__(message, reason)
         self.records = records
 
@@ -334,13 +340,15 @@ class Reassembler:
                 victim_id = next(itertools.islice(self._pending, 1, None))
             victim = self._pending[victim_id]
             self._drop(victim_id)
-            self._evicted.append(IncompleteChunks(
-                f"Message {victim_id} evicted incomplete: incomplete chunk sets would hold more than "
-                f"{budget} bytes (kafka.max_pending_chunk_bytes); it held {len(victim.parts)} of "
-                f"{victim.count} chunks ({victim.held_bytes} bytes).",
-                tuple(victim.records),
-                reason="chunk_budget",
-            ))
+            self._evicted.append(
+                IncompleteChunks(
+                    f"Message {victim_id} evicted incomplete: incomplete chunk sets would hold more than "
+                    f"{budget} bytes (kafka.max_pending_chunk_bytes); it held {len(victim.parts)} of "
+                    f"{victim.count} chunks ({victim.held_bytes} bytes).",
+                    tuple(victim.records),
+                    reason="chunk_budget",
+                )
+            )
 
     def _drop(self, chunk_id: str) -> None:
         """Forget an assembly (completed, failed, expired or evicted); its late chunks are ignored."""
@@ -367,11 +375,13 @@ class Reassembler:
             if now - p.first_seen >= self.timeout_s:
                 self._drop(chunk_id)
                 missing = p.missing(11)
-                out.append(IncompleteChunks(
-                    f"Message {chunk_id} is incomplete after {self.timeout_s:.0f} s: chunks "
-                    f"{missing[:10]}{'...' if len(missing) > 10 else ''} of {p.count} never arrived.",
-                    tuple(p.records),
-                ))
+                out.append(
+                    IncompleteChunks(
+                        f"Message {chunk_id} is incomplete after {self.timeout_s:.0f} s: chunks "
+                        f"{missing[:10]}{'...' if len(missing) > 10 else ''} of {p.count} never arrived.",
+                        tuple(p.records),
+                    )
+                )
         return out
 
     def pending_min_offsets(self) -> dict[tuple[str, int], int]:

@@ -157,7 +157,9 @@ class KafkaBus(Bus):
     def producer(self, transactional_id: str | None = None) -> KafkaProducer:
         return KafkaProducer(self.client_config, transactional_id)
 
-    def consumer(self, group_id: str, topics: Sequence[str], from_beginning: bool = True) -> KafkaConsumer:
+    def consumer(
+        self, group_id: str, topics: Sequence[str], from_beginning: bool = True
+    ) -> KafkaConsumer:
         return KafkaConsumer(self.client_config, group_id, list(topics), from_beginning)
 
     def suspect_down(self) -> bool:
@@ -171,7 +173,11 @@ class KafkaBus(Bus):
             self._admin.poll(0)  # serve the admin client's log and error callbacks first
             err = exc.args[0] if exc.args else exc
             detail = err.str() if isinstance(err, KafkaError) else str(err)
-            return f"{detail} (last client error: {self.link.last_error})" if self.link.last_error else detail
+            return (
+                f"{detail} (last client error: {self.link.last_error})"
+                if self.link.last_error
+                else detail
+            )
         self._admin.poll(0)
         if not metadata.brokers:
             return "the cluster answered with no brokers"
@@ -184,7 +190,9 @@ class KafkaBus(Bus):
         except KafkaException as exc:
             raise _bus_error("Listing topics", exc) from exc
         new = [
-            NewTopic(s.name, num_partitions=s.partitions, replication_factor=1, config=dict(s.config))
+            NewTopic(
+                s.name, num_partitions=s.partitions, replication_factor=1, config=dict(s.config)
+            )
             for s in specs
             if s.name not in existing
         ]
@@ -256,8 +264,10 @@ class KafkaProducer(Producer):
         if not isinstance(err, KafkaError):
             return TransactionError(f"{what} failed: {err}", requires_abort=True)
         return TransactionError(
-            f"{what} failed: {err}", retriable=err.retriable(),
-            requires_abort=err.txn_requires_abort(), fatal=err.fatal(),
+            f"{what} failed: {err}",
+            retriable=err.retriable(),
+            requires_abort=err.txn_requires_abort(),
+            fatal=err.fatal(),
         )
 
     def _call(self, fn: Any, *args: Any, timeout_s: float | None = None) -> Any:
@@ -299,8 +309,13 @@ class KafkaProducer(Producer):
                 f"{name} did not return within {timeout_s + HUNG_CALL_GRACE_S:.0f} s "
                 f"(librdkafka call hung; producer {self.transactional_id!r} abandoned)"
             )
-            event(logger, "kafka call hung; abandoning the producer", logging.ERROR,
-                  call=name, transactional_id=self.transactional_id or "")
+            event(
+                logger,
+                "kafka call hung; abandoning the producer",
+                logging.ERROR,
+                call=name,
+                transactional_id=self.transactional_id or "",
+            )
             raise TransactionError(self._abandoned, fatal=True)
         error = outcome.get("error")
         if isinstance(error, KafkaException):
@@ -309,7 +324,13 @@ class KafkaProducer(Producer):
             raise error
         return outcome.get("value")
 
-    def publish(self, topic: str, value: bytes | memoryview, key: Key = None, headers: Mapping[str, bytes] | None = None) -> Delivery:
+    def publish(
+        self,
+        topic: str,
+        value: bytes | memoryview,
+        key: Key = None,
+        headers: Mapping[str, bytes] | None = None,
+    ) -> Delivery:
         delivery = Delivery(self._producer.poll)
         if not isinstance(value, bytes):
             value = bytes(value)  # librdkafka takes read-only bytes only (one memcpy per chunk)
@@ -323,8 +344,11 @@ class KafkaProducer(Producer):
         while True:
             try:
                 self._producer.produce(
-                    topic, value=value, key=key_bytes(key),
-                    headers=list((headers or {}).items()), on_delivery=on_delivery,
+                    topic,
+                    value=value,
+                    key=key_bytes(key),
+                    headers=list((headers or {}).items()),
+                    on_delivery=on_delivery,
                 )
                 break
             except BufferError:
@@ -351,7 +375,9 @@ class KafkaProducer(Producer):
         tps = [TopicPartition(t, p, o) for (t, p), o in chosen.items() if o >= 0]
         self._call(
             self._producer.send_offsets_to_transaction,
-            tps, consumer._consumer.consumer_group_metadata(), timeout_s=30,
+            tps,
+            consumer._consumer.consumer_group_metadata(),
+            timeout_s=30,
         )
 
     def commit_transaction(self) -> None:
@@ -363,7 +389,11 @@ class KafkaProducer(Producer):
 
 class KafkaConsumer(Consumer):
     def __init__(
-        self, client_config: Mapping[str, Any], group_id: str, topics: list[str], from_beginning: bool,
+        self,
+        client_config: Mapping[str, Any],
+        group_id: str,
+        topics: list[str],
+        from_beginning: bool,
         on_rebalance: Callable[[str, list[tuple[str, int]]], None] | None = None,
     ) -> None:
         """``on_rebalance(kind, partitions)`` (kind "assign", "revoke" or "lost") is called from
@@ -385,11 +415,16 @@ class KafkaConsumer(Consumer):
         if on_rebalance is None:
             self._consumer.subscribe(topics)
         else:
+
             def callback(kind: str) -> Callable[[Any, list[TopicPartition]], None]:
                 return lambda _c, parts: on_rebalance(kind, [(p.topic, p.partition) for p in parts])
 
-            self._consumer.subscribe(topics, on_assign=callback("assign"),
-                                     on_revoke=callback("revoke"), on_lost=callback("lost"))
+            self._consumer.subscribe(
+                topics,
+                on_assign=callback("assign"),
+                on_revoke=callback("revoke"),
+                on_lost=callback("lost"),
+            )
         self.group_id = group_id
         self.topics = topics
 
@@ -519,8 +554,13 @@ def _transient(err: KafkaError) -> bool:
     if err.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
         suppressed = _MISSING_TOPICS.admit(err.str())
         if suppressed is not None:
-            event(logger, "a subscribed topic does not exist (yet); waiting for it",
-                  logging.WARNING, detail=err.str(), suppressed=suppressed)
+            event(
+                logger,
+                "a subscribed topic does not exist (yet); waiting for it",
+                logging.WARNING,
+                detail=err.str(),
+                suppressed=suppressed,
+            )
         return True
     return bool(err.code() == KafkaError._PARTITION_EOF or err.retriable())
 
@@ -529,6 +569,11 @@ def _record(msg: Any) -> Record:
     headers = {k: (v if v is not None else b"") for k, v in (msg.headers() or [])}
     _, ts = msg.timestamp()
     return Record(
-        topic=msg.topic(), partition=msg.partition(), offset=msg.offset(),
-        key=msg.key(), value=msg.value() or b"", headers=headers, timestamp_ms=int(ts),
+        topic=msg.topic(),
+        partition=msg.partition(),
+        offset=msg.offset(),
+        key=msg.key(),
+        value=msg.value() or b"",
+        headers=headers,
+        timestamp_ms=int(ts),
     )

@@ -52,8 +52,13 @@ class InputLimits:
     """The topics' ``max.message.bytes``: no chunk is larger (fairfleet.bus.topics)."""
 
     def __post_init__(self) -> None:
-        for name in ("max_json_bytes", "max_json_depth", "max_value_bytes",
-                     "max_pending_chunk_bytes", "max_message_bytes"):
+        for name in (
+            "max_json_bytes",
+            "max_json_depth",
+            "max_value_bytes",
+            "max_pending_chunk_bytes",
+            "max_message_bytes",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be an integer >= 1. Found {value!r}.")
@@ -166,7 +171,9 @@ def check_chunk(limits: InputLimits, index: int, count: int, total: int, size: i
             reason="chunk_count",
         )
     if not 0 <= index < count:
-        raise PayloadError(f"Chunk index {index} out of range for count {count}.", reason="chunk_count")
+        raise PayloadError(
+            f"Chunk index {index} out of range for count {count}.", reason="chunk_count"
+        )
     if index < count - 1 and -(-total // size) != count:
         raise PayloadError(
             f"Chunk {index} of {count} has {size} bytes; a value of {total} bytes in chunks of "

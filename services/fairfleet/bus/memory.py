@@ -54,7 +54,9 @@ class MemoryBus(Bus):
         except KeyError:
             raise BusError(f"Topic '{name}' does not exist (create it first).") from None
 
-    def _append(self, topic: str, key: bytes | None, value: bytes, headers: dict[str, bytes]) -> tuple[int, int]:
+    def _append(
+        self, topic: str, key: bytes | None, value: bytes, headers: dict[str, bytes]
+    ) -> tuple[int, int]:
         t = self._topic(topic)
         limit = int(t.spec.config.get("max.message.bytes", "0") or 0)
         if limit and len(value) > limit:
@@ -74,7 +76,9 @@ class MemoryBus(Bus):
     def producer(self, transactional_id: str | None = None) -> MemoryProducer:
         return MemoryProducer(self, transactional_id)
 
-    def consumer(self, group_id: str, topics: Sequence[str], from_beginning: bool = True) -> MemoryConsumer:
+    def consumer(
+        self, group_id: str, topics: Sequence[str], from_beginning: bool = True
+    ) -> MemoryConsumer:
         with self._lock:
             for name in topics:
                 self._topic(name)
@@ -88,13 +92,22 @@ class MemoryBus(Bus):
         members = group.members
         for member in members:
             member._assignment = []
-        slots = sorted({(t, p) for m in members for t in m.topics for p in range(len(self._topic(t).partitions))})
+        slots = sorted(
+            {
+                (t, p)
+                for m in members
+                for t in m.topics
+                for p in range(len(self._topic(t).partitions))
+            }
+        )
         for i, tp in enumerate(slots):
             candidates = [m for m in members if tp[0] in m.topics]
             candidates[i % len(candidates)]._assignment.append(tp)
         for member in members:
             member._positions = {
-                tp: group.committed.get(tp, 0 if member.from_beginning else len(self._topic(tp[0]).partitions[tp[1]]))
+                tp: group.committed.get(
+                    tp, 0 if member.from_beginning else len(self._topic(tp[0]).partitions[tp[1]])
+                )
                 for tp in member._assignment
             }
 
@@ -113,7 +126,13 @@ class MemoryProducer(Producer):
         self._txn: list[tuple[str, bytes | None, bytes, dict[str, bytes], Delivery]] | None = None
         self._txn_offsets: list[tuple[str, dict[tuple[str, int], int]]] = []
 
-    def publish(self, topic: str, value: bytes | memoryview, key: Key = None, headers: Mapping[str, bytes] | None = None) -> Delivery:
+    def publish(
+        self,
+        topic: str,
+        value: bytes | memoryview,
+        key: Key = None,
+        headers: Mapping[str, bytes] | None = None,
+    ) -> Delivery:
         delivery = Delivery()
         hdrs = dict(headers or {})
         with self._bus._lock:
@@ -143,7 +162,9 @@ class MemoryProducer(Producer):
         self, consumer: Consumer, offsets: Mapping[tuple[str, int], int] | None = None
     ) -> None:
         if self._txn is None or not isinstance(consumer, MemoryConsumer):
-            raise BusError("send_offsets_to_transaction needs an open transaction and a memory consumer.")
+            raise BusError(
+                "send_offsets_to_transaction needs an open transaction and a memory consumer."
+            )
         chosen = dict(offsets) if offsets is not None else consumer.positions()
         self._txn_offsets.append((consumer.group_id, chosen))
 
@@ -168,7 +189,9 @@ class MemoryProducer(Producer):
 
 
 class MemoryConsumer(Consumer):
-    def __init__(self, bus: MemoryBus, group_id: str, topics: list[str], from_beginning: bool) -> None:
+    def __init__(
+        self, bus: MemoryBus, group_id: str, topics: list[str], from_beginning: bool
+    ) -> None:
         self._bus = bus
         self.group_id = group_id
         self.topics = topics

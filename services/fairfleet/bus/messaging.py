@@ -43,7 +43,9 @@ class Publisher:
     """
 
     def __init__(
-        self, producer: Producer, chunk_bytes: int = codec.DEFAULT_CHUNK_BYTES,
+        self,
+        producer: Producer,
+        chunk_bytes: int = codec.DEFAULT_CHUNK_BYTES,
         signer: SignFn | None = None,
     ) -> None:
         if chunk_bytes < MIN_CHUNK_BYTES:
@@ -76,11 +78,20 @@ class Publisher:
         for i, chunk in enumerate(codec.split(value, self.chunk_bytes, msg.message_id)):
             chunk_key = f"{base}#{i}" if compacted and base is not None else key
             deliveries.append(
-                self.producer.publish(topic, chunk.data, key=chunk_key, headers={**headers, **chunk.headers})
+                self.producer.publish(
+                    topic, chunk.data, key=chunk_key, headers={**headers, **chunk.headers}
+                )
             )
         return deliveries
 
-    def send_sync(self, topic: str, msg: Message, payload: bytes | memoryview = b"", key: Key = None, timeout: float = 60.0) -> None:
+    def send_sync(
+        self,
+        topic: str,
+        msg: Message,
+        payload: bytes | memoryview = b"",
+        key: Key = None,
+        timeout: float = 60.0,
+    ) -> None:
         for delivery in self.send(topic, msg, payload, key):
             delivery.wait(timeout)
 
@@ -133,7 +144,9 @@ class Reader:
     def poll(self, timeout: float = 1.0) -> Envelope | None:
         """Next complete, valid message, or None when nothing arrived within ``timeout``."""
         for expired in self.reassembler.expire():
-            self._dead(expired.records[0] if expired.records else None, expired.reason, str(expired))
+            self._dead(
+                expired.records[0] if expired.records else None, expired.reason, str(expired)
+            )
         record = self.consumer.poll(timeout)
         while record is not None:
             env = self._handle(record)
@@ -149,9 +162,13 @@ class Reader:
                 problem = self.verifier(env.message)
                 if problem is not None:
                     msg = env.message
-                    self._dead(env.record, problem.reason, problem.detail,
-                               site=str(getattr(msg, "site", "")),
-                               model_id=str(getattr(msg, "model_id", "")))
+                    self._dead(
+                        env.record,
+                        problem.reason,
+                        problem.detail,
+                        site=str(getattr(msg, "site", "")),
+                        model_id=str(getattr(msg, "model_id", "")),
+                    )
                     return None
             return env
         except (SchemaError, PayloadError) as exc:
@@ -160,8 +177,9 @@ class Reader:
             self._dead(record, "decode_failed", f"{type(exc).__name__}: {exc}")
         finally:
             for evicted in self.reassembler.drain_evicted():
-                self._dead(evicted.records[0] if evicted.records else None, evicted.reason,
-                           str(evicted))
+                self._dead(
+                    evicted.records[0] if evicted.records else None, evicted.reason, str(evicted)
+                )
         return None
 
     def _decode(self, record: Record) -> Envelope | None:
@@ -180,17 +198,29 @@ class Reader:
         self, record: Record | None, reason: str, detail: str, field: str = "", **fields: object
     ) -> None:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1
-        event(logger, "rejected input", logging.WARNING, reason=reason, field=field or None,
-              detail=detail[:500], topic=record.topic if record else None,
-              offset=record.offset if record else None)
+        event(
+            logger,
+            "rejected input",
+            logging.WARNING,
+            reason=reason,
+            field=field or None,
+            detail=detail[:500],
+            topic=record.topic if record else None,
+            offset=record.offset if record else None,
+        )
         if self.on_dead_letter is None:
             return
         letter = dead_letter_for(self.service, reason, detail, record, field=field, **fields)
         try:
             self.on_dead_letter(letter)
         except Exception as exc:  # a failing sink must not turn a bad record into a crash
-            event(logger, "dead letter not delivered", logging.ERROR, reason=reason,
-                  error=f"{type(exc).__name__}: {exc}")
+            event(
+                logger,
+                "dead letter not delivered",
+                logging.ERROR,
+                reason=reason,
+                error=f"{type(exc).__name__}: {exc}",
+            )
 
     def safe_offsets(self) -> dict[tuple[str, int], int]:
         """Offsets that are safe to commit: never past a chunk of an incomplete message."""
@@ -201,7 +231,9 @@ class Reader:
         return positions
 
 
-def dead_letter_for(service: str, reason: str, detail: str, record: Record | None, **fields: object) -> DeadLetter:
+def dead_letter_for(
+    service: str, reason: str, detail: str, record: Record | None, **fields: object
+) -> DeadLetter:
     """A DeadLetter naming where the bad input came from."""
     kwargs: dict[str, object] = {"service": service, "reason": reason, "detail": detail[:4000]}
     if record is not None:

@@ -31,9 +31,16 @@ def _base(retention_ms: int = WEEK_MS) -> dict[str, str]:
 
 
 LOGICAL_TOPICS = (
-    "rounds", "models", "updates", "stats",
-    "privacy.requests", "privacy.grants", "privacy.events", "deadletter",
-    "checkpoints", "partials",
+    "rounds",
+    "models",
+    "updates",
+    "stats",
+    "privacy.requests",
+    "privacy.grants",
+    "privacy.events",
+    "deadletter",
+    "checkpoints",
+    "partials",
 )
 
 

@@ -59,8 +59,14 @@ def _retrying(call: Callable[[], T], what: str, attempts: int, backoff_s: float)
         except TransactionError as exc:
             if not exc.retriable or exc.fatal or attempt == attempts:
                 raise
-            event(logger, "retriable transaction error; retrying", logging.WARNING,
-                  call=what, attempt=attempt, error=str(exc))
+            event(
+                logger,
+                "retriable transaction error; retrying",
+                logging.WARNING,
+                call=what,
+                attempt=attempt,
+                error=str(exc),
+            )
             time.sleep(backoff_s * attempt)
     raise AssertionError("unreachable")
 
@@ -79,8 +85,12 @@ class Transaction:
         empty."""
         if offsets is not None and not offsets:
             return
-        _retrying(lambda: self.producer.send_offsets_to_transaction(consumer, offsets),
-                  "send_offsets_to_transaction", self._attempts, self._backoff_s)
+        _retrying(
+            lambda: self.producer.send_offsets_to_transaction(consumer, offsets),
+            "send_offsets_to_transaction",
+            self._attempts,
+            self._backoff_s,
+        )
 
 
 def run_transaction(
@@ -122,8 +132,13 @@ def _abort(producer: Producer, cause: BaseException, attempts: int, backoff_s: f
     try:
         _retrying(producer.abort_transaction, "abort_transaction", attempts, backoff_s)
     except BusError as abort_exc:
-        event(logger, "transaction abort failed; outcome unknown", logging.ERROR,
-              error=str(abort_exc), cause=str(cause))
+        event(
+            logger,
+            "transaction abort failed; outcome unknown",
+            logging.ERROR,
+            error=str(abort_exc),
+            cause=str(cause),
+        )
         if _fatal(abort_exc):
             raise ProducerFenced(f"abort failed fatally after: {cause}") from abort_exc
         raise OutcomeUnknown(f"{cause} (and the abort failed: {abort_exc})") from cause

@@ -81,11 +81,21 @@ class BrokerWatch:
         if reason is None:
             if suspect:
                 self._disturbed = True
-                event(logger, "step failed during a Kafka outage that has passed; resuming",
-                      logging.WARNING, service=self.service, error=str(exc)[:300])
+                event(
+                    logger,
+                    "step failed during a Kafka outage that has passed; resuming",
+                    logging.WARNING,
+                    service=self.service,
+                    error=str(exc)[:300],
+                )
             return suspect
-        event(logger, "step failed because Kafka is unreachable", logging.DEBUG,
-              service=self.service, error=str(exc))
+        event(
+            logger,
+            "step failed because Kafka is unreachable",
+            logging.DEBUG,
+            service=self.service,
+            error=str(exc),
+        )
         self._disturbed = True
         self._wait(stop, reason)
         return True
@@ -96,9 +106,15 @@ class BrokerWatch:
         self.outages += 1
         self._disturbed = True
         started = time.monotonic()
-        event(logger, f"cannot reach Kafka at {self.bootstrap}: {reason}; waiting for it "
-              "(retrying with backoff)", logging.WARNING, service=self.service,
-              bootstrap=self.bootstrap, reason=reason)
+        event(
+            logger,
+            f"cannot reach Kafka at {self.bootstrap}: {reason}; waiting for it "
+            "(retrying with backoff)",
+            logging.WARNING,
+            service=self.service,
+            bootstrap=self.bootstrap,
+            reason=reason,
+        )
         if self.health is not None:
             self.health.kafka_lost(f"{self.bootstrap}: {reason}")
         delay = self.first_delay_s
@@ -106,9 +122,13 @@ class BrokerWatch:
             reason = self.bus.unreachable(self.probe_timeout_s)
             if reason is None:
                 waited = time.monotonic() - started
-                event(logger, f"Kafka at {self.bootstrap} is reachable again after {waited:.0f} s; "
-                      "resuming", service=self.service, bootstrap=self.bootstrap,
-                      waited_s=round(waited, 1))
+                event(
+                    logger,
+                    f"Kafka at {self.bootstrap} is reachable again after {waited:.0f} s; resuming",
+                    service=self.service,
+                    bootstrap=self.bootstrap,
+                    waited_s=round(waited, 1),
+                )
                 if self.health is not None:
                     self.health.kafka_back()
                 return True

@@ -77,7 +77,8 @@ def usage_for_old_json(ctx: typer.Context, as_json: bool) -> None:
     if as_json:
         raise typer.BadParameter(
             f"--json is a flag (machine output on stdout); write the document with --out "
-            f"{ctx.args[0]}", param_hint="'--json'"
+            f"{ctx.args[0]}",
+            param_hint="'--json'",
         )
     raise typer.BadParameter(f"unexpected extra argument(s): {' '.join(ctx.args)}")
 

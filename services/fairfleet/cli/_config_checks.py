@@ -82,7 +82,11 @@ def check_model(i: int, raw: dict[str, Any], report: CheckReport) -> None:
         except ConfigError as exc:
             report.problems.append(f"{where}.aggregator.workers: {exc}")
     except ConfigError as exc:
-        loc = "name" if any(t in str(exc) for t in ("Unknown strategy", "Strategy subclass", "Entry point")) else "params"
+        loc = (
+            "name"
+            if any(t in str(exc) for t in ("Unknown strategy", "Strategy subclass", "Entry point"))
+            else "params"
+        )
         got = m.strategy.name if loc == "name" else m.strategy.params
         report.problems.append(f"{where}.strategy.{loc}: {exc} (got {shown(got)})")
     except (TypeError, ValueError) as exc:
@@ -128,8 +132,15 @@ def check_site(
 
     where = f"sites[{i}]"
     s = SiteConfig.model_validate(raw)
-    check_key_pair(where, s.public_key, s.private_key_file, base_dir, f"site agent '{s.id}'", report,
-                   paths=paths)
+    check_key_pair(
+        where,
+        s.public_key,
+        s.private_key_file,
+        base_dir,
+        f"site agent '{s.id}'",
+        report,
+        paths=paths,
+    )
     available = available_connectors()
     if available is not None and s.connector.type not in available:
         report.problems.append(
@@ -299,7 +310,9 @@ def check_budgets(cfg: Any, report: CheckReport) -> None:
             events = []
             for model_id in model_ids:
                 m = cfg.model(model_id)
-                m_max = max(1, int(s.agent.holdout_fraction * s.agent.train_windows * s.window.size))
+                m_max = max(
+                    1, int(s.agent.holdout_fraction * s.agent.train_windows * s.window.size)
+                )
                 event = round_event(m.privacy, m.training, m_max)
                 events.append(dp_accounting.SelfComposedDpEvent(event, m.rounds.rounds))
             projected = epsilon(events, policy.delta, accountant="rdp")

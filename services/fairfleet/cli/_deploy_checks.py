@@ -33,6 +33,7 @@ KNOWN_ENV: dict[str, str] = {
     "FAIRFLEET_IMAGE": "deploy/compose: the image tag",
 }
 
+
 def scrub_report(report: CheckReport, secrets: set[str]) -> None:
     report.problems = scrub(report.problems, secrets)
     report.warnings = scrub(report.warnings, secrets)
@@ -144,7 +145,13 @@ def build_site_connector(s: Any, base_dir: Path, state_dir: Path) -> Any:
 
 
 def check_connector_built(
-    i: int, s: Any, models: Mapping[str, Any], base_dir: Path, report: CheckReport, *, paths: bool = True,
+    i: int,
+    s: Any,
+    models: Mapping[str, Any],
+    base_dir: Path,
+    report: CheckReport,
+    *,
+    paths: bool = True,
     scales: Mapping[str, Any] | None = None,
 ) -> None:
     """Build sites[i]'s connector; check its params, the paths it reads, that its schema

@@ -39,8 +39,14 @@ SECRET_WORDS = ("password", "secret", "token", "private_key")
 
 
 def check_key_pair(
-    where: str, public_key: str, private_key_file: str | None, base_dir: Path, who: str,
-    report: CheckReport, *, paths: bool = True,
+    where: str,
+    public_key: str,
+    private_key_file: str | None,
+    base_dir: Path,
+    who: str,
+    report: CheckReport,
+    *,
+    paths: bool = True,
 ) -> None:
     """``public_key`` is an Ed25519 key and ``private_key_file`` its private half; a key file that
     is missing or unreadable here is an error if ``paths`` (else a warning: ``--skip-paths``)."""
@@ -53,7 +59,9 @@ def check_key_pair(
     try:
         load_public(public_key)
     except ConfigError:
-        report.problems.append(f"{where}.public_key: not an Ed25519 public key (got {shown(public_key)})")
+        report.problems.append(
+            f"{where}.public_key: not an Ed25519 public key (got {shown(public_key)})"
+        )
         return
     if not private_key_file:
         return
@@ -88,8 +96,14 @@ def identities(cfg: Any) -> list[tuple[str, str | None, str | None, str]]:
     out.append(("accountant", acc.public_key, acc.private_key_file, "the accountant"))
     for i, m in enumerate(cfg.models):
         ident = m.aggregator
-        out.append((f"models[{i}].aggregator", ident.public_key if ident else None,
-                    ident.private_key_file if ident else None, f"the aggregator of '{m.id}'"))
+        out.append(
+            (
+                f"models[{i}].aggregator",
+                ident.public_key if ident else None,
+                ident.private_key_file if ident else None,
+                f"the aggregator of '{m.id}'",
+            )
+        )
     return out
 
 
@@ -216,8 +230,10 @@ def _secret_paths(node: Any, path: str) -> list[str]:
             sub = f"{path}.{key}" if path else str(key)
             lowered = str(key).lower()
             if (
-                any(w in lowered for w in SECRET_WORDS) and not lowered.endswith("_file")
-                and isinstance(value, str | int) and value != ""
+                any(w in lowered for w in SECRET_WORDS)
+                and not lowered.endswith("_file")
+                and isinstance(value, str | int)
+                and value != ""
             ):
                 out.append(sub)
             else:

@@ -80,8 +80,11 @@ def run_cmd(
 
         from fairfleet.log import event
 
-        event(logging.getLogger(__name__), "no --config: grants are unsigned and requests unverified (docs/security.md)",
-              logging.WARNING)
+        event(
+            logging.getLogger(__name__),
+            "no --config: grants are unsigned and requests unverified (docs/security.md)",
+            logging.WARNING,
+        )
     if policy is not None:
         policies = load_policies(policy)
     if bootstrap is None or policies is None:
@@ -131,22 +134,29 @@ def rebuild_cmd(
 
         verifier = Verifier.from_config(load_config(policy)).check
     except ConfigError:
-        typer.echo("warning: --policy is not a fleet config; replayed events are not verified "
-                   "(docs/security.md)", err=True)
+        typer.echo(
+            "warning: --policy is not a fleet config; replayed events are not verified "
+            "(docs/security.md)",
+            err=True,
+        )
     with Console(stderr=True).status("replaying privacy.events from offset 0..."):
-        service = rebuild(connect(f"kafka://{bootstrap}"), db, load_policies(policy), prefix,
-                          verifier=verifier)
+        service = rebuild(
+            connect(f"kafka://{bootstrap}"), db, load_policies(policy), prefix, verifier=verifier
+        )
     budgets = service.ledger.budgets()
-    skipped = [{"reason": d.reason, "site": d.site, "offset": d.source_offset, "detail": d.detail}
-               for d in service.skipped]
+    skipped = [
+        {"reason": d.reason, "site": d.site, "offset": d.source_offset, "detail": d.detail}
+        for d in service.skipped
+    ]
     service.close()
     if as_json:
         typer.echo(json.dumps({"db": str(db), "budgets": budgets, "skipped": skipped}))
         return
     typer.echo(f"rebuilt {len(budgets)} ledgers into {db}")
     for s in skipped:  # not counted in the rebuilt ledger: the operator must see each one
-        typer.echo(f"skipped privacy.events offset {s['offset']} ({s['reason']}): {s['detail']}",
-                   err=True)
+        typer.echo(
+            f"skipped privacy.events offset {s['offset']} ({s['reason']}): {s['detail']}", err=True
+        )
 
 
 @accountant_app.command("cancel")
@@ -158,7 +168,8 @@ def cancel_cmd(
     bootstrap: str = BOOTSTRAP,
     prefix: str = PREFIX,
     config: Path | None = typer.Option(
-        None, "--config",
+        None,
+        "--config",
         help="Fleet config: the cancel is signed with accountant.private_key_file (an unsigned "
         "cancel is dead-lettered by an accountant that verifies signatures).",
     ),

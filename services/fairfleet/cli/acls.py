@@ -39,16 +39,27 @@ def _binding(rule: AclRule) -> AclBinding:
     )
 
     return AclBinding(
-        ResourceType[rule.resource_type], rule.resource_name,
-        ResourcePatternType[rule.pattern_type], rule.principal, "*",
-        AclOperation[rule.operation], AclPermissionType.ALLOW,
+        ResourceType[rule.resource_type],
+        rule.resource_name,
+        ResourcePatternType[rule.pattern_type],
+        rule.principal,
+        "*",
+        AclOperation[rule.operation],
+        AclPermissionType.ALLOW,
     )
 
 
 def _key(binding: Any) -> tuple[str, ...]:
     """A binding as comparable strings (AclBinding from describe_acls or built here)."""
-    return (binding.principal, binding.restype.name, binding.resource_pattern_type.name,
-            binding.name, binding.operation.name, binding.permission_type.name, binding.host)
+    return (
+        binding.principal,
+        binding.restype.name,
+        binding.resource_pattern_type.name,
+        binding.name,
+        binding.operation.name,
+        binding.permission_type.name,
+        binding.host,
+    )
 
 
 def apply_acls(
@@ -63,14 +74,17 @@ def apply_acls(
 
     from fairfleet.bus.kafka import KafkaLink
 
-    admin = AdminClient({"bootstrap.servers": bootstrap, **KafkaLink(bootstrap).config(),
-                         **client_config})
+    admin = AdminClient(
+        {"bootstrap.servers": bootstrap, **KafkaLink(bootstrap).config(), **client_config}
+    )
     wanted = {_key(b): b for b in map(_binding, rules)}  # aggregators sharing a principal: once
     failures: dict[str, list[str]] = {}  # error name -> bindings it refused
     try:
         futures = admin.create_acls(list(wanted.values()), request_timeout=timeout_s)
     except KafkaException as exc:
-        raise BusError(f"Creating ACLs on {bootstrap} failed: {exc.args[0] if exc.args else exc}") from exc
+        raise BusError(
+            f"Creating ACLs on {bootstrap} failed: {exc.args[0] if exc.args else exc}"
+        ) from exc
     for binding, future in futures.items():
         try:
             future.result()
@@ -84,8 +98,10 @@ def apply_acls(
         raise BusError(
             f"The broker at {bootstrap} refused {refused} of {len(wanted)} ACL bindings (is its "
             f"authorizer on, and may {client_config.get('sasl.username', 'this client')!r} alter "
-            "ACLs?): " + "; ".join(f"{name} for {len(held)}, e.g. {held[0]}"
-                                   for name, held in sorted(failures.items()))
+            "ACLs?): "
+            + "; ".join(
+                f"{name} for {len(held)}, e.g. {held[0]}" for name, held in sorted(failures.items())
+            )
         )
     # the broker lists a new binding once its metadata has it (a moment after the controller)
     deadline = time.monotonic() + timeout_s
@@ -96,10 +112,19 @@ def apply_acls(
             break
         time.sleep(0.5)
     if missing:
-        raise BusError(f"{len(missing)} ACL bindings were created but are not listed after "
-                       f"{timeout_s:g} s, e.g. {' '.join(missing[0][:5])}")
-    names = ("principal", "resource_type", "pattern_type", "resource_name", "operation",
-             "permission", "host")
+        raise BusError(
+            f"{len(missing)} ACL bindings were created but are not listed after "
+            f"{timeout_s:g} s, e.g. {' '.join(missing[0][:5])}"
+        )
+    names = (
+        "principal",
+        "resource_type",
+        "pattern_type",
+        "resource_name",
+        "operation",
+        "permission",
+        "host",
+    )
     extra = [dict(zip(names, k, strict=True)) for k in sorted(present - set(wanted))]
     return {"created": len(wanted), "present": len(wanted), "extra": extra}
 
@@ -118,8 +143,16 @@ def _listed(admin: Any, principals: list[str], timeout_s: float) -> set[tuple[st
     present: set[tuple[str, ...]] = set()
     for principal in principals:
         # None matches any resource name and any host (the documented filter semantics)
-        query = AclBindingFilter(ResourceType.ANY, None, ResourcePatternType.ANY,  # type: ignore[arg-type]
-                                 principal, None, AclOperation.ANY, AclPermissionType.ANY)  # type: ignore[arg-type]
+        any_name: Any = None  # the stubs say str; None is the documented wildcard
+        query = AclBindingFilter(
+            ResourceType.ANY,
+            any_name,
+            ResourcePatternType.ANY,
+            principal,
+            any_name,
+            AclOperation.ANY,
+            AclPermissionType.ANY,
+        )
         try:
             found = admin.describe_acls(query, request_timeout=timeout_s).result()
         except KafkaException as exc:
@@ -134,7 +167,9 @@ def _admin_config(cfg: Any, admin_user: str | None) -> dict[str, str]:
         return conf
     password = os.environ.get(ADMIN_PASSWORD_ENV)
     if not password:
-        raise ConfigError(f"--admin-user {admin_user!r} needs its password in {ADMIN_PASSWORD_ENV}.")
+        raise ConfigError(
+            f"--admin-user {admin_user!r} needs its password in {ADMIN_PASSWORD_ENV}."
+        )
     if not cfg.kafka.security_protocol.startswith("SASL"):
         raise ConfigError(
             f"--admin-user needs a SASL connection; kafka.security_protocol is "
@@ -171,7 +206,8 @@ def acls_cmd(
     apply: bool = typer.Option(False, "--apply", help="Create the bindings on the broker."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Only print the bindings (the default)."),
     admin_user: str | None = typer.Option(
-        None, "--admin-user",
+        None,
+        "--admin-user",
         help=f"SASL user allowed to alter ACLs (password in {ADMIN_PASSWORD_ENV}); default: the "
         "config's kafka user.",
     ),
@@ -197,10 +233,17 @@ def acls_cmd(
         with Console(stderr=True).status(f"creating {len(rules)} ACL bindings on {address}..."):
             applied = apply_acls(rules, address, conf, timeout_s)
     if as_json:
-        typer.echo(json.dumps({
-            "fleet": cfg.fleet, "bootstrap": address, "principals": principals(cfg),
-            "acls": [r.as_dict() for r in rules], "applied": applied,
-        }))
+        typer.echo(
+            json.dumps(
+                {
+                    "fleet": cfg.fleet,
+                    "bootstrap": address,
+                    "principals": principals(cfg),
+                    "acls": [r.as_dict() for r in rules],
+                    "applied": applied,
+                }
+            )
+        )
         return
     _tables(rules)
     if applied is None:

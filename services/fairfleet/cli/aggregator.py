@@ -6,8 +6,9 @@ from pathlib import Path
 
 import typer
 
-aggregator_app = typer.Typer(help="The aggregator of one model (rounds, fair aggregation).",
-                             no_args_is_help=True)
+aggregator_app = typer.Typer(
+    help="The aggregator of one model (rounds, fair aggregation).", no_args_is_help=True
+)
 
 
 @aggregator_app.command("run")
@@ -25,7 +26,9 @@ def run_cmd(
         False, "--keep-running", help="Stay up after the last configured round."
     ),
     worker: int | None = typer.Option(
-        None, "--worker", help="Run worker I (0-based) of a model with aggregator.workers > 1 "
+        None,
+        "--worker",
+        help="Run worker I (0-based) of a model with aggregator.workers > 1 "
         "(default port: the model's metrics_port + 1 + I); without it, the model's aggregator "
         "(its combiner when workers > 1).",
     ),
@@ -43,8 +46,13 @@ def run_cmd(
     port = cfg.model(model).metrics_port if metrics_port is None else metrics_port
     if worker is not None and metrics_port is None and port:
         port += 1 + worker
-    options = AggregatorOptions(seed=seed, metrics_port=port, budgets_url=budgets_url,
-                                stop_when_finished=not keep_running, require_ledger=True)
+    options = AggregatorOptions(
+        seed=seed,
+        metrics_port=port,
+        budgets_url=budgets_url,
+        stop_when_finished=not keep_running,
+        require_ledger=True,
+    )
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

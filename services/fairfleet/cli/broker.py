@@ -37,12 +37,14 @@ def start_cmd(
     state_dir: StateDir = None,
     port: int = typer.Option(0, help="Client port of a NEW cluster; 0 picks a free port."),
     scram_users: Path | None = typer.Option(
-        None, "--scram-users",
+        None,
+        "--scram-users",
         help="YAML file mapping SCRAM user names to passwords: the client listener is then "
         "SASL_PLAINTEXT with SCRAM-SHA-256 (users are created with a NEW cluster).",
     ),
     acl_admin: str | None = typer.Option(
-        None, "--acl-admin",
+        None,
+        "--acl-admin",
         help="Turn on the standard authorizer with this SCRAM user as super user (apply a "
         "fleet's ACLs with `fairfleet acls --apply`); kept by the cluster.",
     ),
@@ -91,7 +93,11 @@ def reset_cmd(
             f"Delete every topic of the broker in {state} (privacy.events, checkpoints, ...)?",
             abort=True,
         )
-    typer.echo(f"deleted the broker data in {state}" if broker.reset(state) else f"nothing to delete in {state}")
+    typer.echo(
+        f"deleted the broker data in {state}"
+        if broker.reset(state)
+        else f"nothing to delete in {state}"
+    )
 
 
 @broker_app.command("status")

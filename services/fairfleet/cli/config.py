@@ -162,17 +162,20 @@ def _check_mapping(data: dict[str, Any], base_dir: Path, *, paths: bool) -> Chec
     for i in sites:
         check_site(i, data["sites"][i], base_dir, report, paths=paths)
         own = sites[i].features.scale if sites[i].features else {}
-        check_connector_built(i, sites[i], by_id, base_dir, report, paths=paths,
-                              scales={**fleet_scales, **own})
+        check_connector_built(
+            i, sites[i], by_id, base_dir, report, paths=paths, scales={**fleet_scales, **own}
+        )
     check_fleet(data, models, sites, report)
     if full is not None:
         check_service_identities(full, base_dir, report, paths=paths)
         check_security(full, data, report)
     semantic = list(report.problems)
     # The whole-fleet validator repeats cross-reference problems as one top-level line.
-    report.problems = [
-        line for loc, line in schema if not (loc == "(top level)" and semantic)
-    ] + semantic + env_problems
+    report.problems = (
+        [line for loc, line in schema if not (loc == "(top level)" and semantic)]
+        + semantic
+        + env_problems
+    )
     if full is not None and report.valid:
         check_policy_units(full, report)
     if full is not None and report.valid:
@@ -244,7 +247,8 @@ def check_cmd(
     file: Path = typer.Argument(..., help="The fleet YAML file."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object on stdout."),
     skip_paths: bool = typer.Option(
-        False, "--skip-paths",
+        False,
+        "--skip-paths",
         help="Do not check data folders, databases and key files (a machine without the sites' files).",
     ),
 ) -> None:

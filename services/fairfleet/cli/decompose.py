@@ -12,19 +12,29 @@ from fairfleet.errors import ConfigError
 
 
 def parse_floats(text: str, name: str) -> tuple[float, ...]:
-    """"8" or "1,2,4" → floats; ConfigError naming the option and the bad item."""
+    """ "8" or "1,2,4" → floats; ConfigError naming the option and the bad item."""
     values = []
     for item in text.split(","):
         try:
             values.append(float(item.strip()))
         except ValueError:
-            raise ConfigError(f"--{name} must be a number or a comma list. Found {item!r}.") from None
+            raise ConfigError(
+                f"--{name} must be a number or a comma list. Found {item!r}."
+            ) from None
     return tuple(values)
 
 
 PRESET_DEFAULTS: dict[str, Any] = {
-    "epsilon": "8", "delta": 1e-5, "gamma": "0.05", "rounds": 20, "local_steps": 20,
-    "batch_size": 32, "lr": 0.2, "clip_norm": None, "unit": "site", "sampling_rate": None,
+    "epsilon": "8",
+    "delta": 1e-5,
+    "gamma": "0.05",
+    "rounds": 20,
+    "local_steps": 20,
+    "batch_size": 32,
+    "lr": 0.2,
+    "clip_norm": None,
+    "unit": "site",
+    "sampling_rate": None,
 }
 CLIP_DEFAULTS = {"site": 0.25, "observation": 1.0}  # update clip vs per-example clip
 
@@ -59,24 +69,62 @@ def run_settings(fleet: str, model: str | None, given: dict[str, Any]) -> dict[s
 
 def decompose_cmd(
     ctx: typer.Context,
-    fleet: str = typer.Option("industrial", "--fleet", help="Fleet: a preset name (fairfleet fleets), a simulated-fleet YAML, or your deployment config (the file fairfleet up runs)."),
-    model: str | None = typer.Option(None, help="Model id to measure (deployment config; default: the first)."),
-    epsilon: str | None = typer.Option(None, help="Privacy budget ε per site over the run; a comma list sweeps. [preset: 8; deployment: the strictest site policy]"),
-    delta: float | None = typer.Option(None, help="δ of the (ε, δ) guarantee. [1e-5; deployment: policies]"),
-    gamma: str | None = typer.Option(None, help="Fairness bound γ (class risk − fleet risk ≤ γ); a comma list sweeps. [0.05; deployment: the model's gamma]"),
-    seeds: int = typer.Option(5, help="Number of seeds (replications) for the confidence intervals."),
-    rounds: int | None = typer.Option(None, help="Federated rounds per run. [20; deployment: rounds.rounds]"),
-    local_steps: int | None = typer.Option(None, help="Local SGD steps per site per round. [20; deployment: epochs over the median site]"),
-    batch_size: int | None = typer.Option(None, help="Local mini-batch size. [32; deployment: training.batch_size]"),
-    lr: float | None = typer.Option(None, help="Local learning rate. [0.2; deployment: training.lr]"),
-    unit: str | None = typer.Option(None, help="Privacy unit: 'site' (update noise) or 'observation' (record-level DP-SGD). [site; deployment: observation if mechanism is dpsgd]"),
-    sampling_rate: float | None = typer.Option(None, help="DP-SGD Poisson rate q (observation unit). [1/local-steps; deployment: privacy.sampling_rate]"),
-    clip_norm: float | None = typer.Option(None, help="Clip norm C: of the update (site unit) or per example (observation). [0.25 site, 1.0 observation; deployment: privacy.clip_norm]"),
+    fleet: str = typer.Option(
+        "industrial",
+        "--fleet",
+        help="Fleet: a preset name (fairfleet fleets), a simulated-fleet YAML, or your deployment config (the file fairfleet up runs).",
+    ),
+    model: str | None = typer.Option(
+        None, help="Model id to measure (deployment config; default: the first)."
+    ),
+    epsilon: str | None = typer.Option(
+        None,
+        help="Privacy budget ε per site over the run; a comma list sweeps. [preset: 8; deployment: the strictest site policy]",
+    ),
+    delta: float | None = typer.Option(
+        None, help="δ of the (ε, δ) guarantee. [1e-5; deployment: policies]"
+    ),
+    gamma: str | None = typer.Option(
+        None,
+        help="Fairness bound γ (class risk − fleet risk ≤ γ); a comma list sweeps. [0.05; deployment: the model's gamma]",
+    ),
+    seeds: int = typer.Option(
+        5, help="Number of seeds (replications) for the confidence intervals."
+    ),
+    rounds: int | None = typer.Option(
+        None, help="Federated rounds per run. [20; deployment: rounds.rounds]"
+    ),
+    local_steps: int | None = typer.Option(
+        None,
+        help="Local SGD steps per site per round. [20; deployment: epochs over the median site]",
+    ),
+    batch_size: int | None = typer.Option(
+        None, help="Local mini-batch size. [32; deployment: training.batch_size]"
+    ),
+    lr: float | None = typer.Option(
+        None, help="Local learning rate. [0.2; deployment: training.lr]"
+    ),
+    unit: str | None = typer.Option(
+        None,
+        help="Privacy unit: 'site' (update noise) or 'observation' (record-level DP-SGD). [site; deployment: observation if mechanism is dpsgd]",
+    ),
+    sampling_rate: float | None = typer.Option(
+        None,
+        help="DP-SGD Poisson rate q (observation unit). [1/local-steps; deployment: privacy.sampling_rate]",
+    ),
+    clip_norm: float | None = typer.Option(
+        None,
+        help="Clip norm C: of the update (site unit) or per example (observation). [0.25 site, 1.0 observation; deployment: privacy.clip_norm]",
+    ),
     dual_lr: float = typer.Option(2.0, help="Dual step size η of the gap constraint."),
     workers: int = typer.Option(2, help="Worker processes."),
     out: Path | None = typer.Option(None, "--out", help="Write the result document to this file."),
-    as_json: bool = typer.Option(False, "--json", help="The result document as one JSON object on stdout (no table)."),
-    report: Path | None = typer.Option(None, "--report", help="Write PNG plots and index.html into this folder."),
+    as_json: bool = typer.Option(
+        False, "--json", help="The result document as one JSON object on stdout (no table)."
+    ),
+    report: Path | None = typer.Option(
+        None, "--report", help="Write PNG plots and index.html into this folder."
+    ),
 ) -> None:
     """Train the oracle and θ00, θ10, θ01, θ11 on the same fleet and seeds; report the four terms.
 
@@ -94,11 +142,22 @@ def decompose_cmd(
     from fairfleet.sim.engine import TrainConfig
     from fairfleet.sim.report import TERM_LABELS, risk_label, risk_order, write_report
 
-    opts = run_settings(fleet, model, {
-        "epsilon": epsilon, "delta": delta, "gamma": gamma, "rounds": rounds,
-        "local_steps": local_steps, "batch_size": batch_size, "lr": lr, "clip_norm": clip_norm,
-        "unit": unit, "sampling_rate": sampling_rate,
-    })
+    opts = run_settings(
+        fleet,
+        model,
+        {
+            "epsilon": epsilon,
+            "delta": delta,
+            "gamma": gamma,
+            "rounds": rounds,
+            "local_steps": local_steps,
+            "batch_size": batch_size,
+            "lr": lr,
+            "clip_norm": clip_norm,
+            "unit": unit,
+            "sampling_rate": sampling_rate,
+        },
+    )
     cfg = DecomposeConfig(
         fleet=fleet,
         model=model,
@@ -106,26 +165,39 @@ def decompose_cmd(
         gammas=parse_floats(opts["gamma"], "gamma"),
         delta=opts["delta"],
         seeds=seeds,
-        train=TrainConfig(rounds=opts["rounds"], local_steps=opts["local_steps"],
-                          batch_size=opts["batch_size"], lr=opts["lr"],
-                          clip_norm=opts["clip_norm"], dual_lr=dual_lr, unit=opts["unit"],
-                          sampling_rate=opts["sampling_rate"]),
+        train=TrainConfig(
+            rounds=opts["rounds"],
+            local_steps=opts["local_steps"],
+            batch_size=opts["batch_size"],
+            lr=opts["lr"],
+            clip_norm=opts["clip_norm"],
+            dual_lr=dual_lr,
+            unit=opts["unit"],
+            sampling_rate=opts["sampling_rate"],
+        ),
         workers=workers,
     )
     console = Console(stderr=True)
     with Progress(
-        TextColumn("[bold]decompose[/]"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        TextColumn("{task.description}"), console=console,
+        TextColumn("[bold]decompose[/]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.description}"),
+        console=console,
     ) as bar:
         task = bar.add_task("starting", total=None)
 
         def progress(done: int, total: int, job: Job) -> None:
-            bar.update(task, completed=done, total=total,
-                       description=f"{job.config} seed {job.seed}")
+            bar.update(
+                task, completed=done, total=total, description=f"{job.config} seed {job.seed}"
+            )
 
         doc = decompose(cfg, progress)
-    table = Table(title=f"{doc['fleet']}: J(θ11) − J(θ*) = four terms (mean [95% CI] over {seeds} "
-                  f"seeds; privacy unit: {doc['privacy_unit']})")
+    table = Table(
+        title=f"{doc['fleet']}: J(θ11) − J(θ*) = four terms (mean [95% CI] over {seeds} "
+        f"seeds; privacy unit: {doc['privacy_unit']})"
+    )
     table.add_column("risk", overflow="fold")
     for t in TERMS:
         table.add_column(t, justify="right", no_wrap=True)

@@ -7,7 +7,9 @@ import json
 import typer
 
 
-def fleets_cmd(as_json: bool = typer.Option(False, "--json", help="One JSON object on stdout.")) -> None:
+def fleets_cmd(
+    as_json: bool = typer.Option(False, "--json", help="One JSON object on stdout."),
+) -> None:
     """List the fleet presets (use a name wherever a fleet file is accepted)."""
     from dataclasses import asdict
 

@@ -13,11 +13,18 @@ model_app = typer.Typer(help="Models a fleet has released.", no_args_is_help=Tru
 @model_app.command("export")
 def export_cmd(
     model: str = typer.Argument(..., help="Model id (models[].id in the fleet config)."),
-    config: Path = typer.Option(..., "--config", help="The fleet YAML file (Kafka bootstrap, prefix)."),
-    out: Path = typer.Option(..., "--out", help="Weights file to write (.safetensors); the card goes beside it as .json."),
-    timeout_s: float = typer.Option(30.0, "--timeout-s", help="Give up reading a topic after this long."),
+    config: Path = typer.Option(
+        ..., "--config", help="The fleet YAML file (Kafka bootstrap, prefix)."
+    ),
+    out: Path = typer.Option(
+        ..., "--out", help="Weights file to write (.safetensors); the card goes beside it as .json."
+    ),
+    timeout_s: float = typer.Option(
+        30.0, "--timeout-s", help="Give up reading a topic after this long."
+    ),
     accountant_url: str | None = typer.Option(
-        None, "--accountant-url",
+        None,
+        "--accountant-url",
         help="The accountant's HTTP address (default: as `fairfleet budget` finds it); if it does "
         "not answer, the ε per site is rebuilt from privacy.events.",
     ),
@@ -32,14 +39,20 @@ def export_cmd(
     url = accountant_url or find_accountant(config)
     card = export_model(load_config(config), model, out, timeout_s, budgets_url=url)
     quality = card["per_class_quality"]
-    typer.echo(json.dumps({
-        "weights": str(out), "card": str(out.with_suffix(".json")), "version": card["version"],
-        "round": card["round"],
-        "epsilon": {s: e["epsilon_spent"] for s, e in card["epsilon"]["sites"].items()},
-        "per_class_quality": None if quality is None else {
-            c: e["shrunk"] for c, e in quality["classes"].items()
-        },
-    }))
+    typer.echo(
+        json.dumps(
+            {
+                "weights": str(out),
+                "card": str(out.with_suffix(".json")),
+                "version": card["version"],
+                "round": card["round"],
+                "epsilon": {s: e["epsilon_spent"] for s, e in card["epsilon"]["sites"].items()},
+                "per_class_quality": None
+                if quality is None
+                else {c: e["shrunk"] for c, e in quality["classes"].items()},
+            }
+        )
+    )
 
 
 def register(app: typer.Typer) -> None:

@@ -19,17 +19,31 @@ import typer
 def _check_broker(cfg: Any, timeout_s: float) -> tuple[list[dict[str, Any]], set[str] | None]:
     from confluent_kafka.admin import AdminClient
 
-    conf = {"bootstrap.servers": cfg.kafka.bootstrap, **cfg.kafka.client_config(),
-            "socket.timeout.ms": int(timeout_s * 1000), "log_level": 0}
+    conf = {
+        "bootstrap.servers": cfg.kafka.bootstrap,
+        **cfg.kafka.client_config(),
+        "socket.timeout.ms": int(timeout_s * 1000),
+        "log_level": 0,
+    }
     try:
         meta = AdminClient(conf).list_topics(timeout=timeout_s)
     except Exception as exc:  # KafkaException: broker down, auth failure, timeout
         detail = str(exc.args[0]) if exc.args else str(exc)
-        return [{"check": "broker", "ok": False,
-                 "detail": f"{cfg.kafka.bootstrap} did not answer within {timeout_s:g} s: {detail}"}], None
+        return [
+            {
+                "check": "broker",
+                "ok": False,
+                "detail": f"{cfg.kafka.bootstrap} did not answer within {timeout_s:g} s: {detail}",
+            }
+        ], None
     names = set(meta.topics)
-    return [{"check": "broker", "ok": True,
-             "detail": f"{cfg.kafka.bootstrap}: {len(meta.brokers)} broker(s)"}], names
+    return [
+        {
+            "check": "broker",
+            "ok": True,
+            "detail": f"{cfg.kafka.bootstrap}: {len(meta.brokers)} broker(s)",
+        }
+    ], names
 
 
 def _check_topics(cfg: Any, existing: set[str]) -> dict[str, Any]:
@@ -38,9 +52,12 @@ def _check_topics(cfg: Any, existing: set[str]) -> dict[str, Any]:
     wanted = [t.name for t in default_topics(cfg.kafka.topic_prefix, cfg.kafka.partitions)]
     missing = [t for t in wanted if t not in existing]
     if missing:
-        return {"check": "topics", "ok": False,
-                "detail": f"{len(missing)} of {len(wanted)} missing: {', '.join(missing)} "
-                          "(create them: fairfleet topics create --config FILE)"}
+        return {
+            "check": "topics",
+            "ok": False,
+            "detail": f"{len(missing)} of {len(wanted)} missing: {', '.join(missing)} "
+            "(create them: fairfleet topics create --config FILE)",
+        }
     return {"check": "topics", "ok": True, "detail": f"all {len(wanted)} exist"}
 
 
@@ -55,16 +72,21 @@ def _check_accountant(url: str, timeout_s: float) -> dict[str, Any]:
     return {"check": "accountant", "ok": ok, "detail": f"{url}: HTTP {status} {body.strip()[:120]}"}
 
 
-def preflight(config: Path, accountant_url: str | None, timeout_s: float, paths: bool) -> list[dict[str, Any]]:
+def preflight(
+    config: Path, accountant_url: str | None, timeout_s: float, paths: bool
+) -> list[dict[str, Any]]:
     """Every check's outcome as ``{check, ok, detail}`` (the live checks need a valid config)."""
     from fairfleet.cli.config import check_file
     from fairfleet.config import load_config
 
     report = check_file(config, paths=paths)
-    results: list[dict[str, Any]] = [{
-        "check": "config", "ok": report.valid,
-        "detail": "valid" if report.valid else "; ".join(report.problems),
-    }]
+    results: list[dict[str, Any]] = [
+        {
+            "check": "config",
+            "ok": report.valid,
+            "detail": "valid" if report.valid else "; ".join(report.problems),
+        }
+    ]
     if not report.valid:
         return results
     cfg = load_config(config)
@@ -82,7 +104,9 @@ def preflight(config: Path, accountant_url: str | None, timeout_s: float, paths:
 def preflight_cmd(
     config: Path = typer.Argument(..., help="The fleet YAML file."),
     accountant: str | None = typer.Option(
-        None, "--accountant", help="The accountant's /healthz URL (default: metrics_host:accountant.metrics_port)."
+        None,
+        "--accountant",
+        help="The accountant's /healthz URL (default: metrics_host:accountant.metrics_port).",
     ),
     timeout_s: float = typer.Option(5.0, "--timeout-s", help="Per live check."),
     skip_paths: bool = typer.Option(False, "--skip-paths", help="As in `config check`."),

@@ -211,8 +211,19 @@ def budget_cmd(
     from rich.table import Table
 
     table = Table(title="privacy budgets")
-    columns = ("unit", "site", "source", "windows", "ε spent", "ε reserved", "ε next", "ε max", "δ",
-               "used", "policy")
+    columns = (
+        "unit",
+        "site",
+        "source",
+        "windows",
+        "ε spent",
+        "ε reserved",
+        "ε next",
+        "ε max",
+        "δ",
+        "used",
+        "policy",
+    )
     for col in columns:
         table.add_column(col, justify="right" if col.startswith(("ε", "δ", "used")) else "left")
 

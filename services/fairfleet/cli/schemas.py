@@ -7,14 +7,19 @@ from pathlib import Path
 
 import typer
 
-schemas_app = typer.Typer(help="Generate or check the JSON Schemas in schemas/.", no_args_is_help=True)
+schemas_app = typer.Typer(
+    help="Generate or check the JSON Schemas in schemas/.", no_args_is_help=True
+)
 
 
 def render() -> dict[str, str]:
     """File name -> canonical JSON text for every message type at its current version."""
     from fairfleet.messages import json_schemas
 
-    return {name: json.dumps(schema, indent=2, sort_keys=True) + "\n" for name, schema in json_schemas().items()}
+    return {
+        name: json.dumps(schema, indent=2, sort_keys=True) + "\n"
+        for name, schema in json_schemas().items()
+    }
 
 
 @schemas_app.command("write")
@@ -29,8 +34,11 @@ def write_cmd(out: Path = typer.Option(Path("schemas"), help="Output folder.")) 
 @schemas_app.command("check")
 def check_cmd(folder: Path = typer.Option(Path("schemas"), help="Folder to compare.")) -> None:
     """Exit 1 if any current schema file is missing or differs from the models."""
-    bad = [name for name, text in render().items()
-           if not (folder / name).exists() or (folder / name).read_text() != text]
+    bad = [
+        name
+        for name, text in render().items()
+        if not (folder / name).exists() or (folder / name).read_text() != text
+    ]
     if bad:
         typer.echo(f"out of date: {', '.join(bad)} (run `make schemas`)", err=True)
         raise typer.Exit(1)

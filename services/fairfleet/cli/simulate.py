@@ -25,8 +25,16 @@ def _parse_params(items: list[str]) -> dict[str, Any]:
 
 
 DEFAULTS: dict[str, Any] = {
-    "strategy": "fedavg", "rounds": 100, "epsilon": None, "delta": 1e-5, "unit": "site",
-    "sampling_rate": None, "local_epochs": 1, "lr": 0.1, "batch_size": 10, "clip_norm": 1.0,
+    "strategy": "fedavg",
+    "rounds": 100,
+    "epsilon": None,
+    "delta": 1e-5,
+    "unit": "site",
+    "sampling_rate": None,
+    "local_epochs": 1,
+    "lr": 0.1,
+    "batch_size": 10,
+    "clip_norm": 1.0,
     "loss_bound": 5.0,
 }
 
@@ -46,8 +54,16 @@ def settings_for(
             dep = Deployment(fleet, model)
             n = np.array([s.n_train for s in dep.data().sites])
             found = training_defaults(dep.config(), model, n)
-            for key in ("strategy", "rounds", "delta", "lr", "batch_size", "clip_norm",
-                        "loss_bound", "sampling_rate"):
+            for key in (
+                "strategy",
+                "rounds",
+                "delta",
+                "lr",
+                "batch_size",
+                "clip_norm",
+                "loss_bound",
+                "sampling_rate",
+            ):
                 base[key] = found[key]
             base["local_epochs"] = found["epochs"]
             params = dict(found["strategy_params"])
@@ -61,37 +77,70 @@ def simulate_cmd(
     ctx: typer.Context,
     dataset: str = typer.Option("synthetic", help="Data set (only 'synthetic'; see --fleet)."),
     fleet: str | None = typer.Option(
-        None, help="Train on a fleet instead of Synthetic: a preset, a simulated-fleet YAML or "
-        "your deployment config (its sites' real data through their connectors)."
+        None,
+        help="Train on a fleet instead of Synthetic: a preset, a simulated-fleet YAML or "
+        "your deployment config (its sites' real data through their connectors).",
     ),
-    model: str | None = typer.Option(None, help="Model id of a deployment config (default: first)."),
+    model: str | None = typer.Option(
+        None, help="Model id of a deployment config (default: first)."
+    ),
     alpha: float = typer.Option(1.0, help="Synthetic α: spread of the local models."),
     beta: float = typer.Option(1.0, help="Synthetic β: spread of the local input means."),
     iid: bool = typer.Option(False, "--iid", help="The IID variant of Synthetic."),
     sites: int = typer.Option(100, help="Number of sites (devices)."),
-    strategy: str | None = typer.Option(None, help="Strategy name (fairfleet.strategies). [fedavg; deployment: the model's]"),
+    strategy: str | None = typer.Option(
+        None, help="Strategy name (fairfleet.strategies). [fedavg; deployment: the model's]"
+    ),
     q: float | None = typer.Option(None, help="q of q-FFL (shortcut for --param q=Q)."),
     param: list[str] = typer.Option([], help="Strategy parameter KEY=VALUE (repeatable)."),
-    rounds: int | None = typer.Option(None, help="Federated rounds. [100; deployment: rounds.rounds]"),
+    rounds: int | None = typer.Option(
+        None, help="Federated rounds. [100; deployment: rounds.rounds]"
+    ),
     seed: int = typer.Option(0, help="Seed for data, client sampling, training and noise."),
-    epsilon: float | None = typer.Option(None, help="Per-site ε over the whole run. [off; deployment: the strictest policy, unless mechanism is off]"),
-    delta: float | None = typer.Option(None, help="δ of the per-site guarantee. [1e-5; deployment: policies]"),
-    unit: str | None = typer.Option(None, help="Privacy unit with ε: 'site' (update noise) or 'observation' (DP-SGD). [site; deployment: observation for dpsgd]"),
-    sampling_rate: float | None = typer.Option(None, help="DP-SGD Poisson rate (observation unit). [batch / median n; deployment: privacy.sampling_rate]"),
+    epsilon: float | None = typer.Option(
+        None,
+        help="Per-site ε over the whole run. [off; deployment: the strictest policy, unless mechanism is off]",
+    ),
+    delta: float | None = typer.Option(
+        None, help="δ of the per-site guarantee. [1e-5; deployment: policies]"
+    ),
+    unit: str | None = typer.Option(
+        None,
+        help="Privacy unit with ε: 'site' (update noise) or 'observation' (DP-SGD). [site; deployment: observation for dpsgd]",
+    ),
+    sampling_rate: float | None = typer.Option(
+        None,
+        help="DP-SGD Poisson rate (observation unit). [batch / median n; deployment: privacy.sampling_rate]",
+    ),
     clients_per_round: int | None = typer.Option(None, help="Sites per round (default: all)."),
     sampling: str = typer.Option(
         "uniform", help="Client sampling: 'uniform' or 'proportional' (∝ n_k, as q-FFL)."
     ),
-    local_epochs: int | None = typer.Option(None, help="Local epochs per round. [1; deployment: training.epochs]"),
+    local_epochs: int | None = typer.Option(
+        None, help="Local epochs per round. [1; deployment: training.epochs]"
+    ),
     local_steps: int | None = typer.Option(None, help="Cap on local SGD steps per round."),
-    lr: float | None = typer.Option(None, help="Local learning rate. [0.1; deployment: training.lr]"),
-    batch_size: int | None = typer.Option(None, help="Local mini-batch size. [10; deployment: training.batch_size]"),
-    clip_norm: float | None = typer.Option(None, help="Clip norm C (with --epsilon): update or per example. [1.0; deployment: privacy.clip_norm]"),
-    loss_bound: float | None = typer.Option(None, help="Loss clip bound B for the loss release. [5.0; deployment: privacy.loss_bound]"),
+    lr: float | None = typer.Option(
+        None, help="Local learning rate. [0.1; deployment: training.lr]"
+    ),
+    batch_size: int | None = typer.Option(
+        None, help="Local mini-batch size. [10; deployment: training.batch_size]"
+    ),
+    clip_norm: float | None = typer.Option(
+        None,
+        help="Clip norm C (with --epsilon): update or per example. [1.0; deployment: privacy.clip_norm]",
+    ),
+    loss_bound: float | None = typer.Option(
+        None, help="Loss clip bound B for the loss release. [5.0; deployment: privacy.loss_bound]"
+    ),
     engine: str = typer.Option("fast", help="'fast' (numpy logistic) or 'torch' (local_train)."),
     eval_every: int = typer.Option(1, help="Evaluate all sites every N rounds (history)."),
-    out: Path | None = typer.Option(None, "--out", help="Write the full result document to this file."),
-    as_json: bool = typer.Option(False, "--json", help="The summary and classes as one JSON object on stdout."),
+    out: Path | None = typer.Option(
+        None, "--out", help="Write the full result document to this file."
+    ),
+    as_json: bool = typer.Option(
+        False, "--json", help="The summary and classes as one JSON object on stdout."
+    ),
 ) -> None:
     """Train on Synthetic(α, β) and report per-site accuracy, its spread, and class gaps.
 
@@ -109,9 +158,17 @@ def simulate_cmd(
     from fairfleet.sim.simulate import SimulationConfig, run_simulation
 
     given = {
-        "strategy": strategy, "rounds": rounds, "epsilon": epsilon, "delta": delta, "unit": unit,
-        "sampling_rate": sampling_rate, "local_epochs": local_epochs, "lr": lr,
-        "batch_size": batch_size, "clip_norm": clip_norm, "loss_bound": loss_bound,
+        "strategy": strategy,
+        "rounds": rounds,
+        "epsilon": epsilon,
+        "delta": delta,
+        "unit": unit,
+        "sampling_rate": sampling_rate,
+        "local_epochs": local_epochs,
+        "lr": lr,
+        "batch_size": batch_size,
+        "clip_norm": clip_norm,
+        "loss_bound": loss_bound,
     }
     opts, params = settings_for(fleet, model, given)
     params.update(_parse_params(param))

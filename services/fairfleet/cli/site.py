@@ -58,7 +58,10 @@ def run_cmd(
         registry,
         port,
         cfg.metrics_host,  # the config's interface (env FAIRFLEET_METRICS_HOST overrides it)
-        routes={"/rounds": lambda _: agents[0].rounds_json(), "/data": lambda _: agents[0].data_json()},
+        routes={
+            "/rounds": lambda _: agents[0].rounds_json(),
+            "/data": lambda _: agents[0].data_json(),
+        },
         health=health,
     )
     event(logger, "metrics listening", port=server.port)

@@ -45,12 +45,22 @@ def status_cmd(config: Path | None = CONFIG, as_json: bool = typer.Option(False,
     for row in up.services:
         alive = running and bool(row.get("pid"))
         started = row.get("started_at")
-        rows.append({**row, "pid": row.get("pid") if alive else None,
-                     "uptime_s": round(now - started, 1) if alive and started else None,
-                     "health": health_of(row) if alive else ""})
-    out = {"running": running, "pid": up.pid, "config": up.data.get("config"),
-           "log_dir": up.data.get("log_dir"), "updated_at": up.data.get("updated_at"),
-           "services": rows}
+        rows.append(
+            {
+                **row,
+                "pid": row.get("pid") if alive else None,
+                "uptime_s": round(now - started, 1) if alive and started else None,
+                "health": health_of(row) if alive else "",
+            }
+        )
+    out = {
+        "running": running,
+        "pid": up.pid,
+        "config": up.data.get("config"),
+        "log_dir": up.data.get("log_dir"),
+        "updated_at": up.data.get("updated_at"),
+        "services": rows,
+    }
     if as_json:
         typer.echo(json.dumps(out, default=str))
         return
@@ -58,15 +68,25 @@ def status_cmd(config: Path | None = CONFIG, as_json: bool = typer.Option(False,
     from rich.table import Table
 
     since = uptime(now - float(up.data.get("started_at") or now))
-    title = (f"fairfleet up (pid {up.pid}, running {since}) {out['config']}" if running
-             else f"fairfleet up is not running; last state of {out['config']}")
+    title = (
+        f"fairfleet up (pid {up.pid}, running {since}) {out['config']}"
+        if running
+        else f"fairfleet up is not running; last state of {out['config']}"
+    )
     table = Table(title=title)
     for column in ("service", "state", "pid", "port", "uptime", "restarts", "health", "last exit"):
         table.add_column(column)
     for row in rows:
-        table.add_row(row["name"], state_text(row), str(row["pid"] or ""), str(row.get("port") or ""),
-                      uptime(row["uptime_s"]), str(row.get("restarts", 0)), row["health"],
-                      "" if row.get("last_exit") is None else str(row["last_exit"]))
+        table.add_row(
+            row["name"],
+            state_text(row),
+            str(row["pid"] or ""),
+            str(row.get("port") or ""),
+            uptime(row["uptime_s"]),
+            str(row.get("restarts", 0)),
+            row["health"],
+            "" if row.get("last_exit") is None else str(row["last_exit"]),
+        )
     console = Console()
     if not console.is_terminal:
         console = Console(width=140)
@@ -76,7 +96,9 @@ def status_cmd(config: Path | None = CONFIG, as_json: bool = typer.Option(False,
 
 
 def logs_cmd(
-    service: str = typer.Argument(..., help="A service name (see `fairfleet status`), or up, topics."),
+    service: str = typer.Argument(
+        ..., help="A service name (see `fairfleet status`), or up, topics."
+    ),
     config: Path | None = CONFIG,
     follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new lines."),
     lines: int = typer.Option(50, "--lines", "-n", help="Lines of history to print first."),
@@ -122,17 +144,22 @@ def restart_cmd(
     up = find_up(config)
     up.service(service)  # names the known services if this one is not among them
     with Console(stderr=True).status(f"restarting {service}..."):
-        answer = request(up.control, {"cmd": "restart", "service": service, "timeout": timeout},
-                         timeout + 30.0)
+        answer = request(
+            up.control, {"cmd": "restart", "service": service, "timeout": timeout}, timeout + 30.0
+        )
     if not answer.get("ok"):
         raise FairfleetError(f"Restart of {service} failed: {answer.get('error')}")
-    typer.echo(f"{service} restarted: pid {answer.get('old_pid')} → {answer.get('pid')} "
-               f"(restarts: {answer.get('restarts')})")
+    typer.echo(
+        f"{service} restarted: pid {answer.get('old_pid')} → {answer.get('pid')} "
+        f"(restarts: {answer.get('restarts')})"
+    )
 
 
 def stop_cmd(
     config: Path | None = CONFIG,
-    timeout: float = typer.Option(15.0, help="Seconds each service gets after SIGTERM before SIGKILL."),
+    timeout: float = typer.Option(
+        15.0, help="Seconds each service gets after SIGTERM before SIGKILL."
+    ),
 ) -> None:
     """Stop the fleet: sites, then aggregators, then the accountant; then the up itself."""
     from rich.console import Console
@@ -162,13 +189,21 @@ def stop_cmd(
             if now is None or not now.running:
                 break  # it wrote its final state: every service stopped
             if now is not None:
-                live = [r["name"] for r in now.services if r.get("state") in ("running", "starting", "stopping")]
-                status.update(f"stopping: {len(live)} services still running ({', '.join(live[:4])}"
-                              f"{'...' if len(live) > 4 else ''})")
+                live = [
+                    r["name"]
+                    for r in now.services
+                    if r.get("state") in ("running", "starting", "stopping")
+                ]
+                status.update(
+                    f"stopping: {len(live)} services still running ({', '.join(live[:4])}"
+                    f"{'...' if len(live) > 4 else ''})"
+                )
             time.sleep(0.3)
     final = read_up(up.root)
     if final is None or final.running:
-        raise FairfleetError(f"fairfleet up (pid {up.pid}) did not stop within {3 * timeout + 30:g} s.")
+        raise FairfleetError(
+            f"fairfleet up (pid {up.pid}) did not stop within {3 * timeout + 30:g} s."
+        )
     typer.echo(f"stopped the fleet of {up.data.get('config')}")
 
 

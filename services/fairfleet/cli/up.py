@@ -60,13 +60,22 @@ def status_table(fleet: Any) -> Any:
     """A rich table of the fleet's services: state, pid, port, uptime, restarts, health, progress."""
     from rich.table import Table
 
-    table = Table(title=f"fairfleet up {fleet.config_path}  (Ctrl-C or `fairfleet stop` stops everything)")
+    table = Table(
+        title=f"fairfleet up {fleet.config_path}  (Ctrl-C or `fairfleet stop` stops everything)"
+    )
     for column in ("service", "state", "pid", "port", "uptime", "restarts", "health", "progress"):
         table.add_column(column)
     for row, service in zip(fleet.status(), fleet.services, strict=True):
-        table.add_row(row["name"], state_text(row), str(row["pid"] or ""), str(row["port"] or ""),
-                      uptime(row["uptime_s"]), str(row["restarts"]), row["health"],
-                      progress_text(service))
+        table.add_row(
+            row["name"],
+            state_text(row),
+            str(row["pid"] or ""),
+            str(row["port"] or ""),
+            uptime(row["uptime_s"]),
+            str(row["restarts"]),
+            row["health"],
+            progress_text(service),
+        )
     from fairfleet.cli._tables import unbroken
 
     return unbroken(table)
@@ -131,17 +140,29 @@ def up_cmd(
             pass
 
     try:
-        sup = run_up(config, log_dir=log_dir, ready_timeout_s=ready_timeout, until_done=until_done,
-                     grace_s=stop_timeout, env=env, progress=progress, on_start=on_start,
-                     on_tick=on_tick)
+        sup = run_up(
+            config,
+            log_dir=log_dir,
+            ready_timeout_s=ready_timeout,
+            until_done=until_done,
+            grace_s=stop_timeout,
+            env=env,
+            progress=progress,
+            on_start=on_start,
+            on_tick=on_tick,
+        )
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
     finally:
         if live is not None:
             live.stop()
-    failed = [s for s in sup.fleet.services if s.last_exit not in (None, 0) and not s.stop_requested]
+    failed = [
+        s for s in sup.fleet.services if s.last_exit not in (None, 0) and not s.stop_requested
+    ]
     for s in failed:
-        console.print(f"[red]{s.name} exited with code {s.last_exit}[/]; last log lines:\n{s.log_tail()}")
+        console.print(
+            f"[red]{s.name} exited with code {s.last_exit}[/]; last log lines:\n{s.log_tail()}"
+        )
     if failed:
         raise typer.Exit(1)
 

@@ -1,6 +1,6 @@
 """Site connectors: the plugin API (base), the built-ins, validation and training windows.
 
-    from fairfleet.connectors import build_connector, ConnectorContext, SiteStream
+from fairfleet.connectors import build_connector, ConnectorContext, SiteStream
 """
 
 from fairfleet.connectors.base import (

@@ -124,12 +124,16 @@ class ObservationSchema:
         for role, wanted in (("feature", self.features), ("target", self.targets)):
             unknown = [n for n in wanted if n not in names]
             if unknown:
-                raise ConfigError(f"Schema {role} fields {unknown} are not declared (fields: {names}).")
+                raise ConfigError(
+                    f"Schema {role} fields {unknown} are not declared (fields: {names})."
+                )
             bad = [n for n in wanted if self.field(n).dtype == "str"]
             if bad:
                 raise ConfigError(f"Schema {role} fields must be numeric. Found str fields {bad}.")
         if self.event_time is not None and self.event_time not in names:
-            raise ConfigError(f"Event-time field '{self.event_time}' is not declared (fields: {names}).")
+            raise ConfigError(
+                f"Event-time field '{self.event_time}' is not declared (fields: {names})."
+            )
         if self.event_time is not None and self.event_time in (*self.features, *self.targets):
             raise ConfigError(
                 f"Event-time field '{self.event_time}' cannot also be a feature or target."
@@ -156,7 +160,11 @@ class ObservationSchema:
             if isinstance(spec, str):
                 specs.append(FieldSpec(str(name), spec))  # type: ignore[arg-type]
             elif isinstance(spec, Mapping):
-                specs.append(FieldSpec(str(name), spec.get("dtype", "float"), bool(spec.get("nan_ok", False))))
+                specs.append(
+                    FieldSpec(
+                        str(name), spec.get("dtype", "float"), bool(spec.get("nan_ok", False))
+                    )
+                )
             else:
                 raise ConfigError(f"Field '{name}' must be a dtype or a mapping. Found {spec!r}.")
         target = params.get("target", params.get("targets"))
@@ -165,7 +173,8 @@ class ObservationSchema:
         features = params.get("features")
         if features is None:
             features = [
-                f.name for f in specs
+                f.name
+                for f in specs
                 if f.name not in targets and f.name != event_time and f.dtype != "str"
             ]
         return cls(tuple(specs), tuple(features), targets, event_time)
@@ -204,7 +213,9 @@ class ConnectorContext:
 SCHEMA_PARAMS: frozenset[str] = frozenset({"fields", "features", "target", "targets", "event_time"})
 
 
-def check_param_names(connector: str, params: Mapping[str, Any], known: frozenset[str] | None) -> None:
+def check_param_names(
+    connector: str, params: Mapping[str, Any], known: frozenset[str] | None
+) -> None:
     """ConfigError naming every key of ``params`` not in ``known`` (with a close match)."""
     if known is None:
         return

@@ -43,7 +43,9 @@ class KafkaConnector(Connector):
         super().__init__(params, context)
         for required in ("bootstrap", "topic"):
             if not params.get(required):
-                raise ConfigError(f"The kafka connector needs '{required}'. Found {params.get(required)!r}.")
+                raise ConfigError(
+                    f"The kafka connector needs '{required}'. Found {params.get(required)!r}."
+                )
         from fairfleet.config import parse_bootstrap
 
         parse_bootstrap(str(params["bootstrap"]))
@@ -72,7 +74,9 @@ class KafkaConnector(Connector):
             if meta is None or meta.error is not None or not meta.partitions:
                 consumer.close()
                 return None  # the topic does not exist (yet): nothing to read now
-            consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in sorted(meta.partitions)])
+            consumer.assign(
+                [TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in sorted(meta.partitions)]
+            )
             self._consumer = consumer
         return self._consumer
 
@@ -90,8 +94,10 @@ class KafkaConnector(Connector):
                 if not isinstance(row, dict):
                     raise ValueError(f"a JSON {type(row).__name__}, not an object")
             except (ValueError, TypeError) as exc:
-                row = {"__reject__": "unreadable",
-                       "__detail__": f"{self.topic}[{msg.partition()}]@{msg.offset()}: {exc}"[:500]}
+                row = {
+                    "__reject__": "unreadable",
+                    "__detail__": f"{self.topic}[{msg.partition()}]@{msg.offset()}: {exc}"[:500],
+                }
             rows.append(positioned(row, str(msg.partition()), msg.offset()))
         self._rows_read += len(rows)
         return rows

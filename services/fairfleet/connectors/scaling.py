@@ -41,7 +41,9 @@ def _pair(name: str, scale: Any) -> tuple[float, float]:
 class FeatureScaler:
     """Standardises the named features of ``schema``; every name must be one of its features."""
 
-    def __init__(self, schema: ObservationSchema, scales: Mapping[str, Any], where: str = "") -> None:
+    def __init__(
+        self, schema: ObservationSchema, scales: Mapping[str, Any], where: str = ""
+    ) -> None:
         features = list(schema.features)
         prefix = f"{where}: " if where else ""
         for name in scales:

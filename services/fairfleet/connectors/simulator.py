@@ -58,7 +58,9 @@ class SimulatorConnector(Connector):
         if self.chunk < 1:
             raise ConfigError(f"simulator chunk must be >= 1. Found {self.chunk}.")
         if self.missing not in ("impute", "reject"):
-            raise ConfigError(f"simulator missing must be 'impute' or 'reject'. Found {self.missing!r}.")
+            raise ConfigError(
+                f"simulator missing must be 'impute' or 'reject'. Found {self.missing!r}."
+            )
         obs = generate_site(fleet, site, None if seed is None else int(seed))
         features = obs.features.astype(np.float64)
         if bool(params.get("standardise", True)):
@@ -82,8 +84,14 @@ class SimulatorConnector(Connector):
             self._rows.append(positioned(row, "", i))
         targets = list(fleet.target_names)
         self._schema = ObservationSchema(
-            fields=(*(FieldSpec(n) for n in names), *(FieldSpec(t) for t in targets), FieldSpec("event_time")),
-            features=tuple(names), targets=(targets[0],), event_time="event_time",
+            fields=(
+                *(FieldSpec(n) for n in names),
+                *(FieldSpec(t) for t in targets),
+                FieldSpec("event_time"),
+            ),
+            features=tuple(names),
+            targets=(targets[0],),
+            event_time="event_time",
         )
         self._next = 0
 
@@ -97,5 +105,8 @@ class SimulatorConnector(Connector):
         return out
 
     def progress(self) -> Progress:
-        return Progress(rows_read=self._next, position=f"row {self._next}/{len(self._rows)}",
-                        finished=self._next >= len(self._rows))
+        return Progress(
+            rows_read=self._next,
+            position=f"row {self._next}/{len(self._rows)}",
+            finished=self._next >= len(self._rows),
+        )

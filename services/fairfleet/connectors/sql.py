@@ -44,7 +44,10 @@ class SqlConnector(Connector):
     """Incremental reads of a table or query, ordered by an increasing column."""
 
     name = "sql"
-    param_names = frozenset({"url", "path", "table", "query", "order_by", "follow", "batch_rows"}) | SCHEMA_PARAMS
+    param_names = (
+        frozenset({"url", "path", "table", "query", "order_by", "follow", "batch_rows"})
+        | SCHEMA_PARAMS
+    )
 
     def __init__(self, params: Mapping[str, Any], context: ConnectorContext) -> None:
         super().__init__(params, context)
@@ -54,7 +57,9 @@ class SqlConnector(Connector):
         if url is None:
             path = params.get("path")
             if path is None:
-                raise ConfigError("The sql connector needs 'url' or 'path' (a SQLite file). Found neither.")
+                raise ConfigError(
+                    "The sql connector needs 'url' or 'path' (a SQLite file). Found neither."
+                )
             url = f"sqlite:///{context.resolve(str(path))}"
         self.url = str(url)
         table, query = params.get("table"), params.get("query")
@@ -94,7 +99,7 @@ class SqlConnector(Connector):
         prefix = "sqlite:///"
         if not self.url.startswith(prefix) or self.url in (prefix, prefix + ":memory:"):
             return None
-        return self.context.resolve(self.url[len(prefix):].split("?", 1)[0])
+        return self.context.resolve(self.url[len(prefix) :].split("?", 1)[0])
 
     def local_paths(self) -> list[LocalPath]:
         db = self.sqlite_file()
@@ -120,7 +125,9 @@ class SqlConnector(Connector):
             if isinstance(key, int) and not isinstance(key, bool) and key >= 0:
                 positioned(row, "", key)
             else:
-                row[NO_POSITION_KEY] = f"order_by '{self.order_by}' value {key!r} is not an integer >= 0"
+                row[NO_POSITION_KEY] = (
+                    f"order_by '{self.order_by}' value {key!r} is not an integer >= 0"
+                )
         if rows:
             self._last = rows[-1][self.order_by]
         elif not self.follow:
@@ -129,8 +136,11 @@ class SqlConnector(Connector):
         return rows
 
     def progress(self) -> Progress:
-        return Progress(rows_read=self._rows_read, position=f"{self.order_by} > {self._last!r}",
-                        finished=self._finished)
+        return Progress(
+            rows_read=self._rows_read,
+            position=f"{self.order_by} > {self._last!r}",
+            finished=self._finished,
+        )
 
     def close(self) -> None:
         self._engine.dispose()

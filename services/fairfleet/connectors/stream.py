@@ -191,7 +191,11 @@ class SiteStream:
 
 
 def open_site_stream(
-    config: FleetConfig, site_id: str, state_dir: Path, retain: int, reject_path: Path,
+    config: FleetConfig,
+    site_id: str,
+    state_dir: Path,
+    retain: int,
+    reject_path: Path,
     on_read: Callable[[int], None] = lambda n: None,
     on_reject: Callable[[str], None] = lambda reason: None,
     on_window: Callable[[int], None] = lambda n: None,
@@ -200,14 +204,20 @@ def open_site_stream(
     windows (``retain`` closed windows kept), its feature scales (``config.feature_scales``)."""
     site = config.site(site_id)
     connector = build_connector(
-        site.connector.type, site.connector.params,
+        site.connector.type,
+        site.connector.params,
         ConnectorContext(site_id, state_dir, base_dir=config.base_dir),
     )
     try:
         return SiteStream(
-            connector, Windower(site.window.by, site.window.size, retain),
-            RejectFile(reject_path, site_id), on_read, on_reject, on_window,
-            scales=config.feature_scales(site_id), where=f"site '{site_id}'",
+            connector,
+            Windower(site.window.by, site.window.size, retain),
+            RejectFile(reject_path, site_id),
+            on_read,
+            on_reject,
+            on_window,
+            scales=config.feature_scales(site_id),
+            where=f"site '{site_id}'",
         )
     except Exception:
         connector.close()

@@ -30,7 +30,12 @@ from typing import Any
 from fairfleet.connectors.base import FieldSpec, ObservationSchema, Position, Row, position_of
 
 REASONS = (
-    "missing_field", "wrong_type", "nan_not_allowed", "bad_event_time", "unreadable", "late",
+    "missing_field",
+    "wrong_type",
+    "nan_not_allowed",
+    "bad_event_time",
+    "unreadable",
+    "late",
     "no_position",
 )
 
@@ -84,7 +89,9 @@ def _convert(spec: FieldSpec, value: Any) -> Any:
     try:
         number = float(value.strip()) if isinstance(value, str) else float(value)
     except (TypeError, ValueError):
-        raise _Bad("wrong_type", f"field '{spec.name}' must be {spec.dtype}, got {value!r}") from None
+        raise _Bad(
+            "wrong_type", f"field '{spec.name}' must be {spec.dtype}, got {value!r}"
+        ) from None
     if not math.isfinite(number):
         if spec.nan_ok and spec.dtype == "float":
             return number
@@ -131,7 +138,8 @@ class RowValidator:
             # The event-time field is parsed as a time (number or ISO string), not by its dtype.
             values = {
                 spec.name: _convert(spec, row.get(spec.name))
-                for spec in self.schema.fields if spec.name != self.schema.event_time
+                for spec in self.schema.fields
+                if spec.name != self.schema.event_time
             }
             event_time = None
             if self.schema.event_time is not None:
@@ -160,8 +168,13 @@ class RejectFile:
 
     def write(self, reason: str, detail: str, row: Row | None) -> None:
         line = json.dumps(
-            {"ts": round(time.time(), 3), "site": self.site, "reason": reason, "detail": detail,
-             "row": row},
+            {
+                "ts": round(time.time(), 3),
+                "site": self.site,
+                "reason": reason,
+                "detail": detail,
+                "row": row,
+            },
             default=repr,
         )
         with self._lock, self.path.open("a") as fh:

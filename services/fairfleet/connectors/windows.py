@@ -105,7 +105,9 @@ class Windower:
     def _key(self, obs: Observation) -> _Key:
         if self.by == "time":
             if obs.event_time is None:
-                raise ConfigError("Time windows need an event-time field in the connector's schema.")
+                raise ConfigError(
+                    "Time windows need an event-time field in the connector's schema."
+                )
             return "", int(obs.event_time // self.size)
         if obs.position is None:
             return "", self.accepted // int(self.size)

@@ -122,9 +122,7 @@ class AgnosticFL(WeightedUpdateStrategy):
         diagnostics = {"lambda": {g: float(lam_next[index[g]]) for g in groups}}
         return coeffs, new_state, diagnostics
 
-    def fold_terms(
-        self, update: SiteUpdate, state: StrategyState
-    ) -> tuple[str, tuple[float, ...]]:
+    def fold_terms(self, update: SiteUpdate, state: StrategyState) -> tuple[str, tuple[float, ...]]:
         """``over="class"``: a group per class, a_k = share_c · n_k / n_c. ``over="site"``: each
         site is a group whose share the round's simplex projection decides: its own sum."""
         if self.over == "site":

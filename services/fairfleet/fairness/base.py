@@ -151,9 +151,7 @@ class WeightedUpdateStrategy(Strategy):
         pseudo_gradient += global_vec
         return pseudo_gradient, state
 
-    def fold_terms(
-        self, update: SiteUpdate, state: StrategyState
-    ) -> tuple[str, tuple[float, ...]]:
+    def fold_terms(self, update: SiteUpdate, state: StrategyState) -> tuple[str, tuple[float, ...]]:
         """How ``update`` folds into the round's sums (fold.py): its group and the log of its
         arrival weight per component, known from the update and the round's starting state
         (the staleness discount is added by the fold). The coefficient must then be

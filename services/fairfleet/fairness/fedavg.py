@@ -55,9 +55,7 @@ class FedAvg(WeightedUpdateStrategy):
     ) -> tuple[np.ndarray, StrategyState, dict[str, Any]]:
         return example_weights(updates, self.weighting), state, {}
 
-    def fold_terms(
-        self, update: SiteUpdate, state: StrategyState
-    ) -> tuple[str, tuple[float, ...]]:
+    def fold_terms(self, update: SiteUpdate, state: StrategyState) -> tuple[str, tuple[float, ...]]:
         """One group: a_k = n_k / Σ n (or 1/K)."""
         return "", example_log_weights(update, self.weighting)
 

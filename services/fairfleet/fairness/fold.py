@@ -186,10 +186,13 @@ class RoundFold:
                 "every update at close), so a round of it cannot be split into partials; run "
                 "one aggregator worker for it."
             )
-        entries = tuple(PartialEntry(e.record, e.group, e.log_weights)
-                        for _, e in sorted(self._entries.items()))
-        sums = tuple(PartialSum(g, j, acc.top, acc.total.copy())
-                     for (g, j), acc in sorted(self._sums.items()))
+        entries = tuple(
+            PartialEntry(e.record, e.group, e.log_weights) for _, e in sorted(self._entries.items())
+        )
+        sums = tuple(
+            PartialSum(g, j, acc.top, acc.total.copy())
+            for (g, j), acc in sorted(self._sums.items())
+        )
         return Partial(self.strategy.name, self.dim, entries, sums)
 
     def merge(self, partials: Iterable[Partial]) -> None:

@@ -106,9 +106,7 @@ class GapConstrained(WeightedUpdateStrategy):
     def initial_state(self) -> StrategyState:
         return StrategyState(self.name, arrays={"lambda": np.zeros(0)}, scalars={"classes": []})
 
-    def fold_terms(
-        self, update: SiteUpdate, state: StrategyState
-    ) -> tuple[str, tuple[float, ...]]:
+    def fold_terms(self, update: SiteUpdate, state: StrategyState) -> tuple[str, tuple[float, ...]]:
         """A group per class, a_k ∝ (1 − Λ) p_k + λ_c/|c|: two sums (n_k-weighted and plain)
         when Σ_c λ_c ≤ 1 (no weight is cut at 0); otherwise each update is its own group."""
         if sum(self.multipliers(state).values()) > 1.0:

@@ -106,9 +106,7 @@ class QFedAvg(WeightedUpdateStrategy):
         }
         return coeffs, state, diagnostics
 
-    def fold_terms(
-        self, update: SiteUpdate, state: StrategyState
-    ) -> tuple[str, tuple[float, ...]]:
+    def fold_terms(self, update: SiteUpdate, state: StrategyState) -> tuple[str, tuple[float, ...]]:
         """One group, a_k ∝ p_k F_k^q (the normaliser Σ p h is a round scalar) when F_k is
         known at arrival; a loss shrunk toward the round's mean is not (with privacy noise on
         the loss and ``shrink_losses``): then each update is its own group."""

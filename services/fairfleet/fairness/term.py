@@ -73,9 +73,7 @@ class TiltedWeights(WeightedUpdateStrategy):
         w = np.exp(log_w)
         return w / w.sum(), state, {}
 
-    def fold_terms(
-        self, update: SiteUpdate, state: StrategyState
-    ) -> tuple[str, tuple[float, ...]]:
+    def fold_terms(self, update: SiteUpdate, state: StrategyState) -> tuple[str, tuple[float, ...]]:
         """One group, log a_k = log p_k + t F̃_k − t² s_k²/2 − log Σ: a running log-sum-exp."""
         loss = update.loss
         if loss is None:

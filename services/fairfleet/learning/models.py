@@ -96,7 +96,10 @@ def build_model(name: str, **params: Any) -> nn.Module:
 
 
 _ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
-    "relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "elu": nn.ELU,
+    "relu": nn.ReLU,
+    "tanh": nn.Tanh,
+    "gelu": nn.GELU,
+    "elu": nn.ELU,
 }
 
 
@@ -113,8 +116,11 @@ class LinearRegression(ModelSpec):
 
     @classmethod
     def build(cls, *, in_features: int, out_features: int = 1, bias: bool = True) -> nn.Module:
-        return nn.Linear(check_positive_int("in_features", in_features),
-                         check_positive_int("out_features", out_features), bias=bias)
+        return nn.Linear(
+            check_positive_int("in_features", in_features),
+            check_positive_int("out_features", out_features),
+            bias=bias,
+        )
 
 
 class LogisticRegression(ModelSpec):

@@ -64,7 +64,9 @@ def unflatten(vector: torch.Tensor | np.ndarray, like: StateDict) -> StateDict:
 
 def shapes_of(state: StateDict) -> dict[str, tuple[tuple[int, ...], str]]:
     """Name -> (shape, dtype) signature, used to validate updates against the global model."""
-    return {name: (tuple(t.shape), str(t.dtype).removeprefix("torch.")) for name, t in state.items()}
+    return {
+        name: (tuple(t.shape), str(t.dtype).removeprefix("torch.")) for name, t in state.items()
+    }
 
 
 def check_finite(state: StateDict) -> None:

@@ -187,7 +187,9 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, task: Task) -> 
     return metrics
 
 
-def split_holdout(x: np.ndarray, y: np.ndarray, fraction: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def split_holdout(
+    x: np.ndarray, y: np.ndarray, fraction: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Deterministic split: every k-th observation (k = round(1/fraction)) is held out (the site
     agent's held-out rows, and the deployment simulation's)."""
     if not 0 < fraction < 1:
@@ -199,9 +201,7 @@ def split_holdout(x: np.ndarray, y: np.ndarray, fraction: float) -> tuple[np.nda
 
 
 def _float_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {
-        k: v.detach().clone() for k, v in model.state_dict().items() if v.is_floating_point()
-    }
+    return {k: v.detach().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
 
 
 def _add_prox_grad(params: list[nn.Parameter], anchors: list[torch.Tensor], mu: float) -> None:
@@ -253,10 +253,15 @@ def local_train(
     if config.privacy == "dpsgd":
         q = dpsgd.validate_sampling_rate(config.sampling_rate)
         engine = dpsgd.DpSgd(
-            local, optimizer, n_examples=n, sampling_rate=q,
-            noise_multiplier=config.noise_multiplier, clip_norm=config.clip_norm,
+            local,
+            optimizer,
+            n_examples=n,
+            sampling_rate=q,
+            noise_multiplier=config.noise_multiplier,
+            clip_norm=config.clip_norm,
             noise_generator=dpsgd.make_generator(seed + 1, config.secure_rng),
-            secure_mode=config.secure_rng, grad_sample_mode=config.grad_sample_mode,
+            secure_mode=config.secure_rng,
+            grad_sample_mode=config.grad_sample_mode,
         )
         try:
             total = config.epochs * dpsgd.steps_per_epoch(q)
@@ -272,11 +277,14 @@ def local_train(
             engine.close()
         delta = {k: v - global_state[k] for k, v in _float_state(local).items()}
         return LocalTrainResult(
-            delta=delta, n_examples=n, steps=engine.stats.steps,
+            delta=delta,
+            n_examples=n,
+            steps=engine.stats.steps,
             update_norm=engine.stats.mean_grad_norm,
             clipped_fraction=engine.stats.clipped_fraction,
             noise_std=_noise_std_dpsgd(config, engine.noise_std_per_step, engine.stats.steps),
-            train_loss_before=train_loss_before, dp_event=engine.event(),
+            train_loss_before=train_loss_before,
+            dp_event=engine.event(),
             privacy_unit=PrivacyUnit.OBSERVATION,
         )
 
@@ -295,8 +303,14 @@ def local_train(
     norm = float(flat.norm(2))
     if config.privacy == "off":
         return LocalTrainResult(
-            delta=delta, n_examples=n, steps=steps, update_norm=norm, clipped_fraction=0.0,
-            noise_std=0.0, train_loss_before=train_loss_before, dp_event=None,
+            delta=delta,
+            n_examples=n,
+            steps=steps,
+            update_norm=norm,
+            clipped_fraction=0.0,
+            noise_std=0.0,
+            train_loss_before=train_loss_before,
+            dp_event=None,
         )
 
     mechanism = GaussianUpdateMechanism(
@@ -306,9 +320,13 @@ def local_train(
     noise_gen = None if config.secure_rng else dpsgd.make_generator(seed + 1, secure=False)
     released = mechanism.privatise(flat, noise_gen)
     return LocalTrainResult(
-        delta=unflatten(released.values, delta), n_examples=n, steps=steps,
+        delta=unflatten(released.values, delta),
+        n_examples=n,
+        steps=steps,
         update_norm=float(released.norm_before),
         clipped_fraction=1.0 if released.clipped else 0.0,
-        noise_std=float(released.noise_std), train_loss_before=train_loss_before,
-        dp_event=mechanism.dp_event(), privacy_unit=PrivacyUnit.SITE,
+        noise_std=float(released.noise_std),
+        train_loss_before=train_loss_before,
+        dp_event=mechanism.dp_event(),
+        privacy_unit=PrivacyUnit.SITE,
     )

@@ -55,8 +55,15 @@ GRAD_SAMPLE_MODES: tuple[str, ...] = ("auto", "hooks", "functorch", "ew", "ghost
 DEFAULT_GRAD_SAMPLE_MODE: GradSampleMode = "auto"
 GHOST_MIN_FLOATS = 1 << 20
 _EW_LAYERS: tuple[type[torch.nn.Module], ...] = (
-    torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.Embedding,
-    torch.nn.GroupNorm, torch.nn.LayerNorm, torch.nn.InstanceNorm1d, torch.nn.InstanceNorm2d,
+    torch.nn.Linear,
+    torch.nn.Conv1d,
+    torch.nn.Conv2d,
+    torch.nn.Conv3d,
+    torch.nn.Embedding,
+    torch.nn.GroupNorm,
+    torch.nn.LayerNorm,
+    torch.nn.InstanceNorm1d,
+    torch.nn.InstanceNorm2d,
     torch.nn.InstanceNorm3d,
 )
 _GHOST_LAYERS: tuple[type[torch.nn.Module], ...] = (torch.nn.Linear, torch.nn.Embedding)
@@ -207,7 +214,10 @@ class DpSgd:
             from opacus.optimizers import DPOptimizerFastGradientClipping
 
             self.module = GradSampleModuleFastGradientClipping(
-                model, batch_first=True, loss_reduction="sum", max_grad_norm=self.clip_norm,
+                model,
+                batch_first=True,
+                loss_reduction="sum",
+                max_grad_norm=self.clip_norm,
                 use_ghost_clipping=True,
             )
             self.optimizer = DPOptimizerFastGradientClipping(optimizer, **dp_args)
@@ -220,7 +230,9 @@ class DpSgd:
             )
         else:
             self.module = GradSampleModule(
-                model, batch_first=True, loss_reduction="sum",
+                model,
+                batch_first=True,
+                loss_reduction="sum",
                 force_functorch=grad_sample_mode == "functorch",
             )
         self.optimizer = _NormRecordingDPOptimizer(optimizer, **dp_args)
@@ -233,7 +245,9 @@ class DpSgd:
     def poisson_batches(self, steps: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
         """``steps`` Poisson batches of example indices (each example in with probability q)."""
         sampler = UniformWithReplacementSampler(
-            num_samples=self.n_examples, sample_rate=self.sampling_rate, generator=generator,
+            num_samples=self.n_examples,
+            sample_rate=self.sampling_rate,
+            generator=generator,
             steps=steps,
         )
         for indices in sampler:

@@ -50,7 +50,9 @@ def check_dp_event_json(obj: Any) -> None:
         if isinstance(value, Mapping | list):
             nesting += 1
             if nesting > MAX_JSON_NESTING:
-                raise PrivacyError(f"dp_event JSON nests deeper than {MAX_JSON_NESTING} (at {path}).")
+                raise PrivacyError(
+                    f"dp_event JSON nests deeper than {MAX_JSON_NESTING} (at {path})."
+                )
         if isinstance(value, Mapping):
             if "class_name" in value:
                 depth += 1

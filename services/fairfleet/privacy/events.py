@@ -213,9 +213,7 @@ def _json_to_tuple(value: Any) -> Any:
                 f"only {_DP_EVENT_MODULE} events are accepted."
             )
         fields = {
-            k: _json_to_tuple(v)
-            for k, v in value.items()
-            if k not in ("class_name", "module_name")
+            k: _json_to_tuple(v) for k, v in value.items() if k not in ("class_name", "module_name")
         }
         names = ["module_name", "class_name", *fields]
         wrapper = collections.namedtuple(f"_{class_name}Json", names)  # type: ignore[misc]

@@ -482,16 +482,20 @@ class Ledger:
                 leaves, count = groups.get((entry.record.key, reason), (Counter(), 0))
                 groups[(entry.record.key, reason)] = (leaves + entry.leaves, count + 1)
             rows = []
-            for (key, reason), (leaves, count) in sorted(groups.items(), key=lambda g: (str(g[0][0]), g[0][1])):
+            for (key, reason), (leaves, count) in sorted(
+                groups.items(), key=lambda g: (str(g[0][0]), g[0][1])
+            ):
                 policy = self.policy_for(key)
-                rows.append({
-                    "unit": key.unit.value,
-                    "site": key.site,
-                    "source": key.source,
-                    "reason": reason,
-                    "releases": count,
-                    "epsilon": self._eps(leaves, policy.delta if policy else REPORT_DELTA),
-                })
+                rows.append(
+                    {
+                        "unit": key.unit.value,
+                        "site": key.site,
+                        "source": key.source,
+                        "reason": reason,
+                        "releases": count,
+                        "epsilon": self._eps(leaves, policy.delta if policy else REPORT_DELTA),
+                    }
+                )
             return rows
 
     def snapshot(self) -> dict[str, Any]:

@@ -279,7 +279,10 @@ def _checked(log_a: np.ndarray, q: np.ndarray, sigma: np.ndarray, alphas: np.nda
             "RDP of the Poisson-subsampled Gaussian has no trustworthy value at %d (q, σ, order) "
             "cell(s), e.g. q=%r, σ=%r, order %r (log A = %r); those orders are dropped from "
             "the ε conversion.",
-            len(rows), float(q[rows[0]]), float(sigma[rows[0]]), float(alphas[cols[0]]),
+            len(rows),
+            float(q[rows[0]]),
+            float(sigma[rows[0]]),
+            float(alphas[cols[0]]),
             float(log_a[rows[0], cols[0]]),
         )
     return np.where(bad, np.inf, np.maximum(log_a, 0.0))

@@ -26,20 +26,37 @@ def evaluate(spec: Any, state: Any, fleet: str, seed: int) -> dict[str, Any]:
     data = fleet_data(fleet, seed)
     sites: list[dict[str, Any]] = []
     for s in data.sites:
-        metrics = evaluate_model(model, torch.from_numpy(s.x_test), torch.from_numpy(s.y_test), spec.task)
-        sites.append({"site": s.site, "class": s.site_class, "n_test": s.n_test,
-                      "loss": metrics["loss"], "accuracy": metrics.get("accuracy")})
+        metrics = evaluate_model(
+            model, torch.from_numpy(s.x_test), torch.from_numpy(s.y_test), spec.task
+        )
+        sites.append(
+            {
+                "site": s.site,
+                "class": s.site_class,
+                "n_test": s.n_test,
+                "loss": metrics["loss"],
+                "accuracy": metrics.get("accuracy"),
+            }
+        )
     n = np.array([s["n_test"] for s in sites], dtype=np.float64)
     fleet_loss = float(np.dot([s["loss"] for s in sites], n) / n.sum())
     classes: dict[str, dict[str, Any]] = {}
     for c in sorted({s["class"] for s in sites}):
         members = [s for s in sites if s["class"] == c]
         loss_c = float(np.mean([s["loss"] for s in members]))
-        classes[c] = {"sites": [s["site"] for s in members], "loss": loss_c,
-                      "accuracy": float(np.mean([s["accuracy"] for s in members])),
-                      "gap_to_fleet": loss_c - fleet_loss}
+        classes[c] = {
+            "sites": [s["site"] for s in members],
+            "loss": loss_c,
+            "accuracy": float(np.mean([s["accuracy"] for s in members])),
+            "gap_to_fleet": loss_c - fleet_loss,
+        }
     gaps = [float(v["loss"]) for v in classes.values()]
-    return {"fleet_loss": fleet_loss, "classes": classes, "sites": sites, "gap": max(gaps) - min(gaps)}
+    return {
+        "fleet_loss": fleet_loss,
+        "classes": classes,
+        "sites": sites,
+        "gap": max(gaps) - min(gaps),
+    }
 
 
 def demo_view(summary: dict[str, Any]) -> dict[str, Any]:
@@ -48,9 +65,11 @@ def demo_view(summary: dict[str, Any]) -> dict[str, Any]:
     the demo policy's ε_max (1.25 × the target)."""
     s = summary["settings"]
     eps = summary["epsilon_spent"]
-    reported = {row["site"]: row["epsilon_limit"]
-                for row in (summary.get("budgets") or {}).get("budgets", [])
-                if row.get("epsilon_limit") is not None}
+    reported = {
+        row["site"]: row["epsilon_limit"]
+        for row in (summary.get("budgets") or {}).get("budgets", [])
+        if row.get("epsilon_limit") is not None
+    }
     limits = {site: reported.get(site, 1.25 * s["epsilon"]) for site in eps}
     return {
         "entries": summary["models"],
@@ -82,7 +101,16 @@ def write_demo_report(summary: dict[str, Any], out_dir: str | Path) -> Path:
         f"reweighted updates to keep every class's loss within γ={s['gamma']:g} of the fleet's. "
         "Quality is measured on each plant's held-out future (the last quarter of its stream).</p>",
     ]
-    footer = [f"<p><small>Took {summary['seconds']} s. Raw data: <code>demo.json</code>. "
-              f"Service logs: <code>{html.escape(str(summary['logs']))}</code>.</small></p>"]
-    return write_quality_report(demo_view(summary) if summary.get("final") else {"final": None},
-                                summary, out_dir, "fairfleet demo", "demo.json", intro, footer)
+    footer = [
+        f"<p><small>Took {summary['seconds']} s. Raw data: <code>demo.json</code>. "
+        f"Service logs: <code>{html.escape(str(summary['logs']))}</code>.</small></p>"
+    ]
+    return write_quality_report(
+        demo_view(summary) if summary.get("final") else {"final": None},
+        summary,
+        out_dir,
+        "fairfleet demo",
+        "demo.json",
+        intro,
+        footer,
+    )

@@ -126,7 +126,9 @@ def _engine_shape(model: ModelConfig) -> tuple[str, int, int]:
         ) from None
     if spec.name == "logistic":
         if spec.task != "classification":
-            raise ConfigError(f"Model '{model.id}': logistic needs task classification. Found {spec.task!r}.")
+            raise ConfigError(
+                f"Model '{model.id}': logistic needs task classification. Found {spec.task!r}."
+            )
         return "classification", d, int(spec.params.get("n_classes", 2))
     if spec.task != "regression" or int(spec.params.get("out_features", 1)) != 1:
         raise ConfigError(
@@ -201,7 +203,13 @@ def deployment_data(config: FleetConfig, model_id: str | None = None) -> FleetDa
                     f"{site.agent.holdout_fraction}."
                 )
             sites.append(SiteData(site.id, site.site_class, x_tr, y_tr, x_te, y_te))
-    return FleetData(f"{config.fleet}/{model.id}", task, d, max(outputs, 2) if task == "classification" else 1, sites)
+    return FleetData(
+        f"{config.fleet}/{model.id}",
+        task,
+        d,
+        max(outputs, 2) if task == "classification" else 1,
+        sites,
+    )
 
 
 def site_policies(config: FleetConfig, sites: list[str], unit: str) -> dict[str, Policy]:
@@ -211,12 +219,16 @@ def site_policies(config: FleetConfig, sites: list[str], unit: str) -> dict[str,
     for s in sites:
         match = config.policy_for(s, unit)
         if match.policy is None:
-            raise ConfigError(f"Site '{s}' has no {unit}-level policy: {match.reason or match.matched}.")
+            raise ConfigError(
+                f"Site '{s}' has no {unit}-level policy: {match.reason or match.matched}."
+            )
         out[s] = match.policy
     return out
 
 
-def training_defaults(config: FleetConfig, model_id: str | None, n_train: np.ndarray) -> dict[str, Any]:
+def training_defaults(
+    config: FleetConfig, model_id: str | None, n_train: np.ndarray
+) -> dict[str, Any]:
     """The run settings ``fairfleet up`` would use for the model, as decompose/simulate options.
 
     ``local_steps``: the plan's epochs over the median site's training rows in ``batch_size``

@@ -508,8 +508,14 @@ def train_federated(
         from fairfleet.privacy.dpsgd import steps_per_epoch
 
         privacy = Privacy(
-            cfg.epsilon, cfg.delta, cfg.clip_norm, bound, cfg.releases_per_round,
-            cfg.unit, cfg.q, steps_per_epoch(cfg.q),
+            cfg.epsilon,
+            cfg.delta,
+            cfg.clip_norm,
+            bound,
+            cfg.releases_per_round,
+            cfg.unit,
+            cfg.q,
+            steps_per_epoch(cfg.q),
         )
     history: list[dict[str, Any]] = []
     dpsgd = privacy is not None and privacy.unit == "observation"
@@ -572,7 +578,11 @@ def dpsgd_local(
     from fairfleet.learning.train import LocalTrainConfig, local_train
 
     config = LocalTrainConfig(
-        epochs=1, lr=cfg.lr, privacy="dpsgd", noise_multiplier=z, clip_norm=cfg.clip_norm,
+        epochs=1,
+        lr=cfg.lr,
+        privacy="dpsgd",
+        noise_multiplier=z,
+        clip_norm=cfg.clip_norm,
         sampling_rate=cfg.q,
     )
     planned = config.planned_dp_event()
@@ -583,9 +593,12 @@ def dpsgd_local(
     for k in sites:
         site = packed.data.sites[int(k)]
         result = local_train(
-            model, torch.from_numpy(site.x_train), torch.from_numpy(site.y_train),
+            model,
+            torch.from_numpy(site.x_train),
+            torch.from_numpy(site.y_train),
             "regression" if packed.task == "regression" else "classification",
-            config, seed_for(seed, int(k)),
+            config,
+            seed_for(seed, int(k)),
         )
         if result.dp_event != planned:
             raise PrivacyError(f"DP-SGD spent {result.dp_event}, calibrated for {planned}.")

@@ -42,18 +42,35 @@ def plot_classes(view: dict[str, Any], path: Path) -> None:
     for bar, c in zip(bars, classes, strict=True):
         acc = final["classes"][c].get("accuracy")
         label = f"loss {bar.get_height():.3f}" + ("" if acc is None else f"\nacc {acc:.0%}")
-        ax1.annotate(label, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center",
-                     va="bottom", fontsize=9)
-    ax1.axhline(final["fleet_loss"], color="black", linestyle="--", linewidth=1,
-                label=f"fleet {final['fleet_loss']:.3f}")
+        ax1.annotate(
+            label,
+            (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+            ha="center",
+            va="bottom",
+            fontsize=9,
+        )
+    ax1.axhline(
+        final["fleet_loss"],
+        color="black",
+        linestyle="--",
+        linewidth=1,
+        label=f"fleet {final['fleet_loss']:.3f}",
+    )
     gamma = view.get("gamma")
     if gamma is not None:
-        ax1.axhline(final["fleet_loss"] + gamma, color="red", linestyle=":", linewidth=1,
-                    label=f"fleet + γ ({gamma:g})")
+        ax1.axhline(
+            final["fleet_loss"] + gamma,
+            color="red",
+            linestyle=":",
+            linewidth=1,
+            label=f"fleet + γ ({gamma:g})",
+        )
     ax1.set_ylim(0, max([*losses, final["fleet_loss"] + (gamma or 0.0)]) * 1.3 or 1.0)
     ax1.set_ylabel(view["loss_label"])
-    ax1.set_title(f"{view['x_label'].capitalize()} {final['round']} (model version "
-                  f"{final['version']}) per site class")
+    ax1.set_title(
+        f"{view['x_label'].capitalize()} {final['round']} (model version "
+        f"{final['version']}) per site class"
+    )
     ax1.legend(frameon=False)
     eps = view["epsilon_spent"]
     limits = view.get("epsilon_limit", {})
@@ -63,8 +80,15 @@ def plot_classes(view: dict[str, Any], path: Path) -> None:
     ax2.bar(sites, [eps[s] or 0.0 for s in sites], color=colours)
     marked = [(i, limits[s]) for i, s in enumerate(sites) if limits.get(s) is not None]
     if marked:
-        ax2.scatter([i for i, _ in marked], [v for _, v in marked], marker="_", s=600, color="red",
-                    label="policy ε_max", zorder=3)
+        ax2.scatter(
+            [i for i, _ in marked],
+            [v for _, v in marked],
+            marker="_",
+            s=600,
+            color="red",
+            label="policy ε_max",
+            zorder=3,
+        )
         ax2.legend(frameon=False, loc="upper left")
     top = max([*(v or 0.0 for v in eps.values()), *(v for _, v in marked), 1e-9])
     delta = view.get("delta")
@@ -89,18 +113,38 @@ def plot_rounds(view: dict[str, Any], path: Path) -> None:
     classes = sorted({c for e in entries for c in e["classes"]})
     for i, c in enumerate(classes):
         rows = [e for e in entries if c in e["classes"]]
-        ax1.plot([e["round"] for e in rows], [e["classes"][c]["loss"] for e in rows], marker="o",
-                 color=_colour(i), label=c)
-        ax2.plot([e["round"] for e in rows], [e["classes"][c]["gap_to_fleet"] for e in rows],
-                 marker="o", color=_colour(i), label=c)
-    ax1.plot([e["round"] for e in entries], [e["gap"] for e in entries], color="black",
-             linestyle=":", label="gap (max − min)")
+        ax1.plot(
+            [e["round"] for e in rows],
+            [e["classes"][c]["loss"] for e in rows],
+            marker="o",
+            color=_colour(i),
+            label=c,
+        )
+        ax2.plot(
+            [e["round"] for e in rows],
+            [e["classes"][c]["gap_to_fleet"] for e in rows],
+            marker="o",
+            color=_colour(i),
+            label=c,
+        )
+    ax1.plot(
+        [e["round"] for e in entries],
+        [e["gap"] for e in entries],
+        color="black",
+        linestyle=":",
+        label="gap (max − min)",
+    )
     ax1.set_ylabel(view["loss_label"])
     ax1.set_title("Class loss and class gap")
     ax2.axhline(0.0, color="black", linewidth=0.8)
     if view.get("gamma") is not None:
-        ax2.axhline(view["gamma"], color="red", linestyle="--", linewidth=1,
-                    label=f"bound γ = {view['gamma']:g}")
+        ax2.axhline(
+            view["gamma"],
+            color="red",
+            linestyle="--",
+            linewidth=1,
+            label=f"bound γ = {view['gamma']:g}",
+        )
     ax2.set_ylabel("class loss − fleet loss")
     ax2.set_title("Each class's excess over the fleet")
     for ax in (ax1, ax2):
@@ -130,8 +174,14 @@ def class_rows(view: dict[str, Any]) -> list[dict[str, Any]]:
     final = view["final"]
     eps = view["epsilon_spent"]
     return [
-        {"class": c, "sites": v["sites"], "loss": v["loss"], "accuracy": v.get("accuracy"),
-         "gap_to_fleet": v["gap_to_fleet"], "epsilon": {s: eps.get(s) for s in v["sites"]}}
+        {
+            "class": c,
+            "sites": v["sites"],
+            "loss": v["loss"],
+            "accuracy": v.get("accuracy"),
+            "gap_to_fleet": v["gap_to_fleet"],
+            "epsilon": {s: eps.get(s) for s in v["sites"]},
+        }
         for c, v in sorted(final["classes"].items())
     ]
 
@@ -146,19 +196,32 @@ def quality_body(view: dict[str, Any]) -> list[str]:
     table = "".join(
         f"<tr><th>{html.escape(r['class'])}</th><td>{', '.join(map(html.escape, r['sites']))}</td>"
         f"<td>{r['loss']:.4f}</td>"
-        + (f"<td>{'-' if r['accuracy'] is None else format(r['accuracy'], '.1%')}</td>" if with_accuracy else "")
+        + (
+            f"<td>{'-' if r['accuracy'] is None else format(r['accuracy'], '.1%')}</td>"
+            if with_accuracy
+            else ""
+        )
         + f"<td>{r['gap_to_fleet']:+.4f}</td><td>"
-        + ", ".join(f"{html.escape(k)} {v:.2f}" if v is not None else f"{html.escape(k)} ?"
-                    for k, v in r["epsilon"].items())
+        + ", ".join(
+            f"{html.escape(k)} {v:.2f}" if v is not None else f"{html.escape(k)} ?"
+            for k, v in r["epsilon"].items()
+        )
         + "</td></tr>"
         for r in rows
     )
     spent = [v for v in view["epsilon_spent"].values() if v is not None]
     gamma = view.get("gamma")
-    bound = "" if gamma is None else (
-        f" The strategy bounds each class's excess over the fleet by γ = {gamma:g}: "
-        + ("every class is within it." if worst["gap_to_fleet"] <= gamma else
-           f"<b>{html.escape(worst['class'])}</b> exceeds it by {worst['gap_to_fleet'] - gamma:.4f}.")
+    bound = (
+        ""
+        if gamma is None
+        else (
+            f" The strategy bounds each class's excess over the fleet by γ = {gamma:g}: "
+            + (
+                "every class is within it."
+                if worst["gap_to_fleet"] <= gamma
+                else f"<b>{html.escape(worst['class'])}</b> exceeds it by {worst['gap_to_fleet'] - gamma:.4f}."
+            )
+        )
     )
     return [
         "<h2>Reading</h2>",
@@ -176,8 +239,14 @@ def quality_body(view: dict[str, Any]) -> list[str]:
 
 
 def write_quality_report(
-    view: dict[str, Any], doc: dict[str, Any], out_dir: str | Path, title: str, json_name: str,
-    intro: Sequence[str], footer: Sequence[str] = (), empty: str = "No model version was released.",
+    view: dict[str, Any],
+    doc: dict[str, Any],
+    out_dir: str | Path,
+    title: str,
+    json_name: str,
+    intro: Sequence[str],
+    footer: Sequence[str] = (),
+    empty: str = "No model version was released.",
 ) -> Path:
     """Write ``json_name`` (``doc``), ``classes.png``, ``rounds.png`` and ``index.html``."""
     out = Path(out_dir)

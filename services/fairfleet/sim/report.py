@@ -79,24 +79,52 @@ def plot_terms(doc: dict[str, Any], path: Path) -> None:
             stat = doc["terms"][risk][term]
             value = stat["mean"]
             base = up if value >= 0 else down
-            ax.bar(i, value, 0.6, bottom=base, color=TERM_COLOURS[term],
-                   label=TERM_LABELS[term] if i == 0 else None, edgecolor="white")
+            ax.bar(
+                i,
+                value,
+                0.6,
+                bottom=base,
+                color=TERM_COLOURS[term],
+                label=TERM_LABELS[term] if i == 0 else None,
+                edgecolor="white",
+            )
             top = base + value
             lo, hi = _err(stat)
             if lo or hi:
                 # One whisker per term, side by side inside the bar, at the segment's end.
                 offset = 0.2 * (list(TERM_LABELS).index(term) - 1.5) / 1.5
-                ax.errorbar(i + offset, top, yerr=[[lo], [hi]], fmt="none",
-                            ecolor=TERM_COLOURS[term], elinewidth=1.5, capsize=3, alpha=0.9)
+                ax.errorbar(
+                    i + offset,
+                    top,
+                    yerr=[[lo], [hi]],
+                    fmt="none",
+                    ecolor=TERM_COLOURS[term],
+                    elinewidth=1.5,
+                    capsize=3,
+                    alpha=0.9,
+                )
             if value >= 0:
                 up = top
             else:
                 down = top
         total = sum(doc["terms"][risk][t]["mean"] for t in TERM_LABELS)
-        ax.plot(i + 0.38, total, marker="<", color="black", markersize=8, linestyle="none",
-                label="total J(θ11) − J(θ*)" if i == 0 else None, zorder=5)
-        ax.annotate(f"{total:+.3g}", (i + 0.38, total), textcoords="offset points",
-                    xytext=(6, -4), fontsize=9)
+        ax.plot(
+            i + 0.38,
+            total,
+            marker="<",
+            color="black",
+            markersize=8,
+            linestyle="none",
+            label="total J(θ11) − J(θ*)" if i == 0 else None,
+            zorder=5,
+        )
+        ax.annotate(
+            f"{total:+.3g}",
+            (i + 0.38, total),
+            textcoords="offset points",
+            xytext=(6, -4),
+            fontsize=9,
+        )
     ax.axhline(0, color="black", linewidth=0.8)
     ax.set_xticks(range(len(risks)), [risk_label(r) for r in risks])
     ax.set_ylabel("excess risk over the oracle (test loss)")
@@ -133,19 +161,35 @@ def class_risk_figure(doc: dict[str, Any]) -> Any:
         xs = [i + (j - (len(configs) - 1) / 2) * width for i in range(len(risks))]
         stats = [doc["risks"][r][config] for r in risks]
         errs = [clipped_err(s) for s in stats]
-        clipped += [f"{CONFIG_LABELS[config]} on {risk_label(r)}" for r, e in zip(risks, errs, strict=True) if e[2]]
+        clipped += [
+            f"{CONFIG_LABELS[config]} on {risk_label(r)}"
+            for r, e in zip(risks, errs, strict=True)
+            if e[2]
+        ]
         tops += [s["mean"] + e[1] for s, e in zip(stats, errs, strict=True)]
-        ax.bar(xs, [s["mean"] for s in stats], width, color=CONFIG_COLOURS[config],
-               label=CONFIG_LABELS[config], yerr=[[e[0] for e in errs], [e[1] for e in errs]],
-               capsize=2, error_kw={"elinewidth": 1})
+        ax.bar(
+            xs,
+            [s["mean"] for s in stats],
+            width,
+            color=CONFIG_COLOURS[config],
+            label=CONFIG_LABELS[config],
+            yerr=[[e[0] for e in errs], [e[1] for e in errs]],
+            capsize=2,
+            error_kw={"elinewidth": 1},
+        )
     gamma = doc.get("gamma")
     if gamma is not None:
         # The gap constraint R_c − R ≤ γ: a fair model's class bar above its line breaks it.
         for config in ("theta01", "theta11"):
             bound = doc["risks"]["fleet"][config]["mean"] + gamma
             tops.append(bound)
-            ax.axhline(bound, color=CONFIG_COLOURS[config], linestyle="--", linewidth=1.2,
-                       label=f"{CONFIG_LABELS[config]}: fleet risk + γ={gamma:g} = {bound:.3f}")
+            ax.axhline(
+                bound,
+                color=CONFIG_COLOURS[config],
+                linestyle="--",
+                linewidth=1.2,
+                label=f"{CONFIG_LABELS[config]}: fleet risk + γ={gamma:g} = {bound:.3f}",
+            )
     ax.set_xticks(range(len(risks)), [risk_label(r) for r in risks])
     ax.set_ylabel("test loss (lower is better)")
     ax.set_title("Risk of each site class under each configuration (95% CIs)")
@@ -154,8 +198,10 @@ def class_risk_figure(doc: dict[str, Any]) -> Any:
     ax.legend(ncol=4, fontsize=8, frameon=False, loc="upper left")
     notes = []
     if gamma is not None:
-        notes.append("Dashed: the bound γ puts on every class of a fair model (its fleet risk + γ); "
-                     "a bar of that colour above its line breaks the constraint.")
+        notes.append(
+            "Dashed: the bound γ puts on every class of a fair model (its fleet risk + γ); "
+            "a bar of that colour above its line breaks the constraint."
+        )
     if clipped:
         notes.append(f"Error bars cut at 0 (a loss is never negative): {', '.join(clipped)}.")
     if notes:
@@ -197,8 +243,13 @@ def plot_sweep(doc: dict[str, Any], path: Path) -> bool:
                 means = [s["mean"] for s in stats]
                 ax.plot(xs, means, marker="o", color=TERM_COLOURS[term], label=TERM_LABELS[term])
                 if all(s["ci_low"] is not None for s in stats):
-                    ax.fill_between(xs, [s["ci_low"] for s in stats], [s["ci_high"] for s in stats],
-                                    color=TERM_COLOURS[term], alpha=0.15)
+                    ax.fill_between(
+                        xs,
+                        [s["ci_low"] for s in stats],
+                        [s["ci_high"] for s in stats],
+                        color=TERM_COLOURS[term],
+                        alpha=0.15,
+                    )
             values = [abs(p["terms"][risk][t]["mean"]) for p in points for t in TERM_LABELS]
             if max(values) > 0.5 and max(values) > 20 * sorted(values)[len(values) // 2]:
                 # One sweep point dwarfs the rest: linear near 0, logarithmic beyond.
@@ -229,10 +280,16 @@ def overlaps(series: dict[str, Sequence[float]], xs: Sequence[float], tol: float
     out = []
     names = list(series)
     for i, a in enumerate(names):
-        for b in names[i + 1:]:
-            same = [x for x, u, v in zip(xs, series[a], series[b], strict=True) if abs(u - v) <= tol]
+        for b in names[i + 1 :]:
+            same = [
+                x for x, u, v in zip(xs, series[a], series[b], strict=True) if abs(u - v) <= tol
+            ]
             if len(same) >= 3:
-                where = "at every round" if len(same) == len(xs) else f"at rounds {same[0]:g}–{same[-1]:g}"
+                where = (
+                    "at every round"
+                    if len(same) == len(xs)
+                    else f"at rounds {same[0]:g}–{same[-1]:g}"
+                )
                 out.append(f"{a} and {b} coincide {where} ({len(same)} of {len(xs)})")
     return out
 
@@ -244,22 +301,39 @@ OVERLAP_REASONS = {
 }
 
 
-def _lines(ax: Any, xs: dict[str, list[float]], ys: dict[str, list[float]], labels: dict[str, str],
-           kind: str) -> list[str]:
+def _lines(
+    ax: Any,
+    xs: dict[str, list[float]],
+    ys: dict[str, list[float]],
+    labels: dict[str, str],
+    kind: str,
+) -> list[str]:
     """Plot one line per configuration; lines drawn on an earlier one are dashed and thinner so
     both stay visible. Returns the overlap sentences (with why) for the figure's note."""
     span = max((max(v) - min(v) for v in ys.values() if v), default=0.0)
     tol = max(span, 1e-12) * 0.005
     drawn: dict[str, list[float]] = {}
     for config, y in ys.items():
-        under = any(overlaps({config: y, k: v}, xs[config], tol)
-                    for k, v in drawn.items() if len(v) == len(y))
-        ax.plot(xs[config], y, color=CONFIG_COLOURS[config], label=labels[config],
-                linestyle=(0, (4, 3)) if under else "-", linewidth=1.4 if under else 2.4,
-                marker="." if len(y) < 40 else None, zorder=3 if under else 2)
+        under = any(
+            overlaps({config: y, k: v}, xs[config], tol)
+            for k, v in drawn.items()
+            if len(v) == len(y)
+        )
+        ax.plot(
+            xs[config],
+            y,
+            color=CONFIG_COLOURS[config],
+            label=labels[config],
+            linestyle=(0, (4, 3)) if under else "-",
+            linewidth=1.4 if under else 2.4,
+            marker="." if len(y) < 40 else None,
+            zorder=3 if under else 2,
+        )
         drawn[config] = y
     rounds = next(iter(xs.values()), [])
-    pairs = overlaps({CONFIG_LABELS[c]: y for c, y in ys.items() if len(y) == len(rounds)}, rounds, tol)
+    pairs = overlaps(
+        {CONFIG_LABELS[c]: y for c, y in ys.items() if len(y) == len(rounds)}, rounds, tol
+    )
     return [f"{p}: {OVERLAP_REASONS[kind]}." for p in pairs]
 
 
@@ -272,32 +346,65 @@ def rounds_figure(doc: dict[str, Any]) -> Any:
     history = doc["history"]
     xs = {c: [h["round"] for h in hist["rounds"]] for c, hist in history.items()}
     labels = {c: CONFIG_LABELS[c] for c in history}
-    notes = _lines(ax1, xs, {c: [h["gap"] for h in hist["rounds"]] for c, hist in history.items()},
-                   labels, "gap")
-    excess = {c: [max(h["classes"].values()) - h["fleet"] for h in hist["rounds"]] for c, hist in history.items()}
+    notes = _lines(
+        ax1,
+        xs,
+        {c: [h["gap"] for h in hist["rounds"]] for c, hist in history.items()},
+        labels,
+        "gap",
+    )
+    excess = {
+        c: [max(h["classes"].values()) - h["fleet"] for h in hist["rounds"]]
+        for c, hist in history.items()
+    }
     _lines(ax2, xs, excess, labels, "gap")  # the same runs: the overlaps of the first panel
     gamma = doc.get("gamma")
     if gamma is not None:
-        ax2.axhline(gamma, color="red", linestyle="--", linewidth=1.2,
-                    label=f"γ={gamma:g} (bound of θ01, θ11)")
+        ax2.axhline(
+            gamma,
+            color="red",
+            linestyle="--",
+            linewidth=1.2,
+            label=f"γ={gamma:g} (bound of θ01, θ11)",
+        )
     private = {c: hist for c, hist in history.items() if hist["noise_multiplier"] > 0}
     notes += _lines(
-        ax3, {c: xs[c] for c in private}, {c: list(h["epsilon_spent"]) for c, h in private.items()},
-        {c: f"{CONFIG_LABELS[c]} (z={h['noise_multiplier']:.2f}, {h['releases_per_round']} "
-            f"releases/round)" for c, h in private.items()}, "epsilon")
+        ax3,
+        {c: xs[c] for c in private},
+        {c: list(h["epsilon_spent"]) for c, h in private.items()},
+        {
+            c: f"{CONFIG_LABELS[c]} (z={h['noise_multiplier']:.2f}, {h['releases_per_round']} "
+            f"releases/round)"
+            for c, h in private.items()
+        },
+        "epsilon",
+    )
     ax1.set_ylabel("worst − best class risk")
     ax1.set_title("Gap between site classes (mean over seeds)")
     ax2.set_ylabel("worst class risk − fleet risk")
     ax2.set_title("What γ bounds: worst class over the fleet")
-    ax3.axhline(doc["epsilon"], color="red", linestyle="--", linewidth=1, label=f"budget ε={doc['epsilon']:g}")
+    ax3.axhline(
+        doc["epsilon"],
+        color="red",
+        linestyle="--",
+        linewidth=1,
+        label=f"budget ε={doc['epsilon']:g}",
+    )
     ax3.set_ylabel(f"ε spent per site (δ={doc['delta']:g})")
     ax3.set_title("Privacy spent by every site, per round")
     for ax in (ax1, ax2, ax3):
         ax.set_xlabel("round")
         ax.legend(fontsize=8, frameon=False)
     if notes:
-        fig.text(0.01, 0.01, "Dashed on top: " + " ".join(notes), fontsize=8, color="#444",
-                 va="bottom", wrap=True)
+        fig.text(
+            0.01,
+            0.01,
+            "Dashed on top: " + " ".join(notes),
+            fontsize=8,
+            color="#444",
+            va="bottom",
+            wrap=True,
+        )
     fig.tight_layout(rect=(0, 0.04 * min(len(notes), 3), 1, 1))
     return fig
 
@@ -350,7 +457,9 @@ def _terms_table(doc: dict[str, Any]) -> str:
     for risk in risk_order(doc):
         cells = "".join(f"<td>{_fmt(doc['terms'][risk][t])}</td>" for t in TERM_LABELS)
         dom = TERM_LABELS[doc["dominant"][risk]]
-        rows.append(f"<tr><th>{html.escape(risk_label(risk))}</th>{cells}<td>{html.escape(dom)}</td></tr>")
+        rows.append(
+            f"<tr><th>{html.escape(risk_label(risk))}</th>{cells}<td>{html.escape(dom)}</td></tr>"
+        )
     return f"<table><tr><th>risk</th>{head}<th>dominant</th></tr>{''.join(rows)}</table>"
 
 
@@ -403,9 +512,13 @@ def write_report(doc: dict[str, Any], out_dir: str | Path) -> Path:
         "one are dashed on top of it, and the note under the figure says which and why.</p>",
     ]
     if swept:
-        body += ["<h2>Sweeps</h2><p>How each term moves when the privacy budget ε or the fairness "
-                 "bound γ changes (shaded: 95% CI).</p><img src='sweep.png' alt='sweep'>"]
-    body += [f"<p><small>Raw numbers: <code>decomposition.json</code>. Took {doc['seconds']:.1f} s.</small></p>"]
+        body += [
+            "<h2>Sweeps</h2><p>How each term moves when the privacy budget ε or the fairness "
+            "bound γ changes (shaded: 95% CI).</p><img src='sweep.png' alt='sweep'>"
+        ]
+    body += [
+        f"<p><small>Raw numbers: <code>decomposition.json</code>. Took {doc['seconds']:.1f} s.</small></p>"
+    ]
     index = out / "index.html"
     index.write_text(page(f"Risk decomposition — {doc['fleet']}", body))
     return index

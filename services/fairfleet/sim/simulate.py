@@ -241,7 +241,13 @@ def run_simulation(
         from fairfleet.privacy.dpsgd import steps_per_epoch
 
         privacy = Privacy(
-            cfg.epsilon, cfg.delta, cfg.clip_norm, cfg.loss_bound, 2, cfg.unit, q,
+            cfg.epsilon,
+            cfg.delta,
+            cfg.clip_norm,
+            cfg.loss_bound,
+            2,
+            cfg.unit,
+            q,
             cfg.local_epochs * steps_per_epoch(q),
         )
     dpsgd = privacy is not None and privacy.unit == "observation"
@@ -262,8 +268,9 @@ def run_simulation(
         theta: np.ndarray, sites: np.ndarray, t: int
     ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         if dpsgd:  # local_train's DP-SGD per site (sim/engine.py dpsgd_local)
-            train = TrainConfig(lr=cfg.lr, clip_norm=cfg.clip_norm, sampling_rate=q,
-                                unit="observation")
+            train = TrainConfig(
+                lr=cfg.lr, clip_norm=cfg.clip_norm, sampling_rate=q, unit="observation"
+            )
             return dpsgd_local(packed, theta, sites, train, z_dpsgd, seed_for(cfg.seed, t))
         if cfg.engine == "torch":
             return _local_train(packed, theta, sites, cfg, t)

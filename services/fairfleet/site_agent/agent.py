@@ -87,7 +87,9 @@ def site_key(config: FleetConfig, site_id: str) -> Ed25519PrivateKey:
     """The site's signing key from its ``private_key_file`` (ConfigError naming what is wrong)."""
     site = config.site(site_id)
     if not site.private_key_file:
-        raise ConfigError(f"Site '{site_id}' needs private_key_file to sign its updates. Found none.")
+        raise ConfigError(
+            f"Site '{site_id}' needs private_key_file to sign its updates. Found none."
+        )
     return load_private(str(config.resolve_path(site.private_key_file)))
 
 
@@ -118,9 +120,14 @@ class SiteAgent:
         self.metrics = SiteMetrics(site_id, registry)
         self.store = RoundStateStore(self.state_dir / "rounds.json")
         self.stream = open_site_stream(
-            config, site_id, self.state_dir, self.opts.retain_windows,
+            config,
+            site_id,
+            self.state_dir,
+            self.opts.retain_windows,
             config.resolve_path(self.opts.reject_file or self.state_dir / "rejects.jsonl"),
-            self.metrics.on_read, self.metrics.on_reject, self.metrics.on_window,
+            self.metrics.on_read,
+            self.metrics.on_reject,
+            self.metrics.on_window,
         )
         self.models = {m: config.model(m) for m in self.site.models}
         for model_id, model in self.models.items():
@@ -134,9 +141,16 @@ class SiteAgent:
         self.health = health or Health(
             self.opts.progress_timeout_s, probe=lambda: bus_.unreachable(2.0)
         )
-        self.io = AgentBus(self.bus, site_id, config.kafka.topic_prefix, config.kafka.chunk_bytes,
-                           config.kafka.input_limits(), self.metrics.on_dead_letter,
-                           Signer(site_principal(site_id), self.key), Verifier.from_config(config).check)
+        self.io = AgentBus(
+            self.bus,
+            site_id,
+            config.kafka.topic_prefix,
+            config.kafka.chunk_bytes,
+            config.kafka.input_limits(),
+            self.metrics.on_dead_letter,
+            Signer(site_principal(site_id), self.key),
+            Verifier.from_config(config).check,
+        )
         self._releases: dict[tuple[str, int], tuple[ModelRelease, bytes]] = {}
         # The newest round of each model the bus has shown (an announcement of round r, or a
         # ModelRelease opening round r): every earlier round of the model is over.
@@ -181,8 +195,12 @@ class SiteAgent:
         """After an outage: a new transactional producer, as a restart would make; it fences
         the old one and aborts a transaction the outage left open. The consumers stay
         (librdkafka reconnects them; closing one mid-rebalance can hang)."""
-        event(logger, "renewing the transactional producer after the Kafka outage",
-              logging.WARNING, site=self.site.id)
+        event(
+            logger,
+            "renewing the transactional producer after the Kafka outage",
+            logging.WARNING,
+            site=self.site.id,
+        )
         self.io.tx = Publisher(
             self.bus.producer(transactional_id=self.io.transactional_id),
             self.config.kafka.chunk_bytes,
@@ -201,9 +219,16 @@ class SiteAgent:
             except (Interrupted, FairfleetError):
                 raise  # stopping, or the bus/broker: logged by run(), the round is retried
             except Exception as exc:  # this announcement cannot be applied: never a crash loop
-                self.io.dead_letter(dead_letter_for(
-                    SERVICE, "apply_failed", f"{type(exc).__name__}: {exc}", env.record,
-                    model_id=env.message.model_id, round=env.message.round))
+                self.io.dead_letter(
+                    dead_letter_for(
+                        SERVICE,
+                        "apply_failed",
+                        f"{type(exc).__name__}: {exc}",
+                        env.record,
+                        model_id=env.message.model_id,
+                        round=env.message.round,
+                    )
+                )
                 self.io.commit_rounds()
         elif env is not None:
             self.io.commit_rounds()
@@ -288,8 +313,14 @@ class SiteAgent:
             self.io.commit_rounds()
             return
         if state is not None and state.status == "skipped":
-            event(logger, "joining a re-announced round skipped before", site=site,
-                  model=model_id, round=rnd, skipped_for=state.reason)
+            event(
+                logger,
+                "joining a re-announced round skipped before",
+                site=site,
+                model=model_id,
+                round=rnd,
+                skipped_for=state.reason,
+            )
         try:
             self._join(ann, eid)
         except Skip as skip:
@@ -322,7 +353,9 @@ class SiteAgent:
         old = self.store.of_model(model_id)
         for rnd, state in sorted(old.items()):
             if holds_reservation(state) and state.status != "committing":
-                self._cancel(model_id, rnd, state.event_id or event_id_for(self.site.id, model_id, rnd))
+                self._cancel(
+                    model_id, rnd, state.event_id or event_id_for(self.site.id, model_id, rnd)
+                )
         archived = self.store.start_epoch(model_id, ann.epoch)
         self._bus_round.pop(model_id, None)
         self._swept.pop(model_id, None)
@@ -330,10 +363,18 @@ class SiteAgent:
         self._releases = {k: v for k, v in self._releases.items() if k[0] != model_id}
         self.io.rewind_models()
         if archived:
-            event(logger, "local round records belong to another history of the model; archived "
-                  "(the bus is authoritative)", logging.WARNING, site=self.site.id, model=model_id,
-                  epoch=ann.epoch, archived_rounds=len(archived),
-                  last_archived_round=max(archived), archive=str(self.store.archive_path))
+            event(
+                logger,
+                "local round records belong to another history of the model; archived "
+                "(the bus is authoritative)",
+                logging.WARNING,
+                site=self.site.id,
+                model=model_id,
+                epoch=ann.epoch,
+                archived_rounds=len(archived),
+                last_archived_round=max(archived),
+                archive=str(self.store.archive_path),
+            )
 
     def _free_stale_reservations(self, model_id: str) -> None:
         """Cancel reservations held for rounds of ``model_id`` that are over (a retryable skip
@@ -351,11 +392,22 @@ class SiteAgent:
                 if resolved is None or not holds_reservation(resolved):
                     continue
             self._cancel(model_id, rnd, eid)
-            self.store.set(model_id, rnd, "skipped", eid,
-                           f"superseded: round {rnd} is over (round {current} seen); "
-                           f"reservation cancelled")
-            event(logger, "stale reservation cancelled", site=self.site.id, model=model_id,
-                  round=rnd, event_id=eid, was=state.status)
+            self.store.set(
+                model_id,
+                rnd,
+                "skipped",
+                eid,
+                f"superseded: round {rnd} is over (round {current} seen); reservation cancelled",
+            )
+            event(
+                logger,
+                "stale reservation cancelled",
+                site=self.site.id,
+                model=model_id,
+                round=rnd,
+                event_id=eid,
+                was=state.status,
+            )
 
     def _join(self, ann: RoundAnnouncement, eid: str) -> None:
         site, model_id, rnd = self.site.id, ann.model_id, ann.round
@@ -471,9 +523,15 @@ class SiteAgent:
                     "no_grant", f"no answer from the accountant within {timeout} s (fail closed)"
                 )
             # the same event id again: the accountant answers a repeat idempotently
-            event(logger, "no answer from the accountant; asking again while the round is open",
-                  logging.WARNING, site=self.site.id, model=ann.model_id, round=ann.round,
-                  timeout_s=timeout)
+            event(
+                logger,
+                "no answer from the accountant; asking again while the round is open",
+                logging.WARNING,
+                site=self.site.id,
+                model=ann.model_id,
+                round=ann.round,
+                timeout_s=timeout,
+            )
 
     def _privacy_fields(
         self, model_id: str, rnd: int, eid: str, windows: WindowRanges, dp_event: dict[str, Any]

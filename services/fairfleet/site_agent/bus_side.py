@@ -73,15 +73,22 @@ class AgentBus:
         # with the same site ids neither share consumer groups nor fence each other.
         self.prefix = prefix
         self.transactional_id = site_client_id(prefix, site_id)
-        self.tx = Publisher(bus.producer(transactional_id=self.transactional_id), chunk_bytes, signer)
+        self.tx = Publisher(
+            bus.producer(transactional_id=self.transactional_id), chunk_bytes, signer
+        )
         self.plain = Publisher(bus.producer(), chunk_bytes, signer)
         self.rounds = self._reader(site_group(prefix, site_id, "rounds"), "rounds")
         self.models = self._reader(site_group(prefix, site_id, "models"), "models")
         self.grants = self._reader(site_group(prefix, site_id, "grants"), "privacy.grants")
 
     def _reader(self, group: str, logical: str) -> Reader:
-        return Reader(self.bus.consumer(group, [self.topics[logical]]), SERVICE, self.dead_letter,
-                      limits=self.limits, verifier=self.verifier)
+        return Reader(
+            self.bus.consumer(group, [self.topics[logical]]),
+            SERVICE,
+            self.dead_letter,
+            limits=self.limits,
+            verifier=self.verifier,
+        )
 
     def dead_letter(self, letter: DeadLetter) -> None:
         if self.on_dead_letter is not None:
@@ -98,8 +105,13 @@ class AgentBus:
     def rewind_models(self) -> None:
         """Read the compacted ``models`` topic again from its start (its group never commits)."""
         self.models.consumer.seek_to_committed()
-        self.models = Reader(self.models.consumer, SERVICE, self.dead_letter,
-                             limits=self.limits, verifier=self.verifier)
+        self.models = Reader(
+            self.models.consumer,
+            SERVICE,
+            self.dead_letter,
+            limits=self.limits,
+            verifier=self.verifier,
+        )
 
     def commit_rounds(self) -> None:
         """Store the rounds consumer's position (an announcement handled without a transaction)."""
@@ -114,8 +126,12 @@ class AgentBus:
         awaited), so it is dropped.
         """
         while (env := self.grants.poll(0.0)) is not None:
-            event(logger, "stale grant dropped", logging.DEBUG,
-                  event_id=getattr(env.message, "event_id", ""))
+            event(
+                logger,
+                "stale grant dropped",
+                logging.DEBUG,
+                event_id=getattr(env.message, "event_id", ""),
+            )
 
     def request_grant(
         self, request: PrivacyReservationRequest, timeout: float, stop: threading.Event
@@ -175,12 +191,20 @@ class AgentBus:
 
     def _renew_producer(self, cause: BaseException) -> None:
         """A new transactional producer (same id) after a fatal error of the old one."""
-        event(logger, "transactional producer failed fatally; re-creating it", logging.ERROR,
-              site=self.site_id, error=str(cause))
+        event(
+            logger,
+            "transactional producer failed fatally; re-creating it",
+            logging.ERROR,
+            site=self.site_id,
+            error=str(cause),
+        )
         # The old one is dropped unflushed: its records belong to a transaction that the new
         # producer's init_transactions aborts.
-        self.tx = Publisher(self.bus.producer(transactional_id=self.transactional_id),
-                            self.tx.chunk_bytes, self.signer)
+        self.tx = Publisher(
+            self.bus.producer(transactional_id=self.transactional_id),
+            self.tx.chunk_bytes,
+            self.signer,
+        )
 
     def find_commit(self, event_id: str, timeout: float = 30.0) -> bool | None:
         """Is a commit of ``event_id`` in ``privacy.events``? None if the topic could not be read

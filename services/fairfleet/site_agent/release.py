@@ -59,7 +59,9 @@ def update_event(plan: PrivacyPlan, training: LocalTrainingPlan) -> dp_accountin
     raise PrivacyError("Privacy is off: the release has no DpEvent.")
 
 
-def round_event(plan: PrivacyPlan, training: LocalTrainingPlan, m_holdout: int) -> dp_accounting.DpEvent:
+def round_event(
+    plan: PrivacyPlan, training: LocalTrainingPlan, m_holdout: int
+) -> dp_accounting.DpEvent:
     """``Composed([update event, loss event])``: everything a round releases (see module doc)."""
     loss = noisy_mean_dp_event(plan.loss_noise_multiplier, m_holdout, privacy_unit(plan))
     return compose([update_event(plan, training), loss])
@@ -68,8 +70,11 @@ def round_event(plan: PrivacyPlan, training: LocalTrainingPlan, m_holdout: int) 
 def train_config(plan: PrivacyPlan, training: LocalTrainingPlan, secure: bool) -> LocalTrainConfig:
     """The local training configuration a plan asks for (privacy parameters only from the plan)."""
     return LocalTrainConfig(
-        epochs=training.epochs, batch_size=training.batch_size, lr=training.lr,
-        prox_mu=training.prox_mu, privacy=plan.mechanism,
+        epochs=training.epochs,
+        batch_size=training.batch_size,
+        lr=training.lr,
+        prox_mu=training.prox_mu,
+        privacy=plan.mechanism,
         noise_multiplier=plan.noise_multiplier if plan.mechanism != "off" else 0.0,
         clip_norm=plan.clip_norm,
         sampling_rate=plan.sampling_rate if plan.mechanism == "dpsgd" else None,
@@ -79,7 +84,9 @@ def train_config(plan: PrivacyPlan, training: LocalTrainingPlan, secure: bool) -
 
 def round_seed(site: str, model_id: str, round_: int) -> int:
     """Deterministic seed of (site, model, round); only used when secure noise is off."""
-    return int.from_bytes(hashlib.sha256(f"{site}/{model_id}/{round_}".encode()).digest()[:6], "big")
+    return int.from_bytes(
+        hashlib.sha256(f"{site}/{model_id}/{round_}".encode()).digest()[:6], "big"
+    )
 
 
 def targets(y: np.ndarray, spec: ModelSpec) -> torch.Tensor:
@@ -135,7 +142,9 @@ def prepare_release(
     """
     x_train, y_train, x_hold, y_hold = data
     if len(x_train) < 1 or len(x_hold) < 1:
-        raise ConfigError(f"Need >= 1 training and held-out observation. Found {len(x_train)} and {len(x_hold)}.")
+        raise ConfigError(
+            f"Need >= 1 training and held-out observation. Found {len(x_train)} and {len(x_hold)}."
+        )
     cfg = config if config is not None else train_config(plan, training, secure)
     xt = torch.from_numpy(np.ascontiguousarray(x_train))
     result = local_train(model, xt, targets(y_train, spec), spec.task, cfg, seed)
@@ -143,32 +152,48 @@ def prepare_release(
     expected = round_event(plan, training, m) if plan.mechanism != "off" else None
     if plan.mechanism != "off":
         assert expected is not None and result.dp_event is not None
-        if compose([result.dp_event, noisy_mean_dp_event(plan.loss_noise_multiplier, m, privacy_unit(plan))]) != expected:
+        if (
+            compose(
+                [
+                    result.dp_event,
+                    noisy_mean_dp_event(plan.loss_noise_multiplier, m, privacy_unit(plan)),
+                ]
+            )
+            != expected
+        ):
             raise PrivacyError(
                 f"Training spent {result.dp_event} but the reservation covers {expected}; not releasing."
             )
     with torch.no_grad():
         model.eval()
-        losses = per_example_loss(model(torch.from_numpy(np.ascontiguousarray(x_hold))),
-                                  targets(y_hold, spec), spec.task)
+        losses = per_example_loss(
+            model(torch.from_numpy(np.ascontiguousarray(x_hold))), targets(y_hold, spec), spec.task
+        )
     loss_sigma = plan.loss_noise_multiplier if plan.mechanism != "off" else 0.0
     gen = None if secure else np.random.default_rng(seed + 2)
     noisy = noisy_bounded_mean(losses, 0.0, plan.loss_bound, loss_sigma, generator=gen, m=m)
     enabled = plan.mechanism != "off"
     privacy = UpdatePrivacy(
-        enabled=enabled, mechanism=plan.mechanism,
+        enabled=enabled,
+        mechanism=plan.mechanism,
         unit=privacy_unit(plan).value,
         noise_multiplier=plan.noise_multiplier if enabled else 0.0,
         clip_norm=plan.clip_norm if enabled else 0.0,
         noise_std=float(result.noise_std),
         sampling_rate=plan.sampling_rate if plan.mechanism == "dpsgd" else None,
-        steps=result.steps, epsilon_spent=epsilon_spent,
+        steps=result.steps,
+        epsilon_spent=epsilon_spent,
     )
     return Release(
         payload=to_safetensors_bytes(result.delta),
         privacy=privacy,
-        loss=NoisyStat(value=noisy.value if math.isfinite(noisy.value) else 0.0, noise_std=noisy.noise_std,
-                       m=noisy.m, lo=0.0, hi=plan.loss_bound),
+        loss=NoisyStat(
+            value=noisy.value if math.isfinite(noisy.value) else 0.0,
+            noise_std=noisy.noise_std,
+            m=noisy.m,
+            lo=0.0,
+            hi=plan.loss_bound,
+        ),
         n_examples=result.n_examples,
         update_norm=result.update_norm,
         clipped_fraction=result.clipped_fraction,

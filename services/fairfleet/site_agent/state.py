@@ -38,9 +38,16 @@ from fairfleet.privacy.windows import WindowRange, WindowRanges
 
 Status = Literal["reserving", "granted", "committing", "published", "skipped"]
 TERMINAL: frozenset[str] = frozenset({"published", "skipped"})
-RETRYABLE_SKIPS: frozenset[str] = frozenset({
-    "expired", "no_data", "model_unavailable", "denied", "no_grant", "publish_failed",
-})
+RETRYABLE_SKIPS: frozenset[str] = frozenset(
+    {
+        "expired",
+        "no_data",
+        "model_unavailable",
+        "denied",
+        "no_grant",
+        "publish_failed",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -83,8 +90,10 @@ def holds_reservation(state: RoundState) -> bool:
     if state.status in ("reserving", "granted", "committing"):
         return True
     return (
-        state.status == "skipped" and state.windows is not None
-        and skip_label(state) in RETRYABLE_SKIPS and skip_label(state) != "denied"
+        state.status == "skipped"
+        and state.windows is not None
+        and skip_label(state) in RETRYABLE_SKIPS
+        and skip_label(state) != "denied"
     )
 
 
@@ -154,7 +163,7 @@ class RoundStateStore:
 
     def of_model(self, model_id: str) -> dict[int, RoundState]:
         prefix = f"{model_id}/"
-        return {int(k[len(prefix):]): v for k, v in self._states.items() if k.startswith(prefix)}
+        return {int(k[len(prefix) :]): v for k, v in self._states.items() if k.startswith(prefix)}
 
     def start_epoch(self, model_id: str, epoch: str) -> dict[int, RoundState]:
         """Archive every record of ``model_id`` (appended to the archive file, never deleted)
@@ -166,15 +175,24 @@ class RoundStateStore:
             if moved:
                 with self.archive_path.open("a") as fh:
                     for k, v in moved.items():
-                        fh.write(json.dumps({"key": k, "epoch": old_epoch, "archived_at": time.time(),
-                                             **v.to_json()}) + "\n")
+                        fh.write(
+                            json.dumps(
+                                {
+                                    "key": k,
+                                    "epoch": old_epoch,
+                                    "archived_at": time.time(),
+                                    **v.to_json(),
+                                }
+                            )
+                            + "\n"
+                        )
                     fh.flush()
                     os.fsync(fh.fileno())
             for k in moved:
                 del self._states[k]
             self._epochs[model_id] = epoch
             self._write()
-            return {int(k[len(prefix):]): v for k, v in moved.items()}
+            return {int(k[len(prefix) :]): v for k, v in moved.items()}
 
     def all(self) -> dict[str, RoundState]:
         return dict(self._states)

@@ -44,8 +44,9 @@ class ControlServer:
         self._server = socketserver.ThreadingUnixStreamServer(str(path), Request)
         self._server.daemon_threads = True
         path.chmod(0o600)
-        self._thread = threading.Thread(target=self._server.serve_forever, name="up-control",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="up-control", daemon=True
+        )
         self._thread.start()
 
     def close(self) -> None:
@@ -71,6 +72,8 @@ def request(path: Path, payload: dict[str, Any], timeout_s: float) -> dict[str, 
     except (FileNotFoundError, ConnectionRefusedError) as exc:
         raise NotRunning(f"No `fairfleet up` answers on {path}: {exc}") from exc
     except TimeoutError as exc:
-        raise NotRunning(f"The `fairfleet up` on {path} did not answer within {timeout_s:g} s.") from exc
+        raise NotRunning(
+            f"The `fairfleet up` on {path} did not answer within {timeout_s:g} s."
+        ) from exc
     answer = json.loads(data or b"{}")
     return answer if isinstance(answer, dict) else {"ok": False, "error": "malformed answer"}

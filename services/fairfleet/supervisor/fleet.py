@@ -110,8 +110,14 @@ class Service:
         self.started_at = time.time()
         self.stop_requested, self.finished, self.health = False, False, ""
         self.state, self.restart_at = "starting", None
-        self._sink.event("service started", name=self.name, pid=self.process.pid, port=self.port,
-                         restarts=self.restarts, args=self.args)
+        self._sink.event(
+            "service started",
+            name=self.name,
+            pid=self.process.pid,
+            port=self.port,
+            restarts=self.restarts,
+            args=self.args,
+        )
 
     def drain(self, timeout_s: float = 2.0) -> None:
         """Wait until the pump copied the exited process's last lines."""
@@ -122,8 +128,14 @@ class Service:
         self.drain()
         self.last_exit = code
         if self._sink is not None:
-            self._sink.event("service exited", level="info" if code == 0 else "error",
-                             name=self.name, pid=self.pid, code=code, why=why)
+            self._sink.event(
+                "service exited",
+                level="info" if code == 0 else "error",
+                name=self.name,
+                pid=self.pid,
+                code=code,
+                why=why,
+            )
 
     def terminate(self) -> None:
         if self.running():
@@ -141,8 +153,12 @@ class Service:
             self.process.kill()
             self.process.wait(timeout=10)
             if self._sink is not None:
-                self._sink.event("service killed: no exit within the grace period",
-                                 level="warning", name=self.name, pid=self.pid)
+                self._sink.event(
+                    "service killed: no exit within the grace period",
+                    level="warning",
+                    name=self.name,
+                    pid=self.pid,
+                )
         self.exited(self.process.returncode, "stopped")
         self.state = "stopped"
 
@@ -151,13 +167,20 @@ class Service:
         now = time.time() if now is None else now
         alive = self.running()
         return {
-            "name": self.name, "kind": self.kind, "state": self.state,
-            "pid": self.pid if alive else None, "port": self.port,
+            "name": self.name,
+            "kind": self.kind,
+            "state": self.state,
+            "pid": self.pid if alive else None,
+            "port": self.port,
             "started_at": self.started_at if alive else None,
             "uptime_s": round(now - self.started_at, 1) if alive and self.started_at else None,
-            "restarts": self.restarts, "last_exit": self.last_exit, "health": self.health,
-            "finished": self.finished, "restart_at": self.restart_at,
-            "log": str(self.log_path), "args": self.args,
+            "restarts": self.restarts,
+            "last_exit": self.last_exit,
+            "health": self.health,
+            "finished": self.finished,
+            "restart_at": self.restart_at,
+            "log": str(self.log_path),
+            "args": self.args,
         }
 
     def close_log(self) -> None:
@@ -231,8 +254,9 @@ class Fleet:
             progress(f"started {', '.join(s.name for s in group)}; waiting for /metrics")
             self.wait_ready(group, ready_timeout_s, progress)
 
-    def wait_ready(self, services: Sequence[Service], timeout_s: float,
-                   progress: Progress = _quiet) -> None:
+    def wait_ready(
+        self, services: Sequence[Service], timeout_s: float, progress: Progress = _quiet
+    ) -> None:
         """Until every service serves /metrics (an aggregator may instead exit 0: finished)."""
         import httpx
 
@@ -260,8 +284,9 @@ class Fleet:
                         pending.remove(s)
                         s.state = "running"
                         self._changed()
-                        progress(f"{s.name}: ready on port {s.port} "
-                                 f"({time.monotonic() - started:.1f} s)")
+                        progress(
+                            f"{s.name}: ready on port {s.port} ({time.monotonic() - started:.1f} s)"
+                        )
                 except httpx.HTTPError:
                     pass
             if pending and time.monotonic() > deadline:
@@ -299,9 +324,19 @@ class Fleet:
                     wait = backoff_s(s.crashes_in_a_row)
                     s.state, s.restart_at = "backoff", time.time() + wait
                     if s._sink is not None:
-                        s._sink.event("restarting after backoff", level="warning", name=s.name,
-                                      code=code, backoff_s=wait, crashes_in_a_row=s.crashes_in_a_row)
-                elif s.state == "backoff" and s.restart_at is not None and time.time() >= s.restart_at:
+                        s._sink.event(
+                            "restarting after backoff",
+                            level="warning",
+                            name=s.name,
+                            code=code,
+                            backoff_s=wait,
+                            crashes_in_a_row=s.crashes_in_a_row,
+                        )
+                elif (
+                    s.state == "backoff"
+                    and s.restart_at is not None
+                    and time.time() >= s.restart_at
+                ):
                     s.restarts += 1
                     s.start(self.env)
                     changed = True
@@ -317,7 +352,9 @@ class Fleet:
                 continue
             try:
                 response = httpx.get(f"{s.url}/healthz", timeout=1.0)
-                s.health = "ok" if response.status_code == 200 else f"unhealthy ({response.status_code})"
+                s.health = (
+                    "ok" if response.status_code == 200 else f"unhealthy ({response.status_code})"
+                )
                 if s.kind == "aggregator":
                     status = httpx.get(f"{s.url}/status", timeout=1.0).json()
                     s.finished = bool(status.get("finished"))
@@ -378,11 +415,18 @@ def stop_pids(rows: Sequence[dict[str, Any]], grace_s: float, progress: Progress
 
     stopped = 0
     for kind in STOP_ORDER:
-        group = [r for r in rows if r.get("kind") == kind and r.get("pid")
-                 and pid_alive(r["pid"], " ".join(r.get("args", [])[-4:]) or None)]
+        group = [
+            r
+            for r in rows
+            if r.get("kind") == kind
+            and r.get("pid")
+            and pid_alive(r["pid"], " ".join(r.get("args", [])[-4:]) or None)
+        ]
         if not group:
             continue
-        progress(f"stopping {', '.join(r['name'] for r in group)} (pids {[r['pid'] for r in group]})")
+        progress(
+            f"stopping {', '.join(r['name'] for r in group)} (pids {[r['pid'] for r in group]})"
+        )
         for r in group:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(r["pid"], signal.SIGTERM)

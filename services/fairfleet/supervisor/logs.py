@@ -40,7 +40,13 @@ class LogSink:
 
     def event(self, msg: str, level: str = "info", **fields: Any) -> None:
         """A structured line from the supervisor itself (same shape as the services' lines)."""
-        record = {"ts": round(time.time(), 3), "level": level, "service": "up", "msg": msg, **fields}
+        record = {
+            "ts": round(time.time(), 3),
+            "level": level,
+            "service": "up",
+            "msg": msg,
+            **fields,
+        }
         self.write(json.dumps(record, default=str))
 
     def pump(self, stream: IO[bytes], service: str) -> threading.Thread:
@@ -56,8 +62,15 @@ class LogSink:
                 for raw in iter(stream.readline, b""):
                     line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
                     if not line.startswith("{"):
-                        line = json.dumps({"ts": round(time.time(), 3), "level": "info",
-                                           "service": service, "stream": "output", "msg": line})
+                        line = json.dumps(
+                            {
+                                "ts": round(time.time(), 3),
+                                "level": "info",
+                                "service": service,
+                                "stream": "output",
+                                "msg": line,
+                            }
+                        )
                     self.write(line)
 
         thread = threading.Thread(target=run, name=f"log-{self.path.stem}", daemon=True)

@@ -98,7 +98,9 @@ def pid_alive(pid: int | None, needle: str | None = None) -> bool:
     if needle is None:
         return True
     try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        cmdline = (
+            Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        )
     except OSError:
         return True  # no /proc (or the process just exited): trust the signal check
     return needle in cmdline
@@ -132,8 +134,12 @@ def register(root: Path, config: Path) -> None:
     """Leave a pointer to this running up in the runtime folder (removed by :func:`unregister`)."""
     write_json(
         runtime_dir() / f"{_key(root)}.json",
-        {"up_dir": str(root.resolve()), "config": str(config), "pid": os.getpid(),
-         "pid_start": start_ticks(os.getpid())},
+        {
+            "up_dir": str(root.resolve()),
+            "config": str(config),
+            "pid": os.getpid(),
+            "pid_start": start_ticks(os.getpid()),
+        },
     )
 
 
@@ -205,7 +211,9 @@ def find_up(config: Path | None) -> UpState:
         root = up_dir(config)
         state = read_up(root)
         if state is None:
-            raise NotRunning(f"`fairfleet up {config}` has never run here (no {root / STATE_FILE}).")
+            raise NotRunning(
+                f"`fairfleet up {config}` has never run here (no {root / STATE_FILE})."
+            )
         return state
     running = running_ups()
     if not running:
@@ -215,7 +223,9 @@ def find_up(config: Path | None) -> UpState:
         )
     if len(running) > 1:
         listed = ", ".join(f"{e['config']} (pid {e['pid']})" for e in running)
-        raise NotRunning(f"{len(running)} fleets are running: {listed}. Pick one with --config FILE.")
+        raise NotRunning(
+            f"{len(running)} fleets are running: {listed}. Pick one with --config FILE."
+        )
     state = read_up(Path(running[0]["up_dir"]))
     if state is None:
         raise NotRunning(f"The running up's state {running[0]['up_dir']} cannot be read.")
@@ -238,5 +248,7 @@ def accountant_url(config: Path | None = None) -> str:
         for row in state.services:
             if row.get("kind") == "accountant" and row.get("port"):
                 return f"http://127.0.0.1:{row['port']}"
-    port = (load_config(config).accountant if config is not None else AccountantConfig()).metrics_port
+    port = (
+        load_config(config).accountant if config is not None else AccountantConfig()
+    ).metrics_port
     return f"http://127.0.0.1:{port}"

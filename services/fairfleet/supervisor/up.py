@@ -59,16 +59,22 @@ def claim(root: Path, grace_s: float, progress: Progress) -> None:
     if left:
         stopped = stop_pids(left, grace_s, progress)
         if stopped:
-            progress(f"stopped {stopped} services left running by a previous up "
-                     f"(pid {previous.pid})")
+            progress(
+                f"stopped {stopped} services left running by a previous up (pid {previous.pid})"
+            )
 
 
 class Supervisor:
     """One `fairfleet up`: the fleet, its state file and its control socket."""
 
-    def __init__(self, config_path: Path, log_dir: Path | None = None,
-                 env: dict[str, str] | None = None, grace_s: float = 15.0,
-                 progress: Progress | None = None) -> None:
+    def __init__(
+        self,
+        config_path: Path,
+        log_dir: Path | None = None,
+        env: dict[str, str] | None = None,
+        grace_s: float = 15.0,
+        progress: Progress | None = None,
+    ) -> None:
         self.config_path = Path(config_path).resolve()
         self.root = up_state.up_dir(self.config_path)
         self.log_dir = Path(log_dir) if log_dir is not None else default_log_dir(self.config_path)
@@ -86,8 +92,14 @@ class Supervisor:
 
         self.progress: Progress = progress_and_log
         services = plan(self.config_path, self.log_dir, {"aggregator": ["--keep-running"]})
-        self.fleet = Fleet(self.config_path, self.log_dir, services, env=child_environment(env),
-                           restart_crashed=True, on_change=lambda _f: self.write_state())
+        self.fleet = Fleet(
+            self.config_path,
+            self.log_dir,
+            services,
+            env=child_environment(env),
+            restart_crashed=True,
+            on_change=lambda _f: self.write_state(),
+        )
         self.control_path = up_state.socket_path(self.root)
         self._server: ControlServer | None = None
         self._claimed = False  # only an up that claimed the state folder may write to it
@@ -100,16 +112,19 @@ class Supervisor:
 
     def _write_state(self, running: bool) -> None:
         self._last_write = time.monotonic()
-        up_state.write_json(self.root / up_state.STATE_FILE, {
-            "pid": os.getpid() if running else None,
-            "pid_start": up_state.start_ticks(os.getpid()) if running else None,
-            "config": str(self.config_path),
-            "log_dir": str(self.log_dir),
-            "control": str(self.control_path),
-            "started_at": self.started_at,
-            "updated_at": time.time(),
-            "services": self.fleet.status(),
-        })
+        up_state.write_json(
+            self.root / up_state.STATE_FILE,
+            {
+                "pid": os.getpid() if running else None,
+                "pid_start": up_state.start_ticks(os.getpid()) if running else None,
+                "config": str(self.config_path),
+                "log_dir": str(self.log_dir),
+                "control": str(self.control_path),
+                "started_at": self.started_at,
+                "updated_at": time.time(),
+                "services": self.fleet.status(),
+            },
+        )
 
     def handle(self, request: dict[str, Any]) -> dict[str, Any]:
         """A control request (from `fairfleet restart|stop`)."""
@@ -143,8 +158,12 @@ class Supervisor:
         self.started = True
         self.progress(f"all {len(self.fleet.services)} services started; state in {self.root}")
 
-    def supervise(self, until_done: bool = False, on_tick: Callable[[Fleet], None] | None = None,
-                  tick_s: float = 0.5) -> None:
+    def supervise(
+        self,
+        until_done: bool = False,
+        on_tick: Callable[[Fleet], None] | None = None,
+        tick_s: float = 0.5,
+    ) -> None:
         last_health = 0.0
         while not self.stop_event.wait(tick_s):
             self.fleet.tick()
@@ -168,14 +187,24 @@ class Supervisor:
             if self._claimed:
                 self.write_state(running=False)
                 up_state.unregister(self.root)
-                self.progress(f"stopped {len(self.fleet.services)} services; logs in {self.log_dir}")
+                self.progress(
+                    f"stopped {len(self.fleet.services)} services; logs in {self.log_dir}"
+                )
             self._log.close()
 
 
-def run_up(config_path: Path, *, log_dir: Path | None = None, ready_timeout_s: float = 120.0,
-           until_done: bool = False, grace_s: float = 15.0, env: dict[str, str] | None = None,
-           progress: Progress | None = None, on_start: Callable[[Supervisor], None] | None = None,
-           on_tick: Callable[[Fleet], None] | None = None) -> Supervisor:
+def run_up(
+    config_path: Path,
+    *,
+    log_dir: Path | None = None,
+    ready_timeout_s: float = 120.0,
+    until_done: bool = False,
+    grace_s: float = 15.0,
+    env: dict[str, str] | None = None,
+    progress: Progress | None = None,
+    on_start: Callable[[Supervisor], None] | None = None,
+    on_tick: Callable[[Fleet], None] | None = None,
+) -> Supervisor:
     """Run a fleet until stopped; returns the stopped supervisor (its fleet holds exit codes)."""
     sup = Supervisor(config_path, log_dir, env, grace_s, progress)
     if on_start is not None:

@@ -29,26 +29,56 @@ KEYS = {s: generate_keypair() for s in SITES}
 
 
 def config(**rounds: Any) -> FleetConfig:
-    return parse_config(add_service_identities({
-        "kafka": {"topic_prefix": f"u{uuid.uuid4().hex[:6]}.", "chunk_bytes": 1024},
-        "models": [{"id": "m", "model": {"name": "linear", "params": {"in_features": 3}},
-                    "strategy": {"name": "fedavg"},
-                    "rounds": {"rounds": 3, "quorum": 2, "min_sites": 2, "quorum_grace_s": 0,
-                               **rounds},
-                    "privacy": {"mechanism": "off"}}],
-        "sites": [{"id": s, "class": s[0], "public_key": KEYS[s][1]} for s in SITES],
-    }, Path(tempfile.mkdtemp(prefix="fairfleet-keys-"))))
+    return parse_config(
+        add_service_identities(
+            {
+                "kafka": {"topic_prefix": f"u{uuid.uuid4().hex[:6]}.", "chunk_bytes": 1024},
+                "models": [
+                    {
+                        "id": "m",
+                        "model": {"name": "linear", "params": {"in_features": 3}},
+                        "strategy": {"name": "fedavg"},
+                        "rounds": {
+                            "rounds": 3,
+                            "quorum": 2,
+                            "min_sites": 2,
+                            "quorum_grace_s": 0,
+                            **rounds,
+                        },
+                        "privacy": {"mechanism": "off"},
+                    }
+                ],
+                "sites": [{"id": s, "class": s[0], "public_key": KEYS[s][1]} for s in SITES],
+            },
+            Path(tempfile.mkdtemp(prefix="fairfleet-keys-")),
+        )
+    )
 
 
-def update(site: str, ann: RoundAnnouncement, value: float, base: int | None = None) -> tuple[SiteUpdate, bytes]:
-    payload = to_safetensors_bytes({"weight": torch.full((1, 3), value), "bias": torch.full((1,), value)})
+def update(
+    site: str, ann: RoundAnnouncement, value: float, base: int | None = None
+) -> tuple[SiteUpdate, bytes]:
+    payload = to_safetensors_bytes(
+        {"weight": torch.full((1, 3), value), "bias": torch.full((1,), value)}
+    )
     msg = SiteUpdate(
-        site=site, site_class=site[0], model_id="m", round=ann.round,
-        base_version=ann.model_version if base is None else base, n_examples=10,
-        privacy=UpdatePrivacy(enabled=False, mechanism="off", unit="site", noise_multiplier=0,
-                              clip_norm=0, noise_std=0),
+        site=site,
+        site_class=site[0],
+        model_id="m",
+        round=ann.round,
+        base_version=ann.model_version if base is None else base,
+        n_examples=10,
+        privacy=UpdatePrivacy(
+            enabled=False,
+            mechanism="off",
+            unit="site",
+            noise_multiplier=0,
+            clip_norm=0,
+            noise_std=0,
+        ),
         loss=NoisyStat(value=0.5, noise_std=0.0, m=10, hi=1.0),
-        payload_sha256=sha256_hex(payload), payload_bytes=len(payload),
+        payload_sha256=sha256_hex(payload),
+        payload_bytes=len(payload),
     )
     return sign(msg, load_private(KEYS[site][0])), payload
 
@@ -56,12 +86,16 @@ def update(site: str, ann: RoundAnnouncement, value: float, base: int | None = N
 class Fleet:
     def __init__(self, cfg: FleetConfig, bus: MemoryBus | None = None, **options: Any) -> None:
         self.cfg, self.bus = cfg, bus or MemoryBus()
-        self.agg = Aggregator(cfg, "m", bus=self.bus, options=AggregatorOptions(poll_timeout_s=0, **options))
+        self.agg = Aggregator(
+            cfg, "m", bus=self.bus, options=AggregatorOptions(poll_timeout_s=0, **options)
+        )
         self.agg.start()
         self.pub = Publisher(self.bus.producer())
         self.prefix = cfg.kafka.topic_prefix
 
-    def send(self, site: str, value: float, base: int | None = None, ann: RoundAnnouncement | None = None) -> None:
+    def send(
+        self, site: str, value: float, base: int | None = None, ann: RoundAnnouncement | None = None
+    ) -> None:
         announcement = ann or self.agg.ckpt.announcement
         assert announcement is not None
         msg, payload = update(site, announcement, value, base)
@@ -103,9 +137,14 @@ def test_async_buffer_applies_fedbuff_staleness_and_dedupes_across_buffers() -> 
     def vec(v: float) -> np.ndarray:
         return np.full(4, v, dtype=np.float32)
 
-    step1 = strategy.aggregate(theta0, [FairUpdate("a0", "a", vec(0.1), 10), FairUpdate("b0", "b", vec(0.3), 10)], state)
-    step2 = strategy.aggregate(step1.new_global, [FairUpdate("a1", "a", vec(0.2), 10, staleness=1),
-                                                  FairUpdate("b1", "b", vec(0.4), 10)], state)
+    step1 = strategy.aggregate(
+        theta0, [FairUpdate("a0", "a", vec(0.1), 10), FairUpdate("b0", "b", vec(0.3), 10)], state
+    )
+    step2 = strategy.aggregate(
+        step1.new_global,
+        [FairUpdate("a1", "a", vec(0.2), 10, staleness=1), FairUpdate("b1", "b", vec(0.4), 10)],
+        state,
+    )
     assert np.array_equal(fleet.agg.global_vector(), step2.new_global)
     assert fleet.dead_reasons() == ["duplicate", "duplicate"]
     assert fleet.agg.metrics.staleness.labels("m")._sum.get() == 1
@@ -126,8 +165,13 @@ def test_sync_round_waits_for_min_sites_past_the_deadline_then_closes() -> None:
     fleet.pump()
     assert fleet.agg.ckpt.version == 1
     assert fleet.agg.ckpt.history[-1]["sites"] == ["a0", "b0"]
-    fleet.send("a1", 0.2, ann=RoundAnnouncement.model_validate(
-        {**fleet.agg.ckpt.announcement.model_dump(), "round": 0, "model_version": 0}))  # type: ignore[union-attr]
+    fleet.send(
+        "a1",
+        0.2,
+        ann=RoundAnnouncement.model_validate(
+            {**fleet.agg.ckpt.announcement.model_dump(), "round": 0, "model_version": 0}
+        ),
+    )  # type: ignore[union-attr]
     fleet.send("b1", 0.2, base=0)  # round 1 but trained from version 0
     fleet.pump()
     assert sorted(fleet.dead_reasons()) == ["base_version", "late"]  # two partitions
@@ -143,7 +187,9 @@ def announcements(fleet: Fleet) -> list[RoundAnnouncement]:
     return out
 
 
-def test_stalled_sync_round_is_reannounced_with_a_fresh_deadline_and_committed_state_unchanged() -> None:
+def test_stalled_sync_round_is_reannounced_with_a_fresh_deadline_and_committed_state_unchanged() -> (
+    None
+):
     import time
 
     fleet = Fleet(config(quorum=4, min_sites=2, deadline_s=0.3))
@@ -160,8 +206,9 @@ def test_stalled_sync_round_is_reannounced_with_a_fresh_deadline_and_committed_s
     assert (again.round, again.model_version, again.deadline_s) == (0, 0, first.deadline_s)
     assert again.opened_at >= first.opened_at + 0.3
     assert again.message_id != first.message_id  # a new message (chunks are keyed by its id)
-    assert again.model_dump(exclude={"opened_at", "message_id", "created_at", "key_id", "signature"}) == first.model_dump(
-        exclude={"opened_at", "message_id", "created_at", "key_id", "signature"})
+    assert again.model_dump(
+        exclude={"opened_at", "message_id", "created_at", "key_id", "signature"}
+    ) == first.model_dump(exclude={"opened_at", "message_id", "created_at", "key_id", "signature"})
     m = fleet.agg.metrics
     assert m.extensions.labels("m")._value.get() == 1
     # Committed state is untouched: same checkpoint, first announcement, nothing aggregated.
@@ -244,14 +291,27 @@ def test_restart_resumes_the_open_round_from_the_checkpoint() -> None:
     assert second.agg.ckpt.version == 1 and second.agg.ckpt.round == 1
     second.send("b1", 0.4)
     second.pump()
-    assert second.agg.ckpt.history[-1] == {**second.agg.ckpt.history[-1], "round": 1, "sites": ["a1", "b1"]}
+    assert second.agg.ckpt.history[-1] == {
+        **second.agg.ckpt.history[-1],
+        "round": 1,
+        "sites": ["a1", "b1"],
+    }
 
 
 def test_restart_with_another_strategy_or_architecture_is_refused() -> None:
     cfg, bus = config(), MemoryBus()
     Fleet(cfg, bus=bus).agg.close()
-    other = cfg.model_copy(update={"models": [cfg.models[0].model_copy(
-        update={"strategy": cfg.models[0].strategy.model_copy(update={"name": "fedadam"})})]})
+    other = cfg.model_copy(
+        update={
+            "models": [
+                cfg.models[0].model_copy(
+                    update={
+                        "strategy": cfg.models[0].strategy.model_copy(update={"name": "fedadam"})
+                    }
+                )
+            ]
+        }
+    )
     with pytest.raises(ConfigError, match="fedadam"):
         Aggregator(other, "m", bus=bus).start()
     with pytest.raises(ConfigError, match="quorum"):
@@ -265,7 +325,9 @@ def test_chunked_checkpoint_keys_survive_compaction_and_stale_chunks_are_ignored
     bus.create_topics([TopicSpec("ck", 1)])
     producer = bus.producer()
     weights = {"w": np.arange(3000, dtype=np.float32)}
-    state = StrategyState("gap", arrays={"lambda": np.array([0.5, 0.0])}, scalars={"classes": ["a", "b"]})
+    state = StrategyState(
+        "gap", arrays={"lambda": np.array([0.5, 0.0])}, scalars={"classes": ["a", "b"]}
+    )
     old = Checkpoint("m", 1, 1, weights, state, None)
     new = Checkpoint("m", 2, 2, {"w": weights["w"] * 2}, state, None, accepted=(("a0", 2),))
     deliveries = publish_checkpoint(producer, "ck", old, chunk_bytes=4096)
@@ -316,7 +378,8 @@ def test_a_round_below_min_sites_is_voided_after_its_reannouncements() -> None:
     assert announcements(fleet)[-1].model_version == 0
     letters = dead_letters(fleet)
     assert [(d.reason, d.site, d.model_id, d.round, d.original_type) for d in letters] == [
-        ("void_round", "a0", "m", 0, "update")]
+        ("void_round", "a0", "m", 0, "update")
+    ]
     assert fleet.agg.ckpt.history[-1]["voided"] is True
     # the next round closes normally from the same version
     fleet.send("a0", 0.1)
@@ -385,9 +448,17 @@ def test_an_open_round_holds_its_fold_not_its_updates() -> None:
     np.testing.assert_allclose(fleet.agg.global_vector(), theta0 + 0.25, rtol=1e-6)
 
 
-@pytest.mark.parametrize(("strategy", "want"), [({"name": "gap", "params": {"gamma": 0.02}}, 0.02),
-                                                 ({"name": "gap"}, 0.3), ({"name": "fedavg"}, 0.3)])
-def test_the_gap_bound_gauge_is_the_gamma_the_strategy_enforces(strategy: dict[str, Any], want: float) -> None:
+@pytest.mark.parametrize(
+    ("strategy", "want"),
+    [
+        ({"name": "gap", "params": {"gamma": 0.02}}, 0.02),
+        ({"name": "gap"}, 0.3),
+        ({"name": "fedavg"}, 0.3),
+    ],
+)
+def test_the_gap_bound_gauge_is_the_gamma_the_strategy_enforces(
+    strategy: dict[str, Any], want: float
+) -> None:
     """The strategy's own γ (its params override the model's) is what the gauge, the report and
     the alert compare the gap with; a strategy without one shows the model's target."""
     raw = config().model_dump(by_alias=True, mode="json")

@@ -24,18 +24,37 @@ from fairfleet.privacy.mechanisms import GaussianUpdateMechanism
 
 PLAN = PrivacyPlan(mechanism="update", noise_multiplier=0.8, clip_norm=1.5)
 TRAINING = LocalTrainingPlan()
-ANN = RoundAnnouncement(model_id="m", round=0, model_version=0,
-                        model_spec=ModelSpec(name="linear", params={"in_features": 3}),
-                        privacy=PLAN)
+ANN = RoundAnnouncement(
+    model_id="m",
+    round=0,
+    model_version=0,
+    model_spec=ModelSpec(name="linear", params={"in_features": 3}),
+    privacy=PLAN,
+)
 SHAPES = {"weight": ((1, 3), "float32"), "bias": ((1,), "float32")}
 
 
 def update_msg(**privacy: object) -> SiteUpdate:
-    fields = {"enabled": True, "mechanism": "update", "unit": "site", "noise_multiplier": 0.8,
-              "clip_norm": 1.5, "noise_std": 1.2, **privacy}
-    return SiteUpdate(site="s", site_class="a", model_id="m", round=0, base_version=0,
-                      n_examples=10, privacy=UpdatePrivacy.model_validate(fields),
-                      payload_sha256="", payload_bytes=0)
+    fields = {
+        "enabled": True,
+        "mechanism": "update",
+        "unit": "site",
+        "noise_multiplier": 0.8,
+        "clip_norm": 1.5,
+        "noise_std": 1.2,
+        **privacy,
+    }
+    return SiteUpdate(
+        site="s",
+        site_class="a",
+        model_id="m",
+        round=0,
+        base_version=0,
+        n_examples=10,
+        privacy=UpdatePrivacy.model_validate(fields),
+        payload_sha256="",
+        payload_bytes=0,
+    )
 
 
 def test_honest_update_level_releases_pass_the_norm_bound() -> None:
@@ -80,12 +99,16 @@ def test_dpsgd_bound_uses_steps_rate_and_examples() -> None:
 
 @pytest.mark.parametrize(
     ("privacy", "problem"),
-    [({"enabled": False}, "privacy disabled"),
-     ({"noise_multiplier": 0.5}, "noise_multiplier 0.5"),
-     ({"clip_norm": 3.0}, "clip_norm 3.0"),
-     ({"mechanism": "dpsgd"}, "mechanism 'dpsgd'")],
+    [
+        ({"enabled": False}, "privacy disabled"),
+        ({"noise_multiplier": 0.5}, "noise_multiplier 0.5"),
+        ({"clip_norm": 3.0}, "clip_norm 3.0"),
+        ({"mechanism": "dpsgd"}, "mechanism 'dpsgd'"),
+    ],
 )
-def test_weaker_privacy_than_announced_is_rejected(privacy: dict[str, object], problem: str) -> None:
+def test_weaker_privacy_than_announced_is_rejected(
+    privacy: dict[str, object], problem: str
+) -> None:
     result = check_privacy(update_msg(**privacy), PLAN)
     assert result is not None and result.reason == "privacy_plan" and problem in result.detail
     assert check_privacy(update_msg(noise_multiplier=1.0, clip_norm=1.0), PLAN) is None
@@ -102,8 +125,9 @@ def test_shape_dtype_and_nan_payloads_name_the_tensor() -> None:
         result = check_payload(update_msg(), to_safetensors_bytes(tensors), SHAPES, ANN)
         assert isinstance(result, Rejection) and result.reason == reason
         assert ("bias" in result.detail) or ("weight" in result.detail)
-    extra = check_payload(update_msg(), to_safetensors_bytes({**good, "x": torch.zeros(1)}),
-                          SHAPES, ANN)
+    extra = check_payload(
+        update_msg(), to_safetensors_bytes({**good, "x": torch.zeros(1)}), SHAPES, ANN
+    )
     assert isinstance(extra, Rejection) and extra.reason == "shape"
     ok = check_payload(update_msg(), to_safetensors_bytes(good), SHAPES, ANN)
     assert not isinstance(ok, Rejection) and ok.vector.dtype == np.float32
@@ -119,16 +143,44 @@ def test_unknown_reason_is_a_programming_error() -> None:
     "body",
     [
         {"sites": {"a": {"epsilon_remaining": 0.0}, "b": {"epsilon_remaining": 2.0}}},
-        {"sites": [{"site": "a", "epsilon_spent": 8, "epsilon_limit": 8}, {"site": "b", "spent": 1, "limit": 8}]},
-        {"ledgers": [{"site": "a", "source": "x", "exhausted": True}, {"site": "b", "remaining": 0.5}]},
+        {
+            "sites": [
+                {"site": "a", "epsilon_spent": 8, "epsilon_limit": 8},
+                {"site": "b", "spent": 1, "limit": 8},
+            ]
+        },
+        {
+            "ledgers": [
+                {"site": "a", "source": "x", "exhausted": True},
+                {"site": "b", "remaining": 0.5},
+            ]
+        },
         [{"site": "a", "remaining": -0.1}, {"site": "b", "remaining": 3}],
-        {"a": [{"epsilon_remaining": 1.0}, {"epsilon_remaining": 0.0}], "b": {"epsilon_remaining": 1}},
+        {
+            "a": [{"epsilon_remaining": 1.0}, {"epsilon_remaining": 0.0}],
+            "b": {"epsilon_remaining": 1},
+        },
         # the accountant's /budgets (fairfleet.accountant.service.budgets_json)
-        {"accountant": "rdp", "applied_offsets": {"t:0": 4}, "budgets": [
-            {"site": "a", "source": "s1", "epsilon_spent": 8.0, "epsilon_limit": 8.0,
-             "epsilon_remaining": 0.0},
-            {"site": "b", "source": "s1", "epsilon_spent": 2.0, "epsilon_limit": None,
-             "epsilon_remaining": None}]},
+        {
+            "accountant": "rdp",
+            "applied_offsets": {"t:0": 4},
+            "budgets": [
+                {
+                    "site": "a",
+                    "source": "s1",
+                    "epsilon_spent": 8.0,
+                    "epsilon_limit": 8.0,
+                    "epsilon_remaining": 0.0,
+                },
+                {
+                    "site": "b",
+                    "source": "s1",
+                    "epsilon_spent": 2.0,
+                    "epsilon_limit": None,
+                    "epsilon_remaining": None,
+                },
+            ],
+        },
     ],
 )
 def test_budget_shapes_the_accountant_may_serve(body: object) -> None:
@@ -143,8 +195,9 @@ def test_honest_dpsgd_deltas_from_local_train_pass_the_bound() -> None:
 
     plan = PrivacyPlan(mechanism="dpsgd", noise_multiplier=0.7, clip_norm=0.5, sampling_rate=0.25)
     training = LocalTrainingPlan(epochs=2, lr=0.5)
-    cfg = LocalTrainConfig(epochs=2, lr=0.5, privacy="dpsgd", noise_multiplier=0.7, clip_norm=0.5,
-                           sampling_rate=0.25)
+    cfg = LocalTrainConfig(
+        epochs=2, lr=0.5, privacy="dpsgd", noise_multiplier=0.7, clip_norm=0.5, sampling_rate=0.25
+    )
     gen = torch.Generator().manual_seed(3)
     x = torch.randn(64, 3, generator=gen) * 10
     y = (x.sum(dim=1, keepdim=True) > 0).float()

@@ -26,9 +26,15 @@ def fleet(workers: Any = None, mode: str = "sync", metrics_port: int = 9301) -> 
         aggregator["workers"] = workers
     return {
         "kafka": {"bootstrap": "127.0.0.1:9092"},
-        "models": [{"id": "m", "model": {"name": "linear", "params": {"in_features": 3}},
-                    "rounds": {"mode": mode}, "aggregator": aggregator,
-                    "metrics_port": metrics_port}],
+        "models": [
+            {
+                "id": "m",
+                "model": {"name": "linear", "params": {"in_features": 3}},
+                "rounds": {"mode": mode},
+                "aggregator": aggregator,
+                "metrics_port": metrics_port,
+            }
+        ],
         "sites": [],
     }
 
@@ -46,7 +52,9 @@ def test_one_worker_is_the_default_and_bad_counts_are_refused() -> None:
 class _Median(Strategy):
     name = "test-median"
 
-    def aggregate(self, global_vec: np.ndarray, updates: Any, state: StrategyState) -> AggregateResult:
+    def aggregate(
+        self, global_vec: np.ndarray, updates: Any, state: StrategyState
+    ) -> AggregateResult:
         return AggregateResult(global_vec + np.median([u.delta for u in updates], axis=0), state)
 
 
@@ -65,12 +73,28 @@ def test_a_partial_survives_its_message_and_a_changed_payload_is_refused() -> No
     fold = RoundFold(strategy, strategy.initial_state(), 5)
     origins = {}
     for i in range(4):
-        fold.add(SiteUpdate(site=f"s{i}", site_class="ab"[i % 2], n_examples=10 * (i + 1),
-                            delta=rng.normal(0, 1, 5).astype(np.float32),
-                            loss=NoisyStat(0.5 + i, 0.1, 20), noise_std=0.01, clip_norm=1.0))
+        fold.add(
+            SiteUpdate(
+                site=f"s{i}",
+                site_class="ab"[i % 2],
+                n_examples=10 * (i + 1),
+                delta=rng.normal(0, 1, 5).astype(np.float32),
+                loss=NoisyStat(0.5 + i, 0.1, 20),
+                noise_std=0.01,
+                clip_norm=1.0,
+            )
+        )
         origins[f"s{i}"] = (1, 40 + i)
-    msg, payload = to_message(fold.partial(), origins, model_id="m", round_=2, base_version=2,
-                              worker=1, partition=1, next_offset=44)
+    msg, payload = to_message(
+        fold.partial(),
+        origins,
+        model_id="m",
+        round_=2,
+        base_version=2,
+        worker=1,
+        partition=1,
+        next_offset=44,
+    )
     assert [(s.partition, s.offset) for s in msg.sites] == sorted(origins.values())
     again = RoundFold(strategy, strategy.initial_state(), 5)
     again.merge([from_message(msg, payload)])
@@ -94,4 +118,6 @@ def test_up_starts_the_combiner_and_every_worker(tmp_path: Path) -> None:
         assert worker.args[worker.args.index("--worker") + 1] == str(i)
     one = fleet()
     config.write_text(yaml.safe_dump(one))
-    assert [s.name for s in launcher.plan(config, tmp_path) if s.kind == "aggregator"] == ["aggregator-m"]
+    assert [s.name for s in launcher.plan(config, tmp_path) if s.kind == "aggregator"] == [
+        "aggregator-m"
+    ]

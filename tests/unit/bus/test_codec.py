@@ -20,13 +20,21 @@ from fairfleet.messages import DeadLetter, ModelRelease, ModelSpec
 
 
 def _release(payload: bytes) -> ModelRelease:
-    return ModelRelease(model_id="m", version=3, round=2, model_spec=ModelSpec(name="mlp"),
-                        payload_sha256=hashlib.sha256(payload).hexdigest(), payload_bytes=len(payload))
+    return ModelRelease(
+        model_id="m",
+        version=3,
+        round=2,
+        model_spec=ModelSpec(name="mlp"),
+        payload_sha256=hashlib.sha256(payload).hexdigest(),
+        payload_bytes=len(payload),
+    )
 
 
 def _records(value: bytes, chunk: int, msg: ModelRelease) -> list[Record]:
-    return [Record("t", 0, i, b"m", bytes(c.data), {**codec.headers_for(msg), **c.headers})
-            for i, c in enumerate(codec.split(value, chunk, msg.message_id))]
+    return [
+        Record("t", 0, i, b"m", bytes(c.data), {**codec.headers_for(msg), **c.headers})
+        for i, c in enumerate(codec.split(value, chunk, msg.message_id))
+    ]
 
 
 def test_tensor_payload_round_trips_bit_exact_in_safetensors_layout() -> None:
@@ -86,7 +94,9 @@ def test_reader_dead_letters_bad_input_and_keeps_reading() -> None:
     producer.publish("in", b"garbage", headers={codec.H_TYPE: b"model"})
     payload = b"ok" * 10
     Publisher(producer).send("in", _release(payload), payload)
-    reader = Reader(bus.consumer("g", ["in"]), "test", on_dead_letter=lambda d: dlq.send_sync("dlq", d))
+    reader = Reader(
+        bus.consumer("g", ["in"]), "test", on_dead_letter=lambda d: dlq.send_sync("dlq", d)
+    )
     env = reader.poll(0.1)
     assert env is not None and bytes(env.payload) == payload
     assert reader.rejected == {"payload": 1}
@@ -99,7 +109,9 @@ def test_chunks_on_a_compacted_topic_get_one_key_each() -> None:
     bus = connect("memory://")
     bus.create_topics([TopicSpec("models", 1)])
     payload = b"w" * 3500
-    Publisher(bus.producer(), chunk_bytes=1000).send("models", _release(payload), payload, key="m", compacted=True)
+    Publisher(bus.producer(), chunk_bytes=1000).send(
+        "models", _release(payload), payload, key="m", compacted=True
+    )
     records = bus.consumer("g", ["models"]).consume(10, 0.1)
     assert [r.key for r in records] == [b"m#0", b"m#1", b"m#2", b"m#3"]
     reader = Reader(bus.consumer("g2", ["models"]), "test")

@@ -32,9 +32,14 @@ from fairfleet.messages import DeadLetter, ModelRelease, ModelSpec, PrivacyGrant
 # ---------------------------------------------------------------- JSON depth: against a brute force
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.text(alphabet='[]{}"\\ab,:', max_size=6),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
-        st.text(alphabet='[]{}"\\ab', max_size=4), inner, max_size=3),
+    st.none()
+    | st.booleans()
+    | st.integers(-(10**6), 10**6)
+    | st.text(alphabet='[]{}"\\ab,:', max_size=6),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(st.text(alphabet='[]{}"\\ab', max_size=4), inner, max_size=3)
+    ),
     max_leaves=30,
 )
 
@@ -70,11 +75,14 @@ def test_200_kb_of_nesting_is_rejected_without_recursion() -> None:
     assert too_big.value.reason == "json_too_large"
 
 
-@pytest.mark.parametrize("body", [
-    b'"' + b'\\"' * 500_000,  # one unterminated string of escaped quotes
-    b'"' * 1_000_000,  # a million quotes
-    b'["a\\' * 250_000,  # openers, strings and escapes interleaved
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'"' + b'\\"' * 500_000,  # one unterminated string of escaped quotes
+        b'"' * 1_000_000,  # a million quotes
+        b'["a\\' * 250_000,  # openers, strings and escapes interleaved
+    ],
+)
 def test_the_depth_scan_is_linear_on_pathological_input(body: bytes) -> None:
     raw = body + b"[" * 40  # more openers than the bound: the full scan runs
     start = time.perf_counter()
@@ -132,20 +140,25 @@ def test_schema_version_and_invalid_values_are_labelled_by_their_location() -> N
 @settings(max_examples=200, deadline=None)
 @given(st.integers(1, 200_000), st.integers(MIN_CHUNK_BYTES, 70_000))
 def test_every_chunk_an_honest_producer_makes_passes(total: int, chunk_bytes: int) -> None:
-    limits = InputLimits(max_value_bytes=200_000, max_message_bytes=70_000,
-                         max_pending_chunk_bytes=10**8)
+    limits = InputLimits(
+        max_value_bytes=200_000, max_message_bytes=70_000, max_pending_chunk_bytes=10**8
+    )
     value = b"v" * total
     for chunk in codec.split(value, chunk_bytes, "id"):
         h = chunk.headers
-        check_chunk(limits, int(h[codec.H_CHUNK_INDEX]), int(h[codec.H_CHUNK_COUNT]), total,
-                    len(chunk.data))
+        check_chunk(
+            limits, int(h[codec.H_CHUNK_INDEX]), int(h[codec.H_CHUNK_COUNT]), total, len(chunk.data)
+        )
 
 
 @settings(max_examples=200, deadline=None)
 @given(st.integers(1, 10**6), st.integers(1, 10**12), st.integers(1, 70_000))
-def test_a_chunk_count_outside_the_derived_range_is_rejected(total: int, count: int, size: int) -> None:
-    limits = InputLimits(max_value_bytes=10**6, max_message_bytes=70_000,
-                         max_pending_chunk_bytes=10**9)
+def test_a_chunk_count_outside_the_derived_range_is_rejected(
+    total: int, count: int, size: int
+) -> None:
+    limits = InputLimits(
+        max_value_bytes=10**6, max_message_bytes=70_000, max_pending_chunk_bytes=10**9
+    )
     low, high = -(-total // 70_000), -(-total // MIN_CHUNK_BYTES)
     if low <= count <= high:
         return
@@ -154,10 +167,14 @@ def test_a_chunk_count_outside_the_derived_range_is_rejected(total: int, count: 
     assert info.value.reason == "chunk_count"
 
 
-def _chunk(chunk_id: str, index: int, count: int, total: int, data: bytes, offset: int = 0) -> Record:
+def _chunk(
+    chunk_id: str, index: int, count: int, total: int, data: bytes, offset: int = 0
+) -> Record:
     headers = {
-        codec.H_CHUNK_ID: chunk_id.encode(), codec.H_CHUNK_INDEX: str(index).encode(),
-        codec.H_CHUNK_COUNT: str(count).encode(), codec.H_CHUNK_SHA: b"0" * 64,
+        codec.H_CHUNK_ID: chunk_id.encode(),
+        codec.H_CHUNK_INDEX: str(index).encode(),
+        codec.H_CHUNK_COUNT: str(count).encode(),
+        codec.H_CHUNK_SHA: b"0" * 64,
         codec.H_CHUNK_TOTAL: str(total).encode(),
     }
     return Record("t", 0, offset, None, data, headers)
@@ -206,8 +223,11 @@ def test_incomplete_sets_never_exceed_the_budget_and_the_oldest_goes_first(
     arrivals: list[tuple[int, int]],
 ) -> None:
     size = 1024
-    limits = InputLimits(max_value_bytes=5 * size, max_message_bytes=size,
-                         max_pending_chunk_bytes=7 * (size + CHUNK_OVERHEAD_BYTES))
+    limits = InputLimits(
+        max_value_bytes=5 * size,
+        max_message_bytes=size,
+        max_pending_chunk_bytes=7 * (size + CHUNK_OVERHEAD_BYTES),
+    )
     asm = codec.Reassembler(limits=limits)
     first_seen: dict[str, int] = {}
     for step, (message, index) in enumerate(arrivals):
@@ -220,7 +240,9 @@ def test_incomplete_sets_never_exceed_the_budget_and_the_oldest_goes_first(
             assert error.reason == "chunk_budget"
             gone = error.args[0].split()[1]
             # the oldest held set other than the one being extended is evicted first
-            assert all(first_seen[gone] <= first_seen[kept] for kept in asm._pending if kept != chunk_id)
+            assert all(
+                first_seen[gone] <= first_seen[kept] for kept in asm._pending if kept != chunk_id
+            )
 
 
 def test_limits_are_checked_for_consistency() -> None:
@@ -232,8 +254,14 @@ def test_limits_are_checked_for_consistency() -> None:
 
 def test_a_valid_chunked_value_still_round_trips() -> None:
     payload = bytes(range(256)) * 50
-    msg = ModelRelease(model_id="m", version=1, round=0, model_spec=ModelSpec(name="mlp"),
-                       payload_sha256=hashlib.sha256(payload).hexdigest(), payload_bytes=len(payload))
+    msg = ModelRelease(
+        model_id="m",
+        version=1,
+        round=0,
+        model_spec=ModelSpec(name="mlp"),
+        payload_sha256=hashlib.sha256(payload).hexdigest(),
+        payload_bytes=len(payload),
+    )
     value = codec.encode(msg, payload)
     asm = codec.Reassembler()
     out = None
@@ -244,7 +272,9 @@ def test_a_valid_chunked_value_still_round_trips() -> None:
     assert DeadLetter(service="s", reason="r", field="site").field == "site"
 
 
-def test_the_issue_s_twenty_incomplete_15_mib_chunk_sets_are_evicted_at_the_default_budget() -> None:
+def test_the_issue_s_twenty_incomplete_15_mib_chunk_sets_are_evicted_at_the_default_budget() -> (
+    None
+):
     """Issue 12: 20 never-completed 15 MiB chunks were held 300 s with no cap. With the default
     bounds (256 MiB budget) the oldest sets are evicted as soon as the budget would overflow."""
     data = b"x" * (15 * 1024 * 1024)  # one object, referenced by every record (no 300 MB test)

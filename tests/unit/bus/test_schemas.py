@@ -40,6 +40,11 @@ def test_schemas_only_grow_older_fields_stay() -> None:
 def test_unknown_schema_version_is_rejected_naming_the_value() -> None:
     with pytest.raises(ValueError, match="schema_version 7"):
         RoundAnnouncement.model_validate(
-            {"schema_version": 7, "model_id": "m", "round": 0, "model_version": 0,
-             "model_spec": {"name": "mlp"}}
+            {
+                "schema_version": 7,
+                "model_id": "m",
+                "round": 0,
+                "model_version": 0,
+                "model_spec": {"name": "mlp"},
+            }
         )

@@ -36,8 +36,13 @@ from fairfleet.signing import (
     site_principal,
 )
 
-PRINCIPALS = [site_principal("s1"), site_principal("s2"), ACCOUNTANT, aggregator_principal("m1"),
-              aggregator_principal("m2")]
+PRINCIPALS = [
+    site_principal("s1"),
+    site_principal("s2"),
+    ACCOUNTANT,
+    aggregator_principal("m1"),
+    aggregator_principal("m2"),
+]
 KEYS = {p: generate_keypair() for p in PRINCIPALS}
 PRIVATE = {p: load_private(k[0]) for p, k in KEYS.items()}
 VERIFIER = Verifier({p: k[1] for p, k in KEYS.items()})
@@ -46,14 +51,31 @@ WINDOW = WindowRange(first=0, last=1)
 
 
 def messages(site: str, model: str) -> list[Message]:
-    common: dict[str, Any] = {"site": site, "source": "x", "unit": "site", "model_id": model,
-                              "windows": WINDOW}
+    common: dict[str, Any] = {
+        "site": site,
+        "source": "x",
+        "unit": "site",
+        "model_id": model,
+        "windows": WINDOW,
+    }
     return [
         RoundAnnouncement(model_id=model, round=0, model_version=0, model_spec=SPEC),
-        ModelRelease(model_id=model, version=1, round=1, model_spec=SPEC, payload_sha256="0" * 64,
-                     payload_bytes=0),
-        SiteStatistics(site=site, site_class="a", model_id=model, round=0, model_version=0,
-                       loss=NoisyStat(value=0.1, noise_std=0.1, m=3, hi=1.0)),
+        ModelRelease(
+            model_id=model,
+            version=1,
+            round=1,
+            model_spec=SPEC,
+            payload_sha256="0" * 64,
+            payload_bytes=0,
+        ),
+        SiteStatistics(
+            site=site,
+            site_class="a",
+            model_id=model,
+            round=0,
+            model_version=0,
+            loss=NoisyStat(value=0.1, noise_std=0.1, m=3, hi=1.0),
+        ),
         PrivacyReservationRequest(event_id="e", dp_event={}, **common),
         PrivacyEventMessage(event_id="e", action="commit", **common),
         PrivacyEventMessage(event_id="e", action="cancel", **common),
@@ -75,8 +97,12 @@ def allowed(msg: Message) -> set[str]:
 
 
 @settings(max_examples=60, deadline=None)
-@given(site=st.sampled_from(["s1", "s2"]), model=st.sampled_from(["m1", "m2"]),
-       signer=st.sampled_from(PRINCIPALS), index=st.integers(0, 6))
+@given(
+    site=st.sampled_from(["s1", "s2"]),
+    model=st.sampled_from(["m1", "m2"]),
+    signer=st.sampled_from(PRINCIPALS),
+    index=st.integers(0, 6),
+)
 def test_a_message_verifies_exactly_when_an_allowed_principal_signed_it(
     site: str, model: str, signer: str, index: int
 ) -> None:
@@ -85,7 +111,11 @@ def test_a_message_verifies_exactly_when_an_allowed_principal_signed_it(
     if signer in allowed(msg):
         assert problem is None
     else:
-        assert problem is not None and problem.reason == "bad_signature", (signer, msg.TYPE, problem)
+        assert problem is not None and problem.reason == "bad_signature", (
+            signer,
+            msg.TYPE,
+            problem,
+        )
     unsigned = VERIFIER.check(msg)
     assert unsigned is not None and unsigned.reason == "unsigned"
 
@@ -124,7 +154,9 @@ def test_a_retired_site_key_signs_the_sites_ledger_records_and_nothing_else(inde
     counts every record the site really signed before the rotation), never its updates or
     statistics, and never anything of another principal."""
     old_private, old_public = generate_keypair()
-    rotated = Verifier({p: k[1] for p, k in KEYS.items()}, ledger_only={site_principal("s1"): [old_public]})
+    rotated = Verifier(
+        {p: k[1] for p, k in KEYS.items()}, ledger_only={site_principal("s1"): [old_public]}
+    )
     mine, theirs = messages("s1", "m1")[index], messages("s2", "m1")[index]
     ledger_record = isinstance(mine, PrivacyReservationRequest | PrivacyEventMessage)
     problem = rotated.check(sign(mine, load_private(old_private)))
@@ -140,10 +172,14 @@ def test_publisher_signs_and_reader_dead_letters_unsigned_and_forged() -> None:
     bus.create_topics([TopicSpec("t", 1)])
     good = Publisher(bus.producer(), signer=Signer(ACCOUNTANT, PRIVATE[ACCOUNTANT]))
     plain = Publisher(bus.producer())
-    forged = Publisher(bus.producer(), signer=Signer(site_principal("s2"), PRIVATE[site_principal("s2")]))
-    sent = {"good": PrivacyGrant(event_id="1", site="s1", granted=True),
-            "unsigned": PrivacyGrant(event_id="2", site="s1", granted=True),
-            "forged": PrivacyGrant(event_id="3", site="s1", granted=True)}
+    forged = Publisher(
+        bus.producer(), signer=Signer(site_principal("s2"), PRIVATE[site_principal("s2")])
+    )
+    sent = {
+        "good": PrivacyGrant(event_id="1", site="s1", granted=True),
+        "unsigned": PrivacyGrant(event_id="2", site="s1", granted=True),
+        "forged": PrivacyGrant(event_id="3", site="s1", granted=True),
+    }
     good.send("t", sent["good"])
     plain.send("t", sent["unsigned"])
     forged.send("t", sent["forged"])
@@ -154,5 +190,7 @@ def test_publisher_signs_and_reader_dead_letters_unsigned_and_forged() -> None:
     assert [type(m).__name__ for m in got] == ["PrivacyGrant", "DeadLetter"]
     assert got[0].message_id == sent["good"].message_id
     assert {(d.original_message_id, d.reason, d.site) for d in letters} == {
-        (sent["unsigned"].message_id, "unsigned", "s1"), (sent["forged"].message_id, "bad_signature", "s1")}
+        (sent["unsigned"].message_id, "unsigned", "s1"),
+        (sent["forged"].message_id, "bad_signature", "s1"),
+    }
     assert reader.rejected == {"unsigned": 1, "bad_signature": 1}

@@ -26,7 +26,12 @@ from fairfleet.errors import (
     TransactionError,
 )
 
-CALLS = ("begin_transaction", "send_offsets_to_transaction", "commit_transaction", "abort_transaction")
+CALLS = (
+    "begin_transaction",
+    "send_offsets_to_transaction",
+    "commit_transaction",
+    "abort_transaction",
+)
 KINDS = ("retriable", "requires_abort", "fatal", "plain")
 
 

@@ -50,8 +50,9 @@ def _main(monkeypatch: pytest.MonkeyPatch, *args: str) -> int:
     return 0 if code is None else int(code)
 
 
-def test_failure_exits_1_and_usage_error_exits_2(monkeypatch: pytest.MonkeyPatch, tmp_path: Any,
-                                                 capsys: pytest.CaptureFixture[str]) -> None:
+def test_failure_exits_1_and_usage_error_exits_2(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
     # a run-time failure (the config file is missing): a clean message, exit 1
     assert _main(monkeypatch, "accountant", "run", "--config", str(tmp_path / "nope.yaml")) == 1
     err = capsys.readouterr().err
@@ -72,9 +73,16 @@ NAME = st.text(alphabet="abcdefghijklmnopqrstuvwxyz-_0123456789", min_size=1, ma
 
 
 @settings(max_examples=40, deadline=None)
-@given(rows=st.lists(st.tuples(NAME, NAME, st.integers(0, 10**6), st.lists(NAME, max_size=8)),
-                     min_size=1, max_size=6))
-def test_tables_never_break_a_name_at_80_columns(rows: list[tuple[str, str, int, list[str]]]) -> None:
+@given(
+    rows=st.lists(
+        st.tuples(NAME, NAME, st.integers(0, 10**6), st.lists(NAME, max_size=8)),
+        min_size=1,
+        max_size=6,
+    )
+)
+def test_tables_never_break_a_name_at_80_columns(
+    rows: list[tuple[str, str, int, list[str]]],
+) -> None:
     """Any table of names, numbers and prose renders within 80 columns with every name whole."""
     table = Table(title="t")
     for column in ("site", "class", "rounds", "notes"):

@@ -38,14 +38,20 @@ def ctx(tmp_path: Path, site: str = "s1") -> ConnectorContext:
     return ConnectorContext(site=site, state_dir=tmp_path / "state")
 
 
-def stream_for(connector: Any, tmp_path: Path, by: str = "count", size: float = 4) -> tuple[SiteStream, dict[str, int]]:
+def stream_for(
+    connector: Any, tmp_path: Path, by: str = "count", size: float = 4
+) -> tuple[SiteStream, dict[str, int]]:
     counts: dict[str, int] = {}
 
     def on_reject(reason: str) -> None:
         counts[reason] = counts.get(reason, 0) + 1
 
-    stream = SiteStream(connector, Windower(by, size), RejectFile(tmp_path / "rejects.jsonl", "s1"),
-                        on_reject=on_reject)  # type: ignore[arg-type]
+    stream = SiteStream(
+        connector,
+        Windower(by, size),
+        RejectFile(tmp_path / "rejects.jsonl", "s1"),
+        on_reject=on_reject,
+    )  # type: ignore[arg-type]
     return stream, counts
 
 
@@ -105,8 +111,10 @@ def test_files_connector_reads_csv_and_parquet_and_picks_up_new_files(tmp_path: 
     assert stream.read_total == 6 and [len(w) for w in stream.windower.closed_windows()] == [4, 2]
     assert stream.drain() is None and stream.read_total == 6  # nothing new: nothing read twice
     # a file that arrives later (parquet this time) is picked up; a .tmp file is not
-    pq.write_table(pa.table({"a": [6.0, 7.0], "b": [0.0, 0.0], "y": [0, 1], "ts": [6.0, 7.0]}),
-                   folder / "002.parquet")
+    pq.write_table(
+        pa.table({"a": [6.0, 7.0], "b": [0.0, 0.0], "y": [0, 1], "ts": [6.0, 7.0]}),
+        folder / "002.parquet",
+    )
     (folder / "003.csv.tmp").write_text("a,b,y,ts\n1,1,1,1\n")
     stream.drain()
     assert stream.read_total == 8 and stream.windower.closed_count == 3
@@ -118,7 +126,9 @@ def test_files_connector_reads_csv_and_parquet_and_picks_up_new_files(tmp_path: 
     assert counts == {}
 
 
-def test_files_connector_rejects_bad_rows_and_unreadable_files_without_dying(tmp_path: Path) -> None:
+def test_files_connector_rejects_bad_rows_and_unreadable_files_without_dying(
+    tmp_path: Path,
+) -> None:
     folder = tmp_path / "data"
     folder.mkdir()
     write_csv(folder / "a.csv", ["1,1,0,1", "abc,1,0,2", ",1,0,3", "nan,1,0,4", "2,nan,1,5"])
@@ -140,11 +150,24 @@ def test_sql_connector_reads_in_order_and_picks_up_new_rows(tmp_path: Path) -> N
     db = tmp_path / "site.db"
     engine = sa.create_engine(f"sqlite:///{db}")
     with engine.begin() as conn:
-        conn.execute(sa.text("CREATE TABLE readings (id INTEGER PRIMARY KEY, a REAL, b REAL, y INTEGER, ts REAL)"))
+        conn.execute(
+            sa.text(
+                "CREATE TABLE readings (id INTEGER PRIMARY KEY, a REAL, b REAL, y INTEGER, ts REAL)"
+            )
+        )
         for i in range(5):
-            conn.execute(sa.text("INSERT INTO readings VALUES (:i, :a, 0, :y, :i)"), {"i": i, "a": float(i), "y": i % 2})
+            conn.execute(
+                sa.text("INSERT INTO readings VALUES (:i, :a, 0, :y, :i)"),
+                {"i": i, "a": float(i), "y": i % 2},
+            )
         conn.execute(sa.text("INSERT INTO readings VALUES (5, NULL, 0, 1, 5)"))  # missing a
-    params = {"url": f"sqlite:///{db}", "table": "readings", "order_by": "id", "batch_rows": 2, **SCHEMA_PARAMS}
+    params = {
+        "url": f"sqlite:///{db}",
+        "table": "readings",
+        "order_by": "id",
+        "batch_rows": 2,
+        **SCHEMA_PARAMS,
+    }
     connector = build_connector("sql", params, ctx(tmp_path))
     stream, counts = stream_for(connector, tmp_path, size=2)
     stream.drain()
@@ -160,7 +183,9 @@ def test_sql_connector_reads_in_order_and_picks_up_new_rows(tmp_path: Path) -> N
     assert data is not None and data.x[:, 0].tolist() == [0, 1, 2, 3, 4, 6, 7]
     assert data.windows == (WindowRange(first=0, last=3),)
     with pytest.raises(ConfigError, match="exactly one of 'table' or 'query'"):
-        build_connector("sql", {"url": "sqlite://", "order_by": "id", **SCHEMA_PARAMS}, ctx(tmp_path))
+        build_connector(
+            "sql", {"url": "sqlite://", "order_by": "id", **SCHEMA_PARAMS}, ctx(tmp_path)
+        )
 
 
 def test_sql_query_bounded_source_finishes_and_closes_the_last_window(tmp_path: Path) -> None:
@@ -172,8 +197,13 @@ def test_sql_query_bounded_source_finishes_and_closes_the_last_window(tmp_path: 
         conn.execute(sa.text("CREATE TABLE t (id INTEGER, a REAL, b REAL, y INTEGER, ts REAL)"))
         for i in range(5):
             conn.execute(sa.text("INSERT INTO t VALUES (:i, :i, 0, 1, :i)"), {"i": i})
-    params = {"path": str(db), "query": "SELECT * FROM t WHERE id >= 1", "order_by": "id", "follow": False,
-              **SCHEMA_PARAMS}
+    params = {
+        "path": str(db),
+        "query": "SELECT * FROM t WHERE id >= 1",
+        "order_by": "id",
+        "follow": False,
+        **SCHEMA_PARAMS,
+    }
     stream, _ = stream_for(build_connector("sql", params, ctx(tmp_path)), tmp_path, size=3)
     stream.drain()
     stream.poll()
@@ -194,7 +224,9 @@ def test_sql_count_windows_need_an_integer_key_and_name_the_value(tmp_path: Path
     assert counts == {"no_position": 1}
     (line,) = [json.loads(x) for x in (tmp_path / "rejects.jsonl").read_text().splitlines()]
     assert "order_by 'k' value 'x1' is not an integer >= 0" in line["detail"]
-    timed, _ = stream_for(build_connector("sql", params, ctx(tmp_path)), tmp_path, by="time", size=10)
+    timed, _ = stream_for(
+        build_connector("sql", params, ctx(tmp_path)), tmp_path, by="time", size=10
+    )
     assert timed.poll() == 1  # time windows need no position
 
 
@@ -202,7 +234,9 @@ def test_count_windows_are_stable_across_a_replay(tmp_path: Path) -> None:
     params = {"fleet": "demo", "site": "plant-a", "chunk": 7, "limit": 50}
     ids = []
     for _ in range(2):
-        stream, _ = stream_for(build_connector("simulator", params, ctx(tmp_path)), tmp_path, size=10)
+        stream, _ = stream_for(
+            build_connector("simulator", params, ctx(tmp_path)), tmp_path, size=10
+        )
         stream.drain()
         stream.poll()
         ids.append([(w.window_id, w.xs[0]) for w in stream.windower.closed_windows()])
@@ -224,7 +258,7 @@ def test_time_windows_use_event_time_and_reject_late_rows(tmp_path: Path) -> Non
     assert [x.window_id for x in w.closed_windows()] == [10, 11]
     assert [len(x) for x in w.closed_windows()] == [3, 1]
     assert not w.add(obs(101))  # window 10 is closed: late
-    assert w.add(obs(126))      # window 12 still open
+    assert w.add(obs(126))  # window 12 still open
 
 
 def test_windower_retains_only_the_most_recent_closed_windows() -> None:
@@ -247,8 +281,9 @@ def test_simulator_site_matches_the_fleet_and_can_reject_missing_readings(tmp_pa
     assert stream.read_total == len(expected) and counts == {}
     assert imputed.schema().targets == ("failure_within_horizon",)
     # plant-e samples at 1 kHz: the bearing band is never observed, so every row misses it
-    rejecting = build_connector("simulator", {"fleet": "demo", "site": "plant-e", "missing": "reject"},
-                                ctx(tmp_path))
+    rejecting = build_connector(
+        "simulator", {"fleet": "demo", "site": "plant-e", "missing": "reject"}, ctx(tmp_path)
+    )
     stream, counts = stream_for(rejecting, tmp_path / "r", by="time", size=86_400)
     stream.drain()
     assert counts == {"missing_field": len(expected)}

@@ -27,9 +27,22 @@ def installed_plugin(tmp_path: Path) -> Iterator[Path]:
     shutil.copytree(PLUGIN, source)  # build artefacts stay out of the repository
     target = tmp_path / "site-packages"
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-         "--no-index", "--target", str(target), str(source)],
-        check=True, capture_output=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--target",
+            str(target),
+            str(source),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
     )
     sys.path.insert(0, str(target))
     importlib.invalidate_caches()
@@ -46,7 +59,9 @@ def test_installed_plugin_is_discovered_and_reads(installed_plugin: Path, tmp_pa
     base.CONNECTORS.refresh()
     known = base.available_connectors()
     assert "ramp" in known and known["ramp"].__module__ == "fairfleet_example_connector"
-    connector = base.build_connector("ramp", {"rows": 10, "slope": 2.0}, ConnectorContext("s", tmp_path))
+    connector = base.build_connector(
+        "ramp", {"rows": 10, "slope": 2.0}, ConnectorContext("s", tmp_path)
+    )
     stream = SiteStream(connector, Windower("count", 4), RejectFile(tmp_path / "r.jsonl", "s"))
     stream.drain()
     stream.poll()  # the bounded source reports finished: the partial last window closes

@@ -32,8 +32,9 @@ FIELDS = {"fields": {"obs": "float", "y": "int"}, "target": "y"}
 
 
 def obs(stream: str, index: int, last: bool = False) -> Observation:
-    return Observation(x=(float(index),), y=(0.0,), event_time=None,
-                       position=Position(stream, index, last))
+    return Observation(
+        x=(float(index),), y=(0.0,), event_time=None, position=Position(stream, index, last)
+    )
 
 
 def test_window_ids_are_a_function_of_the_position_only() -> None:
@@ -142,7 +143,9 @@ def test_a_late_file_that_sorts_first_moves_no_window(tmp_path: Path) -> None:
         (folder / name).write_text("\n".join(lines) + "\n")
 
     def ids() -> dict[float, int]:
-        conn = build_connector("files", {"path": str(folder), **FIELDS}, ConnectorContext("s", tmp_path))
+        conn = build_connector(
+            "files", {"path": str(folder), **FIELDS}, ConnectorContext("s", tmp_path)
+        )
         stream = _stream(conn, tmp_path)
         stream.drain()
         return {x[0]: w.window_id for w in stream.windower.closed_windows() for x in w.xs}
@@ -156,8 +159,19 @@ def test_a_late_file_that_sorts_first_moves_no_window(tmp_path: Path) -> None:
 
 def test_round_state_reads_the_old_single_range(tmp_path: Path) -> None:
     path = tmp_path / "rounds.json"
-    path.write_text(json.dumps({"m/0": {"status": "granted", "event_id": "e", "reason": "",
-                                        "updated_at": 1.0, "windows": [3, 5]}}))
+    path.write_text(
+        json.dumps(
+            {
+                "m/0": {
+                    "status": "granted",
+                    "event_id": "e",
+                    "reason": "",
+                    "updated_at": 1.0,
+                    "windows": [3, 5],
+                }
+            }
+        )
+    )
     store = RoundStateStore(path)
     state = store.get("m", 0)
     assert state is not None and state.windows == (WindowRange(first=3, last=5),)

@@ -29,8 +29,10 @@ def brute_force(rows: list, lam: dict[str, float], eta: float) -> tuple[dict, np
     λ ← Proj_Δ(λ + η L) on the present groups."""
     groups = sorted(lam)
     present = sorted({c for c, *_ in rows})
-    loss = {g: sum(n * f for c, n, f, _ in rows if c == g) / sum(n for c, n, *_ in rows if c == g)
-            for g in present}
+    loss = {
+        g: sum(n * f for c, n, f, _ in rows if c == g) / sum(n for c, n, *_ in rows if c == g)
+        for g in present
+    }
     total = sum(lam[g] for g in present)
     step = np.zeros(3)
     for g in present:
@@ -45,13 +47,19 @@ def brute_force(rows: list, lam: dict[str, float], eta: float) -> tuple[dict, np
 @given(rows=site_rows, eta=st.floats(0.01, 1.0))
 def test_class_afl_is_the_saddle_point_step(rows: list, eta: float) -> None:
     sites = {f"s{i}" for i in range(len(rows))}
-    updates = [make_update(f"s{i}", d, n=n, loss=f, site_class=c) for i, (c, n, f, d) in enumerate(rows)]
+    updates = [
+        make_update(f"s{i}", d, n=n, loss=f, site_class=c) for i, (c, n, f, d) in enumerate(rows)
+    ]
     s = build_strategy("afl", over="class", lambda_lr=eta, shrink_losses=False)
     state = s.initial_state()
     # round 1 seeds λ over the classes of this round; round 2 is the step under test
     res0 = s.aggregate(np.zeros(3, np.float32), updates, state)
-    lam0 = {g: float(v) for g, v in zip(res0.new_state.scalars["groups"],
-                                         res0.new_state.arrays["lambda"], strict=True)}
+    lam0 = {
+        g: float(v)
+        for g, v in zip(
+            res0.new_state.scalars["groups"], res0.new_state.arrays["lambda"], strict=True
+        )
+    }
     res = s.aggregate(np.zeros(3, np.float32), updates, res0.new_state)
     want_lam, want_step = brute_force(rows, lam0, eta)
     got = res.diagnostics["lambda"]
@@ -99,8 +107,16 @@ def test_simulate_evaluates_afls_averaged_model() -> None:
         return packed.local_sgd(theta, 2, 16, 0.2, rng)[sites]
 
     s = build_strategy("afl", track_average=True)
-    final, _ = run_rounds(packed, s, 4, 0, local, release_losses=True, loss_bound=2.0,
-                          on_round=lambda r: seen.append(r.theta))
+    final, _ = run_rounds(
+        packed,
+        s,
+        4,
+        0,
+        local,
+        release_losses=True,
+        loss_bound=2.0,
+        on_round=lambda r: seen.append(r.theta),
+    )
     # the answers are running means of iterates: the last answer is what run_rounds returns
     np.testing.assert_allclose(final, seen[-1])
     assert not np.allclose(seen[-1], seen[-2])

@@ -51,15 +51,19 @@ def rounds(draw: st.DrawFn) -> tuple[int, list[list[SiteUpdate]], list[list[int]
         for i in range(k):
             n = int(rng.integers(0, 3)) if zero_n else int(rng.integers(1, 1000))
             loss_noise = float(rng.uniform(0.0, 0.3)) if noisy else 0.0
-            updates.append(SiteUpdate(
-                site=f"s{rng.integers(0, 3)}-{i}",
-                site_class=str(rng.choice(["a", "b", "c"])),
-                delta=rng.normal(0, 1, dim).astype(np.float32),
-                n_examples=n,
-                noise_std=float(rng.uniform(0, 0.01)) if noisy else 0.0,
-                loss=NoisyStat(float(rng.uniform(0.05, 2.0)), loss_noise, int(rng.integers(1, 50))),
-                staleness=int(rng.integers(0, 3)),
-            ))
+            updates.append(
+                SiteUpdate(
+                    site=f"s{rng.integers(0, 3)}-{i}",
+                    site_class=str(rng.choice(["a", "b", "c"])),
+                    delta=rng.normal(0, 1, dim).astype(np.float32),
+                    n_examples=n,
+                    noise_std=float(rng.uniform(0, 0.01)) if noisy else 0.0,
+                    loss=NoisyStat(
+                        float(rng.uniform(0.05, 2.0)), loss_noise, int(rng.integers(1, 50))
+                    ),
+                    staleness=int(rng.integers(0, 3)),
+                )
+            )
         all_rounds.append(updates)
         orders.append(draw(st.permutations(list(range(k)))))
     return dim, all_rounds, orders
@@ -77,7 +81,9 @@ def assert_same(fold: AggregateResult, batch: AggregateResult) -> None:
     assert fold.diagnostics["coefficients"] == pytest.approx(batch.diagnostics["coefficients"])
 
 
-@pytest.mark.parametrize(("name", "params"), CASES, ids=[f"{n}-{i}" for i, (n, _) in enumerate(CASES)])
+@pytest.mark.parametrize(
+    ("name", "params"), CASES, ids=[f"{n}-{i}" for i, (n, _) in enumerate(CASES)]
+)
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=rounds())
 def test_fold_equals_batch(
@@ -103,18 +109,31 @@ def test_fold_equals_batch(
 def _fleet(k: int, dim: int, classes: int, seed: int = 1) -> list[SiteUpdate]:
     rng = np.random.default_rng(seed)
     return [
-        SiteUpdate(site=f"site-{i:04d}", site_class=f"c{i % classes}",
-                   delta=rng.normal(0, 1, dim).astype(np.float32), n_examples=int(rng.integers(1, 500)),
-                   loss=NoisyStat(float(rng.uniform(0.1, 1.0)), 0.0, 20), staleness=int(i % 2))
+        SiteUpdate(
+            site=f"site-{i:04d}",
+            site_class=f"c{i % classes}",
+            delta=rng.normal(0, 1, dim).astype(np.float32),
+            n_examples=int(rng.integers(1, 500)),
+            loss=NoisyStat(float(rng.uniform(0.1, 1.0)), 0.0, 20),
+            staleness=int(i % 2),
+        )
         for i in range(k)
     ]
 
 
-@pytest.mark.parametrize(("name", "params", "bound"), [
-    ("fedavg", {}, 1), ("fedadam", {}, 1), ("fedyogi", {}, 1),
-    ("qffl", {"shrink_losses": False}, 1), ("qffl", {}, 1),  # noise-free losses: known at arrival
-    ("term", {}, 1), ("afl", {"over": "class"}, 3), ("gap", {}, 6),
-])
+@pytest.mark.parametrize(
+    ("name", "params", "bound"),
+    [
+        ("fedavg", {}, 1),
+        ("fedadam", {}, 1),
+        ("fedyogi", {}, 1),
+        ("qffl", {"shrink_losses": False}, 1),
+        ("qffl", {}, 1),  # noise-free losses: known at arrival
+        ("term", {}, 1),
+        ("afl", {"over": "class"}, 3),
+        ("gap", {}, 6),
+    ],
+)
 def test_fold_memory_is_groups_times_d(name: str, params: dict[str, object], bound: int) -> None:
     """200 sites in 3 classes: the round holds at most 2 sums per class, not 200 vectors."""
     strategy = build_strategy(name, **params)
@@ -151,7 +170,8 @@ def test_a_non_coefficient_strategy_keeps_its_updates() -> None:
     assert not fold.folds and fold.vectors_held == 5
     theta = np.zeros(3, dtype=np.float32)
     np.testing.assert_array_equal(
-        fold.close(theta).new_global, strategy.aggregate(theta, updates, strategy.initial_state()).new_global
+        fold.close(theta).new_global,
+        strategy.aggregate(theta, updates, strategy.initial_state()).new_global,
     )
 
 
@@ -188,12 +208,16 @@ def test_duplicate_site_and_wrong_length_are_refused() -> None:
         fold.add(SiteUpdate(site="x", site_class="c0", delta=np.zeros(4, np.float32), n_examples=1))
 
 
-@pytest.mark.parametrize(("name", "params"), CASES, ids=[f"{n}-{i}" for i, (n, _) in enumerate(CASES)])
+@pytest.mark.parametrize(
+    ("name", "params"), CASES, ids=[f"{n}-{i}" for i, (n, _) in enumerate(CASES)]
+)
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=rounds(), parts=st.lists(st.integers(0, 3), min_size=7, max_size=7))
 def test_merged_partials_equal_one_fold(
-    name: str, params: dict[str, object],
-    data: tuple[int, list[list[SiteUpdate]], list[list[int]]], parts: list[int],
+    name: str,
+    params: dict[str, object],
+    data: tuple[int, list[list[SiteUpdate]], list[list[int]]],
+    parts: list[int],
 ) -> None:
     """Any split of a round's updates over up to 4 workers (some with none), each folded alone,
     merged in a combiner's fold (which may hold updates itself: part 0), closes to the one-fold

@@ -59,12 +59,8 @@ def test_registry_runtime_and_entry_points(monkeypatch: pytest.MonkeyPatch) -> N
 
     register_strategy("mine", Mine)
     assert isinstance(build_strategy("mine"), Mine)
-    ep = EntryPoint(
-        "plugged", "fairfleet.fairness.term:TiltedWeights", STRATEGIES.group
-    )
-    monkeypatch.setattr(
-        registry, "entry_points", lambda group: [ep] if group == ep.group else []
-    )
+    ep = EntryPoint("plugged", "fairfleet.fairness.term:TiltedWeights", STRATEGIES.group)
+    monkeypatch.setattr(registry, "entry_points", lambda group: [ep] if group == ep.group else [])
     STRATEGIES.refresh()
     try:
         assert "plugged" in available_strategies()

@@ -27,8 +27,9 @@ DP = LocalTrainConfig(
 )
 
 
-def _zero_gradient_setup(d_in: int = 200, d_out: int = 10) -> tuple[nn.Module, torch.Tensor,
-                                                                    torch.Tensor]:
+def _zero_gradient_setup(
+    d_in: int = 200, d_out: int = 10
+) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     """Bias-free linear model on x = 0, y = 0: every per-example gradient is exactly 0 at every
     w, so the released delta is the injected noise and nothing else."""
     model = nn.Linear(d_in, d_out, bias=False)
@@ -83,19 +84,23 @@ def test_noise_std_against_the_clean_run_on_a_real_model() -> None:
     x, y = regression_data(n=100)
     config = dataclasses.replace(DP, sampling_rate=1.0, noise_multiplier=2.0)
     noisy = local_train(model, x, y, "regression", config, seed=11)
-    clean = local_train(model, x, y, "regression",
-                        dataclasses.replace(config, noise_multiplier=0.0), seed=11)
+    clean = local_train(
+        model, x, y, "regression", dataclasses.replace(config, noise_multiplier=0.0), seed=11
+    )
     assert noisy.steps == clean.steps == 1
     diff = flat(noisy.delta) - flat(clean.delta)
     expected = 0.5 * 2.0 * 0.7 / 100
     assert noisy.noise_std == pytest.approx(expected)
     assert clean.noise_std == 0.0
     assert clean.dp_event == dp_accounting.NonPrivateDpEvent()
-    assert float(diff.pow(2).mean().sqrt()) == pytest.approx(expected, rel=std_tolerance(diff.numel()))
+    assert float(diff.pow(2).mean().sqrt()) == pytest.approx(
+        expected, rel=std_tolerance(diff.numel())
+    )
 
 
-def _reference_clipped_mean_grad(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                                 clip: float, expected_batch: float) -> torch.Tensor:
+def _reference_clipped_mean_grad(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, clip: float, expected_batch: float
+) -> torch.Tensor:
     """Per-example gradients one example at a time (the slow, obvious way)."""
     total = None
     for i in range(len(x)):
@@ -120,8 +125,13 @@ def test_every_grad_sample_mode_matches_the_per_example_reference(mode: str, nam
         x, y = torch.randn(12, 10, 2), torch.randn(12) * 3
     reference = _reference_clipped_mean_grad(model, x, y, clip=0.3, expected_batch=6.0)
     engine = dpsgd.DpSgd(
-        model, torch.optim.SGD(model.parameters(), lr=1.0), n_examples=24, sampling_rate=0.25,
-        noise_multiplier=0.0, clip_norm=0.3, noise_generator=torch.Generator().manual_seed(0),
+        model,
+        torch.optim.SGD(model.parameters(), lr=1.0),
+        n_examples=24,
+        sampling_rate=0.25,
+        noise_multiplier=0.0,
+        clip_norm=0.3,
+        noise_generator=torch.Generator().manual_seed(0),
         grad_sample_mode=mode,  # type: ignore[arg-type]
     )
     engine.zero_grad()
@@ -138,14 +148,16 @@ def test_clipping_bounds_each_example_and_reports_norms() -> None:
     model = build_model("mlp", in_features=8)
     x, y = regression_data(n=50)
     y = y * 100  # large residuals: every example is clipped
-    config = dataclasses.replace(DP, lr=1.0, sampling_rate=1.0, noise_multiplier=0.0,
-                                 clip_norm=0.05)
+    config = dataclasses.replace(
+        DP, lr=1.0, sampling_rate=1.0, noise_multiplier=0.0, clip_norm=0.05
+    )
     result = local_train(model, x, y, "regression", config, seed=0)
     assert float(flat(result.delta).norm()) <= 0.05 * (1 + 1e-5)
     assert result.clipped_fraction == 1.0
     assert result.update_norm > 0.05  # mean per-example norm before clipping
-    loose = local_train(model, x, y, "regression",
-                        dataclasses.replace(config, clip_norm=1e9), seed=0)
+    loose = local_train(
+        model, x, y, "regression", dataclasses.replace(config, clip_norm=1e9), seed=0
+    )
     assert loose.clipped_fraction == 0.0
     assert loose.update_norm == pytest.approx(result.update_norm, rel=1e-5)
 
@@ -175,8 +187,12 @@ def test_auto_mode_resolution() -> None:
 
 @pytest.mark.parametrize(
     ("args", "named"),
-    [((None, 1.0, 10), "None"), ((1.5, 1.0, 10), "1.5"), ((0.1, -2.0, 10), "-2.0"),
-     ((0.1, 1.0, 0), "0")],
+    [
+        ((None, 1.0, 10), "None"),
+        ((1.5, 1.0, 10), "1.5"),
+        ((0.1, -2.0, 10), "-2.0"),
+        ((0.1, 1.0, 0), "0"),
+    ],
 )
 def test_event_validation_names_the_value(args: tuple, named: str) -> None:
     with pytest.raises(ConfigError, match=named):
@@ -208,5 +224,11 @@ def test_layers_dp_sgd_cannot_handle_are_rejected_up_front() -> None:
     ok = local_train(GruHead(DPGRU(3, 4, batch_first=True)), x, y, "regression", DP, seed=0)
     assert ok.steps == 4  # opacus' DP-compatible GRU trains (auto -> hooks)
     with pytest.raises(ConfigError, match="BatchNorm"):
-        local_train(nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 1)),
-                    x[:, 0], y, "regression", DP, seed=0)
+        local_train(
+            nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 1)),
+            x[:, 0],
+            y,
+            "regression",
+            DP,
+            seed=0,
+        )

@@ -114,8 +114,11 @@ def test_entry_point_group_registers_user_models(
 
 
 def test_bad_entry_point_raises(clean_registry: None, monkeypatch: pytest.MonkeyPatch) -> None:
-    eps = [EntryPoint("broken", "fairfleet.learning.models:ENTRY_POINT_GROUP",
-                      models.ENTRY_POINT_GROUP)]
+    eps = [
+        EntryPoint(
+            "broken", "fairfleet.learning.models:ENTRY_POINT_GROUP", models.ENTRY_POINT_GROUP
+        )
+    ]
     monkeypatch.setattr(registry, "entry_points", lambda *, group: eps)
     models.MODELS.refresh()
     assert "broken" in available_models()  # listing names loads nothing

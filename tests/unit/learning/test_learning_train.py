@@ -22,10 +22,18 @@ DP = LocalTrainConfig(
     [
         ("linear", {"in_features": 8}, "regression", regression_data()),
         ("logistic", {"in_features": 8}, "classification", classification_data()),
-        ("logistic", {"in_features": 8, "n_classes": 3}, "classification",
-         classification_data(n_classes=3)),
-        ("mlp", {"in_features": 8, "out_features": 3}, "classification",
-         classification_data(n_classes=3)),
+        (
+            "logistic",
+            {"in_features": 8, "n_classes": 3},
+            "classification",
+            classification_data(n_classes=3),
+        ),
+        (
+            "mlp",
+            {"in_features": 8, "out_features": 3},
+            "classification",
+            classification_data(n_classes=3),
+        ),
     ],
 )
 def test_local_sgd_decreases_loss(name: str, params: dict, task: str, data: tuple) -> None:
@@ -59,8 +67,11 @@ def test_model_is_not_mutated_and_result_is_deterministic() -> None:
     model = build_model("mlp", in_features=8)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     x, y = regression_data()
-    for config in (LocalTrainConfig(epochs=2), DP,
-                   LocalTrainConfig(privacy="update", noise_multiplier=0.5, clip_norm=0.1)):
+    for config in (
+        LocalTrainConfig(epochs=2),
+        DP,
+        LocalTrainConfig(privacy="update", noise_multiplier=0.5, clip_norm=0.1),
+    ):
         a = local_train(model, x, y, "regression", config, seed=7)
         b = local_train(model, x, y, "regression", config, seed=7)
         c = local_train(model, x, y, "regression", config, seed=8)
@@ -68,8 +79,9 @@ def test_model_is_not_mutated_and_result_is_deterministic() -> None:
         assert not torch.equal(flat(a.delta), flat(c.delta)), config.privacy
         for k, v in model.state_dict().items():
             assert torch.equal(v, before[k]), f"{config.privacy}: global model mutated at {k}"
-        assert not any(hasattr(p, "grad_sample") and p.grad_sample is not None
-                       for p in model.parameters())
+        assert not any(
+            hasattr(p, "grad_sample") and p.grad_sample is not None for p in model.parameters()
+        )
 
 
 def test_fedprox_pulls_towards_global_weights() -> None:
@@ -91,8 +103,9 @@ def test_fedprox_under_dpsgd_also_shrinks_drift() -> None:
     x, y = regression_data(seed=3)
     base = dataclasses.replace(DP, epochs=5, noise_multiplier=0.0, clip_norm=100.0)
     d0 = flat(local_train(model, x, y, "regression", base, seed=0).delta).norm()
-    d1 = flat(local_train(model, x, y, "regression",
-                          dataclasses.replace(base, prox_mu=5.0), seed=0).delta).norm()
+    d1 = flat(
+        local_train(model, x, y, "regression", dataclasses.replace(base, prox_mu=5.0), seed=0).delta
+    ).norm()
     assert d1 < 0.7 * d0
 
 
@@ -150,8 +163,13 @@ def test_evaluate_metrics() -> None:
         model.bias.fill_(1.0)  # predicts class 1 everywhere, loss = softplus(-1) or softplus(1)
     metrics = evaluate(model, x, y, "classification")
     assert metrics["accuracy"] == pytest.approx(float(y.float().mean()))
-    expected = float(torch.where(y == 1, torch.nn.functional.softplus(torch.tensor(-1.0)),
-                                 torch.nn.functional.softplus(torch.tensor(1.0))).mean())
+    expected = float(
+        torch.where(
+            y == 1,
+            torch.nn.functional.softplus(torch.tensor(-1.0)),
+            torch.nn.functional.softplus(torch.tensor(1.0)),
+        ).mean()
+    )
     assert metrics["loss"] == pytest.approx(expected, rel=1e-6)
     reg = build_model("linear", in_features=8)
     assert isinstance(reg, torch.nn.Linear)
@@ -167,10 +185,14 @@ def test_evaluate_metrics() -> None:
 
 @pytest.mark.parametrize(
     "config",
-    [LocalTrainConfig(), DP, dataclasses.replace(DP, epochs=3, sampling_rate=0.3),
-     dataclasses.replace(DP, noise_multiplier=0.0),
-     LocalTrainConfig(privacy="update", noise_multiplier=2.0),
-     LocalTrainConfig(privacy="update", noise_multiplier=0.0)],
+    [
+        LocalTrainConfig(),
+        DP,
+        dataclasses.replace(DP, epochs=3, sampling_rate=0.3),
+        dataclasses.replace(DP, noise_multiplier=0.0),
+        LocalTrainConfig(privacy="update", noise_multiplier=2.0),
+        LocalTrainConfig(privacy="update", noise_multiplier=0.0),
+    ],
 )
 def test_planned_event_is_what_training_spends(config: LocalTrainConfig) -> None:
     """The site reserves config.planned_dp_event() before training; it must be exact."""

@@ -24,8 +24,9 @@ def _setup() -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
 
 def test_norm_after_clipping_is_at_most_c_before_noise() -> None:
     model, x, y = _setup()
-    clean = local_train(model, x, y, "regression", dataclasses.replace(UPDATE, privacy="off"),
-                        seed=0)
+    clean = local_train(
+        model, x, y, "regression", dataclasses.replace(UPDATE, privacy="off"), seed=0
+    )
     clipped = local_train(model, x, y, "regression", UPDATE, seed=0)  # sigma = 0: clip only
     raw_norm = float(flat(clean.delta).norm())
     assert raw_norm > 0.2  # the test only means something if clipping bites
@@ -39,8 +40,9 @@ def test_norm_after_clipping_is_at_most_c_before_noise() -> None:
 def test_released_noise_has_std_sigma_c_and_the_event_is_one_gaussian() -> None:
     model, x, y = _setup()
     clipped = local_train(model, x, y, "regression", UPDATE, seed=0)
-    noisy = local_train(model, x, y, "regression",
-                        dataclasses.replace(UPDATE, noise_multiplier=1.5), seed=0)
+    noisy = local_train(
+        model, x, y, "regression", dataclasses.replace(UPDATE, noise_multiplier=1.5), seed=0
+    )
     noise = flat(noisy.delta) - flat(clipped.delta)
     assert noisy.noise_std == pytest.approx(1.5 * 0.2)
     measured = float(noise.pow(2).mean().sqrt())
@@ -53,7 +55,8 @@ def test_unclipped_update_passes_through() -> None:
     model, x, y = _setup()
     config = dataclasses.replace(UPDATE, clip_norm=1e6)
     result = local_train(model, x, y, "regression", config, seed=0)
-    clean = local_train(model, x, y, "regression", dataclasses.replace(config, privacy="off"),
-                        seed=0)
+    clean = local_train(
+        model, x, y, "regression", dataclasses.replace(config, privacy="off"), seed=0
+    )
     assert result.clipped_fraction == 0.0
     torch.testing.assert_close(flat(result.delta), flat(clean.delta))

@@ -34,12 +34,19 @@ class _Recorder:
 def _run_with(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, db: str) -> Path:
     conf_dir = tmp_path / "conf"
     conf_dir.mkdir()
-    (conf_dir / "fleet.yaml").write_text(yaml.safe_dump(add_service_identities({
-        "fleet": "t",
-        "kafka": {"bootstrap": "127.0.0.1:1", "topic_prefix": "t."},
-        "policies": {"defaults": {"epsilon_max": 5.0, "delta": 1e-5, "unit": "site"}},
-        "accountant": {"db": db},
-    }, conf_dir / "keys")))  # the accountant signs with its own key
+    (conf_dir / "fleet.yaml").write_text(
+        yaml.safe_dump(
+            add_service_identities(
+                {
+                    "fleet": "t",
+                    "kafka": {"bootstrap": "127.0.0.1:1", "topic_prefix": "t."},
+                    "policies": {"defaults": {"epsilon_max": 5.0, "delta": 1e-5, "unit": "site"}},
+                    "accountant": {"db": db},
+                },
+                conf_dir / "keys",
+            )
+        )
+    )  # the accountant signs with its own key
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)

@@ -23,24 +23,32 @@ def test_the_client_reads_the_accountants_own_rows(tmp_path: Path) -> None:
     bus = connect(f"memory://{uuid.uuid4().hex}")
     bus.create_topics(default_topics())
     policies = PolicySet(default=Policy(epsilon_max=100.0, delta=1e-5))
-    service = AccountantService(bus, tmp_path / "l.sqlite", policies, AccountantOptions(metrics_port=0))
+    service = AccountantService(
+        bus, tmp_path / "l.sqlite", policies, AccountantOptions(metrics_port=0)
+    )
     http = service.start_http()
     assert http is not None
     try:
         publisher = Publisher(bus.producer())
         for eid, site in (("a", "s1"), ("b", "s1"), ("c", "s2")):
-            publisher.send(topic_name("privacy.events"),
-                           PrivacyEventMessage(action="commit", **{**fields(eid), "site": site}))
+            publisher.send(
+                topic_name("privacy.events"),
+                PrivacyEventMessage(action="commit", **{**fields(eid), "site": site}),
+            )
         sample = service.metrics.registry.get_sample_value
         run_until(service, lambda: sample("fairfleet_privacy_events_applied_total") == 3)
         url = f"http://127.0.0.1:{http.port}"
         data = fetch_budgets(url)
         assert data["budgets"] == json.loads(json.dumps(service.budgets_json({})["budgets"]))
         spent = epsilon_spent_by_site(data)
-        assert spent == {"s1": pytest.approx(epsilon([PLAN, PLAN], 1e-5), rel=1e-9),
-                         "s2": pytest.approx(epsilon(PLAN, 1e-5), rel=1e-9)}
-        assert spent["s1"] == sample("fairfleet_privacy_epsilon_spent",
-                                     {"site": "s1", "source": "line", "unit": "observation"})
+        assert spent == {
+            "s1": pytest.approx(epsilon([PLAN, PLAN], 1e-5), rel=1e-9),
+            "s2": pytest.approx(epsilon(PLAN, 1e-5), rel=1e-9),
+        }
+        assert spent["s1"] == sample(
+            "fairfleet_privacy_epsilon_spent",
+            {"site": "s1", "source": "line", "unit": "observation"},
+        )
         assert [r["site"] for r in fetch_budgets(url + "/budgets/", site="s2")["budgets"]] == ["s2"]
         with pytest.raises(ConfigError, match=r"The accountant answered 404"):
             fetch_budgets(url + "/nope")
@@ -52,7 +60,15 @@ def test_the_client_reads_the_accountants_own_rows(tmp_path: Path) -> None:
 
 
 def test_epsilon_per_site_is_the_largest_of_its_ledgers() -> None:
-    rows = [{"site": "a", "epsilon_spent": 1.0}, {"site": "a", "epsilon_spent": 3.0},
-            {"site": "b", "epsilon_spent": 0.0}, {"site": "c", "epsilon_spent": None}]
+    rows = [
+        {"site": "a", "epsilon_spent": 1.0},
+        {"site": "a", "epsilon_spent": 3.0},
+        {"site": "b", "epsilon_spent": 0.0},
+        {"site": "c", "epsilon_spent": None},
+    ]
     assert epsilon_spent_by_site({"budgets": rows}) == {"a": 3.0, "b": 0.0}
-    assert budgets_endpoint("http://h:1/") == budgets_endpoint("http://h:1/budgets") == "http://h:1/budgets"
+    assert (
+        budgets_endpoint("http://h:1/")
+        == budgets_endpoint("http://h:1/budgets")
+        == "http://h:1/budgets"
+    )

@@ -49,14 +49,21 @@ def _self_composed(*counts: int) -> dict[str, Any]:
 
 @settings(max_examples=100, deadline=None)
 @given(
-    st.floats(1e-6, 1.0), st.floats(0.1, 100.0), st.integers(1, 10**6), st.floats(0.1, 100.0),
+    st.floats(1e-6, 1.0),
+    st.floats(0.1, 100.0),
+    st.integers(1, 10**6),
+    st.floats(0.1, 100.0),
 )
-def test_every_event_the_platform_emits_round_trips(q: float, sigma: float, steps: int, loss_sigma: float) -> None:
+def test_every_event_the_platform_emits_round_trips(
+    q: float, sigma: float, steps: int, loss_sigma: float
+) -> None:
     event = compose([dpsgd_event(q, sigma, steps), gaussian_event(loss_sigma)])
     assert dp_event_from_json(dp_event_to_json(event)) == event
 
 
-@pytest.mark.parametrize("depth", [1, 2, MAX_EVENT_DEPTH - 1, MAX_EVENT_DEPTH, MAX_EVENT_DEPTH + 1, 400])
+@pytest.mark.parametrize(
+    "depth", [1, 2, MAX_EVENT_DEPTH - 1, MAX_EVENT_DEPTH, MAX_EVENT_DEPTH + 1, 400]
+)
 def test_nesting_is_bounded_exactly(depth: int) -> None:
     if depth <= MAX_EVENT_DEPTH:
         assert isinstance(dp_event_from_json(_nested(depth)), dp_event.DpEvent)
@@ -90,7 +97,7 @@ def test_counts_and_their_product_are_bounded(counts: list[int]) -> None:
 def _prefix_product(counts: list[int], k: int) -> int:
     """Product of the k outermost counts (the last k of ``counts``)."""
     out = 1
-    for count in counts[len(counts) - k:]:
+    for count in counts[len(counts) - k :]:
         out *= max(count, 0)
     return out
 
@@ -99,7 +106,9 @@ def _prefix_product(counts: list[int], k: int) -> int:
 def test_numbers_too_large_for_a_float_are_rejected_by_name(bad: int) -> None:
     with pytest.raises(PrivacyError, match="noise_multiplier is too large"):
         dp_event_from_json({"class_name": "GaussianDpEvent", "noise_multiplier": bad})
-    with pytest.raises(PrivacyError, match=r"count must be in \[0, 1000000000\]\. Found an integer of ~401"):
+    with pytest.raises(
+        PrivacyError, match=r"count must be in \[0, 1000000000\]\. Found an integer of ~401"
+    ):
         dp_event_from_json(_self_composed(bad))
 
 
@@ -119,9 +128,16 @@ def test_non_objects_and_bool_counts_are_rejected() -> None:
 
 
 def _event_message(dp: dict[str, Any]) -> PrivacyEventMessage:
-    return PrivacyEventMessage(event_id="s/m/0", action="commit", site="s", source="x",
-                               unit="site", model_id="m", windows=WindowRange(first=0, last=0),
-                               dp_event=dp)
+    return PrivacyEventMessage(
+        event_id="s/m/0",
+        action="commit",
+        site="s",
+        source="x",
+        unit="site",
+        model_id="m",
+        windows=WindowRange(first=0, last=0),
+        dp_event=dp,
+    )
 
 
 def test_the_accountant_intake_rejects_before_anything_is_applied() -> None:

@@ -116,7 +116,9 @@ def steps_of(plan: list[tuple[int, bool, list[tuple[Any, ...]]]]) -> list[tuple[
     return out
 
 
-def run(kind: str, sizes: list[int], order: list[int], steps: list[tuple[Any, ...]], size: int) -> tuple[float, float]:
+def run(
+    kind: str, sizes: list[int], order: list[int], steps: list[tuple[Any, ...]], size: int
+) -> tuple[float, float]:
     """Play ``steps``; return (ledger ε, brute-force ε) of the one source."""
     ledger = Ledger(PolicySet(default=Policy(epsilon_max=1e9, delta=DELTA)))
     touched: dict[float, list[str]] = {}
@@ -140,8 +142,13 @@ def run(kind: str, sizes: list[int], order: list[int], steps: list[tuple[Any, ..
                 for obs in data.x[:, 0].tolist():
                     touched.setdefault(obs, []).append(step[1])
                 record = PrivacyRecord(
-                    event_id=f"e{n}", unit=PrivacyUnit.OBSERVATION, site="s1", source="main",
-                    windows=hull(data.charged), window_ranges=data.charged, model_id=step[1],
+                    event_id=f"e{n}",
+                    unit=PrivacyUnit.OBSERVATION,
+                    site="s1",
+                    source="main",
+                    windows=hull(data.charged),
+                    window_ranges=data.charged,
+                    model_id=step[1],
                     dp_event=gaussian_event(SIGMAS[step[1]]),
                 )
                 assert ledger.commit(record).applied
@@ -154,7 +161,9 @@ def run(kind: str, sizes: list[int], order: list[int], steps: list[tuple[Any, ..
 
 
 @st.composite
-def scenarios(draw: st.DrawFn, kind: str) -> tuple[list[int], list[int], list[tuple[Any, ...]], int]:
+def scenarios(
+    draw: st.DrawFn, kind: str
+) -> tuple[list[int], list[int], list[tuple[Any, ...]], int]:
     if kind == "sql":
         sizes = [1] * draw(st.integers(1, 30))  # one row per key
     else:

@@ -26,23 +26,46 @@ def _fleet(unit: str) -> dict[str, Any]:
     """The issue's case: plant-a has its own {ε_max 2, observation}; the default is {8, site}."""
     return {
         "kafka": {"bootstrap": "127.0.0.1:1"},
-        "models": [{"id": "m", "model": {"name": "linear"}, "privacy": {"mechanism": "update" if unit == "site" else "dpsgd",
-                                            "unit": unit, "sampling_rate": 0.1}}],
+        "models": [
+            {
+                "id": "m",
+                "model": {"name": "linear"},
+                "privacy": {
+                    "mechanism": "update" if unit == "site" else "dpsgd",
+                    "unit": unit,
+                    "sampling_rate": 0.1,
+                },
+            }
+        ],
         "policies": {
             "defaults": {"epsilon_max": 8.0, "delta": 1e-5, "unit": "site"},
             "sites": {"plant-a": {"epsilon_max": 2.0, "delta": 1e-5, "unit": "observation"}},
         },
-        "sites": [{"id": "plant-a", "class": "modern", "public_key": KEY, "connector": {"type": "x"}},
-                  {"id": "plant-b", "class": "modern", "public_key": "b" * 64, "connector": {"type": "x"}}],
+        "sites": [
+            {"id": "plant-a", "class": "modern", "public_key": KEY, "connector": {"type": "x"}},
+            {
+                "id": "plant-b",
+                "class": "modern",
+                "public_key": "b" * 64,
+                "connector": {"type": "x"},
+            },
+        ],
     }
 
 
 def _release(site: str, unit: str, site_class: str = "modern") -> PrivacyRecord:
-    return PrivacyRecord.model_validate({
-        "event_id": f"{site}/{unit}", "unit": unit, "site": site, "source": "line",
-        "windows": {"first": 0, "last": 0}, "model_id": "m", "site_class": site_class,
-        "dp_event": gaussian_event(50.0),
-    })
+    return PrivacyRecord.model_validate(
+        {
+            "event_id": f"{site}/{unit}",
+            "unit": unit,
+            "site": site,
+            "source": "line",
+            "windows": {"first": 0, "last": 0},
+            "model_id": "m",
+            "site_class": site_class,
+            "dp_event": gaussian_event(50.0),
+        }
+    )
 
 
 @pytest.mark.parametrize("unit", ["site", "observation"])
@@ -65,7 +88,9 @@ def test_config_check_and_the_accountant_agree(unit: str) -> None:
         assert "sites.plant-a has no policy for unit site" in decision.reason
         report = CheckReport()
         check_policy_units(cfg, report)  # what `fairfleet config check` runs
-        assert any(p.startswith("policies.sites.plant-a.unit: site 'plant-a'") for p in report.problems), report.problems
+        assert any(
+            p.startswith("policies.sites.plant-a.unit: site 'plant-a'") for p in report.problems
+        ), report.problems
     # a site without its own entry gets the default for the site unit only
     assert ledger.policies.resolve("site", "plant-b").matched == "defaults"
     assert ledger.policies.policy("observation", "plant-b") is None
@@ -122,5 +147,7 @@ def test_a_config_without_policies_keeps_the_documented_default() -> None:
     data = _fleet("site")
     del data["policies"]
     cfg = parse_config(data)
-    assert cfg.policy_for("plant-a", "site").policy == Policy(epsilon_max=8.0, delta=1e-5, unit="site")
+    assert cfg.policy_for("plant-a", "site").policy == Policy(
+        epsilon_max=8.0, delta=1e-5, unit="site"
+    )
     assert cfg.policy_for("plant-a", "observation").policy is None

@@ -94,7 +94,10 @@ def test_noise_calibration_matches_opacus_golden() -> None:
     [
         (["privacy", "epsilon", "--delta", "1e-5"], "Give --sampling-rate"),
         (["privacy", "epsilon", *PLAN[:-2], "--delta", "2"], "Delta must be in (0, 1). Found 2.0."),
-        (["privacy", "epsilon", *PLAN, "--accountant", "gdp"], "Unknown accountant 'gdp'. Known: pld, rdp."),
+        (
+            ["privacy", "epsilon", *PLAN, "--accountant", "gdp"],
+            "Unknown accountant 'gdp'. Known: pld, rdp.",
+        ),
         (
             [
                 "privacy",
@@ -136,11 +139,7 @@ def test_budget_reads_the_live_endpoint() -> None:
     server = serve(
         CollectorRegistry(),
         0,
-        routes={
-            "/budgets": lambda p: {
-                "budgets": ledger.budgets(site=p.get("site"))
-            }
-        },
+        routes={"/budgets": lambda p: {"budgets": ledger.budgets(site=p.get("site"))}},
     )
     try:
         url = f"http://127.0.0.1:{server.port}"

@@ -319,12 +319,17 @@ def test_the_reported_epsilon_never_decreases_and_next_bounds_the_next_release(
             for entry in latest.values():
                 old = entry.record
                 for shift in (0, 100):  # the same windows, or windows never used
-                    repeat = old.model_copy(update={
-                        "event_id": f"probe{shift}",
-                        "windows": old.windows.model_copy(
-                            update={"first": old.windows.first + shift, "last": old.windows.last + shift}
-                        ),
-                    })
+                    repeat = old.model_copy(
+                        update={
+                            "event_id": f"probe{shift}",
+                            "windows": old.windows.model_copy(
+                                update={
+                                    "first": old.windows.first + shift,
+                                    "last": old.windows.last + shift,
+                                }
+                            ),
+                        }
+                    )
                     probe = Ledger(GENEROUS)
                     for eid in sorted(ledger._events):  # a copy of the state, then the probe
                         e = ledger._events[eid]
@@ -340,5 +345,7 @@ def test_the_reported_epsilon_never_decreases_and_next_bounds_the_next_release(
         for row in ledger.budgets():
             name = f"{row['unit']}/{row['site']}/{row['source']}"
             assert row["epsilon_spent"] >= seen.get(name, 0.0), (name, row)
-            assert row["epsilon_next"] is not None and row["epsilon_next"] >= row["epsilon_reserved"]
+            assert (
+                row["epsilon_next"] is not None and row["epsilon_next"] >= row["epsilon_reserved"]
+            )
             seen[name] = row["epsilon_spent"]

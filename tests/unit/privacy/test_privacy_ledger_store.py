@@ -66,7 +66,10 @@ def test_failed_transaction_writes_neither_rows_nor_offsets(tmp_path: Path) -> N
 
     with pytest.raises(Boom):
         store.save(
-            [("x", EventState.COMMITTED, rec("x", 1, 1)), ("bad", EventState.COMMITTED, BadRecord())],  # type: ignore[list-item]
+            [
+                ("x", EventState.COMMITTED, rec("x", 1, 1)),
+                ("bad", EventState.COMMITTED, BadRecord()),
+            ],  # type: ignore[list-item]
             {("ev", 0): 9},
         )
     assert [row[0] for row in store.rows()] == ["good"]

@@ -88,7 +88,11 @@ def test_service_protocol_metrics_and_one_figure(tmp_path: Path) -> None:
     assert budgets["accountant"] == "rdp" and row["epsilon_spent"] == pytest.approx(one, rel=1e-9)
     assert sample("fairfleet_privacy_epsilon_spent", LABELS) == row["epsilon_spent"]
     assert sample("fairfleet_privacy_budget_used_ratio", LABELS) == row["budget_used_ratio"]
-    assert sample("fairfleet_privacy_policy_info", {**LABELS, "policy": "defaults"}) == 1 == row["policy"].count("defaults")
+    assert (
+        sample("fairfleet_privacy_policy_info", {**LABELS, "policy": "defaults"})
+        == 1
+        == row["policy"].count("defaults")
+    )
     time.sleep(0.5)
     assert sample("fairfleet_privacy_epsilon_spent", LABELS) == row["epsilon_spent"]
     assert sample("fairfleet_privacy_denials_total", {"site": "s1", "reason": "over_budget"}) == 1
@@ -103,7 +107,10 @@ def test_a_second_reported_figure_is_refused_by_name() -> None:
 
     with pytest.raises(ConfigError, match=r"accountant.reported_accountant: .*Found 'pld'"):
         parse_config({"accountant": {"reported_accountant": "pld"}})
-    assert parse_config({"accountant": {"reported_accountant": "rdp"}}).accountant.reported_accountant == "rdp"
+    assert (
+        parse_config({"accountant": {"reported_accountant": "rdp"}}).accountant.reported_accountant
+        == "rdp"
+    )
 
 
 def test_releases_the_aggregator_threw_away_are_reported_as_wasted(tmp_path: Path) -> None:
@@ -121,8 +128,15 @@ def test_releases_the_aggregator_threw_away_are_reported_as_wasted(tmp_path: Pat
     events, dead = topic_name("privacy.events"), topic_name("deadletter")
 
     def letter(round_: int, reason: str, **extra: object) -> DeadLetter:
-        return DeadLetter(service="aggregator", reason=reason, original_type="update", site="s1",
-                          model_id="m", round=round_, **extra)  # type: ignore[arg-type]
+        return DeadLetter(
+            service="aggregator",
+            reason=reason,
+            original_type="update",
+            site="s1",
+            model_id="m",
+            round=round_,
+            **extra,
+        )  # type: ignore[arg-type]
 
     publisher.send(dead, letter(1, "late"))  # before its release is committed
     for r in range(3):
@@ -130,11 +144,24 @@ def test_releases_the_aggregator_threw_away_are_reported_as_wasted(tmp_path: Pat
     publisher.send(dead, letter(1, "void_round"))  # the same release again: the first reason wins
     publisher.send(dead, letter(2, "bad_signature"))
     publisher.send(dead, letter(7, "late"))  # no such release
-    publisher.send(dead, DeadLetter(service="accountant", reason="invalid_request",
-                                    original_type="privacy.request", site="s1", round=0))
+    publisher.send(
+        dead,
+        DeadLetter(
+            service="accountant",
+            reason="invalid_request",
+            original_type="privacy.request",
+            site="s1",
+            round=0,
+        ),
+    )
     sample = service.metrics.registry.get_sample_value
     run_until(service, lambda: sample("fairfleet_privacy_events_applied_total") == 3)
-    run_until(service, lambda: sample("fairfleet_privacy_wasted_releases", {**LABELS, "reason": "bad_signature"}) == 1)
+    run_until(
+        service,
+        lambda: (
+            sample("fairfleet_privacy_wasted_releases", {**LABELS, "reason": "bad_signature"}) == 1
+        ),
+    )
     for _ in range(20):
         service.step(0.05)
     one = epsilon(PLAN, 1e-5)
@@ -142,12 +169,15 @@ def test_releases_the_aggregator_threw_away_are_reported_as_wasted(tmp_path: Pat
     assert set(wasted) == {"late", "bad_signature"}
     for reason in wasted:
         assert wasted[reason]["releases"] == 1
-        assert sample("fairfleet_privacy_epsilon_wasted", {**LABELS, "reason": reason}) == pytest.approx(one, rel=1e-9)
+        assert sample(
+            "fairfleet_privacy_epsilon_wasted", {**LABELS, "reason": reason}
+        ) == pytest.approx(one, rel=1e-9)
     service.close()
     fresh = connect(f"memory://{uuid.uuid4().hex}")
     fresh.create_topics(default_topics())
     again = AccountantService(fresh, db, policies, AccountantOptions(metrics_port=None))
     assert again.ledger.wasted() == service.ledger.wasted()
     assert again.metrics.registry.get_sample_value(
-        "fairfleet_privacy_epsilon_wasted", {**LABELS, "reason": "late"}) == pytest.approx(one, rel=1e-9)
+        "fairfleet_privacy_epsilon_wasted", {**LABELS, "reason": "late"}
+    ) == pytest.approx(one, rel=1e-9)
     again.close()

@@ -38,8 +38,14 @@ def r(first: int, last: int) -> WindowRange:
 def record(event_id: str, ids: set[int] | list[int], sigma: float = 1.0) -> PrivacyRecord:
     ranges = ranges_of(ids)
     return PrivacyRecord(
-        event_id=event_id, unit=PrivacyUnit.OBSERVATION, site="s1", source="line",
-        windows=hull(ranges), window_ranges=ranges, model_id="m", dp_event=gaussian_event(sigma),
+        event_id=event_id,
+        unit=PrivacyUnit.OBSERVATION,
+        site="s1",
+        source="line",
+        windows=hull(ranges),
+        window_ranges=ranges,
+        model_id="m",
+        dp_event=gaussian_event(sigma),
     )
 
 
@@ -69,16 +75,30 @@ def test_bad_ranges_are_named() -> None:
         r(0, MAX_WINDOW_ID + 1).ordered()
     with pytest.raises(ValidationError):
         r(-1, 3)
-    with pytest.raises(ValidationError, match=r"must be the hull of window_ranges \[0, 1\] \+ \[5, 5\]"):
-        PrivacyRecord(event_id="e", unit=PrivacyUnit.OBSERVATION, site="s", source="x",
-                      windows=r(0, 9), window_ranges=(r(0, 1), r(5, 5)),
-                      dp_event=gaussian_event(1.0))
+    with pytest.raises(
+        ValidationError, match=r"must be the hull of window_ranges \[0, 1\] \+ \[5, 5\]"
+    ):
+        PrivacyRecord(
+            event_id="e",
+            unit=PrivacyUnit.OBSERVATION,
+            site="s",
+            source="x",
+            windows=r(0, 9),
+            window_ranges=(r(0, 1), r(5, 5)),
+            dp_event=gaussian_event(1.0),
+        )
 
 
 def test_one_contiguous_range_has_one_canonical_record() -> None:
     """An old agent (windows only) and a new one (window_ranges too) name the same release."""
-    old = PrivacyRecord(event_id="e", unit=PrivacyUnit.OBSERVATION, site="s", source="x",
-                        windows=r(2, 4), dp_event=gaussian_event(1.0))
+    old = PrivacyRecord(
+        event_id="e",
+        unit=PrivacyUnit.OBSERVATION,
+        site="s",
+        source="x",
+        windows=r(2, 4),
+        dp_event=gaussian_event(1.0),
+    )
     new = PrivacyRecord.model_validate({**old.model_dump(), "window_ranges": [r(2, 3), r(4, 4)]})
     assert new == old and new.charged == (r(2, 4),)
 
@@ -117,8 +137,15 @@ def test_a_release_composes_into_exactly_the_union_of_its_ranges(plan: list) -> 
 def test_every_window_composes_with_everything_on_the_source() -> None:
     ledger = Ledger(GENEROUS)
     a, b = record("a", {0}), record("b", {BIG})
-    every = PrivacyRecord(event_id="c", unit=PrivacyUnit.OBSERVATION, site="s1", source="line",
-                          windows=EVERY_WINDOW, model_id="m", dp_event=gaussian_event(1.0))
+    every = PrivacyRecord(
+        event_id="c",
+        unit=PrivacyUnit.OBSERVATION,
+        site="s1",
+        source="line",
+        windows=EVERY_WINDOW,
+        model_id="m",
+        dp_event=gaussian_event(1.0),
+    )
     for rec in (a, b, every):
         ledger.commit(rec)
     assert ledger.epsilon(KEY) == pytest.approx(eps_of([1.0, 1.0]), rel=1e-12)
@@ -130,8 +157,12 @@ def test_store_keeps_64_bit_window_ids(tmp_path) -> None:  # type: ignore[no-unt
     store.save([("e", EventState.COMMITTED, rec)], {("t", 0): 2**62})
     store.close()
     again = LedgerStore(tmp_path / "ledger.sqlite")
-    (_, _, loaded), = list(again.rows())
-    assert loaded == rec and loaded.charged == (r(5, 5), r(BIG, BIG), r(MAX_WINDOW_ID, MAX_WINDOW_ID))
+    ((_, _, loaded),) = list(again.rows())
+    assert loaded == rec and loaded.charged == (
+        r(5, 5),
+        r(BIG, BIG),
+        r(MAX_WINDOW_ID, MAX_WINDOW_ID),
+    )
     assert again.offsets() == {("t", 0): 2**62}
     assert again.load(GENEROUS).snapshot() == _ledger_of(rec).snapshot()
     again.close()

@@ -33,7 +33,8 @@ def write_fleet(root: Path, mechanism: str = "update", n: int = 240) -> Path:
             y = (x @ w + rng.normal(0, 0.3, n) > 0.3 * c).astype(int)
             y = np.where(rng.random(n) < flip, 1 - y, y)
             lines = ["a,b,c,d,label"] + [
-                ",".join(f"{v:.5f}" for v in row) + f",{label}" for row, label in zip(x, y, strict=True)
+                ",".join(f"{v:.5f}" for v in row) + f",{label}"
+                for row, label in zip(x, y, strict=True)
             ]
             (folder / "part-0.csv").write_text("\n".join(lines) + "\n")
             sites.append(
@@ -62,8 +63,11 @@ def write_fleet(root: Path, mechanism: str = "update", n: int = 240) -> Path:
         "models": [
             {
                 "id": "risk",
-                "model": {"name": "logistic", "task": "classification",
-                          "params": {"in_features": D, "n_classes": 2}},
+                "model": {
+                    "name": "logistic",
+                    "task": "classification",
+                    "params": {"in_features": D, "n_classes": 2},
+                },
                 "strategy": {"name": "gap"},
                 "rounds": {"rounds": 6},
                 "training": {"epochs": 1, "batch_size": 32, "lr": 0.2},
@@ -108,8 +112,19 @@ def test_decompose_on_the_users_fleet_sums_per_seed_and_finds_the_handicap(
     out = tmp_path / "doc.json"
     result = CliRunner().invoke(
         app,
-        ["decompose", "--fleet", str(fleet_file), "--seeds", "3", "--workers", "1",
-         "--out", str(out), "--report", str(tmp_path / "report")],
+        [
+            "decompose",
+            "--fleet",
+            str(fleet_file),
+            "--seeds",
+            "3",
+            "--workers",
+            "1",
+            "--out",
+            str(out),
+            "--report",
+            str(tmp_path / "report"),
+        ],
     )
     assert result.exit_code == 0, result.output
     doc = json.loads(out.read_text())
@@ -121,7 +136,9 @@ def test_decompose_on_the_users_fleet_sums_per_seed_and_finds_the_handicap(
         r = seed["risks"]
         for risk in ["fleet", "worst_class", *CLASSES]:
             terms = four_terms({c: r[c][risk] for c in CONFIGS})
-            assert sum(terms.values()) == pytest.approx(r["theta11"][risk] - r["oracle"][risk], abs=1e-12)
+            assert sum(terms.values()) == pytest.approx(
+                r["theta11"][risk] - r["oracle"][risk], abs=1e-12
+            )
         for config in ("oracle", "theta00", "theta01"):  # the injected handicap is the worst
             worst = max(CLASSES, key=lambda c: r[config][c])  # class of every non-private model
             assert worst == "handicapped", (config, r[config])
@@ -134,8 +151,11 @@ def test_a_model_the_engine_cannot_train_is_named(tmp_path: Path) -> None:
 
     path = write_fleet(tmp_path, n=40)
     raw = yaml.safe_load(path.read_text())
-    raw["models"][0]["model"] = {"name": "mlp", "task": "classification",
-                                 "params": {"in_features": D, "hidden": [4], "out_features": 2}}
+    raw["models"][0]["model"] = {
+        "name": "mlp",
+        "task": "classification",
+        "params": {"in_features": D, "hidden": [4], "out_features": 2},
+    }
     path.write_text(yaml.safe_dump(raw))
     with pytest.raises(ConfigError, match="'mlp'"):
         deployment_data(load_config(path))
@@ -147,8 +167,19 @@ def test_simulate_on_the_users_fleet_reports_its_classes(fleet_file: Path, tmp_p
     out = tmp_path / "sim.json"
     result = CliRunner().invoke(
         app,
-        ["simulate", "--fleet", str(fleet_file), "--strategy", "qffl", "--q", "1",
-         "--rounds", "5", "--out", str(out)],
+        [
+            "simulate",
+            "--fleet",
+            str(fleet_file),
+            "--strategy",
+            "qffl",
+            "--q",
+            "1",
+            "--rounds",
+            "5",
+            "--out",
+            str(out),
+        ],
     )
     assert result.exit_code == 0, result.output
     doc = json.loads(out.read_text())
@@ -165,8 +196,9 @@ def test_simulate_on_a_dpsgd_fleet_runs_record_level_dpsgd(tmp_path: Path) -> No
 
     path = write_fleet(tmp_path, mechanism="dpsgd", n=100)
     out = tmp_path / "sim.json"
-    result = CliRunner().invoke(app, ["simulate", "--fleet", str(path), "--rounds", "2",
-                                      "--out", str(out)])
+    result = CliRunner().invoke(
+        app, ["simulate", "--fleet", str(path), "--rounds", "2", "--out", str(out)]
+    )
     assert result.exit_code == 0, result.output
     doc = json.loads(out.read_text())
     privacy = doc["config"]["privacy"]
@@ -180,13 +212,28 @@ def test_a_dpsgd_deployment_is_measured_at_the_record_level(tmp_path: Path) -> N
     path = write_fleet(tmp_path, mechanism="dpsgd", n=100)
     out = tmp_path / "doc.json"
     result = CliRunner().invoke(
-        app, ["decompose", "--fleet", str(path), "--seeds", "1", "--workers", "1", "--rounds", "2",
-              "--out", str(out)],
+        app,
+        [
+            "decompose",
+            "--fleet",
+            str(path),
+            "--seeds",
+            "1",
+            "--workers",
+            "1",
+            "--rounds",
+            "2",
+            "--out",
+            str(out),
+        ],
     )
     assert result.exit_code == 0, result.output
     doc = json.loads(out.read_text())
     assert doc["privacy_unit"] == "observation"
-    assert doc["config"]["train"]["sampling_rate"] == 0.1 and doc["config"]["train"]["clip_norm"] == 0.5
+    assert (
+        doc["config"]["train"]["sampling_rate"] == 0.1
+        and doc["config"]["train"]["clip_norm"] == 0.5
+    )
     assert "record-level" in doc["config"]["privacy"]
 
 
@@ -197,17 +244,24 @@ def test_a_regression_fleet_is_decomposed_with_squared_error(tmp_path: Path) -> 
 
     path = write_fleet(tmp_path, n=60)
     raw = yaml.safe_load(path.read_text())
-    raw["models"][0]["model"] = {"name": "linear", "task": "regression",
-                                 "params": {"in_features": D, "out_features": 1}}
+    raw["models"][0]["model"] = {
+        "name": "linear",
+        "task": "regression",
+        "params": {"in_features": D, "out_features": 1},
+    }
     for site in raw["sites"]:  # the label column read as a real-valued target
         site["connector"]["params"]["fields"]["label"] = "float"
     path.write_text(yaml.safe_dump(raw))
     data = deployment_data(load_config(path))
     assert data.task == "regression" and data.sites[0].y_train.dtype == np.float32
-    doc = decompose(DecomposeConfig(str(path), seeds=1, workers=1,
-                                    train=TrainConfig(rounds=2, local_steps=3, lr=0.05)))
+    doc = decompose(
+        DecomposeConfig(
+            str(path), seeds=1, workers=1, train=TrainConfig(rounds=2, local_steps=3, lr=0.05)
+        )
+    )
     assert doc["task"] == "regression" and doc["source"] == "deployment"
     r = doc["per_seed"][0]["risks"]
     assert sum(four_terms({c: r[c]["fleet"] for c in CONFIGS}).values()) == pytest.approx(
-        r["theta11"]["fleet"] - r["oracle"]["fleet"], abs=1e-12)
+        r["theta11"]["fleet"] - r["oracle"]["fleet"], abs=1e-12
+    )
     assert r["oracle"]["fleet"] < r["theta00"]["fleet"]  # 2 rounds from 0 do not reach θ*

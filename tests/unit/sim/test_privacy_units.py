@@ -21,12 +21,20 @@ from fairfleet.site_agent.release import round_event
     fair=st.booleans(),
     m=st.integers(1, 500),
 )
-def test_record_level_round_event_is_the_site_agents(q: float, z: float, fair: bool, m: int) -> None:
+def test_record_level_round_event_is_the_site_agents(
+    q: float, z: float, fair: bool, m: int
+) -> None:
     """A DP-SGD round in measurement composes exactly what a live agent reserves for the same
     plan (update: DP-SGD steps; loss: Gaussian(σ_loss) at the observation unit)."""
     privacy = Privacy(8.0, 1e-5, 1.0, 1.0, 2 if fair else 1, "observation", q, steps_per_epoch(q))
-    plan = PrivacyPlan(mechanism="dpsgd", unit="observation", noise_multiplier=z, clip_norm=1.0,
-                       sampling_rate=q, loss_noise_multiplier=z)
+    plan = PrivacyPlan(
+        mechanism="dpsgd",
+        unit="observation",
+        noise_multiplier=z,
+        clip_norm=1.0,
+        sampling_rate=q,
+        loss_noise_multiplier=z,
+    )
     live = round_event(plan, LocalTrainingPlan(epochs=1), m)
     if fair:
         assert privacy.round_event(z) == live
@@ -34,9 +42,13 @@ def test_record_level_round_event_is_the_site_agents(q: float, z: float, fair: b
         assert privacy.round_event(z) == live.events[0]
 
 
-@pytest.mark.parametrize("unit,q,releases", [("site", None, 1), ("site", None, 2),
-                                             ("observation", 0.1, 1), ("observation", 0.1, 2)])
-def test_calibrated_z_meets_epsilon_and_is_near_smallest(unit: str, q: float | None, releases: int) -> None:
+@pytest.mark.parametrize(
+    "unit,q,releases",
+    [("site", None, 1), ("site", None, 2), ("observation", 0.1, 1), ("observation", 0.1, 2)],
+)
+def test_calibrated_z_meets_epsilon_and_is_near_smallest(
+    unit: str, q: float | None, releases: int
+) -> None:
     privacy = Privacy(4.0, 1e-5, 1.0, 1.0, releases, unit, q, steps_per_epoch(q) if q else 1)
     z = privacy.noise_multiplier(10)
     spent = privacy.run_epsilon(z, 10)

@@ -11,18 +11,40 @@ from fairfleet.sim.demo_report import class_rows, write_demo_report
 
 
 def entry(round_: int, losses: dict[str, float], fleet: float, accuracy: bool) -> dict[str, Any]:
-    classes = {c: {"loss": v, "sites": [f"{c}-0", f"{c}-1"], "gap_to_fleet": v - fleet,
-                   **({"accuracy": 0.8} if accuracy else {})} for c, v in losses.items()}
-    return {"round": round_, "version": round_, "classes": classes, "fleet_loss": fleet,
-            "gap": max(losses.values()) - min(losses.values())}
+    classes = {
+        c: {
+            "loss": v,
+            "sites": [f"{c}-0", f"{c}-1"],
+            "gap_to_fleet": v - fleet,
+            **({"accuracy": 0.8} if accuracy else {}),
+        }
+        for c, v in losses.items()
+    }
+    return {
+        "round": round_,
+        "version": round_,
+        "classes": classes,
+        "fleet_loss": fleet,
+        "gap": max(losses.values()) - min(losses.values()),
+    }
 
 
 def demo_summary() -> dict[str, Any]:
-    models = [entry(v, {"a": 0.6 - 0.05 * v, "b": 0.9 - 0.1 * v}, 0.7 - 0.07 * v, True) for v in range(3)]
+    models = [
+        entry(v, {"a": 0.6 - 0.05 * v, "b": 0.9 - 0.1 * v}, 0.7 - 0.07 * v, True) for v in range(3)
+    ]
     eps = {"a-0": 3.0, "a-1": 3.1, "b-0": 2.9, "b-1": 3.2}
-    return {"settings": {"rounds": 2, "epsilon": 16.0, "delta": 1e-5, "gamma": 0.05}, "models": models,
-            "final": models[-1], "epsilon_spent": eps, "seconds": 1.0, "logs": "/tmp/logs",
-            "epsilon_by_round": {s: [{"round": 1, "epsilon": e / 2}, {"round": 2, "epsilon": e}] for s, e in eps.items()}}
+    return {
+        "settings": {"rounds": 2, "epsilon": 16.0, "delta": 1e-5, "gamma": 0.05},
+        "models": models,
+        "final": models[-1],
+        "epsilon_spent": eps,
+        "seconds": 1.0,
+        "logs": "/tmp/logs",
+        "epsilon_by_round": {
+            s: [{"round": 1, "epsilon": e / 2}, {"round": 2, "epsilon": e}] for s, e in eps.items()
+        },
+    }
 
 
 def test_demo_report_is_written_by_the_shared_writer(tmp_path: Path) -> None:
@@ -40,13 +62,31 @@ def test_demo_report_is_written_by_the_shared_writer(tmp_path: Path) -> None:
 
 
 def report_doc(gamma: float | None, rounds: list[dict[str, Any]]) -> dict[str, Any]:
-    sites = {s: {"epsilon_spent": 1.5 + i, "epsilon_limit": 10.0 if s != "b-1" else None, "delta": 1e-5,
-                 "ledgers": []} for i, s in enumerate(("a-0", "a-1", "b-0", "b-1"))}
-    return {"fleet": "f", "model": "m", "strategy": {"name": "gap", "params": {}}, "gamma": gamma,
-            "checkpoint": {"version": 2, "open_round": 2, "finished": False, "rounds_closed": 2,
-                           "rounds_voided": 0},
-            "rounds": rounds, "final": rounds[-1] if rounds else None,
-            "epsilon": {"source": "accountant http://x/budgets", "sites": sites}}
+    sites = {
+        s: {
+            "epsilon_spent": 1.5 + i,
+            "epsilon_limit": 10.0 if s != "b-1" else None,
+            "delta": 1e-5,
+            "ledgers": [],
+        }
+        for i, s in enumerate(("a-0", "a-1", "b-0", "b-1"))
+    }
+    return {
+        "fleet": "f",
+        "model": "m",
+        "strategy": {"name": "gap", "params": {}},
+        "gamma": gamma,
+        "checkpoint": {
+            "version": 2,
+            "open_round": 2,
+            "finished": False,
+            "rounds_closed": 2,
+            "rounds_voided": 0,
+        },
+        "rounds": rounds,
+        "final": rounds[-1] if rounds else None,
+        "epsilon": {"source": "accountant http://x/budgets", "sites": sites},
+    }
 
 
 def test_fleet_report_draws_gamma_only_where_the_strategy_has_one(tmp_path: Path) -> None:

@@ -30,10 +30,16 @@ def _stat(mean: float, half: float | None) -> dict[str, Any]:
     return {"mean": mean, "ci_low": mean - half, "ci_high": mean + half}
 
 
-def _doc(values: dict[tuple[str, str], tuple[float, float | None]], gamma: float | None = 0.05,
-         history: dict[str, Any] | None = None) -> dict[str, Any]:
+def _doc(
+    values: dict[tuple[str, str], tuple[float, float | None]],
+    gamma: float | None = 0.05,
+    history: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     return {
-        "classes": CLASSES, "gamma": gamma, "epsilon": 8.0, "delta": 1e-5,
+        "classes": CLASSES,
+        "gamma": gamma,
+        "epsilon": 8.0,
+        "delta": 1e-5,
         "risks": {r: {c: _stat(*values[(r, c)]) for c in CONFIG_LABELS} for r in RISKS},
         "history": history or {},
     }
@@ -46,7 +52,9 @@ def _texts(fig: Any) -> str:
 def _error_bar_ends(ax: Any) -> list[float]:
     ends = []
     for container in ax.containers:
-        if isinstance(container, ErrorbarContainer):  # each bar's is also a BarContainer's .errorbar
+        if isinstance(
+            container, ErrorbarContainer
+        ):  # each bar's is also a BarContainer's .errorbar
             for collection in container.lines[2]:
                 ends += [float(y) for seg in collection.get_segments() for _, y in seg]
     return ends
@@ -56,10 +64,15 @@ stat = st.tuples(st.floats(0.0, 3.0), st.one_of(st.none(), st.floats(0.0, 2.0)))
 
 
 @settings(max_examples=12, deadline=None)
-@given(st.lists(stat, min_size=len(RISKS) * len(CONFIG_LABELS), max_size=len(RISKS) * len(CONFIG_LABELS)),
-       st.one_of(st.none(), st.floats(0.0, 0.5)))
-def test_class_risk_bars_fit_the_axis_and_stop_at_zero(stats: list[tuple[float, float | None]],
-                                                       gamma: float | None) -> None:
+@given(
+    st.lists(
+        stat, min_size=len(RISKS) * len(CONFIG_LABELS), max_size=len(RISKS) * len(CONFIG_LABELS)
+    ),
+    st.one_of(st.none(), st.floats(0.0, 0.5)),
+)
+def test_class_risk_bars_fit_the_axis_and_stop_at_zero(
+    stats: list[tuple[float, float | None]], gamma: float | None
+) -> None:
     keys = [(r, c) for r in RISKS for c in CONFIG_LABELS]
     doc = _doc(dict(zip(keys, stats, strict=True)), gamma)
     fig = class_risk_figure(doc)
@@ -71,8 +84,11 @@ def test_class_risk_bars_fit_the_axis_and_stop_at_zero(stats: list[tuple[float, 
         assert all(y >= 0.0 for y in ends), min(ends)
         assert low == 0.0 and all(y <= high for y in ends), (high, max(ends))
         assert all(p.get_height() <= high for p in ax.patches)
-        cut = [(r, c) for (r, c), (mean, half) in zip(keys, stats, strict=True)
-               if half is not None and mean - half < 0]
+        cut = [
+            (r, c)
+            for (r, c), (mean, half) in zip(keys, stats, strict=True)
+            if half is not None and mean - half < 0
+        ]
         note = _texts(fig)
         assert ("cut at 0" in note) == bool(cut)
         for r, c in cut:
@@ -92,10 +108,16 @@ def test_class_risk_bars_fit_the_axis_and_stop_at_zero(stats: list[tuple[float, 
 def _history(gaps: dict[str, list[float]], spent: dict[str, list[float]]) -> dict[str, Any]:
     out = {}
     for config, gap in gaps.items():
-        rounds = [{"round": t + 1, "gap": g, "fleet": 0.3, "classes": {"legacy": 0.3 + g, "modern": 0.3}}
-                  for t, g in enumerate(gap)]
-        out[config] = {"rounds": rounds, "noise_multiplier": 1.0 if config in spent else 0.0,
-                       "releases_per_round": 1, "epsilon_spent": spent.get(config, [])}
+        rounds = [
+            {"round": t + 1, "gap": g, "fleet": 0.3, "classes": {"legacy": 0.3 + g, "modern": 0.3}}
+            for t, g in enumerate(gap)
+        ]
+        out[config] = {
+            "rounds": rounds,
+            "noise_multiplier": 1.0 if config in spent else 0.0,
+            "releases_per_round": 1,
+            "epsilon_spent": spent.get(config, []),
+        }
     return out
 
 
@@ -103,10 +125,17 @@ def test_rounds_figure_draws_gamma_and_names_overlapping_lines() -> None:
     base = [0.05, 0.1, 0.15, 0.2, 0.25, 0.3]
     fair = [0.05, 0.1, 0.15, 0.16, 0.16, 0.16]  # follows θ00 for 3 rounds, then held
     eps = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
-    gaps = {"theta00": base, "theta10": [0.02, 0.04, 0.08, 0.1, 0.2, 0.22], "theta01": fair,
-            "theta11": [0.03, 0.09, 0.1, 0.12, 0.13, 0.2]}
-    doc = _doc({(r, c): (0.2, 0.01) for r in RISKS for c in CONFIG_LABELS}, 0.05,
-               _history(gaps, {"theta10": eps, "theta11": list(eps)}))
+    gaps = {
+        "theta00": base,
+        "theta10": [0.02, 0.04, 0.08, 0.1, 0.2, 0.22],
+        "theta01": fair,
+        "theta11": [0.03, 0.09, 0.1, 0.12, 0.13, 0.2],
+    }
+    doc = _doc(
+        {(r, c): (0.2, 0.01) for r in RISKS for c in CONFIG_LABELS},
+        0.05,
+        _history(gaps, {"theta10": eps, "theta11": list(eps)}),
+    )
     fig = rounds_figure(doc)
     try:
         note = _texts(fig)
@@ -117,7 +146,10 @@ def test_rounds_figure_draws_gamma_and_names_overlapping_lines() -> None:
         gamma = [line for line in bound_ax.get_lines() if str(line.get_label()).startswith("γ=")]
         assert len(gamma) == 1 and np.allclose(gamma[0].get_ydata(), 0.05)
         for ax, under in ((gap_ax, "θ01 fair"), (eps_ax, "θ11 private+fair")):
-            styles = {str(line.get_label()).split(" (")[0]: line.get_linestyle() for line in ax.get_lines()}
+            styles = {
+                str(line.get_label()).split(" (")[0]: line.get_linestyle()
+                for line in ax.get_lines()
+            }
             assert styles[under] != "-"  # drawn dashed on the line it hides
         # what γ bounds is plotted: the worst class's excess over the fleet
         fair_line = next(line for line in bound_ax.get_lines() if line.get_label() == "θ01 fair")
@@ -135,7 +167,10 @@ def test_rounds_figure_draws_gamma_and_names_overlapping_lines() -> None:
         pyplot().close(fig)
 
 
-@given(st.lists(st.floats(-1, 1), min_size=1, max_size=8), st.lists(st.floats(-1, 1), min_size=1, max_size=8))
+@given(
+    st.lists(st.floats(-1, 1), min_size=1, max_size=8),
+    st.lists(st.floats(-1, 1), min_size=1, max_size=8),
+)
 def test_overlaps_counts_points_within_tolerance(a: list[float], b: list[float]) -> None:
     n = min(len(a), len(b))
     a, b = a[:n], b[:n]

@@ -144,9 +144,11 @@ def wait_for(check: Any, timeout_s: float = 30.0) -> None:
 
 def test_up_serves_every_service_on_its_configured_port(running: Running, config: Path) -> None:
     data = yaml.safe_load(config.read_text())
-    want = {"accountant": data["accountant"]["metrics_port"],
-            **{f"aggregator-{m['id']}": m["metrics_port"] for m in data["models"]},
-            **{f"site-{s['id']}": s["metrics_port"] for s in data["sites"]}}
+    want = {
+        "accountant": data["accountant"]["metrics_port"],
+        **{f"aggregator-{m['id']}": m["metrics_port"] for m in data["models"]},
+        **{f"site-{s['id']}": s["metrics_port"] for s in data["sites"]},
+    }
     got = status()
     assert got["running"] and got["pid"] == os.getpid()
     services = {r["name"]: r for r in got["services"]}
@@ -167,7 +169,8 @@ def test_restart_one_service_changes_only_its_pid_and_appends_to_its_log(running
     assert after["site-plant-a"]["pid"] != before["site-plant-a"]["pid"]
     assert after["site-plant-a"]["restarts"] == 1
     assert {n: r["pid"] for n, r in after.items() if n != "site-plant-a"} == {
-        n: r["pid"] for n, r in before.items() if n != "site-plant-a"}
+        n: r["pid"] for n, r in before.items() if n != "site-plant-a"
+    }
     wait_for(lambda: rows()["site-plant-a"]["health"] == "ok")
     log = cli("logs", "site-plant-a", "-n", "1000").stdout.splitlines()
     listening = [json.loads(line)["pid"] for line in log if '"metrics listening"' in line]
@@ -177,15 +180,17 @@ def test_restart_one_service_changes_only_its_pid_and_appends_to_its_log(running
     assert cli("logs", "site-plant-a", "-n", "2").stdout.count("\n") == 2
 
 
-def test_a_crashed_service_is_restarted_with_backoff_and_counted(
-    fake: Path, config: Path
-) -> None:
+def test_a_crashed_service_is_restarted_with_backoff_and_counted(fake: Path, config: Path) -> None:
     up = Running(config)
     try:
         pid = rows()["site-plant-b"]["pid"]
         (fake.parent / "crash-plant-b").touch()  # site-plant-b exits with code 3
-        wait_for(lambda: rows()["site-plant-b"]["restarts"] == 1
-                 and rows()["site-plant-b"]["state"] == "running")
+        wait_for(
+            lambda: (
+                rows()["site-plant-b"]["restarts"] == 1
+                and rows()["site-plant-b"]["state"] == "running"
+            )
+        )
         log = cli("logs", "site-plant-b", "-n", "100").stdout
         assert "crashing on purpose" in log and '"restarting after backoff"' in log
         assert '"backoff_s": 1.0' in log
@@ -237,7 +242,8 @@ def test_a_second_up_of_the_same_fleet_is_refused(running: Running, config: Path
     with pytest.raises(AlreadyRunning, match=f"pid {os.getpid()}"):
         run_up(config, ready_timeout_s=30)
     assert rows() == before or {n: r["pid"] for n, r in rows().items()} == {
-        n: r["pid"] for n, r in before.items()}
+        n: r["pid"] for n, r in before.items()
+    }
 
 
 def test_until_done_ends_once_every_model_finished(
@@ -262,21 +268,37 @@ def test_stop_without_a_running_up_stops_what_a_killed_up_left(
     import subprocess
 
     port = str(_free_port())
-    args = [sys.executable, "-c", "import time; time.sleep(60)", "--site", "plant-a",
-            "--metrics-port", port]
+    args = [
+        sys.executable,
+        "-c",
+        "import time; time.sleep(60)",
+        "--site",
+        "plant-a",
+        "--metrics-port",
+        port,
+    ]
     orphan = subprocess.Popen(args)
     unrelated = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         root = up_state.up_dir(config)
-        up_state.write_json(root / up_state.STATE_FILE, {
-            "pid": 2**22 + 7, "config": str(config), "log_dir": str(tmp_path / "logs"),
-            "services": [
-                {"name": "site-plant-a", "kind": "site", "pid": orphan.pid, "args": args},
-                # a recycled pid: its command line is not the service's, so it is left alone
-                {"name": "site-plant-b", "kind": "site", "pid": unrelated.pid,
-                 "args": [*args[:4], "plant-b", "--metrics-port", port]},
-            ],
-        })
+        up_state.write_json(
+            root / up_state.STATE_FILE,
+            {
+                "pid": 2**22 + 7,
+                "config": str(config),
+                "log_dir": str(tmp_path / "logs"),
+                "services": [
+                    {"name": "site-plant-a", "kind": "site", "pid": orphan.pid, "args": args},
+                    # a recycled pid: its command line is not the service's, so it is left alone
+                    {
+                        "name": "site-plant-b",
+                        "kind": "site",
+                        "pid": unrelated.pid,
+                        "args": [*args[:4], "plant-b", "--metrics-port", port],
+                    },
+                ],
+            },
+        )
         result = cli("stop", "--config", str(config), "--timeout", "5")
         assert "stopped 1 services it left behind" in result.stdout
         assert orphan.wait(timeout=10) is not None
@@ -291,16 +313,21 @@ def test_up_plans_the_example_on_the_ports_prometheus_scrapes(tmp_path: Path) ->
     repo = Path(__file__).resolve().parents[3]
     services = launcher.plan(repo / "deploy" / "fairfleet.example.yaml", tmp_path)
     prom = yaml.safe_load((repo / "deploy" / "prometheus" / "prometheus.yml").read_text())
-    targets = {t.split(":")[0]: int(t.split(":")[1]) for job in prom["scrape_configs"]
-               for conf in job["static_configs"] for t in conf["targets"] if ":" in t}
+    targets = {
+        t.split(":")[0]: int(t.split(":")[1])
+        for job in prom["scrape_configs"]
+        for conf in job["static_configs"]
+        for t in conf["targets"]
+        if ":" in t
+    }
     for s in services:
         assert s.port == targets[s.name], s.name  # compose names the services like `up` does
         assert s.args[s.args.index("--metrics-port") + 1] == str(s.port)
 
 
-def test_budget_finds_the_accountant_without_a_running_up(
-    fake: Path, config: Path
-) -> None:
+def test_budget_finds_the_accountant_without_a_running_up(fake: Path, config: Path) -> None:
     data = yaml.safe_load(config.read_text())
-    assert up_state.accountant_url(config) == f"http://127.0.0.1:{data['accountant']['metrics_port']}"
+    assert (
+        up_state.accountant_url(config) == f"http://127.0.0.1:{data['accountant']['metrics_port']}"
+    )
     assert up_state.accountant_url() == "http://127.0.0.1:9100"  # the default config's port

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from fairfleet.supervisor.logs import LogSink, follow, log_files, tail
 
-LINES = st.lists(st.text(alphabet="abcdefghij {}\":,", min_size=0, max_size=60), max_size=80)
+LINES = st.lists(st.text(alphabet='abcdefghij {}":,', min_size=0, max_size=60), max_size=80)
 
 
 def _all_lines(path: Path) -> list[str]:
@@ -45,7 +45,7 @@ def test_only_the_newest_backups_are_kept(tmp_path: Path) -> None:
     sink.close()
     kept = _all_lines(path)
     assert [p.name for p in log_files(path)] == ["svc.log.2", "svc.log.1", "svc.log"]
-    assert kept == lines[-len(kept):] and len(kept) >= 6
+    assert kept == lines[-len(kept) :] and len(kept) >= 6
 
 
 def test_follow_reads_new_lines_across_a_rotation(tmp_path: Path) -> None:

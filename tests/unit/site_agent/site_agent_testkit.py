@@ -37,46 +37,97 @@ SPEC = {"name": "logistic", "params": {"in_features": 2}, "task": "classificatio
 # Site unit: the held-out loss over m = 16 values has sensitivity B, so its noise multiplier
 # relative to that sensitivity is loss_noise_multiplier / m = 20 / 16 = 1.25. One round is then
 # Composed(Gaussian(1), Gaussian(1.25)): RDP ε ≈ 6.30 (1 round), 9.51 (2), 12.18 (3) at δ = 1e-5.
-PRIVACY = {"mechanism": "update", "unit": "site", "noise_multiplier": 1.0, "clip_norm": 1.0,
-           "loss_bound": 2.0, "loss_noise_multiplier": 20.0}
+PRIVACY = {
+    "mechanism": "update",
+    "unit": "site",
+    "noise_multiplier": 1.0,
+    "clip_norm": 1.0,
+    "loss_bound": 2.0,
+    "loss_noise_multiplier": 20.0,
+}
 
 
-def site_entry(tmp: Path, site_id: str, connector: dict[str, Any], models: list[str],
-               window: dict[str, Any] | None = None, site_class: str = "a", **agent: Any) -> dict[str, Any]:
+def site_entry(
+    tmp: Path,
+    site_id: str,
+    connector: dict[str, Any],
+    models: list[str],
+    window: dict[str, Any] | None = None,
+    site_class: str = "a",
+    **agent: Any,
+) -> dict[str, Any]:
     private, public = generate_keypair()
     key_file = tmp / f"{site_id}.key"
     key_file.write_text(private)
     return {
-        "id": site_id, "class": site_class, "public_key": public, "private_key_file": str(key_file),
-        "data_source": "main", "connector": connector, "window": window or {"by": "count", "size": 20},
-        "models": models, "state_dir": str(tmp / "state" / site_id),
-        "agent": {"secure_noise": False, "poll_interval_s": 0.1, "model_timeout_s": 10, "train_windows": 4,
-                  **agent},
+        "id": site_id,
+        "class": site_class,
+        "public_key": public,
+        "private_key_file": str(key_file),
+        "data_source": "main",
+        "connector": connector,
+        "window": window or {"by": "count", "size": 20},
+        "models": models,
+        "state_dir": str(tmp / "state" / site_id),
+        "agent": {
+            "secure_noise": False,
+            "poll_interval_s": 0.1,
+            "model_timeout_s": 10,
+            "train_windows": 4,
+            **agent,
+        },
     }
 
 
-def fleet_dict(bootstrap: str, prefix: str, sites: list[dict[str, Any]], models: list[dict[str, Any]],
-               grant_timeout_s: float = 10.0, policies: dict[str, Any] | None = None,
-               tmp: Path | None = None) -> dict[str, Any]:
-    return add_service_identities({
-        "fleet": "test",
-        "kafka": {"bootstrap": bootstrap, "topic_prefix": prefix},
-        "models": models,
-        "sites": sites,
-        "policies": policies or {"defaults": {"epsilon_max": 50.0, "delta": 1e-5, "unit": "site"}},
-        "accountant": {"grant_timeout_s": grant_timeout_s,
-                       "db": str((tmp or Path("/tmp")) / f"ledger-{uuid.uuid4().hex[:6]}.sqlite")},
-    }, (tmp or Path(tempfile.mkdtemp(prefix="fairfleet-keys-"))) / f"keys-{uuid.uuid4().hex[:6]}")
+def fleet_dict(
+    bootstrap: str,
+    prefix: str,
+    sites: list[dict[str, Any]],
+    models: list[dict[str, Any]],
+    grant_timeout_s: float = 10.0,
+    policies: dict[str, Any] | None = None,
+    tmp: Path | None = None,
+) -> dict[str, Any]:
+    return add_service_identities(
+        {
+            "fleet": "test",
+            "kafka": {"bootstrap": bootstrap, "topic_prefix": prefix},
+            "models": models,
+            "sites": sites,
+            "policies": policies
+            or {"defaults": {"epsilon_max": 50.0, "delta": 1e-5, "unit": "site"}},
+            "accountant": {
+                "grant_timeout_s": grant_timeout_s,
+                "db": str((tmp or Path("/tmp")) / f"ledger-{uuid.uuid4().hex[:6]}.sqlite"),
+            },
+        },
+        (tmp or Path(tempfile.mkdtemp(prefix="fairfleet-keys-"))) / f"keys-{uuid.uuid4().hex[:6]}",
+    )
 
 
-def fleet(bootstrap: str, prefix: str, sites: list[dict[str, Any]], models: list[dict[str, Any]],
-          grant_timeout_s: float = 10.0, policies: dict[str, Any] | None = None, tmp: Path | None = None) -> FleetConfig:
-    return parse_config(fleet_dict(bootstrap, prefix, sites, models, grant_timeout_s, policies, tmp))
+def fleet(
+    bootstrap: str,
+    prefix: str,
+    sites: list[dict[str, Any]],
+    models: list[dict[str, Any]],
+    grant_timeout_s: float = 10.0,
+    policies: dict[str, Any] | None = None,
+    tmp: Path | None = None,
+) -> FleetConfig:
+    return parse_config(
+        fleet_dict(bootstrap, prefix, sites, models, grant_timeout_s, policies, tmp)
+    )
 
 
-def model_entry(model_id: str, privacy: dict[str, Any] | None = None, **training: Any) -> dict[str, Any]:
-    return {"id": model_id, "model": SPEC, "privacy": privacy or PRIVACY,
-            "training": {"epochs": 1, "batch_size": 16, "lr": 0.1, **training}}
+def model_entry(
+    model_id: str, privacy: dict[str, Any] | None = None, **training: Any
+) -> dict[str, Any]:
+    return {
+        "id": model_id,
+        "model": SPEC,
+        "privacy": privacy or PRIVACY,
+        "training": {"epochs": 1, "batch_size": 16, "lr": 0.1, **training},
+    }
 
 
 class Announcer:
@@ -94,17 +145,32 @@ class Announcer:
         cfg = self.config.model(model_id)
         torch.manual_seed(seed)
         payload = to_safetensors_bytes(build_model(cfg.model.name, **cfg.model.params).state_dict())
-        msg = ModelRelease(model_id=model_id, version=version, round=version, model_spec=cfg.model,
-                           payload_sha256=sha256_hex(payload), payload_bytes=len(payload))
+        msg = ModelRelease(
+            model_id=model_id,
+            version=version,
+            round=version,
+            model_spec=cfg.model,
+            payload_sha256=sha256_hex(payload),
+            payload_bytes=len(payload),
+        )
         msg = self.signers[model_id](msg)
         self.pub.send_sync(topic_name("models", self.prefix), msg, payload, key=model_id)
         return msg
 
-    def announce(self, model_id: str, round_: int, version: int, deadline_s: float = 60.0,
-                 privacy: PrivacyPlan | None = None) -> RoundAnnouncement:
+    def announce(
+        self,
+        model_id: str,
+        round_: int,
+        version: int,
+        deadline_s: float = 60.0,
+        privacy: PrivacyPlan | None = None,
+    ) -> RoundAnnouncement:
         cfg = self.config.model(model_id)
         msg = RoundAnnouncement(
-            model_id=model_id, round=round_, model_version=version, deadline_s=deadline_s,
+            model_id=model_id,
+            round=round_,
+            model_version=version,
+            deadline_s=deadline_s,
             model_spec=ModelSpec.model_validate(cfg.model.model_dump()),
             training=LocalTrainingPlan.model_validate(cfg.training.model_dump()),
             privacy=privacy or cfg.privacy,
@@ -114,9 +180,13 @@ class Announcer:
         return msg
 
 
-def read_all(bus: Bus, prefix: str, logical: str, wait_s: float = 10.0) -> list[tuple[Message, bytes]]:
+def read_all(
+    bus: Bus, prefix: str, logical: str, wait_s: float = 10.0
+) -> list[tuple[Message, bytes]]:
     """Every committed message on a topic (a fresh group from the beginning)."""
-    reader = Reader(bus.consumer(f"reader-{uuid.uuid4().hex[:8]}", [topic_name(logical, prefix)]), "test")
+    reader = Reader(
+        bus.consumer(f"reader-{uuid.uuid4().hex[:8]}", [topic_name(logical, prefix)]), "test"
+    )
     out: list[tuple[Message, bytes]] = []
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
@@ -141,9 +211,16 @@ class RealAccountant:
         config_file.write_text(yaml.safe_dump(config))
         fleet = parse_config(config)
         self.service = AccountantService(
-            bus, tmp / f"ledger-{uuid.uuid4().hex[:6]}.sqlite", load_policies(config_file),
-            AccountantOptions(prefix=prefix, group_id=f"{prefix}accountant", metrics_port=None,
-                              signer=accountant_signer(fleet), verifier=Verifier.from_config(fleet).check),
+            bus,
+            tmp / f"ledger-{uuid.uuid4().hex[:6]}.sqlite",
+            load_policies(config_file),
+            AccountantOptions(
+                prefix=prefix,
+                group_id=f"{prefix}accountant",
+                metrics_port=None,
+                signer=accountant_signer(fleet),
+                verifier=Verifier.from_config(fleet).check,
+            ),
         )
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.service.run, args=(self.stop,), daemon=True)

@@ -30,14 +30,27 @@ def csv_site(tmp: Path, site: str, **extra: Any) -> dict[str, Any]:
     folder.mkdir(parents=True)
     lines = ["x0,x1,y"] + [f"{a},{b},{y}" for a, b, y in ROWS]
     (folder / "part-000.csv").write_text("\n".join(lines) + "\n")
-    connector = {"type": "files", "params": {"path": str(folder), "target": "y",
-                                             "fields": {"x0": "float", "x1": "float", "y": "int"}}}
+    connector = {
+        "type": "files",
+        "params": {
+            "path": str(folder),
+            "target": "y",
+            "fields": {"x0": "float", "x1": "float", "y": "int"},
+        },
+    }
     return {**site_entry(tmp, site, connector, ["m1"], window={"by": "count", "size": 20}), **extra}
 
 
-def fleet(tmp: Path, scale: dict[str, Any] | None, site_extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    raw = fleet_dict("127.0.0.1:1", f"u{uuid.uuid4().hex[:6]}.", [csv_site(tmp, "s1", **(site_extra or {}))],
-                     [model_entry("m1")], tmp=tmp)
+def fleet(
+    tmp: Path, scale: dict[str, Any] | None, site_extra: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    raw = fleet_dict(
+        "127.0.0.1:1",
+        f"u{uuid.uuid4().hex[:6]}.",
+        [csv_site(tmp, "s1", **(site_extra or {}))],
+        [model_entry("m1")],
+        tmp=tmp,
+    )
     if scale is not None:
         raw["features"] = {"scale": scale}
     return raw
@@ -59,11 +72,16 @@ def agent_features(config: Any) -> np.ndarray:
 
 def test_agent_and_measurement_see_the_same_scaled_features(tmp_path: Path) -> None:
     # fleet-wide scales for both features, the site overriding x1's
-    raw = fleet(tmp_path, {"x0": {"mean": 19.0, "std": 6.0}, "x1": {"mean": 5.0, "std": 9.0}},
-                {"features": {"scale": {"x1": {"mean": -1.6, "std": 0.25}}}})
+    raw = fleet(
+        tmp_path,
+        {"x0": {"mean": 19.0, "std": 6.0}, "x1": {"mean": 5.0, "std": 9.0}},
+        {"features": {"scale": {"x1": {"mean": -1.6, "std": 0.25}}}},
+    )
     config = parse_config(raw)
     assert {k: (v.mean, v.std) for k, v in config.feature_scales("s1").items()} == {
-        "x0": (19.0, 6.0), "x1": (-1.6, 0.25)}
+        "x0": (19.0, 6.0),
+        "x1": (-1.6, 0.25),
+    }
     raw_x = np.array([[a, b] for a, b, _ in ROWS], dtype=np.float64)
     expected = (raw_x - [19.0, -1.6]) / [6.0, 0.25]
     measured, _ = read_site(config, "s1", tmp_path / "scratch")
@@ -71,15 +89,25 @@ def test_agent_and_measurement_see_the_same_scaled_features(tmp_path: Path) -> N
     np.testing.assert_allclose(measured, expected, rtol=1e-6)
     np.testing.assert_array_equal(live, measured)
 
-    unscaled, _ = read_site(parse_config(fleet(tmp_path / "plain", None)), "s1", tmp_path / "scratch2")
+    unscaled, _ = read_site(
+        parse_config(fleet(tmp_path / "plain", None)), "s1", tmp_path / "scratch2"
+    )
     np.testing.assert_allclose(unscaled, raw_x, rtol=1e-6)  # no scales: the connector's values
 
 
-@pytest.mark.parametrize(("scale", "message"), [
-    ({"temperature": {"mean": 0, "std": 1}}, "features.scale names 'temperature', which is not a feature"),
-    ({"y": {"mean": 0, "std": 1}}, "(it is the target)"),
-])
-def test_a_scale_for_no_feature_is_refused_naming_it(tmp_path: Path, scale: dict[str, Any], message: str) -> None:
+@pytest.mark.parametrize(
+    ("scale", "message"),
+    [
+        (
+            {"temperature": {"mean": 0, "std": 1}},
+            "features.scale names 'temperature', which is not a feature",
+        ),
+        ({"y": {"mean": 0, "std": 1}}, "(it is the target)"),
+    ],
+)
+def test_a_scale_for_no_feature_is_refused_naming_it(
+    tmp_path: Path, scale: dict[str, Any], message: str
+) -> None:
     config = parse_config(fleet(tmp_path, scale))
     with pytest.raises(ConfigError, match=r"site 's1'") as err:
         read_site(config, "s1", tmp_path / "scratch")
@@ -89,22 +117,34 @@ def test_a_scale_for_no_feature_is_refused_naming_it(tmp_path: Path, scale: dict
     assert message in str(live.value)
 
 
-@pytest.mark.parametrize("bad", [
-    {"x0": {"mean": 0, "std": 0}}, {"x0": {"mean": float("nan"), "std": 1}},
-    {"x0": {"mean": 0, "std": float("inf")}}, {"x0": {"mean": 0, "sdt": 1}}, {"x0": {"mean": 0}},
-])
-def test_bad_scale_values_are_refused_naming_the_feature(tmp_path: Path, bad: dict[str, Any]) -> None:
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"x0": {"mean": 0, "std": 0}},
+        {"x0": {"mean": float("nan"), "std": 1}},
+        {"x0": {"mean": 0, "std": float("inf")}},
+        {"x0": {"mean": 0, "sdt": 1}},
+        {"x0": {"mean": 0}},
+    ],
+)
+def test_bad_scale_values_are_refused_naming_the_feature(
+    tmp_path: Path, bad: dict[str, Any]
+) -> None:
     with pytest.raises(ConfigError) as err:
         parse_config(fleet(tmp_path, bad))
     assert "features.scale.x0" in str(err.value)
 
 
-SCHEMA = ObservationSchema((FieldSpec("a"), FieldSpec("b"), FieldSpec("y", "int")), ("a", "b"), ("y",))
+SCHEMA = ObservationSchema(
+    (FieldSpec("a"), FieldSpec("b"), FieldSpec("y", "int")), ("a", "b"), ("y",)
+)
 finite = st.floats(-1e6, 1e6, allow_nan=False)
 
 
 @given(a=finite, b=finite, mean=finite, std=st.floats(1e-3, 1e3))
-def test_scaling_is_the_standardisation_and_leaves_unnamed_features(a: float, b: float, mean: float, std: float) -> None:
+def test_scaling_is_the_standardisation_and_leaves_unnamed_features(
+    a: float, b: float, mean: float, std: float
+) -> None:
     scaler = FeatureScaler(SCHEMA, {"b": {"mean": mean, "std": std}})
     out = scaler.apply(Observation((a, b), (1.0,), None))
     assert out.x[0] == a and out.y == (1.0,)
@@ -122,9 +162,14 @@ def test_config_check_names_a_bad_scale(tmp_path: Path) -> None:
     from fairfleet.cli.config import check_file
 
     unknown = tmp_path / "unknown.yaml"
-    unknown.write_text(yaml.safe_dump(fleet(tmp_path / "a", {"temperature": {"mean": 0, "std": 1}})))
+    unknown.write_text(
+        yaml.safe_dump(fleet(tmp_path / "a", {"temperature": {"mean": 0, "std": 1}}))
+    )
     problems = check_file(unknown).problems
-    assert any(p.startswith("sites[0].features: site 's1': features.scale names 'temperature'") for p in problems), problems
+    assert any(
+        p.startswith("sites[0].features: site 's1': features.scale names 'temperature'")
+        for p in problems
+    ), problems
     zero = tmp_path / "zero.yaml"
     zero.write_text(yaml.safe_dump(fleet(tmp_path / "b", {"x1": {"mean": 0, "std": 0}})))
     assert any("features.scale.x1.std" in p for p in check_file(zero).problems)

@@ -17,8 +17,14 @@ def test_keygen_prints_a_usable_keypair(tmp_path: Path) -> None:
     assert out.exit_code == 0, out.output
     keys = json.loads(out.stdout)
     assert key_id(keys["public_key"]) == keys["key_id"]
-    msg = SiteStatistics(site="s", site_class="c", model_id="m", round=0, model_version=0,
-                         loss=NoisyStat(value=0.5, noise_std=0.1, m=10, hi=2.0))
+    msg = SiteStatistics(
+        site="s",
+        site_class="c",
+        model_id="m",
+        round=0,
+        model_version=0,
+        loss=NoisyStat(value=0.5, noise_std=0.1, m=10, hi=2.0),
+    )
     signed = sign(msg, load_private(keys["private_key"]))
     assert verify(signed, {"s": keys["public_key"]}) is None
     assert verify(signed, {"s": generate_keypair()[1]}) is not None
@@ -41,7 +47,9 @@ def test_keygen_refuses_to_overwrite_a_key_file_unless_forced(tmp_path: Path) ->
     assert out.exit_code != 0
     assert str(key_file) in str(out.exception) and "--force" in str(out.exception)
     assert key_file.read_text() == "old key\n"
-    forced = CliRunner().invoke(app, ["site", "keygen", "--out", str(key_file), "--force", "--json"])
+    forced = CliRunner().invoke(
+        app, ["site", "keygen", "--out", str(key_file), "--force", "--json"]
+    )
     assert forced.exit_code == 0, forced.output
     assert key_file.read_text() != "old key\n"
     assert key_file.stat().st_mode & 0o077 == 0

@@ -27,12 +27,20 @@ def csv_site(tmp: Path, site: str) -> dict[str, Any]:
     folder.mkdir()
     lines = ["x0,x1,y"] + [f"{(i % 7) / 7:.3f},{(i % 5) / 5:.3f},{i % 2}" for i in range(80)]
     (folder / "part-000.csv").write_text("\n".join(lines) + "\n")
-    connector = {"type": "files", "params": {"path": str(folder), "target": "y",
-                                             "fields": {"x0": "float", "x1": "float", "y": "int"}}}
+    connector = {
+        "type": "files",
+        "params": {
+            "path": str(folder),
+            "target": "y",
+            "fields": {"x0": "float", "x1": "float", "y": "int"},
+        },
+    }
     return site_entry(tmp, site, connector, ["m1"], site_class=site)
 
 
-def run_rounds(config: FleetConfig, raw: dict[str, Any], bus: Bus, tmp: Path, rounds: int) -> Aggregator:
+def run_rounds(
+    config: FleetConfig, raw: dict[str, Any], bus: Bus, tmp: Path, rounds: int
+) -> Aggregator:
     agg = Aggregator(config, "m1", bus=bus, options=AggregatorOptions(poll_timeout_s=0.01))
     agg.start()
     agent = SiteAgent(config, "s1", bus=bus)
@@ -48,9 +56,14 @@ def run_rounds(config: FleetConfig, raw: dict[str, Any], bus: Bus, tmp: Path, ro
 
 def test_a_site_trains_again_after_the_fleet_lost_its_topics(tmp_path: Path) -> None:
     prefix = f"u{uuid.uuid4().hex[:6]}."
-    model = {**model_entry("m1"), "strategy": {"name": "fedavg"},
-             "rounds": {"mode": "sync", "rounds": 10, "deadline_s": 30, "min_sites": 1, "quorum": 1}}
-    raw = fleet_dict("127.0.0.1:1", prefix, [csv_site(tmp_path, "s1")], [model], 10.0, None, tmp_path)
+    model = {
+        **model_entry("m1"),
+        "strategy": {"name": "fedavg"},
+        "rounds": {"mode": "sync", "rounds": 10, "deadline_s": 30, "min_sites": 1, "quorum": 1},
+    }
+    raw = fleet_dict(
+        "127.0.0.1:1", prefix, [csv_site(tmp_path, "s1")], [model], 10.0, None, tmp_path
+    )
     config = parse_config(raw)
     first_bus = connect(f"memory://{uuid.uuid4().hex}")
     first_bus.create_topics(default_topics(prefix))
@@ -65,10 +78,14 @@ def test_a_site_trains_again_after_the_fleet_lost_its_topics(tmp_path: Path) -> 
     assert second.ckpt.round == 2, second.status()  # the site trained rounds 0 and 1 again
     assert second.ckpt.epoch != first.ckpt.epoch
     assert [h["sites"] for h in second.ckpt.history] == [["s1"], ["s1"]]
-    archived = [json.loads(line) for line in
-                (tmp_path / "state" / "s1" / "rounds.archive.jsonl").read_text().splitlines()]
+    archived = [
+        json.loads(line)
+        for line in (tmp_path / "state" / "s1" / "rounds.archive.jsonl").read_text().splitlines()
+    ]
     assert {(a["key"], a["status"], a["epoch"]) for a in archived} >= {
-        ("m1/0", "published", first.ckpt.epoch), ("m1/1", "published", first.ckpt.epoch)}
+        ("m1/0", "published", first.ckpt.epoch),
+        ("m1/1", "published", first.ckpt.epoch),
+    }
     states = json.loads(state_file.read_text())
     assert states["@epochs"] == {"m1": second.ckpt.epoch}
     assert states["m1/0"]["status"] == "published"

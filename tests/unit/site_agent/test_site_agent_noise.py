@@ -35,18 +35,33 @@ def decoded(payload: bytes) -> np.ndarray:
     return np.concatenate([state[k].reshape(-1).numpy() for k in sorted(state)])
 
 
-def published(plan: PrivacyPlan, training: LocalTrainingPlan, runs: int, config: LocalTrainConfig | None = None) -> tuple[np.ndarray, list[rel.Release]]:
+def published(
+    plan: PrivacyPlan,
+    training: LocalTrainingPlan,
+    runs: int,
+    config: LocalTrainConfig | None = None,
+) -> tuple[np.ndarray, list[rel.Release]]:
     torch.manual_seed(1)
     model = build_model(SPEC.name, **SPEC.params)
     split = data()
-    releases = [rel.prepare_release(model, SPEC, plan, training, split, seed=1000 + i, secure=False, config=config)
-                for i in range(runs)]
+    releases = [
+        rel.prepare_release(
+            model, SPEC, plan, training, split, seed=1000 + i, secure=False, config=config
+        )
+        for i in range(runs)
+    ]
     deltas = np.stack([decoded(r.payload) for r in releases])
     return deltas, releases
 
 
 def test_update_level_release_has_the_promised_noise_in_delta_and_loss() -> None:
-    plan = PrivacyPlan(mechanism="update", noise_multiplier=1.5, clip_norm=0.5, loss_bound=0.5, loss_noise_multiplier=2.0)
+    plan = PrivacyPlan(
+        mechanism="update",
+        noise_multiplier=1.5,
+        clip_norm=0.5,
+        loss_bound=0.5,
+        loss_noise_multiplier=2.0,
+    )
     training = LocalTrainingPlan(epochs=1, batch_size=8, lr=0.1)
     zero_lr = LocalTrainConfig(privacy="update", noise_multiplier=1.5, clip_norm=0.5, lr=0.0)
     deltas, releases = published(plan, training, runs=150, config=zero_lr)
@@ -63,22 +78,33 @@ def test_update_level_release_has_the_promised_noise_in_delta_and_loss() -> None
     model = build_model(SPEC.name, **SPEC.params)
     _, _, x_hold, y_hold = data()
     with torch.no_grad():
-        losses = per_example_loss(model(torch.from_numpy(x_hold)), rel.targets(y_hold, SPEC), "classification")
+        losses = per_example_loss(
+            model(torch.from_numpy(x_hold)), rel.targets(y_hold, SPEC), "classification"
+        )
     truth = float(np.clip(losses.numpy(), 0, 0.5).mean())
     m = len(x_hold)
     promised_loss = 2.0 * 0.5 / m
     loss_values = np.array([r.loss.value for r in releases])
     assert all(r.loss.noise_std == promised_loss and r.loss.m == m for r in releases)
     assert abs(loss_values.mean() - truth) < 5 * promised_loss / math.sqrt(len(loss_values))
-    assert abs(loss_values.std(ddof=1) - promised_loss) < 5 * promised_loss / math.sqrt(2 * len(loss_values))
+    assert abs(loss_values.std(ddof=1) - promised_loss) < 5 * promised_loss / math.sqrt(
+        2 * len(loss_values)
+    )
 
 
 def test_dpsgd_release_noise_matches_the_reported_std() -> None:
     # q = 1 and one epoch: one step on every example, so the clipped-gradient part of the delta is
     # the same in every run and the spread across runs is the DP-SGD noise alone:
     # std = lr σ C / (q n) (fairfleet.learning.train docstring).
-    plan = PrivacyPlan(mechanism="dpsgd", unit="observation", noise_multiplier=1.2, clip_norm=1.0,
-                       sampling_rate=1.0, loss_bound=2.0, loss_noise_multiplier=1.0)
+    plan = PrivacyPlan(
+        mechanism="dpsgd",
+        unit="observation",
+        noise_multiplier=1.2,
+        clip_norm=1.0,
+        sampling_rate=1.0,
+        loss_bound=2.0,
+        loss_noise_multiplier=1.0,
+    )
     training = LocalTrainingPlan(epochs=1, batch_size=8, lr=0.5)
     deltas, releases = published(plan, training, runs=100)
     n_train = releases[0].n_examples

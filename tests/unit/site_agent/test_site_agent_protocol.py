@@ -51,8 +51,14 @@ W03 = (WindowRange(first=0, last=3),)
 
 
 def files_connector(folder: Path) -> dict[str, Any]:
-    return {"type": "files", "params": {"path": str(folder), "fields": {"x0": "float", "x1": "float", "y": "int"},
-                                        "target": "y"}}
+    return {
+        "type": "files",
+        "params": {
+            "path": str(folder),
+            "fields": {"x0": "float", "x1": "float", "y": "int"},
+            "target": "y",
+        },
+    }
 
 
 @pytest.fixture
@@ -61,10 +67,20 @@ def setup(tmp_path: Path) -> Any:
     bus = connect(f"memory://{uuid.uuid4().hex}")
     bus.create_topics(default_topics(prefix, partitions=2))
 
-    def make(models: list[dict[str, Any]] | None = None, grant_timeout_s: float = 5.0,
-             epsilon_max: float = 50.0, **agent: Any) -> Any:
+    def make(
+        models: list[dict[str, Any]] | None = None,
+        grant_timeout_s: float = 5.0,
+        epsilon_max: float = 50.0,
+        **agent: Any,
+    ) -> Any:
         models = models or [model_entry("m1")]
-        site = site_entry(tmp_path, "s1", files_connector(csv_folder(tmp_path)), [m["id"] for m in models], **agent)
+        site = site_entry(
+            tmp_path,
+            "s1",
+            files_connector(csv_folder(tmp_path)),
+            [m["id"] for m in models],
+            **agent,
+        )
         policies = {"defaults": {"epsilon_max": epsilon_max, "delta": 1e-5, "unit": "site"}}
         raw = fleet_dict("127.0.0.1:1", prefix, [site], models, grant_timeout_s, policies, tmp_path)
         accountant = RealAccountant(bus, raw, tmp_path)
@@ -78,7 +94,9 @@ def run_until(agent: SiteAgent, model: str, round_: int, steps: int = 50) -> str
         agent.step(0.05)
         state = agent.store.get(model, round_)
         if state is not None and state.status in ("published", "skipped"):
-            return state.status + (f":{state.reason.split(':')[0]}" if state.status == "skipped" else "")
+            return state.status + (
+                f":{state.reason.split(':')[0]}" if state.status == "skipped" else ""
+            )
     raise AssertionError(f"round {round_} not finished: {agent.store.get(model, round_)}")
 
 
@@ -107,7 +125,11 @@ def test_a_round_is_reserved_trained_signed_noised_and_committed_once(setup: Any
     assert len(updates) == 1
     update = updates[0]
     assert verify(update, config.public_keys()) is None
-    assert update.privacy.enabled and update.privacy.mechanism == "update" and update.privacy.unit == "site"
+    assert (
+        update.privacy.enabled
+        and update.privacy.mechanism == "update"
+        and update.privacy.unit == "site"
+    )
     assert update.privacy.noise_std == pytest.approx(1.0)  # σ·C = 1·1
     assert update.loss is not None and update.loss.m == 16
     assert update.loss.noise_std == pytest.approx(20.0 * 2.0 / 16)  # σ_loss·B/m
@@ -116,18 +138,40 @@ def test_a_round_is_reserved_trained_signed_noised_and_committed_once(setup: Any
     payload = next(p for m, p in read_all(bus, prefix, "updates") if isinstance(m, SiteUpdate))
     assert set(from_safetensors_bytes(payload)) == {"weight", "bias"}
     stats = [m for m, _ in read_all(bus, prefix, "stats") if isinstance(m, SiteStatistics)]
-    assert len(stats) == 1 and stats[0].loss == update.loss and verify(stats[0], config.public_keys()) is None
-    requests = [m for m, _ in read_all(bus, prefix, "privacy.requests") if isinstance(m, PrivacyReservationRequest)]
+    assert (
+        len(stats) == 1
+        and stats[0].loss == update.loss
+        and verify(stats[0], config.public_keys()) is None
+    )
+    requests = [
+        m
+        for m, _ in read_all(bus, prefix, "privacy.requests")
+        if isinstance(m, PrivacyReservationRequest)
+    ]
     eid = event_id_for("s1", "m1", 0)
     assert {r.event_id for r in requests} == {eid}
-    assert requests[0].windows.first == W0 and requests[0].windows.last == W0 + 3 and requests[0].source == "main"
-    expected = dp_event.ComposedDpEvent([dp_event.GaussianDpEvent(1.0), dp_event.GaussianDpEvent(20.0 / 16)])
+    assert (
+        requests[0].windows.first == W0
+        and requests[0].windows.last == W0 + 3
+        and requests[0].source == "main"
+    )
+    expected = dp_event.ComposedDpEvent(
+        [dp_event.GaussianDpEvent(1.0), dp_event.GaussianDpEvent(20.0 / 16)]
+    )
     assert dp_event_from_json(requests[0].dp_event) == expected
     (budget,) = accountant.budgets("s1")
-    assert budget["events_committed"] == 1 and budget["epsilon_spent"] == pytest.approx(6.298, abs=0.01)
-    assert metric(agent, "fairfleet_site_epsilon_spent", site="s1", model="m1") == pytest.approx(6.298, abs=0.01)
+    assert budget["events_committed"] == 1 and budget["epsilon_spent"] == pytest.approx(
+        6.298, abs=0.01
+    )
+    assert metric(agent, "fairfleet_site_epsilon_spent", site="s1", model="m1") == pytest.approx(
+        6.298, abs=0.01
+    )
     data = agent.data_json()
-    assert data["accepted"] == 80 and data["windows_retained"] == [W0, W0 + 1, W0 + 2, W0 + 3] and data["rejected"] == {}
+    assert (
+        data["accepted"] == 80
+        and data["windows_retained"] == [W0, W0 + 1, W0 + 2, W0 + 3]
+        and data["rejected"] == {}
+    )
     assert metric(agent, "fairfleet_site_observations_read_total", site="s1") == 80
     assert metric(agent, "fairfleet_site_windows_total", site="s1") == 4
     assert agent.rounds_json() == {"m1/0": {"status": "published", "reason": ""}}
@@ -153,9 +197,13 @@ def test_restart_in_the_committing_state_resolves_from_the_bus(setup: Any) -> No
         assert run_until(again, "m1", 1) == "published"
         again.close()
         accountant.wait_committed("s1", 2)
-    rounds = sorted(m.round for m, _ in read_all(bus, prefix, "updates") if isinstance(m, SiteUpdate))
+    rounds = sorted(
+        m.round for m, _ in read_all(bus, prefix, "updates") if isinstance(m, SiteUpdate)
+    )
     assert rounds == [0, 1]
-    events = [m for m, _ in read_all(bus, prefix, "privacy.events") if isinstance(m, PrivacyEventMessage)]
+    events = [
+        m for m, _ in read_all(bus, prefix, "privacy.events") if isinstance(m, PrivacyEventMessage)
+    ]
     assert sorted((e.round, e.action) for e in events) == [(0, "commit"), (1, "commit")]
 
 
@@ -173,22 +221,38 @@ def test_an_unanswered_reservation_is_asked_again_while_the_round_is_open(setup:
     started = time.monotonic()
     assert run_until(agent, "m1", 0) == "skipped:no_grant"
     assert time.monotonic() - started >= 1.0  # asked again while the round was open
-    assert metric(agent, "fairfleet_site_rounds_skipped_total", site="s1", model="m1", reason="no_grant") == 1
-    requests = [m for m, _ in read_all(bus, prefix, "privacy.requests") if isinstance(m, PrivacyReservationRequest)]
+    assert (
+        metric(
+            agent, "fairfleet_site_rounds_skipped_total", site="s1", model="m1", reason="no_grant"
+        )
+        == 1
+    )
+    requests = [
+        m
+        for m, _ in read_all(bus, prefix, "privacy.requests")
+        if isinstance(m, PrivacyReservationRequest)
+    ]
     assert len(requests) >= 3 and {r.event_id for r in requests} == {event_id_for("s1", "m1", 0)}
     assert read_all(bus, prefix, "privacy.events", wait_s=1) == []  # held for a re-announcement
     ann.announce("m1", 1, 0, deadline_s=0.5)  # round 0 is over
     assert run_until(agent, "m1", 1) == "skipped:no_grant"
     agent.close()
-    events = [m for m, _ in read_all(bus, prefix, "privacy.events") if isinstance(m, PrivacyEventMessage)]
+    events = [
+        m for m, _ in read_all(bus, prefix, "privacy.events") if isinstance(m, PrivacyEventMessage)
+    ]
     assert [(e.round, e.action) for e in events] == [(0, "cancel")]
-    assert (events[0].windows.first, events[0].windows.last) == (W0, W0 + 3)  # the range it reserved
+    assert (events[0].windows.first, events[0].windows.last) == (
+        W0,
+        W0 + 3,
+    )  # the range it reserved
     assert agent.store.get("m1", 0).reason.startswith("superseded")  # type: ignore[union-attr]
     assert read_all(bus, prefix, "updates", wait_s=1) == []
 
 
 def test_an_exhausted_policy_denies_and_the_site_stops_publishing(setup: Any) -> None:
-    config, bus, prefix, accountant = setup(epsilon_max=8.0)  # one round fits (6.30), two do not (9.51)
+    config, bus, prefix, accountant = setup(
+        epsilon_max=8.0
+    )  # one round fits (6.30), two do not (9.51)
     ann = Announcer(bus, config)
     with accountant:
         agent = SiteAgent(config, "s1", bus=bus)
@@ -201,14 +265,19 @@ def test_an_exhausted_policy_denies_and_the_site_stops_publishing(setup: Any) ->
         agent.close()
         accountant.wait_committed("s1", 1)
     assert "over_budget" in (agent.store.get("m1", 1) or agent.store.get("m1", 2)).reason  # type: ignore[union-attr]
-    assert metric(agent, "fairfleet_site_rounds_skipped_total", site="s1", model="m1", reason="denied") == 2
+    assert (
+        metric(agent, "fairfleet_site_rounds_skipped_total", site="s1", model="m1", reason="denied")
+        == 2
+    )
     assert metric(agent, "fairfleet_site_rounds_joined_total", site="s1", model="m1") == 1
     assert [m.round for m, _ in read_all(bus, prefix, "updates")] == [0]
     (budget,) = accountant.budgets("s1")
     assert budget["events_committed"] == 1 and budget["epsilon_spent"] <= 8.0
 
 
-def test_a_round_skipped_as_expired_is_joined_when_reannounced_and_published_once(setup: Any) -> None:
+def test_a_round_skipped_as_expired_is_joined_when_reannounced_and_published_once(
+    setup: Any,
+) -> None:
     import time
 
     config, bus, prefix, accountant = setup()
@@ -233,7 +302,12 @@ def test_a_round_skipped_as_expired_is_joined_when_reannounced_and_published_onc
         again.close()
         accountant.wait_committed("s1", 1)
     assert [m.round for m, _ in read_all(bus, prefix, "updates")] == [0]
-    assert metric(agent, "fairfleet_site_rounds_skipped_total", site="s1", model="m1", reason="expired") == 1
+    assert (
+        metric(
+            agent, "fairfleet_site_rounds_skipped_total", site="s1", model="m1", reason="expired"
+        )
+        == 1
+    )
     assert metric(agent, "fairfleet_site_rounds_joined_total", site="s1", model="m1") == 1
     (budget,) = accountant.budgets("s1")
     assert budget["events_committed"] == 1
@@ -245,12 +319,20 @@ def test_passing_skips_are_retried_within_their_round_and_held_reservations_are_
     assert not is_final(None)
     assert not is_final(RoundState("granted", "e"))
     assert is_final(RoundState("published", "e"))
-    for reason in ("expired", "no_data", "model_unavailable", "denied", "no_grant", "publish_failed"):
+    for reason in (
+        "expired",
+        "no_data",
+        "model_unavailable",
+        "denied",
+        "no_grant",
+        "publish_failed",
+    ):
         assert not is_final(RoundState("skipped", "e", f"{reason}: detail"))
         assert not is_final(RoundState("skipped", "e", f"{reason}: detail", windows=W03))
         assert not holds_reservation(RoundState("skipped", "e", f"{reason}: detail"))
         assert holds_reservation(RoundState("skipped", "e", f"{reason}: d", windows=W03)) is (
-            reason != "denied")
+            reason != "denied"
+        )
     for reason in ("plan_mismatch", "superseded", "unresolved", "training_failed", "data_changed"):
         assert is_final(RoundState("skipped", "e", f"{reason}: detail"))
         assert not holds_reservation(RoundState("skipped", "e", f"{reason}: d", windows=W03))
@@ -314,11 +396,19 @@ def test_two_models_on_one_data_source_compose_on_its_ledger(setup: Any) -> None
         assert run_until(agent, "m2", 0) == "published"
         agent.close()
         accountant.wait_committed("s1", 2)
-    requests = [m for m, _ in read_all(bus, prefix, "privacy.requests") if isinstance(m, PrivacyReservationRequest)]
+    requests = [
+        m
+        for m, _ in read_all(bus, prefix, "privacy.requests")
+        if isinstance(m, PrivacyReservationRequest)
+    ]
     assert sorted(r.model_id for r in requests) == ["m1", "m2"]
-    assert {(r.site, r.source, r.unit, r.windows.first, r.windows.last) for r in requests} == {("s1", "main", "site", W0, W0 + 3)}
+    assert {(r.site, r.source, r.unit, r.windows.first, r.windows.last) for r in requests} == {
+        ("s1", "main", "site", W0, W0 + 3)
+    }
     (budget,) = accountant.budgets("s1")  # one ledger for the one data source, both releases on it
-    assert budget["events_committed"] == 2 and budget["epsilon_spent"] == pytest.approx(9.508, abs=0.01)
+    assert budget["events_committed"] == 2 and budget["epsilon_spent"] == pytest.approx(
+        9.508, abs=0.01
+    )
 
 
 def test_a_retry_after_a_restart_reserves_the_same_windows(setup: Any) -> None:
@@ -333,22 +423,42 @@ def test_a_retry_after_a_restart_reserves_the_same_windows(setup: Any) -> None:
         ann.announce("m1", 0, 0)
         assert run_until(agent, "m1", 0) == "published"
         agent.close()
-    (request,) = [m for m, _ in read_all(bus, prefix, "privacy.requests") if isinstance(m, PrivacyReservationRequest)]
+    (request,) = [
+        m
+        for m, _ in read_all(bus, prefix, "privacy.requests")
+        if isinstance(m, PrivacyReservationRequest)
+    ]
     assert (request.windows.first, request.windows.last) == (W0 + 1, W0 + 2)
     update = next(m for m, _ in read_all(bus, prefix, "updates") if isinstance(m, SiteUpdate))
     assert update.n_examples + (update.loss.m if update.loss else 0) == 40
 
 
-def test_dpsgd_rounds_reserve_the_subsampled_gaussian_at_the_observation_unit(tmp_path: Path) -> None:
+def test_dpsgd_rounds_reserve_the_subsampled_gaussian_at_the_observation_unit(
+    tmp_path: Path,
+) -> None:
     prefix = f"u{uuid.uuid4().hex[:6]}."
     bus = connect(f"memory://{uuid.uuid4().hex}")
     bus.create_topics(default_topics(prefix, partitions=2))
-    privacy = {"mechanism": "dpsgd", "unit": "observation", "noise_multiplier": 1.1, "clip_norm": 1.0,
-               "sampling_rate": 0.25, "loss_bound": 2.0, "loss_noise_multiplier": 2.0}
+    privacy = {
+        "mechanism": "dpsgd",
+        "unit": "observation",
+        "noise_multiplier": 1.1,
+        "clip_norm": 1.0,
+        "sampling_rate": 0.25,
+        "loss_bound": 2.0,
+        "loss_noise_multiplier": 2.0,
+    }
     site = site_entry(tmp_path, "s1", files_connector(csv_folder(tmp_path)), ["m1"])
     policies = {"defaults": {"epsilon_max": 20.0, "delta": 1e-5, "unit": "observation"}}
-    raw = fleet_dict("127.0.0.1:1", prefix, [site], [model_entry("m1", privacy=privacy, epochs=2)], 5.0,
-                     policies, tmp_path)
+    raw = fleet_dict(
+        "127.0.0.1:1",
+        prefix,
+        [site],
+        [model_entry("m1", privacy=privacy, epochs=2)],
+        5.0,
+        policies,
+        tmp_path,
+    )
     config = parse_config(raw)
     with RealAccountant(bus, raw, tmp_path) as accountant:
         agent = SiteAgent(config, "s1", bus=bus)
@@ -358,17 +468,29 @@ def test_dpsgd_rounds_reserve_the_subsampled_gaussian_at_the_observation_unit(tm
         assert run_until(agent, "m1", 0) == "published"
         agent.close()
         accountant.wait_committed("s1", 1)
-    (request,) = [m for m, _ in read_all(bus, prefix, "privacy.requests") if isinstance(m, PrivacyReservationRequest)]
+    (request,) = [
+        m
+        for m, _ in read_all(bus, prefix, "privacy.requests")
+        if isinstance(m, PrivacyReservationRequest)
+    ]
     assert request.unit == "observation"
     steps = 2 * 4  # epochs · ⌊1/q⌋
-    expected = dp_event.ComposedDpEvent([
-        dp_event.SelfComposedDpEvent(dp_event.PoissonSampledDpEvent(0.25, dp_event.GaussianDpEvent(1.1)), steps),
-        dp_event.GaussianDpEvent(2.0),
-    ])
+    expected = dp_event.ComposedDpEvent(
+        [
+            dp_event.SelfComposedDpEvent(
+                dp_event.PoissonSampledDpEvent(0.25, dp_event.GaussianDpEvent(1.1)), steps
+            ),
+            dp_event.GaussianDpEvent(2.0),
+        ]
+    )
     assert dp_event_from_json(request.dp_event) == expected
     update = next(m for m, _ in read_all(bus, prefix, "updates") if isinstance(m, SiteUpdate))
     assert update.privacy.mechanism == "dpsgd" and update.privacy.unit == "observation"
-    assert update.privacy.steps == steps and update.privacy.sampling_rate == 0.25 and update.privacy.noise_std > 0
+    assert (
+        update.privacy.steps == steps
+        and update.privacy.sampling_rate == 0.25
+        and update.privacy.noise_std > 0
+    )
     (budget,) = accountant.budgets("s1")
     assert budget["unit"] == "observation" and 0 < budget["epsilon_spent"] <= 20.0
 
@@ -401,9 +523,15 @@ def test_a_round_that_closes_during_training_releases_nothing_and_frees_its_budg
             agent.step(0.05)
         agent.close()
     assert read_all(bus, prefix, "updates", wait_s=1) == []
-    events = [m for m, _ in read_all(bus, prefix, "privacy.events") if isinstance(m, PrivacyEventMessage)]
+    events = [
+        m for m, _ in read_all(bus, prefix, "privacy.events") if isinstance(m, PrivacyEventMessage)
+    ]
     assert [(e.round, e.action) for e in events] == [(0, "cancel")]
-    requests = [m for m, _ in read_all(bus, prefix, "privacy.requests") if isinstance(m, PrivacyReservationRequest)]
+    requests = [
+        m
+        for m, _ in read_all(bus, prefix, "privacy.requests")
+        if isinstance(m, PrivacyReservationRequest)
+    ]
     assert len(requests) == 1
     (budget,) = accountant.budgets("s1")
     assert budget["events_committed"] == 0 and budget["epsilon_spent"] == 0

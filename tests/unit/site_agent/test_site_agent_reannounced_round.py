@@ -25,8 +25,14 @@ def csv_site(tmp: Path, site: str) -> dict[str, Any]:
     folder.mkdir()
     lines = ["x0,x1,y"] + [f"{(i % 7) / 7:.3f},{(i % 5) / 5:.3f},{i % 2}" for i in range(80)]
     (folder / "part-000.csv").write_text("\n".join(lines) + "\n")
-    connector = {"type": "files", "params": {"path": str(folder), "target": "y",
-                                             "fields": {"x0": "float", "x1": "float", "y": "int"}}}
+    connector = {
+        "type": "files",
+        "params": {
+            "path": str(folder),
+            "target": "y",
+            "fields": {"x0": "float", "x1": "float", "y": "int"},
+        },
+    }
     return site_entry(tmp, site, connector, ["m1"], site_class=site)
 
 
@@ -34,11 +40,26 @@ def test_a_late_site_joins_the_reannounced_round_and_the_round_closes(tmp_path: 
     prefix = f"u{uuid.uuid4().hex[:6]}."
     bus = connect(f"memory://{uuid.uuid4().hex}")
     bus.create_topics(default_topics(prefix))
-    model = {**model_entry("m1"), "strategy": {"name": "fedavg"},
-             "rounds": {"mode": "sync", "rounds": 1, "deadline_s": DEADLINE_S, "min_sites": 2,
-                        "quorum": 2}}
-    raw = fleet_dict("127.0.0.1:1", prefix, [csv_site(tmp_path, "s1"), csv_site(tmp_path, "s2")],
-                     [model], 10.0, None, tmp_path)
+    model = {
+        **model_entry("m1"),
+        "strategy": {"name": "fedavg"},
+        "rounds": {
+            "mode": "sync",
+            "rounds": 1,
+            "deadline_s": DEADLINE_S,
+            "min_sites": 2,
+            "quorum": 2,
+        },
+    }
+    raw = fleet_dict(
+        "127.0.0.1:1",
+        prefix,
+        [csv_site(tmp_path, "s1"), csv_site(tmp_path, "s2")],
+        [model],
+        10.0,
+        None,
+        tmp_path,
+    )
     config = parse_config(raw)
     agg = Aggregator(config, "m1", bus=bus, options=AggregatorOptions(poll_timeout_s=0.01))
     agg.start()
@@ -69,5 +90,6 @@ def test_a_late_site_joins_the_reannounced_round_and_the_round_closes(tmp_path: 
     assert early.store.get("m1", 0).status == "published"  # type: ignore[union-attr]
     assert late.store.get("m1", 0).status == "published"  # type: ignore[union-attr]
     skipped = late.metrics.registry.get_sample_value(
-        "fairfleet_site_rounds_skipped_total", {"site": "s2", "model": "m1", "reason": "expired"})
+        "fairfleet_site_rounds_skipped_total", {"site": "s2", "model": "m1", "reason": "expired"}
+    )
     assert skipped == 1  # the first announcement had expired; the re-announcement was joined

@@ -11,8 +11,15 @@ from fairfleet.site_agent.bus_side import AgentBus
 
 
 def _event(action: str = "cancel") -> PrivacyEventMessage:
-    return PrivacyEventMessage(event_id="s1/m/0", action=action, site="s1", source="d",  # type: ignore[arg-type]
-                               unit="site", model_id="m", windows=WindowRange(first=0, last=0))
+    return PrivacyEventMessage(
+        event_id="s1/m/0",
+        action=action,
+        site="s1",
+        source="d",  # type: ignore[arg-type]
+        unit="site",
+        model_id="m",
+        windows=WindowRange(first=0, last=0),
+    )
 
 
 def _agent_bus() -> AgentBus:

@@ -39,7 +39,9 @@ class RampConnector(Connector):
     def schema(self) -> ObservationSchema:
         return ObservationSchema(
             fields=(FieldSpec("x"), FieldSpec("y"), FieldSpec("ts")),
-            features=("x",), targets=("y",), event_time="ts",
+            features=("x",),
+            targets=("y",),
+            event_time="ts",
         )
 
     def read(self, max_rows: int = 10_000) -> Sequence[Row]:
@@ -48,9 +50,13 @@ class RampConnector(Connector):
         for i in range(self._next, end):
             x = i / max(self.rows, 1)
             # the row's immutable position: one stream, row i (count windows are cut by it)
-            out.append(positioned({"x": x, "y": self.slope * x + 0.1 * (i % 2), "ts": float(i)}, "", i))
+            out.append(
+                positioned({"x": x, "y": self.slope * x + 0.1 * (i % 2), "ts": float(i)}, "", i)
+            )
         self._next = end
         return out
 
     def progress(self) -> Progress:
-        return Progress(rows_read=self._next, position=f"row {self._next}", finished=self._next >= self.rows)
+        return Progress(
+            rows_read=self._next, position=f"row {self._next}", finished=self._next >= self.rows
+        )
