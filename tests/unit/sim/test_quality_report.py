@@ -55,6 +55,11 @@ def test_demo_report_is_written_by_the_shared_writer(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "demo.json").read_text())["final"]["version"] == 2
     text = index.read_text()
     assert "accuracy" in text and "γ = 0.05" in text and "b-1 3.20" in text
+    # the page explains its own result: γ bounds the noisy training estimates, not this table
+    assert (
+        "Why the held-out gap can exceed γ" in text
+        and f"With {len(summary['epsilon_spent'])} sites" in text
+    )
     rows = class_rows(summary)
     assert [r["class"] for r in rows] == ["a", "b"]
     assert rows[1]["gap_to_fleet"] == summary["final"]["classes"]["b"]["gap_to_fleet"]
