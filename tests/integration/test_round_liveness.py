@@ -214,13 +214,18 @@ class Fleet:
         return max((a.round for a in self.announced), default=-1)
 
     def wait_round(self, at_least: int, timeout: float) -> float:
-        """Seconds until round ``at_least`` is announced; fails after ``timeout``."""
+        """Seconds until round ``at_least`` is announced (read as it arrives, not by reading the
+        topic to its end: a fast fleet announces again before a lag check sees 0, which once
+        made the observer, not the fleet, take 30 s); fails after ``timeout``."""
         started = time.monotonic()
-        while self.round() < at_least:
+        while max((a.round for a in self.announced), default=-1) < at_least:
+            seen = max((a.round for a in self.announced), default=-1)
             assert time.monotonic() - started < timeout, (
-                f"round {at_least} not announced within {timeout} s (now {self.round()})"
+                f"round {at_least} not announced within {timeout} s (now {seen})"
             )
-            time.sleep(0.1)
+            env = self.watch.poll(0.05)
+            if env is not None and isinstance(env.message, RoundAnnouncement):
+                self.announced.append(env.message)
         waited = time.monotonic() - started
         print(f"[liveness] round {at_least} announced after {waited:.1f} s (bound {BOUND_S:.0f} s)")
         return waited
