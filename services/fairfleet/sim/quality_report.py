@@ -31,6 +31,12 @@ def _colour(i: int) -> str:
     return CLASS_COLOURS[i % len(CLASS_COLOURS)]
 
 
+def _at(view: dict[str, Any], final: dict[str, Any]) -> str:
+    """'round 7 (model version 8)', or 'model version 8' where the entries count versions."""
+    at = f"{view['x_label']} {final['round']}"
+    return at if view["x_label"] == "model version" else f"{at} (model version {final['version']})"
+
+
 def plot_classes(view: dict[str, Any], path: Path) -> None:
     """The final entry: each class's loss vs the fleet's; ε spent by every site (tick: ε_max)."""
     plt = pyplot()
@@ -67,10 +73,7 @@ def plot_classes(view: dict[str, Any], path: Path) -> None:
         )
     ax1.set_ylim(0, max([*losses, final["fleet_loss"] + (gamma or 0.0)]) * 1.3 or 1.0)
     ax1.set_ylabel(view["loss_label"])
-    ax1.set_title(
-        f"{view['x_label'].capitalize()} {final['round']} (model version "
-        f"{final['version']}) per site class"
-    )
+    ax1.set_title(f"{_at(view, final).capitalize()} per site class")
     ax1.legend(frameon=False)
     eps = view["epsilon_spent"]
     limits = view.get("epsilon_limit", {})
@@ -152,9 +155,26 @@ def plot_rounds(view: dict[str, Any], path: Path) -> None:
         ax.legend(frameon=False, fontsize=9)
     if history:
         ax3 = axes[2]
+        # a site's line has its class's colour (as in the bars above); sites of one class
+        # differ by line style
+        final = view.get("final") or {}
+        site_class = {m: c for c, e in (final.get("classes") or {}).items() for m in e["sites"]}
+        styles = ("-", "--", ":", "-.")
+        seen: dict[str, int] = {}
         for s in sorted(history):
             rows = history[s]
-            ax3.plot([r["round"] for r in rows], [r["epsilon"] for r in rows], marker=".", label=s)
+            c = site_class.get(s)
+            colour = _colour(classes.index(c)) if c in classes else "#999"
+            style = styles[seen.get(str(c), 0) % len(styles)]
+            seen[str(c)] = seen.get(str(c), 0) + 1
+            ax3.plot(
+                [r["round"] for r in rows],
+                [r["epsilon"] for r in rows],
+                marker=".",
+                color=colour,
+                linestyle=style,
+                label=s if c is None else f"{s} ({c})",
+            )
         limits = {v for v in view.get("epsilon_limit", {}).values() if v is not None}
         for limit in sorted(limits):
             ax3.axhline(limit, color="red", linestyle="--", linewidth=1)
@@ -225,7 +245,7 @@ def quality_body(view: dict[str, Any]) -> list[str]:
     )
     return [
         "<h2>Reading</h2>",
-        f"<p>At {html.escape(view['x_label'])} {final['round']} (model version {final['version']}) "
+        f"<p>At {html.escape(_at(view, final))} "
         f"the fleet's loss is {final['fleet_loss']:.4f}. The worst class is "
         f"<b>{html.escape(worst['class'])}</b> ({worst['loss']:.4f}, {worst['gap_to_fleet']:+.4f} "
         f"from the fleet), the best <b>{html.escape(best['class'])}</b> ({best['loss']:.4f}); the gap "
