@@ -231,14 +231,7 @@ class Aggregator:
         self._dl_publisher = Publisher(
             self._dl_producer, self.config.kafka.chunk_bytes, self.signer
         )
-        restored = read_checkpoint(
-            self.bus,
-            self.topics["checkpoints"],
-            self.model_id,
-            self.options.restore_timeout_s,
-            group_prefix=prefix,
-            public_keys=aggregator_public_keys(self.config, self.model_id),
-        )
+        restored = self._read_checkpoint()
         self.consumer = self._make_consumer()
         self.reader = self._make_reader()
         if self.options.require_ledger and not self.combiner:
@@ -444,21 +437,13 @@ class Aggregator:
             round=self.ckpt.round,
             dropped_buffered=len(self._buffer),
         )
-        prefix = self.config.kafka.topic_prefix
         while not stop.is_set():
             try:
                 self.producer = self.bus.producer(transactional_id=self.txn_id)
                 self.publisher = Publisher(
                     self.producer, self.config.kafka.chunk_bytes, self.signer
                 )
-                restored = read_checkpoint(
-                    self.bus,
-                    self.topics["checkpoints"],
-                    self.model_id,
-                    self.options.restore_timeout_s,
-                    group_prefix=prefix,
-                    public_keys=aggregator_public_keys(self.config, self.model_id),
-                )
+                restored = self._read_checkpoint()
                 if restored is not None and restored.version != self.ckpt.version:
                     self._check_restored(restored)
                     self.ckpt, self._state = restored, restored.strategy_state
@@ -1015,6 +1000,18 @@ class Aggregator:
         if ann is None or ann.mode != "sync" or time.time() - ann.opened_at < ann.deadline_s:
             return False
         return time.monotonic() - self._reading_since < ann.deadline_s
+
+    def _read_checkpoint(self) -> Checkpoint | None:
+        """The newest checkpoint of this model signed by its aggregator (at start, and again
+        after a broker outage)."""
+        return read_checkpoint(
+            self.bus,
+            self.topics["checkpoints"],
+            self.model_id,
+            self.options.restore_timeout_s,
+            group_prefix=self.config.kafka.topic_prefix,
+            public_keys=aggregator_public_keys(self.config, self.model_id),
+        )
 
     def _rewind(self) -> None:
         """After an aborted commit: back to the committed offsets and checkpoint."""
