@@ -86,6 +86,16 @@ def test_services_and_images() -> None:
     assert services["kafka"]["image"].startswith("apache/kafka:")
 
 
+def test_pulled_images_are_pinned_by_tag_and_digest() -> None:
+    """A tag can be re-pushed; the digest cannot. The image we build is named by our version."""
+    pulled = {n: str(s["image"]) for n, s in _services().items() if "build" not in s}
+    assert set(pulled) == {"kafka", "prometheus", "grafana"}
+    for name, image in pulled.items():
+        assert re.fullmatch(r"[a-z0-9./-]+:[A-Za-z0-9._-]+@sha256:[0-9a-f]{64}", image), (
+            f"{name}: pin {image!r} as name:tag@sha256:<digest>"
+        )
+
+
 def test_one_aggregator_per_model_and_one_agent_per_site() -> None:
     cfg = example_config()
     commands = [svc["command"] for svc in _fairfleet_services().values()]

@@ -4,8 +4,12 @@ COPY source present in (and not ignored from) the build context, ports and env m
 from __future__ import annotations
 
 import fnmatch
+import os
 import re
+import subprocess
+import sys
 import tomllib
+from pathlib import Path
 
 from deploykit import DEPLOY, DOCKERFILE, REPO, compose, example_config
 
@@ -73,8 +77,82 @@ def test_entrypoint_is_the_cli_and_torch_is_pinned_like_pyproject() -> None:
     torch_pin = next(d for d in deps if d.startswith("torch=="))
     arg = next(args for op, args in ins if op == "ARG" and args.startswith("TORCH_VERSION="))
     assert arg == "TORCH_VERSION=" + torch_pin.split("==")[1]
-    assert "TORCH_INDEX_URL" in DOCKERFILE.read_text()  # CPU-only wheels selectable at build time
     assert "://" not in DOCKERFILE.read_text(), "no index host names in the Dockerfile"
+
+
+def _build_args(stage: list[tuple[str, str]]) -> dict[str, str]:
+    return dict(args.split("=", 1) for op, args in stage if op == "ARG" and "=" in args)
+
+
+def test_torch_is_the_cpu_build_by_default_and_cuda_is_a_build_argument() -> None:
+    """Every uv install of the build stage runs with UV_TORCH_BACKEND from the TORCH_BACKEND
+    build argument, whose default is `cpu`; and uv is the version the dev extras pin (the one
+    the next test asks)."""
+    build = _stages()[0]
+    args = _build_args(build)
+    assert args["TORCH_BACKEND"] == "cpu"
+    env = " ".join(a for op, a in build if op == "ENV")
+    assert "UV_TORCH_BACKEND=${TORCH_BACKEND}" in env
+    installs = [a for op, a in build if op == "RUN" and "install" in a]
+    assert installs and all("pip install" in a for a in installs)
+    plain_pip = [a for a in installs if "uv pip install" not in a]
+    assert plain_pip == ['pip install "uv==${UV_VERSION}" && python -m venv /opt/fairfleet'], (
+        "everything but uv itself goes through uv, so the torch backend applies to it"
+    )
+    dev = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert f"uv=={args['UV_VERSION']}" in [d.split(";")[0].strip() for d in dev["dev"]]
+
+
+def _resolve_torch(backend: str, version: str) -> str:
+    """What uv does for the Dockerfile's torch line: the resolved requirement when PyTorch's
+    index answers, or (no network, as in CI here) the error naming the index it asked."""
+    uv = Path(sys.executable).with_name("uv")
+    out = subprocess.run(
+        [
+            str(uv),
+            "pip",
+            "compile",
+            "-",
+            "--torch-backend",
+            backend,
+            "--python-version",
+            "3.11",
+            "--python-platform",
+            "x86_64-manylinux_2_28",
+            "--no-header",
+            "--quiet",
+        ],
+        input=f"torch=={version}\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "UV_HTTP_RETRIES": "0", "UV_NO_CACHE": "1"},
+    )
+    return out.stdout + out.stderr
+
+
+def test_the_torch_line_resolves_to_the_cpu_only_wheel() -> None:
+    """The default backend resolves torch to PyTorch's CPU-only variant (local version `+cpu`,
+    from its `/whl/cpu/` index), never the default CUDA wheel with its nvidia-* dependencies.
+    The CPU wheel of torch for CPython 3.11 on x86_64 is about 0.2 GB against about 0.9 GB plus
+    ~3 GB of nvidia wheels for the default build; with no network the check is on the index uv
+    asks, which only serves the CPU variant."""
+    build = _stages()[0]
+    args = _build_args(build)
+    text = _resolve_torch(args["TORCH_BACKEND"], args["TORCH_VERSION"])
+    resolved = re.search(r"^torch==(\S+)$", text, re.MULTILINE)
+    if resolved:
+        assert resolved.group(1) == args["TORCH_VERSION"] + "+cpu", text
+        assert "nvidia" not in text, text
+    else:
+        assert "/whl/cpu/torch/" in text, text
+    cuda = _resolve_torch("cu126", args["TORCH_VERSION"])  # the check tells the variants apart
+    assert "/whl/cpu/" not in cuda and ("+cu126" in cuda or "/whl/cu126/" in cuda), cuda
+
+
+def test_base_images_are_pinned_by_digest() -> None:
+    base = _build_args(_instructions()[: [op for op, _ in _instructions()].index("FROM")])
+    assert re.fullmatch(r"python:3\.11-slim-bookworm@sha256:[0-9a-f]{64}", base["PYTHON_IMAGE"])
 
 
 def _ignored(path: str) -> bool:
