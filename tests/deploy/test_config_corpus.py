@@ -470,3 +470,27 @@ def test_site_run_with_a_missing_key_file_names_it(
         capsys.readouterr().err.strip()
         == f"error: Private key file not found: {tmp_path / 'keys' / 'plant-a.key'}"
     )
+
+
+def test_a_key_file_the_service_user_cannot_read_says_so_with_its_uid(tmp_path: Path) -> None:
+    """The container case: a host key the service's user may not read. The file is mode 000;
+    as root the probe runs without the capabilities that bypass file modes (setpriv)."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    key = tmp_path / "plant-a.key"
+    key.write_text((DEPLOY / "keys" / "plant-a.key").read_text())
+    key.chmod(0)
+    probe = "from fairfleet.signing import load_private; load_private(__import__('sys').argv[1])"
+    command = [sys.executable, "-c", probe, str(key)]
+    if os.getuid() == 0:
+        setpriv = shutil.which("setpriv")
+        assert setpriv, "setpriv (util-linux) drops root's file-mode override for this test"
+        caps = "-dac_override,-dac_read_search"
+        command = [setpriv, f"--inh-caps={caps}", f"--bounding-set={caps}", *command]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0
+    expected = f"Private key file not readable by this user (uid {os.getuid()}): {key}"
+    assert f"ConfigError: {expected}" in out.stderr, out.stderr
