@@ -4,11 +4,19 @@ The checkpoint is the aggregator's private changelog (like a Kafka Streams chang
 a message between services, so it is not a pydantic bus message. Its bytes are one safetensors
 file:
 
-* tensors ``model.<name>`` — the global model (float32, the model's own names and shapes);
+* tensors ``model.<name>`` — the global model (float32, the model's own names and shapes), in
+  format 1 only;
 * tensor ``strategy_state`` — ``fairfleet.fairness.state_to_bytes`` of the strategy state
   (multipliers, optimiser moments), as uint8;
 * metadata ``fairfleet.checkpoint`` — JSON: format version, model id, version, open round,
-  announcement, accepted (site, round) ids, per-round history.
+  announcement, accepted (site, round) ids, per-round history, and (format 2) ``model_sha256``.
+
+Format 2 (what the aggregator writes) holds the model **by reference**: the sha-256 of the
+``ModelRelease`` payload of ``version``, which the same transaction (or an earlier one, for a
+round that changed nothing) put on the compacted ``models`` topic. The model is serialised and
+written once per round instead of twice; :func:`read_checkpoint` with ``models_topic`` fetches
+that payload and checks its hash, which the checkpoint's own signature covers. Format 1
+checkpoints (weights inline) are still read, and written where no release exists to refer to.
 
 It travels on the compacted ``checkpoints`` topic inside the round transaction. A compacted
 topic keeps only the newest record per *key*, so chunks must not share one key: a checkpoint
@@ -19,11 +27,12 @@ larger checkpoints never complete and are ignored; the newest complete checkpoin
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -44,7 +53,8 @@ from fairfleet.signing import blob_signature_headers, blob_signed_by
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # weights inline
+FORMAT_BY_REFERENCE = 2  # weights = the release whose payload sha-256 is model_sha256
 META_KEY = "fairfleet.checkpoint"
 H_MODEL = "ff-model"
 CHECKPOINT_TYPE = b"aggregator.checkpoint"
@@ -76,10 +86,18 @@ class Checkpoint:
     fairness: dict[str, Any] | None = None
     """The fairness gauges of the last closed round (``metrics.round_fairness``), re-exported
     at a restart; None before the first close (and in checkpoints written before this field)."""
+    model_sha256: str = ""
+    """sha-256 of the ModelRelease payload of ``version`` ("" if unknown: a format-1 checkpoint).
+    A checkpoint read by reference has no ``weights`` until :meth:`with_release` fills them."""
+
+    @property
+    def by_reference(self) -> bool:
+        """Whether this checkpoint is written (or was read) with its model by reference."""
+        return bool(self.model_sha256)
 
     def to_bytes(self) -> bytes:
         meta = {
-            "format": FORMAT_VERSION,
+            "format": FORMAT_BY_REFERENCE if self.by_reference else FORMAT_VERSION,
             "model_id": self.model_id,
             "version": self.version,
             "round": self.round,
@@ -93,7 +111,11 @@ class Checkpoint:
             "epoch": self.epoch,
             "fairness": self.fairness,
         }
-        tensors = {f"model.{k}": np.ascontiguousarray(v) for k, v in self.weights.items()}
+        tensors: dict[str, np.ndarray] = {}
+        if self.by_reference:
+            meta["model_sha256"] = self.model_sha256
+        else:
+            tensors = {f"model.{k}": np.ascontiguousarray(v) for k, v in self.weights.items()}
         tensors["strategy_state"] = np.frombuffer(
             state_to_bytes(self.strategy_state), dtype=np.uint8
         ).copy()
@@ -111,9 +133,10 @@ class Checkpoint:
             raise PayloadError(
                 f"Not a valid aggregator checkpoint ({len(data)} bytes): {exc}"
             ) from exc
-        if meta.get("format") != FORMAT_VERSION:
+        if meta.get("format") not in (FORMAT_VERSION, FORMAT_BY_REFERENCE):
             raise PayloadError(
-                f"Checkpoint format must be {FORMAT_VERSION}. Found {meta.get('format')!r}."
+                f"Checkpoint format must be {FORMAT_VERSION} or {FORMAT_BY_REFERENCE}. "
+                f"Found {meta.get('format')!r}."
             )
         state_bytes = tensors.pop("strategy_state").tobytes()
         announcement = meta.get("announcement")
@@ -130,7 +153,22 @@ class Checkpoint:
             created_at=float(meta["created_at"]),
             epoch=str(meta.get("epoch", "")),
             fairness=meta.get("fairness"),
+            model_sha256=str(meta.get("model_sha256", "")),
         )
+
+    def with_release(self, payload: bytes | memoryview) -> Checkpoint:
+        """This checkpoint with its weights taken from the release payload it refers to."""
+        digest = hashlib.sha256(payload).hexdigest()
+        if digest != self.model_sha256:
+            raise PayloadError(
+                f"Release payload of model '{self.model_id}' v{self.version} has sha-256 "
+                f"{digest}; the checkpoint refers to {self.model_sha256}."
+            )
+        try:
+            weights = dict(st_load(bytes(payload)))
+        except (SafetensorError, ValueError, RuntimeError) as exc:
+            raise PayloadError(f"Not a valid model release payload: {exc}") from exc
+        return replace(self, weights=weights)
 
 
 MAX_CHECKPOINT_BYTES = 64 * 1024**3
@@ -229,6 +267,7 @@ def read_checkpoint(
     timeout_s: float = 30.0,
     group_prefix: str = "",
     public_keys: Sequence[str] | None = None,
+    models_topic: str | None = None,
 ) -> Checkpoint | None:
     """Read the whole (compacted) checkpoint topic and return the newest checkpoint of a model.
 
@@ -237,6 +276,10 @@ def read_checkpoint(
     checkpoint that does not parse raises PayloadError: restoring an older one would silently
     undo committed rounds. With ``public_keys`` (the aggregator's), a value not signed by one of
     them is never restored (logged as an error: someone else wrote to the changelog).
+
+    With ``models_topic``, a checkpoint that holds its model by reference gets its weights from
+    the release it names (:func:`read_release_payload`); without, its ``weights`` stay empty
+    (enough for callers that read the rounds, the history or the strategy state).
     """
     consumer = bus.consumer(f"{group_prefix}{CHECKPOINT_RESTORE_GROUP}{new_id()[:12]}", [topic])
     scanner = CheckpointScanner(model_id, public_keys)
@@ -263,4 +306,48 @@ def read_checkpoint(
             topic=topic,
             records=scanner.rejected,
         )
-    return scanner.result()
+    ckpt = scanner.result()
+    if ckpt is None or not ckpt.by_reference or models_topic is None:
+        return ckpt
+    payload = read_release_payload(bus, models_topic, ckpt, timeout_s, group_prefix)
+    return ckpt.with_release(payload)
+
+
+def read_release_payload(
+    bus: Bus, topic: str, ckpt: Checkpoint, timeout_s: float = 30.0, group_prefix: str = ""
+) -> bytes:
+    """The payload of the ModelRelease a by-reference checkpoint names (model, version and
+    payload sha-256), read from the compacted ``models`` topic with a throw-away group.
+
+    The release commits in the transaction of its checkpoint, or earlier, and compaction keeps
+    the newest release of a model, so it is there; if it is not, restoring anything else would
+    silently change the model: PayloadError. The hash is the checkpoint's (which is signed), so
+    the release's own signature adds nothing here."""
+    from fairfleet.bus.messaging import Reader
+    from fairfleet.messages import ModelRelease
+
+    consumer = bus.consumer(f"{group_prefix}{CHECKPOINT_RESTORE_GROUP}{new_id()[:12]}", [topic])
+    reader = Reader(consumer, "checkpoint-restore", limits=CHECKPOINT_LIMITS)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            env = reader.poll(0.2)
+            if env is None:
+                if consumer.committed() and consumer.lag() == 0:
+                    break
+                continue
+            msg = env.message
+            if (
+                isinstance(msg, ModelRelease)
+                and msg.model_id == ckpt.model_id
+                and msg.version == ckpt.version
+                and msg.payload_sha256 == ckpt.model_sha256
+            ):
+                return bytes(env.payload)
+    finally:
+        consumer.close()
+    raise PayloadError(
+        f"The checkpoint of model '{ckpt.model_id}' names release v{ckpt.version} "
+        f"(sha-256 {ckpt.model_sha256}), which topic '{topic}' does not hold (read within "
+        f"{timeout_s} s)."
+    )

@@ -170,6 +170,7 @@ class Aggregator:
         self.budgets = BudgetClient(self.options.budgets_url) if self.options.budgets_url else None
         self._template = self._initial_weights()
         self._shapes = shapes_of(self._template)
+        self._dim = sum(int(v.numel()) for v in self._template.values())  # parameters, flat
         self._crash = CrashHook.parse(self.options.crash_at or os.environ.get(CRASH_ENV))
         self._started = False
         self._closed = False
@@ -288,9 +289,11 @@ class Aggregator:
         event(logger, "metrics listening", port=self._server.port)
 
     def _check_restored(self, ckpt: Checkpoint) -> None:
+        """The restored checkpoint fits the configured model and strategy (weights are checked
+        when they were read: a worker reads a by-reference checkpoint without them)."""
         got = {k: (tuple(v.shape), str(v.dtype)) for k, v in ckpt.weights.items()}
         want = {k: (s, d) for k, (s, d) in self._shapes.items()}
-        if got != want:
+        if got != want and not (ckpt.by_reference and not ckpt.weights):
             raise ConfigError(
                 f"Checkpoint of model '{self.model_id}' has tensors {got}; the configured model "
                 f"has {want}. Use a new model id for a new architecture."
@@ -321,7 +324,7 @@ class Aggregator:
             announcement=announcement(self.model_cfg, self.strategy.name, 0, 0, epoch),
             epoch=epoch,
         )
-        self._commit(ckpt, send_offsets=False)
+        ckpt = self._commit(ckpt, send_offsets=False)
         event(logger, "bootstrapped model", model=self.model_id, version=0)
         return ckpt
 
@@ -338,7 +341,7 @@ class Aggregator:
             created_at=time.time(),
             announcement=announcement(self.model_cfg, self.strategy.name, ckpt.round, ckpt.version),
         )
-        self._commit(resumed, send_offsets=False)
+        resumed = self._commit(resumed, send_offsets=False)
         event(
             logger,
             "resumed: rounds raised",
@@ -589,7 +592,7 @@ class Aggregator:
             self._reject(env, msg, result)
             return
         if self._fold is None:
-            self._fold = RoundFold(self.strategy, self._state, int(self._theta.shape[0]))
+            self._fold = RoundFold(self.strategy, self._state, self._dim)
         self._fold.add(result)  # raises before changing anything (→ a dead letter)
         self._buffer[(msg.site, msg.round)] = replace(env.record, value=b"")
         self._buffer_sites.add(msg.site)
@@ -754,7 +757,7 @@ class Aggregator:
         ann = self.ckpt.announcement
         assert ann is not None
         if self.combiner:
-            self._fold = RoundFold(self.strategy, self._state, int(self._theta.shape[0]))
+            self._fold = RoundFold(self.strategy, self._state, self._dim)
             self._fold.merge(partial for _, partial in self._partials.values())
         assert self._fold is not None
         updates = self._fold.records()  # by site, without their arrays
@@ -791,9 +794,10 @@ class Aggregator:
             epoch=self.ckpt.epoch,
             fairness=fairness,
         )
-        if not self._commit_round(ckpt, ann.round):
+        committed = self._commit_round(ckpt, ann.round)
+        if committed is None:
             return
-        self.ckpt, self._theta, self._state = ckpt, new_theta, result.new_state
+        self.ckpt, self._theta, self._state = committed, new_theta, result.new_state
         self._new_round()
         self._announced_at = ckpt.announcement.opened_at if ckpt.announcement else 0.0
         self.metrics.round_closed(ann.opened_at, updates, fairness)
@@ -810,10 +814,11 @@ class Aggregator:
 
     def _commit_round(
         self, ckpt: Checkpoint, round_: int, dead: tuple[DeadLetter, ...] = (), release: bool = True
-    ) -> bool:
-        """Commit a closed or voided round; False (after a rewind) if the commit was aborted."""
+    ) -> Checkpoint | None:
+        """Commit a closed or voided round: the checkpoint as committed, or None (after a
+        rewind) if the commit was aborted."""
         try:
-            self._commit(ckpt, send_offsets=True, dead=dead, release=release)
+            committed = self._commit(ckpt, send_offsets=True, dead=dead, release=release)
         except (ProducerFenced, OutcomeUnknown):
             raise  # fenced, or not known whether it committed: exit, the restart re-reads the state
         except BusError as exc:
@@ -829,9 +834,9 @@ class Aggregator:
             if self._commit_failures >= MAX_COMMIT_FAILURES:
                 raise  # e.g. the broker is gone: exit, the restart re-reads the state
             self._rewind()
-            return False
+            return None
         self._commit_failures = 0
-        return True
+        return committed
 
     def _void_round(self) -> None:
         """Void the open sync round (below ``min_sites`` after its last re-announcement): the
@@ -881,10 +886,12 @@ class Aggregator:
             finished=finished,
             epoch=self.ckpt.epoch,
             fairness=self.ckpt.fairness,  # a void changes no gauge
+            model_sha256=self.ckpt.model_sha256,  # the same model: the same release
         )
-        if not self._commit_round(ckpt, ann.round, dead=dead, release=False):
+        committed = self._commit_round(ckpt, ann.round, dead=dead, release=False)
+        if committed is None:
             return
-        self.ckpt = ckpt
+        self.ckpt = committed
         self._new_round()
         self._announced_at = ckpt.announcement.opened_at if ckpt.announcement else 0.0
         self.metrics.voided.labels(self.model_id).inc()
@@ -947,20 +954,25 @@ class Aggregator:
         send_offsets: bool,
         dead: tuple[DeadLetter, ...] = (),
         release: bool = True,
-    ) -> None:
+    ) -> Checkpoint:
         """One transaction: model release (unless a voided round changed nothing), next
-        announcement, checkpoint, dead letters of a voided round's updates, consumer offsets."""
+        announcement, checkpoint, dead letters of a voided round's updates, consumer offsets.
+
+        The model is serialised once: the checkpoint refers to the release by its payload's
+        sha-256 (checkpoint format 2); a round without a release keeps the reference it had.
+        Returns the checkpoint as committed (with that reference)."""
         payload = b""
         if release:
             payload = to_safetensors_bytes(
                 {k: torch.from_numpy(v) for k, v in ckpt.weights.items()}
             )
+            ckpt = replace(ckpt, model_sha256=sha256_hex(payload))
         model_release = ModelRelease(
             model_id=self.model_id,
             version=ckpt.version,
             round=ckpt.round,
             model_spec=self.model_cfg.model,
-            payload_sha256=sha256_hex(payload),
+            payload_sha256=ckpt.model_sha256,
             payload_bytes=len(payload),
         )
 
@@ -990,6 +1002,7 @@ class Aggregator:
         run_transaction(self.producer, body, before_commit=before_commit)
         if self._crash is not None:
             self._crash.maybe("after_commit", ckpt.round - 1)
+        return ckpt
 
     def _catching_up(self) -> bool:
         """Whether a sync round past its deadline must first read what is already in the
@@ -1011,6 +1024,7 @@ class Aggregator:
             self.options.restore_timeout_s,
             group_prefix=self.config.kafka.topic_prefix,
             public_keys=aggregator_public_keys(self.config, self.model_id),
+            models_topic=self.topics["models"],
         )
 
     def _rewind(self) -> None:

@@ -138,7 +138,7 @@ class AggregatorWorker(_WorkerMarker, Aggregator):
                 )
         self.ckpt = self._scanner_checkpoint()
         self._check_restored(self.ckpt)
-        self._theta, self._state = self._flat(self.ckpt.weights), self.ckpt.strategy_state
+        self._state = self.ckpt.strategy_state  # folds need the dimension, not the model
         self.consumer = self._make_consumer()
         self.reader = self._make_reader()
         if self.options.require_ledger:
@@ -220,13 +220,13 @@ class AggregatorWorker(_WorkerMarker, Aggregator):
         if ckpt.version == self.ckpt.version and ckpt.round == self.ckpt.round:
             self.ckpt = ckpt
             return
-        self.ckpt, self._theta, self._state = ckpt, self._flat(ckpt.weights), ckpt.strategy_state
+        self.ckpt, self._state = ckpt, ckpt.strategy_state
         owned = set(self._restored)
         self._new_round()
         # A partition owned since before this round opened has no partial of it but ours (only
         # its owner publishes them; a rebalance drops it from _restored): start it empty.
         for p in owned:
-            self._folds[p] = RoundFold(self.strategy, self._state, int(self._theta.shape[0]))
+            self._folds[p] = RoundFold(self.strategy, self._state, self._dim)
             self._origins[p] = {}
             self._restored.add(p)
         event(
@@ -290,7 +290,7 @@ class AggregatorWorker(_WorkerMarker, Aggregator):
             if q in self._restored:
                 continue
             self._drop(q)
-            fold = RoundFold(self.strategy, self._state, int(self._theta.shape[0]))
+            fold = RoundFold(self.strategy, self._state, self._dim)
             origins: dict[str, tuple[int, int]] = {}
             if q in latest:
                 msg, payload = latest[q]

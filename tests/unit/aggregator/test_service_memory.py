@@ -361,7 +361,7 @@ def test_a_round_below_min_sites_is_voided_after_its_reannouncements() -> None:
 
     cfg = config(quorum=3, min_sites=2, deadline_s=0.15, max_reannouncements=1)
     fleet = Fleet(cfg)
-    theta = fleet.agg.global_vector()
+    theta, release_v0 = fleet.agg.global_vector(), fleet.agg.ckpt.model_sha256
     fleet.send("a0", 0.1)
     fleet.pump(2)
     started = time.monotonic()
@@ -381,6 +381,14 @@ def test_a_round_below_min_sites_is_voided_after_its_reannouncements() -> None:
         ("void_round", "a0", "m", 0, "update")
     ]
     assert fleet.agg.ckpt.history[-1]["voided"] is True
+    assert fleet.agg.ckpt.model_sha256 == release_v0  # no release: the same one is referred to
+    restarted = read_checkpoint(
+        fleet.bus, f"{fleet.prefix}checkpoints", "m", 5, models_topic=f"{fleet.prefix}models"
+    )
+    assert restarted is not None and restarted.round == 1
+    assert restarted.weights.keys() == fleet.agg.ckpt.weights.keys()
+    for name, value in restarted.weights.items():
+        assert np.array_equal(value, fleet.agg.ckpt.weights[name])
     # the next round closes normally from the same version
     fleet.send("a0", 0.1)
     fleet.send("b0", 0.3)
@@ -465,3 +473,76 @@ def test_the_gap_bound_gauge_is_the_gamma_the_strategy_enforces(
     raw["models"][0] = {**raw["models"][0], "gamma": 0.3, "strategy": strategy}
     agg = Aggregator(parse_config(raw), "m", bus=MemoryBus())
     assert agg.metrics.gap_bound.labels("m")._value.get() == pytest.approx(want)
+
+
+def _records(bus: MemoryBus, topic: str) -> list[Any]:
+    return bus.consumer(uuid.uuid4().hex, [topic]).consume(10_000, 0)
+
+
+def test_the_model_is_written_once_per_round_and_the_checkpoint_refers_to_its_release() -> None:
+    """Release and checkpoint share a transaction; the checkpoint holds the release's payload
+    sha-256 instead of a second copy of the weights, and a restart reads the weights back from
+    that release (a voided round keeps the reference: the void test)."""
+    cfg, bus = config(rounds=4), MemoryBus()
+    fleet = Fleet(cfg, bus=bus)
+    fleet.send("a0", 0.1)
+    fleet.send("b0", 0.3)
+    fleet.pump()
+    assert fleet.agg.ckpt.version == 1 and fleet.agg.ckpt.by_reference
+    ckpt_topic, models_topic = f"{fleet.prefix}checkpoints", f"{fleet.prefix}models"
+    model_bytes = sum(len(r.value) for r in _records(bus, models_topic))
+    per_checkpoint = [len(r.value) for r in _records(bus, ckpt_topic)]
+    weights_bytes = sum(v.nbytes for v in fleet.agg.ckpt.weights.values())
+    assert model_bytes > 2 * weights_bytes  # two releases (v0, v1) on the models topic
+    assert max(per_checkpoint) < 2048  # JSON + strategy state: never the weights again
+    unresolved = read_checkpoint(bus, ckpt_topic, "m", timeout_s=5)
+    assert unresolved is not None and unresolved.weights == {}
+    assert unresolved.model_sha256 == fleet.agg.ckpt.model_sha256
+    restored = read_checkpoint(bus, ckpt_topic, "m", timeout_s=5, models_topic=models_topic)
+    assert restored is not None and restored.version == 1
+    for name, value in fleet.agg.ckpt.weights.items():
+        assert np.array_equal(restored.weights[name], value)
+    fleet.agg.close()
+    again = Fleet(cfg, bus=bus)  # restarts from the by-reference checkpoint
+    assert np.array_equal(again.agg.global_vector(), fleet.agg.global_vector())
+
+
+def test_a_checkpoint_whose_release_is_missing_or_altered_is_never_restored() -> None:
+    from fairfleet.errors import PayloadError
+
+    bus = MemoryBus()
+    from fairfleet.bus.topics import TopicSpec
+
+    bus.create_topics([TopicSpec("ck", 1), TopicSpec("models", 1)])
+    state = StrategyState("fedavg")
+    payload = to_safetensors_bytes({"w": torch.arange(4, dtype=torch.float32)})
+    ckpt = Checkpoint("m", 3, 3, {}, state, None, model_sha256=sha256_hex(payload))
+    publish_checkpoint(bus.producer(), "ck", ckpt, chunk_bytes=4096)[0].wait()
+    with pytest.raises(PayloadError, match=r"names release v3 .* which topic 'models' does not"):
+        read_checkpoint(bus, "ck", "m", timeout_s=2, models_topic="models")
+    with pytest.raises(PayloadError, match=r"has sha-256 .* the checkpoint refers to"):
+        ckpt.with_release(payload[:-4] + b"\0\0\0\0")
+    assert np.array_equal(ckpt.with_release(payload).weights["w"], [0, 1, 2, 3])
+
+
+def test_a_format_1_checkpoint_still_restores_and_the_next_commit_refers_to_a_release() -> None:
+    from dataclasses import replace
+
+    cfg, bus = config(), MemoryBus()
+    first = Fleet(cfg, bus=bus)
+    first.agg.close()
+    quarter = {k: np.full(v.shape, 0.25, np.float32) for k, v in first.agg.ckpt.weights.items()}
+    # what the aggregator wrote before format 2: the weights inline, no release reference
+    inline = replace(first.agg.ckpt, weights=quarter, model_sha256="")
+    ckpt_topic = f"{first.prefix}checkpoints"
+    publish_checkpoint(bus.producer(), ckpt_topic, inline, 1024, first.agg.signer.key)
+    second = Fleet(cfg, bus=bus)
+    assert not second.agg.ckpt.by_reference
+    assert np.allclose(second.agg.global_vector(), 0.25)
+    second.send("a0", 0.25)
+    second.send("b0", 0.25)
+    second.pump()
+    assert second.agg.ckpt.version == 1 and second.agg.ckpt.by_reference
+    second.agg.close()
+    third = Fleet(cfg, bus=bus)
+    assert np.array_equal(third.agg.global_vector(), second.agg.global_vector())
