@@ -56,10 +56,6 @@ class UnsupportedEventError(PrivacyError):
         self.event_type = event_type
 
 
-class BudgetExceededError(PrivacyError):
-    """A reservation would take a ledger past its policy's epsilon."""
-
-
 class TransactionError(BusError):
     """A transactional call failed; the flags classify it as Kafka's error contract does.
 

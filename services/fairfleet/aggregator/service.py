@@ -1086,6 +1086,3 @@ class Aggregator:
     def global_vector(self) -> np.ndarray:
         """A copy of the current global model as one flat float32 vector."""
         return self._theta.copy()
-
-    def global_state_dict(self) -> dict[str, torch.Tensor]:
-        return unflatten(torch.from_numpy(self._theta.copy()), self._template)

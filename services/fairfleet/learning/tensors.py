@@ -67,10 +67,3 @@ def shapes_of(state: StateDict) -> dict[str, tuple[tuple[int, ...], str]]:
     return {
         name: (tuple(t.shape), str(t.dtype).removeprefix("torch.")) for name, t in state.items()
     }
-
-
-def check_finite(state: StateDict) -> None:
-    """Raise PayloadError naming the first tensor holding NaN or Inf."""
-    for name, t in state.items():
-        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            raise PayloadError(f"Tensor '{name}' contains NaN or Inf.")

@@ -172,12 +172,3 @@ def reduce_event(
         else:
             leaves[leaf] += n
     return leaves
-
-
-def reduce_or_raise(
-    event: dp_event.DpEvent, count: int = 1, relation: Neighbouring = Neighbouring.ADD_OR_REMOVE
-) -> Leaves:
-    result = reduce_event(event, count, relation)
-    if isinstance(result, Unsupported):
-        raise result.error(event)
-    return result

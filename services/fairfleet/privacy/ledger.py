@@ -40,8 +40,6 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-import numpy as np
-
 from fairfleet.privacy.accounting import PldAccountant, RdpAccountant
 from fairfleet.privacy.algebra import NON_PRIVATE, Leaves, Unsupported, reduce_event
 from fairfleet.privacy.events import LedgerKey, PrivacyRecord, PrivacyUnit
@@ -514,19 +512,3 @@ class Ledger:
                     for key in self.ledger_keys()
                 },
             }
-
-    def epsilons(self, delta_of: dict[LedgerKey, float]) -> dict[LedgerKey, float]:
-        """Committed ε of many ledgers at once (one vectorised conversion per δ)."""
-        with self._lock:
-            out: dict[LedgerKey, float] = {}
-            by_delta: dict[float, list[tuple[LedgerKey, np.ndarray]]] = {}
-            for key, delta in delta_of.items():
-                source = self._sources.get(key)
-                for seg in source.segments if source else []:
-                    by_delta.setdefault(delta, []).append((key, self._rdp.curve(seg.committed)))
-                out[key] = 0.0
-            for delta, items in by_delta.items():
-                eps, _ = epsilon_from_rdp(np.stack([c for _, c in items]), self._rdp.orders, delta)
-                for (key, _), value in zip(items, eps, strict=True):
-                    out[key] = max(out[key], float(value))
-            return out

@@ -258,7 +258,6 @@ def test_reads_never_mutate_the_ledger() -> None:
     ledger.budgets()
     ledger.epsilon_next(key())
     ledger.epsilon(key(), pending=True)
-    ledger.epsilons({key(): DELTA})
     ledger.state("e1")
     assert ledger.snapshot() == before
 
@@ -280,8 +279,6 @@ def test_replaying_the_same_log_gives_the_same_ledger() -> None:
                 ledger.cancel(r.event_id, r)
     assert ledgers[0].snapshot() == ledgers[1].snapshot()
     assert ledgers[0].budgets() == ledgers[1].budgets()
-    vectorised = ledgers[0].epsilons({key(): DELTA})[key()]
-    assert vectorised == pytest.approx(ledgers[0].epsilon(key(), DELTA), rel=1e-12)
     assert Counter(ledgers[0].state(f"e{n}") for n in range(30)) == {
         EventState.COMMITTED: 24,
         EventState.CANCELLED: 6,
