@@ -184,6 +184,13 @@ class UpdatePrivacy(BaseModel):
     steps: Annotated[int, Field(ge=0)] = 0
     epsilon_spent: NonNegFloat | None = None
 
+    @property
+    def update_bound(self) -> float | None:
+        """The bound C the site clipped its whole update to before the noise (the update
+        mechanism), which strategies may rely on (q-FFL caps its norm term at C²); None when
+        nothing bounds the update (DP-SGD clips each example's gradient, 'off' clips nothing)."""
+        return self.clip_norm if self.enabled and self.mechanism == "update" else None
+
 
 class SiteUpdate(SignedMessage):
     """A site's privatised model delta for one round (topic ``updates``, key site)."""

@@ -750,6 +750,7 @@ class Aggregator:
             loss=loss,
             staleness=staleness,
             squared_norm=checked.norm**2,
+            clip_norm=msg.privacy.update_bound,  # as the simulator passes it
         )
 
     # -- closing a round ------------------------------------------------------------------------

@@ -546,3 +546,37 @@ def test_a_format_1_checkpoint_still_restores_and_the_next_commit_refers_to_a_re
     second.agg.close()
     third = Fleet(cfg, bus=bus)
     assert np.array_equal(third.agg.global_vector(), second.agg.global_vector())
+
+
+def test_the_update_mechanisms_clip_bound_reaches_the_strategy_as_in_simulation() -> None:
+    """q-FFL caps its norm term at C² only if it knows C: the aggregator passes the bound each
+    site clipped its update to (update mechanism), and None for DP-SGD or no privacy."""
+    cfg = config(quorum=3, min_sites=3)
+    privacy = {"mechanism": "update", "noise_multiplier": 0.5, "clip_norm": 1.0}
+    model = cfg.models[0].model_copy(update={"privacy": type(cfg.models[0].privacy)(**privacy)})
+    fleet = Fleet(cfg.model_copy(update={"models": [model]}))
+    ann = fleet.agg.ckpt.announcement
+    assert ann is not None and ann.privacy.mechanism == "update"
+    for site, clip in (("a0", 0.8), ("b0", 1.0)):
+        msg, payload = update(site, ann, 0.01)
+        noised = msg.privacy.model_copy(
+            update={
+                "enabled": True,
+                "mechanism": "update",
+                "noise_multiplier": 0.5,
+                "clip_norm": clip,
+                "noise_std": 0.5 * clip,
+            }
+        )
+        signed = sign(replace_privacy(msg, noised), load_private(KEYS[site][0]))
+        fleet.pub.send_sync(f"{fleet.prefix}updates", signed, payload, key=site)
+    fleet.pump()
+    assert fleet.agg._fold is not None
+    assert {u.site: u.clip_norm for u in fleet.agg._fold.records()} == {"a0": 0.8, "b0": 1.0}
+    off = update("a1", ann, 0.01)[0].privacy
+    assert off.update_bound is None
+    assert off.model_copy(update={"enabled": True, "mechanism": "dpsgd"}).update_bound is None
+
+
+def replace_privacy(msg: SiteUpdate, privacy: UpdatePrivacy) -> SiteUpdate:
+    return msg.model_copy(update={"privacy": privacy, "signature": None})
