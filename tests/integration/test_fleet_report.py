@@ -27,7 +27,7 @@ from fairfleet.aggregator.checkpoint import read_checkpoint
 from fairfleet.bus import connect, topic_name
 from fairfleet.config import parse_config
 from fairfleet.fairness.gap import GapConstrained
-from fairfleet.signing import Verifier, accountant_signer, aggregator_public_keys
+from fairfleet.signing import aggregator_public_keys
 from fairfleet.site_agent import SiteAgent
 
 pytestmark = pytest.mark.kafka
@@ -80,7 +80,7 @@ def start(target: Any) -> tuple[threading.Event, threading.Thread]:
 def test_report_numbers_are_the_aggregators_and_the_ledgers(
     kafka_bootstrap: str, tmp_path: Path
 ) -> None:
-    from fairfleet.accountant.service import AccountantOptions, AccountantService
+    from fairfleet.accountant.service import AccountantService
 
     prefix = f"report{uuid.uuid4().hex[:6]}."
     model = {
@@ -103,17 +103,12 @@ def test_report_numbers_are_the_aggregators_and_the_ledgers(
     config_file.write_text(yaml.safe_dump(raw))
     config = parse_config(raw)
 
-    accountant = AccountantService(
+    accountant = AccountantService.from_config(
+        config,
         connect(kafka_bootstrap),
         tmp_path / "ledger.sqlite",
-        config.policy_set(),
-        AccountantOptions(
-            prefix=prefix,
-            group_id=f"{prefix}accountant",
-            metrics_port=0,
-            signer=accountant_signer(config),
-            verifier=Verifier.from_config(config).check,
-        ),
+        group_id=f"{prefix}accountant",
+        metrics_port=0,
     )
     accountant_stop, accountant_thread = start(accountant.run)
     aggregator = Aggregator(

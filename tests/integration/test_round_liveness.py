@@ -37,7 +37,7 @@ from fairfleet.messages import (
     PrivacyReservationRequest,
     RoundAnnouncement,
 )
-from fairfleet.signing import Verifier, accountant_signer, generate_keypair
+from fairfleet.signing import generate_keypair
 from fairfleet.site_agent import SiteAgent
 
 pytestmark = pytest.mark.kafka
@@ -68,24 +68,15 @@ class Accountant:
     """The accountant service in a thread, with a fixed ledger file (so it can be restarted)."""
 
     def __init__(self, bus: Any, raw: dict[str, Any], tmp: Path) -> None:
-        from fairfleet.accountant.policies import load_policies
-        from fairfleet.accountant.service import AccountantOptions, AccountantService
+        from fairfleet.accountant.service import AccountantService
 
         prefix = raw["kafka"]["topic_prefix"]
-        config_file = tmp / f"accountant-{uuid.uuid4().hex[:6]}.yaml"
-        config_file.write_text(yaml.safe_dump(raw))
-        config = parse_config(raw)
-        self.service = AccountantService(  # signed and verifying, as `accountant run --config`
+        self.service = AccountantService.from_config(  # as `accountant run --config` builds it
+            parse_config(raw),
             bus,
             tmp / "ledger.sqlite",
-            load_policies(config_file),
-            AccountantOptions(
-                prefix=prefix,
-                group_id=f"{prefix}accountant",
-                metrics_port=None,
-                signer=accountant_signer(config),
-                verifier=Verifier.from_config(config).check,
-            ),
+            group_id=f"{prefix}accountant",
+            metrics_port=None,
         )
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.service.run, args=(self.stop,), daemon=True)

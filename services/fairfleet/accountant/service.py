@@ -22,9 +22,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dp_accounting import dp_event
 
@@ -49,6 +49,9 @@ from fairfleet.metrics import DEFAULT_PROGRESS_TIMEOUT_S, Health, MetricsServer,
 from fairfleet.privacy.events import LedgerKey, PrivacyRecord, PrivacyUnit
 from fairfleet.privacy.ledger import Decision, EventState
 from fairfleet.privacy.policy import PolicySet
+
+if TYPE_CHECKING:
+    from fairfleet.config import FleetConfig
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +79,42 @@ class AccountantOptions:
 
 
 class AccountantService:
-    """The ledger behind the reservation protocol; ``run`` until ``stop`` is set."""
+    """The ledger behind the reservation protocol; ``run`` until ``stop`` is set.
+
+    :meth:`from_config` builds it as a fleet runs it (``fairfleet accountant run --config``);
+    the constructor takes every part explicitly (rebuilds, tests of the ledger alone)."""
+
+    @classmethod
+    def from_config(
+        cls,
+        config: FleetConfig,
+        bus: Bus | None = None,
+        db: str | Path | None = None,
+        policies: PolicySet | None = None,
+        **options: Any,
+    ) -> AccountantService:
+        """The fleet's accountant: its bus, ledger file (``accountant.db``, relative to the
+        config's folder), policies, signer and verifier, topic prefix, metrics address and
+        input bounds from ``config``; the arguments given replace those parts, ``options`` any
+        :class:`AccountantOptions` field (e.g. ``metrics_port=None``)."""
+        from fairfleet.bus import connect
+        from fairfleet.signing import Verifier, accountant_signer
+
+        base = AccountantOptions(
+            prefix=config.kafka.topic_prefix,
+            metrics_port=config.accountant.metrics_port,
+            metrics_host=config.metrics_host,
+            limits=config.kafka.input_limits(),
+            progress_timeout_s=config.accountant.progress_timeout_s,
+            signer=accountant_signer(config),
+            verifier=Verifier.from_config(config).check,
+        )
+        return cls(
+            bus or connect(config.bus_url(), config.kafka.client_config()),
+            db or config.resolve_path(config.accountant.db),
+            policies or config.policy_set(),
+            replace(base, **options),
+        )
 
     def __init__(
         self,

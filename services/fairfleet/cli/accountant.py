@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -41,70 +42,53 @@ def run_cmd(
     """
     import signal
     import threading
+    from dataclasses import replace
 
     from fairfleet.accountant.policies import load_policies
     from fairfleet.accountant.service import AccountantOptions, AccountantService
     from fairfleet.bus import connect
-    from fairfleet.bus.limits import DEFAULT_LIMITS
     from fairfleet.errors import ConfigError
     from fairfleet.log import configure
-    from fairfleet.metrics import DEFAULT_PROGRESS_TIMEOUT_S
-    from fairfleet.privacy.policy import PolicySet
 
     configure("accountant")
-    client_config: dict[str, str] = {}
-    progress_timeout_s = DEFAULT_PROGRESS_TIMEOUT_S
-    policies: PolicySet | None = None
-    limits = DEFAULT_LIMITS
-    signer = verifier = None
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    given: dict[str, Any] = {  # options given explicitly win over the fleet config
+        k: v
+        for k, v in {
+            "prefix": prefix,
+            "group_id": group_id,
+            "metrics_port": metrics_port,
+            "metrics_host": metrics_host,
+        }.items()
+        if v is not None
+    }
+    policies = load_policies(policy) if policy is not None else None
     if config is not None:
         from fairfleet.config import load_config
 
         cfg = load_config(config)
-        bootstrap = bootstrap or cfg.kafka.bootstrap
-        client_config = cfg.kafka.client_config()
-        prefix = prefix or cfg.kafka.topic_prefix
-        if db is None:
-            db = cfg.resolve_path(cfg.accountant.db)  # relative to the config's folder
-        metrics_port = cfg.accountant.metrics_port if metrics_port is None else metrics_port
-        metrics_host = metrics_host or cfg.metrics_host
-        if policy is None:
-            policies = cfg.policy_set()  # the config already loaded, not read again
-        limits = cfg.kafka.input_limits()
-        progress_timeout_s = cfg.accountant.progress_timeout_s
-        from fairfleet.signing import Verifier, accountant_signer
+        bus = connect(f"kafka://{bootstrap}", cfg.kafka.client_config()) if bootstrap else None
+        AccountantService.from_config(cfg, bus, db, policies, **given).run(stop)
+        return
+    import logging
 
-        signer, verifier = accountant_signer(cfg), Verifier.from_config(cfg).check
-    else:
-        import logging
+    from fairfleet.log import event
 
-        from fairfleet.log import event
-
-        event(
-            logging.getLogger(__name__),
-            "no --config: grants are unsigned and requests unverified (docs/security.md)",
-            logging.WARNING,
-        )
-    if policy is not None:
-        policies = load_policies(policy)
+    event(
+        logging.getLogger(__name__),
+        "no --config: grants are unsigned and requests unverified (docs/security.md)",
+        logging.WARNING,
+    )
     if bootstrap is None or policies is None:
         raise ConfigError("Give --config FLEET.yaml, or --bootstrap and --policy.")
-    options = AccountantOptions(
-        prefix=prefix or "fairfleet.",
-        group_id=group_id,
-        metrics_port=9100 if metrics_port is None else metrics_port,
-        metrics_host=metrics_host or "127.0.0.1",
-        limits=limits,
-        progress_timeout_s=progress_timeout_s,
-        signer=signer,
-        verifier=verifier,
-    )
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    bus = connect(f"kafka://{bootstrap}", client_config)
+    options = replace(AccountantOptions(metrics_port=9100), **given)
     service = AccountantService(
-        bus, db or Path(".fairfleet/accountant/ledger.sqlite"), policies, options
+        connect(f"kafka://{bootstrap}"),
+        db or Path(".fairfleet/accountant/ledger.sqlite"),
+        policies,
+        options,
     )
     service.run(stop)
 

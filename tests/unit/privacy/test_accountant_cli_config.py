@@ -18,10 +18,12 @@ from fairfleet.signing import add_service_identities
 
 
 class _Recorder:
-    """Stands in for AccountantService: records the db it was given and returns at once."""
+    """Stands in for AccountantService: records the db it was given and returns at once (built
+    by the real ``from_config``, as the CLI builds the service)."""
 
     db: Path | None = None
     policies: Any = None
+    from_config = classmethod(accountant_service.AccountantService.from_config.__func__)  # type: ignore[attr-defined]
 
     def __init__(self, bus: Any, db: str | Path, policies: Any, options: Any) -> None:
         _Recorder.db = Path(db)

@@ -11,8 +11,6 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from fairfleet.bus import Bus, Publisher, Reader, topic_name
 from fairfleet.config import FleetConfig, parse_config
 from fairfleet.learning.models import build_model
@@ -26,8 +24,6 @@ from fairfleet.messages import (
     RoundAnnouncement,
 )
 from fairfleet.signing import (
-    Verifier,
-    accountant_signer,
     add_service_identities,
     aggregator_signer,
     generate_keypair,
@@ -203,24 +199,15 @@ class RealAccountant:
     """The accountant service (fairfleet.accountant) in a thread, policies from the fleet config."""
 
     def __init__(self, bus: Bus, config: dict[str, Any], tmp: Path) -> None:
-        from fairfleet.accountant.policies import load_policies
-        from fairfleet.accountant.service import AccountantOptions, AccountantService
+        from fairfleet.accountant.service import AccountantService
 
         prefix = config["kafka"]["topic_prefix"]
-        config_file = tmp / f"accountant-{uuid.uuid4().hex[:6]}.yaml"
-        config_file.write_text(yaml.safe_dump(config))
-        fleet = parse_config(config)
-        self.service = AccountantService(
+        self.service = AccountantService.from_config(  # as `accountant run --config` builds it
+            parse_config(config),
             bus,
             tmp / f"ledger-{uuid.uuid4().hex[:6]}.sqlite",
-            load_policies(config_file),
-            AccountantOptions(
-                prefix=prefix,
-                group_id=f"{prefix}accountant",
-                metrics_port=None,
-                signer=accountant_signer(fleet),
-                verifier=Verifier.from_config(fleet).check,
-            ),
+            group_id=f"{prefix}accountant",
+            metrics_port=None,
         )
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.service.run, args=(self.stop,), daemon=True)
