@@ -36,6 +36,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from fairfleet.errors import SchemaError
+from fairfleet.privacy.kinds import mechanism
 from fairfleet.privacy.windows import WindowRange as WindowRange  # the one window-range type
 
 
@@ -118,7 +119,7 @@ class PrivacyPlan(BaseModel):
     def protected_unit(self) -> Literal["observation", "site"]:
         """The unit the mechanism protects (the ledger it is charged to): DP-SGD one
         observation, the update mechanism one site."""
-        return "observation" if self.mechanism == "dpsgd" else "site"
+        return mechanism(self.mechanism).unit or "site"
 
 
 class NoisyStat(BaseModel):
@@ -189,7 +190,7 @@ class UpdatePrivacy(BaseModel):
         """The bound C the site clipped its whole update to before the noise (the update
         mechanism), which strategies may rely on (q-FFL caps its norm term at C²); None when
         nothing bounds the update (DP-SGD clips each example's gradient, 'off' clips nothing)."""
-        return self.clip_norm if self.enabled and self.mechanism == "update" else None
+        return self.clip_norm if self.enabled and mechanism(self.mechanism).bounds_update else None
 
 
 class SiteUpdate(SignedMessage):

@@ -27,6 +27,7 @@ import torch
 from fairfleet.errors import PayloadError
 from fairfleet.learning.tensors import flatten, from_safetensors_bytes, shapes_of
 from fairfleet.messages import LocalTrainingPlan, PrivacyPlan, RoundAnnouncement, SiteUpdate
+from fairfleet.privacy.kinds import mechanism
 from fairfleet.signing import verify
 
 NOISE_TAIL_SIGMAS = 6.0
@@ -70,9 +71,10 @@ class Rejection:
 
 def noise_std_for(plan: PrivacyPlan, training: LocalTrainingPlan, n_examples: int) -> float:
     """Per-coordinate noise std the announced plan puts into a site's delta."""
-    if plan.mechanism == "off":
+    kind = mechanism(plan.mechanism)
+    if not kind.private:
         return 0.0
-    if plan.mechanism == "update":
+    if kind.bounds_update:
         return plan.noise_multiplier * plan.clip_norm
     q = plan.sampling_rate or 1.0
     steps = training.epochs * max(1, math.floor(1.0 / q))
@@ -83,10 +85,11 @@ def noise_std_for(plan: PrivacyPlan, training: LocalTrainingPlan, n_examples: in
 
 def norm_bound(plan: PrivacyPlan, training: LocalTrainingPlan, n_examples: int, dim: int) -> float:
     """Largest ‖Δ̃‖ an honest site produces under ``plan`` (module docstring); inf if DP is off."""
-    if plan.mechanism == "off":
+    kind = mechanism(plan.mechanism)
+    if not kind.private:
         return math.inf
     noise = noise_std_for(plan, training, n_examples) * (math.sqrt(dim) + NOISE_TAIL_SIGMAS)
-    if plan.mechanism == "update":
+    if kind.bounds_update:
         return plan.clip_norm + noise
     q = plan.sampling_rate or 1.0
     steps = training.epochs * max(1, math.floor(1.0 / q))
@@ -165,7 +168,7 @@ def check_round(
 def check_privacy(msg: SiteUpdate, plan: PrivacyPlan) -> Rejection | None:
     """The update was privatised at least as strongly as the announced plan asks."""
     got = msg.privacy
-    if plan.mechanism == "off":
+    if not mechanism(plan.mechanism).private:
         return None
     tol = 1e-9
     problems = []

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fairfleet.privacy.kinds import mechanism
+
 
 @dataclass
 class CheckReport:
@@ -63,6 +65,7 @@ def check_model(i: int, raw: dict[str, Any], report: CheckReport) -> None:
     from fairfleet.errors import ConfigError
     from fairfleet.fairness.registry import build_strategy
     from fairfleet.learning.models import available_models, build_model
+    from fairfleet.privacy.kinds import mechanism
 
     where = f"models[{i}]"
     m = ModelConfig.model_validate(raw)
@@ -92,20 +95,21 @@ def check_model(i: int, raw: dict[str, Any], report: CheckReport) -> None:
     except (TypeError, ValueError) as exc:
         report.problems.append(f"{where}.strategy.params: {exc} (got {shown(m.strategy.params)})")
     p = m.privacy
-    if p.mechanism == "dpsgd" and p.sampling_rate is None:
+    kind = mechanism(p.mechanism)
+    if kind.poisson_sampled and p.sampling_rate is None:
         report.problems.append(
             f"{where}.privacy.sampling_rate: DP-SGD needs an explicit Poisson sampling rate (got None)"
         )
-    if p.mechanism == "update" and p.unit == "observation":
+    if kind.unit == "site" and p.unit == "observation":
         report.problems.append(
             f"{where}.privacy.unit: the whole-update Gaussian mechanism protects a site, not one "
             "observation; use unit: site or mechanism: dpsgd (got 'observation')"
         )
-    if p.mechanism == "dpsgd" and p.unit == "site":
+    if kind.unit == "observation" and p.unit == "site":
         report.warnings.append(
             f"{where}.privacy.unit: DP-SGD protects observations; 'site' undersells it"
         )
-    if p.mechanism == "off":
+    if not kind.private:
         report.warnings.append(f"{where}.privacy.mechanism: PRIVACY IS OFF for model '{m.id}'")
     elif p.noise_multiplier == 0:
         report.warnings.append(
@@ -245,7 +249,7 @@ def site_units(cfg: Any, s: Any) -> dict[str, list[str]]:
     units: dict[str, list[str]] = {}
     for model_id in s.models or [m.id for m in cfg.models]:
         plan = cfg.model(model_id).privacy
-        if plan.mechanism != "off":
+        if mechanism(plan.mechanism).private:
             units.setdefault(plan.unit, []).append(model_id)
     return units
 

@@ -9,6 +9,7 @@ from typing import Any
 import typer
 
 from fairfleet.errors import ConfigError
+from fairfleet.privacy.kinds import mechanism
 
 
 def parse_floats(text: str, name: str) -> tuple[float, ...]:
@@ -53,7 +54,7 @@ def run_settings(fleet: str, model: str | None, given: dict[str, Any]) -> dict[s
         found = training_defaults(dep.config(), model, np.array([s.n_train for s in data.sites]))
         for key in ("rounds", "local_steps", "batch_size", "lr", "clip_norm", "delta"):
             base[key] = found[key]
-        if found["mechanism"] == "dpsgd":  # the configured unit; 'off' is measured at site level
+        if mechanism(found["mechanism"]).unit == "observation":  # 'off' is measured at site level
             base["unit"], base["sampling_rate"] = "observation", found["sampling_rate"]
         base["epsilon"] = f"{found['epsilon']:g}"
         base["gamma"] = f"{found['gamma']:g}"

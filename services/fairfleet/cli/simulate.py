@@ -8,6 +8,8 @@ from typing import Any
 
 import typer
 
+from fairfleet.privacy.kinds import mechanism
+
 
 def _parse_params(items: list[str]) -> dict[str, Any]:
     from fairfleet.errors import ConfigError
@@ -67,9 +69,9 @@ def settings_for(
                 base[key] = found[key]
             base["local_epochs"] = found["epochs"]
             params = dict(found["strategy_params"])
-            if found["mechanism"] != "off":
-                base["epsilon"] = found["epsilon"]
-                base["unit"] = "observation" if found["mechanism"] == "dpsgd" else "site"
+            kind = mechanism(found["mechanism"])
+            if kind.private:
+                base["epsilon"], base["unit"] = found["epsilon"], kind.unit
     return {k: (given[k] if given.get(k) is not None else v) for k, v in base.items()}, params
 
 

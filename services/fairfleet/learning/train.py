@@ -41,12 +41,13 @@ from fairfleet.errors import ConfigError
 from fairfleet.learning.tensors import flatten, unflatten
 from fairfleet.privacy import dpsgd
 from fairfleet.privacy.events import PrivacyUnit, dpsgd_event
+from fairfleet.privacy.kinds import MECHANISMS, MechanismName
+from fairfleet.privacy.kinds import mechanism as mechanism_kind
 from fairfleet.privacy.mechanisms import GaussianUpdateMechanism
 
 Task = Literal["regression", "classification"]
-PrivacyMode = Literal["off", "dpsgd", "update"]
+PrivacyMode = MechanismName
 _TASKS = ("regression", "classification")
-_PRIVACY_MODES = ("off", "dpsgd", "update")
 
 
 @dataclass(frozen=True)
@@ -75,13 +76,11 @@ class LocalTrainConfig:
         check_positive_int("batch_size", self.batch_size)
         check_positive("lr", self.lr, allow_zero=True)
         check_positive("prox_mu", self.prox_mu, allow_zero=True)
-        if self.privacy not in _PRIVACY_MODES:
-            raise ConfigError(
-                f"privacy must be one of {list(_PRIVACY_MODES)}. Found {self.privacy!r}."
-            )
+        if self.privacy not in MECHANISMS:
+            raise ConfigError(f"privacy must be one of {list(MECHANISMS)}. Found {self.privacy!r}.")
         dpsgd.validate_noise_multiplier(self.noise_multiplier)
         dpsgd.validate_clip_norm(self.clip_norm)
-        if self.privacy == "dpsgd" or self.sampling_rate is not None:
+        if mechanism_kind(self.privacy).poisson_sampled or self.sampling_rate is not None:
             dpsgd.validate_sampling_rate(self.sampling_rate)
         if self.grad_sample_mode not in dpsgd.GRAD_SAMPLE_MODES:
             raise ConfigError(
@@ -102,9 +101,10 @@ class LocalTrainConfig:
         """The event one ``local_train`` call with this config will spend, known *before* training
         (the site reserves it with the accountant first). Equal to ``LocalTrainResult.dp_event``.
         """
-        if self.privacy == "off":
+        kind = mechanism_kind(self.privacy)
+        if not kind.private:
             return None
-        if self.privacy == "dpsgd":
+        if kind.poisson_sampled:
             q = dpsgd.validate_sampling_rate(self.sampling_rate)
             return dpsgd_event(q, self.noise_multiplier, self.epochs * dpsgd.steps_per_epoch(q))
         return GaussianUpdateMechanism(self.clip_norm, self.noise_multiplier).dp_event()
@@ -112,9 +112,8 @@ class LocalTrainConfig:
     @property
     def privacy_unit(self) -> PrivacyUnit | None:
         """observation (dpsgd), site (update) or None (off)."""
-        return {"off": None, "dpsgd": PrivacyUnit.OBSERVATION, "update": PrivacyUnit.SITE}[
-            self.privacy
-        ]
+        unit = mechanism_kind(self.privacy).unit
+        return None if unit is None else PrivacyUnit(unit)
 
 
 @dataclass
@@ -250,7 +249,7 @@ def local_train(
     optimizer = torch.optim.SGD(params, lr=config.lr)
     sample_gen = dpsgd.make_generator(seed, config.secure_rng)
 
-    if config.privacy == "dpsgd":
+    if mechanism_kind(config.privacy).poisson_sampled:
         q = dpsgd.validate_sampling_rate(config.sampling_rate)
         engine = dpsgd.DpSgd(
             local,
@@ -301,7 +300,7 @@ def local_train(
     delta = {k: v - global_state[k] for k, v in _float_state(local).items()}
     flat = flatten(delta)
     norm = float(flat.norm(2))
-    if config.privacy == "off":
+    if not mechanism_kind(config.privacy).private:
         return LocalTrainResult(
             delta=delta,
             n_examples=n,

@@ -59,6 +59,7 @@ from fairfleet.messages import (
 )
 from fairfleet.metrics import Health
 from fairfleet.privacy.events import dp_event_to_json
+from fairfleet.privacy.kinds import mechanism
 from fairfleet.privacy.windows import WindowRange, WindowRanges, describe, hull
 from fairfleet.signing import Signer, Verifier, load_private, sign, site_principal
 from fairfleet.site_agent import release as rel
@@ -132,7 +133,7 @@ class SiteAgent:
         self.models = {m: config.model(m) for m in self.site.models}
         for model_id, model in self.models.items():
             self.metrics.privacy_enabled.labels(site_id, model_id).set(
-                0 if model.privacy.mechanism == "off" else 1
+                int(mechanism(model.privacy.mechanism).private)
             )
         self.bus = (
             bus if bus is not None else connect(config.bus_url(), config.kafka.client_config())
@@ -428,7 +429,7 @@ class SiteAgent:
                 f"announced {ann.model_spec}/{ann.privacy} differs from the site's "
                 f"config {cfg.model}/{plan}",
             )
-        if plan.mechanism == "off":
+        if not mechanism(plan.mechanism).private:
             event(
                 logger,
                 "PRIVACY IS OFF: this round's update and loss leave the site UN-NOISED",
@@ -460,7 +461,7 @@ class SiteAgent:
         # sync only: an async aggregator still takes updates of older rounds (FedBuff staleness)
         if ann.mode == "sync" and self._round_over(ann):  # closed while data and model were fetched
             raise Skip("superseded", f"round {rnd} closed before the reservation")
-        if plan.mechanism != "off":
+        if mechanism(plan.mechanism).private:
             dp_event = rel.round_event(plan, ann.training, len(split[2]))
             grant = self._reserve(ann, eid, windows, dp_event_to_json(dp_event))
             if grant.granted and grant.reason == "already committed":
@@ -570,7 +571,7 @@ class SiteAgent:
         )
 
     def _cancel(self, model_id: str, rnd: int, eid: str) -> None:
-        if self.models[model_id].privacy.mechanism == "off":
+        if not mechanism(self.models[model_id].privacy.mechanism).private:
             return
         # the range _reserve stored (write-ahead) before the request went out
         state = self.store.get(model_id, rnd)

@@ -32,6 +32,7 @@ from fairfleet.learning.train import LocalTrainConfig, local_train, per_example_
 from fairfleet.messages import LocalTrainingPlan, ModelSpec, NoisyStat, PrivacyPlan, UpdatePrivacy
 from fairfleet.privacy import dpsgd
 from fairfleet.privacy.events import PrivacyUnit, compose, dpsgd_event
+from fairfleet.privacy.kinds import mechanism
 from fairfleet.privacy.mechanisms import noisy_bounded_mean, noisy_mean_dp_event
 
 
@@ -48,11 +49,12 @@ def dpsgd_steps(plan: PrivacyPlan, training: LocalTrainingPlan) -> int:
 
 def update_event(plan: PrivacyPlan, training: LocalTrainingPlan) -> dp_accounting.DpEvent:
     """The DpEvent of the delta release alone."""
-    if plan.mechanism == "dpsgd":
+    kind = mechanism(plan.mechanism)
+    if kind.poisson_sampled:
         steps = dpsgd_steps(plan, training)
         assert plan.sampling_rate is not None  # checked by dpsgd_steps
         return dpsgd_event(plan.sampling_rate, plan.noise_multiplier, steps)
-    if plan.mechanism == "update":
+    if kind.bounds_update:
         if plan.noise_multiplier == 0:
             return dp_accounting.NonPrivateDpEvent()
         return dp_accounting.GaussianDpEvent(plan.noise_multiplier)
@@ -75,9 +77,9 @@ def train_config(plan: PrivacyPlan, training: LocalTrainingPlan, secure: bool) -
         lr=training.lr,
         prox_mu=training.prox_mu,
         privacy=plan.mechanism,
-        noise_multiplier=plan.noise_multiplier if plan.mechanism != "off" else 0.0,
+        noise_multiplier=plan.noise_multiplier if mechanism(plan.mechanism).private else 0.0,
         clip_norm=plan.clip_norm,
-        sampling_rate=plan.sampling_rate if plan.mechanism == "dpsgd" else None,
+        sampling_rate=plan.sampling_rate if mechanism(plan.mechanism).poisson_sampled else None,
         secure_rng=secure,
     )
 
@@ -149,8 +151,8 @@ def prepare_release(
     xt = torch.from_numpy(np.ascontiguousarray(x_train))
     result = local_train(model, xt, targets(y_train, spec), spec.task, cfg, seed)
     m = len(x_hold)
-    expected = round_event(plan, training, m) if plan.mechanism != "off" else None
-    if plan.mechanism != "off":
+    expected = round_event(plan, training, m) if mechanism(plan.mechanism).private else None
+    if mechanism(plan.mechanism).private:
         assert expected is not None and result.dp_event is not None
         if (
             compose(
@@ -169,10 +171,10 @@ def prepare_release(
         losses = per_example_loss(
             model(torch.from_numpy(np.ascontiguousarray(x_hold))), targets(y_hold, spec), spec.task
         )
-    loss_sigma = plan.loss_noise_multiplier if plan.mechanism != "off" else 0.0
+    loss_sigma = plan.loss_noise_multiplier if mechanism(plan.mechanism).private else 0.0
     gen = None if secure else np.random.default_rng(seed + 2)
     noisy = noisy_bounded_mean(losses, 0.0, plan.loss_bound, loss_sigma, generator=gen, m=m)
-    enabled = plan.mechanism != "off"
+    enabled = mechanism(plan.mechanism).private
     privacy = UpdatePrivacy(
         enabled=enabled,
         mechanism=plan.mechanism,
@@ -180,7 +182,7 @@ def prepare_release(
         noise_multiplier=plan.noise_multiplier if enabled else 0.0,
         clip_norm=plan.clip_norm if enabled else 0.0,
         noise_std=float(result.noise_std),
-        sampling_rate=plan.sampling_rate if plan.mechanism == "dpsgd" else None,
+        sampling_rate=plan.sampling_rate if mechanism(plan.mechanism).poisson_sampled else None,
         steps=result.steps,
         epsilon_spent=epsilon_spent,
     )
