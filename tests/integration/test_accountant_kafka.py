@@ -17,6 +17,7 @@ import httpx
 import pytest
 import yaml
 
+from fairfleet.accountant.intake import record_of
 from fairfleet.accountant.service import AccountantOptions, AccountantService, rebuild
 from fairfleet.accountant.store import LedgerStore
 from fairfleet.bus import Publisher, Reader, connect, topic_name
@@ -30,7 +31,6 @@ from fairfleet.messages import (
 from fairfleet.privacy.accounting import RdpAccountant
 from fairfleet.privacy.events import (
     LedgerKey,
-    PrivacyRecord,
     PrivacyUnit,
     dp_event_to_json,
     dpsgd_event,
@@ -240,7 +240,7 @@ def test_kill_9_mid_stream_then_restart_equals_a_replay_from_zero(
     # ... and as applying the stream directly: nothing lost, nothing charged twice
     expected = Ledger(policies)
     for msg in stream:
-        record = PrivacyRecord.from_message(msg)
+        record = record_of(msg)
         if msg.action == "cancel":
             expected.cancel(msg.event_id, record)
         else:
@@ -341,7 +341,7 @@ def test_operator_cancel_frees_a_stale_reservation(
         service.step(0.2)
     assert service.ledger.state("gone") is EventState.CANCELLED
     assert service.ledger.reserve(
-        PrivacyRecord.from_message(PrivacyReservationRequest(**_fields("next", "m2")))
+        record_of(PrivacyReservationRequest(**_fields("next", "m2")))
     ).granted
     service.close()
 

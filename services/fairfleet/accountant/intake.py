@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from pydantic import ValidationError
 
 from fairfleet.errors import FairfleetError
+from fairfleet.messages import PrivacyEventMessage, PrivacyReservationRequest
 from fairfleet.privacy.accounting import RdpAccountant
 from fairfleet.privacy.algebra import Unsupported, reduce_event
-from fairfleet.privacy.events import PrivacyRecord
+from fairfleet.privacy.events import PrivacyRecord, PrivacyUnit
 from fairfleet.privacy.rdp import epsilon_from_rdp
 
 DRY_RUN_DELTA = 1e-5
@@ -34,10 +35,29 @@ class Rejected(FairfleetError):
         self.reason = reason
 
 
-def parse_record(message: object, reason: str) -> PrivacyRecord:
+def record_of(message: PrivacyReservationRequest | PrivacyEventMessage) -> PrivacyRecord:
+    """The ledger's record of a reservation request or a ledger event (the wire messages and
+    the ledger's type share their fields; the ledger validates the event and the windows)."""
+    return PrivacyRecord(
+        event_id=message.event_id,
+        unit=PrivacyUnit(message.unit),
+        site=message.site,
+        source=message.source,
+        windows=message.windows,
+        window_ranges=tuple(message.window_ranges or ()),
+        model_id=message.model_id,
+        round=message.round,
+        site_class=message.site_class,
+        dp_event=message.dp_event,
+    )
+
+
+def parse_record(
+    message: PrivacyReservationRequest | PrivacyEventMessage, reason: str
+) -> PrivacyRecord:
     """The message's PrivacyRecord; Rejected(``reason``) naming the problem if it has none."""
     try:
-        return PrivacyRecord.from_message(message)
+        return record_of(message)
     except (ValidationError, FairfleetError, ValueError) as exc:
         raise Rejected(reason, str(exc)[:2000]) from None
 

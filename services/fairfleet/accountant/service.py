@@ -359,7 +359,6 @@ class AccountantService:
         # every window the message names, as one range (a malformed set over-counts, fail closed)
         ends = [(r.first, r.last) for r in (msg.windows, *(msg.window_ranges or ()))]
         fields["windows"] = {"first": min(min(e) for e in ends), "last": max(max(e) for e in ends)}
-        fields["neighbouring"] = getattr(msg, "neighbouring", "add_or_remove")
         return PrivacyRecord.model_validate({**fields, "dp_event": replacement})
 
     def _answer(self, msg: PrivacyReservationRequest, decision: Decision) -> None:

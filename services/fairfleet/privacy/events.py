@@ -305,20 +305,3 @@ class PrivacyRecord(BaseModel):
     def message_fields(self) -> dict[str, Any]:
         """The fields of fairfleet.messages' privacy request/event messages, JSON-ready."""
         return self.model_dump(mode="json")
-
-    @classmethod
-    def from_message(cls, message: Any) -> PrivacyRecord:
-        """Build from a PrivacyReservationRequest / PrivacyEventMessage (duck-typed)."""
-        return cls(
-            event_id=message.event_id,
-            unit=PrivacyUnit(message.unit),
-            site=message.site,
-            source=message.source,
-            windows=message.windows,
-            window_ranges=tuple(getattr(message, "window_ranges", None) or ()),
-            model_id=message.model_id,
-            round=getattr(message, "round", 0),
-            site_class=getattr(message, "site_class", ""),
-            neighbouring=Neighbouring(getattr(message, "neighbouring", "add_or_remove")),
-            dp_event=message.dp_event,
-        )

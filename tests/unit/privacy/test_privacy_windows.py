@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from fairfleet.accountant.intake import record_of
 from fairfleet.accountant.store import LedgerStore
 from fairfleet.messages import PrivacyEventMessage, PrivacyReservationRequest
 from fairfleet.messages import WindowRange as MessageWindowRange
@@ -180,9 +181,9 @@ def test_messages_carry_window_sets_and_stay_readable_without_them() -> None:
     fields.pop("neighbouring")
     msg = PrivacyEventMessage.model_validate(fields)
     assert msg.windows == r(1, BIG) and msg.window_ranges == [r(1, 2), r(BIG, BIG)]
-    assert PrivacyRecord.from_message(msg) == rec
+    assert record_of(msg) == rec
     # a message without window_ranges (an older agent) is its one range
     old = PrivacyReservationRequest.model_validate(
         {**{k: v for k, v in fields.items() if k not in ("action", "window_ranges")}}
     )
-    assert old.window_ranges is None and PrivacyRecord.from_message(old).charged == (r(1, BIG),)
+    assert old.window_ranges is None and record_of(old).charged == (r(1, BIG),)
