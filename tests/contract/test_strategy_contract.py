@@ -1,8 +1,10 @@
 """The strategy contract, run for EVERY registered strategy (``STRATEGIES``: the built-ins and
 any ``fairfleet.strategies`` plugin installed), so a plugin gets the suite for free: its state
 survives the aggregator's checkpoints bit for bit, it never mutates its inputs, its output is a
-finite vector of the global's shape, and an unknown parameter is refused by name. (Its fold
-equals its batch aggregate: tests/unit/fairness/test_fold.py, parametrised the same way.)"""
+finite vector of the global's shape, and an unknown parameter is refused by name. A registered
+coefficient strategy that takes ``server_step`` runs it with every server step (``SERVER_STEPS``):
+``gap`` with ``adam``, ``qffl`` with ``yogi``... (Its fold equals its batch aggregate:
+tests/unit/fairness/test_fold.py, parametrised the same way.)"""
 
 from __future__ import annotations
 
@@ -15,10 +17,12 @@ import pytest
 
 from fairfleet.errors import ConfigError
 from fairfleet.fairness import (
+    SERVER_STEPS,
     STRATEGIES,
     NoisyStat,
     SiteUpdate,
     Strategy,
+    WeightedUpdateStrategy,
     build_strategy,
     state_from_bytes,
     state_to_bytes,
@@ -27,11 +31,20 @@ from fairfleet.fairness import (
 NAMES = STRATEGIES.names()
 # Parameters that take a strategy through more of its state (defaults otherwise).
 PARAMS: dict[str, dict[str, Any]] = {"afl": {"track_average": True}}
+# every registered strategy, and each one that composes a weighting with a step, with each step
+CASES: list[tuple[str, dict[str, Any]]] = [(name, PARAMS.get(name, {})) for name in NAMES] + [
+    (name, {**PARAMS.get(name, {}), "server_step": step})
+    for name in NAMES
+    if "server_step" in inspect.signature(STRATEGIES.get(name).__init__).parameters
+    for step in SERVER_STEPS.names()
+    if step != getattr(STRATEGIES.get(name), "default_step", None)
+]
+IDS = [name + "".join(f"-{v}" for v in params.values()) for name, params in CASES]
 DIM = 6
 
 
-def _strategy(name: str) -> Strategy:
-    return build_strategy(name, **PARAMS.get(name, {}))
+def _strategy(name: str, params: dict[str, Any]) -> Strategy:
+    return build_strategy(name, **params)
 
 
 def _rounds(n_rounds: int, seed: int = 0) -> list[list[SiteUpdate]]:
@@ -53,11 +66,13 @@ def _rounds(n_rounds: int, seed: int = 0) -> list[list[SiteUpdate]]:
 
 def test_the_builtins_are_registered() -> None:
     assert {"fedavg", "fedadam", "fedyogi", "qffl", "afl", "term", "gap"} <= set(NAMES)
+    composed = {_strategy(name, params).name for name, params in CASES}
+    assert {"gap+adam", "gap+yogi", "qffl+yogi", "afl+adam", "term+yogi"} <= composed
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_checkpoint_restore_continues_identically(name: str) -> None:
-    s = _strategy(name)
+@pytest.mark.parametrize(("name", "params"), CASES, ids=IDS)
+def test_checkpoint_restore_continues_identically(name: str, params: dict[str, Any]) -> None:
+    s = _strategy(name, params)
     rounds = _rounds(4)
     g, st = np.zeros(DIM, np.float32), s.initial_state()
     straight = []
@@ -74,9 +89,9 @@ def test_checkpoint_restore_continues_identically(name: str) -> None:
         np.testing.assert_array_equal(g, straight[i])
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_inputs_are_not_mutated_and_the_output_is_finite(name: str) -> None:
-    s = _strategy(name)
+@pytest.mark.parametrize(("name", "params"), CASES, ids=IDS)
+def test_inputs_are_not_mutated_and_the_output_is_finite(name: str, params: dict[str, Any]) -> None:
+    s = _strategy(name, params)
     g, st = np.ones(DIM, np.float32), s.initial_state()
     for ups in _rounds(3, seed=1):
         kept_g, kept_ups, kept_state = g.copy(), copy.deepcopy(ups), state_to_bytes(st)
@@ -91,10 +106,29 @@ def test_inputs_are_not_mutated_and_the_output_is_finite(name: str) -> None:
         g, st = res.new_global, res.new_state
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_an_unknown_parameter_is_refused_by_name(name: str) -> None:
+@pytest.mark.parametrize(("name", "params"), CASES, ids=IDS)
+def test_an_unknown_parameter_is_refused_by_name(name: str, params: dict[str, Any]) -> None:
+    try:
+        build_strategy(name, **params, no_such_knob=1)
+    except ConfigError as exc:
+        assert "'no_such_knob'" in str(exc)
+        return
     accepted = inspect.signature(STRATEGIES.get(name).__init__).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values()):
-        pytest.skip(f"{name} takes **kwargs")
-    with pytest.raises(ConfigError, match="'no_such_knob'"):
-        build_strategy(name, no_such_knob=1)
+    assert any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values()), name
+    pytest.skip(f"{name} takes **kwargs and accepted no_such_knob")
+
+
+@pytest.mark.parametrize(("name", "params"), CASES, ids=IDS)
+def test_composed_state_keys_are_the_declared_parts(name: str, params: dict[str, Any]) -> None:
+    """A weighting and a step write disjoint, declared parts of the state (what lets any
+    weighting run with any step)."""
+    s = _strategy(name, params)
+    if not isinstance(s, WeightedUpdateStrategy):
+        pytest.skip(f"{name} is not composed from a weighting and a step")
+    g, st = np.zeros(DIM, np.float32), s.initial_state()
+    for ups in _rounds(3, seed=2):
+        res = s.aggregate(g, ups, st)
+        g, st = res.new_global, res.new_state
+    written = set(st.arrays) | set(st.scalars)
+    assert written <= s.weighting.state_keys | s.step.state_keys
+    assert not s.weighting.state_keys & s.step.state_keys

@@ -111,6 +111,25 @@ def test_schema_errors_are_all_listed_with_their_values(tmp_path: Path) -> None:
         assert value in text, f"bad value {value} not named in:\n{text}"
 
 
+def test_strategy_server_steps_are_checked(tmp_path: Path) -> None:
+    """A weighting composed with a server step is valid; an unknown step is named with the known
+    ones, and a parameter of another step is named with the ones the strategy takes."""
+    data = _example()
+    data["models"][0]["strategy"]["params"].update(server_step="adam", server_lr=0.01, beta2=0.9)
+    data["models"][1]["strategy"]["params"].update(server_step="yogi")
+    assert check_mapping(copy.deepcopy(data), tmp_path, paths=False).problems == []
+    data["models"][0]["strategy"]["params"]["server_step"] = "adamw"
+    data["models"][1]["strategy"]["params"].update(server_step="sgd", tau=0.1)
+    report = check_mapping(data, tmp_path, paths=False)
+    assert _locations(report.problems) == {
+        "models[0].strategy.params",
+        "models[1].strategy.params",
+    }, report.problems
+    text = "\n".join(report.problems)
+    assert "'adamw'" in text and "adam, sgd, yogi" in text
+    assert "'tau'" in text and "server_step 'sgd'" in text
+
+
 def test_semantic_errors_are_all_listed(tmp_path: Path) -> None:
     data = _example()
     data["sites"][0]["private_key_file"] = "keys/plant-b.key"  # not plant-a's key

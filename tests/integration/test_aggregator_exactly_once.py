@@ -2,6 +2,8 @@
 while producing the round transaction, right after committing it, and in the middle of a round
 — restart it each time, and compare the final model with an uninterrupted run on the same
 inputs. The models must be bit-identical and every round must contain each site exactly once.
+The strategy is the gap weighting with the Adam server step, the built-in with the most state
+(multipliers and moments), all of which must come back from the checkpoints.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from fairfleet.bus import Bus, Publisher, connect, default_topics
 pytestmark = pytest.mark.kafka
 
 ROUNDS = 5
+GAP_ADAM = {"server_step": "adam", "server_lr": 0.05}  # params of strategy "gap"
 FAIRFLEET = str(Path(sys.executable).parent / "fairfleet")
 
 
@@ -132,7 +135,9 @@ def test_kill9_at_any_point_gives_the_uninterrupted_model(
 
     # Reference: uninterrupted, in-process.
     ref_prefix = f"t{uuid.uuid4().hex[:8]}."
-    cfg, keys = fleet_config(kafka_bootstrap, ref_prefix, strategy="gap", rounds=ROUNDS)
+    cfg, keys = fleet_config(
+        kafka_bootstrap, ref_prefix, rounds=ROUNDS, strategy="gap", strategy_params=GAP_ADAM
+    )
     agg = Aggregator(cfg, MODEL, bus=bus, options=AggregatorOptions(poll_timeout_s=0.05))
     stop = threading.Event()
     thread = threading.Thread(target=agg.run, args=(stop,), daemon=True)
@@ -143,7 +148,9 @@ def test_kill9_at_any_point_gives_the_uninterrupted_model(
 
     # Same sites and keys, fresh topics, the service as a subprocess that gets killed.
     prefix = f"t{uuid.uuid4().hex[:8]}."
-    cfg2, _ = fleet_config(kafka_bootstrap, prefix, strategy="gap", rounds=ROUNDS)
+    cfg2, _ = fleet_config(
+        kafka_bootstrap, prefix, rounds=ROUNDS, strategy="gap", strategy_params=GAP_ADAM
+    )
     cfg2 = cfg2.model_copy(update={"sites": cfg.sites})
     service = Service(write_config(cfg2, tmp_path / "fleet.yaml"), tmp_path / "aggregator.log")
     crash_plan = ["after_commit:2", None]  # the restarts after the first crash
@@ -194,6 +201,9 @@ def test_kill9_at_any_point_gives_the_uninterrupted_model(
 
     ckpt = read_checkpoint(bus, f"{prefix}checkpoints", MODEL)
     assert ckpt is not None and ckpt.finished and ckpt.version == ROUNDS
+    assert ckpt.strategy_state.strategy == "gap+adam"
+    assert ckpt.strategy_state.scalars["server_steps"] == ROUNDS  # no step lost or repeated
+    assert {"lambda", "m", "v"} <= set(ckpt.strategy_state.arrays)
     everyone = sorted(s for s, _, _ in SITES)
     assert [h["round"] for h in ckpt.history] == list(range(ROUNDS))
     assert all(sorted(h["sites"]) == everyone for h in ckpt.history)

@@ -4,6 +4,7 @@ Public API::
 
     SiteUpdate, NoisyStat, AggregateResult          (types)
     Strategy, WeightedUpdateStrategy                (base classes)
+    SiteWeighting, ServerStep, SERVER_STEPS         (the two parts of a WeightedUpdateStrategy)
     build_strategy(name, **params), available_strategies(), register_strategy(name, cls)
     StrategyState, state_to_bytes, state_from_bytes
     estimators: class_risk_estimates, shrink_toward_mean, debiased_range, debiased_squared_norm
@@ -12,7 +13,7 @@ Public API::
     RoundFold                                       (a round as a fold in bounded memory)
 """
 
-from fairfleet.fairness.base import Strategy, WeightedUpdateStrategy
+from fairfleet.fairness.base import SiteWeighting, Strategy, WeightedUpdateStrategy
 from fairfleet.fairness.estimators import (
     ClassEstimate,
     ClassRiskReport,
@@ -32,9 +33,11 @@ from fairfleet.fairness.registry import (
 )
 from fairfleet.fairness.staleness import staleness_weight, staleness_weights
 from fairfleet.fairness.state import StrategyState, state_from_bytes, state_to_bytes
+from fairfleet.fairness.steps import SERVER_STEPS, ServerStep
 from fairfleet.fairness.types import AggregateResult, NoisyStat, SiteUpdate
 
 __all__ = [
+    "SERVER_STEPS",
     "STRATEGIES",
     "AggregateResult",
     "ClassEstimate",
@@ -43,7 +46,9 @@ __all__ = [
     "NoisyStat",
     "Partial",
     "RoundFold",
+    "ServerStep",
     "SiteUpdate",
+    "SiteWeighting",
     "Strategy",
     "StrategyState",
     "WeightedUpdateStrategy",

@@ -30,6 +30,7 @@ import numpy as np
 from fairfleet.checks import check_positive
 from fairfleet.errors import ConfigError
 from fairfleet.fairness.base import (
+    SiteWeighting,
     WeightedUpdateStrategy,
     example_log_weights,
     noisy_losses,
@@ -42,22 +43,17 @@ from fairfleet.fairness.state import StrategyState
 from fairfleet.fairness.types import SiteUpdate
 
 
-class AgnosticFL(WeightedUpdateStrategy):
-    """AFL with sort-based simplex projection of the mixture weights."""
+class AFLWeighting(SiteWeighting):
+    """AFL's mixture weights λ over groups, sort-based simplex projection; ``track_average`` keeps
+    the running average of the iterates (state ``w_avg``, ``avg_count``) after each step."""
 
     name: ClassVar[str] = "afl"
     requires_losses: ClassVar[bool] = True
+    state_keys: ClassVar[frozenset[str]] = frozenset({"lambda", "groups", "w_avg", "avg_count"})
 
     def __init__(
-        self,
-        lambda_lr: float = 0.1,
-        over: str = "site",
-        shrink_losses: bool = True,
-        track_average: bool = False,
-        server_lr: float = 1.0,
-        staleness_exponent: float = FEDBUFF_EXPONENT,
+        self, lambda_lr: float, over: str, shrink_losses: bool, track_average: bool
     ) -> None:
-        super().__init__(server_lr=server_lr, staleness_exponent=staleness_exponent)
         self.lambda_lr = check_positive("lambda_lr", lambda_lr)
         if over not in ("site", "class"):
             raise ConfigError(f"AFL 'over' must be 'site' or 'class'. Found {over!r}.")
@@ -67,15 +63,14 @@ class AgnosticFL(WeightedUpdateStrategy):
 
     def params(self) -> dict[str, Any]:
         return {
-            **super().params(),
             "lambda_lr": self.lambda_lr,
             "over": self.over,
             "shrink_losses": self.shrink_losses,
             "track_average": self.track_average,
         }
 
-    def initial_state(self) -> StrategyState:
-        return StrategyState(self.name, arrays={"lambda": np.zeros(0)}, scalars={"groups": []})
+    def initial_state(self, strategy: str) -> StrategyState:
+        return StrategyState(strategy, arrays={"lambda": np.zeros(0)}, scalars={"groups": []})
 
     def _group(self, u: SiteUpdate) -> str:
         return u.site if self.over == "site" else u.site_class
@@ -136,15 +131,38 @@ class AgnosticFL(WeightedUpdateStrategy):
             return global_vec
         return np.asarray(avg, dtype=global_vec.dtype)
 
-    def server_step(
-        self, global_vec: np.ndarray, pseudo_gradient: np.ndarray, state: StrategyState
-    ) -> tuple[np.ndarray, StrategyState]:
-        new, state = super().server_step(global_vec, pseudo_gradient, state)
+    def after_step(self, new_global: np.ndarray, state: StrategyState) -> StrategyState:
+        """With ``track_average``, fold the new iterate into the running average."""
         if not self.track_average:
-            return new, state
+            return state
         count = int(state.scalars.get("avg_count", 0))
         avg = state.arrays.get("w_avg")
-        avg = new.copy() if avg is None or count == 0 else avg + (new - avg) / np.float32(count + 1)
-        return new, state.replace(
+        avg = (
+            new_global.copy()
+            if avg is None or count == 0
+            else avg + (new_global - avg) / np.float32(count + 1)
+        )
+        return state.replace(
             arrays={"w_avg": avg.astype(np.float32)}, scalars={"avg_count": count + 1}
         )
+
+
+class AgnosticFL(WeightedUpdateStrategy):
+    """AFL: :class:`AFLWeighting` with a server step (SGD unless ``server_step``)."""
+
+    name = "afl"
+
+    def __init__(
+        self,
+        lambda_lr: float = 0.1,
+        over: str = "site",
+        shrink_losses: bool = True,
+        track_average: bool = False,
+        server_lr: float | None = None,
+        staleness_exponent: float = FEDBUFF_EXPONENT,
+        *,
+        server_step: str | None = None,
+        **step_params: Any,
+    ) -> None:
+        weighting = AFLWeighting(lambda_lr, over, shrink_losses, track_average)
+        super().__init__(weighting, server_step, server_lr, staleness_exponent, **step_params)

@@ -32,6 +32,7 @@ import numpy as np
 from fairfleet.checks import check_positive
 from fairfleet.errors import ConfigError
 from fairfleet.fairness.base import (
+    SiteWeighting,
     WeightedUpdateStrategy,
     example_weights,
     noisy_losses,
@@ -61,24 +62,23 @@ def gap_weights(
     return raw / total if total > 0 else p / p.sum()
 
 
-class GapConstrained(WeightedUpdateStrategy):
-    """Primal–dual reweighting that keeps every class within γ of the fleet risk."""
+class GapWeighting(SiteWeighting):
+    """Primal–dual reweighting that keeps every class within γ of the fleet risk (state: the
+    multipliers ``lambda`` of the ``classes``)."""
 
     name: ClassVar[str] = "gap"
     requires_losses: ClassVar[bool] = True
+    state_keys: ClassVar[frozenset[str]] = frozenset({"lambda", "classes"})
 
     def __init__(
         self,
-        gamma: float = 0.05,
-        dual_lr: float = 0.5,
-        class_weighting: str = "sites",
-        shrink: bool = True,
-        noise_margin: float = 1.0,
-        include_between_site: bool = True,
-        server_lr: float = 1.0,
-        staleness_exponent: float = FEDBUFF_EXPONENT,
+        gamma: float,
+        dual_lr: float,
+        class_weighting: str,
+        shrink: bool,
+        noise_margin: float,
+        include_between_site: bool,
     ) -> None:
-        super().__init__(server_lr=server_lr, staleness_exponent=staleness_exponent)
         if not math.isfinite(gamma):
             raise ConfigError(f"gamma must be finite. Found {gamma}.")
         self.gamma = float(gamma)
@@ -94,7 +94,6 @@ class GapConstrained(WeightedUpdateStrategy):
 
     def params(self) -> dict[str, Any]:
         return {
-            **super().params(),
             "gamma": self.gamma,
             "dual_lr": self.dual_lr,
             "class_weighting": self.class_weighting,
@@ -103,8 +102,8 @@ class GapConstrained(WeightedUpdateStrategy):
             "include_between_site": self.include_between_site,
         }
 
-    def initial_state(self) -> StrategyState:
-        return StrategyState(self.name, arrays={"lambda": np.zeros(0)}, scalars={"classes": []})
+    def initial_state(self, strategy: str) -> StrategyState:
+        return StrategyState(strategy, arrays={"lambda": np.zeros(0)}, scalars={"classes": []})
 
     def fold_terms(self, update: SiteUpdate, state: StrategyState) -> tuple[str, tuple[float, ...]]:
         """A group per class, a_k ∝ (1 − Λ) p_k + λ_c/|c|: two sums (n_k-weighted and plain)
@@ -149,3 +148,29 @@ class GapConstrained(WeightedUpdateStrategy):
         )
         diagnostics = {"lambda": dict(lam), "violation": violation, "estimates": report.to_json()}
         return weights, new_state, diagnostics
+
+
+class GapConstrained(WeightedUpdateStrategy):
+    """The gap constraint: :class:`GapWeighting` with a server step (SGD unless ``server_step``)."""
+
+    name = "gap"
+    multipliers = staticmethod(GapWeighting.multipliers)  # λ_c of a state (fleet_report reads it)
+
+    def __init__(
+        self,
+        gamma: float = 0.05,
+        dual_lr: float = 0.5,
+        class_weighting: str = "sites",
+        shrink: bool = True,
+        noise_margin: float = 1.0,
+        include_between_site: bool = True,
+        server_lr: float | None = None,
+        staleness_exponent: float = FEDBUFF_EXPONENT,
+        *,
+        server_step: str | None = None,
+        **step_params: Any,
+    ) -> None:
+        weighting = GapWeighting(
+            gamma, dual_lr, class_weighting, shrink, noise_margin, include_between_site
+        )
+        super().__init__(weighting, server_step, server_lr, staleness_exponent, **step_params)

@@ -17,6 +17,14 @@ L² C_k² when the site reports its clip bound C_k (the estimate's std is √(2d
 at useful privacy levels, and the true value is known to be ≤ C²). F̃_k is shrunk
 toward the fleet mean with its known noise variance (identity without noise) and floored at
 ``loss_floor`` so that F^q and F^{q−1} stay finite.
+
+Composed with a server step (base.py): q-FFL's own step 1/Σ_k p_k h_k is part of its weighting
+(it is inside the a_k, whose sum is the diagnostics' ``step_scale``), so the step receives the
+already scaled g = −Σ_k p_k Δ_k' / Σ_k p_k h_k. Server SGD with η = 1 (the default) is q-FedAvg
+exactly; η ≠ 1 scales that step. An adaptive step (``server_step: adam``/``yogi``) divides g
+per coordinate by its running RMS, which cancels most of the 1/Σh scale (all of it but its
+effect against τ): what q-FFL then contributes is the direction, the relative weights
+p_k F_k^q, with Adam's step size in place of the Lipschitz estimate L.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ import numpy as np
 
 from fairfleet.checks import check_positive
 from fairfleet.fairness.base import (
+    SiteWeighting,
     WeightedUpdateStrategy,
     check_weighting,
     example_log_weights,
@@ -43,24 +52,21 @@ from fairfleet.fairness.state import StrategyState
 from fairfleet.fairness.types import SiteUpdate
 
 
-class QFedAvg(WeightedUpdateStrategy):
-    """q-FedAvg with DP-debiased norms and shrunk losses."""
+class QFFLWeighting(SiteWeighting):
+    """q-FedAvg's a_k = L p_k F_k^q / Σ_j p_j h_j, with DP-debiased norms and shrunk losses."""
 
     name: ClassVar[str] = "qffl"
     requires_losses: ClassVar[bool] = True
 
     def __init__(
         self,
-        q: float = 0.1,
-        local_lr: float = 0.1,
-        weighting: str = "examples",
-        debias: bool = True,
-        shrink_losses: bool = True,
-        loss_floor: float = 1e-6,
-        server_lr: float = 1.0,
-        staleness_exponent: float = FEDBUFF_EXPONENT,
+        q: float,
+        local_lr: float,
+        weighting: str,
+        debias: bool,
+        shrink_losses: bool,
+        loss_floor: float,
     ) -> None:
-        super().__init__(server_lr=server_lr, staleness_exponent=staleness_exponent)
         self.q = check_positive("q", q, allow_zero=True)
         self.local_lr = check_positive("local_lr", local_lr)
         self.weighting = check_weighting(weighting)
@@ -70,7 +76,6 @@ class QFedAvg(WeightedUpdateStrategy):
 
     def params(self) -> dict[str, Any]:
         return {
-            **super().params(),
             "q": self.q,
             "local_lr": self.local_lr,
             "weighting": self.weighting,
@@ -115,3 +120,26 @@ class QFedAvg(WeightedUpdateStrategy):
             return site_group(update)
         extra = self.q * math.log(max(loss.value, self.loss_floor))
         return "", tuple(x + extra for x in example_log_weights(update, self.weighting))
+
+
+class QFedAvg(WeightedUpdateStrategy):
+    """q-FedAvg: :class:`QFFLWeighting` with a server step (SGD, η = 1: the paper's update)."""
+
+    name = "qffl"
+
+    def __init__(
+        self,
+        q: float = 0.1,
+        local_lr: float = 0.1,
+        weighting: str = "examples",
+        debias: bool = True,
+        shrink_losses: bool = True,
+        loss_floor: float = 1e-6,
+        server_lr: float | None = None,
+        staleness_exponent: float = FEDBUFF_EXPONENT,
+        *,
+        server_step: str | None = None,
+        **step_params: Any,
+    ) -> None:
+        weighting_ = QFFLWeighting(q, local_lr, weighting, debias, shrink_losses, loss_floor)
+        super().__init__(weighting_, server_step, server_lr, staleness_exponent, **step_params)

@@ -12,11 +12,10 @@ where ``MyStrategy`` subclasses :class:`fairfleet.fairness.base.Strategy`. Built
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 from fairfleet.errors import ConfigError
-from fairfleet.fairness.base import Strategy
+from fairfleet.fairness.base import Strategy, init_parameters
 from fairfleet.registry import Registry, subclass_of
 
 ENTRY_POINT_GROUP = "fairfleet.strategies"
@@ -57,13 +56,11 @@ def strategy_class(name: str) -> type[Strategy]:
 def build_strategy(name: str, **params: Any) -> Strategy:
     """Instantiate strategy ``name`` with ``params``; unknown parameters raise ConfigError."""
     cls = strategy_class(name)
-    accepted = inspect.signature(cls.__init__).parameters
-    takes_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
-    unknown = sorted(set(params) - set(accepted) - {"self"})
+    known, takes_kwargs = init_parameters(cls)
+    unknown = sorted(set(params) - set(known))
     if unknown and not takes_kwargs:
-        known = sorted(k for k in accepted if k != "self")
         raise ConfigError(
             f"Strategy {name!r} has no parameter(s) {', '.join(map(repr, unknown))}. "
-            f"Known: {', '.join(known)}."
+            f"Known: {', '.join(sorted(known))}."
         )
     return cls(**params)

@@ -18,6 +18,7 @@ import numpy as np
 
 from fairfleet.errors import ConfigError
 from fairfleet.fairness.base import (
+    SiteWeighting,
     WeightedUpdateStrategy,
     check_weighting,
     example_log_weights,
@@ -30,21 +31,13 @@ from fairfleet.fairness.state import StrategyState
 from fairfleet.fairness.types import SiteUpdate
 
 
-class TiltedWeights(WeightedUpdateStrategy):
+class TiltedWeighting(SiteWeighting):
     """``a_k ∝ p_k exp(t F̃_k − t² s_k²/2)``, normalised."""
 
     name: ClassVar[str] = "term"
     requires_losses: ClassVar[bool] = True
 
-    def __init__(
-        self,
-        tilt: float = 1.0,
-        weighting: str = "examples",
-        debias: bool = True,
-        server_lr: float = 1.0,
-        staleness_exponent: float = FEDBUFF_EXPONENT,
-    ) -> None:
-        super().__init__(server_lr=server_lr, staleness_exponent=staleness_exponent)
+    def __init__(self, tilt: float, weighting: str, debias: bool) -> None:
         if not math.isfinite(tilt):
             raise ConfigError(f"tilt must be finite. Found {tilt}.")
         self.tilt = float(tilt)
@@ -52,12 +45,7 @@ class TiltedWeights(WeightedUpdateStrategy):
         self.debias = bool(debias)
 
     def params(self) -> dict[str, Any]:
-        return {
-            **super().params(),
-            "tilt": self.tilt,
-            "weighting": self.weighting,
-            "debias": self.debias,
-        }
+        return {"tilt": self.tilt, "weighting": self.weighting, "debias": self.debias}
 
     def coefficients(
         self, updates: Sequence[SiteUpdate], state: StrategyState
@@ -82,3 +70,23 @@ class TiltedWeights(WeightedUpdateStrategy):
         if self.debias:
             extra -= 0.5 * self.tilt**2 * loss.noise_var
         return "", tuple(x + extra for x in example_log_weights(update, self.weighting))
+
+
+class TiltedWeights(WeightedUpdateStrategy):
+    """TERM: :class:`TiltedWeighting` with a server step (SGD unless ``server_step``)."""
+
+    name = "term"
+
+    def __init__(
+        self,
+        tilt: float = 1.0,
+        weighting: str = "examples",
+        debias: bool = True,
+        server_lr: float | None = None,
+        staleness_exponent: float = FEDBUFF_EXPONENT,
+        *,
+        server_step: str | None = None,
+        **step_params: Any,
+    ) -> None:
+        weighting_ = TiltedWeighting(tilt, weighting, debias)
+        super().__init__(weighting_, server_step, server_lr, staleness_exponent, **step_params)

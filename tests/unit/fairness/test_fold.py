@@ -21,18 +21,39 @@ from fairfleet.fairness import (
     available_strategies,
     build_strategy,
 )
+from fairfleet.fairness.base import SiteWeighting
 from fairfleet.fairness.state import StrategyState
 from fairfleet.fairness.types import AggregateResult
 
 # parameter sets that take each strategy's fold through its different declarations
+# (and weightings composed with a non-default server step: the step runs after the fold's sum)
 VARIANTS: dict[str, list[dict[str, object]]] = {
-    "fedavg": [{}, {"weighting": "uniform", "server_lr": 0.5}],
+    "fedavg": [{}, {"weighting": "uniform", "server_lr": 0.5}, {"server_step": "yogi"}],
     "fedadam": [{}],
     "fedyogi": [{}],
-    "qffl": [{}, {"shrink_losses": False, "q": 2.0}, {"weighting": "uniform"}],
-    "term": [{}, {"tilt": -3.0, "weighting": "uniform"}, {"tilt": 40.0, "debias": False}],
-    "afl": [{}, {"over": "class", "track_average": True}],
-    "gap": [{}, {"dual_lr": 20.0, "gamma": 0.0}, {"class_weighting": "examples"}],
+    "qffl": [
+        {},
+        {"shrink_losses": False, "q": 2.0},
+        {"weighting": "uniform"},
+        {"server_step": "yogi", "shrink_losses": False},
+    ],
+    "term": [
+        {},
+        {"tilt": -3.0, "weighting": "uniform"},
+        {"tilt": 40.0, "debias": False},
+        {"server_step": "adam"},
+    ],
+    "afl": [
+        {},
+        {"over": "class", "track_average": True},
+        {"over": "class", "track_average": True, "server_step": "adam"},
+    ],
+    "gap": [
+        {},
+        {"dual_lr": 20.0, "gamma": 0.0},
+        {"class_weighting": "examples"},
+        {"server_step": "adam", "server_lr": 0.01},
+    ],
 }
 CASES = [(name, params) for name in available_strategies() for params in VARIANTS.get(name, [{}])]
 
@@ -132,6 +153,7 @@ def _fleet(k: int, dim: int, classes: int, seed: int = 1) -> list[SiteUpdate]:
         ("term", {}, 1),
         ("afl", {"over": "class"}, 3),
         ("gap", {}, 6),
+        ("gap", {"server_step": "adam"}, 6),
     ],
 )
 def test_fold_memory_is_groups_times_d(name: str, params: dict[str, object], bound: int) -> None:
@@ -175,7 +197,7 @@ def test_a_non_coefficient_strategy_keeps_its_updates() -> None:
     )
 
 
-class _Liar(WeightedUpdateStrategy):
+class _Liar(SiteWeighting):
     """Declares one plain group but weights by n_k: the fold must refuse, not return a wrong model."""
 
     name = "test-liar"
@@ -189,7 +211,7 @@ class _Liar(WeightedUpdateStrategy):
 
 
 def test_a_wrong_declaration_raises() -> None:
-    strategy = _Liar()
+    strategy = WeightedUpdateStrategy(_Liar())
     fold = RoundFold(strategy, strategy.initial_state(), 3)
     for u in _fleet(4, 3, 1):
         fold.add(u)
