@@ -4,7 +4,9 @@ For update sizes of 4 MB and 64 MB: publish N updates (flush included) and consu
 (decoded, reassembled and checksummed for fairfleet; raw records for confluent-kafka). The raw
 baseline sends the same bytes in the same chunk sizes (a 64 MB value cannot be one Kafka record
 under the topic limit). Throughput = bytes / (publish seconds + consume seconds), median of interleaved repeats.
-Writes bench/results/bus.json with `ratio` = fairfleet / raw for each size.
+Writes bench/results/bus.json with `ratio` = fairfleet / raw for each size, and the 1-minute
+load average before and after each size (the machine is shared: a ratio measured under load is
+said so).
 """
 
 from __future__ import annotations
@@ -161,6 +163,7 @@ def main() -> dict[str, Any]:
     # order, and the medians are compared.
     for size_mb, n in ((4, 24), (64, 4)):
         payload = rng.standard_normal(size_mb * MB // 4, dtype=np.float32).tobytes()
+        load_before = os.getloadavg()[0]
         _raw(bootstrap, bus, payload, 1)  # warm-up both paths
         _fairfleet(bus, payload, 1)
         runs: dict[str, list[tuple[float, float]]] = {"fairfleet": [], "raw": []}
@@ -190,6 +193,7 @@ def main() -> dict[str, Any]:
             "ratio": rows["fairfleet"]["mb_s"] / rows["raw"]["mb_s"],
             "ratio_publish": rows["fairfleet"]["publish_mb_s"] / rows["raw"]["publish_mb_s"],
             "ratio_consume": rows["fairfleet"]["consume_mb_s"] / rows["raw"]["consume_mb_s"],
+            "load_average_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         }
     OUT.parent.mkdir(exist_ok=True)
     OUT.write_text(json.dumps(result, indent=2) + "\n")
