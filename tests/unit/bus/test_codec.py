@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 from unittest import mock
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -358,3 +359,37 @@ def test_splitting_head_and_payload_unjoined_equals_splitting_the_encoded_value(
     framed = codec.split_framed(codec.frame(msg), payload, chunk, "id", payload_digest=True)
     joined = codec.split(codec.encode(msg, payload), chunk, "id", payload_digest=True)
     assert list(framed) == list(joined)
+
+
+def test_a_buffer_is_refilled_only_once_nothing_references_its_value() -> None:
+    """The pool reuses a value's buffer for a later chunk set only when no view of that value is
+    left: a payload someone still holds is never overwritten, a released one saves a mapping."""
+    made: list[int] = []
+    real = codec._buffer
+
+    def counting(total: int) -> Any:
+        made.append(total)
+        return real(total)
+
+    payloads = [random.Random(i).randbytes(5000) for i in range(4)]
+    msgs = [_release(p) for p in payloads]
+    sets = [
+        _records(codec.encode(m, p), 1024, m, True) for m, p in zip(msgs, payloads, strict=True)
+    ]
+    asm = codec.Reassembler()
+
+    def assemble(records: list[Record]) -> memoryview:
+        done = [a for a in map(asm.add, records) if a is not None]
+        return codec.decode_assembled(done[0])[1]
+
+    with _buffered(True), mock.patch.object(codec, "_buffer", counting):
+        held = assemble(sets[0])
+        second = assemble(sets[1])  # the first value is still held: a new buffer
+        assert len(made) == 2 and bytes(held) == payloads[0] and bytes(second) == payloads[1]
+        del held, second
+        third = assemble(sets[2])  # both released: one of their buffers is refilled
+        assert len(made) == 2 and bytes(third) == payloads[2]
+        array = np.frombuffer(third, dtype=np.uint8)  # a view of a view still holds the buffer
+        del third
+        assert bytes(assemble(sets[3])) == payloads[3]  # into the other buffer
+        assert len(made) == 2 and array.tobytes() == payloads[2]
