@@ -464,16 +464,22 @@ class Reassembler:
     anything is held for it, memory is proportional to the chunks actually held (never to a
     claimed count), and incomplete sets together hold at most ``limits.max_pending_chunk_bytes``:
     a chunk that would exceed it evicts the oldest sets first (collected by :meth:`drain_evicted`,
-    reason ``chunk_budget``).
+    reason ``chunk_budget``). Beyond that, up to ``keep_buffers`` finished values' buffers are
+    kept for reuse (:class:`BufferPool`; 0 keeps none: each value's memory goes when it does).
     """
 
-    def __init__(self, timeout_s: float = 300.0, limits: InputLimits = DEFAULT_LIMITS) -> None:
+    def __init__(
+        self,
+        timeout_s: float = 300.0,
+        limits: InputLimits = DEFAULT_LIMITS,
+        keep_buffers: int = 2,
+    ) -> None:
         self.timeout_s = timeout_s
         self.limits = limits
         self._pending: dict[str, _Pending] = {}  # insertion order = oldest first
         self._done: dict[str, None] = {}  # recently completed ids: late duplicates are dropped
         self._evicted: list[IncompleteChunks] = []
-        self.buffers = BufferPool()
+        self.buffers = BufferPool(keep_buffers)
         self.pending_bytes = 0
 
     def add(self, record: Record) -> Assembled | None:

@@ -393,3 +393,7 @@ def test_a_buffer_is_refilled_only_once_nothing_references_its_value() -> None:
         del third
         assert bytes(assemble(sets[3])) == payloads[3]  # into the other buffer
         assert len(made) == 2 and array.tobytes() == payloads[2]
+        asm = codec.Reassembler(keep_buffers=0)  # keeps none: a released value's memory goes
+        for records in sets[:2]:
+            assert bytes(assemble(records)) in payloads
+        assert len(made) == 4 and not asm.buffers._kept
