@@ -1,4 +1,5 @@
-"""Envelope encoding and chunking of large payloads. Pure functions plus one small buffer class.
+"""Envelope encoding and chunking of large payloads: pure functions, the Reassembler and its
+buffer pool.
 
 Wire format of one logical message (the Kafka value, before chunking):
 
@@ -14,10 +15,11 @@ when the message's JSON carries its payload's sha256 (``payload_sha256``),
 A value larger than the chunk size is split into ``count`` chunks; the consumer's
 :class:`Reassembler` joins them again even when chunks of several messages interleave or a chunk
 is delivered twice, and verifies them while they arrive: each chunk that extends the contiguous
-prefix is copied, block by block, into a buffer of the declared total (no join at the end) and
-hashed from the cache. With the head digest the value is verified in one sha256 pass: the head
-against ``ff-chunk-head-sha256`` and the rest against the payload digest that the message's JSON
-(and so its signature) declares, which :func:`decode` checks anyway; without it (values written
+prefix is hashed and (chunks of at least 1 MiB) copied into a buffer of the declared total, reused
+once its previous value is released (:class:`BufferPool`), so there is no join at the end. With
+the head digest the value is verified in one sha256 pass: the head against
+``ff-chunk-head-sha256`` and the rest against the payload digest that the message's JSON (and so
+its signature) declares, which :func:`decode` checks anyway; without it (values written
 before the header existed, checkpoints, messages without a payload digest) the whole-value hash
 and the payload hash are both computed, as before. A corrupted or inconsistent chunk set raises
 PayloadError (``corrupted_chunks``, either way); an incomplete one expires with PayloadError
