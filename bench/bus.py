@@ -4,7 +4,11 @@ For update sizes of 4 MB and 64 MB: publish N updates (flush included) and consu
 (decoded, reassembled and checksummed for fairfleet; raw records for confluent-kafka). The raw
 baseline sends the same bytes in the same chunk sizes (a 64 MB value cannot be one Kafka record
 under the topic limit). Throughput = bytes / (publish seconds + consume seconds), median of interleaved repeats.
-Writes bench/results/bus.json with `ratio` = fairfleet / raw for each size.
+Writes bench/results/bus.json with `ratio` = fairfleet / raw for each size, and the 1-minute
+load average before and after each size (the machine is shared: a ratio measured under load is
+said so). `in_process`: the CPU time of the Reader's reassembly and verification of one update
+against one sha256 pass over it (and the same for chunks without the head digest), which the
+load of other processes disturbs much less than throughput.
 """
 
 from __future__ import annotations
@@ -15,14 +19,16 @@ import os
 import statistics
 import time
 import uuid
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from confluent_kafka import Consumer, Producer
 
-from fairfleet.bus import Publisher, Reader, connect
-from fairfleet.bus.codec import DEFAULT_CHUNK_BYTES
+from fairfleet.bus import Publisher, Reader, codec, connect
+from fairfleet.bus.base import Record
+from fairfleet.bus.codec import DEFAULT_CHUNK_BYTES, H_CHUNK_ID
 from fairfleet.bus.kafka import KafkaBus
 from fairfleet.bus.topics import MAX_MESSAGE_BYTES, TopicSpec
 from fairfleet.messages import SiteUpdate, UpdatePrivacy
@@ -51,12 +57,7 @@ def _joined(consumer: Any) -> None:
         consumer.poll(0.05)
 
 
-def _fairfleet(bus: KafkaBus, payload: bytes, n: int) -> tuple[float, float]:
-    topic = _topic(bus)
-    reader = Reader(bus.consumer(f"g{uuid.uuid4().hex[:6]}", [topic]), "bench")
-    _joined(reader.consumer._consumer)  # type: ignore[attr-defined]
-    producer = bus.producer()
-    publisher = Publisher(producer)
+def _update(site: str, digest: str, size: int) -> SiteUpdate:
     privacy = UpdatePrivacy(
         enabled=True,
         mechanism="update",
@@ -65,21 +66,74 @@ def _fairfleet(bus: KafkaBus, payload: bytes, n: int) -> tuple[float, float]:
         clip_norm=1.0,
         noise_std=1.0,
     )
+    return SiteUpdate(
+        site=site,
+        site_class="a",
+        model_id="m",
+        round=0,
+        base_version=0,
+        n_examples=1,
+        privacy=privacy,
+        payload_sha256=digest,
+        payload_bytes=size,
+    )
+
+
+def _consume_cpu(payload: bytes) -> dict[str, float]:
+    """CPU seconds of the Reader's own work on one update whose chunks are already in memory
+    (reassemble, verify, decode), against one sha256 pass over the same value: the least any
+    verification of it costs. Process time, not wall time, so other processes' load counts
+    less; medians of interleaved repeats. ``legacy`` is the same for chunks without the head
+    digest (older writers: whole-value and payload hashes)."""
+    msg = _update("s0", hashlib.sha256(payload).hexdigest(), len(payload))
+    value = codec.encode(msg, payload)
+
+    def records(head: bool) -> list[Record]:
+        chunks = codec.split(value, DEFAULT_CHUNK_BYTES, msg.message_id, payload_digest=head)
+        return [Record("t", 0, i, None, c.data, c.headers) for i, c in enumerate(chunks)]
+
+    def consume(reassembler: codec.Reassembler, chunks: list[Record]) -> None:
+        """One value through a long-lived Reassembler (as a Reader's), under a fresh chunk id."""
+        chunk_id = uuid.uuid4().hex.encode()
+        if len(chunks) == 1:  # not chunked on the wire: the Reader decodes the record
+            codec.decode(chunks[0].value)
+            return
+        for chunk in chunks:
+            done = reassembler.add(replace(chunk, headers={**chunk.headers, H_CHUNK_ID: chunk_id}))
+        assert done is not None
+        codec.decode_assembled(done)
+
+    current, legacy = records(True), records(False)
+    readers = codec.Reassembler(), codec.Reassembler()
+    cases = {
+        "one_pass": lambda: consume(readers[0], current),
+        "legacy": lambda: consume(readers[1], legacy),
+        "sha256": lambda: hashlib.sha256(value).digest(),
+    }
+    cpu: dict[str, list[float]] = {name: [] for name in cases}
+    for _ in range(2 * REPEATS + 1):
+        for name, fn in cases.items():
+            t0 = time.process_time()
+            fn()
+            cpu[name].append(time.process_time() - t0)
+    med = {name: statistics.median(times) for name, times in cpu.items()}
+    return {
+        "cpu_s_one_pass": med["one_pass"],
+        "cpu_s_legacy": med["legacy"],
+        "cpu_s_one_sha256": med["sha256"],
+        "ratio_cpu_vs_one_sha256": med["one_pass"] / med["sha256"],
+        "ratio_cpu_vs_one_sha256_legacy": med["legacy"] / med["sha256"],
+    }
+
+
+def _fairfleet(bus: KafkaBus, payload: bytes, n: int) -> tuple[float, float]:
+    topic = _topic(bus)
+    reader = Reader(bus.consumer(f"g{uuid.uuid4().hex[:6]}", [topic]), "bench")
+    _joined(reader.consumer._consumer)  # type: ignore[attr-defined]
+    producer = bus.producer()
+    publisher = Publisher(producer)
     digest = hashlib.sha256(payload).hexdigest()  # computed by the site when it signs, not the bus
-    msgs = [
-        SiteUpdate(
-            site=f"s{i}",
-            site_class="a",
-            model_id="m",
-            round=0,
-            base_version=0,
-            n_examples=1,
-            privacy=privacy,
-            payload_sha256=digest,
-            payload_bytes=len(payload),
-        )
-        for i in range(n)
-    ]
+    msgs = [_update(f"s{i}", digest, len(payload)) for i in range(n)]
     t0 = time.perf_counter()
     for i, msg in enumerate(msgs):
         publisher.send(topic, msg, payload, key=f"s{i}")
@@ -161,6 +215,7 @@ def main() -> dict[str, Any]:
     # order, and the medians are compared.
     for size_mb, n in ((4, 24), (64, 4)):
         payload = rng.standard_normal(size_mb * MB // 4, dtype=np.float32).tobytes()
+        load_before = os.getloadavg()[0]
         _raw(bootstrap, bus, payload, 1)  # warm-up both paths
         _fairfleet(bus, payload, 1)
         runs: dict[str, list[tuple[float, float]]] = {"fairfleet": [], "raw": []}
@@ -190,6 +245,8 @@ def main() -> dict[str, Any]:
             "ratio": rows["fairfleet"]["mb_s"] / rows["raw"]["mb_s"],
             "ratio_publish": rows["fairfleet"]["publish_mb_s"] / rows["raw"]["publish_mb_s"],
             "ratio_consume": rows["fairfleet"]["consume_mb_s"] / rows["raw"]["consume_mb_s"],
+            "load_average_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+            "in_process": _consume_cpu(payload),
         }
     OUT.parent.mkdir(exist_ok=True)
     OUT.write_text(json.dumps(result, indent=2) + "\n")

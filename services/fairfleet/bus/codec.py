@@ -1,4 +1,5 @@
-"""Envelope encoding and chunking of large payloads. Pure functions plus one small buffer class.
+"""Envelope encoding and chunking of large payloads: pure functions, the Reassembler and its
+buffer pool.
 
 Wire format of one logical message (the Kafka value, before chunking):
 
@@ -7,25 +8,35 @@ Wire format of one logical message (the Kafka value, before chunking):
 The payload is raw safetensors bytes (possibly empty); it is never JSON lists or base64.
 Kafka headers repeat the envelope metadata: ``ff-type``, ``ff-schema-version``,
 ``ff-message-id``, and for chunked values ``ff-chunk-id``, ``ff-chunk-index``,
-``ff-chunk-count``, ``ff-chunk-sha256`` (of the whole value) and ``ff-chunk-total`` (bytes).
+``ff-chunk-count``, ``ff-chunk-sha256`` (of the whole value), ``ff-chunk-total`` (bytes) and,
+when the message's JSON carries its payload's sha256 (``payload_sha256``),
+``ff-chunk-head-sha256``: the sha256 of the value's first ``8 + N`` bytes (magic, length, JSON).
 
 A value larger than the chunk size is split into ``count`` chunks; the consumer's
 :class:`Reassembler` joins them again even when chunks of several messages interleave or a chunk
-is delivered twice, and verifies the sha256 of the whole. It hashes while chunks arrive: each
-chunk that extends the hashed prefix in order is fed, in cache-sized blocks, to the whole-value
-hash and to the hash of the payload part (after the JSON block), so neither the end of the
-assembly nor :func:`decode` reads the value again; the one join copy makes it contiguous. A corrupted or inconsistent chunk set
-raises PayloadError; an incomplete one expires with PayloadError naming what is missing.
+is delivered twice, and verifies them while they arrive: each chunk that extends the contiguous
+prefix is hashed and (chunks of at least 1 MiB) copied into a buffer of the declared total, reused
+once its previous value is released (:class:`BufferPool`), so there is no join at the end. With
+the head digest the value is verified in one sha256 pass: the head against
+``ff-chunk-head-sha256`` and the rest against the payload digest that the message's JSON (and so
+its signature) declares, which :func:`decode` checks anyway; without it (values written
+before the header existed, checkpoints, messages without a payload digest) the whole-value hash
+and the payload hash are both computed, as before. A corrupted or inconsistent chunk set raises
+PayloadError (``corrupted_chunks``, either way); an incomplete one expires with PayloadError
+naming what is missing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
+import mmap
 import struct
+import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from pydantic import ValidationError
 
@@ -52,12 +63,18 @@ H_CHUNK_INDEX = "ff-chunk-index"
 H_CHUNK_COUNT = "ff-chunk-count"
 H_CHUNK_SHA = "ff-chunk-sha256"
 H_CHUNK_TOTAL = "ff-chunk-total"
+H_CHUNK_HEAD_SHA = "ff-chunk-head-sha256"
 
 
 def encode(msg: Message, payload: bytes | memoryview = b"") -> bytes:
     """One logical value: magic, JSON length, JSON, payload."""
+    return b"".join((frame(msg), payload))
+
+
+def frame(msg: Message) -> bytes:
+    """The value's head: magic, JSON length, JSON (what :func:`encode` puts before the payload)."""
     meta = msg.model_dump_json().encode()
-    return b"".join((MAGIC, struct.pack(">I", len(meta)), meta, payload))
+    return b"".join((MAGIC, struct.pack(">I", len(meta)), meta))
 
 
 def headers_for(msg: Message) -> dict[str, bytes]:
@@ -152,27 +169,72 @@ def _quoted(value: object) -> str:
 @dataclass(frozen=True)
 class Chunk:
     headers: dict[str, bytes]
-    data: memoryview
+    data: bytes
 
 
-def split(value: bytes, chunk_bytes: int, chunk_id: str) -> Iterator[Chunk]:
-    """Chunks of at most ``chunk_bytes`` (zero-copy views) with their chunk headers."""
+def split(
+    value: bytes | memoryview, chunk_bytes: int, chunk_id: str, payload_digest: bool = False
+) -> Iterator[Chunk]:
+    """Chunks of at most ``chunk_bytes`` with their chunk headers (see :func:`split_framed`).
+
+    ``payload_digest``: ``value`` is a fairfleet message (:func:`encode`) whose JSON carries the
+    sha256 of its payload (``payload_sha256``).
+    """
+    view = memoryview(value).cast("B")
+    if not payload_digest:
+        return split_framed(b"", view, chunk_bytes, chunk_id)
+    head = _payload_start(view)
+    if head is None or head > len(view):
+        raise PayloadError(
+            f"split(payload_digest=True) needs a fairfleet message; value {chunk_id} has no "
+            f"complete FFM1 frame (first bytes {bytes(view[:8])!r})."
+        )
+    return split_framed(bytes(view[:head]), view[head:], chunk_bytes, chunk_id, True)
+
+
+def split_framed(
+    head: bytes,
+    payload: bytes | memoryview,
+    chunk_bytes: int,
+    chunk_id: str,
+    payload_digest: bool = False,
+) -> Iterator[Chunk]:
+    """Chunks of the value ``head + payload``, built without joining the two first: each chunk's
+    data is one copy of its bytes (``bytes``, which librdkafka takes as it is).
+
+    Every chunk carries ``ff-chunk-sha256`` of the whole value. With ``payload_digest`` (``head``
+    is the :func:`frame` of a message whose JSON carries the payload's sha256) it also carries
+    ``ff-chunk-head-sha256`` (of ``head``), so a reader verifies the value in one pass; the
+    whole-value digest is still written for readers that predate the head digest.
+    """
     if chunk_bytes < MIN_CHUNK_BYTES:
         raise PayloadError(f"Chunk size must be >= {MIN_CHUNK_BYTES} bytes. Found {chunk_bytes}.")
-    view = memoryview(value)
-    count = max(1, -(-len(view) // chunk_bytes))
-    digest = hashlib.sha256(view).hexdigest().encode()
+    body = memoryview(payload).cast("B")
+    start, total = len(head), len(head) + len(body)
+    count = max(1, -(-total // chunk_bytes))
+    whole = hashlib.sha256(head)
+    whole.update(body)
+    common = {
+        H_CHUNK_ID: chunk_id.encode(),
+        H_CHUNK_COUNT: str(count).encode(),
+        H_CHUNK_SHA: whole.hexdigest().encode(),
+        H_CHUNK_TOTAL: str(total).encode(),
+    }
+    if payload_digest:
+        common[H_CHUNK_HEAD_SHA] = hashlib.sha256(head).hexdigest().encode()
     for index in range(count):
+        lo, hi = index * chunk_bytes, min(total, (index + 1) * chunk_bytes)
         yield Chunk(
-            headers={
-                H_CHUNK_ID: chunk_id.encode(),
-                H_CHUNK_INDEX: str(index).encode(),
-                H_CHUNK_COUNT: str(count).encode(),
-                H_CHUNK_SHA: digest,
-                H_CHUNK_TOTAL: str(len(view)).encode(),
-            },
-            data=view[index * chunk_bytes : (index + 1) * chunk_bytes],
+            headers={**common, H_CHUNK_INDEX: str(index).encode()},
+            data=head[lo:hi] + body[max(0, lo - start) : max(0, hi - start)],
         )
+
+
+def _payload_start(value: bytes | memoryview) -> int | None:
+    """Where the payload of a framed value starts (8 + the JSON length), None if < 8 bytes."""
+    if len(value) < 8:
+        return None
+    return 8 + int.from_bytes(value[4:8], "big")
 
 
 def is_chunk(record: Record) -> bool:
@@ -180,7 +242,59 @@ def is_chunk(record: Record) -> bool:
 
 
 HASH_BLOCK_BYTES = 256 * 1024
-"""Both hashes read a chunk in blocks of this size, so the second reads it from the cache."""
+"""A chunk is copied and hashed in blocks of this size, so each block is read from the cache
+after the first touch."""
+
+_MIB = 1024 * 1024
+BUFFER_MIN_CHUNK_BYTES = _MIB
+"""Chunk sets whose first chunk is at least this large are filled into one preallocated buffer;
+smaller ones are joined at the end (cheap at that size). The buffer is an anonymous mapping of
+the declared total whose pages exist only once written, so it holds what arrived, rounded up to
+a page: below this size that rounding could multiply what a poison chunk costs."""
+
+
+def _buffer(total: int) -> mmap.mmap | None:
+    """An anonymous mapping of ``total`` bytes (pages are allocated when written; no huge pages,
+    which would allocate 2 MiB for the first byte), or None if the system refuses one."""
+    try:
+        buf = mmap.mmap(-1, total)
+    except (OSError, ValueError):
+        return None
+    if hasattr(mmap, "MADV_NOHUGEPAGE"):
+        with contextlib.suppress(OSError):  # advice only
+            buf.madvise(mmap.MADV_NOHUGEPAGE)
+    return buf
+
+
+class BufferPool:
+    """Buffers for chunk sets, reused once nothing references a value filled into them.
+
+    A fresh mapping costs a page fault and a zeroed page per 4 KiB written (on this project's VM
+    ~60 ms of CPU per 64 MiB, against ~13 ms for the copy itself), so the last ``keep`` buffers
+    are kept and refilled. Every view of a value (its slices, a numpy array over it) holds a
+    reference to the buffer object, so a buffer whose only references are this pool's is free
+    (CPython reference counts: exact, and checked by the tests). Memory: a kept buffer stays
+    resident while the pool lives, so a Reader holds up to ``keep`` values' worth beyond the
+    incomplete-set budget.
+    """
+
+    def __init__(self, keep: int = 2) -> None:
+        self.keep = keep
+        self._kept: list[mmap.mmap] = []
+
+    def take(self, total: int) -> mmap.mmap | None:
+        """A free kept buffer of at least ``total`` bytes, else a new one (kept, the oldest
+        dropped from the pool), else None (the set is joined at the end instead)."""
+        for buf in self._kept:
+            # references: this list, the loop variable, getrefcount's argument; no view, no set
+            if len(buf) >= total and sys.getrefcount(buf) == 3:
+                return buf
+        # whole MiB: the next value of a model differs by a few bytes of JSON and still fits
+        # (pages never written cost nothing)
+        fresh = _buffer(-(-total // _MIB) * _MIB)
+        if fresh is not None and self.keep > 0:
+            self._kept = [*self._kept, fresh][-self.keep :]
+        return fresh
 
 
 @dataclass
@@ -188,22 +302,34 @@ class _Pending:
     count: int
     sha256: str
     total: int
-    parts: dict[int, bytes] = field(default_factory=dict)  # referenced, not copied
-    next_index: int = 0  # chunks 0..next_index-1 are hashed
+    head_sha256: str | None = None  # ff-chunk-head-sha256: one-pass verification
+    parts: dict[int, bytes] = field(default_factory=dict)  # held (copied into buffer: b"")
+    next_index: int = 0  # chunks 0..next_index-1 are hashed (and copied into buffer)
     hashed_bytes: int = 0
-    whole: hashlib._Hash = field(default_factory=hashlib.sha256)
+    buffers: BufferPool = field(default_factory=BufferPool)
+    buffer: mmap.mmap | None = None
+    whole: hashlib._Hash | None = None  # hash of the whole value (no head digest)
+    head: hashlib._Hash | None = None  # hash of value[:payload_start] (head digest)
     payload: hashlib._Hash | None = None  # hash of value[payload_start:], once that is known
     payload_start: int = -1
+    frame: bytes = b""  # the value's first (up to) 8 bytes: magic and JSON length
     records: list[Record] = field(default_factory=list)
     first_seen: float = field(default_factory=time.monotonic)
     held_bytes: int = 0  # data + CHUNK_OVERHEAD_BYTES per held chunk (the budget's unit)
+
+    def __post_init__(self) -> None:
+        if self.head_sha256 is None:
+            self.whole = hashlib.sha256()
+        else:
+            self.head = hashlib.sha256()
 
     def missing(self, limit: int = 10) -> list[int]:
         """The first ``limit`` missing indices; time O(held chunks + limit), no O(count) set."""
         return list(itertools.islice((i for i in range(self.count) if i not in self.parts), limit))
 
-    def hash_in_order(self) -> None:
-        """Hash every held chunk that continues the hashed prefix (both hashes, block by block)."""
+    def take_in_order(self) -> None:
+        """Copy and hash every held chunk that continues the prefix, block by block: into the
+        buffer (then the held chunk is released), the whole-value or head hash, the payload hash."""
         while self.next_index in self.parts:
             data = memoryview(self.parts[self.next_index])
             start = self.hashed_bytes
@@ -212,30 +338,115 @@ class _Pending:
                     f"Chunks exceed their declared total of {self.total} bytes.",
                     reason="corrupted_chunks",
                 )
-            if self.payload is None and start + len(data) >= 8:
-                head = bytes(self.parts[0][:8]) if self.next_index else bytes(data[:8])
-                if len(head) == 8:  # (a first chunk shorter than 8 bytes: no payload hash)
-                    self.payload_start = 8 + int.from_bytes(head[4:8], "big")
+            if self.next_index == 0 and self.count > 1 and len(data) >= BUFFER_MIN_CHUNK_BYTES:
+                self.buffer = self.buffers.take(self.total)
+            if len(self.frame) < 8:
+                self.frame += bytes(data[: 8 - len(self.frame)])
+                head = _payload_start(self.frame)
+                if head is not None:  # the first 8 bytes are in: where the payload starts
+                    self.payload_start = head
                     self.payload = hashlib.sha256()
             for lo in range(0, len(data), HASH_BLOCK_BYTES):
                 block = data[lo : lo + HASH_BLOCK_BYTES]
-                self.whole.update(block)
-                if self.payload is not None:
-                    skip = max(0, self.payload_start - (start + lo))
-                    if skip < len(block):
-                        self.payload.update(block[skip:])
+                at = start + lo
+                if self.buffer is not None:
+                    self.buffer[at : at + len(block)] = block
+                if self.whole is not None:
+                    self.whole.update(block)
+                split_at = (
+                    max(0, self.payload_start - at) if self.payload is not None else len(block)
+                )
+                if self.head is not None and split_at:
+                    self.head.update(block[:split_at])
+                if self.payload is not None and split_at < len(block):
+                    self.payload.update(block[split_at:])
             self.hashed_bytes += len(data)
+            if self.buffer is not None:
+                self.parts[self.next_index] = b""  # in the buffer now: release the chunk
             self.next_index += 1
 
 
 @dataclass(frozen=True)
 class Assembled:
-    """A complete logical value with the records that carried it (first one first)."""
+    """A complete logical value with the records that carried it (first one first).
 
-    value: bytes
+    ``value`` is the bytes of a one-chunk value, else a read-only view of the buffer the chunks
+    were copied into (or of their join, for small chunks); the records carry no data.
+    """
+
+    value: bytes | memoryview
     records: tuple[Record, ...]
     payload_sha256: str | None = None
     """sha256 of the payload part (after the JSON block), hashed while the chunks arrived."""
+    unhashed_sha256: str | None = None
+    """The declared whole-value sha256 when the value was verified in one pass (head digest):
+    :func:`decode_assembled` checks the payload digest in the message, and the whole-value hash
+    only where that cannot vouch for the value (see :meth:`check_whole`)."""
+    chunk_id: str = ""
+
+    def check_whole(self) -> None:
+        """Hash the whole value against ``ff-chunk-sha256`` if that was skipped (a second pass,
+        only for values whose payload digest failed or is missing); PayloadError
+        ``corrupted_chunks`` if it does not match."""
+        sha = self.unhashed_sha256
+        if sha is not None and hashlib.sha256(self.value).hexdigest() != sha:
+            raise _corrupted(self.chunk_id, len(self.value), len(self.value), sha)
+
+
+def _corrupted(chunk_id: str, size: int, total: int, sha: str) -> PayloadError:
+    return PayloadError(
+        f"Reassembled value {chunk_id} is corrupted: {size} bytes, sha256 mismatch "
+        f"(expected {total} bytes, sha256 {sha[:16]}...).",
+        reason="corrupted_chunks",
+    )
+
+
+def decode_assembled(
+    assembled: Assembled, limits: InputLimits = DEFAULT_LIMITS
+) -> tuple[Message, memoryview]:
+    """:func:`decode` of a reassembled value, with the digest hashed on arrival.
+
+    A value verified in one pass (head digest, payload digest) is only as good as the payload
+    digest its message declares: if decoding fails (the payload does not match, or anything
+    else) or the message declares no payload digest, the whole-value hash is checked first, so a
+    corrupted chunk is named ``corrupted_chunks`` exactly as when the whole was hashed on arrival.
+    """
+    try:
+        msg, payload = decode(assembled.value, limits, assembled.payload_sha256)
+    except Exception:
+        assembled.check_whole()
+        raise
+    if getattr(msg, "payload_sha256", None) is None:
+        assembled.check_whole()
+    return msg, payload
+
+
+def _complete(chunk_id: str, pending: _Pending) -> Assembled:
+    """The value of a set whose chunks are all in (and hashed), once its digests check out."""
+    total, sha = pending.total, pending.sha256
+    value: bytes | memoryview
+    if pending.buffer is not None:
+        value = memoryview(pending.buffer)[:total].toreadonly()
+    elif pending.count == 1:
+        value = pending.parts[0]
+    else:
+        value = b"".join(pending.parts[i] for i in range(pending.count))
+    if pending.hashed_bytes != total:
+        raise _corrupted(chunk_id, pending.hashed_bytes, total, sha)
+    if pending.whole is not None and pending.whole.hexdigest() != sha:
+        raise _corrupted(chunk_id, total, total, sha)
+    if pending.head is not None and pending.head.hexdigest() != pending.head_sha256:
+        raise _corrupted(chunk_id, total, total, sha)
+    digest = pending.payload.hexdigest() if pending.payload is not None else None
+    if pending.payload_start > total:
+        digest = None  # a truncated value: decode names the framing error
+    unhashed = sha if pending.whole is None else None
+    if unhashed is not None and digest is None:  # no payload digest to vouch for the rest
+        if hashlib.sha256(value).hexdigest() != sha:
+            raise _corrupted(chunk_id, total, total, sha)
+        unhashed = None
+    records = tuple(sorted(pending.records, key=lambda r: r.offset))
+    return Assembled(value, records, digest, unhashed, chunk_id)
 
 
 class IncompleteChunks(PayloadError):
@@ -255,15 +466,22 @@ class Reassembler:
     anything is held for it, memory is proportional to the chunks actually held (never to a
     claimed count), and incomplete sets together hold at most ``limits.max_pending_chunk_bytes``:
     a chunk that would exceed it evicts the oldest sets first (collected by :meth:`drain_evicted`,
-    reason ``chunk_budget``).
+    reason ``chunk_budget``). Beyond that, up to ``keep_buffers`` finished values' buffers are
+    kept for reuse (:class:`BufferPool`; 0 keeps none: each value's memory goes when it does).
     """
 
-    def __init__(self, timeout_s: float = 300.0, limits: InputLimits = DEFAULT_LIMITS) -> None:
+    def __init__(
+        self,
+        timeout_s: float = 300.0,
+        limits: InputLimits = DEFAULT_LIMITS,
+        keep_buffers: int = 2,
+    ) -> None:
         self.timeout_s = timeout_s
         self.limits = limits
         self._pending: dict[str, _Pending] = {}  # insertion order = oldest first
         self._done: dict[str, None] = {}  # recently completed ids: late duplicates are dropped
         self._evicted: list[IncompleteChunks] = []
+        self.buffers = BufferPool(keep_buffers)
         self.pending_bytes = 0
 
     def add(self, record: Record) -> Assembled | None:
@@ -278,6 +496,8 @@ class Reassembler:
             chunk_id = h[H_CHUNK_ID].decode()
             index, count = _header_int(h[H_CHUNK_INDEX]), _header_int(h[H_CHUNK_COUNT])
             sha, total = h[H_CHUNK_SHA].decode(), _header_int(h[H_CHUNK_TOTAL])
+            head_raw = h.get(H_CHUNK_HEAD_SHA)
+            head_sha = None if head_raw is None else head_raw.decode()
         except (KeyError, ValueError) as exc:
             raise PayloadError(
                 f"Malformed chunk headers at {record.topic}[{record.partition}]@{record.offset}: {exc}",
@@ -292,8 +512,14 @@ class Reassembler:
             raise PayloadError(f"{exc} (chunk id {chunk_id})", exc.reason) from None
         pending = self._pending.get(chunk_id)
         if pending is None:
-            pending = self._pending[chunk_id] = _Pending(count, sha, total)
-        elif (pending.count, pending.sha256, pending.total) != (count, sha, total):
+            pending = _Pending(count, sha, total, head_sha, buffers=self.buffers)
+            self._pending[chunk_id] = pending
+        elif (pending.count, pending.sha256, pending.total, pending.head_sha256) != (
+            count,
+            sha,
+            total,
+            head_sha,
+        ):
             self._drop(chunk_id)
             raise PayloadError(
                 f"Chunk {index} of {chunk_id} disagrees with earlier chunks (count/sha/size).",
@@ -309,26 +535,16 @@ class Reassembler:
             pending.held_bytes += cost
             self.pending_bytes += cost
         pending.parts[index] = record.value
-        pending.records.append(record)
+        pending.records.append(replace(record, value=b""))  # the data is in parts or the buffer
         try:
-            pending.hash_in_order()
+            pending.take_in_order()
         except PayloadError as exc:
             self._drop(chunk_id)
             raise PayloadError(f"{exc} (chunk id {chunk_id})", exc.reason) from None
         if len(pending.parts) < count:
             return None
         self._drop(chunk_id)
-        value = pending.parts[0] if count == 1 else b"".join(pending.parts[i] for i in range(count))
-        if len(value) != total or pending.whole.hexdigest() != sha:
-            raise PayloadError(
-                f"Reassembled value {chunk_id} is corrupted: {len(value)} bytes, sha256 mismatch "
-                f"(expected {total} bytes, sha256 {sha[:16]}...).",
-                reason="corrupted_chunks",
-            )
-        digest = pending.payload.hexdigest() if pending.payload is not None else None
-        if pending.payload_start > total:
-            digest = None  # a truncated value: decode names the framing error
-        return Assembled(value, tuple(sorted(pending.records, key=lambda r: r.offset)), digest)
+        return _complete(chunk_id, pending)
 
     def _make_room(self, cost: int, keep: str) -> None:
         """Evict the oldest incomplete sets until ``cost`` more bytes fit in the budget."""

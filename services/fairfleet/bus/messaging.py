@@ -69,13 +69,17 @@ class Publisher:
         """
         if self.signer is not None:
             msg = self.signer(msg)
-        value = codec.encode(msg, payload)
+        head = codec.frame(msg)
         headers = codec.headers_for(msg)
-        if len(value) <= self.chunk_bytes:
+        if len(head) + memoryview(payload).nbytes <= self.chunk_bytes:
+            value = b"".join((head, payload))
             return [self.producer.publish(topic, value, key=key, headers=headers)]
         base = key.decode() if isinstance(key, bytes) else key
         deliveries = []
-        for i, chunk in enumerate(codec.split(value, self.chunk_bytes, msg.message_id)):
+        # a payload digest in the JSON lets readers verify the value in one pass (codec.split_framed)
+        digest = isinstance(getattr(msg, "payload_sha256", None), str)
+        chunks = codec.split_framed(head, payload, self.chunk_bytes, msg.message_id, digest)
+        for i, chunk in enumerate(chunks):
             chunk_key = f"{base}#{i}" if compacted and base is not None else key
             deliveries.append(
                 self.producer.publish(
@@ -183,16 +187,14 @@ class Reader:
         return None
 
     def _decode(self, record: Record) -> Envelope | None:
-        records: tuple[Record, ...] = (record,)
-        value: bytes | memoryview = record.value
-        digest = None
         if codec.is_chunk(record):
             assembled = self.reassembler.add(record)
             if assembled is None:
                 return None
-            value, records, digest = assembled.value, assembled.records, assembled.payload_sha256
-        msg, payload = codec.decode(value, self.limits, digest)
-        return Envelope(msg, payload, records)
+            msg, payload = codec.decode_assembled(assembled, self.limits)
+            return Envelope(msg, payload, assembled.records)
+        msg, payload = codec.decode(record.value, self.limits)
+        return Envelope(msg, payload, (record,))
 
     def _dead(
         self, record: Record | None, reason: str, detail: str, field: str = "", **fields: object
