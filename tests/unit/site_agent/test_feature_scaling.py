@@ -176,3 +176,52 @@ def test_config_check_names_a_bad_scale(tmp_path: Path) -> None:
     good = tmp_path / "good.yaml"
     good.write_text(yaml.safe_dump(fleet(tmp_path / "c", {"x1": {"mean": 0, "std": 2}})))
     assert not [p for p in check_file(good).problems if "features" in p]
+
+
+FLEET_SCALE = {
+    "from": "fleet",
+    "bounds": {"x0": {"low": 0, "high": 40}, "x1": {"low": -3, "high": 0}},
+    "noise_multiplier": 2.0,
+}
+
+
+def test_scales_from_the_fleet_are_a_config_shape_and_bad_values_are_named(tmp_path: Path) -> None:
+    config = parse_config(fleet(tmp_path, FLEET_SCALE))
+    spec = config.features.fleet
+    assert spec is not None and spec.unit == "observation" and list(spec.bounds) == ["x0", "x1"]
+    assert config.feature_scales("s1") == {}  # nothing fixed: the agent applies the fleet's
+    for bad, where in [
+        ({**FLEET_SCALE, "bounds": {"x0": {"low": 3, "high": 3}}}, "features.scale.bounds.x0"),
+        ({**FLEET_SCALE, "noise_multiplier": 0}, "features.scale.noise_multiplier"),
+        ({**FLEET_SCALE, "from": "sites"}, "features.scale.from"),
+        ({**FLEET_SCALE, "epsilon": 1}, "features.scale.epsilon"),
+        ({**FLEET_SCALE, "bounds": {}}, "features.scale.bounds"),
+    ]:
+        with pytest.raises(ConfigError) as err:
+            parse_config(fleet(tmp_path / where, bad))
+        assert f"{where}:" in str(err.value), str(err.value)
+    with pytest.raises(ConfigError, match=r"sites\[0\].features.scale: site 's1' has its own"):
+        parse_config(
+            fleet(
+                tmp_path / "own",
+                FLEET_SCALE,
+                {"features": {"scale": {"x1": {"mean": 0, "std": 1}}}},
+            )
+        )
+
+
+def test_config_check_names_a_bound_for_no_feature(tmp_path: Path) -> None:
+    import yaml
+
+    from fairfleet.cli.config import check_file
+
+    bad = tmp_path / "bad.yaml"
+    scale = {**FLEET_SCALE, "bounds": {"temp": {"low": 0, "high": 1}}}
+    bad.write_text(yaml.safe_dump(fleet(tmp_path / "a", scale)))
+    problems = check_file(bad).problems
+    assert any(
+        p.startswith("sites[0].features: site 's1': features.scale names 'temp'") for p in problems
+    ), problems
+    good = tmp_path / "good.yaml"
+    good.write_text(yaml.safe_dump(fleet(tmp_path / "b", FLEET_SCALE)))
+    assert not [p for p in check_file(good).problems if "features" in p]
