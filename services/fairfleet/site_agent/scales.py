@@ -136,6 +136,7 @@ class FleetScales:
                 return
             data = stream.training_data(self.windows)
         else:
+            stream.drain()  # after a restart the reserved windows are read again first
             data = stream.training_data(None, reserved)
         if data is None:
             if reserved is not None:
