@@ -267,7 +267,8 @@ def site_policies(cfg: Any, s: Any) -> dict[str, dict[str, Any]]:
 def check_policy_units(cfg: Any, report: CheckReport) -> None:
     """The accountant keys budgets by privacy unit: the entry that decides a site's policy
     (PolicySet.resolve: the most specific level naming the site, alone) must cover the unit of
-    every model it trains, or every reservation of that model is denied (no_policy)."""
+    every model it trains, or every reservation of that model is denied (no_policy), and the
+    unit of its feature statistics with ``features.scale: {from: fleet}``."""
     policies = cfg.policy_set()
     levels = {
         "defaults": policies.defaults or [],
@@ -286,6 +287,15 @@ def check_policy_units(cfg: Any, report: CheckReport) -> None:
                 f"{loc}: site '{s.id}' trains {names} with unit {unit}, but {match.reason}: the "
                 f"accountant would deny every reservation (got {got!r})"
             )
+        scales = cfg.features.fleet
+        if scales is not None:
+            match = policies.resolve(scales.unit, s.id)
+            if match.policy is None:
+                report.problems.append(
+                    f"features.scale.unit: site '{s.id}' releases its feature statistics with "
+                    f"unit {scales.unit}, but {match.reason}: the accountant would deny it and "
+                    "the fleet would never get its scales"
+                )
 
 
 def check_budgets(cfg: Any, report: CheckReport) -> None:

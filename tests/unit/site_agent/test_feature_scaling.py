@@ -223,5 +223,26 @@ def test_config_check_names_a_bound_for_no_feature(tmp_path: Path) -> None:
         p.startswith("sites[0].features: site 's1': features.scale names 'temp'") for p in problems
     ), problems
     good = tmp_path / "good.yaml"
-    good.write_text(yaml.safe_dump(fleet(tmp_path / "b", FLEET_SCALE)))
+    # the testkit's policies cover the site unit only
+    good.write_text(yaml.safe_dump(fleet(tmp_path / "b", {**FLEET_SCALE, "unit": "site"})))
     assert not [p for p in check_file(good).problems if "features" in p]
+
+
+def test_config_check_names_a_scales_unit_without_a_policy(tmp_path: Path) -> None:
+    import yaml
+
+    from fairfleet.cli.config import check_file
+
+    raw = fleet(tmp_path / "a", FLEET_SCALE)  # policies: one default for the site unit only
+    path = tmp_path / "fleet.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    problems = check_file(path).problems
+    assert any(
+        p.startswith(
+            "features.scale.unit: site 's1' releases its feature statistics with unit observation"
+        )
+        for p in problems
+    ), problems
+    raw["features"]["scale"] = {**FLEET_SCALE, "unit": "site"}
+    path.write_text(yaml.safe_dump(raw))
+    assert not [p for p in check_file(path).problems if "features" in p]
