@@ -54,6 +54,7 @@ from fairfleet.privacy.feature_stats import (
     release_feature_stats,
     square_bounds,
 )
+from fairfleet.privacy.ledger import ONE_OFF_PREFIX
 from fairfleet.privacy.mechanisms import NoisyMean
 from fairfleet.privacy.windows import WindowRange, WindowRanges, describe
 from fairfleet.signing import sign
@@ -66,8 +67,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-SCALES_MODEL = "@feature-scales"
-"""The ``model_id`` of a scales release in the ledger (not a model id: those have no '@')."""
+SCALES_MODEL = f"{ONE_OFF_PREFIX}feature-scales"
+"""The ``model_id`` of a scales release in the ledger (not a model id: those have no '@'; a
+one-off release the ledger's ``epsilon_next`` does not plan to repeat)."""
 
 
 def scales_event_id(site: str, scaling_id: str) -> str:

@@ -246,3 +246,40 @@ def test_config_check_names_a_scales_unit_without_a_policy(tmp_path: Path) -> No
     raw["features"]["scale"] = {**FLEET_SCALE, "unit": "site"}
     path.write_text(yaml.safe_dump(raw))
     assert not [p for p in check_file(path).problems if "features" in p]
+
+
+def test_feature_statistics_verify_only_under_the_key_of_the_site_they_name(
+    tmp_path: Path,
+) -> None:
+    from fairfleet.messages import FeatureStatistics, NoisyStat
+    from fairfleet.signing import Verifier, load_private, sign
+
+    raw = fleet_dict(
+        "127.0.0.1:1",
+        "u.",
+        [csv_site(tmp_path, "s1"), csv_site(tmp_path, "s2")],
+        [model_entry("m1")],
+        tmp=tmp_path,
+    )
+    config = parse_config(raw)
+    stat = NoisyStat(value=1.0, noise_std=0.1, m=10, lo=0.0, hi=2.0)
+    msg = FeatureStatistics(
+        site="s1",
+        site_class="a",
+        scaling_id="1",
+        n=10,
+        unit="observation",
+        noise_multiplier=1.0,
+        features=["x0"],
+        mean=[stat],
+        mean_sq=[stat],
+    )
+    verifier = Verifier.from_config(config)
+    keys = {s.id: load_private(s.private_key_file or "") for s in config.sites}
+    assert verifier.check(sign(msg, keys["s1"])) is None
+    forged = verifier.check(sign(msg, keys["s2"]))
+    assert forged is not None and forged.reason == "bad_signature"
+    unsigned = verifier.check(msg)
+    assert unsigned is not None and unsigned.reason == "unsigned"
+    with pytest.raises(ValueError, match="one entry per feature"):
+        FeatureStatistics.model_validate({**msg.model_dump(), "features": ["x0", "x1"]})
