@@ -36,7 +36,7 @@ import numpy as np
 
 from fairfleet.config import FleetScale
 from fairfleet.connectors import FeatureScaler
-from fairfleet.errors import BusError, OutcomeUnknown
+from fairfleet.errors import BusError, ConfigError, OutcomeUnknown
 from fairfleet.log import event
 from fairfleet.messages import (
     FeatureStatistics,
@@ -59,7 +59,7 @@ from fairfleet.privacy.mechanisms import NoisyMean
 from fairfleet.privacy.windows import WindowRange, WindowRanges, describe
 from fairfleet.signing import sign
 from fairfleet.site_agent import release as rel
-from fairfleet.site_agent.state import RoundStateStore, is_final
+from fairfleet.site_agent.state import RoundState, RoundStateStore, is_final
 
 if TYPE_CHECKING:
     from fairfleet.bus import Reader
@@ -119,7 +119,7 @@ class FleetScales:
         return f"site '{self.site.id}'"
 
     # ------------------------------------------------------------------ the release
-    def state(self) -> Any:
+    def state(self) -> RoundState | None:
         return self.store.get(self.spec.id, 0)
 
     def release_step(self) -> None:
@@ -260,7 +260,7 @@ class FleetScales:
             detail=detail,
         )
 
-    def _resolve_committing(self) -> Any:
+    def _resolve_committing(self) -> RoundState | None:
         found = self.agent.io.find_commit(self.event_id)
         if found:
             self.store.set(
@@ -369,6 +369,13 @@ class FleetScales:
         record: dict[str, Any] = json.loads(self.combined_path.read_text())
         if record.get("scaling_id") != self.spec.id or list(record.get("scales", {})) != self.names:
             return None  # another scaling: this one is combined afresh
+        if sorted(record.get("sites", {})) != sorted(self.fleet_sites):
+            raise ConfigError(
+                f"{self._where}: the feature scales '{self.spec.id}' in {self.combined_path} were "
+                f"combined from sites {sorted(record.get('sites', {}))}, but the fleet's sites "
+                f"are {sorted(self.fleet_sites)}: a site started now would combine other "
+                "scales. Set a new features.scale.id (a new release for every site)."
+            )
         return record
 
     def _adopt(self, record: dict[str, Any], how: str) -> None:

@@ -283,3 +283,38 @@ def test_feature_statistics_verify_only_under_the_key_of_the_site_they_name(
     assert unsigned is not None and unsigned.reason == "unsigned"
     with pytest.raises(ValueError, match="one entry per feature"):
         FeatureStatistics.model_validate({**msg.model_dump(), "features": ["x0", "x1"]})
+
+
+def test_stored_fleet_scales_are_reused_and_refused_once_the_fleet_changed(tmp_path: Path) -> None:
+    import json
+
+    config = parse_config(fleet(tmp_path, {**FLEET_SCALE, "unit": "site"}))
+    state_dir = Path(config.site("s1").state_dir or "")
+    state_dir.mkdir(parents=True, exist_ok=True)
+    record = {
+        "scaling_id": "1",
+        "sites": {"s1": {"message_id": "m", "n": 60}},
+        "scales": {"x0": {"mean": 19.0, "std": 6.0}, "x1": {"mean": -1.6, "std": 0.25}},
+    }
+    (state_dir / "scales-combined.json").write_text(json.dumps(record))
+    bus = connect(f"memory://{uuid.uuid4().hex}")
+    bus.create_topics(default_topics(config.kafka.topic_prefix))
+    agent = SiteAgent(config, "s1", bus=bus)
+    try:
+        assert agent.scales is not None and agent.scales.scaler is not None
+        assert (
+            agent.metrics.registry.get_sample_value(
+                "fairfleet_site_feature_scales_ready", {"site": "s1"}
+            )
+            == 1.0
+        )
+        raw_x = np.array([[a, b] for a, b, _ in ROWS], dtype=np.float32)
+        np.testing.assert_allclose(
+            agent.scales.scaler.apply_array(raw_x), (raw_x - [19.0, -1.6]) / [6.0, 0.25], rtol=1e-5
+        )
+    finally:
+        agent.close()
+    record["sites"]["gone"] = {"message_id": "g", "n": 10}  # combined with a site since dropped
+    (state_dir / "scales-combined.json").write_text(json.dumps(record))
+    with pytest.raises(ConfigError, match=r"\['gone', 's1'\].*Set a new features.scale.id"):
+        SiteAgent(config, "s1", bus=bus)
