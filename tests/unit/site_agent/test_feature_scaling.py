@@ -318,3 +318,28 @@ def test_stored_fleet_scales_are_reused_and_refused_once_the_fleet_changed(tmp_p
     (state_dir / "scales-combined.json").write_text(json.dumps(record))
     with pytest.raises(ConfigError, match=r"\['gone', 's1'\].*Set a new features.scale.id"):
         SiteAgent(config, "s1", bus=bus)
+
+
+def test_config_check_projects_the_feature_statistics_on_their_ledger(tmp_path: Path) -> None:
+    import yaml
+
+    from fairfleet.cli.config import check_file
+    from fairfleet.privacy.accounting import epsilon
+    from fairfleet.privacy.feature_stats import release_event
+
+    raw = fleet(tmp_path / "a", FLEET_SCALE)
+    expected = epsilon(release_event(2.0, 1, 2, "observation"), 1e-5)
+    path = tmp_path / "fleet.yaml"
+    for limit, warned in ((expected * 0.9, True), (expected * 1.1, False)):
+        raw["policies"] = {
+            "defaults": [
+                {"epsilon_max": 50.0, "delta": 1e-5, "unit": "site"},
+                {"epsilon_max": limit, "delta": 1e-5, "unit": "observation"},
+            ]
+        }
+        path.write_text(yaml.safe_dump(raw))
+        report = check_file(path)
+        lines = [w for w in report.warnings if "feature statistics would spend" in w]
+        assert bool(lines) == warned, (limit, report.warnings, report.problems)
+        if warned:
+            assert f"ε ≈ {expected:.2f}" in lines[0]
