@@ -36,7 +36,7 @@ import numpy as np
 
 from fairfleet.config import FleetScale
 from fairfleet.connectors import FeatureScaler
-from fairfleet.errors import BusError, ConfigError, OutcomeUnknown
+from fairfleet.errors import BusError, ConfigError, FairfleetError, OutcomeUnknown
 from fairfleet.log import event
 from fairfleet.messages import (
     FeatureStatistics,
@@ -177,9 +177,13 @@ class FleetScales:
             if self.agent.opts.secure_noise
             else np.random.default_rng(rel.round_seed(self.site.id, SCALES_MODEL, 0))
         )
-        stats = release_feature_stats(
-            x, [self.bounds[n] for n in self.names], self.spec.noise_multiplier, gen
-        )
+        try:
+            stats = release_feature_stats(
+                x, [self.bounds[n] for n in self.names], self.spec.noise_multiplier, gen
+            )
+        except FairfleetError as exc:  # e.g. a NaN the connector allows in a bounded feature
+            self._final_skip("release_failed", str(exc))
+            return
         msg = sign(
             FeatureStatistics(
                 site=self.site.id,
