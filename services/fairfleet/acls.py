@@ -6,7 +6,9 @@ resource; the broker's authorizer denies everything else. Per principal:
 
 - a **site** WRITEs what its agent produces (``updates``, ``stats``, ``privacy.requests``,
   ``privacy.events``, ``deadletter``) and READs what it consumes (``rounds``, ``models``,
-  ``privacy.grants``, ``privacy.events``); its own consumer groups and transactional id only;
+  ``privacy.grants``, ``privacy.events``, and ``stats`` with its group ``…-stats`` only when
+  ``features.scale`` is ``from: fleet``: every site combines the sites' feature statistics);
+  its own consumer groups and transactional id only;
 - the **accountant** WRITEs ``privacy.grants`` (it alone), ``privacy.events`` (an operator's
   ``accountant cancel``) and ``deadletter``, READs ``privacy.requests``, ``privacy.events`` and
   ``deadletter``; its groups start with ``<prefix>accountant``;
@@ -37,6 +39,7 @@ from fairfleet.bus.topics import (
     LOGICAL_TOPICS,
     PARTIALS_RESTORE_GROUP,
     SITE_GROUPS,
+    SITE_STATS_GROUP,
     accountant_group_prefix,
     aggregator_client_id,
     aggregator_combiner_group,
@@ -60,6 +63,8 @@ AGGREGATOR_PRINCIPAL_STEM = "User:fairfleet-aggregator-"
 
 SITE_WRITES = ("updates", "stats", "privacy.requests", "privacy.events", "deadletter")
 SITE_READS = ("rounds", "models", "privacy.grants", "privacy.events")
+SITE_SCALES_READS = ("stats",)
+"""Also read by a site when the feature scales come from the fleet (the sites' releases)."""
 ACCOUNTANT_WRITES = ("privacy.grants", "privacy.events", "deadletter")
 ACCOUNTANT_READS = ("privacy.requests", "privacy.events", "deadletter")
 AGGREGATOR_WRITES = ("rounds", "models", "checkpoints", "partials", "deadletter")
@@ -149,10 +154,14 @@ def _topic_rules(
     ]
 
 
-def _site_rules(role: str, principal: str, prefix: str, site_id: str) -> list[AclRule]:
+def _site_rules(
+    role: str, principal: str, prefix: str, site_id: str, scales: bool = False
+) -> list[AclRule]:
+    purposes = (*SITE_GROUPS, SITE_STATS_GROUP) if scales else SITE_GROUPS
+    reads = (*SITE_READS, *SITE_SCALES_READS) if scales else SITE_READS
     groups = [
         AclRule(principal, "GROUP", "LITERAL", site_group(prefix, site_id, g), "READ", role)
-        for g in SITE_GROUPS
+        for g in purposes
     ]
     groups.append(
         AclRule(
@@ -161,7 +170,7 @@ def _site_rules(role: str, principal: str, prefix: str, site_id: str) -> list[Ac
     )
     return [
         *_topic_rules(role, principal, prefix, "WRITE", SITE_WRITES),
-        *_topic_rules(role, principal, prefix, "READ", SITE_READS),
+        *_topic_rules(role, principal, prefix, "READ", reads),
         *groups,
         AclRule(
             principal, "TRANSACTIONAL_ID", "LITERAL", site_client_id(prefix, site_id), "WRITE", role
@@ -252,7 +261,9 @@ def fleet_acls(config: FleetConfig) -> list[AclRule]:
     rules: set[AclRule] = set()
     for site in config.sites:
         role = f"site:{site.id}"
-        rules.update(_site_rules(role, roles[role], prefix, site.id))
+        rules.update(
+            _site_rules(role, roles[role], prefix, site.id, config.features.fleet is not None)
+        )
     rules.update(_accountant_rules(roles["accountant"], prefix))
     for model in config.models:
         role = f"aggregator:{model.id}"

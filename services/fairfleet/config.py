@@ -8,6 +8,7 @@ bad field and value in one ConfigError.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -17,8 +18,10 @@ from pydantic import (
     AfterValidator,
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
     PrivateAttr,
+    Tag,
     ValidationError,
     field_validator,
     model_validator,
@@ -255,14 +258,79 @@ class FeatureScale(_Strict):
     std: Annotated[float, Field(gt=0, allow_inf_nan=False)]
 
 
+class FeatureBounds(_Strict):
+    """The range [low, high] a feature is clipped to before its statistics are released: the
+    sensitivity of the release (fairfleet.privacy.feature_stats)."""
+
+    low: Annotated[float, Field(allow_inf_nan=False)]
+    high: Annotated[float, Field(allow_inf_nan=False)]
+
+    @model_validator(mode="after")
+    def _ordered(self) -> FeatureBounds:
+        if not self.high > self.low:
+            raise ValueError(f"high must be > low. Found low={self.low}, high={self.high}")
+        return self
+
+
+class FleetScale(_Strict):
+    """Scales estimated from the fleet: every site releases its clipped per-feature mean and
+    mean of squares once (noised, charged to its ledger), and every site standardises with
+    their n-weighted combination (docs/connectors.md, "Scales from the fleet")."""
+
+    source: Literal["fleet"] = Field(alias="from")
+    id: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")] = "1"
+    """The scaling's id: each site releases once per id (a new id is a new release and charge)."""
+    bounds: Annotated[dict[str, FeatureBounds], Field(min_length=1)]
+    noise_multiplier: Annotated[float, Field(gt=0, allow_inf_nan=False)]
+    """σ: each released mean has noise std σ·(high − low)/n (Gaussian(σ) per statistic at the
+    observation unit)."""
+    unit: Literal["observation", "site"] = "observation"
+    """The ledger the release is charged to (site unit: Gaussian(σ/n) per statistic)."""
+    windows: Annotated[int, Field(ge=1)] | None = None
+    """Closed windows a site's release reads (default: its agent.train_windows); a site
+    releases once it has that many, or fewer once its source is finished."""
+    wait_s: Annotated[float, Field(gt=0)] = 30.0
+    """How long a round waits for the fleet's scales before it is skipped ``no_scales``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+def _scale_kind(value: Any) -> str:
+    return "fleet" if isinstance(value, Mapping) and "from" in value else "fixed"
+
+
+def error_loc(loc: tuple[int | str, ...]) -> tuple[int | str, ...]:
+    """A pydantic error location as the user wrote it: without the tag ("fixed" / "fleet") that
+    the discriminated ``features.scale`` inserts right after "scale"."""
+    out = list(loc)
+    for i in range(len(out) - 1, 0, -1):
+        if out[i - 1] == "scale" and out[i] in ("fixed", "fleet"):
+            del out[i]
+    return tuple(out)
+
+
 class FeaturesConfig(_Strict):
     """How features are transformed before windowing and training (docs/connectors.md).
 
     ``scale``: feature name -> {mean, std}, user-supplied fixed scales (public constants, so
-    scaling releases nothing about any site's data). A feature not named is used as is.
+    scaling releases nothing about any site's data). A feature not named is used as is. Or
+    ``{from: fleet, bounds: ..., noise_multiplier: ...}``: scales estimated from the sites'
+    noisy releases (:class:`FleetScale`).
     """
 
-    scale: dict[str, FeatureScale] = Field(default_factory=dict)
+    scale: Annotated[
+        Annotated[dict[str, FeatureScale], Tag("fixed")] | Annotated[FleetScale, Tag("fleet")],
+        Discriminator(_scale_kind),
+    ] = Field(default_factory=dict)
+
+    @property
+    def fixed(self) -> dict[str, FeatureScale]:
+        """The fixed scales ({} when the scales come from the fleet)."""
+        return self.scale if isinstance(self.scale, dict) else {}
+
+    @property
+    def fleet(self) -> FleetScale | None:
+        return self.scale if isinstance(self.scale, FleetScale) else None
 
 
 class SiteAgentConfig(_Strict):
@@ -376,6 +444,14 @@ class FleetConfig(BaseSettings):
                 raise ValueError(
                     f"site '{site.id}' serves unknown models {unknown} (known: {model_ids})"
                 )
+        if self.features.fleet is not None:
+            for i, site in enumerate(self.sites):
+                if site.features is not None and site.features.scale:
+                    raise ValueError(
+                        f"sites[{i}].features.scale: site '{site.id}' has its own scales but "
+                        "features.scale is 'from: fleet' (one fleet-wide estimate: a site that "
+                        "records a feature differently must convert it in its connector)"
+                    )
         unknown_sites = set(self.policies.sites) - set(site_ids)
         if unknown_sites:
             raise ValueError(f"policies.sites names unknown sites {sorted(unknown_sites)}")
@@ -420,9 +496,10 @@ class FleetConfig(BaseSettings):
         return self.policy_set().resolve(unit, site_id)
 
     def feature_scales(self, site_id: str) -> dict[str, FeatureScale]:
-        """The fixed scales ``site_id`` applies: the fleet's, each overridden by the site's own."""
+        """The fixed scales ``site_id`` applies: the fleet's, each overridden by the site's own
+        ({} with scales from the fleet: those are applied by the site agent once combined)."""
         site = self.site(site_id)
-        return {**self.features.scale, **(site.features.scale if site.features else {})}
+        return {**self.features.fixed, **(site.features.fixed if site.features else {})}
 
     def public_keys(self) -> dict[str, str]:
         return {s.id: s.public_key for s in self.sites}
@@ -447,7 +524,7 @@ class FleetConfig(BaseSettings):
 def _format(exc: ValidationError) -> str:
     lines = []
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        loc = ".".join(str(p) for p in error_loc(err["loc"])) or "(top level)"
         value = err.get("input")
         shown = repr(value) if not isinstance(value, dict | list) else type(value).__name__
         if any(is_secret_key(part) for part in err["loc"]):

@@ -33,7 +33,7 @@ import time
 import uuid
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from fairfleet.errors import SchemaError
 from fairfleet.privacy.kinds import mechanism
@@ -226,6 +226,37 @@ class SiteStatistics(SignedMessage):
     gives this loss in its class estimates (``fairfleet report`` recomputes them)."""
 
 
+class FeatureStatistics(SignedMessage):
+    """A site's one release, per scaling id, of its clipped per-feature mean and mean of squares
+    over ``n`` observations (topic ``stats``, key site; fairfleet.privacy.feature_stats).
+
+    ``mean[j]`` and ``mean_sq[j]`` belong to ``features[j]``; each is a noisy bounded mean whose
+    ``lo``/``hi`` are the configured bounds (of x², for ``mean_sq``). Published in the transaction
+    that commits its privacy event (event id ``<site>/@feature-scales/<scaling_id>``).
+    """
+
+    TYPE: ClassVar[str] = "feature_stats"
+    type: Literal["feature_stats"] = "feature_stats"
+    site: str
+    site_class: str
+    scaling_id: str
+    n: PosInt
+    unit: Literal["observation", "site"]
+    noise_multiplier: NonNegFloat
+    features: list[str]
+    mean: list[NoisyStat]
+    mean_sq: list[NoisyStat]
+
+    @model_validator(mode="after")
+    def _one_pair_per_feature(self) -> FeatureStatistics:
+        if not (len(self.features) == len(self.mean) == len(self.mean_sq) >= 1):
+            raise ValueError(
+                f"features, mean and mean_sq must have one entry per feature (>= 1). Found "
+                f"{len(self.features)}, {len(self.mean)} and {len(self.mean_sq)}."
+            )
+        return self
+
+
 class PrivacyReservationRequest(SignedMessage):
     """Asks the accountant to reserve budget for a release (topic ``privacy.requests``, key site).
 
@@ -382,6 +413,7 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
         PrivacyEventMessage,
         DeadLetter,
         PartialAggregate,
+        FeatureStatistics,
     )
 }
 

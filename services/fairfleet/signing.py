@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives.serialization import (
 
 from fairfleet.errors import ConfigError
 from fairfleet.messages import (
+    FeatureStatistics,
     Message,
     ModelRelease,
     PartialAggregate,
@@ -131,11 +132,11 @@ def sign(msg: M, private_key: Ed25519PrivateKey) -> M:
 def signers_of(msg: Message) -> tuple[str, ...]:
     """The principals allowed to sign ``msg``; () for a message that is not a control message.
 
-    A site signs only messages that name it (its updates, statistics, reservation requests,
-    commits and cancels); the accountant signs grants and denials and may write its own ledger
+    A site signs only messages that name it (its updates, statistics, feature statistics,
+    reservation requests, commits and cancels); the accountant signs grants and denials and may write its own ledger
     events (an operator's cancel); the aggregator of a model signs its announcements and releases.
     """
-    if isinstance(msg, SiteUpdate | SiteStatistics | PrivacyReservationRequest):
+    if isinstance(msg, SiteUpdate | SiteStatistics | FeatureStatistics | PrivacyReservationRequest):
         return (site_principal(msg.site),)
     if isinstance(msg, PrivacyEventMessage):
         return (site_principal(msg.site), ACCOUNTANT)

@@ -78,10 +78,12 @@ def fleet(
     sites: dict[str, Any] | None = None,
     models: dict[str, Any] | None = None,
     accountant: dict[str, Any] | None = None,
+    features: dict[str, Any] | None = None,
 ) -> FleetConfig:
     """A fleet of these sites and models; ``sites``/``models``: extra fields per id."""
     return parse_config(
         {
+            **({"features": features} if features else {}),
             "kafka": {"topic_prefix": prefix},
             "models": [
                 {"id": m, "model": MODEL_SPEC, **(models or {}).get(m, {})} for m in model_ids
@@ -101,8 +103,9 @@ def used_names(config: FleetConfig) -> dict[str, list[tuple[str, str, str]]]:
     p = config.kafka.topic_prefix
     out: dict[str, list[tuple[str, str, str]]] = {}
     for s in config.sites:
+        purposes = [*SITE_GROUPS, *(["stats"] if config.features.fleet else [])]
         out[f"site:{s.id}"] = [
-            *[("GROUP", site_group(p, s.id, g), "READ") for g in SITE_GROUPS],
+            *[("GROUP", site_group(p, s.id, g), "READ") for g in purposes],
             ("GROUP", f"{site_resolve_group_prefix(p, s.id)}{uuid.uuid4().hex[:8]}", "READ"),
             ("TRANSACTIONAL_ID", site_client_id(p, s.id), "WRITE"),
         ]
@@ -128,6 +131,8 @@ def check_against_table(config: FleetConfig) -> None:
         kind = role.split(":")[0]
         for logical in LOGICAL_TOPICS:
             want = TABLE[kind].get(logical, "")
+            if kind == "site" and logical == "stats" and config.features.fleet is not None:
+                want = "RW"  # every site combines the sites' feature statistics
             for topic in (topic_name(logical, prefix), f"other-fleet.{logical}"):
                 mine = topic == topic_name(logical, prefix)
                 got = {
@@ -163,6 +168,19 @@ def check_against_table(config: FleetConfig) -> None:
 
 def test_the_rules_match_the_table_for_a_small_fleet() -> None:
     check_against_table(fleet(["plant-a", "plant-b"], ["m1", "m2"]))
+
+
+def test_sites_read_stats_only_when_the_scales_come_from_the_fleet() -> None:
+    scales = {
+        "scale": {"from": "fleet", "bounds": {"x": {"low": 0, "high": 1}}, "noise_multiplier": 2}
+    }
+    with_scales = fleet(["plant-a", "plant-b"], ["m1"], features=scales)
+    check_against_table(with_scales)
+    stats = topic_name("stats", "f.")
+    assert allowed(fleet_acls(with_scales), "User:plant-a", "READ", "TOPIC", stats)
+    assert not allowed(
+        fleet_acls(fleet(["plant-a", "plant-b"], ["m1"])), "User:plant-a", "READ", "TOPIC", stats
+    )
 
 
 # short ids, some extended by what follows a site id in its own names ('a' and 'a-resolve-1')

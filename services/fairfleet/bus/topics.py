@@ -94,6 +94,9 @@ def default_topics(prefix: str = DEFAULT_PREFIX, partitions: int = 3) -> list[To
 
 SITE_GROUPS = ("rounds", "models", "grants")
 """A site agent's long-lived consumer groups: ``<prefix>site-<id>-<purpose>``."""
+SITE_STATS_GROUP = "stats"
+"""The purpose of a site's group on ``stats`` (``<prefix>site-<id>-stats``, never committed):
+only in a fleet whose feature scales come from the fleet (``features.scale: {from: fleet}``)."""
 CHECKPOINT_RESTORE_GROUP = "checkpoint-restore-"
 """Throw-away groups ``<prefix>checkpoint-restore-<random>`` of restarting aggregators."""
 LEDGER_GATE_GROUP = "ledger-gate-"

@@ -271,7 +271,8 @@ def site_policies(cfg: Any, s: Any) -> dict[str, dict[str, Any]]:
 def check_policy_units(cfg: Any, report: CheckReport) -> None:
     """The accountant keys budgets by privacy unit: the entry that decides a site's policy
     (PolicySet.resolve: the most specific level naming the site, alone) must cover the unit of
-    every model it trains, or every reservation of that model is denied (no_policy)."""
+    every model it trains, or every reservation of that model is denied (no_policy), and the
+    unit of its feature statistics with ``features.scale: {from: fleet}``."""
     policies = cfg.policy_set()
     levels = {
         "defaults": policies.defaults or [],
@@ -290,6 +291,15 @@ def check_policy_units(cfg: Any, report: CheckReport) -> None:
                 f"{loc}: site '{s.id}' trains {names} with unit {unit}, but {match.reason}: the "
                 f"accountant would deny every reservation (got {got!r})"
             )
+        scales = cfg.features.fleet
+        if scales is not None:
+            match = policies.resolve(scales.unit, s.id)
+            if match.policy is None:
+                report.problems.append(
+                    f"features.scale.unit: site '{s.id}' releases its feature statistics with "
+                    f"unit {scales.unit}, but {match.reason}: the accountant would deny it and "
+                    "the fleet would never get its scales"
+                )
 
 
 def check_budgets(cfg: Any, report: CheckReport) -> None:
@@ -299,19 +309,33 @@ def check_budgets(cfg: Any, report: CheckReport) -> None:
     worst case), each round's event is the site agent's own ``round_event`` with the largest
     held-out count m a round can have; ε by RDP at the policy's δ (an upper bound of PLD).
     Sites with time windows and a site-level loss release (whose ε depends on m) are skipped.
+    With ``features.scale: {from: fleet}`` at the observation unit, the one feature-statistics
+    release is added to that ledger's projection.
     """
     import dp_accounting
 
     from fairfleet.privacy.accounting import epsilon
+    from fairfleet.privacy.feature_stats import release_event
     from fairfleet.site_agent.release import round_event
 
     policies = cfg.policy_set()
+    scales = cfg.features.fleet
+    # the one-off feature statistics (from: fleet) count on their ledger; their event does not
+    # depend on n at the observation unit only (at the site unit it shrinks with n: not projected)
+    scales_event = (
+        release_event(scales.noise_multiplier, 1, len(scales.bounds), "observation")
+        if scales is not None and scales.unit == "observation"
+        else None
+    )
     for s in cfg.sites:
-        for unit, model_ids in site_units(cfg, s).items():
+        units = site_units(cfg, s)
+        if scales_event is not None:
+            units.setdefault("observation", [])
+        for unit, model_ids in units.items():
             policy = policies.resolve(unit, s.id).policy
             if policy is None or (s.window.by == "time" and unit == "site"):
                 continue
-            events = []
+            events = [scales_event] if scales_event is not None and unit == "observation" else []
             for model_id in model_ids:
                 m = cfg.model(model_id)
                 m_max = max(
@@ -322,7 +346,9 @@ def check_budgets(cfg: Any, report: CheckReport) -> None:
             projected = epsilon(events, policy.delta, accountant="rdp")
             if projected > policy.epsilon_max:
                 report.warnings.append(
-                    f"sites[{cfg.sites.index(s)}]: the configured rounds would spend ε ≈ {projected:.2f} > "
+                    f"sites[{cfg.sites.index(s)}]: the configured rounds"
+                    f"{' and feature statistics' if events and events[0] is scales_event else ''}"
+                    f" would spend ε ≈ {projected:.2f} > "
                     f"epsilon_max {policy.epsilon_max} at site '{s.id}' (worst case, same windows every "
                     "round): the accountant will deny its later rounds"
                 )

@@ -49,9 +49,11 @@ def _loc(parts: Iterable[Any]) -> str:
 
 def _schema_problems(exc: Any) -> list[tuple[str, str]]:
     """(location, 'loc: message (got value)') for every pydantic error."""
+    from fairfleet.config import error_loc
+
     out = []
     for err in exc.errors():
-        loc = _loc(err["loc"])
+        loc = _loc(error_loc(err["loc"]))
         msg = str(err["msg"]).removeprefix("Value error, ")
         out.append((loc, f"{loc}: {msg} (got {shown(err.get('input'))})"))
     return out
@@ -120,15 +122,19 @@ def check_mapping(
 
 def fleet_feature_scales(data: dict[str, Any]) -> dict[str, Any]:
     """The fleet-level ``features.scale`` of a raw config ({} if absent or invalid: an invalid
-    one is already a schema problem)."""
+    one is already a schema problem); for scales from the fleet, its bounded features (each
+    must be a feature of every site's connector)."""
     from pydantic import ValidationError
 
     from fairfleet.config import FeaturesConfig
 
     try:
-        return dict(FeaturesConfig.model_validate(data.get("features") or {}).scale)
+        features = FeaturesConfig.model_validate(data.get("features") or {})
     except ValidationError:
         return {}
+    if features.fleet is not None:  # the names are what a connector must have: unit scales
+        return {name: {"mean": 0.0, "std": 1.0} for name in features.fleet.bounds}
+    return dict(features.fixed)
 
 
 def _check_mapping(data: dict[str, Any], base_dir: Path, *, paths: bool) -> CheckReport:
@@ -161,7 +167,7 @@ def _check_mapping(data: dict[str, Any], base_dir: Path, *, paths: bool) -> Chec
     fleet_scales = fleet_feature_scales(data)
     for i in sites:
         check_site(i, data["sites"][i], base_dir, report, paths=paths)
-        own = sites[i].features.scale if sites[i].features else {}
+        own = sites[i].features.fixed if sites[i].features else {}
         check_connector_built(
             i, sites[i], by_id, base_dir, report, paths=paths, scales={**fleet_scales, **own}
         )

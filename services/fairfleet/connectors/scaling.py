@@ -4,8 +4,9 @@ see the same scaled features).
 
 The scales are user-supplied public constants (``features.scale`` in the fleet config,
 docs/connectors.md): scaling with them releases nothing about a site's data. Scales estimated
-from the sites' own data would be a release and would have to be noised and charged to the
-sites' ledgers like any other.
+from the sites' own data (``features.scale: {from: fleet, ...}``) are noised releases charged to
+the sites' ledgers (fairfleet.site_agent.scales); the site agent applies their combination with
+:meth:`FeatureScaler.apply_array` to the windows a round reads.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import math
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
+
+import numpy as np
 
 from fairfleet.connectors.base import ObservationSchema
 from fairfleet.connectors.validate import Observation
@@ -67,3 +70,10 @@ class FeatureScaler:
             return obs
         x = tuple((v - m) / s for v, m, s in zip(obs.x, self._mean, self._std, strict=True))
         return replace(obs, x=x)
+
+    def apply_array(self, x: np.ndarray) -> np.ndarray:
+        """``x`` (n × features) with its named columns standardised (a new array, same dtype)."""
+        if not self.scales:
+            return x
+        scaled = (np.asarray(x, dtype=np.float64) - self._mean) / self._std
+        return scaled.astype(x.dtype)

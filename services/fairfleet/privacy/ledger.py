@@ -97,6 +97,11 @@ class _Entry:
     leaves: Leaves
 
 
+ONE_OFF_PREFIX = "@"
+"""A release whose ``model_id`` starts with it belongs to no model (model ids never do) and is
+made once, e.g. ``@feature-scales``: :meth:`Ledger.epsilon_next` does not plan it again."""
+
+
 class Ledger:
     """Every ledger of a fleet, with the reserve / commit / cancel protocol."""
 
@@ -149,6 +154,8 @@ class Ledger:
         record = entry.record
         self._events[record.event_id] = entry
         self._release_ids[(record.site, record.model_id, record.round)] = record.event_id
+        if record.model_id.startswith(ONE_OFF_PREFIX):
+            return  # a one-off release (feature statistics) is not repeated: not in the plan
         latest = self._last.setdefault(record.key, {})
         previous = latest.get(record.model_id)
         if previous is None or (record.round, record.event_id) >= (
@@ -365,7 +372,8 @@ class Ledger:
     def epsilon_next(self, key: LedgerKey, delta: float | None = None) -> float | None:
         """ε the ledger would reach with the planned next release of every model on it.
 
-        The plan: each model repeats its latest release (reserved or committed), on windows it
+        The plan: each model repeats its latest release (reserved or committed; a one-off
+        release, :data:`ONE_OFF_PREFIX`, is not repeated), on windows it
         already touched or on windows no release touched yet — on top of everything committed
         and pending; the ledger's ε after it (so never below ``epsilon(pending=True)``). The
         figure is an upper bound of what the next round's reservations are

@@ -24,6 +24,10 @@ fairfleet.messages (fail closed at every step):
    "<topic prefix>site-<site>"); a final skip after a reservation publishes a cancel event.
 
 A round's outcome never blocks a later round: each new round is a new decision.
+With ``features.scale: {from: fleet}`` the site also releases its feature statistics once
+(site_agent.scales), and step 2 waits (bounded) for the fleet's combined scales: without them
+the round is skipped ``no_scales``; with them the round's windows are standardised before
+training and the loss release.
 Local state is written ahead of each step (see site_agent.state). Privacy ``off`` is logged as a
 WARNING every round, exported as fairfleet_site_privacy_enabled = 0 and stated in the message.
 """
@@ -60,11 +64,12 @@ from fairfleet.messages import (
 from fairfleet.metrics import Health
 from fairfleet.privacy.events import dp_event_to_json
 from fairfleet.privacy.kinds import mechanism
-from fairfleet.privacy.windows import WindowRange, WindowRanges, describe, hull
+from fairfleet.privacy.windows import WindowRange, WindowRanges, describe
 from fairfleet.signing import Signer, Verifier, load_private, sign, site_principal
 from fairfleet.site_agent import release as rel
 from fairfleet.site_agent.bus_side import SERVICE, AgentBus, Interrupted
 from fairfleet.site_agent.metrics import SiteMetrics
+from fairfleet.site_agent.scales import FleetScales, ScalesNotReady
 from fairfleet.site_agent.state import (
     RETRYABLE_SKIPS,
     RoundState,
@@ -152,6 +157,8 @@ class SiteAgent:
             Signer(site_principal(site_id), self.key),
             Verifier.from_config(config).check,
         )
+        spec = config.features.fleet
+        self.scales = FleetScales(self, spec) if spec is not None else None
         self._releases: dict[tuple[str, int], tuple[ModelRelease, bytes]] = {}
         # The newest round of each model the bus has shown (an announcement of round r, or a
         # ModelRelease opening round r): every earlier round of the model is over.
@@ -212,6 +219,9 @@ class SiteAgent:
         """Read new data and models; handle at most one round announcement."""
         self.stream.poll()
         self._poll_models(0.0)
+        if self.scales is not None:
+            self.scales.release_step()
+            self.scales.poll()
         self.io.keep_alive()
         env = self.io.rounds.poll(self.opts.poll_interval_s if timeout is None else timeout)
         if env is not None and isinstance(env.message, RoundAnnouncement):
@@ -257,6 +267,8 @@ class SiteAgent:
         }
 
     def close(self) -> None:
+        if self.scales is not None:
+            self.scales.close()
         self.io.close()
         self.stream.connector.close()
 
@@ -438,6 +450,12 @@ class SiteAgent:
                 model=model_id,
                 round=rnd,
             )
+        scaler = None
+        if self.scales is not None:
+            try:
+                scaler = self.scales.wait(self._stop)
+            except ScalesNotReady as exc:
+                raise Skip("no_scales", str(exc)) from None
         self.stream.drain()
         prior = self.store.get(model_id, rnd)
         reserved = prior.windows if prior is not None else None
@@ -448,7 +466,8 @@ class SiteAgent:
             )
         if data is None:
             raise Skip("no_data", "no closed training window yet")
-        split = split_holdout(data.x, data.y, self.opts.holdout_fraction)
+        x = scaler.apply_array(data.x) if scaler is not None else data.x
+        split = split_holdout(x, data.y, self.opts.holdout_fraction)
         if len(split[0]) < 1 or len(split[2]) < 1:
             raise Skip("no_data", f"{data.n} observations are too few to hold out a fraction")
         release, payload = self._model(model_id, ann.model_version)
@@ -543,18 +562,9 @@ class SiteAgent:
         ``SiteStream.charged(windows)``: their hull in ``windows`` and, when they are not one
         contiguous range, the exact ranges in ``window_ranges``.
         """
-        charged = self.stream.charged(windows)
-        return dict(
-            window_ranges=list(charged) if len(charged) > 1 else None,
-            event_id=eid,
-            site=self.site.id,
-            site_class=self.site.site_class,
-            source=self.site.data_source,
-            unit=rel.privacy_unit(self.models[model_id].privacy).value,
-            model_id=model_id,
-            round=rnd,
-            windows=hull(charged),
-            dp_event=dp_event,
+        unit = rel.privacy_unit(self.models[model_id].privacy).value
+        return rel.privacy_fields(
+            self.site, self.stream.charged(windows), eid, unit, model_id, rnd, dp_event
         )
 
     def _event(

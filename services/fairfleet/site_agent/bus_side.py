@@ -25,6 +25,7 @@ from fairfleet.bus.limits import DEFAULT_LIMITS, InputLimits
 from fairfleet.bus.messaging import SignFn, VerifyFn
 from fairfleet.bus.topics import (
     LOGICAL_TOPICS,
+    SITE_STATS_GROUP,
     site_client_id,
     site_group,
     site_resolve_group_prefix,
@@ -153,10 +154,19 @@ class AgentBus:
                 return msg
         return None
 
+    def stats_reader(self) -> Reader:
+        """A reader of ``stats`` from its start (group ``<prefix>site-<id>-stats``, never
+        committed): the sites' feature statistics, for scales from the fleet."""
+        return self._reader(site_group(self.prefix, self.site_id, SITE_STATS_GROUP), "stats")
+
     def publish_atomically(
-        self, sends: Sequence[tuple[str, Message, bytes]], before_commit: Callable[[], None]
+        self,
+        sends: Sequence[tuple[str, Message, bytes]],
+        before_commit: Callable[[], None],
+        rounds_offsets: bool = True,
     ) -> None:
-        """One transaction: every (logical topic, message, payload) plus the rounds offset.
+        """One transaction: every (logical topic, message, payload) plus, with
+        ``rounds_offsets``, the rounds consumer's offset (a round's publish).
 
         ``before_commit`` runs right before ``commit_transaction`` (the write-ahead state).
         Raises TransactionAborted (a BusError: nothing is visible), or OutcomeUnknown if it
@@ -167,7 +177,8 @@ class AgentBus:
         def body(txn: Transaction) -> None:
             for logical, msg, payload in sends:
                 self.tx.send(self.topics[logical], msg, payload, key=self.site_id)
-            txn.send_offsets(self.rounds.consumer, self.rounds.safe_offsets())
+            if rounds_offsets:
+                txn.send_offsets(self.rounds.consumer, self.rounds.safe_offsets())
 
         try:
             run_transaction(self.tx.producer, body, before_commit=before_commit)

@@ -87,6 +87,13 @@ class SiteMetrics:
             ["service", "topic"],
             registry=r,
         )
+        self.scales_ready = Gauge(
+            "fairfleet_site_feature_scales_ready",
+            "1 = the fleet's feature scales are combined and in use, 0 = rounds wait for them "
+            "(only with features.scale from: fleet).",
+            ["site"],
+            registry=r,
+        )
         self.dead_letters = dead_letter_counter(r)
         self.read.labels(site)
         self.windows.labels(site)

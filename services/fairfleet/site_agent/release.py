@@ -19,12 +19,14 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import dp_accounting
 import numpy as np
 import torch
 from torch import nn
 
+from fairfleet.config import SiteConfig
 from fairfleet.errors import ConfigError, PrivacyError
 from fairfleet.learning.models import build_model
 from fairfleet.learning.tensors import from_safetensors_bytes, to_safetensors_bytes
@@ -34,6 +36,33 @@ from fairfleet.privacy import dpsgd
 from fairfleet.privacy.events import PrivacyUnit, compose, dpsgd_event
 from fairfleet.privacy.kinds import mechanism
 from fairfleet.privacy.mechanisms import noisy_bounded_mean, noisy_mean_dp_event
+from fairfleet.privacy.windows import WindowRanges, hull
+
+
+def privacy_fields(
+    site: SiteConfig,
+    charged: WindowRanges,
+    eid: str,
+    unit: str,
+    model_id: str,
+    rnd: int,
+    dp_event: dict[str, Any],
+) -> dict[str, Any]:
+    """The fields a reservation request and its commit / cancel event share, for a release
+    charged to ``charged`` (their hull in ``windows`` and, when they are not one contiguous
+    range, the exact ranges in ``window_ranges``)."""
+    return dict(
+        window_ranges=list(charged) if len(charged) > 1 else None,
+        event_id=eid,
+        site=site.id,
+        site_class=site.site_class,
+        source=site.data_source,
+        unit=unit,
+        model_id=model_id,
+        round=rnd,
+        windows=hull(charged),
+        dp_event=dp_event,
+    )
 
 
 def privacy_unit(plan: PrivacyPlan) -> PrivacyUnit:

@@ -46,6 +46,7 @@ RETRYABLE_SKIPS: frozenset[str] = frozenset(
         "denied",
         "no_grant",
         "publish_failed",
+        "no_scales",
     }
 )
 

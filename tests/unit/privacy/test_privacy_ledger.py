@@ -346,3 +346,25 @@ def test_the_reported_epsilon_never_decreases_and_next_bounds_the_next_release(
                 row["epsilon_next"] is not None and row["epsilon_next"] >= row["epsilon_reserved"]
             )
             seen[name] = row["epsilon_spent"]
+
+
+def test_a_one_off_release_is_charged_but_not_planned_again() -> None:
+    """Feature statistics (model_id ``@feature-scales``) are released once per scaling id: they
+    count in ε, but epsilon_next plans only the models' next rounds."""
+    ledger = Ledger(GENEROUS)
+    ledger.reserve(rec("s1/@feature-scales/1", 0, 3, sigma=0.7, model="@feature-scales"))
+    ledger.commit(rec("s1/@feature-scales/1", 0, 3, sigma=0.7, model="@feature-scales"))
+    assert ledger.epsilon_next(key()) is None  # nothing planned: no model has released yet
+    only_scales = ledger.epsilon(key())
+    ledger.reserve(rec("s1/m1/0", 0, 3))
+    ledger.commit(rec("s1/m1/0", 0, 3))
+    alone = Ledger(GENEROUS)
+    alone.commit(rec("s1/m1/0", 0, 3))
+    alone.commit(rec("s1/m1/1", 0, 3))
+    both = Ledger(GENEROUS)
+    both.commit(rec("x", 0, 3, sigma=0.7, model="@feature-scales"))
+    for r in range(2):
+        both.commit(rec(f"s1/m1/{r}", 0, 3))
+    # the plan repeats round 0 of m1 only: scales + 2 rounds, not 2 scales + 2 rounds
+    assert ledger.epsilon_next(key()) == pytest.approx(both.epsilon(key()))
+    assert ledger.epsilon_next(key()) > alone.epsilon(key()) > 0 and only_scales > 0

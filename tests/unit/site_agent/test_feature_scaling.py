@@ -176,3 +176,170 @@ def test_config_check_names_a_bad_scale(tmp_path: Path) -> None:
     good = tmp_path / "good.yaml"
     good.write_text(yaml.safe_dump(fleet(tmp_path / "c", {"x1": {"mean": 0, "std": 2}})))
     assert not [p for p in check_file(good).problems if "features" in p]
+
+
+FLEET_SCALE = {
+    "from": "fleet",
+    "bounds": {"x0": {"low": 0, "high": 40}, "x1": {"low": -3, "high": 0}},
+    "noise_multiplier": 2.0,
+}
+
+
+def test_scales_from_the_fleet_are_a_config_shape_and_bad_values_are_named(tmp_path: Path) -> None:
+    config = parse_config(fleet(tmp_path, FLEET_SCALE))
+    spec = config.features.fleet
+    assert spec is not None and spec.unit == "observation" and list(spec.bounds) == ["x0", "x1"]
+    assert config.feature_scales("s1") == {}  # nothing fixed: the agent applies the fleet's
+    for bad, where in [
+        ({**FLEET_SCALE, "bounds": {"x0": {"low": 3, "high": 3}}}, "features.scale.bounds.x0"),
+        ({**FLEET_SCALE, "noise_multiplier": 0}, "features.scale.noise_multiplier"),
+        ({**FLEET_SCALE, "from": "sites"}, "features.scale.from"),
+        ({**FLEET_SCALE, "epsilon": 1}, "features.scale.epsilon"),
+        ({**FLEET_SCALE, "bounds": {}}, "features.scale.bounds"),
+    ]:
+        with pytest.raises(ConfigError) as err:
+            parse_config(fleet(tmp_path / where, bad))
+        assert f"{where}:" in str(err.value), str(err.value)
+    with pytest.raises(ConfigError, match=r"sites\[0\].features.scale: site 's1' has its own"):
+        parse_config(
+            fleet(
+                tmp_path / "own",
+                FLEET_SCALE,
+                {"features": {"scale": {"x1": {"mean": 0, "std": 1}}}},
+            )
+        )
+
+
+def test_config_check_names_a_bound_for_no_feature(tmp_path: Path) -> None:
+    import yaml
+
+    from fairfleet.cli.config import check_file
+
+    bad = tmp_path / "bad.yaml"
+    scale = {**FLEET_SCALE, "bounds": {"temp": {"low": 0, "high": 1}}}
+    bad.write_text(yaml.safe_dump(fleet(tmp_path / "a", scale)))
+    problems = check_file(bad).problems
+    assert any(
+        p.startswith("sites[0].features: site 's1': features.scale names 'temp'") for p in problems
+    ), problems
+    good = tmp_path / "good.yaml"
+    # the testkit's policies cover the site unit only
+    good.write_text(yaml.safe_dump(fleet(tmp_path / "b", {**FLEET_SCALE, "unit": "site"})))
+    assert not [p for p in check_file(good).problems if "features" in p]
+
+
+def test_config_check_names_a_scales_unit_without_a_policy(tmp_path: Path) -> None:
+    import yaml
+
+    from fairfleet.cli.config import check_file
+
+    raw = fleet(tmp_path / "a", FLEET_SCALE)  # policies: one default for the site unit only
+    path = tmp_path / "fleet.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    problems = check_file(path).problems
+    assert any(
+        p.startswith(
+            "features.scale.unit: site 's1' releases its feature statistics with unit observation"
+        )
+        for p in problems
+    ), problems
+    raw["features"]["scale"] = {**FLEET_SCALE, "unit": "site"}
+    path.write_text(yaml.safe_dump(raw))
+    assert not [p for p in check_file(path).problems if "features" in p]
+
+
+def test_feature_statistics_verify_only_under_the_key_of_the_site_they_name(
+    tmp_path: Path,
+) -> None:
+    from fairfleet.messages import FeatureStatistics, NoisyStat
+    from fairfleet.signing import Verifier, load_private, sign
+
+    raw = fleet_dict(
+        "127.0.0.1:1",
+        "u.",
+        [csv_site(tmp_path, "s1"), csv_site(tmp_path, "s2")],
+        [model_entry("m1")],
+        tmp=tmp_path,
+    )
+    config = parse_config(raw)
+    stat = NoisyStat(value=1.0, noise_std=0.1, m=10, lo=0.0, hi=2.0)
+    msg = FeatureStatistics(
+        site="s1",
+        site_class="a",
+        scaling_id="1",
+        n=10,
+        unit="observation",
+        noise_multiplier=1.0,
+        features=["x0"],
+        mean=[stat],
+        mean_sq=[stat],
+    )
+    verifier = Verifier.from_config(config)
+    keys = {s.id: load_private(s.private_key_file or "") for s in config.sites}
+    assert verifier.check(sign(msg, keys["s1"])) is None
+    forged = verifier.check(sign(msg, keys["s2"]))
+    assert forged is not None and forged.reason == "bad_signature"
+    unsigned = verifier.check(msg)
+    assert unsigned is not None and unsigned.reason == "unsigned"
+    with pytest.raises(ValueError, match="one entry per feature"):
+        FeatureStatistics.model_validate({**msg.model_dump(), "features": ["x0", "x1"]})
+
+
+def test_stored_fleet_scales_are_reused_and_refused_once_the_fleet_changed(tmp_path: Path) -> None:
+    import json
+
+    config = parse_config(fleet(tmp_path, {**FLEET_SCALE, "unit": "site"}))
+    state_dir = Path(config.site("s1").state_dir or "")
+    state_dir.mkdir(parents=True, exist_ok=True)
+    record = {
+        "scaling_id": "1",
+        "sites": {"s1": {"message_id": "m", "n": 60}},
+        "scales": {"x0": {"mean": 19.0, "std": 6.0}, "x1": {"mean": -1.6, "std": 0.25}},
+    }
+    (state_dir / "scales-combined.json").write_text(json.dumps(record))
+    bus = connect(f"memory://{uuid.uuid4().hex}")
+    bus.create_topics(default_topics(config.kafka.topic_prefix))
+    agent = SiteAgent(config, "s1", bus=bus)
+    try:
+        assert agent.scales is not None and agent.scales.scaler is not None
+        assert (
+            agent.metrics.registry.get_sample_value(
+                "fairfleet_site_feature_scales_ready", {"site": "s1"}
+            )
+            == 1.0
+        )
+        raw_x = np.array([[a, b] for a, b, _ in ROWS], dtype=np.float32)
+        np.testing.assert_allclose(
+            agent.scales.scaler.apply_array(raw_x), (raw_x - [19.0, -1.6]) / [6.0, 0.25], rtol=1e-5
+        )
+    finally:
+        agent.close()
+    record["sites"]["gone"] = {"message_id": "g", "n": 10}  # combined with a site since dropped
+    (state_dir / "scales-combined.json").write_text(json.dumps(record))
+    with pytest.raises(ConfigError, match=r"\['gone', 's1'\].*Set a new features.scale.id"):
+        SiteAgent(config, "s1", bus=bus)
+
+
+def test_config_check_projects_the_feature_statistics_on_their_ledger(tmp_path: Path) -> None:
+    import yaml
+
+    from fairfleet.cli.config import check_file
+    from fairfleet.privacy.accounting import epsilon
+    from fairfleet.privacy.feature_stats import release_event
+
+    raw = fleet(tmp_path / "a", FLEET_SCALE)
+    expected = epsilon(release_event(2.0, 1, 2, "observation"), 1e-5)
+    path = tmp_path / "fleet.yaml"
+    for limit, warned in ((expected * 0.9, True), (expected * 1.1, False)):
+        raw["policies"] = {
+            "defaults": [
+                {"epsilon_max": 50.0, "delta": 1e-5, "unit": "site"},
+                {"epsilon_max": limit, "delta": 1e-5, "unit": "observation"},
+            ]
+        }
+        path.write_text(yaml.safe_dump(raw))
+        report = check_file(path)
+        lines = [w for w in report.warnings if "feature statistics would spend" in w]
+        assert bool(lines) == warned, (limit, report.warnings, report.problems)
+        if warned:
+            assert f"ε ≈ {expected:.2f}" in lines[0]
