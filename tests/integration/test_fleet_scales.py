@@ -274,7 +274,7 @@ def test_fleet_scales_are_released_charged_combined_and_trained_with(
             ["budget", "--url", f"http://127.0.0.1:{accountant.service.http.port}", "--json"],  # type: ignore[union-attr]
         )
         assert budgets.exit_code == 0, budgets.output
-        ledgers = json.loads(budgets.output)["budgets"]
+        ledgers = json.loads(budgets.stdout)["budgets"]  # stderr has the accountant thread's logs
 
     # one FeatureStatistics and one commit per site, whatever the kills and restarts
     stats = [m for m, _ in read_all(bus, kafka_topics, "stats") if isinstance(m, FeatureStatistics)]
