@@ -34,7 +34,7 @@ from prometheus_client.exposition import ThreadingWSGIServer
 
 logger = logging.getLogger(__name__)
 
-Handler = Callable[[dict[str, str]], Any]
+JsonHandler = Callable[[dict[str, str]], Any]
 """A JSON route's function: the decoded query parameters in, a JSON-serialisable value out."""
 
 _UPDATE_LOCKS: weakref.WeakKeyDictionary[CollectorRegistry, threading.RLock] = (
@@ -139,10 +139,12 @@ class Route:
     message; any other exception answers 500 and is logged; neither stops the server.
     """
 
-    handler: Handler
+    handler: JsonHandler
     params: Collection[str] = frozenset()
 
     def __post_init__(self) -> None:
+        if isinstance(self.params, str):  # frozenset("site") would be its letters
+            raise TypeError(f"Route params must be a collection of names, not {self.params!r}.")
         object.__setattr__(self, "params", frozenset(self.params))
 
 
@@ -196,7 +198,7 @@ class App:
     def __init__(
         self,
         registry: CollectorRegistry,
-        routes: Mapping[str, Route | Handler] | None = None,
+        routes: Mapping[str, Route | JsonHandler] | None = None,
         health: Health | None = None,
     ) -> None:
         self.registry = registry
@@ -319,7 +321,7 @@ def serve(
     registry: CollectorRegistry,
     port: int = 0,
     host: str | None = None,
-    routes: Mapping[str, Route | Handler] | None = None,
+    routes: Mapping[str, Route | JsonHandler] | None = None,
     health: Health | None = None,
 ) -> MetricsServer:
     """Serve ``registry`` on ``host:port`` (0 picks a free port) in a daemon thread.

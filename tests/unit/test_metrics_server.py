@@ -127,6 +127,8 @@ def test_a_failing_route_answers_400_or_500_and_the_server_carries_on(
         server.close()
     with pytest.raises(ValueError, match="'/healthz'"):
         serve(CollectorRegistry(), routes={"/healthz": lambda _: {}})
+    with pytest.raises(TypeError, match="'site'"):
+        Route(bad_value, "site")
 
 
 def test_head_is_get_without_the_body_and_other_methods_are_405(http: httpx.Client) -> None:
