@@ -268,32 +268,10 @@ def report_view(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 def write_fleet_report(doc: dict[str, Any], out_dir: str | Path) -> Path:
-    """``report.json``, ``classes.png``, ``rounds.png`` and ``index.html`` in ``out_dir``."""
-    import html
-
+    """``report.json``, ``classes.png``, ``rounds.png`` and ``index.html``
+    (``templates/fleet_report.html.j2``) in ``out_dir``."""
     from fairfleet.sim.quality_report import write_quality_report
 
-    ckpt = doc["checkpoint"]
-    state = "finished" if ckpt["finished"] else f"running (round {ckpt['open_round']} open)"
-    gamma = "" if doc["gamma"] is None else f", fairness bound γ = {doc['gamma']:g}"
-    intro = [
-        f"<p>Fleet <b>{html.escape(doc['fleet'])}</b>, model <b>{html.escape(doc['model'])}</b>: "
-        f"{state}; {ckpt['rounds_closed']} rounds closed ({ckpt['rounds_voided']} voided), model "
-        f"version {ckpt['version']}; strategy {html.escape(doc['strategy']['name'])}{gamma}.</p>",
-        "<p>Quality per round is the per-class estimate the aggregator makes from the held-out "
-        "losses its sites released (DP-noised, clipped) with that round's accepted updates: the "
-        "loss of the model version they trained from, shrunk toward the fleet (lower is better). "
-        f"ε per site: each site's largest ledger ε (RDP) from the {html.escape(doc['epsilon']['source'])}.</p>",
-    ]
-    footer = ["<p><small>Raw numbers: <code>report.json</code>.</small></p>"]
-    view = report_view(doc)
     return write_quality_report(
-        view,
-        doc,
-        out_dir,
-        f"fairfleet report — {doc['fleet']} / {doc['model']}",
-        "report.json",
-        intro,
-        footer,
-        empty="No round with loss releases has closed yet.",
+        report_view(doc), doc, out_dir, "fleet_report.html.j2", "report.json"
     )

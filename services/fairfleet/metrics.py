@@ -3,22 +3,39 @@
 Each service owns a :class:`prometheus_client.CollectorRegistry` (so several services can run in
 one process in tests without clashing) and calls :func:`serve` once. Metric names follow the
 Prometheus conventions: ``fairfleet_`` prefix, base units in the name, ``_total`` on counters.
+
+The HTTP side is WSGI: ``/metrics`` is prometheus_client's own app (``?name[]=`` filtering,
+OpenMetrics negotiation, gzip), composed with a small router for ``/healthz`` and the JSON
+routes, served by the standard library's ``wsgiref`` with a thread per request (as
+``prometheus_client.start_wsgi_server`` does), so a slow scrape never holds up ``/healthz``.
+Query strings are parsed and percent-decoded by :func:`urllib.parse.parse_qs`; a route names
+the parameters it accepts and anything else is a 400 naming the parameter (docs/operations.md,
+"HTTP endpoints").
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 import time
 import weakref
-from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable, Collection, Iterable, Mapping
+from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any
+from urllib.parse import parse_qs
+from wsgiref.simple_server import WSGIRequestHandler, make_server
+from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, make_wsgi_app
+from prometheus_client.exposition import ThreadingWSGIServer
 
-JsonRoute = Callable[[dict[str, str]], Any]
+logger = logging.getLogger(__name__)
+
+JsonHandler = Callable[[dict[str, str]], Any]
+"""A JSON route's function: the decoded query parameters in, a JSON-serialisable value out."""
 
 _UPDATE_LOCKS: weakref.WeakKeyDictionary[CollectorRegistry, threading.RLock] = (
     weakref.WeakKeyDictionary()
@@ -113,81 +130,213 @@ class Health:
         return out
 
 
+@dataclass(frozen=True)
+class Route:
+    """A read-only JSON route: ``handler`` gets the decoded query parameters, at most one value
+    each, all of them among ``params``; what it returns is served as JSON (200).
+
+    A ``ValueError`` from ``handler`` (a bad value: ``ConfigError`` is one) answers 400 with its
+    message; any other exception answers 500 and is logged; neither stops the server.
+    """
+
+    handler: JsonHandler
+    params: Collection[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        if isinstance(self.params, str):  # frozenset("site") would be its letters
+            raise TypeError(f"Route params must be a collection of names, not {self.params!r}.")
+        object.__setattr__(self, "params", frozenset(self.params))
+
+
+METRICS_PARAMS = frozenset({"name[]"})
+"""What ``/metrics`` accepts: prometheus_client's filter to the named metric families."""
+
+
+class QueryError(ValueError):
+    """A query parameter the route does not take, or one given more than once."""
+
+    def __init__(self, message: str, parameter: str) -> None:
+        super().__init__(message)
+        self.parameter = parameter
+
+
+def query_params(path: str, query: str, accepted: Collection[str]) -> dict[str, list[str]]:
+    """``query`` parsed and percent-decoded (``+`` is a space; ``site=`` keeps its empty value);
+    QueryError naming the first parameter ``path`` does not accept."""
+    params = parse_qs(query, keep_blank_values=True, max_num_fields=100)
+    for name in sorted(params):
+        if name not in accepted:
+            takes = ", ".join(sorted(accepted)) or "no parameters"
+            raise QueryError(
+                f"unknown query parameter {name!r} for {path} (it takes: {takes})", name
+            )
+    return params
+
+
+def single_values(path: str, params: dict[str, list[str]]) -> dict[str, str]:
+    """One value per parameter; QueryError naming one given more than once."""
+    for name, values in sorted(params.items()):
+        if len(values) > 1:
+            raise QueryError(
+                f"query parameter {name!r} given {len(values)} times for {path}; give it once",
+                name,
+            )
+    return {name: values[0] for name, values in params.items()}
+
+
+ALLOWED_METHODS = ("GET", "HEAD")
+
+
+class App:
+    """The WSGI application of one service: ``/metrics`` (prometheus_client's app, rendered under
+    the registry's :func:`update_lock`), ``/healthz`` and the JSON routes.
+
+    Errors are JSON ``{"error": message}``; a bad query parameter adds ``"parameter": name``, an
+    unknown path ``"path"``. HEAD answers what GET would, without the body.
+    """
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        routes: Mapping[str, Route | JsonHandler] | None = None,
+        health: Health | None = None,
+    ) -> None:
+        self.registry = registry
+        self.health = health
+        self.routes = {
+            path: r if isinstance(r, Route) else Route(r) for path, r in (routes or {}).items()
+        }
+        for reserved in ("/metrics", "/healthz"):
+            if reserved in self.routes:
+                raise ValueError(f"route {reserved!r} is served by every service; pick another.")
+        self._metrics = make_wsgi_app(registry)
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        method = environ["REQUEST_METHOD"]
+        path = environ.get("PATH_INFO") or "/"
+        if method not in ALLOWED_METHODS:
+            status, headers, body = _json(
+                HTTPStatus.METHOD_NOT_ALLOWED,
+                {"error": f"method {method} not allowed; use {' or '.join(ALLOWED_METHODS)}"},
+            )
+            headers.append(("Allow", ", ".join(ALLOWED_METHODS)))
+        else:
+            status, headers, body = self._answer(path, environ)
+        headers.append(("Content-Length", str(len(body))))
+        start_response(status, headers)
+        return [] if method == "HEAD" else [body]
+
+    def _answer(
+        self, path: str, environ: WSGIEnvironment
+    ) -> tuple[str, list[tuple[str, str]], bytes]:
+        query = environ.get("QUERY_STRING", "")
+        try:
+            if path == "/metrics":
+                query_params(path, query, METRICS_PARAMS)
+                return self._scrape(environ)
+            if path == "/healthz":
+                query_params(path, query, frozenset())
+                return self._healthz()
+            route = self.routes.get(path)
+            if route is None:
+                return _json(HTTPStatus.NOT_FOUND, {"error": "not found", "path": path})
+            params = single_values(path, query_params(path, query, route.params))
+        except QueryError as exc:
+            return _json(HTTPStatus.BAD_REQUEST, {"error": str(exc), "parameter": exc.parameter})
+        except ValueError as exc:  # parse_qs: more than max_num_fields
+            return _json(HTTPStatus.BAD_REQUEST, {"error": f"bad query string: {exc}"})
+        try:
+            return _json(HTTPStatus.OK, route.handler(params))
+        except ValueError as exc:  # a bad value (docs/operations.md, "HTTP endpoints")
+            return _json(HTTPStatus.BAD_REQUEST, {"error": str(exc)})
+        except Exception as exc:  # a failing route must not kill the server
+            logger.exception("route %s failed", path)
+            return _json(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": f"{path} failed: {exc}"})
+
+    def _scrape(self, environ: WSGIEnvironment) -> tuple[str, list[tuple[str, str]], bytes]:
+        answer: list[Any] = []
+
+        def keep(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            answer[:] = [status, list(headers)]
+            return lambda _data: None
+
+        # prometheus_client's app answers GET only; HEAD is GET without the body (stripped above)
+        with update_lock(self.registry):
+            chunks = self._metrics({**environ, "REQUEST_METHOD": "GET"}, keep)
+        return answer[0], answer[1], b"".join(chunks)
+
+    def _healthz(self) -> tuple[str, list[tuple[str, str]], bytes]:
+        problems = self.health.problems() if self.health is not None else []
+        if problems:
+            return _json(
+                HTTPStatus.SERVICE_UNAVAILABLE, {"status": "unhealthy", "reasons": problems}
+            )
+        return _json(HTTPStatus.OK, {"status": "ok"})
+
+
+def _json(code: HTTPStatus, value: Any) -> tuple[str, list[tuple[str, str]], bytes]:
+    body = json.dumps(value, default=str).encode()
+    return f"{code.value} {code.phrase}", [("Content-Type", "application/json")], body
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """No access log (services log JSON); a client that stops sending is dropped after
+    ``timeout`` s instead of holding its thread."""
+
+    timeout = 60
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return
+
+
 class MetricsServer:
     """A running HTTP server: ``/metrics``, ``/healthz`` and any JSON routes given."""
 
-    def __init__(self, server: ThreadingHTTPServer, thread: threading.Thread) -> None:
+    def __init__(self, server: ThreadingWSGIServer, thread: threading.Thread) -> None:
         self._server = server
         self._thread = thread
+        self._closed = False
 
     @property
     def port(self) -> int:
         return int(self._server.server_address[1])
 
     def close(self) -> None:
+        """Stop serving and release the port (requests in flight finish on their own threads)."""
+        if self._closed:
+            return
+        self._closed = True
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=5)
+
+    def __enter__(self) -> MetricsServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def serve(
     registry: CollectorRegistry,
     port: int = 0,
     host: str | None = None,
-    routes: dict[str, JsonRoute] | None = None,
+    routes: Mapping[str, Route | JsonHandler] | None = None,
     health: Health | None = None,
 ) -> MetricsServer:
     """Serve ``registry`` on ``host:port`` (0 picks a free port) in a daemon thread.
 
     ``/healthz`` answers 200 ``{"status": "ok"}``, or 503 ``{"status": "unhealthy",
-    "reasons": [...]}`` when ``health`` reports problems.
+    "reasons": [...]}`` when ``health`` reports problems. ``routes`` maps a path to a
+    :class:`Route`, or to a bare handler that takes no query parameters.
 
     ``host`` defaults to ``FAIRFLEET_METRICS_HOST`` (the config's ``metrics_host``; compose sets
     0.0.0.0 so Prometheus can scrape across containers), else 127.0.0.1.
     """
     if host is None:
         host = os.environ.get("FAIRFLEET_METRICS_HOST", "127.0.0.1")
-    json_routes = dict(routes or {})
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            path, _, query = self.path.partition("?")
-            params = dict(p.split("=", 1) for p in query.split("&") if "=" in p)
-            if path == "/metrics":
-                with update_lock(registry):
-                    body = generate_latest(registry)
-                self._send(200, CONTENT_TYPE_LATEST, body)
-            elif path == "/healthz":
-                problems = health.problems() if health is not None else []
-                if problems:
-                    body = json.dumps({"status": "unhealthy", "reasons": problems}).encode()
-                    self._send(503, "application/json", body)
-                else:
-                    self._send(200, "application/json", b'{"status": "ok"}')
-            elif path in json_routes:
-                try:
-                    body = json.dumps(json_routes[path](params), default=str).encode()
-                    self._send(200, "application/json", body)
-                except Exception as exc:  # a bad query must not kill the server
-                    err = json.dumps({"error": str(exc)}).encode()
-                    self._send(400, "application/json", err)
-            else:
-                self._send(404, "application/json", b'{"error": "not found"}')
-
-        def _send(self, code: int, content_type: str, body: bytes) -> None:
-            try:
-                self.send_response(code)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-            except (BrokenPipeError, ConnectionResetError):
-                return  # the scraper gave up (timeout); nothing to answer
-
-        def log_message(self, format: str, *args: Any) -> None:  # quiet: services log JSON
-            return
-
-    server = ThreadingHTTPServer((host, port), Handler)
+    app: WSGIApplication = App(registry, routes, health)
+    server = make_server(host, port, app, ThreadingWSGIServer, handler_class=_QuietHandler)
     thread = threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True)
     thread.start()
     return MetricsServer(server, thread)

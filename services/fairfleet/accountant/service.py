@@ -45,7 +45,7 @@ from fairfleet.messages import (
     PrivacyReservationRequest,
     SiteUpdate,
 )
-from fairfleet.metrics import DEFAULT_PROGRESS_TIMEOUT_S, Health, MetricsServer, serve
+from fairfleet.metrics import DEFAULT_PROGRESS_TIMEOUT_S, Health, MetricsServer, Route, serve
 from fairfleet.privacy.events import LedgerKey, PrivacyRecord, PrivacyUnit
 from fairfleet.privacy.ledger import Decision, EventState
 from fairfleet.privacy.policy import PolicySet
@@ -179,13 +179,14 @@ class AccountantService:
             self.metrics.registry,
             self.options.metrics_port,
             self.options.metrics_host,
-            routes={"/budgets": self.budgets_json},
+            routes={"/budgets": Route(self.budgets_json, params=("site", "accountant"))},
             health=self.health,
         )
         return self.http
 
     def budgets_json(self, params: dict[str, str]) -> dict[str, Any]:
-        """Read-only: every ledger (or one site's) with spent, limit and remaining ε."""
+        """Read-only: every ledger (or one site's: ``site``; empty = all) with spent, limit and
+        remaining ε; ``accountant`` may only be ``rdp``, the one ε reported (docs/privacy.md)."""
         accountant = params.get("accountant", "rdp")
         if accountant != "rdp":
             raise ValueError(

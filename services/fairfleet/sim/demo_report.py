@@ -5,7 +5,6 @@ HTTP) is :mod:`fairfleet.demo`."""
 
 from __future__ import annotations
 
-import html
 from pathlib import Path
 from typing import Any
 
@@ -92,33 +91,11 @@ def class_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def write_demo_report(summary: dict[str, Any], out_dir: str | Path) -> Path:
-    s = summary["settings"]
-    intro = [
-        f"<p>Six plants of three classes trained one failure-within-horizon model for {s['rounds']} "
-        "rounds through a real Kafka broker: every plant clipped its model update and added Gaussian "
-        f"noise before publishing (site-level privacy, target ε={s['epsilon']:g}, δ={s['delta']:g}), "
-        "asked the privacy accountant for a grant before every release, and the aggregator "
-        f"reweighted updates to keep every class's loss within γ={s['gamma']:g} of the fleet's. "
-        "Quality is measured on each plant's held-out future (the last quarter of its stream).</p>",
-        "<p><b>Why the held-out gap can exceed γ.</b> The aggregator enforces γ on its class "
-        "estimates, built from the losses the sites release with privacy noise, not on this "
-        f"held-out evaluation. With {len(summary['epsilon_spent'])} sites at site-level "
-        f"ε={s['epsilon']:g}, each released loss carries so much noise that those estimates are "
-        "barely better than the fleet mean: the fairness correction has little to act on, and the "
-        "gap moves from run to run (site noise comes from the OS's secure generator). That is the "
-        "privacy × fairness interaction <code>fairfleet decompose</code> measures on a whole "
-        "fleet.</p>",
-    ]
-    footer = [
-        f"<p><small>Took {summary['seconds']} s. Raw data: <code>demo.json</code>. "
-        f"Service logs: <code>{html.escape(str(summary['logs']))}</code>.</small></p>"
-    ]
+    """``demo.json``, the plots and ``index.html`` (``templates/demo.html.j2``) of a demo run."""
     return write_quality_report(
         demo_view(summary) if summary.get("final") else {"final": None},
         summary,
         out_dir,
-        "fairfleet demo",
+        "demo.html.j2",
         "demo.json",
-        intro,
-        footer,
     )

@@ -16,13 +16,12 @@ One writer for ``fairfleet demo`` (quality measured on the simulator's held-out 
 
 from __future__ import annotations
 
-import html
 import json
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from fairfleet.sim.report import page, pyplot
+from fairfleet.sim.report import pyplot
+from fairfleet.templating import render
 
 CLASS_COLOURS = ["#2e86de", "#e67e22", "#8e44ad", "#27ae60", "#c0392b", "#7f8c8d"]
 
@@ -206,77 +205,42 @@ def class_rows(view: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
-def quality_body(view: dict[str, Any]) -> list[str]:
-    """The reading, the class table and the two plots (after :func:`write_plots`)."""
-    final = view["final"]
+def quality_figures(view: dict[str, Any]) -> dict[str, Any]:
+    """What the page says of the final entry (``templates/quality.html.j2``): where it is, its
+    class rows (:func:`class_rows`), the worst and best class, whether any class has an
+    accuracy, the largest ε any site spent, and γ."""
     rows = class_rows(view)
-    worst = max(rows, key=lambda r: r["loss"])
-    best = min(rows, key=lambda r: r["loss"])
-    with_accuracy = any(r["accuracy"] is not None for r in rows)
-    table = "".join(
-        f"<tr><th>{html.escape(r['class'])}</th><td>{', '.join(map(html.escape, r['sites']))}</td>"
-        f"<td>{r['loss']:.4f}</td>"
-        + (
-            f"<td>{'-' if r['accuracy'] is None else format(r['accuracy'], '.1%')}</td>"
-            if with_accuracy
-            else ""
-        )
-        + f"<td>{r['gap_to_fleet']:+.4f}</td><td>"
-        + ", ".join(
-            f"{html.escape(k)} {v:.2f}" if v is not None else f"{html.escape(k)} ?"
-            for k, v in r["epsilon"].items()
-        )
-        + "</td></tr>"
-        for r in rows
-    )
     spent = [v for v in view["epsilon_spent"].values() if v is not None]
-    gamma = view.get("gamma")
-    bound = (
-        ""
-        if gamma is None
-        else (
-            f" The strategy bounds each class's excess over the fleet by γ = {gamma:g}: "
-            + (
-                "every class is within it."
-                if worst["gap_to_fleet"] <= gamma
-                else f"<b>{html.escape(worst['class'])}</b> exceeds it by {worst['gap_to_fleet'] - gamma:.4f}."
-            )
-        )
-    )
-    return [
-        "<h2>Reading</h2>",
-        f"<p>At {html.escape(_at(view, final))} "
-        f"the fleet's loss is {final['fleet_loss']:.4f}. The worst class is "
-        f"<b>{html.escape(worst['class'])}</b> ({worst['loss']:.4f}, {worst['gap_to_fleet']:+.4f} "
-        f"from the fleet), the best <b>{html.escape(best['class'])}</b> ({best['loss']:.4f}); the gap "
-        f"between classes is {final['gap']:.4f}.{bound} Every site spent at most "
-        f"{max(spent, default=0.0):.2f} of ε.</p>",
-        "<table><tr><th>class</th><th>sites</th><th>loss</th>"
-        + ("<th>accuracy</th>" if with_accuracy else "")
-        + f"<th>gap to fleet</th><th>ε spent per site</th></tr>{table}</table>",
-        "<img src='classes.png' alt='classes'><img src='rounds.png' alt='rounds'>",
-    ]
+    return {
+        "at": _at(view, view["final"]),
+        "final": view["final"],
+        "rows": rows,
+        "worst": max(rows, key=lambda r: r["loss"]),
+        "best": min(rows, key=lambda r: r["loss"]),
+        "with_accuracy": any(r["accuracy"] is not None for r in rows),
+        "spent_max": max(spent, default=0.0),
+        "gamma": view.get("gamma"),
+    }
 
 
 def write_quality_report(
     view: dict[str, Any],
     doc: dict[str, Any],
     out_dir: str | Path,
-    title: str,
+    template: str,
     json_name: str,
-    intro: Sequence[str],
-    footer: Sequence[str] = (),
-    empty: str = "No model version was released.",
 ) -> Path:
-    """Write ``json_name`` (``doc``), ``classes.png``, ``rounds.png`` and ``index.html``."""
+    """Write ``json_name`` (``doc``), ``classes.png``, ``rounds.png`` (when ``view`` has a final
+    entry) and ``index.html`` from ``template``: a child of ``quality.html.j2`` that words the
+    page's title, introduction and footer from ``doc``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / json_name).write_text(json.dumps(doc, indent=1, default=str))
+    quality = None
+    if view.get("final") is not None:
+        plot_classes(view, out / "classes.png")
+        plot_rounds(view, out / "rounds.png")
+        quality = quality_figures(view)
     index = out / "index.html"
-    if view.get("final") is None:
-        index.write_text(page(title, [*intro, f"<p>{html.escape(empty)}</p>"]))
-        return index
-    plot_classes(view, out / "classes.png")
-    plot_rounds(view, out / "rounds.png")
-    index.write_text(page(title, [*intro, *quality_body(view), *footer]))
+    index.write_text(render(template, doc=doc, quality=quality))
     return index

@@ -4,16 +4,18 @@
 and writes ``terms.png`` (the four terms stacked per risk, with 95% CIs), ``class_risk.png``
 (each class's risk under each configuration), ``sweep.png`` (how each term moves with ε and γ,
 when swept), ``rounds.png`` (class gap and ε spent per round), ``decomposition.json`` and
-``index.html``. ``fairfleet.sim.quality_report`` writes the per-class quality report of a demo or a live fleet.
+``index.html`` (from ``templates/decomposition.html.j2``). ``fairfleet.sim.quality_report``
+writes the per-class quality report of a demo or a live fleet.
 """
 
 from __future__ import annotations
 
-import html
 import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from fairfleet.templating import render
 
 TERM_LABELS = {
     "statistical": "statistical + heterogeneity",
@@ -414,68 +416,21 @@ def plot_rounds(doc: dict[str, Any], path: Path) -> None:
     _save(rounds_figure(doc), path, 110)
 
 
-def _fmt(stat: dict[str, Any]) -> str:
-    if stat.get("ci_low") is None:
-        return f"{stat['mean']:+.4f}"
-    return f"{stat['mean']:+.4f} [{stat['ci_low']:+.4f}, {stat['ci_high']:+.4f}]"
-
-
-def reading(doc: dict[str, Any]) -> list[str]:
-    """The plain-language reading of a decomposition, one sentence per paragraph."""
-    fleet, worst = doc["terms"]["fleet"], doc["terms"]["worst_class"]
+def reading(doc: dict[str, Any]) -> dict[str, Any]:
+    """The figures the plain-language reading of a decomposition cites (its sentences are in
+    ``templates/decomposition.html.j2``): the total excess risk on the fleet, its dominant term
+    and that term's share of the absolute total, and the worst-off class without privacy or
+    fairness."""
+    fleet = doc["terms"]["fleet"]
     risks = doc["risks"]
-    total = sum(fleet[t]["mean"] for t in TERM_LABELS)
     dom = doc["dominant"]["fleet"]
-    share = abs(fleet[dom]["mean"]) / max(sum(abs(fleet[t]["mean"]) for t in TERM_LABELS), 1e-12)
-    worst_cls = max(doc["classes"], key=lambda c: risks[c]["theta00"]["mean"])
-    out = [
-        f"The model trained with both privacy (ε={doc['epsilon']:g}, δ={doc['delta']:g}) and the "
-        f"fairness bound (γ={doc['gamma']:g}) has a fleet test loss of "
-        f"{risks['fleet']['theta11']['mean']:.4f}; a model trained on all data pooled in one place, "
-        f"with neither, reaches {risks['fleet']['oracle']['mean']:.4f}. The difference, "
-        f"{total:+.4f}, splits into four parts (bars in the first figure).",
-        f"The largest part is the <b>{TERM_LABELS[dom]}</b> ({fleet[dom]['mean']:+.4f}, "
-        f"{share:.0%} of the absolute total).",
-        f"Without privacy or fairness the worst-off class is <b>{worst_cls}</b> "
-        f"({risks[worst_cls]['theta00']['mean']:.4f} vs {risks['fleet']['theta00']['mean']:.4f} for "
-        f"the fleet). The fairness tax on the fleet is {fleet['fairness']['mean']:+.4f}; on the "
-        f"worst class it is {worst['fairness']['mean']:+.4f} (negative means fairness helped it).",
-        f"Privacy costs {fleet['privacy']['mean']:+.4f} on the fleet and "
-        f"{worst['privacy']['mean']:+.4f} on the worst class. The interaction "
-        f"({fleet['interaction']['mean']:+.4f} on the fleet) is what privacy and fairness cost "
-        "together beyond their separate costs: the fairness weights are steered by noisy loss "
-        "releases, and those releases share the privacy budget with the model updates.",
-        "A term whose interval contains 0 is not distinguishable from no effect with this many "
-        "seeds; run more seeds to narrow the intervals.",
-    ]
-    return out
-
-
-def _terms_table(doc: dict[str, Any]) -> str:
-    head = "".join(f"<th>{html.escape(TERM_LABELS[t])}</th>" for t in TERM_LABELS)
-    rows = []
-    for risk in risk_order(doc):
-        cells = "".join(f"<td>{_fmt(doc['terms'][risk][t])}</td>" for t in TERM_LABELS)
-        dom = TERM_LABELS[doc["dominant"][risk]]
-        rows.append(
-            f"<tr><th>{html.escape(risk_label(risk))}</th>{cells}<td>{html.escape(dom)}</td></tr>"
-        )
-    return f"<table><tr><th>risk</th>{head}<th>dominant</th></tr>{''.join(rows)}</table>"
-
-
-CSS = (
-    "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;"
-    "color:#222;line-height:1.5}img{max-width:100%;border:1px solid #ddd;margin:.5em 0}"
-    "table{border-collapse:collapse;font-size:14px}td,th{border:1px solid #ccc;padding:4px 8px;"
-    "text-align:right}th{background:#f4f4f4}code{background:#f4f4f4;padding:1px 4px}"
-)
-
-
-def page(title: str, body: Sequence[str]) -> str:
-    return (
-        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-        f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>{''.join(body)}</body></html>"
-    )
+    return {
+        "total": sum(fleet[t]["mean"] for t in TERM_LABELS),
+        "dominant": dom,
+        "share": abs(fleet[dom]["mean"])
+        / max(sum(abs(fleet[t]["mean"]) for t in TERM_LABELS), 1e-12),
+        "worst_class": max(doc["classes"], key=lambda c: risks[c]["theta00"]["mean"]),
+    }
 
 
 def write_report(doc: dict[str, Any], out_dir: str | Path) -> Path:
@@ -487,38 +442,15 @@ def write_report(doc: dict[str, Any], out_dir: str | Path) -> Path:
     plot_class_risk(doc, out / "class_risk.png")
     plot_rounds(doc, out / "rounds.png")
     swept = plot_sweep(doc, out / "sweep.png")
-    train = doc["config"]["train"]
-    body = [
-        f"<p>Fleet <b>{html.escape(doc['fleet'])}</b>: {doc['n_sites']} sites in classes "
-        f"{', '.join(html.escape(c) for c in doc['classes'])}; task {doc['task']}; "
-        f"{len(doc['seeds'])} seeds, {train['rounds']} rounds of {train['local_steps']} local steps. "
-        "Five models are trained on the same data: the <i>oracle</i> (all data pooled, no privacy), "
-        "and federated models with privacy off/on × fairness off/on.</p>",
-        f"<p>Privacy unit measured: <b>{html.escape(doc.get('privacy_unit', 'site'))}</b> — "
-        f"{html.escape(doc['config'].get('privacy', ''))}.</p>",
-        "<h2>Reading</h2>",
-        *[f"<p>{p}</p>" for p in reading(doc)],
-        "<h2>The four terms</h2><img src='terms.png' alt='four terms'>",
-        "<p>Each cell: mean over seeds [95% confidence interval]. Units: test loss "
-        "(cross-entropy for classification, squared error for regression).</p>",
-        _terms_table(doc),
-        "<h2>Risk per class and configuration</h2><img src='class_risk.png' alt='class risk'>",
-        f"<p>Dashed lines: each fair model's fleet risk + γ={doc['gamma']:g}, the most the gap "
-        "constraint lets any of its classes lose. Error bars are 95% CIs over seeds, cut at 0 "
-        "where a short interval reaches below it (said under the figure).</p>",
-        "<h2>Per round</h2><img src='rounds.png' alt='per round'>",
-        "<p>Left: worst minus best class risk. Middle: worst class risk minus fleet risk, the "
-        "quantity γ bounds (red dashed). Right: ε spent per site. Lines that lie on an earlier "
-        "one are dashed on top of it, and the note under the figure says which and why.</p>",
-    ]
-    if swept:
-        body += [
-            "<h2>Sweeps</h2><p>How each term moves when the privacy budget ε or the fairness "
-            "bound γ changes (shaded: 95% CI).</p><img src='sweep.png' alt='sweep'>"
-        ]
-    body += [
-        f"<p><small>Raw numbers: <code>decomposition.json</code>. Took {doc['seconds']:.1f} s.</small></p>"
-    ]
     index = out / "index.html"
-    index.write_text(page(f"Risk decomposition — {doc['fleet']}", body))
+    index.write_text(
+        render(
+            "decomposition.html.j2",
+            doc=doc,
+            reading=reading(doc),
+            terms=TERM_LABELS,
+            risks=[(r, risk_label(r)) for r in risk_order(doc)],
+            swept=swept,
+        )
+    )
     return index

@@ -7,6 +7,7 @@ import json
 import uuid
 from pathlib import Path
 
+import httpx
 import pytest
 from test_privacy_service_memory import PLAN, fields, run_until
 
@@ -30,13 +31,13 @@ def test_the_client_reads_the_accountants_own_rows(tmp_path: Path) -> None:
     assert http is not None
     try:
         publisher = Publisher(bus.producer())
-        for eid, site in (("a", "s1"), ("b", "s1"), ("c", "s2")):
+        for eid, site in (("a", "s1"), ("b", "s1"), ("c", "s2"), ("d", "plant a")):
             publisher.send(
                 topic_name("privacy.events"),
                 PrivacyEventMessage(action="commit", **{**fields(eid), "site": site}),
             )
         sample = service.metrics.registry.get_sample_value
-        run_until(service, lambda: sample("fairfleet_privacy_events_applied_total") == 3)
+        run_until(service, lambda: sample("fairfleet_privacy_events_applied_total") == 4)
         url = f"http://127.0.0.1:{http.port}"
         data = fetch_budgets(url)
         assert data["budgets"] == json.loads(json.dumps(service.budgets_json({})["budgets"]))
@@ -44,12 +45,24 @@ def test_the_client_reads_the_accountants_own_rows(tmp_path: Path) -> None:
         assert spent == {
             "s1": pytest.approx(epsilon([PLAN, PLAN], 1e-5), rel=1e-9),
             "s2": pytest.approx(epsilon(PLAN, 1e-5), rel=1e-9),
+            "plant a": pytest.approx(epsilon(PLAN, 1e-5), rel=1e-9),
         }
         assert spent["s1"] == sample(
             "fairfleet_privacy_epsilon_spent",
             {"site": "s1", "source": "line", "unit": "observation"},
         )
         assert [r["site"] for r in fetch_budgets(url + "/budgets/", site="s2")["budgets"]] == ["s2"]
+        # the query is percent-decoded: a site id with a space reaches the ledger as it is
+        assert [r["site"] for r in fetch_budgets(url, site="plant a")["budgets"]] == ["plant a"]
+        raw = httpx.get(f"{url}/budgets?site=plant%20a&accountant=rdp").json()["budgets"]
+        assert [r["site"] for r in raw] == ["plant a"]
+        for query, parameter in (
+            ("sites=s1", "sites"),
+            ("model=m1", "model"),
+            ("accountant=pld", None),
+        ):
+            res = httpx.get(f"{url}/budgets?{query}")
+            assert res.status_code == 400 and res.json().get("parameter") == parameter, query
         with pytest.raises(ConfigError, match=r"The accountant answered 404"):
             fetch_budgets(url + "/nope")
     finally:

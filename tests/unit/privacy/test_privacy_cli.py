@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry
 from typer.testing import CliRunner
 
 from fairfleet.cli import app, main
-from fairfleet.metrics import serve
+from fairfleet.metrics import Route, serve
 from fairfleet.privacy.accounting import epsilon
 from fairfleet.privacy.events import PrivacyRecord, dp_event_to_json, dpsgd_event, gaussian_event
 from fairfleet.privacy.ledger import Ledger
@@ -139,7 +139,9 @@ def test_budget_reads_the_live_endpoint() -> None:
     server = serve(
         CollectorRegistry(),
         0,
-        routes={"/budgets": lambda p: {"budgets": ledger.budgets(site=p.get("site"))}},
+        routes={
+            "/budgets": Route(lambda p: {"budgets": ledger.budgets(site=p.get("site"))}, {"site"})
+        },
     )
     try:
         url = f"http://127.0.0.1:{server.port}"

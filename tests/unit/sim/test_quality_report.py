@@ -110,3 +110,35 @@ def test_fleet_report_before_any_round_says_so(tmp_path: Path) -> None:
     text = write_fleet_report(report_doc(0.1, []), tmp_path).read_text()
     assert "No round with loss releases has closed yet." in text
     assert json.loads((tmp_path / "report.json").read_text())["final"] is None
+
+
+def test_names_from_configs_and_messages_are_escaped(tmp_path: Path) -> None:
+    """Site ids, class names and the fleet's name reach the page as text, never as markup."""
+    hostile = {"site": "<b>s&1</b>", "class": "<script>alert(1)</script>", "fleet": "<i>f"}
+    rounds = [entry(r, {"a": 0.5, hostile["class"]: 0.9}, 0.6, False) for r in range(2)]
+    for e in rounds:
+        e["classes"][hostile["class"]]["sites"] = [hostile["site"], "b-1"]
+    doc = report_doc(0.1, rounds)
+    doc["fleet"] = hostile["fleet"]
+    doc["epsilon"]["sites"][hostile["site"]] = doc["epsilon"]["sites"].pop("b-0")
+    text = " ".join(write_fleet_report(doc, tmp_path).read_text().split())
+    for raw in hostile.values():
+        assert raw not in text, raw
+    assert "&lt;b&gt;s&amp;1&lt;/b&gt; 3.50" in text  # its ε, in the table
+    assert "<b>&lt;script&gt;alert(1)&lt;/script&gt;</b> exceeds it by 0.2000" in text
+    assert "<title>fairfleet report — &lt;i&gt;f / m</title>" in text
+
+
+def test_every_template_is_package_data() -> None:
+    """The templates ship in the wheel: pyproject's package-data globs cover every file."""
+    import tomllib
+
+    root = Path(__file__).resolve().parents[3]
+    globs = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "package-data"
+    ]["fairfleet"]
+    package = root / "services" / "fairfleet"
+    templates = sorted((package / "templates").iterdir())
+    assert templates
+    for path in templates:
+        assert any(path.relative_to(package).match(g) for g in globs), path.name

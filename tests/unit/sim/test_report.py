@@ -4,9 +4,11 @@ is, overlapping lines named in the figure."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from matplotlib.container import ErrorbarContainer
@@ -179,3 +181,37 @@ def test_overlaps_counts_points_within_tolerance(a: list[float], b: list[float])
     assert bool(found) == (len(close) >= 3)
     if found:
         assert f"({len(close)} of {n})" in found[0]
+
+
+def test_the_decomposition_page_escapes_names_and_states_the_reading(tmp_path: Path) -> None:
+    """index.html from its template: a fleet or class name is text, not markup; the reading
+    cites the dominant term, its share and the worst class (figures from ``reading``)."""
+    from fairfleet.sim.report import TERM_LABELS, reading, write_report
+
+    bad = "<img src=x onerror=alert(1)>"
+    values = {(r, c): (0.4 + 0.1 * RISKS.index(r), 0.05) for r in RISKS for c in CONFIG_LABELS}
+    values[("legacy", "theta00")] = (0.9, 0.05)  # the worst class without privacy or fairness
+    doc = _doc(values, history={"theta00": {"rounds": [], "noise_multiplier": 0.0}})
+    doc["classes"] = [bad if c == "legacy" else c for c in CLASSES]
+    doc["risks"][bad] = doc["risks"].pop("legacy")
+    terms = {"statistical": 0.3, "privacy": -0.1, "fairness": 0.05, "interaction": 0.05}
+    stat = {t: _stat(v, 0.01) for t, v in terms.items()}
+    doc["terms"] = {r: stat for r in ["fleet", "worst_class", *doc["classes"]]}
+    doc["dominant"] = {r: "statistical" for r in doc["terms"]}
+    doc |= {
+        "fleet": "<b>f",
+        "n_sites": 4,
+        "task": "classification",
+        "seeds": [0, 1],
+        "config": {"train": {"rounds": 2, "local_steps": 3}, "privacy": "site-level"},
+        "sweep": [{"epsilon": 8.0, "gamma": 0.05}],
+        "seconds": 1.25,
+    }
+    facts = reading(doc)
+    assert facts["worst_class"] == bad and facts["total"] == pytest.approx(0.3)
+    assert facts["share"] == pytest.approx(0.3 / 0.5)
+    text = " ".join(write_report(doc, tmp_path).read_text().split())
+    assert bad not in text and "<b>f" not in text
+    assert "worst-off class is <b>&lt;img src=x onerror=alert(1)&gt;</b>" in text
+    assert f"<b>{TERM_LABELS['statistical']}</b>" in text and "60% of the absolute total" in text
+    assert "+0.3000 [+0.2900, +0.3100]" in text and "Took 1.2 s." in text
