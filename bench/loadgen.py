@@ -245,7 +245,9 @@ def cli() -> None:
         workers=args.workers,
     )
     args.out.write_text(yaml.safe_dump(config.model_dump(mode="json", by_alias=True)))
-    print(f"wrote {args.out}; start: fairfleet aggregator run --config {args.out} --model {MODEL}")
+    run = f"fairfleet aggregator run --config {args.out} --model {MODEL}"
+    workers = [f"{run} --worker {i}" for i in range(args.workers if args.workers > 1 else 0)]
+    print(f"wrote {args.out}; start: " + "; ".join([run, *workers]))
     gen = LoadGenerator(config, keys)
     bus = connect(args.bootstrap)
     ann = wait_announcement(bus, args.prefix, 0, timeout=600)
