@@ -204,11 +204,11 @@ class LoadGenerator:
 
 
 def wait_announcement(
-    bus: Bus, prefix: str, round_: int, timeout: float = 120.0
+    bus: Bus, prefix: str, round_: int, timeout: float = 120.0, partitions: int = 3
 ) -> RoundAnnouncement:
-    bus.create_topics(
-        default_topics(prefix, 1)
-    )  # (idempotent) so it can subscribe before the aggregator
+    # (idempotent) so it can subscribe before the aggregator; with the fleet's partition count,
+    # since whoever creates the topics first decides it (with 1, a second worker has nothing)
+    bus.create_topics(default_topics(prefix, partitions))
     reader = Reader(bus.consumer(f"loadgen-{uuid.uuid4().hex[:8]}", [f"{prefix}rounds"]), "loadgen")
     try:
         deadline = time.monotonic() + timeout
@@ -250,7 +250,7 @@ def cli() -> None:
     print(f"wrote {args.out}; start: " + "; ".join([run, *workers]))
     gen = LoadGenerator(config, keys)
     bus = connect(args.bootstrap)
-    ann = wait_announcement(bus, args.prefix, 0, timeout=600)
+    ann = wait_announcement(bus, args.prefix, 0, 600, config.kafka.partitions)
     updates = gen.updates(ann)
     committed = gen.publish_round(bus, updates)
     print(f"published {len(updates)} updates of {args.params} parameters at {committed:.3f}")

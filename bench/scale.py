@@ -171,7 +171,7 @@ def run_one(
         with logs[role].open("w") as log:  # no OMP/OPENBLAS thread settings: as deployed
             procs[role] = subprocess.Popen(run + extra, stdout=log, stderr=subprocess.STDOUT)
     try:
-        ann = wait_announcement(bus, prefix, 0, timeout=120)
+        ann = wait_announcement(bus, prefix, 0, 120, config.kafka.partitions)
         for role, _ in roles[1:]:
             _wait_log(logs[role], "worker partitions assign", 120)
         time.sleep(1.0)  # let it settle after the bootstrap commit
@@ -315,7 +315,9 @@ def main() -> dict[str, Any]:
     checks = update_checks()
     repeats = int(os.environ.get("SCALE_REPEATS", REPEATS))
     workers = int(os.environ.get("SCALE_WORKERS", WORKERS))
-    rows, several = [], []
+    rows: list[dict[str, Any]] = []
+    several: list[dict[str, Any]] = []
+    result = _write(checks, rows, several)
     with tempfile.TemporaryDirectory() as tmp:
         for sites, params in grid:
             n = 1 if sites * params * 4 > BIG_BYTES else repeats
@@ -326,6 +328,13 @@ def main() -> dict[str, Any]:
                 split["max_abs_diff_vs_one_worker"] = float(np.max(np.abs(split_model - model)))
                 split["bit_identical_to_one_worker"] = bool(np.array_equal(split_model, model))
                 several.append(split)
+            result = _write(checks, rows, several)  # after each cell: a long grid cut short
+    return result
+
+
+def _write(
+    checks: list[dict[str, Any]], rows: list[dict[str, Any]], several: list[dict[str, Any]]
+) -> dict[str, Any]:
     result = {
         "broker": "local single-node KRaft (its own, not shared with other tests)",
         "strategy": "fedavg (one group)",
