@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 import yaml
-from confluent_kafka import Consumer
+from confluent_kafka import Consumer, TopicPartition
 
 from bench.loadgen import MODEL, LoadGenerator, fleet_config, wait_announcement
 from fairfleet.aggregator.rounds import announcement
@@ -49,9 +49,10 @@ REPEATS = 3  # medians of time and ratio; the largest peak RSS
 BIG_BYTES = 1_000_000_000  # a cell moving more than this through the broker runs once
 WORKERS = 2  # the several-workers variant of each cell: a combiner and this many workers
 GRID_NOTE = (
-    "The issue's grid. Cells moving more than 1 GB through the broker (K = 5000 at D = 100k, "
-    "K = 200 at D = 5M) ran once instead of three times: 2 cores are shared by the broker, the "
-    "load generator, the aggregator and other engineers' processes."
+    "The issue's grid, each cell once (SCALE_REPEATS=1; cells above 1 GB always run once): 2 "
+    "cores were shared by the broker, the load generator, the aggregator processes and other "
+    "engineers' test runs (load average 10-30, in each row), so one pass of the grid took "
+    "most of the time available."
 )
 
 
@@ -118,7 +119,10 @@ def _wait_log(path: Path, text: str, timeout: float) -> None:
         time.sleep(0.2)
 
 
-def _raw_consume(bootstrap: str, topic: str, records: int) -> tuple[float, int]:
+def _raw_consume(bootstrap: str, topic: str) -> tuple[float, int]:
+    """Seconds and bytes for a raw consumer to read every data record of ``topic``: an update
+    larger than ``kafka.chunk_bytes`` is several records, and the topic was written by one
+    transaction, so each partition holds its data records then one commit marker."""
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap,
@@ -131,6 +135,11 @@ def _raw_consume(bootstrap: str, topic: str, records: int) -> tuple[float, int]:
             "receive.message.max.bytes": 4 * MAX_MESSAGE_BYTES + 2 * 1024 * 1024,
         }
     )
+    partitions = consumer.list_topics(topic, timeout=30).topics[topic].partitions
+    records = 0
+    for p in partitions:
+        low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)
+        records += max(0, high - low - 1)  # minus the transaction's commit marker
     consumer.subscribe([topic])
     deadline = time.monotonic() + 30
     while not consumer.assignment() and time.monotonic() < deadline:
@@ -197,7 +206,7 @@ def run_one(
     ]
     if not closed or closed[0].get("participants") != sites:  # a model of other updates
         raise RuntimeError(f"Round 0 did not close with all {sites} sites: {closed}.")
-    raw_s, raw_bytes = _raw_consume(bootstrap, f"{prefix}updates", sites)
+    raw_s, raw_bytes = _raw_consume(bootstrap, f"{prefix}updates")
     close_s = released - committed
     growth = {role: peak[role] - idle[role] for role in procs}
     row: dict[str, Any] = {
