@@ -9,6 +9,13 @@ connected, fresh group) reads the same records of the updates topic as bytes:
 ``ratio_vs_raw_consume`` = close seconds / raw seconds. ``peak_rss_bytes`` is the aggregator's
 VmHWM; ``peak_rss_growth_bytes`` that minus its idle RSS (the issue's goal: at most
 3 × groups × D × 8 bytes, independent of K). Writes bench/results/scale.json.
+
+Each cell runs again with ``models[].aggregator.workers = 2`` (``fairfleet aggregator run`` as
+the combiner plus ``--worker 0`` and ``--worker 1``; timed the same way, once all three are up
+and the workers hold their partitions); ``max_abs_diff_vs_one_worker`` is the largest absolute
+difference between its released model and the one-worker model of the same updates.
+Environment: ``SCALE_GRID="100x100000,1000x100000"`` picks cells, ``SCALE_REPEATS`` the repeats,
+``SCALE_WORKERS=0`` skips the several-workers runs.
 """
 
 from __future__ import annotations
@@ -24,21 +31,56 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
-from confluent_kafka import Consumer
+from confluent_kafka import Consumer, TopicPartition
 
 from bench.loadgen import MODEL, LoadGenerator, fleet_config, wait_announcement
+from fairfleet.aggregator.rounds import announcement
+from fairfleet.aggregator.validation import Rejection, check_payload
 from fairfleet.bus import Reader, connect
 from fairfleet.bus.topics import MAX_MESSAGE_BYTES
+from fairfleet.learning.tensors import flatten, from_safetensors_bytes
 from fairfleet.messages import ModelRelease
 
 OUT = Path(__file__).resolve().parent / "results" / "scale.json"
-GRID = ((100, 100_000), (1000, 100_000))
+GRID = ((100, 100_000), (1000, 100_000), (5000, 100_000), (200, 5_000_000))
 REPEATS = 3  # medians of time and ratio; the largest peak RSS
+BIG_BYTES = 1_000_000_000  # a cell moving more than this through the broker runs once
+WORKERS = 2  # the several-workers variant of each cell: a combiner and this many workers
 GRID_NOTE = (
-    "Reduced grid: K in {100, 1000} with D = 100k only. The issue's grid (K = 5000 with "
-    "D = 100k, K = 200 with D = 5M) was not run: this machine has 2 cores shared by the "
-    "broker and six other agents' processes; K = 5000 alone is 2 GB through the broker."
+    "The issue's grid, each cell once (SCALE_REPEATS=1; cells above 1 GB always run once): 2 "
+    "cores were shared by the broker, the load generator, the aggregator processes and other "
+    "engineers' test runs (load average 10-30, in each row), so one pass of the grid took "
+    "most of the time available."
+)
+
+
+RSS_NOTE = (
+    "peak_rss_growth_bytes = VmHWM after the round minus VmRSS before it. The round itself "
+    "holds O(groups x D) floats (the fold) and a few scalars per site; the rest is transient: "
+    "librdkafka's fetched records (the updates consumer's prefetch is bounded with "
+    "queued.max.messages.kbytes = 8 MiB instead of librdkafka's 64 MiB; one fetch of up to "
+    "max.partition.fetch.bytes per partition, set by fairfleet.bus, comes on top), the Python "
+    "copy of each record and the decoded vector of the update in hand."
+)
+RATIO_NOTE = (
+    "ratio_vs_raw_consume stays far above the goal of 1.3. A raw consumer only copies bytes; per "
+    "update the aggregator also verifies two Ed25519 signatures (the update's and, in the ledger "
+    "gate, its site's ledger commit), and the bus Reader parses, validates and sha256-hashes "
+    "the record. py-spy of the service loop (K = 1000, D = 100k, after the fleet-scale changes): "
+    "Ed25519 verification 22% of samples, the Reader's decode 20% (fairfleet.bus, being made "
+    "incremental on another branch), librdkafka poll 24%, check_payload 12% (it was about a "
+    "quarter of the update path before: three copies, an isfinite pass and a float64 norm), "
+    "the fold's float64 accumulate 6% (fairness/fold.py). Load average (in each row) was 14-28 "
+    "on 2 cores during the run, so absolute seconds are several times a quiet machine's."
+)
+UPDATE_CHECK_NOTE = (
+    "In-process, no broker: seconds per update of check_payload (zero-copy safetensors views, "
+    "one concatenation, one float64-accumulated sum of squares that is also the NaN/Inf check) "
+    "against the check it replaced (record copy, safetensors.torch.load, torch.cat, isfinite, "
+    "float64 copy + BLAS norm) on the same payloads; medians of 5 interleaved repeats; "
+    "thread_env 1 = OMP/OPENBLAS/MKL_NUM_THREADS=1."
 )
 
 
@@ -49,7 +91,8 @@ def _status_kb(pid: int, field: str) -> int:
     raise KeyError(field)
 
 
-def _wait_release(bus: Any, prefix: str, version: int, timeout: float) -> float:
+def _wait_release(bus: Any, prefix: str, version: int, timeout: float) -> tuple[float, np.ndarray]:
+    """When model ``version`` was read, and its weights as one flat vector."""
     reader = Reader(bus.consumer(f"scale-{uuid.uuid4().hex[:8]}", [f"{prefix}models"]), "bench")
     try:
         deadline = time.monotonic() + timeout
@@ -60,13 +103,26 @@ def _wait_release(bus: Any, prefix: str, version: int, timeout: float) -> float:
                 and isinstance(env.message, ModelRelease)
                 and env.message.version >= version
             ):
-                return time.time()
+                seen = time.time()
+                weights = flatten(from_safetensors_bytes(bytes(env.payload))).numpy()
+                return seen, weights
         raise TimeoutError(f"model version {version} not released within {timeout} s")
     finally:
         reader.consumer.close()
 
 
-def _raw_consume(bootstrap: str, topic: str, records: int) -> tuple[float, int]:
+def _wait_log(path: Path, text: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in path.read_text():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} did not log {text!r} within {timeout} s")
+        time.sleep(0.2)
+
+
+def _raw_consume(bootstrap: str, topic: str) -> tuple[float, int]:
+    """Seconds and bytes for a raw consumer to read every data record of ``topic``: an update
+    larger than ``kafka.chunk_bytes`` is several records, and the topic was written by one
+    transaction, so each partition holds its data records then one commit marker."""
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap,
@@ -79,6 +135,11 @@ def _raw_consume(bootstrap: str, topic: str, records: int) -> tuple[float, int]:
             "receive.message.max.bytes": 4 * MAX_MESSAGE_BYTES + 2 * 1024 * 1024,
         }
     )
+    partitions = consumer.list_topics(topic, timeout=30).topics[topic].partitions
+    records = 0
+    for p in partitions:
+        low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)
+        records += max(0, high - low - 1)  # minus the transaction's commit marker
     consumer.subscribe([topic])
     deadline = time.monotonic() + 30
     while not consumer.assignment() and time.monotonic() < deadline:
@@ -96,70 +157,159 @@ def _raw_consume(bootstrap: str, topic: str, records: int) -> tuple[float, int]:
     return seconds, nbytes
 
 
-def run_one(bootstrap: str, sites: int, params: int, workdir: Path) -> dict[str, Any]:
+def run_one(
+    bootstrap: str, sites: int, params: int, workdir: Path, workers: int = 1
+) -> tuple[dict[str, Any], np.ndarray]:
+    """One round of ``sites`` updates of ``params`` parameters: its row and the released model."""
     load_before = os.getloadavg()[0]
     prefix = f"scale-{uuid.uuid4().hex[:6]}."
-    config, keys = fleet_config(bootstrap, prefix, sites, params)
-    path = workdir / f"fleet-{sites}-{params}.yaml"
+    config, keys = fleet_config(
+        bootstrap, prefix, sites, params, workdir / f"keys-{prefix}", workers=workers
+    )
+    path = workdir / f"fleet-{sites}-{params}-{workers}.yaml"
     path.write_text(yaml.safe_dump(config.model_dump(mode="json", by_alias=True)))
     gen = LoadGenerator(config, keys)
     bus = connect(bootstrap)
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "OPENBLAS_NUM_THREADS": "1",
-        "MKL_NUM_THREADS": "1",
-    }
-    log = (workdir / f"aggregator-{sites}.log").open("w")
-    proc = subprocess.Popen(
-        [
-            str(Path(sys.executable).with_name("fairfleet")),
-            "aggregator",
-            "run",
-            "--config",
-            str(path),
-            "--model",
-            MODEL,
-            "--metrics-port",
-            "0",
-            "--keep-running",
-        ],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    run = [str(Path(sys.executable).with_name("fairfleet")), "aggregator", "run"]
+    run += ["--config", str(path), "--model", MODEL, "--metrics-port", "0", "--keep-running"]
+    roles = [("aggregator" if workers == 1 else "combiner", [])]
+    roles += [(f"worker-{i}", ["--worker", str(i)]) for i in range(workers if workers > 1 else 0)]
+    logs = {role: workdir / f"{prefix}{role}.log" for role, _ in roles}
+    procs = {}
+    for role, extra in roles:
+        with logs[role].open("w") as log:  # no OMP/OPENBLAS thread settings: as deployed
+            procs[role] = subprocess.Popen(run + extra, stdout=log, stderr=subprocess.STDOUT)
     try:
-        ann = wait_announcement(bus, prefix, 0, timeout=120)
+        ann = wait_announcement(bus, prefix, 0, 120, config.kafka.partitions)
+        for role, _ in roles[1:]:
+            _wait_log(logs[role], "worker partitions assign", 120)
         time.sleep(1.0)  # let it settle after the bootstrap commit
-        idle_rss = _status_kb(proc.pid, "VmRSS") * 1024
+        idle = {role: _status_kb(proc.pid, "VmRSS") * 1024 for role, proc in procs.items()}
         updates = gen.updates(ann)
-        record_bytes = sum(len(p) for _, p in updates)
+        record_bytes = sum(len(p) for _, p, _ in updates)
         committed = gen.publish_round(bus, updates)
-        released = _wait_release(bus, prefix, 1, timeout=1800)
-        peak_rss = _status_kb(proc.pid, "VmHWM") * 1024
+        del updates
+        released, model = _wait_release(bus, prefix, 1, timeout=1800)
+        peak = {role: _status_kb(proc.pid, "VmHWM") * 1024 for role, proc in procs.items()}
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
-    raw_s, raw_bytes = _raw_consume(bootstrap, f"{prefix}updates", sites)
+        for proc in procs.values():
+            proc.terminate()
+        for proc in procs.values():
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    closed = [
+        json.loads(line)
+        for line in logs[roles[0][0]].read_text().splitlines()
+        if '"round closed"' in line
+    ]
+    if not closed or closed[0].get("participants") != sites:  # a model of other updates
+        raise RuntimeError(f"Round 0 did not close with all {sites} sites: {closed}.")
+    raw_s, raw_bytes = _raw_consume(bootstrap, f"{prefix}updates")
     close_s = released - committed
-    return {
+    growth = {role: peak[role] - idle[role] for role in procs}
+    row: dict[str, Any] = {
         "sites": sites,
         "params": params,
+        "workers": workers,
         "round_close_s": close_s,
         "raw_consume_s": raw_s,
         "raw_bytes": raw_bytes,
         "payload_bytes": record_bytes,
         "ratio_vs_raw_consume": close_s / raw_s,
-        "peak_rss_bytes": peak_rss,
-        "idle_rss_bytes": idle_rss,
-        "peak_rss_growth_bytes": peak_rss - idle_rss,
+        "peak_rss_bytes": max(peak.values()),
+        "idle_rss_bytes": idle[roles[0][0]] if workers == 1 else idle,
+        "peak_rss_growth_bytes": max(growth.values()),
         "goal_rss_growth_bytes": 3 * 1 * params * 8,
         "load_average_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
     }
+    if workers > 1:
+        row["peak_rss_growth_by_process"] = growth
+    return row, model
+
+
+def _cell(
+    bootstrap: str, sites: int, params: int, workdir: Path, workers: int, repeats: int
+) -> tuple[dict[str, Any], np.ndarray]:
+    """``repeats`` runs of one cell: medians of time and ratio, the largest RSS growth."""
+    runs, model = [], np.zeros(0)
+    for _ in range(repeats):
+        row, model = run_one(bootstrap, sites, params, workdir, workers)
+        runs.append(row)
+        print(json.dumps(row), flush=True)
+    keys = ("round_close_s", "raw_consume_s", "ratio_vs_raw_consume")
+    median = {k: statistics.median(r[k] for r in runs) for k in keys}
+    kept = (*keys, "peak_rss_growth_bytes", "load_average_1m")
+    return {
+        **runs[0],
+        **median,
+        "peak_rss_bytes": max(r["peak_rss_bytes"] for r in runs),
+        "peak_rss_growth_bytes": max(r["peak_rss_growth_bytes"] for r in runs),
+        "repeats": [{k: r[k] for k in kept} for r in runs],
+    }, model
+
+
+def _library_check(payload: bytes, names: list[str]) -> tuple[np.ndarray, float]:
+    """The update check before the fleet-scale work: copy the record, safetensors' load (a copy
+    per tensor), torch.cat (another copy), an isfinite pass, a float64 copy for the norm."""
+    tensors = from_safetensors_bytes(bytes(payload))
+    vector = flatten({k: tensors[k] for k in names}).numpy()
+    if not bool(np.isfinite(vector).all()):
+        raise ValueError("not finite")
+    return vector, float(np.linalg.norm(vector.astype(np.float64)))
+
+
+def update_check(params: int, updates: int, repeats: int = 5) -> dict[str, Any]:
+    """Seconds per update of the aggregator's payload check (``check_payload``: decode, shape,
+    dtype, NaN/Inf, norm) against :func:`_library_check` on the same payloads, interleaved
+    repeats in this process (medians), with the threads as deployed (no env settings)."""
+    config, keys = fleet_config("127.0.0.1:9", "check.", updates, params, Path(tempfile.mkdtemp()))
+    gen = LoadGenerator(config, keys)
+    ann = announcement(config.model(MODEL), "fedavg", 0, 0)
+    batch = gen.updates(ann)
+    names = ["weight", "bias"]
+    shapes = {"weight": ((1, params - 1), "float32"), "bias": ((1,), "float32")}
+    ours, library = [], []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for msg, payload, _ in batch:
+            checked = check_payload(msg, memoryview(payload), shapes, ann)
+            assert not isinstance(checked, Rejection), checked
+        ours.append((time.perf_counter() - start) / updates)
+        start = time.perf_counter()
+        for _, payload, _ in batch:
+            _library_check(memoryview(payload), names)  # type: ignore[arg-type]
+        library.append((time.perf_counter() - start) / updates)
+    mine, theirs = statistics.median(ours), statistics.median(library)
+    return {
+        "params": params,
+        "updates": updates,
+        "check_payload_s": mine,
+        "library_check_s": theirs,
+        "ratio_vs_library": mine / theirs,
+    }
+
+
+CHECK_CELLS = ((100_000, 200), (5_000_000, 6))  # (D, updates) of the in-process check bench
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def update_checks() -> list[dict[str, Any]]:
+    """:func:`update_check` per cell of CHECK_CELLS, in a fresh process as deployed and in one
+    with the thread pools at 1 (the BLAS norm of the library path suffers from pools)."""
+    rows = []
+    for threads, extra in (("default", {}), ("1", ONE_THREAD)):
+        out = subprocess.run(
+            [sys.executable, "-m", "bench.scale", "check"],
+            env={**os.environ, **extra},
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=Path(__file__).resolve().parent.parent,
+        ).stdout
+        rows += [{**row, "thread_env": threads} for row in json.loads(out)]
+    return rows
 
 
 def main() -> dict[str, Any]:
@@ -171,56 +321,47 @@ def main() -> dict[str, Any]:
         grid = tuple(
             tuple(int(x) for x in cell.split("x")) for cell in os.environ["SCALE_GRID"].split(",")
         )  # type: ignore[assignment]
-    rows = []
+    checks = update_checks()
+    repeats = int(os.environ.get("SCALE_REPEATS", REPEATS))
+    workers = int(os.environ.get("SCALE_WORKERS", WORKERS))
+    rows: list[dict[str, Any]] = []
+    several: list[dict[str, Any]] = []
+    result = _write(checks, rows, several)
     with tempfile.TemporaryDirectory() as tmp:
         for sites, params in grid:
-            runs = []
-            for _ in range(REPEATS):
-                runs.append(run_one(bootstrap, sites, params, Path(tmp)))
-                print(json.dumps(runs[-1]), flush=True)
-            median = {
-                k: statistics.median(r[k] for r in runs)
-                for k in ("round_close_s", "raw_consume_s", "ratio_vs_raw_consume")
-            }
-            rows.append(
-                {
-                    **runs[0],
-                    **median,
-                    "peak_rss_bytes": max(r["peak_rss_bytes"] for r in runs),
-                    "peak_rss_growth_bytes": max(r["peak_rss_growth_bytes"] for r in runs),
-                    "repeats": [
-                        {
-                            k: r[k]
-                            for k in (
-                                "round_close_s",
-                                "raw_consume_s",
-                                "ratio_vs_raw_consume",
-                                "peak_rss_growth_bytes",
-                                "load_average_1m",
-                            )
-                        }
-                        for r in runs
-                    ],
-                }
-            )
+            n = 1 if sites * params * 4 > BIG_BYTES else repeats
+            row, model = _cell(bootstrap, sites, params, Path(tmp), 1, n)
+            rows.append(row)
+            if workers > 1:
+                split, split_model = _cell(bootstrap, sites, params, Path(tmp), workers, n)
+                split["max_abs_diff_vs_one_worker"] = float(np.max(np.abs(split_model - model)))
+                split["bit_identical_to_one_worker"] = bool(np.array_equal(split_model, model))
+                several.append(split)
+            result = _write(checks, rows, several)  # after each cell: a long grid cut short
+    return result
+
+
+def _write(
+    checks: list[dict[str, Any]], rows: list[dict[str, Any]], several: list[dict[str, Any]]
+) -> dict[str, Any]:
     result = {
-        "broker": "shared local single-node KRaft",
+        "broker": "local single-node KRaft (its own, not shared with other tests)",
         "strategy": "fedavg (one group)",
         "method": (
-            "round close = commit of the K updates (one transaction) until model version 1 "
-            "is read; raw = an already-joined confluent-kafka consumer reading the same "
-            "records as bytes in the same run; aggregator with OMP/OPENBLAS threads = 1"
+            "round close = commit of the K updates (one transaction, each with its site's "
+            "signed ledger commit) until model version 1 is read; raw = an already-joined "
+            "confluent-kafka consumer reading the same update records as bytes in the same run; "
+            "no OMP/OPENBLAS thread settings (the update path uses no BLAS or torch pool)"
         ),
         "cores": os.cpu_count(),
-        "grid_reduced": True,
+        "grid_reduced": any(r["sites"] * r["params"] * 4 > BIG_BYTES for r in rows),
         "grid_note": GRID_NOTE,
+        "update_check": checks,
+        "update_check_note": UPDATE_CHECK_NOTE,
         "runs": rows,
-        "rss_note": (
-            "peak_rss_growth_bytes includes librdkafka's prefetch queue of the updates "
-            "consumer (queued.max.messages.kbytes, 64 MiB by default), which the round "
-            "fold does not control; before the fold the growth was about 1.05 x the "
-            "record size per site (440 MiB at K = 1000, /work/shared/notes/scale.md)."
-        ),
+        "workers_runs": several,
+        "rss_note": RSS_NOTE,
+        "ratio_note": RATIO_NOTE,
     }
     OUT.parent.mkdir(exist_ok=True)
     OUT.write_text(json.dumps(result, indent=2) + "\n")
@@ -228,4 +369,7 @@ def main() -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    print(json.dumps(main(), indent=2))
+    if sys.argv[1:] == ["check"]:
+        print(json.dumps([update_check(d, n) for d, n in CHECK_CELLS]))
+    else:
+        print(json.dumps(main(), indent=2))

@@ -17,15 +17,15 @@ std in the delta is ``lr σ C √T / (q n)`` (the FedProx shrink only lowers bot
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Collection
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
-import torch
 
 from fairfleet.errors import PayloadError
-from fairfleet.learning.tensors import flatten, from_safetensors_bytes, shapes_of
 from fairfleet.messages import LocalTrainingPlan, PrivacyPlan, RoundAnnouncement, SiteUpdate
 from fairfleet.privacy.kinds import mechanism
 from fairfleet.signing import verify
@@ -195,18 +195,116 @@ class CheckedDelta:
     norm: float
 
 
+# safetensors dtype codes -> the dtype names learning.tensors.shapes_of() gives the model's tensors, and the
+# numpy dtype a payload's bytes are viewed as (floating parameters only: what build_model makes)
+_ST_DTYPES = {
+    "F64": "float64",
+    "F32": "float32",
+    "F16": "float16",
+    "BF16": "bfloat16",
+    "I64": "int64",
+    "I32": "int32",
+    "I16": "int16",
+    "I8": "int8",
+    "U8": "uint8",
+    "BOOL": "bool",
+}
+_NP_DTYPES: dict[str, np.dtype[Any]] = {
+    "F64": np.dtype("<f8"),
+    "F32": np.dtype("<f4"),
+    "F16": np.dtype("<f2"),
+}
+_MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit on the JSON header
+
+
+def safetensors_views(payload: bytes | memoryview) -> dict[str, tuple[str, tuple[int, ...], Any]]:
+    """The tensors of a safetensors buffer as ``{name: (dtype name, shape, view)}``, each
+    view a zero-copy numpy array over ``payload`` (``None`` for a dtype numpy cannot view).
+
+    Written here instead of ``safetensors.torch.load`` because that copies every tensor out of
+    the buffer, and concatenating them copies again: the aggregator reads each update's bytes
+    once (fleet-scale profile, docs/aggregator.md "Fleet scale"). The format is the published
+    one (8-byte little-endian header length, JSON header, data); malformed input raises
+    PayloadError: a header that is not a JSON object of well-formed entries, offsets outside
+    the data or not tiling it exactly (as safetensors itself requires), or a byte count that
+    does not match dtype x shape.
+    """
+    view = memoryview(payload).cast("B")
+    if len(view) < 8:
+        raise PayloadError(f"Not a valid safetensors payload ({len(view)} bytes): too short.")
+    n = int.from_bytes(view[:8], "little")
+    if n > min(_MAX_HEADER_BYTES, len(view) - 8):
+        raise PayloadError(
+            f"Not a valid safetensors payload ({len(view)} bytes): header length {n}."
+        )
+    try:
+        header = json.loads(bytes(view[8 : 8 + n]))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise PayloadError(f"Not a valid safetensors payload: header is not JSON ({exc}).") from exc
+    if not isinstance(header, dict):
+        raise PayloadError("Not a valid safetensors payload: the header is not a JSON object.")
+    data = view[8 + n :]
+    out: dict[str, tuple[str, tuple[int, ...], Any]] = {}
+    spans = []
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            code, shape, (begin, end) = entry["dtype"], entry["shape"], entry["data_offsets"]
+            dims = tuple(int(d) for d in shape)
+            if (
+                not all(isinstance(x, int) for x in (*shape, begin, end))
+                or min(dims, default=0) < 0
+            ):
+                raise TypeError
+        except (KeyError, TypeError, ValueError):
+            raise PayloadError(
+                f"Not a valid safetensors payload: tensor {name!r} has the entry {entry!r}."
+            ) from None
+        if code not in _ST_DTYPES:
+            raise PayloadError(f"Not a valid safetensors payload: tensor {name!r} dtype {code!r}.")
+        itemsize = _NP_DTYPES[code].itemsize if code in _NP_DTYPES else None
+        count = math.prod(dims)
+        if not 0 <= begin <= end <= len(data) or (
+            itemsize is not None and end - begin != count * itemsize
+        ):
+            raise PayloadError(
+                f"Not a valid safetensors payload: tensor {name!r} of {code} {list(dims)} has "
+                f"data offsets [{begin}, {end}] in {len(data)} data bytes."
+            )
+        spans.append((begin, end))
+        arr = None
+        if itemsize is not None:
+            arr = np.frombuffer(data, _NP_DTYPES[code], count, begin).reshape(dims)
+        out[name] = (_ST_DTYPES[code], dims, arr)
+    spans.sort()
+    ends = [0, *(end for _, end in spans)]
+    if any(begin != ends[i] for i, (begin, _) in enumerate(spans)) or ends[-1] != len(data):
+        raise PayloadError(
+            "Not a valid safetensors payload: the tensors' data offsets do not tile the "
+            f"{len(data)} data bytes."
+        )
+    return out
+
+
 def check_payload(
     msg: SiteUpdate,
     payload: bytes | memoryview,
     expected_shapes: dict[str, tuple[tuple[int, ...], str]],
     announcement: RoundAnnouncement,
 ) -> CheckedDelta | Rejection:
-    """Decode the safetensors delta; check names/shapes, dtypes, finiteness and the norm bound."""
+    """Decode the safetensors delta; check names/shapes, dtypes, finiteness and the norm bound.
+
+    One copy and one more read of the update's bytes: the tensors are viewed in place and
+    concatenated into the flat float32 vector, whose sum of squares (float64 accumulation,
+    numpy's own loop, no BLAS thread pool) is both the norm and the NaN/Inf check (finite
+    float32 squares cannot overflow a float64 sum; a NaN or Inf makes it non-finite).
+    """
     try:
-        delta = from_safetensors_bytes(bytes(payload))
+        delta = safetensors_views(payload)
     except PayloadError as exc:
         return Rejection("payload", str(exc))
-    got = shapes_of(delta)
+    got = {k: (dims, dtype) for k, (dtype, dims, _) in delta.items()}
     if set(got) != set(expected_shapes) or any(
         got[k][0] != expected_shapes[k][0] for k in expected_shapes
     ):
@@ -219,21 +317,28 @@ def check_payload(
         return Rejection(
             "shape", f"Delta from '{msg.site}' has shapes {diff}; the model has {expected}."
         )
-    wrong_dtype = {k: got[k][1] for k in expected_shapes if got[k][1] != expected_shapes[k][1]}
+    wrong_dtype = {
+        k: got[k][1]
+        for k in expected_shapes
+        if got[k][1] != expected_shapes[k][1] or delta[k][2] is None
+    }
     if wrong_dtype:
         return Rejection(
             "dtype",
             f"Delta from '{msg.site}' has dtypes {wrong_dtype}; the model's are "
-            f"{ {k: expected_shapes[k][1] for k in wrong_dtype} }.",
+            f"{ {k: expected_shapes[k][1] for k in wrong_dtype} } (float16/32/64 are read).",
         )
-    ordered = {k: delta[k] for k in expected_shapes}
-    vector = flatten(ordered).numpy().astype(np.float32, copy=False)
-    if not bool(np.isfinite(vector).all()):  # one numpy pass; name the tensors only if it fails
-        bad = [k for k, t in ordered.items() if not bool(torch.isfinite(t).all())]
+    parts = [delta[k][2].reshape(-1) for k in expected_shapes]
+    vector = np.concatenate(parts, dtype=np.float32) if parts else np.zeros(0, np.float32)
+    squared = float(np.einsum("i,i->", vector, vector, dtype=np.float64))
+    if not math.isfinite(squared):  # name the tensors only when it fails
+        bad = [
+            k for k, part in zip(expected_shapes, parts, strict=True) if not np.isfinite(part).all()
+        ]
         return Rejection("non_finite", f"Delta from '{msg.site}' has NaN/Inf in {bad}.")
     if msg.loss is not None and not math.isfinite(msg.loss.value):
         return Rejection("non_finite", f"Loss release from '{msg.site}' is {msg.loss.value}.")
-    norm = float(np.linalg.norm(vector.astype(np.float64)))
+    norm = math.sqrt(squared)
     bound = norm_bound(announcement.privacy, announcement.training, msg.n_examples, vector.size)
     if norm > bound:
         return Rejection(

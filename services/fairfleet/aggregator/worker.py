@@ -37,6 +37,7 @@ from fairfleet.aggregator.ledger_gate import LedgerGate
 from fairfleet.aggregator.partials import from_message, partial_key, read_partials, to_message
 from fairfleet.aggregator.service import (
     MAX_COMMIT_FAILURES,
+    PREFETCH_KBYTES,
     SERVICE,
     Aggregator,
     AggregatorOptions,
@@ -108,7 +109,11 @@ class AggregatorWorker(_WorkerMarker, Aggregator):
         from fairfleet.bus.kafka import KafkaBus, KafkaConsumer
 
         if isinstance(self.bus, KafkaBus):
-            conf = {**self.bus.client_config, "group.instance.id": self.txn_id}
+            conf = {
+                **self.bus.client_config,
+                "group.instance.id": self.txn_id,
+                "queued.max.messages.kbytes": PREFETCH_KBYTES,
+            }
             return KafkaConsumer(
                 conf, self.group_id, [self.input_topic], True, on_rebalance=self._on_rebalance
             )
@@ -360,6 +365,7 @@ class AggregatorWorker(_WorkerMarker, Aggregator):
         event(
             logger,
             "update accepted",
+            logging.DEBUG,  # per update: as the one-process aggregator's
             site=msg.site,
             round=msg.round,
             worker=self.worker,

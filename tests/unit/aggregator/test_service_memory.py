@@ -3,8 +3,10 @@ commit that rewinds, restart from the checkpoint, chunked checkpoints, config ch
 
 from __future__ import annotations
 
+import gc
 import tempfile
 import uuid
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -454,6 +456,35 @@ def test_an_open_round_holds_its_fold_not_its_updates() -> None:
     fleet.pump()
     assert fleet.agg.ckpt.version == 1 and fleet.agg.status()["vectors_held"] == 0
     np.testing.assert_allclose(fleet.agg.global_vector(), theta0 + 0.25, rtol=1e-6)
+
+
+def test_accepted_updates_leave_no_decoded_array_alive(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Memory independent of K: once an update is folded, nothing references its decoded
+    vector nor the views over its payload (they would keep the record's bytes alive)."""
+    from fairfleet.aggregator import service, validation
+
+    decoded: list[weakref.ref[np.ndarray]] = []
+    real_views, real_check = validation.safetensors_views, service.check_payload
+
+    def views(payload: Any) -> Any:
+        out = real_views(payload)
+        decoded.extend(weakref.ref(view) for _, _, view in out.values())
+        return out
+
+    def check(*args: Any) -> Any:
+        result = real_check(*args)
+        decoded.append(weakref.ref(result.vector))
+        return result
+
+    monkeypatch.setattr(validation, "safetensors_views", views)
+    monkeypatch.setattr(service, "check_payload", check)
+    fleet = Fleet(config(quorum=4, min_sites=4, rounds=2))
+    for i, site in enumerate(SITES[:3]):
+        fleet.send(site, 0.1 * (i + 1))
+    fleet.pump()
+    assert len(fleet.agg._buffer) == 3 and len(decoded) == 3 * 3  # 2 views + 1 vector each
+    gc.collect()
+    assert [ref() for ref in decoded] == [None] * len(decoded)
 
 
 @pytest.mark.parametrize(

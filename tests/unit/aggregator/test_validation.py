@@ -10,8 +10,14 @@ import torch
 
 from fairfleet.aggregator import REASONS, Rejection, norm_bound
 from fairfleet.aggregator.budgets import spent_sites
-from fairfleet.aggregator.validation import check_payload, check_privacy, noise_std_for
-from fairfleet.learning.tensors import to_safetensors_bytes
+from fairfleet.aggregator.validation import (
+    check_payload,
+    check_privacy,
+    noise_std_for,
+    safetensors_views,
+)
+from fairfleet.errors import PayloadError
+from fairfleet.learning.tensors import from_safetensors_bytes, shapes_of, to_safetensors_bytes
 from fairfleet.messages import (
     LocalTrainingPlan,
     ModelSpec,
@@ -131,6 +137,79 @@ def test_shape_dtype_and_nan_payloads_name_the_tensor() -> None:
     assert isinstance(extra, Rejection) and extra.reason == "shape"
     ok = check_payload(update_msg(), to_safetensors_bytes(good), SHAPES, ANN)
     assert not isinstance(ok, Rejection) and ok.vector.dtype == np.float32
+
+
+def test_safetensors_views_equal_the_safetensors_library_without_copying() -> None:
+    gen = torch.Generator().manual_seed(3)
+    tensors = {
+        "w": torch.randn(4, 5, generator=gen),
+        "b": torch.randn(5, generator=gen).to(torch.float64),
+        "h": torch.randn(2, 3, 2, generator=gen).to(torch.float16),
+        "e": torch.zeros(0, 3),
+        "i": torch.arange(6, dtype=torch.int64),
+    }
+    payload = to_safetensors_bytes(tensors)
+    views = safetensors_views(payload)
+    reference = from_safetensors_bytes(payload)
+    assert {k: (dims, dtype) for k, (dtype, dims, _) in views.items()} == shapes_of(reference)
+    for name in ("w", "b", "h", "e"):
+        view = views[name][2]
+        assert view is not None
+        assert view.size == 0 or np.shares_memory(view, np.frombuffer(payload, np.uint8))
+        np.testing.assert_array_equal(view, reference[name].numpy())
+    assert views["i"][2] is None  # not a float: the update check reports it as a wrong dtype
+
+
+def test_malformed_safetensors_payloads_raise_payload_error_never_crash() -> None:
+    good = to_safetensors_bytes({"weight": torch.ones(1, 3), "bias": torch.ones(1)})
+    n = int.from_bytes(good[:8], "little")
+    header = good[8 : 8 + n].decode()
+
+    def with_header(text: str, data: bytes = good[8 + n :]) -> bytes:
+        raw = text.encode()
+        return len(raw).to_bytes(8, "little") + raw + data
+
+    bad = [good[:k] for k in (0, 7, 8, 8 + n // 2, len(good) - 4)]  # truncated
+    bad += [good + b"\0" * 4]  # data not tiled: trailing bytes
+    bad += [(10**12).to_bytes(8, "little") + good[8:]]  # header length beyond the buffer
+    bad += [with_header(t) for t in ("[]", "not json", '{"bias": 3}')]
+    bad += [with_header(header.replace('"F32"', '"Q8"', 1))]  # unknown dtype
+    bad += [with_header(header.replace("[0,4]", "[0,8]"))]  # byte count != dtype x shape
+    bad += [with_header(header.replace("[4,16]", "[0,12]"))]  # overlapping offsets
+    bad += [with_header(header.replace("[1]", "[-1]"))]  # negative dimension
+    for payload in bad:
+        with pytest.raises(PayloadError):
+            safetensors_views(payload)
+        result = check_payload(update_msg(), payload, SHAPES, ANN)
+        assert isinstance(result, Rejection) and result.reason == "payload", payload
+
+
+def test_the_one_pass_norm_is_the_float64_norm_and_catches_nan_inf_anywhere() -> None:
+    """The sum of squares is both the norm (float64 accumulation) and the finiteness check."""
+    plan = PrivacyPlan(mechanism="off")
+    ann = ANN.model_copy(update={"privacy": plan})
+    d = 10_001
+    shapes = {"weight": ((1, d - 1), "float32"), "bias": ((1,), "float32")}
+    rng = np.random.default_rng(5)
+    v = rng.standard_normal(d).astype(np.float32)
+
+    def payload(vec: np.ndarray) -> bytes:
+        t = torch.from_numpy(vec)
+        return to_safetensors_bytes({"weight": t[:-1].reshape(1, -1), "bias": t[-1:]})
+
+    ok = check_payload(update_msg(), payload(v), shapes, ann)
+    assert not isinstance(ok, Rejection)
+    np.testing.assert_array_equal(ok.vector, v)
+    assert ok.norm == pytest.approx(float(np.linalg.norm(v.astype(np.float64))), rel=1e-12)
+    for index, value in ((0, np.nan), (d // 2, np.inf), (d - 1, -np.inf)):
+        broken = v.copy()
+        broken[index] = value
+        result = check_payload(update_msg(), payload(broken), shapes, ann)
+        assert isinstance(result, Rejection) and result.reason == "non_finite"
+        assert ("bias" if index == d - 1 else "weight") in result.detail
+    huge = np.full(d, np.finfo(np.float32).max, dtype=np.float32)  # finite: a norm, not a NaN
+    big = check_payload(update_msg(), payload(huge), shapes, ann)
+    assert not isinstance(big, Rejection) and math.isfinite(big.norm) and big.norm > 1e38
 
 
 def test_unknown_reason_is_a_programming_error() -> None:
