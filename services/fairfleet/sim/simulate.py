@@ -190,12 +190,21 @@ def fleet_dataset(fleet: str, model: str | None = None, seed: int = 0) -> Federa
     return FederatedDataset(data.name, data.sites, data.n_features, data.n_outputs)
 
 
-def summarise(accuracies: np.ndarray) -> dict[str, float]:
-    """q-FFL's reporting: mean, mean of the worst/best 10% of sites, variance (accuracy in [0,1])."""
-    acc = np.sort(np.asarray(accuracies, dtype=np.float64))
+def summarise(accuracies: np.ndarray, n_test: np.ndarray) -> dict[str, float]:
+    """q-FFL's reporting: mean, mean of the worst/best 10% of sites, variance (accuracy in [0,1]);
+    and the pooled accuracy Σ_k n_k acc_k / Σ_k n_k over the sites' test examples (``n_test``),
+    the "testing accuracy" the reference trainer (litian96/fair_flearn) logs every round."""
+    per_site = np.asarray(accuracies, dtype=np.float64)
+    weights = np.asarray(n_test, dtype=np.float64)
+    if weights.shape != per_site.shape or not weights.sum() > 0:
+        raise ConfigError(
+            f"n_test must give one positive count per site ({per_site.size}). Found {n_test!r}."
+        )
+    acc = np.sort(per_site)
     tail = max(1, math.ceil(0.1 * acc.size))
     return {
         "mean_accuracy": float(acc.mean()),
+        "pooled_accuracy": float(per_site @ weights / weights.sum()),
         "worst10_accuracy": float(acc[:tail].mean()),
         "best10_accuracy": float(acc[-tail:].mean()),
         "variance_accuracy": float(acc.var()),
@@ -281,7 +290,7 @@ def run_simulation(
     def record(r: Round) -> None:
         if r.t % cfg.eval_every == 0 or r.t == cfg.rounds:
             entry: dict[str, Any] = {"round": r.t, "participants": r.participants}
-            entry.update(summarise(packed.test_accuracy(r.theta)))
+            entry.update(summarise(packed.test_accuracy(r.theta), packed.n_test))
             for key in ("lambda", "step_scale"):
                 if key in r.diagnostics:
                     entry[key] = r.diagnostics[key]
@@ -317,7 +326,7 @@ def run_simulation(
     classes = _class_table(rows)
     class_acc = [c["mean_accuracy"] for c in classes.values()]
     summary = {
-        **summarise(np.array([r["accuracy"] for r in rows])),
+        **summarise(accuracy, packed.n_test),
         "class_accuracy_gap": float(max(class_acc) - min(class_acc)),
         "seconds": round(time.perf_counter() - started, 3),
     }

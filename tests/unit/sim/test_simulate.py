@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from fairfleet.cli import app
 from fairfleet.errors import ConfigError
 from fairfleet.privacy.accounting import calibrate_noise_multiplier
-from fairfleet.sim.simulate import SimulationConfig, run_simulation
+from fairfleet.sim.simulate import SimulationConfig, run_simulation, summarise
 from fairfleet.sim.synthetic import synthetic
 
 
@@ -63,10 +63,23 @@ def test_cli_writes_the_documented_json(tmp_path: Path) -> None:
     assert summary["variance_accuracy"] == pytest.approx(acc.var())
     assert summary["worst10_accuracy"] == pytest.approx(acc.min())  # 10% of 8 sites -> 1 site
     assert summary["best10_accuracy"] == pytest.approx(acc.max())
+    n_test = np.array([r["n_test"] for r in doc["sites"]])
+    assert summary["pooled_accuracy"] == pytest.approx(np.average(acc, weights=n_test))
+    assert all("pooled_accuracy" in h for h in doc["history"])
     assert set(doc["classes"]) == {"small", "large"}
     assert doc["config"]["strategy_params"]["q"] == 1.0
     assert doc["config"]["privacy"] is None
     assert json.loads(result.stdout.strip().splitlines()[-1])["summary"] == summary
+
+
+def test_pooled_accuracy_weights_sites_by_test_examples() -> None:
+    """The reference trainer's logged "testing accuracy" pools examples: a big site that is
+    right and a small one that is wrong give 0.75 pooled but 0.5 as a mean over sites."""
+    summary = summarise(np.array([1.0, 0.0]), np.array([30, 10]))
+    assert summary["mean_accuracy"] == pytest.approx(0.5)
+    assert summary["pooled_accuracy"] == pytest.approx(0.75)
+    with pytest.raises(ConfigError, match="n_test"):
+        summarise(np.array([1.0, 0.0]), np.array([3]))
 
 
 def test_cli_names_an_unknown_strategy() -> None:
