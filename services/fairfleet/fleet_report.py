@@ -185,7 +185,6 @@ def build_report(
     what is missing (broker unreachable, no checkpoint yet, unknown model)."""
     from fairfleet.aggregator.checkpoint import read_checkpoint
     from fairfleet.bus import connect, topic_name
-    from fairfleet.fairness.gap import GapConstrained
     from fairfleet.releases import scan_model
     from fairfleet.signing import aggregator_public_keys
 
@@ -220,11 +219,6 @@ def build_report(
     entries = round_entries(config, ckpt.history, scanned.by_round)
     say("reading the privacy ledger")
     ledger = read_ledger(config, budgets_url, say)
-    lam = (
-        GapConstrained.multipliers(ckpt.strategy_state)
-        if "lambda" in ckpt.strategy_state.arrays
-        else {}
-    )
     return {
         "fleet": config.fleet,
         "model": model_id,
@@ -238,7 +232,7 @@ def build_report(
             "created_at": ckpt.created_at,
             "rounds_closed": len(ckpt.history),
             "rounds_voided": sum(1 for h in ckpt.history if h.get("voided")),
-            "multipliers": lam,
+            "multipliers": ckpt.strategy_state.multipliers(),
         },
         "rounds": entries,
         "final": entries[-1] if entries else None,

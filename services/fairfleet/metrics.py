@@ -136,7 +136,8 @@ class Route:
     each, all of them among ``params``; what it returns is served as JSON (200).
 
     A ``ValueError`` from ``handler`` (a bad value: ``ConfigError`` is one) answers 400 with its
-    message; any other exception answers 500 and is logged; neither stops the server.
+    message, :class:`NotReady` 503; any other exception answers 500 and is logged; none of them
+    stops the server.
     """
 
     handler: JsonHandler
@@ -150,6 +151,14 @@ class Route:
 
 METRICS_PARAMS = frozenset({"name[]"})
 """What ``/metrics`` accepts: prometheus_client's filter to the named metric families."""
+
+
+class NotReady(Exception):
+    """Raised by a route whose data does not exist yet (the service is still starting, e.g.
+    waiting for the broker): answered 503 with the message and ``Retry-After``, not logged."""
+
+
+RETRY_AFTER_S = 5
 
 
 class QueryError(ValueError):
@@ -247,6 +256,9 @@ class App:
             return _json(HTTPStatus.BAD_REQUEST, {"error": f"bad query string: {exc}"})
         try:
             return _json(HTTPStatus.OK, route.handler(params))
+        except NotReady as exc:
+            status, headers, body = _json(HTTPStatus.SERVICE_UNAVAILABLE, {"error": str(exc)})
+            return status, [*headers, ("Retry-After", str(RETRY_AFTER_S))], body
         except ValueError as exc:  # a bad value (docs/operations.md, "HTTP endpoints")
             return _json(HTTPStatus.BAD_REQUEST, {"error": str(exc)})
         except Exception as exc:  # a failing route must not kill the server

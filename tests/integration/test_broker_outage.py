@@ -27,7 +27,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit" / "site_agent"))
 
-from site_agent_testkit import fleet_dict, read_all, site_entry
+from site_agent_testkit import fleet_dict, read_all, site_entry, update_privacy
 
 from fairfleet import broker
 from fairfleet.accountant.policies import load_policies
@@ -47,14 +47,7 @@ pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
 FF = Path(sys.executable).parent / "fairfleet"
 SPEC = {"name": "logistic", "params": {"in_features": 8}, "task": "classification"}
-PRIVACY = {
-    "mechanism": "update",
-    "unit": "site",
-    "noise_multiplier": 1.0,
-    "clip_norm": 1.0,
-    "loss_bound": 2.0,
-    "loss_noise_multiplier": 40.0,
-}
+PRIVACY = update_privacy(loss_noise_multiplier=40.0)  # the hold-outs hold m = 32 values
 ROUNDS = 3
 DEADLINE_S = 8.0
 

@@ -13,7 +13,6 @@ import dataclasses
 import json
 import math
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -27,7 +26,15 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit" / "site_agent"))
 
-from site_agent_testkit import Announcer, RealAccountant, fleet_dict, read_all, site_entry
+from site_agent_testkit import (
+    PRIVACY,
+    Announcer,
+    RealAccountant,
+    agent_process,
+    fleet_dict,
+    read_all,
+    site_entry,
+)
 from typer.testing import CliRunner
 
 from fairfleet.bus import connect
@@ -50,14 +57,6 @@ SIGMA = 2.0
 BOUNDS = {"x0": (0.0, 100.0), "x1": (-5.0, 5.0)}
 # per site: mean and std of x0 (the sites differ a lot: the pooled std is mostly between sites)
 SITES = {"a": (20.0, 5.0), "b": (50.0, 10.0), "c": (80.0, 5.0)}
-PRIVACY = {
-    "mechanism": "update",
-    "unit": "site",
-    "noise_multiplier": 1.0,
-    "clip_norm": 1.0,
-    "loss_bound": 2.0,
-    "loss_noise_multiplier": 20.0,
-}
 
 
 def rows_of(site: str) -> np.ndarray:
@@ -98,25 +97,6 @@ def json_of(path: Path) -> dict[str, Any]:
         return dict(json.loads(path.read_text()))
     except (OSError, ValueError):
         return {}  # not written yet, or being replaced right now
-
-
-def agent_process(config_file: Path, site: str, log: Path) -> subprocess.Popen[bytes]:
-    exe = Path(sys.executable).parent / "fairfleet"
-    return subprocess.Popen(
-        [
-            str(exe),
-            "site",
-            "run",
-            "--config",
-            str(config_file),
-            "--site",
-            site,
-            "--metrics-port",
-            "0",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=log.open("ab"),
-    )
 
 
 def test_fleet_scales_are_released_charged_combined_and_trained_with(

@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import json
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -29,9 +28,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit" / "site_agen
 from site_agent_testkit import (
     Announcer,
     RealAccountant,
+    agent_process,
     fleet_dict,
     read_all,
     site_entry,
+    update_privacy,
 )
 
 from fairfleet.bus import connect
@@ -61,16 +62,7 @@ SCHEMA = {
     "event_time": "event_time",
 }
 SPEC = {"name": "logistic", "params": {"in_features": 8}, "task": "classification"}
-# Site unit: the held-out loss over m = 32 values has sensitivity B, so its noise multiplier
-# relative to that sensitivity is loss_noise_multiplier / m = 40 / 32 = 1.25.
-PRIVACY = {
-    "mechanism": "update",
-    "unit": "site",
-    "noise_multiplier": 1.0,
-    "clip_norm": 1.0,
-    "loss_bound": 2.0,
-    "loss_noise_multiplier": 40.0,
-}
+PRIVACY = update_privacy(loss_noise_multiplier=40.0)  # the hold-outs hold m = 32 values
 ROUNDS = 3
 
 
@@ -231,25 +223,6 @@ def wait_for(predicate: Any, timeout: float, what: str) -> None:
             return
         time.sleep(0.1)
     raise AssertionError(f"timed out waiting for {what}")
-
-
-def agent_process(config_file: Path, site: str, log: Path) -> subprocess.Popen[bytes]:
-    exe = Path(sys.executable).parent / "fairfleet"
-    return subprocess.Popen(
-        [
-            str(exe),
-            "site",
-            "run",
-            "--config",
-            str(config_file),
-            "--site",
-            site,
-            "--metrics-port",
-            "0",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=log.open("ab"),
-    )
 
 
 def test_three_sites_through_rounds_and_a_killed_agent(

@@ -14,7 +14,7 @@ import httpx
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from fairfleet.metrics import Route, serve, update_lock
+from fairfleet.metrics import NotReady, Route, serve, update_lock
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +100,7 @@ def test_queries_are_percent_decoded_and_checked_against_the_route(http: httpx.C
         server.close()
 
 
-def test_a_failing_route_answers_400_or_500_and_the_server_carries_on(
+def test_a_failing_route_answers_400_503_or_500_and_the_server_carries_on(
     http: httpx.Client,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -110,9 +110,17 @@ def test_a_failing_route_answers_400_or_500_and_the_server_carries_on(
     def bug(_params: dict[str, str]) -> object:
         raise KeyError("oops")
 
+    def starting(_params: dict[str, str]) -> object:
+        raise NotReady("agent not running yet")
+
     server = serve(
         CollectorRegistry(),
-        routes={"/bad": Route(bad_value, {"site"}), "/bug": bug, "/ok": lambda _: [1]},
+        routes={
+            "/bad": Route(bad_value, {"site"}),
+            "/bug": bug,
+            "/starting": starting,
+            "/ok": lambda _: [1],
+        },
     )
     base = f"http://127.0.0.1:{server.port}"
     try:
@@ -121,6 +129,9 @@ def test_a_failing_route_answers_400_or_500_and_the_server_carries_on(
         res = http.get(f"{base}/bug")
         assert res.status_code == 500 and "oops" in res.json()["error"]
         assert "route /bug failed" in caplog.text
+        res = http.get(f"{base}/starting")  # the data does not exist yet: try again later
+        assert res.status_code == 503 and res.json() == {"error": "agent not running yet"}
+        assert res.headers["Retry-After"] == "5" and "/starting" not in caplog.text
         assert http.get(f"{base}/ok").json() == [1]
         assert http.get(f"{base}/healthz").json() == {"status": "ok"}
     finally:

@@ -115,12 +115,23 @@ class KafkaLink:
         event(logger, what, level, **fields)
 
 
+# A partition's leadership moving (a topic just created, a broker restarted): the broker answers
+# a query with one of these, which librdkafka does not flag retriable on every code path (an
+# offsets query got NOT_LEADER_FOR_PARTITION under load and failed the caller outright).
+_LEADERSHIP_CODES = (
+    KafkaError.NOT_LEADER_FOR_PARTITION,
+    KafkaError.LEADER_NOT_AVAILABLE,
+    KafkaError.FENCED_LEADER_EPOCH,
+    KafkaError.UNKNOWN_LEADER_EPOCH,
+)
+
+
 def _retrying(
     fn: Any, *args: Any, budget_s: float = 30.0, also: tuple[int, ...] = (), **kwargs: Any
 ) -> Any:
-    """Call a librdkafka query, retrying retriable errors (a partition whose leader is being
-    elected right after a topic was created or the broker restarted), and the codes in
-    ``also``, for up to ``budget_s``."""
+    """Call a librdkafka query, retrying retriable errors and a leadership move (a partition
+    whose leader is being elected right after a topic was created or the broker restarted), and
+    the codes in ``also``, for up to ``budget_s``."""
     deadline = time.monotonic() + budget_s
     attempt = 0
     while True:
@@ -128,7 +139,9 @@ def _retrying(
             return fn(*args, **kwargs)
         except KafkaException as exc:
             err = exc.args[0] if exc.args else None
-            again = isinstance(err, KafkaError) and (err.retriable() or err.code() in also)
+            again = isinstance(err, KafkaError) and (
+                err.retriable() or err.code() in _LEADERSHIP_CODES or err.code() in also
+            )
             if not again or time.monotonic() > deadline:
                 raise
             attempt += 1

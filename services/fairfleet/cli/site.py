@@ -31,7 +31,7 @@ def run_cmd(
     from fairfleet.bus.waiting import BrokerWatch
     from fairfleet.config import load_config
     from fairfleet.log import configure, event
-    from fairfleet.metrics import Health, serve
+    from fairfleet.metrics import Health, NotReady, serve
     from fairfleet.site_agent import SiteAgent
     from fairfleet.site_agent.agent import site_key
 
@@ -53,14 +53,20 @@ def run_cmd(
     registry = CollectorRegistry()
     health = Health(site_cfg.agent.progress_timeout_s, probe=lambda: bus.unreachable(2.0))
     agents: list[SiteAgent] = []
+
+    def running(agents: list[SiteAgent]) -> SiteAgent:
+        if not agents:  # served before the agent exists: it waits for the broker first
+            raise NotReady(f"site agent '{site}' is not running yet (waiting for the broker)")
+        return agents[0]
+
     port = site_cfg.metrics_port if metrics_port is None else metrics_port
     server = serve(
         registry,
         port,
         cfg.metrics_host,  # the config's interface (env FAIRFLEET_METRICS_HOST overrides it)
         routes={
-            "/rounds": lambda _: agents[0].rounds_json(),
-            "/data": lambda _: agents[0].data_json(),
+            "/rounds": lambda _: running(agents).rounds_json(),
+            "/data": lambda _: running(agents).data_json(),
         },
         health=health,
     )

@@ -116,8 +116,7 @@ class GapWeighting(SiteWeighting):
     @staticmethod
     def multipliers(state: StrategyState) -> dict[str, float]:
         """The current λ_c by class name."""
-        lam = np.asarray(state.arrays.get("lambda", np.zeros(0)), dtype=np.float64)
-        return {c: float(v) for c, v in zip(state.scalars.get("classes", []), lam, strict=True)}
+        return state.multipliers()
 
     def coefficients(
         self, updates: Sequence[SiteUpdate], state: StrategyState

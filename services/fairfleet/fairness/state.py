@@ -50,6 +50,15 @@ class StrategyState:
             scalars={**self.scalars, **(scalars or {})},
         )
 
+    def multipliers(self) -> dict[str, float]:
+        """The strategy's λ by name, empty for strategies without multipliers.
+
+        Two strategies keep them, in the same array ``lambda``: gap's by site class (scalar
+        ``classes``), AFL's mixture weights by group (scalar ``groups``: classes or sites)."""
+        lam = np.asarray(self.arrays.get("lambda", np.zeros(0)), dtype=np.float64)
+        names = self.scalars.get("classes", self.scalars.get("groups", []))
+        return {str(n): float(v) for n, v in zip(names, lam, strict=True)}
+
 
 def state_to_bytes(state: StrategyState) -> bytes:
     """Serialise to safetensors bytes; scalars must be JSON-serialisable."""

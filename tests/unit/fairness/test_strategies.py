@@ -105,6 +105,9 @@ def test_afl_new_site_joins_and_stays_on_simplex() -> None:
     assert res.new_state.scalars["groups"] == ["a", "b"]
     assert lam.min() >= 0 and lam.sum() == pytest.approx(1.0)
     assert lam[1] > lam[0]  # the higher-loss site gains mass
+    # named as `fairfleet report` shows them (it failed on AFL's state: no "classes" there)
+    assert res.new_state.multipliers() == {"a": lam[0], "b": lam[1]}
+    assert build_strategy("fedavg").initial_state().multipliers() == {}
 
 
 def test_afl_running_average() -> None:
