@@ -438,7 +438,7 @@ class AccountantService:
         except FairfleetError:
             return
         self.metrics.ledger_lag.set(lag)
-        self.metrics.consumer_lag.labels("accountant", self.topics["privacy.events"]).set(lag)
+        self.metrics.lag.labels("accountant", self.topics["privacy.events"]).set(lag)
 
     def _dead_letter(self, letter: DeadLetter) -> None:
         """Publish and count a dead letter; an input record's offset is stored with it (SQLite),
