@@ -25,6 +25,9 @@ from fairfleet.errors import BusError
 
 Headers = dict[str, bytes]
 Key = bytes | str | None
+RebalanceListener = Callable[[str, list[tuple[str, int]]], None]
+"""Called with (kind, [(topic, partition), ...]) when a consumer group moves partitions; kind is
+"assign", "revoke" or "lost"."""
 
 
 def key_bytes(key: Key) -> bytes | None:

@@ -36,7 +36,16 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
 
-from fairfleet.bus.base import Bus, Consumer, Delivery, Key, Producer, Record, key_bytes
+from fairfleet.bus.base import (
+    Bus,
+    Consumer,
+    Delivery,
+    Key,
+    Producer,
+    RebalanceListener,
+    Record,
+    key_bytes,
+)
 from fairfleet.bus.topics import MAX_MESSAGE_BYTES, TopicSpec
 from fairfleet.errors import BusError, TransactionError
 from fairfleet.log import RateLimited, event
@@ -394,7 +403,7 @@ class KafkaConsumer(Consumer):
         group_id: str,
         topics: list[str],
         from_beginning: bool,
-        on_rebalance: Callable[[str, list[tuple[str, int]]], None] | None = None,
+        on_rebalance: RebalanceListener | None = None,
     ) -> None:
         """``on_rebalance(kind, partitions)`` (kind "assign", "revoke" or "lost") is called from
         inside :meth:`poll`/:meth:`consume` when the group moves partitions."""
