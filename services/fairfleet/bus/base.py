@@ -78,14 +78,20 @@ class Delivery:
 
 
 class Producer(ABC):
-    @abstractmethod
     def publish(
         self,
         topic: str,
         value: bytes | memoryview,
         key: Key = None,
         headers: Mapping[str, bytes] | None = None,
-    ) -> Delivery: ...
+    ) -> Delivery:
+        """Send one record (in the open transaction, if any); the Delivery resolves once the
+        broker has it."""
+        return self._publish(topic, bytes(value), key_bytes(key), dict(headers or {}))
+
+    @abstractmethod
+    def _publish(self, topic: str, value: bytes, key: bytes | None, headers: Headers) -> Delivery:
+        """:meth:`publish` with the value as bytes, the key as bytes or None, headers a dict."""
 
     @abstractmethod
     def flush(self, timeout: float = 60.0) -> None: ...

@@ -596,36 +596,26 @@ class SiteAgent:
         self, ann: RoundAnnouncement, eid: str, windows: WindowRanges, out: rel.Release
     ) -> None:
         site, model_id, rnd = self.site.id, ann.model_id, ann.round
-        update = sign(
-            SiteUpdate(
-                site=site,
-                site_class=self.site.site_class,
-                model_id=model_id,
-                round=rnd,
-                base_version=ann.model_version,
-                n_examples=out.n_examples,
-                privacy=out.privacy,
-                loss=out.loss,
-                payload_sha256=sha256_hex(out.payload),
-                payload_bytes=len(out.payload),
-            ),
-            self.key,
+        # what the update and its loss statistics both say about this site's round
+        about: dict[str, Any] = {
+            "site": site,
+            "site_class": self.site.site_class,
+            "model_id": model_id,
+            "round": rnd,
+            "n_examples": out.n_examples,
+            "loss": out.loss,
+        }
+        update = SiteUpdate(
+            **about,
+            base_version=ann.model_version,
+            privacy=out.privacy,
+            payload_sha256=sha256_hex(out.payload),
+            payload_bytes=len(out.payload),
         )
-        stats = sign(
-            SiteStatistics(
-                site=site,
-                site_class=self.site.site_class,
-                model_id=model_id,
-                round=rnd,
-                model_version=ann.model_version,
-                loss=out.loss,
-                n_examples=out.n_examples,
-            ),
-            self.key,
-        )
+        stats = SiteStatistics(**about, model_version=ann.model_version)
         sends: list[tuple[str, Message, bytes]] = [
-            ("updates", update, out.payload),
-            ("stats", stats, b""),
+            ("updates", sign(update, self.key), out.payload),
+            ("stats", sign(stats, self.key), b""),
         ]
         if out.dp_event is not None:
             commit = self._event(
