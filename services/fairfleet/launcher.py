@@ -100,11 +100,16 @@ def _cli_options(module: str) -> set[str]:
     return set(inspect.signature(run_cmd).parameters)
 
 
+def run_command(service: str, config: str) -> list[str]:
+    """``<service> run --config FILE``: how the launcher starts a service."""
+    return [service, "run", "--config", config]
+
+
 def accountant_args(config: str, cfg: Any) -> list[str]:
     """``accountant run --config FILE`` (the contract), or the older explicit options."""
     options = _cli_options("accountant")
     if "config" in options or not options:
-        return ["accountant", "run", "--config", config]
+        return run_command("accountant", config)
     args = ["accountant", "run", "--bootstrap", cfg.kafka.bootstrap, "--policy", config]
     if "db" in options:
         args += ["--db", str(cfg.resolve_path(cfg.accountant.db))]
@@ -156,13 +161,9 @@ def plan(
         )
     ]
     for model in cfg.models:
+        combiner = [*run_command("aggregator", config), "--model", model.id]
         services.append(
-            service(
-                "aggregator",
-                f"aggregator-{model.id}",
-                ["aggregator", "run", "--config", config, "--model", model.id],
-                model.metrics_port,
-            )
+            service("aggregator", f"aggregator-{model.id}", combiner, model.metrics_port)
         )
         # several workers: the run above is the model's combiner; worker i serves /metrics on
         # the model's port + 1 + i (docs/aggregator.md, "Several workers per model")
@@ -171,28 +172,13 @@ def plan(
                 service(
                     "aggregator",
                     f"aggregator-{model.id}-worker-{i}",
-                    [
-                        "aggregator",
-                        "run",
-                        "--config",
-                        config,
-                        "--model",
-                        model.id,
-                        "--worker",
-                        str(i),
-                    ],
+                    [*combiner, "--worker", str(i)],
                     model.metrics_port + 1 + i if model.metrics_port else 0,
                 )
             )
     for site in cfg.sites:
-        services.append(
-            service(
-                "site",
-                f"site-{site.id}",
-                ["site", "run", "--config", config, "--site", site.id],
-                site.metrics_port,
-            )
-        )
+        site_run = [*run_command("site", config), "--site", site.id]
+        services.append(service("site", f"site-{site.id}", site_run, site.metrics_port))
     return services
 
 

@@ -193,15 +193,22 @@ class UpdatePrivacy(BaseModel):
         return self.clip_norm if self.enabled and mechanism(self.mechanism).bounds_update else None
 
 
-class SiteUpdate(SignedMessage):
-    """A site's privatised model delta for one round (topic ``updates``, key site)."""
+class SiteRoundMessage(SignedMessage):
+    """What a site's release for one round of a model opens with. Each subclass narrows ``type``
+    to its Literal; the fields keep this order (the signed JSON is in field order)."""
 
-    TYPE: ClassVar[str] = "update"
-    type: Literal["update"] = "update"
+    type: str
     site: str
     site_class: str
     model_id: str
     round: Annotated[int, Field(ge=0)]
+
+
+class SiteUpdate(SiteRoundMessage):
+    """A site's privatised model delta for one round (topic ``updates``, key site)."""
+
+    TYPE: ClassVar[str] = "update"
+    type: Literal["update"] = "update"
     base_version: Annotated[int, Field(ge=0)]
     n_examples: PosInt
     privacy: UpdatePrivacy
@@ -210,15 +217,11 @@ class SiteUpdate(SignedMessage):
     payload_bytes: Annotated[int, Field(ge=0)]
 
 
-class SiteStatistics(SignedMessage):
+class SiteStatistics(SiteRoundMessage):
     """A site's DP-noised held-out loss of a global model version (topic ``stats``)."""
 
     TYPE: ClassVar[str] = "stats"
     type: Literal["stats"] = "stats"
-    site: str
-    site_class: str
-    model_id: str
-    round: Annotated[int, Field(ge=0)]
     model_version: Annotated[int, Field(ge=0)]
     loss: NoisyStat
     n_examples: PosInt | None = None

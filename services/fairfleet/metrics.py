@@ -21,7 +21,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
@@ -29,8 +29,11 @@ from urllib.parse import parse_qs
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
-from prometheus_client import CollectorRegistry, make_wsgi_app
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
 from prometheus_client.exposition import ThreadingWSGIServer
+
+from fairfleet import __version__
+from fairfleet.bus.metrics import dead_letter_counter
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +58,39 @@ def update_lock(registry: CollectorRegistry) -> threading.RLock:
         if lock is None:
             lock = _UPDATE_LOCKS[registry] = threading.RLock()
         return lock
+
+
+class ServiceMetrics:
+    """One service's registry, holding what every service exports (docs/metrics.md):
+    ``fairfleet_service_info`` (``info``, 1 with the service and version),
+    ``fairfleet_bus_consumer_lag_messages`` (``lag``) and ``fairfleet_dead_letters_total``
+    (``dead_letters``). A service's own metrics class extends it and declares the rest with
+    :meth:`counter`, :meth:`gauge` and :meth:`histogram` (label names after the help text)."""
+
+    def __init__(
+        self,
+        service: str,
+        info_help: str,
+        lag_help: str,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        self.service = service
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.info = self.gauge("fairfleet_service_info", info_help, "service", "version")
+        self.info.labels(service, __version__).set(1)
+        self.lag = self.gauge("fairfleet_bus_consumer_lag_messages", lag_help, "service", "topic")
+        self.dead_letters = dead_letter_counter(self.registry)
+
+    def counter(self, name: str, documentation: str, *labels: str) -> Counter:
+        return Counter(name, documentation, labels, registry=self.registry)
+
+    def gauge(self, name: str, documentation: str, *labels: str) -> Gauge:
+        return Gauge(name, documentation, labels, registry=self.registry)
+
+    def histogram(
+        self, name: str, documentation: str, *labels: str, buckets: Sequence[float]
+    ) -> Histogram:
+        return Histogram(name, documentation, labels, buckets=buckets, registry=self.registry)
 
 
 DEFAULT_PROGRESS_TIMEOUT_S = 300.0

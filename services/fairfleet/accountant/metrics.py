@@ -4,101 +4,74 @@ from __future__ import annotations
 
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
-
-from fairfleet import __version__
-from fairfleet.bus.metrics import dead_letter_counter
+from fairfleet.metrics import ServiceMetrics
 from fairfleet.privacy.events import LedgerKey
 from fairfleet.privacy.ledger import DenyReason
 
 SERVICE = "accountant"
 # the codes a reservation is denied with, plus "invalid" (a request that does not parse)
 DENIAL_REASONS = (*(reason.value for reason in DenyReason), "invalid")
+LEDGER = ("site", "source", "unit")
 
 
-class AccountantMetrics:
+class AccountantMetrics(ServiceMetrics):
     """Ledger gauges per (site, source, unit), protocol counters, lag."""
 
     def __init__(self) -> None:
-        r = self.registry = CollectorRegistry()
+        super().__init__(SERVICE, "Service and version.", "Records available but not yet read.")
         self._sites: set[str] = set()
         self._policy_of: dict[tuple[str, str, str], str] = {}
-        ledger = ["site", "source", "unit"]
-        self.spent = Gauge(
+        self.spent = self.gauge(
             "fairfleet_privacy_epsilon_spent",
             "Epsilon spent (committed) by the ledger: its one reported figure (RDP, as admitted).",
-            ledger,
-            registry=r,
+            *LEDGER,
         )
-        self.limit = Gauge(
-            "fairfleet_privacy_epsilon_limit",
-            "Policy epsilon_max of the ledger.",
-            ledger,
-            registry=r,
+        self.limit = self.gauge(
+            "fairfleet_privacy_epsilon_limit", "Policy epsilon_max of the ledger.", *LEDGER
         )
-        self.remaining = Gauge(
-            "fairfleet_privacy_epsilon_remaining", "epsilon_max minus spent.", ledger, registry=r
+        self.remaining = self.gauge(
+            "fairfleet_privacy_epsilon_remaining", "epsilon_max minus spent.", *LEDGER
         )
-        self.used_ratio = Gauge(
-            "fairfleet_privacy_budget_used_ratio", "spent / epsilon_max.", ledger, registry=r
+        self.used_ratio = self.gauge(
+            "fairfleet_privacy_budget_used_ratio", "spent / epsilon_max.", *LEDGER
         )
-        self.policy = Gauge(
+        self.policy = self.gauge(
             "fairfleet_privacy_policy_info",
             "1 for the policy entry that sets the ledger's limit (PolicySet.resolve): "
             "sites.<id>, classes.<class> or defaults.",
-            [*ledger, "policy"],
-            registry=r,
+            *LEDGER,
+            "policy",
         )
-        self.next = Gauge(
+        self.next = self.gauge(
             "fairfleet_privacy_epsilon_next",
             "Epsilon the ledger would reach with each model's planned next release "
             "(its latest repeated); above the limit, the next reservation is denied.",
-            ledger,
-            registry=r,
+            *LEDGER,
         )
-        self.wasted = Gauge(
+        self.wasted = self.gauge(
             "fairfleet_privacy_epsilon_wasted",
             "Epsilon of the composition of committed releases whose update the aggregator "
             "rejected or voided (late, bad_signature, void_round, ...).",
-            [*ledger, "reason"],
-            registry=r,
+            *LEDGER,
+            "reason",
         )
-        self.wasted_releases = Gauge(
+        self.wasted_releases = self.gauge(
             "fairfleet_privacy_wasted_releases",
             "Committed releases whose update the aggregator rejected or voided.",
-            [*ledger, "reason"],
-            registry=r,
+            *LEDGER,
+            "reason",
         )
-        self.grants = Counter(
-            "fairfleet_privacy_grants", "Granted reservations.", ["site"], registry=r
+        self.grants = self.counter("fairfleet_privacy_grants", "Granted reservations.", "site")
+        self.denials = self.counter(
+            "fairfleet_privacy_denials", "Denied reservations by reason.", "site", "reason"
         )
-        self.denials = Counter(
-            "fairfleet_privacy_denials",
-            "Denied reservations by reason.",
-            ["site", "reason"],
-            registry=r,
+        self.events_applied = self.counter(
+            "fairfleet_privacy_events_applied", "privacy.events records applied to the ledger."
         )
-        self.events_applied = Counter(
-            "fairfleet_privacy_events_applied",
-            "privacy.events records applied to the ledger.",
-            registry=r,
-        )
-        self.ledger_lag = Gauge(
+        self.ledger_lag = self.gauge(
             "fairfleet_privacy_ledger_lag_messages",
             "Privacy requests and events on the bus not yet applied to the ledger.",
-            registry=r,
         )
-        self.consumer_lag = Gauge(
-            "fairfleet_bus_consumer_lag_messages",
-            "Records available but not yet read.",
-            ["service", "topic"],
-            registry=r,
-        )
-        self.dead_letters = dead_letter_counter(r)
-        info = Gauge(
-            "fairfleet_service_info", "Service and version.", ["service", "version"], registry=r
-        )
-        info.labels(SERVICE, __version__).set(1)
 
     def known_site(self, site: str) -> None:
         """Create a site's counters at 0, so its first denial is an increase Prometheus sees."""

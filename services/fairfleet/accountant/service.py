@@ -380,15 +380,8 @@ class AccountantService:
             self.metrics.grants.labels(msg.site).inc()
         else:
             self.metrics.denials.labels(msg.site, decision.code or "denied").inc()
-        event(
-            logger,
-            "reservation answered",
-            event_id=msg.event_id,
-            site=msg.site,
-            granted=decision.granted,
-            reason=decision.reason,
-            epsilon_if_committed=decision.epsilon_if_committed,
-        )
+        logged = {"event_id", "site", "granted", "reason", "epsilon_if_committed"}
+        event(logger, "reservation answered", **grant.model_dump(include=logged))
 
     # ------------------------------------------------------------------ metrics, offsets, dead letters
     def _check_group_offsets(self) -> None:
@@ -438,7 +431,7 @@ class AccountantService:
         except FairfleetError:
             return
         self.metrics.ledger_lag.set(lag)
-        self.metrics.consumer_lag.labels("accountant", self.topics["privacy.events"]).set(lag)
+        self.metrics.lag.labels("accountant", self.topics["privacy.events"]).set(lag)
 
     def _dead_letter(self, letter: DeadLetter) -> None:
         """Publish and count a dead letter; an input record's offset is stored with it (SQLite),

@@ -7,115 +7,86 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-
-from fairfleet import __version__
-from fairfleet.bus.metrics import dead_letter_counter
 from fairfleet.fairness import SiteUpdate, class_risk_estimates
-from fairfleet.metrics import update_lock
+from fairfleet.metrics import ServiceMetrics, update_lock
 
 SERVICE = "aggregator"
+MODEL_CLASS = ("model", "class")
 
 
-class AggregatorMetrics:
+class AggregatorMetrics(ServiceMetrics):
     """All metrics of one aggregator (model ``model``) in its own registry."""
 
     def __init__(self, model: str, gamma: float) -> None:
+        super().__init__(SERVICE, "Service info.", "Records not yet read.")
         self.model = model
-        r = self.registry = CollectorRegistry()
-        m = ["model"]
-        self.rounds = Counter("fairfleet_aggregator_rounds", "Closed rounds.", m, registry=r)
-        self.current_round = Gauge(
-            "fairfleet_aggregator_current_round", "Open round.", m, registry=r
+        m = "model"
+        self.rounds = self.counter("fairfleet_aggregator_rounds", "Closed rounds.", m)
+        self.current_round = self.gauge("fairfleet_aggregator_current_round", "Open round.", m)
+        self.model_version = self.gauge(
+            "fairfleet_aggregator_model_version", "Latest published model version.", m
         )
-        self.model_version = Gauge(
-            "fairfleet_aggregator_model_version", "Latest published model version.", m, registry=r
-        )
-        self.participants = Gauge(
+        self.participants = self.gauge(
             "fairfleet_aggregator_round_participants",
             "Accepted updates in the last closed round.",
             m,
-            registry=r,
         )
-        self.accepted = Counter(
-            "fairfleet_aggregator_updates_accepted", "Accepted updates.", m, registry=r
+        self.accepted = self.counter(
+            "fairfleet_aggregator_updates_accepted", "Accepted updates.", m
         )
-        self.rejected = Counter(
-            "fairfleet_aggregator_updates_rejected",
-            "Rejected updates by reason.",
-            ["model", "reason"],
-            registry=r,
+        self.rejected = self.counter(
+            "fairfleet_aggregator_updates_rejected", "Rejected updates by reason.", m, "reason"
         )
-        self.late = Counter(
-            "fairfleet_aggregator_late_updates", "Updates for a closed round.", m, registry=r
+        self.late = self.counter(
+            "fairfleet_aggregator_late_updates", "Updates for a closed round.", m
         )
-        self.duration = Histogram(
+        self.duration = self.histogram(
             "fairfleet_aggregator_round_duration_seconds",
             "Round open-to-close time.",
             m,
             buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600),
-            registry=r,
         )
-        self.staleness = Histogram(
+        self.staleness = self.histogram(
             "fairfleet_aggregator_staleness_rounds",
             "Staleness of aggregated updates.",
             m,
             buckets=(0, 1, 2, 3, 5, 8, 13, 21),
-            registry=r,
         )
-        self.open_seconds = Gauge(
-            "fairfleet_aggregator_round_open_seconds",
-            "Seconds since the open round opened.",
-            m,
-            registry=r,
+        self.open_seconds = self.gauge(
+            "fairfleet_aggregator_round_open_seconds", "Seconds since the open round opened.", m
         )
-        self.extensions = Counter(
+        self.extensions = self.counter(
             "fairfleet_aggregator_round_extensions",
             "Re-announcements of an open sync round whose deadline passed below min_sites.",
             m,
-            registry=r,
         )
-        self.voided = Counter(
+        self.voided = self.counter(
             "fairfleet_aggregator_rounds_voided",
             "Sync rounds voided below min_sites after their re-announcements (no model change).",
             m,
-            registry=r,
         )
-        self.deadline_seconds = Gauge(
-            "fairfleet_aggregator_round_deadline_seconds", "Announced deadline (s).", m, registry=r
+        self.deadline_seconds = self.gauge(
+            "fairfleet_aggregator_round_deadline_seconds", "Announced deadline (s).", m
         )
-        self.class_loss = Gauge(
+        self.class_loss = self.gauge(
             "fairfleet_fairness_class_loss",
             "Class loss estimate (noisy or debiased).",
-            ["model", "class", "estimate"],
-            registry=r,
+            *MODEL_CLASS,
+            "estimate",
         )
-        self.class_loss_stderr = Gauge(
+        self.class_loss_stderr = self.gauge(
             "fairfleet_fairness_class_loss_stderr",
             "Standard error of the class loss estimate.",
-            ["model", "class"],
-            registry=r,
+            *MODEL_CLASS,
         )
-        self.gap = Gauge("fairfleet_fairness_gap", "Max−min debiased class loss.", m, registry=r)
-        self.gap_bound = Gauge("fairfleet_fairness_gap_bound", "γ.", m, registry=r)
-        self.worst_class = Gauge(
-            "fairfleet_fairness_worst_class",
-            "1 for the worst class.",
-            ["model", "class"],
-            registry=r,
+        self.gap = self.gauge("fairfleet_fairness_gap", "Max−min debiased class loss.", m)
+        self.gap_bound = self.gauge("fairfleet_fairness_gap_bound", "γ.", m)
+        self.worst_class = self.gauge(
+            "fairfleet_fairness_worst_class", "1 for the worst class.", *MODEL_CLASS
         )
-        self.multiplier = Gauge(
-            "fairfleet_fairness_multiplier", "Dual multiplier λ_c.", ["model", "class"], registry=r
+        self.multiplier = self.gauge(
+            "fairfleet_fairness_multiplier", "Dual multiplier λ_c.", *MODEL_CLASS
         )
-        self.lag = Gauge(
-            "fairfleet_bus_consumer_lag_messages",
-            "Records not yet read.",
-            ["service", "topic"],
-            registry=r,
-        )
-        info = Gauge("fairfleet_service_info", "Service info.", ["service", "version"], registry=r)
-        info.labels(SERVICE, __version__).set(1)
-        self.dead_letters = dead_letter_counter(r)
         self.gap_bound.labels(model).set(gamma)
         for metric in (self.rounds, self.accepted, self.late, self.extensions):
             metric.labels(model)

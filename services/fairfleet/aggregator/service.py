@@ -37,7 +37,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -57,7 +57,7 @@ from fairfleet.aggregator.validation import (
     check_round,
 )
 from fairfleet.bus import Bus, Envelope, Publisher, Reader, connect, dead_letter_for, default_topics
-from fairfleet.bus.base import Consumer, Record
+from fairfleet.bus.base import Consumer, RebalanceListener, Record
 from fairfleet.bus.topics import aggregator_client_id, aggregator_combiner_group
 from fairfleet.bus.transactions import Transaction, run_transaction
 from fairfleet.bus.waiting import BrokerWatch
@@ -79,12 +79,13 @@ from fairfleet.learning.tensors import (
     unflatten,
 )
 from fairfleet.log import event
-from fairfleet.messages import DeadLetter, ModelRelease, PartialAggregate, new_id
+from fairfleet.messages import DeadLetter, Message, ModelRelease, PartialAggregate, new_id
 from fairfleet.messages import SiteUpdate as SiteUpdateMessage
 from fairfleet.metrics import Health, MetricsServer, serve
 from fairfleet.signing import Verifier, aggregator_public_keys, aggregator_signer
 
 logger = logging.getLogger(__name__)
+M = TypeVar("M", bound=Message)
 
 MAX_COMMIT_FAILURES = 3
 """Consecutive failed round commits after which the service exits (a restart re-reads state)."""
@@ -224,29 +225,26 @@ class Aggregator:
                 "group.instance.id": self.txn_id,
                 "queued.max.messages.kbytes": PREFETCH_KBYTES,
             }
-            return KafkaConsumer(conf, self.group_id, [self.input_topic], True)
+            return KafkaConsumer(
+                conf,
+                self.group_id,
+                [self.input_topic],
+                True,
+                on_rebalance=self._rebalance_listener(),
+            )
         return self.bus.consumer(self.group_id, [self.input_topic])
+
+    def _rebalance_listener(self) -> RebalanceListener | None:
+        """What the Kafka consumer calls when the group moves input partitions (a worker's)."""
+        return None
 
     def start(self) -> None:
         """Create topics, fence older instances, restore the checkpoint (or bootstrap)."""
         if self._started:
             return
-        prefix = self.config.kafka.topic_prefix
-        self.bus.create_topics(default_topics(prefix, self.config.kafka.partitions))
-        # Fences any earlier incarnation and aborts its open transaction before we read state.
-        self.producer = self.bus.producer(transactional_id=self.txn_id)
-        self.publisher = Publisher(self.producer, self.config.kafka.chunk_bytes, self.signer)
-        self._dl_producer = self.bus.producer()
-        self._dl_publisher = Publisher(
-            self._dl_producer, self.config.kafka.chunk_bytes, self.signer
-        )
+        self._open_producers()
         restored = self._read_checkpoint()
-        self.consumer = self._make_consumer()
-        self.reader = self._make_reader()
-        if self.options.require_ledger and not self.combiner:
-            self.ledger_gate = LedgerGate(
-                self.bus, f"{prefix}privacy.events", Verifier.from_config(self.config).check, prefix
-            )
+        self._open_input()
         if restored is None:
             self.ckpt = self._bootstrap()
         else:
@@ -269,6 +267,29 @@ class Aggregator:
         self.metrics.restore(self.ckpt.fairness)
         self._update_gauges()
         self._started = True
+
+    def _open_producers(self) -> None:
+        """Create the topics; open the transactional producer (it fences any earlier
+        incarnation and aborts its open transaction before state is read) and the dead-letter
+        one."""
+        prefix = self.config.kafka.topic_prefix
+        self.bus.create_topics(default_topics(prefix, self.config.kafka.partitions))
+        self.producer = self.bus.producer(transactional_id=self.txn_id)
+        self.publisher = Publisher(self.producer, self.config.kafka.chunk_bytes, self.signer)
+        self._dl_producer = self.bus.producer()
+        self._dl_publisher = Publisher(
+            self._dl_producer, self.config.kafka.chunk_bytes, self.signer
+        )
+
+    def _open_input(self) -> None:
+        """The consumer and reader of the input topic, and the ledger gate when required."""
+        self.consumer = self._make_consumer()
+        self.reader = self._make_reader()
+        if self.options.require_ledger and not self.combiner:
+            prefix = self.config.kafka.topic_prefix
+            self.ledger_gate = LedgerGate(
+                self.bus, f"{prefix}privacy.events", Verifier.from_config(self.config).check, prefix
+            )
 
     def _make_reader(self) -> Reader:
         # A new reader starts at the committed offsets: the open round's updates already in
@@ -573,15 +594,20 @@ class Aggregator:
             msg = env.message if isinstance(env.message, SiteUpdateMessage) else None
             self._reject(env, msg, Rejection("apply_failed", f"{type(exc).__name__}: {exc}"))
 
+    def _expect(self, env: Envelope, kind: type[M], what: str) -> M | None:
+        """The envelope's message if it is a ``kind``; else None, dead-lettered ``wrong_type``."""
+        msg = env.message
+        if isinstance(msg, kind):
+            return msg
+        self._reject(env, None, Rejection("wrong_type", f"Expected {what}, got '{msg.TYPE}'."))
+        return None
+
     def _handle_update(self, env: Envelope) -> None:
         if self.combiner:
             self._handle_partial(env)
             return
-        msg = env.message
-        if not isinstance(msg, SiteUpdateMessage):
-            self._reject(
-                env, None, Rejection("wrong_type", f"Expected an update, got '{msg.TYPE}'.")
-            )
+        msg = self._expect(env, SiteUpdateMessage, "an update")
+        if msg is None:
             return
         if msg.model_id != self.model_id:
             if msg.model_id not in self._fleet_models and self._reports_unknown_models:
@@ -623,11 +649,8 @@ class Aggregator:
     def _handle_partial(self, env: Envelope) -> None:
         """Combiner: take a worker's newest partial of the open round for its partition (it
         replaces the partition's earlier one); the round's accepted sites are their union."""
-        msg = env.message
-        if not isinstance(msg, PartialAggregate):
-            self._reject(
-                env, None, Rejection("wrong_type", f"Expected a partial, got '{msg.TYPE}'.")
-            )
+        msg = self._expect(env, PartialAggregate, "a partial")
+        if msg is None:
             return
         if msg.model_id != self.model_id:
             return  # another model's combiner

@@ -33,19 +33,17 @@ from dataclasses import replace
 from typing import Any
 
 from fairfleet.aggregator.checkpoint import Checkpoint, CheckpointScanner
-from fairfleet.aggregator.ledger_gate import LedgerGate
 from fairfleet.aggregator.partials import from_message, partial_key, read_partials, to_message
 from fairfleet.aggregator.service import (
     MAX_COMMIT_FAILURES,
-    PREFETCH_KBYTES,
     SERVICE,
     Aggregator,
     AggregatorOptions,
     _WorkerMarker,
 )
 from fairfleet.aggregator.validation import Rejection
-from fairfleet.bus import Bus, Envelope, Publisher, default_topics
-from fairfleet.bus.base import Consumer, Record
+from fairfleet.bus import Bus, Envelope
+from fairfleet.bus.base import RebalanceListener, Record
 from fairfleet.bus.topics import (
     CHECKPOINT_RESTORE_GROUP,
     aggregator_worker_id,
@@ -105,32 +103,15 @@ class AggregatorWorker(_WorkerMarker, Aggregator):
         self._seen_ckpt: bytes | None = None
 
     # -- set-up ---------------------------------------------------------------------------------
-    def _make_consumer(self) -> Consumer:
-        from fairfleet.bus.kafka import KafkaBus, KafkaConsumer
-
-        if isinstance(self.bus, KafkaBus):
-            conf = {
-                **self.bus.client_config,
-                "group.instance.id": self.txn_id,
-                "queued.max.messages.kbytes": PREFETCH_KBYTES,
-            }
-            return KafkaConsumer(
-                conf, self.group_id, [self.input_topic], True, on_rebalance=self._on_rebalance
-            )
-        return self.bus.consumer(self.group_id, [self.input_topic])
+    def _rebalance_listener(self) -> RebalanceListener:
+        return self._on_rebalance
 
     def start(self) -> None:
         """Create topics, fence an earlier incarnation, follow the checkpoints to their end."""
         if self._started:
             return
+        self._open_producers()
         prefix = self.config.kafka.topic_prefix
-        self.bus.create_topics(default_topics(prefix, self.config.kafka.partitions))
-        self.producer = self.bus.producer(transactional_id=self.txn_id)
-        self.publisher = Publisher(self.producer, self.config.kafka.chunk_bytes, self.signer)
-        self._dl_producer = self.bus.producer()
-        self._dl_publisher = Publisher(
-            self._dl_producer, self.config.kafka.chunk_bytes, self.signer
-        )
         self._follower = self.bus.consumer(
             f"{prefix}{CHECKPOINT_RESTORE_GROUP}{new_id()[:12]}", [self.topics["checkpoints"]]
         )
@@ -144,21 +125,19 @@ class AggregatorWorker(_WorkerMarker, Aggregator):
         self.ckpt = self._scanner_checkpoint()
         self._check_restored(self.ckpt)
         self._state = self.ckpt.strategy_state  # folds need the dimension, not the model
-        self.consumer = self._make_consumer()
-        self.reader = self._make_reader()
-        if self.options.require_ledger:
-            self.ledger_gate = LedgerGate(self.bus, f"{prefix}privacy.events", self._verify, prefix)
+        self._open_input()
         self._serve()
         self._update_gauges()
         self._started = True
-        event(
-            logger,
+        self._event(
             "aggregator worker started",
-            model=self.model_id,
-            worker=self.worker,
             round=self.ckpt.round,
             version=self.ckpt.version,
         )
+
+    def _event(self, message: str, **fields: Any) -> None:
+        """Log ``message`` with this worker's model and index first, then ``fields``."""
+        event(logger, message, model=self.model_id, worker=self.worker, **fields)
 
     def _follow(self, timeout: float) -> bool:
         """Read what the checkpoints topic has; True once a checkpoint of the model was seen."""
@@ -234,11 +213,8 @@ class AggregatorWorker(_WorkerMarker, Aggregator):
             self._folds[p] = RoundFold(self.strategy, self._state, self._dim)
             self._origins[p] = {}
             self._restored.add(p)
-        event(
-            logger,
+        self._event(
             "worker follows round",
-            model=self.model_id,
-            worker=self.worker,
             round=ckpt.round,
             version=ckpt.version,
             finished=ckpt.finished,
@@ -253,11 +229,8 @@ class AggregatorWorker(_WorkerMarker, Aggregator):
                 self.assigned.add(p)
             else:
                 self.assigned.discard(p)
-        event(
-            logger,
+        self._event(
             "worker partitions " + kind,
-            model=self.model_id,
-            worker=self.worker,
             partitions=sorted(p for _, p in partitions),
         )
 
@@ -310,11 +283,8 @@ class AggregatorWorker(_WorkerMarker, Aggregator):
                 self._buffer_sites.add(site)
             self._restored.add(q)
             if origins:
-                event(
-                    logger,
+                self._event(
                     "worker restored partition",
-                    model=self.model_id,
-                    worker=self.worker,
                     partition=q,
                     round=ann.round,
                     sites=len(origins),
@@ -430,11 +400,8 @@ class AggregatorWorker(_WorkerMarker, Aggregator):
         self._dirty.clear()
         self._dirty_since, self._uncommitted = None, False
         for msg, _ in outgoing:
-            event(
-                logger,
+            self._event(
                 "partial published",
-                model=self.model_id,
-                worker=self.worker,
                 round=msg.round,
                 partition=msg.partition,
                 sites=len(msg.sites),

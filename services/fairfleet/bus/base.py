@@ -25,6 +25,9 @@ from fairfleet.errors import BusError
 
 Headers = dict[str, bytes]
 Key = bytes | str | None
+RebalanceListener = Callable[[str, list[tuple[str, int]]], None]
+"""Called with (kind, [(topic, partition), ...]) when a consumer group moves partitions; kind is
+"assign", "revoke" or "lost"."""
 
 
 def key_bytes(key: Key) -> bytes | None:
@@ -75,14 +78,20 @@ class Delivery:
 
 
 class Producer(ABC):
-    @abstractmethod
     def publish(
         self,
         topic: str,
         value: bytes | memoryview,
         key: Key = None,
         headers: Mapping[str, bytes] | None = None,
-    ) -> Delivery: ...
+    ) -> Delivery:
+        """Send one record (in the open transaction, if any); the Delivery resolves once the
+        broker has it."""
+        return self._publish(topic, bytes(value), key_bytes(key), dict(headers or {}))
+
+    @abstractmethod
+    def _publish(self, topic: str, value: bytes, key: bytes | None, headers: Headers) -> Delivery:
+        """:meth:`publish` with the value as bytes, the key as bytes or None, headers a dict."""
 
     @abstractmethod
     def flush(self, timeout: float = 60.0) -> None: ...

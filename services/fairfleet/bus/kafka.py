@@ -36,7 +36,15 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
 
-from fairfleet.bus.base import Bus, Consumer, Delivery, Key, Producer, Record, key_bytes
+from fairfleet.bus.base import (
+    Bus,
+    Consumer,
+    Delivery,
+    Headers,
+    Producer,
+    RebalanceListener,
+    Record,
+)
 from fairfleet.bus.topics import MAX_MESSAGE_BYTES, TopicSpec
 from fairfleet.errors import BusError, TransactionError
 from fairfleet.log import RateLimited, event
@@ -337,16 +345,9 @@ class KafkaProducer(Producer):
             raise error
         return outcome.get("value")
 
-    def publish(
-        self,
-        topic: str,
-        value: bytes | memoryview,
-        key: Key = None,
-        headers: Mapping[str, bytes] | None = None,
-    ) -> Delivery:
+    def _publish(self, topic: str, value: bytes, key: bytes | None, headers: Headers) -> Delivery:
+        # librdkafka takes read-only bytes only: publish() copied a memoryview (one memcpy)
         delivery = Delivery(self._producer.poll)
-        if not isinstance(value, bytes):
-            value = bytes(value)  # librdkafka takes read-only bytes only (one memcpy per chunk)
 
         def on_delivery(err: KafkaError | None, msg: Any) -> None:
             if err is not None:
@@ -359,8 +360,8 @@ class KafkaProducer(Producer):
                 self._producer.produce(
                     topic,
                     value=value,
-                    key=key_bytes(key),
-                    headers=list((headers or {}).items()),
+                    key=key,
+                    headers=list(headers.items()),
                     on_delivery=on_delivery,
                 )
                 break
@@ -407,7 +408,7 @@ class KafkaConsumer(Consumer):
         group_id: str,
         topics: list[str],
         from_beginning: bool,
-        on_rebalance: Callable[[str, list[tuple[str, int]]], None] | None = None,
+        on_rebalance: RebalanceListener | None = None,
     ) -> None:
         """``on_rebalance(kind, partitions)`` (kind "assign", "revoke" or "lost") is called from
         inside :meth:`poll`/:meth:`consume` when the group moves partitions."""
@@ -490,30 +491,31 @@ class KafkaConsumer(Consumer):
         except KafkaException as exc:
             raise BusError(f"Committing offsets failed: {exc}") from exc
 
-    def positions(self) -> dict[tuple[str, int], int]:
+    def _of_assignment(
+        self, what: str, read: Callable[[list[TopicPartition]], list[TopicPartition]]
+    ) -> list[TopicPartition]:
+        """``read`` of the assigned partitions (none: no call); BusError naming ``what``."""
         try:
             assignment = self._consumer.assignment()
-            if not assignment:
-                return {}
-            return {
-                (tp.topic, tp.partition): tp.offset
-                for tp in self._consumer.position(assignment)
-                if tp.offset != OFFSET_INVALID
-            }
+            return read(assignment) if assignment else []
         except KafkaException as exc:
-            raise _bus_error(f"Reading positions of {self.topics}", exc) from exc
+            raise _bus_error(f"{what} of {self.topics}", exc) from exc
+
+    def positions(self) -> dict[tuple[str, int], int]:
+        return {
+            (tp.topic, tp.partition): tp.offset
+            for tp in self._of_assignment("Reading positions", self._consumer.position)
+            if tp.offset != OFFSET_INVALID
+        }
 
     def committed(self) -> dict[tuple[str, int], int]:
-        try:
-            assignment = self._consumer.assignment()
-            if not assignment:
-                return {}
-            return {
-                (tp.topic, tp.partition): max(tp.offset, 0)
-                for tp in _retrying(self._consumer.committed, assignment, timeout=10)
-            }
-        except KafkaException as exc:
-            raise _bus_error(f"Reading committed offsets of {self.topics}", exc) from exc
+        def read(assignment: list[TopicPartition]) -> list[TopicPartition]:
+            return _retrying(self._consumer.committed, assignment, timeout=10)
+
+        return {
+            (tp.topic, tp.partition): max(tp.offset, 0)
+            for tp in self._of_assignment("Reading committed offsets", read)
+        }
 
     def seek_to_committed(self) -> None:
         try:

@@ -13,7 +13,7 @@ import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from fairfleet.bus.base import Bus, Consumer, Delivery, Key, Producer, Record, key_bytes
+from fairfleet.bus.base import Bus, Consumer, Delivery, Headers, Producer, Record
 from fairfleet.bus.topics import TopicSpec
 from fairfleet.errors import BusError
 
@@ -126,22 +126,15 @@ class MemoryProducer(Producer):
         self._txn: list[tuple[str, bytes | None, bytes, dict[str, bytes], Delivery]] | None = None
         self._txn_offsets: list[tuple[str, dict[tuple[str, int], int]]] = []
 
-    def publish(
-        self,
-        topic: str,
-        value: bytes | memoryview,
-        key: Key = None,
-        headers: Mapping[str, bytes] | None = None,
-    ) -> Delivery:
+    def _publish(self, topic: str, value: bytes, key: bytes | None, headers: Headers) -> Delivery:
         delivery = Delivery()
-        hdrs = dict(headers or {})
         with self._bus._lock:
             self._bus._topic(topic)
             if self._txn is not None:
-                self._txn.append((topic, key_bytes(key), bytes(value), hdrs, delivery))
+                self._txn.append((topic, key, value, headers, delivery))
                 return delivery
             try:
-                partition, offset = self._bus._append(topic, key_bytes(key), bytes(value), hdrs)
+                partition, offset = self._bus._append(topic, key, value, headers)
             except BusError as exc:
                 delivery._resolve(None, None, str(exc))
                 return delivery

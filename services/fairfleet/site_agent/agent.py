@@ -326,12 +326,10 @@ class SiteAgent:
             self.io.commit_rounds()
             return
         if state is not None and state.status == "skipped":
-            event(
-                logger,
+            self._round_event(
                 "joining a re-announced round skipped before",
-                site=site,
-                model=model_id,
-                round=rnd,
+                model_id,
+                rnd,
                 skipped_for=state.reason,
             )
         try:
@@ -345,13 +343,11 @@ class SiteAgent:
             # cancelled once a later round shows this one is over (_free_stale_reservations)
             self.store.set(model_id, rnd, "skipped", eid, f"{skip.reason}: {skip}")
             self.metrics.skip(model_id, skip.reason)
-            event(
-                logger,
+            self._round_event(
                 "round skipped",
+                model_id,
+                rnd,
                 logging.WARNING,
-                site=site,
-                model=model_id,
-                round=rnd,
                 reason=skip.reason,
                 detail=str(skip),
             )
@@ -412,14 +408,8 @@ class SiteAgent:
                 eid,
                 f"superseded: round {rnd} is over (round {current} seen); reservation cancelled",
             )
-            event(
-                logger,
-                "stale reservation cancelled",
-                site=self.site.id,
-                model=model_id,
-                round=rnd,
-                event_id=eid,
-                was=state.status,
+            self._round_event(
+                "stale reservation cancelled", model_id, rnd, event_id=eid, was=state.status
             )
 
     def _join(self, ann: RoundAnnouncement, eid: str) -> None:
@@ -442,13 +432,11 @@ class SiteAgent:
                 f"config {cfg.model}/{plan}",
             )
         if not mechanism(plan.mechanism).private:
-            event(
-                logger,
+            self._round_event(
                 "PRIVACY IS OFF: this round's update and loss leave the site UN-NOISED",
+                model_id,
+                rnd,
                 logging.WARNING,
-                site=site,
-                model=model_id,
-                round=rnd,
             )
         scaler = None
         if self.scales is not None:
@@ -487,13 +475,7 @@ class SiteAgent:
                 self.store.set(
                     model_id, rnd, "published", eid, "already committed (found after restart)"
                 )
-                event(
-                    logger,
-                    "round already published before a restart",
-                    site=site,
-                    model=model_id,
-                    round=rnd,
-                )
+                self._round_event("round already published before a restart", model_id, rnd)
                 self.io.commit_rounds()
                 return
             if not grant.granted:
@@ -543,13 +525,11 @@ class SiteAgent:
                     "no_grant", f"no answer from the accountant within {timeout} s (fail closed)"
                 )
             # the same event id again: the accountant answers a repeat idempotently
-            event(
-                logger,
+            self._round_event(
                 "no answer from the accountant; asking again while the round is open",
+                ann.model_id,
+                ann.round,
                 logging.WARNING,
-                site=self.site.id,
-                model=ann.model_id,
-                round=ann.round,
                 timeout_s=timeout,
             )
 
@@ -592,40 +572,36 @@ class SiteAgent:
         )
         self.io.cancel(self._event(model_id, rnd, eid, windows, "cancel", {}))
 
+    def _round_event(
+        self, message: str, model_id: str, rnd: int, level: int = logging.INFO, **fields: Any
+    ) -> None:
+        """Log ``message`` naming this site, the model and the round first, then ``fields``."""
+        event(logger, message, level, site=self.site.id, model=model_id, round=rnd, **fields)
+
     def _publish(
         self, ann: RoundAnnouncement, eid: str, windows: WindowRanges, out: rel.Release
     ) -> None:
         site, model_id, rnd = self.site.id, ann.model_id, ann.round
-        update = sign(
-            SiteUpdate(
-                site=site,
-                site_class=self.site.site_class,
-                model_id=model_id,
-                round=rnd,
-                base_version=ann.model_version,
-                n_examples=out.n_examples,
-                privacy=out.privacy,
-                loss=out.loss,
-                payload_sha256=sha256_hex(out.payload),
-                payload_bytes=len(out.payload),
-            ),
-            self.key,
+        # what the update and its loss statistics both say about this site's round
+        about: dict[str, Any] = {
+            "site": site,
+            "site_class": self.site.site_class,
+            "model_id": model_id,
+            "round": rnd,
+            "n_examples": out.n_examples,
+            "loss": out.loss,
+        }
+        update = SiteUpdate(
+            **about,
+            base_version=ann.model_version,
+            privacy=out.privacy,
+            payload_sha256=sha256_hex(out.payload),
+            payload_bytes=len(out.payload),
         )
-        stats = sign(
-            SiteStatistics(
-                site=site,
-                site_class=self.site.site_class,
-                model_id=model_id,
-                round=rnd,
-                model_version=ann.model_version,
-                loss=out.loss,
-                n_examples=out.n_examples,
-            ),
-            self.key,
-        )
+        stats = SiteStatistics(**about, model_version=ann.model_version)
         sends: list[tuple[str, Message, bytes]] = [
-            ("updates", update, out.payload),
-            ("stats", stats, b""),
+            ("updates", sign(update, self.key), out.payload),
+            ("stats", sign(stats, self.key), b""),
         ]
         if out.dp_event is not None:
             commit = self._event(
@@ -650,12 +626,10 @@ class SiteAgent:
             raise Skip("publish_failed", str(exc)) from exc
         self.store.set(model_id, rnd, "published", eid)
         self.metrics.joined.labels(site, model_id).inc()
-        event(
-            logger,
+        self._round_event(
             "round published",
-            site=site,
-            model=model_id,
-            round=rnd,
+            model_id,
+            rnd,
             n_examples=out.n_examples,
             noise_std=out.privacy.noise_std,
             privacy_enabled=out.privacy.enabled,
@@ -679,12 +653,5 @@ class SiteAgent:
                 model_id, rnd, "skipped", eid, "unresolved: privacy.events unreadable (fail closed)"
             )
             self.metrics.skip(model_id, "unresolved")
-        event(
-            logger,
-            "resolved an interrupted publish",
-            site=self.site.id,
-            model=model_id,
-            round=rnd,
-            committed=found,
-        )
+        self._round_event("resolved an interrupted publish", model_id, rnd, committed=found)
         return self.store.get(model_id, rnd)

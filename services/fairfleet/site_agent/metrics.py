@@ -2,99 +2,74 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry
 
-import fairfleet
-from fairfleet.bus.metrics import dead_letter_counter
 from fairfleet.messages import DeadLetter
+from fairfleet.metrics import ServiceMetrics
+from fairfleet.site_agent.bus_side import SERVICE
+
+SITE_MODEL = ("site", "model")
 
 
-class SiteMetrics:
+class SiteMetrics(ServiceMetrics):
     """One registry per agent; every series is labelled with the site."""
 
     def __init__(self, site: str, registry: CollectorRegistry | None = None) -> None:
+        super().__init__(
+            SERVICE, "Service build info (always 1).", "Records not yet read.", registry
+        )
         self.site = site
-        self.registry = registry if registry is not None else CollectorRegistry()
-        r = self.registry
-        self.info = Gauge(
-            "fairfleet_service_info",
-            "Service build info (always 1).",
-            ["service", "version"],
-            registry=r,
+        self.read = self.counter(
+            "fairfleet_site_observations_read_total", "Rows read from the connector.", "site"
         )
-        self.info.labels("site_agent", getattr(fairfleet, "__version__", "0")).set(1)
-        self.read = Counter(
-            "fairfleet_site_observations_read_total",
-            "Rows read from the connector.",
-            ["site"],
-            registry=r,
-        )
-        self.rejected = Counter(
+        self.rejected = self.counter(
             "fairfleet_site_observations_rejected_total",
             "Rows rejected (skipped), by reason.",
-            ["site", "reason"],
-            registry=r,
+            "site",
+            "reason",
         )
-        self.windows = Counter(
-            "fairfleet_site_windows_total", "Training windows closed.", ["site"], registry=r
+        self.windows = self.counter(
+            "fairfleet_site_windows_total", "Training windows closed.", "site"
         )
-        self.joined = Counter(
+        self.joined = self.counter(
             "fairfleet_site_rounds_joined_total",
             "Rounds this site published an update for.",
-            ["site", "model"],
-            registry=r,
+            *SITE_MODEL,
         )
-        self.skipped = Counter(
+        self.skipped = self.counter(
             "fairfleet_site_rounds_skipped_total",
             "Rounds skipped, by reason.",
-            ["site", "model", "reason"],
-            registry=r,
+            *SITE_MODEL,
+            "reason",
         )
-        self.update_norm = Gauge(
+        self.update_norm = self.gauge(
             "fairfleet_site_update_norm",
             "L2 norm of the update before clipping, last round (site-local).",
-            ["site", "model"],
-            registry=r,
+            *SITE_MODEL,
         )
-        self.clipped = Gauge(
-            "fairfleet_site_clipped_fraction",
-            "Fraction clipped, last round.",
-            ["site", "model"],
-            registry=r,
+        self.clipped = self.gauge(
+            "fairfleet_site_clipped_fraction", "Fraction clipped, last round.", *SITE_MODEL
         )
-        self.epsilon = Gauge(
+        self.epsilon = self.gauge(
             "fairfleet_site_epsilon_spent",
             "Epsilon of this site's data-source ledger after the last granted release.",
-            ["site", "model"],
-            registry=r,
+            *SITE_MODEL,
         )
-        self.privacy_enabled = Gauge(
-            "fairfleet_site_privacy_enabled",
-            "1 = privacy on, 0 = OFF.",
-            ["site", "model"],
-            registry=r,
+        self.privacy_enabled = self.gauge(
+            "fairfleet_site_privacy_enabled", "1 = privacy on, 0 = OFF.", *SITE_MODEL
         )
-        self.training_seconds = Histogram(
+        self.training_seconds = self.histogram(
             "fairfleet_site_training_seconds",
             "Local training time per round.",
-            ["site", "model"],
+            *SITE_MODEL,
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
-            registry=r,
         )
-        self.lag = Gauge(
-            "fairfleet_bus_consumer_lag_messages",
-            "Records not yet read.",
-            ["service", "topic"],
-            registry=r,
-        )
-        self.scales_ready = Gauge(
+        self.scales_ready = self.gauge(
             "fairfleet_site_feature_scales_ready",
             "1 = the fleet's feature scales are combined and in use, 0 = rounds wait for them "
             "(only with features.scale from: fleet).",
-            ["site"],
-            registry=r,
+            "site",
         )
-        self.dead_letters = dead_letter_counter(r)
         self.read.labels(site)
         self.windows.labels(site)
 
@@ -105,7 +80,7 @@ class SiteMetrics:
         self.rejected.labels(self.site, reason).inc()
 
     def on_dead_letter(self, letter: DeadLetter) -> None:
-        self.dead_letters.labels("site_agent", letter.reason).inc()
+        self.dead_letters.labels(SERVICE, letter.reason).inc()
 
     def on_window(self, n: int) -> None:
         self.windows.labels(self.site).inc(n)
