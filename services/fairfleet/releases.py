@@ -42,10 +42,11 @@ def _scan(
 ) -> None:
     """Feed every message of the ``logical`` topics (from the beginning) to ``keep`` until
     caught up with their end (one consumer in a fresh group that never commits)."""
-    from fairfleet.bus import Reader, connect, topic_name
+    from fairfleet.bus import Reader, Topics, connect
 
     bus = connect(config.bus_url(), config.kafka.client_config())
-    names = [topic_name(t, config.kafka.topic_prefix) for t in logical]
+    fleet = Topics(config.kafka.topic_prefix)
+    names = [fleet.topic(t) for t in logical]
     consumer = bus.consumer(f"fairfleet-export-{uuid.uuid4().hex}", names)
     reader = Reader(consumer, "export", limits=config.kafka.input_limits())
     deadline = time.monotonic() + timeout_s

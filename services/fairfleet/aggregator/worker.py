@@ -44,12 +44,8 @@ from fairfleet.aggregator.service import (
     _WorkerMarker,
 )
 from fairfleet.aggregator.validation import Rejection
-from fairfleet.bus import Bus, Envelope, Publisher, default_topics
+from fairfleet.bus import Bus, Envelope, Publisher
 from fairfleet.bus.base import Consumer, Record
-from fairfleet.bus.topics import (
-    CHECKPOINT_RESTORE_GROUP,
-    aggregator_worker_id,
-)
 from fairfleet.bus.transactions import Transaction, run_transaction
 from fairfleet.config import FleetConfig
 from fairfleet.errors import BusError, ConfigError, OutcomeUnknown, ProducerFenced
@@ -87,10 +83,9 @@ class AggregatorWorker(_WorkerMarker, Aggregator):
                 f"Worker index must be in 0..{workers - 1} (models[{model_id}].aggregator.workers "
                 f"= {workers}). Found {worker}."
             )
-        prefix = config.kafka.topic_prefix
         self.worker = worker
         # self.group_id stays the aggregator's group: the workers share it on updates
-        self.txn_id = aggregator_worker_id(prefix, model_id, worker)
+        self.txn_id = self.names.aggregator_worker_id(model_id, worker)
         self.partial_interval_s = partial_interval_s
         self._verify = Verifier.from_config(config).check
         self._folds: dict[int, RoundFold] = {}
@@ -123,8 +118,7 @@ class AggregatorWorker(_WorkerMarker, Aggregator):
         """Create topics, fence an earlier incarnation, follow the checkpoints to their end."""
         if self._started:
             return
-        prefix = self.config.kafka.topic_prefix
-        self.bus.create_topics(default_topics(prefix, self.config.kafka.partitions))
+        self.bus.create_topics(self.names.specs(self.config.kafka.partitions))
         self.producer = self.bus.producer(transactional_id=self.txn_id)
         self.publisher = Publisher(self.producer, self.config.kafka.chunk_bytes, self.signer)
         self._dl_producer = self.bus.producer()
@@ -132,7 +126,8 @@ class AggregatorWorker(_WorkerMarker, Aggregator):
             self._dl_producer, self.config.kafka.chunk_bytes, self.signer
         )
         self._follower = self.bus.consumer(
-            f"{prefix}{CHECKPOINT_RESTORE_GROUP}{new_id()[:12]}", [self.topics["checkpoints"]]
+            f"{self.names.throwaway_group('checkpoint-restore')}{new_id()[:12]}",
+            [self.topics["checkpoints"]],
         )
         deadline = time.monotonic() + self.options.restore_timeout_s
         while not self._follow(0.2) or self._follower.lag() > 0:
@@ -147,7 +142,12 @@ class AggregatorWorker(_WorkerMarker, Aggregator):
         self.consumer = self._make_consumer()
         self.reader = self._make_reader()
         if self.options.require_ledger:
-            self.ledger_gate = LedgerGate(self.bus, f"{prefix}privacy.events", self._verify, prefix)
+            self.ledger_gate = LedgerGate(
+                self.bus,
+                self.names.topic("privacy.events"),
+                self._verify,
+                self.names.throwaway_group("ledger-gate"),
+            )
         self._serve()
         self._update_gauges()
         self._started = True
@@ -281,14 +281,13 @@ class AggregatorWorker(_WorkerMarker, Aggregator):
         ann = self.ckpt.announcement
         if ann is None or p in self._restored:
             return
-        prefix = self.config.kafka.topic_prefix
         latest = read_partials(
             self.bus,
             self.topics["partials"],
             self.model_id,
             ann.round,
             self._verify,
-            prefix,
+            self.names.throwaway_group("partials-restore"),
             self.options.restore_timeout_s,
         )
         for q in {q for _, q in self.consumer.positions()} | {p}:

@@ -164,7 +164,7 @@ def cancel_cmd(
     release did happen after all, its commit is still charged. Signed by the accountant's key
     when `--config` is given.
     """
-    from fairfleet.bus import Publisher, connect, topic_name
+    from fairfleet.bus import Publisher, Topics, connect
     from fairfleet.errors import ConfigError
     from fairfleet.messages import PrivacyEventMessage, WindowRange
 
@@ -189,8 +189,9 @@ def cancel_cmd(
         cfg = load_config(config)
         signer, client_config = accountant_signer(cfg), cfg.kafka.client_config()
     publisher = Publisher(connect(f"kafka://{bootstrap}", client_config).producer(), signer=signer)
-    publisher.send_sync(topic_name("privacy.events", prefix), message, key=site)
-    typer.echo(f"cancel of {event_id} published to {topic_name('privacy.events', prefix)}")
+    events = Topics(prefix).topic("privacy.events")
+    publisher.send_sync(events, message, key=site)
+    typer.echo(f"cancel of {event_id} published to {events}")
 
 
 def register(app: typer.Typer) -> None:

@@ -60,9 +60,9 @@ def _schema_problems(exc: Any) -> list[tuple[str, str]]:
 
 
 def _summary(cfg: Any) -> dict[str, Any]:
-    from fairfleet.bus import default_topics
+    from fairfleet.bus import Topics
 
-    topics = [t.name for t in default_topics(cfg.kafka.topic_prefix, cfg.kafka.partitions)]
+    topics = [t.name for t in Topics(cfg.kafka.topic_prefix).specs(cfg.kafka.partitions)]
     return {
         "fleet": cfg.fleet,
         "kafka": {

@@ -47,9 +47,9 @@ def _check_broker(cfg: Any, timeout_s: float) -> tuple[list[dict[str, Any]], set
 
 
 def _check_topics(cfg: Any, existing: set[str]) -> dict[str, Any]:
-    from fairfleet.bus import default_topics
+    from fairfleet.bus import Topics
 
-    wanted = [t.name for t in default_topics(cfg.kafka.topic_prefix, cfg.kafka.partitions)]
+    wanted = [t.name for t in Topics(cfg.kafka.topic_prefix).specs(cfg.kafka.partitions)]
     missing = [t for t in wanted if t not in existing]
     if missing:
         return {
