@@ -7,6 +7,8 @@ from typing import Any
 
 import typer
 
+from fairfleet.cli._options import JsonFlag
+
 accountant_app = typer.Typer(
     help="The privacy accountant (the ledger of every site's budget).", no_args_is_help=True
 )
@@ -99,7 +101,7 @@ def rebuild_cmd(
     db: Path = typer.Option(..., "--db", help="NEW SQLite file to build (must not exist)."),
     policy: Path = POLICY,
     prefix: str = PREFIX,
-    as_json: bool = typer.Option(False, "--json"),
+    as_json: JsonFlag = False,
 ) -> None:
     """Rebuild a ledger from privacy.events, offset 0 to the end."""
     import json

@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from fairfleet.cli._options import JsonFlag
+
 broker_app = typer.Typer(
     help="Run a real local Kafka broker (KRaft) from Maven jars. Its data is kept across "
     "stop/start and crashes; only `reset` deletes it.",
@@ -101,7 +103,7 @@ def reset_cmd(
 
 
 @broker_app.command("status")
-def status_cmd(state_dir: StateDir = None, as_json: bool = typer.Option(False, "--json")) -> None:
+def status_cmd(state_dir: StateDir = None, as_json: JsonFlag = False) -> None:
     """Show whether the broker runs and answers its admin API; exit 1 if not."""
     from fairfleet import broker
 

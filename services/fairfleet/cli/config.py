@@ -33,6 +33,7 @@ from fairfleet.cli._deploy_checks import (
     scrub_report,
     secret_values,
 )
+from fairfleet.cli._options import JsonObject
 from fairfleet.cli._security_checks import check_security, check_service_identities
 
 __all__ = ["CheckReport", "check_file", "check_mapping"]
@@ -251,7 +252,7 @@ def _print_summary(s: dict[str, Any]) -> None:
 @config_app.command("check")
 def check_cmd(
     file: Path = typer.Argument(..., help="The fleet YAML file."),
-    as_json: bool = typer.Option(False, "--json", help="One JSON object on stdout."),
+    as_json: JsonObject = False,
     skip_paths: bool = typer.Option(
         False,
         "--skip-paths",

@@ -26,6 +26,7 @@ privacy_app = typer.Typer(
     help="Privacy calculator: ε of a plan, or the noise for a target ε.", no_args_is_help=True
 )
 
+DELTA = typer.Option(..., "--delta", help="Target δ.")
 ACCOUNTANT = typer.Option("rdp", "--accountant", help="rdp (opacus-compatible) or pld (tighter).")
 JSON_OUT = typer.Option(False, "--json", help="One JSON object on stdout.")
 
@@ -70,7 +71,7 @@ def _events_from_file(path: Path) -> list[Any]:
 
 @privacy_app.command("epsilon")
 def epsilon_cmd(
-    delta: float = typer.Option(..., "--delta", help="Target δ."),
+    delta: float = DELTA,
     sampling_rate: float | None = typer.Option(
         None, "--sampling-rate", help="Poisson rate q, in (0, 1]."
     ),
@@ -148,7 +149,7 @@ def epsilon_cmd(
 @privacy_app.command("noise")
 def noise_cmd(
     epsilon: float = typer.Option(..., "--epsilon", help="Target ε."),
-    delta: float = typer.Option(..., "--delta", help="Target δ."),
+    delta: float = DELTA,
     sampling_rate: float = typer.Option(..., "--sampling-rate", help="Poisson rate q, in (0, 1]."),
     steps: int = typer.Option(..., "--steps", help="Number of steps T."),
     accountant: str = ACCOUNTANT,

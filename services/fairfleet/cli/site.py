@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from fairfleet.cli._options import JsonFlag
+
 site_app = typer.Typer(
     help="The site agent: connectors, local training, private releases.", no_args_is_help=True
 )
@@ -82,7 +84,7 @@ def keygen_cmd(
     force: bool = typer.Option(
         False, "--force", help="Overwrite an existing --out file (its old key is lost)."
     ),
-    as_json: bool = typer.Option(False, "--json"),
+    as_json: JsonFlag = False,
 ) -> None:
     """Print a fresh Ed25519 keypair (public key for the config, private key for the site)."""
     import os
@@ -111,7 +113,7 @@ def keygen_cmd(
 
 
 @site_app.command("connectors")
-def connectors_cmd(as_json: bool = typer.Option(False, "--json")) -> None:
+def connectors_cmd(as_json: JsonFlag = False) -> None:
     """List the connector types (built-ins and installed plugins)."""
     from fairfleet.connectors import available_connectors
 
