@@ -16,3 +16,8 @@ TopicTimeout = Annotated[
 ]
 FleetYaml = Annotated[Path, typer.Option("--config", help="The fleet YAML file.")]
 """``--config`` (required) of the commands that only read the fleet's names and topics."""
+
+
+def command_group(help: str) -> typer.Typer:
+    """A group of subcommands (``fairfleet <group> <command>``): without one, it prints its help."""
+    return typer.Typer(help=help, no_args_is_help=True)

@@ -7,11 +7,9 @@ from typing import Any
 
 import typer
 
-from fairfleet.cli._options import JsonFlag
+from fairfleet.cli._options import JsonFlag, command_group
 
-accountant_app = typer.Typer(
-    help="The privacy accountant (the ledger of every site's budget).", no_args_is_help=True
-)
+accountant_app = command_group("The privacy accountant (the ledger of every site's budget).")
 
 BOOTSTRAP = typer.Option(..., "--bootstrap", help="Kafka bootstrap host:port.")
 POLICY = typer.Option(..., "--policy", help="Policy file or fleet config (YAML).")

@@ -8,12 +8,11 @@ from typing import Annotated
 
 import typer
 
-from fairfleet.cli._options import JsonFlag
+from fairfleet.cli._options import JsonFlag, command_group
 
-broker_app = typer.Typer(
-    help="Run a real local Kafka broker (KRaft) from Maven jars. Its data is kept across "
-    "stop/start and crashes; only `reset` deletes it.",
-    no_args_is_help=True,
+broker_app = command_group(
+    "Run a real local Kafka broker (KRaft) from Maven jars. Its data is kept across "
+    "stop/start and crashes; only `reset` deletes it."
 )
 
 StateDir = Annotated[

@@ -33,12 +33,12 @@ from fairfleet.cli._deploy_checks import (
     scrub_report,
     secret_values,
 )
-from fairfleet.cli._options import JsonObject
+from fairfleet.cli._options import JsonObject, command_group
 from fairfleet.cli._security_checks import check_security, check_service_identities
 
 __all__ = ["CheckReport", "check_file", "check_mapping"]
 
-config_app = typer.Typer(help="Validate the fleet configuration.", no_args_is_help=True)
+config_app = command_group("Validate the fleet configuration.")
 
 
 def _loc(parts: Iterable[Any]) -> str:

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import typer
 
-from fairfleet.cli._options import TopicTimeout
+from fairfleet.cli._options import TopicTimeout, command_group
 
-model_app = typer.Typer(help="Models a fleet has released.", no_args_is_help=True)
+model_app = command_group("Models a fleet has released.")
 
 
 @model_app.command("export")

@@ -20,11 +20,10 @@ from typing import Any
 
 import typer
 
+from fairfleet.cli._options import command_group
 from fairfleet.errors import ConfigError, UnsupportedEventError
 
-privacy_app = typer.Typer(
-    help="Privacy calculator: ε of a plan, or the noise for a target ε.", no_args_is_help=True
-)
+privacy_app = command_group("Privacy calculator: ε of a plan, or the noise for a target ε.")
 
 DELTA = typer.Option(..., "--delta", help="Target δ.")
 ACCOUNTANT = typer.Option("rdp", "--accountant", help="rdp (opacus-compatible) or pld (tighter).")

@@ -7,11 +7,9 @@ from pathlib import Path
 
 import typer
 
-from fairfleet.cli._options import JsonFlag
+from fairfleet.cli._options import JsonFlag, command_group
 
-site_app = typer.Typer(
-    help="The site agent: connectors, local training, private releases.", no_args_is_help=True
-)
+site_app = command_group("The site agent: connectors, local training, private releases.")
 
 
 @site_app.command("run")

@@ -6,9 +6,9 @@ import json
 
 import typer
 
-from fairfleet.cli._options import FleetYaml, JsonFlag
+from fairfleet.cli._options import FleetYaml, JsonFlag, command_group
 
-topics_app = typer.Typer(help="Kafka topics of the fleet.", no_args_is_help=True)
+topics_app = command_group("Kafka topics of the fleet.")
 
 
 @topics_app.command("create")
