@@ -34,6 +34,7 @@ from fairfleet.accountant.store import LedgerStore, Row, Wasted
 from fairfleet.bus import Bus, Envelope, Publisher, Reader, Topics, dead_letter_for
 from fairfleet.bus.limits import DEFAULT_LIMITS, InputLimits
 from fairfleet.bus.messaging import SignFn, VerifyFn
+from fairfleet.bus.topics import DEFAULT_PREFIX
 from fairfleet.bus.waiting import BrokerWatch
 from fairfleet.errors import BusError, FairfleetError
 from fairfleet.log import event
@@ -57,7 +58,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class AccountantOptions:
-    prefix: str = "fairfleet."
+    prefix: str = DEFAULT_PREFIX
     group_id: str | None = (
         None  # default: "<prefix>accountant-<database instance id>" (ACLs: docs/security.md)
     )
@@ -504,7 +505,7 @@ def rebuild(
     bus: Bus,
     db: str | Path,
     policies: PolicySet,
-    prefix: str = "fairfleet.",
+    prefix: str = DEFAULT_PREFIX,
     idle_s: float = 3.0,
     verifier: VerifyFn | None = None,
 ) -> AccountantService:

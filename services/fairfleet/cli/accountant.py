@@ -7,13 +7,14 @@ from typing import Any
 
 import typer
 
+from fairfleet.bus.topics import DEFAULT_PREFIX
 from fairfleet.cli._options import JsonFlag, command_group
 
 accountant_app = command_group("The privacy accountant (the ledger of every site's budget).")
 
 BOOTSTRAP = typer.Option(..., "--bootstrap", help="Kafka bootstrap host:port.")
 POLICY = typer.Option(..., "--policy", help="Policy file or fleet config (YAML).")
-PREFIX = typer.Option("fairfleet.", "--prefix", help="Topic name prefix.")
+PREFIX = typer.Option(DEFAULT_PREFIX, "--prefix", help="Topic name prefix.")
 
 
 @accountant_app.command("run")
