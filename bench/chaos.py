@@ -495,7 +495,7 @@ class Soak:
         from fairfleet.accountant.policies import load_policies
         from fairfleet.accountant.service import rebuild
         from fairfleet.aggregator.checkpoint import read_checkpoint
-        from fairfleet.bus import connect, topic_name
+        from fairfleet.bus import Topics, connect
         from fairfleet.config import load_config
         from fairfleet.messages import (
             DeadLetter,
@@ -517,7 +517,7 @@ class Soak:
         for svc in self.fleet.services:
             if svc.kind in ("site", "aggregator") and svc.process is not None:
                 svc.wait_or_kill(time.monotonic() + 15.0)
-        events = read_topic(bus, topic_name("privacy.events", prefix))
+        events = read_topic(bus, Topics(prefix).topic("privacy.events"))
         self._wait_applied(cfg, events)
         self.fleet.stop(grace_s=15.0)
         live = ledger_rows(cfg.resolve_path(cfg.accountant.db))
@@ -570,16 +570,16 @@ class Soak:
         # rounds, stalls and lost updates from the checkpoints, rounds, updates and dead letters
         updates = [
             e.message
-            for e in read_topic(bus, topic_name("updates", prefix))
+            for e in read_topic(bus, Topics(prefix).topic("updates"))
             if isinstance(e.message, SiteUpdate)
         ]
         dead = {
             (m.site, m.model_id, m.round)
-            for e in read_topic(bus, topic_name("deadletter", prefix))
+            for e in read_topic(bus, Topics(prefix).topic("deadletter"))
             if isinstance(m := e.message, DeadLetter) and m.original_type == "update"
         }
         first_open: dict[str, float] = {}
-        for env in read_topic(bus, topic_name("rounds", prefix)):
+        for env in read_topic(bus, Topics(prefix).topic("rounds")):
             m = env.message
             if isinstance(m, RoundAnnouncement):
                 first_open[m.model_id] = min(first_open.get(m.model_id, m.opened_at), m.opened_at)
@@ -591,7 +591,9 @@ class Soak:
         lost: list[str] = []
         end = self.ended_at if ended_by != "finished" else None  # not the shutdown after it
         for model_id in MODELS:
-            ckpt = read_checkpoint(bus, topic_name("checkpoints", prefix), model_id, timeout_s=60.0)
+            ckpt = read_checkpoint(
+                bus, Topics(prefix).topic("checkpoints"), model_id, timeout_s=60.0
+            )
             history = list(ckpt.history) if ckpt is not None else []
             closed = {h["round"]: h for h in history if not h.get("voided")}
             times = [first_open.get(model_id, self.started_at), *(h["closed_at"] for h in history)]

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import yaml
 
-from fairfleet.bus import Bus, Publisher, Reader, connect, default_topics
+from fairfleet.bus import Bus, Publisher, Reader, Topics, connect
 from fairfleet.bus.transactions import Transaction, run_transaction
 from fairfleet.config import FleetConfig, parse_config
 from fairfleet.learning.tensors import sha256_hex, to_safetensors_bytes
@@ -208,7 +208,7 @@ def wait_announcement(
 ) -> RoundAnnouncement:
     # (idempotent) so it can subscribe before the aggregator; with the fleet's partition count,
     # since whoever creates the topics first decides it (with 1, a second worker has nothing)
-    bus.create_topics(default_topics(prefix, partitions))
+    bus.create_topics(Topics(prefix).specs(partitions))
     reader = Reader(bus.consumer(f"loadgen-{uuid.uuid4().hex[:8]}", [f"{prefix}rounds"]), "loadgen")
     try:
         deadline = time.monotonic() + timeout

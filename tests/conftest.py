@@ -40,7 +40,7 @@ def topic_prefix() -> str:
 @pytest.fixture
 def kafka_topics(kafka_bootstrap: str, topic_prefix: str) -> str:
     """Creates the fleet's default topics under a fresh prefix on the real broker; returns it."""
-    from fairfleet.bus import connect, default_topics
+    from fairfleet.bus import Topics, connect
 
-    connect(kafka_bootstrap).create_topics(default_topics(topic_prefix))
+    connect(kafka_bootstrap).create_topics(Topics(topic_prefix).specs())
     return topic_prefix

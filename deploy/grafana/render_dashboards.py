@@ -563,7 +563,7 @@ def live_fleet(rounds: int, keep: Path | None = None) -> Iterator[tuple[str, flo
     import httpx
     import yaml
 
-    from fairfleet.bus import connect, default_topics
+    from fairfleet.bus import Topics, connect
     from fairfleet.config import load_config
     from fairfleet.launcher import launch
 
@@ -586,7 +586,7 @@ def live_fleet(rounds: int, keep: Path | None = None) -> Iterator[tuple[str, flo
         prefix = f"render{uuid.uuid4().hex[:8]}."
         config = _live_config(folder, prefix)
         connect(f"kafka://{bootstrap}").create_topics(
-            default_topics(prefix, load_config(config).kafka.partitions)
+            Topics(prefix).specs(load_config(config).kafka.partitions)
         )
         started = time.time()
         fleet = launch(

@@ -20,7 +20,7 @@ resource; the broker's authorizer denies everything else. Per principal:
   ``<prefix>aggregator.<model id>.combiner`` and the workers' transactional ids ``….worker-<i>``.
 
 Topics are named literally (a prefix could cover another fleet's topics). Groups and
-transactional ids are the names of fairfleet.bus.topics; a PREFIXED rule is used only for
+transactional ids are the names of fairfleet.bus.topics.Topics; a PREFIXED rule is used only for
 throw-away groups, and :func:`fleet_acls` refuses a config in which one principal's prefix would
 cover a group or transactional id of another. Kafka authorizes per topic, not per record: a site
 allowed to write ``privacy.requests`` can write a record naming another site; the signatures
@@ -33,22 +33,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Literal
 
-from fairfleet.bus.topics import (
-    CHECKPOINT_RESTORE_GROUP,
-    LEDGER_GATE_GROUP,
-    LOGICAL_TOPICS,
-    PARTIALS_RESTORE_GROUP,
-    SITE_GROUPS,
-    SITE_STATS_GROUP,
-    accountant_group_prefix,
-    aggregator_client_id,
-    aggregator_combiner_group,
-    aggregator_worker_id,
-    site_client_id,
-    site_group,
-    site_resolve_group_prefix,
-    topic_name,
-)
+from fairfleet.bus.topics import LOGICAL_TOPICS, SITE_GROUPS, SITE_STATS_GROUP, Topics
 from fairfleet.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -146,51 +131,48 @@ def _check_principals(roles: dict[str, str]) -> None:
 
 
 def _topic_rules(
-    role: str, principal: str, prefix: str, operation: Operation, logical: Sequence[str]
+    role: str, principal: str, names: Topics, operation: Operation, logical: Sequence[str]
 ) -> list[AclRule]:
     return [
-        AclRule(principal, "TOPIC", "LITERAL", topic_name(t, prefix), operation, role)
-        for t in logical
+        AclRule(principal, "TOPIC", "LITERAL", names.topic(t), operation, role) for t in logical
     ]
 
 
 def _site_rules(
-    role: str, principal: str, prefix: str, site_id: str, scales: bool = False
+    role: str, principal: str, names: Topics, site_id: str, scales: bool = False
 ) -> list[AclRule]:
     purposes = (*SITE_GROUPS, SITE_STATS_GROUP) if scales else SITE_GROUPS
     reads = (*SITE_READS, *SITE_SCALES_READS) if scales else SITE_READS
     groups = [
-        AclRule(principal, "GROUP", "LITERAL", site_group(prefix, site_id, g), "READ", role)
+        AclRule(principal, "GROUP", "LITERAL", names.site_group(site_id, g), "READ", role)
         for g in purposes
     ]
     groups.append(
-        AclRule(
-            principal, "GROUP", "PREFIXED", site_resolve_group_prefix(prefix, site_id), "READ", role
-        )
+        AclRule(principal, "GROUP", "PREFIXED", names.site_resolve_group(site_id), "READ", role)
     )
     return [
-        *_topic_rules(role, principal, prefix, "WRITE", SITE_WRITES),
-        *_topic_rules(role, principal, prefix, "READ", reads),
+        *_topic_rules(role, principal, names, "WRITE", SITE_WRITES),
+        *_topic_rules(role, principal, names, "READ", reads),
         *groups,
         AclRule(
-            principal, "TRANSACTIONAL_ID", "LITERAL", site_client_id(prefix, site_id), "WRITE", role
+            principal, "TRANSACTIONAL_ID", "LITERAL", names.site_client_id(site_id), "WRITE", role
         ),
     ]
 
 
-def _accountant_rules(principal: str, prefix: str) -> list[AclRule]:
+def _accountant_rules(principal: str, names: Topics) -> list[AclRule]:
     role = "accountant"
     return [
-        *_topic_rules(role, principal, prefix, "WRITE", ACCOUNTANT_WRITES),
-        *_topic_rules(role, principal, prefix, "READ", ACCOUNTANT_READS),
-        AclRule(principal, "GROUP", "PREFIXED", accountant_group_prefix(prefix), "READ", role),
+        *_topic_rules(role, principal, names, "WRITE", ACCOUNTANT_WRITES),
+        *_topic_rules(role, principal, names, "READ", ACCOUNTANT_READS),
+        AclRule(principal, "GROUP", "PREFIXED", names.accountant_group, "READ", role),
     ]
 
 
 def _aggregator_rules(
-    role: str, principal: str, prefix: str, model_id: str, workers: int = 1
+    role: str, principal: str, names: Topics, model_id: str, workers: int = 1
 ) -> list[AclRule]:
-    client = aggregator_client_id(prefix, model_id)
+    client = names.aggregator_client_id(model_id)
     worker_rules = (
         []
         if workers <= 1
@@ -199,19 +181,24 @@ def _aggregator_rules(
                 principal,
                 "GROUP",
                 "LITERAL",
-                aggregator_combiner_group(prefix, model_id),
+                names.aggregator_combiner_group(model_id),
                 "READ",
                 role,
             ),
             AclRule(
-                principal, "GROUP", "PREFIXED", f"{prefix}{PARTIALS_RESTORE_GROUP}", "READ", role
+                principal,
+                "GROUP",
+                "PREFIXED",
+                names.throwaway_group("partials-restore"),
+                "READ",
+                role,
             ),
             *(
                 AclRule(
                     principal,
                     "TRANSACTIONAL_ID",
                     "LITERAL",
-                    aggregator_worker_id(prefix, model_id, i),
+                    names.aggregator_worker_id(model_id, i),
                     "WRITE",
                     role,
                 )
@@ -221,14 +208,19 @@ def _aggregator_rules(
     )
     return [
         *worker_rules,
-        *_topic_rules(role, principal, prefix, "WRITE", AGGREGATOR_WRITES),
-        *_topic_rules(role, principal, prefix, "READ", AGGREGATOR_READS),
-        *_topic_rules(role, principal, prefix, "DESCRIBE", AGGREGATOR_DESCRIBES),
+        *_topic_rules(role, principal, names, "WRITE", AGGREGATOR_WRITES),
+        *_topic_rules(role, principal, names, "READ", AGGREGATOR_READS),
+        *_topic_rules(role, principal, names, "DESCRIBE", AGGREGATOR_DESCRIBES),
         AclRule(principal, "GROUP", "LITERAL", client, "READ", role),
         AclRule(
-            principal, "GROUP", "PREFIXED", f"{prefix}{CHECKPOINT_RESTORE_GROUP}", "READ", role
+            principal,
+            "GROUP",
+            "PREFIXED",
+            names.throwaway_group("checkpoint-restore"),
+            "READ",
+            role,
         ),
-        AclRule(principal, "GROUP", "PREFIXED", f"{prefix}{LEDGER_GATE_GROUP}", "READ", role),
+        AclRule(principal, "GROUP", "PREFIXED", names.throwaway_group("ledger-gate"), "READ", role),
         AclRule(principal, "TRANSACTIONAL_ID", "LITERAL", client, "WRITE", role),
     ]
 
@@ -257,17 +249,17 @@ def fleet_acls(config: FleetConfig) -> list[AclRule]:
     be told apart share a principal, or a prefixed grant would reach another principal's names."""
     roles = principals(config)
     _check_principals(roles)
-    prefix = config.kafka.topic_prefix
+    names = Topics(config.kafka.topic_prefix)
     rules: set[AclRule] = set()
     for site in config.sites:
         role = f"site:{site.id}"
         rules.update(
-            _site_rules(role, roles[role], prefix, site.id, config.features.fleet is not None)
+            _site_rules(role, roles[role], names, site.id, config.features.fleet is not None)
         )
-    rules.update(_accountant_rules(roles["accountant"], prefix))
+    rules.update(_accountant_rules(roles["accountant"], names))
     for model in config.models:
         role = f"aggregator:{model.id}"
-        rules.update(_aggregator_rules(role, roles[role], prefix, model.id, model.workers))
+        rules.update(_aggregator_rules(role, roles[role], names, model.id, model.workers))
     ordered = sorted(rules)
     clash = overlaps(ordered)
     if clash:

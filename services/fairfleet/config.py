@@ -29,6 +29,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from fairfleet.bus.limits import InputLimits
+from fairfleet.bus.topics import DEFAULT_PREFIX
 from fairfleet.errors import ConfigError
 from fairfleet.messages import LocalTrainingPlan, ModelSpec, PrivacyPlan
 from fairfleet.privacy.policy import DEFAULT_POLICY, Policies, PolicyMatch, PolicySet
@@ -77,7 +78,7 @@ class KafkaConfig(_Strict):
     ssl_ca_location: str | None = None
     ssl_certificate_location: str | None = None
     ssl_key_location: str | None = None
-    topic_prefix: str = "fairfleet."
+    topic_prefix: str = DEFAULT_PREFIX
     partitions: Annotated[int, Field(ge=1)] = 3
     chunk_bytes: Annotated[int, Field(ge=1024, le=16 * 1024 * 1024)] = 8 * 1024 * 1024
     # bounds on consumed records (fairfleet.bus.limits; docs/configuration.md)

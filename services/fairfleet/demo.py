@@ -164,7 +164,7 @@ def read_models(
     """Every (version, round, model spec, state dict) of ``model_id`` on the ``models`` topic."""
     import uuid
 
-    from fairfleet.bus import Reader, connect, topic_name
+    from fairfleet.bus import Reader, Topics, connect
     from fairfleet.config import load_config
     from fairfleet.learning.tensors import from_safetensors_bytes
     from fairfleet.messages import ModelRelease
@@ -173,7 +173,7 @@ def read_models(
     bus = connect(cfg.bus_url(), cfg.kafka.client_config())
     consumer = bus.consumer(
         f"demo-reader-{uuid.uuid4().hex[:8]}",
-        [topic_name("models", cfg.kafka.topic_prefix)],
+        [Topics(cfg.kafka.topic_prefix).topic("models")],
         from_beginning=True,
     )
     reader = Reader(consumer, "demo")

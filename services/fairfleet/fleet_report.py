@@ -184,7 +184,7 @@ def build_report(
     """The report's JSON document (see the module docstring); raises ConfigError/BusError with
     what is missing (broker unreachable, no checkpoint yet, unknown model)."""
     from fairfleet.aggregator.checkpoint import read_checkpoint
-    from fairfleet.bus import connect, topic_name
+    from fairfleet.bus import Topics, connect
     from fairfleet.releases import scan_model
     from fairfleet.signing import aggregator_public_keys
 
@@ -196,7 +196,7 @@ def build_report(
         reason = bus.unreachable(min(10.0, timeout_s))
         if reason is not None:
             raise BusError(f"Kafka at {config.kafka.bootstrap} is unreachable: {reason}")
-        topic = topic_name("checkpoints", config.kafka.topic_prefix)
+        topic = Topics(config.kafka.topic_prefix).topic("checkpoints")
         try:
             bus.topic_config(topic)
         except BusError as exc:

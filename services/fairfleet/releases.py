@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fairfleet.bus.topics import Topics
 from fairfleet.config import FleetConfig
 from fairfleet.errors import ConfigError
 from fairfleet.messages import ModelRelease, SiteStatistics
@@ -42,10 +43,11 @@ def _scan(
 ) -> None:
     """Feed every message of the ``logical`` topics (from the beginning) to ``keep`` until
     caught up with their end (one consumer in a fresh group that never commits)."""
-    from fairfleet.bus import Reader, connect, topic_name
+    from fairfleet.bus import Reader, connect
 
     bus = connect(config.bus_url(), config.kafka.client_config())
-    names = [topic_name(t, config.kafka.topic_prefix) for t in logical]
+    fleet = Topics(config.kafka.topic_prefix)
+    names = [fleet.topic(t) for t in logical]
     consumer = bus.consumer(f"fairfleet-export-{uuid.uuid4().hex}", names)
     reader = Reader(consumer, "export", limits=config.kafka.input_limits())
     deadline = time.monotonic() + timeout_s
@@ -103,7 +105,7 @@ def latest_release(scanned: Scanned, config: FleetConfig, model_id: str) -> Late
 
     if not scanned.releases:
         raise ConfigError(
-            f"No release of model '{model_id}' on '{config.kafka.topic_prefix}models' at "
+            f"No release of model '{model_id}' on '{Topics(config.kafka.topic_prefix).topic('models')}' at "
             f"{config.kafka.bootstrap} (has its aggregator run?)."
         )
     latest = scanned.releases[max(scanned.releases)]

@@ -17,9 +17,9 @@ def create_fleet_topics(cfg: FleetConfig, wait_s: float = 60.0) -> list[str]:
     Existing topics are kept as they are (idempotent). The broker may still be starting, so
     failures are retried until ``wait_s`` seconds have passed, then raise :class:`BusError`.
     """
-    from fairfleet.bus import connect, default_topics
+    from fairfleet.bus import Topics, connect
 
-    specs = default_topics(cfg.kafka.topic_prefix, cfg.kafka.partitions)
+    specs = Topics(cfg.kafka.topic_prefix).specs(cfg.kafka.partitions)
     deadline = time.monotonic() + wait_s
     attempt = 0
     while True:

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from fairfleet.bus import Bus, Consumer, Reader, Record, connect, default_topics
+from fairfleet.bus import Bus, Consumer, Reader, Record, Topics, connect
 from fairfleet.bus.topics import TopicSpec
 from fairfleet.messages import ModelRelease, ModelSpec
 
@@ -116,7 +116,7 @@ def test_aborted_transaction_is_invisible_and_committed_one_carries_offsets(bus:
 
 def test_topics_are_created_with_explicit_configs(bus: Bus) -> None:
     prefix = f"p{uuid.uuid4().hex[:6]}."
-    specs = default_topics(prefix)
+    specs = Topics(prefix).specs()
     bus.create_topics(specs)
     bus.create_topics(specs)  # idempotent
     models = bus.topic_config(f"{prefix}models")

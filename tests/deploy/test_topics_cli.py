@@ -9,7 +9,7 @@ import pytest
 from deploykit import EXAMPLE
 from typer.testing import CliRunner
 
-from fairfleet.bus import default_topics
+from fairfleet.bus import Topics
 from fairfleet.cli import app
 
 pytestmark = pytest.mark.kafka
@@ -24,7 +24,7 @@ def test_creates_every_topic_idempotently(kafka_bootstrap: str) -> None:
     first = CliRunner().invoke(app, args, env=env)
     assert first.exit_code == 0, first.output
     out = json.loads(first.stdout)
-    expected = [t.name for t in default_topics(prefix, 3)]
+    expected = [t.name for t in Topics(prefix).specs(3)]
     assert out == {"bootstrap": kafka_bootstrap, "topics": expected}
     existing = AdminClient({"bootstrap.servers": kafka_bootstrap}).list_topics(timeout=10).topics
     assert set(expected) <= set(existing)

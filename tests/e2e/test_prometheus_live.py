@@ -190,16 +190,14 @@ def _prometheus(tmp_path: Path, fleet: Any) -> Iterator[PromAPI]:
 
 @pytest.fixture
 def live(tmp_path: Path, kafka_bootstrap: str) -> Iterator[tuple[Any, PromAPI, Any]]:
-    from fairfleet.bus import connect, default_topics
+    from fairfleet.bus import Topics, connect
     from fairfleet.config import load_config
     from fairfleet.launcher import launch
 
     prefix = f"live{uuid.uuid4().hex[:8]}."
     config = _fleet_config(tmp_path, prefix)
     cfg = load_config(config)
-    connect(f"kafka://{kafka_bootstrap}").create_topics(
-        default_topics(prefix, cfg.kafka.partitions)
-    )
+    connect(f"kafka://{kafka_bootstrap}").create_topics(Topics(prefix).specs(cfg.kafka.partitions))
     env = {"FAIRFLEET_KAFKA__BOOTSTRAP": kafka_bootstrap}
     fleet = launch(
         config, log_dir=tmp_path / "logs", env=env, extra_args={"aggregator": ["--keep-running"]}

@@ -20,7 +20,7 @@ import yaml
 from fairfleet.accountant.intake import record_of
 from fairfleet.accountant.service import AccountantOptions, AccountantService, rebuild
 from fairfleet.accountant.store import LedgerStore
-from fairfleet.bus import Publisher, Reader, connect, topic_name
+from fairfleet.bus import Publisher, Reader, Topics, connect
 from fairfleet.errors import BusError
 from fairfleet.messages import (
     PrivacyEventMessage,
@@ -83,9 +83,9 @@ def test_concurrent_reservations_from_two_models_never_exceed_the_policy(
     runner = threading.Thread(target=service.run, args=(stop,), daemon=True)
     runner.start()
     grants_reader = Reader(
-        bus.consumer(f"g-{uuid.uuid4().hex[:6]}", [topic_name("privacy.grants", prefix)]), "test"
+        bus.consumer(f"g-{uuid.uuid4().hex[:6]}", [Topics(prefix).topic("privacy.grants")]), "test"
     )
-    requests_topic = topic_name("privacy.requests", prefix)
+    requests_topic = Topics(prefix).topic("privacy.requests")
 
     def model(name: str) -> None:
         publisher = Publisher(bus.producer())
@@ -118,7 +118,7 @@ def test_concurrent_reservations_from_two_models_never_exceed_the_policy(
     for eid in granted:
         model_id = eid.split("-")[0]
         publisher.send(
-            topic_name("privacy.events", prefix),
+            Topics(prefix).topic("privacy.events"),
             PrivacyEventMessage(action="commit", **_fields(eid, model_id)),
             key="plant-1",
         )
@@ -191,7 +191,7 @@ def test_kill_9_mid_stream_then_restart_equals_a_replay_from_zero(
     kafka_bootstrap: str, kafka_topics: str, tmp_path: Path
 ) -> None:
     prefix = kafka_topics
-    events_topic = topic_name("privacy.events", prefix)
+    events_topic = Topics(prefix).topic("privacy.events")
     policy = tmp_path / "policy.yaml"
     policy.write_text(yaml.safe_dump({"default": {"epsilon_max": 1000.0, "delta": DELTA}}))
     policies = PolicySet(default=Policy(epsilon_max=1000.0, delta=DELTA))
@@ -259,7 +259,7 @@ def test_a_fresh_database_reads_from_zero_and_a_stale_one_fails_closed(
     publisher = Publisher(bus.producer())
     for n in range(5):
         msg = PrivacyEventMessage(action="commit", **_fields(f"e{n}", "m1", first=n, last=n))
-        publisher.send(topic_name("privacy.events", prefix), msg, key="plant-1")
+        publisher.send(Topics(prefix).topic("privacy.events"), msg, key="plant-1")
     publisher.producer.flush()
 
     def drain(service: AccountantService) -> None:
@@ -311,7 +311,7 @@ def test_operator_cancel_frees_a_stale_reservation(
     )
     publisher = Publisher(bus.producer())
     publisher.send(
-        topic_name("privacy.requests", prefix), PrivacyReservationRequest(**_fields("gone", "m1"))
+        Topics(prefix).topic("privacy.requests"), PrivacyReservationRequest(**_fields("gone", "m1"))
     )
     publisher.producer.flush()
     deadline = time.monotonic() + 60
@@ -361,7 +361,7 @@ def test_wasted_releases_from_the_aggregators_dead_letters(
     for n in range(3):
         fields = {**_fields(f"plant-1/m1/{n}", "m1", first=n, last=n), "round": n}
         publisher.send(
-            topic_name("privacy.events", prefix),
+            Topics(prefix).topic("privacy.events"),
             PrivacyEventMessage(action="commit", **fields),
             key="plant-1",
         )
@@ -375,7 +375,7 @@ def test_wasted_releases_from_the_aggregators_dead_letters(
         model_id="m1",
         round=1,
     )
-    publisher.send(topic_name("deadletter", prefix), late, key="plant-1")
+    publisher.send(Topics(prefix).topic("deadletter"), late, key="plant-1")
     publisher.producer.flush()
     service = AccountantService(
         bus, tmp_path / "w.sqlite", policies, AccountantOptions(prefix=prefix, metrics_port=None)

@@ -33,7 +33,7 @@ from aggregator_testkit import (
 )
 
 from fairfleet.aggregator import CRASH_ENV, Aggregator, AggregatorOptions, read_checkpoint
-from fairfleet.bus import Bus, Publisher, connect, default_topics
+from fairfleet.bus import Bus, Publisher, Topics, connect
 
 pytestmark = pytest.mark.kafka
 
@@ -97,7 +97,7 @@ def drive(
     bus: Bus, prefix: str, keys: dict[str, str], on_round: object = None, restart: object = None
 ) -> bytes:
     """Act as the six sites for ROUNDS rounds; returns the final model's payload."""
-    bus.create_topics(default_topics(prefix))
+    bus.create_topics(Topics(prefix).specs())
     watcher, sites = Watcher(bus, prefix), make_sites()
     pub = Publisher(bus.producer())
     try:

@@ -16,7 +16,7 @@ import pytest
 from aggregator_testkit import MODEL, Watcher, fleet_config, make_sites, publish, site_update
 
 from fairfleet.aggregator import Aggregator, AggregatorOptions
-from fairfleet.bus import Publisher, Reader, connect, default_topics
+from fairfleet.bus import Publisher, Reader, Topics, connect
 from fairfleet.messages import DeadLetter
 
 pytestmark = pytest.mark.kafka
@@ -26,7 +26,7 @@ def test_update_after_the_last_round_is_dead_lettered_late(kafka_bootstrap: str)
     prefix = f"t{uuid.uuid4().hex[:8]}."
     cfg, keys = fleet_config(kafka_bootstrap, prefix, rounds=1)
     bus = connect(kafka_bootstrap)
-    bus.create_topics(default_topics(prefix))
+    bus.create_topics(Topics(prefix).specs())
     agg = Aggregator(cfg, MODEL, bus=bus, options=AggregatorOptions(poll_timeout_s=0.02))
     thread = threading.Thread(target=agg.run, daemon=True)  # stops by itself once finished
     thread.start()

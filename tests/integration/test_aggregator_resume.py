@@ -12,7 +12,7 @@ import pytest
 from aggregator_testkit import MODEL, SITES, Watcher, fleet_config, make_sites, publish, site_update
 
 from fairfleet.aggregator import Aggregator, AggregatorOptions
-from fairfleet.bus import Publisher, connect, default_topics
+from fairfleet.bus import Publisher, Topics, connect
 from fairfleet.config import FleetConfig, parse_config
 
 pytestmark = pytest.mark.kafka
@@ -37,7 +37,7 @@ def test_raised_rounds_continue_a_finished_model_from_its_checkpoint(kafka_boots
     prefix = f"t{uuid.uuid4().hex[:8]}."
     cfg, keys = fleet_config(kafka_bootstrap, prefix, rounds=1, quorum=1, sites=ONE_SITE)
     bus = connect(kafka_bootstrap)
-    bus.create_topics(default_topics(prefix))
+    bus.create_topics(Topics(prefix).specs())
     publisher = Publisher(bus.producer())
     watcher = Watcher(bus, prefix)
     (site,) = make_sites(ONE_SITE)
@@ -113,7 +113,7 @@ def test_a_restarted_aggregator_shows_the_last_rounds_fairness_gauges_at_once(
         sites=two,
     )
     bus = connect(kafka_bootstrap)
-    bus.create_topics(default_topics(prefix))
+    bus.create_topics(Topics(prefix).specs())
     publisher = Publisher(bus.producer())
     watcher = Watcher(bus, prefix)
     options = AggregatorOptions(restore_timeout_s=10.0)

@@ -27,7 +27,7 @@ from aggregator_testkit import (
 )
 
 from fairfleet.aggregator import Aggregator, AggregatorOptions
-from fairfleet.bus import Publisher, Reader, connect, default_topics
+from fairfleet.bus import Publisher, Reader, Topics, connect
 from fairfleet.bus.codec import MAGIC, headers_for
 from fairfleet.fairness import NoisyStat, SiteUpdate, build_strategy
 from fairfleet.learning.tensors import flatten, from_safetensors_bytes, to_safetensors_bytes
@@ -82,7 +82,7 @@ def test_each_reason_is_dead_lettered_and_never_changes_the_model(
         kafka_bootstrap, prefix, strategy="gap", rounds=2, gamma=GAMMA, sites=fleet
     )
     bus = connect(kafka_bootstrap)
-    bus.create_topics(default_topics(prefix))
+    bus.create_topics(Topics(prefix).specs())
     agg = Aggregator(
         cfg,
         MODEL,

@@ -40,7 +40,7 @@ from aggregator_testkit import (
 
 from fairfleet.aggregator import CRASH_ENV, Aggregator, AggregatorOptions, read_checkpoint
 from fairfleet.aggregator.worker import AggregatorWorker
-from fairfleet.bus import Bus, Publisher, connect, default_topics
+from fairfleet.bus import Bus, Publisher, Topics, connect
 from fairfleet.config import FleetConfig
 
 pytestmark = pytest.mark.kafka
@@ -99,7 +99,7 @@ def run(
         bootstrap, prefix, strategy=strategy, strategy_params=params, rounds=ROUNDS, workers=workers
     )
     bus = connect(bootstrap)
-    bus.create_topics(default_topics(prefix, cfg.kafka.partitions))
+    bus.create_topics(Topics(prefix).specs(cfg.kafka.partitions))
     fleet = Fleet(bus, cfg)
     if workers > 1 and hook is None:
         for i in range(workers):
@@ -246,7 +246,7 @@ def test_kill9_of_worker_processes_mid_round_gives_the_one_worker_model(
     )
     config = write_config(cfg, tmp_path / "fleet.yaml")
     bus = connect(kafka_bootstrap)
-    bus.create_topics(default_topics(prefix, cfg.kafka.partitions))
+    bus.create_topics(Topics(prefix).specs(cfg.kafka.partitions))
     procs: dict[str, subprocess.Popen[bytes]] = {}
     starts: dict[str, int] = {}
 
@@ -345,7 +345,7 @@ def test_going_from_one_process_to_two_workers_resumes_at_the_last_closed_round(
         }
     )
     bus = connect(kafka_bootstrap)
-    bus.create_topics(default_topics(prefix, cfg.kafka.partitions))
+    bus.create_topics(Topics(prefix).specs(cfg.kafka.partitions))
     watcher, sites, pub = Watcher(bus, prefix), make_sites(), Publisher(bus.producer())
     fleet = Fleet(bus, cfg)
     try:

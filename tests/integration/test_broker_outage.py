@@ -177,9 +177,9 @@ def test_healthz_is_unhealthy_while_the_broker_is_down_and_healthy_after(
     prefix = f"h{uuid.uuid4().hex[:6]}."
     policy = tmp_path / "policy.yaml"
     policy.write_text(yaml.safe_dump({"policies": {"defaults": {"epsilon_max": 5.0}}}))
-    from fairfleet.bus import default_topics
+    from fairfleet.bus import Topics
 
-    connect(info.bootstrap).create_topics(default_topics(prefix))
+    connect(info.bootstrap).create_topics(Topics(prefix).specs())
     service = AccountantService(
         connect(info.bootstrap),
         tmp_path / "ledger.sqlite",

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from fairfleet import broker
-from fairfleet.bus import connect, default_topics
+from fairfleet.bus import Topics, connect
 from fairfleet.bus.kafka import KafkaBus
 from fairfleet.errors import BrokerError
 
@@ -49,7 +49,7 @@ def test_kill_9_then_start_keeps_cluster_topics_and_records(tmp_path: Path) -> N
     info = broker.start(state)
     try:
         bus = connect(info.bootstrap)
-        bus.create_topics(default_topics("keep."))
+        bus.create_topics(Topics("keep.").specs())
         producer = bus.producer()
         producer.publish("keep.privacy.events", b"charged-forever", key="site-1").wait(30)
         producer.flush()

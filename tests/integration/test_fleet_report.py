@@ -24,7 +24,7 @@ from site_agent_testkit import fleet_dict, model_entry, site_entry
 
 from fairfleet.aggregator import Aggregator, AggregatorOptions
 from fairfleet.aggregator.checkpoint import read_checkpoint
-from fairfleet.bus import connect, topic_name
+from fairfleet.bus import Topics, connect
 from fairfleet.config import parse_config
 from fairfleet.fairness.gap import GapConstrained
 from fairfleet.signing import aggregator_public_keys
@@ -146,7 +146,7 @@ def test_report_numbers_are_the_aggregators_and_the_ledgers(
     # the rounds and λ the aggregator committed (read back as it restores them)
     ckpt = read_checkpoint(
         connect(kafka_bootstrap),
-        topic_name("checkpoints", prefix),
+        Topics(prefix).topic("checkpoints"),
         MODEL,
         public_keys=aggregator_public_keys(config, MODEL),
     )

@@ -14,7 +14,7 @@ from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 
 from fairfleet import broker
-from fairfleet.bus import Publisher, Reader, connect, default_topics, topic_name
+from fairfleet.bus import Publisher, Reader, Topics, connect
 from fairfleet.config import KafkaConfig
 from fairfleet.learning.tensors import from_safetensors_bytes, to_safetensors_bytes
 from fairfleet.messages import ModelRelease, ModelSpec
@@ -49,7 +49,7 @@ def test_typed_message_with_tensor_round_trips_over_scram(sasl_broker: broker.Br
     cfg = _config(sasl_broker.bootstrap, PASSWORD)
     prefix = f"t{uuid.uuid4().hex[:10]}."
     bus = connect(cfg.bootstrap, cfg.client_config())
-    bus.create_topics(default_topics(prefix))
+    bus.create_topics(Topics(prefix).specs())
     state = {"w": torch.randn(64, 32, generator=torch.Generator().manual_seed(0))}
     payload = to_safetensors_bytes(state)
     msg = ModelRelease(
@@ -60,7 +60,7 @@ def test_typed_message_with_tensor_round_trips_over_scram(sasl_broker: broker.Br
         payload_sha256=hashlib.sha256(payload).hexdigest(),
         payload_bytes=len(payload),
     )
-    topic = topic_name("models", prefix)
+    topic = Topics(prefix).topic("models")
     producer = bus.producer()
     Publisher(producer).send(topic, msg, payload, key="m")
     producer.flush(30)

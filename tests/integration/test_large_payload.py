@@ -9,7 +9,7 @@ import uuid
 import pytest
 import torch
 
-from fairfleet.bus import Publisher, Reader, connect, topic_name
+from fairfleet.bus import Publisher, Reader, Topics, connect
 from fairfleet.learning.tensors import from_safetensors_bytes, to_safetensors_bytes
 from fairfleet.messages import ModelRelease, ModelSpec
 
@@ -30,7 +30,7 @@ def test_100mb_model_round_trips_through_kafka(kafka_bootstrap: str, kafka_topic
         payload_bytes=len(payload),
     )
     bus = connect(kafka_bootstrap)
-    topic = topic_name("models", kafka_topics)
+    topic = Topics(kafka_topics).topic("models")
     producer = bus.producer()
     deliveries = Publisher(producer).send(topic, msg, payload, key="big")
     assert len(deliveries) > 1  # it really was chunked

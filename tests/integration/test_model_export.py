@@ -10,7 +10,7 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from fairfleet.bus import Publisher, connect, topic_name
+from fairfleet.bus import Publisher, Topics, connect
 from fairfleet.learning.models import build_model
 from fairfleet.learning.tensors import sha256_hex, to_safetensors_bytes
 from fairfleet.learning.train import evaluate
@@ -55,7 +55,7 @@ def test_export_writes_the_latest_release_that_reproduces_its_loss(
             payload_sha256=sha256_hex(payload),
             payload_bytes=len(payload),
         )
-        publisher.send_sync(topic_name("models", prefix), release, payload, key="risk")
+        publisher.send_sync(Topics(prefix).topic("models"), release, payload, key="risk")
     for site, value in (("a-0", 0.5), ("a-1", 0.7), ("b-0", 1.4), ("b-0", 9.0)):
         version = 1 if value == 9.0 else 2  # a loss of another version is not this one's quality
         stats = SiteStatistics(
@@ -66,7 +66,7 @@ def test_export_writes_the_latest_release_that_reproduces_its_loss(
             model_version=version,
             loss=NoisyStat(value=value, noise_std=0.01, m=50, hi=5.0),
         )
-        publisher.send_sync(topic_name("stats", prefix), stats, key=site)
+        publisher.send_sync(Topics(prefix).topic("stats"), stats, key=site)
 
     out = tmp_path / "export" / "risk.safetensors"
     result = CliRunner().invoke(

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit" / "site_agen
 from site_agent_testkit import fleet_dict, model_entry, read_all, site_entry
 
 from fairfleet.aggregator import Aggregator, AggregatorOptions
-from fairfleet.bus import Reader, connect, default_topics, topic_name
+from fairfleet.bus import Reader, Topics, connect
 from fairfleet.config import FleetConfig, parse_config
 from fairfleet.messages import (
     DeadLetter,
@@ -119,12 +119,14 @@ class Fleet:
         policies = policies or {"defaults": {"epsilon_max": 1e6, "delta": 1e-5, "unit": "site"}}
         self.raw = fleet_dict(bootstrap, self.prefix, entries, [model], 2.0, policies, tmp)
         self.bus = connect(bootstrap)
-        self.bus.create_topics(default_topics(self.prefix))
+        self.bus.create_topics(Topics(self.prefix).specs())
         self.agents: dict[str, tuple[SiteAgent, threading.Event, threading.Thread]] = {}
         self.aggregator: tuple[Aggregator, threading.Event, threading.Thread] | None = None
         self.accountant: Accountant | None = None
         self.watch = Reader(
-            self.bus.consumer(f"watch-{uuid.uuid4().hex[:8]}", [topic_name("rounds", self.prefix)]),
+            self.bus.consumer(
+                f"watch-{uuid.uuid4().hex[:8]}", [Topics(self.prefix).topic("rounds")]
+            ),
             "test",
         )
         self.announced: list[RoundAnnouncement] = []

@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from fairfleet.bus import connect, default_topics
+from fairfleet.bus import Topics, connect
 from fairfleet.messages import PrivacyEventMessage, WindowRange
 from fairfleet.site_agent.bus_side import AgentBus
 
@@ -33,7 +33,7 @@ def test_same_site_id_in_two_fleets_does_not_fence(kafka_bootstrap: str) -> None
     prefixes = [f"fa{uuid.uuid4().hex[:6]}.", f"fb{uuid.uuid4().hex[:6]}."]
     agents = []
     for prefix in prefixes:
-        bus.create_topics(default_topics(prefix, 1))
+        bus.create_topics(Topics(prefix).specs(1))
         agents.append(AgentBus(bus, "s1", prefix, 1 << 20))  # the second one is created last
     try:
         for round_ in range(2):  # the first fleet's producer still works after the second started

@@ -34,9 +34,8 @@ from typer.testing import CliRunner
 from fairfleet import broker
 from fairfleet.accountant.service import rebuild
 from fairfleet.aggregator import Aggregator, AggregatorOptions
-from fairfleet.bus import Publisher, Reader, connect, topic_name
+from fairfleet.bus import Publisher, Reader, Topics, connect
 from fairfleet.bus.kafka import KafkaBus
-from fairfleet.bus.topics import site_client_id, site_group
 from fairfleet.cli import app
 from fairfleet.config import FleetConfig, load_config
 from fairfleet.errors import BusError, FairfleetError
@@ -195,7 +194,7 @@ def test_a_fleet_running_as_its_principals_completes_its_rounds(fleet: dict[str,
             stolen,
         )
         Publisher(bus_of(config, "plant-a").producer()).send_sync(
-            topic_name("privacy.requests", prefix), forged, key="plant-b"
+            Topics(prefix).topic("privacy.requests"), forged, key="plant-b"
         )
         deadline = time.monotonic() + 120
         while not agg.finished and time.monotonic() < deadline:
@@ -213,7 +212,7 @@ def test_a_fleet_running_as_its_principals_completes_its_rounds(fleet: dict[str,
     # the forged request reached the accountant and was dead-lettered, never acted on
     admin = bus_of(config, ADMIN)
     reader = Reader(
-        admin.consumer(f"dl-{uuid.uuid4().hex[:6]}", [topic_name("deadletter", prefix)]), "test"
+        admin.consumer(f"dl-{uuid.uuid4().hex[:6]}", [Topics(prefix).topic("deadletter")]), "test"
     )
     letters: list[DeadLetter] = []
     quiet = time.monotonic()
@@ -271,24 +270,26 @@ def test_a_site_is_refused_what_it_may_not_write_or_read(fleet: dict[str, Any]) 
     config, prefix = fleet["config"], fleet["prefix"]
     site = bus_of(config, "plant-a")
     for logical in ("privacy.grants", "models", "rounds", "checkpoints"):
-        assert "TOPIC_AUTHORIZATION_FAILED" in refused_write(site, topic_name(logical, prefix)), (
+        assert "TOPIC_AUTHORIZATION_FAILED" in refused_write(site, Topics(prefix).topic(logical)), (
             logical
         )
     for logical in ("privacy.requests", "updates", "stats"):  # other sites' records
-        group = site_group(prefix, "plant-a", "rounds")  # its own group: the topic is refused
+        group = Topics(prefix).site_group(
+            "plant-a", "rounds"
+        )  # its own group: the topic is refused
         assert "TOPIC_AUTHORIZATION_FAILED" in refused_read(
-            site, group, topic_name(logical, prefix)
+            site, group, Topics(prefix).topic(logical)
         ), logical
     # another site's consumer group and transactional id (init_transactions would fence plant-b)
-    other_group = site_group(prefix, "plant-b", "rounds")
+    other_group = Topics(prefix).site_group("plant-b", "rounds")
     assert "GROUP_AUTHORIZATION_FAILED" in refused_read(
-        site, other_group, topic_name("rounds", prefix)
+        site, other_group, Topics(prefix).topic("rounds")
     )
     with pytest.raises(FairfleetError, match="TRANSACTIONAL_ID_AUTHORIZATION_FAILED"):
-        site.producer(transactional_id=site_client_id(prefix, "plant-b"))
+        site.producer(transactional_id=Topics(prefix).site_client_id("plant-b"))
     # the admin (a super user) may write any of them: the refusals above are the ACLs
     admin = bus_of(config, ADMIN)
-    assert refused_write(admin, topic_name("privacy.grants", prefix)) == ""
+    assert refused_write(admin, Topics(prefix).topic("privacy.grants")) == ""
 
 
 def test_a_site_writes_and_reads_its_own_topics(fleet: dict[str, Any]) -> None:

@@ -24,7 +24,7 @@ from site_agent_testkit import RealAccountant, fleet_dict, model_entry, site_ent
 
 from fairfleet.accountant.service import rebuild
 from fairfleet.aggregator import Aggregator, AggregatorOptions
-from fairfleet.bus import Bus, Publisher, Reader, connect, default_topics, topic_name
+from fairfleet.bus import Bus, Publisher, Reader, Topics, connect
 from fairfleet.config import FleetConfig, parse_config
 from fairfleet.learning.models import build_model
 from fairfleet.learning.tensors import sha256_hex, to_safetensors_bytes
@@ -203,7 +203,9 @@ def publish(bus: Bus, prefix: str, sends: list[tuple[str, Message, bytes, str]])
     pub = Publisher(bus.producer())
     for logical, msg, payload, _ in sends:
         key = getattr(msg, "site", None) or getattr(msg, "model_id", None)
-        pub.send(topic_name(logical, prefix), msg, payload, key=key, compacted=logical == "models")
+        pub.send(
+            Topics(prefix).topic(logical), msg, payload, key=key, compacted=logical == "models"
+        )
     pub.producer.flush(30)
 
 
@@ -213,7 +215,7 @@ def publish(bus: Bus, prefix: str, sends: list[tuple[str, Message, bytes, str]])
 def run_fleet(tmp: Path, bootstrap: str, forge: bool) -> dict[str, Any]:
     prefix = f"forge{uuid.uuid4().hex[:6]}."
     bus = connect(bootstrap)
-    bus.create_topics(default_topics(prefix, partitions=2))
+    bus.create_topics(Topics(prefix).specs(2))
     raw = fleet_raw(tmp, bootstrap, prefix)
     config = parse_config(raw)
     forged = forgeries(config) if forge else []
@@ -269,7 +271,7 @@ def run_fleet(tmp: Path, bootstrap: str, forge: bool) -> dict[str, Any]:
 
 def dead_letters(bus: Bus, prefix: str) -> list[DeadLetter]:
     reader = Reader(
-        bus.consumer(f"dl-{uuid.uuid4().hex[:8]}", [topic_name("deadletter", prefix)]), "test"
+        bus.consumer(f"dl-{uuid.uuid4().hex[:8]}", [Topics(prefix).topic("deadletter")]), "test"
     )
     out: list[DeadLetter] = []
     quiet_since = time.monotonic()

@@ -26,7 +26,7 @@ from aggregator_testkit import MODEL, SITES, Watcher, fleet_config, make_sites, 
 from dp_accounting import dp_event
 
 from fairfleet.aggregator import Aggregator, AggregatorOptions
-from fairfleet.bus import Publisher, Reader, connect, topic_name
+from fairfleet.bus import Publisher, Reader, Topics, connect
 from fairfleet.config import parse_config
 from fairfleet.learning.tensors import (
     flatten,
@@ -109,19 +109,19 @@ def one_round(bootstrap: str, attack: str) -> dict[str, Any]:
                 attacker_delta = vec(delta)
                 if attack == "with_commit":
                     pub.send_sync(
-                        topic_name("privacy.events", prefix),
+                        Topics(prefix).topic("privacy.events"),
                         commit(site.site, site.site_class, keys[site.site]),
                         key=site.site,
                     )
             else:
                 pub.send_sync(
-                    topic_name("privacy.events", prefix),
+                    Topics(prefix).topic("privacy.events"),
                     commit(site.site, site.site_class, keys[site.site]),
                     key=site.site,
                 )
                 honest_n.append(site.x.shape[0])
                 honest_deltas.append(vec(from_safetensors_bytes(payload)))
-            pub.send_sync(topic_name("updates", prefix), msg, payload, key=msg.site)
+            pub.send_sync(Topics(prefix).topic("updates"), msg, payload, key=msg.site)
         new = watcher.wait_version(1, timeout=60)
         theta1 = vec(new.state_dict())
         thread.join(30)
@@ -143,7 +143,7 @@ def one_round(bootstrap: str, attack: str) -> dict[str, Any]:
 
 def dead_letters(bus: Any, prefix: str) -> list[DeadLetter]:
     reader = Reader(
-        bus.consumer(f"dl-{uuid.uuid4().hex[:8]}", [topic_name("deadletter", prefix)]), "test"
+        bus.consumer(f"dl-{uuid.uuid4().hex[:8]}", [Topics(prefix).topic("deadletter")]), "test"
     )
     out = []
     for _ in range(15):

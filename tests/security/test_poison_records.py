@@ -27,7 +27,7 @@ from site_agent_testkit import fleet, model_entry, site_entry
 from fairfleet.accountant.service import AccountantOptions, AccountantService, rebuild
 from fairfleet.accountant.store import LedgerStore
 from fairfleet.aggregator import Aggregator, AggregatorOptions
-from fairfleet.bus import Bus, Publisher, Reader, codec, connect, default_topics, topic_name
+from fairfleet.bus import Bus, Publisher, Reader, Topics, codec, connect
 from fairfleet.bus.limits import InputLimits
 from fairfleet.messages import DeadLetter, PrivacyGrant
 from fairfleet.privacy.events import dp_event_to_json, dpsgd_event
@@ -102,7 +102,7 @@ class DeadLetters:
     """Follows the ``deadletter`` topic; letters keyed by the original message id."""
 
     def __init__(self, bus: Bus, prefix: str) -> None:
-        consumer = bus.consumer(f"dl-{uuid.uuid4().hex[:8]}", [topic_name("deadletter", prefix)])
+        consumer = bus.consumer(f"dl-{uuid.uuid4().hex[:8]}", [Topics(prefix).topic("deadletter")])
         self.reader = Reader(consumer, "test")
         self.letters: list[DeadLetter] = []
 
@@ -195,7 +195,7 @@ def test_aggregator_dead_letters_every_poison_update_and_survives_a_restart(
     )
     cfg = cfg.model_copy(update={"kafka": kafka})
     bus = connect(kafka_bootstrap)
-    bus.create_topics(default_topics(prefix))
+    bus.create_topics(Topics(prefix).specs())
     updates = f"{prefix}updates"
     options = AggregatorOptions(poll_timeout_s=0.05, stop_when_finished=False)
     agg = Aggregator(cfg, MODEL, bus=bus, options=options)
@@ -334,7 +334,10 @@ def test_accountant_dead_letters_every_poison_privacy_record_and_always_starts(
     kafka_bootstrap: str, kafka_topics: str, tmp_path: Path
 ) -> None:
     prefix = kafka_topics
-    requests, events = topic_name("privacy.requests", prefix), topic_name("privacy.events", prefix)
+    requests, events = (
+        Topics(prefix).topic("privacy.requests"),
+        Topics(prefix).topic("privacy.events"),
+    )
     db = tmp_path / "ledger.sqlite"
     store_forged_row(db)
     bus = connect(kafka_bootstrap)
@@ -426,7 +429,7 @@ def test_accountant_dead_letters_every_poison_privacy_record_and_always_starts(
 
 class GrantWaiter:
     def __init__(self, bus: Bus, prefix: str) -> None:
-        grants = topic_name("privacy.grants", prefix)
+        grants = Topics(prefix).topic("privacy.grants")
         self.reader = Reader(bus.consumer(f"g-{uuid.uuid4().hex[:8]}", [grants]), "test")
 
     def request(self, bus: Bus, topic: str, event_id: str, timeout: float = 60.0) -> None:
@@ -478,7 +481,7 @@ def test_site_agent_dead_letters_poison_rounds_and_survives_a_restart(
         tmp=tmp_path,
     )
     bus = connect(kafka_bootstrap)
-    rounds = topic_name("rounds", prefix)
+    rounds = Topics(prefix).topic("rounds")
     poison: list[Poison] = []
     _, hdrs = headers("round")
     poison.append((rounds, deep_json("round"), hdrs, "json_too_deep"))
@@ -516,7 +519,7 @@ def test_a_chunk_claiming_a_billion_parts_costs_no_more_memory_than_one_chunk(
     while reading a chunk that claims count 10⁹ vs a first chunk of an honest 2-chunk value."""
     prefix = kafka_topics
     bus = connect(kafka_bootstrap)
-    topic = topic_name("updates", prefix)
+    topic = Topics(prefix).topic("updates")
     size = 256 * 1024
     data = b"c" * size
     _, honest = chunk_headers("update", 0, 2, 2 * size)

@@ -20,18 +20,7 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from fairfleet.acls import allowed, fleet_acls, principals
-from fairfleet.bus.topics import (
-    CHECKPOINT_RESTORE_GROUP,
-    LEDGER_GATE_GROUP,
-    LOGICAL_TOPICS,
-    SITE_GROUPS,
-    accountant_group_prefix,
-    aggregator_client_id,
-    site_client_id,
-    site_group,
-    site_resolve_group_prefix,
-    topic_name,
-)
+from fairfleet.bus.topics import LOGICAL_TOPICS, SITE_GROUPS, Topics
 from fairfleet.cli import app, main
 from fairfleet.config import FleetConfig, parse_config
 from fairfleet.errors import ConfigError
@@ -100,25 +89,25 @@ def fleet(
 def used_names(config: FleetConfig) -> dict[str, list[tuple[str, str, str]]]:
     """Role -> (resource type, name, operation) of every group and transactional id its service
     uses, with sample random suffixes for the throw-away groups."""
-    p = config.kafka.topic_prefix
+    n = Topics(config.kafka.topic_prefix)
     out: dict[str, list[tuple[str, str, str]]] = {}
     for s in config.sites:
         purposes = [*SITE_GROUPS, *(["stats"] if config.features.fleet else [])]
         out[f"site:{s.id}"] = [
-            *[("GROUP", site_group(p, s.id, g), "READ") for g in purposes],
-            ("GROUP", f"{site_resolve_group_prefix(p, s.id)}{uuid.uuid4().hex[:8]}", "READ"),
-            ("TRANSACTIONAL_ID", site_client_id(p, s.id), "WRITE"),
+            *[("GROUP", n.site_group(s.id, g), "READ") for g in purposes],
+            ("GROUP", f"{n.site_resolve_group(s.id)}{uuid.uuid4().hex[:8]}", "READ"),
+            ("TRANSACTIONAL_ID", n.site_client_id(s.id), "WRITE"),
         ]
     out["accountant"] = [
-        ("GROUP", f"{accountant_group_prefix(p)}-{uuid.uuid4().hex}", "READ"),
-        ("GROUP", f"{accountant_group_prefix(p)}-rebuild-1234abcd", "READ"),
+        ("GROUP", n.accountant_live_group(uuid.uuid4().hex), "READ"),
+        ("GROUP", f"{n.accountant_rebuild_group}1234abcd", "READ"),
     ]
     for m in config.models:
         out[f"aggregator:{m.id}"] = [
-            ("GROUP", aggregator_client_id(p, m.id), "READ"),
-            ("TRANSACTIONAL_ID", aggregator_client_id(p, m.id), "WRITE"),
-            ("GROUP", f"{p}{CHECKPOINT_RESTORE_GROUP}{uuid.uuid4().hex[:12]}", "READ"),
-            ("GROUP", f"{p}{LEDGER_GATE_GROUP}{uuid.uuid4().hex[:8]}", "READ"),
+            ("GROUP", n.aggregator_client_id(m.id), "READ"),
+            ("TRANSACTIONAL_ID", n.aggregator_client_id(m.id), "WRITE"),
+            ("GROUP", f"{n.throwaway_group('checkpoint-restore')}{uuid.uuid4().hex[:12]}", "READ"),
+            ("GROUP", f"{n.throwaway_group('ledger-gate')}{uuid.uuid4().hex[:8]}", "READ"),
         ]
     return out
 
@@ -126,15 +115,15 @@ def used_names(config: FleetConfig) -> dict[str, list[tuple[str, str, str]]]:
 def check_against_table(config: FleetConfig) -> None:
     rules = fleet_acls(config)
     roles = principals(config)
-    prefix = config.kafka.topic_prefix
+    fleet_names = Topics(config.kafka.topic_prefix)
     for role, principal in roles.items():
         kind = role.split(":")[0]
         for logical in LOGICAL_TOPICS:
             want = TABLE[kind].get(logical, "")
             if kind == "site" and logical == "stats" and config.features.fleet is not None:
                 want = "RW"  # every site combines the sites' feature statistics
-            for topic in (topic_name(logical, prefix), f"other-fleet.{logical}"):
-                mine = topic == topic_name(logical, prefix)
+            for topic in (fleet_names.topic(logical), f"other-fleet.{logical}"):
+                mine = topic == fleet_names.topic(logical)
                 got = {
                     op: allowed(rules, principal, op, "TOPIC", topic)
                     for op in ("READ", "WRITE", "DESCRIBE")
@@ -153,8 +142,8 @@ def check_against_table(config: FleetConfig) -> None:
                     role.startswith("aggregator:")
                     and owner.startswith("aggregator:")
                     and (
-                        CHECKPOINT_RESTORE_GROUP in name
-                        or LEDGER_GATE_GROUP in name
+                        name.startswith(fleet_names.throwaway_group("checkpoint-restore"))
+                        or name.startswith(fleet_names.throwaway_group("ledger-gate"))
                         or principal == roles[owner]
                     )
                 )
@@ -176,7 +165,7 @@ def test_sites_read_stats_only_when_the_scales_come_from_the_fleet() -> None:
     }
     with_scales = fleet(["plant-a", "plant-b"], ["m1"], features=scales)
     check_against_table(with_scales)
-    stats = topic_name("stats", "f.")
+    stats = Topics("f.").topic("stats")
     assert allowed(fleet_acls(with_scales), "User:plant-a", "READ", "TOPIC", stats)
     assert not allowed(
         fleet_acls(fleet(["plant-a", "plant-b"], ["m1"])), "User:plant-a", "READ", "TOPIC", stats

@@ -31,10 +31,10 @@ from dp_accounting import dp_event
 from fairfleet.accountant.intake import Rejected, check_accountable, parse_record
 from fairfleet.accountant.metrics import AccountantMetrics
 from fairfleet.accountant.store import LedgerStore, Row, Wasted
-from fairfleet.bus import Bus, Envelope, Publisher, Reader, dead_letter_for, topic_name
+from fairfleet.bus import Bus, Envelope, Publisher, Reader, Topics, dead_letter_for
 from fairfleet.bus.limits import DEFAULT_LIMITS, InputLimits
 from fairfleet.bus.messaging import SignFn, VerifyFn
-from fairfleet.bus.topics import accountant_group_prefix
+from fairfleet.bus.topics import DEFAULT_PREFIX
 from fairfleet.bus.waiting import BrokerWatch
 from fairfleet.errors import BusError, FairfleetError
 from fairfleet.log import event
@@ -58,7 +58,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class AccountantOptions:
-    prefix: str = "fairfleet."
+    prefix: str = DEFAULT_PREFIX
     group_id: str | None = (
         None  # default: "<prefix>accountant-<database instance id>" (ACLs: docs/security.md)
     )
@@ -124,11 +124,10 @@ class AccountantService:
         options: AccountantOptions | None = None,
     ) -> None:
         self.options = options or AccountantOptions()
-        prefix = self.options.prefix
-        self.topics = {
-            name: topic_name(name, prefix)
-            for name in ("privacy.requests", "privacy.events", "privacy.grants", "deadletter")
-        }
+        names = Topics(self.options.prefix)
+        self.topics = names.topics(
+            "privacy.requests", "privacy.events", "privacy.grants", "deadletter"
+        )
         self.bus = bus
         self.health = Health(self.options.progress_timeout_s, probe=lambda: bus.unreachable(2.0))
         self.skipped: list[DeadLetter] = []  # with publish_dead_letters=False (a rebuild)
@@ -143,9 +142,7 @@ class AccountantService:
         if self.options.consume_requests:
             inputs.insert(0, self.topics["privacy.requests"])
         self._inputs = frozenset(inputs)
-        group_id = (
-            self.options.group_id or f"{accountant_group_prefix(prefix)}-{self.store.instance_id}"
-        )
+        group_id = self.options.group_id or names.accountant_live_group(self.store.instance_id)
         consumer = bus.consumer(group_id, inputs)
         self._offsets_checked = False
         self.publisher = Publisher(bus.producer(), signer=self.options.signer)
@@ -501,7 +498,7 @@ def rebuild(
     bus: Bus,
     db: str | Path,
     policies: PolicySet,
-    prefix: str = "fairfleet.",
+    prefix: str = DEFAULT_PREFIX,
     idle_s: float = 3.0,
     verifier: VerifyFn | None = None,
 ) -> AccountantService:
@@ -514,7 +511,7 @@ def rebuild(
         raise FileExistsError(f"Refusing to rebuild into an existing database: {db}")
     options = AccountantOptions(
         prefix=prefix,
-        group_id=f"{accountant_group_prefix(prefix)}-rebuild-{uuid.uuid4().hex[:8]}",
+        group_id=f"{Topics(prefix).accountant_rebuild_group}{uuid.uuid4().hex[:8]}",
         metrics_port=None,
         consume_requests=False,
         publish_dead_letters=False,

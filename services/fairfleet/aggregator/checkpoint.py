@@ -44,7 +44,7 @@ from safetensors.numpy import save as st_save
 from fairfleet.bus import codec
 from fairfleet.bus.base import Bus, Delivery, Producer, Record
 from fairfleet.bus.limits import CHUNK_OVERHEAD_BYTES, MIN_CHUNK_BYTES, InputLimits
-from fairfleet.bus.topics import CHECKPOINT_RESTORE_GROUP
+from fairfleet.bus.topics import Topics
 from fairfleet.errors import PayloadError
 from fairfleet.fairness import StrategyState, state_from_bytes, state_to_bytes
 from fairfleet.log import event
@@ -265,13 +265,13 @@ def read_checkpoint(
     topic: str,
     model_id: str,
     timeout_s: float = 30.0,
-    group_prefix: str = "",
+    group: str = Topics("").throwaway_group("checkpoint-restore"),
     public_keys: Sequence[str] | None = None,
     models_topic: str | None = None,
 ) -> Checkpoint | None:
     """Read the whole (compacted) checkpoint topic and return the newest checkpoint of a model.
 
-    Uses a throw-away consumer group that never commits; reads until the consumer has caught up
+    Uses a throw-away consumer group that never commits (its name starts with ``group``); reads until the consumer has caught up
     with the end of the topic (read_committed: aborted checkpoints are never seen). A newest
     checkpoint that does not parse raises PayloadError: restoring an older one would silently
     undo committed rounds. With ``public_keys`` (the aggregator's), a value not signed by one of
@@ -281,7 +281,7 @@ def read_checkpoint(
     the release it names (:func:`read_release_payload`); without, its ``weights`` stay empty
     (enough for callers that read the rounds, the history or the strategy state).
     """
-    consumer = bus.consumer(f"{group_prefix}{CHECKPOINT_RESTORE_GROUP}{new_id()[:12]}", [topic])
+    consumer = bus.consumer(f"{group}{new_id()[:12]}", [topic])
     scanner = CheckpointScanner(model_id, public_keys)
     deadline = time.monotonic() + timeout_s
     try:
@@ -309,12 +309,16 @@ def read_checkpoint(
     ckpt = scanner.result()
     if ckpt is None or not ckpt.by_reference or models_topic is None:
         return ckpt
-    payload = read_release_payload(bus, models_topic, ckpt, timeout_s, group_prefix)
+    payload = read_release_payload(bus, models_topic, ckpt, timeout_s, group)
     return ckpt.with_release(payload)
 
 
 def read_release_payload(
-    bus: Bus, topic: str, ckpt: Checkpoint, timeout_s: float = 30.0, group_prefix: str = ""
+    bus: Bus,
+    topic: str,
+    ckpt: Checkpoint,
+    timeout_s: float = 30.0,
+    group: str = Topics("").throwaway_group("checkpoint-restore"),
 ) -> bytes:
     """The payload of the ModelRelease a by-reference checkpoint names (model, version and
     payload sha-256), read from the compacted ``models`` topic with a throw-away group.
@@ -326,7 +330,7 @@ def read_release_payload(
     from fairfleet.bus.messaging import Reader
     from fairfleet.messages import ModelRelease
 
-    consumer = bus.consumer(f"{group_prefix}{CHECKPOINT_RESTORE_GROUP}{new_id()[:12]}", [topic])
+    consumer = bus.consumer(f"{group}{new_id()[:12]}", [topic])
     reader = Reader(consumer, "checkpoint-restore", limits=CHECKPOINT_LIMITS)
     deadline = time.monotonic() + timeout_s
     try:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from fairfleet.bus import Bus, Reader
 from fairfleet.bus.messaging import VerifyFn
-from fairfleet.bus.topics import LEDGER_GATE_GROUP
+from fairfleet.bus.topics import Topics
 from fairfleet.config import FleetConfig
 from fairfleet.messages import PrivacyEventMessage, SiteUpdate
 
@@ -54,11 +54,11 @@ class LedgerGate:
         bus: Bus,
         topic: str,
         verifier: VerifyFn,
-        group_prefix: str = "",
+        group: str = Topics("").throwaway_group("ledger-gate"),
         catch_up_s: float = 10.0,
     ) -> None:
         # a private group read from the beginning and never committed: the whole log, every start
-        consumer = bus.consumer(f"{group_prefix}{LEDGER_GATE_GROUP}{uuid.uuid4().hex[:8]}", [topic])
+        consumer = bus.consumer(f"{group}{uuid.uuid4().hex[:8]}", [topic])
         # forged ledger records are the accountant's to dead-letter; here they are only skipped
         self.reader = Reader(consumer, "aggregator", None, verifier=verifier)
         self.catch_up_s = catch_up_s

@@ -15,7 +15,6 @@ import torch
 
 from fairfleet.bus import Bus, Reader
 from fairfleet.bus.messaging import VerifyFn
-from fairfleet.bus.topics import PARTIALS_RESTORE_GROUP
 from fairfleet.errors import PayloadError
 from fairfleet.fairness import NoisyStat, Partial, SiteUpdate
 from fairfleet.fairness.fold import PartialEntry, PartialSum
@@ -136,13 +135,14 @@ def read_partials(
     model_id: str,
     round_: int,
     verifier: VerifyFn,
-    group_prefix: str,
+    group: str,
     timeout_s: float = 60.0,
     on_dead_letter: Callable[[DeadLetter], None] | None = None,
 ) -> dict[int, tuple[PartialAggregate, bytes]]:
     """The newest committed partial of each ``updates`` partition for ``model_id``'s round
-    ``round_`` (read_committed, the whole topic, a throw-away group): {partition: (msg, payload)}."""
-    consumer = bus.consumer(f"{group_prefix}{PARTIALS_RESTORE_GROUP}{new_id()[:12]}", [topic])
+    ``round_`` (read_committed, the whole topic, a throw-away group whose name starts with
+    ``group``, ``Topics.throwaway_group("partials-restore")``): {partition: (msg, payload)}."""
+    consumer = bus.consumer(f"{group}{new_id()[:12]}", [topic])
     reader = Reader(consumer, "aggregator", on_dead_letter=on_dead_letter, verifier=verifier)
     latest: dict[int, tuple[PartialAggregate, bytes]] = {}
     deadline = time.monotonic() + timeout_s

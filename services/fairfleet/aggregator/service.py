@@ -56,9 +56,8 @@ from fairfleet.aggregator.validation import (
     check_privacy,
     check_round,
 )
-from fairfleet.bus import Bus, Envelope, Publisher, Reader, connect, dead_letter_for, default_topics
+from fairfleet.bus import Bus, Envelope, Publisher, Reader, Topics, connect, dead_letter_for
 from fairfleet.bus.base import Consumer, RebalanceListener, Record
-from fairfleet.bus.topics import aggregator_client_id, aggregator_combiner_group
 from fairfleet.bus.transactions import Transaction, run_transaction
 from fairfleet.bus.waiting import BrokerWatch
 from fairfleet.config import FleetConfig
@@ -151,15 +150,14 @@ class Aggregator:
         self.bus = (
             bus if bus is not None else connect(config.bus_url(), config.kafka.client_config())
         )
-        prefix = config.kafka.topic_prefix
-        self.topics = {
-            name: f"{prefix}{name}"
-            for name in ("rounds", "models", "updates", "deadletter", "checkpoints", "partials")
-        }
-        self.group_id = aggregator_client_id(prefix, model_id)
+        self.names = Topics(config.kafka.topic_prefix)
+        self.topics = self.names.topics(
+            "rounds", "models", "updates", "deadletter", "checkpoints", "partials"
+        )
+        self.group_id = self.names.aggregator_client_id(model_id)
         self.txn_id = self.group_id  # transactional id and static member id
         if self.combiner:  # the workers use the aggregator's group on updates
-            self.group_id = aggregator_combiner_group(prefix, model_id)
+            self.group_id = self.names.aggregator_combiner_group(model_id)
         self.input_topic = self.topics["partials" if self.combiner else "updates"]
         self.public_keys = config.public_keys()
         self.signer = aggregator_signer(config, model_id)  # signs announcements and releases
@@ -272,8 +270,7 @@ class Aggregator:
         """Create the topics; open the transactional producer (it fences any earlier
         incarnation and aborts its open transaction before state is read) and the dead-letter
         one."""
-        prefix = self.config.kafka.topic_prefix
-        self.bus.create_topics(default_topics(prefix, self.config.kafka.partitions))
+        self.bus.create_topics(self.names.specs(self.config.kafka.partitions))
         self.producer = self.bus.producer(transactional_id=self.txn_id)
         self.publisher = Publisher(self.producer, self.config.kafka.chunk_bytes, self.signer)
         self._dl_producer = self.bus.producer()
@@ -286,9 +283,11 @@ class Aggregator:
         self.consumer = self._make_consumer()
         self.reader = self._make_reader()
         if self.options.require_ledger and not self.combiner:
-            prefix = self.config.kafka.topic_prefix
             self.ledger_gate = LedgerGate(
-                self.bus, f"{prefix}privacy.events", Verifier.from_config(self.config).check, prefix
+                self.bus,
+                self.names.topic("privacy.events"),
+                Verifier.from_config(self.config).check,
+                self.names.throwaway_group("ledger-gate"),
             )
 
     def _make_reader(self) -> Reader:
@@ -1062,7 +1061,7 @@ class Aggregator:
             self.topics["checkpoints"],
             self.model_id,
             self.options.restore_timeout_s,
-            group_prefix=self.config.kafka.topic_prefix,
+            group=self.names.throwaway_group("checkpoint-restore"),
             public_keys=aggregator_public_keys(self.config, self.model_id),
             models_topic=self.topics["models"],
         )

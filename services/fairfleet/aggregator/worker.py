@@ -44,10 +44,6 @@ from fairfleet.aggregator.service import (
 from fairfleet.aggregator.validation import Rejection
 from fairfleet.bus import Bus, Envelope
 from fairfleet.bus.base import RebalanceListener, Record
-from fairfleet.bus.topics import (
-    CHECKPOINT_RESTORE_GROUP,
-    aggregator_worker_id,
-)
 from fairfleet.bus.transactions import Transaction, run_transaction
 from fairfleet.config import FleetConfig
 from fairfleet.errors import BusError, ConfigError, OutcomeUnknown, ProducerFenced
@@ -85,10 +81,9 @@ class AggregatorWorker(_WorkerMarker, Aggregator):
                 f"Worker index must be in 0..{workers - 1} (models[{model_id}].aggregator.workers "
                 f"= {workers}). Found {worker}."
             )
-        prefix = config.kafka.topic_prefix
         self.worker = worker
         # self.group_id stays the aggregator's group: the workers share it on updates
-        self.txn_id = aggregator_worker_id(prefix, model_id, worker)
+        self.txn_id = self.names.aggregator_worker_id(model_id, worker)
         self.partial_interval_s = partial_interval_s
         self._verify = Verifier.from_config(config).check
         self._folds: dict[int, RoundFold] = {}
@@ -111,9 +106,9 @@ class AggregatorWorker(_WorkerMarker, Aggregator):
         if self._started:
             return
         self._open_producers()
-        prefix = self.config.kafka.topic_prefix
         self._follower = self.bus.consumer(
-            f"{prefix}{CHECKPOINT_RESTORE_GROUP}{new_id()[:12]}", [self.topics["checkpoints"]]
+            f"{self.names.throwaway_group('checkpoint-restore')}{new_id()[:12]}",
+            [self.topics["checkpoints"]],
         )
         deadline = time.monotonic() + self.options.restore_timeout_s
         while not self._follow(0.2) or self._follower.lag() > 0:
@@ -254,14 +249,13 @@ class AggregatorWorker(_WorkerMarker, Aggregator):
         ann = self.ckpt.announcement
         if ann is None or p in self._restored:
             return
-        prefix = self.config.kafka.topic_prefix
         latest = read_partials(
             self.bus,
             self.topics["partials"],
             self.model_id,
             ann.round,
             self._verify,
-            prefix,
+            self.names.throwaway_group("partials-restore"),
             self.options.restore_timeout_s,
         )
         for q in {q for _, q in self.consumer.positions()} | {p}:

@@ -2,7 +2,7 @@
 
 from fairfleet.bus import connect, Publisher, Reader
 bus = connect("kafka://127.0.0.1:9092")     # or "memory://" for simulations
-bus.create_topics(default_topics())
+bus.create_topics(Topics().specs())
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 
 from fairfleet.bus.base import Bus, Consumer, Delivery, Producer, Record
 from fairfleet.bus.messaging import Envelope, Publisher, Reader, dead_letter_for
-from fairfleet.bus.topics import TopicSpec, default_topics, topic_name
+from fairfleet.bus.topics import Topics, TopicSpec
 from fairfleet.errors import ConfigError
 
 __all__ = [
@@ -25,10 +25,9 @@ __all__ = [
     "Reader",
     "Record",
     "TopicSpec",
+    "Topics",
     "connect",
     "dead_letter_for",
-    "default_topics",
-    "topic_name",
 ]
 
 _MEMORY_BUSES: dict[str, Bus] = {}

@@ -7,13 +7,14 @@ from typing import Any
 
 import typer
 
-accountant_app = typer.Typer(
-    help="The privacy accountant (the ledger of every site's budget).", no_args_is_help=True
-)
+from fairfleet.bus.topics import DEFAULT_PREFIX
+from fairfleet.cli._options import JsonFlag, command_group
+
+accountant_app = command_group("The privacy accountant (the ledger of every site's budget).")
 
 BOOTSTRAP = typer.Option(..., "--bootstrap", help="Kafka bootstrap host:port.")
 POLICY = typer.Option(..., "--policy", help="Policy file or fleet config (YAML).")
-PREFIX = typer.Option("fairfleet.", "--prefix", help="Topic name prefix.")
+PREFIX = typer.Option(DEFAULT_PREFIX, "--prefix", help="Topic name prefix.")
 
 
 @accountant_app.command("run")
@@ -99,7 +100,7 @@ def rebuild_cmd(
     db: Path = typer.Option(..., "--db", help="NEW SQLite file to build (must not exist)."),
     policy: Path = POLICY,
     prefix: str = PREFIX,
-    as_json: bool = typer.Option(False, "--json"),
+    as_json: JsonFlag = False,
 ) -> None:
     """Rebuild a ledger from privacy.events, offset 0 to the end."""
     import json
@@ -164,7 +165,7 @@ def cancel_cmd(
     release did happen after all, its commit is still charged. Signed by the accountant's key
     when `--config` is given.
     """
-    from fairfleet.bus import Publisher, connect, topic_name
+    from fairfleet.bus import Publisher, Topics, connect
     from fairfleet.errors import ConfigError
     from fairfleet.messages import PrivacyEventMessage, WindowRange
 
@@ -189,8 +190,9 @@ def cancel_cmd(
         cfg = load_config(config)
         signer, client_config = accountant_signer(cfg), cfg.kafka.client_config()
     publisher = Publisher(connect(f"kafka://{bootstrap}", client_config).producer(), signer=signer)
-    publisher.send_sync(topic_name("privacy.events", prefix), message, key=site)
-    typer.echo(f"cancel of {event_id} published to {topic_name('privacy.events', prefix)}")
+    events = Topics(prefix).topic("privacy.events")
+    publisher.send_sync(events, message, key=site)
+    typer.echo(f"cancel of {event_id} published to {events}")
 
 
 def register(app: typer.Typer) -> None:

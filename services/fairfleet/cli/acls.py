@@ -14,11 +14,11 @@ from __future__ import annotations
 import json
 import os
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
 
+from fairfleet.cli._options import FleetYaml, JsonObject
 from fairfleet.errors import BusError, ConfigError
 
 if TYPE_CHECKING:
@@ -202,7 +202,7 @@ def _tables(rules: list[AclRule]) -> None:
 
 
 def acls_cmd(
-    config: Path = typer.Option(..., "--config", help="The fleet YAML file."),
+    config: FleetYaml,
     apply: bool = typer.Option(False, "--apply", help="Create the bindings on the broker."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Only print the bindings (the default)."),
     admin_user: str | None = typer.Option(
@@ -213,7 +213,7 @@ def acls_cmd(
     ),
     bootstrap: str | None = typer.Option(None, "--bootstrap", help="Default: kafka.bootstrap."),
     timeout_s: float = typer.Option(30.0, "--timeout-s", help="Per admin request."),
-    as_json: bool = typer.Option(False, "--json", help="One JSON object on stdout."),
+    as_json: JsonObject = False,
 ) -> None:
     """Print the fleet's per-principal Kafka ACLs, or create them with --apply (idempotent)."""
     from fairfleet.acls import fleet_acls, principals

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import typer
 
-aggregator_app = typer.Typer(
-    help="The aggregator of one model (rounds, fair aggregation).", no_args_is_help=True
-)
+from fairfleet.cli._options import command_group
+
+aggregator_app = command_group("The aggregator of one model (rounds, fair aggregation).")
 
 
 @aggregator_app.command("run")

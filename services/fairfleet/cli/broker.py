@@ -8,10 +8,11 @@ from typing import Annotated
 
 import typer
 
-broker_app = typer.Typer(
-    help="Run a real local Kafka broker (KRaft) from Maven jars. Its data is kept across "
-    "stop/start and crashes; only `reset` deletes it.",
-    no_args_is_help=True,
+from fairfleet.cli._options import JsonFlag, command_group
+
+broker_app = command_group(
+    "Run a real local Kafka broker (KRaft) from Maven jars. Its data is kept across "
+    "stop/start and crashes; only `reset` deletes it."
 )
 
 StateDir = Annotated[
@@ -101,7 +102,7 @@ def reset_cmd(
 
 
 @broker_app.command("status")
-def status_cmd(state_dir: StateDir = None, as_json: bool = typer.Option(False, "--json")) -> None:
+def status_cmd(state_dir: StateDir = None, as_json: JsonFlag = False) -> None:
     """Show whether the broker runs and answers its admin API; exit 1 if not."""
     from fairfleet import broker
 

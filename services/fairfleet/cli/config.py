@@ -33,11 +33,12 @@ from fairfleet.cli._deploy_checks import (
     scrub_report,
     secret_values,
 )
+from fairfleet.cli._options import JsonObject, command_group
 from fairfleet.cli._security_checks import check_security, check_service_identities
 
 __all__ = ["CheckReport", "check_file", "check_mapping"]
 
-config_app = typer.Typer(help="Validate the fleet configuration.", no_args_is_help=True)
+config_app = command_group("Validate the fleet configuration.")
 
 
 def _loc(parts: Iterable[Any]) -> str:
@@ -60,9 +61,9 @@ def _schema_problems(exc: Any) -> list[tuple[str, str]]:
 
 
 def _summary(cfg: Any) -> dict[str, Any]:
-    from fairfleet.bus import default_topics
+    from fairfleet.bus import Topics
 
-    topics = [t.name for t in default_topics(cfg.kafka.topic_prefix, cfg.kafka.partitions)]
+    topics = [t.name for t in Topics(cfg.kafka.topic_prefix).specs(cfg.kafka.partitions)]
     return {
         "fleet": cfg.fleet,
         "kafka": {
@@ -251,7 +252,7 @@ def _print_summary(s: dict[str, Any]) -> None:
 @config_app.command("check")
 def check_cmd(
     file: Path = typer.Argument(..., help="The fleet YAML file."),
-    as_json: bool = typer.Option(False, "--json", help="One JSON object on stdout."),
+    as_json: JsonObject = False,
     skip_paths: bool = typer.Option(
         False,
         "--skip-paths",

@@ -136,7 +136,6 @@ def decompose_cmd(
     from fairfleet.cli import usage_for_old_json
 
     usage_for_old_json(ctx, as_json)
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
     from fairfleet.sim.decompose import TERMS, DecomposeConfig, Job, decompose
@@ -179,14 +178,9 @@ def decompose_cmd(
         workers=workers,
     )
     console = Console(stderr=True)
-    with Progress(
-        TextColumn("[bold]decompose[/]"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("{task.description}"),
-        console=console,
-    ) as bar:
+    from fairfleet.cli._progress import progress_bar
+
+    with progress_bar("decompose", console) as bar:
         task = bar.add_task("starting", total=None)
 
         def progress(done: int, total: int, job: Job) -> None:

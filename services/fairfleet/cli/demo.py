@@ -25,7 +25,6 @@ def demo_cmd(
 ) -> None:
     """Run a small private, fair fleet on a local broker and print a table per class."""
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
     from fairfleet.demo import DemoSettings, run_demo
@@ -36,14 +35,9 @@ def demo_cmd(
         Console(stderr=True),
     )  # results on stdout, progress on stderr
     settings = DemoSettings(rounds=rounds, epsilon=epsilon, gamma=gamma)
-    with Progress(
-        TextColumn("[bold]demo[/]"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("{task.description}"),
-        console=progress_console,
-    ) as bar:
+    from fairfleet.cli._progress import progress_bar
+
+    with progress_bar("demo", progress_console) as bar:
         task = bar.add_task("starting", total=rounds)
 
         def progress(done: int, total: int, message: str) -> None:

@@ -6,9 +6,11 @@ import json
 
 import typer
 
+from fairfleet.cli._options import JsonObject
+
 
 def fleets_cmd(
-    as_json: bool = typer.Option(False, "--json", help="One JSON object on stdout."),
+    as_json: JsonObject = False,
 ) -> None:
     """List the fleet presets (use a name wherever a fleet file is accepted)."""
     from dataclasses import asdict

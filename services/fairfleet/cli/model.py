@@ -7,7 +7,9 @@ from pathlib import Path
 
 import typer
 
-model_app = typer.Typer(help="Models a fleet has released.", no_args_is_help=True)
+from fairfleet.cli._options import TopicTimeout, command_group
+
+model_app = command_group("Models a fleet has released.")
 
 
 @model_app.command("export")
@@ -19,9 +21,7 @@ def export_cmd(
     out: Path = typer.Option(
         ..., "--out", help="Weights file to write (.safetensors); the card goes beside it as .json."
     ),
-    timeout_s: float = typer.Option(
-        30.0, "--timeout-s", help="Give up reading a topic after this long."
-    ),
+    timeout_s: TopicTimeout = 30.0,
     accountant_url: str | None = typer.Option(
         None,
         "--accountant-url",

@@ -15,6 +15,8 @@ from typing import Any
 
 import typer
 
+from fairfleet.cli._options import JsonObject
+
 
 def _check_broker(cfg: Any, timeout_s: float) -> tuple[list[dict[str, Any]], set[str] | None]:
     from confluent_kafka.admin import AdminClient
@@ -47,9 +49,9 @@ def _check_broker(cfg: Any, timeout_s: float) -> tuple[list[dict[str, Any]], set
 
 
 def _check_topics(cfg: Any, existing: set[str]) -> dict[str, Any]:
-    from fairfleet.bus import default_topics
+    from fairfleet.bus import Topics
 
-    wanted = [t.name for t in default_topics(cfg.kafka.topic_prefix, cfg.kafka.partitions)]
+    wanted = [t.name for t in Topics(cfg.kafka.topic_prefix).specs(cfg.kafka.partitions)]
     missing = [t for t in wanted if t not in existing]
     if missing:
         return {
@@ -110,7 +112,7 @@ def preflight_cmd(
     ),
     timeout_s: float = typer.Option(5.0, "--timeout-s", help="Per live check."),
     skip_paths: bool = typer.Option(False, "--skip-paths", help="As in `config check`."),
-    as_json: bool = typer.Option(False, "--json", help="One JSON object on stdout."),
+    as_json: JsonObject = False,
 ) -> None:
     """Check CONFIG and that the broker, the topics and the accountant answer (exit 1 if not)."""
     results = preflight(config, accountant, timeout_s, not skip_paths)

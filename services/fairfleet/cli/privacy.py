@@ -20,12 +20,12 @@ from typing import Any
 
 import typer
 
+from fairfleet.cli._options import command_group
 from fairfleet.errors import ConfigError, UnsupportedEventError
 
-privacy_app = typer.Typer(
-    help="Privacy calculator: ε of a plan, or the noise for a target ε.", no_args_is_help=True
-)
+privacy_app = command_group("Privacy calculator: ε of a plan, or the noise for a target ε.")
 
+DELTA = typer.Option(..., "--delta", help="Target δ.")
 ACCOUNTANT = typer.Option("rdp", "--accountant", help="rdp (opacus-compatible) or pld (tighter).")
 JSON_OUT = typer.Option(False, "--json", help="One JSON object on stdout.")
 
@@ -70,7 +70,7 @@ def _events_from_file(path: Path) -> list[Any]:
 
 @privacy_app.command("epsilon")
 def epsilon_cmd(
-    delta: float = typer.Option(..., "--delta", help="Target δ."),
+    delta: float = DELTA,
     sampling_rate: float | None = typer.Option(
         None, "--sampling-rate", help="Poisson rate q, in (0, 1]."
     ),
@@ -148,7 +148,7 @@ def epsilon_cmd(
 @privacy_app.command("noise")
 def noise_cmd(
     epsilon: float = typer.Option(..., "--epsilon", help="Target ε."),
-    delta: float = typer.Option(..., "--delta", help="Target δ."),
+    delta: float = DELTA,
     sampling_rate: float = typer.Option(..., "--sampling-rate", help="Poisson rate q, in (0, 1]."),
     steps: int = typer.Option(..., "--steps", help="Number of steps T."),
     accountant: str = ACCOUNTANT,

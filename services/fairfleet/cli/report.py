@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from fairfleet.cli._options import TopicTimeout
+
 
 def report_cmd(
     config: Path = typer.Option(
@@ -24,9 +26,7 @@ def report_cmd(
         help="The accountant's HTTP address (default: as `fairfleet budget` finds it); if it does "
         "not answer, the ledger is rebuilt from privacy.events.",
     ),
-    timeout_s: float = typer.Option(
-        30.0, "--timeout-s", help="Give up reading a topic after this long."
-    ),
+    timeout_s: TopicTimeout = 30.0,
     as_json: bool = typer.Option(
         False, "--json", help="The report document as one JSON object on stdout."
     ),

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import typer
 
-schemas_app = typer.Typer(
-    help="Generate or check the JSON Schemas in schemas/.", no_args_is_help=True
-)
+from fairfleet.cli._options import command_group
+
+schemas_app = command_group("Generate or check the JSON Schemas in schemas/.")
 
 
 def render() -> dict[str, str]:

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import typer
 
-site_app = typer.Typer(
-    help="The site agent: connectors, local training, private releases.", no_args_is_help=True
-)
+from fairfleet.cli._options import JsonFlag, command_group
+
+site_app = command_group("The site agent: connectors, local training, private releases.")
 
 
 @site_app.command("run")
@@ -88,7 +88,7 @@ def keygen_cmd(
     force: bool = typer.Option(
         False, "--force", help="Overwrite an existing --out file (its old key is lost)."
     ),
-    as_json: bool = typer.Option(False, "--json"),
+    as_json: JsonFlag = False,
 ) -> None:
     """Print a fresh Ed25519 keypair (public key for the config, private key for the site)."""
     import os
@@ -117,7 +117,7 @@ def keygen_cmd(
 
 
 @site_app.command("connectors")
-def connectors_cmd(as_json: bool = typer.Option(False, "--json")) -> None:
+def connectors_cmd(as_json: JsonFlag = False) -> None:
     """List the connector types (built-ins and installed plugins)."""
     from fairfleet.connectors import available_connectors
 

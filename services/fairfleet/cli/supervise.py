@@ -13,6 +13,8 @@ from typing import Any
 
 import typer
 
+from fairfleet.cli._options import JsonFlag
+
 CONFIG = typer.Option(
     None, "--config", help="The fleet config (default: the one `fairfleet up` running here)."
 )
@@ -33,7 +35,7 @@ def health_of(row: dict[str, Any]) -> str:
     return f"unhealthy ({response.status_code}): {response.text[:80]}"
 
 
-def status_cmd(config: Path | None = CONFIG, as_json: bool = typer.Option(False, "--json")) -> None:
+def status_cmd(config: Path | None = CONFIG, as_json: JsonFlag = False) -> None:
     """Each service of the fleet: state, pid, port, uptime, restarts, health (asked now)."""
     from fairfleet.cli.up import state_text, uptime
     from fairfleet.supervisor.state import find_up

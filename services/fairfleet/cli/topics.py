@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import typer
 
-topics_app = typer.Typer(help="Kafka topics of the fleet.", no_args_is_help=True)
+from fairfleet.cli._options import FleetYaml, JsonFlag, command_group
+
+topics_app = command_group("Kafka topics of the fleet.")
 
 
 @topics_app.command("create")
 def create_cmd(
-    config: Path = typer.Option(..., "--config", help="The fleet YAML file."),
+    config: FleetYaml,
     wait_s: float = typer.Option(
         60.0, "--wait-s", help="Keep retrying this long while the broker starts."
     ),
-    as_json: bool = typer.Option(False, "--json"),
+    as_json: JsonFlag = False,
 ) -> None:
     """Create every default topic under the config's prefix (existing topics are kept as they are)."""
     from rich.console import Console

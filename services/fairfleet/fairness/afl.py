@@ -61,14 +61,6 @@ class AFLWeighting(SiteWeighting):
         self.shrink_losses = bool(shrink_losses)
         self.track_average = bool(track_average)
 
-    def params(self) -> dict[str, Any]:
-        return {
-            "lambda_lr": self.lambda_lr,
-            "over": self.over,
-            "shrink_losses": self.shrink_losses,
-            "track_average": self.track_average,
-        }
-
     def initial_state(self, strategy: str) -> StrategyState:
         return StrategyState(strategy, arrays={"lambda": np.zeros(0)}, scalars={"groups": []})
 

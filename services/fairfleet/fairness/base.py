@@ -150,8 +150,9 @@ class SiteWeighting(ABC):
         return StrategyState(strategy)
 
     def params(self) -> dict[str, Any]:
-        """The weighting's parameters, JSON-ready."""
-        return {}
+        """The weighting's parameters, JSON-ready: those of its ``__init__``, which keeps each
+        (validated) in the attribute of the same name."""
+        return {name: getattr(self, name) for name in init_parameters(type(self))[0]}
 
     @abstractmethod
     def coefficients(

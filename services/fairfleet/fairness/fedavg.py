@@ -36,9 +36,6 @@ class ExampleWeighting(SiteWeighting):
     def __init__(self, weighting: str) -> None:
         self.weighting = check_weighting(weighting)
 
-    def params(self) -> dict[str, Any]:
-        return {"weighting": self.weighting}
-
     def coefficients(
         self, updates: Sequence[SiteUpdate], state: StrategyState
     ) -> tuple[np.ndarray, StrategyState, dict[str, Any]]:

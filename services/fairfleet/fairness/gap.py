@@ -92,16 +92,6 @@ class GapWeighting(SiteWeighting):
         self.noise_margin = check_positive("noise_margin", noise_margin, allow_zero=True)
         self.include_between_site = bool(include_between_site)
 
-    def params(self) -> dict[str, Any]:
-        return {
-            "gamma": self.gamma,
-            "dual_lr": self.dual_lr,
-            "class_weighting": self.class_weighting,
-            "shrink": self.shrink,
-            "noise_margin": self.noise_margin,
-            "include_between_site": self.include_between_site,
-        }
-
     def initial_state(self, strategy: str) -> StrategyState:
         return StrategyState(strategy, arrays={"lambda": np.zeros(0)}, scalars={"classes": []})
 

@@ -74,16 +74,6 @@ class QFFLWeighting(SiteWeighting):
         self.shrink_losses = bool(shrink_losses)
         self.loss_floor = check_positive("loss_floor", loss_floor)
 
-    def params(self) -> dict[str, Any]:
-        return {
-            "q": self.q,
-            "local_lr": self.local_lr,
-            "weighting": self.weighting,
-            "debias": self.debias,
-            "shrink_losses": self.shrink_losses,
-            "loss_floor": self.loss_floor,
-        }
-
     def coefficients(
         self, updates: Sequence[SiteUpdate], state: StrategyState
     ) -> tuple[np.ndarray, StrategyState, dict[str, Any]]:

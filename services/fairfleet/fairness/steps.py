@@ -136,12 +136,8 @@ class ServerYogi(AdaptiveServerStep):
 
 
 SERVER_STEPS: Registry[type[ServerStep]] = Registry(
-    "server step",
-    None,
-    accept=subclass_of(ServerStep, "Server step"),
-    builtins={
-        "sgd": "fairfleet.fairness.steps:ServerSGD",
-        "adam": "fairfleet.fairness.steps:ServerAdam",
-        "yogi": "fairfleet.fairness.steps:ServerYogi",
-    },
+    "server step", None, accept=subclass_of(ServerStep, "Server step")
 )
+"""The server steps by name: the three defined above (no entry-point group)."""
+for _step in (ServerSGD, ServerAdam, ServerYogi):
+    SERVER_STEPS.register(_step.name, _step)

@@ -44,9 +44,6 @@ class TiltedWeighting(SiteWeighting):
         self.weighting = check_weighting(weighting)
         self.debias = bool(debias)
 
-    def params(self) -> dict[str, Any]:
-        return {"tilt": self.tilt, "weighting": self.weighting, "debias": self.debias}
-
     def coefficients(
         self, updates: Sequence[SiteUpdate], state: StrategyState
     ) -> tuple[np.ndarray, StrategyState, dict[str, Any]]:

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from fairfleet.checks import check_positive
 from fairfleet.errors import ConfigError
 from fairfleet.fairness.state import StrategyState
 
@@ -39,10 +40,7 @@ class NoisyStat:
     def __post_init__(self) -> None:
         if not math.isfinite(self.value):
             raise ConfigError(f"NoisyStat value must be finite. Found {self.value}.")
-        if not (math.isfinite(self.noise_std) and self.noise_std >= 0):
-            raise ConfigError(
-                f"NoisyStat noise_std must be finite and >= 0. Found {self.noise_std}."
-            )
+        check_positive("NoisyStat noise_std", self.noise_std, allow_zero=True)
         if self.m < 1:
             raise ConfigError(f"NoisyStat m must be >= 1. Found {self.m}.")
 
@@ -87,24 +85,13 @@ class SiteUpdate:
             raise ConfigError(f"SiteUpdate delta must be float32. Found {self.delta.dtype}.")
         if self.n_examples < 0:
             raise ConfigError(f"SiteUpdate n_examples must be >= 0. Found {self.n_examples}.")
-        if not (math.isfinite(self.noise_std) and self.noise_std >= 0):
-            raise ConfigError(
-                f"SiteUpdate noise_std must be finite and >= 0. Found {self.noise_std}."
-            )
+        check_positive("SiteUpdate noise_std", self.noise_std, allow_zero=True)
         if self.staleness < 0:
             raise ConfigError(f"SiteUpdate staleness must be >= 0. Found {self.staleness}.")
-        if self.squared_norm is not None and not (
-            math.isfinite(self.squared_norm) and self.squared_norm >= 0
-        ):
-            raise ConfigError(
-                f"SiteUpdate squared_norm must be finite and >= 0. Found {self.squared_norm}."
-            )
-        if self.clip_norm is not None and not (
-            math.isfinite(self.clip_norm) and self.clip_norm > 0
-        ):
-            raise ConfigError(
-                f"SiteUpdate clip_norm must be finite and > 0. Found {self.clip_norm}."
-            )
+        if self.squared_norm is not None:
+            check_positive("SiteUpdate squared_norm", self.squared_norm, allow_zero=True)
+        if self.clip_norm is not None:
+            check_positive("SiteUpdate clip_norm", self.clip_norm)
 
     @property
     def dim(self) -> int:

@@ -309,18 +309,16 @@ def rdp_subsampled_gaussian(
     is_int = np.array([float(a).is_integer() for a in alphas], dtype=bool)
     int_cols, frac_cols = np.flatnonzero(is_int), np.flatnonzero(~is_int & np.isfinite(alphas))
     out[np.ix_(general, np.flatnonzero(np.isinf(alphas)))] = np.inf
-    if len(int_cols):
-        for start in range(0, len(general), _CHUNK):
-            rows = general[start : start + _CHUNK]
-            log_a = _log_a_int(q[rows], sigma[rows], alphas[int_cols])
-            log_a = _checked(log_a, q[rows], sigma[rows], alphas[int_cols])
-            out[np.ix_(rows, int_cols)] = log_a / (alphas[int_cols] - 1)
-    if len(frac_cols):
-        for start in range(0, len(general), _FRAC_CHUNK):
-            rows = general[start : start + _FRAC_CHUNK]
-            log_a = _log_a_frac(q[rows], sigma[rows], alphas[frac_cols])
-            log_a = _checked(log_a, q[rows], sigma[rows], alphas[frac_cols])
-            out[np.ix_(rows, frac_cols)] = log_a / (alphas[frac_cols] - 1)
+    for cols, chunk, log_a_of in (
+        (int_cols, _CHUNK, _log_a_int),
+        (frac_cols, _FRAC_CHUNK, _log_a_frac),
+    ):
+        if not len(cols):
+            continue
+        for start in range(0, len(general), chunk):
+            rows = general[start : start + chunk]
+            cells = (q[rows], sigma[rows], alphas[cols])
+            out[np.ix_(rows, cols)] = _checked(log_a_of(*cells), *cells) / (alphas[cols] - 1)
     return out
 
 

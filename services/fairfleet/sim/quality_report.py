@@ -20,7 +20,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from fairfleet.sim.report import pyplot
+from fairfleet.sim.report import pyplot, reference_line
 from fairfleet.templating import render
 
 CLASS_COLOURS = ["#2e86de", "#e67e22", "#8e44ad", "#27ae60", "#c0392b", "#7f8c8d"]
@@ -54,22 +54,11 @@ def plot_classes(view: dict[str, Any], path: Path) -> None:
             va="bottom",
             fontsize=9,
         )
-    ax1.axhline(
-        final["fleet_loss"],
-        color="black",
-        linestyle="--",
-        linewidth=1,
-        label=f"fleet {final['fleet_loss']:.3f}",
-    )
+    fleet = final["fleet_loss"]
+    reference_line(ax1, fleet, f"fleet {fleet:.3f}", color="black")
     gamma = view.get("gamma")
     if gamma is not None:
-        ax1.axhline(
-            final["fleet_loss"] + gamma,
-            color="red",
-            linestyle=":",
-            linewidth=1,
-            label=f"fleet + γ ({gamma:g})",
-        )
+        reference_line(ax1, fleet + gamma, f"fleet + γ ({gamma:g})", linestyle=":")
     ax1.set_ylim(0, max([*losses, final["fleet_loss"] + (gamma or 0.0)]) * 1.3 or 1.0)
     ax1.set_ylabel(view["loss_label"])
     ax1.set_title(f"{_at(view, final).capitalize()} per site class")
@@ -115,20 +104,9 @@ def plot_rounds(view: dict[str, Any], path: Path) -> None:
     classes = sorted({c for e in entries for c in e["classes"]})
     for i, c in enumerate(classes):
         rows = [e for e in entries if c in e["classes"]]
-        ax1.plot(
-            [e["round"] for e in rows],
-            [e["classes"][c]["loss"] for e in rows],
-            marker="o",
-            color=_colour(i),
-            label=c,
-        )
-        ax2.plot(
-            [e["round"] for e in rows],
-            [e["classes"][c]["gap_to_fleet"] for e in rows],
-            marker="o",
-            color=_colour(i),
-            label=c,
-        )
+        for ax, key in ((ax1, "loss"), (ax2, "gap_to_fleet")):
+            ys = [e["classes"][c][key] for e in rows]
+            ax.plot([e["round"] for e in rows], ys, marker="o", color=_colour(i), label=c)
     ax1.plot(
         [e["round"] for e in entries],
         [e["gap"] for e in entries],
@@ -140,13 +118,7 @@ def plot_rounds(view: dict[str, Any], path: Path) -> None:
     ax1.set_title("Class loss and class gap")
     ax2.axhline(0.0, color="black", linewidth=0.8)
     if view.get("gamma") is not None:
-        ax2.axhline(
-            view["gamma"],
-            color="red",
-            linestyle="--",
-            linewidth=1,
-            label=f"bound γ = {view['gamma']:g}",
-        )
+        reference_line(ax2, view["gamma"], f"bound γ = {view['gamma']:g}")
     ax2.set_ylabel("class loss − fleet loss")
     ax2.set_title("Each class's excess over the fleet")
     for ax in (ax1, ax2):
@@ -176,7 +148,7 @@ def plot_rounds(view: dict[str, Any], path: Path) -> None:
             )
         limits = {v for v in view.get("epsilon_limit", {}).values() if v is not None}
         for limit in sorted(limits):
-            ax3.axhline(limit, color="red", linestyle="--", linewidth=1)
+            reference_line(ax3, limit)
         ax3.set_xlabel("round")
         ax3.set_ylabel("ε spent")
         ax3.set_title("ε spent per site after each round it joined")

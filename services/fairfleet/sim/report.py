@@ -55,6 +55,19 @@ def pyplot() -> Any:
     return plt
 
 
+def reference_line(
+    ax: Any,
+    y: float,
+    label: str | None = None,
+    *,
+    color: str = "red",
+    linestyle: str = "--",
+    linewidth: float = 1.0,
+) -> None:
+    """A horizontal reference line across ``ax``: a bound, a budget, the fleet's level."""
+    ax.axhline(y, color=color, linestyle=linestyle, linewidth=linewidth, label=label)
+
+
 def _err(stat: dict[str, Any]) -> tuple[float, float]:
     """(lower, upper) error-bar lengths from a {mean, ci_low, ci_high} (0 without a CI)."""
     if stat.get("ci_low") is None:
@@ -185,13 +198,8 @@ def class_risk_figure(doc: dict[str, Any]) -> Any:
         for config in ("theta01", "theta11"):
             bound = doc["risks"]["fleet"][config]["mean"] + gamma
             tops.append(bound)
-            ax.axhline(
-                bound,
-                color=CONFIG_COLOURS[config],
-                linestyle="--",
-                linewidth=1.2,
-                label=f"{CONFIG_LABELS[config]}: fleet risk + γ={gamma:g} = {bound:.3f}",
-            )
+            label = f"{CONFIG_LABELS[config]}: fleet risk + γ={gamma:g} = {bound:.3f}"
+            reference_line(ax, bound, label, color=CONFIG_COLOURS[config], linewidth=1.2)
     ax.set_xticks(range(len(risks)), [risk_label(r) for r in risks])
     ax.set_ylabel("test loss (lower is better)")
     ax.set_title("Risk of each site class under each configuration (95% CIs)")
@@ -362,13 +370,7 @@ def rounds_figure(doc: dict[str, Any]) -> Any:
     _lines(ax2, xs, excess, labels, "gap")  # the same runs: the overlaps of the first panel
     gamma = doc.get("gamma")
     if gamma is not None:
-        ax2.axhline(
-            gamma,
-            color="red",
-            linestyle="--",
-            linewidth=1.2,
-            label=f"γ={gamma:g} (bound of θ01, θ11)",
-        )
+        reference_line(ax2, gamma, f"γ={gamma:g} (bound of θ01, θ11)", linewidth=1.2)
     private = {c: hist for c, hist in history.items() if hist["noise_multiplier"] > 0}
     notes += _lines(
         ax3,
@@ -385,13 +387,7 @@ def rounds_figure(doc: dict[str, Any]) -> Any:
     ax1.set_title("Gap between site classes (mean over seeds)")
     ax2.set_ylabel("worst class risk − fleet risk")
     ax2.set_title("What γ bounds: worst class over the fleet")
-    ax3.axhline(
-        doc["epsilon"],
-        color="red",
-        linestyle="--",
-        linewidth=1,
-        label=f"budget ε={doc['epsilon']:g}",
-    )
+    reference_line(ax3, doc["epsilon"], f"budget ε={doc['epsilon']:g}")
     ax3.set_ylabel(f"ε spent per site (δ={doc['delta']:g})")
     ax3.set_title("Privacy spent by every site, per round")
     for ax in (ax1, ax2, ax3):

@@ -20,16 +20,10 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 
-from fairfleet.bus import Bus, Publisher, Reader, topic_name
+from fairfleet.bus import Bus, Publisher, Reader, Topics
 from fairfleet.bus.limits import DEFAULT_LIMITS, InputLimits
 from fairfleet.bus.messaging import SignFn, VerifyFn
-from fairfleet.bus.topics import (
-    LOGICAL_TOPICS,
-    SITE_STATS_GROUP,
-    site_client_id,
-    site_group,
-    site_resolve_group_prefix,
-)
+from fairfleet.bus.topics import SITE_STATS_GROUP
 from fairfleet.bus.transactions import Transaction, run_transaction
 from fairfleet.errors import FairfleetError, OutcomeUnknown, ProducerFenced
 from fairfleet.log import event
@@ -69,18 +63,18 @@ class AgentBus:
         self.on_dead_letter = on_dead_letter  # e.g. a metric; called for every dead letter
         self.verifier = verifier  # rounds, models, grants and commits: signed by their producer
         self.signer = signer  # every message this site publishes
-        self.topics = {t: topic_name(t, prefix) for t in LOGICAL_TOPICS}
         # Every group and transactional id carries the topic prefix: two fleets on one broker
         # with the same site ids neither share consumer groups nor fence each other.
-        self.prefix = prefix
-        self.transactional_id = site_client_id(prefix, site_id)
+        self.names = Topics(prefix)
+        self.topics = self.names.topics()
+        self.transactional_id = self.names.site_client_id(site_id)
         self.tx = Publisher(
             bus.producer(transactional_id=self.transactional_id), chunk_bytes, signer
         )
         self.plain = Publisher(bus.producer(), chunk_bytes, signer)
-        self.rounds = self._reader(site_group(prefix, site_id, "rounds"), "rounds")
-        self.models = self._reader(site_group(prefix, site_id, "models"), "models")
-        self.grants = self._reader(site_group(prefix, site_id, "grants"), "privacy.grants")
+        self.rounds = self._reader(self.names.site_group(site_id, "rounds"), "rounds")
+        self.models = self._reader(self.names.site_group(site_id, "models"), "models")
+        self.grants = self._reader(self.names.site_group(site_id, "grants"), "privacy.grants")
 
     def _reader(self, group: str, logical: str) -> Reader:
         return Reader(
@@ -157,7 +151,7 @@ class AgentBus:
     def stats_reader(self) -> Reader:
         """A reader of ``stats`` from its start (group ``<prefix>site-<id>-stats``, never
         committed): the sites' feature statistics, for scales from the fleet."""
-        return self._reader(site_group(self.prefix, self.site_id, SITE_STATS_GROUP), "stats")
+        return self._reader(self.names.site_group(self.site_id, SITE_STATS_GROUP), "stats")
 
     def publish_atomically(
         self,
@@ -226,7 +220,7 @@ class AgentBus:
         read_committed.
         """
         consumer = self.bus.consumer(
-            f"{site_resolve_group_prefix(self.prefix, self.site_id)}{uuid.uuid4().hex[:8]}",
+            f"{self.names.site_resolve_group(self.site_id)}{uuid.uuid4().hex[:8]}",
             [self.topics["privacy.events"]],
         )
         reader = Reader(consumer, SERVICE, limits=self.limits, verifier=self.verifier)

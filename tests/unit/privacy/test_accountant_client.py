@@ -13,7 +13,7 @@ from test_privacy_service_memory import PLAN, fields, run_until
 
 from fairfleet.accountant.client import budgets_endpoint, epsilon_spent_by_site, fetch_budgets
 from fairfleet.accountant.service import AccountantOptions, AccountantService
-from fairfleet.bus import Publisher, connect, default_topics, topic_name
+from fairfleet.bus import Publisher, Topics, connect
 from fairfleet.errors import ConfigError
 from fairfleet.messages import PrivacyEventMessage
 from fairfleet.privacy.accounting import epsilon
@@ -22,7 +22,7 @@ from fairfleet.privacy.policy import Policy, PolicySet
 
 def test_the_client_reads_the_accountants_own_rows(tmp_path: Path) -> None:
     bus = connect(f"memory://{uuid.uuid4().hex}")
-    bus.create_topics(default_topics())
+    bus.create_topics(Topics().specs())
     policies = PolicySet(default=Policy(epsilon_max=100.0, delta=1e-5))
     service = AccountantService(
         bus, tmp_path / "l.sqlite", policies, AccountantOptions(metrics_port=0)
@@ -33,7 +33,7 @@ def test_the_client_reads_the_accountants_own_rows(tmp_path: Path) -> None:
         publisher = Publisher(bus.producer())
         for eid, site in (("a", "s1"), ("b", "s1"), ("c", "s2"), ("d", "plant a")):
             publisher.send(
-                topic_name("privacy.events"),
+                Topics().topic("privacy.events"),
                 PrivacyEventMessage(action="commit", **{**fields(eid), "site": site}),
             )
         sample = service.metrics.registry.get_sample_value

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from fairfleet.accountant.service import AccountantOptions, AccountantService
-from fairfleet.bus import Publisher, Reader, connect, default_topics, topic_name
+from fairfleet.bus import Publisher, Reader, Topics, connect
 from fairfleet.errors import ConfigError
 from fairfleet.messages import (
     PrivacyEventMessage,
@@ -47,7 +47,7 @@ def run_until(service: AccountantService, done, timeout: float = 20.0) -> None: 
 
 def test_service_protocol_metrics_and_one_figure(tmp_path: Path) -> None:
     bus = connect(f"memory://{uuid.uuid4().hex}")
-    bus.create_topics(default_topics())
+    bus.create_topics(Topics().specs())
     one = epsilon(PLAN, 1e-5)
     policies = PolicySet(default=Policy(epsilon_max=one * 1.05, delta=1e-5))
     service = AccountantService(
@@ -57,11 +57,11 @@ def test_service_protocol_metrics_and_one_figure(tmp_path: Path) -> None:
         AccountantOptions(metrics_port=None),
     )
     publisher = Publisher(bus.producer())
-    grants = Reader(bus.consumer("t", [topic_name("privacy.grants")]), "t")
+    grants = Reader(bus.consumer("t", [Topics().topic("privacy.grants")]), "t")
     for eid in ("a", "b"):
-        publisher.send(topic_name("privacy.requests"), PrivacyReservationRequest(**fields(eid)))
+        publisher.send(Topics().topic("privacy.requests"), PrivacyReservationRequest(**fields(eid)))
     publisher.send(
-        topic_name("privacy.requests"),
+        Topics().topic("privacy.requests"),
         PrivacyReservationRequest(**fields("bad", dp_event={"class_name": "Nope"})),
     )
     answers: dict[str, PrivacyGrant] = {}
@@ -78,7 +78,7 @@ def test_service_protocol_metrics_and_one_figure(tmp_path: Path) -> None:
         "invalid"
     )
     publisher.send(
-        topic_name("privacy.events"), PrivacyEventMessage(action="commit", **fields("a"))
+        Topics().topic("privacy.events"), PrivacyEventMessage(action="commit", **fields("a"))
     )
     sample = service.metrics.registry.get_sample_value
     run_until(service, lambda: sample("fairfleet_privacy_events_applied_total") == 1)
@@ -120,12 +120,12 @@ def test_releases_the_aggregator_threw_away_are_reported_as_wasted(tmp_path: Pat
     from fairfleet.messages import DeadLetter
 
     bus = connect(f"memory://{uuid.uuid4().hex}")
-    bus.create_topics(default_topics())
+    bus.create_topics(Topics().specs())
     policies = PolicySet(default=Policy(epsilon_max=1000.0, delta=1e-5))
     db = tmp_path / "w.sqlite"
     service = AccountantService(bus, db, policies, AccountantOptions(metrics_port=None))
     publisher = Publisher(bus.producer())
-    events, dead = topic_name("privacy.events"), topic_name("deadletter")
+    events, dead = Topics().topic("privacy.events"), Topics().topic("deadletter")
 
     def letter(round_: int, reason: str, **extra: object) -> DeadLetter:
         return DeadLetter(
@@ -174,7 +174,7 @@ def test_releases_the_aggregator_threw_away_are_reported_as_wasted(tmp_path: Pat
         ) == pytest.approx(one, rel=1e-9)
     service.close()
     fresh = connect(f"memory://{uuid.uuid4().hex}")
-    fresh.create_topics(default_topics())
+    fresh.create_topics(Topics().specs())
     again = AccountantService(fresh, db, policies, AccountantOptions(metrics_port=None))
     assert again.ledger.wasted() == service.ledger.wasted()
     assert again.metrics.registry.get_sample_value(

@@ -13,7 +13,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from fairfleet.bus import Bus, Publisher, Reader, topic_name
+from fairfleet.bus import Bus, Publisher, Reader, Topics
 from fairfleet.config import FleetConfig, parse_config
 from fairfleet.learning.models import build_model
 from fairfleet.learning.tensors import sha256_hex, to_safetensors_bytes
@@ -169,7 +169,7 @@ class Announcer:
             payload_bytes=len(payload),
         )
         msg = self.signers[model_id](msg)
-        self.pub.send_sync(topic_name("models", self.prefix), msg, payload, key=model_id)
+        self.pub.send_sync(Topics(self.prefix).topic("models"), msg, payload, key=model_id)
         return msg
 
     def announce(
@@ -191,7 +191,7 @@ class Announcer:
             privacy=privacy or cfg.privacy,
         )
         msg = self.signers[model_id](msg)
-        self.pub.send_sync(topic_name("rounds", self.prefix), msg, key=model_id)
+        self.pub.send_sync(Topics(self.prefix).topic("rounds"), msg, key=model_id)
         return msg
 
 
@@ -200,7 +200,7 @@ def read_all(
 ) -> list[tuple[Message, bytes]]:
     """Every committed message on a topic (a fresh group from the beginning)."""
     reader = Reader(
-        bus.consumer(f"reader-{uuid.uuid4().hex[:8]}", [topic_name(logical, prefix)]), "test"
+        bus.consumer(f"reader-{uuid.uuid4().hex[:8]}", [Topics(prefix).topic(logical)]), "test"
     )
     out: list[tuple[Message, bytes]] = []
     deadline = time.monotonic() + wait_s

@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from site_agent_testkit import fleet_dict, model_entry, site_entry
 
-from fairfleet.bus import connect, default_topics
+from fairfleet.bus import Topics, connect
 from fairfleet.config import parse_config
 from fairfleet.connectors import FeatureScaler, FieldSpec, Observation, ObservationSchema
 from fairfleet.errors import ConfigError
@@ -58,7 +58,7 @@ def fleet(
 
 def agent_features(config: Any) -> np.ndarray:
     bus = connect(f"memory://{uuid.uuid4().hex}")
-    bus.create_topics(default_topics(config.kafka.topic_prefix))
+    bus.create_topics(Topics(config.kafka.topic_prefix).specs())
     agent = SiteAgent(config, "s1", bus=bus)
     try:
         agent.stream.drain()
@@ -298,7 +298,7 @@ def test_stored_fleet_scales_are_reused_and_refused_once_the_fleet_changed(tmp_p
     }
     (state_dir / "scales-combined.json").write_text(json.dumps(record))
     bus = connect(f"memory://{uuid.uuid4().hex}")
-    bus.create_topics(default_topics(config.kafka.topic_prefix))
+    bus.create_topics(Topics(config.kafka.topic_prefix).specs())
     agent = SiteAgent(config, "s1", bus=bus)
     try:
         assert agent.scales is not None and agent.scales.scaler is not None

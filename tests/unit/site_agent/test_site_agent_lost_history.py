@@ -17,7 +17,7 @@ from typing import Any
 from site_agent_testkit import RealAccountant, fleet_dict, model_entry, site_entry
 
 from fairfleet.aggregator import Aggregator, AggregatorOptions
-from fairfleet.bus import Bus, connect, default_topics
+from fairfleet.bus import Bus, Topics, connect
 from fairfleet.config import FleetConfig, parse_config
 from fairfleet.site_agent import SiteAgent
 
@@ -66,14 +66,14 @@ def test_a_site_trains_again_after_the_fleet_lost_its_topics(tmp_path: Path) -> 
     )
     config = parse_config(raw)
     first_bus = connect(f"memory://{uuid.uuid4().hex}")
-    first_bus.create_topics(default_topics(prefix))
+    first_bus.create_topics(Topics(prefix).specs())
     first = run_rounds(config, raw, first_bus, tmp_path, 2)
     assert first.ckpt.round == 2
     state_file = tmp_path / "state" / "s1" / "rounds.json"
     assert json.loads(state_file.read_text())["m1/0"]["status"] == "published"
 
     lost_bus = connect(f"memory://{uuid.uuid4().hex}")  # every topic lost; the site's state kept
-    lost_bus.create_topics(default_topics(prefix))
+    lost_bus.create_topics(Topics(prefix).specs())
     second = run_rounds(config, raw, lost_bus, tmp_path, 2)
     assert second.ckpt.round == 2, second.status()  # the site trained rounds 0 and 1 again
     assert second.ckpt.epoch != first.ckpt.epoch

@@ -19,7 +19,7 @@ from site_agent_testkit import (
     site_entry,
 )
 
-from fairfleet.bus import connect, default_topics
+from fairfleet.bus import Topics, connect
 from fairfleet.config import parse_config
 from fairfleet.connectors import Position
 from fairfleet.connectors.windows import count_window_id
@@ -65,7 +65,7 @@ def files_connector(folder: Path) -> dict[str, Any]:
 def setup(tmp_path: Path) -> Any:
     prefix = f"u{uuid.uuid4().hex[:6]}."
     bus = connect(f"memory://{uuid.uuid4().hex}")
-    bus.create_topics(default_topics(prefix, partitions=2))
+    bus.create_topics(Topics(prefix).specs(2))
 
     def make(
         models: list[dict[str, Any]] | None = None,
@@ -438,7 +438,7 @@ def test_dpsgd_rounds_reserve_the_subsampled_gaussian_at_the_observation_unit(
 ) -> None:
     prefix = f"u{uuid.uuid4().hex[:6]}."
     bus = connect(f"memory://{uuid.uuid4().hex}")
-    bus.create_topics(default_topics(prefix, partitions=2))
+    bus.create_topics(Topics(prefix).specs(2))
     privacy = {
         "mechanism": "dpsgd",
         "unit": "observation",

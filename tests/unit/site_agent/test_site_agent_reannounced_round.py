@@ -12,7 +12,7 @@ from typing import Any
 from site_agent_testkit import RealAccountant, fleet_dict, model_entry, read_all, site_entry
 
 from fairfleet.aggregator import Aggregator, AggregatorOptions
-from fairfleet.bus import connect, default_topics
+from fairfleet.bus import Topics, connect
 from fairfleet.config import parse_config
 from fairfleet.messages import RoundAnnouncement, SiteUpdate
 from fairfleet.site_agent import SiteAgent
@@ -39,7 +39,7 @@ def csv_site(tmp: Path, site: str) -> dict[str, Any]:
 def test_a_late_site_joins_the_reannounced_round_and_the_round_closes(tmp_path: Path) -> None:
     prefix = f"u{uuid.uuid4().hex[:6]}."
     bus = connect(f"memory://{uuid.uuid4().hex}")
-    bus.create_topics(default_topics(prefix))
+    bus.create_topics(Topics(prefix).specs())
     model = {
         **model_entry("m1"),
         "strategy": {"name": "fedavg"},

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fairfleet.bus import connect, default_topics
+from fairfleet.bus import Topics, connect
 from fairfleet.errors import ConfigError
 from fairfleet.messages import PrivacyEventMessage, WindowRange
 from fairfleet.site_agent.bus_side import AgentBus
@@ -24,7 +24,7 @@ def _event(action: str = "cancel") -> PrivacyEventMessage:
 
 def _agent_bus() -> AgentBus:
     bus = connect("memory://")
-    bus.create_topics(default_topics("p."))
+    bus.create_topics(Topics("p.").specs())
     return AgentBus(bus, "s1", "p.", 1 << 20)
 
 
