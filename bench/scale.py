@@ -13,7 +13,9 @@ VmHWM; ``peak_rss_growth_bytes`` that minus its idle RSS (the issue's goal: at m
 Each cell runs again with ``models[].aggregator.workers = 2`` (``fairfleet aggregator run`` as
 the combiner plus ``--worker 0`` and ``--worker 1``; timed the same way, once all three are up
 and the workers hold their partitions); ``max_abs_diff_vs_one_worker`` is the largest absolute
-difference between its released model and the one-worker model of the same updates.
+difference between its released model and the one-worker model of the same updates (both
+flattened by tensor name), ``partials_at_close`` the combiner's last partial per partition
+(worker, sites) when it closed, ``partials_published`` how many partials each worker published.
 Environment: ``SCALE_GRID="100x100000,1000x100000"`` picks cells, ``SCALE_REPEATS`` the repeats,
 ``SCALE_WORKERS=0`` skips the several-workers runs.
 """
@@ -104,6 +106,7 @@ def _wait_release(bus: Any, prefix: str, version: int, timeout: float) -> tuple[
                 and env.message.version >= version
             ):
                 seen = time.time()
+                # by name (from_safetensors_bytes sorts): the same layout in every run
                 weights = flatten(from_safetensors_bytes(bytes(env.payload))).numpy()
                 return seen, weights
         raise TimeoutError(f"model version {version} not released within {timeout} s")
@@ -206,6 +209,7 @@ def run_one(
     ]
     if not closed or closed[0].get("participants") != sites:  # a model of other updates
         raise RuntimeError(f"Round 0 did not close with all {sites} sites: {closed}.")
+    partials = _partials_seen(logs) if workers > 1 else {}
     raw_s, raw_bytes = _raw_consume(bootstrap, f"{prefix}updates")
     close_s = released - committed
     growth = {role: peak[role] - idle[role] for role in procs}
@@ -226,7 +230,30 @@ def run_one(
     }
     if workers > 1:
         row["peak_rss_growth_by_process"] = growth
+        row.update(partials)
     return row, model
+
+
+def _partials_seen(logs: dict[str, Path]) -> dict[str, Any]:
+    """From the logs of a several-workers run: the combiner's last accepted partial per updates
+    partition (worker, sites: what the round closed with) and how many partials each worker
+    published."""
+    lines = {
+        role: [json.loads(x) for x in path.read_text().splitlines() if x.startswith("{")]
+        for role, path in logs.items()
+    }
+    last: dict[str, dict[str, int]] = {}
+    for entry in lines["combiner"]:
+        if entry.get("msg") == "partial accepted":
+            last[str(entry["partition"])] = {"worker": entry["worker"], "sites": entry["sites"]}
+        elif entry.get("msg") == "round closed":
+            break
+    published = {
+        role: sum(1 for e in entries if e.get("msg") == "partial published")
+        for role, entries in lines.items()
+        if role != "combiner"
+    }
+    return {"partials_at_close": last, "partials_published": published}
 
 
 def _cell(
