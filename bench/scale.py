@@ -17,7 +17,8 @@ difference between its released model and the one-worker model of the same updat
 flattened by tensor name), ``partials_at_close`` the combiner's last partial per partition
 (worker, sites) when it closed, ``partials_published`` how many partials each worker published.
 Environment: ``SCALE_GRID="100x100000,1000x100000"`` picks cells, ``SCALE_REPEATS`` the repeats,
-``SCALE_WORKERS=0`` skips the several-workers runs.
+``SCALE_WORKERS=0`` skips the several-workers runs. ``python -m bench.scale compare K D RUNS``
+only compares 1 worker with 2 workers + combiner (a line per run; no results file).
 """
 
 from __future__ import annotations
@@ -395,8 +396,26 @@ def _write(
     return result
 
 
+def compare(sites: int, params: int, runs: int) -> None:
+    """One one-worker round, then ``runs`` rounds of 2 workers + combiner on the same updates:
+    a JSON line per two-worker run (max abs model difference, the partials at close, partials
+    published, close seconds). Writes no results file."""
+    bootstrap = os.environ.get("FAIRFLEET_BOOTSTRAP")
+    if not bootstrap:
+        raise SystemExit("FAIRFLEET_BOOTSTRAP is not set.")
+    with tempfile.TemporaryDirectory() as tmp:
+        _, one = run_one(bootstrap, sites, params, Path(tmp), 1)
+        for _ in range(runs):
+            row, two = run_one(bootstrap, sites, params, Path(tmp), WORKERS)
+            keep = ("sites", "params", "round_close_s", "partials_at_close", "partials_published")
+            out = {k: row[k] for k in keep} | {"max_abs_diff": float(np.max(np.abs(two - one)))}
+            print(json.dumps(out), flush=True)
+
+
 if __name__ == "__main__":
     if sys.argv[1:] == ["check"]:
         print(json.dumps([update_check(d, n) for d, n in CHECK_CELLS]))
+    elif sys.argv[1:2] == ["compare"]:  # compare K D RUNS
+        compare(*(int(x) for x in sys.argv[2:5]))
     else:
         print(json.dumps(main(), indent=2))
