@@ -13,9 +13,12 @@ VmHWM; ``peak_rss_growth_bytes`` that minus its idle RSS (the issue's goal: at m
 Each cell runs again with ``models[].aggregator.workers = 2`` (``fairfleet aggregator run`` as
 the combiner plus ``--worker 0`` and ``--worker 1``; timed the same way, once all three are up
 and the workers hold their partitions); ``max_abs_diff_vs_one_worker`` is the largest absolute
-difference between its released model and the one-worker model of the same updates.
+difference between its released model and the one-worker model of the same updates (both
+flattened by tensor name), ``partials_at_close`` the combiner's last partial per partition
+(worker, sites) when it closed, ``partials_published`` how many partials each worker published.
 Environment: ``SCALE_GRID="100x100000,1000x100000"`` picks cells, ``SCALE_REPEATS`` the repeats,
-``SCALE_WORKERS=0`` skips the several-workers runs.
+``SCALE_WORKERS=0`` skips the several-workers runs. ``python -m bench.scale compare K D RUNS``
+only compares 1 worker with 2 workers + combiner (a line per run; no results file).
 """
 
 from __future__ import annotations
@@ -104,6 +107,7 @@ def _wait_release(bus: Any, prefix: str, version: int, timeout: float) -> tuple[
                 and env.message.version >= version
             ):
                 seen = time.time()
+                # by name (from_safetensors_bytes sorts): the same layout in every run
                 weights = flatten(from_safetensors_bytes(bytes(env.payload))).numpy()
                 return seen, weights
         raise TimeoutError(f"model version {version} not released within {timeout} s")
@@ -206,6 +210,7 @@ def run_one(
     ]
     if not closed or closed[0].get("participants") != sites:  # a model of other updates
         raise RuntimeError(f"Round 0 did not close with all {sites} sites: {closed}.")
+    partials = _partials_seen(logs) if workers > 1 else {}
     raw_s, raw_bytes = _raw_consume(bootstrap, f"{prefix}updates")
     close_s = released - committed
     growth = {role: peak[role] - idle[role] for role in procs}
@@ -226,7 +231,30 @@ def run_one(
     }
     if workers > 1:
         row["peak_rss_growth_by_process"] = growth
+        row.update(partials)
     return row, model
+
+
+def _partials_seen(logs: dict[str, Path]) -> dict[str, Any]:
+    """From the logs of a several-workers run: the combiner's last accepted partial per updates
+    partition (worker, sites: what the round closed with) and how many partials each worker
+    published."""
+    lines = {
+        role: [json.loads(x) for x in path.read_text().splitlines() if x.startswith("{")]
+        for role, path in logs.items()
+    }
+    last: dict[str, dict[str, int]] = {}
+    for entry in lines["combiner"]:
+        if entry.get("msg") == "partial accepted":
+            last[str(entry["partition"])] = {"worker": entry["worker"], "sites": entry["sites"]}
+        elif entry.get("msg") == "round closed":
+            break
+    published = {
+        role: sum(1 for e in entries if e.get("msg") == "partial published")
+        for role, entries in lines.items()
+        if role != "combiner"
+    }
+    return {"partials_at_close": last, "partials_published": published}
 
 
 def _cell(
@@ -368,8 +396,26 @@ def _write(
     return result
 
 
+def compare(sites: int, params: int, runs: int) -> None:
+    """One one-worker round, then ``runs`` rounds of 2 workers + combiner on the same updates:
+    a JSON line per two-worker run (max abs model difference, the partials at close, partials
+    published, close seconds). Writes no results file."""
+    bootstrap = os.environ.get("FAIRFLEET_BOOTSTRAP")
+    if not bootstrap:
+        raise SystemExit("FAIRFLEET_BOOTSTRAP is not set.")
+    with tempfile.TemporaryDirectory() as tmp:
+        _, one = run_one(bootstrap, sites, params, Path(tmp), 1)
+        for _ in range(runs):
+            row, two = run_one(bootstrap, sites, params, Path(tmp), WORKERS)
+            keep = ("sites", "params", "round_close_s", "partials_at_close", "partials_published")
+            out = {k: row[k] for k in keep} | {"max_abs_diff": float(np.max(np.abs(two - one)))}
+            print(json.dumps(out), flush=True)
+
+
 if __name__ == "__main__":
     if sys.argv[1:] == ["check"]:
         print(json.dumps([update_check(d, n) for d, n in CHECK_CELLS]))
+    elif sys.argv[1:2] == ["compare"]:  # compare K D RUNS
+        compare(*(int(x) for x in sys.argv[2:5]))
     else:
         print(json.dumps(main(), indent=2))

@@ -6,7 +6,8 @@ partitions, and hand the model's combiner (the aggregator loop, aggregator/servi
 Per assigned partition p the worker keeps the open round's fold F(p). It publishes F(p) —
 cumulative, key ``<model>/<round>/<p>``, so the newest committed one replaces the earlier ones —
 in **one transaction with its consumer offsets** (``run_transaction``), whenever it has folded
-new updates and the topic is idle or ``partial_interval_s`` has passed. So the committed offset
+new updates and the topic is idle or ``partial_interval_s`` has passed, paced so that
+publishing takes at most a fifth of its time (:func:`flush_due`). So the committed offset
 of p and the newest committed partial of (round, p) always describe the same records:
 
 * a worker killed mid-round loses only its uncommitted folds, whose offsets were not committed:
@@ -60,6 +61,35 @@ PARTIAL_INTERVAL_S = 0.5
 is idle the partial goes out at once)."""
 ROUND_WAIT_S = 5.0
 """How long an update for a later round waits for that round's checkpoint."""
+FLUSH_GAP_FACTOR = 4.0
+"""A flush waits at least this many times the previous flush's duration after it: publishing
+takes at most a fifth of a worker's time however large the partials (D = 5M: 40 MB each)."""
+MAX_FLUSH_GAP_S = 10.0
+"""The gap's cap: one slow flush (a broker stall) does not hold the next partial for long."""
+
+
+def flush_due(
+    now: float,
+    *,
+    idle: bool,
+    uncommitted: bool,
+    dirty_since: float | None,
+    interval_s: float,
+    last_flush_end: float,
+    last_flush_s: float,
+) -> bool:
+    """Whether a worker publishes its partials and commits now (pure): something was handled
+    since the last commit, and the topic is idle (the poll found nothing) or the oldest
+    unpublished fold is ``interval_s`` old — but never sooner than ``FLUSH_GAP_FACTOR`` ×
+    the last flush's duration ``last_flush_s`` after it ended, and ``interval_s`` stretches to
+    that gap. Only when, never what: a flush is one transaction of partials and offsets."""
+    if not uncommitted:
+        return False
+    gap = min(FLUSH_GAP_FACTOR * last_flush_s, MAX_FLUSH_GAP_S)
+    if now - last_flush_end < gap:
+        return False
+    aged = dirty_since is not None and now - dirty_since >= max(interval_s, gap)
+    return idle or aged
 
 
 class AggregatorWorker(_WorkerMarker, Aggregator):
@@ -94,6 +124,8 @@ class AggregatorWorker(_WorkerMarker, Aggregator):
         self._waited: set[int] = set()  # later rounds whose checkpoint an update waited for
         self._dirty_since: float | None = None
         self._uncommitted = False  # records handled since the last commit
+        self._last_flush_end = 0.0  # time.monotonic() when the last flush ended, and its length
+        self._last_flush_s = 0.0
         self._scanner = CheckpointScanner(model_id, aggregator_public_keys(config, model_id))
         self._seen_ckpt: bytes | None = None
 
@@ -160,10 +192,15 @@ class AggregatorWorker(_WorkerMarker, Aggregator):
             self._before_handling(env)
             self._handle(env)
             self._uncommitted = True
-        due = self._dirty_since is not None and (
-            time.monotonic() - self._dirty_since >= self.partial_interval_s
-        )
-        if (env is None and self._uncommitted) or due:
+        if flush_due(
+            time.monotonic(),
+            idle=env is None,
+            uncommitted=self._uncommitted,
+            dirty_since=self._dirty_since,
+            interval_s=self.partial_interval_s,
+            last_flush_end=self._last_flush_end,
+            last_flush_s=self._last_flush_s,
+        ):
             self._flush()
         self._update_gauges()
 
@@ -342,6 +379,7 @@ class AggregatorWorker(_WorkerMarker, Aggregator):
     def _flush(self, cap: dict[tuple[str, int], int] | None = None) -> None:
         """Publish the partials of the partitions with new updates and commit the offsets, in
         one transaction. ``cap``: offsets not to pass (the record of a later round in hand)."""
+        started = time.monotonic()
         offsets = self.reader.safe_offsets()
         for tp, offset in (cap or {}).items():
             if tp in offsets:
@@ -393,6 +431,8 @@ class AggregatorWorker(_WorkerMarker, Aggregator):
         self._commit_failures = 0
         self._dirty.clear()
         self._dirty_since, self._uncommitted = None, False
+        self._last_flush_end = time.monotonic()
+        self._last_flush_s = self._last_flush_end - started
         for msg, _ in outgoing:
             self._event(
                 "partial published",

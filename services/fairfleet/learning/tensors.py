@@ -27,9 +27,12 @@ def to_safetensors_bytes(state: StateDict, metadata: dict[str, str] | None = Non
 
 
 def from_safetensors_bytes(data: bytes) -> StateDict:
-    """Parse safetensors bytes; malformed input raises PayloadError, never a crash."""
+    """Parse safetensors bytes, keys sorted by name; malformed input raises PayloadError, never a
+    crash. Sorted because ``safetensors.torch.load`` returns its tensors in an order that changes
+    from call to call (a Rust hash map's): :func:`flatten` of its dict was a different vector
+    each time. To flatten in a model's own order, index by the model's names instead."""
     try:
-        return dict(_st_load(data))
+        return dict(sorted(_st_load(data).items()))
     except (SafetensorError, ValueError, RuntimeError) as exc:
         raise PayloadError(f"Not a valid safetensors payload ({len(data)} bytes): {exc}") from exc
 

@@ -121,3 +121,34 @@ def test_up_starts_the_combiner_and_every_worker(tmp_path: Path) -> None:
     assert [s.name for s in launcher.plan(config, tmp_path) if s.kind == "aggregator"] == [
         "aggregator-m"
     ]
+
+
+def test_flush_is_paced_by_the_last_flush_but_always_comes() -> None:
+    from fairfleet.aggregator.worker import FLUSH_GAP_FACTOR, MAX_FLUSH_GAP_S, flush_due
+
+    def due(now: float, idle: bool = True, dirty_since: float | None = 0.0, **kw: float) -> bool:
+        args = {"interval_s": 0.5, "last_flush_end": 0.0, "last_flush_s": 0.0, **kw}
+        return flush_due(now, idle=idle, uncommitted=True, dirty_since=dirty_since, **args)
+
+    # quick flushes: as before, at once when idle, after interval_s while updates keep coming
+    assert due(0.01, last_flush_s=0.001)
+    assert not due(0.4, idle=False) and due(0.5, idle=False)
+    # a 2 s flush (D = 5M partials) holds the next one 4 x 2 s, idle or not, then it comes
+    slow = {"last_flush_end": 10.0, "last_flush_s": 2.0}
+    assert FLUSH_GAP_FACTOR == 4.0
+    assert not due(17.9, **slow) and not due(17.9, idle=False, dirty_since=11.0, **slow)
+    assert due(18.0, **slow) and due(18.0, idle=False, dirty_since=10.0, **slow)
+    assert not due(18.0, idle=False, dirty_since=10.5, **slow)  # the interval stretches to 8 s
+    # a stalled flush does not hold the next one longer than the cap
+    stall = {"last_flush_end": 100.0, "last_flush_s": 60.0}
+    assert not due(100.0 + MAX_FLUSH_GAP_S - 0.1, **stall) and due(100.0 + MAX_FLUSH_GAP_S, **stall)
+    # nothing handled since the last commit: nothing to publish
+    assert not flush_due(
+        50.0,
+        idle=True,
+        uncommitted=False,
+        dirty_since=None,
+        interval_s=0.5,
+        last_flush_end=0.0,
+        last_flush_s=0.0,
+    )

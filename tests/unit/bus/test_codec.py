@@ -25,7 +25,7 @@ from fairfleet.bus import Publisher, Reader, codec, connect
 from fairfleet.bus.base import Record
 from fairfleet.bus.topics import TopicSpec
 from fairfleet.errors import PayloadError, SchemaError
-from fairfleet.learning.tensors import from_safetensors_bytes, to_safetensors_bytes
+from fairfleet.learning.tensors import flatten, from_safetensors_bytes, to_safetensors_bytes
 from fairfleet.messages import DeadLetter, Message, ModelRelease, ModelSpec
 
 
@@ -56,6 +56,19 @@ def test_tensor_payload_round_trips_bit_exact_in_safetensors_layout() -> None:
     assert decoded == msg
     back = from_safetensors_bytes(bytes(body))
     assert all(torch.equal(back[k], state[k]) and back[k].dtype == state[k].dtype for k in state)
+
+
+def test_decoded_tensors_come_in_one_order_so_their_flat_vector_is_stable() -> None:
+    # safetensors' own load orders its dict by a per-call hash (issue 14: the bench flattened a
+    # released model bias-first in one run and weight-first in the next, a 9.3e-3 "difference")
+    state = {
+        name: torch.full((3,), float(i)) for i, name in enumerate(["weight", "bias", "a", "z", "m"])
+    }
+    payload = to_safetensors_bytes(state)
+    orders = {tuple(from_safetensors_bytes(payload)) for _ in range(50)}
+    assert orders == {("a", "bias", "m", "weight", "z")}
+    flats = {tuple(flatten(from_safetensors_bytes(payload)).tolist()) for _ in range(50)}
+    assert len(flats) == 1
 
 
 def test_flipped_payload_byte_is_detected() -> None:
