@@ -5,6 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STATE_DIR="${FAIRFLEET_BROKER_STATE:-.fairfleet/broker-$$}"
+# not passed on: the command's config checks flag unknown FAIRFLEET_ variables
+unset FAIRFLEET_BROKER_STATE
 FF=.venv/bin/fairfleet
 cleanup() { "$FF" broker stop --state-dir "$STATE_DIR" >/dev/null 2>&1 || true; rm -rf "$STATE_DIR"; }
 trap cleanup EXIT INT TERM

@@ -153,7 +153,9 @@ def test_async_buffer_applies_fedbuff_staleness_and_dedupes_across_buffers() -> 
 
 
 def test_sync_round_waits_for_min_sites_past_the_deadline_then_closes() -> None:
-    fleet = Fleet(config(quorum=4, min_sites=2, deadline_s=0.05))
+    # re-announced every 0.05 s but voided only after 50 s: a slow step under load (0.15 s with
+    # the default 2 re-announcements) voided the round and the gauge below read the next one's
+    fleet = Fleet(config(quorum=4, min_sites=2, deadline_s=0.05, max_reannouncements=1000))
     fleet.send("a0", 0.1)
     fleet.pump()
     import time
