@@ -43,9 +43,27 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(payload, default=str)
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record is emitted (as the standard library's
+    last-resort handler does), not to the stream of the moment ``configure`` ran: a command run
+    in process (click's CliRunner, a test) swaps ``sys.stderr`` and closes its own, and a
+    service thread still logging after that would write into a closed file."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass  # StreamHandler.__init__ sets it; the current sys.stderr always wins
+
+
 def configure(service: str, level: str = "INFO") -> None:
     """Send all logging to stderr as JSON lines tagged with ``service``."""
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.setFormatter(JsonFormatter(service))
     root = logging.getLogger()
     root.handlers[:] = [handler]
