@@ -11,8 +11,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from fairfleet import broker
+
+# make test is a gate: a tree passes or fails the same way every run, so Hypothesis draws the
+# same examples each time (derandomize; no example database). HYPOTHESIS_PROFILE=explore draws
+# new ones on every run to look for bugs; add what it finds as an @example.
+settings.register_profile("gate", derandomize=True, database=None)
+settings.register_profile("explore")
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "gate"))
 
 
 @pytest.fixture(scope="session")

@@ -204,7 +204,10 @@ def class_risk_figure(doc: dict[str, Any]) -> Any:
     ax.set_ylabel("test loss (lower is better)")
     ax.set_title("Risk of each site class under each configuration (95% CIs)")
     # Headroom above the highest bar end for the legend, which sits in its own band.
-    ax.set_ylim(0, (max(tops) or 1.0) * 1.32)
+    # a top indistinguishable from 0 (all risks 0, or one of 1e-290: matplotlib widens so small
+    # a range to ±0.05, which cut the axis below 0) draws the axis to 1
+    top = max(tops)
+    ax.set_ylim(0, (top if top > 1e-9 else 1.0) * 1.32)
     ax.legend(ncol=4, fontsize=8, frameon=False, loc="upper left")
     notes = []
     if gamma is not None:
