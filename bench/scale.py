@@ -53,9 +53,10 @@ REPEATS = 3  # medians of time and ratio; the largest peak RSS
 BIG_BYTES = 1_000_000_000  # a cell moving more than this through the broker runs once
 WORKERS = 2  # the several-workers variant of each cell: a combiner and this many workers
 GRID_NOTE = (
-    "The issue's grid at D = 100k, each cell once (SCALE_REPEATS=1, SCALE_WORKERS=0), on a "
-    "quiet machine (load average in each row); the D = 5M row and the two-worker rows are from "
-    "before the fetch fix and were not rerun (cells above 1 GB always run once)."
+    "The issue's grid, each cell once (SCALE_REPEATS=1; cells above 1 GB always run once), on a "
+    "quiet machine (load average in each row); the two-worker cells in a second pass "
+    "(SCALE_WORKERS=2), D = 5M in a third; the two-worker D = 5M row is from before the fetch "
+    "fix and was not rerun."
 )
 
 
