@@ -42,6 +42,7 @@ from bench.loadgen import MODEL, LoadGenerator, fleet_config, wait_announcement
 from fairfleet.aggregator.rounds import announcement
 from fairfleet.aggregator.validation import Rejection, check_payload
 from fairfleet.bus import Reader, connect
+from fairfleet.bus.kafka import FETCH_QUEUE_BACKOFF_MS
 from fairfleet.bus.topics import MAX_MESSAGE_BYTES
 from fairfleet.learning.tensors import flatten, from_safetensors_bytes
 from fairfleet.messages import ModelRelease
@@ -52,31 +53,34 @@ REPEATS = 3  # medians of time and ratio; the largest peak RSS
 BIG_BYTES = 1_000_000_000  # a cell moving more than this through the broker runs once
 WORKERS = 2  # the several-workers variant of each cell: a combiner and this many workers
 GRID_NOTE = (
-    "The issue's grid, each cell once (SCALE_REPEATS=1; cells above 1 GB always run once): 2 "
-    "cores were shared by the broker, the load generator, the aggregator processes and other "
-    "engineers' test runs (load average 10-30, in each row), so one pass of the grid took "
-    "most of the time available."
+    "The issue's grid, each cell once (SCALE_REPEATS=1; cells above 1 GB always run once), on a "
+    "quiet machine (load average in each row); the two-worker cells in a second pass "
+    "(SCALE_WORKERS=2), D = 5M in a third; the two-worker D = 5M row is from before the fetch "
+    "fix and was not rerun."
 )
 
 
 RSS_NOTE = (
     "peak_rss_growth_bytes = VmHWM after the round minus VmRSS before it. The round itself "
     "holds O(groups x D) floats (the fold) and a few scalars per site; the rest is transient: "
-    "librdkafka's fetched records (the updates consumer's prefetch is bounded with "
-    "queued.max.messages.kbytes = 8 MiB instead of librdkafka's 64 MiB; one fetch of up to "
-    "max.partition.fetch.bytes per partition, set by fairfleet.bus, comes on top), the Python "
-    "copy of each record and the decoded vector of the update in hand."
+    "librdkafka's fetched records (the updates consumer's prefetch queue, "
+    "queued.max.messages.kbytes, and each fetch response, fetch.max.bytes, are bounded at 8 MiB "
+    "instead of librdkafka's 64 MiB and fairfleet.bus's 64 MiB; a response's buffer lives until "
+    "its last record is read, so the queue, the response in flight and the one being read "
+    "overlap), the Python copy of each record and the decoded vector of the update in hand."
 )
 RATIO_NOTE = (
-    "ratio_vs_raw_consume stays far above the goal of 1.3. A raw consumer only copies bytes; per "
-    "update the aggregator also verifies two Ed25519 signatures (the update's and, in the ledger "
-    "gate, its site's ledger commit), and the bus Reader parses, validates and sha256-hashes "
-    "the record. py-spy of the service loop (K = 1000, D = 100k, after the fleet-scale changes): "
-    "Ed25519 verification 22% of samples, the Reader's decode 20% (fairfleet.bus, being made "
-    "incremental on another branch), librdkafka poll 24%, check_payload 12% (it was about a "
-    "quarter of the update path before: three copies, an isfinite pass and a float64 norm), "
-    "the fold's float64 accumulate 6% (fairness/fold.py). Load average (in each row) was 14-28 "
-    "on 2 cores during the run, so absolute seconds are several times a quiet machine's."
+    "Before the fetch fix the updates consumer's 8 MiB prefetch queue filled every ~20 updates "
+    "of D = 100k and librdkafka then postponed the next fetch by fetch.queue.backoff.ms, 1000 ms "
+    "by default: the service sat idle in poll (py-spy --idle of the service loop, K = 1000: 66% "
+    "of its wall time in KafkaConsumer.poll). fairfleet's consumers now back off 10 ms and the "
+    "aggregator's fetch responses are bounded at 8 MiB like its queue; the raw consumer backs "
+    "off 10 ms too (with librdkafka's default it read K = 1000 in 1.45 s instead of 0.48 s). "
+    "py-spy after (K = 5000, load 1-3): the loop still waits in KafkaConsumer.poll for ~70% of "
+    "its wall time (a 32 MiB prefetch was not faster and grew RSS to 73 MB), the Reader's "
+    "decode (JSON, pydantic, sha256 of the payload) 10%, Ed25519 verification 7% (each record "
+    "verified once: the update and its ledger commit), check_payload 3%, the fold 2%. The goal "
+    "of 1.3 is not met (1.6-2.2): the raw consumer reads 64 MiB fetches and does no work."
 )
 UPDATE_CHECK_NOTE = (
     "In-process, no broker: seconds per update of check_payload (zero-copy safetensors views, "
@@ -137,6 +141,9 @@ def _raw_consume(bootstrap: str, topic: str) -> tuple[float, int]:
             "fetch.max.bytes": 4 * MAX_MESSAGE_BYTES,
             "max.partition.fetch.bytes": MAX_MESSAGE_BYTES + 65536,
             "receive.message.max.bytes": 4 * MAX_MESSAGE_BYTES + 2 * 1024 * 1024,
+            # as fairfleet's consumers: librdkafka's default waits 1 s whenever its 64 MiB
+            # queue is full: K = 1000 was read at a third of the byte rate of K = 5000 with it
+            "fetch.queue.backoff.ms": FETCH_QUEUE_BACKOFF_MS,
         }
     )
     partitions = consumer.list_topics(topic, timeout=30).topics[topic].partitions
@@ -378,8 +385,8 @@ def _write(
         "method": (
             "round close = commit of the K updates (one transaction, each with its site's "
             "signed ledger commit) until model version 1 is read; raw = an already-joined "
-            "confluent-kafka consumer reading the same update records as bytes in the same run; "
-            "no OMP/OPENBLAS thread settings (the update path uses no BLAS or torch pool)"
+            "confluent-kafka consumer reading the same update records as bytes in the same run "
+            "(fetch.queue.backoff.ms as fairfleet's consumers); no OMP/OPENBLAS thread settings (the update path uses no BLAS or torch pool)"
         ),
         "cores": os.cpu_count(),
         "grid_reduced": any(r["sites"] * r["params"] * 4 > BIG_BYTES for r in rows),

@@ -87,15 +87,23 @@ class LedgerGate:
 
     def admit(self, msg: SiteUpdate) -> NotInLedger | None:
         """None if the update's release is committed in the ledger; reads the log until it is,
-        or until the log is read to its end (at most ``catch_up_s``)."""
+        or until the log is read to its end (at most ``catch_up_s``).
+
+        Where the log ends is asked (``lag``: a broker round trip per partition, which can wait
+        behind the consumer's long-poll fetch) only after a poll that read nothing: while
+        records arrive, reading on is the cheaper way to find the commit (an update and its
+        commit are one transaction, so the commit is usually just behind)."""
         deadline = time.monotonic() + self.catch_up_s
         while not self.committed(msg.site, msg.model_id, msg.round):
-            self.poll(0.1)
+            progressed = self.poll(0.1) > 0
+            if time.monotonic() > deadline:
+                self.poll(0.0)
+                break
+            if progressed:
+                continue
             consumer = self.reader.consumer
             caught_up = bool(consumer.positions()) and consumer.lag() == 0
-            if (caught_up and not self.committed(msg.site, msg.model_id, msg.round)) or (
-                time.monotonic() > deadline
-            ):
+            if caught_up and not self.committed(msg.site, msg.model_id, msg.round):
                 self.poll(0.0)
                 break
         if self.committed(msg.site, msg.model_id, msg.round):

@@ -90,9 +90,11 @@ MAX_COMMIT_FAILURES = 3
 """Consecutive failed round commits after which the service exits (a restart re-reads state)."""
 LATE_DRAIN_S = 3.0  # after the last round: how long updates on their way are still read
 PREFETCH_KBYTES = 8 * 1024
-"""librdkafka's ``queued.max.messages.kbytes`` of the input consumer (default 64 MiB): the
-updates it prefetches ahead of the fold are memory the round does not need (a soft bound: one
-fetch in flight comes on top; docs/aggregator.md "Fleet scale")."""
+"""librdkafka's ``queued.max.messages.kbytes`` of the input consumer (default 64 MiB), and the
+most one of its fetch responses brings (``fetch.max.bytes``; fairfleet.bus's default 64 MiB): the
+updates it prefetches ahead of the fold are memory the round does not need. A soft bound: the
+response in flight comes on top of the queue, and a response's buffer lives until the last of its
+records is read (docs/aggregator.md "Fleet scale")."""
 
 
 @dataclass(frozen=True)
@@ -229,6 +231,7 @@ class Aggregator:
                 [self.input_topic],
                 True,
                 on_rebalance=self._rebalance_listener(),
+                fetch_max_bytes=PREFETCH_KBYTES * 1024,
             )
         return self.bus.consumer(self.group_id, [self.input_topic])
 

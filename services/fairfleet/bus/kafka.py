@@ -56,6 +56,12 @@ HUNG_CALL_GRACE_S = 15.0
 """How long past its own timeout a transactional librdkafka call may take before it counts as hung."""
 LOG_INTERVAL_S = 60.0
 """The same librdkafka message is logged at most once per this many seconds."""
+FETCH_QUEUE_BACKOFF_MS = 10
+"""A consumer's ``fetch.queue.backoff.ms``: once its prefetch queue is full
+(``queued.max.messages.kbytes``), librdkafka postpones the partition's next fetch by this long
+(librdkafka's default 1000 ms: with large records the queue fills every few records, and the
+aggregator's updates consumer, bounded at 8 MiB, then waited ~1 s every ~20 updates of
+D = 100k; docs/aggregator.md "Fleet scale"). Only a full queue waits on it."""
 PROBE_TOPIC = "__fairfleet_probe"
 """Metadata of this (absent) topic is what a reachability probe asks for: one cheap request."""
 _UNREACHABLE = frozenset({KafkaError._ALL_BROKERS_DOWN, KafkaError._RESOLVE})
@@ -409,9 +415,13 @@ class KafkaConsumer(Consumer):
         topics: list[str],
         from_beginning: bool,
         on_rebalance: RebalanceListener | None = None,
+        fetch_max_bytes: int = _FETCH_MAX,
     ) -> None:
         """``on_rebalance(kind, partitions)`` (kind "assign", "revoke" or "lost") is called from
-        inside :meth:`poll`/:meth:`consume` when the group moves partitions."""
+        inside :meth:`poll`/:meth:`consume` when the group moves partitions.
+        ``fetch_max_bytes``: the most one fetch response brings (``fetch.max.bytes``, and the
+        per-partition ``max.partition.fetch.bytes`` at most that); a larger record still comes,
+        alone (the broker always returns a fetch's first record batch)."""
         conf: dict[str, Any] = {
             **client_config,
             "group.id": group_id,
@@ -419,11 +429,12 @@ class KafkaConsumer(Consumer):
             "enable.auto.offset.store": False,
             "isolation.level": "read_committed",
             "auto.offset.reset": "earliest" if from_beginning else "latest",
-            "fetch.max.bytes": _FETCH_MAX,
-            "max.partition.fetch.bytes": MAX_MESSAGE_BYTES + 65536,
+            "fetch.max.bytes": fetch_max_bytes,
+            "max.partition.fetch.bytes": min(MAX_MESSAGE_BYTES + 65536, fetch_max_bytes),
             "receive.message.max.bytes": _FETCH_MAX + 2 * 1024 * 1024,
             "session.timeout.ms": 10000,
             "heartbeat.interval.ms": 1000,
+            "fetch.queue.backoff.ms": FETCH_QUEUE_BACKOFF_MS,
         }
         self._consumer = CKConsumer(conf)
         if on_rebalance is None:

@@ -613,3 +613,32 @@ def test_the_update_mechanisms_clip_bound_reaches_the_strategy_as_in_simulation(
 
 def replace_privacy(msg: SiteUpdate, privacy: UpdatePrivacy) -> SiteUpdate:
     return msg.model_copy(update={"privacy": privacy, "signature": None})
+
+
+def test_the_updates_consumer_prefetches_and_fetches_at_most_prefetch_kbytes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A round's updates ahead of the fold are bounded: the prefetch queue and each fetch
+    response (a response's buffer lives until its last record is read), and a full queue is
+    refilled within milliseconds (librdkafka's default waited a second every ~20 updates of
+    D = 100k)."""
+    from fairfleet.aggregator.service import PREFETCH_KBYTES
+    from fairfleet.bus import kafka as kafka_backend
+
+    confs: list[dict[str, Any]] = []
+
+    class FakeClient:
+        def __init__(self, conf: dict[str, Any]) -> None:
+            confs.append(conf)
+
+        def subscribe(self, topics: list[str], **callbacks: Any) -> None:
+            pass
+
+    monkeypatch.setattr(kafka_backend, "CKConsumer", FakeClient)
+    agg = Aggregator(config(), "m", kafka_backend.KafkaBus("127.0.0.1:1"))
+    agg._make_consumer()
+    (conf,) = confs
+    assert conf["queued.max.messages.kbytes"] == PREFETCH_KBYTES
+    assert conf["fetch.max.bytes"] == PREFETCH_KBYTES * 1024
+    assert conf["max.partition.fetch.bytes"] <= PREFETCH_KBYTES * 1024
+    assert conf["fetch.queue.backoff.ms"] == kafka_backend.FETCH_QUEUE_BACKOFF_MS
