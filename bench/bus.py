@@ -29,7 +29,7 @@ from confluent_kafka import Consumer, Producer
 from fairfleet.bus import Publisher, Reader, codec, connect
 from fairfleet.bus.base import Record
 from fairfleet.bus.codec import DEFAULT_CHUNK_BYTES, H_CHUNK_ID
-from fairfleet.bus.kafka import KafkaBus
+from fairfleet.bus.kafka import FETCH_QUEUE_BACKOFF_MS, KafkaBus
 from fairfleet.bus.topics import MAX_MESSAGE_BYTES, TopicSpec
 from fairfleet.messages import SiteUpdate, UpdatePrivacy
 
@@ -160,6 +160,9 @@ def _raw(bootstrap: str, bus: KafkaBus, payload: bytes, n: int) -> tuple[float, 
             "fetch.max.bytes": 4 * MAX_MESSAGE_BYTES,
             "max.partition.fetch.bytes": MAX_MESSAGE_BYTES + 65536,
             "receive.message.max.bytes": 4 * MAX_MESSAGE_BYTES + 2 * MB,
+            # fairfleet's consumers back off 10 ms once their prefetch queue is full instead of
+            # librdkafka's 1 s: the baseline gets the same setting, so the ratio is the codec's
+            "fetch.queue.backoff.ms": FETCH_QUEUE_BACKOFF_MS,
         }
     )
     consumer.subscribe([topic])

@@ -51,9 +51,19 @@ def _fleet_config(tmp_path: Path, prefix: str) -> Path:
     """The example, cut down to one model and its three simulated sites."""
     data: dict[str, Any] = yaml.safe_load(EXAMPLE.read_text())
     model = next(m for m in data["models"] if m["id"] == MODEL)
-    # quorum = all three sites closes each round as soon as they reported; the long deadline
-    # covers the sites' start-up on a loaded machine (the aggregator opens round 0 first)
-    model["rounds"] = {"mode": "sync", "rounds": 20, "deadline_s": 120, "min_sites": 2, "quorum": 3}
+    # every round lasts its deadline (a quorum above the three sites is never met early), so
+    # the pre-denial gauge, raised when plant-c's last affordable release is granted, stands
+    # for a whole round (~15 scrapes) before the next reservation is denied: with rounds closed
+    # as soon as all three reported, the two came within one 100 ms scrape under load and the
+    # alert could not be seen first. Re-announced, never voided, while the sites start up.
+    model["rounds"] = {
+        "mode": "sync",
+        "rounds": 20,
+        "deadline_s": 1.5,
+        "min_sites": 2,
+        "quorum": 4,
+        "max_reannouncements": 1000,
+    }
     data["models"] = [model]
     data["sites"] = [s for s in data["sites"] if s["id"] in SITES]
     data["policies"]["sites"] = {k: v for k, v in data["policies"]["sites"].items() if k in SITES}

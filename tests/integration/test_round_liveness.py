@@ -370,7 +370,10 @@ def test_a_budget_raised_after_exhaustion_lets_the_site_rejoin(
         "defaults": {"epsilon_max": 1e6, "delta": 1e-5, "unit": "site"},
         "sites": {"s2": {"epsilon_max": 8.0, "delta": 1e-5, "unit": "site"}},
     }
-    fleet = make_fleet(["s1", "s2"], min_sites=2, quorum=2, policies=policies)
+    # a quorum above the two sites: every round lasts its deadline. Closed as soon as both
+    # reported, rounds took ~80 ms once consumers stopped idling 1 s on a full prefetch queue,
+    # and s2 spent its raised budget (~20 rounds) before the test looked.
+    fleet = make_fleet(["s1", "s2"], min_sites=2, quorum=3, policies=policies)
     fleet.start_accountant()
     agg = fleet.start_aggregator()
     for s in ("s1", "s2"):
