@@ -42,7 +42,7 @@ schemas: install
 
 # Full suite against a real broker started (and stopped) around pytest. Two pytest workers
 # (pytest-xdist), each taking whole test files: most of the suite waits on the broker and on
-# round deadlines rather than on a CPU, so two files at a time take about 12 minutes instead of
+# round deadlines rather than on a CPU, so two files at a time take 10–12 minutes instead of
 # 19 on 2 cores. PYTEST_WORKERS=0 runs it in one process.
 PYTEST_WORKERS ?= 2
 test: install system-deps jars
