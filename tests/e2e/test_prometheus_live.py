@@ -51,16 +51,17 @@ def _fleet_config(tmp_path: Path, prefix: str) -> Path:
     """The example, cut down to one model and its three simulated sites."""
     data: dict[str, Any] = yaml.safe_load(EXAMPLE.read_text())
     model = next(m for m in data["models"] if m["id"] == MODEL)
-    # every round lasts its deadline (a quorum above the three sites is never met early), so
-    # the pre-denial gauge, raised when plant-c's last affordable release is granted, stands
-    # for a whole round (~15 scrapes) before the next reservation is denied: with rounds closed
-    # as soon as all three reported, the two came within one 100 ms scrape under load and the
-    # alert could not be seen first. Re-announced, never voided, while the sites start up.
+    # every round waits for all three sites (min_sites; re-announced, never voided, while they
+    # start up) and then lasts its deadline (a quorum above the three sites is never met
+    # early), so the pre-denial gauge, raised when plant-c's last affordable release is
+    # granted, stands for a whole round (~15 scrapes) before the next reservation is denied:
+    # with rounds closed as soon as all three reported, the two came within one 100 ms scrape
+    # under load and the alert could not be seen first. After the denial the open round waits.
     model["rounds"] = {
         "mode": "sync",
         "rounds": 20,
         "deadline_s": 1.5,
-        "min_sites": 2,
+        "min_sites": 3,
         "quorum": 4,
         "max_reannouncements": 1000,
     }
