@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from collections.abc import Iterator
@@ -52,3 +53,19 @@ def kafka_topics(kafka_bootstrap: str, topic_prefix: str) -> str:
 
     connect(kafka_bootstrap).create_topics(Topics(topic_prefix).specs())
     return topic_prefix
+
+
+@pytest.fixture(autouse=True)
+def _service_logging_undone() -> Iterator[None]:
+    """Undo ``fairfleet.log.configure`` after each test that called it (a CLI command run in
+    process does): its JSON handler and INFO level on the root logger would otherwise stay for
+    the worker's later tests (JSON lines and other libraries' INFO records in their output)."""
+    from fairfleet.log import JsonFormatter
+
+    root = logging.getLogger()
+    level = root.level
+    yield
+    for handler in list(root.handlers):
+        if isinstance(handler.formatter, JsonFormatter):
+            root.removeHandler(handler)
+    root.setLevel(level)
