@@ -178,6 +178,7 @@ class Aggregator:
         self._dim = sum(int(v.numel()) for v in self._template.values())  # parameters, flat
         self._crash = CrashHook.parse(self.options.crash_at or os.environ.get(CRASH_ENV))
         self._started = False
+        self._started_event = threading.Event()  # set once start() has set the state below
         self._closed = False
         self._commit_failures = 0
         self.last_report: dict[str, Any] | None = None
@@ -268,6 +269,7 @@ class Aggregator:
         self.metrics.restore(self.ckpt.fairness)
         self._update_gauges()
         self._started = True
+        self._started_event.set()
 
     def _open_producers(self) -> None:
         """Create the topics; open the transactional producer (it fences any earlier
@@ -1125,6 +1127,17 @@ class Aggregator:
             "history": list(self.ckpt.history[-10:]),
         }
 
+    def wait_started(self, timeout: float) -> bool:
+        """Wait until :meth:`start` has restored or bootstrapped the state. Round 0 is
+        announced by the bootstrap's transaction, a moment before the state it announced is
+        set here: a reader that saw the announcement waits on this before reading the state."""
+        return self._started_event.wait(timeout)
+
     def global_vector(self) -> np.ndarray:
         """A copy of the current global model as one flat float32 vector."""
+        if not self._started:
+            raise RuntimeError(
+                f"aggregator {self.model_id!r} has not started: no global model yet "
+                "(call start(), or wait_started() when run() is on another thread)"
+            )
         return self._theta.copy()

@@ -156,6 +156,7 @@ class AggregatorWorker(_WorkerMarker, Aggregator):
         self._serve()
         self._update_gauges()
         self._started = True
+        self._started_event.set()
         self._event(
             "aggregator worker started",
             round=self.ckpt.round,
