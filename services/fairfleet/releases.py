@@ -19,7 +19,6 @@ committed, no service's offsets move) until it has caught up with the topic's en
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -44,26 +43,25 @@ def _scan(
     """Feed every message of the ``logical`` topics (from the beginning) to ``keep`` until
     caught up with their end (one consumer in a fresh group that never commits)."""
     from fairfleet.bus import Reader, connect
+    from fairfleet.bus.base import read_to_end
 
     bus = connect(config.bus_url(), config.kafka.client_config())
     fleet = Topics(config.kafka.topic_prefix)
     names = [fleet.topic(t) for t in logical]
     consumer = bus.consumer(f"fairfleet-export-{uuid.uuid4().hex}", names)
     reader = Reader(consumer, "export", limits=config.kafka.input_limits())
-    deadline = time.monotonic() + timeout_s
     try:
-        while time.monotonic() < deadline:
-            env = reader.poll(0.5)
-            if env is not None:
-                keep(env.message, bytes(env.payload))
-                continue
-            # assigned (committed() lists the assignment, even of an empty topic) and caught up
-            if consumer.committed() and consumer.lag() == 0:
-                return
-        raise ConfigError(
-            f"Could not read topics {names} to their end on {config.kafka.bootstrap} within "
-            f"{timeout_s:g} s."
-        )
+        for env in read_to_end(
+            consumer,
+            reader.poll,
+            timeout_s,
+            lambda: ConfigError(
+                f"Could not read topics {names} to their end on {config.kafka.bootstrap} within "
+                f"{timeout_s:g} s."
+            ),
+            poll_s=0.5,
+        ):
+            keep(env.message, bytes(env.payload))
     finally:
         consumer.close()
         bus.close()

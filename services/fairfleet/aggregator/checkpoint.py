@@ -42,7 +42,7 @@ from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
 from fairfleet.bus import codec
-from fairfleet.bus.base import Bus, Delivery, Producer, Record
+from fairfleet.bus.base import Bus, Delivery, Producer, Record, read_to_end
 from fairfleet.bus.limits import CHUNK_OVERHEAD_BYTES, MIN_CHUNK_BYTES, InputLimits
 from fairfleet.bus.topics import Topics
 from fairfleet.errors import PayloadError
@@ -283,18 +283,17 @@ def read_checkpoint(
     """
     consumer = bus.consumer(f"{group}{new_id()[:12]}", [topic])
     scanner = CheckpointScanner(model_id, public_keys)
-    deadline = time.monotonic() + timeout_s
     try:
-        while time.monotonic() < deadline:
-            batch = consumer.consume(500, 0.2)
+        for batch in read_to_end(
+            consumer,
+            lambda timeout: consumer.consume(500, timeout) or None,
+            timeout_s,
+            lambda: PayloadError(
+                f"Could not read checkpoint topic '{topic}' to its end within {timeout_s} s."
+            ),
+        ):
             for record in batch:
                 scanner.add(record)
-            if not batch and consumer.committed() and consumer.lag() == 0:
-                break
-        else:
-            raise PayloadError(
-                f"Could not read checkpoint topic '{topic}' to its end within {timeout_s} s."
-            )
     finally:
         consumer.close()
     if scanner.rejected:
@@ -330,16 +329,17 @@ def read_release_payload(
     from fairfleet.bus.messaging import Reader
     from fairfleet.messages import ModelRelease
 
+    def missing() -> PayloadError:
+        return PayloadError(
+            f"The checkpoint of model '{ckpt.model_id}' names release v{ckpt.version} "
+            f"(sha-256 {ckpt.model_sha256}), which topic '{topic}' does not hold (read within "
+            f"{timeout_s} s)."
+        )
+
     consumer = bus.consumer(f"{group}{new_id()[:12]}", [topic])
     reader = Reader(consumer, "checkpoint-restore", limits=CHECKPOINT_LIMITS)
-    deadline = time.monotonic() + timeout_s
     try:
-        while time.monotonic() < deadline:
-            env = reader.poll(0.2)
-            if env is None:
-                if consumer.committed() and consumer.lag() == 0:
-                    break
-                continue
+        for env in read_to_end(consumer, reader.poll, timeout_s, missing):
             msg = env.message
             if (
                 isinstance(msg, ModelRelease)
@@ -350,8 +350,4 @@ def read_release_payload(
                 return bytes(env.payload)
     finally:
         consumer.close()
-    raise PayloadError(
-        f"The checkpoint of model '{ckpt.model_id}' names release v{ckpt.version} "
-        f"(sha-256 {ckpt.model_sha256}), which topic '{topic}' does not hold (read within "
-        f"{timeout_s} s)."
-    )
+    raise missing()

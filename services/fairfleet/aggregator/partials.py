@@ -7,13 +7,13 @@ model").
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
 
 import numpy as np
 import torch
 
 from fairfleet.bus import Bus, Reader
+from fairfleet.bus.base import read_to_end
 from fairfleet.bus.messaging import VerifyFn
 from fairfleet.errors import PayloadError
 from fairfleet.fairness import NoisyStat, Partial, SiteUpdate
@@ -145,23 +145,20 @@ def read_partials(
     consumer = bus.consumer(f"{group}{new_id()[:12]}", [topic])
     reader = Reader(consumer, "aggregator", on_dead_letter=on_dead_letter, verifier=verifier)
     latest: dict[int, tuple[PartialAggregate, bytes]] = {}
-    deadline = time.monotonic() + timeout_s
     try:
-        while time.monotonic() < deadline:
-            env = reader.poll(0.2)
-            if env is not None:
-                msg = env.message
-                if (
-                    isinstance(msg, PartialAggregate)
-                    and msg.model_id == model_id
-                    and msg.round == round_
-                ):
-                    latest[msg.partition] = (msg, bytes(env.payload))
-                continue
-            if consumer.committed() and consumer.lag() == 0:
-                break
-        else:
-            raise PayloadError(f"Could not read '{topic}' to its end within {timeout_s} s.")
+        for env in read_to_end(
+            consumer,
+            reader.poll,
+            timeout_s,
+            lambda: PayloadError(f"Could not read '{topic}' to its end within {timeout_s} s."),
+        ):
+            msg = env.message
+            if (
+                isinstance(msg, PartialAggregate)
+                and msg.model_id == model_id
+                and msg.round == round_
+            ):
+                latest[msg.partition] = (msg, bytes(env.payload))
     finally:
         consumer.close()
     return latest

@@ -17,13 +17,15 @@ from __future__ import annotations
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from fairfleet.bus.topics import TopicSpec
 from fairfleet.errors import BusError
 
 Headers = dict[str, bytes]
+T = TypeVar("T")
 Key = bytes | str | None
 RebalanceListener = Callable[[str, list[tuple[str, int]]], None]
 """Called with (kind, [(topic, partition), ...]) when a consumer group moves partitions; kind is
@@ -162,6 +164,28 @@ class Consumer(ABC):
 
     @abstractmethod
     def close(self) -> None: ...
+
+
+def read_to_end(
+    consumer: Consumer,
+    poll: Callable[[float], T | None],
+    timeout_s: float,
+    timed_out: Callable[[], Exception],
+    poll_s: float = 0.2,
+) -> Iterator[T]:
+    """Yield what ``poll(poll_s)`` reads (None: nothing) until ``consumer`` is assigned
+    (``committed()`` lists the assignment, even of an empty topic) and caught up with the end of
+    its topics; raise ``timed_out()`` if that takes longer than ``timeout_s``. For a throw-away
+    consumer that reads a topic from the beginning; the caller closes it."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        item = poll(poll_s)
+        if item is not None:
+            yield item
+            continue
+        if consumer.committed() and consumer.lag() == 0:
+            return
+    raise timed_out()
 
 
 class Bus(ABC):
