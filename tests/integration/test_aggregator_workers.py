@@ -228,6 +228,44 @@ def test_a_rebalance_and_a_killed_worker_lose_and_double_count_nothing(
     np.testing.assert_allclose(killed, gap_reference, rtol=1e-5, atol=1e-6)
 
 
+def test_a_restarted_worker_restores_its_partitions_while_the_topic_is_idle(
+    kafka_bootstrap: str,
+) -> None:
+    """Worker 0 commits partials of three sites (one per partition) and is killed; its restart
+    restores all three partitions from ``partials`` before any further update arrives (the read
+    is off the round's critical path, not done when a partition's next update comes), and the
+    round then closes with each of the six sites once."""
+    prefix = f"t{uuid.uuid4().hex[:8]}."
+    cfg, keys = fleet_config(kafka_bootstrap, prefix, strategy="fedavg", rounds=ROUNDS, workers=2)
+    bus = connect(kafka_bootstrap)
+    bus.create_topics(Topics(prefix).specs(cfg.kafka.partitions))
+    fleet = Fleet(bus, cfg)
+    watcher, pub = Watcher(bus, prefix), Publisher(bus.producer())
+    first_half = {"new-0", "new-1", "old-0"}  # on partitions 0, 1 and 2 (see the test above)
+    try:
+        w0 = fleet.start_worker(0)
+        ann, model = watcher.wait_round(0)
+        updates = {s.site: site_update(s, ann, model, keys[s.site]) for s in make_sites()}
+        for site in sorted(first_half):
+            publish(pub, prefix, *updates[site])
+        fleet.until(lambda: set(fleet.combiner.status()["buffered"]) == first_half, "partials")
+        fleet.workers.pop(0)
+        w0.consumer.close()  # killed: what it committed stays
+        restarted = fleet.start_worker(0)
+        deadline = time.monotonic() + 60
+        while set(restarted.status()["buffered"]) != first_half:  # nothing is published here
+            assert time.monotonic() < deadline, restarted.status()
+            restarted.step()
+        assert restarted.assigned == {0, 1, 2} and fleet.combiner.ckpt.round == 0
+        for site in sorted(set(updates) - first_half):
+            publish(pub, prefix, *updates[site])
+        fleet.until(lambda: fleet.combiner.ckpt.round == 1, "round 0 closing")
+        assert sorted(fleet.combiner.ckpt.history[-1]["sites"]) == sorted(updates)
+    finally:
+        watcher.close()
+        fleet.close()
+
+
 def test_kill9_of_worker_processes_mid_round_gives_the_one_worker_model(
     kafka_bootstrap: str, tmp_path: Path, gap_reference: np.ndarray
 ) -> None:
