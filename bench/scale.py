@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -53,10 +54,8 @@ REPEATS = 3  # medians of time and ratio; the largest peak RSS
 BIG_BYTES = 1_000_000_000  # a cell moving more than this through the broker runs once
 WORKERS = 2  # the several-workers variant of each cell: a combiner and this many workers
 GRID_NOTE = (
-    "The issue's grid, each cell once (SCALE_REPEATS=1; cells above 1 GB always run once), on a "
-    "quiet machine (load average in each row); the two-worker cells in a second pass "
-    "(SCALE_WORKERS=2), D = 5M in a third; the two-worker D = 5M row is from before the fetch "
-    "fix and was not rerun."
+    "The issue's grid, each cell once (SCALE_REPEATS=1), one worker and then two workers plus "
+    "a combiner, in one pass on a quiet machine (load average in each row)."
 )
 
 
@@ -70,17 +69,19 @@ RSS_NOTE = (
     "overlap), the Python copy of each record and the decoded vector of the update in hand."
 )
 RATIO_NOTE = (
-    "Before the fetch fix the updates consumer's 8 MiB prefetch queue filled every ~20 updates "
-    "of D = 100k and librdkafka then postponed the next fetch by fetch.queue.backoff.ms, 1000 ms "
-    "by default: the service sat idle in poll (py-spy --idle of the service loop, K = 1000: 66% "
-    "of its wall time in KafkaConsumer.poll). fairfleet's consumers now back off 10 ms and the "
-    "aggregator's fetch responses are bounded at 8 MiB like its queue; the raw consumer backs "
-    "off 10 ms too (with librdkafka's default it read K = 1000 in 1.45 s instead of 0.48 s). "
-    "py-spy after (K = 5000, load 1-3): the loop still waits in KafkaConsumer.poll for ~70% of "
-    "its wall time (a 32 MiB prefetch was not faster and grew RSS to 73 MB), the Reader's "
-    "decode (JSON, pydantic, sha256 of the payload) 10%, Ed25519 verification 7% (each record "
-    "verified once: the update and its ledger commit), check_payload 3%, the fold 2%. The goal "
-    "of 1.3 is not met (1.6-2.2): the raw consumer reads 64 MiB fetches and does no work."
+    "cpu_s: CPU seconds (user + system, all threads, from /proc) of each process from the "
+    "commit of the round's updates until the release is read; raw_cpu_s: the raw consumer "
+    "process's own and the broker's while it reads the same records. The one-worker service is "
+    "CPU-bound, not waiting: at K = 5000 it used as many CPU seconds as the round took. Beyond "
+    "what the raw consumer spends on the same records, each update costs ~0.4-0.5 ms of CPU at "
+    "D = 100k: one sha256 pass over its 400 kB (0.21 ms here), two Ed25519 verifications (the "
+    "update and its ledger commit, 0.06 ms each), JSON and pydantic, check_payload and the "
+    "fold. A ratio of 1.3 would need (service + broker CPU) / (1.3 x raw seconds) cores: at "
+    "K = 5000 more than the machine's 2 even if all of it ran in parallel; see docs/aggregator.md "
+    "('Time'). An earlier py-spy --idle profile put ~70% of the loop in KafkaConsumer.poll; "
+    "timing the loop directly (perf_counter around poll and handle, K = 5000) gave 1.42 s in "
+    "polls that returned a record (the Reader's decode and hash included) and 1.85 s handling "
+    "them, for a 3.2 s round: py-spy's idle attribution was wrong."
 )
 UPDATE_CHECK_NOTE = (
     "In-process, no broker: seconds per update of check_payload (zero-copy safetensors views, "
@@ -127,7 +128,41 @@ def _wait_log(path: Path, text: str, timeout: float) -> None:
         time.sleep(0.2)
 
 
-def _raw_consume(bootstrap: str, topic: str) -> tuple[float, int]:
+def _cpu_s(pid: int | None) -> float:
+    """CPU seconds (user + system, all threads) a process has used so far; 0 without a pid."""
+    if pid is None:
+        return 0.0
+    after_name = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(after_name[11]) + int(after_name[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)  # with librdkafka's threads
+    return usage.ru_utime + usage.ru_stime
+
+
+def _listener_pid(bootstrap: str) -> int | None:
+    """The process listening on the bootstrap's port (the broker), from /proc; None if not
+    found (e.g. another user's broker)."""
+    port = int(bootstrap.rsplit(":", 1)[1])
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # LISTEN
+                inodes.add(f"socket:[{fields[9]}]")
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if any(os.readlink(fd) in inodes for fd in (proc / "fd").iterdir()):
+                return int(proc.name)
+        except OSError:
+            continue
+    return None
+
+
+def _raw_consume(bootstrap: str, topic: str) -> tuple[float, int, dict[str, float]]:
     """Seconds and bytes for a raw consumer to read every data record of ``topic``: an update
     larger than ``kafka.chunk_bytes`` is several records, and the topic was written by one
     transaction, so each partition holds its data records then one commit marker."""
@@ -156,6 +191,8 @@ def _raw_consume(bootstrap: str, topic: str) -> tuple[float, int]:
     while not consumer.assignment() and time.monotonic() < deadline:
         consumer.poll(0.05)  # joined (not timed); nothing is read before the timer
     got = nbytes = 0
+    broker = _listener_pid(bootstrap)
+    cpu_before = (_own_cpu_s(), _cpu_s(broker))
     start = time.perf_counter()
     while got < records:
         for msg in consumer.consume(min(500, records - got), 1.0):
@@ -164,8 +201,12 @@ def _raw_consume(bootstrap: str, topic: str) -> tuple[float, int]:
                 got += 1
                 nbytes += len(value)
     seconds = time.perf_counter() - start
+    cpu = {
+        "consumer": _own_cpu_s() - cpu_before[0],
+        "broker": _cpu_s(broker) - cpu_before[1],
+    }
     consumer.close()
-    return seconds, nbytes
+    return seconds, nbytes, cpu
 
 
 def run_one(
@@ -198,9 +239,15 @@ def run_one(
         idle = {role: _status_kb(proc.pid, "VmRSS") * 1024 for role, proc in procs.items()}
         updates = gen.updates(ann)
         record_bytes = sum(len(p) for _, p, _ in updates)
+        broker = _listener_pid(bootstrap)
         committed = gen.publish_round(bus, updates)
+        # read_committed: nothing of the round was readable before this point
+        cpu_before = {role: _cpu_s(proc.pid) for role, proc in procs.items()}
+        cpu_before["broker"] = _cpu_s(broker)
         del updates
         released, model = _wait_release(bus, prefix, 1, timeout=1800)
+        cpu = {role: _cpu_s(proc.pid) - cpu_before[role] for role, proc in procs.items()}
+        cpu["broker"] = _cpu_s(broker) - cpu_before["broker"]
         peak = {role: _status_kb(proc.pid, "VmHWM") * 1024 for role, proc in procs.items()}
     finally:
         for proc in procs.values():
@@ -218,7 +265,7 @@ def run_one(
     if not closed or closed[0].get("participants") != sites:  # a model of other updates
         raise RuntimeError(f"Round 0 did not close with all {sites} sites: {closed}.")
     partials = _partials_seen(logs) if workers > 1 else {}
-    raw_s, raw_bytes = _raw_consume(bootstrap, f"{prefix}updates")
+    raw_s, raw_bytes, raw_cpu = _raw_consume(bootstrap, f"{prefix}updates")
     close_s = released - committed
     growth = {role: peak[role] - idle[role] for role in procs}
     row: dict[str, Any] = {
@@ -230,6 +277,8 @@ def run_one(
         "raw_bytes": raw_bytes,
         "payload_bytes": record_bytes,
         "ratio_vs_raw_consume": close_s / raw_s,
+        "cpu_s": {k: round(v, 2) for k, v in cpu.items()},
+        "raw_cpu_s": {k: round(v, 2) for k, v in raw_cpu.items()},
         "peak_rss_bytes": max(peak.values()),
         "idle_rss_bytes": idle[roles[0][0]] if workers == 1 else idle,
         "peak_rss_growth_bytes": max(growth.values()),
@@ -275,7 +324,7 @@ def _cell(
         print(json.dumps(row), flush=True)
     keys = ("round_close_s", "raw_consume_s", "ratio_vs_raw_consume")
     median = {k: statistics.median(r[k] for r in runs) for k in keys}
-    kept = (*keys, "peak_rss_growth_bytes", "load_average_1m")
+    kept = (*keys, "cpu_s", "raw_cpu_s", "peak_rss_growth_bytes", "load_average_1m")
     return {
         **runs[0],
         **median,
