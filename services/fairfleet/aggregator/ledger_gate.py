@@ -46,6 +46,10 @@ class NotInLedger:
     reason: str = "not_in_ledger"
 
 
+PREFETCH_KBYTES = 1024
+"""What the gate's consumer reads ahead of the gate (``Bus.consumer``'s ``prefetch_kbytes``)."""
+
+
 class LedgerGate:
     """The releases ``privacy.events`` says happened: (site, model, round) -> committed?"""
 
@@ -57,8 +61,12 @@ class LedgerGate:
         group: str = Topics("").throwaway_group("ledger-gate"),
         catch_up_s: float = 10.0,
     ) -> None:
-        # a private group read from the beginning and never committed: the whole log, every start
-        consumer = bus.consumer(f"{group}{uuid.uuid4().hex[:8]}", [topic])
+        # a private group read from the beginning and never committed: the whole log, every start;
+        # its records are small and read as they come, so little is read ahead (librdkafka's
+        # default queue held every commit of a 5,000-site round at once)
+        consumer = bus.consumer(
+            f"{group}{uuid.uuid4().hex[:8]}", [topic], prefetch_kbytes=PREFETCH_KBYTES
+        )
         # forged ledger records are the accountant's to dead-letter; here they are only skipped
         self.reader = Reader(consumer, "aggregator", None, verifier=verifier)
         self.catch_up_s = catch_up_s

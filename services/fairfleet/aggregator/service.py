@@ -221,18 +221,14 @@ class Aggregator:
         if isinstance(self.bus, KafkaBus):
             # Static membership: a restarted aggregator gets its partitions back at once instead
             # of after the dead member's session timeout (and fences a stray second instance).
-            conf = {
-                **self.bus.client_config,
-                "group.instance.id": self.txn_id,
-                "queued.max.messages.kbytes": PREFETCH_KBYTES,
-            }
+            conf = {**self.bus.client_config, "group.instance.id": self.txn_id}
             return KafkaConsumer(
                 conf,
                 self.group_id,
                 [self.input_topic],
                 True,
                 on_rebalance=self._rebalance_listener(),
-                fetch_max_bytes=PREFETCH_KBYTES * 1024,
+                prefetch_kbytes=PREFETCH_KBYTES,
             )
         return self.bus.consumer(self.group_id, [self.input_topic])
 

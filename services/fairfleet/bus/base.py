@@ -196,8 +196,15 @@ class Bus(ABC):
 
     @abstractmethod
     def consumer(
-        self, group_id: str, topics: Sequence[str], from_beginning: bool = True
-    ) -> Consumer: ...
+        self,
+        group_id: str,
+        topics: Sequence[str],
+        from_beginning: bool = True,
+        prefetch_kbytes: int | None = None,
+    ) -> Consumer:
+        """A consumer of ``topics`` in group ``group_id``. ``prefetch_kbytes``: bound what the
+        backend reads ahead of :meth:`Consumer.poll` to about this many KiB (at least 1024);
+        None: the backend's default."""
 
     @abstractmethod
     def create_topics(self, specs: Sequence[TopicSpec]) -> None:

@@ -46,12 +46,13 @@ from fairfleet.bus.base import (
     Record,
 )
 from fairfleet.bus.topics import MAX_MESSAGE_BYTES, TopicSpec
-from fairfleet.errors import BusError, TransactionError
+from fairfleet.errors import BusError, ConfigError, TransactionError
 from fairfleet.log import RateLimited, event
 
 logger = logging.getLogger(__name__)
 
 _FETCH_MAX = 4 * MAX_MESSAGE_BYTES
+MIN_PREFETCH_KBYTES = 1024
 HUNG_CALL_GRACE_S = 15.0
 """How long past its own timeout a transactional librdkafka call may take before it counts as hung."""
 LOG_INTERVAL_S = 60.0
@@ -185,9 +186,19 @@ class KafkaBus(Bus):
         return KafkaProducer(self.client_config, transactional_id)
 
     def consumer(
-        self, group_id: str, topics: Sequence[str], from_beginning: bool = True
+        self,
+        group_id: str,
+        topics: Sequence[str],
+        from_beginning: bool = True,
+        prefetch_kbytes: int | None = None,
     ) -> KafkaConsumer:
-        return KafkaConsumer(self.client_config, group_id, list(topics), from_beginning)
+        return KafkaConsumer(
+            self.client_config,
+            group_id,
+            list(topics),
+            from_beginning,
+            prefetch_kbytes=prefetch_kbytes,
+        )
 
     def suspect_down(self) -> bool:
         return self.link.suspect
@@ -415,13 +426,25 @@ class KafkaConsumer(Consumer):
         topics: list[str],
         from_beginning: bool,
         on_rebalance: RebalanceListener | None = None,
-        fetch_max_bytes: int = _FETCH_MAX,
+        prefetch_kbytes: int | None = None,
     ) -> None:
         """``on_rebalance(kind, partitions)`` (kind "assign", "revoke" or "lost") is called from
         inside :meth:`poll`/:meth:`consume` when the group moves partitions.
-        ``fetch_max_bytes``: the most one fetch response brings (``fetch.max.bytes``, and the
-        per-partition ``max.partition.fetch.bytes`` at most that); a larger record still comes,
-        alone (the broker always returns a fetch's first record batch)."""
+        ``prefetch_kbytes``: librdkafka's queue of records read ahead of :meth:`poll`
+        (``queued.max.messages.kbytes``, default 64 MiB) and the most one fetch response brings
+        (``fetch.max.bytes``, and the per-partition ``max.partition.fetch.bytes`` at most that;
+        fairfleet's default 64 MiB). A larger record still comes, alone (the broker always
+        returns a fetch's first record batch). At least 1024: librdkafka refuses a
+        ``fetch.max.bytes`` below the consumer's ``message.max.bytes`` (1,000,000)."""
+        fetch_max_bytes = _FETCH_MAX
+        bounded: dict[str, Any] = {}
+        if prefetch_kbytes is not None:
+            if prefetch_kbytes < MIN_PREFETCH_KBYTES:
+                raise ConfigError(
+                    f"prefetch_kbytes must be >= {MIN_PREFETCH_KBYTES}. Found {prefetch_kbytes}."
+                )
+            fetch_max_bytes = prefetch_kbytes * 1024
+            bounded["queued.max.messages.kbytes"] = prefetch_kbytes
         conf: dict[str, Any] = {
             **client_config,
             "group.id": group_id,
@@ -435,6 +458,7 @@ class KafkaConsumer(Consumer):
             "session.timeout.ms": 10000,
             "heartbeat.interval.ms": 1000,
             "fetch.queue.backoff.ms": FETCH_QUEUE_BACKOFF_MS,
+            **bounded,
         }
         self._consumer = CKConsumer(conf)
         if on_rebalance is None:

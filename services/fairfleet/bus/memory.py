@@ -77,7 +77,11 @@ class MemoryBus(Bus):
         return MemoryProducer(self, transactional_id)
 
     def consumer(
-        self, group_id: str, topics: Sequence[str], from_beginning: bool = True
+        self,
+        group_id: str,
+        topics: Sequence[str],
+        from_beginning: bool = True,
+        prefetch_kbytes: int | None = None,  # nothing is read ahead in process
     ) -> MemoryConsumer:
         with self._lock:
             for name in topics:

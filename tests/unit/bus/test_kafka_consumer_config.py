@@ -10,6 +10,7 @@ import pytest
 
 from fairfleet.bus import kafka as kafka_backend
 from fairfleet.bus.topics import MAX_MESSAGE_BYTES
+from fairfleet.errors import ConfigError
 
 
 class FakeClient:
@@ -37,10 +38,39 @@ def test_a_full_prefetch_queue_waits_milliseconds_before_the_next_fetch(
     assert conf["max.partition.fetch.bytes"] == MAX_MESSAGE_BYTES + 65536
 
 
-def test_fetch_max_bytes_bounds_a_response_and_each_partition_of_it(
+def test_a_prefetch_bound_bounds_the_queue_a_response_and_each_partition_of_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    conf = consumer_conf(monkeypatch, fetch_max_bytes=8 * 1024 * 1024)
+    conf = consumer_conf(monkeypatch, prefetch_kbytes=8 * 1024)
+    assert conf["queued.max.messages.kbytes"] == 8 * 1024
     assert conf["fetch.max.bytes"] == conf["max.partition.fetch.bytes"] == 8 * 1024 * 1024
     # the receive buffer still takes a largest record (a larger batch comes alone)
     assert conf["receive.message.max.bytes"] > MAX_MESSAGE_BYTES
+
+
+def test_a_prefetch_bound_below_librdkafkas_floor_is_refused_by_name(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with pytest.raises(ConfigError, match=r"prefetch_kbytes must be >= 1024\. Found 512"):
+        consumer_conf(monkeypatch, prefetch_kbytes=512)
+
+
+def test_without_a_bound_librdkafkas_queue_default_stands(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert "queued.max.messages.kbytes" not in consumer_conf(monkeypatch)
+
+
+def test_the_ledger_gate_reads_ahead_at_most_its_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fairfleet.aggregator import ledger_gate
+
+    confs: list[dict[str, Any]] = []
+    monkeypatch.setattr(
+        kafka_backend, "CKConsumer", lambda conf: confs.append(conf) or FakeClient(conf)
+    )
+    ledger_gate.LedgerGate(
+        kafka_backend.KafkaBus("127.0.0.1:1"), "p.privacy.events", lambda m: None
+    )
+    (conf,) = confs
+    assert conf["queued.max.messages.kbytes"] == ledger_gate.PREFETCH_KBYTES == 1024
+    assert conf["fetch.max.bytes"] == 1024 * 1024
