@@ -172,6 +172,24 @@ def test_warnings_do_not_invalidate(tmp_path: Path) -> None:
     assert "PRIVACY IS OFF" in joined and "retired" in joined and "elsewhere.key" in joined
 
 
+def test_workers_that_would_share_partitions_unevenly_or_idle_are_warned(tmp_path: Path) -> None:
+    def worker_warnings(workers: int, partitions: int) -> list[str]:
+        data = _example()
+        data["kafka"]["partitions"] = partitions
+        data["models"][0]["aggregator"]["workers"] = workers
+        report = check_mapping(data, tmp_path, paths=False)
+        assert report.valid, report.problems
+        return [w for w in report.warnings if "aggregator.workers" in w]
+
+    (uneven,) = worker_warnings(2, 3)
+    assert uneven.startswith("models[0].aggregator.workers: 2 workers share kafka.partitions=3")
+    assert "unevenly (some get 2, some 1)" in uneven
+    (idle,) = worker_warnings(4, 3)
+    assert "1 would own no partition" in idle
+    assert worker_warnings(2, 4) == [] and worker_warnings(3, 3) == []
+    assert worker_warnings(1, 3) == []
+
+
 def test_environment_overrides_apply(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FAIRFLEET_KAFKA__BOOTSTRAP", "kafka:9092")
     report = check_file(EXAMPLE, paths=False)

@@ -216,6 +216,24 @@ def check_fleet(
             report.warnings.append(
                 f"policies.classes.{cls}: no site has class {cls!r} (classes: {sorted(classes)})"
             )
+    kafka = data.get("kafka") if isinstance(data.get("kafka"), dict) else {}
+    partitions = (kafka or {}).get("partitions", 3)
+    for i, m in models.items():
+        if isinstance(partitions, int) and partitions >= 1 and m.workers > 1:
+            # the workers share the updates topic's partitions as one consumer group
+            if m.workers > partitions:
+                report.warnings.append(
+                    f"models[{i}].aggregator.workers: {m.workers} workers share "
+                    f"kafka.partitions={partitions}; {m.workers - partitions} would own no "
+                    "partition and sit idle (raise kafka.partitions before the topics exist)"
+                )
+            elif partitions % m.workers:
+                report.warnings.append(
+                    f"models[{i}].aggregator.workers: {m.workers} workers share "
+                    f"kafka.partitions={partitions} unevenly (some get "
+                    f"{-(-partitions // m.workers)}, some {partitions // m.workers}); a multiple "
+                    "of the workers spreads the updates evenly"
+                )
     for i, m in models.items():
         serving = [s for s in sites.values() if not s.models or m.id in s.models]
         if sites and m.rounds.min_sites > len(serving):
