@@ -90,6 +90,15 @@ class LedgerGate:
             env = self.reader.poll(0.0)
         return n
 
+    def keep_alive(self) -> None:
+        """Read what has arrived, without waiting: called while the service is idle.
+
+        The gate's consumer is otherwise polled only while an update is admitted. A round whose
+        sites train for longer than librdkafka's ``max.poll.interval.ms`` (300 s) made it leave
+        its group, and the next admit raised ``_MAX_POLL_EXCEEDED``: the service exited. Reading
+        while idle also means an update's commit is usually here before the update is."""
+        self.poll(0.0)
+
     def committed(self, site: str, model_id: str, round_: int) -> bool:
         return self._state.get((site, model_id, round_)) == "committed"
 

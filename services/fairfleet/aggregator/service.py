@@ -519,6 +519,8 @@ class Aggregator:
         env = self.reader.poll(self.options.poll_timeout_s)
         if env is not None:
             self._handle(env)
+        else:
+            self._idle()
         rounds = self.model_cfg.rounds
         action = (
             None
@@ -541,6 +543,11 @@ class Aggregator:
         elif action == "void" and env is None:  # only once caught up with the updates topic
             self._void_round()
         self._update_gauges()
+
+    def _idle(self) -> None:
+        """What a step does when no input arrived: keep the ledger gate's consumer polled."""
+        if self.ledger_gate is not None:
+            self.ledger_gate.keep_alive()
 
     def close(self) -> None:
         if self._server is not None:

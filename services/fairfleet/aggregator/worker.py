@@ -193,12 +193,8 @@ class AggregatorWorker(_WorkerMarker, Aggregator):
             self._before_handling(env)
             self._handle(env)
             self._uncommitted = True
-        elif self.ckpt.announcement is not None and self.assigned - self._restored:
-            # idle, with partitions not restored yet (just started, or a rebalance): restore
-            # them now rather than when their first update arrives, so the read of `partials`
-            # is not on the round's critical path (the first round after a start took 1.7 s
-            # longer with two workers than with one; bench/results/scale.json)
-            self._restore(min(self.assigned - self._restored))
+        else:
+            self._idle()
         if flush_due(
             time.monotonic(),
             idle=env is None,
@@ -210,6 +206,15 @@ class AggregatorWorker(_WorkerMarker, Aggregator):
         ):
             self._flush()
         self._update_gauges()
+
+    def _idle(self) -> None:
+        super()._idle()
+        if self.ckpt.announcement is not None and self.assigned - self._restored:
+            # partitions not restored yet (just started, or a rebalance): restore them now
+            # rather than when their first update arrives, so the read of `partials` is not on
+            # the round's critical path (the first round after a start took 1.7 s longer with
+            # two workers than with one; bench/results/scale.json)
+            self._restore(min(self.assigned - self._restored))
 
     def _before_handling(self, env: Envelope) -> None:
         """The I/O an update may need before it is validated (never a dead letter): the
