@@ -201,10 +201,12 @@ class Bus(ABC):
         topics: Sequence[str],
         from_beginning: bool = True,
         prefetch_kbytes: int | None = None,
+        max_poll_interval_s: float | None = None,
     ) -> Consumer:
         """A consumer of ``topics`` in group ``group_id``. ``prefetch_kbytes``: bound what the
         backend reads ahead of :meth:`Consumer.poll` to about this many KiB (at least 1024);
-        None: the backend's default."""
+        ``max_poll_interval_s``: how long the caller may go between polls and stay in its group
+        (Kafka's ``max.poll.interval.ms``); None: the backend's defaults."""
 
     @abstractmethod
     def create_topics(self, specs: Sequence[TopicSpec]) -> None:

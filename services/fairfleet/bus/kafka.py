@@ -53,6 +53,8 @@ logger = logging.getLogger(__name__)
 
 _FETCH_MAX = 4 * MAX_MESSAGE_BYTES
 MIN_PREFETCH_KBYTES = 1024
+SESSION_TIMEOUT_MS = 10_000
+MAX_POLL_INTERVAL_S = 86_400  # librdkafka's largest max.poll.interval.ms
 HUNG_CALL_GRACE_S = 15.0
 """How long past its own timeout a transactional librdkafka call may take before it counts as hung."""
 LOG_INTERVAL_S = 60.0
@@ -191,6 +193,7 @@ class KafkaBus(Bus):
         topics: Sequence[str],
         from_beginning: bool = True,
         prefetch_kbytes: int | None = None,
+        max_poll_interval_s: float | None = None,
     ) -> KafkaConsumer:
         return KafkaConsumer(
             self.client_config,
@@ -198,6 +201,7 @@ class KafkaBus(Bus):
             list(topics),
             from_beginning,
             prefetch_kbytes=prefetch_kbytes,
+            max_poll_interval_s=max_poll_interval_s,
         )
 
     def suspect_down(self) -> bool:
@@ -427,6 +431,7 @@ class KafkaConsumer(Consumer):
         from_beginning: bool,
         on_rebalance: RebalanceListener | None = None,
         prefetch_kbytes: int | None = None,
+        max_poll_interval_s: float | None = None,
     ) -> None:
         """``on_rebalance(kind, partitions)`` (kind "assign", "revoke" or "lost") is called from
         inside :meth:`poll`/:meth:`consume` when the group moves partitions.
@@ -435,7 +440,10 @@ class KafkaConsumer(Consumer):
         (``fetch.max.bytes``, and the per-partition ``max.partition.fetch.bytes`` at most that;
         fairfleet's default 64 MiB). A larger record still comes, alone (the broker always
         returns a fetch's first record batch). At least 1024: librdkafka refuses a
-        ``fetch.max.bytes`` below the consumer's ``message.max.bytes`` (1,000,000)."""
+        ``fetch.max.bytes`` below the consumer's ``message.max.bytes`` (1,000,000).
+        ``max_poll_interval_s``: librdkafka's ``max.poll.interval.ms`` (default 300 s; at most
+        24 h, at least the 10 s session timeout): a consumer not polled for longer leaves its
+        group, so its next poll fails and its offsets cannot go into a transaction."""
         fetch_max_bytes = _FETCH_MAX
         bounded: dict[str, Any] = {}
         if prefetch_kbytes is not None:
@@ -445,6 +453,13 @@ class KafkaConsumer(Consumer):
                 )
             fetch_max_bytes = prefetch_kbytes * 1024
             bounded["queued.max.messages.kbytes"] = prefetch_kbytes
+        if max_poll_interval_s is not None:
+            if not SESSION_TIMEOUT_MS / 1000 <= max_poll_interval_s <= MAX_POLL_INTERVAL_S:
+                raise ConfigError(
+                    f"max_poll_interval_s must be in [{SESSION_TIMEOUT_MS / 1000:g}, "
+                    f"{MAX_POLL_INTERVAL_S}]. Found {max_poll_interval_s}."
+                )
+            bounded["max.poll.interval.ms"] = int(max_poll_interval_s * 1000)
         conf: dict[str, Any] = {
             **client_config,
             "group.id": group_id,
@@ -455,7 +470,7 @@ class KafkaConsumer(Consumer):
             "fetch.max.bytes": fetch_max_bytes,
             "max.partition.fetch.bytes": min(MAX_MESSAGE_BYTES + 65536, fetch_max_bytes),
             "receive.message.max.bytes": _FETCH_MAX + 2 * 1024 * 1024,
-            "session.timeout.ms": 10000,
+            "session.timeout.ms": SESSION_TIMEOUT_MS,
             "heartbeat.interval.ms": 1000,
             "fetch.queue.backoff.ms": FETCH_QUEUE_BACKOFF_MS,
             **bounded,

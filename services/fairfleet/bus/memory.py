@@ -82,6 +82,7 @@ class MemoryBus(Bus):
         topics: Sequence[str],
         from_beginning: bool = True,
         prefetch_kbytes: int | None = None,  # nothing is read ahead in process
+        max_poll_interval_s: float | None = None,  # no group leaves for a quiet consumer
     ) -> MemoryConsumer:
         with self._lock:
             for name in topics:

@@ -21,6 +21,7 @@ import uuid
 from collections.abc import Callable, Sequence
 
 from fairfleet.bus import Bus, Publisher, Reader, Topics
+from fairfleet.bus.kafka import MAX_POLL_INTERVAL_S
 from fairfleet.bus.limits import DEFAULT_LIMITS, InputLimits
 from fairfleet.bus.messaging import SignFn, VerifyFn
 from fairfleet.bus.topics import SITE_STATS_GROUP
@@ -37,6 +38,13 @@ from fairfleet.messages import (
 
 logger = logging.getLogger(__name__)
 SERVICE = "site_agent"
+LONGEST_ROUND_WORK_S = MAX_POLL_INTERVAL_S
+"""How long the agent may go without polling its rounds, models and grants consumers: it trains
+in its loop, and librdkafka's default (300 s) made a site whose training took longer leave the
+rounds group, so the round's transaction failed (UNKNOWN_MEMBER_ID on its offsets) and it could
+never publish. Each of these groups has this site as its only member, so the longer rebalance
+wait this also sets delays no one else; a crashed agent still leaves after the 10 s session
+timeout."""
 
 
 class Interrupted(Exception):
@@ -78,7 +86,9 @@ class AgentBus:
 
     def _reader(self, group: str, logical: str) -> Reader:
         return Reader(
-            self.bus.consumer(group, [self.topics[logical]]),
+            self.bus.consumer(
+                group, [self.topics[logical]], max_poll_interval_s=LONGEST_ROUND_WORK_S
+            ),
             SERVICE,
             self.dead_letter,
             limits=self.limits,

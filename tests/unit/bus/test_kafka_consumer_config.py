@@ -74,3 +74,39 @@ def test_the_ledger_gate_reads_ahead_at_most_its_bound(monkeypatch: pytest.Monke
     (conf,) = confs
     assert conf["queued.max.messages.kbytes"] == ledger_gate.PREFETCH_KBYTES == 1024
     assert conf["fetch.max.bytes"] == 1024 * 1024
+
+
+def test_the_poll_interval_is_librdkafkas_default_unless_asked_and_bounded_by_name(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert "max.poll.interval.ms" not in consumer_conf(monkeypatch)
+    assert consumer_conf(monkeypatch, max_poll_interval_s=3600)["max.poll.interval.ms"] == 3600000
+    for bad in (5, 86_401):
+        with pytest.raises(ConfigError, match=rf"max_poll_interval_s must be .*Found {bad}"):
+            consumer_conf(monkeypatch, max_poll_interval_s=bad)
+
+
+def test_the_site_agents_consumers_may_go_a_day_between_polls(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from fairfleet.site_agent.bus_side import AgentBus
+
+    confs: list[dict[str, Any]] = []
+
+    class Client(FakeClient):
+        def __init__(self, conf: dict[str, Any]) -> None:
+            super().__init__(conf)
+            confs.append(conf)
+
+    monkeypatch.setattr(kafka_backend, "CKConsumer", Client)
+    class Producer:
+        def __init__(self, conf: dict[str, Any]) -> None:
+            pass
+
+        def init_transactions(self, timeout: float) -> None:
+            pass
+
+    monkeypatch.setattr(kafka_backend, "CKProducer", Producer)
+    AgentBus(kafka_backend.KafkaBus("127.0.0.1:1"), "s1", "p.", 1 << 20)
+    assert len(confs) == 3  # rounds, models, grants
+    assert {c["max.poll.interval.ms"] for c in confs} == {86_400_000}
