@@ -11,26 +11,13 @@ import time
 import uuid
 
 import pytest
+from test_site_agent_prefix import commit_event
 
 from fairfleet.bus import Publisher, Topics
 from fairfleet.bus.kafka import KafkaBus
-from fairfleet.messages import PrivacyEventMessage, WindowRange
 from fairfleet.site_agent.bus_side import AgentBus
 
 pytestmark = pytest.mark.kafka
-
-
-def _commit(round_: int) -> PrivacyEventMessage:
-    return PrivacyEventMessage(
-        event_id=f"s1/m/{round_}",
-        action="commit",
-        site="s1",
-        source="d",  # type: ignore[arg-type]
-        unit="site",
-        model_id="m",
-        round=round_,
-        windows=WindowRange(first=0, last=0),
-    )
 
 
 def test_a_round_published_after_training_longer_than_the_poll_interval(
@@ -43,14 +30,14 @@ def test_a_round_published_after_training_longer_than_the_poll_interval(
     publisher = Publisher(bus.producer())
     try:
         for round_ in range(2):  # any signed message stands for the round's announcement here
-            publisher.send_sync(Topics(prefix).topic("rounds"), _commit(round_), key="m")
+            publisher.send_sync(Topics(prefix).topic("rounds"), commit_event(round_), key="m")
         deadline = time.monotonic() + 30
         first = None
         while first is None and time.monotonic() < deadline:
             first = agent.rounds.poll(0.2)
         assert first is not None and first.record.offset == 0
         time.sleep(13)  # training: nothing is polled
-        agent.publish_atomically([("privacy.events", _commit(0), b"")], lambda: None)
+        agent.publish_atomically([("privacy.events", commit_event(0), b"")], lambda: None)
         assert agent.find_commit("s1/m/0", timeout=30) is True
         second = agent.rounds.poll(5.0)  # still in its group, at the committed offset
         assert second is not None and second.record.offset == 1

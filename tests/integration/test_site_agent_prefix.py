@@ -15,7 +15,8 @@ from fairfleet.site_agent.bus_side import AgentBus
 pytestmark = pytest.mark.kafka
 
 
-def _commit(round_: int) -> PrivacyEventMessage:
+def commit_event(round_: int) -> PrivacyEventMessage:
+    """Site s1's ledger commit of model m, round ``round_`` (unsigned: no verifier here)."""
     return PrivacyEventMessage(
         event_id=f"s1/m/{round_}",
         action="commit",
@@ -38,7 +39,9 @@ def test_same_site_id_in_two_fleets_does_not_fence(kafka_bootstrap: str) -> None
     try:
         for round_ in range(2):  # the first fleet's producer still works after the second started
             for agent in agents:
-                agent.publish_atomically([("privacy.events", _commit(round_), b"")], lambda: None)
+                agent.publish_atomically(
+                    [("privacy.events", commit_event(round_), b"")], lambda: None
+                )
         for agent in agents:
             assert agent.find_commit("s1/m/1", timeout=30) is True
         a, b = agents

@@ -99,6 +99,7 @@ def test_the_site_agents_consumers_may_go_a_day_between_polls(
             confs.append(conf)
 
     monkeypatch.setattr(kafka_backend, "CKConsumer", Client)
+
     class Producer:
         def __init__(self, conf: dict[str, Any]) -> None:
             pass
