@@ -49,9 +49,6 @@ class _StderrHandler(logging.StreamHandler):
     in process (click's CliRunner, a test) swaps ``sys.stderr`` and closes its own, and a
     service thread still logging after that would write into a closed file."""
 
-    def __init__(self) -> None:
-        super().__init__()
-
     @property
     def stream(self) -> Any:
         return sys.stderr

@@ -19,6 +19,7 @@ import uuid
 from dataclasses import dataclass
 
 from fairfleet.bus import Bus, Reader
+from fairfleet.bus.base import ConsumerLimits
 from fairfleet.bus.messaging import VerifyFn
 from fairfleet.bus.topics import Topics
 from fairfleet.config import FleetConfig
@@ -47,7 +48,7 @@ class NotInLedger:
 
 
 PREFETCH_KBYTES = 1024
-"""What the gate's consumer reads ahead of the gate (``Bus.consumer``'s ``prefetch_kbytes``)."""
+"""What the gate's consumer reads ahead of the gate (``ConsumerLimits.prefetch_kbytes``)."""
 
 
 class LedgerGate:
@@ -65,7 +66,9 @@ class LedgerGate:
         # its records are small and read as they come, so little is read ahead (librdkafka's
         # default queue held every commit of a 5,000-site round at once)
         consumer = bus.consumer(
-            f"{group}{uuid.uuid4().hex[:8]}", [topic], prefetch_kbytes=PREFETCH_KBYTES
+            f"{group}{uuid.uuid4().hex[:8]}",
+            [topic],
+            limits=ConsumerLimits(prefetch_kbytes=PREFETCH_KBYTES),
         )
         # forged ledger records are the accountant's to dead-letter; here they are only skipped
         self.reader = Reader(consumer, "aggregator", None, verifier=verifier)
@@ -95,7 +98,8 @@ class LedgerGate:
 
         The gate's consumer is otherwise polled only while an update is admitted. A round whose
         sites train for longer than librdkafka's ``max.poll.interval.ms`` (300 s) made it leave
-        its group, and the next admit raised ``_MAX_POLL_EXCEEDED``: the service exited. Reading
+        its group; the next admit failed with ``_MAX_POLL_EXCEEDED`` and that update was
+        dead-lettered ``apply_failed`` (tests/integration/test_ledger_gate_idle.py). Reading
         while idle also means an update's commit is usually here before the update is."""
         self.poll(0.0)
 

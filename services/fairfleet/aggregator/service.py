@@ -57,7 +57,7 @@ from fairfleet.aggregator.validation import (
     check_round,
 )
 from fairfleet.bus import Bus, Envelope, Publisher, Reader, Topics, connect, dead_letter_for
-from fairfleet.bus.base import Consumer, RebalanceListener, Record
+from fairfleet.bus.base import Consumer, ConsumerLimits, RebalanceListener, Record
 from fairfleet.bus.transactions import Transaction, run_transaction
 from fairfleet.bus.waiting import BrokerWatch
 from fairfleet.config import FleetConfig
@@ -228,7 +228,7 @@ class Aggregator:
                 [self.input_topic],
                 True,
                 on_rebalance=self._rebalance_listener(),
-                prefetch_kbytes=PREFETCH_KBYTES,
+                limits=ConsumerLimits(prefetch_kbytes=PREFETCH_KBYTES),
             )
         return self.bus.consumer(self.group_id, [self.input_topic])
 

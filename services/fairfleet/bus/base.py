@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from fairfleet.bus.topics import TopicSpec
-from fairfleet.errors import BusError
+from fairfleet.errors import BusError, ConfigError
 
 Headers = dict[str, bytes]
 T = TypeVar("T")
@@ -166,6 +166,43 @@ class Consumer(ABC):
     def close(self) -> None: ...
 
 
+MIN_PREFETCH_KBYTES = 1024
+"""librdkafka refuses a ``fetch.max.bytes`` below the consumer's ``message.max.bytes`` (1e6)."""
+MIN_POLL_INTERVAL_S = 10.0
+"""A group member's session timeout (the Kafka backend's ``session.timeout.ms``); librdkafka
+refuses a ``max.poll.interval.ms`` below it."""
+MAX_POLL_INTERVAL_S = 86_400.0
+"""librdkafka's largest ``max.poll.interval.ms``."""
+
+
+@dataclass(frozen=True)
+class ConsumerLimits:
+    """How a consumer may be used beyond a backend's defaults (None: the default).
+
+    ``prefetch_kbytes``: bound what the backend reads ahead of :meth:`Consumer.poll` to about
+    this many KiB (on Kafka librdkafka's queue, ``queued.max.messages.kbytes``, default 64 MiB,
+    and each fetch response). ``max_poll_interval_s``: how long the caller may go between
+    polls and stay in its group (Kafka's ``max.poll.interval.ms``, default 300 s): longer, and
+    the consumer leaves, its next poll fails and its offsets cannot go into a transaction. The
+    in-process bus reads nothing ahead and has no group to leave; bad values are refused
+    whatever the backend."""
+
+    prefetch_kbytes: int | None = None
+    max_poll_interval_s: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.prefetch_kbytes is not None and self.prefetch_kbytes < MIN_PREFETCH_KBYTES:
+            raise ConfigError(
+                f"prefetch_kbytes must be >= {MIN_PREFETCH_KBYTES}. Found {self.prefetch_kbytes}."
+            )
+        interval = self.max_poll_interval_s
+        if interval is not None and not MIN_POLL_INTERVAL_S <= interval <= MAX_POLL_INTERVAL_S:
+            raise ConfigError(
+                f"max_poll_interval_s must be in [{MIN_POLL_INTERVAL_S:g}, "
+                f"{MAX_POLL_INTERVAL_S:g}]. Found {interval}."
+            )
+
+
 def read_to_end(
     consumer: Consumer,
     poll: Callable[[float], T | None],
@@ -200,13 +237,9 @@ class Bus(ABC):
         group_id: str,
         topics: Sequence[str],
         from_beginning: bool = True,
-        prefetch_kbytes: int | None = None,
-        max_poll_interval_s: float | None = None,
+        limits: ConsumerLimits | None = None,
     ) -> Consumer:
-        """A consumer of ``topics`` in group ``group_id``. ``prefetch_kbytes``: bound what the
-        backend reads ahead of :meth:`Consumer.poll` to about this many KiB (at least 1024);
-        ``max_poll_interval_s``: how long the caller may go between polls and stay in its group
-        (Kafka's ``max.poll.interval.ms``); None: the backend's defaults."""
+        """A consumer of ``topics`` in group ``group_id``, within ``limits``."""
 
     @abstractmethod
     def create_topics(self, specs: Sequence[TopicSpec]) -> None:

@@ -37,8 +37,10 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
 
 from fairfleet.bus.base import (
+    MIN_POLL_INTERVAL_S,
     Bus,
     Consumer,
+    ConsumerLimits,
     Delivery,
     Headers,
     Producer,
@@ -46,15 +48,13 @@ from fairfleet.bus.base import (
     Record,
 )
 from fairfleet.bus.topics import MAX_MESSAGE_BYTES, TopicSpec
-from fairfleet.errors import BusError, ConfigError, TransactionError
+from fairfleet.errors import BusError, TransactionError
 from fairfleet.log import RateLimited, event
 
 logger = logging.getLogger(__name__)
 
 _FETCH_MAX = 4 * MAX_MESSAGE_BYTES
-MIN_PREFETCH_KBYTES = 1024
-SESSION_TIMEOUT_MS = 10_000
-MAX_POLL_INTERVAL_S = 86_400  # librdkafka's largest max.poll.interval.ms
+SESSION_TIMEOUT_MS = int(MIN_POLL_INTERVAL_S * 1000)
 HUNG_CALL_GRACE_S = 15.0
 """How long past its own timeout a transactional librdkafka call may take before it counts as hung."""
 LOG_INTERVAL_S = 60.0
@@ -192,16 +192,10 @@ class KafkaBus(Bus):
         group_id: str,
         topics: Sequence[str],
         from_beginning: bool = True,
-        prefetch_kbytes: int | None = None,
-        max_poll_interval_s: float | None = None,
+        limits: ConsumerLimits | None = None,
     ) -> KafkaConsumer:
         return KafkaConsumer(
-            self.client_config,
-            group_id,
-            list(topics),
-            from_beginning,
-            prefetch_kbytes=prefetch_kbytes,
-            max_poll_interval_s=max_poll_interval_s,
+            self.client_config, group_id, list(topics), from_beginning, limits=limits
         )
 
     def suspect_down(self) -> bool:
@@ -430,36 +424,23 @@ class KafkaConsumer(Consumer):
         topics: list[str],
         from_beginning: bool,
         on_rebalance: RebalanceListener | None = None,
-        prefetch_kbytes: int | None = None,
-        max_poll_interval_s: float | None = None,
+        limits: ConsumerLimits | None = None,
     ) -> None:
         """``on_rebalance(kind, partitions)`` (kind "assign", "revoke" or "lost") is called from
         inside :meth:`poll`/:meth:`consume` when the group moves partitions.
-        ``prefetch_kbytes``: librdkafka's queue of records read ahead of :meth:`poll`
-        (``queued.max.messages.kbytes``, default 64 MiB) and the most one fetch response brings
-        (``fetch.max.bytes``, and the per-partition ``max.partition.fetch.bytes`` at most that;
-        fairfleet's default 64 MiB). A larger record still comes, alone (the broker always
-        returns a fetch's first record batch). At least 1024: librdkafka refuses a
-        ``fetch.max.bytes`` below the consumer's ``message.max.bytes`` (1,000,000).
-        ``max_poll_interval_s``: librdkafka's ``max.poll.interval.ms`` (default 300 s; at most
-        24 h, at least the 10 s session timeout): a consumer not polled for longer leaves its
-        group, so its next poll fails and its offsets cannot go into a transaction."""
+        ``limits.prefetch_kbytes`` bounds librdkafka's queue (``queued.max.messages.kbytes``)
+        and the most one fetch response brings (``fetch.max.bytes``, and the per-partition
+        ``max.partition.fetch.bytes`` at most that; fairfleet's default 64 MiB). A larger
+        record still comes, alone (the broker always returns a fetch's first record batch).
+        ``limits.max_poll_interval_s`` is ``max.poll.interval.ms``."""
+        limits = limits or ConsumerLimits()
         fetch_max_bytes = _FETCH_MAX
         bounded: dict[str, Any] = {}
-        if prefetch_kbytes is not None:
-            if prefetch_kbytes < MIN_PREFETCH_KBYTES:
-                raise ConfigError(
-                    f"prefetch_kbytes must be >= {MIN_PREFETCH_KBYTES}. Found {prefetch_kbytes}."
-                )
-            fetch_max_bytes = prefetch_kbytes * 1024
-            bounded["queued.max.messages.kbytes"] = prefetch_kbytes
-        if max_poll_interval_s is not None:
-            if not SESSION_TIMEOUT_MS / 1000 <= max_poll_interval_s <= MAX_POLL_INTERVAL_S:
-                raise ConfigError(
-                    f"max_poll_interval_s must be in [{SESSION_TIMEOUT_MS / 1000:g}, "
-                    f"{MAX_POLL_INTERVAL_S}]. Found {max_poll_interval_s}."
-                )
-            bounded["max.poll.interval.ms"] = int(max_poll_interval_s * 1000)
+        if limits.prefetch_kbytes is not None:
+            fetch_max_bytes = limits.prefetch_kbytes * 1024
+            bounded["queued.max.messages.kbytes"] = limits.prefetch_kbytes
+        if limits.max_poll_interval_s is not None:
+            bounded["max.poll.interval.ms"] = int(limits.max_poll_interval_s * 1000)
         conf: dict[str, Any] = {
             **client_config,
             "group.id": group_id,

@@ -13,7 +13,7 @@ import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from fairfleet.bus.base import Bus, Consumer, Delivery, Headers, Producer, Record
+from fairfleet.bus.base import Bus, Consumer, ConsumerLimits, Delivery, Headers, Producer, Record
 from fairfleet.bus.topics import TopicSpec
 from fairfleet.errors import BusError
 
@@ -81,8 +81,7 @@ class MemoryBus(Bus):
         group_id: str,
         topics: Sequence[str],
         from_beginning: bool = True,
-        prefetch_kbytes: int | None = None,  # nothing is read ahead in process
-        max_poll_interval_s: float | None = None,  # no group leaves for a quiet consumer
+        limits: ConsumerLimits | None = None,  # nothing is read ahead, no group is left
     ) -> MemoryConsumer:
         with self._lock:
             for name in topics:

@@ -216,8 +216,8 @@ def check_fleet(
             report.warnings.append(
                 f"policies.classes.{cls}: no site has class {cls!r} (classes: {sorted(classes)})"
             )
-    kafka = data.get("kafka") if isinstance(data.get("kafka"), dict) else {}
-    partitions = (kafka or {}).get("partitions", 3)
+    kafka = data.get("kafka")
+    partitions = kafka.get("partitions", 3) if isinstance(kafka, dict) else 3
     for i, m in models.items():
         if isinstance(partitions, int) and partitions >= 1 and m.workers > 1:
             # the workers share the updates topic's partitions as one consumer group

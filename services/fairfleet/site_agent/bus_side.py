@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Callable, Sequence
 
 from fairfleet.bus import Bus, Publisher, Reader, Topics
-from fairfleet.bus.kafka import MAX_POLL_INTERVAL_S
+from fairfleet.bus.base import MAX_POLL_INTERVAL_S, ConsumerLimits
 from fairfleet.bus.limits import DEFAULT_LIMITS, InputLimits
 from fairfleet.bus.messaging import SignFn, VerifyFn
 from fairfleet.bus.topics import SITE_STATS_GROUP
@@ -87,7 +87,9 @@ class AgentBus:
     def _reader(self, group: str, logical: str) -> Reader:
         return Reader(
             self.bus.consumer(
-                group, [self.topics[logical]], max_poll_interval_s=LONGEST_ROUND_WORK_S
+                group,
+                [self.topics[logical]],
+                limits=ConsumerLimits(max_poll_interval_s=LONGEST_ROUND_WORK_S),
             ),
             SERVICE,
             self.dead_letter,

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from fairfleet.bus import kafka as kafka_backend
+from fairfleet.bus.base import ConsumerLimits
 from fairfleet.bus.topics import MAX_MESSAGE_BYTES
 from fairfleet.errors import ConfigError
 
@@ -41,7 +42,7 @@ def test_a_full_prefetch_queue_waits_milliseconds_before_the_next_fetch(
 def test_a_prefetch_bound_bounds_the_queue_a_response_and_each_partition_of_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    conf = consumer_conf(monkeypatch, prefetch_kbytes=8 * 1024)
+    conf = consumer_conf(monkeypatch, limits=ConsumerLimits(prefetch_kbytes=8 * 1024))
     assert conf["queued.max.messages.kbytes"] == 8 * 1024
     assert conf["fetch.max.bytes"] == conf["max.partition.fetch.bytes"] == 8 * 1024 * 1024
     # the receive buffer still takes a largest record (a larger batch comes alone)
@@ -52,7 +53,7 @@ def test_a_prefetch_bound_below_librdkafkas_floor_is_refused_by_name(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     with pytest.raises(ConfigError, match=r"prefetch_kbytes must be >= 1024\. Found 512"):
-        consumer_conf(monkeypatch, prefetch_kbytes=512)
+        ConsumerLimits(prefetch_kbytes=512)
 
 
 def test_without_a_bound_librdkafkas_queue_default_stands(
@@ -80,10 +81,11 @@ def test_the_poll_interval_is_librdkafkas_default_unless_asked_and_bounded_by_na
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     assert "max.poll.interval.ms" not in consumer_conf(monkeypatch)
-    assert consumer_conf(monkeypatch, max_poll_interval_s=3600)["max.poll.interval.ms"] == 3600000
+    asked = ConsumerLimits(max_poll_interval_s=3600)
+    assert consumer_conf(monkeypatch, limits=asked)["max.poll.interval.ms"] == 3600000
     for bad in (5, 86_401):
         with pytest.raises(ConfigError, match=rf"max_poll_interval_s must be .*Found {bad}"):
-            consumer_conf(monkeypatch, max_poll_interval_s=bad)
+            ConsumerLimits(max_poll_interval_s=bad)
 
 
 def test_the_site_agents_consumers_may_go_a_day_between_polls(
